@@ -1,0 +1,40 @@
+//! A user's own app on percore: routes with path parameters, shard-local state, middleware, and the built-in routes mounted.
+//! Run: `cargo run --release --example hello -- --bind 127.0.0.1:8080`, then `curl localhost:8080/hello/you`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use percore::router::{Next, Phase, Request, Response, Router};
+
+fn app() -> Router {
+    // Built once per shard: Rc and Cell are fine, nothing here is shared between cores.
+    let greeted = Rc::new(Cell::new(0u64));
+    Router::new()
+        .get("/hello/{name}", move |req: Request| {
+            let greeted = greeted.clone();
+            async move {
+                greeted.set(greeted.get() + 1);
+                let name = req.param("name").unwrap_or("world");
+                Response::text(
+                    200,
+                    format!(
+                        "hello, {name} (#{} on shard {})\n",
+                        greeted.get(),
+                        req.ctx.shard
+                    ),
+                )
+            }
+        })
+        .middleware(Phase::Request, |req: Request, next: Next| async move {
+            let mut response = next.run(req).await;
+            response
+                .headers
+                .push(("x-powered-by".into(), "percore".into()));
+            response
+        })
+        .mount("/", percore::app::builtin_routes())
+}
+
+fn main() -> std::process::ExitCode {
+    percore::main_with(app)
+}

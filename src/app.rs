@@ -1,0 +1,78 @@
+//! The built-in routes of the default server: TechEmpower's /plaintext and /json, /echo, /health and /stats.
+
+use serde::Serialize;
+
+use crate::metrics::Stats;
+use crate::router::{Request, Response, Router};
+use crate::runtime::shard;
+
+/// Every built-in route; mount it next to your own (`Router::new().mount("/", builtin_routes())`).
+pub fn builtin_routes() -> Router {
+    Router::new()
+        .get("/plaintext", plaintext)
+        .get("/json", json)
+        .post("/echo", echo)
+        .get("/health", health)
+        .get("/stats", stats)
+}
+
+/// TechEmpower plaintext: exactly `Hello, World!` as text/plain.
+async fn plaintext(_req: Request) -> Response {
+    Response::text(200, "Hello, World!")
+}
+
+#[derive(Serialize)]
+struct Message {
+    message: &'static str,
+}
+
+/// TechEmpower JSON: the object is serialized for every request, as the rules require.
+async fn json(_req: Request) -> Response {
+    Response::json(
+        200,
+        &Message {
+            message: "Hello, World!",
+        },
+    )
+}
+
+/// Streams the request body back as it arrives, any size up to the body limit.
+async fn echo(req: Request) -> Response {
+    let content_type = req
+        .header("content-type")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned);
+    let response = Response::stream(200, "application/octet-stream", req.body.into_stream());
+    match content_type {
+        Some(content_type) => {
+            let mut response = response;
+            response
+                .headers
+                .retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+            response.header("Content-Type", content_type)
+        }
+        None => response,
+    }
+}
+
+/// 200 while serving; 503 from the moment a graceful shutdown starts, so load balancers stop sending.
+async fn health(_req: Request) -> Response {
+    if shard::current().is_draining() {
+        let mut response = Response::text(503, "draining\n");
+        response.close = true;
+        response
+    } else {
+        Response::text(200, "ok\n")
+    }
+}
+
+/// Per-shard counters gathered from every shard over the mesh, and their sum.
+async fn stats(_req: Request) -> Response {
+    let shard = shard::current();
+    let replies = shard.stats_mesh.call_all(|| shard::StatsRequest).await;
+    let stats = Stats::merge(
+        shard.stats_mesh.shard_count(),
+        replies.into_iter().map(Result::ok).collect(),
+    );
+    Response::json(200, &stats)
+}

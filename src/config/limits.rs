@@ -1,0 +1,60 @@
+//! Every bound percore enforces, with its default and the reason for it; nothing else defines a limit.
+
+use std::time::Duration;
+
+/// Largest accepted request head (request line + headers). nginx: 8 KiB x 4 large buffers; Tomcat: 8 KiB.
+pub const HEAD_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Most header fields in one request. Tomcat's maxHeaderCount is 100.
+pub const HEADER_COUNT_MAX_DEFAULT: usize = 100;
+/// Longest request-target. nginx's large_client_header_buffers line limit is 8 KiB.
+pub const URI_BYTES_MAX_DEFAULT: usize = 8 * 1024;
+/// Largest request body. nginx's client_max_body_size is 1 MiB.
+pub const BODY_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
+/// Chunk-size lines (with extensions) and the trailer section of a chunked body.
+pub const TRAILER_BYTES_MAX: usize = 8 * 1024;
+
+/// Open connections per shard. Tomcat's maxConnections is 8,192; actix's 25,000 per worker.
+pub const CONNS_MAX_DEFAULT: usize = 10_000;
+/// listen(2) backlog of each shard's listener (glommio hard-codes 1024; so do we, as a default).
+pub const BACKLOG_DEFAULT: u32 = 1024;
+
+/// From the first byte of a request head to its end (slowloris). nginx's client_header_timeout: 60 s; we are stricter.
+pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Between two reads of a request body. nginx's client_body_timeout.
+pub const BODY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// An idle keep-alive connection is closed after this. nginx: 75 s; Gunicorn: 2 s; Tomcat: 60 s.
+pub const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// A write that makes no progress for this long closes the connection. nginx's send_timeout.
+pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// Graceful shutdown budget. Gunicorn's graceful_timeout is 30 s; Kubernetes gives 30 s.
+pub const GRACE_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Initial capacity of a connection's read buffer; it grows up to head_bytes_max while a head is incomplete.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Pending response bytes that force a flush before more pipelined requests are parsed, so a client
+/// that pipelines without reading cannot grow the write buffer without bound.
+pub const WRITE_BUFFER_FLUSH_BYTES: usize = 64 * 1024;
+/// A write buffer bigger than this after a flush is released rather than kept for the next request.
+pub const WRITE_BUFFER_KEEP_BYTES: usize = 16 * 1024;
+/// A request body left unread by its handler is read and discarded up to this many bytes to keep
+/// the connection alive; beyond it the connection is closed (nginx's lingering behaviour).
+pub const BODY_DISCARD_BYTES_MAX: u64 = 64 * 1024;
+
+/// Foreign (cross-shard) requests a shard serves at once, and calls it has outstanding to others.
+/// Fan-in multiplies by the shard count, so this is per shard, per direction.
+pub const MESH_INFLIGHT_MAX_DEFAULT: usize = 1024;
+/// Messages queued in each direction between two shards (glommio mesh channel capacity).
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Deadline of one cross-shard request/reply.
+pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
+
+/// Memory glommio registers with io_uring per executor. glommio's default (10 MiB) exceeds the
+/// common 8 MiB RLIMIT_MEMLOCK once there are two shards; we do not use registered buffers for
+/// sockets, so a small region is enough.
+pub const IO_MEMORY_BYTES: usize = 512 * 1024;
+/// glommio refuses to start below this RLIMIT_MEMLOCK.
+pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+
+const _: () = assert!(READ_BUFFER_BYTES <= HEAD_BYTES_MAX_DEFAULT);
+const _: () = assert!(WRITE_BUFFER_KEEP_BYTES <= WRITE_BUFFER_FLUSH_BYTES);
+const _: () = assert!(MESH_INFLIGHT_MAX_DEFAULT <= MESH_CHANNEL_CAPACITY);

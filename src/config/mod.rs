@@ -1,0 +1,453 @@
+//! Command-line flags and the TOML config file, merged (flags win) and validated into `Config`; never touches the network.
+
+pub mod limits;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::http::HEADER_COUNT_CEILING;
+
+/// A problem with flags or the config file: printed as one line, exit code 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(message.into()))
+}
+
+/// The flags. Every flag is optional here so that the config file can fill what is missing.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "percore",
+    version,
+    about = "A thread-per-core HTTP/1.1 application server on io_uring"
+)]
+pub struct Args {
+    /// TOML config file; every flag has a key of the same name with '_' for '-'.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (repeatable; IPv4 or [IPv6]:port). Default 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Vec<String>,
+    /// CPUs to run shards on, taskset syntax (0-3,6): one shard per CPU.
+    #[arg(long, value_name = "LIST", conflicts_with = "shards")]
+    pub cores: Option<String>,
+    /// Number of shards, on the first N CPUs this process may use. Default: all of them.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Do not pin shards to their CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// listen(2) backlog of each shard's listener.
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
+    /// Open connections per shard; at the bound the shard stops accepting.
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<usize>,
+    /// Largest request head in bytes (431 past it).
+    #[arg(long, value_name = "BYTES")]
+    pub max_head_bytes: Option<usize>,
+    /// Most header fields per request (431 past it).
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<usize>,
+    /// Longest request-target in bytes (414 past it).
+    #[arg(long, value_name = "BYTES")]
+    pub max_uri_bytes: Option<usize>,
+    /// Largest request body in bytes (413 past it).
+    #[arg(long, value_name = "BYTES")]
+    pub max_body: Option<u64>,
+    /// Seconds to receive a whole request head (408 past it).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub header_timeout: Option<f64>,
+    /// Seconds between two reads of a request body (408 past it).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub body_timeout: Option<f64>,
+    /// Seconds an idle keep-alive connection is kept.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub keepalive_timeout: Option<f64>,
+    /// Seconds a write may make no progress before the connection is closed.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub write_timeout: Option<f64>,
+    /// Seconds allowed for a graceful shutdown after SIGTERM/SIGINT.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub grace: Option<f64>,
+    /// Cross-shard requests a shard serves at once (and has outstanding).
+    #[arg(long, value_name = "N")]
+    pub mesh_inflight_max: Option<usize>,
+    /// Deadline of one cross-shard request in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub mesh_deadline_ms: Option<u64>,
+}
+
+/// The config file: the same keys as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<Vec<String>>,
+    cores: Option<String>,
+    shards: Option<usize>,
+    no_pin: Option<bool>,
+    backlog: Option<u32>,
+    max_conns: Option<usize>,
+    max_head_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_uri_bytes: Option<usize>,
+    max_body: Option<u64>,
+    header_timeout: Option<f64>,
+    body_timeout: Option<f64>,
+    keepalive_timeout: Option<f64>,
+    write_timeout: Option<f64>,
+    grace: Option<f64>,
+    mesh_inflight_max: Option<usize>,
+    mesh_deadline_ms: Option<u64>,
+}
+
+/// Which CPUs the shards run on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// One shard per listed CPU, pinned unless `pin` is false.
+    Cpus(Vec<usize>),
+}
+
+/// The validated configuration every shard gets a copy of.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub binds: Vec<SocketAddr>,
+    pub cpus: Vec<usize>,
+    pub pin: bool,
+    pub backlog: u32,
+    pub conns_max: usize,
+    pub head_bytes_max: usize,
+    pub header_count_max: usize,
+    pub uri_bytes_max: usize,
+    pub body_bytes_max: u64,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub write_timeout: Duration,
+    pub grace: Duration,
+    pub mesh_inflight_max: usize,
+    pub mesh_deadline: Duration,
+}
+
+impl Config {
+    pub fn shard_count(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// Parses the process's flags (exit 2 with clap's message on a bad flag happens in `main`).
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        merge(args, file, &allowed_cpus())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .or_else(|e| err(format!("config file {}: {e}", path.display())))?;
+    toml::from_str(&text).or_else(|e: toml::de::Error| {
+        let message = e.message().replace('\n', " ");
+        let line = e
+            .span()
+            .map(|span| text[..span.start].matches('\n').count() + 1)
+            .map(|line| format!(" (line {line})"))
+            .unwrap_or_default();
+        err(format!("config file {}{line}: {message}", path.display()))
+    })
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    cpus.sort_unstable();
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
+}
+
+fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, ConfigError> {
+    let bind_texts = if !args.bind.is_empty() {
+        args.bind
+    } else {
+        file.bind
+            .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()])
+    };
+    let mut binds = Vec::with_capacity(bind_texts.len());
+    for text in &bind_texts {
+        let addr: SocketAddr = text.parse().or_else(|_| {
+            err(format!(
+                "--bind {text}: not an IP address with a port (127.0.0.1:8080, [::1]:8080)"
+            ))
+        })?;
+        if binds.contains(&addr) && addr.port() != 0 {
+            return err(format!("--bind {text}: given twice"));
+        }
+        binds.push(addr);
+    }
+    if binds.is_empty() {
+        return err("--bind: at least one address is needed");
+    }
+
+    let cores = args.cores.or(file.cores);
+    let shards = args.shards.or(file.shards);
+    let cpus = match (cores, shards) {
+        (Some(_), Some(_)) => return err("--cores and --shards: give one, not both"),
+        (Some(list), None) => {
+            let cpus =
+                parse_cpu_list(&list).map_err(|e| ConfigError(format!("--cores {list}: {e}")))?;
+            if let Some(cpu) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+                return err(format!(
+                    "--cores {list}: CPU {cpu} is not available to this process (allowed: {allowed:?})"
+                ));
+            }
+            cpus
+        }
+        (None, Some(0)) => return err("--shards 0: at least one shard is needed"),
+        (None, Some(n)) if n > allowed.len() => {
+            return err(format!(
+                "--shards {n}: only {} CPUs are available to this process",
+                allowed.len()
+            ));
+        }
+        (None, Some(n)) => allowed[..n].to_vec(),
+        (None, None) => allowed.to_vec(),
+    };
+
+    let config = Config {
+        binds,
+        cpus,
+        pin: !(args.no_pin || file.no_pin.unwrap_or(false)),
+        backlog: positive(
+            "backlog",
+            args.backlog.or(file.backlog),
+            limits::BACKLOG_DEFAULT,
+        )?,
+        conns_max: positive(
+            "max-conns",
+            args.max_conns.or(file.max_conns),
+            limits::CONNS_MAX_DEFAULT,
+        )?,
+        head_bytes_max: positive(
+            "max-head-bytes",
+            args.max_head_bytes.or(file.max_head_bytes),
+            limits::HEAD_BYTES_MAX_DEFAULT,
+        )?,
+        header_count_max: positive(
+            "max-headers",
+            args.max_headers.or(file.max_headers),
+            limits::HEADER_COUNT_MAX_DEFAULT,
+        )?,
+        uri_bytes_max: positive(
+            "max-uri-bytes",
+            args.max_uri_bytes.or(file.max_uri_bytes),
+            limits::URI_BYTES_MAX_DEFAULT,
+        )?,
+        body_bytes_max: args
+            .max_body
+            .or(file.max_body)
+            .unwrap_or(limits::BODY_BYTES_MAX_DEFAULT),
+        header_timeout: seconds(
+            "header-timeout",
+            args.header_timeout.or(file.header_timeout),
+            limits::HEADER_TIMEOUT_DEFAULT,
+        )?,
+        body_timeout: seconds(
+            "body-timeout",
+            args.body_timeout.or(file.body_timeout),
+            limits::BODY_TIMEOUT_DEFAULT,
+        )?,
+        keepalive_timeout: seconds(
+            "keepalive-timeout",
+            args.keepalive_timeout.or(file.keepalive_timeout),
+            limits::KEEPALIVE_TIMEOUT_DEFAULT,
+        )?,
+        write_timeout: seconds(
+            "write-timeout",
+            args.write_timeout.or(file.write_timeout),
+            limits::WRITE_TIMEOUT_DEFAULT,
+        )?,
+        grace: seconds("grace", args.grace.or(file.grace), limits::GRACE_DEFAULT)?,
+        mesh_inflight_max: positive(
+            "mesh-inflight-max",
+            args.mesh_inflight_max.or(file.mesh_inflight_max),
+            limits::MESH_INFLIGHT_MAX_DEFAULT,
+        )?,
+        mesh_deadline: Duration::from_millis(positive(
+            "mesh-deadline-ms",
+            args.mesh_deadline_ms.or(file.mesh_deadline_ms),
+            limits::MESH_DEADLINE_DEFAULT.as_millis() as u64,
+        )?),
+    };
+    if config.header_count_max > HEADER_COUNT_CEILING {
+        return err(format!(
+            "--max-headers {}: at most {HEADER_COUNT_CEILING}",
+            config.header_count_max
+        ));
+    }
+    if config.uri_bytes_max >= config.head_bytes_max {
+        return err(format!(
+            "--max-uri-bytes {} must be smaller than --max-head-bytes {}",
+            config.uri_bytes_max, config.head_bytes_max
+        ));
+    }
+    if config.mesh_inflight_max > limits::MESH_CHANNEL_CAPACITY {
+        return err(format!(
+            "--mesh-inflight-max {}: at most {}",
+            config.mesh_inflight_max,
+            limits::MESH_CHANNEL_CAPACITY
+        ));
+    }
+    Ok(config)
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display + Copy>(
+    name: &str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value <= T::default() {
+        return err(format!("--{name} {value}: must be greater than 0"));
+    }
+    Ok(value)
+}
+
+fn seconds(name: &str, value: Option<f64>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => err(format!(
+            "--{name} {s}: must be a number of seconds in (0, 86400]"
+        )),
+    }
+}
+
+/// Parses taskset-style CPU lists: `0-3,6`. Sorted, without duplicates.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    const CPU_MAX: usize = 4096;
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (low, high) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let low: usize = low
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{part}' is not a CPU number or range"))?;
+        let high: usize = high
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{part}' is not a CPU number or range"))?;
+        if low > high || high >= CPU_MAX {
+            return Err(format!("'{part}' is not a valid range"));
+        }
+        cpus.extend(low..=high);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_cpus(text: &str, expected: Result<Vec<usize>, ()>) {
+        assert_eq!(parse_cpu_list(text).map_err(|_| ()), expected, "{text}");
+    }
+
+    #[test]
+    fn cpu_lists() {
+        check_cpus("0", Ok(vec![0]));
+        check_cpus("0-3,6", Ok(vec![0, 1, 2, 3, 6]));
+        check_cpus("3,1,1", Ok(vec![1, 3]));
+        check_cpus(" 2 - 3 ", Ok(vec![2, 3]));
+        check_cpus("", Err(()));
+        check_cpus("a", Err(()));
+        check_cpus("3-1", Err(()));
+        check_cpus("-1", Err(()));
+        check_cpus("1,", Err(()));
+        check_cpus("99999", Err(()));
+    }
+
+    fn merged(args: &[&str], file: &str) -> Result<Config, String> {
+        let args = Args::try_parse_from(std::iter::once("percore").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let file: FileConfig = toml::from_str(file).map_err(|e| e.to_string())?;
+        merge(args, file, &[0, 1, 2, 3]).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = merged(&[], "").unwrap();
+        assert_eq!(c.binds, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.cpus, vec![0, 1, 2, 3]);
+        assert!(c.pin);
+        assert_eq!(c.conns_max, 10_000);
+        assert_eq!(c.head_bytes_max, 16 * 1024);
+        assert_eq!(c.header_count_max, 100);
+        assert_eq!(c.uri_bytes_max, 8 * 1024);
+        assert_eq!(c.body_bytes_max, 1024 * 1024);
+        assert_eq!(c.grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let c = merged(
+            &["--shards", "2", "--max-body", "10"],
+            "shards = 3\nmax_body = 5\nmax_conns = 7\nno_pin = true",
+        )
+        .unwrap();
+        assert_eq!(c.cpus, vec![0, 1]);
+        assert_eq!(c.body_bytes_max, 10);
+        assert_eq!(c.conns_max, 7);
+        assert!(!c.pin);
+    }
+
+    #[test]
+    fn rejects() {
+        for (args, file, needle) in [
+            (&["--bind", "nope"][..], "", "--bind nope"),
+            (&["--shards", "0"][..], "", "--shards 0"),
+            (&["--shards", "5"][..], "", "--shards 5"),
+            (&["--cores", "7"][..], "", "CPU 7"),
+            (&["--cores", "x"][..], "", "--cores x"),
+            (&["--max-conns", "0"][..], "", "--max-conns 0"),
+            (&["--max-headers", "257"][..], "", "--max-headers 257"),
+            (&["--grace", "-1"][..], "", "--grace -1"),
+            (&["--max-uri-bytes", "20000"][..], "", "--max-uri-bytes"),
+            (&[][..], "cores = \"0\"\nshards = 1", "--cores and --shards"),
+        ] {
+            let e = merged(args, file).unwrap_err();
+            assert!(e.contains(needle), "{args:?} {file:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! percore: a thread-per-core HTTP/1.1 application server on glommio and io_uring. The library is the server; `main.rs` only parses flags.
+//!
+//! Embed it with your own routes:
+//! ```no_run
+//! use percore::router::{Request, Response, Router};
+//! fn main() -> std::process::ExitCode {
+//!     percore::main_with(|| Router::new().get("/hi", |_req: Request| async { Response::text(200, "hi\n") }))
+//! }
+//! ```
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod mesh;
+pub mod metrics;
+pub mod router;
+pub mod runtime;
+pub mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use config::Config;
+pub use router::{Request, Response, Router};
+
+/// Exit code for anything the operator must fix before the server can start.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Parses the process's flags, runs a server whose shards each serve `app()`, and returns the
+/// exit code: 0 after a graceful shutdown, 2 with one line on stderr for bad flags, config or
+/// environment.
+pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
+    let args = match config::Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = e.to_string();
+            let line = first
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ");
+            eprintln!("percore: {line} (see --help)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("percore: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // One app factory for the process's life; shards borrow it.
+    let app: &'static runtime::AppFactory = Box::leak(Box::new(app));
+    match runtime::run(config, app) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("percore: {}", e.0);
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Typed cross-shard request/reply over glommio's channel mesh, with deadlines and in-flight bounds; never shares memory between shards.
+//!
+//! Each message class (stats today; sessions and transactions later) gets its own `Mesh`, so a
+//! queue of one class can never hold up another: cross-shard waits form a DAG by class.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+
+/// Why a cross-shard call produced no reply. All are safe to retry: the request was not served, or
+/// its effect (a read) does not matter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshError {
+    /// The caller already has `inflight_max` calls outstanding, or the callee serves that many.
+    Overloaded,
+    /// No reply before the deadline.
+    Timeout,
+    /// The peer's channel is closed (it is shutting down).
+    Closed,
+}
+
+/// What travels between two shards.
+pub enum Envelope<Req, Resp> {
+    Request {
+        id: u64,
+        body: Req,
+    },
+    Reply {
+        id: u64,
+        body: Result<Resp, MeshError>,
+    },
+}
+
+type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+/// Serves a request addressed to this shard: `(caller shard, request) -> reply`.
+pub type Handler<Req, Resp> = Rc<dyn Fn(usize, Req) -> LocalFuture<Resp>>;
+
+/// Mesh settings, the same on every shard.
+#[derive(Clone, Copy, Debug)]
+pub struct MeshLimits {
+    pub inflight_max: usize,
+    pub deadline: Duration,
+}
+
+/// Counters of one shard's side of one mesh.
+#[derive(Default, Debug)]
+pub struct MeshCounters {
+    pub calls_sent: Cell<u64>,
+    pub calls_served: Cell<u64>,
+    pub overloaded: Cell<u64>,
+    pub timeouts: Cell<u64>,
+}
+
+/// One shard's endpoint of a mesh. Not `Send`: it lives and dies on its shard.
+pub struct Mesh<Req: Send + 'static, Resp: Send + 'static> {
+    shard: usize,
+    shard_count: usize,
+    senders: Senders<Envelope<Req, Resp>>,
+    pending: RefCell<HashMap<u64, Rc<ReplySlot<Resp>>>>,
+    id_next: Cell<u64>,
+    outgoing: Cell<usize>,
+    incoming: Cell<usize>,
+    limits: MeshLimits,
+    handler: Handler<Req, Resp>,
+    pub counters: MeshCounters,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
+    /// Joins the mesh (every shard must) and starts serving requests from the other shards.
+    /// Shard `i` must be the `i`-th executor created, so that its mesh peer id is `i`.
+    pub async fn join(
+        builder: MeshBuilder<Envelope<Req, Resp>, glommio::channels::channel_mesh::Full>,
+        shard: usize,
+        limits: MeshLimits,
+        handler: Handler<Req, Resp>,
+    ) -> Rc<Self> {
+        let shard_count = builder.nr_peers();
+        let (senders, receivers) = builder
+            .join()
+            .await
+            .expect("every shard joins the mesh once");
+        assert_eq!(
+            senders.peer_id(),
+            shard,
+            "mesh peer ids follow executor creation order"
+        );
+        let mesh = Rc::new(Mesh {
+            shard,
+            shard_count,
+            senders,
+            pending: RefCell::new(HashMap::new()),
+            id_next: Cell::new(0),
+            outgoing: Cell::new(0),
+            incoming: Cell::new(0),
+            limits,
+            handler,
+            counters: MeshCounters::default(),
+        });
+        Self::serve(&mesh, receivers);
+        mesh
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    /// Sends `req` to shard `to` and waits for its reply, at most the mesh deadline. A call to
+    /// this shard runs the handler in place, without a message.
+    pub async fn call(&self, to: usize, req: Req) -> Result<Resp, MeshError> {
+        assert!(to < self.shard_count);
+        if to == self.shard {
+            return Ok((self.handler)(self.shard, req).await);
+        }
+        if self.outgoing.get() >= self.limits.inflight_max {
+            self.counters
+                .overloaded
+                .set(self.counters.overloaded.get() + 1);
+            return Err(MeshError::Overloaded);
+        }
+        let id = self.id_next.get();
+        self.id_next.set(id + 1);
+        let slot = Rc::new(ReplySlot {
+            value: RefCell::new(None),
+            waker: Cell::new(None),
+        });
+        self.pending.borrow_mut().insert(id, slot.clone());
+        self.outgoing.set(self.outgoing.get() + 1);
+        self.counters
+            .calls_sent
+            .set(self.counters.calls_sent.get() + 1);
+        let _guard = PendingGuard { mesh: self, id };
+        let exchange = async {
+            if self
+                .senders
+                .send_to(to, Envelope::Request { id, body: req })
+                .await
+                .is_err()
+            {
+                return Err(MeshError::Closed);
+            }
+            WaitReply { slot: &slot }.await
+        };
+        match with_deadline(self.limits.deadline, exchange).await {
+            Some(result) => result,
+            None => {
+                self.counters.timeouts.set(self.counters.timeouts.get() + 1);
+                Err(MeshError::Timeout)
+            }
+        }
+    }
+
+    /// Calls every shard (this one in place) at once and returns the replies in shard order.
+    pub async fn call_all(&self, req: impl Fn() -> Req) -> Vec<Result<Resp, MeshError>> {
+        join_all(
+            (0..self.shard_count)
+                .map(|to| self.call(to, req()))
+                .collect(),
+        )
+        .await
+    }
+
+    fn serve(mesh: &Rc<Self>, mut receivers: Receivers<Envelope<Req, Resp>>) {
+        for (from, stream) in receivers.streams() {
+            let mesh = mesh.clone();
+            glommio::spawn_local(async move {
+                let mut stream = stream;
+                while let Some(envelope) = stream.next().await {
+                    match envelope {
+                        Envelope::Reply { id, body } => mesh.deliver(id, body),
+                        Envelope::Request { id, body } => mesh.accept(from, id, body),
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn deliver(&self, id: u64, body: Result<Resp, MeshError>) {
+        // A reply whose caller gave up (deadline) finds no slot and is dropped.
+        if let Some(slot) = self.pending.borrow_mut().remove(&id) {
+            *slot.value.borrow_mut() = Some(body);
+            if let Some(waker) = slot.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn accept(self: &Rc<Self>, from: usize, id: u64, body: Req) {
+        let mesh = self.clone();
+        if self.incoming.get() >= self.limits.inflight_max {
+            self.counters
+                .overloaded
+                .set(self.counters.overloaded.get() + 1);
+            glommio::spawn_local(async move {
+                let _ = mesh
+                    .senders
+                    .send_to(
+                        from,
+                        Envelope::Reply {
+                            id,
+                            body: Err(MeshError::Overloaded),
+                        },
+                    )
+                    .await;
+            })
+            .detach();
+            return;
+        }
+        self.incoming.set(self.incoming.get() + 1);
+        self.counters
+            .calls_served
+            .set(self.counters.calls_served.get() + 1);
+        glommio::spawn_local(async move {
+            let reply = (mesh.handler)(from, body).await;
+            mesh.incoming.set(mesh.incoming.get() - 1);
+            let _ = mesh
+                .senders
+                .send_to(
+                    from,
+                    Envelope::Reply {
+                        id,
+                        body: Ok(reply),
+                    },
+                )
+                .await;
+        })
+        .detach();
+    }
+}
+
+struct ReplySlot<Resp> {
+    value: RefCell<Option<Result<Resp, MeshError>>>,
+    waker: Cell<Option<Waker>>,
+}
+
+struct WaitReply<'a, Resp> {
+    slot: &'a ReplySlot<Resp>,
+}
+
+impl<Resp> Future for WaitReply<'_, Resp> {
+    type Output = Result<Resp, MeshError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.slot.value.borrow_mut().take() {
+            Some(value) => Poll::Ready(value),
+            None => {
+                self.slot.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Removes a call's slot and its count however the call ends (reply, deadline, drop).
+struct PendingGuard<'a, Req: Send + 'static, Resp: Send + 'static> {
+    mesh: &'a Mesh<Req, Resp>,
+    id: u64,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Drop for PendingGuard<'_, Req, Resp> {
+    fn drop(&mut self) {
+        self.mesh.pending.borrow_mut().remove(&self.id);
+        self.mesh.outgoing.set(self.mesh.outgoing.get() - 1);
+    }
+}
+
+/// Runs `fut` for at most `limit`; None when the deadline passed first.
+pub async fn with_deadline<T>(limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
+/// Polls every future until all are done; outputs in input order.
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}

@@ -1,0 +1,373 @@
+//! Routes (method + path pattern, path parameters, prefix mounts) and middleware in a fixed phase order; never does IO itself.
+
+pub mod request;
+pub mod response;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+pub use request::{Body, BodyError, BodySource, Extensions, Identity, Request, RequestCtx};
+pub use response::{BodyStream, Response, ResponseBody};
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// Captured path parameters, in pattern order.
+type Params = Vec<(Rc<str>, String)>;
+/// Handlers of one static path, by method.
+type MethodTable = Vec<(Box<str>, Rc<dyn Handler>)>;
+
+/// An async request handler. It runs on the shard that accepted the connection: no `Send` bound,
+/// `Rc` state is fine.
+pub trait Handler: 'static {
+    fn call(&self, req: Request) -> BoxFuture<Response>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = Response> + 'static,
+{
+    fn call(&self, req: Request) -> BoxFuture<Response> {
+        Box::pin(self(req))
+    }
+}
+
+/// When a middleware runs. Phases run outermost first in this order on the way in (and in reverse
+/// on the way out); within a phase, in the order the middleware was added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Before anything else: request ids, logging, rate limits, redirects.
+    Request,
+    /// Establishes `ctx.identity` (session cookie, Basic, Bearer).
+    Authenticate,
+    /// Decides whether the identity may do this (access rules, CSRF).
+    Authorize,
+    /// Right around the handler: response headers, compression.
+    Handle,
+}
+
+/// Code around handlers: call `next.run(req)` to go on, or answer without it.
+pub trait Middleware: 'static {
+    fn call(&self, req: Request, next: Next) -> BoxFuture<Response>;
+}
+
+impl<F, Fut> Middleware for F
+where
+    F: Fn(Request, Next) -> Fut + 'static,
+    Fut: Future<Output = Response> + 'static,
+{
+    fn call(&self, req: Request, next: Next) -> BoxFuture<Response> {
+        Box::pin(self(req, next))
+    }
+}
+
+/// The rest of the middleware chain, ending in the router.
+pub struct Next {
+    app: Rc<App>,
+    index: usize,
+}
+
+impl Next {
+    pub fn run(self, req: Request) -> BoxFuture<Response> {
+        match self.app.middleware.get(self.index) {
+            Some((_, middleware)) => {
+                let next = Next {
+                    app: self.app.clone(),
+                    index: self.index + 1,
+                };
+                middleware.call(req, next)
+            }
+            None => self.app.router.dispatch(req),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Param(Rc<str>),
+    /// `{*name}`: the rest of the path, possibly empty; last segment only.
+    Rest(Rc<str>),
+}
+
+struct Route {
+    method: Box<str>,
+    segments: Vec<Segment>,
+    handler: Rc<dyn Handler>,
+}
+
+/// Maps method and path to a handler. Static paths are a hash lookup; patterns are tried in the
+/// order they were added.
+#[derive(Default)]
+pub struct Router {
+    /// path -> (method, handler) for patterns without parameters.
+    exact: HashMap<Box<str>, MethodTable>,
+    patterns: Vec<Route>,
+    middleware: Vec<(Phase, Rc<dyn Middleware>)>,
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Adds a route. Patterns: `/users/{id}`, `/files/{*path}`. Panics on a malformed pattern
+    /// (a programming error found at start-up).
+    pub fn route(mut self, method: &str, pattern: &str, handler: impl Handler) -> Router {
+        self.add(method, pattern, Rc::new(handler));
+        self
+    }
+
+    pub fn get(self, pattern: &str, handler: impl Handler) -> Router {
+        self.route("GET", pattern, handler)
+    }
+
+    pub fn post(self, pattern: &str, handler: impl Handler) -> Router {
+        self.route("POST", pattern, handler)
+    }
+
+    pub fn put(self, pattern: &str, handler: impl Handler) -> Router {
+        self.route("PUT", pattern, handler)
+    }
+
+    pub fn delete(self, pattern: &str, handler: impl Handler) -> Router {
+        self.route("DELETE", pattern, handler)
+    }
+
+    /// Serves every route of `other` under `prefix` (`/api` + `/users` = `/api/users`).
+    /// `other`'s middleware joins this router's.
+    pub fn mount(mut self, prefix: &str, other: Router) -> Router {
+        let prefix = prefix.trim_end_matches('/');
+        for (path, methods) in other.exact {
+            for (method, handler) in methods {
+                self.add(&method, &format!("{prefix}{path}"), handler);
+            }
+        }
+        let prefix_segments = parse_pattern(if prefix.is_empty() { "/" } else { prefix });
+        for route in other.patterns {
+            let mut segments = prefix_segments.clone();
+            segments.extend(route.segments);
+            self.patterns.push(Route {
+                method: route.method,
+                segments,
+                handler: route.handler,
+            });
+        }
+        self.middleware.extend(other.middleware);
+        self
+    }
+
+    /// Adds middleware that runs in `phase` (see `Phase` for the order).
+    pub fn middleware(mut self, phase: Phase, middleware: impl Middleware) -> Router {
+        self.middleware.push((phase, Rc::new(middleware)));
+        self
+    }
+
+    fn add(&mut self, method: &str, pattern: &str, handler: Rc<dyn Handler>) {
+        assert!(
+            pattern.starts_with('/'),
+            "route pattern must start with '/': {pattern}"
+        );
+        let segments = parse_pattern(pattern);
+        if segments.iter().all(|s| matches!(s, Segment::Literal(_))) {
+            let methods = self.exact.entry(pattern.into()).or_default();
+            methods.retain(|(m, _)| &**m != method);
+            methods.push((method.into(), handler));
+        } else {
+            self.patterns.push(Route {
+                method: method.into(),
+                segments,
+                handler,
+            });
+        }
+    }
+
+    /// Finds the handler for `method` and `path`: Ok with captured parameters, or the status to
+    /// answer (404 no such path; 405 with the allowed methods).
+    fn find(&self, method: &str, path: &str) -> Result<(Rc<dyn Handler>, Params), Miss> {
+        let lookup = |method: &str| -> Option<(Rc<dyn Handler>, Params)> {
+            if let Some(h) = self.exact_get(method, path) {
+                return Some((h, Vec::new()));
+            }
+            self.patterns
+                .iter()
+                .filter(|r| &*r.method == method)
+                .find_map(|r| match_segments(&r.segments, path).map(|p| (r.handler.clone(), p)))
+        };
+        if let Some(found) = lookup(method) {
+            return Ok(found);
+        }
+        // RFC 9110 §9.3.2: HEAD is GET without the body.
+        if method == "HEAD"
+            && let Some(found) = lookup("GET")
+        {
+            return Ok(found);
+        }
+        let mut allowed: Vec<&str> = self
+            .exact
+            .get(path)
+            .into_iter()
+            .flatten()
+            .map(|(m, _)| &**m)
+            .chain(
+                self.patterns
+                    .iter()
+                    .filter(|r| match_segments(&r.segments, path).is_some())
+                    .map(|r| &*r.method),
+            )
+            .collect();
+        if allowed.is_empty() {
+            return Err(Miss::NotFound);
+        }
+        if allowed.contains(&"GET") {
+            allowed.push("HEAD");
+        }
+        allowed.sort_unstable();
+        allowed.dedup();
+        Err(Miss::MethodNotAllowed(allowed.join(", ")))
+    }
+
+    fn exact_get(&self, method: &str, path: &str) -> Option<Rc<dyn Handler>> {
+        let methods = self.exact.get(path)?;
+        methods
+            .iter()
+            .find(|(m, _)| &**m == method)
+            .map(|(_, h)| h.clone())
+    }
+
+    fn dispatch(&self, mut req: Request) -> BoxFuture<Response> {
+        match self.find(req.method(), req.path()) {
+            Ok((handler, params)) => {
+                req.set_params(params);
+                handler.call(req)
+            }
+            Err(Miss::NotFound) => Box::pin(std::future::ready(Response::error(404, "not found"))),
+            Err(Miss::MethodNotAllowed(allow)) => Box::pin(std::future::ready(
+                Response::error(405, "method not allowed").header("allow", allow),
+            )),
+        }
+    }
+
+    /// Freezes the router and its middleware (sorted by phase) into the app a shard serves.
+    pub fn into_app(mut self) -> Rc<App> {
+        let mut middleware = std::mem::take(&mut self.middleware);
+        middleware.sort_by_key(|(phase, _)| *phase); // stable: insertion order within a phase
+        Rc::new(App {
+            router: self,
+            middleware,
+        })
+    }
+}
+
+enum Miss {
+    NotFound,
+    MethodNotAllowed(String),
+}
+
+fn parse_pattern(pattern: &str) -> Vec<Segment> {
+    let segments: Vec<Segment> = pattern
+        .split('/')
+        .skip(1)
+        .map(|s| {
+            if let Some(name) = s.strip_prefix("{*").and_then(|s| s.strip_suffix('}')) {
+                Segment::Rest(name.into())
+            } else if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Segment::Param(name.into())
+            } else {
+                Segment::Literal(s.into())
+            }
+        })
+        .collect();
+    if let Some(position) = segments.iter().position(|s| matches!(s, Segment::Rest(_))) {
+        assert_eq!(
+            position,
+            segments.len() - 1,
+            "{{*rest}} must be the last segment: {pattern}"
+        );
+    }
+    segments
+}
+
+fn match_segments(segments: &[Segment], path: &str) -> Option<Params> {
+    let mut params = Vec::new();
+    let mut parts = path.split('/').skip(1);
+    let mut rest_start = 1;
+    for segment in segments {
+        if let Segment::Rest(name) = segment {
+            let rest = path.get(rest_start..).unwrap_or("");
+            params.push((name.clone(), rest.to_string()));
+            return Some(params);
+        }
+        let part = parts.next()?;
+        rest_start += part.len() + 1;
+        match segment {
+            Segment::Literal(literal) if &**literal == part => {}
+            Segment::Param(name) if !part.is_empty() => {
+                params.push((name.clone(), part.to_string()))
+            }
+            _ => return None,
+        }
+    }
+    parts.next().is_none().then_some(params)
+}
+
+/// A router with its middleware chain, ready to serve; one per shard.
+pub struct App {
+    router: Router,
+    middleware: Vec<(Phase, Rc<dyn Middleware>)>,
+}
+
+impl App {
+    pub fn serve(self: &Rc<Self>, req: Request) -> BoxFuture<Response> {
+        Next {
+            app: self.clone(),
+            index: 0,
+        }
+        .run(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(patterns: &[&str], path: &str, expected: Option<(usize, &[(&str, &str)])>) {
+        for (index, pattern) in patterns.iter().enumerate() {
+            if let Some(params) = match_segments(&parse_pattern(pattern), path) {
+                let params: Vec<(&str, &str)> =
+                    params.iter().map(|(n, v)| (&**n, v.as_str())).collect();
+                assert_eq!(Some((index, params.as_slice())), expected, "{path}");
+                return;
+            }
+        }
+        assert_eq!(None, expected, "{path}");
+    }
+
+    #[test]
+    fn patterns() {
+        let p = [
+            "/users/{id}",
+            "/users/{id}/posts/{post}",
+            "/files/{*path}",
+            "/",
+            "/a/b",
+        ];
+        check(&p, "/users/7", Some((0, &[("id", "7")])));
+        check(&p, "/users/", None);
+        check(&p, "/users", None);
+        check(
+            &p,
+            "/users/7/posts/9",
+            Some((1, &[("id", "7"), ("post", "9")])),
+        );
+        check(&p, "/users/7/posts", None);
+        check(&p, "/files/a/b/c", Some((2, &[("path", "a/b/c")])));
+        check(&p, "/files/", Some((2, &[("path", "")])));
+        check(&p, "/", Some((3, &[])));
+        check(&p, "/a/b", Some((4, &[])));
+        check(&p, "/a/b/", None);
+        check(&p, "/nope", None);
+    }
+}

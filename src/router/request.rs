@@ -1,0 +1,185 @@
+//! What a handler receives: the parsed head, path parameters, the body as a stream of chunks, and the request context; never reads a socket itself.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::http::{HttpError, RequestHead};
+
+/// Why a request body could not be read to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// The client broke the framing or a limit (400, 413, ...): the connection cannot continue.
+    Protocol(HttpError),
+    /// No body bytes arrived within the body timeout (408).
+    Timeout,
+    /// The client closed the connection or a read failed.
+    Closed,
+}
+
+impl BodyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::Protocol(e) => e.status(),
+            BodyError::Timeout => 408,
+            BodyError::Closed => 400,
+        }
+    }
+}
+
+/// Where body chunks come from: implemented by the connection, which owns the socket.
+pub trait BodySource {
+    /// The next decoded chunk; `None` after the last one.
+    fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>>;
+}
+
+/// A request body, consumed as a stream of chunks; nothing is buffered unless the handler asks.
+pub struct Body {
+    source: Option<Rc<dyn BodySource>>,
+    body_bytes_max: u64,
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body {
+            source: None,
+            body_bytes_max: 0,
+        }
+    }
+
+    pub fn from_source(source: Rc<dyn BodySource>, body_bytes_max: u64) -> Body {
+        Body {
+            source: Some(source),
+            body_bytes_max,
+        }
+    }
+
+    /// The next chunk of the body, `None` at its end.
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, BodyError>> {
+        let source = self.source.clone()?;
+        let next = std::future::poll_fn(|cx| source.poll_chunk(cx)).await;
+        if next.is_none() {
+            self.source = None;
+        }
+        next
+    }
+
+    /// Reads the whole body into memory (bounded by the server's body limit, enforced while decoding).
+    pub async fn bytes(&mut self) -> Result<Bytes, BodyError> {
+        let mut all = BytesMut::new();
+        let mut first: Option<Bytes> = None;
+        while let Some(chunk) = self.chunk().await {
+            let chunk = chunk?;
+            if first.is_none() && all.is_empty() {
+                first = Some(chunk);
+                continue;
+            }
+            if let Some(f) = first.take() {
+                all.extend_from_slice(&f);
+            }
+            if all.len() as u64 + chunk.len() as u64 > self.body_bytes_max {
+                return Err(BodyError::Protocol(HttpError::BodyTooLarge));
+            }
+            all.extend_from_slice(&chunk);
+        }
+        Ok(first.unwrap_or_else(|| all.freeze()))
+    }
+
+    /// The body as a `Stream` of chunks, for handing to a streaming response.
+    pub fn into_stream(self) -> impl futures_lite::Stream<Item = Result<Bytes, BodyError>> {
+        futures_lite::stream::unfold(self, |mut body| async move {
+            body.chunk().await.map(|c| (c, body))
+        })
+    }
+}
+
+/// Who the client is, once an authentication middleware has established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub roles: Vec<String>,
+}
+
+/// Typed values that middleware attaches to a request for later phases and the handler.
+#[derive(Default)]
+pub struct Extensions {
+    map: HashMap<TypeId, Box<dyn Any>>,
+}
+
+impl Extensions {
+    pub fn insert<T: 'static>(&mut self, value: T) -> Option<T> {
+        self.map
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast().ok().map(|b| *b))
+    }
+
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.map
+            .get(&TypeId::of::<T>())
+            .and_then(|b| b.downcast_ref())
+    }
+
+    pub fn remove<T: 'static>(&mut self) -> Option<T> {
+        self.map
+            .remove(&TypeId::of::<T>())
+            .and_then(|b| b.downcast().ok().map(|b| *b))
+    }
+}
+
+/// Facts about the request that are not in its bytes.
+pub struct RequestCtx {
+    /// Index of the shard serving the request.
+    pub shard: usize,
+    pub peer: Option<SocketAddr>,
+    pub tls: bool,
+    /// Set by an authentication middleware; every later phase and the handler see it.
+    pub identity: Option<Rc<Identity>>,
+    pub extensions: Extensions,
+}
+
+/// One HTTP request as a handler sees it.
+pub struct Request {
+    pub head: RequestHead,
+    pub body: Body,
+    pub ctx: RequestCtx,
+    params: Vec<(Rc<str>, String)>,
+}
+
+impl Request {
+    pub fn new(head: RequestHead, body: Body, ctx: RequestCtx) -> Request {
+        Request {
+            head,
+            body,
+            ctx,
+            params: Vec::new(),
+        }
+    }
+
+    pub fn method(&self) -> &str {
+        self.head.method()
+    }
+
+    pub fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.header(name)
+    }
+
+    /// A path parameter captured by the route pattern (`/users/{id}` -> `param("id")`).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn set_params(&mut self, params: Vec<(Rc<str>, String)>) {
+        self.params = params;
+    }
+}

@@ -1,0 +1,117 @@
+//! What a handler returns: status, headers and a body that is empty, whole, or a stream of chunks.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_lite::Stream;
+use serde::Serialize;
+
+use super::request::BodyError;
+
+/// A streamed body: chunks until `None`; an `Err` aborts the response and closes the connection.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>>>>;
+
+pub enum ResponseBody {
+    Empty,
+    Full(Bytes),
+    /// Sent with chunked transfer coding (HTTP/1.1) or until close (HTTP/1.0).
+    Stream(BodyStream),
+}
+
+/// Headers the server writes itself; a handler's copies are dropped when encoding.
+pub const SERVER_MANAGED_HEADERS: [&str; 5] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "date",
+    "server",
+];
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(Cow<'static, str>, Bytes)>,
+    pub body: ResponseBody,
+    /// Close the connection after this response.
+    pub close: bool,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: ResponseBody::Empty,
+            close: false,
+        }
+    }
+
+    pub fn bytes(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response {
+        Response::new(status)
+            .header("Content-Type", content_type)
+            .with_body(body)
+    }
+
+    pub fn text(status: u16, body: impl Into<Bytes>) -> Response {
+        Response::bytes(status, "text/plain", body)
+    }
+
+    pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Response {
+        match serde_json::to_vec(value) {
+            Ok(body) => Response::bytes(status, "application/json", body),
+            Err(_) => Response::text(500, "cannot encode the response as JSON\n"),
+        }
+    }
+
+    pub fn stream(
+        status: u16,
+        content_type: &'static str,
+        body: impl Stream<Item = Result<Bytes, BodyError>> + 'static,
+    ) -> Response {
+        let mut response = Response::new(status).header("Content-Type", content_type);
+        response.body = ResponseBody::Stream(Box::pin(body));
+        response
+    }
+
+    /// A plain-text error answer; `close` asks the connection to close after it.
+    pub fn error(status: u16, message: &str) -> Response {
+        let mut body = String::with_capacity(message.len() + 1);
+        body.push_str(message);
+        body.push('\n');
+        Response::text(status, body)
+    }
+
+    pub fn header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Bytes>,
+    ) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Response {
+        self.body = ResponseBody::Full(body.into());
+        self
+    }
+
+    pub fn get_header(&self, name: &str) -> Option<&Bytes> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+impl From<BodyError> for Response {
+    fn from(e: BodyError) -> Response {
+        let message = match e {
+            BodyError::Protocol(e) => e.message(),
+            BodyError::Timeout => "request body timed out",
+            BodyError::Closed => "request body incomplete",
+        };
+        let mut response = Response::error(e.status(), message);
+        response.close = true;
+        response
+    }
+}

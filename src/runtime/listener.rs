@@ -1,0 +1,60 @@
+//! Builds the SO_REUSEPORT listening sockets, one per shard and address, before any shard starts.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// One listening socket per (shard, address): `sockets[shard][address]`. Port 0 is resolved by
+/// the first socket, and every other shard binds the same port.
+pub fn bind_all(
+    binds: &[SocketAddr],
+    shard_count: usize,
+    backlog: u32,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<OwnedFd>>), String> {
+    let mut resolved = Vec::with_capacity(binds.len());
+    let mut sockets: Vec<Vec<OwnedFd>> = (0..shard_count)
+        .map(|_| Vec::with_capacity(binds.len()))
+        .collect();
+    for &bind in binds {
+        let first = bind_one(bind, backlog)?;
+        let addr = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| format!("--bind {bind}: cannot read the bound address"))?;
+        if resolved.contains(&addr) {
+            return Err(format!("--bind {bind}: given twice"));
+        }
+        sockets[0].push(first.into());
+        for shard_sockets in sockets.iter_mut().skip(1) {
+            shard_sockets.push(bind_one(addr, backlog)?.into());
+        }
+        resolved.push(addr);
+    }
+    Ok((resolved, sockets))
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> Result<Socket, String> {
+    let fail = |what: &str, e: std::io::Error| format!("--bind {addr}: {what}: {e}");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| fail("socket", e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| fail("SO_REUSEADDR", e))?;
+    socket
+        .set_reuse_port(true)
+        .map_err(|e| fail("SO_REUSEPORT", e))?;
+    if addr.is_ipv6() {
+        socket
+            .set_only_v6(true)
+            .map_err(|e| fail("IPV6_V6ONLY", e))?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| fail("cannot bind", e))?;
+    socket
+        .listen(backlog.min(i32::MAX as u32) as i32)
+        .map_err(|e| fail("cannot listen", e))?;
+    Ok(socket)
+}

@@ -1,0 +1,214 @@
+//! Starts the shards (one pinned glommio executor per CPU), their listeners and mesh, forwards signals, and waits for the drain; the only place threads are made.
+
+pub mod listener;
+pub mod preflight;
+pub mod shard;
+pub mod uring;
+
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::config::limits::{IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY};
+use crate::mesh::{Envelope, Mesh, MeshLimits};
+use crate::metrics::ShardStats;
+use crate::router::Router;
+use shard::{Shard, StatsRequest};
+
+/// Builds a shard's router; called once on every shard thread.
+pub type AppFactory = dyn Fn() -> Router + Send + Sync;
+
+/// Why the server could not start. Each is one line for stderr; the exit code is 2.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+/// Control messages from the signal thread to a shard.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Drain,
+}
+
+/// What one shard thread is given at spawn.
+struct ShardInit {
+    index: usize,
+    cpu: usize,
+    config: Config,
+    listeners: Vec<OwnedFd>,
+    stats_mesh:
+        MeshBuilder<Envelope<StatsRequest, ShardStats>, glommio::channels::channel_mesh::Full>,
+    control: SharedReceiver<Control>,
+    ready: mpsc::Sender<usize>,
+    app: &'static AppFactory,
+}
+
+/// Runs the server until a graceful shutdown completes. Prints `listening on http://ADDR` once
+/// every shard accepts.
+pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
+    preflight::check().map_err(StartError)?;
+    let shard_count = config.shard_count();
+    let (addrs, mut sockets) =
+        listener::bind_all(&config.binds, shard_count, config.backlog).map_err(StartError)?;
+    // Registered before any shard starts, so a signal right after "listening" is never lost.
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+
+    let stats_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut controls = Vec::with_capacity(shard_count);
+    let mut handles = Vec::with_capacity(shard_count);
+    // Shards are created in index order: glommio numbers executors in creation order and the
+    // mesh orders peers by that number, so mesh peer id == shard index (asserted in Mesh::join).
+    for (index, listeners) in sockets.drain(..).enumerate() {
+        let cpu = config.cpus[index];
+        let (control_tx, control_rx) = shared_channel::new_bounded(4);
+        controls.push(control_tx);
+        let init = ShardInit {
+            index,
+            cpu,
+            config: config.clone(),
+            listeners,
+            stats_mesh: stats_mesh.clone(),
+            control: control_rx,
+            ready: ready_tx.clone(),
+            app,
+        };
+        let placement = if config.pin {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("percore-{index}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(move || shard_main(init))
+            .map_err(|e| StartError(format!("cannot start shard {index} on CPU {cpu}: {e}")))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    // Before waiting for the shards: connecting a shared channel waits for both ends.
+    spawn_signal_forwarder(signals, controls)?;
+    for _ in 0..shard_count {
+        ready_rx
+            .recv()
+            .map_err(|_| StartError("a shard failed during start-up".into()))?;
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for addr in &addrs {
+            let _ = writeln!(out, "listening on http://{addr}");
+        }
+        let _ = out.flush();
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    Ok(())
+}
+
+/// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard;
+/// a second signal exits at once.
+fn spawn_signal_forwarder(
+    mut signals: signal_hook::iterator::Signals,
+    controls: Vec<SharedSender<Control>>,
+) -> Result<(), StartError> {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name("percore-signals")
+        .io_memory(IO_MEMORY_BYTES)
+        .spawn(move || async move {
+            let mut connected = Vec::with_capacity(controls.len());
+            for control in controls {
+                connected.push(control.connect().await);
+            }
+            let mut received = 0;
+            loop {
+                for signal in signals.pending() {
+                    received += 1;
+                    if received == 1 {
+                        eprintln!(
+                            "percore: signal {signal}: draining (a second signal exits at once)"
+                        );
+                        for control in &connected {
+                            let _ = control.try_send(Control::Drain);
+                        }
+                    } else {
+                        eprintln!("percore: signal {signal} again: exiting now");
+                        std::process::exit(128 + signal);
+                    }
+                }
+                // Signals are rare; a 50 ms poll keeps this thread off every hot path.
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| StartError(format!("cannot start the signal thread: {e}")))
+}
+
+async fn shard_main(init: ShardInit) {
+    let limits = MeshLimits {
+        inflight_max: init.config.mesh_inflight_max,
+        deadline: init.config.mesh_deadline,
+    };
+    let stats_mesh = Mesh::join(
+        init.stats_mesh,
+        init.index,
+        limits,
+        Rc::new(|_from, StatsRequest| Box::pin(async { shard::current().stats() })),
+    )
+    .await;
+    let shard = Shard::install(init.index, init.cpu, init.config, stats_mesh);
+    let app = (init.app)().into_app();
+
+    glommio::spawn_local(clock(shard.clone())).detach();
+    let control = init.control.connect().await;
+    for fd in init.listeners {
+        let raw = fd.into_raw_fd();
+        // SAFETY: `raw` is a bound, listening TCP socket whose ownership we just released.
+        let listener =
+            unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        glommio::spawn_local(crate::server::accept_loop(
+            shard.clone(),
+            app.clone(),
+            listener,
+        ))
+        .detach();
+    }
+    let _ = init.ready.send(init.index);
+
+    futures_lite::future::or(
+        async { control.recv().await.map(|_| ()).unwrap_or(()) },
+        shard.drain_started(),
+    )
+    .await;
+    shard.begin_drain();
+    let deadline = Instant::now() + shard.config.grace;
+    while shard.open_conns() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    if shard.open_conns() > 0 {
+        eprintln!(
+            "percore: shard {}: grace period over, closing {} connections",
+            shard.index,
+            shard.open_conns()
+        );
+    }
+}
+
+/// Refreshes the shard's Date cache at every turn of the wall-clock second.
+async fn clock(shard: Rc<Shard>) {
+    loop {
+        let subsec = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        glommio::timer::sleep(Duration::from_nanos(1_000_000_000 - u64::from(subsec))).await;
+        shard.tick();
+    }
+}

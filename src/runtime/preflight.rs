@@ -1,0 +1,62 @@
+//! Start-up checks of what the kernel must allow (io_uring, locked memory), each failing with one line that names the fix.
+
+use crate::config::limits::MEMLOCK_BYTES_MIN;
+
+/// Raises RLIMIT_MEMLOCK's soft limit to its hard limit, then checks it and io_uring.
+pub fn check() -> Result<(), String> {
+    check_memlock()?;
+    check_io_uring()
+}
+
+fn check_memlock() -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < MEMLOCK_BYTES_MIN {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {} KiB, io_uring needs at least {} KiB: run `ulimit -l unlimited` first \
+             (systemd: LimitMEMLOCK=infinity; docker: --ulimit memlock=-1)",
+            limit.rlim_cur / 1024,
+            MEMLOCK_BYTES_MIN / 1024
+        ));
+    }
+    Ok(())
+}
+
+fn check_io_uring() -> Result<(), String> {
+    // struct io_uring_params is 120 bytes; zeroed means "no flags".
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes the params buffer we own; a returned fd is closed.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+    if fd >= 0 {
+        // SAFETY: fd is a descriptor we just received and own.
+        unsafe { libc::close(fd as i32) };
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    let fix = match error.raw_os_error() {
+        Some(libc::ENOSYS) => "this kernel has no io_uring: percore needs Linux 5.11 or newer",
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "io_uring is blocked: set sysctl kernel.io_uring_disabled=0, or run the container with a seccomp \
+             profile that allows io_uring (Docker 25+: --security-opt seccomp=unconfined)"
+        }
+        Some(libc::ENOMEM) => "io_uring could not lock memory: run `ulimit -l unlimited` first",
+        _ => "io_uring is not usable here",
+    };
+    Err(format!("io_uring_setup failed ({error}): {fix}"))
+}

@@ -1,0 +1,174 @@
+//! One shard's state: config copy, counters, Date cache, drain state, the registry of its connections; nothing here is `Send`.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::SystemTime;
+
+use crate::config::Config;
+use crate::http::DateCache;
+use crate::mesh::Mesh;
+use crate::metrics::{ShardMetrics, ShardStats, add};
+
+/// The request of the stats mesh: "send me your counters".
+pub struct StatsRequest;
+
+pub type StatsMesh = Mesh<StatsRequest, ShardStats>;
+
+/// What the drain procedure needs to know about one open connection.
+pub struct ConnEntry {
+    pub fd: RawFd,
+    /// True while the connection waits for the first byte of its next request.
+    pub idle: Cell<bool>,
+}
+
+pub struct Shard {
+    pub index: usize,
+    pub cpu: usize,
+    pub config: Config,
+    pub metrics: ShardMetrics,
+    pub date: RefCell<DateCache>,
+    pub stats_mesh: Rc<StatsMesh>,
+    /// One permit per open connection, `conns_max` in all, shared by every listener of the shard.
+    pub conn_slots: Rc<glommio::sync::Semaphore>,
+    draining: Cell<bool>,
+    drain_waiters: RefCell<Vec<Waker>>,
+    conns: RefCell<HashMap<u64, Rc<ConnEntry>>>,
+    conn_id_next: Cell<u64>,
+}
+
+thread_local! {
+    static CURRENT: OnceCell<Rc<Shard>> = const { OnceCell::new() };
+}
+
+/// The shard running on this thread. Panics off a shard thread (a programming error).
+pub fn current() -> Rc<Shard> {
+    CURRENT
+        .with(|c| c.get().cloned())
+        .expect("called on a shard thread")
+}
+
+/// The index of the shard running on this thread, if any.
+pub fn current_index() -> Option<usize> {
+    CURRENT.with(|c| c.get().map(|s| s.index))
+}
+
+impl Shard {
+    pub fn install(
+        index: usize,
+        cpu: usize,
+        config: Config,
+        stats_mesh: Rc<StatsMesh>,
+    ) -> Rc<Shard> {
+        let mut date = DateCache::new();
+        date.refresh(SystemTime::now());
+        let shard = Rc::new(Shard {
+            index,
+            cpu,
+            metrics: ShardMetrics::default(),
+            date: RefCell::new(date),
+            conn_slots: Rc::new(glommio::sync::Semaphore::new(config.conns_max as u64)),
+            config,
+            stats_mesh,
+            draining: Cell::new(false),
+            drain_waiters: RefCell::new(Vec::new()),
+            conns: RefCell::new(HashMap::new()),
+            conn_id_next: Cell::new(0),
+        });
+        CURRENT.with(|c| assert!(c.set(shard.clone()).is_ok(), "one shard per thread"));
+        shard
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let mut stats = self.metrics.snapshot(self.index, self.cpu);
+        let mesh = &self.stats_mesh.counters;
+        stats.mesh_calls_sent = mesh.calls_sent.get();
+        stats.mesh_calls_served = mesh.calls_served.get();
+        stats.mesh_overloaded = mesh.overloaded.get();
+        stats.mesh_timeouts = mesh.timeouts.get();
+        stats
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Registers an accepted connection; the guard unregisters it when the connection ends.
+    pub fn register_conn(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
+        let id = self.conn_id_next.get();
+        self.conn_id_next.set(id + 1);
+        let entry = Rc::new(ConnEntry {
+            fd,
+            idle: Cell::new(false),
+        });
+        self.conns.borrow_mut().insert(id, entry.clone());
+        add(&self.metrics.connections_accepted, 1);
+        add(&self.metrics.connections_open, 1);
+        ConnGuard {
+            shard: self.clone(),
+            id,
+            entry,
+        }
+    }
+
+    pub fn open_conns(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Starts the graceful drain: `/health` answers 503, accept loops stop, idle keep-alive
+    /// connections are closed now and busy ones after their current response.
+    pub fn begin_drain(&self) {
+        if self.draining.replace(true) {
+            return;
+        }
+        for waker in self.drain_waiters.take() {
+            waker.wake();
+        }
+        for entry in self.conns.borrow().values() {
+            if entry.idle.get() {
+                // SAFETY: the fd belongs to a live connection (its guard removes it before close).
+                // shutdown(2) wakes its pending read with EOF; the connection task then closes it.
+                unsafe { libc::shutdown(entry.fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+
+    /// Resolves once the drain has begun.
+    pub async fn drain_started(&self) {
+        std::future::poll_fn(|cx: &mut Context<'_>| {
+            if self.draining.get() {
+                Poll::Ready(())
+            } else {
+                // Waiters are few (accept loops, the shard's main task); a re-poll must not add twice.
+                let mut waiters = self.drain_waiters.borrow_mut();
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Refreshes the cached Date header; called once a second by the shard's clock task.
+    pub fn tick(&self) {
+        self.date.borrow_mut().refresh(SystemTime::now());
+    }
+}
+
+/// Keeps a connection in its shard's registry and counts it open while alive.
+pub struct ConnGuard {
+    shard: Rc<Shard>,
+    id: u64,
+    pub entry: Rc<ConnEntry>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.shard.conns.borrow_mut().remove(&self.id);
+        let open = &self.shard.metrics.connections_open;
+        open.set(open.get() - 1);
+    }
+}

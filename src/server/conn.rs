@@ -1,0 +1,571 @@
+//! One HTTP/1.1 connection: reads, frames requests with `http`, runs the app, batches responses into one write; owns the socket and all per-connection memory.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
+use glommio::net::TcpStream;
+use glommio::sync::StaticPermit;
+
+use crate::config::limits::{
+    BODY_DISCARD_BYTES_MAX, READ_BUFFER_BYTES, TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES,
+    WRITE_BUFFER_KEEP_BYTES,
+};
+use crate::http::{
+    self, BodyDecoder, BodyEvent, BodyFraming, CONTINUE_100, HeadLimits, HttpError, RequestHead,
+    Version,
+};
+use crate::metrics::add;
+use crate::router::response::SERVER_MANAGED_HEADERS;
+use crate::router::{
+    App, Body, BodyError, BodySource, Request, RequestCtx, Response, ResponseBody,
+};
+use crate::runtime::shard::{ConnGuard, Shard};
+
+/// Largest single read while a body is expected (a head is read 4 KiB at a time).
+const BODY_READ_BYTES_MAX: usize = 64 * 1024;
+
+/// The socket and the read buffer, shared by the connection loop and the body of the request
+/// being served (the handler may read it while the loop waits). Borrows never cross an await.
+struct ConnIo {
+    stream: RefCell<TcpStream>,
+    rbuf: RefCell<BytesMut>,
+    shard: Rc<Shard>,
+}
+
+impl ConnIo {
+    /// Reads up to `want` more bytes into the read buffer. Ok(0) is end of stream.
+    fn poll_fill(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let mut rbuf = self.rbuf.borrow_mut();
+        let filled = rbuf.len();
+        // Zeroed rather than uninitialised: safe Rust, and ~1% of a read syscall (bench/RESULTS.md).
+        rbuf.resize(filled + want, 0);
+        let result = Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, &mut rbuf[filled..]);
+        let n = match &result {
+            Poll::Ready(Ok(n)) => *n,
+            _ => 0,
+        };
+        rbuf.truncate(filled + n);
+        add(&self.shard.metrics.bytes_read, n as u64);
+        result
+    }
+
+    async fn fill(&self, want: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx, want)).await
+    }
+
+    fn poll_write_all(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        written: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        while *written < buf.len() {
+            let n =
+                ready!(Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, &buf[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        let result = std::future::poll_fn(|cx| self.poll_write_all(cx, buf, &mut written)).await;
+        add(&self.shard.metrics.bytes_written, written as u64);
+        result
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) {
+        let _ = self
+            .stream
+            .borrow()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
+    }
+}
+
+/// Where the interim `100 Continue` stands for a request that asked for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Continue {
+    NotAsked,
+    /// Asked; sent with the first read of the body. `usize` bytes of it written so far.
+    Owed(usize),
+    Sent,
+}
+
+/// The body of the request being served, read from the connection on demand.
+struct ConnBody {
+    io: Rc<ConnIo>,
+    decoder: RefCell<BodyDecoder>,
+    continue_state: Cell<Continue>,
+    error: Cell<Option<BodyError>>,
+    done: Cell<bool>,
+}
+
+impl ConnBody {
+    fn fail(&self, error: BodyError) -> Poll<Option<Result<Bytes, BodyError>>> {
+        self.error.set(Some(error));
+        if let BodyError::Protocol(_) = error {
+            add(&self.io.shard.metrics.protocol_errors, 1);
+        }
+        if error == BodyError::Timeout {
+            add(&self.io.shard.metrics.timeouts_body, 1);
+        }
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl BodySource for ConnBody {
+    fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        if let Some(error) = self.error.get() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        if self.done.get() {
+            return Poll::Ready(None);
+        }
+        if let Continue::Owed(mut written) = self.continue_state.get() {
+            let result = self.io.poll_write_all(cx, CONTINUE_100, &mut written);
+            self.continue_state.set(Continue::Owed(written));
+            match ready!(result) {
+                Ok(()) => self.continue_state.set(Continue::Sent),
+                Err(_) => return self.fail(BodyError::Closed),
+            }
+        }
+        loop {
+            let decoded = self
+                .decoder
+                .borrow_mut()
+                .decode(&mut self.io.rbuf.borrow_mut());
+            match decoded {
+                Ok(Some(BodyEvent::Data(bytes))) => return Poll::Ready(Some(Ok(bytes))),
+                Ok(Some(BodyEvent::End)) => {
+                    self.done.set(true);
+                    return Poll::Ready(None);
+                }
+                Err(e) => return self.fail(BodyError::Protocol(e)),
+                Ok(None) => {
+                    let want = self
+                        .decoder
+                        .borrow()
+                        .remaining_hint()
+                        .map_or(READ_BUFFER_BYTES, |r| {
+                            (r as usize).clamp(READ_BUFFER_BYTES, BODY_READ_BYTES_MAX)
+                        });
+                    match ready!(self.io.poll_fill(cx, want)) {
+                        Ok(0) => return self.fail(BodyError::Closed),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            return self.fail(BodyError::Timeout);
+                        }
+                        Err(_) => return self.fail(BodyError::Closed),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the loop does after a response.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    KeepAlive,
+    Close,
+}
+
+struct Conn {
+    io: Rc<ConnIo>,
+    app: Rc<App>,
+    guard: ConnGuard,
+    peer: Option<std::net::SocketAddr>,
+    wbuf: BytesMut,
+    limits: HeadLimits,
+    /// When the first byte of the request head being read arrived (slowloris bound).
+    head_started: Option<Instant>,
+    /// Version of the request being answered.
+    version: Version,
+}
+
+/// Serves one accepted connection until it closes; `_permit` holds its slot in the shard's bound.
+pub async fn serve(shard: Rc<Shard>, app: Rc<App>, stream: TcpStream, _permit: StaticPermit) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shard.config.write_timeout));
+    let peer = stream.peer_addr().ok();
+    let guard = shard.register_conn(stream.as_raw_fd());
+    let limits = HeadLimits {
+        head_bytes_max: shard.config.head_bytes_max,
+        header_count_max: shard.config.header_count_max,
+        uri_bytes_max: shard.config.uri_bytes_max,
+    };
+    let io = Rc::new(ConnIo {
+        stream: RefCell::new(stream),
+        rbuf: RefCell::new(BytesMut::with_capacity(READ_BUFFER_BYTES)),
+        shard,
+    });
+    let mut conn = Conn {
+        io,
+        app,
+        guard,
+        peer,
+        wbuf: BytesMut::new(),
+        limits,
+        head_started: None,
+        version: Version::Http11,
+    };
+    conn.run().await;
+}
+
+impl Conn {
+    fn shard(&self) -> &Shard {
+        &self.io.shard
+    }
+
+    async fn run(&mut self) {
+        loop {
+            // Batch shape: answer every complete request already read, then write once.
+            loop {
+                let parsed = http::parse_head(&mut self.io.rbuf.borrow_mut(), &self.limits);
+                match parsed {
+                    Ok(Some(head)) => {
+                        self.head_started = None;
+                        if self.handle(head).await == Flow::Close {
+                            let _ = self.flush().await;
+                            return;
+                        }
+                        if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES
+                            && self.flush().await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        add(&self.shard().metrics.protocol_errors, 1);
+                        self.reject(e.status(), e.message()).await;
+                        return;
+                    }
+                }
+            }
+            if !self.wbuf.is_empty() && self.flush().await.is_err() {
+                return;
+            }
+            if !self.read_more().await {
+                return;
+            }
+        }
+    }
+
+    /// Waits for more request bytes. False when the connection should close.
+    async fn read_more(&mut self) -> bool {
+        let partial = !self.io.rbuf.borrow().is_empty();
+        let config = &self.io.shard.config;
+        if !partial && self.io.shard.is_draining() {
+            return false;
+        }
+        let timeout = if partial {
+            let started = *self.head_started.get_or_insert_with(Instant::now);
+            config.header_timeout.saturating_sub(started.elapsed())
+        } else {
+            config.keepalive_timeout
+        };
+        self.io.set_read_timeout(timeout);
+        self.guard.entry.idle.set(!partial);
+        let result = self.io.fill(READ_BUFFER_BYTES).await;
+        self.guard.entry.idle.set(false);
+        match result {
+            Ok(0) => false,
+            Ok(_) => {
+                if !partial {
+                    self.head_started = Some(Instant::now());
+                }
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                if partial {
+                    add(&self.shard().metrics.timeouts_header, 1);
+                    self.reject(408, "request head timed out").await;
+                } else {
+                    add(&self.shard().metrics.timeouts_idle, 1);
+                }
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Answers a request the connection cannot go on after, and flushes.
+    async fn reject(&mut self, status: u16, message: &str) {
+        let mut response = Response::error(status, message);
+        response.close = true;
+        let _ = self.write_response(response, false, Version::Http11).await;
+        let _ = self.flush().await;
+    }
+
+    async fn handle(&mut self, head: RequestHead) -> Flow {
+        add(&self.shard().metrics.requests, 1);
+        let keep_alive = head.keep_alive();
+        let is_head = head.is_head();
+        let version = head.version();
+        let body = match self.body_for(&head) {
+            Ok(body) => body,
+            Err(e) => {
+                add(&self.shard().metrics.protocol_errors, 1);
+                let mut response = Response::error(e.status(), e.message());
+                response.close = true;
+                return self.write_response(response, is_head, version).await;
+            }
+        };
+        let ctx = RequestCtx {
+            shard: self.shard().index,
+            peer: self.peer,
+            tls: false,
+            identity: None,
+            extensions: Default::default(),
+        };
+        let request_body = match &body {
+            Some(b) => Body::from_source(b.clone(), self.shard().config.body_bytes_max),
+            None => Body::empty(),
+        };
+        let mut response = self.app.serve(Request::new(head, request_body, ctx)).await;
+        if !keep_alive {
+            response.close = true;
+        }
+        if let Some(body) = &body {
+            if let Some(error) = body.error.get() {
+                response = Response::from(error);
+            } else if !body.done.get() && body.continue_state.get() == Continue::Owed(0) {
+                // RFC 9110 §10.1.1: we answered without asking for the body; the client may or
+                // may not send it, so the connection cannot be reused.
+                response.close = true;
+            }
+        }
+        let flow = self.write_response(response, is_head, version).await;
+        if flow == Flow::KeepAlive
+            && let Some(body) = body
+            && !body.done.get()
+            && !self.discard(&body).await
+        {
+            return Flow::Close;
+        }
+        flow
+    }
+
+    fn body_for(&self, head: &RequestHead) -> Result<Option<Rc<ConnBody>>, HttpError> {
+        if head.framing() == BodyFraming::Empty {
+            return Ok(None);
+        }
+        let decoder = BodyDecoder::new(
+            head.framing(),
+            self.shard().config.body_bytes_max,
+            TRAILER_BYTES_MAX,
+        )?;
+        self.io.set_read_timeout(self.shard().config.body_timeout);
+        let continue_state = if head.expect_continue() {
+            Continue::Owed(0)
+        } else {
+            Continue::NotAsked
+        };
+        Ok(Some(Rc::new(ConnBody {
+            io: self.io.clone(),
+            decoder: RefCell::new(decoder),
+            continue_state: Cell::new(continue_state),
+            error: Cell::new(None),
+            done: Cell::new(false),
+        })))
+    }
+
+    /// Reads and drops what the handler left of a body, so the next request can be framed.
+    /// False (close the connection) past BODY_DISCARD_BYTES_MAX or on any error.
+    async fn discard(&mut self, body: &Rc<ConnBody>) -> bool {
+        let mut discarded = 0u64;
+        let source: Rc<dyn BodySource> = body.clone();
+        loop {
+            match std::future::poll_fn(|cx| source.poll_chunk(cx)).await {
+                None => return true,
+                Some(Ok(chunk)) => {
+                    discarded += chunk.len() as u64;
+                    if discarded > BODY_DISCARD_BYTES_MAX {
+                        return false;
+                    }
+                }
+                Some(Err(_)) => return false,
+            }
+        }
+    }
+
+    /// Encodes the response into the write buffer (streams are written as they come).
+    async fn write_response(
+        &mut self,
+        mut response: Response,
+        is_head: bool,
+        version: Version,
+    ) -> Flow {
+        self.version = version;
+        let shard = self.io.shard.clone();
+        shard.metrics.count_status(response.status);
+        let close = response.close || shard.is_draining();
+        let headers = std::mem::take(&mut response.headers);
+        let no_body_status =
+            response.status < 200 || response.status == 204 || response.status == 304;
+        match response.body {
+            ResponseBody::Empty | ResponseBody::Full(_) if no_body_status => {
+                self.encode_head(response.status, &headers, http::ResponseBody::None, close);
+            }
+            ResponseBody::Empty => self.encode_head(
+                response.status,
+                &headers,
+                http::ResponseBody::Length(0),
+                close,
+            ),
+            ResponseBody::Full(bytes) => {
+                self.encode_head(
+                    response.status,
+                    &headers,
+                    http::ResponseBody::Length(bytes.len() as u64),
+                    close,
+                );
+                if !is_head {
+                    self.wbuf.extend_from_slice(&bytes);
+                }
+            }
+            ResponseBody::Stream(stream) => {
+                if is_head {
+                    self.encode_head(
+                        response.status,
+                        &headers,
+                        http::ResponseBody::Chunked,
+                        close,
+                    );
+                } else {
+                    return self
+                        .write_stream(response.status, &headers, stream, version, close)
+                        .await;
+                }
+            }
+        }
+        if close { Flow::Close } else { Flow::KeepAlive }
+    }
+
+    async fn write_stream(
+        &mut self,
+        status: u16,
+        headers: &[(Cow<'static, str>, Bytes)],
+        mut stream: crate::router::BodyStream,
+        version: Version,
+        close: bool,
+    ) -> Flow {
+        // The head waits for the first chunk: a stream that fails at once (an echo of a body
+        // with a bad chunk size, or over the limit) still gets a clean error answer.
+        let first = stream.next().await;
+        if let Some(Err(error)) = first {
+            return Box::pin(self.write_response(Response::from(error), false, version)).await;
+        }
+        // HTTP/1.0 has no chunked coding: the body ends when the connection closes.
+        let chunked = version == Version::Http11;
+        let close = close || !chunked;
+        let framing = if chunked {
+            http::ResponseBody::Chunked
+        } else {
+            http::ResponseBody::None
+        };
+        self.encode_head(status, headers, framing, close);
+        let mut next = first;
+        while let Some(chunk) = next.take() {
+            let Ok(chunk) = chunk else {
+                // The body broke mid-way (e.g. a request body error while echoing): the client
+                // sees a truncated response, never a well-formed wrong one.
+                let _ = self.flush().await;
+                return Flow::Close;
+            };
+            if chunked {
+                http::encode_chunk(&mut self.wbuf, &chunk);
+            } else {
+                self.wbuf.extend_from_slice(&chunk);
+            }
+            if self.flush().await.is_err() {
+                return Flow::Close;
+            }
+            next = stream.next().await;
+        }
+        if chunked {
+            http::encode_last_chunk(&mut self.wbuf);
+        }
+        // A drain that began while streaming ends the connection after this response.
+        if close || self.io.shard.is_draining() {
+            Flow::Close
+        } else {
+            Flow::KeepAlive
+        }
+    }
+
+    fn encode_head(
+        &mut self,
+        status: u16,
+        headers: &[(Cow<'static, str>, Bytes)],
+        body: http::ResponseBody,
+        close: bool,
+    ) {
+        const INLINE: usize = 16;
+        // RFC 9112 §9.3: an HTTP/1.0 client keeps the connection only if told so.
+        let keep_alive_10 = !close && self.version == Version::Http10;
+        let date = *self.io.shard.date.borrow().get();
+        let managed = |name: &str| {
+            SERVER_MANAGED_HEADERS
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(name))
+        };
+        let mut inline: [(&str, &[u8]); INLINE] = [("", &[]); INLINE];
+        let mut count = 0;
+        if keep_alive_10 {
+            inline[0] = ("Connection", b"keep-alive");
+            count = 1;
+        }
+        let mut overflow = false;
+        for (name, value) in headers.iter().filter(|(n, _)| !managed(n)) {
+            if count == INLINE {
+                overflow = true;
+                break;
+            }
+            inline[count] = (name, value);
+            count += 1;
+        }
+        if !overflow {
+            http::encode_head(&mut self.wbuf, status, &inline[..count], body, &date, close);
+        } else {
+            let mut all: Vec<(&str, &[u8])> = headers
+                .iter()
+                .filter(|(n, _)| !managed(n))
+                .map(|(n, v)| (&**n, &v[..]))
+                .collect();
+            if keep_alive_10 {
+                all.push(("Connection", b"keep-alive"));
+            }
+            http::encode_head(&mut self.wbuf, status, &all, body, &date, close);
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let result = self.io.write_all(&self.wbuf).await;
+        if let Err(e) = &result
+            && e.kind() == io::ErrorKind::TimedOut
+        {
+            add(&self.shard().metrics.timeouts_write, 1);
+        }
+        self.wbuf.clear();
+        if self.wbuf.capacity() > WRITE_BUFFER_KEEP_BYTES {
+            self.wbuf = BytesMut::new();
+        }
+        result
+    }
+}

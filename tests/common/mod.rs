@@ -1,0 +1,336 @@
+//! Test harness: starts the real `percore` binary on 127.0.0.1:0 and speaks raw HTTP/1.1 to it over TCP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_percore");
+
+/// A running server, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Server {
+    /// `percore --bind 127.0.0.1:0 --shards 2` plus `args`.
+    pub fn start(args: &[&str]) -> Server {
+        let mut full = vec!["--bind", "127.0.0.1:0", "--shards", "2"];
+        full.extend_from_slice(args);
+        Server::start_exact(&full)
+    }
+
+    /// `percore` with exactly `args`; waits for every `listening on` line.
+    pub fn start_exact(args: &[&str]) -> Server {
+        let binds = args.iter().filter(|a| **a == "--bind").count().max(1);
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn percore");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = Vec::new();
+        while addrs.len() < binds {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    let _ = child.kill();
+                    panic!("percore did not print `listening on` for {args:?}")
+                });
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                addrs.push(addr.parse().expect("address in the listening line"));
+            }
+        }
+        Server {
+            child,
+            addr: addrs[0],
+            addrs,
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+
+    /// Sends `raw` on a new connection and reads until the server closes it.
+    pub fn exchange(&self, raw: &[u8]) -> Vec<u8> {
+        let mut stream = self.connect();
+        stream.write_all(raw).unwrap();
+        read_to_close(&mut stream)
+    }
+
+    /// One GET on a new connection; the parsed response.
+    pub fn get(&self, path: &str) -> Response {
+        let mut stream = self.connect();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        read_response(&mut stream).expect("a response")
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let response = self.get("/stats");
+        assert_eq!(response.status, 200);
+        serde_json::from_slice(&response.body).expect("stats JSON")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `percore args` expecting it to exit at once; returns (exit code, stderr).
+pub fn run_failing(args: &[&str]) -> (i32, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run percore");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&all)),
+        }
+    }
+}
+
+/// True when the peer has closed: a read returns EOF (or reset) within the stream's timeout.
+pub fn is_closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub chunked: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A buffered reader of responses on one connection (keeps bytes that belong to the next one).
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    /// Reads one response; None if the connection closed before a whole one arrived.
+    /// `head_only`: the request was HEAD (no body whatever the headers say).
+    pub fn response(&mut self, head_only: bool) -> Option<Response> {
+        loop {
+            if let Some((response, used)) = parse_response(&self.buf, head_only) {
+                self.buf.drain(..used);
+                return Some(response);
+            }
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}; have {:?}", String::from_utf8_lossy(&self.buf)),
+            }
+        }
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        self.response(false).expect("a response")
+    }
+
+    pub fn closed(&mut self) -> bool {
+        self.buf.is_empty() && is_closed(&mut self.stream)
+    }
+}
+
+pub fn read_response(stream: &mut TcpStream) -> Option<Response> {
+    Conn::new(stream.try_clone().unwrap()).response(false)
+}
+
+/// Parses one whole response at the start of `buf`: (response, bytes used).
+pub fn parse_response(buf: &[u8], head_only: bool) -> Option<(Response, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(buf).expect("a valid response head") {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return None,
+    };
+    let status = parsed.code.unwrap();
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    if head_only || status < 200 || status == 204 || status == 304 {
+        return Some((
+            Response {
+                status,
+                headers,
+                body: Vec::new(),
+                chunked,
+            },
+            head_len,
+        ));
+    }
+    if chunked {
+        let mut at = head_len;
+        let mut body = Vec::new();
+        loop {
+            let line_end = find_crlf(&buf[at..])? + at;
+            let size_text = std::str::from_utf8(&buf[at..line_end]).unwrap();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                .expect("chunk size");
+            at = line_end + 2;
+            if size == 0 {
+                // trailers until an empty line
+                loop {
+                    let end = find_crlf(&buf[at..])? + at;
+                    let empty = end == at;
+                    at = end + 2;
+                    if empty {
+                        return Some((
+                            Response {
+                                status,
+                                headers,
+                                body,
+                                chunked,
+                            },
+                            at,
+                        ));
+                    }
+                }
+            }
+            if buf.len() < at + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&buf[at..at + size]);
+            assert_eq!(
+                &buf[at + size..at + size + 2],
+                b"\r\n",
+                "chunk data ends with CRLF"
+            );
+            at += size + 2;
+        }
+    }
+    let length: usize = match find("content-length") {
+        Some(v) => v.parse().expect("numeric content-length"),
+        None => return None, // close-delimited: the caller reads to close
+    };
+    if buf.len() < head_len + length {
+        return None;
+    }
+    Some((
+        Response {
+            status,
+            headers,
+            body: buf[head_len..head_len + length].to_vec(),
+            chunked,
+        },
+        head_len + length,
+    ))
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Opens connections until one lands on each shard (needs `--expose-shard`-like evidence); here:
+/// simply opens `n` connections.
+pub fn connections(server: &Server, n: usize) -> Vec<Conn> {
+    (0..n).map(|_| Conn::new(server.connect())).collect()
+}

@@ -1,0 +1,377 @@
+//! HTTP/1.1 behaviour of the real binary over raw TCP: routes, keep-alive, pipelining, bodies, limits, smuggling, timeouts.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{Conn, Server, parse_response, read_to_close};
+
+#[test]
+fn plaintext_and_json_follow_techempower() {
+    let server = Server::start(&[]);
+    let r = server.get("/plaintext");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, World!");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("content-length"), Some("13"));
+    assert_eq!(r.header("server"), Some("percore"));
+    let date = r.header("date").expect("Date header");
+    assert!(
+        httpdate::parse_http_date(date).is_ok(),
+        "IMF-fixdate: {date}"
+    );
+
+    let r = server.get("/json");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.body, br#"{"message":"Hello, World!"}"#);
+}
+
+#[test]
+fn unknown_path_is_404_and_wrong_method_is_405() {
+    let server = Server::start(&[]);
+    assert_eq!(server.get("/nope").status, 404);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"DELETE /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    // Still usable afterwards: 404/405 are answers, not protocol errors.
+    assert_eq!(conn.get("/plaintext").status, 200);
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    for _ in 0..50 {
+        let r = conn.get("/plaintext");
+        assert_eq!(r.status, 200);
+        assert!(!r.closes());
+    }
+}
+
+#[test]
+fn http10_closes_unless_keep_alive_is_asked() {
+    let server = Server::start(&[]);
+    let raw = server.exchange(b"GET /plaintext HTTP/1.0\r\n\r\n");
+    let (r, used) = parse_response(&raw, false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"Hello, World!");
+    assert_eq!(used, raw.len(), "connection closed after one response");
+
+    let mut conn = Conn::new(server.connect());
+    for _ in 0..3 {
+        conn.send(b"GET /plaintext HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = conn.response(false).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("connection")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("keep-alive")
+        );
+    }
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    assert!(conn.closed());
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    let mut batch = Vec::new();
+    for i in 0..16 {
+        let path = if i % 3 == 0 { "/json" } else { "/plaintext" };
+        write!(batch, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    }
+    batch.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    batch.extend_from_slice(b"HEAD /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+    batch.extend_from_slice(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn.send(&batch);
+    for i in 0..16 {
+        let r = conn.response(false).unwrap();
+        let expected: &[u8] = if i % 3 == 0 {
+            br#"{"message":"Hello, World!"}"#
+        } else {
+            b"Hello, World!"
+        };
+        assert_eq!(r.body, expected, "response {i}");
+    }
+    assert_eq!(conn.response(false).unwrap().body, b"hello");
+    let head = conn.response(true).unwrap();
+    assert_eq!(head.header("content-length"), Some("13"));
+    assert_eq!(conn.response(false).unwrap().body, b"Hello, World!");
+}
+
+#[test]
+fn head_has_headers_but_no_body() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"HEAD /json HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = conn.response(true).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("27"));
+    // The next response starts right away: no body bytes were sent.
+    assert_eq!(conn.get("/plaintext").body, b"Hello, World!");
+}
+
+#[test]
+fn echo_streams_content_length_and_chunked_bodies() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\nContent-Type: text/x-test\r\n\r\nhello world");
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello world");
+    assert_eq!(r.header("content-type"), Some("text/x-test"));
+    assert!(r.chunked, "echo streams its answer");
+
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-A: x\r\n\r\n");
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.body, b"hello world");
+
+    // A large body, sent in pieces, arrives whole.
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    conn.send(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    for piece in body.chunks(30_000) {
+        conn.send(piece);
+    }
+    assert_eq!(conn.response(false).unwrap().body, body);
+    assert_eq!(conn.get("/plaintext").status, 200);
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let interim = conn.response(false).unwrap();
+    assert_eq!(interim.status, 100);
+    conn.send(b"ping");
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ping");
+}
+
+#[test]
+fn expect_100_continue_with_a_body_too_large_gets_413_without_continue() {
+    let server = Server::start(&["--max-body", "10"]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 413);
+    assert!(r.closes());
+    assert!(conn.closed());
+}
+
+/// Sends `raw` on a fresh connection; returns the status of the (single) answer and whether the
+/// connection was closed after it.
+fn status_and_close(server: &Server, raw: &[u8]) -> (u16, bool) {
+    let mut conn = Conn::new(server.connect());
+    conn.send(raw);
+    let r = conn
+        .response(false)
+        .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
+    (r.status, r.closes() && conn.closed())
+}
+
+fn request_with_headers(count: usize) -> Vec<u8> {
+    let mut raw = b"GET /plaintext HTTP/1.1\r\nHost: t\r\n".to_vec();
+    for i in 1..count {
+        write!(raw, "X-H{i}: v\r\n").unwrap();
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw
+}
+
+#[test]
+fn limits_hold_at_the_bound_and_answer_past_it() {
+    let server = Server::start(&[
+        "--max-head-bytes",
+        "1024",
+        "--max-headers",
+        "10",
+        "--max-uri-bytes",
+        "100",
+        "--max-body",
+        "10",
+    ]);
+    // Header count: 10 (Host + 9) is fine, 11 is 431.
+    assert_eq!(status_and_close(&server, &request_with_headers(10)).0, 200);
+    assert_eq!(
+        status_and_close(&server, &request_with_headers(11)),
+        (431, true)
+    );
+
+    // URI: exactly 100 bytes is fine (404: no such route), 101 is 414.
+    let target = |len: usize| format!("/{}", "a".repeat(len - 1));
+    let raw = |t: &str| format!("GET {t} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes();
+    assert_eq!(status_and_close(&server, &raw(&target(100))).0, 404);
+    assert_eq!(status_and_close(&server, &raw(&target(101))), (414, true));
+
+    // Head bytes: a head of exactly 1024 bytes is fine, 1025 is 431.
+    let head_of = |len: usize| {
+        let base = b"GET /plaintext HTTP/1.1\r\nHost: t\r\nX-Pad: \r\n\r\n".len();
+        format!(
+            "GET /plaintext HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(len - base)
+        )
+        .into_bytes()
+    };
+    assert_eq!(head_of(1024).len(), 1024);
+    assert_eq!(status_and_close(&server, &head_of(1024)).0, 200);
+    assert_eq!(status_and_close(&server, &head_of(1025)), (431, true));
+
+    // Body: 10 bytes echo, 11 bytes 413 (Content-Length and chunked).
+    let body = |n: usize| {
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {n}\r\n\r\n{}",
+            "b".repeat(n)
+        )
+        .into_bytes()
+    };
+    assert_eq!(status_and_close(&server, &body(10)).0, 200);
+    assert_eq!(status_and_close(&server, &body(11)), (413, true));
+    let chunked = |n: usize| {
+        format!("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n{}\r\n0\r\n\r\n", "c".repeat(n)).into_bytes()
+    };
+    assert_eq!(status_and_close(&server, &chunked(10)).0, 200);
+    let mut conn = Conn::new(server.connect());
+    conn.send(&chunked(11));
+    let r = conn.response(false).unwrap();
+    // The echo has started streaming by the time the limit is found: either a 413 answer or a
+    // truncated stream, and the connection is closed either way.
+    assert!(r.status == 413 || r.status == 200, "{r:?}");
+    assert!(conn.closed());
+}
+
+#[test]
+fn default_limits_hold_at_the_bound() {
+    let server = Server::start(&[]);
+    assert_eq!(status_and_close(&server, &request_with_headers(100)).0, 200);
+    assert_eq!(
+        status_and_close(&server, &request_with_headers(101)),
+        (431, true)
+    );
+    let raw = |len: usize| {
+        format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(len - 1)).into_bytes()
+    };
+    assert_eq!(status_and_close(&server, &raw(8192)).0, 404);
+    assert_eq!(status_and_close(&server, &raw(8193)), (414, true));
+    let body = 1024 * 1024;
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body + 1
+        )
+        .as_bytes(),
+    );
+    assert_eq!(conn.response(false).unwrap().status, 413);
+}
+
+#[test]
+fn smuggling_and_malformed_requests_get_400_and_close() {
+    let server = Server::start(&[]);
+    let cases: &[(&str, &[u8])] = &[
+        ("CL with TE", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("two CL", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        ("two equal CL", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+        ("CL list", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\nabc"),
+        ("CL sign", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc"),
+        ("TE not final chunked", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+        ("TE chunked twice", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+        ("TE on 1.0", b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("bad chunk size", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ("chunk size overflow", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+        ("bare LF", b"GET /plaintext HTTP/1.1\nHost: t\n\n"),
+        ("bare CR", b"GET /plaintext HTTP/1.1\rHost: t\r\n\r\n"),
+        ("space before colon", b"GET /plaintext HTTP/1.1\r\nHost : t\r\n\r\n"),
+        ("obs-fold", b"GET /plaintext HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n"),
+        ("no host", b"GET /plaintext HTTP/1.1\r\n\r\n"),
+        ("two hosts", b"GET /plaintext HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("bad host", b"GET /plaintext HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+        ("bad request line", b"GET\r\n\r\n"),
+    ];
+    for (name, raw) in cases {
+        let (status, closed) = status_and_close(&server, raw);
+        assert_eq!(status, 400, "{name}");
+        assert!(closed, "{name}: the connection must close after a 400");
+    }
+}
+
+#[test]
+fn unsupported_transfer_coding_is_501() {
+    let server = Server::start(&[]);
+    let (status, closed) = status_and_close(
+        &server,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!((status, closed), (501, true));
+}
+
+#[test]
+fn slowloris_head_times_out_with_408() {
+    let server = Server::start(&["--header-timeout", "0.5"]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"GET /plaintext HTTP/1.1\r\n");
+    // Trickling bytes does not extend the deadline: it runs from the first byte of the head.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(150));
+        conn.send(b"X: y\r\n");
+    }
+    let r = conn.response(false).expect("a 408 answer");
+    assert_eq!(r.status, 408);
+    assert!(conn.closed());
+    assert_eq!(server.stats()["total"]["timeouts_header"], 1);
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_the_timeout() {
+    let server = Server::start(&["--keepalive-timeout", "0.3"]);
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(conn.get("/plaintext").status, 200);
+    let mut stream = conn.stream.try_clone().unwrap();
+    assert!(
+        read_to_close(&mut stream).is_empty(),
+        "closed without a response"
+    );
+}
+
+#[test]
+fn body_timeout_answers_408() {
+    let server = Server::start(&["--body-timeout", "0.3"]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+    // The echo started streaming before the body stalled, so the answer is cut short and closed.
+    let mut stream = conn.stream.try_clone().unwrap();
+    let raw = read_to_close(&mut stream);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(server.stats()["total"]["timeouts_body"], 1);
+}

@@ -1,0 +1,255 @@
+//! The server as an operator sees it: flags and config errors, listeners, /stats over the mesh, the connection bound, graceful shutdown.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{Conn, Server, read_to_close, run_failing};
+
+#[test]
+fn bad_flags_and_config_exit_2_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("percore-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_toml = dir.join("bad.toml");
+    std::fs::write(&bad_toml, "max_body = \"lots\"\n").unwrap();
+    let unknown_key = dir.join("unknown.toml");
+    std::fs::write(&unknown_key, "bogus = 1\n").unwrap();
+    let missing = dir.join("missing.toml");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--bogus"], "--bogus"),
+        (vec!["--bind", "nope"], "--bind nope"),
+        (vec!["--shards", "0"], "--shards 0"),
+        (vec!["--shards", "9999"], "--shards 9999"),
+        (vec!["--cores", "0-x"], "--cores 0-x"),
+        (vec!["--max-conns", "0"], "--max-conns"),
+        (vec!["--grace", "soon"], "--grace"),
+        (vec!["--config", bad_toml.to_str().unwrap()], "bad.toml"),
+        (vec!["--config", unknown_key.to_str().unwrap()], "bogus"),
+        (vec!["--config", missing.to_str().unwrap()], "missing.toml"),
+        (vec!["--bind", &taken_addr], &taken_addr),
+    ];
+    for (args, needle) in cases {
+        let (code, stderr) = run_failing(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: one line, got {stderr:?}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} should name {needle}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn config_file_sets_keys_and_flags_override_them() {
+    let dir = std::env::temp_dir().join(format!("percore-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("percore.toml");
+    std::fs::write(
+        &file,
+        "bind = [\"127.0.0.1:0\"]\nshards = 1\nmax_body = 4\nmax_headers = 5\n",
+    )
+    .unwrap();
+    let server = Server::start_exact(&["--config", file.to_str().unwrap(), "--max-headers", "50"]);
+    let stats = server.stats();
+    assert_eq!(stats["shard_count"], 1);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(
+        conn.response(false).unwrap().status,
+        413,
+        "max_body from the file"
+    );
+    let mut raw = b"GET /plaintext HTTP/1.1\r\nHost: t\r\n".to_vec();
+    for i in 0..20 {
+        write!(raw, "X-{i}: v\r\n").unwrap();
+    }
+    raw.extend_from_slice(b"\r\n");
+    let mut conn = Conn::new(server.connect());
+    conn.send(&raw);
+    assert_eq!(
+        conn.response(false).unwrap().status,
+        200,
+        "--max-headers overrides the file"
+    );
+}
+
+#[test]
+fn listens_on_several_addresses_ipv4_and_ipv6() {
+    let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+    ];
+    if v6 {
+        args.extend(["--bind", "[::1]:0"]);
+    }
+    let server = Server::start_exact(&args);
+    assert_eq!(server.addrs.len(), if v6 { 3 } else { 2 });
+    assert_ne!(server.addrs[0], server.addrs[1]);
+    for addr in &server.addrs {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let raw = read_to_close(&mut stream);
+        assert!(raw.ends_with(b"Hello, World!"), "{addr}");
+    }
+}
+
+#[test]
+fn cores_flag_pins_one_shard_per_listed_cpu() {
+    let server = Server::start_exact(&["--bind", "127.0.0.1:0", "--cores", "0"]);
+    let stats = server.stats();
+    assert_eq!(stats["shard_count"], 1);
+    assert_eq!(stats["shards"][0]["cpu"], 0);
+    let server = Server::start_exact(&["--bind", "127.0.0.1:0", "--shards", "2", "--no-pin"]);
+    assert_eq!(server.stats()["shard_count"], 2);
+}
+
+#[test]
+fn stats_totals_match_the_requests_sent() {
+    let server = Server::start(&[]);
+    let mut sent = 0u64;
+    let mut conns: Vec<Conn> = (0..8).map(|_| Conn::new(server.connect())).collect();
+    for conn in conns.iter_mut() {
+        for _ in 0..5 {
+            assert_eq!(conn.get("/plaintext").status, 200);
+            sent += 1;
+        }
+        conn.send(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(conn.response(false).unwrap().status, 404);
+        sent += 1;
+    }
+    let stats = server.stats();
+    sent += 1; // the /stats request itself is counted before it is answered
+    assert_eq!(stats["shard_count"], 2);
+    assert_eq!(stats["shards"].as_array().unwrap().len(), 2);
+    assert_eq!(stats["shards_missing"].as_array().unwrap().len(), 0);
+    assert_eq!(stats["total"]["requests"], sent);
+    assert_eq!(stats["total"]["status_4xx"], 8);
+    assert_eq!(stats["total"]["status_2xx"], 40);
+    assert_eq!(stats["total"]["connections_accepted"], 9);
+    let per_shard: u64 = stats["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_shard, sent);
+    // The stats of the other shard came over the mesh.
+    assert!(stats["total"]["mesh_calls_served"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn at_the_connection_bound_the_shard_waits_then_resumes() {
+    let server =
+        Server::start_exact(&["--bind", "127.0.0.1:0", "--shards", "1", "--max-conns", "2"]);
+    let mut first = Conn::new(server.connect());
+    let mut second = Conn::new(server.connect());
+    assert_eq!(first.get("/plaintext").status, 200);
+    assert_eq!(second.get("/plaintext").status, 200);
+    // The third connection completes in the kernel backlog but is not served yet.
+    let mut third = Conn::new(server.connect());
+    third
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    third.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut probe = [0u8; 16];
+    let waited = std::io::Read::read(&mut third.stream, &mut probe);
+    assert!(waited.is_err(), "no answer while at the bound");
+    drop(first);
+    third
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let r = third.response(false).expect("served once a slot frees");
+    assert_eq!(r.status, 200);
+    second.send(b"GET /stats HTTP/1.1\r\nHost: t\r\n\r\n");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&second.response(false).unwrap().body).unwrap();
+    assert!(stats["total"]["conns_max_reached"].as_u64().unwrap() >= 1);
+    assert!(stats["total"]["conns_max_wait_us"].as_u64().unwrap() >= 200_000);
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_requests_and_exits_0() {
+    let mut server = Server::start(&["--grace", "5"]);
+    let mut idle = Conn::new(server.connect());
+    assert_eq!(idle.get("/plaintext").status, 200);
+    let mut in_flight = Conn::new(server.connect());
+    in_flight.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello");
+    let mut health = Conn::new(server.connect());
+    health.send(b"GET /health HTTP/1.1\r\nHost: t\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    // Idle keep-alive connections are closed at once.
+    assert!(idle.closed(), "idle connection closed on drain");
+    // A request that arrives on an open connection during the drain: /health says 503, with close.
+    health.send(b"\r\n");
+    let r = health.response(false).unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.closes());
+    // The in-flight request completes (its streamed head went out before the drain), and its
+    // connection is closed after it.
+    in_flight.send(b"world");
+    let r = in_flight.response(false).unwrap();
+    assert_eq!(r.body, b"helloworld");
+    assert!(in_flight.closed());
+    // New connections are refused once the listeners are closed.
+    let started = Instant::now();
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits within the grace period");
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--grace", "1"]);
+    let mut stuck = Conn::new(server.connect());
+    stuck.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhel");
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after the grace period");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for the in-flight request"
+    );
+
+    let mut server = Server::start(&["--grace", "30"]);
+    let mut stuck = Conn::new(server.connect());
+    stuck.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhel");
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGINT);
+    let status = server
+        .wait_exit(Duration::from_secs(3))
+        .expect("a second signal exits at once");
+    assert_ne!(status.code(), Some(0));
+}
