@@ -375,3 +375,52 @@ fn body_timeout_answers_408() {
     );
     assert_eq!(server.stats()["total"]["timeouts_body"], 1);
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--write-timeout",
+        "0.5",
+        "--shards",
+        "1",
+    ]);
+    let mut conn = Conn::new(server.connect());
+    // Shrink our receive window so the server's writes stall quickly.
+    let request = b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n";
+    let batch: Vec<u8> = request
+        .iter()
+        .copied()
+        .cycle()
+        .take(request.len() * 2000)
+        .collect();
+    conn.stream
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    // Keep sending without reading; the server stops reading once its writes block, so our
+    // sends stall too (or fail once it closes).
+    let started = std::time::Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(4) {
+        match conn.stream.write(&batch) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 200 * batch.len(),
+        "the server stopped taking requests it could not answer"
+    );
+    let mut probe = server.connect();
+    probe
+        .write_all(b"GET /stats HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_slice(&common::read_response(&mut probe).unwrap().body).unwrap();
+    assert_eq!(stats["total"]["timeouts_write"], 1, "{stats}");
+    assert_eq!(
+        stats["total"]["connections_open"], 1,
+        "only the probe is left"
+    );
+}

@@ -253,3 +253,31 @@ fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
         .expect("a second signal exits at once");
     assert_ne!(status.code(), Some(0));
 }
+
+#[test]
+fn too_little_locked_memory_is_one_line_naming_the_fix() {
+    let output = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!("ulimit -l 0 && exec {} --bind 127.0.0.1:0", common::BIN),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("RLIMIT_MEMLOCK") && stderr.contains("ulimit -l"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn date_header_is_refreshed_every_second() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    let first = conn.get("/plaintext").header("date").unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = conn.get("/plaintext").header("date").unwrap().to_string();
+    assert_ne!(first, second);
+}

@@ -305,3 +305,101 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         .map(|o| o.expect("every future completed"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    use super::*;
+
+    /// Runs `body(mesh)` on shard 0 of a two-shard mesh whose handler on every shard answers
+    /// `request * 10` after sleeping `request` milliseconds; returns what body returned.
+    fn two_shards<T: Send + 'static>(
+        limits: MeshLimits,
+        body: impl FnOnce(Rc<Mesh<u64, u64>>) -> Pin<Box<dyn Future<Output = T>>> + Send + 'static,
+    ) -> T {
+        let builder = MeshBuilder::full(2, 64);
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let handler = || -> Handler<u64, u64> {
+            Rc::new(|_from, ms: u64| {
+                Box::pin(async move {
+                    glommio::timer::sleep(Duration::from_millis(ms)).await;
+                    ms * 10
+                })
+            })
+        };
+        let first = {
+            let builder = builder.clone();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+                .spawn(move || async move {
+                    let mesh = Mesh::join(builder, 0, limits, handler()).await;
+                    let result = body(mesh).await;
+                    let _ = done_tx.send(());
+                    result
+                })
+                .unwrap()
+        };
+        let second = LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let _mesh = Mesh::join(builder, 1, limits, handler()).await;
+                // Serve until shard 0 is done.
+                while done_rx.try_recv().is_err() {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .unwrap();
+        let result = first.join().unwrap();
+        second.join().unwrap();
+        result
+    }
+
+    const LIMITS: MeshLimits = MeshLimits {
+        inflight_max: 4,
+        deadline: Duration::from_millis(200),
+    };
+
+    #[test]
+    fn calls_reach_the_other_shard_and_local_calls_run_in_place() {
+        let (remote, local, sent) = two_shards(LIMITS, |mesh| {
+            Box::pin(async move {
+                let remote = mesh.call(1, 3).await;
+                let local = mesh.call(0, 2).await;
+                (remote, local, mesh.counters.calls_sent.get())
+            })
+        });
+        assert_eq!(remote, Ok(30));
+        assert_eq!(local, Ok(20));
+        assert_eq!(sent, 1, "the local call sent no message");
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_times_out() {
+        let (slow, after) = two_shards(LIMITS, |mesh| {
+            Box::pin(async move {
+                let slow = mesh.call(1, 1000).await;
+                // The late reply is dropped; the mesh keeps working.
+                let after = mesh.call(1, 1).await;
+                (slow, after)
+            })
+        });
+        assert_eq!(slow, Err(MeshError::Timeout));
+        assert_eq!(after, Ok(10));
+    }
+
+    #[test]
+    fn calls_past_the_inflight_bound_are_refused_not_queued() {
+        let replies = two_shards(LIMITS, |mesh| {
+            Box::pin(async move { join_all((0..6).map(|_| mesh.call(1, 50)).collect()).await })
+        });
+        let ok = replies.iter().filter(|r| **r == Ok(500)).count();
+        let refused = replies
+            .iter()
+            .filter(|r| **r == Err(MeshError::Overloaded))
+            .count();
+        assert_eq!((ok, refused), (4, 2), "{replies:?}");
+    }
+}

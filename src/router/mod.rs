@@ -371,3 +371,178 @@ mod tests {
         check(&p, "/nope", None);
     }
 }
+
+#[cfg(test)]
+mod app_tests {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::http::{HeadLimits, parse_head};
+
+    fn request(method: &str, path: &str) -> Request {
+        let mut buf =
+            BytesMut::from(format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let limits = HeadLimits {
+            head_bytes_max: 4096,
+            header_count_max: 16,
+            uri_bytes_max: 1024,
+        };
+        let head = parse_head(&mut buf, &limits).unwrap().unwrap();
+        let ctx = RequestCtx {
+            shard: 0,
+            peer: None,
+            tls: false,
+            identity: None,
+            extensions: Extensions::default(),
+        };
+        Request::new(head, Body::empty(), ctx)
+    }
+
+    fn serve(app: &Rc<App>, method: &str, path: &str) -> Response {
+        futures_lite::future::block_on(app.serve(request(method, path)))
+    }
+
+    fn body(response: &Response) -> &[u8] {
+        match &response.body {
+            ResponseBody::Full(b) => b,
+            _ => b"",
+        }
+    }
+
+    #[test]
+    fn routes_params_mounts_head_and_misses() {
+        let api = Router::new()
+            .get("/users/{id}", |req: Request| async move {
+                Response::text(200, format!("user {}", req.param("id").unwrap()))
+            })
+            .get("/files/{*path}", |req: Request| async move {
+                Response::text(200, req.param("path").unwrap().to_string())
+            });
+        let app = Router::new()
+            .get("/", |_req: Request| async { Response::text(200, "root") })
+            .post("/things", |_req: Request| async { Response::new(201) })
+            .mount("/api/", api)
+            .into_app();
+        assert_eq!(body(&serve(&app, "GET", "/")), b"root");
+        assert_eq!(body(&serve(&app, "GET", "/api/users/42")), b"user 42");
+        assert_eq!(body(&serve(&app, "GET", "/api/files/a/b.txt")), b"a/b.txt");
+        assert_eq!(
+            body(&serve(&app, "HEAD", "/api/users/1")),
+            b"user 1",
+            "HEAD falls back to GET"
+        );
+        assert_eq!(serve(&app, "GET", "/api/users").status, 404);
+        assert_eq!(serve(&app, "POST", "/things").status, 201);
+        let miss = serve(&app, "GET", "/things");
+        assert_eq!(miss.status, 405);
+        assert_eq!(miss.get_header("allow").map(|v| &v[..]), Some(&b"POST"[..]));
+        let miss = serve(&app, "DELETE", "/api/users/7");
+        assert_eq!(miss.status, 405);
+        assert_eq!(
+            miss.get_header("allow").map(|v| &v[..]),
+            Some(&b"GET, HEAD"[..])
+        );
+    }
+
+    #[test]
+    fn middleware_runs_in_phase_order_then_insertion_order() {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let mark = |name: &'static str| {
+            let log = log.clone();
+            move |req: Request, next: Next| {
+                let log = log.clone();
+                async move {
+                    log.borrow_mut().push(format!("{name} in"));
+                    let response = next.run(req).await;
+                    log.borrow_mut().push(format!("{name} out"));
+                    response
+                }
+            }
+        };
+        let handler_log = log.clone();
+        let app = Router::new()
+            .get("/", move |_req: Request| {
+                let log = handler_log.clone();
+                async move {
+                    log.borrow_mut().push("handler".to_string());
+                    Response::new(204)
+                }
+            })
+            .middleware(Phase::Handle, mark("handle"))
+            .middleware(Phase::Authorize, mark("authorize"))
+            .middleware(Phase::Request, mark("request-1"))
+            .middleware(Phase::Authenticate, mark("authenticate"))
+            .middleware(Phase::Request, mark("request-2"))
+            .into_app();
+        assert_eq!(serve(&app, "GET", "/").status, 204);
+        let expected = [
+            "request-1 in",
+            "request-2 in",
+            "authenticate in",
+            "authorize in",
+            "handle in",
+            "handler",
+            "handle out",
+            "authorize out",
+            "authenticate out",
+            "request-2 out",
+            "request-1 out",
+        ];
+        assert_eq!(*log.borrow(), expected);
+    }
+
+    #[test]
+    fn middleware_can_answer_without_the_handler_and_sees_identity() {
+        let app = Router::new()
+            .get("/secret", |req: Request| async move {
+                Response::text(
+                    200,
+                    req.ctx
+                        .identity
+                        .as_ref()
+                        .map(|i| i.user.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .middleware(
+                Phase::Authenticate,
+                |mut req: Request, next: Next| async move {
+                    if req.header("x-user").is_some() {
+                        req.ctx.identity = Some(Rc::new(Identity {
+                            user: "ann".into(),
+                            roles: vec![],
+                        }));
+                    }
+                    next.run(req).await
+                },
+            )
+            .middleware(Phase::Authorize, |req: Request, next: Next| async move {
+                if req.ctx.identity.is_none() {
+                    Response::error(401, "who are you")
+                } else {
+                    next.run(req).await
+                }
+            })
+            .into_app();
+        assert_eq!(serve(&app, "GET", "/secret").status, 401);
+        let mut buf = BytesMut::from(&b"GET /secret HTTP/1.1\r\nHost: t\r\nX-User: 1\r\n\r\n"[..]);
+        let limits = HeadLimits {
+            head_bytes_max: 4096,
+            header_count_max: 16,
+            uri_bytes_max: 1024,
+        };
+        let head = parse_head(&mut buf, &limits).unwrap().unwrap();
+        let ctx = RequestCtx {
+            shard: 0,
+            peer: None,
+            tls: false,
+            identity: None,
+            extensions: Extensions::default(),
+        };
+        let response =
+            futures_lite::future::block_on(app.serve(Request::new(head, Body::empty(), ctx)));
+        assert_eq!(body(&response), b"ann");
+    }
+}

@@ -25,8 +25,13 @@ impl Server {
 
     /// `percore` with exactly `args`; waits for every `listening on` line.
     pub fn start_exact(args: &[&str]) -> Server {
+        Server::start_with(BIN, args)
+    }
+
+    /// Any percore-based binary with exactly `args`.
+    pub fn start_with(binary: &str, args: &[&str]) -> Server {
         let binds = args.iter().filter(|a| **a == "--bind").count().max(1);
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(binary)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
