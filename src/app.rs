@@ -14,6 +14,7 @@ pub fn builtin_routes() -> Router {
         .post("/echo", echo)
         .get("/health", health)
         .get("/stats", stats)
+        .mount("/", crate::session::routes::routes())
 }
 
 /// TechEmpower plaintext: exactly `Hello, World!` as text/plain.

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod session;
 
 use std::process::ExitCode;
 

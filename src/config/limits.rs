@@ -48,6 +48,22 @@ pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// Deadline of one cross-shard request/reply.
 pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
 
+/// Sessions one shard keeps; at the bound the least recently used is evicted. Memory per shard
+/// for sessions is bounded by SESSIONS_MAX_DEFAULT x SESSION_BYTES_MAX_DEFAULT (1.6 GB worst case).
+pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
+/// Bytes of data (keys + JSON values) one session may hold; a write past it gets 413.
+pub const SESSION_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Sliding idle timeout of a session. Tomcat's default session-timeout is 30 minutes.
+pub const SESSION_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30 * 60);
+/// Absolute lifetime of a session, however active.
+pub const SESSION_LIFETIME_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// How often a shard writes its sessions to the data dir (only when they changed).
+pub const SESSION_SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// Expired sessions removed per sweep step; the sweeper yields between steps.
+pub const SESSION_SWEEP_STEP_MAX: usize = 256;
+/// Sessions serialized per step of a snapshot before yielding to the serving queue.
+pub const SESSION_SNAPSHOT_STEP: usize = 512;
+
 /// Memory glommio registers with io_uring per executor. glommio's default (10 MiB) exceeds the
 /// common 8 MiB RLIMIT_MEMLOCK once there are two shards; we do not use registered buffers for
 /// sockets, so a small region is enough.

@@ -89,6 +89,39 @@ pub struct Args {
     /// Deadline of one cross-shard request in milliseconds.
     #[arg(long, value_name = "MS")]
     pub mesh_deadline_ms: Option<u64>,
+    /// This node's id (0-65535), carried in session ids so a balancer can route by it.
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u16>,
+    /// Directory for session snapshots (and later the transaction log).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Add `X-Shard: <index>` to every response.
+    #[arg(long)]
+    pub expose_shard: bool,
+    /// Name of the session cookie.
+    #[arg(long, value_name = "NAME")]
+    pub session_cookie: Option<String>,
+    /// Max-Age of the session cookie in seconds (default: a browser-session cookie).
+    #[arg(long, value_name = "SECONDS")]
+    pub session_cookie_max_age: Option<u64>,
+    /// Seconds of inactivity after which a session expires.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub session_idle_timeout: Option<f64>,
+    /// Seconds after creation at which a session expires, however active.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub session_lifetime: Option<f64>,
+    /// Sessions per shard; the least recently used is evicted at the bound.
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
+    /// Bytes of data per session (413 past it).
+    #[arg(long, value_name = "BYTES")]
+    pub max_session_bytes: Option<usize>,
+    /// Do not write sessions to the data dir (on shutdown and periodically) nor load them at start.
+    #[arg(long)]
+    pub no_session_persist: bool,
+    /// Seconds between periodic session snapshots.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub session_snapshot_interval: Option<f64>,
 }
 
 /// The config file: the same keys as the flags.
@@ -112,13 +145,17 @@ struct FileConfig {
     grace: Option<f64>,
     mesh_inflight_max: Option<usize>,
     mesh_deadline_ms: Option<u64>,
-}
-
-/// Which CPUs the shards run on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Placement {
-    /// One shard per listed CPU, pinned unless `pin` is false.
-    Cpus(Vec<usize>),
+    node_id: Option<u16>,
+    data_dir: Option<PathBuf>,
+    expose_shard: Option<bool>,
+    session_cookie: Option<String>,
+    session_cookie_max_age: Option<u64>,
+    session_idle_timeout: Option<f64>,
+    session_lifetime: Option<f64>,
+    max_sessions: Option<usize>,
+    max_session_bytes: Option<usize>,
+    no_session_persist: Option<bool>,
+    session_snapshot_interval: Option<f64>,
 }
 
 /// The validated configuration every shard gets a copy of.
@@ -140,6 +177,23 @@ pub struct Config {
     pub grace: Duration,
     pub mesh_inflight_max: usize,
     pub mesh_deadline: Duration,
+    pub node_id: u16,
+    pub data_dir: PathBuf,
+    pub expose_shard: bool,
+    pub session: SessionConfig,
+}
+
+/// Session settings (see session/).
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub cookie_name: String,
+    pub cookie_max_age: Option<u64>,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+    pub sessions_max: usize,
+    pub session_bytes_max: usize,
+    pub persist: bool,
+    pub snapshot_interval: Duration,
 }
 
 impl Config {
@@ -297,7 +351,51 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             args.mesh_deadline_ms.or(file.mesh_deadline_ms),
             limits::MESH_DEADLINE_DEFAULT.as_millis() as u64,
         )?),
+        node_id: args.node_id.or(file.node_id).unwrap_or(0),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("percore-data")),
+        expose_shard: args.expose_shard || file.expose_shard.unwrap_or(false),
+        session: SessionConfig {
+            cookie_name: cookie_name(args.session_cookie.or(file.session_cookie))?,
+            cookie_max_age: args.session_cookie_max_age.or(file.session_cookie_max_age),
+            idle_timeout: seconds(
+                "session-idle-timeout",
+                args.session_idle_timeout.or(file.session_idle_timeout),
+                limits::SESSION_IDLE_TIMEOUT_DEFAULT,
+            )?,
+            lifetime: seconds(
+                "session-lifetime",
+                args.session_lifetime.or(file.session_lifetime),
+                limits::SESSION_LIFETIME_DEFAULT,
+            )?,
+            sessions_max: positive(
+                "max-sessions",
+                args.max_sessions.or(file.max_sessions),
+                limits::SESSIONS_MAX_DEFAULT,
+            )?,
+            session_bytes_max: positive(
+                "max-session-bytes",
+                args.max_session_bytes.or(file.max_session_bytes),
+                limits::SESSION_BYTES_MAX_DEFAULT,
+            )?,
+            persist: !(args.no_session_persist || file.no_session_persist.unwrap_or(false)),
+            snapshot_interval: seconds(
+                "session-snapshot-interval",
+                args.session_snapshot_interval
+                    .or(file.session_snapshot_interval),
+                limits::SESSION_SNAPSHOT_INTERVAL_DEFAULT,
+            )?,
+        },
     };
+    if config.cpus.len() > usize::from(u16::MAX) {
+        return err(format!(
+            "{} shards: at most {}",
+            config.cpus.len(),
+            u16::MAX
+        ));
+    }
     if config.header_count_max > HEADER_COUNT_CEILING {
         return err(format!(
             "--max-headers {}: at most {HEADER_COUNT_CEILING}",
@@ -318,6 +416,18 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         ));
     }
     Ok(config)
+}
+
+/// A cookie name is an RFC 6265 token.
+fn cookie_name(name: Option<String>) -> Result<String, ConfigError> {
+    let name = name.unwrap_or_else(|| "percore_sid".to_string());
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return err(format!(
+            "--session-cookie {name}: not a valid cookie name (letters, digits, !#$%&'*+-.^_`|~)"
+        ));
+    }
+    Ok(name)
 }
 
 fn positive<T: PartialOrd + Default + std::fmt::Display + Copy>(

@@ -64,6 +64,13 @@ impl ShardMetrics {
             mesh_calls_served: 0,
             mesh_overloaded: 0,
             mesh_timeouts: 0,
+            sessions: 0,
+            session_bytes: 0,
+            sessions_created: 0,
+            sessions_destroyed: 0,
+            session_evictions: 0,
+            session_expirations: 0,
+            session_remote_calls: 0,
         }
     }
 }
@@ -94,6 +101,15 @@ pub struct ShardStats {
     pub mesh_calls_served: u64,
     pub mesh_overloaded: u64,
     pub mesh_timeouts: u64,
+    /// Live sessions this shard owns, and the bytes of their data.
+    pub sessions: u64,
+    pub session_bytes: u64,
+    pub sessions_created: u64,
+    pub sessions_destroyed: u64,
+    pub session_evictions: u64,
+    pub session_expirations: u64,
+    /// Session operations this shard sent to the owner shard over the mesh.
+    pub session_remote_calls: u64,
 }
 
 /// The whole server: per-shard snapshots and their sum.
@@ -137,6 +153,13 @@ impl Stats {
             total.mesh_calls_served += s.mesh_calls_served;
             total.mesh_overloaded += s.mesh_overloaded;
             total.mesh_timeouts += s.mesh_timeouts;
+            total.sessions += s.sessions;
+            total.session_bytes += s.session_bytes;
+            total.sessions_created += s.sessions_created;
+            total.sessions_destroyed += s.sessions_destroyed;
+            total.session_evictions += s.session_evictions;
+            total.session_expirations += s.session_expirations;
+            total.session_remote_calls += s.session_remote_calls;
             shards.push(s);
         }
         total.shard = shard_count;

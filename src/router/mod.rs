@@ -145,7 +145,11 @@ impl Router {
                 self.add(&method, &format!("{prefix}{path}"), handler);
             }
         }
-        let prefix_segments = parse_pattern(if prefix.is_empty() { "/" } else { prefix });
+        let prefix_segments = if prefix.is_empty() {
+            Vec::new()
+        } else {
+            parse_pattern(prefix)
+        };
         for route in other.patterns {
             let mut segments = prefix_segments.clone();
             segments.extend(route.segments);
@@ -424,7 +428,18 @@ mod app_tests {
             .get("/", |_req: Request| async { Response::text(200, "root") })
             .post("/things", |_req: Request| async { Response::new(201) })
             .mount("/api/", api)
+            .mount(
+                "/",
+                Router::new().get("/top/{x}", |req: Request| async move {
+                    Response::text(200, req.param("x").unwrap().to_string())
+                }),
+            )
             .into_app();
+        assert_eq!(
+            body(&serve(&app, "GET", "/top/7")),
+            b"7",
+            "a pattern mounted at /"
+        );
         assert_eq!(body(&serve(&app, "GET", "/")), b"root");
         assert_eq!(body(&serve(&app, "GET", "/api/users/42")), b"user 42");
         assert_eq!(body(&serve(&app, "GET", "/api/files/a/b.txt")), b"a/b.txt");

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -20,6 +20,8 @@ use crate::config::limits::{IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY};
 use crate::mesh::{Envelope, Mesh, MeshLimits};
 use crate::metrics::ShardStats;
 use crate::router::Router;
+use crate::session::{self, SessionReply, SessionRequest, Sessions};
+use glommio::{Latency, Shares};
 use shard::{Shard, StatsRequest};
 
 /// Builds a shard's router; called once on every shard thread.
@@ -41,8 +43,8 @@ struct ShardInit {
     cpu: usize,
     config: Config,
     listeners: Vec<OwnedFd>,
-    stats_mesh:
-        MeshBuilder<Envelope<StatsRequest, ShardStats>, glommio::channels::channel_mesh::Full>,
+    stats_mesh: MeshBuilder<Envelope<StatsRequest, ShardStats>, Full>,
+    session_mesh: MeshBuilder<Envelope<SessionRequest, SessionReply>, Full>,
     control: SharedReceiver<Control>,
     ready: mpsc::Sender<usize>,
     app: &'static AppFactory,
@@ -60,6 +62,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
 
     let stats_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
+    let session_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut controls = Vec::with_capacity(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
@@ -75,6 +78,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             config: config.clone(),
             listeners,
             stats_mesh: stats_mesh.clone(),
+            session_mesh: session_mesh.clone(),
             control: control_rx,
             ready: ready_tx.clone(),
             app,
@@ -163,8 +167,48 @@ async fn shard_main(init: ShardInit) {
         Rc::new(|_from, StatsRequest| Box::pin(async { shard::current().stats() })),
     )
     .await;
-    let shard = Shard::install(init.index, init.cpu, init.config, stats_mesh);
+    let session_mesh = Mesh::join(
+        init.session_mesh,
+        init.index,
+        limits,
+        Rc::new(|_from, request| {
+            Box::pin(async move { shard::current().sessions.handle(request) })
+        }),
+    )
+    .await;
+    let sessions = Rc::new(Sessions::new(
+        init.config.node_id,
+        init.config.session.clone(),
+        session_mesh,
+    ));
+    let data_dir = init
+        .config
+        .session
+        .persist
+        .then(|| init.config.data_dir.clone());
+    if let Some(dir) = &data_dir {
+        sessions.load(dir);
+    }
+    let shard = Shard::install(
+        init.index,
+        init.cpu,
+        init.config,
+        stats_mesh,
+        sessions.clone(),
+    );
     let app = (init.app)().into_app();
+
+    let background = glommio::executor().create_task_queue(
+        Shares::Static(50),
+        Latency::NotImportant,
+        "background",
+    );
+    glommio::spawn_local_into(
+        session::upkeep(sessions.clone(), data_dir.clone()),
+        background,
+    )
+    .map(|task| task.detach())
+    .expect("the background queue exists");
 
     glommio::spawn_local(clock(shard.clone())).detach();
     let control = init.control.connect().await;
@@ -197,6 +241,14 @@ async fn shard_main(init: ShardInit) {
             "percore: shard {}: grace period over, closing {} connections",
             shard.index,
             shard.open_conns()
+        );
+    }
+    if let Some(dir) = &data_dir
+        && let Err(e) = sessions.snapshot_blocking(dir)
+    {
+        eprintln!(
+            "percore: shard {}: cannot write the session snapshot: {e}",
+            shard.index
         );
     }
 }

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::http::DateCache;
 use crate::mesh::Mesh;
 use crate::metrics::{ShardMetrics, ShardStats, add};
+use crate::session::Sessions;
 
 /// The request of the stats mesh: "send me your counters".
 pub struct StatsRequest;
@@ -31,6 +32,9 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     pub date: RefCell<DateCache>,
     pub stats_mesh: Rc<StatsMesh>,
+    pub sessions: Rc<Sessions>,
+    /// `X-Shard` value when `--expose-shard` is on.
+    pub x_shard: Option<bytes::Bytes>,
     /// One permit per open connection, `conns_max` in all, shared by every listener of the shard.
     pub conn_slots: Rc<glommio::sync::Semaphore>,
     draining: Cell<bool>,
@@ -61,6 +65,7 @@ impl Shard {
         cpu: usize,
         config: Config,
         stats_mesh: Rc<StatsMesh>,
+        sessions: Rc<Sessions>,
     ) -> Rc<Shard> {
         let mut date = DateCache::new();
         date.refresh(SystemTime::now());
@@ -69,6 +74,10 @@ impl Shard {
             cpu,
             metrics: ShardMetrics::default(),
             date: RefCell::new(date),
+            sessions,
+            x_shard: config
+                .expose_shard
+                .then(|| bytes::Bytes::from(index.to_string())),
             conn_slots: Rc::new(glommio::sync::Semaphore::new(config.conns_max as u64)),
             config,
             stats_mesh,
@@ -88,6 +97,14 @@ impl Shard {
         stats.mesh_calls_served = mesh.calls_served.get();
         stats.mesh_overloaded = mesh.overloaded.get();
         stats.mesh_timeouts = mesh.timeouts.get();
+        let store = self.sessions.store.borrow();
+        stats.sessions = store.len() as u64;
+        stats.session_bytes = store.bytes() as u64;
+        stats.sessions_created = store.counters.created;
+        stats.sessions_destroyed = store.counters.destroyed;
+        stats.session_evictions = store.counters.evictions;
+        stats.session_expirations = store.counters.expirations;
+        stats.session_remote_calls = self.sessions.remote_calls.get();
         stats
     }
 

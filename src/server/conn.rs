@@ -528,6 +528,10 @@ impl Conn {
             inline[0] = ("Connection", b"keep-alive");
             count = 1;
         }
+        if let Some(x_shard) = &self.io.shard.x_shard {
+            inline[count] = ("X-Shard", x_shard);
+            count += 1;
+        }
         let mut overflow = false;
         for (name, value) in headers.iter().filter(|(n, _)| !managed(n)) {
             if count == INLINE {
@@ -547,6 +551,9 @@ impl Conn {
                 .collect();
             if keep_alive_10 {
                 all.push(("Connection", b"keep-alive"));
+            }
+            if let Some(x_shard) = &self.io.shard.x_shard {
+                all.push(("X-Shard", x_shard));
             }
             http::encode_head(&mut self.wbuf, status, &all, body, &date, close);
         }

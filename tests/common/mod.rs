@@ -31,8 +31,13 @@ impl Server {
     /// Any percore-based binary with exactly `args`.
     pub fn start_with(binary: &str, args: &[&str]) -> Server {
         let binds = args.iter().filter(|a| **a == "--bind").count().max(1);
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if !args.iter().any(|a| a == "--data-dir") {
+            args.push("--data-dir".into());
+            args.push(temp_dir("data").to_str().unwrap().to_string());
+        }
         let mut child = Command::new(binary)
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -118,6 +123,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("percore-test-{}-{what}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Runs `percore args` expecting it to exit at once; returns (exit code, stderr).

@@ -1,0 +1,148 @@
+//! Session snapshots: one file per shard under the data dir, framed with a magic, a length and a CRC32 so a torn or corrupt file is detected and skipped.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use super::id::SessionKey;
+use super::store::SessionRecord;
+
+const MAGIC: &[u8; 8] = b"PCSESS1\n";
+/// magic + crc32 (4) + payload length (8).
+const HEADER_BYTES: usize = 8 + 4 + 8;
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    node: u16,
+    shard: u16,
+    sessions: Vec<SnapshotEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotEntry {
+    key: String,
+    #[serde(flatten)]
+    record: SessionRecord,
+}
+
+pub fn path(dir: &Path, shard: usize) -> PathBuf {
+    dir.join(format!("sessions-{shard}.snap"))
+}
+
+/// Serializes a snapshot: header then JSON payload.
+pub fn encode<'a>(
+    node: u16,
+    shard: u16,
+    sessions: impl Iterator<Item = (&'a SessionKey, &'a SessionRecord)>,
+) -> Vec<u8> {
+    let snapshot = Snapshot {
+        node,
+        shard,
+        sessions: sessions
+            .map(|(k, r)| SnapshotEntry {
+                key: URL_SAFE_NO_PAD.encode(k),
+                record: r.clone(),
+            })
+            .collect(),
+    };
+    let payload = serde_json::to_vec(&snapshot).expect("session data is JSON already");
+    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Parses a snapshot written for (`node`, `shard`). Err says what is wrong, for the log.
+pub fn decode(
+    bytes: &[u8],
+    node: u16,
+    shard: u16,
+) -> Result<Vec<(SessionKey, SessionRecord)>, String> {
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+        return Err("not a percore session snapshot".into());
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let length = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let payload = &bytes[HEADER_BYTES..];
+    if payload.len() as u64 != length {
+        return Err(format!(
+            "truncated: {} of {length} payload bytes",
+            payload.len()
+        ));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let snapshot: Snapshot =
+        serde_json::from_slice(payload).map_err(|e| format!("bad payload: {e}"))?;
+    if snapshot.node != node || snapshot.shard != shard {
+        return Err(format!(
+            "written by node {} shard {}",
+            snapshot.node, snapshot.shard
+        ));
+    }
+    let mut sessions = Vec::with_capacity(snapshot.sessions.len());
+    for entry in snapshot.sessions {
+        let mut key = [0u8; 16];
+        match URL_SAFE_NO_PAD.decode_slice(entry.key.as_bytes(), &mut key) {
+            Ok(16) => sessions.push((key, entry.record)),
+            _ => return Err("bad session key".into()),
+        }
+    }
+    Ok(sessions)
+}
+
+/// Writes `bytes` to `path` durably: temporary file, fsync, rename, fsync of the directory.
+/// Blocking: call it off the shard (glommio's blocking pool) or at shutdown.
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("snap.tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_data()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::store::SessionData;
+
+    fn record(n: u64) -> SessionRecord {
+        let mut data = SessionData::new();
+        data.insert("n".into(), serde_json::json!(n));
+        SessionRecord {
+            created_ms: n,
+            accessed_ms: n + 1,
+            data,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_corruption_is_detected() {
+        let sessions = [([1u8; 16], record(1)), ([2u8; 16], record(2))];
+        let bytes = encode(3, 1, sessions.iter().map(|(k, r)| (k, r)));
+        let mut decoded = decode(&bytes, 3, 1).unwrap();
+        decoded.sort_by_key(|(k, _)| *k);
+        assert_eq!(decoded, sessions.to_vec());
+        assert!(decode(&bytes, 3, 0).is_err(), "another shard's file");
+        assert!(decode(&bytes, 4, 1).is_err(), "another node's file");
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut], 3, 1).is_err(), "torn at {cut}");
+        }
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x20;
+            assert!(decode(&flipped, 3, 1).is_err(), "flipped byte {at}");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The session HTTP API of the default server (a contract that tests and tools rely on): /session and /session/data/{key}.
+
+use serde_json::{Value, json};
+
+use super::{Session, SessionError};
+use crate::router::{Request, Response, Router};
+
+pub fn routes() -> Router {
+    Router::new()
+        .post("/session", create)
+        .get("/session", read)
+        .delete("/session", destroy)
+        .post("/session/rotate", rotate)
+        .get("/session/data/{key}", get_value)
+        .put("/session/data/{key}", put_value)
+        .delete("/session/data/{key}", delete_value)
+}
+
+fn error(e: SessionError) -> Response {
+    Response::error(e.status(), e.message())
+}
+
+fn session(req: &Request) -> Result<Session, Response> {
+    Session::from_request(req).ok_or_else(|| error(SessionError::Unknown))
+}
+
+/// POST /session -> 201 `{"shard": owner}` and the cookie of a new session.
+async fn create(req: Request) -> Response {
+    let session = Session::create();
+    Response::json(201, &json!({ "shard": session.owner() }))
+        .header("Set-Cookie", session.cookie(req.ctx.tls))
+}
+
+/// GET /session -> 200 `{"shard": owner, "data": {...}}`, or 401.
+async fn read(req: Request) -> Response {
+    let session = match session(&req) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match session.data().await {
+        Ok(data) => Response::json(200, &json!({ "shard": session.owner(), "data": data })),
+        Err(e) => error(e),
+    }
+}
+
+/// DELETE /session -> 204 and a cleared cookie; the id is dead on every shard.
+async fn destroy(req: Request) -> Response {
+    let session = match session(&req) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match session.destroy().await {
+        Ok(()) => Response::new(204).header("Set-Cookie", Session::clear_cookie(req.ctx.tls)),
+        Err(e) => error(e),
+    }
+}
+
+/// POST /session/rotate -> 200 with a new cookie for the same data; the old id gets 401.
+async fn rotate(req: Request) -> Response {
+    let mut session = match session(&req) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match session.rotate().await {
+        Ok(()) => Response::json(200, &json!({ "shard": session.owner() }))
+            .header("Set-Cookie", session.cookie(req.ctx.tls)),
+        Err(e) => error(e),
+    }
+}
+
+/// GET /session/data/{key} -> 200 with the JSON value, 404 when unset, 401 without a session.
+async fn get_value(req: Request) -> Response {
+    let session = match session(&req) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let key = req.param("key").unwrap_or_default();
+    match session.get_value(key).await {
+        Ok(Some(value)) => Response::json(200, &value),
+        Ok(None) => Response::error(404, "no such session value"),
+        Err(e) => error(e),
+    }
+}
+
+/// PUT /session/data/{key} with a JSON body -> 204; 400 when the body is not JSON, 413 past the bound.
+async fn put_value(mut req: Request) -> Response {
+    let session = match session(&req) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let body = match req.body.bytes().await {
+        Ok(body) => body,
+        Err(e) => return e.into(),
+    };
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => return Response::error(400, &format!("body is not JSON: {e}")),
+    };
+    let key = req.param("key").unwrap_or_default();
+    match session.set_value(key, value).await {
+        Ok(()) => Response::new(204),
+        Err(e) => error(e),
+    }
+}
+
+/// DELETE /session/data/{key} -> 204 whether or not the value was set.
+async fn delete_value(req: Request) -> Response {
+    let session = match session(&req) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let key = req.param("key").unwrap_or_default();
+    match session.remove(key).await {
+        Ok(_) => Response::new(204),
+        Err(e) => error(e),
+    }
+}

@@ -1,0 +1,548 @@
+//! Sessions over the real binary on 2 shards: cross-shard reads, writes and destroys, rotation, expiry, bounds, persistence, bad ids.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{Conn, Server};
+
+/// Connections to `server` until one lands on each of shards 0 and 1 (`--expose-shard`).
+fn one_per_shard(server: &Server) -> (Conn, Conn) {
+    let mut found: [Option<Conn>; 2] = [None, None];
+    for _ in 0..200 {
+        let mut conn = Conn::new(server.connect());
+        let shard: usize = conn
+            .get("/health")
+            .header("x-shard")
+            .expect("--expose-shard")
+            .parse()
+            .unwrap();
+        if found[shard].is_none() {
+            found[shard] = Some(conn);
+        }
+        if found.iter().all(Option::is_some) {
+            let [a, b] = found;
+            return (a.unwrap(), b.unwrap());
+        }
+    }
+    panic!("200 connections all landed on one shard");
+}
+
+fn request(
+    conn: &mut Conn,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: Option<&str>,
+) -> common::Response {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n");
+    if let Some(cookie) = cookie {
+        raw.push_str(&format!("Cookie: theme=dark; {cookie}; other=1\r\n"));
+    }
+    if let Some(body) = body {
+        raw.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    raw.push_str("\r\n");
+    raw.push_str(body.unwrap_or(""));
+    conn.send(raw.as_bytes());
+    conn.response(false).expect("a response")
+}
+
+/// `percore_sid=...` from a Set-Cookie header.
+fn cookie_of(response: &common::Response) -> String {
+    let set_cookie = response.header("set-cookie").expect("Set-Cookie");
+    set_cookie.split(';').next().unwrap().trim().to_string()
+}
+
+fn json(response: &common::Response) -> serde_json::Value {
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| panic!("JSON body: {}", response.text()))
+}
+
+#[test]
+fn a_session_created_on_one_shard_is_served_by_the_other() {
+    let server = Server::start(&["--expose-shard"]);
+    let (mut a, mut b) = one_per_shard(&server);
+    let created = request(&mut a, "POST", "/session", None, None);
+    assert_eq!(created.status, 201);
+    assert_eq!(json(&created)["shard"], 0);
+    let set_cookie = created.header("set-cookie").unwrap();
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Lax"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    assert!(
+        !set_cookie.contains("Secure") && !set_cookie.contains("Expires"),
+        "{set_cookie}"
+    );
+    let cookie = cookie_of(&created);
+    assert!(cookie.starts_with("percore_sid="));
+
+    let read = request(&mut b, "GET", "/session", Some(&cookie), None);
+    assert_eq!(read.header("x-shard"), Some("1"));
+    assert_eq!(read.status, 200);
+    assert_eq!(json(&read), serde_json::json!({"shard": 0, "data": {}}));
+
+    assert_eq!(
+        request(
+            &mut b,
+            "PUT",
+            "/session/data/cart",
+            Some(&cookie),
+            Some(r#"{"items":[1,2]}"#)
+        )
+        .status,
+        204
+    );
+    let value = request(&mut a, "GET", "/session/data/cart", Some(&cookie), None);
+    assert_eq!(json(&value), serde_json::json!({"items": [1, 2]}));
+    assert_eq!(
+        request(&mut a, "GET", "/session/data/none", Some(&cookie), None).status,
+        404
+    );
+    assert_eq!(
+        request(
+            &mut b,
+            "PUT",
+            "/session/data/bad",
+            Some(&cookie),
+            Some("{not json")
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        request(&mut b, "DELETE", "/session/data/cart", Some(&cookie), None).status,
+        204
+    );
+    assert_eq!(
+        request(&mut a, "GET", "/session/data/cart", Some(&cookie), None).status,
+        404
+    );
+
+    let destroyed = request(&mut b, "DELETE", "/session", Some(&cookie), None);
+    assert_eq!(destroyed.status, 204);
+    assert!(
+        destroyed
+            .header("set-cookie")
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    for conn in [&mut a, &mut b] {
+        assert_eq!(
+            request(conn, "GET", "/session", Some(&cookie), None).status,
+            401
+        );
+        assert_eq!(
+            request(conn, "PUT", "/session/data/x", Some(&cookie), Some("1")).status,
+            401
+        );
+        assert_eq!(
+            request(conn, "DELETE", "/session", Some(&cookie), None).status,
+            401
+        );
+    }
+    let stats = server.stats();
+    assert!(
+        stats["total"]["session_remote_calls"].as_u64().unwrap() >= 4,
+        "{stats}"
+    );
+    assert_eq!(stats["total"]["sessions"], 0);
+}
+
+#[test]
+fn rotation_keeps_the_data_and_kills_the_old_id_everywhere() {
+    let server = Server::start(&["--expose-shard"]);
+    let (mut a, mut b) = one_per_shard(&server);
+    let old = cookie_of(&request(&mut b, "POST", "/session", None, None));
+    assert_eq!(
+        request(
+            &mut a,
+            "PUT",
+            "/session/data/user",
+            Some(&old),
+            Some(r#""ann""#)
+        )
+        .status,
+        204
+    );
+    let rotated = request(&mut a, "POST", "/session/rotate", Some(&old), None);
+    assert_eq!(rotated.status, 200);
+    assert_eq!(
+        json(&rotated)["shard"],
+        1,
+        "a rotated session stays on its owner"
+    );
+    let new = cookie_of(&rotated);
+    assert_ne!(new, old);
+    for conn in [&mut a, &mut b] {
+        assert_eq!(
+            request(conn, "GET", "/session", Some(&old), None).status,
+            401
+        );
+        assert_eq!(
+            json(&request(
+                conn,
+                "GET",
+                "/session/data/user",
+                Some(&new),
+                None
+            )),
+            "ann"
+        );
+    }
+}
+
+#[test]
+fn concurrent_clients_on_both_shards_read_exactly_what_they_wrote() {
+    let server = Server::start(&["--expose-shard"]);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (mut a, mut b) = one_per_shard(&server);
+            std::thread::spawn(move || {
+                let cookie = cookie_of(&request(&mut a, "POST", "/session", None, None));
+                for i in 0..25 {
+                    let conn = if i % 2 == 0 { &mut a } else { &mut b };
+                    let body = format!("{}", t * 1000 + i);
+                    assert_eq!(
+                        request(
+                            conn,
+                            "PUT",
+                            &format!("/session/data/k{i}"),
+                            Some(&cookie),
+                            Some(&body)
+                        )
+                        .status,
+                        204
+                    );
+                }
+                let data = json(&request(&mut b, "GET", "/session", Some(&cookie), None));
+                for i in 0..25 {
+                    assert_eq!(
+                        data["data"][format!("k{i}")],
+                        t * 1000 + i,
+                        "thread {t} key {i}"
+                    );
+                }
+                assert_eq!(data["data"].as_object().unwrap().len(), 25);
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(server.stats()["total"]["sessions"], 8);
+}
+
+#[test]
+fn idle_and_absolute_expiry() {
+    let server = Server::start(&["--session-idle-timeout", "0.6", "--session-lifetime", "1.5"]);
+    let mut conn = Conn::new(server.connect());
+    let idle = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let active = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    // Touching `active` every 0.3 s keeps it alive past the idle timeout...
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            request(&mut conn, "GET", "/session", Some(&active), None).status,
+            200
+        );
+    }
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&idle), None).status,
+        401,
+        "idle timeout"
+    );
+    // ...but not past its absolute lifetime.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = request(&mut conn, "GET", "/session", Some(&active), None);
+    }
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&active), None).status,
+        401,
+        "absolute lifetime"
+    );
+    assert_eq!(server.stats()["total"]["session_expirations"], 2);
+}
+
+#[test]
+fn expired_sessions_are_swept_in_the_background() {
+    let server = Server::start(&["--session-idle-timeout", "0.3"]);
+    let mut conn = Conn::new(server.connect());
+    for _ in 0..20 {
+        request(&mut conn, "POST", "/session", None, None);
+    }
+    assert_eq!(server.stats()["total"]["sessions"], 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = server.stats();
+    assert_eq!(stats["total"]["sessions"], 0, "{stats}");
+    assert_eq!(stats["total"]["session_expirations"], 20);
+}
+
+#[test]
+fn at_the_session_bound_the_least_recently_used_is_evicted() {
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--max-sessions",
+        "3",
+    ]);
+    let mut conn = Conn::new(server.connect());
+    let s: Vec<String> = (0..3)
+        .map(|_| cookie_of(&request(&mut conn, "POST", "/session", None, None)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&s[0]), None).status,
+        200
+    ); // s[1] is now the LRU
+    let s3 = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&s[1]), None).status,
+        401,
+        "evicted"
+    );
+    for live in [&s[0], &s[2], &s3] {
+        assert_eq!(
+            request(&mut conn, "GET", "/session", Some(live), None).status,
+            200
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(stats["total"]["session_evictions"], 1);
+    assert_eq!(stats["total"]["sessions"], 3);
+}
+
+#[test]
+fn a_write_past_the_bytes_bound_gets_413_and_changes_nothing() {
+    let server = Server::start(&["--max-session-bytes", "64"]);
+    let mut conn = Conn::new(server.connect());
+    let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let fits = format!("\"{}\"", "a".repeat(40)); // 1 + 42 = 43 bytes
+    assert_eq!(
+        request(
+            &mut conn,
+            "PUT",
+            "/session/data/a",
+            Some(&cookie),
+            Some(&fits)
+        )
+        .status,
+        204
+    );
+    let too_much = format!("\"{}\"", "b".repeat(30)); // 43 + 33 > 64
+    assert_eq!(
+        request(
+            &mut conn,
+            "PUT",
+            "/session/data/b",
+            Some(&cookie),
+            Some(&too_much)
+        )
+        .status,
+        413
+    );
+    let data = json(&request(&mut conn, "GET", "/session", Some(&cookie), None));
+    assert_eq!(data["data"].as_object().unwrap().len(), 1);
+    // Replacing a value counts the new size, not the sum.
+    let replace = format!("\"{}\"", "c".repeat(50));
+    assert_eq!(
+        request(
+            &mut conn,
+            "PUT",
+            "/session/data/a",
+            Some(&cookie),
+            Some(&replace)
+        )
+        .status,
+        204
+    );
+}
+
+#[test]
+fn garbled_truncated_and_foreign_ids_are_unknown() {
+    let server = Server::start(&[]);
+    let other_node = Server::start(&["--node-id", "1"]);
+    let mut conn = Conn::new(server.connect());
+    let real = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let foreign = cookie_of(&request(
+        &mut Conn::new(other_node.connect()),
+        "POST",
+        "/session",
+        None,
+        None,
+    ));
+    let id = real.trim_start_matches("percore_sid=");
+    // The same random part claimed for shard 7 (which does not exist): AAAAB... encodes node 0 shard 7.
+    let wrong_shard = {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        write!(s, "AAAAB{}", &id[5..]).unwrap();
+        s
+    };
+    let cases = [
+        "percore_sid=".to_string(),
+        "percore_sid=garbage".to_string(),
+        format!("percore_sid={}", &id[..id.len() - 1]),
+        format!("percore_sid={id}x"),
+        format!(
+            "percore_sid={}",
+            id.replace(|c: char| c.is_ascii_lowercase(), "Z")
+        ),
+        format!("percore_sid={}", "*".repeat(27)),
+        format!("percore_sid={wrong_shard}"),
+        foreign.clone(),
+    ];
+    for cookie in &cases {
+        let r = request(&mut conn, "GET", "/session", Some(cookie), None);
+        assert_eq!(r.status, 401, "{cookie}");
+    }
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&real), None).status,
+        200,
+        "the connection survives"
+    );
+    // No cookie at all.
+    assert_eq!(
+        request(&mut conn, "GET", "/session", None, None).status,
+        401
+    );
+}
+
+#[test]
+fn sessions_survive_a_graceful_restart() {
+    let dir = common::temp_dir("persist");
+    let dir_arg = dir.to_str().unwrap();
+    let mut server = Server::start(&["--data-dir", dir_arg]);
+    let mut conn = Conn::new(server.connect());
+    let cookies: Vec<String> = (0..6)
+        .map(|_| cookie_of(&request(&mut conn, "POST", "/session", None, None)))
+        .collect();
+    for (i, cookie) in cookies.iter().enumerate() {
+        let mut c = Conn::new(server.connect());
+        assert_eq!(
+            request(
+                &mut c,
+                "PUT",
+                "/session/data/n",
+                Some(cookie),
+                Some(&i.to_string())
+            )
+            .status,
+            204
+        );
+    }
+    let destroyed = cookies[5].clone();
+    assert_eq!(
+        request(&mut conn, "DELETE", "/session", Some(&destroyed), None).status,
+        204
+    );
+    drop(conn);
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+
+    let server = Server::start(&["--data-dir", dir_arg]);
+    for (i, cookie) in cookies.iter().enumerate().take(5) {
+        let mut c = Conn::new(server.connect());
+        let r = request(&mut c, "GET", "/session/data/n", Some(cookie), None);
+        assert_eq!(
+            (r.status, json(&r)),
+            (200, serde_json::json!(i)),
+            "session {i}"
+        );
+    }
+    assert_eq!(
+        request(
+            &mut Conn::new(server.connect()),
+            "GET",
+            "/session",
+            Some(&destroyed),
+            None
+        )
+        .status,
+        401
+    );
+}
+
+#[test]
+fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
+    let dir = common::temp_dir("crash");
+    let dir_arg = dir.to_str().unwrap();
+    let mut server = Server::start(&["--data-dir", dir_arg, "--session-snapshot-interval", "0.5"]);
+    let mut conn = Conn::new(server.connect());
+    let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    assert_eq!(
+        request(
+            &mut conn,
+            "PUT",
+            "/session/data/k",
+            Some(&cookie),
+            Some("42")
+        )
+        .status,
+        204
+    );
+    std::thread::sleep(Duration::from_millis(1600));
+    server.child.kill().unwrap(); // SIGKILL: no shutdown snapshot
+    server.child.wait().unwrap();
+    let server = Server::start(&["--data-dir", dir_arg]);
+    let r = request(
+        &mut Conn::new(server.connect()),
+        "GET",
+        "/session/data/k",
+        Some(&cookie),
+        None,
+    );
+    assert_eq!((r.status, r.text()), (200, "42".to_string()));
+}
+
+#[test]
+fn a_corrupt_snapshot_is_reported_and_skipped() {
+    let dir = common::temp_dir("corrupt");
+    std::fs::write(
+        dir.join("sessions-0.snap"),
+        b"PCSESS1\n\x00\x00\x00\x00garbage",
+    )
+    .unwrap();
+    std::fs::write(dir.join("sessions-1.snap"), b"not a snapshot at all").unwrap();
+    let server = Server::start(&["--data-dir", dir.to_str().unwrap()]);
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(
+        request(&mut conn, "POST", "/session", None, None).status,
+        201
+    );
+    assert_eq!(server.stats()["total"]["sessions"], 1);
+}
+
+#[test]
+fn persistence_can_be_switched_off() {
+    let dir = common::temp_dir("off");
+    let mut server = Server::start(&["--data-dir", dir.to_str().unwrap(), "--no-session-persist"]);
+    let mut conn = Conn::new(server.connect());
+    request(&mut conn, "POST", "/session", None, None);
+    drop(conn);
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    let _ = std::io::stdout().flush();
+}
