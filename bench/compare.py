@@ -299,7 +299,17 @@ def main():
                 cur = None
                 time.sleep(0.3)
 
-    # ------------------------------------------------------------------ table
+    print_tables(res, [n for n, _ in servers], scens, a.rounds, a.duration, a.server_cpu, a.client_cpu)
+    if failed:
+        print("\nFailed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    print("\nServers:")
+    for n, c in servers:
+        print(f"- {n}: `{c}`")
+    print(f"\nRaw data: `{os.path.relpath(logdir, REPO)}/raw.tsv`")
+
+
+def print_tables(res, names, scens, rounds, duration, server_cpu=0, client_cpu=1):
+    """res: {(server, scenario): [row dicts with round, rps, p99_us, cpu_us_req, res_per_req, ...]}"""
     M = {}
     for key, rows in res.items():
         if rows:
@@ -311,9 +321,9 @@ def main():
             M[key]["cpu_max"] = max(x["cpu_us_req"] for x in rows)
             M[key]["errors"] = sum(x["errors"] + x["non2xx"] for x in rows)
             M[key]["n"] = len(rows)
-    names = [n for n, _ in servers]
-    print(f"Medians over {a.rounds} interleaved rounds x {a.duration} s; servers pinned to CPU {a.server_cpu} "
-          f"(1 shard/worker), `wrk -t1` pinned to CPU {a.client_cpu}. Spread = min–max over rounds.\n")
+    print(f"Medians over {rounds} interleaved rounds x {duration} s; servers pinned to CPU {server_cpu} "
+          f"(1 shard/worker), `wrk -t1` pinned to CPU {client_cpu}. Spread = min–max over rounds. "
+          f"p99 n/a: wrk's latency histogram is empty with pipelining.\n")
     print("| scenario | server | req/s | req/s min–max | p99 | CPU µs/req | CPU µs/req min–max "
           "| RES IPIs/req (CPU 0) | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -327,28 +337,56 @@ def main():
                   f"| {m['cpu_us_req']:.2f} | {m['cpu_min']:.2f}–{m['cpu_max']:.2f} | {m['res_per_req']:.4f} "
                   f"| {m['errors']} |")
     others = [n for n in names if n != "percore"]
-    if others and any(("percore", s) in M for s in scens):
-        print("\nRatios percore / peer (medians; CPU < 1 means percore uses less CPU per request, "
-              "req/s > 1 means percore is faster):\n")
-        print("| scenario | " + " | ".join(f"CPU/req vs {o} | req/s vs {o}" for o in others) + " |")
-        print("|---|" + "---:|---:|" * len(others))
-        for s in scens:
-            p = M.get(("percore", s))
-            cells = []
-            for o in others:
-                q = M.get((o, s))
-                if p and q:
-                    cells += [f"{p['cpu_us_req'] / q['cpu_us_req']:.2f}x", f"{p['rps'] / q['rps']:.2f}x"]
-                else:
-                    cells += ["n/a", "n/a"]
-            print(f"| {s} | " + " | ".join(cells) + " |")
-    if failed:
-        print("\nFailed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-    print("\nServers:")
-    for n, c in servers:
-        print(f"- {n}: `{c}`")
-    print(f"\nRaw data: `{os.path.relpath(logdir, REPO)}/raw.tsv`")
+    if not others or not any(("percore", s) in M for s in scens):
+        return
+    print("\nRatios percore / peer. `med` = ratio of the medians above; `paired` = median (and min–max) of the "
+          "per-round ratios (both servers measured in the same round, which cancels slow drift in machine "
+          "load). CPU < 1: percore uses less CPU per request; req/s > 1: percore is faster.\n")
+    print("| scenario | " + " | ".join(f"CPU/req vs {o}: med | paired | req/s vs {o}: med | paired"
+                                       for o in others) + " |")
+    print("|---|" + "---:|---:|---:|---:|" * len(others))
 
+    def paired(s, o, col):
+        mine = {x["round"]: x[col] for x in res.get(("percore", s), [])}
+        rs = [mine[x["round"]] / x[col] for x in res.get((o, s), []) if x["round"] in mine and x[col]]
+        if not rs:
+            return "n/a"
+        return f"{med(rs):.2f}x ({min(rs):.2f}–{max(rs):.2f})"
+    for s in scens:
+        p = M.get(("percore", s))
+        cells = []
+        for o in others:
+            q = M.get((o, s))
+            if p and q:
+                cells += [f"{p['cpu_us_req'] / q['cpu_us_req']:.2f}x", paired(s, o, "cpu_us_req"),
+                          f"{p['rps'] / q['rps']:.2f}x", paired(s, o, "rps")]
+            else:
+                cells += ["n/a"] * 4
+        print(f"| {s} | " + " | ".join(cells) + " |")
+
+
+def summarize(raw):
+    """Re-print the tables of an earlier run from its raw.tsv."""
+    import csv
+    rows = list(csv.DictReader(open(raw), delimiter="\t"))
+    names, scens, res = [], [], {}
+    for r in rows:
+        for k in ("rps", "p99_us", "cpu_us_req", "res_per_req", "cal_per_req"):
+            r[k] = float(r[k])
+        for k in ("round", "errors", "non2xx", "requests"):
+            r[k] = int(r[k])
+        if r["server"] not in names:
+            names.append(r["server"])
+        if r["scenario"] not in scens:
+            scens.append(r["scenario"])
+        res.setdefault((r["server"], r["scenario"]), []).append(r)
+    names.sort(key=lambda n: (n != "percore", n != "nginx"))
+    meta = os.path.join(os.path.dirname(raw), "meta.txt")
+    dur = re.search(r"(?:-d|--duration)[ =](\d+)", open(meta).read()) if os.path.exists(meta) else None
+    print_tables(res, names, scens, max(r["round"] for r in rows), dur.group(1) if dur else "?")
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--summarize":
+        summarize(sys.argv[2])
+    else:
+        main()

@@ -132,7 +132,7 @@ impl Sessions {
             SessionRequest::Remove(key, name) => {
                 SessionReply::Done(store.remove_value(&key, &name, now))
             }
-            SessionRequest::Destroy(key) => SessionReply::Done(Ok(store.destroy(&key))),
+            SessionRequest::Destroy(key) => SessionReply::Done(Ok(store.destroy(&key, now))),
             SessionRequest::Rotate(key) => {
                 let new_id = self.ids.borrow_mut().mint();
                 SessionReply::Rotated(store.rotate(&key, new_id.key, now).map(|()| new_id))
@@ -190,7 +190,7 @@ impl Sessions {
                     let live = now < record.accessed_ms.saturating_add(limits.0)
                         && now < record.created_ms.saturating_add(limits.1);
                     if live && !store.contains(&key) {
-                        store.insert(key, record);
+                        store.insert(key, record, now);
                     }
                 }
                 store.counters = Default::default();

@@ -107,11 +107,18 @@ impl Store {
             || now_ms >= record.created_ms.saturating_add(self.limits.lifetime_ms)
     }
 
-    /// Adds a session (a fresh one, or one loaded from a snapshot). At the bound the least
-    /// recently used session is evicted first; returns its key.
-    pub fn insert(&mut self, key: SessionKey, record: SessionRecord) -> Option<SessionKey> {
+    /// Adds a session (a fresh one, or one loaded from a snapshot). At the bound an expired
+    /// session is reclaimed first (an expiration); only when none is expired is the least
+    /// recently used live session evicted (an eviction); returns the evicted key.
+    pub fn insert(
+        &mut self,
+        key: SessionKey,
+        record: SessionRecord,
+        now_ms: u64,
+    ) -> Option<SessionKey> {
         let mut evicted = None;
         if self.entries.len() >= self.limits.sessions_max
+            && self.sweep(now_ms, 1) == 0
             && let Some((_, &oldest)) = self.by_access.iter().next()
         {
             self.remove(&oldest);
@@ -153,6 +160,7 @@ impl Store {
                 accessed_ms: now_ms,
                 data: SessionData::new(),
             },
+            now_ms,
         )
     }
 
@@ -246,12 +254,15 @@ impl Store {
         Ok(true)
     }
 
-    pub fn destroy(&mut self, key: &SessionKey) -> bool {
-        let removed = self.remove(key).is_some();
-        if removed {
-            self.counters.destroyed += 1;
+    /// Destroys a live session; false (unknown) for none or an expired one, which is removed
+    /// and counted as an expiration.
+    pub fn destroy(&mut self, key: &SessionKey, now_ms: u64) -> bool {
+        if self.touch(key, now_ms).is_err() {
+            return false;
         }
-        removed
+        self.remove(key);
+        self.counters.destroyed += 1;
+        true
     }
 
     /// Moves a live session's data to `new_key`; the old key is dead afterwards.
@@ -263,7 +274,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.touch(old_key, now_ms)?;
         let entry = self.remove(old_key).expect("touched above");
-        self.insert(new_key, entry.record);
+        self.insert(new_key, entry.record, now_ms);
         self.counters.created -= 1; // a rotation is not a new session
         Ok(())
     }
