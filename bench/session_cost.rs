@@ -173,6 +173,7 @@ fn main() {
         }
     }
     let _ = server.kill();
+    let _ = server.wait();
     println!("| mode | median req/s | median server CPU µs/request | rounds |");
     println!("|---|---:|---:|---:|");
     let mut cpu = [0.0; 2];
