@@ -1,0 +1,363 @@
+//! One shard's write-ahead log: appends opaque records to numbered segment files with glommio DMA writes and group commit (many appends share one fdatasync); never interprets a record.
+//!
+//! A record is acknowledged only once `durable(lsn)` resolves. Appends never wait: they go to an
+//! in-memory batch that the flusher task writes and syncs while the next batch fills. A restart
+//! never appends to an old segment (its tail may hold DMA padding or a torn record): it opens a
+//! new one, and recovery reads all segments in order.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use futures_lite::AsyncWriteExt;
+use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
+
+/// When a commit is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// Each record gets its own fdatasync before it is acknowledged: slowest, no sharing.
+    Always,
+    /// Group commit: every record appended while a sync runs shares the next fdatasync.
+    Batch,
+    /// Acknowledged once handed to the log writer; a crash can lose the latest acknowledged
+    /// records (as Redis' appendfsync no).
+    Off,
+}
+
+impl std::str::FromStr for FsyncMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FsyncMode, String> {
+        match s {
+            "always" => Ok(FsyncMode::Always),
+            "batch" => Ok(FsyncMode::Batch),
+            "off" => Ok(FsyncMode::Off),
+            _ => Err(format!("'{s}' is not one of always, batch, off")),
+        }
+    }
+}
+
+/// DMA write buffer size; also the alignment of the padding a sync leaves at a segment's tail.
+const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+
+pub fn segment_path(dir: &Path, shard: usize, segment: u64) -> PathBuf {
+    dir.join(format!("wal-{shard}-{segment:010}.log"))
+}
+
+/// The segments of `shard` in `dir`, oldest first.
+pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
+    let prefix = format!("wal-{shard}-");
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(number) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".log"))
+        {
+            if let Ok(number) = number.parse::<u64>() {
+                found.push((number, path));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct WalCounters {
+    pub fsyncs: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    shard: usize,
+    mode: FsyncMode,
+    writer: RefCell<Option<DmaStreamWriter>>,
+    segment: Cell<u64>,
+    /// Bytes written to the current segment (after the batch in flight).
+    segment_bytes: Cell<u64>,
+    /// Records appended but not yet handed to the writer.
+    pending: RefCell<Vec<Vec<u8>>>,
+    /// Logical positions: bytes appended, and bytes durable, since this Wal opened.
+    appended: Cell<u64>,
+    durable_lsn: Cell<u64>,
+    failed: Cell<bool>,
+    waiters: RefCell<Vec<(u64, Waker)>>,
+    flusher: RefCell<Option<Waker>>,
+    pub counters: Cell<WalCounters>,
+}
+
+impl Wal {
+    /// Opens a new segment numbered `segment` and starts the flusher on the current task queue.
+    pub async fn open(
+        dir: &Path,
+        shard: usize,
+        mode: FsyncMode,
+        segment: u64,
+    ) -> io::Result<Rc<Wal>> {
+        std::fs::create_dir_all(dir)?;
+        let writer = Self::create_writer(dir, shard, segment).await?;
+        let wal = Rc::new(Wal {
+            dir: dir.to_path_buf(),
+            shard,
+            mode,
+            writer: RefCell::new(Some(writer)),
+            segment: Cell::new(segment),
+            segment_bytes: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
+            appended: Cell::new(0),
+            durable_lsn: Cell::new(0),
+            failed: Cell::new(false),
+            waiters: RefCell::new(Vec::new()),
+            flusher: RefCell::new(None),
+            counters: Cell::new(WalCounters::default()),
+        });
+        glommio::spawn_local(Self::flush_loop(wal.clone())).detach();
+        Ok(wal)
+    }
+
+    async fn create_writer(dir: &Path, shard: usize, segment: u64) -> io::Result<DmaStreamWriter> {
+        let file = DmaFile::create(segment_path(dir, shard, segment))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        // The directory entry must be durable too, or a crash could lose the whole segment.
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(DmaStreamWriterBuilder::new(file)
+            .with_buffer_size(WRITE_BUFFER_BYTES)
+            .with_write_behind(2)
+            .build())
+    }
+
+    pub fn segment(&self) -> u64 {
+        self.segment.get()
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes.get()
+    }
+
+    pub fn mode(&self) -> FsyncMode {
+        self.mode
+    }
+
+    /// Queues a record; returns the position that `durable` must reach for it to be safe.
+    pub fn append(&self, record: Vec<u8>) -> u64 {
+        let end = self.appended.get() + record.len() as u64;
+        self.appended.set(end);
+        self.pending.borrow_mut().push(record);
+        if let Some(waker) = self.flusher.borrow_mut().take() {
+            waker.wake();
+        }
+        end
+    }
+
+    /// Resolves once every record up to `lsn` is durable (per the fsync mode). Err when the log
+    /// failed: nothing can be acknowledged any more.
+    pub async fn durable(&self, lsn: u64) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            if self.failed.get() {
+                return Poll::Ready(Err(io::Error::other("the write-ahead log failed")));
+            }
+            if self.durable_lsn.get() >= lsn {
+                return Poll::Ready(Ok(()));
+            }
+            self.waiters.borrow_mut().push((lsn, cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    async fn flush_loop(wal: Rc<Wal>) {
+        loop {
+            let batch: Vec<Vec<u8>> = std::future::poll_fn(|cx| {
+                let mut pending = wal.pending.borrow_mut();
+                if pending.is_empty() {
+                    *wal.flusher.borrow_mut() = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(match wal.mode {
+                    FsyncMode::Always => vec![pending.remove(0)],
+                    FsyncMode::Batch | FsyncMode::Off => std::mem::take(&mut *pending),
+                })
+            })
+            .await;
+            if let Err(e) = wal.write_batch(&batch).await {
+                eprintln!(
+                    "percore: shard {}: write-ahead log failed: {e}; refusing further commits",
+                    wal.shard
+                );
+                wal.failed.set(true);
+                wal.wake_waiters();
+                return;
+            }
+        }
+    }
+
+    async fn write_batch(&self, batch: &[Vec<u8>]) -> io::Result<()> {
+        let bytes: u64 = batch.iter().map(|r| r.len() as u64).sum();
+        let mut writer = self
+            .writer
+            .borrow_mut()
+            .take()
+            .expect("one flusher at a time");
+        let result = async {
+            for record in batch {
+                writer.write_all(record).await?;
+            }
+            if self.mode != FsyncMode::Off {
+                writer
+                    .sync()
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+            }
+            Ok::<(), io::Error>(())
+        }
+        .await;
+        *self.writer.borrow_mut() = Some(writer);
+        result?;
+        let mut counters = self.counters.get();
+        counters.records += batch.len() as u64;
+        counters.bytes += bytes;
+        if self.mode != FsyncMode::Off {
+            counters.fsyncs += 1;
+        }
+        self.counters.set(counters);
+        self.segment_bytes.set(self.segment_bytes.get() + bytes);
+        self.durable_lsn.set(self.durable_lsn.get() + bytes);
+        self.wake_waiters();
+        Ok(())
+    }
+
+    fn wake_waiters(&self) {
+        let durable = self.durable_lsn.get();
+        let failed = self.failed.get();
+        self.waiters.borrow_mut().retain(|(lsn, waker)| {
+            let ready = failed || *lsn <= durable;
+            if ready {
+                waker.wake_by_ref();
+            }
+            !ready
+        });
+    }
+
+    /// Waits until everything appended so far is durable, then switches to a new segment.
+    /// Returns the number of the segment that was closed.
+    pub async fn rotate(&self) -> io::Result<u64> {
+        self.durable(self.appended.get()).await?;
+        let old = self.segment.get();
+        let next = Self::create_writer(&self.dir, self.shard, old + 1).await?;
+        let previous = self.writer.borrow_mut().replace(next);
+        if let Some(mut previous) = previous {
+            previous.close().await?;
+        }
+        self.segment.set(old + 1);
+        self.segment_bytes.set(0);
+        Ok(old)
+    }
+
+    /// Syncs and closes the current segment (graceful shutdown).
+    pub async fn close(&self) -> io::Result<()> {
+        self.durable(self.appended.get()).await?;
+        let writer = self.writer.borrow_mut().take();
+        if let Some(mut writer) = writer {
+            writer.close().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    use super::*;
+
+    fn run<T: Send + 'static>(
+        f: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = T>>> + Send + 'static,
+    ) -> T {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+            .spawn(move || f())
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("percore-wal-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn group_commit_shares_fsyncs_and_every_acknowledged_record_is_in_the_file() {
+        let dir = temp_dir("group");
+        let dir2 = dir.clone();
+        let counters = run(move || {
+            Box::pin(async move {
+                let wal = Wal::open(&dir2, 0, FsyncMode::Batch, 7).await.unwrap();
+                let waits: Vec<_> = (0..100u8).map(|i| wal.append(vec![i; 100])).collect();
+                crate::mesh::join_all(waits.into_iter().map(|lsn| wal.durable(lsn)).collect())
+                    .await
+                    .into_iter()
+                    .for_each(|r| r.unwrap());
+                let counters = wal.counters.get();
+                wal.close().await.unwrap();
+                counters
+            })
+        });
+        assert_eq!(counters.records, 100);
+        assert!(counters.fsyncs < 100, "group commit: {counters:?}");
+        let found = segments(&dir, 0).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, 7);
+        let bytes = std::fs::read(&found[0].1).unwrap();
+        assert!(bytes.len() >= 100 * 100);
+        for i in 0..100usize {
+            assert!(
+                bytes[i * 100..(i + 1) * 100].iter().all(|b| *b == i as u8),
+                "record {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn always_syncs_each_record_and_rotate_starts_a_new_segment() {
+        let dir = temp_dir("always");
+        let dir2 = dir.clone();
+        let counters = run(move || {
+            Box::pin(async move {
+                let wal = Wal::open(&dir2, 3, FsyncMode::Always, 0).await.unwrap();
+                let lsns: Vec<_> = (0..5u8).map(|i| wal.append(vec![i; 10])).collect();
+                wal.durable(*lsns.last().unwrap()).await.unwrap();
+                assert_eq!(wal.rotate().await.unwrap(), 0);
+                let lsn = wal.append(vec![9; 10]);
+                wal.durable(lsn).await.unwrap();
+                wal.close().await.unwrap();
+                wal.counters.get()
+            })
+        });
+        assert_eq!((counters.records, counters.fsyncs), (6, 6));
+        let found: Vec<u64> = segments(&dir, 3)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(found, vec![0, 1]);
+        assert!(
+            segments(&dir, 0).unwrap().is_empty(),
+            "segments are per shard"
+        );
+    }
+}
