@@ -59,13 +59,11 @@ pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if let Some(number) = name
+        let number = name
             .strip_prefix(&prefix)
-            .and_then(|r| r.strip_suffix(".log"))
-        {
-            if let Ok(number) = number.parse::<u64>() {
-                found.push((number, path));
-            }
+            .and_then(|r| r.strip_suffix(".log"));
+        if let Some(Ok(number)) = number.map(str::parse::<u64>) {
+            found.push((number, path));
         }
     }
     found.sort();
@@ -288,7 +286,7 @@ mod tests {
     ) -> T {
         LocalExecutorBuilder::new(Placement::Unbound)
             .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-            .spawn(move || f())
+            .spawn(f)
             .unwrap()
             .join()
             .unwrap()
