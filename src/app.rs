@@ -15,6 +15,7 @@ pub fn builtin_routes() -> Router {
         .get("/health", health)
         .get("/stats", stats)
         .mount("/", crate::session::routes::routes())
+        .mount("/", crate::txn::routes::routes())
 }
 
 /// TechEmpower plaintext: exactly `Hello, World!` as text/plain.

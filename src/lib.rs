@@ -20,6 +20,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod txn;
 pub mod wal;
 
 use std::process::ExitCode;

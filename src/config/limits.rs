@@ -64,6 +64,10 @@ pub const SESSION_SWEEP_STEP_MAX: usize = 256;
 /// Sessions serialized per step of a snapshot before yielding to the serving queue.
 pub const SESSION_SNAPSHOT_STEP: usize = 512;
 
+/// Log bytes after which a shard checkpoints its partition into a new log segment: bounds log
+/// size and recovery time (replaying 64 MiB takes well under a second).
+pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
 /// Memory glommio registers with io_uring per executor. glommio's default (10 MiB) exceeds the
 /// common 8 MiB RLIMIT_MEMLOCK once there are two shards; we do not use registered buffers for
 /// sockets, so a small region is enough.

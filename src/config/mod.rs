@@ -122,6 +122,21 @@ pub struct Args {
     /// Seconds between periodic session snapshots.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub session_snapshot_interval: Option<f64>,
+    /// When a transaction is acknowledged: always (own fdatasync), batch (group commit), off (no sync).
+    #[arg(long, value_name = "MODE")]
+    pub fsync: Option<String>,
+    /// Longest key of the key-value store in bytes (413 past it).
+    #[arg(long, value_name = "BYTES")]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value of the key-value store in bytes (413 past it).
+    #[arg(long, value_name = "BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Most operations in one transaction (413 past it).
+    #[arg(long, value_name = "N")]
+    pub max_tx_ops: Option<usize>,
+    /// Log bytes after which a shard checkpoints its partition and starts a new log segment.
+    #[arg(long, value_name = "BYTES")]
+    pub checkpoint_bytes: Option<u64>,
 }
 
 /// The config file: the same keys as the flags.
@@ -156,6 +171,11 @@ struct FileConfig {
     max_session_bytes: Option<usize>,
     no_session_persist: Option<bool>,
     session_snapshot_interval: Option<f64>,
+    fsync: Option<String>,
+    max_key_bytes: Option<usize>,
+    max_value_bytes: Option<usize>,
+    max_tx_ops: Option<usize>,
+    checkpoint_bytes: Option<u64>,
 }
 
 /// The validated configuration every shard gets a copy of.
@@ -181,6 +201,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub expose_shard: bool,
     pub session: SessionConfig,
+    pub txn: TxnConfig,
+}
+
+/// Transaction settings (see txn/).
+#[derive(Clone, Debug)]
+pub struct TxnConfig {
+    pub fsync: crate::wal::FsyncMode,
+    pub limits: crate::txn::TxnLimits,
+    pub checkpoint_bytes: u64,
 }
 
 /// Session settings (see session/).
@@ -287,7 +316,42 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         (None, None) => allowed.to_vec(),
     };
 
+    let mut txn_limits = crate::txn::TxnLimits::default();
+    txn_limits.key_bytes_max = positive(
+        "max-key-bytes",
+        args.max_key_bytes.or(file.max_key_bytes),
+        txn_limits.key_bytes_max,
+    )?;
+    txn_limits.value_bytes_max = positive(
+        "max-value-bytes",
+        args.max_value_bytes.or(file.max_value_bytes),
+        txn_limits.value_bytes_max,
+    )?;
+    txn_limits.ops_max = positive(
+        "max-tx-ops",
+        args.max_tx_ops.or(file.max_tx_ops),
+        txn_limits.ops_max,
+    )?;
+    txn_limits
+        .validate()
+        .map_err(|e| ConfigError(format!("transaction limits: {e}")))?;
+    let fsync_text = args
+        .fsync
+        .or(file.fsync)
+        .unwrap_or_else(|| "batch".to_string());
+    let txn = TxnConfig {
+        fsync: fsync_text
+            .parse()
+            .map_err(|e| ConfigError(format!("--fsync {e}")))?,
+        limits: txn_limits,
+        checkpoint_bytes: positive(
+            "checkpoint-bytes",
+            args.checkpoint_bytes.or(file.checkpoint_bytes),
+            limits::CHECKPOINT_BYTES_DEFAULT,
+        )?,
+    };
     let config = Config {
+        txn,
         binds,
         cpus,
         pin: !(args.no_pin || file.no_pin.unwrap_or(false)),

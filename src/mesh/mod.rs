@@ -32,6 +32,10 @@ pub enum Envelope<Req, Resp> {
         id: u64,
         body: Req,
     },
+    /// A one-way message: the handler runs, nothing is sent back.
+    Oneway {
+        body: Req,
+    },
     Reply {
         id: u64,
         body: Result<Resp, MeshError>,
@@ -160,6 +164,27 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         }
     }
 
+    /// Sends a one-way message to another shard; no reply, no deadline. A protocol built on it
+    /// must tolerate a lost message (a closed channel drops it) and must never resend blindly.
+    pub fn send(self: &Rc<Self>, to: usize, req: Req) {
+        assert!(
+            to < self.shard_count && to != self.shard,
+            "one-way messages go to another shard"
+        );
+        self.counters
+            .calls_sent
+            .set(self.counters.calls_sent.get() + 1);
+        // Sent from a task of its own: a full channel waits for room off the caller's path.
+        let mesh = self.clone();
+        glommio::spawn_local(async move {
+            let _ = mesh
+                .senders
+                .send_to(to, Envelope::Oneway { body: req })
+                .await;
+        })
+        .detach();
+    }
+
     /// Calls every shard (this one in place) at once and returns the replies in shard order.
     pub async fn call_all(&self, req: impl Fn() -> Req) -> Vec<Result<Resp, MeshError>> {
         join_all(
@@ -179,6 +204,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                     match envelope {
                         Envelope::Reply { id, body } => mesh.deliver(id, body),
                         Envelope::Request { id, body } => mesh.accept(from, id, body),
+                        Envelope::Oneway { body } => {
+                            mesh.counters
+                                .calls_served
+                                .set(mesh.counters.calls_served.get() + 1);
+                            glommio::spawn_local((mesh.handler)(from, body)).detach();
+                        }
                     }
                 }
             })

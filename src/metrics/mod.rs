@@ -60,56 +60,86 @@ impl ShardMetrics {
             timeouts_body: self.timeouts_body.get(),
             timeouts_write: self.timeouts_write.get(),
             protocol_errors: self.protocol_errors.get(),
-            mesh_calls_sent: 0,
-            mesh_calls_served: 0,
-            mesh_overloaded: 0,
-            mesh_timeouts: 0,
-            sessions: 0,
-            session_bytes: 0,
-            sessions_created: 0,
-            sessions_destroyed: 0,
-            session_evictions: 0,
-            session_expirations: 0,
-            session_remote_calls: 0,
+            ..ShardStats::default()
         }
     }
 }
 
-/// One shard's counters at one moment: what `/stats` reports per shard.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct ShardStats {
-    pub shard: usize,
-    pub cpu: usize,
-    pub connections_open: u64,
-    pub connections_accepted: u64,
-    pub requests: u64,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub status_1xx: u64,
-    pub status_2xx: u64,
-    pub status_3xx: u64,
-    pub status_4xx: u64,
-    pub status_5xx: u64,
-    pub conns_max_reached: u64,
-    pub conns_max_wait_us: u64,
-    pub timeouts_header: u64,
-    pub timeouts_idle: u64,
-    pub timeouts_body: u64,
-    pub timeouts_write: u64,
-    pub protocol_errors: u64,
-    pub mesh_calls_sent: u64,
-    pub mesh_calls_served: u64,
-    pub mesh_overloaded: u64,
-    pub mesh_timeouts: u64,
+/// Declares `ShardStats` with its counters listed once; `add` sums two of them.
+macro_rules! shard_stats {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// One shard's counters at one moment: what `/stats` reports per shard.
+        #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+        pub struct ShardStats {
+            pub shard: usize,
+            pub cpu: usize,
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl ShardStats {
+            fn add(&mut self, other: &ShardStats) {
+                $(self.$name += other.$name;)*
+            }
+        }
+    };
+}
+
+shard_stats! {
+    connections_open,
+    connections_accepted,
+    requests,
+    bytes_read,
+    bytes_written,
+    status_1xx,
+    status_2xx,
+    status_3xx,
+    status_4xx,
+    status_5xx,
+    conns_max_reached,
+    conns_max_wait_us,
+    timeouts_header,
+    timeouts_idle,
+    timeouts_body,
+    timeouts_write,
+    protocol_errors,
+    mesh_calls_sent,
+    mesh_calls_served,
+    mesh_overloaded,
+    mesh_timeouts,
     /// Live sessions this shard owns, and the bytes of their data.
-    pub sessions: u64,
-    pub session_bytes: u64,
-    pub sessions_created: u64,
-    pub sessions_destroyed: u64,
-    pub session_evictions: u64,
-    pub session_expirations: u64,
+    sessions,
+    session_bytes,
+    sessions_created,
+    sessions_destroyed,
+    session_evictions,
+    session_expirations,
     /// Session operations this shard sent to the owner shard over the mesh.
-    pub session_remote_calls: u64,
+    session_remote_calls,
+    /// Keys and value bytes of this shard's key-value partition.
+    kv_keys,
+    kv_bytes,
+    /// Transactions received here: run locally, forwarded to one owner, coordinated across shards.
+    tx_local,
+    tx_forwarded,
+    tx_cross_shard,
+    /// Outcomes of the cross-shard transactions this shard coordinated.
+    tx_cross_committed,
+    tx_cross_aborted,
+    tx_timeouts,
+    /// Commits applied to this partition: single-shard, and prepared parts of cross-shard ones.
+    tx_commits_local,
+    tx_commits_prepared,
+    /// Aborts on this partition by reason.
+    tx_aborts_conflict,
+    tx_aborts_failed,
+    tx_aborts_busy,
+    tx_aborts_full,
+    /// Write-ahead log: fdatasyncs, records, bytes, bytes in the current segment, checkpoints.
+    wal_fsyncs,
+    wal_records,
+    wal_bytes,
+    wal_segment_bytes,
+    checkpoints,
 }
 
 /// The whole server: per-shard snapshots and their sum.
@@ -132,34 +162,7 @@ impl Stats {
                 shards_missing.push(index);
                 continue;
             };
-            total.connections_open += s.connections_open;
-            total.connections_accepted += s.connections_accepted;
-            total.requests += s.requests;
-            total.bytes_read += s.bytes_read;
-            total.bytes_written += s.bytes_written;
-            total.status_1xx += s.status_1xx;
-            total.status_2xx += s.status_2xx;
-            total.status_3xx += s.status_3xx;
-            total.status_4xx += s.status_4xx;
-            total.status_5xx += s.status_5xx;
-            total.conns_max_reached += s.conns_max_reached;
-            total.conns_max_wait_us += s.conns_max_wait_us;
-            total.timeouts_header += s.timeouts_header;
-            total.timeouts_idle += s.timeouts_idle;
-            total.timeouts_body += s.timeouts_body;
-            total.timeouts_write += s.timeouts_write;
-            total.protocol_errors += s.protocol_errors;
-            total.mesh_calls_sent += s.mesh_calls_sent;
-            total.mesh_calls_served += s.mesh_calls_served;
-            total.mesh_overloaded += s.mesh_overloaded;
-            total.mesh_timeouts += s.mesh_timeouts;
-            total.sessions += s.sessions;
-            total.session_bytes += s.session_bytes;
-            total.sessions_created += s.sessions_created;
-            total.sessions_destroyed += s.sessions_destroyed;
-            total.session_evictions += s.session_evictions;
-            total.session_expirations += s.session_expirations;
-            total.session_remote_calls += s.session_remote_calls;
+            total.add(&s);
             shards.push(s);
         }
         total.shard = shard_count;

@@ -21,6 +21,8 @@ use crate::mesh::{Envelope, Mesh, MeshLimits};
 use crate::metrics::ShardStats;
 use crate::router::Router;
 use crate::session::{self, SessionReply, SessionRequest, Sessions};
+use crate::txn::service::Txn;
+use crate::txn::twopc::Msg;
 use glommio::{Latency, Shares};
 use shard::{Shard, StatsRequest};
 
@@ -45,6 +47,7 @@ struct ShardInit {
     listeners: Vec<OwnedFd>,
     stats_mesh: MeshBuilder<Envelope<StatsRequest, ShardStats>, Full>,
     session_mesh: MeshBuilder<Envelope<SessionRequest, SessionReply>, Full>,
+    txn_mesh: MeshBuilder<Envelope<Msg, ()>, Full>,
     control: SharedReceiver<Control>,
     ready: mpsc::Sender<usize>,
     app: &'static AppFactory,
@@ -63,6 +66,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
 
     let stats_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let session_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
+    let txn_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut controls = Vec::with_capacity(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
@@ -79,6 +83,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             listeners,
             stats_mesh: stats_mesh.clone(),
             session_mesh: session_mesh.clone(),
+            txn_mesh: txn_mesh.clone(),
             control: control_rx,
             ready: ready_tx.clone(),
             app,
@@ -189,12 +194,39 @@ async fn shard_main(init: ShardInit) {
     if let Some(dir) = &data_dir {
         sessions.load(dir);
     }
+    let txn_mesh = Mesh::join(
+        init.txn_mesh,
+        init.index,
+        limits,
+        // A message that arrives before this shard finished starting is dropped: the protocol
+        // resends what matters (status queries, commit decisions) on its own.
+        Rc::new(|from, msg| {
+            Box::pin(async move {
+                if let Some(shard) = shard::try_current() {
+                    shard.txn.receive(from, msg);
+                }
+            })
+        }),
+    )
+    .await;
+    let txn = match Txn::start(&init.config.data_dir, &init.config.txn, txn_mesh).await {
+        Ok(txn) => txn,
+        Err(e) => {
+            eprintln!(
+                "percore: shard {}: cannot open the transaction log in {}: {e}",
+                init.index,
+                init.config.data_dir.display()
+            );
+            std::process::exit(2);
+        }
+    };
     let shard = Shard::install(
         init.index,
         init.cpu,
         init.config,
         stats_mesh,
         sessions.clone(),
+        txn.clone(),
     );
     let app = (init.app)().into_app();
 
@@ -243,6 +275,7 @@ async fn shard_main(init: ShardInit) {
             shard.open_conns()
         );
     }
+    txn.close().await;
     if let Some(dir) = &data_dir
         && let Err(e) = sessions.snapshot_blocking(dir)
     {

@@ -12,6 +12,7 @@ use crate::http::DateCache;
 use crate::mesh::Mesh;
 use crate::metrics::{ShardMetrics, ShardStats, add};
 use crate::session::Sessions;
+use crate::txn::service::Txn;
 
 /// The request of the stats mesh: "send me your counters".
 pub struct StatsRequest;
@@ -33,6 +34,7 @@ pub struct Shard {
     pub date: RefCell<DateCache>,
     pub stats_mesh: Rc<StatsMesh>,
     pub sessions: Rc<Sessions>,
+    pub txn: Rc<Txn>,
     /// `X-Shard` value when `--expose-shard` is on.
     pub x_shard: Option<bytes::Bytes>,
     /// One permit per open connection, `conns_max` in all, shared by every listener of the shard.
@@ -54,6 +56,11 @@ pub fn current() -> Rc<Shard> {
         .expect("called on a shard thread")
 }
 
+/// The shard running on this thread, if it has finished starting.
+pub fn try_current() -> Option<Rc<Shard>> {
+    CURRENT.with(|c| c.get().cloned())
+}
+
 /// The index of the shard running on this thread, if any.
 pub fn current_index() -> Option<usize> {
     CURRENT.with(|c| c.get().map(|s| s.index))
@@ -66,6 +73,7 @@ impl Shard {
         config: Config,
         stats_mesh: Rc<StatsMesh>,
         sessions: Rc<Sessions>,
+        txn: Rc<Txn>,
     ) -> Rc<Shard> {
         let mut date = DateCache::new();
         date.refresh(SystemTime::now());
@@ -75,6 +83,7 @@ impl Shard {
             metrics: ShardMetrics::default(),
             date: RefCell::new(date),
             sessions,
+            txn,
             x_shard: config
                 .expose_shard
                 .then(|| bytes::Bytes::from(index.to_string())),
@@ -105,6 +114,29 @@ impl Shard {
         stats.session_evictions = store.counters.evictions;
         stats.session_expirations = store.counters.expirations;
         stats.session_remote_calls = self.sessions.remote_calls.get();
+        drop(store);
+        let node = self.txn.node.borrow();
+        let partition = &node.partition;
+        stats.kv_keys = partition.len() as u64;
+        stats.kv_bytes = partition.data_bytes() as u64;
+        stats.tx_local = node.counters.local;
+        stats.tx_forwarded = node.counters.forwarded;
+        stats.tx_cross_shard = node.counters.coordinated;
+        stats.tx_cross_committed = node.counters.committed;
+        stats.tx_cross_aborted = node.counters.aborted;
+        stats.tx_timeouts = node.counters.timeouts;
+        stats.tx_commits_local = partition.counters.commits_local;
+        stats.tx_commits_prepared = partition.counters.commits_prepared;
+        stats.tx_aborts_conflict = partition.counters.aborts_conflict;
+        stats.tx_aborts_failed = partition.counters.aborts_failed;
+        stats.tx_aborts_busy = partition.counters.aborts_busy;
+        stats.tx_aborts_full = partition.counters.aborts_full;
+        let wal = self.txn.wal.counters.get();
+        stats.wal_fsyncs = wal.fsyncs;
+        stats.wal_records = wal.records;
+        stats.wal_bytes = wal.bytes;
+        stats.wal_segment_bytes = self.txn.wal.segment_bytes();
+        stats.checkpoints = self.txn.counters.get().checkpoints;
         stats
     }
 

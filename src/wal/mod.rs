@@ -70,6 +70,11 @@ pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+enum Pending {
+    Record(Vec<u8>),
+    Switch,
+}
+
 #[derive(Default, Debug, Clone, Copy)]
 pub struct WalCounters {
     pub fsyncs: u64,
@@ -85,8 +90,10 @@ pub struct Wal {
     segment: Cell<u64>,
     /// Bytes written to the current segment (after the batch in flight).
     segment_bytes: Cell<u64>,
-    /// Records appended but not yet handed to the writer.
-    pending: RefCell<Vec<Vec<u8>>>,
+    /// Records (and segment switches) appended but not yet handed to the writer.
+    pending: RefCell<Vec<Pending>>,
+    /// Bytes appended to the current segment (including what is still pending).
+    segment_appended: Cell<u64>,
     /// Logical positions: bytes appended, and bytes durable, since this Wal opened.
     appended: Cell<u64>,
     durable_lsn: Cell<u64>,
@@ -114,6 +121,7 @@ impl Wal {
             segment: Cell::new(segment),
             segment_bytes: Cell::new(0),
             pending: RefCell::new(Vec::new()),
+            segment_appended: Cell::new(0),
             appended: Cell::new(0),
             durable_lsn: Cell::new(0),
             failed: Cell::new(false),
@@ -145,6 +153,36 @@ impl Wal {
         self.segment_bytes.get()
     }
 
+    /// Bytes appended to the current segment so far, durable or not.
+    pub fn segment_appended(&self) -> u64 {
+        self.segment_appended.get()
+    }
+
+    /// The position everything appended so far will be durable at.
+    pub fn appended(&self) -> u64 {
+        self.appended.get()
+    }
+
+    /// From now on appends go to a new segment (returned); the switch happens in order, after
+    /// everything appended before it is written and synced. A checkpoint appends its snapshot
+    /// right after the switch, in the same step, so the new segment starts with it.
+    pub fn switch_segment(&self) -> u64 {
+        let next = self.segment.get()
+            + 1
+            + self
+                .pending
+                .borrow()
+                .iter()
+                .filter(|p| matches!(p, Pending::Switch))
+                .count() as u64;
+        self.pending.borrow_mut().push(Pending::Switch);
+        self.segment_appended.set(0);
+        if let Some(waker) = self.flusher.borrow_mut().take() {
+            waker.wake();
+        }
+        next
+    }
+
     pub fn mode(&self) -> FsyncMode {
         self.mode
     }
@@ -153,7 +191,9 @@ impl Wal {
     pub fn append(&self, record: Vec<u8>) -> u64 {
         let end = self.appended.get() + record.len() as u64;
         self.appended.set(end);
-        self.pending.borrow_mut().push(record);
+        self.segment_appended
+            .set(self.segment_appended.get() + record.len() as u64);
+        self.pending.borrow_mut().push(Pending::Record(record));
         if let Some(waker) = self.flusher.borrow_mut().take() {
             waker.wake();
         }
@@ -178,19 +218,37 @@ impl Wal {
 
     async fn flush_loop(wal: Rc<Wal>) {
         loop {
-            let batch: Vec<Vec<u8>> = std::future::poll_fn(|cx| {
+            let batch: Vec<Pending> = std::future::poll_fn(|cx| {
                 let mut pending = wal.pending.borrow_mut();
                 if pending.is_empty() {
                     *wal.flusher.borrow_mut() = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                Poll::Ready(match wal.mode {
-                    FsyncMode::Always => vec![pending.remove(0)],
-                    FsyncMode::Batch | FsyncMode::Off => std::mem::take(&mut *pending),
-                })
+                // A batch never spans a segment switch: the switch is a batch of its own.
+                let take = match (&pending[0], wal.mode) {
+                    (Pending::Switch, _) | (_, FsyncMode::Always) => 1,
+                    _ => pending
+                        .iter()
+                        .position(|p| matches!(p, Pending::Switch))
+                        .unwrap_or(pending.len()),
+                };
+                Poll::Ready(pending.drain(..take).collect())
             })
             .await;
-            if let Err(e) = wal.write_batch(&batch).await {
+            let result = match batch.as_slice() {
+                [Pending::Switch] => wal.switch_now().await,
+                _ => {
+                    let records: Vec<Vec<u8>> = batch
+                        .into_iter()
+                        .filter_map(|p| match p {
+                            Pending::Record(r) => Some(r),
+                            Pending::Switch => None,
+                        })
+                        .collect();
+                    wal.write_batch(&records).await
+                }
+            };
+            if let Err(e) = result {
                 eprintln!(
                     "percore: shard {}: write-ahead log failed: {e}; refusing further commits",
                     wal.shard
@@ -254,6 +312,13 @@ impl Wal {
     pub async fn rotate(&self) -> io::Result<u64> {
         self.durable(self.appended.get()).await?;
         let old = self.segment.get();
+        self.switch_now().await?;
+        Ok(old)
+    }
+
+    /// Closes the current segment (its records are already synced) and opens the next.
+    async fn switch_now(&self) -> io::Result<()> {
+        let old = self.segment.get();
         let next = Self::create_writer(&self.dir, self.shard, old + 1).await?;
         let previous = self.writer.borrow_mut().replace(next);
         if let Some(mut previous) = previous {
@@ -261,7 +326,7 @@ impl Wal {
         }
         self.segment.set(old + 1);
         self.segment_bytes.set(0);
-        Ok(old)
+        Ok(())
     }
 
     /// Syncs and closes the current segment (graceful shutdown).

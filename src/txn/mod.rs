@@ -1,0 +1,117 @@
+//! Transactions over the partitioned key-value store, as pure code: ops and their JSON, the WAL record format, one shard's partition, and two-phase commit as state machines; never does IO, never spawns, never reads a clock.
+//!
+//! The IO layer (glommio DMA log files, group commit, the mesh, HTTP routes, start-up recovery)
+//! drives these pieces: it feeds `twopc::Event`s into a `twopc::Node` with the current time and
+//! carries out the `twopc::Action`s it gets back.
+//!
+//! Invariants (what must not happen):
+//! - a client hears "committed" before the commit is durable (the commit record on a single-shard
+//!   transaction, the coordinator's decision record on a multi-shard one);
+//! - a client hears any result before the log holds every record its reads depend on (every reply
+//!   waits for a `Persist`, read-only ones for a flush barrier);
+//! - a participant votes yes before its prepare record is durable;
+//! - a coordinator forgets a commit decision before every participant acknowledged a durable commit;
+//! - a transaction waits on a lock: conflicts abort at once (409), so there are no deadlocks;
+//! - a transaction id is reused: ids carry the coordinator's epoch, made durable before it coordinates.
+
+pub mod op;
+pub mod partition;
+pub mod record;
+pub mod routes;
+pub mod service;
+pub mod twopc;
+
+#[cfg(test)]
+mod sim;
+
+/// Longest key. Same as the brief's 1 KiB; keys are also URL path segments.
+pub const KEY_BYTES_MAX_DEFAULT: usize = 1024;
+/// Largest value. Matches `BODY_BYTES_MAX_DEFAULT` (nginx's client_max_body_size).
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// Most ops in one transaction: each op is a lock, and a transaction holds all its locks at once.
+pub const OPS_MAX_DEFAULT: usize = 64;
+/// Keys plus values written by one transaction; bounds one log record.
+pub const TXN_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Prepared (locked, undecided) transactions one shard holds at once; more vote "busy" (503).
+pub const PREPARED_MAX_DEFAULT: usize = 4096;
+/// Multi-shard transactions one shard coordinates at once; more answer "busy" (503).
+pub const COORDINATED_MAX_DEFAULT: usize = 1024;
+/// Keys plus values one partition holds; a write past it answers 507.
+pub const PARTITION_BYTES_MAX_DEFAULT: usize = 1024 * 1024 * 1024;
+/// A coordinator waits this long for all votes (or a forwarded single-shard result), then aborts.
+pub const PREPARE_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+/// A prepared participant asks its coordinator for the outcome after this long, and again every
+/// interval until it gets one; a coordinator resends commit decisions not yet acknowledged as often.
+pub const RESOLVE_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// Largest record payload the decoder accepts: a transaction's bytes plus per-key framing.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 2 * TXN_BYTES_MAX_DEFAULT;
+/// Snapshot entries per snapshot record (a record stays far below the payload bound).
+pub const SNAPSHOT_ENTRIES_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+const _: () = assert!(KEY_BYTES_MAX_DEFAULT + VALUE_BYTES_MAX_DEFAULT <= TXN_BYTES_MAX_DEFAULT);
+const _: () =
+    assert!(TXN_BYTES_MAX_DEFAULT + OPS_MAX_DEFAULT * 16 + 64 <= RECORD_PAYLOAD_BYTES_MAX);
+const _: () = assert!(
+    SNAPSHOT_ENTRIES_BYTES_MAX + KEY_BYTES_MAX_DEFAULT + VALUE_BYTES_MAX_DEFAULT + 64
+        <= RECORD_PAYLOAD_BYTES_MAX
+);
+const _: () = assert!(RESOLVE_INTERVAL_MS_DEFAULT <= PREPARE_TIMEOUT_MS_DEFAULT);
+
+/// Every bound of the transaction subsystem (the defaults above belong in `config/limits.rs`).
+#[derive(Clone, Copy, Debug)]
+pub struct TxnLimits {
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    pub ops_max: usize,
+    pub txn_bytes_max: usize,
+    pub prepared_max: usize,
+    pub coordinated_max: usize,
+    pub partition_bytes_max: usize,
+    pub prepare_timeout_ms: u64,
+    pub resolve_interval_ms: u64,
+}
+
+impl Default for TxnLimits {
+    fn default() -> TxnLimits {
+        TxnLimits {
+            key_bytes_max: KEY_BYTES_MAX_DEFAULT,
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            ops_max: OPS_MAX_DEFAULT,
+            txn_bytes_max: TXN_BYTES_MAX_DEFAULT,
+            prepared_max: PREPARED_MAX_DEFAULT,
+            coordinated_max: COORDINATED_MAX_DEFAULT,
+            partition_bytes_max: PARTITION_BYTES_MAX_DEFAULT,
+            prepare_timeout_ms: PREPARE_TIMEOUT_MS_DEFAULT,
+            resolve_interval_ms: RESOLVE_INTERVAL_MS_DEFAULT,
+        }
+    }
+}
+
+impl TxnLimits {
+    /// Relations between the bounds, for config validation at start-up (a flag error, not a panic).
+    pub fn validate(&self) -> Result<(), String> {
+        let min_one = [
+            ("key_bytes_max", self.key_bytes_max),
+            ("ops_max", self.ops_max),
+            ("prepared_max", self.prepared_max),
+            ("coordinated_max", self.coordinated_max),
+        ];
+        if let Some((name, _)) = min_one.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.key_bytes_max + self.value_bytes_max > self.txn_bytes_max {
+            return Err("txn_bytes_max must hold one key and one value".to_string());
+        }
+        // Framing per written key: two length prefixes and an option tag.
+        if self.txn_bytes_max + self.ops_max * 16 + 64 > RECORD_PAYLOAD_BYTES_MAX {
+            return Err(format!(
+                "txn_bytes_max must stay below {} bytes (the log record bound)",
+                RECORD_PAYLOAD_BYTES_MAX / 2
+            ));
+        }
+        if self.resolve_interval_ms == 0 || self.prepare_timeout_ms == 0 {
+            return Err("transaction timeouts must be at least 1 ms".to_string());
+        }
+        Ok(())
+    }
+}

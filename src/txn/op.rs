@@ -1,0 +1,744 @@
+//! Transaction ops: the JSON contract (parsing with bounds and precise errors, result rendering), transaction errors and their status codes, and key ownership; pure, never touches a partition.
+//!
+//! Request: `{"ops": [{"op": "get", "key": "a"}, {"op": "put", "key": "b", "value": "text"},
+//! {"op": "delete", "key": "c"}, {"op": "add", "key": "n", "delta": -5, "floor": 0},
+//! {"op": "check", "key": "d", "version": 3}, {"op": "check", "key": "e", "absent": true}]}`.
+//! Unknown fields are errors, so a typo never silently changes a transaction.
+//!
+//! Result entries, one per op, in order (`render_outcome`):
+//! - get: `{"value": "text", "version": 7}`, or `{"value": null}` when the key is absent;
+//! - put: `{"version": 8}`;
+//! - delete: `{"deleted": true}` when the key existed, else `{"deleted": false}`;
+//! - add: `{"value": 42, "version": 9}`;
+//! - check: `{}`.
+//!
+//! Ops see the effects of earlier ops of the same transaction (a get after a put returns the put
+//! value, with the version the transaction will commit at).
+//!
+//! `add` treats an absent key as 0 and stores its result as decimal text. A stored value that is not
+//! the decimal text of an i64, a result that overflows i64, or one below `floor` fails the op like a
+//! failed check: 412 with `failed_op` (the request was well-formed; the data did not fit).
+//!
+//! Values are bytes. JSON requests carry UTF-8 text; JSON results render non-UTF-8 values lossily
+//! (U+FFFD), and clients that store raw bytes read them with `GET /kv/{key}`.
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::txn::TxnLimits;
+
+/// A key's owner shard: FNV-1a 64 of the key bytes, modulo the shard count. Stable across
+/// processes, builds and versions (never std's `RandomState`), so a restart with the same shard
+/// count finds every key where its log put it.
+pub fn owner(key: &[u8], shard_count: usize) -> usize {
+    assert!(shard_count > 0, "a node has at least one shard");
+    (fnv1a64(key) % shard_count as u64) as usize
+}
+
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key exists at exactly this version.
+    Version(u64),
+    /// The key does not exist.
+    Absent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Get {
+        key: Bytes,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    /// Integer add; fails (412) if the result would be below `floor`.
+    Add {
+        key: Bytes,
+        delta: i64,
+        floor: Option<i64>,
+    },
+    Check {
+        key: Bytes,
+        expect: Expect,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Op::Get { key }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Add { key, .. }
+            | Op::Check { key, .. } => key,
+        }
+    }
+
+    pub fn is_write(&self) -> bool {
+        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Add { .. })
+    }
+
+    /// `If-Match: "7"` on a plain HTTP request.
+    pub fn check_version(key: Bytes, version: u64) -> Op {
+        Op::Check {
+            key,
+            expect: Expect::Version(version),
+        }
+    }
+
+    /// `If-None-Match: *` on a plain HTTP request.
+    pub fn check_absent(key: Bytes) -> Op {
+        Op::Check {
+            key,
+            expect: Expect::Absent,
+        }
+    }
+}
+
+/// The ETag of a version: a strong validator, the decimal version in quotes.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The version in an ETag we made (`"7"`, or weak `W/"7"`); None for anything else.
+pub fn parse_etag(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let digits = text.strip_prefix('"')?.strip_suffix('"')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A request the client got wrong: 400 (malformed) or 413 (over a bound), with what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub status: u16,
+    pub message: String,
+}
+
+fn bad(message: String) -> ParseError {
+    ParseError {
+        status: 400,
+        message,
+    }
+}
+
+fn too_large(message: String) -> ParseError {
+    ParseError {
+        status: 413,
+        message,
+    }
+}
+
+/// Parses and bounds-checks a transaction body.
+pub fn parse(body: &[u8], limits: &TxnLimits) -> Result<Vec<Op>, ParseError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    let Value::Object(mut top) = value else {
+        return Err(bad(
+            "the body must be a JSON object with \"ops\"".to_string()
+        ));
+    };
+    let ops = top
+        .remove("ops")
+        .ok_or_else(|| bad("missing \"ops\"".to_string()))?;
+    if let Some(field) = top.keys().next() {
+        return Err(bad(format!("unknown field \"{field}\"")));
+    }
+    let Value::Array(ops) = ops else {
+        return Err(bad("\"ops\" must be an array".to_string()));
+    };
+    if ops.len() > limits.ops_max {
+        return Err(too_large(format!(
+            "{} ops, over the bound of {}",
+            ops.len(),
+            limits.ops_max
+        )));
+    }
+    let ops = ops
+        .into_iter()
+        .enumerate()
+        .map(|(index, op)| parse_op(op).map_err(|message| bad(format!("op {index}: {message}"))))
+        .collect::<Result<Vec<Op>, ParseError>>()?;
+    validate(&ops, limits)?;
+    Ok(ops)
+}
+
+/// Bounds of a transaction however it was built (JSON, or a plain `PUT /kv/{key}`).
+pub fn validate(ops: &[Op], limits: &TxnLimits) -> Result<(), ParseError> {
+    if ops.is_empty() {
+        return Err(bad("a transaction needs at least one op".to_string()));
+    }
+    if ops.len() > limits.ops_max {
+        return Err(too_large(format!(
+            "{} ops, over the bound of {}",
+            ops.len(),
+            limits.ops_max
+        )));
+    }
+    let mut txn_bytes = 0;
+    for (index, op) in ops.iter().enumerate() {
+        let key = op.key();
+        if key.is_empty() {
+            return Err(bad(format!("op {index}: empty key")));
+        }
+        if key.len() > limits.key_bytes_max {
+            return Err(too_large(format!(
+                "op {index}: key of {} bytes, over the bound of {}",
+                key.len(),
+                limits.key_bytes_max
+            )));
+        }
+        if let Op::Put { value, .. } = op
+            && value.len() > limits.value_bytes_max
+        {
+            return Err(too_large(format!(
+                "op {index}: value of {} bytes, over the bound of {}",
+                value.len(),
+                limits.value_bytes_max
+            )));
+        }
+        txn_bytes += key.len()
+            + match op {
+                Op::Put { value, .. } => value.len(),
+                // An add writes at most 20 decimal digits and a sign.
+                Op::Add { .. } => 21,
+                _ => 0,
+            };
+    }
+    if txn_bytes > limits.txn_bytes_max {
+        return Err(too_large(format!(
+            "keys and values of {txn_bytes} bytes, over the transaction bound of {}",
+            limits.txn_bytes_max
+        )));
+    }
+    Ok(())
+}
+
+fn parse_op(op: Value) -> Result<Op, String> {
+    let Value::Object(mut fields) = op else {
+        return Err("must be an object".to_string());
+    };
+    let name = match fields.remove("op") {
+        Some(Value::String(name)) => name,
+        Some(_) => return Err("\"op\" must be a string".to_string()),
+        None => return Err("missing \"op\"".to_string()),
+    };
+    let key = Bytes::from(take_string(&mut fields, "key")?.ok_or("missing \"key\"")?);
+    let op = match name.as_str() {
+        "get" => Op::Get { key },
+        "delete" => Op::Delete { key },
+        "put" => {
+            let value = take_string(&mut fields, "value")?.ok_or("missing \"value\"")?;
+            Op::Put {
+                key,
+                value: Bytes::from(value),
+            }
+        }
+        "add" => {
+            let delta = take_i64(&mut fields, "delta")?.ok_or("missing \"delta\"")?;
+            let floor = take_i64(&mut fields, "floor")?;
+            Op::Add { key, delta, floor }
+        }
+        "check" => Op::Check {
+            key,
+            expect: take_expect(&mut fields)?,
+        },
+        other => {
+            return Err(format!(
+                "unknown op \"{other}\" (expected get, put, delete, add or check)"
+            ));
+        }
+    };
+    if let Some(field) = fields.keys().next() {
+        return Err(format!("unknown field \"{field}\" for op \"{name}\""));
+    }
+    Ok(op)
+}
+
+fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<Option<String>, String> {
+    match fields.remove(name) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(format!("\"{name}\" must be a string")),
+    }
+}
+
+/// An optional integer field; `null` counts as absent.
+fn take_i64(fields: &mut Map<String, Value>, name: &str) -> Result<Option<i64>, String> {
+    match fields.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => number
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| format!("\"{name}\" must be an integer in the i64 range")),
+        Some(_) => Err(format!("\"{name}\" must be an integer")),
+    }
+}
+
+fn take_expect(fields: &mut Map<String, Value>) -> Result<Expect, String> {
+    let version = fields.remove("version");
+    let absent = fields.remove("absent");
+    match (version, absent) {
+        (Some(Value::Number(number)), None) => number
+            .as_u64()
+            .map(Expect::Version)
+            .ok_or_else(|| "\"version\" must be a non-negative integer".to_string()),
+        (Some(_), None) => Err("\"version\" must be a non-negative integer".to_string()),
+        (None, Some(Value::Bool(true))) => Ok(Expect::Absent),
+        (None, Some(_)) => Err("\"absent\" must be true".to_string()),
+        (Some(_), Some(_)) => Err("check takes \"version\" or \"absent\", not both".to_string()),
+        (None, None) => Err("check needs \"version\" or \"absent\": true".to_string()),
+    }
+}
+
+/// What one op produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    /// The value and its version, or None when the key is absent.
+    Get(Option<(Bytes, u64)>),
+    Put {
+        version: u64,
+    },
+    Delete {
+        deleted: bool,
+    },
+    Add {
+        value: i64,
+        version: u64,
+    },
+    Check,
+}
+
+/// Why a `check` or `add` failed its op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailReason {
+    /// A check found another version (`None`: the key is absent).
+    Version { actual: Option<u64> },
+    /// A check expected the key absent and found it.
+    Present { actual: u64 },
+    /// An add would go below its floor.
+    Floor { value: i64 },
+    /// An add found a value that is not the decimal text of an i64.
+    NotInteger,
+    /// An add overflowed i64.
+    Overflow,
+}
+
+/// Why a transaction did not commit. `Failed`, `Conflict`, `Busy`, `Full` and `Unavailable` mean
+/// nothing took effect; `Unknown` means the outcome is not known to the node that answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxError {
+    /// 412: op `op_index` failed its condition (check, floor, integer).
+    Failed { op_index: usize, reason: FailReason },
+    /// 409, retryable: a key is locked by a prepared multi-shard transaction.
+    Conflict,
+    /// 503, retryable: a bound on prepared or coordinated transactions is reached, or the shard is
+    /// still recovering.
+    Busy,
+    /// 507: the write would take the partition past `partition_bytes_max`.
+    Full,
+    /// 503, retryable: a participant did not vote before the deadline; the transaction aborted.
+    Unavailable,
+    /// 504, not safe to blindly retry: a single-shard transaction was forwarded to its owner, which
+    /// did not answer before the deadline; it may or may not have committed.
+    Unknown,
+}
+
+impl TxError {
+    pub fn status(&self) -> u16 {
+        match self {
+            TxError::Failed { .. } => 412,
+            TxError::Conflict => 409,
+            TxError::Busy | TxError::Unavailable => 503,
+            TxError::Full => 507,
+            TxError::Unknown => 504,
+        }
+    }
+
+    /// True when nothing took effect and the same request may be sent again as is.
+    pub fn retry_safe(&self) -> bool {
+        matches!(
+            self,
+            TxError::Conflict | TxError::Busy | TxError::Unavailable
+        )
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            TxError::Failed { .. } => "an op's condition failed; nothing was written",
+            TxError::Conflict => "conflict with a concurrent transaction; retry",
+            TxError::Busy => "too many transactions in flight on this shard; retry",
+            TxError::Full => "the partition is full",
+            TxError::Unavailable => "a shard did not answer in time; nothing was written; retry",
+            TxError::Unknown => "the owner shard did not answer in time; the outcome is unknown",
+        }
+    }
+}
+
+fn reason_json(reason: &FailReason) -> Value {
+    match reason {
+        FailReason::Version { actual } => json!({"reason": "version", "version": actual}),
+        FailReason::Present { actual } => json!({"reason": "present", "version": actual}),
+        FailReason::Floor { value } => json!({"reason": "floor", "value": value}),
+        FailReason::NotInteger => json!({"reason": "not_integer"}),
+        FailReason::Overflow => json!({"reason": "overflow"}),
+    }
+}
+
+pub fn result_json(result: &OpResult) -> Value {
+    match result {
+        OpResult::Get(None) => json!({"value": null}),
+        OpResult::Get(Some((value, version))) => {
+            json!({"value": String::from_utf8_lossy(value), "version": version})
+        }
+        OpResult::Put { version } => json!({"version": version}),
+        OpResult::Delete { deleted } => json!({"deleted": deleted}),
+        OpResult::Add { value, version } => json!({"value": value, "version": version}),
+        OpResult::Check => json!({}),
+    }
+}
+
+/// The HTTP status and JSON body of a transaction's outcome.
+/// Committed: 200 `{"committed": true, "results": [...]}`. Failed: 412 `{"committed": false,
+/// "failed_op": 2, "reason": "floor", "value": -3}`. Others: their status and `{"committed":
+/// false, "error": "conflict", "retry": true, "message": "..."}` (`"committed": null` for Unknown).
+pub fn render_outcome(outcome: &Result<Vec<OpResult>, TxError>) -> (u16, String) {
+    let body = match outcome {
+        Ok(results) => json!({
+            "committed": true,
+            "results": results.iter().map(result_json).collect::<Vec<Value>>(),
+        }),
+        Err(TxError::Failed { op_index, reason }) => {
+            let mut body = json!({"committed": false, "failed_op": op_index});
+            if let (Value::Object(body), Value::Object(reason)) = (&mut body, reason_json(reason)) {
+                body.extend(reason);
+            }
+            body
+        }
+        Err(error) => {
+            let name = match error {
+                TxError::Conflict => "conflict",
+                TxError::Busy => "busy",
+                TxError::Full => "full",
+                TxError::Unavailable => "unavailable",
+                TxError::Unknown | TxError::Failed { .. } => "unknown",
+            };
+            let committed = if *error == TxError::Unknown {
+                Value::Null
+            } else {
+                Value::Bool(false)
+            };
+            json!({
+                "committed": committed,
+                "error": name,
+                "retry": error.retry_safe(),
+                "message": error.message(),
+            })
+        }
+    };
+    let status = outcome.as_ref().map_or_else(TxError::status, |_| 200);
+    (status, body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> TxnLimits {
+        TxnLimits {
+            key_bytes_max: 8,
+            value_bytes_max: 16,
+            ops_max: 3,
+            txn_bytes_max: 40,
+            ..TxnLimits::default()
+        }
+    }
+
+    fn key(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    /// `expected`: Ok(ops) or Err((status, a fragment of the message)).
+    fn check(input: &str, expected: Result<Vec<Op>, (u16, &str)>) {
+        let actual = parse(input.as_bytes(), &limits());
+        match (&actual, &expected) {
+            (Ok(ops), Ok(want)) => assert_eq!(ops, want, "{input}"),
+            (Err(error), Err((status, fragment))) => {
+                assert_eq!(error.status, *status, "{input}: {}", error.message);
+                assert!(
+                    error.message.contains(fragment),
+                    "{input}: {:?} lacks {fragment:?}",
+                    error.message
+                );
+            }
+            _ => panic!("{input}: got {actual:?}, want {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn parse_table() {
+        let full = r#"{"ops": [{"op": "get", "key": "a"}, {"op": "put", "key": "b", "value": "text"},
+            {"op": "delete", "key": "c"}]}"#;
+        check(
+            full,
+            Ok(vec![
+                Op::Get { key: key("a") },
+                Op::Put {
+                    key: key("b"),
+                    value: key("text"),
+                },
+                Op::Delete { key: key("c") },
+            ]),
+        );
+        check(
+            r#"{"ops": [{"op": "add", "key": "n", "delta": -5, "floor": 0},
+                {"op": "check", "key": "d", "version": 3}, {"op": "check", "key": "e", "absent": true}]}"#,
+            Ok(vec![
+                Op::Add {
+                    key: key("n"),
+                    delta: -5,
+                    floor: Some(0),
+                },
+                Op::check_version(key("d"), 3),
+                Op::check_absent(key("e")),
+            ]),
+        );
+        check(
+            r#"{"ops": [{"op": "add", "key": "n", "delta": 1, "floor": null}]}"#,
+            Ok(vec![Op::Add {
+                key: key("n"),
+                delta: 1,
+                floor: None,
+            }]),
+        );
+        // Keys at the bound, values at the bound, ops at the bound.
+        check(
+            r#"{"ops": [{"op": "put", "key": "a", "value": "1234567890123456"}, {"op": "put", "key": "b", "value": "1234567890123456"}, {"op": "put", "key": "c", "value": "12345"}]}"#,
+            Ok(["a", "b", "c"]
+                .iter()
+                .zip(["1234567890123456", "1234567890123456", "12345"])
+                .map(|(k, v)| Op::Put {
+                    key: key(k),
+                    value: key(v),
+                })
+                .collect()),
+        );
+        check(
+            r#"{"ops": [{"op": "put", "key": "12345678", "value": "1234567890123456"}]}"#,
+            Ok(vec![Op::Put {
+                key: key("12345678"),
+                value: key("1234567890123456"),
+            }]),
+        );
+        let cases: &[(&str, u16, &str)] = &[
+            ("", 400, "malformed JSON"),
+            ("{", 400, "malformed JSON"),
+            ("[]", 400, "JSON object"),
+            ("{}", 400, "missing \"ops\""),
+            (r#"{"ops": {}}"#, 400, "must be an array"),
+            (r#"{"ops": [], "x": 1}"#, 400, "unknown field \"x\""),
+            (r#"{"ops": []}"#, 400, "at least one op"),
+            (r#"{"ops": [1]}"#, 400, "op 0: must be an object"),
+            (r#"{"ops": [{"key": "a"}]}"#, 400, "op 0: missing \"op\""),
+            (
+                r#"{"ops": [{"op": 1, "key": "a"}]}"#,
+                400,
+                "\"op\" must be a string",
+            ),
+            (
+                r#"{"ops": [{"op": "frob", "key": "a"}]}"#,
+                400,
+                "unknown op \"frob\"",
+            ),
+            (r#"{"ops": [{"op": "get"}]}"#, 400, "missing \"key\""),
+            (
+                r#"{"ops": [{"op": "get", "key": 5}]}"#,
+                400,
+                "\"key\" must be a string",
+            ),
+            (
+                r#"{"ops": [{"op": "get", "key": ""}]}"#,
+                400,
+                "op 0: empty key",
+            ),
+            (
+                r#"{"ops": [{"op": "get", "key": "a", "value": "v"}]}"#,
+                400,
+                "unknown field \"value\"",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a"}]}"#,
+                400,
+                "missing \"value\"",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value": 3}]}"#,
+                400,
+                "\"value\" must be a string",
+            ),
+            (
+                r#"{"ops": [{"op": "add", "key": "a"}]}"#,
+                400,
+                "missing \"delta\"",
+            ),
+            (
+                r#"{"ops": [{"op": "add", "key": "a", "delta": 1.5}]}"#,
+                400,
+                "i64 range",
+            ),
+            (
+                r#"{"ops": [{"op": "add", "key": "a", "delta": 9223372036854775808}]}"#,
+                400,
+                "i64 range",
+            ),
+            (
+                r#"{"ops": [{"op": "add", "key": "a", "delta": "1"}]}"#,
+                400,
+                "must be an integer",
+            ),
+            (
+                r#"{"ops": [{"op": "check", "key": "a"}]}"#,
+                400,
+                "needs \"version\"",
+            ),
+            (
+                r#"{"ops": [{"op": "check", "key": "a", "version": -1}]}"#,
+                400,
+                "non-negative",
+            ),
+            (
+                r#"{"ops": [{"op": "check", "key": "a", "absent": false}]}"#,
+                400,
+                "must be true",
+            ),
+            (
+                r#"{"ops": [{"op": "check", "key": "a", "absent": true, "version": 1}]}"#,
+                400,
+                "not both",
+            ),
+            (
+                r#"{"ops": [{"op": "get", "key": "a"}, {"op": "get", "key": "123456789"}]}"#,
+                413,
+                "op 1: key of 9 bytes",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value": "12345678901234567"}]}"#,
+                413,
+                "value of 17 bytes",
+            ),
+            (
+                r#"{"ops": [{"op": "get", "key": "a"}, {"op": "get", "key": "a"}, {"op": "get", "key": "a"}, {"op": "get", "key": "a"}]}"#,
+                413,
+                "4 ops, over the bound of 3",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value": "1234567890123456"}, {"op": "put", "key": "b", "value": "1234567890123456"}, {"op": "put", "key": "c", "value": "123456"}]}"#,
+                413,
+                "keys and values of 41 bytes",
+            ),
+        ];
+        for (input, status, fragment) in cases {
+            check(input, Err((*status, fragment)));
+        }
+    }
+
+    #[test]
+    fn owner_is_stable_fnv1a() {
+        // Published FNV-1a 64 test vectors: the hash must never change, or keys move shards.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(owner(b"a", 1), 0);
+        assert_eq!(owner(b"a", 4), (0xaf63_dc4c_8601_ec8c_u64 % 4) as usize);
+        let mut seen = [0; 4];
+        for i in 0..1000 {
+            seen[owner(format!("key{i}").as_bytes(), 4)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 150), "spread {seen:?}");
+    }
+
+    #[test]
+    fn etags() {
+        assert_eq!(etag(7), "\"7\"");
+        let cases = [
+            ("\"7\"", Some(7)),
+            ("W/\"7\"", Some(7)),
+            (" \"12\" ", Some(12)),
+            ("7", None),
+            ("\"\"", None),
+            ("\"-1\"", None),
+            ("\"+1\"", None),
+            ("\"99999999999999999999\"", None),
+            ("*", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_etag(text), want, "{text}");
+        }
+    }
+
+    type Outcome = Result<Vec<OpResult>, TxError>;
+
+    #[test]
+    fn render_table() {
+        let ok = Ok(vec![
+            OpResult::Get(Some((key("v"), 7))),
+            OpResult::Get(None),
+            OpResult::Put { version: 8 },
+            OpResult::Delete { deleted: true },
+            OpResult::Add {
+                value: -2,
+                version: 9,
+            },
+            OpResult::Check,
+            OpResult::Get(Some((Bytes::from_static(b"\xff"), 1))),
+        ]);
+        let cases: Vec<(Outcome, u16, &str)> = vec![
+            (
+                ok,
+                200,
+                r#"{"committed":true,"results":[{"value":"v","version":7},{"value":null},{"version":8},{"deleted":true},{"value":-2,"version":9},{},{"value":"�","version":1}]}"#,
+            ),
+            (
+                Err(TxError::Failed {
+                    op_index: 2,
+                    reason: FailReason::Floor { value: -3 },
+                }),
+                412,
+                r#"{"committed":false,"failed_op":2,"reason":"floor","value":-3}"#,
+            ),
+            (
+                Err(TxError::Failed {
+                    op_index: 0,
+                    reason: FailReason::Version { actual: None },
+                }),
+                412,
+                r#"{"committed":false,"failed_op":0,"reason":"version","version":null}"#,
+            ),
+            (Err(TxError::Conflict), 409, r#""error":"conflict""#),
+            (Err(TxError::Unknown), 504, r#""committed":null"#),
+            (Err(TxError::Full), 507, r#""retry":false"#),
+            (Err(TxError::Busy), 503, r#""error":"busy""#),
+            (Err(TxError::Unavailable), 503, r#""retry":true"#),
+        ];
+        for (outcome, status, fragment) in cases {
+            let (got_status, body) = render_outcome(&outcome);
+            assert_eq!(got_status, status, "{outcome:?}");
+            assert!(body.contains(fragment), "{body} lacks {fragment}");
+        }
+    }
+}

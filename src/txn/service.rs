@@ -1,0 +1,283 @@
+//! Drives one shard's transaction `Node` with real IO: its write-ahead log (group commit), the transaction mesh, a tick for timeouts, recovery at start and checkpoints; the only place txn code meets glommio.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use crate::config::TxnConfig;
+use crate::mesh::Mesh;
+use crate::session::now_ms;
+use crate::txn::op::{Op, TxError};
+use crate::txn::record::{self, Record, TailReason};
+use crate::txn::twopc::{Action, ClientId, Event, Msg, Node, Outcome};
+use crate::wal::{self, Wal};
+
+/// The transaction message class has its own mesh (one-way messages; the protocol never waits on
+/// a reply, it waits on events).
+pub type TxnMesh = Mesh<Msg, ()>;
+
+/// How often the node gets a `Tick` for its prepare and resolve deadlines.
+const TICK: Duration = Duration::from_millis(50);
+/// A client gives up waiting after this long (the node has replied or timed out long before).
+const CLIENT_WAIT: Duration = Duration::from_secs(10);
+
+/// What recovery found in the log, for the start-up report.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub records: Vec<Record>,
+    pub segment_next: u64,
+    /// Segments older than the newest complete checkpoint: safe to delete.
+    pub superseded: Vec<PathBuf>,
+}
+
+/// Reads a shard's log segments: the newest segment that starts with a complete checkpoint, and
+/// everything after it. A torn or corrupt tail is reported and cut off; nothing before it is lost.
+pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
+    let segments = wal::segments(dir, shard)?;
+    let mut scanned: Vec<(u64, PathBuf, Vec<Record>)> = Vec::with_capacity(segments.len());
+    for (number, path) in segments {
+        let bytes = std::fs::read(&path)?;
+        let scan = record::scan(&bytes);
+        if let Some(tail) = &scan.tail {
+            if tail.reason != TailReason::Zeroes {
+                eprintln!(
+                    "percore: shard {shard}: log {} has a bad record at byte {} ({:?}): cut off there",
+                    path.display(),
+                    tail.offset,
+                    tail.reason
+                );
+            }
+            // Never appended to again (a restart opens a new segment), but keep the file honest.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)?
+                .set_len(scan.valid_bytes as u64)?;
+        }
+        scanned.push((number, path, scan.records));
+    }
+    let segment_next = scanned.last().map_or(0, |(n, _, _)| n + 1);
+    // `SnapshotEnd` counts the snapshot records before it, and a checkpoint starts its segment.
+    let complete_checkpoint = |records: &[Record]| -> bool {
+        matches!(records.first(), Some(Record::SnapshotBegin { .. }))
+            && records.iter().enumerate().any(
+                |(i, r)| matches!(r, Record::SnapshotEnd { records } if *records as usize == i),
+            )
+    };
+    // The newest segment with a complete checkpoint; a segment that starts a checkpoint it never
+    // finished (a crash mid-checkpoint) holds nothing else and is skipped.
+    let start = scanned
+        .iter()
+        .rposition(|(_, _, records)| complete_checkpoint(records))
+        .unwrap_or(0);
+    let mut recovered = Recovered {
+        segment_next,
+        ..Default::default()
+    };
+    for (index, (_, path, records)) in scanned.into_iter().enumerate() {
+        if index < start {
+            recovered.superseded.push(path);
+            continue;
+        }
+        let torn_checkpoint = matches!(records.first(), Some(Record::SnapshotBegin { .. }))
+            && !records
+                .iter()
+                .any(|r| matches!(r, Record::SnapshotEnd { .. }));
+        if torn_checkpoint {
+            continue;
+        }
+        recovered.records.extend(
+            records
+                .into_iter()
+                .filter(|r| !matches!(r, Record::SnapshotEnd { .. })),
+        );
+    }
+    Ok(recovered)
+}
+
+struct ClientSlot {
+    outcome: RefCell<Option<Outcome>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct TxnCounters {
+    pub checkpoints: u64,
+}
+
+/// One shard's transaction service.
+pub struct Txn {
+    shard: usize,
+    pub node: RefCell<Node>,
+    pub wal: Rc<Wal>,
+    mesh: Rc<TxnMesh>,
+    dir: PathBuf,
+    checkpoint_bytes: u64,
+    checkpointing: Cell<bool>,
+    clients: RefCell<HashMap<ClientId, Rc<ClientSlot>>>,
+    client_next: Cell<ClientId>,
+    pub counters: Cell<TxnCounters>,
+}
+
+impl Txn {
+    /// Recovers the shard's partition from its log and opens a new log segment. Blocking reads at
+    /// start-up only.
+    pub async fn start(
+        dir: &Path,
+        config: &TxnConfig,
+        mesh: Rc<TxnMesh>,
+    ) -> std::io::Result<Rc<Txn>> {
+        let shard = mesh.shard();
+        let recovered = recover(dir, shard)?;
+        let (node, actions) = Node::recover(
+            shard,
+            mesh.shard_count(),
+            config.limits,
+            &recovered.records,
+            now_ms(),
+        );
+        let wal = Wal::open(dir, shard, config.fsync, recovered.segment_next).await?;
+        let txn = Rc::new(Txn {
+            shard,
+            node: RefCell::new(node),
+            wal,
+            mesh,
+            dir: dir.to_path_buf(),
+            checkpoint_bytes: config.checkpoint_bytes,
+            checkpointing: Cell::new(false),
+            clients: RefCell::new(HashMap::new()),
+            client_next: Cell::new(0),
+            counters: Cell::new(TxnCounters::default()),
+        });
+        // Superseded segments are older than a complete checkpoint that is already on disk.
+        for path in &recovered.superseded {
+            let _ = std::fs::remove_file(path);
+        }
+        txn.execute(actions);
+        if !recovered.records.is_empty() {
+            // Start this run's log with a checkpoint so older segments can go.
+            txn.checkpoint();
+        }
+        glommio::spawn_local(Self::ticker(Rc::downgrade(&txn))).detach();
+        Ok(txn)
+    }
+
+    async fn ticker(txn: std::rc::Weak<Txn>) {
+        loop {
+            glommio::timer::sleep(TICK).await;
+            let Some(txn) = txn.upgrade() else { return };
+            txn.feed(Event::Tick);
+        }
+    }
+
+    /// Handles a message from another shard's node.
+    pub fn receive(self: &Rc<Self>, from: usize, msg: Msg) {
+        self.feed(Event::Receive { from, msg });
+    }
+
+    /// Runs a client's transaction (already parsed and validated) and waits for its outcome.
+    pub async fn run(self: &Rc<Self>, ops: Vec<Op>) -> Outcome {
+        let client = self.client_next.get();
+        self.client_next.set(client + 1);
+        let slot = Rc::new(ClientSlot {
+            outcome: RefCell::new(None),
+            waker: RefCell::new(None),
+        });
+        self.clients.borrow_mut().insert(client, slot.clone());
+        self.feed(Event::Begin { client, ops });
+        let wait = std::future::poll_fn(|cx| match slot.outcome.borrow_mut().take() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => {
+                *slot.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        let outcome = crate::mesh::with_deadline(CLIENT_WAIT, wait).await;
+        self.clients.borrow_mut().remove(&client);
+        outcome.unwrap_or(Err(TxError::Unknown))
+    }
+
+    fn feed(self: &Rc<Self>, event: Event) {
+        let actions = self.node.borrow_mut().on_event(event, now_ms());
+        self.execute(actions);
+    }
+
+    fn execute(self: &Rc<Self>, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { to, msg } if to == self.shard => {
+                    // To ourselves: a fresh turn, so the node is never re-entered.
+                    let txn = self.clone();
+                    glommio::spawn_local(async move { txn.receive(txn.shard, msg) }).detach();
+                }
+                Action::Send { to, msg } => self.mesh.send(to, msg),
+                Action::Persist { record, then } => {
+                    let lsn = match record {
+                        Some(record) => self.append(&record),
+                        None => self.wal.appended(),
+                    };
+                    let txn = self.clone();
+                    glommio::spawn_local(async move {
+                        // A failed log acknowledges nothing more; clients time out with 504.
+                        if txn.wal.durable(lsn).await.is_ok() {
+                            txn.feed(Event::Durable(then));
+                        }
+                    })
+                    .detach();
+                }
+                Action::Reply { client, outcome } => {
+                    if let Some(slot) = self.clients.borrow_mut().remove(&client) {
+                        *slot.outcome.borrow_mut() = Some(outcome);
+                        if let Some(waker) = slot.waker.borrow_mut().take() {
+                            waker.wake();
+                        }
+                    }
+                }
+            }
+        }
+        if self.wal.segment_appended() >= self.checkpoint_bytes && !self.checkpointing.get() {
+            self.checkpoint();
+        }
+    }
+
+    fn append(&self, record: &Record) -> u64 {
+        let mut bytes = Vec::new();
+        record::encode(record, &mut bytes);
+        self.wal.append(bytes)
+    }
+
+    /// Snapshot and segment switch in one step; older segments are removed once it is durable.
+    fn checkpoint(self: &Rc<Self>) {
+        self.checkpointing.set(true);
+        let snapshot = self.node.borrow().snapshot();
+        let segment = self.wal.switch_segment();
+        let mut lsn = self.wal.appended();
+        for record in &snapshot {
+            lsn = self.append(record);
+        }
+        let txn = self.clone();
+        glommio::spawn_local(async move {
+            if txn.wal.durable(lsn).await.is_ok() {
+                if let Ok(segments) = wal::segments(&txn.dir, txn.shard) {
+                    for (_, path) in segments.into_iter().filter(|(n, _)| *n < segment) {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                let mut counters = txn.counters.get();
+                counters.checkpoints += 1;
+                txn.counters.set(counters);
+            }
+            txn.checkpointing.set(false);
+        })
+        .detach();
+    }
+
+    /// Syncs the log at shutdown.
+    pub async fn close(&self) {
+        if let Err(e) = self.wal.close().await {
+            eprintln!("percore: shard {}: closing the log: {e}", self.shard);
+        }
+    }
+}
