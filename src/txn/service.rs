@@ -97,6 +97,48 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     Ok(recovered)
 }
 
+/// Why `transact` did not commit.
+#[derive(Debug)]
+pub enum TransactError {
+    /// The ops break a bound (key, value, op count): a programming or input error, 400/413.
+    Invalid(crate::txn::op::ParseError),
+    /// The transaction ran and did not commit (412 failed op, 409 conflict, ...).
+    Tx(TxError),
+}
+
+impl TransactError {
+    /// True when nothing took effect and the same transaction may simply be sent again.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self, TransactError::Tx(e) if e.retry_safe())
+    }
+}
+
+/// Runs a transaction from a Rust handler on the current shard: the same ops, rules and
+/// durability as `POST /kv/tx`, with typed results (one `OpResult` per op, in order).
+///
+/// ```no_run
+/// use percore::txn::op::{Op, OpResult};
+/// use percore::txn::service::{transact, TransactError};
+/// # async fn transfer() {
+/// let ops = vec![
+///     Op::Add { key: "alice".into(), delta: -5, floor: Some(0) },
+///     Op::Add { key: "bob".into(), delta: 5, floor: None },
+/// ];
+/// match transact(ops).await {
+///     Ok(results) => assert!(matches!(results[0], OpResult::Add { .. })),
+///     Err(e) if e.retry_safe() => { /* conflict or busy: nothing happened, retry */ }
+///     Err(TransactError::Tx(e)) => eprintln!("{}", e.message()),
+///     Err(TransactError::Invalid(e)) => eprintln!("{}", e.message),
+/// }
+/// # }
+/// ```
+pub async fn transact(ops: Vec<Op>) -> Result<Vec<crate::txn::op::OpResult>, TransactError> {
+    let shard = crate::runtime::shard::current();
+    crate::txn::op::validate(&ops, &shard.config.txn.limits).map_err(TransactError::Invalid)?;
+    let txn = shard.txn.clone();
+    txn.run(ops).await.map_err(TransactError::Tx)
+}
+
 struct ClientSlot {
     outcome: RefCell<Option<Outcome>>,
     waker: RefCell<Option<Waker>>,
