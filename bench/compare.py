@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# Interleaved A/B benchmark of percore vs nginx and other peers (CPU µs/request, IPIs/request); see bench/compare.sh.
 """Interleaved A/B/A/B benchmark of percore against nginx (and any --extra peer).
 
 Called by bench/compare.sh (see there for the usage). Every server runs pinned to
@@ -323,7 +324,7 @@ def print_tables(res, names, scens, rounds, duration, server_cpu=0, client_cpu=1
             M[key]["n"] = len(rows)
     print(f"Medians over {rounds} interleaved rounds x {duration} s; servers pinned to CPU {server_cpu} "
           f"(1 shard/worker), `wrk -t1` pinned to CPU {client_cpu}. Spread = min–max over rounds. "
-          f"p99 n/a: wrk's latency histogram is empty with pipelining.\n")
+          f"p99 of pipelined runs is unreliable: wrk often prints 0 for it with pipelining (zeros are dropped, n/a when all are).\n")
     print("| scenario | server | req/s | req/s min–max | p99 | CPU µs/req | CPU µs/req min–max "
           "| RES IPIs/req (CPU 0) | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

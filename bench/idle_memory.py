@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
+# Idle keep-alive connections: RSS bytes per idle connection and /plaintext speed with and without them.
 """Idle keep-alive connection cost of percore: RSS per idle connection, and whether
 /plaintext on other connections still runs at full speed while N idle ones are open.
 
     bench/idle_memory.py [-n 10000] [-r 3] [-d 5] [--percore BIN] [--percore-args 'FLAGS']
+    bench/idle_memory.py --server-cmd 'OTHER_SERVER {port}'   (the same measurement of another server)
 
 Interleaved rounds of two variants, each with a fresh percore (1 shard, pinned to CPU 0):
   - "no idle":   start, one request, wrk -t1 -c64 /plaintext (CPU 1) for D seconds;
@@ -122,8 +124,11 @@ def wrk(port, dur, client_cpu, outfile):
     return rps, n, sum(map(int, errs.groups())) if errs else 0
 
 
-def start(binary, args, port, cpu, nofile, log):
-    cmd = f"ulimit -n {nofile} && exec {shlex.quote(binary)} --bind 127.0.0.1:{port} --cores {cpu} {args}"
+def start(binary, args, port, cpu, nofile, log, server_cmd=None):
+    if server_cmd:  # another server, for comparison: template with {port}, may start with VAR=value
+        cmd = f"ulimit -n {nofile} && exec env {server_cmd.replace('{port}', str(port))}"
+    else:
+        cmd = f"ulimit -n {nofile} && exec {shlex.quote(binary)} --bind 127.0.0.1:{port} --cores {cpu} {args}"
     p = subprocess.Popen(["taskset", "-c", str(cpu), "bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True)
     t = time.time() + 15
@@ -159,12 +164,14 @@ def main():
     ap.add_argument("-d", "--duration", type=int, default=5)
     ap.add_argument("--percore", default=None)
     ap.add_argument("--percore-args", default="")
+    ap.add_argument("--server-cmd", default=None,
+                    help="measure this server instead of percore (template with {port}; pinned to --server-cpu)")
     ap.add_argument("--port", type=int, default=18070)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(BENCH, "out"))
     a = ap.parse_args()
-    binary = a.percore or find_percore()
+    binary = a.server_cmd or a.percore or find_percore()
     # flags: room for N idle + wrk's 64 connections; keep-alive long enough to outlive a round
     pargs = f"--max-conns {a.conns + 1024} --keepalive-timeout 600 {a.percore_args}"
     nofile = a.conns + 2048
@@ -191,7 +198,7 @@ def main():
     for r in range(1, a.rounds + 1):
         for k in range(2):
             v = variants[(k + r - 1) % 2]
-            p = start(binary, pargs, a.port, a.server_cpu, nofile, log)
+            p = start(binary, pargs, a.port, a.server_cpu, nofile, log, a.server_cmd)
             socks = []
             try:
                 time.sleep(0.3)
@@ -238,7 +245,9 @@ def main():
     lo = lambda v, c: min(x[c] for x in rows[v])  # noqa: E731
     hi = lambda v, c: max(x[c] for x in rows[v])  # noqa: E731
     idle = variants[1]
-    print(f"percore 1 shard on CPU {a.server_cpu} (`{binary} --bind 127.0.0.1:PORT --cores {a.server_cpu} {pargs}`), "
+    what = (f"`{a.server_cmd}` on CPU {a.server_cpu}" if a.server_cmd else
+            f"percore 1 shard on CPU {a.server_cpu} (`{binary} --bind 127.0.0.1:PORT --cores {a.server_cpu} {pargs}`)")
+    print(f"{what}, "
           f"{a.rounds} interleaved rounds; wrk -t1 -c64 -d{a.duration}s /plaintext on CPU {a.client_cpu}; medians "
           f"(min–max).\n")
     print("| variant | RSS before | RSS with idle conns | bytes per idle conn | idle conns answering after the run "

@@ -15,7 +15,7 @@ for c in /tmp/percore-bench-target/release/percore "$REPO/target/release/percore
   [ -z "$BIN" ] && [ -x "$c" ] && BIN=$c
 done
 [ -n "$BIN" ] || { echo "no percore binary" >&2; exit 1; }
-OUT=$BENCH/out/profile-$(date +%Y%m%d-%H%M%S)-$SCEN; mkdir -p "$OUT"
+OUT=$BENCH/out/profile-$(date +%Y%m%d-%H%M%S)-$SCEN-c$CONNS; mkdir -p "$OUT"
 taskset -c 0 "$BIN" --bind 127.0.0.1:$PORT --cores 0 > "$OUT/server.log" 2>&1 &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
