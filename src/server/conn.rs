@@ -282,12 +282,10 @@ impl Conn {
         self.guard.entry.idle.set(false);
         match result {
             Ok(0) => false,
-            Ok(_) => {
-                if !partial {
-                    self.head_started = Some(Instant::now());
-                }
-                true
-            }
+            // The head's clock starts when a partial head is first waited on (read_more with
+            // `partial`), in the same turn as the read that brought its first bytes: no clock
+            // read per request on the common path where whole heads arrive at once.
+            Ok(_) => true,
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 if partial {
                     add(&self.shard().metrics.timeouts_header, 1);

@@ -1,0 +1,745 @@
+//! The client engine: one level-triggered epoll loop per pinned thread, driving non-blocking
+//! keep-alive connections in a closed or open loop; it measures but never reports.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+use crate::framer::{Framer, Response, Step};
+use crate::limits;
+use crate::scenario::Mix;
+use crate::stats::{ThreadStats, new_histogram};
+use crate::sys::{self, Epoll, Socket};
+
+/// When requests are sent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// A new request as soon as a slot (of `pipeline`) frees up, as wrk does.
+    Closed,
+    /// Each connection sends on its own fixed schedule, `interval_ns` apart, as wrk2 does;
+    /// latency counts from the intended send time.
+    Open { interval_ns: u64 },
+}
+
+/// Everything a run's threads share, read-only.
+pub struct Plan {
+    pub addr: SocketAddr,
+    pub mix: Mix,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub timeout_ns: u64,
+    pub schedule: Schedule,
+    pub warmup_ns: u64,
+    pub duration_ns: u64,
+    /// Busy-poll this long before sleeping in epoll_wait (0: never spin).
+    pub busy_poll_ns: u64,
+}
+
+/// What a thread reports once a second for the live progress line.
+pub struct ProgressSample {
+    pub second: u64,
+    pub responses: u64,
+    pub errors: u64,
+    pub latency_us: Histogram<u64>,
+}
+
+/// Runs the plan on `threads` threads (thread i pinned to `cpus[i % len]` when `cpus` is not empty).
+pub fn run(
+    plan: &Plan,
+    threads: usize,
+    cpus: &[usize],
+    progress: Option<Sender<ProgressSample>>,
+) -> Vec<ThreadStats> {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        let mut first = 0;
+        for thread in 0..threads {
+            let count =
+                plan.connections / threads + usize::from(thread < plan.connections % threads);
+            let cpu = (!cpus.is_empty()).then(|| cpus[thread % cpus.len()]);
+            let progress = progress.clone();
+            let range = first..first + count;
+            first += count;
+            handles.push(scope.spawn(move || {
+                if let Some(id) = cpu {
+                    core_affinity::set_for_current(core_affinity::CoreId { id });
+                }
+                sys::set_timer_slack_ns(limits::TIMER_SLACK_NS);
+                Worker::new(plan, start, range, progress).run()
+            }));
+        }
+        drop(progress);
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client threads do not panic"))
+            .collect()
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    /// No socket; `Conn::timer_ns` says when to connect again.
+    Closed,
+    Connecting {
+        since_ns: u64,
+    },
+    Open,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    intended_ns: u64,
+    sent_ns: u64,
+    template: u16,
+}
+
+struct Conn {
+    socket: Option<Socket>,
+    state: State,
+    /// Keep `Set-Cookie` values (the scenario has a session).
+    collect_cookies: bool,
+    read_buf: Vec<u8>,
+    read_len: usize,
+    write_buf: Vec<u8>,
+    write_pos: usize,
+    writable_armed: bool,
+    in_flight: VecDeque<InFlight>,
+    /// Open loop: intended times of requests lost to a close, sent first after reconnecting.
+    retry: VecDeque<u64>,
+    next_intended_ns: u64,
+    framer: Framer,
+    cookies: Vec<(String, String)>,
+    cookie_header: Vec<u8>,
+    login_pending: bool,
+    ever_connected: bool,
+    /// The one timer this connection has armed (0: none); heap entries that differ are stale.
+    timer_ns: u64,
+    rng: u64,
+}
+
+/// Initial read buffer; grows to `READ_BUFFER_BYTES` only for a connection that meets a large head.
+const READ_BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+
+struct Worker<'a> {
+    plan: &'a Plan,
+    start: Instant,
+    epoll: Epoll,
+    conns: Vec<Conn>,
+    timers: BinaryHeap<Reverse<(u64, u32)>>,
+    stats: ThreadStats,
+    measure_start_ns: u64,
+    end_ns: u64,
+    last_completion_ns: u64,
+    progress: Option<(Sender<ProgressSample>, Histogram<u64>)>,
+    next_second_ns: u64,
+    progress_sent: (u64, u64),
+    /// Responses including the warm-up, for the progress line.
+    responses_all: u64,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        plan: &'a Plan,
+        start: Instant,
+        range: std::ops::Range<usize>,
+        progress: Option<Sender<ProgressSample>>,
+    ) -> Worker<'a> {
+        let conns = range
+            .map(|global_index| Conn::new(plan, global_index))
+            .collect();
+        Worker {
+            plan,
+            start,
+            epoll: Epoll::new().expect("epoll_create1 only fails when out of fds or memory"),
+            conns,
+            timers: BinaryHeap::new(),
+            stats: ThreadStats::new(plan.mix.templates.len()),
+            measure_start_ns: plan.warmup_ns,
+            end_ns: plan.warmup_ns + plan.duration_ns,
+            last_completion_ns: 0,
+            progress: progress.map(|tx| (tx, new_histogram())),
+            next_second_ns: 1_000_000_000,
+            progress_sent: (0, 0),
+            responses_all: 0,
+        }
+    }
+
+    #[inline]
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn measuring(&self, now: u64) -> bool {
+        now >= self.measure_start_ns
+    }
+
+    fn run(mut self) -> ThreadStats {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; limits::EPOLL_EVENTS_MAX];
+        let drain_end_ns = self.end_ns + limits::DRAIN_US_MAX * 1000;
+        let scan_ns = limits::EPOLL_IDLE_WAIT_US * 1000;
+        let mut next_scan_ns = scan_ns;
+        for i in 0..self.conns.len() {
+            self.connect(i, 0);
+        }
+        loop {
+            let now = self.now();
+            if now >= drain_end_ns || (now >= self.end_ns && self.all_answered()) {
+                break;
+            }
+            self.fire_timers(now);
+            if now >= next_scan_ns {
+                self.scan_timeouts(now);
+                next_scan_ns = now + scan_ns;
+            }
+            if now >= self.next_second_ns {
+                self.tick_second(now);
+            }
+            let next_timer = self.timers.peek().map_or(u64::MAX, |Reverse((t, _))| *t);
+            let phase_end = if now < self.end_ns {
+                self.end_ns
+            } else {
+                drain_end_ns
+            };
+            let deadline = next_timer
+                .min(next_scan_ns)
+                .min(self.next_second_ns)
+                .min(phase_end);
+            let mut ready = 0;
+            if self.plan.busy_poll_ns > 0 {
+                // Poll without sleeping for a while: on its own core the client then answers at
+                // once instead of paying a sleep and a wake-up per batch, and sends on time.
+                let spin_end = (now + self.plan.busy_poll_ns).min(deadline);
+                while ready == 0 && self.now() < spin_end {
+                    ready = self.epoll.wait(&mut events, 0);
+                }
+            }
+            if ready == 0 {
+                let now = self.now();
+                let mut wait_ns = deadline.saturating_sub(now);
+                if wait_ns > self.plan.busy_poll_ns {
+                    // Wake a little early and poll the rest, so a timed send leaves on time.
+                    wait_ns -= self.plan.busy_poll_ns;
+                }
+                ready = self.epoll.wait(&mut events, wait_ns);
+            }
+            for event in &events[..ready] {
+                let now = self.now();
+                self.handle(event.u64 as usize, event.events, now);
+            }
+        }
+        self.finish()
+    }
+
+    fn finish(mut self) -> ThreadStats {
+        // A last partial second (more than a tenth of one) still gets its progress line.
+        let now = self.now();
+        if now % 1_000_000_000 > 100_000_000 {
+            self.tick_second(now.div_ceil(1_000_000_000) * 1_000_000_000);
+        }
+        // Requests sent but not answered, plus (open loop) requests the schedule wanted before
+        // the end that were never sent: neither has a latency sample.
+        let unsent = |c: &Conn| match self.plan.schedule {
+            Schedule::Open { interval_ns } if c.next_intended_ns < self.end_ns => {
+                (self.end_ns - c.next_intended_ns).div_ceil(interval_ns) as usize
+            }
+            _ => 0,
+        };
+        let unanswered: usize = self
+            .conns
+            .iter()
+            .map(|c| c.in_flight.len() + c.retry.len() + unsent(c))
+            .sum();
+        self.stats.unanswered_at_end = unanswered as u64;
+        let end = self.last_completion_ns.max(self.end_ns);
+        self.stats.measured_ns = end.saturating_sub(self.measure_start_ns);
+        // Only whole seconds make per-second samples comparable.
+        let whole_seconds = (self.plan.duration_ns / 1_000_000_000) as usize;
+        self.stats.responses_per_second.truncate(whole_seconds);
+        self.stats
+    }
+
+    fn all_answered(&self) -> bool {
+        self.conns
+            .iter()
+            .all(|c| c.in_flight.is_empty() && c.retry.is_empty())
+    }
+
+    fn set_timer(&mut self, i: usize, at_ns: u64) {
+        let conn = &mut self.conns[i];
+        if conn.timer_ns != at_ns {
+            conn.timer_ns = at_ns;
+            self.timers.push(Reverse((at_ns, i as u32)));
+        }
+    }
+
+    fn fire_timers(&mut self, now: u64) {
+        while let Some(&Reverse((at_ns, i))) = self.timers.peek() {
+            if at_ns > now {
+                break;
+            }
+            self.timers.pop();
+            let i = i as usize;
+            if self.conns[i].timer_ns != at_ns {
+                continue;
+            }
+            self.conns[i].timer_ns = 0;
+            match self.conns[i].state {
+                State::Closed => self.connect(i, now),
+                State::Open => self.fill(i, now),
+                State::Connecting { .. } => {}
+            }
+        }
+    }
+
+    fn tick_second(&mut self, now: u64) {
+        let second = now / 1_000_000_000;
+        self.next_second_ns = (second + 1) * 1_000_000_000;
+        if let Some((tx, latency)) = &mut self.progress {
+            let errors = self.stats.errors.total() + self.stats.status.errors();
+            let sample = ProgressSample {
+                second,
+                responses: self.responses_all - self.progress_sent.0,
+                errors: errors - self.progress_sent.1,
+                latency_us: std::mem::replace(latency, new_histogram()),
+            };
+            self.progress_sent = (self.responses_all, errors);
+            // The receiver may be gone when the run is ending; progress is best effort.
+            let _ = tx.send(sample);
+        }
+    }
+
+    fn handle(&mut self, i: usize, events: u32, now: u64) {
+        match self.conns[i].state {
+            State::Closed => {}
+            State::Connecting { .. } => {
+                if events & (sys::OUT | sys::ERR_OR_HUP) != 0 {
+                    self.on_connect_ready(i, now);
+                }
+            }
+            State::Open => {
+                if events & (sys::IN | sys::ERR_OR_HUP) != 0 {
+                    self.on_readable(i, now);
+                }
+                if events & sys::OUT != 0 && self.conns[i].state == State::Open {
+                    self.flush(i, now);
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, i: usize, now: u64) {
+        let conn = &mut self.conns[i];
+        assert!(
+            conn.socket.is_none() && conn.in_flight.is_empty(),
+            "connect on a live connection"
+        );
+        match Socket::connect(&self.plan.addr) {
+            Ok(socket) => {
+                if self.epoll.add(socket.fd, sys::OUT, i as u64).is_err() {
+                    self.connect_failed(i, now);
+                    return;
+                }
+                conn.socket = Some(socket);
+                conn.state = State::Connecting { since_ns: now };
+                if conn.ever_connected && now >= self.measure_start_ns {
+                    self.stats.reconnects += 1;
+                }
+                conn.ever_connected = true;
+            }
+            Err(_) => self.connect_failed(i, now),
+        }
+    }
+
+    fn connect_failed(&mut self, i: usize, now: u64) {
+        if self.measuring(now) {
+            self.stats.errors.connect += 1;
+        }
+        self.conns[i].reset();
+        self.set_timer(i, now + limits::RECONNECT_BACKOFF_US * 1000);
+    }
+
+    fn on_connect_ready(&mut self, i: usize, now: u64) {
+        let conn = &mut self.conns[i];
+        let socket = conn
+            .socket
+            .as_ref()
+            .expect("a connecting conn has a socket");
+        if socket.take_error().is_err() || self.epoll.modify(socket.fd, sys::IN, i as u64).is_err()
+        {
+            self.connect_failed(i, now);
+            return;
+        }
+        conn.state = State::Open;
+        conn.writable_armed = false;
+        self.fill(i, now);
+    }
+
+    /// Closes connection `i`. In-flight requests go back to the retry queue (open loop) or are
+    /// dropped (closed loop, where a new request replaces each). `error_backoff` delays the next
+    /// connect after an error, so a failing server is not hammered.
+    fn close(&mut self, i: usize, now: u64, error_backoff: bool) {
+        let open_loop = matches!(self.plan.schedule, Schedule::Open { .. });
+        let conn = &mut self.conns[i];
+        if open_loop {
+            for f in conn.in_flight.iter().rev() {
+                if Some(f.template) != self.plan.mix.login {
+                    conn.retry.push_front(f.intended_ns);
+                }
+            }
+        }
+        conn.reset();
+        if error_backoff {
+            self.set_timer(i, now + limits::RECONNECT_BACKOFF_US * 1000);
+        } else {
+            self.connect(i, now);
+        }
+    }
+
+    /// Sends what the schedule allows: logs in first when the scenario asks for it.
+    fn fill(&mut self, i: usize, now: u64) {
+        let plan = self.plan;
+        let conn = &mut self.conns[i];
+        if conn.state != State::Open {
+            return;
+        }
+        let before = conn.in_flight.len();
+        if conn.login_pending {
+            if conn.in_flight.is_empty() {
+                let login = plan
+                    .mix
+                    .login
+                    .expect("login_pending implies a login template");
+                conn.push(plan, login, now, now);
+            }
+        } else {
+            match plan.schedule {
+                Schedule::Closed => {
+                    while now < self.end_ns && conn.in_flight.len() < plan.pipeline {
+                        let template = conn.draw(plan);
+                        conn.push(plan, template, now, now);
+                    }
+                }
+                Schedule::Open { interval_ns } => {
+                    while conn.in_flight.len() < plan.pipeline {
+                        let intended = if let Some(t) = conn.retry.pop_front() {
+                            t
+                        } else if conn.next_intended_ns <= now
+                            && conn.next_intended_ns < self.end_ns
+                        {
+                            conn.next_intended_ns += interval_ns;
+                            conn.next_intended_ns - interval_ns
+                        } else {
+                            break;
+                        };
+                        let template = conn.draw(plan);
+                        conn.push(plan, template, intended, now);
+                    }
+                    let next = conn.next_intended_ns;
+                    if conn.in_flight.len() < plan.pipeline && next < self.end_ns && next > now {
+                        self.set_timer(i, next);
+                    }
+                }
+            }
+        }
+        let sent = self.conns[i].in_flight.len() - before;
+        if self.measuring(now) {
+            self.stats.requests_sent += sent as u64;
+        }
+        self.flush(i, now);
+    }
+
+    fn flush(&mut self, i: usize, now: u64) {
+        let conn = &mut self.conns[i];
+        if conn.write_pos == conn.write_buf.len() {
+            return;
+        }
+        let socket = conn.socket.as_ref().expect("an open conn has a socket");
+        match socket.send(&conn.write_buf[conn.write_pos..]) {
+            Ok(n) => conn.write_pos += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                if self.measuring(now) {
+                    self.stats.errors.write += 1;
+                }
+                self.close(i, now, true);
+                return;
+            }
+        }
+        let done = conn.write_pos == conn.write_buf.len();
+        if done {
+            conn.write_buf.clear();
+            conn.write_pos = 0;
+        }
+        if done == conn.writable_armed {
+            let events = if done { sys::IN } else { sys::IN | sys::OUT };
+            // MOD on a registered fd only fails if the fd is gone, which a live socket is not.
+            let _ = self.epoll.modify(socket.fd, events, i as u64);
+            conn.writable_armed = !done;
+        }
+    }
+
+    fn on_readable(&mut self, i: usize, now: u64) {
+        let conn = &mut self.conns[i];
+        let socket = conn.socket.as_ref().expect("an open conn has a socket");
+        let read = socket.recv(&mut conn.read_buf[conn.read_len..]);
+        match read {
+            Ok(0) => self.on_eof(i, now),
+            Ok(n) => {
+                conn.read_len += n;
+                if self.measuring(now) {
+                    self.stats.bytes_read += n as u64;
+                }
+                self.parse(i, now);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                if self.measuring(now) {
+                    self.stats.errors.read += 1;
+                }
+                self.close(i, now, true);
+            }
+        }
+    }
+
+    /// Frames every complete response in the read buffer, then tops the connection up.
+    fn parse(&mut self, i: usize, now: u64) {
+        let mut pos = 0;
+        loop {
+            let conn = &mut self.conns[i];
+            let is_head = conn
+                .in_flight
+                .front()
+                .is_some_and(|f| self.plan.mix.templates[f.template as usize].is_head);
+            match conn
+                .framer
+                .step(&conn.read_buf[pos..conn.read_len], is_head)
+            {
+                Ok(Step::Done { consumed, response }) => {
+                    pos += consumed;
+                    if !self.complete(i, response, now) {
+                        return;
+                    }
+                }
+                Ok(Step::NeedMore { consumed }) => {
+                    pos += consumed;
+                    break;
+                }
+                Err(_) => {
+                    self.parse_failed(i, now);
+                    return;
+                }
+            }
+        }
+        let conn = &mut self.conns[i];
+        conn.read_buf.copy_within(pos..conn.read_len, 0);
+        conn.read_len -= pos;
+        if conn.read_len == conn.read_buf.len() {
+            // Only a head can be partial this long, and the framer refuses heads longer than
+            // RESPONSE_HEAD_BYTES_MAX, which fits READ_BUFFER_BYTES.
+            assert!(
+                conn.read_buf.len() < limits::READ_BUFFER_BYTES,
+                "read buffer full without a framing error"
+            );
+            conn.read_buf.resize(limits::READ_BUFFER_BYTES, 0);
+        }
+        self.fill(i, now);
+    }
+
+    fn parse_failed(&mut self, i: usize, now: u64) {
+        if self.measuring(now) {
+            self.stats.errors.parse += 1;
+        }
+        self.close(i, now, true);
+    }
+
+    /// Accounts one response. Returns false when the connection was closed.
+    fn complete(&mut self, i: usize, response: Response, now: u64) -> bool {
+        let plan = self.plan;
+        let Some(request) = self.conns[i].in_flight.pop_front() else {
+            // A response nobody asked for: the stream is out of step.
+            self.parse_failed(i, now);
+            return false;
+        };
+        self.responses_all += 1;
+        if self.measuring(now) {
+            let stats = &mut self.stats;
+            let corrected_us = (now.saturating_sub(request.intended_ns) / 1000).max(1);
+            let uncorrected_us = (now.saturating_sub(request.sent_ns) / 1000).max(1);
+            stats.latency_us.saturating_record(corrected_us);
+            stats
+                .latency_uncorrected_us
+                .saturating_record(uncorrected_us);
+            if let Some((_, latency)) = &mut self.progress {
+                latency.saturating_record(corrected_us);
+            }
+            stats.status.count(response.status);
+            stats.responses += 1;
+            stats.responses_by_template[request.template as usize] += 1;
+            let second = ((now - self.measure_start_ns) / 1_000_000_000) as usize;
+            if second < limits::RATE_SAMPLES_MAX {
+                if stats.responses_per_second.len() <= second {
+                    stats.responses_per_second.resize(second + 1, 0);
+                }
+                stats.responses_per_second[second] += 1;
+            }
+            self.last_completion_ns = now;
+        }
+        let conn = &mut self.conns[i];
+        if plan.mix.cookies && !response.cookies.is_empty() {
+            conn.keep_cookies(response.cookies);
+        }
+        if Some(request.template) == plan.mix.login {
+            conn.login_pending = false;
+        }
+        if response.close {
+            self.close(i, now, false);
+            return false;
+        }
+        true
+    }
+
+    fn on_eof(&mut self, i: usize, now: u64) {
+        match self.conns[i].framer.finish() {
+            Ok(Some(response)) => {
+                // A close-delimited body ended; `response.close` is set, so this reconnects.
+                self.complete(i, response, now);
+            }
+            Ok(None) if self.conns[i].in_flight.is_empty() => self.close(i, now, false),
+            Ok(None) => {
+                // The server closed with requests unanswered.
+                if self.measuring(now) {
+                    self.stats.errors.read += 1;
+                }
+                self.close(i, now, true);
+            }
+            Err(_) => self.parse_failed(i, now),
+        }
+    }
+
+    /// Closes connections whose oldest request has waited `timeout` and counts each request
+    /// that waited that long; also gives up on connects that take that long.
+    fn scan_timeouts(&mut self, now: u64) {
+        let timeout_ns = self.plan.timeout_ns;
+        for i in 0..self.conns.len() {
+            let conn = &mut self.conns[i];
+            match conn.state {
+                State::Connecting { since_ns } if since_ns + timeout_ns <= now => {
+                    self.connect_failed(i, now)
+                }
+                State::Open
+                    if conn
+                        .in_flight
+                        .front()
+                        .is_some_and(|f| f.sent_ns + timeout_ns <= now) =>
+                {
+                    let expired = conn
+                        .in_flight
+                        .iter()
+                        .filter(|f| f.sent_ns + timeout_ns <= now)
+                        .count();
+                    // Timed-out requests are given up on; the rest are retried.
+                    conn.in_flight.drain(..expired);
+                    if self.measuring(now) {
+                        self.stats.errors.timeout += expired as u64;
+                    }
+                    self.close(i, now, false);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn new(plan: &Plan, global_index: usize) -> Conn {
+        let next_intended_ns = match plan.schedule {
+            // Spread the connections' phases evenly over one interval.
+            Schedule::Open { interval_ns } => {
+                interval_ns * global_index as u64 / plan.connections as u64
+            }
+            Schedule::Closed => 0,
+        };
+        Conn {
+            socket: None,
+            state: State::Closed,
+            collect_cookies: plan.mix.cookies,
+            read_buf: vec![0; READ_BUFFER_BYTES_INITIAL],
+            read_len: 0,
+            write_buf: Vec::new(),
+            write_pos: 0,
+            writable_armed: false,
+            in_flight: VecDeque::with_capacity(plan.pipeline),
+            retry: VecDeque::new(),
+            next_intended_ns,
+            framer: Framer::new(plan.mix.cookies),
+            cookies: Vec::new(),
+            cookie_header: Vec::new(),
+            login_pending: plan.mix.login.is_some(),
+            ever_connected: false,
+            timer_ns: 0,
+            // Any odd non-zero seed works for xorshift; distinct per connection.
+            rng: (global_index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
+    }
+
+    /// Back to `Closed`: drops the socket (closing it) and everything tied to it.
+    fn reset(&mut self) {
+        self.socket = None;
+        self.state = State::Closed;
+        self.read_len = 0;
+        self.write_buf.clear();
+        self.write_pos = 0;
+        self.writable_armed = false;
+        self.in_flight.clear();
+        self.framer = Framer::new(self.collect_cookies);
+    }
+
+    /// Picks the next request of the mix (uniform over the weight table).
+    #[inline]
+    fn draw(&mut self, plan: &Plan) -> u16 {
+        let table = &plan.mix.table;
+        if table.len() == 1 {
+            return table[0];
+        }
+        // xorshift64: fast and good enough to pick among weights.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        table[(self.rng % table.len() as u64) as usize]
+    }
+
+    #[inline]
+    fn push(&mut self, plan: &Plan, template: u16, intended_ns: u64, sent_ns: u64) {
+        plan.mix.templates[template as usize].encode(&self.cookie_header, &mut self.write_buf);
+        self.in_flight.push_back(InFlight {
+            intended_ns,
+            sent_ns,
+            template,
+        });
+    }
+
+    fn keep_cookies(&mut self, cookies: Vec<(String, String)>) {
+        for (name, value) in cookies {
+            match self.cookies.iter().position(|(n, _)| *n == name) {
+                Some(slot) => self.cookies[slot].1 = value,
+                None if self.cookies.len() < limits::COOKIES_PER_CONNECTION_MAX => {
+                    self.cookies.push((name, value))
+                }
+                None => {}
+            }
+        }
+        self.cookie_header.clear();
+        for (index, (name, value)) in self.cookies.iter().enumerate() {
+            if index > 0 {
+                self.cookie_header.extend_from_slice(b"; ");
+            }
+            self.cookie_header
+                .extend_from_slice(format!("{name}={value}").as_bytes());
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! Pure HTTP/1.1 response framing (RFC 9112 §6): finds where each response ends in a byte stream; never does IO and never keeps bodies.
+
+use crate::limits;
+
+/// What the load generator needs from a complete response.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    /// The server will close the connection after this response (RFC 9112 §9.6).
+    pub close: bool,
+    /// `name=value` pairs from `Set-Cookie`, kept only when the framer collects cookies.
+    pub cookies: Vec<(String, String)>,
+}
+
+/// The result of one `Framer::step`.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// One response ended after `consumed` bytes of the input.
+    Done { consumed: usize, response: Response },
+    /// All of the input up to `consumed` was used; more bytes are needed. The caller keeps
+    /// `buf[consumed..]` and presents it again followed by new bytes.
+    NeedMore { consumed: usize },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FrameError {
+    Head(httparse::Error),
+    HeadTooLarge,
+    ContentLength,
+    ChunkSize,
+    ChunkEnd,
+    /// 101 Switching Protocols: the connection stops being HTTP/1.1.
+    Upgrade,
+    /// The peer closed the connection in the middle of a response.
+    Truncated,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Head(e) => write!(f, "bad response head: {e}"),
+            FrameError::HeadTooLarge => write!(
+                f,
+                "response head over {} bytes",
+                limits::RESPONSE_HEAD_BYTES_MAX
+            ),
+            FrameError::ContentLength => write!(f, "bad Content-Length"),
+            FrameError::ChunkSize => write!(f, "bad chunk size line"),
+            FrameError::ChunkEnd => write!(f, "chunk data not followed by CRLF"),
+            FrameError::Upgrade => write!(f, "unexpected 101 Switching Protocols"),
+            FrameError::Truncated => write!(f, "connection closed inside a response"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    Head,
+    Body { remaining: u64 },
+    ChunkSize,
+    ChunkData { remaining: u64 },
+    ChunkDataEnd,
+    Trailers,
+    UntilClose,
+}
+
+/// Framing state of one connection's response stream.
+#[derive(Debug)]
+pub struct Framer {
+    state: State,
+    current: Response,
+    collect_cookies: bool,
+}
+
+impl Framer {
+    pub fn new(collect_cookies: bool) -> Framer {
+        Framer {
+            state: State::Head,
+            current: Response::default(),
+            collect_cookies,
+        }
+    }
+
+    /// Advances over `buf` until one response ends or the bytes run out. `request_is_head` says
+    /// whether the request this response answers was a HEAD (its response has no body).
+    pub fn step(&mut self, buf: &[u8], request_is_head: bool) -> Result<Step, FrameError> {
+        let mut consumed = 0;
+        loop {
+            let rest = &buf[consumed..];
+            let (used, done) = match self.state {
+                State::Head => match self.head(rest, request_is_head)? {
+                    Some(used) => (used, self.state == State::Head),
+                    None => return Ok(Step::NeedMore { consumed }),
+                },
+                State::Body { remaining } => {
+                    let used = remaining.min(rest.len() as u64);
+                    self.state = if used == remaining {
+                        State::Head
+                    } else {
+                        State::Body {
+                            remaining: remaining - used,
+                        }
+                    };
+                    (used as usize, used == remaining)
+                }
+                State::ChunkSize => match chunk_size(rest)? {
+                    Some((used, 0)) => {
+                        self.state = State::Trailers;
+                        (used, false)
+                    }
+                    Some((used, size)) => {
+                        self.state = State::ChunkData { remaining: size };
+                        (used, false)
+                    }
+                    None => return Ok(Step::NeedMore { consumed }),
+                },
+                State::ChunkData { remaining } => {
+                    let used = remaining.min(rest.len() as u64);
+                    self.state = if used == remaining {
+                        State::ChunkDataEnd
+                    } else {
+                        State::ChunkData {
+                            remaining: remaining - used,
+                        }
+                    };
+                    (used as usize, false)
+                }
+                State::ChunkDataEnd => match rest {
+                    [b'\r', b'\n', ..] => {
+                        self.state = State::ChunkSize;
+                        (2, false)
+                    }
+                    [] | [b'\r'] => return Ok(Step::NeedMore { consumed }),
+                    _ => return Err(FrameError::ChunkEnd),
+                },
+                State::Trailers => {
+                    match line_end(rest, limits::CHUNK_LINE_BYTES_MAX, FrameError::ChunkSize)? {
+                        Some(0) => {
+                            self.state = State::Head;
+                            (2, true)
+                        }
+                        Some(len) => (len + 2, false),
+                        None => return Ok(Step::NeedMore { consumed }),
+                    }
+                }
+                State::UntilClose => {
+                    return Ok(Step::NeedMore {
+                        consumed: buf.len(),
+                    });
+                }
+            };
+            consumed += used;
+            if done {
+                return Ok(Step::Done {
+                    consumed,
+                    response: std::mem::take(&mut self.current),
+                });
+            }
+            if consumed == buf.len()
+                && !matches!(self.state, State::Head | State::ChunkSize | State::Trailers)
+            {
+                return Ok(Step::NeedMore { consumed });
+            }
+        }
+    }
+
+    /// Called when the peer closed the connection: a body delimited by the close ends here.
+    pub fn finish(&mut self) -> Result<Option<Response>, FrameError> {
+        match self.state {
+            State::Head => Ok(None),
+            State::UntilClose => {
+                self.state = State::Head;
+                Ok(Some(std::mem::take(&mut self.current)))
+            }
+            _ => Err(FrameError::Truncated),
+        }
+    }
+
+    /// Parses one head. Returns the bytes used, with `self.state` set to what follows; the
+    /// state stays `Head` when the response has no body (done) or was an interim 1xx (`current`
+    /// status is then 0, and the caller's loop carries on to the final response).
+    fn head(&mut self, buf: &[u8], request_is_head: bool) -> Result<Option<usize>, FrameError> {
+        let mut headers = [httparse::EMPTY_HEADER; limits::RESPONSE_HEADERS_MAX];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let used = match parsed.parse(buf).map_err(FrameError::Head)? {
+            httparse::Status::Complete(used) => used,
+            httparse::Status::Partial if buf.len() >= limits::RESPONSE_HEAD_BYTES_MAX => {
+                return Err(FrameError::HeadTooLarge);
+            }
+            httparse::Status::Partial => return Ok(None),
+        };
+        let status = parsed.code.unwrap_or(0);
+        if status == 101 {
+            return Err(FrameError::Upgrade);
+        }
+        if (100..200).contains(&status) {
+            // Interim response (RFC 9110 §15.2): skip it; the final one follows. A recursive
+            // call keeps the "done" signal for the final head only.
+            return Ok(self
+                .head(&buf[used..], request_is_head)?
+                .map(|more| used + more));
+        }
+        let framing = Framing::of(&parsed, self.collect_cookies)?;
+        self.current = Response {
+            status,
+            close: framing.close,
+            cookies: framing.cookies,
+        };
+        let no_body = request_is_head || status == 204 || status == 304;
+        self.state = match (no_body, framing.chunked, framing.content_length) {
+            (true, _, _) => State::Head,
+            (false, true, _) => State::ChunkSize,
+            (false, false, Some(0)) => State::Head,
+            (false, false, Some(length)) => State::Body { remaining: length },
+            (false, false, None) => {
+                self.current.close = true;
+                State::UntilClose
+            }
+        };
+        Ok(Some(used))
+    }
+}
+
+/// How a response's headers delimit it.
+struct Framing {
+    close: bool,
+    chunked: bool,
+    content_length: Option<u64>,
+    cookies: Vec<(String, String)>,
+}
+
+impl Framing {
+    fn of(parsed: &httparse::Response, collect_cookies: bool) -> Result<Framing, FrameError> {
+        let http10 = parsed.version == Some(0);
+        let (mut close, mut keep_alive, mut chunked) = (false, false, false);
+        let mut content_length = None;
+        let mut cookies = Vec::new();
+        for header in parsed.headers.iter() {
+            let name = header.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let value = std::str::from_utf8(header.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                match (content_length, value) {
+                    (_, None) => return Err(FrameError::ContentLength),
+                    (Some(a), Some(b)) if a != b => return Err(FrameError::ContentLength),
+                    (_, Some(v)) => content_length = Some(v),
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // Chunked only counts when it is the final coding (RFC 9112 §6.3 rule 4).
+                chunked = tokens(header.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in tokens(header.value) {
+                    close |= token.eq_ignore_ascii_case("close");
+                    keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+                }
+            } else if collect_cookies && name.eq_ignore_ascii_case("set-cookie") {
+                cookies.extend(cookie_pair(header.value));
+            }
+        }
+        Ok(Framing {
+            close: close || (http10 && !keep_alive),
+            chunked,
+            content_length,
+            cookies,
+        })
+    }
+}
+
+fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(value)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The `name=value` before the first `;` of a Set-Cookie value (RFC 6265 §5.2).
+fn cookie_pair(value: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let pair = text.split(';').next()?;
+    let (name, value) = pair.split_once('=')?;
+    let name = name.trim();
+    if name.is_empty() {
+        None
+    } else {
+        Some((name.to_string(), value.trim().to_string()))
+    }
+}
+
+/// Length of the line before CRLF, if the CRLF is in `buf`.
+fn line_end(buf: &[u8], max: usize, error: FrameError) -> Result<Option<usize>, FrameError> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(len) if len <= max => Ok(Some(len)),
+        Some(_) => Err(error),
+        None if buf.len() > max => Err(error),
+        None => Ok(None),
+    }
+}
+
+/// Parses `HEX[;ext]CRLF`; returns (bytes used, chunk size).
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, FrameError> {
+    let Some(len) = line_end(buf, limits::CHUNK_LINE_BYTES_MAX, FrameError::ChunkSize)? else {
+        return Ok(None);
+    };
+    let line = std::str::from_utf8(&buf[..len]).map_err(|_| FrameError::ChunkSize)?;
+    let hex = line.split(';').next().unwrap_or("").trim();
+    if hex.is_empty() || hex.len() > 15 {
+        return Err(FrameError::ChunkSize);
+    }
+    let size = u64::from_str_radix(hex, 16).map_err(|_| FrameError::ChunkSize)?;
+    Ok(Some((len + 2, size)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `piece` bytes and returns (status, close) per response, or the error.
+    fn frame(
+        input: &[u8],
+        piece: usize,
+        head: bool,
+        eof: bool,
+    ) -> Result<Vec<(u16, bool)>, FrameError> {
+        let mut framer = Framer::new(false);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        for chunk in input.chunks(piece.max(1)) {
+            pending.extend_from_slice(chunk);
+            let mut pos = 0;
+            loop {
+                match framer.step(&pending[pos..], head)? {
+                    Step::Done { consumed, response } => {
+                        pos += consumed;
+                        out.push((response.status, response.close));
+                    }
+                    Step::NeedMore { consumed } => {
+                        pos += consumed;
+                        break;
+                    }
+                }
+            }
+            pending.drain(..pos);
+        }
+        if eof && let Some(r) = framer.finish()? {
+            out.push((r.status, r.close));
+        }
+        Ok(out)
+    }
+
+    fn check(input: &str, head: bool, eof: bool, expected: Result<Vec<(u16, bool)>, FrameError>) {
+        for piece in [1, 2, 3, 7, input.len()] {
+            assert_eq!(
+                frame(input.as_bytes(), piece, head, eof),
+                expected,
+                "piece {piece}: {input:?}"
+            );
+        }
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+    #[test]
+    fn content_length() {
+        check(OK, false, false, Ok(vec![(200, false)]));
+        check(&OK.repeat(3), false, false, Ok(vec![(200, false); 3]));
+        check(
+            "HTTP/1.1 404 N\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+            Ok(vec![(404, false)]),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel",
+            false,
+            false,
+            Ok(vec![]),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            false,
+            false,
+            Err(FrameError::ContentLength),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false,
+            false,
+            Err(FrameError::ContentLength),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+            false,
+            false,
+            Ok(vec![(200, false)]),
+        );
+    }
+
+    #[test]
+    fn chunked() {
+        let body = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\n\r\n";
+        check(body, false, false, Ok(vec![(200, false)]));
+        check(
+            &format!("{body}{OK}"),
+            false,
+            false,
+            Ok(vec![(200, false); 2]),
+        );
+        let trailers = "HTTP/1.1 201 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n";
+        check(trailers, false, false, Ok(vec![(201, false)]));
+        check(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            false,
+            false,
+            Err(FrameError::ChunkSize),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab",
+            false,
+            false,
+            Err(FrameError::ChunkEnd),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            false,
+            true,
+            Err(FrameError::Truncated),
+        );
+    }
+
+    #[test]
+    fn close_and_no_body() {
+        check(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+            false,
+            false,
+            Ok(vec![(200, true)]),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\n\r\nuntil the end",
+            false,
+            true,
+            Ok(vec![(200, true)]),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\n\r\nuntil the end",
+            false,
+            false,
+            Ok(vec![]),
+        );
+        check(
+            "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+            Ok(vec![(200, true)]),
+        );
+        check(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            false,
+            false,
+            Ok(vec![(200, false)]),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            true,
+            false,
+            Ok(vec![(200, false)]),
+        );
+        check(
+            "HTTP/1.1 204 N\r\n\r\nHTTP/1.1 304 N\r\n\r\n",
+            false,
+            false,
+            Ok(vec![(204, false), (304, false)]),
+        );
+        check(
+            &format!("HTTP/1.1 100 Continue\r\n\r\n{OK}"),
+            false,
+            false,
+            Ok(vec![(200, false)]),
+        );
+        check(
+            "HTTP/1.1 101 Up\r\n\r\n",
+            false,
+            false,
+            Err(FrameError::Upgrade),
+        );
+        check(
+            "garbage\r\n\r\n",
+            false,
+            false,
+            Err(FrameError::Head(httparse::Error::Version)),
+        );
+        check(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe",
+            false,
+            true,
+            Err(FrameError::Truncated),
+        );
+    }
+
+    #[test]
+    fn limits_at_the_edge() {
+        let filler = |n: usize| {
+            format!(
+                "HTTP/1.1 200 OK\r\nX: {}\r\nContent-Length: 0\r\n\r\n",
+                "a".repeat(n)
+            )
+        };
+        let fixed = filler(0).len();
+        let fits = filler(limits::RESPONSE_HEAD_BYTES_MAX - fixed);
+        assert_eq!(
+            frame(fits.as_bytes(), fits.len(), false, false),
+            Ok(vec![(200, false)])
+        );
+        let partial = filler(limits::RESPONSE_HEAD_BYTES_MAX);
+        let cut = &partial.as_bytes()[..limits::RESPONSE_HEAD_BYTES_MAX];
+        assert_eq!(
+            frame(cut, cut.len(), false, false),
+            Err(FrameError::HeadTooLarge)
+        );
+        let cut = &partial.as_bytes()[..limits::RESPONSE_HEAD_BYTES_MAX - 1];
+        assert_eq!(frame(cut, cut.len(), false, false), Ok(vec![]));
+    }
+
+    #[test]
+    fn cookies() {
+        let mut framer = Framer::new(true);
+        let input = b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=abc; Path=/; HttpOnly\r\nSet-Cookie: x=1\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Step::Done { response, .. }) = framer.step(input, false) else {
+            panic!()
+        };
+        assert_eq!(
+            response.cookies,
+            vec![("sid".into(), "abc".into()), ("x".into(), "1".into())]
+        );
+    }
+}

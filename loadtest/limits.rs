@@ -1,0 +1,60 @@
+//! Every bound percore-load obeys, with its default and its reason; nothing else holds a magic number.
+
+/// Lowest latency the histograms hold, in microseconds (HdrHistogram needs a lowest value >= 1).
+pub const LATENCY_US_MIN: u64 = 1;
+/// Highest latency the histograms hold: 60 s. Longer latencies are recorded as 60 s.
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+/// Significant decimal digits kept by every histogram (0.1% value resolution).
+pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+
+/// Connections per run. Each costs one fd and `READ_BUFFER_BYTES` plus its write buffer.
+pub const CONNECTIONS_MAX: usize = 100_000;
+/// Client threads per run; more threads than cores only adds context switches.
+pub const THREADS_MAX: usize = 256;
+/// Requests in flight on one connection (`--pipeline`).
+pub const PIPELINE_MAX: usize = 1024;
+
+/// Bytes a response head may take before it is a protocol error (as large as nginx's biggest default).
+pub const RESPONSE_HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of one chunk-size line (size, extensions, CRLF) before it is a protocol error.
+pub const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
+/// Response headers httparse may parse per response.
+pub const RESPONSE_HEADERS_MAX: usize = 64;
+/// Per-connection read buffer. Bodies are counted and skipped, never kept, so only a head (and
+/// whatever follows it in the same read) must fit: one read of this size per wake-up.
+pub const READ_BUFFER_BYTES: usize = 2 * RESPONSE_HEAD_BYTES_MAX;
+const _: () = assert!(READ_BUFFER_BYTES >= RESPONSE_HEAD_BYTES_MAX + CHUNK_LINE_BYTES_MAX);
+
+/// Request body read from `--body FILE` or a scenario's `body_file`.
+pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Requests a scenario may define, and the sum of their weights (the mix table has one entry per
+/// unit of weight).
+pub const SCENARIO_REQUESTS_MAX: usize = 1024;
+pub const SCENARIO_WEIGHT_SUM_MAX: u32 = 1_000_000;
+/// Cookies one connection keeps from `Set-Cookie`.
+pub const COOKIES_PER_CONNECTION_MAX: usize = 32;
+
+/// Events taken per epoll_wait.
+pub const EPOLL_EVENTS_MAX: usize = 512;
+/// How long a wake-up may wait when nothing is scheduled: also the granularity of the timeout scan.
+pub const EPOLL_IDLE_WAIT_US: u64 = 10_000;
+/// Timer slack of client threads: open-loop sends wake on time (the kernel default is 50 µs).
+pub const TIMER_SLACK_NS: u64 = 1_000;
+/// Busy-poll before sleeping when the client has its own cores (`--cpus`). Measured on the 2-CPU
+/// VM (bench/RESULTS.md): a sleeping client pays an idle exit and a wake-up IPI per batch and
+/// wakes up to ~40 us late for open-loop sends; polling 100 us covers the gap between batches.
+pub const BUSY_POLL_NS_PINNED_DEFAULT: u64 = 100_000;
+/// After a failed connect, wait this long before trying again, so a dead server is not hammered.
+pub const RECONNECT_BACKOFF_US: u64 = 10_000;
+/// After the run ends, wait at most this long for responses still in flight.
+pub const DRAIN_US_MAX: u64 = 2_000_000;
+
+/// Seconds of per-thread req/s samples kept (one per second of the run).
+pub const RATE_SAMPLES_MAX: usize = 24 * 3600;
+/// `--find-max`: steps at most, and how much each growth step multiplies the rate.
+pub const FIND_MAX_STEPS_MAX: usize = 40;
+pub const FIND_MAX_GROWTH: f64 = 1.5;
+/// `--find-max`: bisection steps between the last good and the first bad rate.
+pub const FIND_MAX_BISECT_STEPS: usize = 3;
+/// `--find-max`: a step whose achieved rate is below this share of its target is overloaded.
+pub const FIND_MAX_ACHIEVED_SHARE_MIN: f64 = 0.95;

@@ -1,0 +1,245 @@
+//! percore-load: parse flags -> validated Config -> run (or --find-max search) -> report -> exit code (0 ok, 1 the run saw errors, 2 bad input).
+
+mod cli;
+mod engine;
+mod findmax;
+mod framer;
+mod limits;
+mod machine;
+mod plot;
+mod progress;
+mod report;
+mod request;
+mod scenario;
+mod stats;
+mod sys;
+mod target;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use cli::{Args, Config};
+use engine::{Plan, Schedule};
+use report::RunShape;
+use stats::RunStats;
+
+const EXIT_ERRORS_SEEN: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return bad_input(first_line(&e.to_string())),
+    };
+    let config = match cli::validate(&args) {
+        Ok(config) => config,
+        Err(e) => return bad_input(&e),
+    };
+    if let Err(e) =
+        std::net::TcpStream::connect_timeout(&config.addr, Duration::from_nanos(config.timeout_ns))
+    {
+        return bad_input(&format!(
+            "cannot connect to {} ({}): {e}",
+            config.target.authority, config.addr
+        ));
+    }
+    match config.find_max {
+        Some(find_max) => run_find_max(&args, &config, find_max),
+        None => run_once(&args, &config),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad arguments");
+    line.strip_prefix("error: ").unwrap_or(line)
+}
+
+fn bad_input(message: &str) -> ExitCode {
+    eprintln!("percore-load: {message}");
+    ExitCode::from(EXIT_BAD_INPUT)
+}
+
+/// Runs the engine once at `rate` (None: closed loop), with the live progress line on a terminal.
+fn measure(config: &Config, rate: Option<f64>) -> RunStats {
+    let schedule = match rate {
+        Some(rate) => Schedule::Open {
+            interval_ns: ((config.connections as f64 * 1e9 / rate) as u64).max(1),
+        },
+        None => Schedule::Closed,
+    };
+    let plan = Plan {
+        addr: config.addr,
+        mix: config.mix.clone(),
+        connections: config.connections,
+        pipeline: config.pipeline,
+        timeout_ns: config.timeout_ns,
+        schedule,
+        warmup_ns: config.warmup_ns,
+        duration_ns: config.duration_ns,
+        busy_poll_ns: config.busy_poll_ns,
+    };
+    let threads = if sys::is_terminal(2) {
+        let (tx, rx) = mpsc::channel();
+        let (threads, warmup_s) = (config.threads, config.warmup_ns / 1_000_000_000);
+        let printer = std::thread::spawn(move || progress::print_lines(rx, threads, warmup_s));
+        let threads = engine::run(&plan, config.threads, &config.cpus, Some(tx));
+        let _ = printer.join();
+        threads
+    } else {
+        engine::run(&plan, config.threads, &config.cpus, None)
+    };
+    RunStats::merge(threads)
+}
+
+fn shape<'a>(config: &'a Config, rate: Option<f64>) -> RunShape<'a> {
+    RunShape {
+        url: &config.target.url,
+        threads: config.threads,
+        connections: config.connections,
+        pipeline: config.pipeline,
+        duration_s: config.duration_ns as f64 / 1e9,
+        warmup_s: config.warmup_ns as f64 / 1e9,
+        rate,
+    }
+}
+
+fn run_once(args: &Args, config: &Config) -> ExitCode {
+    let stats = measure(config, config.rate);
+    let shape = shape(config, config.rate);
+    print!("{}", report::text(&shape, &stats));
+    if let Err(e) = write_outputs(args, config, &shape, &stats, None) {
+        return bad_input(&e);
+    }
+    if stats.error_total() > 0 {
+        ExitCode::from(EXIT_ERRORS_SEEN)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_find_max(args: &Args, config: &Config, find_max: cli::FindMax) -> ExitCode {
+    println!(
+        "Finding the highest open-loop rate with p99 <= {} and no errors",
+        report::format_us(find_max.p99_max_us as f64)
+    );
+    let mut knee_stats: Option<(f64, RunStats)> = None;
+    let search = findmax::search(find_max.start_rate, find_max.p99_max_us, |rate| {
+        let stats = measure(config, Some(rate));
+        let verdict = findmax::judge(rate, &stats, find_max.p99_max_us);
+        println!(
+            "  target {:>10} req/s  achieved {:>10}  p99 {:>9}  errors {:<6} {}",
+            report::format_count(rate),
+            report::format_count(verdict.achieved_rate),
+            report::format_us(verdict.p99_us as f64),
+            verdict.errors,
+            verdict
+                .reason
+                .map_or("pass".to_string(), |r| format!("FAIL ({r})"))
+        );
+        if verdict.passed && knee_stats.as_ref().is_none_or(|(best, _)| rate > *best) {
+            knee_stats = Some((rate, stats));
+        }
+        verdict
+    });
+    let search_json = serde_json::to_value(&search).expect("plain struct");
+    let Some((knee, stats)) = knee_stats else {
+        println!(
+            "No knee: the first step ({} req/s) already failed; start lower with --rate.",
+            report::format_count(find_max.start_rate)
+        );
+        return ExitCode::from(EXIT_ERRORS_SEEN);
+    };
+    match search.first_failing_rate {
+        Some(bad) => println!(
+            "Knee: {} req/s passes; {} req/s fails.",
+            report::format_count(knee),
+            report::format_count(bad)
+        ),
+        None => println!(
+            "Knee: not reached; {} req/s still passes after {} steps.",
+            report::format_count(knee),
+            limits::FIND_MAX_STEPS_MAX
+        ),
+    }
+    println!("Run at the knee:");
+    let shape = shape(config, Some(knee));
+    print!("{}", report::text(&shape, &stats));
+    if let Err(e) = write_outputs(args, config, &shape, &stats, Some(search_json)) {
+        return bad_input(&e);
+    }
+    ExitCode::SUCCESS
+}
+
+fn write_outputs(
+    args: &Args,
+    config: &Config,
+    shape: &RunShape,
+    stats: &RunStats,
+    find_max: Option<serde_json::Value>,
+) -> Result<(), String> {
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    if let Some(path) = &args.json {
+        let names: Vec<String> = config
+            .mix
+            .templates
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        let doc = report::document(args, report::run_json(shape, stats, &names), find_max);
+        write(
+            path,
+            serde_json::to_string_pretty(&doc).expect("json values serialize") + "\n",
+        )?;
+    }
+    if let Some(path) = &args.hgrm {
+        write(path, report::hgrm(&stats.latency_us))?;
+    }
+    if let Some(path) = &args.plot {
+        let mode = match shape.rate {
+            Some(rate) => format!("open loop {} req/s", report::format_count(rate)),
+            None => "closed loop".to_string(),
+        };
+        let title = format!(
+            "{} — {mode}, {} connections, {} requests",
+            shape.url, shape.connections, stats.responses
+        );
+        let mut series = vec![plot::Series {
+            label: if shape.rate.is_some() {
+                "corrected (from intended send)"
+            } else {
+                "latency (from send)"
+            },
+            color: "#1f6fb4",
+            dashed: false,
+            histogram: &stats.latency_us,
+        }];
+        if shape.rate.is_some() {
+            series.push(plot::Series {
+                label: "uncorrected (from actual send)",
+                color: "#e4731c",
+                dashed: true,
+                histogram: &stats.latency_uncorrected_us,
+            });
+        }
+        write(path, plot::svg(&title, &series))?;
+    }
+    Ok(())
+}

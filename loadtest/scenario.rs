@@ -1,0 +1,232 @@
+//! Reads scenario files (TOML) and builds the request mix a connection draws from; never does IO past reading files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits;
+use crate::request::{RequestSpec, Template};
+
+/// The requests a run sends: templates, a weighted draw table, and the per-connection session.
+#[derive(Clone, Debug)]
+pub struct Mix {
+    pub templates: Vec<Template>,
+    /// One template index per unit of weight; a connection draws uniformly from it.
+    pub table: Vec<u16>,
+    /// Template sent once on every new connection before any other request.
+    pub login: Option<u16>,
+    /// Keep `Set-Cookie` values per connection and send them back as `Cookie`.
+    pub cookies: bool,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    session: Option<SessionSection>,
+    #[serde(default)]
+    request: Vec<RequestEntry>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SessionSection {
+    login: Option<RequestEntry>,
+    #[serde(default = "yes")]
+    cookies: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RequestEntry {
+    name: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    body_file: Option<PathBuf>,
+    weight: Option<u32>,
+}
+
+/// One request, repeated: what the flags describe when there is no scenario.
+pub fn single(spec: RequestSpec, authority: &str) -> Result<Mix, String> {
+    let template = Template::new(&spec, authority)?;
+    Ok(Mix {
+        templates: vec![template],
+        table: vec![0],
+        login: None,
+        cookies: false,
+    })
+}
+
+/// Loads a scenario. Paths default to the URL's path; `extra_headers` (from `-H`) go on every request.
+pub fn load(
+    path: &Path,
+    authority: &str,
+    default_path: &str,
+    extra_headers: &[(String, String)],
+) -> Result<Mix, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("bad scenario file {}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base, authority, default_path, extra_headers)
+        .map_err(|e| format!("bad scenario file {}: {e}", path.display()))
+}
+
+fn parse(
+    text: &str,
+    base: &Path,
+    authority: &str,
+    default_path: &str,
+    extra_headers: &[(String, String)],
+) -> Result<Mix, String> {
+    let file: ScenarioFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    if file.request.is_empty() {
+        return Err("no [[request]] entries".into());
+    }
+    if file.request.len() > limits::SCENARIO_REQUESTS_MAX {
+        return Err(format!(
+            "more than {} requests",
+            limits::SCENARIO_REQUESTS_MAX
+        ));
+    }
+    let mut templates = Vec::new();
+    let mut table = Vec::new();
+    let mut weight_sum: u32 = 0;
+    for (index, entry) in file.request.iter().enumerate() {
+        let weight = entry.weight.unwrap_or(1);
+        weight_sum = weight_sum.saturating_add(weight);
+        if weight == 0 || weight_sum > limits::SCENARIO_WEIGHT_SUM_MAX {
+            return Err(format!(
+                "request {index}: weights must be >= 1 and sum to at most {}",
+                limits::SCENARIO_WEIGHT_SUM_MAX
+            ));
+        }
+        let spec = spec_of(entry, base, default_path, extra_headers)
+            .map_err(|e| format!("request {index}: {e}"))?;
+        templates
+            .push(Template::new(&spec, authority).map_err(|e| format!("request {index}: {e}"))?);
+        table.extend(std::iter::repeat_n(index as u16, weight as usize));
+    }
+    let (login, cookies) = match &file.session {
+        None => (None, false),
+        Some(session) => {
+            let login = match &session.login {
+                Some(entry) => {
+                    let mut spec = spec_of(entry, base, default_path, extra_headers)
+                        .map_err(|e| format!("session.login: {e}"))?;
+                    if entry.name.is_none() {
+                        spec.name = "login".into();
+                    }
+                    templates.push(
+                        Template::new(&spec, authority)
+                            .map_err(|e| format!("session.login: {e}"))?,
+                    );
+                    Some((templates.len() - 1) as u16)
+                }
+                None => None,
+            };
+            (login, session.cookies)
+        }
+    };
+    Ok(Mix {
+        templates,
+        table,
+        login,
+        cookies,
+    })
+}
+
+fn spec_of(
+    entry: &RequestEntry,
+    base: &Path,
+    default_path: &str,
+    extra_headers: &[(String, String)],
+) -> Result<RequestSpec, String> {
+    let method = entry.method.clone().unwrap_or_else(|| "GET".into());
+    let path = entry.path.clone().unwrap_or_else(|| default_path.into());
+    let body = match (&entry.body, &entry.body_file) {
+        (Some(_), Some(_)) => return Err("give body or body_file, not both".into()),
+        (Some(body), None) => body.clone().into_bytes(),
+        (None, Some(file)) => read_body(&base.join(file))?,
+        (None, None) => Vec::new(),
+    };
+    let mut headers = extra_headers.to_vec();
+    headers.extend(entry.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+    let name = entry
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{method} {path}"));
+    Ok(RequestSpec {
+        name,
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+/// Reads a request body file, refusing one over `REQUEST_BODY_BYTES_MAX`.
+pub fn read_body(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("body file {}: {e}", path.display()))?;
+    if meta.len() > limits::REQUEST_BODY_BYTES_MAX as u64 {
+        return Err(format!(
+            "body file {} is over {} bytes",
+            path.display(),
+            limits::REQUEST_BODY_BYTES_MAX
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("body file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: Result<(usize, usize, Option<u16>, bool), &str>) {
+        let got = parse(text, Path::new("."), "h:1", "/d", &[])
+            .map(|m| (m.templates.len(), m.table.len(), m.login, m.cookies));
+        match expected {
+            Ok(e) => assert_eq!(got, Ok(e), "{text}"),
+            Err(fragment) => assert!(
+                got.as_ref().is_err_and(|e| e.contains(fragment)),
+                "{text}: {got:?}"
+            ),
+        }
+    }
+
+    #[test]
+    fn scenarios() {
+        check("[[request]]\n", Ok((1, 1, None, false)));
+        check(
+            "[[request]]\nweight = 3\n[[request]]\nmethod = \"POST\"\nbody = \"x\"\n",
+            Ok((2, 4, None, false)),
+        );
+        check(
+            "[session.login]\nmethod = \"POST\"\npath = \"/login\"\n[[request]]\npath = \"/me\"\n",
+            Ok((2, 1, Some(1), true)),
+        );
+        check(
+            "[session]\ncookies = false\n[[request]]\n",
+            Ok((1, 1, None, false)),
+        );
+        check("", Err("no [[request]]"));
+        check("[[request]]\nweight = 0\n", Err("weights"));
+        check("[[request]]\nbogus = 1\n", Err("unknown field"));
+        check("[[request]]\npath = \"nope\"\n", Err("path"));
+        check(
+            "[[request]]\nbody = \"a\"\nbody_file = \"b\"\n",
+            Err("not both"),
+        );
+        check(
+            "[[request]]\nbody_file = \"/nonexistent/x\"\n",
+            Err("body file"),
+        );
+        check("this is not toml", Err(""));
+    }
+}

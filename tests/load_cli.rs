@@ -1,0 +1,74 @@
+//! Black-box tests of percore-load's handling of bad input: one clear line on stderr and exit code 2.
+
+use std::net::TcpListener;
+use std::process::Command;
+
+fn check(args: &[&str], fragment: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_percore-load"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    assert!(
+        stderr.starts_with("percore-load: ") && stderr.contains(fragment),
+        "{args:?}: {stderr}"
+    );
+    assert!(output.stdout.is_empty(), "{args:?}");
+}
+
+/// A port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let live = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", live.local_addr().unwrap());
+    let dead = format!("http://127.0.0.1:{}/", closed_port());
+    let dir = std::env::temp_dir().join(format!("percore-load-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_toml = dir.join("bad.toml");
+    std::fs::write(&bad_toml, "[[request]]\nweight = \"heavy\"\n").unwrap();
+    let bad_toml = bad_toml.to_str().unwrap();
+    check(&["--bogus", &url], "--bogus");
+    check(&[], "required");
+    check(&["not a url"], "invalid URL");
+    check(&["https://127.0.0.1/"], "https");
+    check(&["http://127.0.0.1:99999/"], "invalid URL");
+    check(&[&dead], "cannot connect");
+    check(&["-c", "0", &url], "--connections");
+    check(&["-c", "1", "-t", "2", &url], "--threads");
+    check(&["-d", "ten", &url], "--duration");
+    check(&["--rate=-5", &url], "--rate");
+    check(&["--rate", "0", &url], "--rate");
+    check(&["--pipeline", "0", &url], "--pipeline");
+    check(&["--cpus", "9999", &url], "--cpus");
+    check(&["-H", "NoColon", &url], "header");
+    check(&["--scenario", bad_toml, &url], "bad scenario file");
+    check(
+        &["--scenario", "/nonexistent/s.toml", &url],
+        "bad scenario file",
+    );
+    check(&["--body", "/nonexistent/body", &url], "body file");
+}
+
+#[test]
+fn help_exits_0() {
+    let output = Command::new(env!("CARGO_BIN_EXE_percore-load"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("--find-max"));
+}

@@ -1,0 +1,533 @@
+//! Black-box tests of the percore-load binary against small std::net test servers started here (counts, pipelining, framing, sessions, open vs closed loop, outputs).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Test servers hold at most this many connections at once (a bound, so a runaway client cannot
+/// exhaust threads); more are closed unread.
+const TEST_SERVER_CONNECTIONS_MAX: u64 = 256;
+
+/// One parsed request as a test server sees it.
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    /// Requests this connection has answered before this one.
+    index_on_connection: u64,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a handler returns: raw response bytes, and whether to close after writing them.
+struct Reply {
+    bytes: Vec<u8>,
+    close: bool,
+}
+
+fn ok(body: &str) -> Reply {
+    Reply {
+        bytes: format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+        close: false,
+    }
+}
+
+type Handler = dyn Fn(&Request, &Shared) -> Reply + Send + Sync;
+
+/// State every connection of one server shares.
+#[derive(Default)]
+struct Shared {
+    requests: AtomicU64,
+    connections_open: AtomicU64,
+    /// Largest number of complete requests found in one read (pipelining shows as > 1).
+    max_batch: AtomicU64,
+    stop: AtomicBool,
+    started: Mutex<Option<Instant>>,
+}
+
+/// A thread-per-connection HTTP/1.1 server on 127.0.0.1:0; stops accepting when dropped.
+struct TestServer {
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+impl TestServer {
+    fn start(handler: impl Fn(&Request, &Shared) -> Reply + Send + Sync + 'static) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(Shared::default());
+        *shared.started.lock().unwrap() = Some(Instant::now());
+        let handler: Arc<Handler> = Arc::new(handler);
+        let accept_shared = shared.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accept_shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                if accept_shared
+                    .connections_open
+                    .fetch_add(1, Ordering::SeqCst)
+                    >= TEST_SERVER_CONNECTIONS_MAX
+                {
+                    accept_shared
+                        .connections_open
+                        .fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let (shared, handler) = (accept_shared.clone(), handler.clone());
+                std::thread::spawn(move || {
+                    serve(stream, &shared, &*handler);
+                    shared.connections_open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        TestServer { port, shared }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Reads requests (heads plus Content-Length bodies), answers every complete one in order and
+/// writes the answers of one read at once.
+fn serve(mut stream: TcpStream, shared: &Shared, handler: &Handler) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut answered = 0u64;
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        let mut batch = 0;
+        let mut close = false;
+        while let Some((request, used)) = parse_request(&buf, answered) {
+            buf.drain(..used);
+            shared.requests.fetch_add(1, Ordering::SeqCst);
+            let reply = handler(&request, shared);
+            out.extend_from_slice(&reply.bytes);
+            answered += 1;
+            batch += 1;
+            if reply.close {
+                close = true;
+                break;
+            }
+        }
+        shared.max_batch.fetch_max(batch, Ordering::Relaxed);
+        if !out.is_empty() && stream.write_all(&out).is_err() {
+            return;
+        }
+        if close {
+            linger(stream);
+            return;
+        }
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Closes the way servers should (RFC 9112 §9.6): FIN first, then read what the client had
+/// already sent, so the kernel sends no RST that could destroy the response in flight.
+fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+fn parse_request(buf: &[u8], index_on_connection: u64) -> Option<(Request, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().unwrap_or(0));
+    if buf.len() < end + length {
+        return None;
+    }
+    Some((
+        Request {
+            method,
+            path,
+            headers,
+            index_on_connection,
+        },
+        end + length,
+    ))
+}
+
+fn load(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_percore-load"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs percore-load with `--json` and returns (exit code, stdout, the JSON document).
+fn load_json(args: &[&str]) -> (i32, String, Value) {
+    let dir = tempdir();
+    let path = dir.join("out.json");
+    let mut all: Vec<&str> = args.to_vec();
+    let path_text = path.to_str().unwrap().to_string();
+    all.extend(["--json", &path_text]);
+    let output = load(&all);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "no JSON; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (
+        output.status.code().unwrap_or(-1),
+        stdout,
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+fn tempdir() -> std::path::PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "percore-load-test-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn n(doc: &Value, pointer: &str) -> u64 {
+    doc.pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{pointer} missing in {doc}"))
+}
+
+#[test]
+fn closed_loop_counts_match_the_server() {
+    let server = TestServer::start(|_, _| ok("hello"));
+    let (code, _, doc) = load_json(&["-c", "4", "-t", "2", "-d", "1s", &server.url("/")]);
+    assert_eq!(code, 0);
+    assert_eq!(n(&doc, "/run/requests"), server.requests());
+    assert_eq!(n(&doc, "/run/requests_sent"), server.requests());
+    assert!(server.requests() > 100, "{}", server.requests());
+    assert_eq!(n(&doc, "/run/errors/total"), 0);
+}
+
+#[test]
+fn pipelined_requests_count_one_by_one() {
+    let server = TestServer::start(|_, _| ok("hello"));
+    let (code, _, doc) = load_json(&["-c", "2", "-d", "1s", "--pipeline", "8", &server.url("/")]);
+    assert_eq!(code, 0);
+    assert_eq!(n(&doc, "/run/requests"), server.requests());
+    assert_eq!(
+        n(&doc, "/run/latency_us/count"),
+        server.requests(),
+        "one latency sample per request"
+    );
+    assert!(
+        server.shared.max_batch.load(Ordering::Relaxed) > 1,
+        "requests were not pipelined"
+    );
+}
+
+#[test]
+fn connection_close_responses_reconnect() {
+    let server = TestServer::start(|request, _| {
+        let body = "bye";
+        let close = request.index_on_connection % 5 == 4;
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        let bytes = format!(
+            "HTTP/1.1 200 OK\r\n{connection}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+        Reply { bytes, close }
+    });
+    let (code, _, doc) = load_json(&["-c", "4", "-d", "1s", "--pipeline", "3", &server.url("/")]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(n(&doc, "/run/errors/total"), 0);
+    assert!(n(&doc, "/run/reconnects") >= 10, "{doc}");
+    // Requests pipelined behind a close are sent again on the new connection, so the server
+    // saw exactly the answered ones plus none lost.
+    assert_eq!(n(&doc, "/run/requests"), server.requests());
+}
+
+#[test]
+fn chunked_and_close_delimited_bodies() {
+    let server = TestServer::start(|request, _| {
+        match request.path.as_str() {
+        "/chunked" => Reply { bytes: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(), close: false },
+        _ => Reply { bytes: b"HTTP/1.1 200 OK\r\n\r\nbody until close".to_vec(), close: true },
+    }
+    });
+    for (path, reconnects) in [("/chunked", false), ("/eof", true)] {
+        let before = server.requests();
+        let (code, _, doc) = load_json(&["-c", "2", "-d", "500ms", &server.url(path)]);
+        assert_eq!(code, 0, "{path}: {doc}");
+        assert_eq!(n(&doc, "/run/errors/total"), 0, "{path}");
+        assert_eq!(
+            n(&doc, "/run/requests"),
+            server.requests() - before,
+            "{path}"
+        );
+        assert_eq!(n(&doc, "/run/reconnects") > 0, reconnects, "{path}");
+    }
+}
+
+/// A server that stalls: every request that arrives in the last 200 ms of a second waits until
+/// the second ends.
+fn stalling_server() -> TestServer {
+    TestServer::start(|_, shared| {
+        let started = shared.started.lock().unwrap().unwrap();
+        let phase_ms = started.elapsed().as_millis() % 1000;
+        if phase_ms >= 800 {
+            std::thread::sleep(Duration::from_millis((1000 - phase_ms) as u64));
+        }
+        ok("hello")
+    })
+}
+
+#[test]
+fn open_loop_shows_a_stall_that_closed_loop_hides() {
+    let server = stalling_server();
+    let (_, _, open) = load_json(&["-c", "8", "-d", "3s", "--rate", "1000", &server.url("/")]);
+    let (_, _, closed) = load_json(&["-c", "8", "-d", "3s", &server.url("/")]);
+    // 20% of the schedule falls into a 200 ms stall, so corrected p99 and p99.9 are close to 200 ms.
+    assert!(n(&open, "/run/latency_us/p99") >= 100_000, "{open}");
+    assert!(n(&open, "/run/latency_us/p99_9") >= 100_000, "{open}");
+    // Measured from the actual send, only one request per connection waits in each stall.
+    assert!(
+        n(&open, "/run/latency_uncorrected_us/p99") < n(&open, "/run/latency_us/p99"),
+        "{open}"
+    );
+    // A closed loop sends nothing while it waits, so the stall is a handful of samples among many.
+    assert!(n(&closed, "/run/latency_us/p99") < 100_000, "{closed}");
+}
+
+#[test]
+fn scenario_mix_with_session_cookie() {
+    let server = TestServer::start(|request, shared| {
+        match (request.method.as_str(), request.path.as_str()) {
+            ("POST", "/login") => {
+                let sid = shared.requests.load(Ordering::Relaxed);
+                Reply { bytes: format!("HTTP/1.1 204 No Content\r\nSet-Cookie: sid=s{sid}; Path=/; HttpOnly\r\n\r\n").into_bytes(), close: false }
+            }
+            (_, "/me")
+                if request
+                    .header("cookie")
+                    .is_some_and(|c| c.starts_with("sid=s")) =>
+            {
+                ok("me")
+            }
+            (_, "/me") => Reply {
+                bytes: b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                close: false,
+            },
+            ("POST", "/echo") => ok("echo"),
+            _ => Reply {
+                bytes: b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                close: false,
+            },
+        }
+    });
+    let dir = tempdir();
+    let scenario = dir.join("mix.toml");
+    std::fs::write(
+        &scenario,
+        "[session.login]\nmethod = \"POST\"\npath = \"/login\"\nbody = \"user=alice\"\n\n\
+         [[request]]\nname = \"me\"\npath = \"/me\"\nweight = 9\n\n\
+         [[request]]\nname = \"echo\"\nmethod = \"POST\"\npath = \"/echo\"\nbody = \"{}\"\nweight = 1\n",
+    )
+    .unwrap();
+    let (code, _, doc) = load_json(&[
+        "-c",
+        "3",
+        "-d",
+        "1s",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        &server.url("/"),
+    ]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(n(&doc, "/run/status/4xx"), 0);
+    assert_eq!(
+        n(&doc, "/run/requests_by_name/login"),
+        3,
+        "one login per connection"
+    );
+    let (me, echo) = (
+        n(&doc, "/run/requests_by_name/me"),
+        n(&doc, "/run/requests_by_name/echo"),
+    );
+    assert!(echo > 0 && me > 3 * echo, "weights 9:1 gave {me}:{echo}");
+}
+
+#[test]
+fn error_statuses_lead_the_output_and_exit_1() {
+    let server = TestServer::start(|_, _| Reply {
+        bytes: b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        close: false,
+    });
+    let (code, stdout, doc) = load_json(&["-c", "2", "-d", "300ms", &server.url("/")]);
+    assert_eq!(code, 1);
+    assert!(stdout.starts_with("ERRORS:"), "{stdout}");
+    assert!(n(&doc, "/run/status/5xx") > 0);
+}
+
+#[test]
+fn unanswered_requests_time_out() {
+    let server = TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_secs(5));
+        ok("late")
+    });
+    let (code, stdout, doc) = load_json(&[
+        "-c",
+        "2",
+        "-d",
+        "1s",
+        "--timeout",
+        "200ms",
+        &server.url("/"),
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(n(&doc, "/run/errors/timeout") >= 2, "{doc}");
+}
+
+#[test]
+fn json_holds_every_figure() {
+    let server = TestServer::start(|_, _| ok("hello"));
+    let (code, _, doc) = load_json(&["-c", "2", "-d", "500ms", "--rate", "500", &server.url("/x")]);
+    assert_eq!(code, 0);
+    for pointer in [
+        "/params/url",
+        "/params/connections",
+        "/params/rate",
+        "/system/kernel",
+        "/system/cpu_model",
+        "/run/mode",
+        "/run/requests_per_s",
+        "/run/duration_s",
+        "/run/bytes_read",
+        "/run/reconnects",
+    ] {
+        assert!(doc.pointer(pointer).is_some(), "{pointer} missing in {doc}");
+    }
+    for key in [
+        "p50", "p75", "p90", "p99", "p99_9", "p99_99", "max", "mean", "stdev",
+    ] {
+        assert!(
+            doc["run"]["latency_us"].get(key).is_some()
+                && doc["run"]["latency_uncorrected_us"].get(key).is_some(),
+            "{key}"
+        );
+    }
+    for key in ["connect", "read", "write", "timeout", "parse", "total"] {
+        assert!(doc["run"]["errors"].get(key).is_some(), "{key}");
+    }
+    for key in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        assert!(doc["run"]["status"].get(key).is_some(), "{key}");
+    }
+    assert_eq!(doc["run"]["mode"], "open");
+    assert_eq!(
+        doc["run"]["thread_requests_per_s"].as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn hgrm_and_plot_files() {
+    let server = TestServer::start(|_, _| ok("hello"));
+    let dir = tempdir();
+    let (hgrm, svg) = (dir.join("l.hgrm"), dir.join("l.svg"));
+    let output = load(&[
+        "-c",
+        "2",
+        "-d",
+        "300ms",
+        "--rate",
+        "400",
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+        &server.url("/"),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let hgrm = std::fs::read_to_string(hgrm).unwrap();
+    assert!(
+        hgrm.contains("Percentile") && hgrm.contains("#[Max"),
+        "{hgrm}"
+    );
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<polyline").count() == 2 && svg.contains("99%"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn find_max_reports_a_knee() {
+    // Answers 400 req/s at most: one connection, 2.5 ms per request.
+    let server = TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_micros(2500));
+        ok("slow")
+    });
+    let (code, stdout, doc) = load_json(&[
+        "-c",
+        "1",
+        "-d",
+        "500ms",
+        "--timeout",
+        "1s",
+        "--find-max",
+        "--rate",
+        "50",
+        "--p99-max",
+        "100ms",
+        &server.url("/"),
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("Knee:"), "{stdout}");
+    let knee = doc["find_max"]["knee_rate"].as_f64().unwrap();
+    assert!((50.0..=1000.0).contains(&knee), "{knee}: {stdout}");
+}
