@@ -158,6 +158,10 @@ pub struct Txn {
     dir: PathBuf,
     checkpoint_bytes: u64,
     checkpointing: Cell<bool>,
+    /// `wal.segment_appended()` right after the last checkpoint's snapshot: the log grown since is
+    /// what `checkpoint_bytes` bounds (the snapshot itself does not count, or a partition larger
+    /// than the bound would checkpoint without end).
+    checkpoint_base: Cell<u64>,
     clients: RefCell<HashMap<ClientId, Rc<ClientSlot>>>,
     client_next: Cell<ClientId>,
     pub counters: Cell<TxnCounters>,
@@ -189,6 +193,7 @@ impl Txn {
             dir: dir.to_path_buf(),
             checkpoint_bytes: config.checkpoint_bytes,
             checkpointing: Cell::new(false),
+            checkpoint_base: Cell::new(0),
             clients: RefCell::new(HashMap::new()),
             client_next: Cell::new(0),
             counters: Cell::new(TxnCounters::default()),
@@ -279,7 +284,11 @@ impl Txn {
                 }
             }
         }
-        if self.wal.segment_appended() >= self.checkpoint_bytes && !self.checkpointing.get() {
+        let grown = self
+            .wal
+            .segment_appended()
+            .saturating_sub(self.checkpoint_base.get());
+        if grown >= self.checkpoint_bytes && !self.checkpointing.get() {
             self.checkpoint();
         }
     }
@@ -299,6 +308,7 @@ impl Txn {
         for record in &snapshot {
             lsn = self.append(record);
         }
+        self.checkpoint_base.set(self.wal.segment_appended());
         let txn = self.clone();
         glommio::spawn_local(async move {
             if txn.wal.durable(lsn).await.is_ok() {
