@@ -1,22 +1,43 @@
 #!/usr/bin/env python3
-# Interleaved A/B benchmark of percore vs nginx and other peers (CPU µs/request, IPIs/request); see bench/compare.sh.
+# Interleaved A/B benchmark of percore vs nginx and other peers, driven by percore-load with wrk as a
+# cross-check (req/s, p99, CPU µs/request, IPIs/request); see bench/compare.sh for the usage.
+#
+# Binaries (flags win over environment, environment over the default):
+#   percore:       --percore BIN,      else $PERCORE_BIN,      else $CARGO_TARGET_DIR/release/percore,
+#                  else <repo>/target/release/percore
+#   percore-load:  --percore-load BIN, else $PERCORE_LOAD_BIN, else $CARGO_TARGET_DIR/release/percore-load,
+#                  else <repo>/target/release/percore-load
+#   wrk:           --wrk BIN,          else $WRK_BIN,          else `wrk` on $PATH (skip it with --no-wrk)
+#   peers (nginx run.sh, scripts/pipeline.lua): $PEERS_DIR, else <repo>/../shared/lab/peers
 """Interleaved A/B/A/B benchmark of percore against nginx (and any --extra peer).
 
 Called by bench/compare.sh (see there for the usage). Every server runs pinned to
-CPU 0 (1 shard / 1 worker), wrk -t1 runs pinned to CPU 1. For every round the
+CPU 0 (1 shard / 1 worker); the clients run pinned to CPU 1. For every round the
 servers take turns (the starting server rotates each round); each server is started
 fresh, its endpoints are checked, it gets a 1 s unmeasured warm-up, then every
-scenario runs once. Per run we record wrk's req/s and p99, the server's CPU time
-(utime+stime from /proc/PID/stat over its whole process tree, before/after the wrk
-run) divided by the requests wrk completed, and the reschedule IPIs (RES line of
+scenario runs once with each client:
+
+  - percore-load (the project's load generator): `percore-load -t 1 --cpus 1 -c CONNS
+    -d D [--pipeline 16] --json FILE URL`; req/s, p99 (per request, also when pipelined)
+    and request counts come from its JSON;
+  - wrk, as a cross-check: `taskset -c 1 wrk -t1 -cCONNS -dD --latency URL` (pipelined
+    with ../shared/lab/peers/scripts/pipeline.lua, 16 deep); only its req/s is reported
+    (its pipelined p99 is one sample per batch and often prints 0).
+
+The two clients alternate which goes first (percore-load first in odd rounds, wrk first
+in even rounds). For every run (each client separately) we record the server's CPU time
+(utime+stime from /proc/PID/stat over its whole process tree, before/after the run)
+divided by the requests that client completed, and the reschedule IPIs (RES line of
 /proc/interrupts) received by the server's CPU divided by the same request count.
 
 Prints a markdown table (medians over rounds, plus min-max spread) to stdout and
-keeps every wrk output and a raw TSV under bench/out/compare-<stamp>/.
+keeps every client output and a raw TSV (one row per run, column `tool`) under
+bench/out/compare-<stamp>/.
 """
 import argparse
 import datetime
 import http.client
+import json
 import os
 import re
 import shlex
@@ -28,7 +49,8 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
-PEERS = os.path.normpath(os.path.join(REPO, "..", "shared", "lab", "peers"))
+PEERS = os.path.abspath(os.environ["PEERS_DIR"]) if os.environ.get("PEERS_DIR") else os.path.normpath(os.path.join(REPO, "..", "shared", "lab", "peers"))
+TOOLS = ("load", "wrk")  # percore-load, wrk (cross-check)
 TICK = os.sysconf("SC_CLK_TCK")
 
 # name -> (path, connections, pipeline depth)
@@ -172,9 +194,48 @@ class Server:
         self.log.close()
 
 
-def run_wrk(port, scen, dur, client_cpu, outfile):
+def find_bin(flag, env, name):
+    """flag, else $env, else $CARGO_TARGET_DIR/release/name, else <repo>/target/release/name."""
+    cands = [flag, os.environ.get(env)]
+    if os.environ.get("CARGO_TARGET_DIR"):
+        cands.append(os.path.join(os.environ["CARGO_TARGET_DIR"], "release", name))
+    cands.append(os.path.join(REPO, "target", "release", name))
+    for c in cands:
+        if c:
+            if os.access(c, os.X_OK):
+                return os.path.abspath(c)
+            if c in (flag, os.environ.get(env)):
+                sys.exit(f"{name}: {c} is not an executable")
+    sys.exit(f"no {name} binary in {os.path.join(REPO, 'target', 'release')}: build it with "
+             f"`cargo build --release --bin percore --bin percore-load`, or set ${env}")
+
+
+def run_load(load_bin, port, scen, dur, client_cpu, outfile):
+    """percore-load, closed loop, 1 thread pinned to client_cpu; figures from its --json file."""
     path, conns, depth = SCENARIOS[scen]
-    cmd = ["taskset", "-c", str(client_cpu), "wrk", "-t1", f"-c{conns}", f"-d{dur}s", "--latency"]
+    jf = outfile + ".json"
+    cmd = [load_bin, "-t", "1", "--cpus", str(client_cpu), "-c", str(conns), "-d", f"{dur}s",
+           "--pipeline", str(depth), "--json", jf, f"http://127.0.0.1:{port}{path}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    with open(outfile, "w") as f:
+        f.write(" ".join(shlex.quote(x) for x in cmd) + "\n" + r.stdout + r.stderr)
+    try:
+        run = json.load(open(jf))["run"]
+    except (OSError, ValueError, KeyError):
+        return {"rps": float("nan"), "requests": 0, "p99_us": float("nan"), "errors": 1, "non2xx": 0}
+    st = run.get("status", {})
+    return {
+        "rps": float(run["requests_per_s"]),
+        "requests": int(run["requests"]),
+        "p99_us": float(run["latency_us"]["p99"]) if run["latency_us"].get("count") else float("nan"),
+        "errors": int(run["errors"]["total"]) + (1 if r.returncode else 0),
+        "non2xx": sum(int(v) for k, v in st.items() if k != "2xx"),
+    }
+
+
+def run_wrk(wrk_bin, port, scen, dur, client_cpu, outfile):
+    path, conns, depth = SCENARIOS[scen]
+    cmd = ["taskset", "-c", str(client_cpu), wrk_bin, "-t1", f"-c{conns}", f"-d{dur}s", "--latency"]
     if depth > 1:
         cmd += ["-s", os.path.join(PEERS, "scripts", "pipeline.lua"), f"http://127.0.0.1:{port}{path}",
                 "--", str(depth)]
@@ -202,10 +263,15 @@ def fus(x):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-r", "--rounds", type=int, default=5)
-    ap.add_argument("-d", "--duration", type=int, default=5)
+    ap.add_argument("-d", "--duration", type=int, default=5, help="seconds per percore-load run")
+    ap.add_argument("--wrk-duration", type=int, default=None,
+                    help="seconds per wrk cross-check run (default: --duration)")
+    ap.add_argument("--no-wrk", action="store_true", help="skip the wrk cross-check runs")
     ap.add_argument("-s", "--scenarios", default=",".join(SCENARIOS),
                     help="comma list of: " + ", ".join(SCENARIOS))
-    ap.add_argument("--percore", required=True, help="percore binary")
+    ap.add_argument("--percore", default=None, help="percore binary (default: see the header)")
+    ap.add_argument("--percore-load", default=None, help="percore-load binary (default: see the header)")
+    ap.add_argument("--wrk", default=None, help="wrk binary (default: $WRK_BIN, else wrk on $PATH)")
     ap.add_argument("--percore-args", default="", help="extra flags for percore")
     ap.add_argument("--no-nginx", action="store_true")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=CMD",
@@ -221,7 +287,17 @@ def main():
     for s in scens:
         if s not in SCENARIOS:
             sys.exit(f"unknown scenario {s}")
-    servers = [("percore", f"{a.percore} --bind 127.0.0.1:{{port}} --cores {a.server_cpu} "
+    percore = find_bin(a.percore, "PERCORE_BIN", "percore")
+    load_bin = find_bin(a.percore_load, "PERCORE_LOAD_BIN", "percore-load")
+    wrk_bin = None
+    if not a.no_wrk:
+        wrk_bin = a.wrk or os.environ.get("WRK_BIN") or "wrk"
+        if not (os.access(wrk_bin, os.X_OK) or subprocess.run(["sh", "-c", f"command -v {shlex.quote(wrk_bin)}"],
+                                                                capture_output=True).returncode == 0):
+            sys.exit(f"wrk not found ({wrk_bin}): apt-get install -y wrk, set $WRK_BIN, or pass --no-wrk")
+    tools = ["load"] + ([] if a.no_wrk else ["wrk"])
+    wrk_dur = a.wrk_duration or a.duration
+    servers = [("percore", f"{percore} --bind 127.0.0.1:{{port}} --cores {a.server_cpu} "
                            f"--max-conns 20000 {a.percore_args}")]
     if not a.no_nginx:
         servers.append(("nginx", os.path.join(PEERS, "nginx", "run.sh") + " {port} 1"))
@@ -237,16 +313,15 @@ def main():
     os.makedirs(os.environ["PEER_TMP"], exist_ok=True)
     with open(os.path.join(logdir, "meta.txt"), "w") as f:
         f.write(f"argv: {' '.join(map(shlex.quote, sys.argv))}\n")
+        f.write(f"percore-load: {load_bin}\nwrk: {wrk_bin} (-d{wrk_dur})\n")
         for n, c in servers:
             f.write(f"server {n}: {c}\n")
     raw = open(os.path.join(logdir, "raw.tsv"), "w")
-    cols = ["round", "server", "scenario", "rps", "p99_us", "requests", "utime", "stime", "cpu_us_req",
-            "res_cpu", "res_per_req", "cal_per_req", "errors", "non2xx"]
-    raw.write("\t".join(cols) + "\n")
+    raw.write("\t".join(COLS) + "\n")
     print(f"logs: {logdir}", file=sys.stderr)
 
     ports = {n: a.base_port + i for i, (n, _) in enumerate(servers)}
-    res = {(n, s): [] for n, _ in servers for s in scens}
+    res = {(t, n, s): [] for t in tools for n, _ in servers for s in scens}
     failed = {}
     cur = None
 
@@ -258,6 +333,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
 
     for r in range(1, a.rounds + 1):
+        order = tools if r % 2 else tools[::-1]  # which client goes first alternates by round
         for k in range(len(servers)):
             name, cmd = servers[(k + r - 1) % len(servers)]
             if name in failed:
@@ -275,32 +351,39 @@ def main():
                     print(f"round {r} {name}: {failed[name]}", file=sys.stderr)
                     continue
                 if a.warmup:
-                    subprocess.run(["taskset", "-c", str(a.client_cpu), "wrk", "-t1", "-c64", f"-d{a.warmup}s",
-                                    f"http://127.0.0.1:{port}/plaintext"], capture_output=True)
+                    subprocess.run([load_bin, "-t", "1", "--cpus", str(a.client_cpu), "-c", "64",
+                                    "-d", f"{a.warmup}s", f"http://127.0.0.1:{port}/plaintext"], capture_output=True)
                 for s in scens:
-                    u0, s0 = cpu_ticks(cur.p.pid)
-                    i0, c0 = irq("RES", a.server_cpu), irq("CAL", a.server_cpu)
-                    w = run_wrk(port, s, a.duration, a.client_cpu, os.path.join(logdir, f"r{r}.{name}.{s}.wrk"))
-                    i1, c1 = irq("RES", a.server_cpu), irq("CAL", a.server_cpu)
-                    u1, s1 = cpu_ticks(cur.p.pid)
-                    n = w["requests"]
-                    row = dict(w, round=r, server=name, scenario=s, utime=u1 - u0, stime=s1 - s0,
-                               cpu_us_req=((u1 - u0) + (s1 - s0)) * 1e6 / TICK / n if n else float("nan"),
-                               res_cpu=i1 - i0, res_per_req=(i1 - i0) / n if n else float("nan"),
-                               cal_per_req=(c1 - c0) / n if n else float("nan"))
-                    res[(name, s)].append(row)
-                    raw.write("\t".join(str(row[c]) for c in cols) + "\n")
-                    raw.flush()
-                    print(f"round {r}/{a.rounds} {name:10s} {s:15s} {w['rps']:>11.0f} req/s  "
-                          f"p99 {fus(w['p99_us']):>9s}  cpu {row['cpu_us_req']:.2f} us/req  "
-                          f"RES {row['res_per_req']:.4f}/req  err {w['errors']} non2xx {w['non2xx']}",
-                          file=sys.stderr, flush=True)
+                    for t in order:
+                        u0, s0 = cpu_ticks(cur.p.pid)
+                        i0, c0 = irq("RES", a.server_cpu), irq("CAL", a.server_cpu)
+                        if t == "load":
+                            w = run_load(load_bin, port, s, a.duration, a.client_cpu,
+                                         os.path.join(logdir, f"r{r}.{name}.{s}.load"))
+                        else:
+                            w = run_wrk(wrk_bin, port, s, wrk_dur, a.client_cpu,
+                                        os.path.join(logdir, f"r{r}.{name}.{s}.wrk"))
+                        i1, c1 = irq("RES", a.server_cpu), irq("CAL", a.server_cpu)
+                        u1, s1 = cpu_ticks(cur.p.pid)
+                        n = w["requests"]
+                        row = dict(w, tool=t, round=r, server=name, scenario=s, utime=u1 - u0, stime=s1 - s0,
+                                   cpu_us_req=((u1 - u0) + (s1 - s0)) * 1e6 / TICK / n if n else float("nan"),
+                                   res_cpu=i1 - i0, res_per_req=(i1 - i0) / n if n else float("nan"),
+                                   cal_per_req=(c1 - c0) / n if n else float("nan"))
+                        res[(t, name, s)].append(row)
+                        raw.write("\t".join(str(row[c]) for c in COLS) + "\n")
+                        raw.flush()
+                        print(f"round {r}/{a.rounds} {name:10s} {s:15s} {t:4s} {w['rps']:>11.0f} req/s  "
+                              f"p99 {fus(w['p99_us']):>9s}  cpu {row['cpu_us_req']:.2f} us/req  "
+                              f"RES {row['res_per_req']:.4f}/req  err {w['errors']} non2xx {w['non2xx']}",
+                              file=sys.stderr, flush=True)
             finally:
                 cur.stop()
                 cur = None
                 time.sleep(0.3)
 
-    print_tables(res, [n for n, _ in servers], scens, a.rounds, a.duration, a.server_cpu, a.client_cpu)
+    print_tables(res, [n for n, _ in servers], scens, a.rounds, a.duration, wrk_dur if wrk_bin else None,
+                 a.server_cpu, a.client_cpu)
     if failed:
         print("\nFailed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     print("\nServers:")
@@ -309,65 +392,106 @@ def main():
     print(f"\nRaw data: `{os.path.relpath(logdir, REPO)}/raw.tsv`")
 
 
-def print_tables(res, names, scens, rounds, duration, server_cpu=0, client_cpu=1):
-    """res: {(server, scenario): [row dicts with round, rps, p99_us, cpu_us_req, res_per_req, ...]}"""
-    M = {}
-    for key, rows in res.items():
-        if rows:
-            M[key] = {c: med([x[c] for x in rows]) for c in ("rps", "p99_us", "cpu_us_req", "res_per_req",
-                                                              "cal_per_req")}
-            M[key]["rps_min"] = min(x["rps"] for x in rows)
-            M[key]["rps_max"] = max(x["rps"] for x in rows)
-            M[key]["cpu_min"] = min(x["cpu_us_req"] for x in rows)
-            M[key]["cpu_max"] = max(x["cpu_us_req"] for x in rows)
-            M[key]["errors"] = sum(x["errors"] + x["non2xx"] for x in rows)
-            M[key]["n"] = len(rows)
-    print(f"Medians over {rounds} interleaved rounds x {duration} s; servers pinned to CPU {server_cpu} "
-          f"(1 shard/worker), `wrk -t1` pinned to CPU {client_cpu}. Spread = min–max over rounds. "
-          f"p99 of pipelined runs is unreliable: wrk often prints 0 for it with pipelining (zeros are dropped, n/a when all are).\n")
-    print("| scenario | server | req/s | req/s min–max | p99 | CPU µs/req | CPU µs/req min–max "
-          "| RES IPIs/req (CPU 0) | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+COLS = ["tool", "round", "server", "scenario", "rps", "p99_us", "requests", "utime", "stime", "cpu_us_req",
+        "res_cpu", "res_per_req", "cal_per_req", "errors", "non2xx"]
+
+
+def medians(rows):
+    m = {c: med([x[c] for x in rows]) for c in ("rps", "p99_us", "cpu_us_req", "res_per_req", "cal_per_req")}
+    m["rps_min"] = min(x["rps"] for x in rows)
+    m["rps_max"] = max(x["rps"] for x in rows)
+    m["cpu_min"] = min(x["cpu_us_req"] for x in rows)
+    m["cpu_max"] = max(x["cpu_us_req"] for x in rows)
+    m["errors"] = sum(x["errors"] + x["non2xx"] for x in rows)
+    m["n"] = len(rows)
+    return m
+
+
+def print_tables(res, names, scens, rounds, duration, wrk_duration, server_cpu=0, client_cpu=1, main="percore-load"):
+    """res: {(tool, server, scenario): [row dicts with round, rps, p99_us, cpu_us_req, res_per_req, ...]};
+    tool "load" = percore-load (the main figures), "wrk" = the cross-check."""
+    M = {key: medians(rows) for key, rows in res.items() if rows}
+    has_wrk = any(k[0] == "wrk" for k in M)
+    dash = "–"
+    if main == "percore-load":
+        what = (f"Main figures from `percore-load -t 1 --cpus {client_cpu}` ({duration} s per run; p99 is per "
+                f"request, also pipelined)")
+    else:
+        what = (f"Figures from `wrk -t1` pinned to CPU {client_cpu} ({duration} s per run; old wrk-only run, "
+                f"its pipelined p99 is one sample per batch)")
+    if has_wrk:
+        what += (f"; cross-check `wrk -t1` pinned to CPU {client_cpu} ({wrk_duration} s per run, right before or "
+                 f"after percore-load against the same server process)")
+    print(f"Medians over {rounds} interleaved rounds; servers pinned to CPU {server_cpu} (1 shard/worker). {what}. "
+          "CPU µs/req = server CPU time during that client's run / the requests it completed. "
+          "Spread = min–max over rounds.\n")
+    print(f"| scenario | server | req/s ({main}) | min–max | req/s (wrk) | min–max | p99 ({main}) "
+          f"| CPU µs/req ({main} runs) | min–max | CPU µs/req (wrk runs) | RES IPIs/req (CPU 0) | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in scens:
         for n in names:
-            m = M.get((n, s))
-            if not m:
-                print(f"| {s} | {n} | failed | | | | | | |")
+            m, w = M.get(("load", n, s)), M.get(("wrk", n, s))
+            if not m and not w:
+                print(f"| {s} | {n} | failed | | | | | | | | | |")
                 continue
-            print(f"| {s} | {n} | {fk(m['rps'])} | {fk(m['rps_min'])}–{fk(m['rps_max'])} | {fus(m['p99_us'])} "
-                  f"| {m['cpu_us_req']:.2f} | {m['cpu_min']:.2f}–{m['cpu_max']:.2f} | {m['res_per_req']:.4f} "
-                  f"| {m['errors']} |")
+            c = []
+            c += [fk(m["rps"]), f"{fk(m['rps_min'])}–{fk(m['rps_max'])}"] if m else ["n/a", dash]
+            c += [fk(w["rps"]), f"{fk(w['rps_min'])}–{fk(w['rps_max'])}"] if w else [dash, dash]
+            c += [fus(m["p99_us"]), f"{m['cpu_us_req']:.2f}", f"{m['cpu_min']:.2f}–{m['cpu_max']:.2f}"] if m \
+                else ["n/a", "n/a", dash]
+            c += [f"{w['cpu_us_req']:.2f}"] if w else [dash]
+            c += [f"{m['res_per_req']:.4f}" if m else f"{w['res_per_req']:.4f}"]
+            c += [str((m["errors"] if m else 0) + (w["errors"] if w else 0))]
+            print(f"| {s} | {n} | " + " | ".join(c) + " |")
     others = [n for n in names if n != "percore"]
-    if not others or not any(("percore", s) in M for s in scens):
-        return
-    print("\nRatios percore / peer. `med` = ratio of the medians above; `paired` = median (and min–max) of the "
-          "per-round ratios (both servers measured in the same round, which cancels slow drift in machine "
-          "load). CPU < 1: percore uses less CPU per request; req/s > 1: percore is faster.\n")
-    print("| scenario | " + " | ".join(f"CPU/req vs {o}: med | paired | req/s vs {o}: med | paired"
-                                       for o in others) + " |")
-    print("|---|" + "---:|---:|---:|---:|" * len(others))
 
-    def paired(s, o, col):
-        mine = {x["round"]: x[col] for x in res.get(("percore", s), [])}
-        rs = [mine[x["round"]] / x[col] for x in res.get((o, s), []) if x["round"] in mine and x[col]]
+    def paired(t, s, o, col):
+        mine = {x["round"]: x[col] for x in res.get((t, "percore", s), [])}
+        rs = [mine[x["round"]] / x[col] for x in res.get((t, o, s), []) if x["round"] in mine and x[col]]
+        rs = [x for x in rs if x == x]
         if not rs:
             return "n/a"
         return f"{med(rs):.2f}x ({min(rs):.2f}–{max(rs):.2f})"
-    for s in scens:
-        p = M.get(("percore", s))
-        cells = []
-        for o in others:
-            q = M.get((o, s))
-            if p and q:
-                cells += [f"{p['cpu_us_req'] / q['cpu_us_req']:.2f}x", paired(s, o, "cpu_us_req"),
-                          f"{p['rps'] / q['rps']:.2f}x", paired(s, o, "rps")]
-            else:
-                cells += ["n/a"] * 4
-        print(f"| {s} | " + " | ".join(cells) + " |")
+
+    def ratio(t, s, o, col):
+        p, q = M.get((t, "percore", s)), M.get((t, o, s))
+        return f"{p[col] / q[col]:.2f}x" if p and q and q[col] else "n/a"
+
+    if others and any(("load", "percore", s) in M for s in scens):
+        print(f"\nRatios percore / peer, {main} runs. `med` = ratio of the medians above; `paired` = median "
+              "(and min–max) of the per-round ratios (both servers measured in the same round, which cancels slow "
+              "drift in machine load). CPU < 1: percore uses less CPU per request; req/s > 1: percore is faster."
+              + (" Last column per peer: the CPU/request ratio from the wrk runs (paired median), as a cross-check."
+                 if has_wrk else "") + "\n")
+        hdr = [f"CPU/req vs {o}: med | paired | req/s vs {o}: med | paired" + (f" | CPU/req vs {o} (wrk runs)"
+                                                                             if has_wrk else "") for o in others]
+        print("| scenario | " + " | ".join(hdr) + " |")
+        print("|---|" + ("---:|" * (5 if has_wrk else 4)) * len(others))
+        for s in scens:
+            cells = []
+            for o in others:
+                cells += [ratio("load", s, o, "cpu_us_req"), paired("load", s, o, "cpu_us_req"),
+                          ratio("load", s, o, "rps"), paired("load", s, o, "rps")]
+                if has_wrk:
+                    cells += [paired("wrk", s, o, "cpu_us_req")]
+            print(f"| {s} | " + " | ".join(cells) + " |")
+    if has_wrk:
+        print("\npercore-load / wrk req/s against the same server process (median of the per-round ratios, "
+              "min–max); the clients alternate which runs first.\n")
+        print("| scenario | " + " | ".join(names) + " |")
+        print("|---|" + "---:|" * len(names))
+        for s in scens:
+            cells = []
+            for n in names:
+                w = {x["round"]: x["rps"] for x in res.get(("wrk", n, s), [])}
+                rs = [x["rps"] / w[x["round"]] for x in res.get(("load", n, s), []) if w.get(x["round"])]
+                rs = [x for x in rs if x == x]
+                cells.append(f"{med(rs):.2f}x ({min(rs):.2f}–{max(rs):.2f})" if rs else "n/a")
+            print(f"| {s} | " + " | ".join(cells) + " |")
 
 
 def summarize(raw):
-    """Re-print the tables of an earlier run from its raw.tsv."""
+    """Re-print the tables of an earlier run from its raw.tsv (old wrk-only files: every row is tool wrk)."""
     import csv
     rows = list(csv.DictReader(open(raw), delimiter="\t"))
     names, scens, res = [], [], {}
@@ -376,15 +500,24 @@ def summarize(raw):
             r[k] = float(r[k])
         for k in ("round", "errors", "non2xx", "requests"):
             r[k] = int(r[k])
+        r.setdefault("tool", "wrk")
         if r["server"] not in names:
             names.append(r["server"])
         if r["scenario"] not in scens:
             scens.append(r["scenario"])
-        res.setdefault((r["server"], r["scenario"]), []).append(r)
+        res.setdefault((r["tool"], r["server"], r["scenario"]), []).append(r)
     names.sort(key=lambda n: (n != "percore", n != "nginx"))
+    main = "percore-load"
+    if not any(k[0] == "load" for k in res):  # old wrk-only run: show wrk's figures in the main columns
+        res = {("load",) + k[1:]: v for k, v in res.items()}
+        main = "wrk"
     meta = os.path.join(os.path.dirname(raw), "meta.txt")
-    dur = re.search(r"(?:-d|--duration)[ =](\d+)", open(meta).read()) if os.path.exists(meta) else None
-    print_tables(res, names, scens, max(r["round"] for r in rows), dur.group(1) if dur else "?")
+    text = open(meta).read() if os.path.exists(meta) else ""
+    dur = re.search(r"(?:-d|--duration)[ =](\d+)", text)
+    wdur = re.search(r"\(-d(\d+)\)", text)
+    print_tables(res, names, scens, max(r["round"] for r in rows), dur.group(1) if dur else "?",
+                 wdur.group(1) if wdur else "?", main=main)
+
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--summarize":

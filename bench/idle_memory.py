@@ -5,6 +5,10 @@
 
     bench/idle_memory.py [-n 10000] [-r 3] [-d 5] [--percore BIN] [--percore-args 'FLAGS']
     bench/idle_memory.py --server-cmd 'OTHER_SERVER {port}'   (the same measurement of another server)
+    bench/idle_memory.py -n 15000 -r 2 --perf 4   (also perf-profile the server during each idle-variant run)
+
+percore binary: --percore BIN, else $PERCORE_BIN, else $CARGO_TARGET_DIR/release/percore, else
+<repo>/target/release/percore (build: `cargo build --release --bin percore`). wrk: $WRK_BIN, else wrk on $PATH.
 
 Interleaved rounds of two variants, each with a fresh percore (1 shard, pinned to CPU 0):
   - "no idle":   start, one request, wrk -t1 -c64 /plaintext (CPU 1) for D seconds;
@@ -12,6 +16,9 @@ Interleaved rounds of two variants, each with a fresh percore (1 shard, pinned t
                  send one GET /plaintext and read the answer, then stay open and idle;
                  RSS after; the same wrk run; then check a sample of the idle connections
                  still answer a second request.
+With --perf S, `perf record -e cpu-clock -g -p SERVER -- sleep S` runs during the wrk run of
+each idle variant (starting 1 s in); the top kernel/user symbols by self time, and the share of
+io_poll_find (io_uring cancels walking armed polls), are printed and kept with perf.data.
 RSS is VmRSS from /proc/PID/status; bytes per idle connection = (after - before) / N
 (user-space memory only; the kernel's socket buffers are not in RSS, the TCP memory of
 /proc/net/sockstat, both ends of loopback together, is printed for information).
@@ -39,14 +46,14 @@ REQ = b"GET /plaintext HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 def find_percore():
-    for c in (os.environ.get("PERCORE_BIN"),
-              os.environ.get("CARGO_TARGET_DIR") and os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "percore"),
-              "/tmp/percore-bench-target/release/percore",
+    if os.environ.get("PERCORE_BIN"):
+        return os.environ["PERCORE_BIN"]
+    for c in (os.environ.get("CARGO_TARGET_DIR") and os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "percore"),
               os.path.join(REPO, "target", "release", "percore")):
         if c and os.access(c, os.X_OK):
             return c
-    sys.exit("no percore binary: build with CARGO_TARGET_DIR=/tmp/percore-bench-target cargo build --release, "
-             "or pass --percore")
+    sys.exit("no percore binary in target/release: build with `cargo build --release --bin percore`, "
+             "or set $PERCORE_BIN / pass --percore")
 
 
 def status_kb(pid, key):
@@ -112,10 +119,32 @@ def still_alive(socks, sample=200):
     return ok, tot
 
 
-def wrk(port, dur, client_cpu, outfile):
-    cmd = ["taskset", "-c", str(client_cpu), "wrk", "-t1", "-c64", f"-d{dur}s", "--latency",
+WRK = os.environ.get("WRK_BIN") or "wrk"
+
+
+def perf_top(data, n=12):
+    """(share of io_poll_find in %, top-n flat self-time lines) of a perf.data file."""
+    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none", "--percent-limit", "0.3",
+                          "--stdio"], capture_output=True, text=True).stdout
+    lines = [x for x in out.splitlines() if re.match(r"^ +[0-9.]+%", x)]
+    ipf = sum(float(x.split("%")[0]) for x in lines if "io_poll_find" in x)
+    return ipf, lines[:n]
+
+
+def wrk(port, dur, client_cpu, outfile, perf=None):
+    """perf: (pid, seconds, perf.data path) to profile the server during the run, or None."""
+    cmd = ["taskset", "-c", str(client_cpu), WRK, "-t1", "-c64", f"-d{dur}s", "--latency",
            f"http://127.0.0.1:{port}/plaintext"]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    if perf:
+        w = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        pid, secs, data = perf
+        with open(data + ".log", "w") as lf:
+            subprocess.run(["perf", "record", "-e", "cpu-clock", "-g", "-p", str(pid), "-o", data, "--",
+                            "sleep", str(secs)], stdout=lf, stderr=subprocess.STDOUT)
+        out = w.communicate()[0]
+    else:
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout
     with open(outfile, "w") as f:
         f.write(" ".join(cmd) + "\n" + out)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -166,6 +195,9 @@ def main():
     ap.add_argument("--percore-args", default="")
     ap.add_argument("--server-cmd", default=None,
                     help="measure this server instead of percore (template with {port}; pinned to --server-cpu)")
+    ap.add_argument("--perf", type=int, default=0, metavar="SECONDS",
+                    help="perf record the server for SECONDS during each idle-variant run (must be < -d - 1); "
+                         "perf adds its own overhead to that run, so take the slowdown figures from a run without it")
     ap.add_argument("--port", type=int, default=18070)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
@@ -214,11 +246,14 @@ def main():
                 row["rss_idle_kb"] = status_kb(p.pid, "VmRSS")
                 if socks:
                     row["bytes_per_conn"] = (row["rss_idle_kb"] - row["rss_before_kb"]) * 1024 / len(socks)
-                subprocess.run(["taskset", "-c", str(a.client_cpu), "wrk", "-t1", "-c64", "-d1s",
+                subprocess.run(["taskset", "-c", str(a.client_cpu), WRK, "-t1", "-c64", "-d1s",
                                 f"http://127.0.0.1:{a.port}/plaintext"], capture_output=True)
                 c0 = cpu_ticks(p.pid)
+                perf = None
+                if a.perf and socks:
+                    perf = (p.pid, a.perf, os.path.join(logdir, f"r{r}.perf.data"))
                 rps, n, errs = wrk(a.port, a.duration, a.client_cpu,
-                                   os.path.join(logdir, f"r{r}.{v.replace(' ', '_')}.wrk"))
+                                   os.path.join(logdir, f"r{r}.{v.replace(' ', '_')}.wrk"), perf)
                 c1 = cpu_ticks(p.pid)
                 row.update(rps=rps, requests=n, errors=errs, cpu_us_req=(c1 - c0) * 1e6 / TICK / n if n else float("nan"))
                 if socks:
@@ -270,6 +305,17 @@ def main():
         print(f"\nTarget ≤ 8192 bytes per idle connection: {'met' if b <= 8192 else 'NOT met'} "
               f"({b:.0f} B = {b / 1024:.2f} KiB). Kernel TCP memory for the idle sockets (both ends, not in RSS): "
               f"{med(idle, 'tcp_mem_pages') * PAGE / a.conns:.0f} B/conn.")
+    if a.perf and rows[idle]:
+        print(f"\nperf (`perf record -e cpu-clock -g`, {a.perf} s inside each {idle} run), self time:\n")
+        for r in range(1, a.rounds + 1):
+            data = os.path.join(logdir, f"r{r}.perf.data")
+            if not os.path.exists(data):
+                continue
+            ipf, top = perf_top(data)
+            with open(data + ".top.txt", "w") as f:
+                f.write("\n".join(top) + "\n")
+            print(f"- round {r}: `io_poll_find` **{ipf:.1f}%** of the server's CPU; top: "
+                  + "; ".join(re.sub(r"\s+", " ", x.strip()) for x in top[:4]))
     print(f"\nRaw data: `{os.path.relpath(logdir, REPO)}/raw.tsv`")
 
 

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 pub use request::{Body, BodyError, BodySource, Extensions, Identity, Request, RequestCtx};
-pub use response::{BodyStream, Response, ResponseBody};
+pub use response::{BodyStream, Headers, Response, ResponseBody};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 

@@ -28,9 +28,12 @@ pub const SERVER_MANAGED_HEADERS: [&str; 5] = [
     "server",
 ];
 
+/// Response headers, inline up to 4: most responses carry one or two (no allocation for them).
+pub type Headers = smallvec::SmallVec<[(Cow<'static, str>, Bytes); 4]>;
+
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(Cow<'static, str>, Bytes)>,
+    pub headers: Headers,
     pub body: ResponseBody,
     /// Close the connection after this response.
     pub close: bool,
@@ -40,7 +43,7 @@ impl Response {
     pub fn new(status: u16) -> Response {
         Response {
             status,
-            headers: Vec::new(),
+            headers: Headers::new(),
             body: ResponseBody::Empty,
             close: false,
         }

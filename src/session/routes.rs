@@ -20,6 +20,8 @@ fn error(e: SessionError) -> Response {
     Response::error(e.status(), e.message())
 }
 
+// The early answer is moved once, off the hot path; boxing it would cost more.
+#[allow(clippy::result_large_err)]
 fn session(req: &Request) -> Result<Session, Response> {
     Session::from_request(req).ok_or_else(|| error(SessionError::Unknown))
 }
