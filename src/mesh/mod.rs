@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+use glommio::{GlommioError, ResourceType};
 
 /// Why a cross-shard call produced no reply. All are safe to retry: the request was not served, or
 /// its effect (a read) does not matter.
@@ -115,6 +116,27 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         self.shard
     }
 
+    /// Puts `envelope` on the channel to `to` without waiting; gives it back when the channel is
+    /// full (a closed channel drops it: the peer is shutting down).
+    fn try_post(&self, to: usize, envelope: Envelope<Req, Resp>) -> Option<Envelope<Req, Resp>> {
+        match self.senders.try_send_to(to, envelope) {
+            Ok(()) => None,
+            Err(GlommioError::WouldBlock(ResourceType::Channel(envelope))) => Some(envelope),
+            Err(_) => None,
+        }
+    }
+
+    /// Posts from this turn when there is room, else from a task of its own.
+    fn post(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
+        if let Some(envelope) = self.try_post(to, envelope) {
+            let mesh = self.clone();
+            glommio::spawn_local(async move {
+                let _ = mesh.senders.send_to(to, envelope).await;
+            })
+            .detach();
+        }
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shard_count
     }
@@ -145,11 +167,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             .set(self.counters.calls_sent.get() + 1);
         let _guard = PendingGuard { mesh: self, id };
         let exchange = async {
-            if self
-                .senders
-                .send_to(to, Envelope::Request { id, body: req })
-                .await
-                .is_err()
+            if let Some(envelope) = self.try_post(to, Envelope::Request { id, body: req })
+                && self.senders.send_to(to, envelope).await.is_err()
             {
                 return Err(MeshError::Closed);
             }
@@ -174,15 +193,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         self.counters
             .calls_sent
             .set(self.counters.calls_sent.get() + 1);
-        // Sent from a task of its own: a full channel waits for room off the caller's path.
-        let mesh = self.clone();
-        glommio::spawn_local(async move {
-            let _ = mesh
-                .senders
-                .send_to(to, Envelope::Oneway { body: req })
-                .await;
-        })
-        .detach();
+        self.post(to, Envelope::Oneway { body: req });
     }
 
     /// Calls every shard (this one in place) at once and returns the replies in shard order.
@@ -208,7 +219,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                             mesh.counters
                                 .calls_served
                                 .set(mesh.counters.calls_served.get() + 1);
-                            glommio::spawn_local((mesh.handler)(from, body)).detach();
+                            let mut run = (mesh.handler)(from, body);
+                            let waker = std::task::Waker::noop();
+                            if run
+                                .as_mut()
+                                .poll(&mut Context::from_waker(waker))
+                                .is_pending()
+                            {
+                                glommio::spawn_local(run).detach();
+                            }
                         }
                     }
                 }
@@ -228,43 +247,48 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
     }
 
     fn accept(self: &Rc<Self>, from: usize, id: u64, body: Req) {
-        let mesh = self.clone();
         if self.incoming.get() >= self.limits.inflight_max {
             self.counters
                 .overloaded
                 .set(self.counters.overloaded.get() + 1);
-            glommio::spawn_local(async move {
-                let _ = mesh
-                    .senders
-                    .send_to(
-                        from,
-                        Envelope::Reply {
-                            id,
-                            body: Err(MeshError::Overloaded),
-                        },
-                    )
-                    .await;
-            })
-            .detach();
+            self.post(
+                from,
+                Envelope::Reply {
+                    id,
+                    body: Err(MeshError::Overloaded),
+                },
+            );
             return;
         }
-        self.incoming.set(self.incoming.get() + 1);
         self.counters
             .calls_served
             .set(self.counters.calls_served.get() + 1);
+        // Most handlers answer at once (a session lookup never waits): poll once here and reply
+        // from this turn; only a handler that waits gets a task of its own.
+        let mut reply = (self.handler)(from, body);
+        let waker = std::task::Waker::noop();
+        if let Poll::Ready(reply) = reply.as_mut().poll(&mut Context::from_waker(waker)) {
+            self.post(
+                from,
+                Envelope::Reply {
+                    id,
+                    body: Ok(reply),
+                },
+            );
+            return;
+        }
+        self.incoming.set(self.incoming.get() + 1);
+        let mesh = self.clone();
         glommio::spawn_local(async move {
-            let reply = (mesh.handler)(from, body).await;
+            let reply = reply.await;
             mesh.incoming.set(mesh.incoming.get() - 1);
-            let _ = mesh
-                .senders
-                .send_to(
-                    from,
-                    Envelope::Reply {
-                        id,
-                        body: Ok(reply),
-                    },
-                )
-                .await;
+            mesh.post(
+                from,
+                Envelope::Reply {
+                    id,
+                    body: Ok(reply),
+                },
+            );
         })
         .detach();
     }
