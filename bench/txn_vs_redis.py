@@ -140,16 +140,20 @@ def start_percore(bindir: str, datadir: str) -> subprocess.Popen:
 
 
 def seed_percore(keys) -> None:
-    s = socket.create_connection(("127.0.0.1", PERCORE_PORT))
+    s = socket.create_connection(("127.0.0.1", PERCORE_PORT), timeout=10)
     for i in range(0, len(keys), 64):
         ops = [{"op": "put", "key": k, "value": str(SEED_BALANCE)} for k in keys[i:i + 64]]
-        status, body = http(s, "POST", "/kv/tx", json.dumps({"ops": ops}).encode())
+        for _ in range(200):  # 503 busy until the shard's epoch record is durable after start
+            status, body = http(s, "POST", "/kv/tx", json.dumps({"ops": ops}).encode())
+            if status != 503:
+                break
+            time.sleep(0.01)
         assert status == 200, (status, body)
     s.close()
 
 
 def sum_percore(keys) -> int:
-    s = socket.create_connection(("127.0.0.1", PERCORE_PORT))
+    s = socket.create_connection(("127.0.0.1", PERCORE_PORT), timeout=10)
     total = 0
     for i in range(0, len(keys), 64):
         ops = [{"op": "get", "key": k} for k in keys[i:i + 64]]
@@ -205,9 +209,18 @@ def percore_mode(args, scen, kind, rnd, workdir):
             "client_cpu_us_per_tx": ccpu * 1e6 / max(ok, 1), "server_cpu_util": scpu / wall,
         }
     finally:
-        proc.terminate()
-        proc.wait()
+        stop(proc)
         shutil.rmtree(datadir, ignore_errors=True)
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        print(f"pid {proc.pid} did not exit 15 s after SIGTERM; SIGKILL", file=sys.stderr)
+        proc.kill()
+        proc.wait()
 
 
 def start_redis(workdir):
@@ -262,7 +275,8 @@ def redis_mode(args, kind, rnd, est):
             assert lines, out
             cols = [c.strip('"') for c in lines[-1].split(",")]
             # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-            rps, p50, p99 = float(cols[1]), float(cols[4]) * 1000, float(cols[6]) * 1000
+            # the test name (the script) has commas: read the 7 numbers from the end
+            rps, p50, p99 = float(cols[-7]), float(cols[-4]) * 1000, float(cols[-2]) * 1000
         else:
             res = json.loads(out)
             rps, p50, p99 = res["tx_per_s"], res["p50_us"], res["p99_us"]

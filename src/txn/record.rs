@@ -107,6 +107,18 @@ pub enum TailReason {
 /// Appends `record`, framed, to `out`. Asserts that the record keeps its invariants and that the
 /// bytes written decode back to it: a record we cannot read back must never reach the disk.
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
+    encode_at(record, 0, out)
+}
+
+/// Where a record sits, mixed into its checksum: a log file's tail can hold stale bytes (the
+/// unzeroed padding of a DMA sync, a reused buffer) that are whole, valid records of another
+/// segment or offset; salted, they fail their checksum there and the scan stops.
+pub fn position_salt(segment: u64, offset: u64) -> u64 {
+    segment.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ offset.wrapping_add(1)
+}
+
+/// `encode` for a record that will sit at the position `salt` names (see `position_salt`).
+pub fn encode_at(record: &Record, salt: u64, out: &mut Vec<u8>) {
     if let Err(reason) = validate(record) {
         panic!("refusing to write an invalid record ({reason}): {record:?}");
     }
@@ -121,9 +133,9 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     );
     let len = (payload_bytes as u32).to_le_bytes();
     out[start..start + 4].copy_from_slice(&len);
-    let crc = checksum(&out[start..start + 4], &out[start + 8..]);
+    let crc = checksum(salt, &out[start..start + 4], &out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    match decode(&out[start..]) {
+    match decode_at(&out[start..], salt) {
         Ok(Some((decoded, used))) => {
             assert_eq!(used, out.len() - start, "record length round trip");
             assert_eq!(&decoded, record, "record round trip");
@@ -135,6 +147,11 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
 /// Reads the record at the start of `buf`: Ok(None) when `buf` is empty, Ok((record, bytes used)),
 /// or why the bytes there are not a valid record (offset 0).
 pub fn decode(buf: &[u8]) -> Result<Option<(Record, usize)>, CorruptTail> {
+    decode_at(buf, 0)
+}
+
+/// `decode` of a record expected at the position `salt` names.
+pub fn decode_at(buf: &[u8], salt: u64) -> Result<Option<(Record, usize)>, CorruptTail> {
     let fail = |reason| Err(CorruptTail { offset: 0, reason });
     if buf.is_empty() {
         return Ok(None);
@@ -154,7 +171,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Record, usize)>, CorruptTail> {
         return fail(TailReason::Torn);
     }
     let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if checksum(&buf[0..4], &buf[8..end]) != crc {
+    if checksum(salt, &buf[0..4], &buf[8..end]) != crc {
         return fail(TailReason::Checksum);
     }
     let record = match decode_payload(buf[8], &buf[FRAME_HEADER_BYTES..end]) {
@@ -179,10 +196,19 @@ pub struct Scan {
 
 /// Reads every valid record of a log buffer, in order, up to its end or its first bad record.
 pub fn scan(buf: &[u8]) -> Scan {
+    scan_with(buf, |_| 0)
+}
+
+/// `scan` of a log segment whose records were written with `encode_at(.., position_salt(segment, offset))`.
+pub fn scan_segment(buf: &[u8], segment: u64) -> Scan {
+    scan_with(buf, |offset| position_salt(segment, offset as u64))
+}
+
+fn scan_with(buf: &[u8], salt: impl Fn(usize) -> u64) -> Scan {
     let mut records = Vec::new();
     let mut offset = 0;
     loop {
-        match decode(&buf[offset..]) {
+        match decode_at(&buf[offset..], salt(offset)) {
             Ok(None) => {
                 return Scan {
                     records,
@@ -251,8 +277,9 @@ pub fn read_snapshot(buf: &[u8]) -> Result<Vec<Record>, String> {
     Ok(records)
 }
 
-fn checksum(len: &[u8], type_and_payload: &[u8]) -> u32 {
+fn checksum(salt: u64, len: &[u8], type_and_payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&salt.to_le_bytes());
     hasher.update(len);
     hasher.update(type_and_payload);
     hasher.finalize()
@@ -714,7 +741,7 @@ mod tests {
         zeroes.extend_from_slice(&[0; 4096]);
         let unknown_type = {
             let mut frame = vec![0, 0, 0, 0, 0, 0, 0, 0, 42];
-            let crc = checksum(&frame[0..4], &frame[8..]);
+            let crc = checksum(0, &frame[0..4], &frame[8..]);
             frame[4..8].copy_from_slice(&crc.to_le_bytes());
             frame
         };
@@ -727,7 +754,7 @@ mod tests {
             frame.extend_from_slice(b"k\x00");
             let len = (frame.len() - FRAME_HEADER_BYTES) as u32;
             frame[0..4].copy_from_slice(&len.to_le_bytes());
-            let crc = checksum(&frame[0..4], &frame[8..]);
+            let crc = checksum(0, &frame[0..4], &frame[8..]);
             frame[4..8].copy_from_slice(&crc.to_le_bytes());
             frame
         };
@@ -813,7 +840,7 @@ mod tests {
             frame.extend_from_slice(&[0; 4]);
             frame.push(type_byte);
             frame.extend_from_slice(&payload);
-            let crc = checksum(&frame[0..4], &frame[8..]);
+            let crc = checksum(0, &frame[0..4], &frame[8..]);
             frame[4..8].copy_from_slice(&crc.to_le_bytes());
             if let Ok(Some((record, used))) = decode(&frame) {
                 prop_assert_eq!(used, frame.len());

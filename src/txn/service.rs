@@ -40,7 +40,7 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     let mut scanned: Vec<(u64, PathBuf, Vec<Record>)> = Vec::with_capacity(segments.len());
     for (number, path) in segments {
         let bytes = std::fs::read(&path)?;
-        let scan = record::scan(&bytes);
+        let scan = record::scan_segment(&bytes, number);
         if let Some(tail) = &scan.tail {
             if tail.reason != TailReason::Zeroes {
                 eprintln!(
@@ -294,8 +294,9 @@ impl Txn {
     }
 
     fn append(&self, record: &Record) -> u64 {
+        let (segment, offset) = self.wal.next_position();
         let mut bytes = Vec::new();
-        record::encode(record, &mut bytes);
+        record::encode_at(record, record::position_salt(segment, offset), &mut bytes);
         self.wal.append(bytes)
     }
 
@@ -349,10 +350,12 @@ mod tests {
         }
     }
 
-    fn encode_all(records: &[Record]) -> Vec<u8> {
+    /// The bytes of a segment `segment` holding `records`, salted by position as the log writes them.
+    fn encode_segment(records: &[Record], segment: u64) -> Vec<u8> {
         let mut bytes = Vec::new();
         for r in records {
-            record::encode(r, &mut bytes);
+            let salt = record::position_salt(segment, bytes.len() as u64);
+            record::encode_at(r, salt, &mut bytes);
         }
         bytes
     }
@@ -368,8 +371,8 @@ mod tests {
     #[test]
     fn a_log_cut_anywhere_in_its_last_record_recovers_every_earlier_record() {
         let records: Vec<Record> = (1..=4).map(commit).collect();
-        let whole = encode_all(&records);
-        let last_start = encode_all(&records[..3]).len();
+        let whole = encode_segment(&records, 0);
+        let last_start = encode_segment(&records[..3], 0).len();
         let dir = temp_dir("cut");
         for cut in last_start..whole.len() {
             std::fs::write(wal::segment_path(&dir, 0, 0), &whole[..cut]).unwrap();
@@ -393,7 +396,7 @@ mod tests {
         let dir = temp_dir("checkpoint");
         std::fs::write(
             wal::segment_path(&dir, 2, 0),
-            encode_all(&[commit(1), commit(2)]),
+            encode_segment(&[commit(1), commit(2)], 0),
         )
         .unwrap();
         let checkpoint = vec![
@@ -408,11 +411,15 @@ mod tests {
         ];
         let mut segment1 = checkpoint.clone();
         segment1.push(commit(3));
-        std::fs::write(wal::segment_path(&dir, 2, 1), encode_all(&segment1)).unwrap();
+        std::fs::write(wal::segment_path(&dir, 2, 1), encode_segment(&segment1, 1)).unwrap();
         // Segment 2: a checkpoint torn before its end (a crash mid-checkpoint).
-        let torn = encode_all(&checkpoint[..2]);
+        let torn = encode_segment(&checkpoint[..2], 2);
         std::fs::write(wal::segment_path(&dir, 2, 2), &torn[..torn.len() - 3]).unwrap();
-        std::fs::write(wal::segment_path(&dir, 2, 3), encode_all(&[commit(4)])).unwrap();
+        std::fs::write(
+            wal::segment_path(&dir, 2, 3),
+            encode_segment(&[commit(4)], 3),
+        )
+        .unwrap();
 
         let recovered = recover(&dir, 2).unwrap();
         let mut expected = checkpoint[..2].to_vec();
@@ -421,5 +428,27 @@ mod tests {
         assert_eq!(recovered.records, expected);
         assert_eq!(recovered.segment_next, 4);
         assert_eq!(recovered.superseded, vec![wal::segment_path(&dir, 2, 0)]);
+    }
+
+    /// Found by tests/kv.rs under kill -9: a DMA sync pads a segment's tail with an unzeroed,
+    /// reused buffer, so whole, checksummed records of the previous segment (at the same offsets)
+    /// can follow the last real record. Salted by position, they fail their checksum.
+    #[test]
+    fn stale_records_after_the_tail_are_not_replayed() {
+        let dir = temp_dir("stale");
+        let old: Vec<Record> = (1..=6).map(commit).collect();
+        let old_bytes = encode_segment(&old, 4);
+        let new: Vec<Record> = (7..=8).map(commit).collect();
+        let mut new_bytes = encode_segment(&new, 5);
+        // The rest of the block is what the reused buffer held: the old segment's bytes.
+        new_bytes.extend_from_slice(&old_bytes[new_bytes.len()..]);
+        std::fs::write(wal::segment_path(&dir, 0, 5), &new_bytes).unwrap();
+        assert_eq!(recover(&dir, 0).unwrap().records, new);
+        // The same stale bytes from the same segment at another offset fail too.
+        let mut same = encode_segment(&old[..2], 5);
+        let tail = encode_segment(&old[..2], 5);
+        same.extend_from_slice(&tail);
+        std::fs::write(wal::segment_path(&dir, 0, 5), &same).unwrap();
+        assert_eq!(recover(&dir, 0).unwrap().records, old[..2]);
     }
 }

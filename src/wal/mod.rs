@@ -38,8 +38,10 @@ impl std::str::FromStr for FsyncMode {
     }
 }
 
-/// DMA write buffer size; also the alignment of the padding a sync leaves at a segment's tail.
-const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+/// DMA write buffer size. glommio writes a whole buffer on every sync (padded with whatever the
+/// buffer memory held before: the reason records are salted by position, txn/record.rs), so a
+/// small buffer keeps each group commit's write small; larger records span several buffers.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 pub fn segment_path(dir: &Path, shard: usize, segment: u64) -> PathBuf {
     dir.join(format!("wal-{shard}-{segment:010}.log"))
@@ -92,7 +94,9 @@ pub struct Wal {
     segment_bytes: Cell<u64>,
     /// Records (and segment switches) appended but not yet handed to the writer.
     pending: RefCell<Vec<Pending>>,
-    /// Bytes appended to the current segment (including what is still pending).
+    /// The segment appends go to now (ahead of `segment` while a switch is pending), and bytes
+    /// appended to it so far.
+    append_segment: Cell<u64>,
     segment_appended: Cell<u64>,
     /// Logical positions: bytes appended, and bytes durable, since this Wal opened.
     appended: Cell<u64>,
@@ -121,6 +125,7 @@ impl Wal {
             segment: Cell::new(segment),
             segment_bytes: Cell::new(0),
             pending: RefCell::new(Vec::new()),
+            append_segment: Cell::new(segment),
             segment_appended: Cell::new(0),
             appended: Cell::new(0),
             durable_lsn: Cell::new(0),
@@ -153,6 +158,11 @@ impl Wal {
         self.segment_bytes.get()
     }
 
+    /// The segment and offset the next append will land at (after any pending switch).
+    pub fn next_position(&self) -> (u64, u64) {
+        (self.append_segment.get(), self.segment_appended.get())
+    }
+
     /// Bytes appended to the current segment so far, durable or not.
     pub fn segment_appended(&self) -> u64 {
         self.segment_appended.get()
@@ -167,14 +177,10 @@ impl Wal {
     /// everything appended before it is written and synced. A checkpoint appends its snapshot
     /// right after the switch, in the same step, so the new segment starts with it.
     pub fn switch_segment(&self) -> u64 {
-        let next = self.segment.get()
-            + 1
-            + self
-                .pending
-                .borrow()
-                .iter()
-                .filter(|p| matches!(p, Pending::Switch))
-                .count() as u64;
+        // Counted here, not when the flusher switches: appends made meanwhile already belong
+        // to the new segment (their checksums are salted with it).
+        let next = self.append_segment.get() + 1;
+        self.append_segment.set(next);
         self.pending.borrow_mut().push(Pending::Switch);
         self.segment_appended.set(0);
         if let Some(waker) = self.flusher.borrow_mut().take() {

@@ -1,0 +1,1310 @@
+//! The transactional key-value store over the real binary on 2 shards: the HTTP contract of /kv/{key} and /kv/tx, a concurrent bank, kill -9 recovery, graceful restarts and checkpoints.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::{Conn, Response, Server};
+
+/// The harness starts every server with `--shards 2`.
+const SHARDS: usize = 2;
+const ACCOUNTS: usize = 100;
+const BALANCE_START: i64 = 100;
+const TOTAL: i64 = ACCOUNTS as i64 * BALANCE_START;
+/// A bank transaction reads all accounts at once, past the default bound of 64 ops.
+const BANK_ARGS: [&str; 2] = ["--max-tx-ops", "128"];
+/// Markers read back per transaction (the default op bound).
+const MARKERS_PER_TX: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Placement, randomness, requests.
+
+/// FNV-1a 64, the documented key placement (`owner` in src/txn/op.rs): a key lives on
+/// `fnv1a64(key) % shard_count`.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn shard_of(key: &str) -> usize {
+    (fnv1a64(key.as_bytes()) % SHARDS as u64) as usize
+}
+
+/// `{prefix}{n}` for the smallest n that lands on `shard`.
+fn key_on(shard: usize, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}{n}"))
+        .find(|key| shard_of(key) == shard)
+        .unwrap()
+}
+
+/// xorshift64*: seeded, so a failing run's seed (printed) can be replayed with PERCORE_SEED.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("PERCORE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: PERCORE_SEED={seed}");
+    seed
+}
+
+fn connect(addr: SocketAddr) -> Conn {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    Conn::new(stream)
+}
+
+fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "PUT" || method == "POST" {
+        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    raw.push_str("\r\n");
+    let mut raw = raw.into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+fn request(
+    conn: &mut Conn,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    conn.send(&raw_request(method, path, headers, body));
+    conn.response(false)
+        .unwrap_or_else(|| panic!("{method} {path}: the connection closed"))
+}
+
+fn put(conn: &mut Conn, key: &str, value: &[u8], headers: &[(&str, &str)]) -> Response {
+    request(conn, "PUT", &format!("/kv/{key}"), headers, value)
+}
+
+fn get(conn: &mut Conn, key: &str) -> Response {
+    request(conn, "GET", &format!("/kv/{key}"), &[], b"")
+}
+
+fn delete(conn: &mut Conn, key: &str, headers: &[(&str, &str)]) -> Response {
+    request(conn, "DELETE", &format!("/kv/{key}"), headers, b"")
+}
+
+/// The version in a response's `ETag: "<n>"`.
+fn etag_of(response: &Response) -> u64 {
+    let etag = response
+        .header("etag")
+        .unwrap_or_else(|| panic!("no ETag in {response:?}"));
+    etag.strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("ETag {etag:?} is not \"<decimal>\""))
+}
+
+fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+fn json_of(response: &Response) -> Value {
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| panic!("{}: not JSON: {:?}", response.status, response.text()))
+}
+
+/// A /kv/tx answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+}
+
+fn post_tx_raw(conn: &mut Conn, body: &[u8]) -> Response {
+    request(
+        conn,
+        "POST",
+        "/kv/tx",
+        &[("Content-Type", "application/json")],
+        body,
+    )
+}
+
+fn answer_of(response: Response) -> Answer {
+    Answer {
+        status: response.status,
+        body: json_of(&response),
+        retry_after: response.header("retry-after").map(str::to_string),
+    }
+}
+
+fn tx(conn: &mut Conn, ops: Value) -> Answer {
+    answer_of(post_tx_raw(
+        conn,
+        json!({ "ops": ops }).to_string().as_bytes(),
+    ))
+}
+
+/// One transaction; None when the connection broke before a whole answer (the server died).
+fn try_tx(conn: &mut Conn, ops: &[Value]) -> Option<Answer> {
+    let body = json!({ "ops": ops }).to_string();
+    let raw = raw_request(
+        "POST",
+        "/kv/tx",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    conn.stream.write_all(&raw).ok()?;
+    conn.response(false).map(answer_of)
+}
+
+/// Backoff caps: a writer backs off up to 6.4 ms (plus jitter); a reader of every account retries
+/// quickly, or it would rarely find a moment when no writer holds one of its 100 keys.
+const WRITER_BACKOFF_US_MAX: u64 = 6_400;
+const READER_BACKOFF_US_MAX: u64 = 200;
+
+/// Retries 409 (conflict) and 503 (busy, recovering, unavailable) with a growing jittered
+/// backoff until `deadline`; any other answer is returned. None: the connection broke.
+fn tx_retrying(
+    conn: &mut Conn,
+    ops: &[Value],
+    rng: &mut Rng,
+    deadline: Instant,
+    backoff_us_max: u64,
+) -> Option<Answer> {
+    for attempt in 0u32.. {
+        let answer = try_tx(conn, ops)?;
+        if answer.status != 409 && answer.status != 503 {
+            return Some(answer);
+        }
+        assert_eq!(answer.body["committed"], false, "{answer:?}");
+        assert_eq!(answer.body["retry"], true, "{answer:?}");
+        assert_eq!(answer.retry_after.as_deref(), Some("1"), "{answer:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still {} after {attempt} retries: {answer:?}",
+            answer.status
+        );
+        let backoff_us = (100 << attempt.min(8)).min(backoff_us_max);
+        std::thread::sleep(Duration::from_micros(backoff_us + rng.below(backoff_us)));
+    }
+    unreachable!()
+}
+
+fn results(answer: &Answer) -> &Vec<Value> {
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body["committed"], true, "{answer:?}");
+    answer.body["results"].as_array().expect("results")
+}
+
+/// Waits until the store answers on both shards: a fresh or restarted node answers 503 (busy,
+/// retry) until its epoch record is durable, which may be after it printed `listening on`.
+fn wait_ready(conn: &mut Conn) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for shard in 0..SHARDS {
+        let probe = key_on(shard, "ready-probe-");
+        loop {
+            let response = get(conn, &probe);
+            if response.status != 503 {
+                assert_eq!(response.status, 404, "{}", response.text());
+                break;
+            }
+            assert_eq!(response.header("retry-after"), Some("1"));
+            assert!(Instant::now() < deadline, "still 503: {}", response.text());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn stats_total(server: &Server, counter: &str) -> u64 {
+    server.stats()["total"][counter]
+        .as_u64()
+        .unwrap_or_else(|| panic!("/stats total.{counter}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The HTTP contract.
+
+#[test]
+fn put_get_delete_and_conditional_requests() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for shard in 0..SHARDS {
+        let key = key_on(shard, "plain-");
+        assert_eq!(get(&mut conn, &key).status, 404, "{key}: missing");
+
+        let value = b"\x00\xffbinary\r\n";
+        let created = put(&mut conn, &key, value, &[]);
+        assert_eq!(created.status, 201, "{key}: {}", created.text());
+        let v1 = etag_of(&created);
+        assert!(v1 > 0);
+        let read = get(&mut conn, &key);
+        assert_eq!(read.status, 200);
+        assert_eq!(read.body, value, "GET returns the bytes as stored");
+        assert_eq!(etag_of(&read), v1);
+
+        let updated = put(&mut conn, &key, b"two", &[]);
+        assert_eq!(updated.status, 200);
+        let v2 = etag_of(&updated);
+        assert!(v2 > v1, "{v2} > {v1}");
+
+        // If-Match: the current ETag succeeds, a stale one gets 412 and changes nothing.
+        let stale = put(&mut conn, &key, b"lost", &[("If-Match", &etag(v1))]);
+        assert_eq!(stale.status, 412, "{}", stale.text());
+        assert_eq!(json_of(&stale)["failed_op"], 0);
+        let read = get(&mut conn, &key);
+        assert_eq!((read.body.as_slice(), etag_of(&read)), (&b"two"[..], v2));
+        let matched = put(&mut conn, &key, b"three", &[("If-Match", &etag(v2))]);
+        assert_eq!(matched.status, 200, "{}", matched.text());
+        let v3 = etag_of(&matched);
+        assert!(v3 > v2);
+        let weak = put(
+            &mut conn,
+            &key,
+            b"four",
+            &[("If-Match", &format!("W/{}", etag(v3)))],
+        );
+        assert_eq!(weak.status, 200, "a weak ETag of ours: {}", weak.text());
+        let v4 = etag_of(&weak);
+
+        // If-None-Match: * creates only.
+        let exists = put(&mut conn, &key, b"no", &[("If-None-Match", "*")]);
+        assert_eq!(exists.status, 412);
+        assert_eq!(etag_of(&get(&mut conn, &key)), v4);
+        let fresh = key_on(shard, &format!("fresh-{shard}-"));
+        let created = put(&mut conn, &fresh, b"new", &[("If-None-Match", "*")]);
+        assert_eq!(created.status, 201, "{}", created.text());
+        assert_eq!(get(&mut conn, &fresh).body, b"new");
+
+        // Unusable precondition headers are the client's error.
+        for (name, value) in [
+            ("If-Match", "7"),
+            ("If-Match", "\"x\""),
+            ("If-None-Match", "\"3\""),
+        ] {
+            let bad = put(&mut conn, &key, b"x", &[(name, value)]);
+            assert_eq!(bad.status, 400, "{name}: {value}");
+            assert!(!bad.body.is_empty(), "400 says why");
+        }
+        assert_eq!(etag_of(&get(&mut conn, &key)), v4);
+
+        // DELETE: a stale If-Match is 412 and keeps the key; then 204, then 404.
+        let stale = delete(&mut conn, &key, &[("If-Match", &etag(v1))]);
+        assert_eq!(stale.status, 412);
+        assert_eq!(get(&mut conn, &key).status, 200);
+        assert_eq!(
+            delete(&mut conn, &key, &[("If-Match", &etag(v4))]).status,
+            204
+        );
+        assert_eq!(get(&mut conn, &key).status, 404);
+        assert_eq!(delete(&mut conn, &key, &[]).status, 404);
+        assert_eq!(delete(&mut conn, &fresh, &[]).status, 204);
+        // A key deleted can be created again, at a newer version.
+        let again = put(&mut conn, &key, b"again", &[("If-None-Match", "*")]);
+        assert_eq!(again.status, 201);
+        assert!(etag_of(&again) > v4);
+    }
+}
+
+#[test]
+fn a_transaction_with_every_op_kind_across_both_shards() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let [x0, d0, n0, absent0, a0] =
+        ["x", "d", "n", "absent", "a"].map(|p| key_on(0, &format!("{p}-")));
+    let [p1, n1, c1, missing1, a1] =
+        ["p", "n", "c", "missing", "a"].map(|p| key_on(1, &format!("{p}-")));
+    let vx = etag_of(&put(&mut conn, &x0, b"hello", &[]));
+    put(&mut conn, &d0, b"bye", &[]);
+    put(&mut conn, &n1, b"10", &[]);
+    let vc = etag_of(&put(&mut conn, &c1, b"c", &[]));
+    // The keys are where the hash says: /stats counts them per shard.
+    let stats = server.stats();
+    assert_eq!(stats["shards"][0]["kv_keys"], 2, "{stats}");
+    assert_eq!(stats["shards"][1]["kv_keys"], 2, "{stats}");
+    let cross_before = (
+        stats_total(&server, "tx_cross_shard"),
+        stats_total(&server, "tx_cross_committed"),
+        stats_total(&server, "tx_cross_aborted"),
+    );
+
+    let answer = tx(
+        &mut conn,
+        json!([
+            {"op": "get", "key": x0},
+            {"op": "put", "key": p1, "value": "new"},
+            {"op": "delete", "key": d0},
+            {"op": "delete", "key": missing1},
+            {"op": "add", "key": n1, "delta": 5},
+            {"op": "add", "key": n0, "delta": -3, "floor": -10},
+            {"op": "check", "key": c1, "version": vc},
+            {"op": "check", "key": absent0, "absent": true},
+            {"op": "get", "key": p1},
+            {"op": "get", "key": missing1},
+        ]),
+    );
+    let results = results(&answer).clone();
+    assert_eq!(results.len(), 10, "{answer:?}");
+    assert_eq!(results[0], json!({"value": "hello", "version": vx}));
+    let v1 = results[1]["version"].as_u64().expect("put version");
+    assert_eq!(results[1], json!({"version": v1}));
+    assert!(v1 > vc, "shard 1 versions grow: {v1} > {vc}");
+    assert_eq!(results[2], json!({"deleted": true}));
+    assert_eq!(results[3], json!({"deleted": false}));
+    assert_eq!(
+        results[4],
+        json!({"value": 15, "version": v1}),
+        "one version per shard per transaction"
+    );
+    let v0 = results[5]["version"].as_u64().expect("add version");
+    assert_eq!(
+        results[5],
+        json!({"value": -3, "version": v0}),
+        "absent counts as 0"
+    );
+    assert!(v0 > vx);
+    assert_eq!(results[6], json!({}));
+    assert_eq!(results[7], json!({}));
+    assert_eq!(
+        results[8],
+        json!({"value": "new", "version": v1}),
+        "a get sees the transaction's own put"
+    );
+    assert_eq!(results[9], json!({"value": null}));
+    // And all of it took effect.
+    let read = get(&mut conn, &p1);
+    assert_eq!((read.body.as_slice(), etag_of(&read)), (&b"new"[..], v1));
+    assert_eq!(get(&mut conn, &d0).status, 404);
+    assert_eq!(get(&mut conn, &n1).body, b"15");
+    let read = get(&mut conn, &n0);
+    assert_eq!((read.body.as_slice(), etag_of(&read)), (&b"-3"[..], v0));
+    assert_eq!(etag_of(&get(&mut conn, &x0)), vx, "a read does not bump");
+
+    // A failed check: 412 naming the op, and none of the transaction took effect.
+    let failed = tx(
+        &mut conn,
+        json!([
+            {"op": "put", "key": a0, "value": "zzz"},
+            {"op": "put", "key": a1, "value": "zzz"},
+            {"op": "add", "key": n1, "delta": 1},
+            {"op": "check", "key": c1, "version": vc + 1000},
+        ]),
+    );
+    assert_eq!(failed.status, 412, "{failed:?}");
+    assert_eq!(
+        failed.body,
+        json!({"committed": false, "failed_op": 3, "reason": "version", "version": vc})
+    );
+    let present = tx(
+        &mut conn,
+        json!([
+            {"op": "put", "key": a1, "value": "zzz"},
+            {"op": "check", "key": x0, "absent": true},
+        ]),
+    );
+    assert_eq!(present.status, 412, "{present:?}");
+    assert_eq!(
+        present.body,
+        json!({"committed": false, "failed_op": 1, "reason": "present", "version": vx})
+    );
+    // A floor violation: 412 with the value it would have had.
+    let floor = tx(
+        &mut conn,
+        json!([
+            {"op": "add", "key": n1, "delta": 1},
+            {"op": "put", "key": a0, "value": "zzz"},
+            {"op": "add", "key": n0, "delta": -100, "floor": 0},
+        ]),
+    );
+    assert_eq!(floor.status, 412, "{floor:?}");
+    assert_eq!(
+        floor.body,
+        json!({"committed": false, "failed_op": 2, "reason": "floor", "value": -103})
+    );
+    assert_eq!(get(&mut conn, &a0).status, 404);
+    assert_eq!(get(&mut conn, &a1).status, 404);
+    let read = get(&mut conn, &n1);
+    assert_eq!((read.body.as_slice(), etag_of(&read)), (&b"15"[..], v1));
+    let read = get(&mut conn, &n0);
+    assert_eq!((read.body.as_slice(), etag_of(&read)), (&b"-3"[..], v0));
+    // `add` on a value that is not an integer fails the op too.
+    let not_integer = tx(
+        &mut conn,
+        json!([{"op": "add", "key": p1, "delta": 1}, {"op": "put", "key": a0, "value": "z"}]),
+    );
+    assert_eq!(not_integer.status, 412, "{not_integer:?}");
+    assert_eq!(
+        not_integer.body,
+        json!({"committed": false, "failed_op": 0, "reason": "not_integer"})
+    );
+    assert_eq!(get(&mut conn, &a0).status, 404);
+
+    // /stats counts each multi-shard transaction once, and its outcome.
+    let cross_after = (
+        stats_total(&server, "tx_cross_shard"),
+        stats_total(&server, "tx_cross_committed"),
+        stats_total(&server, "tx_cross_aborted"),
+    );
+    assert_eq!(
+        (
+            cross_after.0 - cross_before.0,
+            cross_after.1 - cross_before.1,
+            cross_after.2 - cross_before.2
+        ),
+        (5, 1, 4),
+        "cross-shard (all, committed, aborted)"
+    );
+}
+
+#[test]
+fn bad_transactions_are_400_and_over_a_bound_413() {
+    let server = Server::start(&["--max-key-bytes", "40", "--max-value-bytes", "64"]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let cases: &[(&str, u16, &str)] = &[
+        ("{\"ops\": [", 400, "malformed JSON"),
+        ("not json", 400, "malformed JSON"),
+        ("[]", 400, "JSON object"),
+        ("{}", 400, "missing \"ops\""),
+        (r#"{"ops": []}"#, 400, "at least one op"),
+        (r#"{"ops": [], "x": 1}"#, 400, "unknown field \"x\""),
+        (
+            r#"{"ops": [{"op": "frob", "key": "a"}]}"#,
+            400,
+            "unknown op \"frob\"",
+        ),
+        (r#"{"ops": [{"op": "get"}]}"#, 400, "missing \"key\""),
+        (
+            r#"{"ops": [{"op": "get", "key": "a"}, {"op": "put", "key": "b"}]}"#,
+            400,
+            "op 1: missing \"value\"",
+        ),
+        (
+            r#"{"ops": [{"op": "add", "key": "a"}]}"#,
+            400,
+            "missing \"delta\"",
+        ),
+        (
+            r#"{"ops": [{"op": "add", "key": "a", "delta": 1.5}]}"#,
+            400,
+            "i64 range",
+        ),
+        (
+            r#"{"ops": [{"op": "check", "key": "a"}]}"#,
+            400,
+            "needs \"version\"",
+        ),
+        (
+            r#"{"ops": [{"op": "get", "key": "a", "typo": 1}]}"#,
+            400,
+            "unknown field \"typo\"",
+        ),
+        (r#"{"ops": [{"op": "get", "key": ""}]}"#, 400, "empty key"),
+    ];
+    for (body, status, fragment) in cases {
+        let response = post_tx_raw(&mut conn, body.as_bytes());
+        assert_eq!(response.status, *status, "{body}: {}", response.text());
+        assert!(
+            response.text().contains(fragment),
+            "{body}: {:?} lacks {fragment:?}",
+            response.text()
+        );
+    }
+
+    // Ops: 64 (the default bound) pass, 65 are 413.
+    let gets = |n: usize| {
+        (0..n)
+            .map(|i| json!({"op": "get", "key": format!("g{i}")}))
+            .collect::<Vec<_>>()
+    };
+    let at_bound = tx(&mut conn, json!(gets(64)));
+    assert_eq!(results(&at_bound).len(), 64);
+    let over = post_tx_raw(&mut conn, json!({"ops": gets(65)}).to_string().as_bytes());
+    assert_eq!(over.status, 413, "{}", over.text());
+    assert!(
+        over.text().contains("65 ops, over the bound of 64"),
+        "{}",
+        over.text()
+    );
+
+    // Keys: 40 bytes (--max-key-bytes) pass, 41 are 413, in a transaction and on /kv/{key}.
+    let key_40 = "k".repeat(40);
+    let key_41 = "k".repeat(41);
+    let at_bound = tx(
+        &mut conn,
+        json!([{"op": "put", "key": key_40, "value": "v"}]),
+    );
+    results(&at_bound);
+    let over = post_tx_raw(
+        &mut conn,
+        json!({"ops": [{"op": "get", "key": "a"}, {"op": "put", "key": key_41, "value": "v"}]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(over.status, 413, "{}", over.text());
+    assert!(
+        over.text().contains("op 1: key of 41 bytes"),
+        "{}",
+        over.text()
+    );
+    assert_eq!(get(&mut conn, &key_40).status, 200);
+    assert_eq!(put(&mut conn, &key_41, b"v", &[]).status, 413);
+    assert_eq!(get(&mut conn, &key_41).status, 413);
+    assert_eq!(delete(&mut conn, &key_41, &[]).status, 413);
+
+    // Values: 64 bytes (--max-value-bytes) pass, 65 are 413.
+    assert_eq!(put(&mut conn, "val", &[b'v'; 64], &[]).status, 201);
+    assert_eq!(put(&mut conn, "val", &[b'w'; 65], &[]).status, 413);
+    let over = post_tx_raw(
+        &mut conn,
+        json!({"ops": [{"op": "put", "key": "val", "value": "w".repeat(65)}]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(over.status, 413, "{}", over.text());
+    assert_eq!(get(&mut conn, "val").body, vec![b'v'; 64]);
+
+    // Nothing of the refused requests was written.
+    for key in ["a", "b", "g0"] {
+        assert_eq!(get(&mut conn, key).status, 404, "{key}");
+    }
+    let total_keys = stats_total(&server, "kv_keys");
+    assert_eq!(total_keys, 2, "only key_40 and val exist");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The bank: 100 accounts, cross-shard transfers with `add` (floor 0 on the debit).
+
+fn account(index: usize) -> String {
+    format!("acct-{index}")
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    from: usize,
+    to: usize,
+    amount: i64,
+}
+
+/// Accounts by shard, so transfers can be made cross-shard on purpose.
+fn accounts_by_shard() -> [Vec<usize>; SHARDS] {
+    let mut by_shard: [Vec<usize>; SHARDS] = Default::default();
+    for index in 0..ACCOUNTS {
+        by_shard[shard_of(&account(index))].push(index);
+    }
+    assert!(
+        by_shard.iter().all(|accounts| accounts.len() >= 20),
+        "accounts spread over both shards: {by_shard:?}"
+    );
+    by_shard
+}
+
+/// A transfer between accounts on different shards, of 1..=60 (so some hit the floor).
+fn random_transfer(rng: &mut Rng, by_shard: &[Vec<usize>; SHARDS]) -> Transfer {
+    let from_shard = rng.below(SHARDS as u64) as usize;
+    let from_accounts = &by_shard[from_shard];
+    let to_accounts = &by_shard[(from_shard + 1) % SHARDS];
+    Transfer {
+        from: from_accounts[rng.below(from_accounts.len() as u64) as usize],
+        to: to_accounts[rng.below(to_accounts.len() as u64) as usize],
+        amount: 1 + rng.below(60) as i64,
+    }
+}
+
+fn transfer_ops(transfer: &Transfer, marker: Option<&str>) -> Vec<Value> {
+    let mut ops = vec![
+        json!({"op": "add", "key": account(transfer.from), "delta": -transfer.amount, "floor": 0}),
+        json!({"op": "add", "key": account(transfer.to), "delta": transfer.amount}),
+    ];
+    if let Some(marker) = marker {
+        ops.push(json!({"op": "put", "key": marker, "value": "1"}));
+    }
+    ops
+}
+
+fn open_accounts(conn: &mut Conn) {
+    let ops: Vec<Value> = (0..ACCOUNTS)
+        .map(|i| json!({"op": "put", "key": account(i), "value": BALANCE_START.to_string()}))
+        .collect();
+    let mut rng = Rng::new(1);
+    let answer = tx_retrying(
+        conn,
+        &ops,
+        &mut rng,
+        Instant::now() + Duration::from_secs(10),
+        WRITER_BACKOFF_US_MAX,
+    )
+    .expect("the server answers");
+    assert_eq!(results(&answer).len(), ACCOUNTS);
+}
+
+/// All balances, read in one transaction (retrying conflicts); None if the connection broke.
+fn read_accounts(conn: &mut Conn, rng: &mut Rng, deadline: Instant) -> Option<Vec<i64>> {
+    let ops: Vec<Value> = (0..ACCOUNTS)
+        .map(|i| json!({"op": "get", "key": account(i)}))
+        .collect();
+    let answer = tx_retrying(conn, &ops, rng, deadline, READER_BACKOFF_US_MAX)?;
+    let results = results(&answer);
+    assert_eq!(results.len(), ACCOUNTS, "{answer:?}");
+    Some(
+        results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r["value"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{}: {r}", account(i)))
+            })
+            .collect(),
+    )
+}
+
+/// What every committed read must show: the total, and no overdraft.
+fn assert_consistent(balances: &[i64], when: &str) {
+    let sum: i64 = balances.iter().sum();
+    assert_eq!(sum, TOTAL, "{when}: the total moved: {balances:?}");
+    assert!(
+        balances.iter().all(|&b| b >= 0),
+        "{when}: a negative balance: {balances:?}"
+    );
+}
+
+fn balances_after<'a>(transfers: impl IntoIterator<Item = &'a Transfer>) -> Vec<i64> {
+    let mut balances = vec![BALANCE_START; ACCOUNTS];
+    for transfer in transfers {
+        balances[transfer.from] -= transfer.amount;
+        balances[transfer.to] += transfer.amount;
+    }
+    balances
+}
+
+/// How the server answered a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// 200: it committed.
+    Committed,
+    /// 412 on the debit's floor: nothing took effect.
+    Refused,
+    /// No answer (the server died): it may or may not have committed.
+    NoAnswer,
+}
+
+fn send_transfer(
+    conn: &mut Conn,
+    transfer: &Transfer,
+    marker: Option<&str>,
+    rng: &mut Rng,
+    deadline: Instant,
+) -> Sent {
+    let Some(answer) = tx_retrying(
+        conn,
+        &transfer_ops(transfer, marker),
+        rng,
+        deadline,
+        WRITER_BACKOFF_US_MAX,
+    ) else {
+        return Sent::NoAnswer;
+    };
+    match answer.status {
+        200 => {
+            let results = results(&answer);
+            assert_eq!(
+                results.len(),
+                2 + usize::from(marker.is_some()),
+                "{answer:?}"
+            );
+            let debited = results[0]["value"].as_i64().expect("add value");
+            assert!(debited >= 0, "the floor held: {answer:?}");
+            assert!(results[1]["value"].as_i64().expect("add value") >= transfer.amount);
+            Sent::Committed
+        }
+        412 => {
+            assert_eq!(answer.body["failed_op"], 0, "{transfer:?}: {answer:?}");
+            assert_eq!(answer.body["reason"], "floor", "{answer:?}");
+            assert!(answer.body["value"].as_i64().expect("floor value") < 0);
+            Sent::Refused
+        }
+        // 504 only answers a forwarded single-shard transaction whose owner did not answer within
+        // 10 s; every transfer here spans two shards of a live process, so it is a failure.
+        _ => panic!("{transfer:?}: unexpected answer {answer:?}"),
+    }
+}
+
+#[test]
+fn bank_transfers_keep_the_total_and_every_read_is_consistent() {
+    const WRITERS: usize = 6;
+    const READERS: usize = 2;
+    /// At least this many transfers, and more (up to the max) until the readers have committed
+    /// enough reads while transfers were running: the reads must overlap the load.
+    const TRANSFERS_MIN: usize = 300;
+    const TRANSFERS_MAX: usize = 3_000;
+    const READS_DURING_LOAD_WANTED: usize = 20;
+    const THINK_US_MAX: u64 = 10_000;
+    let seed = seed("bank");
+    let server = Server::start(&BANK_ARGS);
+    open_accounts(&mut Conn::new(server.connect()));
+    let by_shard = accounts_by_shard();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let transfers_started = AtomicUsize::new(0);
+    let writers_done = AtomicUsize::new(0);
+    let committed: Mutex<Vec<Transfer>> = Mutex::new(Vec::new());
+    let refused = AtomicUsize::new(0);
+    let reads_during_load = AtomicUsize::new(0);
+    let addr = server.addr;
+    std::thread::scope(|scope| {
+        for writer in 0..WRITERS {
+            let (by_shard, transfers_started, writers_done, committed, refused) = (
+                &by_shard,
+                &transfers_started,
+                &writers_done,
+                &committed,
+                &refused,
+            );
+            let reads_during_load = &reads_during_load;
+            scope.spawn(move || {
+                let mut rng = Rng::new(seed ^ ((writer as u64 + 1) << 32));
+                let mut conn = connect(addr);
+                let another = |n: usize| {
+                    let reads = reads_during_load.load(Ordering::SeqCst);
+                    (n < TRANSFERS_MIN || (reads < READS_DURING_LOAD_WANTED && n < TRANSFERS_MAX))
+                        .then_some(n + 1)
+                };
+                while transfers_started
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, another)
+                    .is_ok()
+                {
+                    let transfer = random_transfer(&mut rng, by_shard);
+                    match send_transfer(&mut conn, &transfer, None, &mut rng, deadline) {
+                        Sent::Committed => committed.lock().unwrap().push(transfer),
+                        Sent::Refused => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Sent::NoAnswer => panic!("{transfer:?}: the connection broke"),
+                    }
+                    // A pause between transfers leaves the readers, which lock every account
+                    // at once, a chance to commit during the load.
+                    std::thread::sleep(Duration::from_micros(rng.below(THINK_US_MAX)));
+                }
+                writers_done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        for reader in 0..READERS {
+            let (writers_done, reads_during_load) = (&writers_done, &reads_during_load);
+            scope.spawn(move || {
+                let mut rng = Rng::new(seed ^ ((reader as u64 + 100) << 32));
+                let mut conn = connect(addr);
+                let mut reads_after_load = 0;
+                while reads_after_load < 3 {
+                    let balances =
+                        read_accounts(&mut conn, &mut rng, deadline).expect("the connection holds");
+                    assert_consistent(&balances, &format!("reader {reader}"));
+                    if writers_done.load(Ordering::SeqCst) < WRITERS {
+                        reads_during_load.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        reads_after_load += 1;
+                    }
+                }
+            });
+        }
+    });
+    let committed = committed.into_inner().unwrap();
+    let refused = refused.into_inner();
+    assert_eq!(committed.len() + refused, transfers_started.into_inner());
+    let mut rng = Rng::new(seed);
+    let balances = read_accounts(&mut Conn::new(server.connect()), &mut rng, deadline).unwrap();
+    assert_consistent(&balances, "final");
+    assert_eq!(
+        balances,
+        balances_after(&committed),
+        "the final state is the initial one plus exactly the acknowledged transfers"
+    );
+    let stats = server.stats();
+    eprintln!(
+        "bank: {} committed, {refused} refused by the floor, {} consistent reads during the load; \
+         cross-shard {} (committed {}, aborted {}), conflicts {}",
+        committed.len(),
+        reads_during_load.into_inner(),
+        stats["total"]["tx_cross_shard"],
+        stats["total"]["tx_cross_committed"],
+        stats["total"]["tx_cross_aborted"],
+        stats["total"]["tx_aborts_conflict"],
+    );
+    assert!(
+        stats["total"]["tx_cross_committed"].as_u64().unwrap() > committed.len() as u64,
+        "every committed transfer (and the reads) went through two-phase commit: {stats}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. kill -9 under the bank load.
+
+/// What is known about a transfer sent to a server that was then killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Answered 200: must be there after every restart.
+    Committed,
+    /// Answered 412: must never be there.
+    Refused,
+    /// Sent, no answer: the first restart decides; every later one must agree.
+    InFlight,
+    Applied,
+    Lost,
+}
+
+struct Marked {
+    marker: String,
+    transfer: Transfer,
+    fate: Fate,
+}
+
+/// Whether each marker exists, read with transactions of gets.
+fn markers_exist(conn: &mut Conn, markers: &[&str], rng: &mut Rng, deadline: Instant) -> Vec<bool> {
+    let mut exist = Vec::with_capacity(markers.len());
+    for chunk in markers.chunks(MARKERS_PER_TX) {
+        let ops: Vec<Value> = chunk
+            .iter()
+            .map(|marker| json!({"op": "get", "key": marker}))
+            .collect();
+        let answer = tx_retrying(conn, &ops, rng, deadline, WRITER_BACKOFF_US_MAX)
+            .expect("the server answers");
+        for (marker, result) in chunk.iter().zip(results(&answer)) {
+            match &result["value"] {
+                Value::Null => exist.push(false),
+                Value::String(value) if value == "1" => exist.push(true),
+                other => panic!("{marker}: {other}"),
+            }
+        }
+    }
+    exist
+}
+
+/// After a restart: every marker agrees with what its client heard, in-flight transfers settle
+/// once and for all, and the balances are the initial ones plus exactly the transfers whose
+/// marker exists.
+fn verify_after_restart(
+    test: &str,
+    conn: &mut Conn,
+    transfers: &mut [Marked],
+    restart: usize,
+    rng: &mut Rng,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let markers: Vec<&str> = transfers.iter().map(|t| t.marker.as_str()).collect();
+    let exist = markers_exist(conn, &markers, rng, deadline);
+    let mut settled = 0;
+    for (marked, exists) in transfers.iter_mut().zip(exist) {
+        marked.fate = match (marked.fate, exists) {
+            (Fate::InFlight, true) => {
+                settled += 1;
+                Fate::Applied
+            }
+            (Fate::InFlight, false) => {
+                settled += 1;
+                Fate::Lost
+            }
+            (fate @ (Fate::Committed | Fate::Applied), true) => fate,
+            (fate @ (Fate::Refused | Fate::Lost), false) => fate,
+            (fate, exists) => panic!(
+                "restart {restart}: {} ({:?}, {fate:?}) exists: {exists}",
+                marked.marker, marked.transfer
+            ),
+        };
+    }
+    let balances = read_accounts(conn, rng, deadline).expect("the server answers");
+    assert_consistent(&balances, &format!("restart {restart}"));
+    let applied = transfers
+        .iter()
+        .filter(|t| matches!(t.fate, Fate::Committed | Fate::Applied))
+        .map(|t| &t.transfer);
+    assert_eq!(
+        balances,
+        balances_after(applied),
+        "restart {restart}: balances are the initial ones plus exactly the transfers whose marker exists"
+    );
+    let count = |fate| transfers.iter().filter(|t| t.fate == fate).count();
+    eprintln!(
+        "{test}: restart {restart}: {} committed, {} refused, {settled} in flight settled; in flight so far: {} applied, {} lost",
+        count(Fate::Committed),
+        count(Fate::Refused),
+        count(Fate::Applied),
+        count(Fate::Lost),
+    );
+}
+
+/// Bank load on `addr` until `stop`; every transfer sent, with what its client heard.
+fn crash_round_load(
+    addr: SocketAddr,
+    round: usize,
+    seed: u64,
+    stop: &AtomicBool,
+    acknowledged: &AtomicUsize,
+) -> Vec<Marked> {
+    const WRITERS: usize = 6;
+    let by_shard = accounts_by_shard();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sent: Mutex<Vec<Marked>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for writer in 0..WRITERS {
+            let (by_shard, sent) = (&by_shard, &sent);
+            scope.spawn(move || {
+                let mut rng = Rng::new(seed ^ (((round * 64 + writer + 1) as u64) << 32));
+                let mut conn = connect(addr);
+                for sequence in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let transfer = random_transfer(&mut rng, by_shard);
+                    let marker = format!("mark-{round}-{writer}-{sequence}-{:x}", rng.next());
+                    let fate = match send_transfer(
+                        &mut conn,
+                        &transfer,
+                        Some(&marker),
+                        &mut rng,
+                        deadline,
+                    ) {
+                        Sent::Committed => Fate::Committed,
+                        Sent::Refused => Fate::Refused,
+                        Sent::NoAnswer => Fate::InFlight,
+                    };
+                    if fate == Fate::Committed {
+                        acknowledged.fetch_add(1, Ordering::SeqCst);
+                    }
+                    sent.lock().unwrap().push(Marked {
+                        marker,
+                        transfer,
+                        fate,
+                    });
+                    if fate == Fate::InFlight {
+                        return;
+                    }
+                }
+            });
+        }
+        // A reader too: committed reads stay consistent until the kill.
+        scope.spawn(move || {
+            let mut rng = Rng::new(seed ^ (((round * 64 + 63) as u64) << 32));
+            let mut conn = connect(addr);
+            while !stop.load(Ordering::SeqCst) {
+                match read_accounts(&mut conn, &mut rng, deadline) {
+                    Some(balances) => {
+                        assert_consistent(&balances, &format!("round {round} reader"))
+                    }
+                    None => return,
+                }
+            }
+        });
+    });
+    sent.into_inner().unwrap()
+}
+
+/// Kills the server with SIGKILL `KILLS` times under the bank load with markers (each after a
+/// random number of acknowledged transfers plus a random delay), restarting it on the same data
+/// dir and checking everything after each restart.
+fn kill_9_under_load(test: &str, extra_args: &[&str]) {
+    const KILLS: usize = 10;
+    /// Transfers acknowledged in a round before its kill: 1 to this many.
+    const ACKED_BEFORE_KILL_MAX: u64 = 40;
+    let seed = seed(test);
+    let dir = common::temp_dir("kv-crash");
+    let mut args = vec![
+        BANK_ARGS[0],
+        BANK_ARGS[1],
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra_args);
+    let mut rng = Rng::new(seed);
+    let mut transfers: Vec<Marked> = Vec::new();
+    let mut acknowledged_total = 0;
+    for round in 0..=KILLS {
+        let mut server = Server::start(&args);
+        let mut conn = Conn::new(server.connect());
+        if round == 0 {
+            open_accounts(&mut conn);
+        } else {
+            verify_after_restart(test, &mut conn, &mut transfers, round, &mut rng);
+        }
+        if round == KILLS {
+            break;
+        }
+        let stop = AtomicBool::new(false);
+        let acknowledged = AtomicUsize::new(0);
+        let acknowledged_before_kill = 1 + rng.below(ACKED_BEFORE_KILL_MAX) as usize;
+        let addr = server.addr;
+        let kill_after_us = rng.below(20_000);
+        let sent = std::thread::scope(|scope| {
+            let load = scope.spawn(|| crash_round_load(addr, round, seed, &stop, &acknowledged));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while acknowledged.load(Ordering::SeqCst) < acknowledged_before_kill {
+                assert!(
+                    Instant::now() < deadline && !load.is_finished(),
+                    "round {round}: only {} transfers acknowledged",
+                    acknowledged.load(Ordering::SeqCst)
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_micros(kill_after_us));
+            server.child.kill().expect("kill -9");
+            server.child.wait().unwrap();
+            stop.store(true, Ordering::SeqCst);
+            load.join().unwrap()
+        });
+        acknowledged_total += acknowledged_before_kill;
+        transfers.extend(sent);
+    }
+    let committed = transfers
+        .iter()
+        .filter(|t| t.fate == Fate::Committed)
+        .count();
+    assert!(committed >= acknowledged_total, "{committed}");
+}
+
+#[test]
+fn kill_9_during_the_bank_load_keeps_every_acknowledged_transfer_and_none_in_part() {
+    kill_9_under_load("crash", &[]);
+}
+
+/// The same with a checkpoint every 8 KiB of log, so kills also land during checkpoints and
+/// recovery starts from snapshots.
+#[test]
+fn kill_9_during_checkpoints_keeps_every_acknowledged_transfer_and_none_in_part() {
+    kill_9_under_load("crash-checkpoint", &["--checkpoint-bytes", "8192"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4 and 5. Restarts and checkpoints.
+
+/// Keys on both shards with their values.
+fn written_keys(prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    let keys: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|i| {
+            let key = format!("{prefix}{i}");
+            let value = format!("{key}:{}", "v".repeat(90)).into_bytes();
+            (key, value)
+        })
+        .collect();
+    for shard in 0..SHARDS {
+        assert!(
+            keys.iter().any(|(k, _)| shard_of(k) == shard),
+            "shard {shard}"
+        );
+    }
+    keys
+}
+
+#[test]
+fn a_graceful_restart_keeps_every_key_its_etag_and_the_version_order() {
+    let dir = common::temp_dir("kv-restart");
+    let dir = dir.to_str().unwrap();
+    let mut server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let keys = written_keys("durable-", 20);
+    let mut etags = Vec::new();
+    for (key, value) in &keys {
+        put(&mut conn, key, b"first", &[]);
+        let response = put(&mut conn, key, value, &[]);
+        assert_eq!(response.status, 200);
+        etags.push(etag_of(&response));
+    }
+    let gone = key_on(1, "gone-");
+    put(&mut conn, &gone, b"x", &[]);
+    assert_eq!(delete(&mut conn, &gone, &[]).status, 204);
+    let counter = key_on(0, "counter-");
+    let added = tx(
+        &mut conn,
+        json!([{"op": "add", "key": counter, "delta": 41}]),
+    );
+    let counter_version = results(&added)[0]["version"].as_u64().unwrap();
+    let keys_before = stats_total(&server, "kv_keys");
+    drop(conn);
+
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for ((key, value), version) in keys.iter().zip(&etags) {
+        let read = get(&mut conn, key);
+        assert_eq!(read.status, 200, "{key}");
+        assert_eq!(read.body, *value, "{key}");
+        assert_eq!(etag_of(&read), *version, "{key}: the same ETag");
+    }
+    assert_eq!(get(&mut conn, &gone).status, 404, "a delete is durable too");
+    let read = get(&mut conn, &counter);
+    assert_eq!(
+        (read.body.as_slice(), etag_of(&read)),
+        (&b"41"[..], counter_version)
+    );
+    assert_eq!(stats_total(&server, "kv_keys"), keys_before);
+    // Versions keep growing on each shard: a new write is newer than anything before the restart.
+    for shard in 0..SHARDS {
+        let newest_before = keys
+            .iter()
+            .zip(&etags)
+            .filter(|((k, _), _)| shard_of(k) == shard)
+            .map(|(_, v)| *v)
+            .chain((shard_of(&counter) == shard).then_some(counter_version))
+            .max()
+            .unwrap();
+        let (key, _) = keys.iter().find(|(k, _)| shard_of(k) == shard).unwrap();
+        let response = put(&mut conn, key, b"after", &[]);
+        assert_eq!(response.status, 200);
+        assert!(
+            etag_of(&response) > newest_before,
+            "shard {shard}: {} > {newest_before}",
+            etag_of(&response)
+        );
+        let fresh = key_on(shard, "after-restart-");
+        let created = put(&mut conn, &fresh, b"new", &[]);
+        assert_eq!(created.status, 201);
+        assert!(etag_of(&created) > etag_of(&response));
+    }
+}
+
+/// `wal-<shard>-*.log` files per shard.
+fn wal_segments(dir: &Path) -> [usize; SHARDS] {
+    let mut counts = [0; SHARDS];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let Some(rest) = name.strip_prefix("wal-") else {
+            continue;
+        };
+        if !name.ends_with(".log") {
+            continue;
+        }
+        let shard: usize = rest.split('-').next().unwrap().parse().unwrap();
+        counts[shard] += 1;
+    }
+    counts
+}
+
+fn checkpoints_per_shard(server: &Server) -> [u64; SHARDS] {
+    let stats = server.stats();
+    std::array::from_fn(|shard| stats["shards"][shard]["checkpoints"].as_u64().unwrap())
+}
+
+#[test]
+fn checkpoints_bound_the_log_and_a_restart_reads_everything_back() {
+    let dir_path = common::temp_dir("kv-checkpoint");
+    let dir = dir_path.to_str().unwrap();
+    let args = ["--checkpoint-bytes", "4096", "--data-dir", dir];
+    let mut server = Server::start(&args);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let keys = written_keys("ck-", 300);
+    let mut etags = Vec::new();
+    for (key, value) in &keys {
+        let response = put(&mut conn, key, value, &[]);
+        assert_eq!(response.status, 201, "{key}");
+        etags.push(etag_of(&response));
+    }
+    // Every shard wrote far more than 4 KiB of log, so each checkpointed; once the checkpoint is
+    // durable, the segments before it are removed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let checkpoints = checkpoints_per_shard(&server);
+        let segments = wal_segments(&dir_path);
+        if checkpoints.iter().all(|&c| c > 0) && segments.iter().all(|&s| s <= 2) {
+            eprintln!("checkpoint: {checkpoints:?} checkpoints, {segments:?} segments");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints {checkpoints:?}, log segments per shard {segments:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(conn);
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(20)).map(|s| s.code()),
+        Some(Some(0))
+    );
+
+    let server = Server::start(&args);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for ((key, value), version) in keys.iter().zip(&etags) {
+        let read = get(&mut conn, key);
+        assert_eq!(read.status, 200, "{key}");
+        assert_eq!(read.body, *value, "{key}");
+        assert_eq!(etag_of(&read), *version, "{key}");
+    }
+    assert_eq!(stats_total(&server, "kv_keys"), keys.len() as u64);
+}
+
+/// `--checkpoint-bytes` counts log written since the last checkpoint, so checkpoints follow
+/// writes: N bytes of log make at most N / checkpoint-bytes (+1) checkpoints, and an idle shard
+/// makes none, however large its snapshot.
+#[test]
+fn checkpoints_follow_the_log_not_the_clock() {
+    const CHECKPOINT_BYTES: usize = 4096;
+    /// Far more than one 100-byte PUT's log record (key, value, version, framing).
+    const PUT_RECORD_BYTES_MAX: usize = 512;
+    let server = Server::start(&["--checkpoint-bytes", &CHECKPOINT_BYTES.to_string()]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let keys = written_keys("ck-", 300);
+    for (key, value) in &keys {
+        assert_eq!(put(&mut conn, key, value, &[]).status, 201, "{key}");
+    }
+    let after_writes = checkpoints_per_shard(&server);
+    // Idle: at most the checkpoint in progress finishes (and one more for writes made during it).
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = checkpoints_per_shard(&server);
+    for shard in 0..SHARDS {
+        let puts = keys.iter().filter(|(k, _)| shard_of(k) == shard).count();
+        let bound = (puts * PUT_RECORD_BYTES_MAX / CHECKPOINT_BYTES + 2) as u64;
+        assert!(
+            after_writes[shard] <= bound && idle[shard] - after_writes[shard] <= 2,
+            "shard {shard}: {} checkpoints for {puts} PUTs (at most {bound}), then {} more in 1 s \
+             without a write: the snapshot itself counts towards --checkpoint-bytes, so once it \
+             is larger, every step (and every 50 ms tick) checkpoints again",
+            after_writes[shard],
+            idle[shard] - after_writes[shard]
+        );
+    }
+}
