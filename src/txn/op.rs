@@ -382,7 +382,7 @@ impl TxError {
         match self {
             TxError::Failed { .. } => "an op's condition failed; nothing was written",
             TxError::Conflict => "conflict with a concurrent transaction; retry",
-            TxError::Busy => "too many transactions in flight on this shard; retry",
+            TxError::Busy => "shard busy (starting up, or too many transactions in flight); retry",
             TxError::Full => "the partition is full",
             TxError::Unavailable => "a shard did not answer in time; nothing was written; retry",
             TxError::Unknown => "the owner shard did not answer in time; the outcome is unknown",

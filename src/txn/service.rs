@@ -208,6 +208,17 @@ impl Txn {
             txn.checkpoint();
         }
         glommio::spawn_local(Self::ticker(Rc::downgrade(&txn))).detach();
+        // The server says "listening" only once transactions can run: this run's epoch record
+        // must be durable first (until then the node answers Busy).
+        while !txn.node.borrow().is_ready() {
+            if txn.wal.durable(txn.wal.appended()).await.is_err() {
+                return Err(std::io::Error::other(
+                    "the write-ahead log failed during start-up",
+                ));
+            }
+            glommio::yield_if_needed().await;
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
         Ok(txn)
     }
 

@@ -260,6 +260,11 @@ impl Node {
         self.shard
     }
 
+    /// True once this run's epoch is durable: until then every transaction answers Busy.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
     /// True when the node holds nothing open: no transaction it coordinates, no commit decision
     /// awaiting acks, no prepared part.
     pub fn is_quiet(&self) -> bool {
