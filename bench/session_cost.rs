@@ -1,6 +1,6 @@
 //! Server CPU per `GET /session` when the owner shard serves it vs when another shard does (one mesh round trip), 2 shards, interleaved rounds.
 //!
-//! `cargo bench --bench session_cost -- [ROUNDS] [SECONDS]` (defaults 5 and 3). It starts the
+//! `cargo bench --bench session_cost -- [ROUNDS] [SECONDS]` (defaults 5 and 3); `PERCORE_ARGS` adds server flags. It starts the
 //! release `percore` itself (`--shards 2 --expose-shard`), opens connections until it has some on
 //! each shard, creates one session owned by each shard, then alternates two modes: "local" (every
 //! connection sends the cookie of the session its own shard owns) and "remote" (the other shard's).
@@ -112,6 +112,12 @@ fn main() {
             "--expose-shard",
             "--no-session-persist",
         ])
+        // Extra server flags to compare settings, e.g. PERCORE_ARGS="--spin-us 50".
+        .args(
+            std::env::var("PERCORE_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("start {binary} (cargo build --release first): {e}"));

@@ -96,6 +96,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("percore-{index}"))
             .io_memory(IO_MEMORY_BYTES)
+            .spin_before_park(config.spin)
             .spawn(move || shard_main(init))
             .map_err(|e| StartError(format!("cannot start shard {index} on CPU {cpu}: {e}")))?;
         handles.push(handle);
