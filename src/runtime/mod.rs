@@ -162,6 +162,9 @@ fn spawn_signal_forwarder(
 }
 
 async fn shard_main(init: ShardInit) {
+    // First: the signal forwarder connects to every shard before it handles any signal, so a
+    // shard that is slow to start (a long log replay) must not hold up SIGTERM for the others.
+    let control = init.control.connect().await;
     let limits = MeshLimits {
         inflight_max: init.config.mesh_inflight_max,
         deadline: init.config.mesh_deadline,
@@ -244,7 +247,6 @@ async fn shard_main(init: ShardInit) {
     .expect("the background queue exists");
 
     glommio::spawn_local(clock(shard.clone())).detach();
-    let control = init.control.connect().await;
     for fd in init.listeners {
         let raw = fd.into_raw_fd();
         // SAFETY: `raw` is a bound, listening TCP socket whose ownership we just released.
