@@ -424,3 +424,19 @@ fn a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
         "only the probe is left"
     );
 }
+
+#[test]
+fn http10_streamed_response_is_close_delimited() {
+    let server = Server::start(&[]);
+    let raw = server.exchange(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "no chunked coding for 1.0: {text}"
+    );
+    assert!(
+        text.ends_with("\r\n\r\nhello"),
+        "the body runs to the close: {text}"
+    );
+}
