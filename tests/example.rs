@@ -7,18 +7,18 @@ use std::process::{Command, Stdio};
 
 use common::Conn;
 
-fn example_binary() -> PathBuf {
-    // target/debug/percore -> target/debug/examples/hello
+fn example_binary(name: &str) -> PathBuf {
+    // target/debug/percore -> target/debug/examples/NAME
     let bin = PathBuf::from(common::BIN);
-    let path = bin.parent().unwrap().join("examples").join("hello");
+    let path = bin.parent().unwrap().join("examples").join(name);
     if !path.exists() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", "hello"])
+            .args(["build", "--example", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::null())
             .status()
             .unwrap();
-        assert!(status.success(), "cargo build --example hello");
+        assert!(status.success(), "cargo build --example {name}");
     }
     path
 }
@@ -26,7 +26,7 @@ fn example_binary() -> PathBuf {
 #[test]
 fn hello_example_serves_params_middleware_and_builtins() {
     let server = common::Server::start_with(
-        example_binary().to_str().unwrap(),
+        example_binary("hello").to_str().unwrap(),
         &["--bind", "127.0.0.1:0", "--shards", "2"],
     );
     let mut conn = Conn::new(server.connect());
@@ -45,4 +45,122 @@ fn hello_example_serves_params_middleware_and_builtins() {
         r.text()
     );
     assert_eq!(conn.get("/plaintext").body, b"Hello, World!");
+}
+
+/// A keep-alive connection on each shard (`--expose-shard`), so the cart moves between shards.
+fn one_per_shard(server: &common::Server) -> [Conn; 2] {
+    let mut found: [Option<Conn>; 2] = [None, None];
+    for _ in 0..200 {
+        let mut conn = Conn::new(server.connect());
+        let shard: usize = conn
+            .get("/health")
+            .header("x-shard")
+            .unwrap()
+            .parse()
+            .unwrap();
+        if found[shard].is_none() {
+            found[shard] = Some(conn);
+        }
+        if found.iter().all(Option::is_some) {
+            return found.map(Option::unwrap);
+        }
+    }
+    panic!("200 connections all landed on one shard");
+}
+
+/// POST, retried on 409: a cross-shard transaction's participants unlock just after its answer.
+fn post(conn: &mut Conn, path: &str, cookie: Option<&str>) -> common::Response {
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        conn.send(
+            format!("POST {path} HTTP/1.1\r\nHost: t\r\n{cookie}Content-Length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        let response = conn.response(false).unwrap();
+        if response.status != 409 || std::time::Instant::now() > deadline {
+            return response;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// GET, retried on 409 (as `post`).
+fn get(conn: &mut Conn, path: &str) -> common::Response {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let response = conn.get(path);
+        if response.status != 409 || std::time::Instant::now() > deadline {
+            return response;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn put(conn: &mut Conn, path: &str, body: &str) -> u16 {
+    conn.send(
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    conn.response(false).unwrap().status
+}
+
+#[test]
+fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() {
+    let binary = example_binary("shop");
+    let server = common::Server::start_with(
+        binary.to_str().unwrap(),
+        &["--bind", "127.0.0.1:0", "--shards", "2", "--expose-shard"],
+    );
+    let [mut a, mut b] = one_per_shard(&server);
+    // Stock on whichever shards own the keys.
+    assert_eq!(put(&mut a, "/kv/stock-apple", "2"), 201);
+    assert_eq!(put(&mut a, "/kv/stock-pear", "1"), 201);
+
+    let first = post(&mut a, "/cart/apple", None);
+    assert_eq!(
+        (first.status, first.text()),
+        (200, r#"["apple"]"#.to_string())
+    );
+    let cookie = first
+        .header("set-cookie")
+        .expect("a new session")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // The same session, served from the other shard.
+    let second = post(&mut b, "/cart/pear", Some(&cookie));
+    assert_eq!(second.text(), r#"["apple","pear"]"#);
+    assert!(
+        second.header("set-cookie").is_none(),
+        "the session already exists"
+    );
+
+    let bought = post(&mut b, "/checkout", Some(&cookie));
+    assert_eq!(bought.status, 200, "{}", bought.text());
+    let body: serde_json::Value = serde_json::from_slice(&bought.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"bought": ["apple", "pear"], "stock_left": [1, 0]})
+    );
+
+    // The cart is empty again; pears are sold out, so a checkout of apple + pear takes nothing.
+    assert_eq!(
+        post(&mut a, "/cart/apple", Some(&cookie)).text(),
+        r#"["apple"]"#
+    );
+    assert_eq!(
+        post(&mut a, "/cart/pear", Some(&cookie)).text(),
+        r#"["apple","pear"]"#
+    );
+    let refused = post(&mut a, "/checkout", Some(&cookie));
+    assert_eq!(refused.status, 412, "{}", refused.text());
+    assert_eq!(get(&mut a, "/kv/stock-apple").text(), "1", "all or nothing");
+    assert_eq!(post(&mut b, "/checkout", None).status, 401);
 }

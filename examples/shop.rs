@@ -1,0 +1,69 @@
+//! A user's app on percore's services: a cart kept in the session (typed values, any shard) and checkout as one cross-shard transaction (typed results).
+//! Run: `cargo run --release --example shop`, then `curl -c j -b j -X POST localhost:8080/cart/apple` and `curl -b j -X POST localhost:8080/checkout`.
+
+use percore::router::{Request, Response, Router};
+use percore::session::Session;
+use percore::txn::op::{Op, OpResult};
+use percore::txn::service::{TransactError, transact};
+
+/// Adds `item` to the cart in the caller's session (created on first use).
+async fn add_to_cart(req: Request) -> Response {
+    let item = req.param("item").unwrap_or_default().to_string();
+    let Ok((session, created)) = Session::get_or_create(&req).await else {
+        return Response::error(503, "session store unavailable");
+    };
+    let mut cart: Vec<String> = session.get("cart").await.ok().flatten().unwrap_or_default();
+    cart.push(item);
+    if let Err(e) = session.set("cart", &cart).await {
+        return Response::error(e.status(), e.message());
+    }
+    let response = Response::json(200, &cart);
+    if created {
+        response.header("Set-Cookie", session.cookie(req.ctx.tls))
+    } else {
+        response
+    }
+}
+
+/// Takes one of each cart item from stock, all or nothing, and empties the cart.
+async fn checkout(req: Request) -> Response {
+    let Some(session) = Session::from_request(&req) else {
+        return Response::error(401, "no cart");
+    };
+    let cart: Vec<String> = session.get("cart").await.ok().flatten().unwrap_or_default();
+    let ops = cart.iter().map(|item| Op::Add {
+        key: format!("stock-{item}").into(),
+        delta: -1,
+        floor: Some(0),
+    });
+    match transact(ops.collect()).await {
+        Ok(results) => {
+            let left: Vec<i64> = results
+                .iter()
+                .filter_map(|r| {
+                    if let OpResult::Add { value, .. } = r {
+                        Some(*value)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let _ = session.remove("cart").await;
+            Response::json(
+                200,
+                &serde_json::json!({ "bought": cart, "stock_left": left }),
+            )
+        }
+        Err(TransactError::Tx(e)) => Response::error(e.status(), e.message()),
+        Err(TransactError::Invalid(e)) => Response::error(e.status, &e.message),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    percore::main_with(|| {
+        Router::new()
+            .post("/cart/{item}", add_to_cart)
+            .post("/checkout", checkout)
+            .mount("/", percore::app::builtin_routes())
+    })
+}
