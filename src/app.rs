@@ -42,19 +42,10 @@ async fn json(_req: Request) -> Response {
 async fn echo(req: Request) -> Response {
     let content_type = req
         .header("content-type")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_owned);
-    let response = Response::stream(200, "application/octet-stream", req.body.into_stream());
-    match content_type {
-        Some(content_type) => {
-            let mut response = response;
-            response
-                .headers
-                .retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
-            response.header("Content-Type", content_type)
-        }
-        None => response,
-    }
+        .filter(|v| std::str::from_utf8(v).is_ok())
+        .map(bytes::Bytes::copy_from_slice)
+        .unwrap_or_else(|| bytes::Bytes::from_static(b"application/octet-stream"));
+    Response::stream(200, content_type, req.body.into_stream())
 }
 
 /// 200 while serving; 503 from the moment a graceful shutdown starts, so load balancers stop sending.

@@ -47,56 +47,24 @@ fn hello_example_serves_params_middleware_and_builtins() {
     assert_eq!(conn.get("/plaintext").body, b"Hello, World!");
 }
 
-/// A keep-alive connection on each shard (`--expose-shard`), so the cart moves between shards.
-fn one_per_shard(server: &common::Server) -> [Conn; 2] {
-    let mut found: [Option<Conn>; 2] = [None, None];
-    for _ in 0..200 {
-        let mut conn = Conn::new(server.connect());
-        let shard: usize = conn
-            .get("/health")
-            .header("x-shard")
-            .unwrap()
-            .parse()
-            .unwrap();
-        if found[shard].is_none() {
-            found[shard] = Some(conn);
-        }
-        if found.iter().all(Option::is_some) {
-            return found.map(Option::unwrap);
-        }
-    }
-    panic!("200 connections all landed on one shard");
-}
-
 /// POST, retried on 409: a cross-shard transaction's participants unlock just after its answer.
 fn post(conn: &mut Conn, path: &str, cookie: Option<&str>) -> common::Response {
     let cookie = cookie
         .map(|c| format!("Cookie: {c}\r\n"))
         .unwrap_or_default();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        conn.send(
-            format!("POST {path} HTTP/1.1\r\nHost: t\r\n{cookie}Content-Length: 0\r\n\r\n")
-                .as_bytes(),
-        );
-        let response = conn.response(false).unwrap();
-        if response.status != 409 || std::time::Instant::now() > deadline {
-            return response;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    let raw = format!("POST {path} HTTP/1.1\r\nHost: t\r\n{cookie}Content-Length: 0\r\n\r\n");
+    common::retry_conflicts(
+        || {
+            conn.send(raw.as_bytes());
+            conn.response(false).unwrap()
+        },
+        |r| r.status,
+    )
 }
 
 /// GET, retried on 409 (as `post`).
 fn get(conn: &mut Conn, path: &str) -> common::Response {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let response = conn.get(path);
-        if response.status != 409 || std::time::Instant::now() > deadline {
-            return response;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    common::retry_conflicts(|| conn.get(path), |r| r.status)
 }
 
 fn put(conn: &mut Conn, path: &str, body: &str) -> u16 {
@@ -117,7 +85,7 @@ fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() 
         binary.to_str().unwrap(),
         &["--bind", "127.0.0.1:0", "--shards", "2", "--expose-shard"],
     );
-    let [mut a, mut b] = one_per_shard(&server);
+    let [mut a, mut b] = common::one_per_shard(&server);
     // Stock on whichever shards own the keys.
     assert_eq!(put(&mut a, "/kv/stock-apple", "2"), 201);
     assert_eq!(put(&mut a, "/kv/stock-pear", "1"), 201);

@@ -119,18 +119,12 @@ fn put(conn: &mut Conn, key: &str, value: &[u8], headers: &[(&str, &str)]) -> Re
     request(conn, "PUT", &format!("/kv/{key}"), headers, value)
 }
 
-/// GET, retried while the key is locked (409): after a cross-shard transaction answers, its
-/// participants release their locks asynchronously (on the coordinator's decision message), so a
-/// read right after an abort can still find the key locked for a moment.
+/// GET, retried while the key is locked (409; see `common::retry_conflicts`).
 fn get(conn: &mut Conn, key: &str) -> Response {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let response = request(conn, "GET", &format!("/kv/{key}"), &[], b"");
-        if response.status != 409 || Instant::now() > deadline {
-            return response;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    common::retry_conflicts(
+        || request(conn, "GET", &format!("/kv/{key}"), &[], b""),
+        |r| r.status,
+    )
 }
 
 fn delete(conn: &mut Conn, key: &str, headers: &[(&str, &str)]) -> Response {
@@ -183,19 +177,13 @@ fn answer_of(response: Response) -> Answer {
     }
 }
 
-/// One transaction, retried on 409 (see `get`: locks of a just-answered transaction may linger).
+/// One transaction, retried on 409 (see `common::retry_conflicts`).
 fn tx(conn: &mut Conn, ops: Value) -> Answer {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let answer = answer_of(post_tx_raw(
-            conn,
-            json!({ "ops": ops }).to_string().as_bytes(),
-        ));
-        if answer.status != 409 || Instant::now() > deadline {
-            return answer;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let body = json!({ "ops": ops }).to_string();
+    common::retry_conflicts(
+        || answer_of(post_tx_raw(conn, body.as_bytes())),
+        |a| a.status,
+    )
 }
 
 /// One transaction; None when the connection broke before a whole answer (the server died).

@@ -5,29 +5,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{Conn, Server};
-
-/// Connections to `server` until one lands on each of shards 0 and 1 (`--expose-shard`).
-fn one_per_shard(server: &Server) -> (Conn, Conn) {
-    let mut found: [Option<Conn>; 2] = [None, None];
-    for _ in 0..200 {
-        let mut conn = Conn::new(server.connect());
-        let shard: usize = conn
-            .get("/health")
-            .header("x-shard")
-            .expect("--expose-shard")
-            .parse()
-            .unwrap();
-        if found[shard].is_none() {
-            found[shard] = Some(conn);
-        }
-        if found.iter().all(Option::is_some) {
-            let [a, b] = found;
-            return (a.unwrap(), b.unwrap());
-        }
-    }
-    panic!("200 connections all landed on one shard");
-}
+use common::{Conn, Server, one_per_shard};
 
 fn request(
     conn: &mut Conn,
@@ -66,7 +44,7 @@ fn json(response: &common::Response) -> serde_json::Value {
 #[test]
 fn a_session_created_on_one_shard_is_served_by_the_other() {
     let server = Server::start(&["--expose-shard"]);
-    let (mut a, mut b) = one_per_shard(&server);
+    let [mut a, mut b] = one_per_shard(&server);
     let created = request(&mut a, "POST", "/session", None, None);
     assert_eq!(created.status, 201);
     assert_eq!(json(&created)["shard"], 0);
@@ -156,7 +134,7 @@ fn a_session_created_on_one_shard_is_served_by_the_other() {
 #[test]
 fn rotation_keeps_the_data_and_kills_the_old_id_everywhere() {
     let server = Server::start(&["--expose-shard"]);
-    let (mut a, mut b) = one_per_shard(&server);
+    let [mut a, mut b] = one_per_shard(&server);
     let old = cookie_of(&request(&mut b, "POST", "/session", None, None));
     assert_eq!(
         request(
@@ -201,7 +179,7 @@ fn concurrent_clients_on_both_shards_read_exactly_what_they_wrote() {
     let server = Server::start(&["--expose-shard"]);
     let threads: Vec<_> = (0..8)
         .map(|t| {
-            let (mut a, mut b) = one_per_shard(&server);
+            let [mut a, mut b] = one_per_shard(&server);
             std::thread::spawn(move || {
                 let cookie = cookie_of(&request(&mut a, "POST", "/session", None, None));
                 for i in 0..25 {

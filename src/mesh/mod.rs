@@ -219,13 +219,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                             mesh.counters
                                 .calls_served
                                 .set(mesh.counters.calls_served.get() + 1);
-                            let mut run = (mesh.handler)(from, body);
-                            let waker = std::task::Waker::noop();
-                            if run
-                                .as_mut()
-                                .poll(&mut Context::from_waker(waker))
-                                .is_pending()
-                            {
+                            if let Some(run) = poll_once((mesh.handler)(from, body)).err() {
                                 glommio::spawn_local(run).detach();
                             }
                         }
@@ -265,18 +259,19 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             .set(self.counters.calls_served.get() + 1);
         // Most handlers answer at once (a session lookup never waits): poll once here and reply
         // from this turn; only a handler that waits gets a task of its own.
-        let mut reply = (self.handler)(from, body);
-        let waker = std::task::Waker::noop();
-        if let Poll::Ready(reply) = reply.as_mut().poll(&mut Context::from_waker(waker)) {
-            self.post(
-                from,
-                Envelope::Reply {
-                    id,
-                    body: Ok(reply),
-                },
-            );
-            return;
-        }
+        let reply = match poll_once((self.handler)(from, body)) {
+            Ok(reply) => {
+                self.post(
+                    from,
+                    Envelope::Reply {
+                        id,
+                        body: Ok(reply),
+                    },
+                );
+                return;
+            }
+            Err(waiting) => waiting,
+        };
         self.incoming.set(self.incoming.get() + 1);
         let mesh = self.clone();
         glommio::spawn_local(async move {
@@ -336,6 +331,19 @@ pub async fn with_deadline<T>(limit: Duration, fut: impl Future<Output = T>) -> 
         None
     })
     .await
+}
+
+/// Polls a handler's future once, from the current turn: Ok with its output when it is ready at
+/// once (most are: a session lookup never waits), else the future back, to run as a task of its
+/// own (whose first poll registers that task's waker).
+fn poll_once<T>(mut future: LocalFuture<T>) -> Result<T, LocalFuture<T>> {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => Err(future),
+    }
 }
 
 /// Polls every future until all are done; outputs in input order.

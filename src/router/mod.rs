@@ -387,8 +387,14 @@ mod app_tests {
     use crate::http::{HeadLimits, parse_head};
 
     fn request(method: &str, path: &str) -> Request {
-        let mut buf =
-            BytesMut::from(format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        request_with(method, path, "")
+    }
+
+    /// `fields`: extra header lines, each ending in CRLF.
+    fn request_with(method: &str, path: &str, fields: &str) -> Request {
+        let mut buf = BytesMut::from(
+            format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{fields}\r\n").as_bytes(),
+        );
         let limits = HeadLimits {
             head_bytes_max: 4096,
             header_count_max: 16,
@@ -543,22 +549,11 @@ mod app_tests {
             })
             .into_app();
         assert_eq!(serve(&app, "GET", "/secret").status, 401);
-        let mut buf = BytesMut::from(&b"GET /secret HTTP/1.1\r\nHost: t\r\nX-User: 1\r\n\r\n"[..]);
-        let limits = HeadLimits {
-            head_bytes_max: 4096,
-            header_count_max: 16,
-            uri_bytes_max: 1024,
-        };
-        let head = parse_head(&mut buf, &limits).unwrap().unwrap();
-        let ctx = RequestCtx {
-            shard: 0,
-            peer: None,
-            tls: false,
-            identity: None,
-            extensions: Extensions::default(),
-        };
-        let response =
-            futures_lite::future::block_on(app.serve(Request::new(head, Body::empty(), ctx)));
+        let response = futures_lite::future::block_on(app.serve(request_with(
+            "GET",
+            "/secret",
+            "X-User: 1\r\n",
+        )));
         assert_eq!(body(&response), b"ann");
     }
 }

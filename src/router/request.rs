@@ -40,21 +40,16 @@ pub trait BodySource {
 /// A request body, consumed as a stream of chunks; nothing is buffered unless the handler asks.
 pub struct Body {
     source: Option<Rc<dyn BodySource>>,
-    body_bytes_max: u64,
 }
 
 impl Body {
     pub fn empty() -> Body {
-        Body {
-            source: None,
-            body_bytes_max: 0,
-        }
+        Body { source: None }
     }
 
-    pub fn from_source(source: Rc<dyn BodySource>, body_bytes_max: u64) -> Body {
+    pub fn from_source(source: Rc<dyn BodySource>) -> Body {
         Body {
             source: Some(source),
-            body_bytes_max,
         }
     }
 
@@ -70,23 +65,20 @@ impl Body {
 
     /// Reads the whole body into memory (bounded by the server's body limit, enforced while decoding).
     pub async fn bytes(&mut self) -> Result<Bytes, BodyError> {
-        let mut all = BytesMut::new();
-        let mut first: Option<Bytes> = None;
+        // One chunk (the common case) is returned as is; more are joined. The size bound is the
+        // body decoder's (`--max-body`), which fails the chunk that crosses it.
+        let Some(first) = self.chunk().await.transpose()? else {
+            return Ok(Bytes::new());
+        };
+        let Some(second) = self.chunk().await.transpose()? else {
+            return Ok(first);
+        };
+        let mut all = BytesMut::from(&first[..]);
+        all.extend_from_slice(&second);
         while let Some(chunk) = self.chunk().await {
-            let chunk = chunk?;
-            if first.is_none() && all.is_empty() {
-                first = Some(chunk);
-                continue;
-            }
-            if let Some(f) = first.take() {
-                all.extend_from_slice(&f);
-            }
-            if all.len() as u64 + chunk.len() as u64 > self.body_bytes_max {
-                return Err(BodyError::Protocol(HttpError::BodyTooLarge));
-            }
-            all.extend_from_slice(&chunk);
+            all.extend_from_slice(&chunk?);
         }
-        Ok(first.unwrap_or_else(|| all.freeze()))
+        Ok(all.freeze())
     }
 
     /// The body as a `Stream` of chunks, for handing to a streaming response.

@@ -68,7 +68,7 @@ impl Response {
 
     pub fn stream(
         status: u16,
-        content_type: &'static str,
+        content_type: impl Into<Bytes>,
         body: impl Stream<Item = Result<Bytes, BodyError>> + 'static,
     ) -> Response {
         let mut response = Response::new(status).header("Content-Type", content_type);

@@ -289,6 +289,14 @@ async fn shard_main(init: ShardInit) {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch: the time base of session expiry and of the
+/// transaction protocol's deadlines (both persist or compare it across restarts).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Refreshes the shard's Date cache at every turn of the wall-clock second.
 async fn clock(shard: Rc<Shard>) {
     loop {

@@ -329,7 +329,7 @@ impl Conn {
             extensions: Default::default(),
         };
         let request_body = match &body {
-            Some(b) => Body::from_source(b.clone(), self.shard().config.body_bytes_max),
+            Some(b) => Body::from_source(b.clone()),
             None => Body::empty(),
         };
         let mut response = self.app.serve(Request::new(head, request_body, ctx)).await;

@@ -7,7 +7,7 @@ pub mod store;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,7 +17,7 @@ use crate::config::SessionConfig;
 use crate::config::limits::{SESSION_SNAPSHOT_STEP, SESSION_SWEEP_STEP_MAX};
 use crate::mesh::Mesh;
 use crate::router::Request;
-use crate::runtime::shard;
+use crate::runtime::{now_ms, shard};
 use id::{IdGenerator, SessionId, SessionKey};
 use store::{SessionData, SessionRecord, Store, StoreError, StoreLimits};
 
@@ -78,12 +78,6 @@ impl From<StoreError> for SessionError {
             StoreError::TooLarge => SessionError::TooLarge,
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One shard's part of the session service.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::TxnConfig;
 use crate::mesh::Mesh;
-use crate::session::now_ms;
+use crate::runtime::now_ms;
 use crate::txn::op::{Op, TxError};
 use crate::txn::record::{self, Record, TailReason};
 use crate::txn::twopc::{Action, ClientId, Event, Msg, Node, Outcome};

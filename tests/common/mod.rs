@@ -355,3 +355,39 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 pub fn connections(server: &Server, n: usize) -> Vec<Conn> {
     (0..n).map(|_| Conn::new(server.connect())).collect()
 }
+
+/// A keep-alive connection on each of shards 0 and 1 (the server runs with `--expose-shard`):
+/// connects until both are found.
+pub fn one_per_shard(server: &Server) -> [Conn; 2] {
+    let mut found: [Option<Conn>; 2] = [None, None];
+    for _ in 0..200 {
+        let mut conn = Conn::new(server.connect());
+        let shard: usize = conn
+            .get("/health")
+            .header("x-shard")
+            .expect("--expose-shard")
+            .parse()
+            .unwrap();
+        if found[shard].is_none() {
+            found[shard] = Some(conn);
+        }
+        if found.iter().all(Option::is_some) {
+            return found.map(Option::unwrap);
+        }
+    }
+    panic!("200 connections all landed on one shard");
+}
+
+/// Repeats `attempt` while it answers 409, for at most 5 s: after a cross-shard transaction
+/// answers, its participants unlock on the decision message, so a request touching the same keys
+/// in that moment can find them locked.
+pub fn retry_conflicts<T>(mut attempt: impl FnMut() -> T, status: impl Fn(&T) -> u16) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = attempt();
+        if status(&response) != 409 || Instant::now() > deadline {
+            return response;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
