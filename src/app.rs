@@ -1,4 +1,4 @@
-//! The built-in routes of the default server: TechEmpower's /plaintext and /json, /echo, /health and /stats.
+//! The built-in routes of the default server: TechEmpower's /plaintext and /json, /echo, /health, /stats, and the session, key-value and auth APIs.
 
 use serde::Serialize;
 
@@ -16,6 +16,7 @@ pub fn builtin_routes() -> Router {
         .get("/stats", stats)
         .mount("/", crate::session::routes::routes())
         .mount("/", crate::txn::routes::routes())
+        .mount("/", crate::auth::routes::routes())
 }
 
 /// TechEmpower plaintext: exactly `Hello, World!` as text/plain.

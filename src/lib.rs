@@ -12,10 +12,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod net;
 pub mod router;
 pub mod runtime;
 pub mod server;
@@ -44,16 +46,26 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let first = e.to_string();
-            let line = first
-                .lines()
+            let text = e.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut line = lines
                 .next()
                 .unwrap_or("bad arguments")
-                .trim_start_matches("error: ");
+                .trim_start_matches("error: ")
+                .to_string();
+            // "the following required arguments were not provided:" names them on the next line.
+            if line.ends_with(':')
+                && let Some(next) = lines.next()
+            {
+                line = format!("{line} {next}");
+            }
             eprintln!("percore: {line} (see --help)");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Some(command) = &args.command {
+        return auth::cli::run(command);
+    }
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => {
@@ -61,6 +73,9 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    for warning in &config.warnings {
+        eprintln!("percore: {warning}");
+    }
     // One app factory for the process's life; shards borrow it.
     let app: &'static runtime::AppFactory = Box::leak(Box::new(app));
     match runtime::run(config, app) {

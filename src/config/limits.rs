@@ -29,6 +29,30 @@ pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// Graceful shutdown budget. Gunicorn's graceful_timeout is 30 s; Kubernetes gives 30 s.
 pub const GRACE_DEFAULT: Duration = Duration::from_secs(10);
 
+/// From accept to the end of the TLS handshake. nginx's ssl_handshake_timeout: 60 s; Envoy's
+/// transport_socket_connect_timeout: 15 s. A stalled handshake holds a connection slot, so shorter.
+pub const TLS_HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// TLS handshakes one shard runs at once (each costs a few hundred microseconds of CPU and a few
+/// KiB); more wait for a turn within their handshake timeout.
+pub const TLS_HANDSHAKES_MAX_DEFAULT: usize = 256;
+/// Strict-Transport-Security max-age: one year, the common recommendation (hstspreload.org).
+pub const HSTS_MAX_AGE_DEFAULT: u64 = 365 * 24 * 60 * 60;
+
+/// Failed logins for one user name (or from one address) before 429. fail2ban's maxretry: 5.
+pub const LOGIN_FAILURES_MAX_DEFAULT: u32 = 5;
+/// The failed-login window; 429 lasts until it ends. fail2ban's findtime: 10 minutes.
+pub const LOGIN_WINDOW_DEFAULT: Duration = Duration::from_secs(5 * 60);
+/// User names and addresses one shard tracks failures for (about 100 bytes each: 10 MB).
+pub const LOGIN_TRACKED_MAX_DEFAULT: usize = 100_000;
+/// Password hashes one shard computes at once. Each argon2id hash (m=19 MiB, t=2) takes about
+/// 20-50 ms of a core and 19 MiB; the threads run beside the shards, not on them.
+pub const HASH_CONCURRENCY_DEFAULT: usize = 1;
+/// Password checks queued per shard behind the running ones; more are answered 503.
+pub const HASH_QUEUE_MAX_DEFAULT: usize = 64;
+/// Verified Basic credentials a shard remembers (so scripts do not pay a hash per request);
+/// cleared when full or when the users file is reloaded.
+pub const BASIC_CACHE_ENTRIES_MAX: usize = 1024;
+
 /// Initial capacity of a connection's read buffer; it grows up to head_bytes_max while a head is incomplete.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Pending response bytes that force a flush before more pipelined requests are parsed, so a client

@@ -4,12 +4,17 @@ pub mod limits;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::auth::access::{AccessRule, AccessRules};
+use crate::auth::limiter::LimiterConfig;
+use crate::auth::users::{Token, Tokens, Users};
 use crate::http::HEADER_COUNT_CEILING;
+use crate::net::tls::{self, TlsMaterial};
 
 /// A problem with flags or the config file: printed as one line, exit code 2.
 #[derive(Debug)]
@@ -141,6 +146,67 @@ pub struct Args {
     /// saves the sleep/wake cost of cross-shard round trips at the price of idle CPU.
     #[arg(long, value_name = "US")]
     pub spin_us: Option<u64>,
+    /// PEM certificate chain (leaf first): every --bind address serves HTTPS with it.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse to start with an expired (or not yet valid) certificate instead of warning.
+    #[arg(long)]
+    pub tls_refuse_expired: bool,
+    /// Seconds a client has to complete the TLS handshake (from accept).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub tls_handshake_timeout: Option<f64>,
+    /// TLS handshakes a shard runs at once; more wait (within their handshake timeout).
+    #[arg(long, value_name = "N")]
+    pub tls_handshakes_max: Option<usize>,
+    /// max-age of Strict-Transport-Security on HTTPS responses, in seconds (0: no header).
+    #[arg(long, value_name = "SECONDS")]
+    pub hsts_max_age: Option<u64>,
+    /// Plain-HTTP address whose every request gets a 308 redirect to the HTTPS listener (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub redirect_https: Vec<String>,
+    /// Users file (TOML `[[user]]` tables: name, password_hash, roles); re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Access of a request no `[[access]]` rule matches: public, authenticated, or role:NAME[,NAME].
+    #[arg(long, value_name = "ACCESS")]
+    pub default_access: Option<String>,
+    /// Do not accept `Authorization: Basic` (sessions and Bearer tokens only).
+    #[arg(long)]
+    pub no_basic_auth: bool,
+    /// A request header whose presence satisfies the CSRF check (e.g. X-Requested-With).
+    #[arg(long, value_name = "NAME")]
+    pub csrf_header: Option<String>,
+    /// Failed logins for one user name, or from one client address, before 429 until the window ends.
+    #[arg(long, value_name = "N")]
+    pub login_max_failures: Option<u32>,
+    /// Seconds of the failed-login window.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub login_window: Option<f64>,
+    /// User names and addresses whose failures one shard tracks; the oldest is forgotten past it.
+    #[arg(long, value_name = "N")]
+    pub login_tracked_max: Option<usize>,
+    /// Password hashes a shard computes at once (on background threads).
+    #[arg(long, value_name = "N")]
+    pub hash_concurrency: Option<usize>,
+    /// Password checks a shard queues behind those; more get 503.
+    #[arg(long, value_name = "N")]
+    pub hash_queue_max: Option<usize>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools that run instead of the server.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Read a password from stdin, print its argon2id hash (PHC) for the users file.
+    HashPassword,
+    /// Read an API token from stdin, print its hash for a `[[token]]` table.
+    HashToken,
+    /// Print a new random API token and, on the next line, its hash.
+    NewToken,
 }
 
 /// The config file: the same keys as the flags.
@@ -181,12 +247,109 @@ struct FileConfig {
     max_tx_ops: Option<usize>,
     checkpoint_bytes: Option<u64>,
     spin_us: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_refuse_expired: Option<bool>,
+    tls_handshake_timeout: Option<f64>,
+    tls_handshakes_max: Option<usize>,
+    hsts_max_age: Option<u64>,
+    redirect_https: Option<Vec<String>>,
+    /// `[[listener]]` tables: per-address TLS or redirect (instead of `bind`).
+    listener: Option<Vec<FileListener>>,
+    users: Option<PathBuf>,
+    default_access: Option<String>,
+    no_basic_auth: Option<bool>,
+    csrf_header: Option<String>,
+    login_max_failures: Option<u32>,
+    login_window: Option<f64>,
+    login_tracked_max: Option<usize>,
+    hash_concurrency: Option<usize>,
+    hash_queue_max: Option<usize>,
+    /// `[[access]]` rules: path prefix, optional methods, who is allowed.
+    access: Option<Vec<AccessRule>>,
+    /// `[[token]]` API tokens: name, hash, roles.
+    token: Option<Vec<Token>>,
+}
+
+/// Authentication and authorization settings (see auth/).
+#[derive(Clone)]
+pub struct AuthConfig {
+    pub users_path: Option<PathBuf>,
+    /// The users read at start; SIGHUP replaces them on every shard.
+    pub users: Arc<Users>,
+    pub tokens: Arc<Tokens>,
+    pub access: Arc<AccessRules>,
+    pub basic: bool,
+    /// Lower-case header name.
+    pub csrf_header: Option<String>,
+    pub limiter: LimiterConfig,
+    pub hash_concurrency: usize,
+    pub hash_queue_max: usize,
+}
+
+impl AuthConfig {
+    /// Whether any of authentication or authorization is configured. When not, no auth
+    /// middleware runs and requests pay nothing for it.
+    pub fn enabled(&self) -> bool {
+        self.users_path.is_some() || !self.tokens.is_empty() || !self.access.is_open()
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("users_path", &self.users_path)
+            .field("users", &self.users.len())
+            .field("tokens", &self.tokens.len())
+            .field("basic", &self.basic)
+            .field("csrf_header", &self.csrf_header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One `[[listener]]` table of the config file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    bind: String,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    redirect_https: bool,
+}
+
+/// What a listening address serves.
+#[derive(Clone, Debug)]
+pub enum ListenerKind {
+    Plain,
+    Tls(Arc<TlsMaterial>),
+    /// Plain HTTP answering every request with a 308 to the first HTTPS listener.
+    RedirectHttps,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+/// TLS settings shared by every HTTPS listener.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub handshake_timeout: Duration,
+    pub handshakes_max: usize,
+    /// 0: no Strict-Transport-Security header.
+    pub hsts_max_age: u64,
 }
 
 /// The validated configuration every shard gets a copy of.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub binds: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    /// Lines to print on stderr at start (an expired certificate served anyway).
+    pub warnings: Vec<String>,
     pub cpus: Vec<usize>,
     pub pin: bool,
     pub backlog: u32,
@@ -276,28 +439,9 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, ConfigError> {
-    let bind_texts = if !args.bind.is_empty() {
-        args.bind
-    } else {
-        file.bind
-            .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()])
-    };
-    let mut binds = Vec::with_capacity(bind_texts.len());
-    for text in &bind_texts {
-        let addr: SocketAddr = text.parse().or_else(|_| {
-            err(format!(
-                "--bind {text}: not an IP address with a port (127.0.0.1:8080, [::1]:8080)"
-            ))
-        })?;
-        if binds.contains(&addr) && addr.port() != 0 {
-            return err(format!("--bind {text}: given twice"));
-        }
-        binds.push(addr);
-    }
-    if binds.is_empty() {
-        return err("--bind: at least one address is needed");
-    }
-
+    let mut warnings = Vec::new();
+    let listeners = listeners(&args, &file, &mut warnings)?;
+    let auth = auth(&args, &file)?;
     let cores = args.cores.or(file.cores);
     let shards = args.shards.or(file.shards);
     let cpus = match (cores, shards) {
@@ -364,7 +508,25 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
     let config = Config {
         txn,
         spin: Duration::from_micros(spin_us),
-        binds,
+        listeners,
+        warnings,
+        auth,
+        tls: TlsConfig {
+            handshake_timeout: seconds(
+                "tls-handshake-timeout",
+                args.tls_handshake_timeout.or(file.tls_handshake_timeout),
+                limits::TLS_HANDSHAKE_TIMEOUT_DEFAULT,
+            )?,
+            handshakes_max: positive(
+                "tls-handshakes-max",
+                args.tls_handshakes_max.or(file.tls_handshakes_max),
+                limits::TLS_HANDSHAKES_MAX_DEFAULT,
+            )?,
+            hsts_max_age: args
+                .hsts_max_age
+                .or(file.hsts_max_age)
+                .unwrap_or(limits::HSTS_MAX_AGE_DEFAULT),
+        },
         cpus,
         pin: !(args.no_pin || file.no_pin.unwrap_or(false)),
         backlog: positive(
@@ -494,11 +656,198 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
     Ok(config)
 }
 
+fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().or_else(|_| {
+        err(format!(
+            "{flag} {text}: not an IP address with a port (127.0.0.1:8080, [::1]:8080)"
+        ))
+    })
+}
+
+/// The listening addresses and what each serves, from `--bind` (+ `--tls-cert`/`--tls-key` for
+/// all of them) and `--redirect-https`, or the config file's `bind`/`[[listener]]`.
+fn listeners(
+    args: &Args,
+    file: &FileConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let refuse_expired = args.tls_refuse_expired || file.tls_refuse_expired.unwrap_or(false);
+    let now = SystemTime::now();
+    let mut loaded: Vec<(PathBuf, PathBuf, Arc<TlsMaterial>)> = Vec::new();
+    let mut load = |cert: &Path, key: &Path, warnings: &mut Vec<String>| {
+        if let Some((_, _, m)) = loaded.iter().find(|(c, k, _)| c == cert && k == key) {
+            return Ok(m.clone());
+        }
+        let material = tls::load(cert, key, refuse_expired, now, warnings).map_err(ConfigError)?;
+        loaded.push((cert.to_path_buf(), key.to_path_buf(), material.clone()));
+        Ok::<_, ConfigError>(material)
+    };
+    let tls_pair = match (
+        args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
+        args.tls_key.as_ref().or(file.tls_key.as_ref()),
+    ) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        (Some(_), None) => return err("--tls-cert needs --tls-key"),
+        (None, Some(_)) => return err("--tls-key needs --tls-cert"),
+    };
+    let mut listeners = Vec::new();
+    if args.bind.is_empty() && file.listener.is_some() {
+        if file.bind.is_some() {
+            return err("config file: give `bind` or `[[listener]]` tables, not both");
+        }
+        for table in file.listener.iter().flatten() {
+            let addr = parse_addr("[[listener]] bind", &table.bind)?;
+            let kind = match (&table.tls_cert, &table.tls_key, table.redirect_https) {
+                (Some(_), Some(_), true) => {
+                    return err(format!(
+                        "[[listener]] {addr}: redirect_https and tls_cert exclude each other"
+                    ));
+                }
+                (Some(cert), Some(key), false) => ListenerKind::Tls(load(cert, key, warnings)?),
+                (None, None, true) => ListenerKind::RedirectHttps,
+                (None, None, false) => match &tls_pair {
+                    Some((cert, key)) => ListenerKind::Tls(load(cert, key, warnings)?),
+                    None => ListenerKind::Plain,
+                },
+                _ => {
+                    return err(format!(
+                        "[[listener]] {addr}: tls_cert and tls_key go together"
+                    ));
+                }
+            };
+            listeners.push(ListenerConfig { addr, kind });
+        }
+    } else {
+        let bind_texts = if !args.bind.is_empty() {
+            args.bind.clone()
+        } else {
+            file.bind
+                .clone()
+                .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()])
+        };
+        for text in &bind_texts {
+            let addr = parse_addr("--bind", text)?;
+            let kind = match &tls_pair {
+                Some((cert, key)) => ListenerKind::Tls(load(cert, key, warnings)?),
+                None => ListenerKind::Plain,
+            };
+            listeners.push(ListenerConfig { addr, kind });
+        }
+    }
+    let redirects = if !args.redirect_https.is_empty() {
+        args.redirect_https.clone()
+    } else {
+        file.redirect_https.clone().unwrap_or_default()
+    };
+    for text in &redirects {
+        let addr = parse_addr("--redirect-https", text)?;
+        listeners.push(ListenerConfig {
+            addr,
+            kind: ListenerKind::RedirectHttps,
+        });
+    }
+    if listeners.is_empty() {
+        return err("--bind: at least one address is needed");
+    }
+    let has_tls = listeners
+        .iter()
+        .any(|l| matches!(l.kind, ListenerKind::Tls(_)));
+    if !has_tls
+        && listeners
+            .iter()
+            .any(|l| matches!(l.kind, ListenerKind::RedirectHttps))
+    {
+        return err(
+            "--redirect-https: no HTTPS listener to redirect to (give --tls-cert and --tls-key)",
+        );
+    }
+    for (i, listener) in listeners.iter().enumerate() {
+        if listener.addr.port() != 0 && listeners[..i].iter().any(|l| l.addr == listener.addr) {
+            return err(format!("--bind {}: given twice", listener.addr));
+        }
+    }
+    Ok(listeners)
+}
+
+/// Reads a users file: one line naming the file and the problem on error.
+pub fn read_users(path: &Path) -> Result<Users, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("users file {}: {e}", path.display()))?;
+    Users::parse(&text).map_err(|e| format!("users file {}: {e}", path.display()))
+}
+
+fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
+    let users_path = args.users.clone().or(file.users.clone());
+    let users = match &users_path {
+        Some(path) => read_users(path).map_err(ConfigError)?,
+        None => Users::default(),
+    };
+    let tokens = Tokens::new(file.token.clone().unwrap_or_default())
+        .map_err(|e| ConfigError(format!("config file [[token]]: {e}")))?;
+    let default_text = args
+        .default_access
+        .clone()
+        .or(file.default_access.clone())
+        .unwrap_or_else(|| "public".to_string());
+    let default = crate::auth::access::parse_default(&default_text)
+        .map_err(|e| ConfigError(format!("--default-access {default_text}: {e}")))?;
+    let access = AccessRules::new(file.access.clone().unwrap_or_default(), default)
+        .map_err(|e| ConfigError(format!("config file [[access]]: {e}")))?;
+    let csrf_header = match args.csrf_header.clone().or(file.csrf_header.clone()) {
+        Some(name) if !name.is_empty() && name.bytes().all(is_token_byte) => {
+            Some(name.to_ascii_lowercase())
+        }
+        Some(name) => return err(format!("--csrf-header {name}: not a header name")),
+        None => None,
+    };
+    let window = seconds(
+        "login-window",
+        args.login_window.or(file.login_window),
+        limits::LOGIN_WINDOW_DEFAULT,
+    )?;
+    Ok(AuthConfig {
+        users_path,
+        users: Arc::new(users),
+        tokens: Arc::new(tokens),
+        access: Arc::new(access),
+        basic: !(args.no_basic_auth || file.no_basic_auth.unwrap_or(false)),
+        csrf_header,
+        limiter: LimiterConfig {
+            failures_max: positive(
+                "login-max-failures",
+                args.login_max_failures.or(file.login_max_failures),
+                limits::LOGIN_FAILURES_MAX_DEFAULT,
+            )?,
+            window_ms: window.as_millis() as u64,
+            entries_max: positive(
+                "login-tracked-max",
+                args.login_tracked_max.or(file.login_tracked_max),
+                limits::LOGIN_TRACKED_MAX_DEFAULT,
+            )?,
+        },
+        hash_concurrency: positive(
+            "hash-concurrency",
+            args.hash_concurrency.or(file.hash_concurrency),
+            limits::HASH_CONCURRENCY_DEFAULT,
+        )?,
+        hash_queue_max: positive(
+            "hash-queue-max",
+            args.hash_queue_max.or(file.hash_queue_max),
+            limits::HASH_QUEUE_MAX_DEFAULT,
+        )?,
+    })
+}
+
+/// RFC 9110 tchar.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// A cookie name is an RFC 6265 token.
 fn cookie_name(name: Option<String>) -> Result<String, ConfigError> {
     let name = name.unwrap_or_else(|| "percore_sid".to_string());
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if name.is_empty() || !name.bytes().all(token) {
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
         return err(format!(
             "--session-cookie {name}: not a valid cookie name (letters, digits, !#$%&'*+-.^_`|~)"
         ));
@@ -588,7 +937,9 @@ mod tests {
     #[test]
     fn defaults() {
         let c = merged(&[], "").unwrap();
-        assert_eq!(c.binds, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].addr, "127.0.0.1:8080".parse().unwrap());
+        assert!(matches!(c.listeners[0].kind, ListenerKind::Plain));
         assert_eq!(c.cpus, vec![0, 1, 2, 3]);
         assert!(c.pin);
         assert_eq!(c.conns_max, 10_000);

@@ -21,6 +21,10 @@ pub struct ShardMetrics {
     pub timeouts_body: Cell<u64>,
     pub timeouts_write: Cell<u64>,
     pub protocol_errors: Cell<u64>,
+    pub tls_handshakes: Cell<u64>,
+    pub tls_handshake_failures: Cell<u64>,
+    pub tls_handshake_timeouts: Cell<u64>,
+    pub tls_handshake_waits: Cell<u64>,
 }
 
 pub fn add(cell: &Cell<u64>, n: u64) {
@@ -60,6 +64,10 @@ impl ShardMetrics {
             timeouts_body: self.timeouts_body.get(),
             timeouts_write: self.timeouts_write.get(),
             protocol_errors: self.protocol_errors.get(),
+            tls_handshakes: self.tls_handshakes.get(),
+            tls_handshake_failures: self.tls_handshake_failures.get(),
+            tls_handshake_timeouts: self.tls_handshake_timeouts.get(),
+            tls_handshake_waits: self.tls_handshake_waits.get(),
             ..ShardStats::default()
         }
     }
@@ -102,6 +110,12 @@ shard_stats! {
     timeouts_body,
     timeouts_write,
     protocol_errors,
+    /// TLS handshakes completed, failed (bad client hello, no common version or ALPN), cut off
+    /// by the handshake timeout, and made to wait at the concurrent-handshake bound.
+    tls_handshakes,
+    tls_handshake_failures,
+    tls_handshake_timeouts,
+    tls_handshake_waits,
     mesh_calls_sent,
     mesh_calls_served,
     mesh_overloaded,

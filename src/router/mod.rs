@@ -7,7 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-pub use request::{Body, BodyError, BodySource, Extensions, Identity, Request, RequestCtx};
+pub use request::{
+    AuthMethod, Body, BodyError, BodySource, Extensions, Identity, Request, RequestCtx,
+};
 pub use response::{BodyStream, Headers, Response, ResponseBody};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -535,6 +537,7 @@ mod app_tests {
                         req.ctx.identity = Some(Rc::new(Identity {
                             user: "ann".into(),
                             roles: vec![],
+                            via: AuthMethod::Bearer,
                         }));
                     }
                     next.run(req).await

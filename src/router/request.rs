@@ -89,11 +89,31 @@ impl Body {
     }
 }
 
-/// Who the client is, once an authentication middleware has established it.
+/// Who the client is, once an authentication middleware has established it. Every later
+/// middleware and the handler see it in `ctx.identity`; a proxy will forward it as headers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// The user name, or the API token's name for `Bearer`.
     pub user: String,
     pub roles: Vec<String>,
+    pub via: AuthMethod,
+}
+
+impl Identity {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// How the identity was proven: decides CSRF (only cookie sessions need it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// The session cookie of a login.
+    Session,
+    /// `Authorization: Basic` with a user's password.
+    Basic,
+    /// `Authorization: Bearer` with an API token from the config.
+    Bearer,
 }
 
 /// Typed values that middleware attaches to a request for later phases and the handler.

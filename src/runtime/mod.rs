@@ -7,19 +7,22 @@ pub mod uring;
 
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::config::Config;
+use crate::auth::service::{Auth, AuthMesh, LimitReply, LimitRequest};
+use crate::auth::users::Users;
 use crate::config::limits::{IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY};
+use crate::config::{Config, ListenerKind};
 use crate::mesh::{Envelope, Mesh, MeshLimits};
 use crate::metrics::ShardStats;
 use crate::router::Router;
+use crate::server::Serves;
 use crate::session::{self, SessionReply, SessionRequest, Sessions};
 use crate::txn::service::Txn;
 use crate::txn::twopc::Msg;
@@ -34,9 +37,11 @@ pub type AppFactory = dyn Fn() -> Router + Send + Sync;
 pub struct StartError(pub String);
 
 /// Control messages from the signal thread to a shard.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Control {
     Drain,
+    /// The users file was re-read (SIGHUP) and is valid.
+    Users(Arc<Users>),
 }
 
 /// What one shard thread is given at spawn.
@@ -45,9 +50,11 @@ struct ShardInit {
     cpu: usize,
     config: Config,
     listeners: Vec<OwnedFd>,
+    https_port: Option<u16>,
     stats_mesh: MeshBuilder<Envelope<StatsRequest, ShardStats>, Full>,
     session_mesh: MeshBuilder<Envelope<SessionRequest, SessionReply>, Full>,
     txn_mesh: MeshBuilder<Envelope<Msg, ()>, Full>,
+    auth_mesh: MeshBuilder<Envelope<LimitRequest, LimitReply>, Full>,
     control: SharedReceiver<Control>,
     ready: mpsc::Sender<usize>,
     app: &'static AppFactory,
@@ -58,15 +65,24 @@ struct ShardInit {
 pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
     let shard_count = config.shard_count();
+    let binds: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
     let (addrs, mut sockets) =
-        listener::bind_all(&config.binds, shard_count, config.backlog).map_err(StartError)?;
+        listener::bind_all(&binds, shard_count, config.backlog).map_err(StartError)?;
+    // Where --redirect-https listeners send clients: the first HTTPS listener's (resolved) port.
+    let https_port = config
+        .listeners
+        .iter()
+        .zip(&addrs)
+        .find(|(l, _)| matches!(l.kind, ListenerKind::Tls(_)))
+        .map(|(_, addr)| addr.port());
     // Registered before any shard starts, so a signal right after "listening" is never lost.
-    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
 
     let stats_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let session_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let txn_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
+    let auth_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut controls = Vec::with_capacity(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
@@ -81,9 +97,11 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             cpu,
             config: config.clone(),
             listeners,
+            https_port,
             stats_mesh: stats_mesh.clone(),
             session_mesh: session_mesh.clone(),
             txn_mesh: txn_mesh.clone(),
+            auth_mesh: auth_mesh.clone(),
             control: control_rx,
             ready: ready_tx.clone(),
             app,
@@ -96,6 +114,10 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("percore-{index}"))
             .io_memory(IO_MEMORY_BYTES)
+            // Password hashes run on this pool, beside the shard (auth/service.rs).
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
+                config.auth.hash_concurrency,
+            ))
             .spin_before_park(config.spin)
             .spawn(move || shard_main(init))
             .map_err(|e| StartError(format!("cannot start shard {index} on CPU {cpu}: {e}")))?;
@@ -103,7 +125,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     }
     drop(ready_tx);
     // Before waiting for the shards: connecting a shared channel waits for both ends.
-    spawn_signal_forwarder(signals, controls)?;
+    spawn_signal_forwarder(signals, controls, config.auth.users_path.clone())?;
     for _ in 0..shard_count {
         ready_rx
             .recv()
@@ -112,8 +134,16 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        for addr in &addrs {
-            let _ = writeln!(out, "listening on http://{addr}");
+        for (listener, addr) in config.listeners.iter().zip(&addrs) {
+            let _ = match (&listener.kind, https_port) {
+                (ListenerKind::Plain, _) => writeln!(out, "listening on http://{addr}"),
+                (ListenerKind::Tls(_), _) => writeln!(out, "listening on https://{addr}"),
+                (ListenerKind::RedirectHttps, Some(port)) => writeln!(
+                    out,
+                    "listening on http://{addr} (redirects to https port {port})"
+                ),
+                (ListenerKind::RedirectHttps, None) => unreachable!("validated in config"),
+            };
         }
         let _ = out.flush();
     }
@@ -123,11 +153,13 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     Ok(())
 }
 
-/// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard;
-/// a second signal exits at once.
+/// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard (a
+/// second one exits at once), and SIGHUP into a re-read of the users file: read and checked
+/// here once, then handed to every shard; a bad file keeps the old users and says why.
 fn spawn_signal_forwarder(
     mut signals: signal_hook::iterator::Signals,
     controls: Vec<SharedSender<Control>>,
+    users_path: Option<std::path::PathBuf>,
 ) -> Result<(), StartError> {
     LocalExecutorBuilder::new(Placement::Unbound)
         .name("percore-signals")
@@ -140,6 +172,16 @@ fn spawn_signal_forwarder(
             let mut received = 0;
             loop {
                 for signal in signals.pending() {
+                    if signal == SIGHUP {
+                        if let Some(users) = reload_users(users_path.as_deref()) {
+                            for control in &connected {
+                                // Bounded channel of 4: a shard behind on reloads gets the
+                                // newest when it catches up with the next SIGHUP.
+                                let _ = control.try_send(Control::Users(users.clone()));
+                            }
+                        }
+                        continue;
+                    }
                     received += 1;
                     if received == 1 {
                         eprintln!(
@@ -159,6 +201,27 @@ fn spawn_signal_forwarder(
         })
         .map(|_| ())
         .map_err(|e| StartError(format!("cannot start the signal thread: {e}")))
+}
+
+fn reload_users(path: Option<&std::path::Path>) -> Option<Arc<Users>> {
+    let Some(path) = path else {
+        eprintln!("percore: SIGHUP: no --users file to reload");
+        return None;
+    };
+    match crate::config::read_users(path) {
+        Ok(users) => {
+            eprintln!(
+                "percore: SIGHUP: {} users loaded from {}",
+                users.len(),
+                path.display()
+            );
+            Some(Arc::new(users))
+        }
+        Err(e) => {
+            eprintln!("percore: SIGHUP: {e}; keeping the users loaded before");
+            None
+        }
+    }
 }
 
 async fn shard_main(init: ShardInit) {
@@ -224,6 +287,18 @@ async fn shard_main(init: ShardInit) {
             std::process::exit(2);
         }
     };
+    let limiter = Rc::new(std::cell::RefCell::new(crate::auth::limiter::Limiter::new(
+        init.config.auth.limiter.clone(),
+    )));
+    let auth_mesh: Rc<AuthMesh> = Mesh::join(init.auth_mesh, init.index, limits, {
+        let limiter = limiter.clone();
+        Rc::new(move |_from, request| {
+            let reply = crate::auth::service::serve_limit(&limiter, request);
+            Box::pin(async move { reply })
+        })
+    })
+    .await;
+    let auth = Rc::new(Auth::new(init.config.auth.clone(), limiter, auth_mesh));
     let shard = Shard::install(
         init.index,
         init.cpu,
@@ -231,8 +306,15 @@ async fn shard_main(init: ShardInit) {
         stats_mesh,
         sessions.clone(),
         txn.clone(),
+        auth.clone(),
     );
-    let app = (init.app)().into_app();
+    let router = (init.app)();
+    let router = if shard.config.auth.enabled() {
+        crate::auth::middleware::install(router)
+    } else {
+        router
+    };
+    let app = router.into_app();
 
     let background = glommio::executor().create_task_queue(
         Shares::Static(50),
@@ -247,22 +329,42 @@ async fn shard_main(init: ShardInit) {
     .expect("the background queue exists");
 
     glommio::spawn_local(clock(shard.clone())).detach();
-    for fd in init.listeners {
+    for (fd, config) in init.listeners.into_iter().zip(&shard.config.listeners) {
         let raw = fd.into_raw_fd();
         // SAFETY: `raw` is a bound, listening TCP socket whose ownership we just released.
         let listener =
             unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let serves = match &config.kind {
+            ListenerKind::Plain => Serves::App,
+            ListenerKind::Tls(material) => Serves::Tls(
+                // Checked at start (config): building it again cannot fail.
+                crate::net::tls::server_config(material)
+                    .expect("validated at start")
+                    .into(),
+            ),
+            ListenerKind::RedirectHttps => {
+                Serves::Redirect(init.https_port.expect("validated in config"))
+            }
+        };
         glommio::spawn_local(crate::server::accept_loop(
             shard.clone(),
             app.clone(),
             listener,
+            serves,
         ))
         .detach();
     }
     let _ = init.ready.send(init.index);
 
     futures_lite::future::or(
-        async { control.recv().await.map(|_| ()).unwrap_or(()) },
+        async {
+            while let Some(message) = control.recv().await {
+                match message {
+                    Control::Drain => return,
+                    Control::Users(users) => auth.replace_users(users),
+                }
+            }
+        },
         shard.drain_started(),
     )
     .await;

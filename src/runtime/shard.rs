@@ -35,10 +35,15 @@ pub struct Shard {
     pub stats_mesh: Rc<StatsMesh>,
     pub sessions: Rc<Sessions>,
     pub txn: Rc<Txn>,
+    pub auth: Rc<crate::auth::service::Auth>,
     /// `X-Shard` value when `--expose-shard` is on.
     pub x_shard: Option<bytes::Bytes>,
     /// One permit per open connection, `conns_max` in all, shared by every listener of the shard.
     pub conn_slots: Rc<glommio::sync::Semaphore>,
+    /// One permit per TLS handshake in progress, `tls.handshakes_max` in all.
+    pub tls_handshake_slots: Rc<glommio::sync::Semaphore>,
+    /// `Strict-Transport-Security` value for HTTPS responses, unless `--hsts-max-age 0`.
+    pub hsts: Option<bytes::Bytes>,
     draining: Cell<bool>,
     drain_waiters: RefCell<Vec<Waker>>,
     conns: RefCell<HashMap<u64, Rc<ConnEntry>>>,
@@ -74,6 +79,7 @@ impl Shard {
         stats_mesh: Rc<StatsMesh>,
         sessions: Rc<Sessions>,
         txn: Rc<Txn>,
+        auth: Rc<crate::auth::service::Auth>,
     ) -> Rc<Shard> {
         let mut date = DateCache::new();
         date.refresh(SystemTime::now());
@@ -84,10 +90,16 @@ impl Shard {
             date: RefCell::new(date),
             sessions,
             txn,
+            auth,
             x_shard: config
                 .expose_shard
                 .then(|| bytes::Bytes::from(index.to_string())),
             conn_slots: Rc::new(glommio::sync::Semaphore::new(config.conns_max as u64)),
+            tls_handshake_slots: Rc::new(glommio::sync::Semaphore::new(
+                config.tls.handshakes_max as u64,
+            )),
+            hsts: (config.tls.hsts_max_age > 0)
+                .then(|| bytes::Bytes::from(format!("max-age={}", config.tls.hsts_max_age))),
             config,
             stats_mesh,
             draining: Cell::new(false),

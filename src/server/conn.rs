@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
-use glommio::net::TcpStream;
 use glommio::sync::StaticPermit;
 
 use crate::config::limits::{
@@ -23,6 +22,7 @@ use crate::http::{
     Version,
 };
 use crate::metrics::add;
+use crate::net::Transport;
 use crate::router::response::SERVER_MANAGED_HEADERS;
 use crate::router::{
     App, Body, BodyError, BodySource, Request, RequestCtx, Response, ResponseBody,
@@ -35,7 +35,7 @@ const BODY_READ_BYTES_MAX: usize = 64 * 1024;
 /// The socket and the read buffer, shared by the connection loop and the body of the request
 /// being served (the handler may read it while the loop waits). Borrows never cross an await.
 struct ConnIo {
-    stream: RefCell<TcpStream>,
+    stream: RefCell<Transport>,
     rbuf: RefCell<BytesMut>,
     shard: Rc<Shard>,
 }
@@ -75,7 +75,8 @@ impl ConnIo {
             }
             *written += n;
         }
-        Poll::Ready(Ok(()))
+        // A no-op on plain TCP; TLS holds the records it made until flushed.
+        Pin::new(&mut *self.stream.borrow_mut()).poll_flush(cx)
     }
 
     async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
@@ -86,10 +87,7 @@ impl ConnIo {
     }
 
     fn set_read_timeout(&self, timeout: Duration) {
-        let _ = self
-            .stream
-            .borrow()
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
+        self.stream.borrow().set_read_timeout(timeout);
     }
 }
 
@@ -192,13 +190,22 @@ struct Conn {
     head_started: Option<Instant>,
     /// Version of the request being answered.
     version: Version,
+    tls: bool,
+    /// `Some(port)`: a `--redirect-https` connection; every request gets a 308 to this port.
+    redirect_port: Option<u16>,
 }
 
 /// Serves one accepted connection until it closes; `_permit` holds its slot in the shard's bound.
-pub async fn serve(shard: Rc<Shard>, app: Rc<App>, stream: TcpStream, _permit: StaticPermit) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(shard.config.write_timeout));
-    let peer = stream.peer_addr().ok();
+pub async fn serve(
+    shard: Rc<Shard>,
+    app: Rc<App>,
+    stream: Transport,
+    redirect_port: Option<u16>,
+    _permit: StaticPermit,
+) {
+    stream.set_write_timeout(shard.config.write_timeout);
+    let peer = stream.peer_addr();
+    let tls = stream.is_tls();
     let guard = shard.register_conn(stream.as_raw_fd());
     let limits = HeadLimits {
         head_bytes_max: shard.config.head_bytes_max,
@@ -219,8 +226,15 @@ pub async fn serve(shard: Rc<Shard>, app: Rc<App>, stream: TcpStream, _permit: S
         limits,
         head_started: None,
         version: Version::Http11,
+        tls,
+        redirect_port,
     };
     conn.run().await;
+    if tls {
+        // close_notify, so the client can tell a complete response from a cut connection.
+        let stream = &conn.io.stream;
+        let _ = std::future::poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+    }
 }
 
 impl Conn {
@@ -321,10 +335,18 @@ impl Conn {
                 return self.write_response(response, is_head, version).await;
             }
         };
+        if let Some(port) = self.redirect_port {
+            let mut response = redirect_https(&head, port);
+            if !keep_alive {
+                response.close = true;
+            }
+            // A body (of a POST, say) is read and dropped below, like any body a handler left.
+            return self.finish(response, body, is_head, version).await;
+        }
         let ctx = RequestCtx {
             shard: self.shard().index,
             peer: self.peer,
-            tls: false,
+            tls: self.tls,
             identity: None,
             extensions: Default::default(),
         };
@@ -336,6 +358,17 @@ impl Conn {
         if !keep_alive {
             response.close = true;
         }
+        self.finish(response, body, is_head, version).await
+    }
+
+    /// Writes the answer to a request and reads what is left of its body.
+    async fn finish(
+        &mut self,
+        mut response: Response,
+        body: Option<Rc<ConnBody>>,
+        is_head: bool,
+        version: Version,
+    ) -> Flow {
         if let Some(body) = &body {
             if let Some(error) = body.error.get() {
                 response = Response::from(error);
@@ -530,6 +563,11 @@ impl Conn {
             inline[count] = ("X-Shard", x_shard);
             count += 1;
         }
+        let hsts = self.io.shard.hsts.as_ref().filter(|_| self.tls);
+        if let Some(hsts) = hsts {
+            inline[count] = ("Strict-Transport-Security", hsts);
+            count += 1;
+        }
         let mut overflow = false;
         for (name, value) in headers.iter().filter(|(n, _)| !managed(n)) {
             if count == INLINE {
@@ -553,6 +591,9 @@ impl Conn {
             if let Some(x_shard) = &self.io.shard.x_shard {
                 all.push(("X-Shard", x_shard));
             }
+            if let Some(hsts) = hsts {
+                all.push(("Strict-Transport-Security", hsts));
+            }
             http::encode_head(&mut self.wbuf, status, &all, body, &date, close);
         }
     }
@@ -572,5 +613,83 @@ impl Conn {
             self.wbuf = BytesMut::new();
         }
         result
+    }
+}
+
+/// The 308 of a `--redirect-https` listener: same host (from `Host`, without its port), the
+/// HTTPS listener's port, same path and query. A missing or odd `Host` gets 400: we never
+/// redirect to a name we cannot vouch for.
+fn redirect_https(head: &RequestHead, port: u16) -> Response {
+    let Some(host) = head.header("host").and_then(host_name) else {
+        return Response::error(400, "a redirect to https needs a valid Host header");
+    };
+    let mut location = String::with_capacity(16 + host.len() + head.target().len());
+    location.push_str("https://");
+    location.push_str(host);
+    if port != 443 {
+        location.push(':');
+        location.push_str(itoa::Buffer::new().format(port));
+    }
+    location.push_str(head.path());
+    if let Some(query) = head.query() {
+        location.push('?');
+        location.push_str(query);
+    }
+    Response::text(308, "redirecting to https\n").header("Location", location)
+}
+
+/// The host part of a Host header value (RFC 9110 §7.2: uri-host [":" port]): a DNS name or
+/// IPv4 address of letters, digits, '-', '.', or a bracketed IPv6 literal.
+fn host_name(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let host = if value.starts_with('[') {
+        let end = value.find(']')?;
+        let (literal, rest) = value.split_at(end + 1);
+        literal[1..end].parse::<std::net::Ipv6Addr>().ok()?;
+        if !(rest.is_empty() || rest.strip_prefix(':')?.parse::<u16>().is_ok()) {
+            return None;
+        }
+        literal
+    } else {
+        let host = match value.split_once(':') {
+            Some((host, port)) => {
+                port.parse::<u16>().ok()?;
+                host
+            }
+            None => value,
+        };
+        let name_char = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        if host.is_empty() || host.len() > 253 || !host.bytes().all(name_char) {
+            return None;
+        }
+        host
+    };
+    Some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_name;
+
+    #[test]
+    fn host_names() {
+        for (value, expected) in [
+            ("example.com", Some("example.com")),
+            ("example.com:8080", Some("example.com")),
+            ("127.0.0.1:80", Some("127.0.0.1")),
+            ("[::1]:8443", Some("[::1]")),
+            ("[::1]", Some("[::1]")),
+            ("", None),
+            (":80", None),
+            ("example.com:x", None),
+            ("example.com:99999", None),
+            ("evil.com/x", None),
+            ("user@evil.com", None),
+            ("[::1", None),
+            ("[nope]:80", None),
+            ("[::1]x", None),
+        ] {
+            assert_eq!(host_name(value.as_bytes()), expected, "{value:?}");
+        }
     }
 }

@@ -1,19 +1,34 @@
-//! Accepts connections on a shard's listener within the per-shard connection bound and hands each to `conn`.
+//! Accepts connections on a shard's listener within the per-shard connection bound, runs TLS handshakes within theirs, and hands each connection to `conn`.
 
 pub mod conn;
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::net::TcpListener;
+use futures_rustls::TlsAcceptor;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::StaticPermit;
 
+use crate::metrics::add;
+use crate::net::Transport;
 use crate::router::App;
 use crate::runtime::shard::Shard;
 
+/// What a listener's connections get.
+pub enum Serves {
+    /// The app, over plain HTTP.
+    App,
+    /// The app, over TLS.
+    Tls(TlsAcceptor),
+    /// A 308 to `https://host:PORT` with the same target, for every request.
+    Redirect(u16),
+}
+
 /// Accepts until the shard drains. At `conns_max` open connections it stops accepting (the
 /// kernel backlog holds the rest) and resumes when a connection closes.
-pub async fn accept_loop(shard: Rc<Shard>, app: Rc<App>, listener: TcpListener) {
+pub async fn accept_loop(shard: Rc<Shard>, app: Rc<App>, listener: TcpListener, serves: Serves) {
     let slots = shard.conn_slots.clone();
+    let serves = Rc::new(serves);
     loop {
         let permit = match slots.try_acquire_static_permit(1) {
             Ok(permit) => permit,
@@ -42,14 +57,86 @@ pub async fn accept_loop(shard: Rc<Shard>, app: Rc<App>, listener: TcpListener) 
         match accepted {
             None => return, // dropping the listener closes it
             Some(Ok(stream)) => {
-                glommio::spawn_local(conn::serve(shard.clone(), app.clone(), stream, permit))
-                    .detach();
+                glommio::spawn_local(start(
+                    shard.clone(),
+                    app.clone(),
+                    serves.clone(),
+                    stream,
+                    permit,
+                ))
+                .detach();
             }
             Some(Err(e)) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection waits in the backlog.
                 eprintln!("percore: shard {}: accept failed: {e}", shard.index);
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
+        }
+    }
+}
+
+async fn start(
+    shard: Rc<Shard>,
+    app: Rc<App>,
+    serves: Rc<Serves>,
+    stream: TcpStream,
+    permit: StaticPermit,
+) {
+    let _ = stream.set_nodelay(true);
+    match &*serves {
+        Serves::App => conn::serve(shard, app, Transport::Plain(stream), None, permit).await,
+        Serves::Redirect(port) => {
+            conn::serve(shard, app, Transport::Plain(stream), Some(*port), permit).await
+        }
+        Serves::Tls(acceptor) => {
+            if let Some(tls) = handshake(&shard, acceptor, stream).await {
+                conn::serve(shard, app, Transport::Tls(Box::new(tls)), None, permit).await
+            }
+        }
+    }
+}
+
+/// Runs a TLS handshake within the shard's bound on concurrent handshakes and the handshake
+/// timeout (which counts from accept, so waiting for a turn counts too). None: the connection
+/// is dropped (timed out, or the client's handshake failed).
+async fn handshake(
+    shard: &Shard,
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
+    // One timer for the whole handshake (waiting for a turn included), not per read.
+    let timeout = shard.config.tls.handshake_timeout;
+    let slots = shard.tls_handshake_slots.clone();
+    let work = async {
+        let _turn = match slots.try_acquire_permit(1) {
+            Ok(turn) => turn,
+            Err(_) => {
+                add(&shard.metrics.tls_handshake_waits, 1);
+                slots.acquire_permit(1).await.ok()?
+            }
+        };
+        match acceptor.accept(stream).await {
+            Ok(tls) => Some(Some(tls)),
+            Err(_) => {
+                add(&shard.metrics.tls_handshake_failures, 1);
+                Some(None)
+            }
+        }
+    };
+    let outcome = futures_lite::future::or(work, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    match outcome {
+        Some(Some(tls)) => {
+            add(&shard.metrics.tls_handshakes, 1);
+            Some(tls)
+        }
+        Some(None) => None,
+        None => {
+            add(&shard.metrics.tls_handshake_timeouts, 1);
+            None
         }
     }
 }

@@ -84,8 +84,22 @@ async fn get_value(req: Request) -> Response {
     }
 }
 
-/// PUT /session/data/{key} with a JSON body -> 204; 400 when the body is not JSON, 413 past the bound.
+/// Values named `percore.*` belong to the server (the logged-in user): clients may read them but
+/// never write them, or a client could log itself in as anyone.
+const RESERVED_PREFIX: &str = "percore.";
+
+fn reserved(req: &Request) -> Option<Response> {
+    req.param("key")
+        .is_some_and(|key| key.starts_with(RESERVED_PREFIX))
+        .then(|| Response::error(403, "session values named percore.* are the server's"))
+}
+
+/// PUT /session/data/{key} with a JSON body -> 204; 400 when the body is not JSON, 413 past the
+/// bound, 403 for a reserved name.
 async fn put_value(mut req: Request) -> Response {
+    if let Some(refused) = reserved(&req) {
+        return refused;
+    }
     let session = match session(&req) {
         Ok(s) => s,
         Err(r) => return r,
@@ -105,8 +119,11 @@ async fn put_value(mut req: Request) -> Response {
     }
 }
 
-/// DELETE /session/data/{key} -> 204 whether or not the value was set.
+/// DELETE /session/data/{key} -> 204 whether or not the value was set; 403 for a reserved name.
 async fn delete_value(req: Request) -> Response {
+    if let Some(refused) = reserved(&req) {
+        return refused;
+    }
     let session = match session(&req) {
         Ok(s) => s,
         Err(r) => return r,

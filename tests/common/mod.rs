@@ -6,6 +6,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_percore");
 
 /// A running server, killed on drop.
@@ -30,7 +32,8 @@ impl Server {
 
     /// Any percore-based binary with exactly `args`.
     pub fn start_with(binary: &str, args: &[&str]) -> Server {
-        let binds = args.iter().filter(|a| **a == "--bind").count().max(1);
+        let binds = args.iter().filter(|a| **a == "--bind").count().max(1)
+            + args.iter().filter(|a| **a == "--redirect-https").count();
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if !args.iter().any(|a| a == "--data-dir") {
             args.push("--data-dir".into());
@@ -61,7 +64,11 @@ impl Server {
                     let _ = child.kill();
                     panic!("percore did not print `listening on` for {args:?}")
                 });
-            if let Some(addr) = line.strip_prefix("listening on http://") {
+            let addr = line
+                .strip_prefix("listening on http://")
+                .or_else(|| line.strip_prefix("listening on https://"))
+                .and_then(|rest| rest.split(' ').next());
+            if let Some(addr) = addr {
                 addrs.push(addr.parse().expect("address in the listening line"));
             }
         }
@@ -201,14 +208,15 @@ impl Response {
     }
 }
 
-/// A buffered reader of responses on one connection (keeps bytes that belong to the next one).
-pub struct Conn {
-    pub stream: TcpStream,
+/// A buffered reader of responses on one connection (keeps bytes that belong to the next one);
+/// over TCP, or TLS (`tls::TlsStream`).
+pub struct Conn<S: Read + Write = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
-impl Conn {
-    pub fn new(stream: TcpStream) -> Conn {
+impl<S: Read + Write> Conn<S> {
+    pub fn new(stream: S) -> Conn<S> {
         Conn {
             stream,
             buf: Vec::new(),
@@ -231,7 +239,14 @@ impl Conn {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return None;
+                }
                 Err(e) => panic!("read: {e}; have {:?}", String::from_utf8_lossy(&self.buf)),
             }
         }
@@ -241,7 +256,9 @@ impl Conn {
         self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         self.response(false).expect("a response")
     }
+}
 
+impl Conn<TcpStream> {
     pub fn closed(&mut self) -> bool {
         self.buf.is_empty() && is_closed(&mut self.stream)
     }

@@ -1,0 +1,154 @@
+//! The two auth middlewares: Authenticate sets `ctx.identity` from Basic, Bearer or the login session; Authorize applies the `[[access]]` rules and the CSRF check. They decide; the service does the work.
+
+use std::rc::Rc;
+
+use super::access::Decision;
+use super::credentials::{self, Credentials};
+use super::csrf;
+use super::service::{Auth, Denied};
+use crate::router::{AuthMethod, Identity, Next, Phase, Request, Response, Router};
+use crate::runtime::shard;
+use crate::session::Session;
+
+/// The session value that holds the logged-in user's name. Reserved: the public session API
+/// refuses to write `percore.*` values.
+pub const SESSION_USER: &str = "percore.user";
+
+/// Adds both middlewares to `router` (the server does this when auth is configured).
+pub fn install(router: Router) -> Router {
+    router
+        .middleware(Phase::Authenticate, authenticate)
+        .middleware(Phase::Authorize, authorize)
+}
+
+fn auth() -> Rc<Auth> {
+    shard::current().auth.clone()
+}
+
+/// `WWW-Authenticate` for a 401, when Basic is on.
+pub fn unauthorized(auth: &Auth, message: &str) -> Response {
+    let response = Response::error(401, message);
+    if auth.config.basic {
+        response.header(
+            "WWW-Authenticate",
+            "Basic realm=\"percore\", charset=\"UTF-8\"",
+        )
+    } else {
+        response
+    }
+}
+
+pub fn denied(auth: &Auth, denied: Denied) -> Response {
+    match denied {
+        Denied::Invalid => unauthorized(auth, "invalid username or password"),
+        Denied::Blocked(secs) => Response::error(429, "too many failed logins, retry later")
+            .header("Retry-After", secs.to_string()),
+        Denied::Busy => {
+            Response::error(503, "authentication busy, retry").header("Retry-After", "1")
+        }
+    }
+}
+
+async fn authenticate(mut req: Request, next: Next) -> Response {
+    let auth = auth();
+    match identify(&auth, &req).await {
+        Ok(identity) => req.ctx.identity = identity.map(Rc::new),
+        Err(response) => return response,
+    }
+    next.run(req).await
+}
+
+// The early answer is moved once, off the hot path; boxing it would cost more.
+#[allow(clippy::result_large_err)]
+async fn identify(auth: &Auth, req: &Request) -> Result<Option<Identity>, Response> {
+    if let Some(value) = req.header("authorization") {
+        let credentials = credentials::from_authorization(value)
+            .map_err(|why| unauthorized(auth, &format!("bad Authorization header: {why}")))?;
+        match credentials {
+            Some(Credentials::Basic { user, password }) if auth.config.basic => {
+                let addr = req.ctx.peer.map(|p| p.ip());
+                let roles = auth
+                    .check_basic(&user, &password, addr)
+                    .await
+                    .map_err(|d| denied(auth, d))?;
+                return Ok(Some(Identity {
+                    user,
+                    roles,
+                    via: AuthMethod::Basic,
+                }));
+            }
+            Some(Credentials::Bearer(token)) => {
+                let Some(token) = auth.config.tokens.find(token) else {
+                    return Err(Response::error(401, "unknown API token")
+                        .header("WWW-Authenticate", "Bearer error=\"invalid_token\""));
+                };
+                return Ok(Some(Identity {
+                    user: token.name.clone(),
+                    roles: token.roles.clone(),
+                    via: AuthMethod::Bearer,
+                }));
+            }
+            // Another scheme, or Basic while it is off: not ours to judge.
+            _ => {}
+        }
+    }
+    if auth.config.users_path.is_none() {
+        return Ok(None);
+    }
+    let Some(session) = Session::from_request(req) else {
+        return Ok(None);
+    };
+    // An unknown, expired or unreachable session is simply no identity: the rules decide.
+    let Ok(Some(user)) = session.get::<String>(SESSION_USER).await else {
+        return Ok(None);
+    };
+    // Roles come from the users loaded now: a reload that drops a user or a role takes effect
+    // on the next request, not at the next login.
+    Ok(auth.roles_of(&user).map(|roles| Identity {
+        user,
+        roles,
+        via: AuthMethod::Session,
+    }))
+}
+
+async fn authorize(req: Request, next: Next) -> Response {
+    let auth = auth();
+    let identity = req.ctx.identity.as_deref();
+    let who = identity.map(|i| (i.user.as_str(), &i.roles[..]));
+    // Login must stay reachable whatever the rules say, or nobody could ever log in.
+    let decision = if req.path() == super::routes::LOGIN_PATH {
+        Decision::Allow
+    } else {
+        auth.config.access.decide(req.method(), req.path(), who)
+    };
+    match decision {
+        Decision::Allow => {}
+        Decision::Unauthenticated => return unauthorized(&auth, "authentication required"),
+        Decision::Forbidden => return Response::error(403, "forbidden"),
+    }
+    if identity.is_some_and(|i| i.via == AuthMethod::Session) && !csrf_ok(&auth, &req) {
+        return Response::error(
+            403,
+            "cross-site request refused: no same-origin Origin or Referer",
+        );
+    }
+    next.run(req).await
+}
+
+/// A state-changing request carried by the session cookie must show it comes from our own
+/// pages (Origin or Referer) or carry the configured header (which a cross-site form cannot).
+fn csrf_ok(auth: &Auth, req: &Request) -> bool {
+    let has_header = auth
+        .config
+        .csrf_header
+        .as_deref()
+        .is_some_and(|name| req.header(name).is_some());
+    csrf::check(
+        req.method(),
+        req.header("origin"),
+        req.header("referer"),
+        req.header("host"),
+        req.ctx.tls,
+        has_header,
+    )
+}

@@ -1,0 +1,103 @@
+//! The auth HTTP API of the default server (a contract tests and tools rely on): POST /auth/login, POST /auth/logout, GET /auth/me.
+
+use serde_json::json;
+
+use super::credentials::{self, LOGIN_BODY_BYTES_MAX};
+use super::middleware::{SESSION_USER, denied};
+use crate::router::{Request, Response, Router};
+use crate::runtime::shard;
+use crate::session::{Session, SessionError};
+
+pub const LOGIN_PATH: &str = "/auth/login";
+
+pub fn routes() -> Router {
+    Router::new()
+        .post(LOGIN_PATH, login)
+        .post("/auth/logout", logout)
+        .get("/auth/me", me)
+}
+
+fn session_error(e: SessionError) -> Response {
+    Response::error(e.status(), e.message())
+}
+
+/// Reads a small body whole; 413 past `LOGIN_BODY_BYTES_MAX`.
+// The early answer is moved once, off the hot path; boxing it would cost more.
+#[allow(clippy::result_large_err)]
+async fn small_body(req: &mut Request) -> Result<Vec<u8>, Response> {
+    let mut body = Vec::new();
+    while let Some(chunk) = req.body.chunk().await {
+        let chunk = chunk.map_err(Response::from)?;
+        if body.len() + chunk.len() > LOGIN_BODY_BYTES_MAX {
+            return Err(Response::error(413, "login body too large"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// POST /auth/login with `{"username","password"}` (JSON or a form) -> 200 `{"user","roles"}`
+/// and the cookie of a fresh session id (the request's session, if any, is rotated: its old id
+/// dies, against fixation); 401 for a wrong user or password alike; 429 when blocked.
+async fn login(mut req: Request) -> Response {
+    let body = match small_body(&mut req).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let form = match credentials::parse_login(req.header("content-type"), &body) {
+        Ok(form) => form,
+        Err(why) => return Response::error(400, &format!("bad login request: {why}")),
+    };
+    let auth = shard::current().auth.clone();
+    let addr = req.ctx.peer.map(|p| p.ip());
+    let roles = match auth
+        .check_password(&form.username, &form.password, addr)
+        .await
+    {
+        Ok(roles) => roles,
+        Err(d) => return denied(&auth, d),
+    };
+    let session = match Session::from_request(&req) {
+        Some(mut session) => match session.rotate().await {
+            Ok(()) => session,
+            Err(SessionError::Unknown) => Session::create(),
+            Err(e) => return session_error(e),
+        },
+        None => Session::create(),
+    };
+    if let Err(e) = session.set(SESSION_USER, &form.username).await {
+        return session_error(e);
+    }
+    Response::json(200, &json!({ "user": form.username, "roles": roles }))
+        .header("Set-Cookie", session.cookie(req.ctx.tls))
+}
+
+/// POST /auth/logout -> 204, the session destroyed (on its owner: dead on every shard) and its
+/// cookie cleared; also 204 without a session.
+async fn logout(req: Request) -> Response {
+    if let Some(session) = Session::from_request(&req) {
+        match session.destroy().await {
+            Ok(()) | Err(SessionError::Unknown) => {}
+            Err(e) => return session_error(e),
+        }
+    }
+    Response::new(204).header("Set-Cookie", Session::clear_cookie(req.ctx.tls))
+}
+
+/// GET /auth/me -> 200 `{"user","roles","via"}` for any authenticated request, else 401.
+async fn me(req: Request) -> Response {
+    match &req.ctx.identity {
+        Some(identity) => Response::json(
+            200,
+            &json!({
+                "user": identity.user,
+                "roles": identity.roles,
+                "via": format!("{:?}", identity.via).to_ascii_lowercase(),
+            }),
+        ),
+        None => {
+            let auth = shard::current().auth.clone();
+            super::middleware::unauthorized(&auth, "not logged in")
+        }
+    }
+}

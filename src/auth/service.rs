@@ -1,0 +1,227 @@
+//! One shard's part of authentication: the users it checks passwords against, the brute-force counters it owns (reached by every shard over the auth mesh), password hashing on background threads within bounds, and the Basic credential cache. Nothing here is `Send`.
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use sha2::{Digest, Sha256};
+
+use super::limiter::{self, Limiter};
+use super::password;
+use super::users::Users;
+use crate::config::AuthConfig;
+use crate::config::limits::BASIC_CACHE_ENTRIES_MAX;
+use crate::mesh::{Mesh, join_all};
+use crate::runtime::now_ms;
+
+/// A brute-force counter operation, run on the shard that owns the key.
+pub enum LimitRequest {
+    /// Is the key blocked?
+    Check(String),
+    /// One more failure for the key.
+    Fail(String),
+    /// A successful login: forget the user name's failures.
+    Reset(String),
+}
+
+/// `Some(ms)`: the key is blocked for that long.
+pub struct LimitReply(pub Option<u64>);
+
+/// The brute-force counters have their own mesh: a login never waits behind session or
+/// transaction traffic, and the handler never sends a message itself.
+pub type AuthMesh = Mesh<LimitRequest, LimitReply>;
+
+/// Serves a counter operation for a key this shard owns. Synchronous: it never waits.
+pub fn serve_limit(limiter: &RefCell<Limiter>, request: LimitRequest) -> LimitReply {
+    let now = now_ms();
+    let mut limiter = limiter.borrow_mut();
+    LimitReply(match request {
+        LimitRequest::Check(key) => limiter.check(&key, now),
+        LimitRequest::Fail(key) => limiter.fail(&key, now),
+        LimitRequest::Reset(key) => {
+            limiter.reset(&key);
+            None
+        }
+    })
+}
+
+/// Why a password check gave no identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// Wrong user or password (the same answer for both).
+    Invalid,
+    /// Too many failures for this user name or address: retry after this many seconds.
+    Blocked(u64),
+    /// The shard's hash queue is full, or a counter owner did not answer: retry soon.
+    Busy,
+}
+
+pub struct Auth {
+    pub config: AuthConfig,
+    users: RefCell<Arc<Users>>,
+    /// Bumped when the users change; Basic cache entries of an older generation are void.
+    generation: Cell<u64>,
+    pub limiter: Rc<RefCell<Limiter>>,
+    mesh: Rc<AuthMesh>,
+    hash_slots: Rc<glommio::sync::Semaphore>,
+    hash_waiting: Cell<usize>,
+    /// (user, SHA-256(salt, password)) -> generation, of Basic credentials verified here.
+    basic_cache: RefCell<FxHashMap<(String, [u8; 32]), u64>>,
+    basic_salt: [u8; 16],
+}
+
+impl Auth {
+    pub fn new(config: AuthConfig, limiter: Rc<RefCell<Limiter>>, mesh: Rc<AuthMesh>) -> Auth {
+        Auth {
+            users: RefCell::new(config.users.clone()),
+            generation: Cell::new(0),
+            hash_slots: Rc::new(glommio::sync::Semaphore::new(
+                config.hash_concurrency as u64,
+            )),
+            hash_waiting: Cell::new(0),
+            basic_cache: RefCell::new(FxHashMap::default()),
+            basic_salt: rand::random(),
+            config,
+            limiter,
+            mesh,
+        }
+    }
+
+    pub fn users(&self) -> Arc<Users> {
+        self.users.borrow().clone()
+    }
+
+    /// Installs users re-read after SIGHUP.
+    pub fn replace_users(&self, users: Arc<Users>) {
+        *self.users.borrow_mut() = users;
+        self.generation.set(self.generation.get() + 1);
+        self.basic_cache.borrow_mut().clear();
+    }
+
+    /// The roles of `user` if it (still) exists.
+    pub fn roles_of(&self, user: &str) -> Option<Vec<String>> {
+        self.users.borrow().get(user).map(|u| u.roles.clone())
+    }
+
+    fn keys(name: &str, addr: Option<IpAddr>) -> Vec<String> {
+        let mut keys = vec![limiter::user_key(name)];
+        keys.extend(addr.map(limiter::addr_key));
+        keys
+    }
+
+    /// Sends one counter operation per key to its owner; the longest block wins. A counter
+    /// owner that does not answer makes the result `Busy`: we do not guess in the attacker's favour.
+    async fn limit_all(
+        &self,
+        keys: &[String],
+        request: fn(String) -> LimitRequest,
+    ) -> Result<Option<u64>, Denied> {
+        let shard_count = self.mesh.shard_count();
+        let calls = keys
+            .iter()
+            .map(|key| {
+                let owner = limiter::owner_shard(key, shard_count);
+                self.mesh.call(owner, request(key.clone()))
+            })
+            .collect();
+        let mut blocked: Option<u64> = None;
+        for reply in join_all(calls).await {
+            let LimitReply(ms) = reply.map_err(|_| Denied::Busy)?;
+            blocked = blocked.max(ms);
+        }
+        Ok(blocked)
+    }
+
+    /// Checks a user name and password (a login, or Basic on a cache miss) within the
+    /// brute-force bounds: blocked keys are refused before any hashing; a failure counts for
+    /// the name and the address; a success forgets the name's failures. An unknown user costs a
+    /// hash like a known one, so the answer time does not tell which user names exist.
+    pub async fn check_password(
+        &self,
+        name: &str,
+        password: &str,
+        addr: Option<IpAddr>,
+    ) -> Result<Vec<String>, Denied> {
+        let keys = Auth::keys(name, addr);
+        if let Some(ms) = self.limit_all(&keys, LimitRequest::Check).await? {
+            return Err(Denied::Blocked(limiter::retry_after_secs(ms)));
+        }
+        let user = self.users.borrow().get(name).cloned();
+        let verified = self
+            .hash(user.as_ref().map(|u| u.password_hash.clone()), password)
+            .await?;
+        match user {
+            Some(user) if verified => {
+                self.limit_all(&keys[..1], LimitRequest::Reset).await?;
+                Ok(user.roles)
+            }
+            _ => {
+                self.limit_all(&keys, LimitRequest::Fail).await?;
+                Err(Denied::Invalid)
+            }
+        }
+    }
+
+    /// Verifies `password` against `phc` (or the dummy hash) on a background thread, at most
+    /// `hash_concurrency` at once per shard and `hash_queue_max` waiting.
+    async fn hash(&self, phc: Option<String>, password: &str) -> Result<bool, Denied> {
+        let _permit = match self.hash_slots.try_acquire_permit(1) {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.hash_waiting.get() >= self.config.hash_queue_max {
+                    return Err(Denied::Busy);
+                }
+                self.hash_waiting.set(self.hash_waiting.get() + 1);
+                let permit = self.hash_slots.acquire_permit(1).await;
+                self.hash_waiting.set(self.hash_waiting.get() - 1);
+                permit.map_err(|_| Denied::Busy)?
+            }
+        };
+        let password = password.to_string();
+        let verified = glommio::executor()
+            .spawn_blocking(move || match phc {
+                Some(phc) => password::verify(&phc, &password),
+                None => {
+                    password::verify_dummy(&password);
+                    false
+                }
+            })
+            .await;
+        Ok(verified)
+    }
+
+    /// Basic credentials: from the cache when this shard verified them before (since the last
+    /// reload), else a full password check.
+    pub async fn check_basic(
+        &self,
+        name: &str,
+        password: &str,
+        addr: Option<IpAddr>,
+    ) -> Result<Vec<String>, Denied> {
+        let key = (name.to_string(), self.basic_digest(password));
+        let generation = self.generation.get();
+        if self.basic_cache.borrow().get(&key) == Some(&generation)
+            && let Some(roles) = self.roles_of(name)
+        {
+            return Ok(roles);
+        }
+        let roles = self.check_password(name, password, addr).await?;
+        if self.generation.get() == generation {
+            let mut cache = self.basic_cache.borrow_mut();
+            if cache.len() >= BASIC_CACHE_ENTRIES_MAX {
+                cache.clear();
+            }
+            cache.insert(key, generation);
+        }
+        Ok(roles)
+    }
+
+    fn basic_digest(&self, password: &str) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(self.basic_salt);
+        digest.update(password.as_bytes());
+        digest.finalize().into()
+    }
+}

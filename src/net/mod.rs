@@ -1,0 +1,98 @@
+//! The byte stream under a connection: plain TCP or TLS over a glommio socket, behind one type so the connection code is written once; knows nothing of HTTP.
+
+pub mod tls;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::server::TlsStream;
+use glommio::net::TcpStream;
+
+/// A connection's stream. An enum rather than a trait object: the plain path stays a direct
+/// call, and TLS adds one branch per read or write.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// Bounds every later read of the socket (a TLS read that waits on the socket included).
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        let _ = self
+            .tcp()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
+    }
+
+    pub fn set_write_timeout(&self, timeout: Duration) {
+        let _ = self
+            .tcp()
+            .set_write_timeout(Some(timeout.max(Duration::from_millis(1))));
+    }
+
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp().peer_addr().ok()
+    }
+}
+
+impl AsRawFd for Transport {
+    fn as_raw_fd(&self) -> RawFd {
+        self.tcp().as_raw_fd()
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    /// TLS buffers records inside rustls: a response is only on the wire after a flush.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(_) => Poll::Ready(Ok(())),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    /// Sends TLS close_notify, then shuts the socket's write side.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_close(cx),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+        }
+    }
+}

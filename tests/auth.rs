@@ -1,0 +1,569 @@
+//! Authentication and authorization end to end: users file + login sessions, Basic, Bearer, `[[access]]` rules, CSRF, brute-force limits across shards, SIGHUP reload, and login timing.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{BIN, Conn, Server, one_per_shard, run_failing, temp_dir};
+
+/// `percore hash-password` of `password`.
+fn hash(password: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+fn users_toml(users: &[(&str, &str, &[&str])]) -> String {
+    users
+        .iter()
+        .map(|(name, password, roles)| {
+            format!(
+                "[[user]]\nname = {name:?}\npassword_hash = {:?}\nroles = {roles:?}\n\n",
+                hash(password)
+            )
+        })
+        .collect()
+}
+
+const TOKEN: &str = "pc_test-token-for-the-ci-robot";
+
+/// A config with access rules, one API token, and a users file with alice (admin) and bob (staff).
+fn setup(extra_config: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir("auth");
+    let users = dir.join("users.toml");
+    std::fs::write(
+        &users,
+        users_toml(&[
+            ("alice", "alice-pw", &["admin"]),
+            ("bob", "bob-pw", &["staff"]),
+        ]),
+    )
+    .unwrap();
+    let token_hash = {
+        let mut child = Command::new(BIN)
+            .arg("hash-token")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{TOKEN}").unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let config = dir.join("percore.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{extra_config}
+[[access]]
+prefix = "/stats"
+allow = ["admin"]
+
+[[access]]
+prefix = "/kv"
+allow = ["authenticated"]
+
+[[access]]
+prefix = "/kv/config"
+methods = ["PUT", "DELETE"]
+allow = ["admin"]
+
+[[token]]
+name = "ci-robot"
+hash = "{token_hash}"
+roles = ["staff"]
+"#
+        ),
+    )
+    .unwrap();
+    (users, config)
+}
+
+fn start(users: &Path, config: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--bind", "127.0.0.1:0", "--expose-shard"];
+    if !extra.contains(&"--shards") {
+        args.extend_from_slice(&["--shards", "2"]);
+    }
+    args.extend_from_slice(&[
+        "--users",
+        users.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    args.extend_from_slice(extra);
+    Server::start_exact(&args)
+}
+
+fn login_body(user: &str, password: &str) -> String {
+    format!(r#"{{"username":"{user}","password":"{password}"}}"#)
+}
+
+/// POST /auth/login (JSON) with an optional cookie; the response.
+fn login(conn: &mut Conn, user: &str, password: &str, cookie: Option<&str>) -> common::Response {
+    let body = login_body(user, password);
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    conn.send(
+        format!(
+            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{cookie}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    conn.response(false).unwrap()
+}
+
+/// The `name=value` part of a Set-Cookie.
+fn cookie_of(response: &common::Response) -> String {
+    let set = response.header("set-cookie").expect("a Set-Cookie");
+    set.split(';').next().unwrap().to_string()
+}
+
+fn request(
+    conn: &mut Conn,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> common::Response {
+    conn.send(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    conn.response(method == "HEAD").unwrap()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Authorization: Basic {encoded}\r\n")
+}
+
+#[test]
+fn hash_password_prints_an_argon2id_phc_string() {
+    let hashed = hash("correct horse");
+    assert!(
+        hashed.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hashed}"
+    );
+    let output = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "empty stdin");
+}
+
+#[test]
+fn login_me_logout_and_the_session_dies_on_every_shard() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let [mut a, mut b] = one_per_shard(&server);
+    let r = login(&mut a, "alice", "alice-pw", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"user": "alice", "roles": ["admin"]})
+    );
+    let cookie = format!("Cookie: {}\r\n", cookie_of(&r));
+    for conn in [&mut a, &mut b] {
+        let me = request(conn, "GET", "/auth/me", &cookie, "");
+        assert_eq!(me.status, 200);
+        let me: serde_json::Value = serde_json::from_slice(&me.body).unwrap();
+        assert_eq!(me["user"], "alice");
+        assert_eq!(me["via"], "session");
+    }
+    // Logout from the other shard, with a same-origin Origin (CSRF).
+    let out = request(
+        &mut b,
+        "POST",
+        "/auth/logout",
+        &format!("{cookie}Origin: http://t\r\n"),
+        "",
+    );
+    assert_eq!(out.status, 204);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    for conn in [&mut a, &mut b] {
+        assert_eq!(request(conn, "GET", "/auth/me", &cookie, "").status, 401);
+    }
+}
+
+#[test]
+fn login_takes_a_form_too_and_rejects_bad_bodies() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    let r = request(
+        &mut conn,
+        "POST",
+        "/auth/login",
+        form,
+        "username=bob&password=bob-pw",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let json = "Content-Type: application/json\r\n";
+    assert_eq!(
+        request(&mut conn, "POST", "/auth/login", json, "{nope").status,
+        400
+    );
+    let xml = "Content-Type: text/xml\r\n";
+    assert_eq!(
+        request(&mut conn, "POST", "/auth/login", xml, "<a/>").status,
+        400
+    );
+    let big = format!(r#"{{"username":"bob","password":"{}"}}"#, "x".repeat(9000));
+    let r = request(&mut conn, "POST", "/auth/login", json, &big);
+    assert_eq!(r.status, 413);
+}
+
+#[test]
+fn login_rotates_the_session_id_against_fixation() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let [mut a, mut b] = one_per_shard(&server);
+    let created = request(&mut a, "POST", "/session", "", "");
+    let before = cookie_of(&created);
+    let put = request(
+        &mut a,
+        "PUT",
+        "/session/data/cart",
+        &format!("Cookie: {before}\r\n"),
+        "[1,2]",
+    );
+    assert_eq!(put.status, 204);
+    let r = login(&mut b, "alice", "alice-pw", Some(&before));
+    assert_eq!(r.status, 200);
+    let after = cookie_of(&r);
+    assert_ne!(before, after);
+    for conn in [&mut a, &mut b] {
+        let old = request(
+            conn,
+            "GET",
+            "/auth/me",
+            &format!("Cookie: {before}\r\n"),
+            "",
+        );
+        assert_eq!(old.status, 401, "the pre-login id is dead everywhere");
+        let new = request(conn, "GET", "/auth/me", &format!("Cookie: {after}\r\n"), "");
+        assert_eq!(new.status, 200);
+        // The session's data came along.
+        let cart = request(
+            conn,
+            "GET",
+            "/session/data/cart",
+            &format!("Cookie: {after}\r\n"),
+            "",
+        );
+        assert_eq!(cart.text(), "[1,2]");
+    }
+    // Nobody can write the server's own session values.
+    let forge = request(
+        &mut a,
+        "PUT",
+        "/session/data/percore.user",
+        &format!("Cookie: {before}\r\n"),
+        "\"alice\"",
+    );
+    assert_eq!(forge.status, 403);
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_the_same_answer() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    let wrong = login(&mut conn, "alice", "nope", None);
+    let unknown = login(&mut conn, "mallory", "nope", None);
+    assert_eq!(wrong.status, 401);
+    assert_eq!(unknown.status, 401);
+    assert_eq!(wrong.body, unknown.body);
+    assert_eq!(
+        wrong.header("www-authenticate"),
+        unknown.header("www-authenticate")
+    );
+}
+
+#[test]
+fn unknown_user_and_wrong_password_take_the_same_time() {
+    let (users, config) = setup("");
+    let server = start(
+        &users,
+        &config,
+        &["--login-max-failures", "1000", "--shards", "1"],
+    );
+    let mut conn = Conn::new(server.connect());
+    let mut time = |user: &str| {
+        let started = Instant::now();
+        assert_eq!(login(&mut conn, user, "nope", None).status, 401);
+        started.elapsed()
+    };
+    // Interleaved, so drift in machine load hits both alike.
+    let (mut wrong, mut unknown) = (Vec::new(), Vec::new());
+    for _ in 0..25 {
+        wrong.push(time("alice"));
+        unknown.push(time("mallory"));
+    }
+    wrong.sort();
+    unknown.sort();
+    let (w, u) = (wrong[12].as_secs_f64(), unknown[12].as_secs_f64());
+    let ratio = w.max(u) / w.min(u);
+    assert!(
+        ratio < 1.2,
+        "medians: wrong password {w:.4}s, unknown user {u:.4}s"
+    );
+}
+
+#[test]
+fn rules_give_401_without_identity_and_403_without_the_role() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    // No rule: public.
+    assert_eq!(request(&mut conn, "GET", "/plaintext", "", "").status, 200);
+    // /stats needs admin.
+    let r = request(&mut conn, "GET", "/stats", "", "");
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"percore\", charset=\"UTF-8\"")
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/stats", &basic("bob", "bob-pw"), "").status,
+        403
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/stats", &basic("alice", "alice-pw"), "").status,
+        200
+    );
+    // Most specific prefix: /kv needs any identity, PUT /kv/config... needs admin.
+    assert_eq!(request(&mut conn, "GET", "/kv/a", "", "").status, 401);
+    let bob = basic("bob", "bob-pw");
+    assert_eq!(
+        request(&mut conn, "PUT", "/kv/a", &bob, "1").status / 100,
+        2
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/kv/config", &bob, "").status,
+        404
+    );
+    assert_eq!(
+        request(&mut conn, "PUT", "/kv/config", &bob, "1").status,
+        403
+    );
+    let alice = basic("alice", "alice-pw");
+    assert_eq!(
+        request(&mut conn, "PUT", "/kv/config", &alice, "1").status / 100,
+        2
+    );
+    // Segment boundaries: /kvx is not under /kv.
+    assert_eq!(request(&mut conn, "GET", "/kvx", "", "").status, 404);
+    // Wrong Basic password: 401 even on a public route.
+    let r = request(&mut conn, "GET", "/plaintext", &basic("bob", "nope"), "");
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn bearer_tokens_carry_their_roles() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    let me = request(&mut conn, "GET", "/auth/me", &bearer, "");
+    assert_eq!(me.status, 200);
+    let me: serde_json::Value = serde_json::from_slice(&me.body).unwrap();
+    assert_eq!(
+        me,
+        serde_json::json!({"user": "ci-robot", "roles": ["staff"], "via": "bearer"})
+    );
+    assert_eq!(
+        request(&mut conn, "PUT", "/kv/b", &bearer, "2").status / 100,
+        2
+    );
+    assert_eq!(request(&mut conn, "GET", "/stats", &bearer, "").status, 403);
+    let wrong = "Authorization: Bearer pc_nope\r\n";
+    assert_eq!(request(&mut conn, "GET", "/auth/me", wrong, "").status, 401);
+}
+
+#[test]
+fn csrf_guards_cookie_sessions_but_not_basic_or_bearer() {
+    let (users, config) = setup("csrf_header = \"X-Requested-With\"");
+    let server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    let cookie = format!(
+        "Cookie: {}\r\n",
+        cookie_of(&login(&mut conn, "bob", "bob-pw", None))
+    );
+    let put = |conn: &mut Conn, extra: &str| {
+        // 201 for the first write of the key, 204 after: 2 means written.
+        let status = request(conn, "PUT", "/kv/c", &format!("{cookie}{extra}"), "3").status;
+        if status / 100 == 2 { 2 } else { status }
+    };
+    assert_eq!(put(&mut conn, ""), 403, "no Origin, no Referer");
+    assert_eq!(put(&mut conn, "Origin: http://evil.example\r\n"), 403);
+    assert_eq!(
+        put(&mut conn, "Origin: https://t\r\n"),
+        403,
+        "scheme differs"
+    );
+    assert_eq!(put(&mut conn, "Origin: http://t\r\n"), 2);
+    assert_eq!(put(&mut conn, "Referer: http://t/page\r\n"), 2);
+    assert_eq!(put(&mut conn, "Referer: http://evil.example/t\r\n"), 403);
+    assert_eq!(put(&mut conn, "X-Requested-With: XMLHttpRequest\r\n"), 2);
+    // Safe methods pass; Basic is exempt.
+    assert_eq!(request(&mut conn, "GET", "/kv/c", &cookie, "").status, 200);
+    assert_eq!(
+        request(&mut conn, "PUT", "/kv/c", &basic("bob", "bob-pw"), "4").status / 100,
+        2
+    );
+}
+
+#[test]
+fn brute_force_is_limited_whichever_shard_the_client_lands_on() {
+    let (users, config) = setup("");
+    let server = start(
+        &users,
+        &config,
+        &["--login-max-failures", "3", "--login-window", "60"],
+    );
+    let [mut a, mut b] = one_per_shard(&server);
+    assert_eq!(login(&mut a, "alice", "x1", None).status, 401);
+    assert_eq!(login(&mut b, "alice", "x2", None).status, 401);
+    assert_eq!(login(&mut a, "alice", "x3", None).status, 401);
+    for conn in [&mut a, &mut b] {
+        let r = login(conn, "alice", "alice-pw", None);
+        assert_eq!(r.status, 429, "blocked even with the right password");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        // Basic for the same user is blocked too.
+        let r = request(conn, "GET", "/stats", &basic("alice", "wrong"), "");
+        assert_eq!(r.status, 429);
+    }
+}
+
+#[test]
+fn brute_force_by_address_spans_user_names() {
+    let (users, config) = setup("");
+    let server = start(
+        &users,
+        &config,
+        &["--login-max-failures", "3", "--login-window", "1"],
+    );
+    let [mut a, mut b] = one_per_shard(&server);
+    assert_eq!(login(&mut a, "u1", "x", None).status, 401);
+    assert_eq!(login(&mut b, "u2", "x", None).status, 401);
+    assert_eq!(login(&mut a, "u3", "x", None).status, 401);
+    assert_eq!(
+        login(&mut b, "bob", "bob-pw", None).status,
+        429,
+        "this address is blocked"
+    );
+    // The window passes.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(login(&mut b, "bob", "bob-pw", None).status, 200);
+}
+
+#[test]
+fn default_access_authenticated_closes_everything_but_login() {
+    let (users, config) = setup("default_access = \"authenticated\"");
+    let server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(request(&mut conn, "GET", "/plaintext", "", "").status, 401);
+    let r = login(&mut conn, "bob", "bob-pw", None);
+    assert_eq!(r.status, 200);
+    let cookie = format!("Cookie: {}\r\n", cookie_of(&r));
+    assert_eq!(
+        request(&mut conn, "GET", "/plaintext", &cookie, "").status,
+        200
+    );
+}
+
+#[test]
+fn sighup_reloads_users_and_a_bad_file_keeps_the_old_ones() {
+    let (users, config) = setup("");
+    let mut server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    let alice = basic("alice", "alice-pw");
+    assert_eq!(
+        request(&mut conn, "GET", "/auth/me", &alice, "").status,
+        200
+    );
+    std::fs::write(&users, users_toml(&[("carol", "carol-pw", &["admin"])])).unwrap();
+    server.signal(libc::SIGHUP);
+    let carol = basic("carol", "carol-pw");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while request(&mut conn, "GET", "/auth/me", &carol, "").status != 200 {
+        assert!(Instant::now() < deadline, "carol never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // alice is gone (her cached Basic credentials too) on every shard.
+    for mut c in one_per_shard(&server) {
+        assert_eq!(request(&mut c, "GET", "/auth/me", &alice, "").status, 401);
+    }
+    std::fs::write(
+        &users,
+        "[[user]]\nname = \"dave\"\npassword_hash = \"plain\"\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        request(&mut conn, "GET", "/auth/me", &carol, "").status,
+        200
+    );
+    assert!(
+        server.wait_exit(Duration::from_millis(10)).is_none(),
+        "SIGHUP does not stop it"
+    );
+}
+
+#[test]
+fn bad_auth_config_stops_the_start_with_one_line() {
+    let dir = temp_dir("auth-bad");
+    let bad_users = dir.join("users.toml");
+    std::fs::write(
+        &bad_users,
+        "[[user]]\nname = \"x\"\npassword_hash = \"nope\"\n",
+    )
+    .unwrap();
+    let bad_rules = dir.join("rules.toml");
+    std::fs::write(
+        &bad_rules,
+        "[[access]]\nprefix = \"nope\"\nallow = [\"admin\"]\n",
+    )
+    .unwrap();
+    let bad_token = dir.join("token.toml");
+    std::fs::write(&bad_token, "[[token]]\nname = \"t\"\nhash = \"md5:00\"\n").unwrap();
+    let missing = dir.join("missing.toml");
+    for (args, needle) in [
+        (vec!["--users", bad_users.to_str().unwrap()], "users file"),
+        (vec!["--users", missing.to_str().unwrap()], "users file"),
+        (vec!["--config", bad_rules.to_str().unwrap()], "[[access]]"),
+        (vec!["--config", bad_token.to_str().unwrap()], "[[token]]"),
+        (vec!["--default-access", "everyone"], "--default-access"),
+        (vec!["--login-max-failures", "0"], "--login-max-failures"),
+        (vec!["--csrf-header", "bad header"], "--csrf-header"),
+    ] {
+        let (code, stderr) = run_failing(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,443 @@
+//! HTTPS end to end: rustls over glommio with a certificate made at test time, checked by curl and by a rustls client; start-up validation, handshake bounds, the redirect listener, HSTS.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tls::{Pki, conn, connect};
+use common::{Server, run_failing};
+
+fn https(pki: &Pki, extra: &[&str]) -> Server {
+    let (cert, key) = (pki.cert_arg(), pki.key_arg());
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    if !extra.contains(&"--shards") {
+        args.extend_from_slice(&["--shards", "2"]);
+    }
+    args.extend_from_slice(extra);
+    Server::start_exact(&args)
+}
+
+#[test]
+fn curl_gets_plaintext_over_https_with_hsts() {
+    let pki = Pki::new();
+    let server = https(&pki, &[]);
+    let port = server.addr.port();
+    let output = Command::new("curl")
+        .args(["-sS", "-D", "-", "--cacert"])
+        .arg(&pki.ca_pem)
+        .args([
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            "-w",
+            "\nversion=%{http_version}",
+            &format!("https://localhost:{port}/plaintext"),
+        ])
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "curl failed: {out} {:?}",
+        output.stderr
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("Strict-Transport-Security: max-age=31536000"),
+        "{out}"
+    );
+    assert!(out.contains("Hello, World!"), "{out}");
+    assert!(out.ends_with("version=1.1"), "{out}");
+}
+
+#[test]
+fn rust_client_speaks_tls12_and_tls13_with_alpn_http11() {
+    let pki = Pki::new();
+    let server = https(&pki, &[]);
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let stream = connect(server.addr, "localhost", pki.client(&[version])).unwrap();
+        assert_eq!(stream.conn.protocol_version(), Some(version.version));
+        assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let mut conn = common::Conn::new(stream);
+        // Keep-alive, then pipelining, then a body larger than one TLS record each way.
+        for _ in 0..3 {
+            assert_eq!(conn.get("/plaintext").text(), "Hello, World!");
+        }
+        conn.send(
+            b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\nGET /json HTTP/1.1\r\nHost: t\r\n\r\n",
+        );
+        assert_eq!(conn.response(false).unwrap().status, 200);
+        assert_eq!(
+            conn.response(false).unwrap().text(),
+            r#"{"message":"Hello, World!"}"#
+        );
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        conn.send(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        conn.send(&body);
+        let echoed = conn.response(false).unwrap();
+        assert_eq!(echoed.status, 200);
+        assert_eq!(echoed.body, body);
+    }
+    let stats = common::tls::stats(&pki, server.addr);
+    assert!(
+        stats["total"]["tls_handshakes"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+}
+
+#[test]
+fn client_rejects_wrong_host_and_expired_certificate() {
+    let pki = Pki::new();
+    let server = https(&pki, &[]);
+    let e = connect(server.addr, "wrong.example", pki.default_client()).unwrap_err();
+    assert!(e.contains("not valid for name"), "{e}");
+    drop(server);
+
+    let (cert, key) = (
+        pki.expired_cert.to_str().unwrap(),
+        pki.expired_key.to_str().unwrap(),
+    );
+    let data = common::temp_dir("data");
+    let mut child = Command::new(common::BIN)
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on https://")
+        .expect(&line)
+        .parse()
+        .unwrap();
+    let e = connect(addr, "localhost", pki.default_client()).unwrap_err();
+    assert!(e.contains("expired"), "{e}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("warning") && stderr.contains("expired"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_certificates_and_keys_stop_the_start_with_one_line() {
+    let pki = Pki::new();
+    let dir = &pki.dir;
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let (cert, key) = (pki.cert_arg(), pki.key_arg());
+    let expired = pki.expired_cert.to_str().unwrap();
+    let expired_key = pki.expired_key.to_str().unwrap();
+    let stranger = pki.stranger_key.to_str().unwrap();
+    let missing = dir.join("missing.pem");
+    let (empty, missing) = (empty.to_str().unwrap(), missing.to_str().unwrap());
+    for (args, needle) in [
+        (vec!["--tls-cert", missing, "--tls-key", &key], "--tls-cert"),
+        (vec!["--tls-cert", &cert, "--tls-key", missing], "--tls-key"),
+        (
+            vec!["--tls-cert", empty, "--tls-key", &key],
+            "no PEM certificate",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", empty],
+            "no PEM private key",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &cert],
+            "no PEM private key",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", stranger],
+            "does not match",
+        ),
+        (vec!["--tls-cert", &cert], "--tls-key"),
+        (vec!["--tls-key", &key], "--tls-cert"),
+        (
+            vec![
+                "--tls-cert",
+                expired,
+                "--tls-key",
+                expired_key,
+                "--tls-refuse-expired",
+            ],
+            "expired",
+        ),
+        (vec!["--redirect-https", "127.0.0.1:0"], "no HTTPS listener"),
+        (
+            vec![
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-handshakes-max",
+                "0",
+            ],
+            "--tls-handshakes-max",
+        ),
+        (
+            vec![
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-handshake-timeout",
+                "0",
+            ],
+            "--tls-handshake-timeout",
+        ),
+    ] {
+        let mut full = vec!["--bind", "127.0.0.1:0"];
+        full.extend(args.iter().copied());
+        let (code, stderr) = run_failing(&full);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+fn stats_u64(pki: &Pki, server: &Server, name: &str) -> u64 {
+    common::tls::stats(pki, server.addr)["total"][name]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn stalled_handshake_is_cut_off_and_frees_its_slot() {
+    let pki = Pki::new();
+    // One shard, one connection slot: the stalled client holds the only one.
+    let server = https(
+        &pki,
+        &[
+            "--max-conns",
+            "1",
+            "--tls-handshake-timeout",
+            "0.5",
+            "--shards",
+            "1",
+        ],
+    );
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A client that starts a ClientHello and stops mid-record.
+    let mut partial = TcpStream::connect(server.addr).unwrap();
+    partial
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        silent.read(&mut buf).unwrap_or(0),
+        0,
+        "cut off without an answer"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(partial.read(&mut buf).unwrap_or(0), 0, "cut off too");
+    // The slot is free again: a real client gets served.
+    let mut conn = conn(&pki, server.addr);
+    assert_eq!(conn.get("/plaintext").status, 200);
+    drop(conn);
+    assert!(stats_u64(&pki, &server, "tls_handshake_timeouts") >= 2);
+}
+
+#[test]
+fn handshakes_over_the_bound_wait_their_turn() {
+    let pki = Pki::new();
+    let server = https(
+        &pki,
+        &[
+            "--tls-handshakes-max",
+            "1",
+            "--tls-handshake-timeout",
+            "1",
+            "--shards",
+            "1",
+        ],
+    );
+    let _stalled = TcpStream::connect(server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Waits for the stalled handshake's turn to end (its timeout), then completes.
+    let mut conn = conn(&pki, server.addr);
+    assert_eq!(conn.get("/plaintext").status, 200);
+    assert!(stats_u64(&pki, &server, "tls_handshake_waits") >= 1);
+    assert!(stats_u64(&pki, &server, "tls_handshake_timeouts") >= 1);
+}
+
+#[test]
+fn garbage_instead_of_a_handshake_is_dropped() {
+    let pki = Pki::new();
+    let server = https(&pki, &[]);
+    let mut plain = server.connect();
+    plain
+        .write_all(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let answer = common::read_to_close(&mut plain);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    // The server is fine.
+    assert_eq!(conn(&pki, server.addr).get("/plaintext").status, 200);
+    assert!(stats_u64(&pki, &server, "tls_handshake_failures") >= 1);
+}
+
+#[test]
+fn redirect_listener_sends_308_to_the_https_port() {
+    let pki = Pki::new();
+    let server = https(&pki, &["--redirect-https", "127.0.0.1:0"]);
+    let (https_addr, redirect_addr) = (server.addrs[0], server.addrs[1]);
+    let mut plain = common::Conn::new(TcpStream::connect(redirect_addr).unwrap());
+    plain.send(b"GET /a/b?c=1&d=2 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n");
+    let r = plain.response(false).unwrap();
+    assert_eq!(r.status, 308);
+    let expected = format!("https://example.com:{}/a/b?c=1&d=2", https_addr.port());
+    assert_eq!(r.header("location"), Some(expected.as_str()));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        None,
+        "HSTS only over TLS"
+    );
+    // Keep-alive: a POST with a body on the same connection gets its 308 too.
+    plain.send(b"POST /x HTTP/1.1\r\nHost: [::1]\r\nContent-Length: 5\r\n\r\nhello");
+    let r = plain.response(false).unwrap();
+    assert_eq!(r.status, 308);
+    let expected = format!("https://[::1]:{}/x", https_addr.port());
+    assert_eq!(r.header("location"), Some(expected.as_str()));
+    plain.send(b"GET / HTTP/1.1\r\nHost: evil.example/x\r\n\r\n");
+    assert_eq!(plain.response(false).unwrap().status, 400);
+}
+
+#[test]
+fn hsts_max_age_is_configurable_and_zero_turns_it_off() {
+    let pki = Pki::new();
+    let server = https(&pki, &["--hsts-max-age", "60"]);
+    let r = conn(&pki, server.addr).get("/plaintext");
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=60"));
+    drop(server);
+    let server = https(&pki, &["--hsts-max-age", "0"]);
+    let r = conn(&pki, server.addr).get("/plaintext");
+    assert_eq!(r.header("strict-transport-security"), None);
+}
+
+#[test]
+fn session_cookie_is_secure_over_tls_only() {
+    let pki = Pki::new();
+    let server = https(&pki, &[]);
+    let mut tls = conn(&pki, server.addr);
+    tls.send(b"POST /session HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let cookie = tls
+        .response(false)
+        .unwrap()
+        .header("set-cookie")
+        .unwrap()
+        .to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    drop(server);
+    let server = Server::start(&[]);
+    let mut plain = common::Conn::new(server.connect());
+    plain.send(b"POST /session HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    let cookie = plain
+        .response(false)
+        .unwrap()
+        .header("set-cookie")
+        .unwrap()
+        .to_string();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+}
+
+#[test]
+fn listener_tables_mix_https_plain_and_redirect() {
+    let pki = Pki::new();
+    let config = pki.dir.join("percore.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\n\n\
+             [[listener]]\nbind = \"127.0.0.1:0\"\nredirect_https = true\n",
+            pki.cert, pki.key
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let server = start_with_listener_config(config, 3);
+    assert_eq!(conn(&pki, server.addrs[0]).get("/plaintext").status, 200);
+    let mut plain = common::Conn::new(TcpStream::connect(server.addrs[1]).unwrap());
+    assert_eq!(plain.get("/plaintext").status, 200);
+    let mut redirect = common::Conn::new(TcpStream::connect(server.addrs[2]).unwrap());
+    let r = redirect.get("/p");
+    assert_eq!(r.status, 308);
+    let expected = format!("https://t:{}/p", server.addrs[0].port());
+    assert_eq!(r.header("location"), Some(expected.as_str()));
+}
+
+/// The harness waits for one `listening` line per `--bind`; a config file with listener tables
+/// prints one per table.
+fn start_with_listener_config(config: &str, listeners: usize) -> Server {
+    let mut child = Command::new(common::BIN)
+        .args(["--config", config, "--shards", "1", "--data-dir"])
+        .arg(common::temp_dir("data"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut addrs = Vec::new();
+    while addrs.len() < listeners {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        let rest = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect(&line)
+            .split("://")
+            .nth(1)
+            .unwrap();
+        addrs.push(rest.split(' ').next().unwrap().parse().unwrap());
+    }
+    Server {
+        child,
+        addr: addrs[0],
+        addrs,
+    }
+}
