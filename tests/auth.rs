@@ -378,6 +378,14 @@ fn rules_give_401_without_identity_and_403_without_the_role() {
     // Wrong Basic password: 401 even on a public route.
     let r = request(&mut conn, "GET", "/plaintext", &basic("bob", "nope"), "");
     assert_eq!(r.status, 401);
+    // The counters saw it all (Basic is verified once per shard, then cached).
+    let stats = request(&mut conn, "GET", "/stats", &alice, "");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    let total = &stats["total"];
+    assert!(total["access_unauthenticated"].as_u64().unwrap() >= 2, "{total}");
+    assert!(total["access_forbidden"].as_u64().unwrap() >= 2, "{total}");
+    assert!(total["basic_cache_hits"].as_u64().unwrap() >= 2, "{total}");
+    assert_eq!(total["password_checks_failed"], 1, "{total}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ use super::access::Decision;
 use super::credentials::{self, Credentials};
 use super::csrf;
 use super::service::{Auth, Denied};
+use crate::metrics::add;
 use crate::router::{AuthMethod, Identity, Next, Phase, Request, Response, Router};
 use crate::runtime::shard;
 use crate::session::Session;
@@ -121,12 +122,20 @@ async fn authorize(req: Request, next: Next) -> Response {
     } else {
         auth.config.access.decide(req.method(), req.path(), who)
     };
+    let metrics = &shard::current().metrics;
     match decision {
         Decision::Allow => {}
-        Decision::Unauthenticated => return unauthorized(&auth, "authentication required"),
-        Decision::Forbidden => return Response::error(403, "forbidden"),
+        Decision::Unauthenticated => {
+            add(&metrics.access_unauthenticated, 1);
+            return unauthorized(&auth, "authentication required");
+        }
+        Decision::Forbidden => {
+            add(&metrics.access_forbidden, 1);
+            return Response::error(403, "forbidden");
+        }
     }
     if identity.is_some_and(|i| i.via == AuthMethod::Session) && !csrf_ok(&auth, &req) {
+        add(&metrics.csrf_rejected, 1);
         return Response::error(
             403,
             "cross-site request refused: no same-origin Origin or Referer",

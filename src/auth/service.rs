@@ -14,7 +14,8 @@ use super::users::Users;
 use crate::config::AuthConfig;
 use crate::config::limits::BASIC_CACHE_ENTRIES_MAX;
 use crate::mesh::{Mesh, join_all};
-use crate::runtime::now_ms;
+use crate::metrics::add;
+use crate::runtime::{now_ms, shard};
 
 /// A brute-force counter operation, run on the shard that owns the key.
 pub enum LimitRequest {
@@ -144,6 +145,26 @@ impl Auth {
         password: &str,
         addr: Option<IpAddr>,
     ) -> Result<Vec<String>, Denied> {
+        let result = self.check_password_counted(name, password, addr).await;
+        let metrics = &shard::current().metrics;
+        add(
+            match result {
+                Ok(_) => &metrics.password_checks_ok,
+                Err(Denied::Invalid) => &metrics.password_checks_failed,
+                Err(Denied::Blocked(_)) => &metrics.password_checks_blocked,
+                Err(Denied::Busy) => &metrics.password_checks_busy,
+            },
+            1,
+        );
+        result
+    }
+
+    async fn check_password_counted(
+        &self,
+        name: &str,
+        password: &str,
+        addr: Option<IpAddr>,
+    ) -> Result<Vec<String>, Denied> {
         let keys = Auth::keys(name, addr);
         if let Some(ms) = self.limit_all(&keys, LimitRequest::Check).await? {
             return Err(Denied::Blocked(limiter::retry_after_secs(ms)));
@@ -205,6 +226,7 @@ impl Auth {
         if self.basic_cache.borrow().get(&key) == Some(&generation)
             && let Some(roles) = self.roles_of(name)
         {
+            add(&shard::current().metrics.basic_cache_hits, 1);
             return Ok(roles);
         }
         let roles = self.check_password(name, password, addr).await?;

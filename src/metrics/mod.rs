@@ -25,6 +25,14 @@ pub struct ShardMetrics {
     pub tls_handshake_failures: Cell<u64>,
     pub tls_handshake_timeouts: Cell<u64>,
     pub tls_handshake_waits: Cell<u64>,
+    pub password_checks_ok: Cell<u64>,
+    pub password_checks_failed: Cell<u64>,
+    pub password_checks_blocked: Cell<u64>,
+    pub password_checks_busy: Cell<u64>,
+    pub basic_cache_hits: Cell<u64>,
+    pub access_unauthenticated: Cell<u64>,
+    pub access_forbidden: Cell<u64>,
+    pub csrf_rejected: Cell<u64>,
 }
 
 pub fn add(cell: &Cell<u64>, n: u64) {
@@ -68,6 +76,14 @@ impl ShardMetrics {
             tls_handshake_failures: self.tls_handshake_failures.get(),
             tls_handshake_timeouts: self.tls_handshake_timeouts.get(),
             tls_handshake_waits: self.tls_handshake_waits.get(),
+            password_checks_ok: self.password_checks_ok.get(),
+            password_checks_failed: self.password_checks_failed.get(),
+            password_checks_blocked: self.password_checks_blocked.get(),
+            password_checks_busy: self.password_checks_busy.get(),
+            basic_cache_hits: self.basic_cache_hits.get(),
+            access_unauthenticated: self.access_unauthenticated.get(),
+            access_forbidden: self.access_forbidden.get(),
+            csrf_rejected: self.csrf_rejected.get(),
             ..ShardStats::default()
         }
     }
@@ -116,6 +132,19 @@ shard_stats! {
     tls_handshake_failures,
     tls_handshake_timeouts,
     tls_handshake_waits,
+    /// Password checks (logins and uncached Basic) by outcome: right, wrong (user or password),
+    /// refused by the brute-force counters (429), refused for a full hash queue (503).
+    password_checks_ok,
+    password_checks_failed,
+    password_checks_blocked,
+    password_checks_busy,
+    /// Basic requests answered from the shard's cache of verified credentials.
+    basic_cache_hits,
+    /// Requests the access rules refused: no identity (401), identity without the role (403);
+    /// and session-authenticated requests refused by the CSRF check.
+    access_unauthenticated,
+    access_forbidden,
+    csrf_rejected,
     mesh_calls_sent,
     mesh_calls_served,
     mesh_overloaded,
