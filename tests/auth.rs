@@ -382,7 +382,10 @@ fn rules_give_401_without_identity_and_403_without_the_role() {
     let stats = request(&mut conn, "GET", "/stats", &alice, "");
     let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
     let total = &stats["total"];
-    assert!(total["access_unauthenticated"].as_u64().unwrap() >= 2, "{total}");
+    assert!(
+        total["access_unauthenticated"].as_u64().unwrap() >= 2,
+        "{total}"
+    );
     assert!(total["access_forbidden"].as_u64().unwrap() >= 2, "{total}");
     assert!(total["basic_cache_hits"].as_u64().unwrap() >= 2, "{total}");
     assert_eq!(total["password_checks_failed"], 1, "{total}");
@@ -435,6 +438,20 @@ fn csrf_guards_cookie_sessions_but_not_basic_or_bearer() {
     assert_eq!(put(&mut conn, "Referer: http://t/page\r\n"), 2);
     assert_eq!(put(&mut conn, "Referer: http://evil.example/t\r\n"), 403);
     assert_eq!(put(&mut conn, "X-Requested-With: XMLHttpRequest\r\n"), 2);
+    // Basic from a browser (which remembers and attaches it) saying it comes from elsewhere.
+    let bob = basic("bob", "bob-pw");
+    let cross = format!("{bob}Origin: http://evil.example\r\n");
+    assert_eq!(request(&mut conn, "PUT", "/kv/c", &cross, "5").status, 403);
+    // Login CSRF: a cross-site form must not log the victim into the attacker's account.
+    let form = "Content-Type: application/x-www-form-urlencoded\r\nOrigin: http://evil.example\r\n";
+    let r = request(
+        &mut conn,
+        "POST",
+        "/auth/login",
+        form,
+        "username=bob&password=bob-pw",
+    );
+    assert_eq!(r.status, 403);
     // Safe methods pass; Basic is exempt.
     assert_eq!(request(&mut conn, "GET", "/kv/c", &cookie, "").status, 200);
     assert_eq!(
@@ -513,6 +530,12 @@ fn sighup_reloads_users_and_a_bad_file_keeps_the_old_ones() {
         request(&mut conn, "GET", "/auth/me", &alice, "").status,
         200
     );
+    let r = login(&mut conn, "alice", "alice-pw", None);
+    let alice_session = format!("Cookie: {}\r\n", cookie_of(&r));
+    assert_eq!(
+        request(&mut conn, "GET", "/auth/me", &alice_session, "").status,
+        200
+    );
     std::fs::write(&users, users_toml(&[("carol", "carol-pw", &["admin"])])).unwrap();
     server.signal(libc::SIGHUP);
     let carol = basic("carol", "carol-pw");
@@ -521,9 +544,13 @@ fn sighup_reloads_users_and_a_bad_file_keeps_the_old_ones() {
         assert!(Instant::now() < deadline, "carol never appeared");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // alice is gone (her cached Basic credentials too) on every shard.
+    // alice is gone (her cached Basic credentials too, and her login session) on every shard.
     for mut c in one_per_shard(&server) {
         assert_eq!(request(&mut c, "GET", "/auth/me", &alice, "").status, 401);
+        assert_eq!(
+            request(&mut c, "GET", "/auth/me", &alice_session, "").status,
+            401
+        );
     }
     std::fs::write(
         &users,
@@ -568,10 +595,46 @@ fn bad_auth_config_stops_the_start_with_one_line() {
         (vec!["--default-access", "everyone"], "--default-access"),
         (vec!["--login-max-failures", "0"], "--login-max-failures"),
         (vec!["--csrf-header", "bad header"], "--csrf-header"),
+        (vec!["--csrf-header", "Content-Type"], "--csrf-header"),
+        (vec!["--csrf-header", "Sec-Fetch-Site"], "--csrf-header"),
     ] {
         let (code, stderr) = run_failing(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn without_basic_a_401_does_not_offer_it() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &["--no-basic-auth"]);
+    let mut conn = Conn::new(server.connect());
+    let r = request(&mut conn, "GET", "/stats", "", "");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), None);
+    // Basic is not accepted: no identity, so still 401.
+    let r = request(&mut conn, "GET", "/stats", &basic("alice", "alice-pw"), "");
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn login_over_tls_sets_a_secure_cookie() {
+    let (users, config) = setup("");
+    let pki = common::tls::Pki::new();
+    let (cert, key) = (pki.cert_arg(), pki.key_arg());
+    let server = start(&users, &config, &["--tls-cert", &cert, "--tls-key", &key]);
+    let mut conn = common::tls::conn(&pki, server.addr);
+    let body = login_body("bob", "bob-pw");
+    conn.send(
+        format!(
+            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.header("set-cookie").unwrap().contains("; Secure"));
+    assert!(r.header("strict-transport-security").is_some());
 }

@@ -52,7 +52,12 @@ const ARC_OF_IMMUTABLE_DATA: &[&str] = &[
 fn shard_owned_code_has_no_locks_or_arc() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for path in files(&["src"]) {
-        let relative = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+        let relative = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         let forbidden: &[&str] = if ARC_OF_IMMUTABLE_DATA.contains(&relative.as_str()) {
             &["Mutex", "RwLock"]
         } else {

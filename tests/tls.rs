@@ -284,6 +284,17 @@ fn stalled_handshake_is_cut_off_and_frees_its_slot() {
     assert!(stats_u64(&pki, &server, "tls_handshake_timeouts") >= 2);
 }
 
+/// A client that sends a real ClientHello and then nothing: it holds a handshake turn.
+fn hello_then_stall(pki: &Pki, addr: std::net::SocketAddr) -> TcpStream {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(pki.default_client(), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.write_all(&hello).unwrap();
+    tcp
+}
+
 #[test]
 fn handshakes_over_the_bound_wait_their_turn() {
     let pki = Pki::new();
@@ -298,13 +309,76 @@ fn handshakes_over_the_bound_wait_their_turn() {
             "1",
         ],
     );
-    let _stalled = TcpStream::connect(server.addr).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let _stalled = hello_then_stall(&pki, server.addr);
+    std::thread::sleep(Duration::from_millis(200));
     // Waits for the stalled handshake's turn to end (its timeout), then completes.
     let mut conn = conn(&pki, server.addr);
     assert_eq!(conn.get("/plaintext").status, 200);
     assert!(stats_u64(&pki, &server, "tls_handshake_waits") >= 1);
     assert!(stats_u64(&pki, &server, "tls_handshake_timeouts") >= 1);
+}
+
+#[test]
+fn silent_connections_take_no_handshake_turn() {
+    let pki = Pki::new();
+    // A 60 s handshake timeout: a client that had to wait for a silent one's turn would time out
+    // in the test client (10 s) first.
+    let server = https(
+        &pki,
+        &[
+            "--tls-handshakes-max",
+            "1",
+            "--tls-handshake-timeout",
+            "60",
+            "--shards",
+            "1",
+        ],
+    );
+    let _silent: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut conn = conn(&pki, server.addr);
+    assert_eq!(conn.get("/plaintext").status, 200);
+    drop(conn);
+    assert_eq!(stats_u64(&pki, &server, "tls_handshake_waits"), 0);
+}
+
+#[test]
+fn a_client_dripping_record_bytes_still_times_out() {
+    let pki = Pki::new();
+    let server = https(&pki, &["--keepalive-timeout", "1", "--header-timeout", "1"]);
+    let mut stream = connect(server.addr, "localhost", pki.default_client()).unwrap();
+    // Under TLS: a record header announcing 16 KiB, then one byte of it every 300 ms. No
+    // plaintext ever arrives; each byte would restart a per-read socket timeout.
+    stream
+        .sock
+        .write_all(&[0x17, 0x03, 0x03, 0x40, 0x00])
+        .unwrap();
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the connection outlived its timeouts"
+        );
+        if stream.sock.write_all(&[0]).is_err() {
+            break;
+        }
+        match stream.sock.read(&mut buf) {
+            Ok(_) => break, // EOF or an alert: the server gave up on it
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
 }
 
 #[test]
@@ -343,6 +417,10 @@ fn redirect_listener_sends_308_to_the_https_port() {
     let r = plain.response(false).unwrap();
     assert_eq!(r.status, 308);
     let expected = format!("https://[::1]:{}/x", https_addr.port());
+    assert_eq!(r.header("location"), Some(expected.as_str()));
+    plain.send(b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let r = plain.response(false).unwrap();
+    let expected = format!("https://example.com:{}/", https_addr.port());
     assert_eq!(r.header("location"), Some(expected.as_str()));
     plain.send(b"GET / HTTP/1.1\r\nHost: evil.example/x\r\n\r\n");
     assert_eq!(plain.response(false).unwrap().status, 400);

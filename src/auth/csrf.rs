@@ -1,9 +1,10 @@
 //! CSRF defence for cookie-authenticated requests: safe methods, Origin/Referer against Host, or
 //! a custom header; pure: no IO, never reads cookies or decides authentication.
 
-/// Methods that must not change state (RFC 9110 §9.2.1); case-sensitive as methods are.
+/// Methods the CSRF check lets through: GET, HEAD, OPTIONS (the list; TRACE is not
+/// served by anything here, so it gets the check like any unsafe method). Case-sensitive.
 pub fn is_safe_method(method: &str) -> bool {
-    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
 }
 
 /// True when the request may proceed: a safe method, the CSRF header present, an Origin that is
@@ -117,11 +118,11 @@ mod tests {
     fn safe_methods() {
         let check_method =
             |method: &str, safe: bool| assert_eq!(is_safe_method(method), safe, "{method}");
-        for method in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+        for method in ["GET", "HEAD", "OPTIONS"] {
             check_method(method, true);
         }
         for method in [
-            "POST", "PUT", "PATCH", "DELETE", "CONNECT", "get", "Get", "", "GETS",
+            "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE", "get", "Get", "", "GETS",
         ] {
             check_method(method, false);
         }
@@ -258,7 +259,7 @@ mod tests {
         check_request("GET", other, referer_other, host, false, true);
         check_request("HEAD", None, None, None, false, true);
         check_request("OPTIONS", other, None, host, false, true);
-        check_request("TRACE", other, None, host, false, true);
+        check_request("TRACE", other, None, host, false, false);
         // The CSRF header alone suffices.
         check_request("POST", other, referer_other, host, true, true);
         check_request("POST", None, None, None, true, true);

@@ -81,6 +81,25 @@ impl Limiter {
     }
 
     /// Forgets `key` (after a successful login).
+    /// Counts an attempt before its outcome is known: Some(retry_after_ms) if the key is
+    /// already blocked (nothing counted), else one failure is counted now and None returned.
+    /// Checking and counting in one step on the owner is what makes parallel guesses count:
+    /// a check now and a `fail` after the hash would let every guess in flight pass.
+    pub fn attempt(&mut self, key: &str, now_ms: u64) -> Option<u64> {
+        if let Some(ms) = self.check(key, now_ms) {
+            return Some(ms);
+        }
+        self.fail(key, now_ms);
+        None
+    }
+
+    /// Takes back one counted attempt (it succeeded, or was never judged).
+    pub fn refund(&mut self, key: &str) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.failures = entry.failures.saturating_sub(1);
+        }
+    }
+
     pub fn reset(&mut self, key: &str) {
         self.entries.remove(key);
     }
@@ -195,9 +214,25 @@ pub fn owner_shard(key: &str, shard_count: usize) -> usize {
     (hasher.finish() % shards) as usize
 }
 
-/// Limiter key for a user name: "u:" + the name lowercased, so case variants share a counter.
+/// Names longer than this are keyed by their digest, so a client cannot make a counter key
+/// (kept twice per entry) as long as a login body.
+const USER_KEY_NAME_BYTES_MAX: usize = 64;
+
+/// Limiter key for a user name: "u:" + the name lowercased, so case variants share a counter;
+/// a long name becomes "u#" + the hex SHA-256 of its lowercase form.
 pub fn user_key(name: &str) -> String {
-    format!("u:{}", name.to_lowercase())
+    let lower = name.to_lowercase();
+    if lower.len() <= USER_KEY_NAME_BYTES_MAX {
+        return format!("u:{lower}");
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(lower.as_bytes());
+    let mut key = String::with_capacity(2 + 64);
+    key.push_str("u#");
+    for byte in digest {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
 }
 
 /// Limiter key for a client address: "a:" + the IPv4 address, or for IPv6 its /64 prefix (one
@@ -219,6 +254,38 @@ pub fn addr_key(ip: IpAddr) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn attempts_count_before_the_outcome_and_refunds_take_them_back() {
+        let mut l = limiter(2, 1000, 10);
+        assert_eq!(l.attempt("u:a", 0), None); // counted: 1
+        assert_eq!(l.attempt("u:a", 1), None); // counted: 2, now blocked
+        assert_eq!(l.attempt("u:a", 2), Some(998), "blocked: not counted");
+        l.refund("u:a"); // one of the two succeeded
+        assert_eq!(l.check("u:a", 3), None);
+        assert_eq!(l.attempt("u:a", 4), None);
+        assert_eq!(l.check("u:a", 5), Some(995));
+        l.refund("u:b"); // unknown key: nothing happens
+        assert_eq!(l.len(), 1);
+        // A refund never goes below zero.
+        l.reset("u:a");
+        l.refund("u:a");
+        assert_eq!(l.attempt("u:a", 6), None);
+    }
+
+    #[test]
+    fn long_user_names_become_fixed_size_keys() {
+        assert_eq!(user_key("Alice"), "u:alice");
+        let long = "N".repeat(8000);
+        let key = user_key(&long);
+        assert_eq!(key.len(), 2 + 64);
+        assert!(key.starts_with("u#"));
+        assert_eq!(
+            key,
+            user_key(&long.to_lowercase()),
+            "case variants share it"
+        );
+    }
 
     fn limiter(failures_max: u32, window_ms: u64, entries_max: usize) -> Limiter {
         Limiter::new(LimiterConfig {

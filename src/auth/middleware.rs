@@ -134,7 +134,17 @@ async fn authorize(req: Request, next: Next) -> Response {
             return Response::error(403, "forbidden");
         }
     }
-    if identity.is_some_and(|i| i.via == AuthMethod::Session) && !csrf_ok(&auth, &req) {
+    let via = identity.map(|i| i.via);
+    let refused = if via == Some(AuthMethod::Session) {
+        !csrf_ok(&auth, &req)
+    } else {
+        // Browsers also attach Basic credentials they remember, and a cross-site form can log
+        // a victim into the attacker's account: a browser's unsafe request that says it comes
+        // from another origin is refused for those too. Scripts (no Origin) stay exempt.
+        (via == Some(AuthMethod::Basic) || req.path() == super::routes::LOGIN_PATH)
+            && cross_origin(&req)
+    };
+    if refused {
         add(&metrics.csrf_rejected, 1);
         return Response::error(
             403,
@@ -142,6 +152,15 @@ async fn authorize(req: Request, next: Next) -> Response {
         );
     }
     next.run(req).await
+}
+
+/// An unsafe request whose `Origin` names another origin.
+fn cross_origin(req: &Request) -> bool {
+    !csrf::is_safe_method(req.method())
+        && req.header("origin").is_some_and(|origin| {
+            !req.header("host")
+                .is_some_and(|host| csrf::same_origin(origin, host, req.ctx.tls))
+        })
 }
 
 /// A state-changing request carried by the session cookie must show it comes from our own

@@ -105,11 +105,28 @@ fn parse_phc(text: &str) -> Result<PasswordHash<'_>, String> {
     Ok(parsed)
 }
 
+/// Bounds on the cost of one stored hash (the default is m=19456, t=2, p=1).
+pub const PHC_MEMORY_KIB_MAX: u32 = 256 * 1024;
+pub const PHC_TIME_MAX: u32 = 16;
+pub const PHC_LANES_MAX: u32 = 8;
+
 fn check_phc_parts(parsed: &PasswordHash<'_>) -> Result<(), String> {
     if let Some(version) = parsed.version {
         Version::try_from(version).map_err(|e| format!("bad argon2 version {version}: {e}"))?;
     }
-    Params::try_from(parsed).map_err(|e| format!("bad argon2 parameters: {e}"))?;
+    let params = Params::try_from(parsed).map_err(|e| format!("bad argon2 parameters: {e}"))?;
+    // Every login of the user pays these: a typo like m=19456000 would cost 19 GB per login.
+    if params.m_cost() > PHC_MEMORY_KIB_MAX
+        || params.t_cost() > PHC_TIME_MAX
+        || params.p_cost() > PHC_LANES_MAX
+    {
+        return Err(format!(
+            "argon2 parameters m={},t={},p={} over the bounds m<={PHC_MEMORY_KIB_MAX},t<={PHC_TIME_MAX},p<={PHC_LANES_MAX}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
     let Some(salt) = parsed.salt else {
         return Err("password hash has no salt".to_string());
     };
@@ -187,6 +204,20 @@ mod tests {
     fn verify_dummy_returns() {
         verify_dummy("anything");
         verify_dummy("");
+    }
+
+    #[test]
+    fn costs_past_the_bounds_are_refused() {
+        let with = |params: &str| {
+            format!(
+                "$argon2id$v=19${params}$c29tZXNhbHRzb21lc2FsdA$cHJldGVuZCB0aGlzIGlzIGEgMzItYnl0ZSBoYXNoISE"
+            )
+        };
+        assert_eq!(validate_phc(&with("m=262144,t=16,p=8")), Ok(()));
+        for params in ["m=262145,t=2,p=1", "m=19456,t=17,p=1", "m=19456,t=2,p=9"] {
+            let e = validate_phc(&with(params)).unwrap_err();
+            assert!(e.contains("over the bounds"), "{params}: {e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::credentials::{self, LOGIN_BODY_BYTES_MAX};
 use super::middleware::{SESSION_USER, denied};
+use super::service::Denied;
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
 use crate::session::{Session, SessionError};
@@ -55,6 +56,9 @@ async fn login(mut req: Request) -> Response {
         .await
     {
         Ok(roles) => roles,
+        // No WWW-Authenticate here: a page script's failed login must not make the browser
+        // prompt for (and then remember) Basic credentials.
+        Err(Denied::Invalid) => return Response::error(401, "invalid username or password"),
         Err(d) => return denied(&auth, d),
     };
     let session = match Session::from_request(&req) {

@@ -19,10 +19,11 @@ use crate::runtime::{now_ms, shard};
 
 /// A brute-force counter operation, run on the shard that owns the key.
 pub enum LimitRequest {
-    /// Is the key blocked?
-    Check(String),
-    /// One more failure for the key.
-    Fail(String),
+    /// Blocked? If not, count this attempt as a failure now (before the hash): see
+    /// `Limiter::attempt`.
+    Attempt(String),
+    /// Take back one counted attempt (it succeeded, or was never judged).
+    Refund(String),
     /// A successful login: forget the user name's failures.
     Reset(String),
 }
@@ -39,8 +40,11 @@ pub fn serve_limit(limiter: &RefCell<Limiter>, request: LimitRequest) -> LimitRe
     let now = now_ms();
     let mut limiter = limiter.borrow_mut();
     LimitReply(match request {
-        LimitRequest::Check(key) => limiter.check(&key, now),
-        LimitRequest::Fail(key) => limiter.fail(&key, now),
+        LimitRequest::Attempt(key) => limiter.attempt(&key, now),
+        LimitRequest::Refund(key) => {
+            limiter.refund(&key);
+            None
+        }
         LimitRequest::Reset(key) => {
             limiter.reset(&key);
             None
@@ -112,13 +116,13 @@ impl Auth {
         keys
     }
 
-    /// Sends one counter operation per key to its owner; the longest block wins. A counter
+    /// Sends one counter operation per key to its owner; the replies in key order. A counter
     /// owner that does not answer makes the result `Busy`: we do not guess in the attacker's favour.
     async fn limit_all(
         &self,
         keys: &[String],
         request: fn(String) -> LimitRequest,
-    ) -> Result<Option<u64>, Denied> {
+    ) -> Result<Vec<Option<u64>>, Denied> {
         let shard_count = self.mesh.shard_count();
         let calls = keys
             .iter()
@@ -127,18 +131,19 @@ impl Auth {
                 self.mesh.call(owner, request(key.clone()))
             })
             .collect();
-        let mut blocked: Option<u64> = None;
-        for reply in join_all(calls).await {
-            let LimitReply(ms) = reply.map_err(|_| Denied::Busy)?;
-            blocked = blocked.max(ms);
-        }
-        Ok(blocked)
+        join_all(calls)
+            .await
+            .into_iter()
+            .map(|reply| reply.map(|LimitReply(ms)| ms).map_err(|_| Denied::Busy))
+            .collect()
     }
 
     /// Checks a user name and password (a login, or Basic on a cache miss) within the
-    /// brute-force bounds: blocked keys are refused before any hashing; a failure counts for
-    /// the name and the address; a success forgets the name's failures. An unknown user costs a
-    /// hash like a known one, so the answer time does not tell which user names exist.
+    /// brute-force bounds. The attempt is counted for the name and the address on their owner
+    /// shards *before* the hash, in the same step as the check, so guesses sent in parallel
+    /// count too; a blocked key is refused before any hashing. A success takes the address's
+    /// count back and forgets the name's. An unknown user costs a hash like a known one, so the
+    /// answer time does not tell which user names exist.
     pub async fn check_password(
         &self,
         name: &str,
@@ -166,23 +171,38 @@ impl Auth {
         addr: Option<IpAddr>,
     ) -> Result<Vec<String>, Denied> {
         let keys = Auth::keys(name, addr);
-        if let Some(ms) = self.limit_all(&keys, LimitRequest::Check).await? {
-            return Err(Denied::Blocked(limiter::retry_after_secs(ms)));
+        let blocked = self.limit_all(&keys, LimitRequest::Attempt).await?;
+        if let Some(ms) = blocked.iter().flatten().max() {
+            // The keys that were not blocked counted this attempt: take it back from them.
+            let counted: Vec<String> = keys
+                .iter()
+                .zip(&blocked)
+                .filter(|(_, b)| b.is_none())
+                .map(|(k, _)| k.clone())
+                .collect();
+            self.limit_all(&counted, LimitRequest::Refund).await?;
+            return Err(Denied::Blocked(limiter::retry_after_secs(*ms)));
         }
-        let user = self.users.borrow().get(name).cloned();
-        let verified = self
-            .hash(user.as_ref().map(|u| u.password_hash.clone()), password)
-            .await?;
-        match user {
-            Some(user) if verified => {
-                self.limit_all(&keys[..1], LimitRequest::Reset).await?;
-                Ok(user.roles)
+        let users = self.users();
+        let user = users.get(name);
+        // An unknown user is checked against a real user's hash (same parameters, so the same
+        // time); the answer is ignored. Without users, against the built-in dummy.
+        let phc = user
+            .or_else(|| users.any())
+            .map(|u| u.password_hash.clone());
+        let verified = match self.hash(phc, password).await {
+            Ok(verified) => verified && user.is_some(),
+            Err(busy) => {
+                self.limit_all(&keys, LimitRequest::Refund).await?;
+                return Err(busy);
             }
-            _ => {
-                self.limit_all(&keys, LimitRequest::Fail).await?;
-                Err(Denied::Invalid)
-            }
+        };
+        if !verified {
+            return Err(Denied::Invalid);
         }
+        self.limit_all(&keys[..1], LimitRequest::Reset).await?;
+        self.limit_all(&keys[1..], LimitRequest::Refund).await?;
+        Ok(user.map(|u| u.roles.clone()).unwrap_or_default())
     }
 
     /// Verifies `password` against `phc` (or the dummy hash) on a background thread, at most
@@ -194,10 +214,12 @@ impl Auth {
                 if self.hash_waiting.get() >= self.config.hash_queue_max {
                     return Err(Denied::Busy);
                 }
-                self.hash_waiting.set(self.hash_waiting.get() + 1);
-                let permit = self.hash_slots.acquire_permit(1).await;
-                self.hash_waiting.set(self.hash_waiting.get() - 1);
-                permit.map_err(|_| Denied::Busy)?
+                // Counted down on drop, so a cancelled request (a middleware timeout) leaks nothing.
+                let _waiting = Waiting::enter(&self.hash_waiting);
+                self.hash_slots
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| Denied::Busy)?
             }
         };
         let password = password.to_string();
@@ -245,5 +267,21 @@ impl Auth {
         digest.update(self.basic_salt);
         digest.update(password.as_bytes());
         digest.finalize().into()
+    }
+}
+
+/// One request in the hash queue, for as long as it is alive.
+struct Waiting<'a>(&'a Cell<usize>);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a Cell<usize>) -> Waiting<'a> {
+        count.set(count.get() + 1);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }

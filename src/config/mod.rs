@@ -795,10 +795,15 @@ fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
     let access = AccessRules::new(file.access.clone().unwrap_or_default(), default)
         .map_err(|e| ConfigError(format!("config file [[access]]: {e}")))?;
     let csrf_header = match args.csrf_header.clone().or(file.csrf_header.clone()) {
-        Some(name) if !name.is_empty() && name.bytes().all(is_token_byte) => {
-            Some(name.to_ascii_lowercase())
+        Some(name) if name.is_empty() || !name.bytes().all(is_token_byte) => {
+            return err(format!("--csrf-header {name}: not a header name"));
         }
-        Some(name) => return err(format!("--csrf-header {name}: not a header name")),
+        Some(name) if browser_sends_cross_site(&name) => {
+            return err(format!(
+                "--csrf-header {name}: browsers send this header on cross-site requests, so it proves nothing; pick a custom one (X-Requested-With)"
+            ));
+        }
+        Some(name) => Some(name.to_ascii_lowercase()),
         None => None,
     };
     let window = seconds(
@@ -837,6 +842,42 @@ fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
             limits::HASH_QUEUE_MAX_DEFAULT,
         )?,
     })
+}
+
+/// Headers a cross-site page can make a browser send without a CORS preflight (the Fetch
+/// standard's CORS-safelisted and forbidden request headers, and `Sec-`/`Proxy-` names).
+fn browser_sends_cross_site(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "accept",
+        "accept-language",
+        "content-language",
+        "content-type",
+        "range",
+        "accept-charset",
+        "accept-encoding",
+        "access-control-request-headers",
+        "access-control-request-method",
+        "connection",
+        "content-length",
+        "cookie",
+        "cookie2",
+        "date",
+        "dnt",
+        "expect",
+        "host",
+        "keep-alive",
+        "origin",
+        "referer",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "via",
+        "authorization",
+    ];
+    let lower = name.to_ascii_lowercase();
+    NAMES.contains(&lower.as_str()) || lower.starts_with("sec-") || lower.starts_with("proxy-")
 }
 
 /// RFC 9110 tchar.

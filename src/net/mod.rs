@@ -2,6 +2,7 @@
 
 pub mod tls;
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
@@ -11,19 +12,40 @@ use std::time::Duration;
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
+use glommio::timer::Timer;
 
 /// A connection's stream. An enum rather than a trait object: the plain path stays a direct
 /// call, and TLS adds one branch per read or write.
 pub enum Transport {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<Tls>),
+}
+
+/// A TLS stream whose read timeout counts until plaintext arrives. The socket's own timeout
+/// restarts with every byte, and over TLS bytes are not data: a client dripping one byte of a
+/// 16 KiB record now and then would never time out (found in review).
+pub struct Tls {
+    stream: TlsStream<TcpStream>,
+    read_timeout: Option<Duration>,
+    /// Armed when a read first waits; disarmed when it returns.
+    read_timer: Option<Timer>,
+}
+
+impl Tls {
+    pub fn new(stream: TlsStream<TcpStream>) -> Tls {
+        Tls {
+            stream,
+            read_timeout: None,
+            read_timer: None,
+        }
+    }
 }
 
 impl Transport {
     fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(s) => s,
-            Transport::Tls(s) => s.get_ref().0,
+            Transport::Tls(s) => s.stream.get_ref().0,
         }
     }
 
@@ -31,11 +53,19 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
-    /// Bounds every later read of the socket (a TLS read that waits on the socket included).
-    pub fn set_read_timeout(&self, timeout: Duration) {
-        let _ = self
-            .tcp()
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
+    /// Bounds every later read: no bytes (plain) or no plaintext (TLS) for `timeout` fails
+    /// the read with `TimedOut`.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        let timeout = timeout.max(Duration::from_millis(1));
+        match self {
+            Transport::Plain(s) => {
+                let _ = s.set_read_timeout(Some(timeout));
+            }
+            Transport::Tls(s) => {
+                s.read_timeout = Some(timeout);
+                s.read_timer = None;
+            }
+        }
     }
 
     pub fn set_write_timeout(&self, timeout: Duration) {
@@ -63,8 +93,26 @@ impl AsyncRead for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Transport::Tls(s) => s.poll_read(cx, buf),
         }
+    }
+}
+
+impl Tls {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(result) = Pin::new(&mut self.stream).poll_read(cx, buf) {
+            self.read_timer = None;
+            return Poll::Ready(result);
+        }
+        let Some(timeout) = self.read_timeout else {
+            return Poll::Pending;
+        };
+        let timer = self.read_timer.get_or_insert_with(|| Timer::new(timeout));
+        if Pin::new(timer).poll(cx).is_ready() {
+            self.read_timer = None;
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
     }
 }
 
@@ -76,7 +124,7 @@ impl AsyncWrite for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut s.stream).poll_write(cx, buf),
         }
     }
 
@@ -84,7 +132,7 @@ impl AsyncWrite for Transport {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(_) => Poll::Ready(Ok(())),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(&mut s.stream).poll_flush(cx),
         }
     }
 
@@ -92,7 +140,7 @@ impl AsyncWrite for Transport {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_close(cx),
-            Transport::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+            Transport::Tls(s) => Pin::new(&mut s.stream).poll_close(cx),
         }
     }
 }

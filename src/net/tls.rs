@@ -128,3 +128,37 @@ pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, rustls
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok(Arc::new(config))
 }
+
+/// A shard's TLS acceptor, in two steps so that the expensive one can be bounded apart: reading
+/// the ClientHello (cheap, waits on the client) and the rest of the handshake (key exchange and
+/// signature: the CPU work).
+pub struct Acceptor {
+    config: Arc<ServerConfig>,
+}
+
+pub type ClientHello = futures_rustls::StartHandshake<glommio::net::TcpStream>;
+
+impl Acceptor {
+    pub fn new(material: &TlsMaterial) -> Result<Acceptor, rustls::Error> {
+        Ok(Acceptor {
+            config: server_config(material)?,
+        })
+    }
+
+    /// Reads the client's ClientHello. A client that sends nothing waits here, holding no
+    /// handshake turn.
+    pub async fn client_hello(
+        &self,
+        stream: glommio::net::TcpStream,
+    ) -> std::io::Result<ClientHello> {
+        futures_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await
+    }
+
+    /// Completes the handshake started by `hello`.
+    pub async fn finish(
+        &self,
+        hello: ClientHello,
+    ) -> std::io::Result<futures_rustls::server::TlsStream<glommio::net::TcpStream>> {
+        hello.into_stream(self.config.clone()).await
+    }
+}

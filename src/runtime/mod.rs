@@ -338,9 +338,7 @@ async fn shard_main(init: ShardInit) {
             ListenerKind::Plain => Serves::App,
             ListenerKind::Tls(material) => Serves::Tls(
                 // Checked at start (config): building it again cannot fail.
-                crate::net::tls::server_config(material)
-                    .expect("validated at start")
-                    .into(),
+                crate::net::tls::Acceptor::new(material).expect("validated at start"),
             ),
             ListenerKind::RedirectHttps => {
                 Serves::Redirect(init.https_port.expect("validated in config"))

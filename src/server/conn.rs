@@ -87,7 +87,7 @@ impl ConnIo {
     }
 
     fn set_read_timeout(&self, timeout: Duration) {
-        self.stream.borrow().set_read_timeout(timeout);
+        self.stream.borrow_mut().set_read_timeout(timeout);
     }
 }
 
@@ -630,7 +630,9 @@ fn redirect_https(head: &RequestHead, port: u16) -> Response {
         location.push(':');
         location.push_str(itoa::Buffer::new().format(port));
     }
-    location.push_str(head.path());
+    // `OPTIONS *` (or anything not a path) goes to the root.
+    let path = head.path();
+    location.push_str(if path.starts_with('/') { path } else { "/" });
     if let Some(query) = head.query() {
         location.push('?');
         location.push_str(query);

@@ -5,12 +5,12 @@ pub mod conn;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::StaticPermit;
 
 use crate::metrics::add;
-use crate::net::Transport;
+use crate::net::tls::Acceptor;
+use crate::net::{Tls, Transport};
 use crate::router::App;
 use crate::runtime::shard::Shard;
 
@@ -19,7 +19,7 @@ pub enum Serves {
     /// The app, over plain HTTP.
     App,
     /// The app, over TLS.
-    Tls(TlsAcceptor),
+    Tls(Acceptor),
     /// A 308 to `https://host:PORT` with the same target, for every request.
     Redirect(u16),
 }
@@ -90,24 +90,29 @@ async fn start(
         }
         Serves::Tls(acceptor) => {
             if let Some(tls) = handshake(&shard, acceptor, stream).await {
-                conn::serve(shard, app, Transport::Tls(Box::new(tls)), None, permit).await
+                let tls = Transport::Tls(Box::new(Tls::new(tls)));
+                conn::serve(shard, app, tls, None, permit).await
             }
         }
     }
 }
 
-/// Runs a TLS handshake within the shard's bound on concurrent handshakes and the handshake
-/// timeout (which counts from accept, so waiting for a turn counts too). None: the connection
-/// is dropped (timed out, or the client's handshake failed).
+/// Runs a TLS handshake within the handshake timeout, which counts from accept: the
+/// ClientHello is read without a turn (a silent client holds only its connection slot, never one
+/// of the shard's handshake turns), then the rest waits for one of `--tls-handshakes-max` turns.
+/// None: the connection is dropped (timed out, or the client's handshake failed).
 async fn handshake(
     shard: &Shard,
-    acceptor: &TlsAcceptor,
+    acceptor: &Acceptor,
     stream: TcpStream,
 ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
-    // One timer for the whole handshake (waiting for a turn included), not per read.
+    // One timer for the whole handshake, not per read.
     let timeout = shard.config.tls.handshake_timeout;
     let slots = shard.tls_handshake_slots.clone();
     let work = async {
+        let Ok(hello) = acceptor.client_hello(stream).await else {
+            return Some(None);
+        };
         let _turn = match slots.try_acquire_permit(1) {
             Ok(turn) => turn,
             Err(_) => {
@@ -115,13 +120,7 @@ async fn handshake(
                 slots.acquire_permit(1).await.ok()?
             }
         };
-        match acceptor.accept(stream).await {
-            Ok(tls) => Some(Some(tls)),
-            Err(_) => {
-                add(&shard.metrics.tls_handshake_failures, 1);
-                Some(None)
-            }
-        }
+        Some(acceptor.finish(hello).await.ok())
     };
     let outcome = futures_lite::future::or(work, async {
         glommio::timer::sleep(timeout).await;
@@ -133,7 +132,10 @@ async fn handshake(
             add(&shard.metrics.tls_handshakes, 1);
             Some(tls)
         }
-        Some(None) => None,
+        Some(None) => {
+            add(&shard.metrics.tls_handshake_failures, 1);
+            None
+        }
         None => {
             add(&shard.metrics.tls_handshake_timeouts, 1);
             None
