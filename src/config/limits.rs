@@ -53,6 +53,10 @@ pub const HASH_QUEUE_MAX_DEFAULT: usize = 64;
 /// cleared when full or when the users file is reloaded.
 pub const BASIC_CACHE_ENTRIES_MAX: usize = 1024;
 
+/// How often a shard checks its connections' read deadlines (header, body, keep-alive
+/// timeouts fire up to this late). One sweep over the registry replaces a timer per read.
+pub const TIMEOUT_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Initial capacity of a connection's read buffer; it grows up to head_bytes_max while a head is incomplete.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Pending response bytes that force a flush before more pipelined requests are parsed, so a client

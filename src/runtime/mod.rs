@@ -329,6 +329,7 @@ async fn shard_main(init: ShardInit) {
     .expect("the background queue exists");
 
     glommio::spawn_local(clock(shard.clone())).detach();
+    glommio::spawn_local(sweep_timeouts(shard.clone())).detach();
     for (fd, config) in init.listeners.into_iter().zip(&shard.config.listeners) {
         let raw = fd.into_raw_fd();
         // SAFETY: `raw` is a bound, listening TCP socket whose ownership we just released.
@@ -395,6 +396,14 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Ends reads that waited past their deadline (see `Shard::sweep_timeouts`).
+async fn sweep_timeouts(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(crate::config::limits::TIMEOUT_SWEEP_INTERVAL).await;
+        shard.sweep_timeouts();
+    }
 }
 
 /// Refreshes the shard's Date cache at every turn of the wall-clock second.

@@ -8,6 +8,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::config::limits::TIMEOUT_SWEEP_INTERVAL;
 use crate::http::DateCache;
 use crate::mesh::Mesh;
 use crate::metrics::{ShardMetrics, ShardStats, add};
@@ -24,6 +25,10 @@ pub struct ConnEntry {
     pub fd: RawFd,
     /// True while the connection waits for the first byte of its next request.
     pub idle: Cell<bool>,
+    /// While a read waits: when it times out, in `Shard::clock_ms` time; 0 when no read waits.
+    pub read_deadline_ms: Cell<u64>,
+    /// Set by the timeout sweep when it shut the read side: the read's end is a timeout.
+    pub timed_out: Cell<bool>,
 }
 
 pub struct Shard {
@@ -44,6 +49,10 @@ pub struct Shard {
     pub tls_handshake_slots: Rc<glommio::sync::Semaphore>,
     /// `Strict-Transport-Security` value for HTTPS responses, unless `--hsts-max-age 0`.
     pub hsts: Option<bytes::Bytes>,
+    /// Milliseconds since the shard started, as of the last timeout sweep (coarse: refreshed
+    /// every `TIMEOUT_SWEEP_INTERVAL`); read deadlines are in this time.
+    clock_ms: Cell<u64>,
+    started: std::time::Instant,
     draining: Cell<bool>,
     drain_waiters: RefCell<Vec<Waker>>,
     conns: RefCell<HashMap<u64, Rc<ConnEntry>>>,
@@ -102,6 +111,8 @@ impl Shard {
                 .then(|| bytes::Bytes::from(format!("max-age={}", config.tls.hsts_max_age))),
             config,
             stats_mesh,
+            clock_ms: Cell::new(0),
+            started: std::time::Instant::now(),
             draining: Cell::new(false),
             drain_waiters: RefCell::new(Vec::new()),
             conns: RefCell::new(HashMap::new()),
@@ -163,6 +174,8 @@ impl Shard {
         let entry = Rc::new(ConnEntry {
             fd,
             idle: Cell::new(false),
+            read_deadline_ms: Cell::new(0),
+            timed_out: Cell::new(false),
         });
         self.conns.borrow_mut().insert(id, entry.clone());
         add(&self.metrics.connections_accepted, 1);
@@ -211,6 +224,27 @@ impl Shard {
             }
         })
         .await
+    }
+
+    /// The deadline of a read that starts waiting now with `timeout_ms`: never early (the
+    /// clock may be one sweep old), at most two sweeps late.
+    pub fn deadline_ms(&self, timeout_ms: u64) -> u64 {
+        self.clock_ms.get() + timeout_ms + TIMEOUT_SWEEP_INTERVAL.as_millis() as u64
+    }
+
+    /// Ends every read that waited past its deadline: marks it timed out and shuts the socket's
+    /// read side, which wakes the read with end-of-stream (the write side stays open for a 408).
+    /// Called every `TIMEOUT_SWEEP_INTERVAL`; O(open connections).
+    pub fn sweep_timeouts(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.clock_ms.set(now);
+        for entry in self.conns.borrow().values() {
+            let deadline = entry.read_deadline_ms.get();
+            if deadline != 0 && deadline <= now && !entry.timed_out.replace(true) {
+                // SAFETY: the fd belongs to a live connection (its guard removes it before close).
+                unsafe { libc::shutdown(entry.fd, libc::SHUT_RD) };
+            }
+        }
     }
 
     /// Refreshes the cached Date header; called once a second by the shard's clock task.

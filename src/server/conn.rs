@@ -27,7 +27,7 @@ use crate::router::response::SERVER_MANAGED_HEADERS;
 use crate::router::{
     App, Body, BodyError, BodySource, Request, RequestCtx, Response, ResponseBody,
 };
-use crate::runtime::shard::{ConnGuard, Shard};
+use crate::runtime::shard::{ConnEntry, ConnGuard, Shard};
 
 /// Largest single read while a body is expected (a head is read 4 KiB at a time).
 const BODY_READ_BYTES_MAX: usize = 64 * 1024;
@@ -38,16 +38,42 @@ struct ConnIo {
     stream: RefCell<Transport>,
     rbuf: RefCell<BytesMut>,
     shard: Rc<Shard>,
+    /// The connection's registry entry: where a waiting read posts its deadline for the
+    /// shard's timeout sweep (runtime/shard.rs).
+    entry: Rc<ConnEntry>,
+    /// How long the next read may wait, in ms.
+    read_timeout_ms: Cell<u64>,
 }
 
 impl ConnIo {
-    /// Reads up to `want` more bytes into the read buffer. Ok(0) is end of stream.
+    /// Reads up to `want` more bytes into the read buffer. Ok(0) is end of stream; a read that
+    /// waited longer than the read timeout fails with `TimedOut`. The timeout is not a timer per
+    /// read: a read that has to wait posts its deadline in the connection's registry entry, and
+    /// the shard's sweep shuts the socket's read side once it passes (one sweep for all
+    /// connections instead of a timer armed and cancelled per read). Over TLS the deadline stays
+    /// until plaintext arrives, so dripping bytes of a record does not extend it.
     fn poll_fill(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         let mut rbuf = self.rbuf.borrow_mut();
         let filled = rbuf.len();
         // Zeroed rather than uninitialised: safe Rust, and ~1% of a read syscall (bench/RESULTS.md).
         rbuf.resize(filled + want, 0);
         let result = Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, &mut rbuf[filled..]);
+        let result = match result {
+            Poll::Pending => {
+                if self.entry.read_deadline_ms.get() == 0 {
+                    let deadline = self.shard.deadline_ms(self.read_timeout_ms.get());
+                    self.entry.read_deadline_ms.set(deadline);
+                }
+                Poll::Pending
+            }
+            Poll::Ready(_) if self.entry.timed_out.get() => {
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
+            Poll::Ready(result) => {
+                self.entry.read_deadline_ms.set(0);
+                Poll::Ready(result)
+            }
+        };
         let n = match &result {
             Poll::Ready(Ok(n)) => *n,
             _ => 0,
@@ -87,7 +113,8 @@ impl ConnIo {
     }
 
     fn set_read_timeout(&self, timeout: Duration) {
-        self.stream.borrow_mut().set_read_timeout(timeout);
+        self.read_timeout_ms
+            .set((timeout.as_millis() as u64).max(1));
     }
 }
 
@@ -215,7 +242,9 @@ pub async fn serve(
     let io = Rc::new(ConnIo {
         stream: RefCell::new(stream),
         rbuf: RefCell::new(BytesMut::with_capacity(READ_BUFFER_BYTES)),
+        read_timeout_ms: Cell::new(shard.config.keepalive_timeout.as_millis() as u64),
         shard,
+        entry: guard.entry.clone(),
     });
     let mut conn = Conn {
         io,
