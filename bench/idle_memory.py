@@ -6,6 +6,7 @@
     bench/idle_memory.py [-n 10000] [-r 3] [-d 5] [--percore BIN] [--percore-args 'FLAGS']
     bench/idle_memory.py --server-cmd 'OTHER_SERVER {port}'   (the same measurement of another server)
     bench/idle_memory.py -n 15000 -r 2 --perf 4   (also perf-profile the server during each idle-variant run)
+    bench/idle_memory.py --tls CERT KEY   (HTTPS: percore gets --tls-cert/--tls-key; idle conns and wrk use TLS)
 
 percore binary: --percore BIN, else $PERCORE_BIN, else $CARGO_TARGET_DIR/release/percore, else
 <repo>/target/release/percore (build: `cargo build --release --bin percore`). wrk: $WRK_BIN, else wrk on $PATH.
@@ -43,6 +44,13 @@ REPO = os.path.dirname(BENCH)
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 REQ = b"GET /plaintext HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+TLS = None  # an ssl.SSLContext when --tls is given
+SCHEME = "http"
+
+
+def connect(port, timeout):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return TLS.wrap_socket(s, server_hostname="localhost") if TLS else s
 
 
 def find_percore():
@@ -98,7 +106,7 @@ def read_response(s):
 def open_idle(port, n):
     socks = []
     for i in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s = connect(port, 10)
         s.sendall(REQ)
         if not read_response(s):
             raise RuntimeError(f"idle connection {i}: bad answer")
@@ -134,7 +142,7 @@ def perf_top(data, n=12):
 def wrk(port, dur, client_cpu, outfile, perf=None):
     """perf: (pid, seconds, perf.data path) to profile the server during the run, or None."""
     cmd = ["taskset", "-c", str(client_cpu), WRK, "-t1", "-c64", f"-d{dur}s", "--latency",
-           f"http://127.0.0.1:{port}/plaintext"]
+           f"{SCHEME}://127.0.0.1:{port}/plaintext"]
     if perf:
         w = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         time.sleep(1)
@@ -165,7 +173,7 @@ def start(binary, args, port, cpu, nofile, log, server_cmd=None):
         if p.poll() is not None:
             sys.exit(f"percore exited with {p.returncode}; see {log.name}")
         try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=1)
+            s = connect(port, 1)
             s.sendall(REQ)
             if read_response(s):
                 s.close()
@@ -198,6 +206,8 @@ def main():
     ap.add_argument("--perf", type=int, default=0, metavar="SECONDS",
                     help="perf record the server for SECONDS during each idle-variant run (must be < -d - 1); "
                          "perf adds its own overhead to that run, so take the slowdown figures from a run without it")
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), default=None,
+                    help="serve HTTPS with this PEM certificate (valid for localhost) and key")
     ap.add_argument("--port", type=int, default=18070)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
@@ -206,6 +216,12 @@ def main():
     binary = a.server_cmd or a.percore or find_percore()
     # flags: room for N idle + wrk's 64 connections; keep-alive long enough to outlive a round
     pargs = f"--max-conns {a.conns + 1024} --keepalive-timeout 600 {a.percore_args}"
+    if a.tls:
+        import ssl
+        global TLS, SCHEME
+        TLS = ssl.create_default_context(cafile=a.tls[0])
+        SCHEME = "https"
+        pargs += f" --tls-cert {shlex.quote(a.tls[0])} --tls-key {shlex.quote(a.tls[1])}"
     nofile = a.conns + 2048
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
@@ -247,7 +263,7 @@ def main():
                 if socks:
                     row["bytes_per_conn"] = (row["rss_idle_kb"] - row["rss_before_kb"]) * 1024 / len(socks)
                 subprocess.run(["taskset", "-c", str(a.client_cpu), WRK, "-t1", "-c64", "-d1s",
-                                f"http://127.0.0.1:{a.port}/plaintext"], capture_output=True)
+                                f"{SCHEME}://127.0.0.1:{a.port}/plaintext"], capture_output=True)
                 c0 = cpu_ticks(p.pid)
                 perf = None
                 if a.perf and socks:
