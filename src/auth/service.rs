@@ -289,11 +289,18 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Nice 19 for the calling thread (on Linux the nice value is per thread). The hashing thread is
-/// not pinned and the kernel often runs it on its shard's own CPU: at nice 0 each 15 ms hash held
-/// the shard off the CPU for milliseconds (/plaintext p99 0.5 -> 4.7 ms while logins ran,
-/// bench/RESULTS.md); at nice 19 the shard preempts it as soon as it has work.
+/// SCHED_IDLE (and nice 19, should that be refused) for the calling thread; on Linux both are
+/// per thread. The hashing thread is not pinned and the kernel often runs it on its shard's own
+/// CPU: at nice 0 each 15 ms hash held the shard off the CPU for milliseconds (/plaintext p99
+/// 4.4 ms while logins ran, against 0.2-0.4 ms without); at nice 19 1.5 ms; with SCHED_IDLE the
+/// shard preempts it at once (p99 ~0.7 ms, within the noise of runs without logins;
+/// bench/RESULTS.md). The price: on CPUs that are busy all the time, logins wait (the hash queue
+/// bound answers 503 past `--hash-queue-max`).
 fn lower_this_threads_priority() {
-    // SAFETY: setpriority on the calling thread (who = 0); no memory is involved.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    // SAFETY: both calls act on the calling thread (pid/who 0) and read only `param`.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+    }
 }
