@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use super::limiter::{self, Limiter};
 use super::password;
 use super::users::Users;
-use crate::config::AuthConfig;
 use crate::config::limits::BASIC_CACHE_ENTRIES_MAX;
+use crate::config::{AuthConfig, HashPriority};
 use crate::mesh::{Mesh, join_all};
 use crate::metrics::add;
 use crate::runtime::{now_ms, shard};
@@ -223,9 +223,10 @@ impl Auth {
             }
         };
         let password = password.to_string();
+        let priority = self.config.hash_priority;
         let verified = glommio::executor()
             .spawn_blocking(move || {
-                lower_this_threads_priority();
+                set_this_threads_priority(priority);
                 match phc {
                     Some(phc) => password::verify(&phc, &password),
                     None => {
@@ -289,18 +290,27 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// SCHED_IDLE (and nice 19, should that be refused) for the calling thread; on Linux both are
-/// per thread. The hashing thread is not pinned and the kernel often runs it on its shard's own
-/// CPU: at nice 0 each 15 ms hash held the shard off the CPU for milliseconds (/plaintext p99
-/// 4.4 ms while logins ran, against 0.2-0.4 ms without); at nice 19 1.5 ms; with SCHED_IDLE the
-/// shard preempts it at once (p99 ~0.7 ms, within the noise of runs without logins;
-/// bench/RESULTS.md). The price: on CPUs that are busy all the time, logins wait (the hash queue
-/// bound answers 503 past `--hash-queue-max`).
-fn lower_this_threads_priority() {
+/// Sets the calling thread's CPU priority (on Linux nice and the policy are per thread). The
+/// hashing thread is not pinned, and the kernel often runs it on its shard's own CPU. Measured
+/// with both on one CPU (bench/RESULTS.md), /plaintext p99 while logins ran, against ~0.2-0.6 ms
+/// without: nice 0 4.4 ms; nice 19 1.5 ms (p50 unchanged); SCHED_IDLE 0.7 ms (no change). But a
+/// SCHED_IDLE hash waits as long as the CPUs are busy: with two CPU hogs running, logins took
+/// tens of seconds. Hence the default `low`, and `idle` for servers with headroom.
+fn set_this_threads_priority(priority: HashPriority) {
+    let (nice, idle) = match priority {
+        HashPriority::Idle => (19, true),
+        HashPriority::Low => (19, false),
+        HashPriority::Normal => (0, false),
+    };
     // SAFETY: both calls act on the calling thread (pid/who 0) and read only `param`.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+        let policy = if idle {
+            libc::SCHED_IDLE
+        } else {
+            libc::SCHED_OTHER
+        };
         let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        libc::sched_setscheduler(0, policy, &param);
     }
 }

@@ -194,6 +194,10 @@ pub struct Args {
     /// Password checks a shard queues behind those; more get 503.
     #[arg(long, value_name = "N")]
     pub hash_queue_max: Option<usize>,
+    /// CPU priority of password hashing: low (nice 19, the default), idle (SCHED_IDLE: never
+    /// delays a shard, but waits while the CPUs are busy), normal.
+    #[arg(long, value_name = "PRIORITY")]
+    pub hash_priority: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -265,6 +269,7 @@ struct FileConfig {
     login_tracked_max: Option<usize>,
     hash_concurrency: Option<usize>,
     hash_queue_max: Option<usize>,
+    hash_priority: Option<String>,
     /// `[[access]]` rules: path prefix, optional methods, who is allowed.
     access: Option<Vec<AccessRule>>,
     /// `[[token]]` API tokens: name, hash, roles.
@@ -285,6 +290,18 @@ pub struct AuthConfig {
     pub limiter: LimiterConfig,
     pub hash_concurrency: usize,
     pub hash_queue_max: usize,
+    pub hash_priority: HashPriority,
+}
+
+/// How the password-hashing threads share a CPU with the shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashPriority {
+    /// SCHED_IDLE: runs only when the CPU has nothing else to do.
+    Idle,
+    /// nice 19: a small share next to busy shards.
+    Low,
+    /// nice 0, like the shards.
+    Normal,
 }
 
 impl AuthConfig {
@@ -841,6 +858,19 @@ fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
             args.hash_queue_max.or(file.hash_queue_max),
             limits::HASH_QUEUE_MAX_DEFAULT,
         )?,
+        hash_priority: match args
+            .hash_priority
+            .clone()
+            .or(file.hash_priority.clone())
+            .as_deref()
+        {
+            None | Some("low") => HashPriority::Low,
+            Some("idle") => HashPriority::Idle,
+            Some("normal") => HashPriority::Normal,
+            Some(other) => {
+                return err(format!("--hash-priority {other}: one of low, idle, normal"));
+            }
+        },
     })
 }
 
