@@ -681,6 +681,31 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// Reads each certificate/key pair once, however many listeners use it.
+struct TlsLoader {
+    refuse_expired: bool,
+    now: SystemTime,
+    loaded: Vec<(PathBuf, PathBuf, Arc<TlsMaterial>)>,
+}
+
+impl TlsLoader {
+    fn load(
+        &mut self,
+        cert: &Path,
+        key: &Path,
+        warnings: &mut Vec<String>,
+    ) -> Result<Arc<TlsMaterial>, ConfigError> {
+        if let Some((_, _, m)) = self.loaded.iter().find(|(c, k, _)| c == cert && k == key) {
+            return Ok(m.clone());
+        }
+        let material =
+            tls::load(cert, key, self.refuse_expired, self.now, warnings).map_err(ConfigError)?;
+        self.loaded
+            .push((cert.to_path_buf(), key.to_path_buf(), material.clone()));
+        Ok(material)
+    }
+}
+
 /// The listening addresses and what each serves, from `--bind` (+ `--tls-cert`/`--tls-key` for
 /// all of them) and `--redirect-https`, or the config file's `bind`/`[[listener]]`.
 fn listeners(
@@ -688,16 +713,10 @@ fn listeners(
     file: &FileConfig,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
-    let refuse_expired = args.tls_refuse_expired || file.tls_refuse_expired.unwrap_or(false);
-    let now = SystemTime::now();
-    let mut loaded: Vec<(PathBuf, PathBuf, Arc<TlsMaterial>)> = Vec::new();
-    let mut load = |cert: &Path, key: &Path, warnings: &mut Vec<String>| {
-        if let Some((_, _, m)) = loaded.iter().find(|(c, k, _)| c == cert && k == key) {
-            return Ok(m.clone());
-        }
-        let material = tls::load(cert, key, refuse_expired, now, warnings).map_err(ConfigError)?;
-        loaded.push((cert.to_path_buf(), key.to_path_buf(), material.clone()));
-        Ok::<_, ConfigError>(material)
+    let mut loader = TlsLoader {
+        refuse_expired: args.tls_refuse_expired || file.tls_refuse_expired.unwrap_or(false),
+        now: SystemTime::now(),
+        loaded: Vec::new(),
     };
     let tls_pair = match (
         args.tls_cert.as_ref().or(file.tls_cert.as_ref()),
@@ -708,50 +727,33 @@ fn listeners(
         (Some(_), None) => return err("--tls-cert needs --tls-key"),
         (None, Some(_)) => return err("--tls-key needs --tls-cert"),
     };
-    let mut listeners = Vec::new();
-    if args.bind.is_empty() && file.listener.is_some() {
-        if file.bind.is_some() {
-            return err("config file: give `bind` or `[[listener]]` tables, not both");
+    let mut listeners = match &file.listener {
+        Some(tables) if args.bind.is_empty() => {
+            if file.bind.is_some() {
+                return err("config file: give `bind` or `[[listener]]` tables, not both");
+            }
+            listener_tables(tables, &tls_pair, &mut loader, warnings)?
         }
-        for table in file.listener.iter().flatten() {
-            let addr = parse_addr("[[listener]] bind", &table.bind)?;
-            let kind = match (&table.tls_cert, &table.tls_key, table.redirect_https) {
-                (Some(_), Some(_), true) => {
-                    return err(format!(
-                        "[[listener]] {addr}: redirect_https and tls_cert exclude each other"
-                    ));
-                }
-                (Some(cert), Some(key), false) => ListenerKind::Tls(load(cert, key, warnings)?),
-                (None, None, true) => ListenerKind::RedirectHttps,
-                (None, None, false) => match &tls_pair {
-                    Some((cert, key)) => ListenerKind::Tls(load(cert, key, warnings)?),
+        _ => {
+            let bind_texts = if !args.bind.is_empty() {
+                args.bind.clone()
+            } else {
+                file.bind
+                    .clone()
+                    .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()])
+            };
+            let mut listeners = Vec::with_capacity(bind_texts.len());
+            for text in &bind_texts {
+                let addr = parse_addr("--bind", text)?;
+                let kind = match &tls_pair {
+                    Some((cert, key)) => ListenerKind::Tls(loader.load(cert, key, warnings)?),
                     None => ListenerKind::Plain,
-                },
-                _ => {
-                    return err(format!(
-                        "[[listener]] {addr}: tls_cert and tls_key go together"
-                    ));
-                }
-            };
-            listeners.push(ListenerConfig { addr, kind });
+                };
+                listeners.push(ListenerConfig { addr, kind });
+            }
+            listeners
         }
-    } else {
-        let bind_texts = if !args.bind.is_empty() {
-            args.bind.clone()
-        } else {
-            file.bind
-                .clone()
-                .unwrap_or_else(|| vec!["127.0.0.1:8080".to_string()])
-        };
-        for text in &bind_texts {
-            let addr = parse_addr("--bind", text)?;
-            let kind = match &tls_pair {
-                Some((cert, key)) => ListenerKind::Tls(load(cert, key, warnings)?),
-                None => ListenerKind::Plain,
-            };
-            listeners.push(ListenerConfig { addr, kind });
-        }
-    }
+    };
     let redirects = if !args.redirect_https.is_empty() {
         args.redirect_https.clone()
     } else {
@@ -764,17 +766,54 @@ fn listeners(
             kind: ListenerKind::RedirectHttps,
         });
     }
+    check_listeners(&listeners)?;
+    Ok(listeners)
+}
+
+fn listener_tables(
+    tables: &[FileListener],
+    tls_pair: &Option<(PathBuf, PathBuf)>,
+    loader: &mut TlsLoader,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let mut listeners = Vec::with_capacity(tables.len());
+    for table in tables {
+        let addr = parse_addr("[[listener]] bind", &table.bind)?;
+        let kind = match (&table.tls_cert, &table.tls_key, table.redirect_https) {
+            (Some(_), Some(_), true) => {
+                return err(format!(
+                    "[[listener]] {addr}: redirect_https and tls_cert exclude each other"
+                ));
+            }
+            (Some(cert), Some(key), false) => ListenerKind::Tls(loader.load(cert, key, warnings)?),
+            (None, None, true) => ListenerKind::RedirectHttps,
+            (None, None, false) => match tls_pair {
+                Some((cert, key)) => ListenerKind::Tls(loader.load(cert, key, warnings)?),
+                None => ListenerKind::Plain,
+            },
+            _ => {
+                return err(format!(
+                    "[[listener]] {addr}: tls_cert and tls_key go together"
+                ));
+            }
+        };
+        listeners.push(ListenerConfig { addr, kind });
+    }
+    Ok(listeners)
+}
+
+/// At least one listener, no address twice, and an HTTPS listener for redirects to point at.
+fn check_listeners(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
     if listeners.is_empty() {
         return err("--bind: at least one address is needed");
     }
     let has_tls = listeners
         .iter()
         .any(|l| matches!(l.kind, ListenerKind::Tls(_)));
-    if !has_tls
-        && listeners
-            .iter()
-            .any(|l| matches!(l.kind, ListenerKind::RedirectHttps))
-    {
+    let has_redirect = listeners
+        .iter()
+        .any(|l| matches!(l.kind, ListenerKind::RedirectHttps));
+    if has_redirect && !has_tls {
         return err(
             "--redirect-https: no HTTPS listener to redirect to (give --tls-cert and --tls-key)",
         );
@@ -784,7 +823,7 @@ fn listeners(
             return err(format!("--bind {}: given twice", listener.addr));
         }
     }
-    Ok(listeners)
+    Ok(())
 }
 
 /// Reads a users file: one line naming the file and the problem on error.
@@ -1049,6 +1088,29 @@ mod tests {
             (&["--spin-us", "2000000"][..], "", "--spin-us 2000000"),
             (&["--fsync", "sometimes"][..], "", "--fsync"),
             (&[][..], "cores = \"0\"\nshards = 1", "--cores and --shards"),
+            (
+                &[][..],
+                "[[listener]]\nbind = \"127.0.0.1:1\"\nredirect_https = true",
+                "no HTTPS listener",
+            ),
+            (
+                &[][..],
+                "bind = [\"127.0.0.1:1\"]\n[[listener]]\nbind = \"127.0.0.1:2\"",
+                "not both",
+            ),
+            (
+                &[][..],
+                "[[listener]]\nbind = \"127.0.0.1:1\"\ntls_cert = \"c.pem\"",
+                "go together",
+            ),
+            (&["--hash-priority", "urgent"][..], "", "--hash-priority"),
+            (
+                &["--default-access", "everyone"][..],
+                "",
+                "--default-access",
+            ),
+            (&["--csrf-header", "Origin"][..], "", "--csrf-header"),
+            (&["--login-window", "0"][..], "", "--login-window"),
         ] {
             let e = merged(args, file).unwrap_err();
             assert!(e.contains(needle), "{args:?} {file:?}: {e}");

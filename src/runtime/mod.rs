@@ -287,18 +287,7 @@ async fn shard_main(init: ShardInit) {
             std::process::exit(2);
         }
     };
-    let limiter = Rc::new(std::cell::RefCell::new(crate::auth::limiter::Limiter::new(
-        init.config.auth.limiter.clone(),
-    )));
-    let auth_mesh: Rc<AuthMesh> = Mesh::join(init.auth_mesh, init.index, limits, {
-        let limiter = limiter.clone();
-        Rc::new(move |_from, request| {
-            let reply = crate::auth::service::serve_limit(&limiter, request);
-            Box::pin(async move { reply })
-        })
-    })
-    .await;
-    let auth = Rc::new(Auth::new(init.config.auth.clone(), limiter, auth_mesh));
+    let auth = start_auth(&init.config, init.auth_mesh, init.index, limits).await;
     let shard = Shard::install(
         init.index,
         init.cpu,
@@ -330,29 +319,7 @@ async fn shard_main(init: ShardInit) {
 
     glommio::spawn_local(clock(shard.clone())).detach();
     glommio::spawn_local(sweep_timeouts(shard.clone())).detach();
-    for (fd, config) in init.listeners.into_iter().zip(&shard.config.listeners) {
-        let raw = fd.into_raw_fd();
-        // SAFETY: `raw` is a bound, listening TCP socket whose ownership we just released.
-        let listener =
-            unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        let serves = match &config.kind {
-            ListenerKind::Plain => Serves::App,
-            ListenerKind::Tls(material) => Serves::Tls(
-                // Checked at start (config): building it again cannot fail.
-                crate::net::tls::Acceptor::new(material).expect("validated at start"),
-            ),
-            ListenerKind::RedirectHttps => {
-                Serves::Redirect(init.https_port.expect("validated in config"))
-            }
-        };
-        glommio::spawn_local(crate::server::accept_loop(
-            shard.clone(),
-            app.clone(),
-            listener,
-            serves,
-        ))
-        .detach();
-    }
+    spawn_accept_loops(&shard, &app, init.listeners, init.https_port);
     let _ = init.ready.send(init.index);
 
     futures_lite::future::or(
@@ -387,6 +354,59 @@ async fn shard_main(init: ShardInit) {
             "percore: shard {}: cannot write the session snapshot: {e}",
             shard.index
         );
+    }
+}
+
+/// The shard's auth service, with the brute-force counters it owns served on the auth mesh.
+async fn start_auth(
+    config: &Config,
+    mesh: MeshBuilder<Envelope<LimitRequest, LimitReply>, Full>,
+    index: usize,
+    limits: MeshLimits,
+) -> Rc<Auth> {
+    let limiter = Rc::new(std::cell::RefCell::new(crate::auth::limiter::Limiter::new(
+        config.auth.limiter.clone(),
+    )));
+    let auth_mesh: Rc<AuthMesh> = Mesh::join(mesh, index, limits, {
+        let limiter = limiter.clone();
+        Rc::new(move |_from, request| {
+            let reply = crate::auth::service::serve_limit(&limiter, request);
+            Box::pin(async move { reply })
+        })
+    })
+    .await;
+    Rc::new(Auth::new(config.auth.clone(), limiter, auth_mesh))
+}
+
+/// One accept loop per listening socket of this shard, each serving what its listener is for.
+fn spawn_accept_loops(
+    shard: &Rc<Shard>,
+    app: &Rc<crate::router::App>,
+    listeners: Vec<OwnedFd>,
+    https_port: Option<u16>,
+) {
+    for (fd, config) in listeners.into_iter().zip(&shard.config.listeners) {
+        let raw = fd.into_raw_fd();
+        // SAFETY: `raw` is a bound, listening TCP socket whose ownership we just released.
+        let listener =
+            unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let serves = match &config.kind {
+            ListenerKind::Plain => Serves::App,
+            ListenerKind::Tls(material) => Serves::Tls(
+                // Checked at start (config): building it again cannot fail.
+                crate::net::tls::Acceptor::new(material).expect("validated at start"),
+            ),
+            ListenerKind::RedirectHttps => {
+                Serves::Redirect(https_port.expect("validated in config"))
+            }
+        };
+        glommio::spawn_local(crate::server::accept_loop(
+            shard.clone(),
+            app.clone(),
+            listener,
+            serves,
+        ))
+        .detach();
     }
 }
 
