@@ -1,5 +1,6 @@
-//! A user's own app on percore: routes with path parameters, shard-local state, middleware, and the built-in routes mounted.
-//! Run: `cargo run --release --example hello -- --bind 127.0.0.1:8080`, then `curl localhost:8080/hello/you`.
+//! A user's own app on percore: routes with path parameters, shard-local state, middleware, the authenticated identity, and the built-in routes mounted.
+//! Run: `cargo run --release --example hello -- --bind 127.0.0.1:8080`, then `curl localhost:8080/hello/you`;
+//! with `--users users.toml`, `curl -u alice:PASSWORD localhost:8080/me` greets the logged-in user.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -23,6 +24,17 @@ fn app() -> Router {
                         req.ctx.shard
                     ),
                 )
+            }
+        })
+        // Whoever authenticated (login session, Basic or Bearer) is in `ctx.identity` for every
+        // handler and every middleware from the Authorize phase on.
+        .get("/me", |req: Request| async move {
+            match &req.ctx.identity {
+                Some(who) => Response::text(
+                    200,
+                    format!("hello, {} ({})\n", who.user, who.roles.join(", ")),
+                ),
+                None => Response::text(401, "log in first\n"),
             }
         })
         .middleware(Phase::Request, |req: Request, next: Next| async move {

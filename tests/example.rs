@@ -11,7 +11,8 @@ fn example_binary(name: &str) -> PathBuf {
     // target/debug/percore -> target/debug/examples/NAME
     let bin = PathBuf::from(common::BIN);
     let path = bin.parent().unwrap().join("examples").join(name);
-    if !path.exists() {
+    // Always (a no-op when fresh): `cargo test --test example` alone does not rebuild examples.
+    {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--example", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -45,6 +46,49 @@ fn hello_example_serves_params_middleware_and_builtins() {
         r.text()
     );
     assert_eq!(conn.get("/plaintext").body, b"Hello, World!");
+}
+
+#[test]
+fn hello_example_handlers_see_the_identity() {
+    let dir = common::temp_dir("hello-users");
+    let hash = {
+        let mut child = Command::new(common::BIN)
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "pw").unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let users = dir.join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"ann\"\npassword_hash = {:?}\nroles = [\"staff\"]\n",
+            hash.trim()
+        ),
+    )
+    .unwrap();
+    let server = common::Server::start_with(
+        example_binary("hello").to_str().unwrap(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--users",
+            users.to_str().unwrap(),
+        ],
+    );
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(conn.get("/me").status, 401);
+    // ann:pw in Basic.
+    conn.send(b"GET /me HTTP/1.1\r\nHost: t\r\nAuthorization: Basic YW5uOnB3\r\n\r\n");
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello, ann (staff)\n");
 }
 
 /// POST, retried on 409: a cross-shard transaction's participants unlock just after its answer.
