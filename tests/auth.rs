@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,16 +11,7 @@ use common::{BIN, Conn, Server, one_per_shard, run_failing, temp_dir};
 
 /// `percore hash-password` of `password`.
 fn hash(password: &str) -> String {
-    let mut child = Command::new(BIN)
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
+    common::tool("hash-password", password)
 }
 
 fn users_toml(users: &[(&str, &str, &[&str])]) -> String {
@@ -50,19 +40,7 @@ fn setup(extra_config: &str) -> (PathBuf, PathBuf) {
         ]),
     )
     .unwrap();
-    let token_hash = {
-        let mut child = Command::new(BIN)
-            .arg("hash-token")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{TOKEN}").unwrap();
-        String::from_utf8(child.wait_with_output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .to_string()
-    };
+    let token_hash = common::tool("hash-token", TOKEN);
     let config = dir.join("percore.toml");
     std::fs::write(
         &config,

@@ -11,8 +11,9 @@ fn example_binary(name: &str) -> PathBuf {
     // target/debug/percore -> target/debug/examples/NAME
     let bin = PathBuf::from(common::BIN);
     let path = bin.parent().unwrap().join("examples").join(name);
-    // Always (a no-op when fresh): `cargo test --test example` alone does not rebuild examples.
-    {
+    // `cargo test` builds the examples; `cargo test --test example` alone does not rebuild a
+    // stale one (building from here each time recompiled everything: cargo's environment differs).
+    if !path.exists() {
         let status = Command::new(env!("CARGO"))
             .args(["build", "--example", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -51,17 +52,7 @@ fn hello_example_serves_params_middleware_and_builtins() {
 #[test]
 fn hello_example_handlers_see_the_identity() {
     let dir = common::temp_dir("hello-users");
-    let hash = {
-        let mut child = Command::new(common::BIN)
-            .arg("hash-password")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "pw").unwrap();
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-    };
+    let hash = common::tool("hash-password", "pw");
     let users = dir.join("users.toml");
     std::fs::write(
         &users,

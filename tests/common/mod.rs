@@ -143,6 +143,20 @@ pub fn temp_dir(what: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Runs a `percore` tool (`hash-password`, `hash-token`) with `input` on stdin; its output line.
+pub fn tool(command: &str, input: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run percore");
+    writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "percore {command}");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
 /// Runs `percore args` expecting it to exit at once; returns (exit code, stderr).
 pub fn run_failing(args: &[&str]) -> (i32, String) {
     let output = Command::new(BIN)
