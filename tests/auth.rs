@@ -293,19 +293,33 @@ fn unknown_user_and_wrong_password_take_the_same_time() {
         assert_eq!(login(&mut conn, user, "nope", None).status, 401);
         started.elapsed()
     };
-    // Interleaved, so drift in machine load hits both alike.
-    let (mut wrong, mut unknown) = (Vec::new(), Vec::new());
-    for _ in 0..25 {
-        wrong.push(time("alice"));
-        unknown.push(time("mallory"));
+    // Pairs measured back to back (the order alternating) and compared pair by pair, so drift
+    // in machine load hits both sides of a pair alike. The bound is the issue's: within 20% on
+    // the median. A busy machine gets three tries; a real difference (an unknown user that
+    // skipped the hash would answer ~20x faster) fails all three.
+    let mut medians = Vec::new();
+    for _try in 0..3 {
+        let mut ratios: Vec<f64> = (0..31)
+            .map(|i| {
+                let (wrong, unknown) = if i % 2 == 0 {
+                    let wrong = time("alice");
+                    (wrong, time("mallory"))
+                } else {
+                    let unknown = time("mallory");
+                    (time("alice"), unknown)
+                };
+                wrong.as_secs_f64() / unknown.as_secs_f64()
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        if (1.0 / 1.2..1.2).contains(&median) {
+            return;
+        }
+        medians.push(median);
     }
-    wrong.sort();
-    unknown.sort();
-    let (w, u) = (wrong[12].as_secs_f64(), unknown[12].as_secs_f64());
-    let ratio = w.max(u) / w.min(u);
-    assert!(
-        ratio < 1.2,
-        "medians: wrong password {w:.4}s, unknown user {u:.4}s"
+    panic!(
+        "wrong password / unknown user login time, median of the paired ratios per try: {medians:?}"
     );
 }
 
