@@ -1,7 +1,7 @@
 //! Drives one shard's transaction `Node` with real IO: its write-ahead log (group commit), the transaction mesh, a tick for timeouts, recovery at start and checkpoints; the only place txn code meets glommio.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -12,7 +12,7 @@ use crate::mesh::Mesh;
 use crate::runtime::now_ms;
 use crate::txn::op::{Op, TxError};
 use crate::txn::record::{self, Record, TailReason};
-use crate::txn::twopc::{Action, ClientId, Event, Msg, Node, Outcome};
+use crate::txn::twopc::{Action, ClientId, Event, Msg, Node, Outcome, Then};
 use crate::wal::{self, Wal};
 
 /// The transaction message class has its own mesh (one-way messages; the protocol never waits on
@@ -142,6 +142,8 @@ pub async fn transact(ops: Vec<Op>) -> Result<Vec<crate::txn::op::OpResult>, Tra
 struct ClientSlot {
     outcome: RefCell<Option<Outcome>>,
     waker: RefCell<Option<Waker>>,
+    /// `now_ms()` after which the tick answers `Unknown` (a sweep, not a timer per transaction).
+    deadline_ms: u64,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -164,6 +166,10 @@ pub struct Txn {
     checkpoint_base: Cell<u64>,
     clients: RefCell<HashMap<ClientId, Rc<ClientSlot>>>,
     client_next: Cell<ClientId>,
+    /// Steps waiting for the log to be durable through their position, in log order (appends
+    /// are sequential), fed to the node by one task (`durability`) instead of a task each.
+    durable_queue: RefCell<VecDeque<(u64, Then)>>,
+    durable_waker: RefCell<Option<Waker>>,
     pub counters: Cell<TxnCounters>,
 }
 
@@ -196,8 +202,11 @@ impl Txn {
             checkpoint_base: Cell::new(0),
             clients: RefCell::new(HashMap::new()),
             client_next: Cell::new(0),
+            durable_queue: RefCell::new(VecDeque::new()),
+            durable_waker: RefCell::new(None),
             counters: Cell::new(TxnCounters::default()),
         });
+        glommio::spawn_local(Self::durability(Rc::downgrade(&txn))).detach();
         // Superseded segments are older than a complete checkpoint that is already on disk.
         for path in &recovered.superseded {
             let _ = std::fs::remove_file(path);
@@ -227,6 +236,57 @@ impl Txn {
             glommio::timer::sleep(TICK).await;
             let Some(txn) = txn.upgrade() else { return };
             txn.feed(Event::Tick);
+            txn.expire_clients(now_ms());
+        }
+    }
+
+    /// Answers `Unknown` to clients that waited past their deadline.
+    fn expire_clients(&self, now_ms: u64) {
+        for slot in self.clients.borrow().values() {
+            if slot.deadline_ms <= now_ms && slot.outcome.borrow().is_none() {
+                *slot.outcome.borrow_mut() = Some(Err(TxError::Unknown));
+                if let Some(waker) = slot.waker.borrow_mut().take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Feeds `Event::Durable` for every queued step once the log is durable through it. Stops
+    /// when the log fails: a failed log acknowledges nothing more (clients get 504).
+    async fn durability(txn: std::rc::Weak<Txn>) {
+        loop {
+            let next = std::future::poll_fn(|cx| {
+                let Some(txn) = txn.upgrade() else {
+                    return Poll::Ready(None);
+                };
+                let front = txn.durable_queue.borrow().front().map(|(lsn, _)| *lsn);
+                match front {
+                    Some(lsn) => Poll::Ready(Some((lsn, txn.wal.clone()))),
+                    None => {
+                        *txn.durable_waker.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            })
+            .await;
+            let Some((lsn, wal)) = next else { return };
+            if wal.durable(lsn).await.is_err() {
+                return;
+            }
+            let Some(txn) = txn.upgrade() else { return };
+            let durable = wal.durable_lsn();
+            loop {
+                let ready = {
+                    let mut queue = txn.durable_queue.borrow_mut();
+                    match queue.front() {
+                        Some((lsn, _)) if *lsn <= durable => queue.pop_front(),
+                        _ => None,
+                    }
+                };
+                let Some((_, then)) = ready else { break };
+                txn.feed(Event::Durable(then));
+            }
         }
     }
 
@@ -242,6 +302,7 @@ impl Txn {
         let slot = Rc::new(ClientSlot {
             outcome: RefCell::new(None),
             waker: RefCell::new(None),
+            deadline_ms: now_ms() + CLIENT_WAIT.as_millis() as u64,
         });
         self.clients.borrow_mut().insert(client, slot.clone());
         self.feed(Event::Begin { client, ops });
@@ -252,9 +313,9 @@ impl Txn {
                 Poll::Pending
             }
         });
-        let outcome = crate::mesh::with_deadline(CLIENT_WAIT, wait).await;
+        let outcome = wait.await;
         self.clients.borrow_mut().remove(&client);
-        outcome.unwrap_or(Err(TxError::Unknown))
+        outcome
     }
 
     fn feed(self: &Rc<Self>, event: Event) {
@@ -276,14 +337,16 @@ impl Txn {
                         Some(record) => self.append(&record),
                         None => self.wal.appended(),
                     };
-                    let txn = self.clone();
-                    glommio::spawn_local(async move {
-                        // A failed log acknowledges nothing more; clients time out with 504.
-                        if txn.wal.durable(lsn).await.is_ok() {
-                            txn.feed(Event::Durable(then));
-                        }
-                    })
-                    .detach();
+                    let mut queue = self.durable_queue.borrow_mut();
+                    assert!(
+                        queue.back().is_none_or(|(last, _)| *last <= lsn),
+                        "log positions are queued in order"
+                    );
+                    queue.push_back((lsn, then));
+                    drop(queue);
+                    if let Some(waker) = self.durable_waker.borrow_mut().take() {
+                        waker.wake();
+                    }
                 }
                 Action::Reply { client, outcome } => {
                     if let Some(slot) = self.clients.borrow_mut().remove(&client) {

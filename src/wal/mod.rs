@@ -206,6 +206,11 @@ impl Wal {
         end
     }
 
+    /// The position the log is durable through.
+    pub fn durable_lsn(&self) -> u64 {
+        self.durable_lsn.get()
+    }
+
     /// Resolves once every record up to `lsn` is durable (per the fsync mode). Err when the log
     /// failed: nothing can be acknowledged any more.
     pub async fn durable(&self, lsn: u64) -> io::Result<()> {
