@@ -102,6 +102,8 @@ pub struct Wal {
     appended: Cell<u64>,
     durable_lsn: Cell<u64>,
     failed: Cell<bool>,
+    /// Set by `close` (graceful shutdown): records that still arrive are never made durable.
+    closed: Cell<bool>,
     waiters: RefCell<Vec<(u64, Waker)>>,
     flusher: RefCell<Option<Waker>>,
     pub counters: Cell<WalCounters>,
@@ -130,6 +132,7 @@ impl Wal {
             appended: Cell::new(0),
             durable_lsn: Cell::new(0),
             failed: Cell::new(false),
+            closed: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
             counters: Cell::new(WalCounters::default()),
@@ -260,10 +263,14 @@ impl Wal {
                 }
             };
             if let Err(e) = result {
-                eprintln!(
-                    "percore: shard {}: write-ahead log failed: {e}; refusing further commits",
-                    wal.shard
-                );
+                // After `close`, the records that kept coming (a drain still answers busy
+                // connections and other shards' messages) are simply never acknowledged.
+                if !wal.closed.get() {
+                    eprintln!(
+                        "percore: shard {}: write-ahead log failed: {e}; refusing further commits",
+                        wal.shard
+                    );
+                }
                 wal.failed.set(true);
                 wal.wake_waiters();
                 return;
@@ -273,11 +280,11 @@ impl Wal {
 
     async fn write_batch(&self, batch: &[Vec<u8>]) -> io::Result<()> {
         let bytes: u64 = batch.iter().map(|r| r.len() as u64).sum();
-        let mut writer = self
-            .writer
-            .borrow_mut()
-            .take()
-            .expect("one flusher at a time");
+        let Some(mut writer) = self.writer.borrow_mut().take() else {
+            // `close` took it (found by a stress run: SIGTERM under load panicked here).
+            assert!(self.closed.get(), "one flusher at a time");
+            return Err(io::Error::other("the log is closed"));
+        };
         let result = async {
             for record in batch {
                 writer.write_all(record).await?;
@@ -329,6 +336,9 @@ impl Wal {
 
     /// Closes the current segment (its records are already synced) and opens the next.
     async fn switch_now(&self) -> io::Result<()> {
+        if self.closed.get() {
+            return Err(io::Error::other("the log is closed"));
+        }
         let old = self.segment.get();
         let next = Self::create_writer(&self.dir, self.shard, old + 1).await?;
         let previous = self.writer.borrow_mut().replace(next);
@@ -341,8 +351,13 @@ impl Wal {
     }
 
     /// Syncs and closes the current segment (graceful shutdown).
+    /// Records appended after this began are not made durable (their waiters get an error):
+    /// the shard is going away.
     pub async fn close(&self) -> io::Result<()> {
         self.durable(self.appended.get()).await?;
+        self.closed.set(true);
+        // None when the flusher is writing a batch appended meanwhile: it puts the writer back
+        // afterwards and the segment file is closed when the Wal is dropped.
         let writer = self.writer.borrow_mut().take();
         if let Some(mut writer) = writer {
             writer.close().await?;
@@ -433,5 +448,28 @@ mod tests {
             segments(&dir, 0).unwrap().is_empty(),
             "segments are per shard"
         );
+    }
+
+    #[test]
+    fn records_appended_after_close_are_refused_not_a_panic() {
+        // Found by a stress run: SIGTERM under load; a drain still answers busy connections and
+        // other shards' messages, so records arrive after the log was closed.
+        let dir = temp_dir("closed");
+        let (first, late, switch) = run(move || {
+            Box::pin(async move {
+                let wal = Wal::open(&dir, 0, FsyncMode::Batch, 0).await.unwrap();
+                let lsn = wal.append(vec![1; 10]);
+                let in_flight = wal.append(vec![2; 10]);
+                wal.close().await.unwrap();
+                let first = wal.durable(lsn).await.is_ok() && wal.durable(in_flight).await.is_ok();
+                let late_lsn = wal.append(vec![3; 10]);
+                let late = wal.durable(late_lsn).await;
+                let switch = wal.rotate().await;
+                (first, late.is_err(), switch.is_err())
+            })
+        });
+        assert!(first, "what was appended before close is durable");
+        assert!(late, "a record after close is refused");
+        assert!(switch, "no segment switch after close");
     }
 }
