@@ -281,3 +281,49 @@ fn date_header_is_refreshed_every_second() {
     let second = conn.get("/plaintext").header("date").unwrap().to_string();
     assert_ne!(first, second);
 }
+
+/// A shard whose executor cannot be built (here: too few file descriptors) used to leave the
+/// others spinning forever in the mesh connect, deaf to SIGTERM (found by a stress run); now the
+/// start fails with exit code 2, whichever thread it hits.
+#[test]
+fn a_shard_that_cannot_start_fails_the_start_instead_of_hanging() {
+    use std::os::unix::process::CommandExt;
+    for nofile in [12u64, 14, 16, 18, 18, 20] {
+        let data = common::temp_dir("nofile");
+        let mut command = std::process::Command::new(common::BIN);
+        command
+            .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+            .arg(&data)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let limit = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        // SAFETY: setrlimit is async-signal-safe; it only changes the child's own limit.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("with {nofile} file descriptors percore neither started nor exited");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{nofile} fds: {status}");
+    }
+}

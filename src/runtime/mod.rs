@@ -44,6 +44,43 @@ enum Control {
     Users(Arc<Users>),
 }
 
+/// Tells the main thread whether an executor thread came up: `Ok(index)` when a shard is ready,
+/// `Err(name)` when the report is dropped first, which is what happens when glommio cannot build
+/// the executor (it drops the closure holding this and ends the thread without a word).
+struct StartReport {
+    sender: Option<mpsc::Sender<Result<usize, String>>>,
+    what: String,
+}
+
+impl StartReport {
+    fn new(sender: mpsc::Sender<Result<usize, String>>, what: String) -> StartReport {
+        StartReport {
+            sender: Some(sender),
+            what,
+        }
+    }
+
+    /// The shard is serving.
+    fn ready(mut self, index: usize) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Ok(index));
+        }
+    }
+
+    /// The thread runs (for threads that report nothing more).
+    fn disarm(mut self) {
+        self.sender = None;
+    }
+}
+
+impl Drop for StartReport {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Err(std::mem::take(&mut self.what)));
+        }
+    }
+}
+
 /// What one shard thread is given at spawn.
 struct ShardInit {
     index: usize,
@@ -56,7 +93,7 @@ struct ShardInit {
     txn_mesh: MeshBuilder<Envelope<Msg, ()>, Full>,
     auth_mesh: MeshBuilder<Envelope<LimitRequest, LimitReply>, Full>,
     control: SharedReceiver<Control>,
-    ready: mpsc::Sender<usize>,
+    ready: StartReport,
     app: &'static AppFactory,
 }
 
@@ -103,7 +140,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             txn_mesh: txn_mesh.clone(),
             auth_mesh: auth_mesh.clone(),
             control: control_rx,
-            ready: ready_tx.clone(),
+            ready: StartReport::new(ready_tx.clone(), format!("shard {index} (CPU {cpu})")),
             app,
         };
         let placement = if config.pin {
@@ -123,13 +160,28 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             .map_err(|e| StartError(format!("cannot start shard {index} on CPU {cpu}: {e}")))?;
         handles.push(handle);
     }
-    drop(ready_tx);
     // Before waiting for the shards: connecting a shared channel waits for both ends.
-    spawn_signal_forwarder(signals, controls, config.auth.users_path.clone())?;
+    let forwarder_started = StartReport::new(ready_tx.clone(), "the signal thread".into());
+    drop(ready_tx);
+    spawn_signal_forwarder(
+        signals,
+        controls,
+        config.auth.users_path.clone(),
+        forwarder_started,
+    )?;
+    // A shard whose executor could not be built (no file descriptors left, io_uring memory,
+    // CPU binding) never runs: glommio drops its closure, whose report says so here. Without
+    // it, the other shards spin forever waiting to connect to it (found by a stress run).
     for _ in 0..shard_count {
-        ready_rx
-            .recv()
-            .map_err(|_| StartError("a shard failed during start-up".into()))?;
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(what)) => {
+                return Err(StartError(format!(
+                    "{what} could not start its executor (out of file descriptors, io_uring memory or CPU binding?)"
+                )));
+            }
+            Err(_) => return Err(StartError("a shard failed during start-up".into())),
+        }
     }
     {
         use std::io::Write;
@@ -160,43 +212,47 @@ fn spawn_signal_forwarder(
     mut signals: signal_hook::iterator::Signals,
     controls: Vec<SharedSender<Control>>,
     users_path: Option<std::path::PathBuf>,
+    started: StartReport,
 ) -> Result<(), StartError> {
     LocalExecutorBuilder::new(Placement::Unbound)
         .name("percore-signals")
         .io_memory(IO_MEMORY_BYTES)
-        .spawn(move || async move {
-            let mut connected = Vec::with_capacity(controls.len());
-            for control in controls {
-                connected.push(control.connect().await);
-            }
-            let mut received = 0;
-            loop {
-                for signal in signals.pending() {
-                    if signal == SIGHUP {
-                        if let Some(users) = reload_users(users_path.as_deref()) {
-                            for control in &connected {
-                                // Bounded channel of 4: a shard behind on reloads gets the
-                                // newest when it catches up with the next SIGHUP.
-                                let _ = control.try_send(Control::Users(users.clone()));
-                            }
-                        }
-                        continue;
-                    }
-                    received += 1;
-                    if received == 1 {
-                        eprintln!(
-                            "percore: signal {signal}: draining (a second signal exits at once)"
-                        );
-                        for control in &connected {
-                            let _ = control.try_send(Control::Drain);
-                        }
-                    } else {
-                        eprintln!("percore: signal {signal} again: exiting now");
-                        std::process::exit(128 + signal);
-                    }
+        .spawn(move || {
+            started.disarm();
+            async move {
+                let mut connected = Vec::with_capacity(controls.len());
+                for control in controls {
+                    connected.push(control.connect().await);
                 }
-                // Signals are rare; a 50 ms poll keeps this thread off every hot path.
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                let mut received = 0;
+                loop {
+                    for signal in signals.pending() {
+                        if signal == SIGHUP {
+                            if let Some(users) = reload_users(users_path.as_deref()) {
+                                for control in &connected {
+                                    // Bounded channel of 4: a shard behind on reloads gets the
+                                    // newest when it catches up with the next SIGHUP.
+                                    let _ = control.try_send(Control::Users(users.clone()));
+                                }
+                            }
+                            continue;
+                        }
+                        received += 1;
+                        if received == 1 {
+                            eprintln!(
+                                "percore: signal {signal}: draining (a second signal exits at once)"
+                            );
+                            for control in &connected {
+                                let _ = control.try_send(Control::Drain);
+                            }
+                        } else {
+                            eprintln!("percore: signal {signal} again: exiting now");
+                            std::process::exit(128 + signal);
+                        }
+                    }
+                    // Signals are rare; a 50 ms poll keeps this thread off every hot path.
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
             }
         })
         .map(|_| ())
@@ -320,7 +376,7 @@ async fn shard_main(init: ShardInit) {
     glommio::spawn_local(clock(shard.clone())).detach();
     glommio::spawn_local(sweep_timeouts(shard.clone())).detach();
     spawn_accept_loops(&shard, &app, init.listeners, init.https_port);
-    let _ = init.ready.send(init.index);
+    init.ready.ready(init.index);
 
     futures_lite::future::or(
         async {
