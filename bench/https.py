@@ -27,10 +27,11 @@ import shlex
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import time
+
+from compare import cpu_ticks, med, tree  # the same /proc accounting and medians as compare.py
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -68,33 +69,6 @@ http {{
     }}
 }}
 """
-
-
-def tree(pid):
-    out = [pid]
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as f:
-                    for c in f.read().split():
-                        out += tree(int(c))
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def cpu_ticks(pid):
-    u = s = 0
-    for p in tree(pid):
-        try:
-            st = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            u += int(st[11])
-            s += int(st[12])
-        except OSError:
-            pass
-    return u, s
 
 
 def get(port, tls, timeout=1.0):
@@ -213,11 +187,6 @@ def run_wrk(port, tls, scen, outfile):
     with open(outfile, "w") as f:
         f.write(envs + " " + " ".join(shlex.quote(x) for x in cmd) + "\n" + r.stdout + r.stderr)
     return parse_wrk(r.stdout + r.stderr)
-
-
-def med(xs):
-    xs = [x for x in xs if x == x]
-    return statistics.median(xs) if xs else float("nan")
 
 
 def fk(x):

@@ -16,26 +16,16 @@ use glommio::net::TcpStream;
 /// call, and TLS adds one branch per read or write.
 pub enum Transport {
     Plain(TcpStream),
-    Tls(Box<Tls>),
-}
-
-/// A TLS stream over a glommio socket (read timeouts: see `server::conn`, which counts them
-/// until plaintext arrives, not until a byte does).
-pub struct Tls {
-    stream: TlsStream<TcpStream>,
-}
-
-impl Tls {
-    pub fn new(stream: TlsStream<TcpStream>) -> Tls {
-        Tls { stream }
-    }
+    /// Read timeouts: see `server::conn`, which counts them until plaintext arrives, not until
+    /// a byte does.
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Transport {
     fn tcp(&self) -> &TcpStream {
         match self {
             Transport::Plain(s) => s,
-            Transport::Tls(s) => s.stream.get_ref().0,
+            Transport::Tls(s) => s.get_ref().0,
         }
     }
 
@@ -68,7 +58,7 @@ impl AsyncRead for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(&mut s.stream).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -81,7 +71,7 @@ impl AsyncWrite for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(&mut s.stream).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -89,7 +79,7 @@ impl AsyncWrite for Transport {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(_) => Poll::Ready(Ok(())),
-            Transport::Tls(s) => Pin::new(&mut s.stream).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -97,7 +87,7 @@ impl AsyncWrite for Transport {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_close(cx),
-            Transport::Tls(s) => Pin::new(&mut s.stream).poll_close(cx),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_close(cx),
         }
     }
 }

@@ -9,8 +9,8 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::StaticPermit;
 
 use crate::metrics::add;
+use crate::net::Transport;
 use crate::net::tls::Acceptor;
-use crate::net::{Tls, Transport};
 use crate::router::App;
 use crate::runtime::shard::Shard;
 
@@ -90,8 +90,7 @@ async fn start(
         }
         Serves::Tls(acceptor) => {
             if let Some(tls) = handshake(&shard, acceptor, stream).await {
-                let tls = Transport::Tls(Box::new(Tls::new(tls)));
-                conn::serve(shard, app, tls, None, permit).await
+                conn::serve(shard, app, Transport::Tls(Box::new(tls)), None, permit).await
             }
         }
     }
