@@ -4,7 +4,8 @@
 //! release `percore` itself (`--shards 2 --expose-shard`), opens connections until it has some on
 //! each shard, creates one session owned by each shard, then alternates two modes: "local" (every
 //! connection sends the cookie of the session its own shard owns) and "remote" (the other shard's).
-//! Requests are pipelined 16 deep so the client is not the limit on CPU per request; the figure
+//! By default 4 connections per shard pipeline 16 requests each, so the client is not the limit on
+//! CPU per request (`SESSION_BENCH_CONNS` and `SESSION_BENCH_DEPTH` change that shape); the figure
 //! that matters is server CPU (utime+stime of the process, /proc/PID/stat) per request.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,8 +13,20 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CONNS_PER_SHARD: usize = 4;
-const DEPTH: usize = 16;
+/// Connections per shard and requests pipelined on each: `SESSION_BENCH_CONNS` (default 4) and
+/// `SESSION_BENCH_DEPTH` (default 16; 1 is plain keep-alive, one request at a time).
+fn shape() -> (usize, usize) {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        var("SESSION_BENCH_CONNS", 4),
+        var("SESSION_BENCH_DEPTH", 16),
+    )
+}
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -61,21 +74,21 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Drives `conns` with pipelined batches for `seconds`; returns completed requests.
-fn drive(conns: &mut [(TcpStream, String)], seconds: f64) -> u64 {
+fn drive(conns: &mut [(TcpStream, String)], depth: usize, seconds: f64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let threads: Vec<_> = conns
         .iter_mut()
         .map(|(stream, cookie)| {
             let mut stream = stream.try_clone().unwrap();
             let request = format!("GET /session HTTP/1.1\r\nHost: b\r\nCookie: {cookie}\r\n\r\n");
-            let batch = request.repeat(DEPTH);
+            let batch = request.repeat(depth);
             std::thread::spawn(move || {
                 let mut done = 0u64;
                 let mut buf = vec![0u8; 64 * 1024];
                 while Instant::now() < deadline {
                     stream.write_all(batch.as_bytes()).unwrap();
                     let mut seen = 0;
-                    while seen < DEPTH {
+                    while seen < depth {
                         let n = stream.read(&mut buf).unwrap();
                         assert!(n > 0, "server closed");
                         seen += buf[..n]
@@ -83,7 +96,7 @@ fn drive(conns: &mut [(TcpStream, String)], seconds: f64) -> u64 {
                             .filter(|w| w == b"HTTP/1.1 200")
                             .count();
                     }
-                    done += DEPTH as u64;
+                    done += depth as u64;
                 }
                 done
             })
@@ -131,13 +144,15 @@ fn main() {
         .expect("listening line")
         .to_string();
 
+    let (conns_per_shard, depth) = shape();
+    println!("{conns_per_shard} connections per shard, {depth} requests pipelined on each");
     let mut by_shard: [Vec<TcpStream>; 2] = [Vec::new(), Vec::new()];
-    while by_shard.iter().any(|c| c.len() < CONNS_PER_SHARD) {
+    while by_shard.iter().any(|c| c.len() < conns_per_shard) {
         let mut stream = TcpStream::connect(&addr).unwrap();
         stream.set_nodelay(true).unwrap();
         let (head, _) = roundtrip(&mut stream, "GET /health HTTP/1.1\r\nHost: b\r\n\r\n");
         let shard: usize = header(&head, "x-shard").unwrap().parse().unwrap();
-        if by_shard[shard].len() < CONNS_PER_SHARD {
+        if by_shard[shard].len() < conns_per_shard {
             by_shard[shard].push(stream);
         }
     }
@@ -172,7 +187,7 @@ fn main() {
                 .collect();
             let before = cpu_ticks(pid);
             let started = Instant::now();
-            let requests = drive(&mut conns, seconds);
+            let requests = drive(&mut conns, depth, seconds);
             let elapsed = started.elapsed().as_secs_f64();
             let cpu_us = (cpu_ticks(pid) - before) as f64 / ticks_per_second() * 1e6;
             results[mode].push((requests as f64 / elapsed, cpu_us / requests as f64));

@@ -114,6 +114,58 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(conn.response(false).unwrap().body, b"Hello, World!");
 }
 
+/// RFC 9112 §9.3.2: pipelined GET/HEAD requests are served at once, `--pipeline-parallel` at a
+/// time, and answered in order; a request with a body, or a bad one, waits for the batch before it.
+#[test]
+fn pipelined_safe_requests_are_served_in_parallel_batches_up_to_the_bound() {
+    for (parallel, expected_parallel) in [("3", 8), ("1", 0)] {
+        let server = Server::start(&["--pipeline-parallel", parallel]);
+        let mut conn = Conn::new(server.connect());
+        let mut batch = Vec::new();
+        // 7 safe requests: batches of 3, 3 and 1 (a batch of one is served on its own), then after
+        // the POST a batch of 2 (HEAD, GET) that stops at the bad request.
+        for i in 0..7 {
+            let path = if i % 2 == 0 { "/json" } else { "/plaintext" };
+            write!(batch, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        }
+        batch.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
+        batch.extend_from_slice(b"HEAD /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+        batch.extend_from_slice(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+        batch.extend_from_slice(b"GET /plaintext HTTP/1.1\r\nHost : t\r\n\r\n");
+        conn.send(&batch);
+        for i in 0..7 {
+            let r = conn.response(false).unwrap();
+            let expected: &[u8] = if i % 2 == 0 {
+                br#"{"message":"Hello, World!"}"#
+            } else {
+                b"Hello, World!"
+            };
+            assert_eq!(
+                r.body, expected,
+                "--pipeline-parallel {parallel}: response {i}"
+            );
+        }
+        assert_eq!(conn.response(false).unwrap().body, b"hi");
+        let head = conn.response(true).unwrap();
+        assert_eq!(head.header("content-length"), Some("13"));
+        assert_eq!(conn.response(false).unwrap().body, b"Hello, World!");
+        let bad = conn.response(false).unwrap();
+        assert_eq!(bad.status, 400);
+        assert!(conn.closed());
+        let total = &server.stats()["total"];
+        // 10 good requests and this /stats; the bad one is a protocol error, not a request.
+        assert_eq!(total["requests"], 11, "--pipeline-parallel {parallel}");
+        assert_eq!(
+            total["protocol_errors"], 1,
+            "--pipeline-parallel {parallel}"
+        );
+        assert_eq!(
+            total["requests_parallel"], expected_parallel,
+            "--pipeline-parallel {parallel}"
+        );
+    }
+}
+
 #[test]
 fn head_has_headers_but_no_body() {
     let server = Server::start(&[]);

@@ -41,6 +41,51 @@ fn json(response: &common::Response) -> serde_json::Value {
         .unwrap_or_else(|_| panic!("JSON body: {}", response.text()))
 }
 
+/// Pipelined reads of a session owned by the other shard are served at once (one batch of mesh
+/// calls) and answered in order; a write between them is a barrier: the reads after it see it.
+#[test]
+fn pipelined_cross_shard_reads_are_batched_and_ordered_around_writes() {
+    let server = Server::start(&["--expose-shard"]);
+    let [mut a, mut b] = one_per_shard(&server);
+    let cookie = cookie_of(&request(&mut b, "POST", "/session", None, None));
+    let put = |value: &str| {
+        format!(
+            "PUT /session/data/k HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{value}",
+            value.len()
+        )
+    };
+    let get = format!("GET /session/data/k HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n");
+    let plain = "GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut raw = put("1");
+    for round in 2..=4 {
+        // A remote read, a local answer that is ready first, another remote read, then a write.
+        raw.push_str(&get);
+        raw.push_str(plain);
+        raw.push_str(&get);
+        raw.push_str(&put(&round.to_string()));
+    }
+    raw.push_str(&get);
+    a.send(raw.as_bytes());
+    assert_eq!(a.response(false).unwrap().status, 204);
+    for round in 1..=3 {
+        let value = round.to_string();
+        assert_eq!(a.response(false).unwrap().text(), value, "round {round}");
+        assert_eq!(a.response(false).unwrap().text(), "Hello, World!");
+        assert_eq!(a.response(false).unwrap().text(), value, "round {round}");
+        assert_eq!(a.response(false).unwrap().status, 204);
+    }
+    assert_eq!(a.response(false).unwrap().text(), "4");
+    let shard0 = &server.stats()["shards"][0];
+    assert_eq!(
+        shard0["requests_parallel"], 9,
+        "three batches of three: {shard0}"
+    );
+    assert!(
+        shard0["session_remote_calls"].as_u64().unwrap() >= 11,
+        "{shard0}"
+    );
+}
+
 #[test]
 fn a_session_created_on_one_shard_is_served_by_the_other() {
     let server = Server::start(&["--expose-shard"]);

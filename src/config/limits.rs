@@ -10,6 +10,12 @@ pub const HEADER_COUNT_MAX_DEFAULT: usize = 100;
 pub const URI_BYTES_MAX_DEFAULT: usize = 8 * 1024;
 /// Largest request body. nginx's client_max_body_size is 1 MiB.
 pub const BODY_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
+/// Pipelined safe requests (GET/HEAD without a body) one connection serves at once (RFC 9112
+/// §9.3.2 allows it; answers still go out in order). Bounds what one connection holds: that many
+/// handlers and responses. 1 serves pipelined requests one by one, as nginx does.
+pub const PIPELINE_PARALLEL_DEFAULT: usize = 16;
+/// The most `--pipeline-parallel` may be.
+pub const PIPELINE_PARALLEL_CEILING: usize = 256;
 /// Chunk-size lines (with extensions) and the trailer section of a chunked body.
 pub const TRAILER_BYTES_MAX: usize = 8 * 1024;
 

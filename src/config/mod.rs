@@ -73,6 +73,9 @@ pub struct Args {
     /// Largest request body in bytes (413 past it).
     #[arg(long, value_name = "BYTES")]
     pub max_body: Option<u64>,
+    /// Pipelined GET/HEAD requests one connection serves at once (answers stay in order); 1 serves them one by one.
+    #[arg(long, value_name = "N")]
+    pub pipeline_parallel: Option<usize>,
     /// Seconds to receive a whole request head (408 past it).
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub header_timeout: Option<f64>,
@@ -226,6 +229,7 @@ struct FileConfig {
     max_head_bytes: Option<usize>,
     max_headers: Option<usize>,
     max_uri_bytes: Option<usize>,
+    pipeline_parallel: Option<usize>,
     max_body: Option<u64>,
     header_timeout: Option<f64>,
     body_timeout: Option<f64>,
@@ -374,6 +378,7 @@ pub struct Config {
     pub head_bytes_max: usize,
     pub header_count_max: usize,
     pub uri_bytes_max: usize,
+    pub pipeline_parallel_max: usize,
     pub body_bytes_max: u64,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -571,6 +576,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             args.max_uri_bytes.or(file.max_uri_bytes),
             limits::URI_BYTES_MAX_DEFAULT,
         )?,
+        pipeline_parallel_max: positive(
+            "pipeline-parallel",
+            args.pipeline_parallel.or(file.pipeline_parallel),
+            limits::PIPELINE_PARALLEL_DEFAULT,
+        )?,
         body_bytes_max: args
             .max_body
             .or(file.max_body)
@@ -655,6 +665,13 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         return err(format!(
             "--max-headers {}: at most {HEADER_COUNT_CEILING}",
             config.header_count_max
+        ));
+    }
+    if config.pipeline_parallel_max > limits::PIPELINE_PARALLEL_CEILING {
+        return err(format!(
+            "--pipeline-parallel {}: at most {}",
+            config.pipeline_parallel_max,
+            limits::PIPELINE_PARALLEL_CEILING
         ));
     }
     if config.uri_bytes_max >= config.head_bytes_max {
@@ -1056,6 +1073,7 @@ mod tests {
         assert_eq!(c.head_bytes_max, 16 * 1024);
         assert_eq!(c.header_count_max, 100);
         assert_eq!(c.uri_bytes_max, 8 * 1024);
+        assert_eq!(c.pipeline_parallel_max, 16);
         assert_eq!(c.body_bytes_max, 1024 * 1024);
         assert_eq!(c.grace, Duration::from_secs(10));
     }
@@ -1086,6 +1104,16 @@ mod tests {
             (&["--grace", "-1"][..], "", "--grace -1"),
             (&["--max-uri-bytes", "20000"][..], "", "--max-uri-bytes"),
             (&["--spin-us", "2000000"][..], "", "--spin-us 2000000"),
+            (
+                &["--pipeline-parallel", "257"][..],
+                "",
+                "--pipeline-parallel 257",
+            ),
+            (
+                &["--pipeline-parallel", "0"][..],
+                "",
+                "--pipeline-parallel 0",
+            ),
             (&["--fsync", "sometimes"][..], "", "--fsync"),
             (&[][..], "cores = \"0\"\nshards = 1", "--cores and --shards"),
             (

@@ -220,6 +220,10 @@ struct Conn {
     tls: bool,
     /// `Some(port)`: a `--redirect-https` connection; every request gets a 308 to this port.
     redirect_port: Option<u16>,
+    /// `--pipeline-parallel`: how many pipelined GET/HEAD requests are served at once.
+    parallel_max: usize,
+    /// A request head parsed past the end of a parallel batch, served next.
+    stashed: Option<Result<RequestHead, HttpError>>,
 }
 
 /// Serves one accepted connection until it closes; `_permit` holds its slot in the shard's bound.
@@ -246,6 +250,7 @@ pub async fn serve(
         shard,
         entry: guard.entry.clone(),
     });
+    let parallel_max = io.shard.config.pipeline_parallel_max;
     let mut conn = Conn {
         io,
         app,
@@ -257,6 +262,8 @@ pub async fn serve(
         version: Version::Http11,
         tls,
         redirect_port,
+        parallel_max,
+        stashed: None,
     };
     conn.run().await;
     if tls {
@@ -275,11 +282,19 @@ impl Conn {
         loop {
             // Batch shape: answer every complete request already read, then write once.
             loop {
-                let parsed = http::parse_head(&mut self.io.rbuf.borrow_mut(), &self.limits);
+                let parsed = match self.stashed.take() {
+                    Some(parsed) => parsed.map(Some),
+                    None => http::parse_head(&mut self.io.rbuf.borrow_mut(), &self.limits),
+                };
                 match parsed {
                     Ok(Some(head)) => {
                         self.head_started = None;
-                        if self.handle(head).await == Flow::Close {
+                        let flow = if self.parallel_ok(&head) {
+                            self.handle_parallel(head).await
+                        } else {
+                            self.handle(head).await
+                        };
+                        if flow == Flow::Close {
                             let _ = self.flush().await;
                             return;
                         }
@@ -303,6 +318,76 @@ impl Conn {
             if !self.read_more().await {
                 return;
             }
+        }
+    }
+
+    /// Whether `head` may be served at once with the pipelined requests after it (RFC 9112
+    /// §9.3.2: a server MAY process pipelined requests in parallel if they all have safe
+    /// methods). Only GET and HEAD without a body and with keep-alive qualify, so a batch never
+    /// holds a request whose side effects a later one could observe, nor a body to frame.
+    fn parallel_ok(&self, head: &RequestHead) -> bool {
+        self.parallel_max > 1
+            && self.redirect_port.is_none()
+            && matches!(head.method(), "GET" | "HEAD")
+            && head.framing() == BodyFraming::Empty
+            && head.keep_alive()
+    }
+
+    /// Serves `first` and the qualifying requests that follow it in the read buffer (at most
+    /// `--pipeline-parallel` in all) at once, then writes their answers in request order. A
+    /// cross-shard lookup (a session on another shard) then costs one wake-up of the owner per
+    /// batch instead of one per request. The first head that does not qualify is kept for the
+    /// connection loop, which serves it after the batch, as it would have one by one.
+    async fn handle_parallel(&mut self, first: RequestHead) -> Flow {
+        let mut heads = vec![first];
+        while heads.len() < self.parallel_max {
+            match http::parse_head(&mut self.io.rbuf.borrow_mut(), &self.limits) {
+                Ok(Some(head)) if self.parallel_ok(&head) => heads.push(head),
+                Ok(Some(head)) => {
+                    self.stashed = Some(Ok(head));
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.stashed = Some(Err(e));
+                    break;
+                }
+            }
+        }
+        if heads.len() == 1 {
+            return self.handle(heads.pop().expect("one head")).await;
+        }
+        let metrics = &self.io.shard.metrics;
+        add(&metrics.requests, heads.len() as u64);
+        add(&metrics.requests_parallel, heads.len() as u64);
+        let mut answers = Vec::with_capacity(heads.len());
+        let mut handlers = Vec::with_capacity(heads.len());
+        for head in heads {
+            answers.push((head.is_head(), head.version()));
+            let request = Request::new(head, Body::empty(), self.ctx());
+            handlers.push(self.app.serve(request));
+        }
+        let responses = crate::mesh::join_all(handlers).await;
+        for ((is_head, version), response) in answers.into_iter().zip(responses) {
+            // Each is keep-alive (parallel_ok); a response that closes (the handler's choice, or
+            // a drain) ends the connection, and the client retries the safe requests after it.
+            if self.write_response(response, is_head, version).await == Flow::Close {
+                return Flow::Close;
+            }
+            if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES && self.flush().await.is_err() {
+                return Flow::Close;
+            }
+        }
+        Flow::KeepAlive
+    }
+
+    fn ctx(&self) -> RequestCtx {
+        RequestCtx {
+            shard: self.shard().index,
+            peer: self.peer,
+            tls: self.tls,
+            identity: None,
+            extensions: Default::default(),
         }
     }
 
@@ -372,13 +457,7 @@ impl Conn {
             // A body (of a POST, say) is read and dropped below, like any body a handler left.
             return self.finish(response, body, is_head, version).await;
         }
-        let ctx = RequestCtx {
-            shard: self.shard().index,
-            peer: self.peer,
-            tls: self.tls,
-            identity: None,
-            extensions: Default::default(),
-        };
+        let ctx = self.ctx();
         let request_body = match &body {
             Some(b) => Body::from_source(b.clone()),
             None => Body::empty(),
