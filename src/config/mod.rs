@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::auth::access::{AccessRule, AccessRules};
 use crate::auth::limiter::LimiterConfig;
 use crate::auth::users::{Token, Tokens, Users};
-use crate::http::HEADER_COUNT_CEILING;
+use crate::http::{HEAD_BYTES_CEILING, HEADER_COUNT_CEILING};
 use crate::net::tls::{self, TlsMaterial};
 
 /// A problem with flags or the config file: printed as one line, exit code 2.
@@ -659,6 +659,12 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             "{} shards: at most {}",
             config.cpus.len(),
             u16::MAX
+        ));
+    }
+    if config.head_bytes_max > HEAD_BYTES_CEILING {
+        return err(format!(
+            "--max-head-bytes {}: at most {HEAD_BYTES_CEILING}",
+            config.head_bytes_max
         ));
     }
     if config.header_count_max > HEADER_COUNT_CEILING {

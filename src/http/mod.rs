@@ -24,10 +24,15 @@ pub use parse::{EMPTY_LINES_BEFORE_REQUEST_MAX, RequestHead, parse_head};
 /// (uninitialised) header slots on its stack, about 8 KiB.
 pub const HEADER_COUNT_CEILING: usize = 256;
 
+/// The largest `HeadLimits::head_bytes_max` the config accepts (64 KiB - 1, four times nginx's
+/// largest default header buffer): offsets into a head fit in 16 bits.
+pub const HEAD_BYTES_CEILING: usize = u16::MAX as usize;
+
 /// The bounds on one request head; the values come from the config's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadLimits {
-    /// Request line + header fields + the empty line (and any empty lines before them).
+    /// Request line + header fields + the empty line (and any empty lines before them); at
+    /// most `HEAD_BYTES_CEILING`.
     pub head_bytes_max: usize,
     /// Header fields, Host included; at most `HEADER_COUNT_CEILING`.
     pub header_count_max: usize,

@@ -29,7 +29,9 @@ pub const SERVER_MANAGED_HEADERS: [&str; 5] = [
 ];
 
 /// Response headers, inline up to 4: most responses carry one or two (no allocation for them).
-pub type Headers = smallvec::SmallVec<[(Cow<'static, str>, Bytes); 4]>;
+/// Two inline (a content type and one more: a cookie, an ETag); a response is moved through the
+/// handler's future and the connection's, so its size is paid on every request.
+pub type Headers = smallvec::SmallVec<[(Cow<'static, str>, Bytes); 2]>;
 
 pub struct Response {
     pub status: u16,

@@ -339,34 +339,30 @@ impl Conn {
     /// batch instead of one per request. The first head that does not qualify is kept for the
     /// connection loop, which serves it after the batch, as it would have one by one.
     async fn handle_parallel(&mut self, first: RequestHead) -> Flow {
-        let mut heads = vec![first];
-        while heads.len() < self.parallel_max {
-            match http::parse_head(&mut self.io.rbuf.borrow_mut(), &self.limits) {
-                Ok(Some(head)) if self.parallel_ok(&head) => heads.push(head),
-                Ok(Some(head)) => {
-                    self.stashed = Some(Ok(head));
-                    break;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    self.stashed = Some(Err(e));
-                    break;
-                }
-            }
-        }
-        if heads.len() == 1 {
-            return self.handle(heads.pop().expect("one head")).await;
+        let Some(mut second) = self.parse_parallel().map(Some) else {
+            // Alone (the common, unpipelined case): no batch.
+            return self.handle(first).await;
+        };
+        // Each head goes straight into its handler's future (not yet polled): a head is moved as
+        // few times as possible.
+        let mut answers = Vec::with_capacity(self.parallel_max);
+        let mut handlers = Vec::with_capacity(self.parallel_max);
+        let mut next = Some(first);
+        while let Some(head) = next {
+            answers.push((head.is_head(), head.version()));
+            handlers.push(
+                self.app
+                    .serve(Request::new(head, Body::empty(), self.ctx())),
+            );
+            next = match second.take() {
+                Some(head) => Some(head),
+                None if handlers.len() < self.parallel_max => self.parse_parallel(),
+                None => None,
+            };
         }
         let metrics = &self.io.shard.metrics;
-        add(&metrics.requests, heads.len() as u64);
-        add(&metrics.requests_parallel, heads.len() as u64);
-        let mut answers = Vec::with_capacity(heads.len());
-        let mut handlers = Vec::with_capacity(heads.len());
-        for head in heads {
-            answers.push((head.is_head(), head.version()));
-            let request = Request::new(head, Body::empty(), self.ctx());
-            handlers.push(self.app.serve(request));
-        }
+        add(&metrics.requests, handlers.len() as u64);
+        add(&metrics.requests_parallel, handlers.len() as u64);
         let responses = crate::mesh::join_all(handlers).await;
         for ((is_head, version), response) in answers.into_iter().zip(responses) {
             // Each is keep-alive (parallel_ok); a response that closes (the handler's choice, or
@@ -379,6 +375,18 @@ impl Conn {
             }
         }
         Flow::KeepAlive
+    }
+
+    /// The next head in the read buffer if it may join a parallel batch; any other head (or a
+    /// framing error) is kept for the connection loop, to serve after the batch.
+    fn parse_parallel(&mut self) -> Option<RequestHead> {
+        match http::parse_head(&mut self.io.rbuf.borrow_mut(), &self.limits) {
+            Ok(Some(head)) if self.parallel_ok(&head) => return Some(head),
+            Ok(Some(head)) => self.stashed = Some(Ok(head)),
+            Ok(None) => {}
+            Err(e) => self.stashed = Some(Err(e)),
+        }
+        None
     }
 
     fn ctx(&self) -> RequestCtx {
