@@ -7,6 +7,7 @@ pub mod uring;
 
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +40,8 @@ pub struct StartError(pub String);
 /// Control messages from the signal thread to a shard.
 #[derive(Debug, Clone)]
 enum Control {
+    /// Every shard is ready: start accepting.
+    Serve,
     Drain,
     /// The users file was re-read (SIGHUP) and is valid.
     Users(Arc<Users>),
@@ -163,11 +166,13 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     // Before waiting for the shards: connecting a shared channel waits for both ends.
     let forwarder_started = StartReport::new(ready_tx.clone(), "the signal thread".into());
     drop(ready_tx);
+    let serving = Arc::new(AtomicBool::new(false));
     spawn_signal_forwarder(
         signals,
         controls,
         config.auth.users_path.clone(),
         forwarder_started,
+        serving.clone(),
     )?;
     // A shard whose executor could not be built (no file descriptors left, io_uring memory,
     // CPU binding) never runs: glommio drops its closure, whose report says so here. Without
@@ -183,6 +188,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             Err(_) => return Err(StartError("a shard failed during start-up".into())),
         }
     }
+    serving.store(true, Ordering::SeqCst);
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -208,11 +214,16 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
 /// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard (a
 /// second one exits at once), and SIGHUP into a re-read of the users file: read and checked
 /// here once, then handed to every shard; a bad file keeps the old users and says why.
+/// Once every shard is ready (`serving`, set by the main thread) it tells them to accept. Before
+/// that, SIGTERM/SIGINT exits at once: nothing was accepted yet, and a shard replaying a long
+/// log reads no messages until it is done; the logs are crash-safe, so the next start replays
+/// them again.
 fn spawn_signal_forwarder(
     mut signals: signal_hook::iterator::Signals,
     controls: Vec<SharedSender<Control>>,
     users_path: Option<std::path::PathBuf>,
     started: StartReport,
+    serving: Arc<AtomicBool>,
 ) -> Result<(), StartError> {
     LocalExecutorBuilder::new(Placement::Unbound)
         .name("percore-signals")
@@ -225,7 +236,14 @@ fn spawn_signal_forwarder(
                     connected.push(control.connect().await);
                 }
                 let mut received = 0;
+                let mut announced = false;
                 loop {
+                    if !announced && serving.load(Ordering::SeqCst) {
+                        for control in &connected {
+                            let _ = control.send(Control::Serve).await;
+                        }
+                        announced = true;
+                    }
                     for signal in signals.pending() {
                         if signal == SIGHUP {
                             if let Some(users) = reload_users(users_path.as_deref()) {
@@ -238,6 +256,10 @@ fn spawn_signal_forwarder(
                             continue;
                         }
                         received += 1;
+                        if !serving.load(Ordering::SeqCst) {
+                            eprintln!("percore: signal {signal} during start-up: exiting now");
+                            std::process::exit(128 + signal);
+                        }
                         if received == 1 {
                             eprintln!(
                                 "percore: signal {signal}: draining (a second signal exits at once)"
@@ -250,8 +272,10 @@ fn spawn_signal_forwarder(
                             std::process::exit(128 + signal);
                         }
                     }
-                    // Signals are rare; a 50 ms poll keeps this thread off every hot path.
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    // Signals are rare; a 50 ms poll keeps this thread off every hot path
+                    // (2 ms until the shards are told to serve: that wait is start-up time).
+                    let poll = if announced { 50 } else { 2 };
+                    glommio::timer::sleep(Duration::from_millis(poll)).await;
                 }
             }
         })
@@ -332,6 +356,9 @@ async fn shard_main(init: ShardInit) {
         }),
     )
     .await;
+    // Every mesh is joined before the log replay: joining waits for every shard, and a shard that
+    // waits to join while another replays a long log spins (glommio's channel connect).
+    let auth = start_auth(&init.config, init.auth_mesh, init.index, limits).await;
     let txn = match Txn::start(&init.config.data_dir, &init.config.txn, txn_mesh).await {
         Ok(txn) => txn,
         Err(e) => {
@@ -343,7 +370,6 @@ async fn shard_main(init: ShardInit) {
             std::process::exit(2);
         }
     };
-    let auth = start_auth(&init.config, init.auth_mesh, init.index, limits).await;
     let shard = Shard::install(
         init.index,
         init.cpu,
@@ -375,13 +401,20 @@ async fn shard_main(init: ShardInit) {
 
     glommio::spawn_local(clock(shard.clone())).detach();
     glommio::spawn_local(sweep_timeouts(shard.clone())).detach();
-    spawn_accept_loops(&shard, &app, init.listeners, init.https_port);
     init.ready.ready(init.index);
 
+    // Accepting starts when every shard is ready (the signal thread says so): no connection is
+    // served while another shard still replays its log, and a signal before that exits at once.
+    let mut listeners = Some(init.listeners);
     futures_lite::future::or(
         async {
             while let Some(message) = control.recv().await {
                 match message {
+                    Control::Serve => {
+                        if let Some(listeners) = listeners.take() {
+                            spawn_accept_loops(&shard, &app, listeners, init.https_port);
+                        }
+                    }
                     Control::Drain => return,
                     Control::Users(users) => auth.replace_users(users),
                 }
@@ -390,6 +423,7 @@ async fn shard_main(init: ShardInit) {
         shard.drain_started(),
     )
     .await;
+    drop(listeners);
     shard.begin_drain();
     let deadline = Instant::now() + shard.config.grace;
     while shard.open_conns() > 0 && Instant::now() < deadline {

@@ -35,8 +35,24 @@ pub struct Recovered {
 
 /// Reads a shard's log segments: the newest segment that starts with a complete checkpoint, and
 /// everything after it. A torn or corrupt tail is reported and cut off; nothing before it is lost.
+/// A log replay this long is announced on stderr (it can take seconds).
+const REPLAY_ANNOUNCE_BYTES: u64 = 16 << 20;
+
 pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     let segments = wal::segments(dir, shard)?;
+    let bytes: u64 = segments
+        .iter()
+        .filter_map(|(_, path)| std::fs::metadata(path).ok())
+        .map(|meta| meta.len())
+        .sum();
+    if bytes >= REPLAY_ANNOUNCE_BYTES {
+        // Start-up waits for this; say why (a checkpoint bounds it: --checkpoint-bytes).
+        eprintln!(
+            "percore: shard {shard}: replaying {} MiB of log in {}",
+            bytes >> 20,
+            dir.display()
+        );
+    }
     let mut scanned: Vec<(u64, PathBuf, Vec<Record>)> = Vec::with_capacity(segments.len());
     for (number, path) in segments {
         let bytes = std::fs::read(&path)?;
