@@ -383,6 +383,30 @@ fn rules_give_401_without_identity_and_403_without_the_role() {
     assert_eq!(total["password_checks_failed"], 1, "{total}");
 }
 
+/// Pipelined requests are served at once (--pipeline-parallel): eight with the same new Basic
+/// credentials hash the password once, the others wait for that check and use its result.
+#[test]
+fn concurrent_requests_with_the_same_basic_credentials_hash_once() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &["--shards", "1"]);
+    let mut conn = Conn::new(server.connect());
+    let bob = basic("bob", "bob-pw");
+    let one = format!("GET /plaintext HTTP/1.1\r\nHost: t\r\n{bob}\r\n");
+    conn.send(one.repeat(8).as_bytes());
+    for i in 0..8 {
+        assert_eq!(conn.response(false).unwrap().status, 200, "response {i}");
+    }
+    let stats = request(&mut conn, "GET", "/stats", &basic("alice", "alice-pw"), "");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    let total = &stats["total"];
+    assert_eq!(total["requests_parallel"], 8, "{total}");
+    assert_eq!(
+        total["password_checks_ok"], 2,
+        "bob once, alice once: {total}"
+    );
+    assert_eq!(total["basic_cache_hits"], 7, "{total}");
+}
+
 #[test]
 fn bearer_tokens_carry_their_roles() {
     let (users, config) = setup("");

@@ -73,9 +73,15 @@ pub struct Auth {
     hash_slots: Rc<glommio::sync::Semaphore>,
     hash_waiting: Cell<usize>,
     /// (user, SHA-256(salt, password)) -> generation, of Basic credentials verified here.
-    basic_cache: RefCell<FxHashMap<(String, [u8; 32]), u64>>,
+    basic_cache: RefCell<FxHashMap<BasicKey, u64>>,
+    /// Basic credentials being verified now, each with a semaphore closed when that check ends:
+    /// concurrent requests with the same credentials (a pipelined batch, parallel connections)
+    /// wait for it instead of hashing again. At most one entry per request in flight.
+    basic_pending: RefCell<FxHashMap<BasicKey, Rc<glommio::sync::Semaphore>>>,
     basic_salt: [u8; 16],
 }
+
+type BasicKey = (String, [u8; 32]);
 
 impl Auth {
     pub fn new(config: AuthConfig, limiter: Rc<RefCell<Limiter>>, mesh: Rc<AuthMesh>) -> Auth {
@@ -87,6 +93,7 @@ impl Auth {
             )),
             hash_waiting: Cell::new(0),
             basic_cache: RefCell::new(FxHashMap::default()),
+            basic_pending: RefCell::new(FxHashMap::default()),
             basic_salt: rand::random(),
             config,
             limiter,
@@ -240,7 +247,8 @@ impl Auth {
     }
 
     /// Basic credentials: from the cache when this shard verified them before (since the last
-    /// reload), else a full password check.
+    /// reload), else a full password check; a check of the same credentials already running
+    /// here is waited for, not repeated.
     pub async fn check_basic(
         &self,
         name: &str,
@@ -248,22 +256,47 @@ impl Auth {
         addr: Option<IpAddr>,
     ) -> Result<Vec<String>, Denied> {
         let key = (name.to_string(), self.basic_digest(password));
-        let generation = self.generation.get();
-        if self.basic_cache.borrow().get(&key) == Some(&generation)
-            && let Some(roles) = self.roles_of(name)
-        {
-            add(&shard::current().metrics.basic_cache_hits, 1);
+        if let Some(roles) = self.cached_basic(&key) {
             return Ok(roles);
         }
+        let running = self.basic_pending.borrow().get(&key).cloned();
+        if let Some(done) = running {
+            // Fails with Closed once that check ends, whatever its outcome.
+            let _ = done.acquire(1).await;
+            if let Some(roles) = self.cached_basic(&key) {
+                return Ok(roles);
+            }
+            // It failed (or the users changed meanwhile): check for ourselves, so a wrong
+            // password counts against the limits like every other try.
+        }
+        let done = Rc::new(glommio::sync::Semaphore::new(0));
+        self.basic_pending
+            .borrow_mut()
+            .insert(key.clone(), done.clone());
+        let _running = BasicCheck {
+            auth: self,
+            key: &key,
+            done,
+        };
+        let generation = self.generation.get();
         let roles = self.check_password(name, password, addr).await?;
         if self.generation.get() == generation {
             let mut cache = self.basic_cache.borrow_mut();
             if cache.len() >= BASIC_CACHE_ENTRIES_MAX {
                 cache.clear();
             }
-            cache.insert(key, generation);
+            cache.insert(key.clone(), generation);
         }
         Ok(roles)
+    }
+
+    fn cached_basic(&self, key: &BasicKey) -> Option<Vec<String>> {
+        if self.basic_cache.borrow().get(key) != Some(&self.generation.get()) {
+            return None;
+        }
+        let roles = self.roles_of(&key.0)?;
+        add(&shard::current().metrics.basic_cache_hits, 1);
+        Some(roles)
     }
 
     fn basic_digest(&self, password: &str) -> [u8; 32] {
@@ -271,6 +304,27 @@ impl Auth {
         digest.update(self.basic_salt);
         digest.update(password.as_bytes());
         digest.finalize().into()
+    }
+}
+
+/// Ends a running Basic check however it ends (answer, error, the request dropped): its entry
+/// goes, and whoever waits for it wakes.
+struct BasicCheck<'a> {
+    auth: &'a Auth,
+    key: &'a BasicKey,
+    done: Rc<glommio::sync::Semaphore>,
+}
+
+impl Drop for BasicCheck<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.auth.basic_pending.borrow_mut();
+        if pending
+            .get(self.key)
+            .is_some_and(|done| Rc::ptr_eq(done, &self.done))
+        {
+            pending.remove(self.key);
+        }
+        self.done.close();
     }
 }
 
