@@ -115,15 +115,24 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 /// RFC 9112 §9.3.2: pipelined GET/HEAD requests are served at once, `--pipeline-parallel` at a
-/// time, and answered in order; a request with a body, or a bad one, waits for the batch before it.
+/// time and within the shard's budget (half of `--mesh-inflight-max` beyond each batch's first),
+/// and answered in order; a request with a body, or a bad one, waits for the batch before it.
 #[test]
 fn pipelined_safe_requests_are_served_in_parallel_batches_up_to_the_bound() {
-    for (parallel, expected_parallel) in [("3", 8), ("1", 0)] {
-        let server = Server::start(&["--pipeline-parallel", parallel]);
+    // 7 GETs, a POST, then HEAD + GET and a bad request. Batches (a batch of one is served on
+    // its own, and does not count): default 7, 2; --pipeline-parallel 3: 3, 3, (1), 2;
+    // budget 1: 2, 2, 2, (1), 2; budget 0 or --pipeline-parallel 1: none.
+    for (args, expected_parallel) in [
+        (&[][..], 9),
+        (&["--pipeline-parallel", "3"][..], 8),
+        (&["--pipeline-parallel", "1"][..], 0),
+        (&["--mesh-inflight-max", "2"][..], 8),
+        (&["--mesh-inflight-max", "1"][..], 0),
+    ] {
+        let parallel = args.join(" ");
+        let server = Server::start(args);
         let mut conn = Conn::new(server.connect());
         let mut batch = Vec::new();
-        // 7 safe requests: batches of 3, 3 and 1 (a batch of one is served on its own), then after
-        // the POST a batch of 2 (HEAD, GET) that stops at the bad request.
         for i in 0..7 {
             let path = if i % 2 == 0 { "/json" } else { "/plaintext" };
             write!(batch, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();

@@ -14,8 +14,9 @@ pub const BODY_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
 /// §9.3.2 allows it; answers still go out in order). Bounds what one connection holds: that many
 /// handlers and responses. 1 serves pipelined requests one by one, as nginx does.
 pub const PIPELINE_PARALLEL_DEFAULT: usize = 16;
-/// The most `--pipeline-parallel` may be.
-pub const PIPELINE_PARALLEL_CEILING: usize = 256;
+/// The most `--pipeline-parallel` may be: a batch holds that many responses until the slowest
+/// is ready (the shard's budget, half of `--mesh-inflight-max`, bounds all batches together).
+pub const PIPELINE_PARALLEL_CEILING: usize = 64;
 /// Chunk-size lines (with extensions) and the trailer section of a chunked body.
 pub const TRAILER_BYTES_MAX: usize = 8 * 1024;
 

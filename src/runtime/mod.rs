@@ -237,6 +237,9 @@ fn spawn_signal_forwarder(
                 }
                 let mut received = 0;
                 let mut announced = false;
+                // The newest users re-read on SIGHUP that a shard has not taken yet (its channel
+                // was full): retried every pass, so every shard ends with the newest file.
+                let mut users_pending: Vec<Option<Arc<Users>>> = vec![None; connected.len()];
                 loop {
                     if !announced && serving.load(Ordering::SeqCst) {
                         for control in &connected {
@@ -247,11 +250,7 @@ fn spawn_signal_forwarder(
                     for signal in signals.pending() {
                         if signal == SIGHUP {
                             if let Some(users) = reload_users(users_path.as_deref()) {
-                                for control in &connected {
-                                    // Bounded channel of 4: a shard behind on reloads gets the
-                                    // newest when it catches up with the next SIGHUP.
-                                    let _ = control.try_send(Control::Users(users.clone()));
-                                }
+                                users_pending.fill(Some(users));
                             }
                             continue;
                         }
@@ -265,11 +264,19 @@ fn spawn_signal_forwarder(
                                 "percore: signal {signal}: draining (a second signal exits at once)"
                             );
                             for control in &connected {
-                                let _ = control.try_send(Control::Drain);
+                                // Waits for room: a drain must not be lost to a full channel.
+                                let _ = control.send(Control::Drain).await;
                             }
                         } else {
                             eprintln!("percore: signal {signal} again: exiting now");
                             std::process::exit(128 + signal);
+                        }
+                    }
+                    for (control, pending) in connected.iter().zip(&mut users_pending) {
+                        if let Some(users) = pending.take()
+                            && control.try_send(Control::Users(users.clone())).is_err()
+                        {
+                            *pending = Some(users);
                         }
                     }
                     // Signals are rare; a 50 ms poll keeps this thread off every hot path
@@ -338,9 +345,6 @@ async fn shard_main(init: ShardInit) {
         .session
         .persist
         .then(|| init.config.data_dir.clone());
-    if let Some(dir) = &data_dir {
-        sessions.load(dir);
-    }
     let txn_mesh = Mesh::join(
         init.txn_mesh,
         init.index,
@@ -356,9 +360,13 @@ async fn shard_main(init: ShardInit) {
         }),
     )
     .await;
-    // Every mesh is joined before the log replay: joining waits for every shard, and a shard that
-    // waits to join while another replays a long log spins (glommio's channel connect).
+    // Every mesh is joined before the slow parts of start-up (the session snapshot, the log
+    // replay): joining waits for every shard, and a shard that waits to join while another
+    // reads a large file spins (glommio's channel connect).
     let auth = start_auth(&init.config, init.auth_mesh, init.index, limits).await;
+    if let Some(dir) = &data_dir {
+        sessions.load(dir);
+    }
     let txn = match Txn::start(&init.config.data_dir, &init.config.txn, txn_mesh).await {
         Ok(txn) => txn,
         Err(e) => {

@@ -47,6 +47,10 @@ pub struct Shard {
     pub conn_slots: Rc<glommio::sync::Semaphore>,
     /// One permit per TLS handshake in progress, `tls.handshakes_max` in all.
     pub tls_handshake_slots: Rc<glommio::sync::Semaphore>,
+    /// Requests beyond the first that the shard's parallel pipelined batches may hold at once
+    /// (half of `mesh_inflight_max`): bounds what batches keep in memory and leaves the other
+    /// half of the mesh's in-flight bound to requests served one by one.
+    pub parallel_slots: Cell<usize>,
     /// `Strict-Transport-Security` value for HTTPS responses, unless `--hsts-max-age 0`.
     pub hsts: Option<bytes::Bytes>,
     /// Milliseconds since the shard started, as of the last timeout sweep (coarse: refreshed
@@ -107,6 +111,7 @@ impl Shard {
             tls_handshake_slots: Rc::new(glommio::sync::Semaphore::new(
                 config.tls.handshakes_max as u64,
             )),
+            parallel_slots: Cell::new(config.mesh_inflight_max / 2),
             hsts: (config.tls.hsts_max_age > 0)
                 .then(|| bytes::Bytes::from(format!("max-age={}", config.tls.hsts_max_age))),
             config,

@@ -199,6 +199,32 @@ impl BodySource for ConnBody {
     }
 }
 
+/// Slots of the shard's parallel-batch budget, given back when the batch is done.
+struct ParallelSlots {
+    shard: Rc<Shard>,
+    count: usize,
+}
+
+impl ParallelSlots {
+    fn take(shard: Rc<Shard>, count: usize) -> ParallelSlots {
+        let slots = &shard.parallel_slots;
+        slots.set(
+            slots
+                .get()
+                .checked_sub(count)
+                .expect("a batch takes only free slots"),
+        );
+        ParallelSlots { shard, count }
+    }
+}
+
+impl Drop for ParallelSlots {
+    fn drop(&mut self) {
+        let slots = &self.shard.parallel_slots;
+        slots.set(slots.get() + self.count);
+    }
+}
+
 /// What the loop does after a response.
 #[derive(PartialEq, Eq)]
 enum Flow {
@@ -339,14 +365,19 @@ impl Conn {
     /// batch instead of one per request. The first head that does not qualify is kept for the
     /// connection loop, which serves it after the batch, as it would have one by one.
     async fn handle_parallel(&mut self, first: RequestHead) -> Flow {
+        // Requests beyond the first take slots of the shard's budget (at least one, or no batch).
+        let room = (self.parallel_max - 1).min(self.io.shard.parallel_slots.get());
+        if room == 0 {
+            return self.handle(first).await;
+        }
         let Some(mut second) = self.parse_parallel().map(Some) else {
             // Alone (the common, unpipelined case): no batch.
             return self.handle(first).await;
         };
         // Each head goes straight into its handler's future (not yet polled): a head is moved as
         // few times as possible.
-        let mut answers = Vec::with_capacity(self.parallel_max);
-        let mut handlers = Vec::with_capacity(self.parallel_max);
+        let mut answers = Vec::with_capacity(1 + room);
+        let mut handlers = Vec::with_capacity(1 + room);
         let mut next = Some(first);
         while let Some(head) = next {
             answers.push((head.is_head(), head.version()));
@@ -356,10 +387,12 @@ impl Conn {
             );
             next = match second.take() {
                 Some(head) => Some(head),
-                None if handlers.len() < self.parallel_max => self.parse_parallel(),
+                None if handlers.len() <= room => self.parse_parallel(),
                 None => None,
             };
         }
+        // Held until every answer of the batch is written.
+        let _slots = ParallelSlots::take(self.io.shard.clone(), handlers.len() - 1);
         let metrics = &self.io.shard.metrics;
         add(&metrics.requests, handlers.len() as u64);
         add(&metrics.requests_parallel, handlers.len() as u64);
