@@ -501,3 +501,80 @@ fn http10_streamed_response_is_close_delimited() {
         "the body runs to the close: {text}"
     );
 }
+
+/// Differential test of the parallel pipelining: random pipelined sequences (safe requests,
+/// bodies, key-value writes and reads of one key, 404s), ending in a request that closes, sent
+/// in random pieces to a default server and to one with `--pipeline-parallel 1`: both answer
+/// byte for byte the same (but for the Date header).
+#[test]
+fn pipelined_sequences_answer_the_same_batched_or_one_by_one() {
+    use proptest::prelude::*;
+    let batched = Server::start(&[]);
+    let one_by_one = Server::start(&["--pipeline-parallel", "1"]);
+    let exchange = |server: &Server, pieces: &[Vec<u8>]| -> String {
+        let mut stream = server.connect();
+        for piece in pieces {
+            stream.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let answers = String::from_utf8(common::read_to_close(&mut stream)).unwrap();
+        answers
+            .lines()
+            .filter(|line| !line.starts_with("Date: "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let request = prop_oneof![
+        Just("GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".to_string()),
+        Just("GET /json HTTP/1.1\r\nHost: t\r\n\r\n".to_string()),
+        Just("HEAD /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".to_string()),
+        Just("GET /nope HTTP/1.1\r\nHost: t\r\n\r\n".to_string()),
+        Just("GET /kv/k HTTP/1.1\r\nHost: t\r\n\r\n".to_string()),
+        Just("DELETE /kv/k HTTP/1.1\r\nHost: t\r\n\r\n".to_string()),
+        "[a-z]{1,20}".prop_map(|body| format!(
+            "PUT /kv/k HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+        "[a-z]{0,20}".prop_map(|body| format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+    ];
+    let last = prop_oneof![
+        Just("GET /json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        Just("GET /plaintext HTTP/1.0\r\n\r\n"),
+        Just("GET /plaintext HTTP/1.1\r\nHost : t\r\n\r\n"),
+    ];
+    let case = (
+        prop::collection::vec(request, 0..24),
+        last,
+        prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+    );
+    let config = ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |((requests, last, cuts) in case)| {
+        let stream = requests.concat() + last;
+        let bytes = stream.as_bytes();
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len())).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            pieces.push(bytes[start..cut].to_vec());
+            start = cut;
+        }
+        let expected = exchange(&one_by_one, &pieces);
+        prop_assert_eq!(exchange(&batched, &pieces), expected);
+    });
+    assert!(
+        batched.stats()["total"]["requests_parallel"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "some requests were batched"
+    );
+}
