@@ -578,3 +578,65 @@ fn pipelined_sequences_answer_the_same_batched_or_one_by_one() {
         "some requests were batched"
     );
 }
+
+/// RFC 9112 §9.6: a connection closed after an error answer while the client is still sending
+/// is half-closed and drained (lingering close), so the client reads the answer and a clean end,
+/// never a reset; `--lingering-timeout 0` closes at once (and the unread bytes reset it), and a
+/// client that neither sends nor closes is let go after the timeout.
+#[test]
+fn a_closing_answer_is_followed_by_a_half_close_not_a_reset() {
+    use std::io::Read;
+    fn send_bad_request_and_more(server: &Server) -> (std::net::TcpStream, Vec<u8>, bool) {
+        let mut stream = server.connect();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The bad head, then more than the server reads before it answers.
+        let mut raw = b"GET / HTTP/1.1\r\nHost : bad\r\n\r\n".to_vec();
+        raw.extend(std::iter::repeat_n(b'x', 256 * 1024));
+        let _ = stream.write_all(&raw);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let reset = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+        (stream, got, reset)
+    }
+
+    let server = Server::start(&["--lingering-timeout", "0.5"]);
+    let (mut stream, got, reset) = send_bad_request_and_more(&server);
+    assert!(
+        got.starts_with(b"HTTP/1.1 400 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(!reset, "the answer ended with a reset");
+    // The server still reads (and drops) what comes: no reset for a late write either.
+    stream.write_all(b"late bytes").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    stream.write_all(b"more").unwrap();
+    // Neither sending nor closing: it lets go after the lingering timeout (the one connection
+    // left open is the one asking for /stats).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.stats()["total"]["connections_open"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "still lingering");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let server = Server::start(&["--lingering-timeout", "0"]);
+    let (_stream, got, reset) = send_bad_request_and_more(&server);
+    assert!(
+        got.starts_with(b"HTTP/1.1 400 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        reset,
+        "closing at once with unread bytes resets the connection"
+    );
+}

@@ -33,6 +33,13 @@ pub const BODY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// A write that makes no progress for this long closes the connection. nginx's send_timeout.
 pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// After an answer that closes the connection, percore half-closes it and reads (and drops)
+/// what the client still sends, until it closes too or sends nothing for this long, so a reset
+/// never destroys the answer before the client read it (RFC 9112 §9.6). nginx's
+/// lingering_timeout: 5 s.
+pub const LINGERING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// The longest a connection lingers in all. nginx's lingering_time: 30 s.
+pub const LINGERING_TIME_MAX: Duration = Duration::from_secs(30);
 /// Graceful shutdown budget. Gunicorn's graceful_timeout is 30 s; Kubernetes gives 30 s.
 pub const GRACE_DEFAULT: Duration = Duration::from_secs(10);
 

@@ -88,6 +88,9 @@ pub struct Args {
     /// Seconds a write may make no progress before the connection is closed.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub write_timeout: Option<f64>,
+    /// Seconds to wait for more client data after a closing answer before closing for good (0: close at once).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub lingering_timeout: Option<f64>,
     /// Seconds allowed for a graceful shutdown after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub grace: Option<f64>,
@@ -235,6 +238,7 @@ struct FileConfig {
     body_timeout: Option<f64>,
     keepalive_timeout: Option<f64>,
     write_timeout: Option<f64>,
+    lingering_timeout: Option<f64>,
     grace: Option<f64>,
     mesh_inflight_max: Option<usize>,
     mesh_deadline_ms: Option<u64>,
@@ -384,6 +388,8 @@ pub struct Config {
     pub body_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub write_timeout: Duration,
+    /// Zero: no lingering close.
+    pub lingering_timeout: Duration,
     pub grace: Duration,
     pub mesh_inflight_max: usize,
     pub mesh_deadline: Duration,
@@ -605,6 +611,14 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             args.write_timeout.or(file.write_timeout),
             limits::WRITE_TIMEOUT_DEFAULT,
         )?,
+        lingering_timeout: match args.lingering_timeout.or(file.lingering_timeout) {
+            Some(0.0) => Duration::ZERO,
+            other => seconds(
+                "lingering-timeout",
+                other,
+                limits::LINGERING_TIMEOUT_DEFAULT,
+            )?,
+        },
         grace: seconds("grace", args.grace.or(file.grace), limits::GRACE_DEFAULT)?,
         mesh_inflight_max: positive(
             "mesh-inflight-max",

@@ -14,8 +14,8 @@ use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
 use glommio::sync::StaticPermit;
 
 use crate::config::limits::{
-    BODY_DISCARD_BYTES_MAX, READ_BUFFER_BYTES, TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES,
-    WRITE_BUFFER_KEEP_BYTES,
+    BODY_DISCARD_BYTES_MAX, LINGERING_TIME_MAX, READ_BUFFER_BYTES, TRAILER_BYTES_MAX,
+    WRITE_BUFFER_FLUSH_BYTES, WRITE_BUFFER_KEEP_BYTES,
 };
 use crate::http::{
     self, BodyDecoder, BodyEvent, BodyFraming, CONTINUE_100, HeadLimits, HttpError, RequestHead,
@@ -250,6 +250,8 @@ struct Conn {
     parallel_max: usize,
     /// A request head parsed past the end of a parallel batch, served next.
     stashed: Option<Result<RequestHead, HttpError>>,
+    /// The server chose to close after an answer: the client may still be sending.
+    linger: bool,
 }
 
 /// Serves one accepted connection until it closes; `_permit` holds its slot in the shard's bound.
@@ -290,12 +292,16 @@ pub async fn serve(
         redirect_port,
         parallel_max,
         stashed: None,
+        linger: false,
     };
     conn.run().await;
     if tls {
         // close_notify, so the client can tell a complete response from a cut connection.
         let stream = &conn.io.stream;
         let _ = std::future::poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+    }
+    if conn.linger {
+        conn.linger().await;
     }
 }
 
@@ -321,7 +327,11 @@ impl Conn {
                             self.handle(head).await
                         };
                         if flow == Flow::Close {
-                            let _ = self.flush().await;
+                            // Linger where the client may still be sending: bytes already here
+                            // (pipelined requests after this answer), or a body left unread.
+                            let flushed = self.flush().await.is_ok();
+                            self.linger =
+                                flushed && (self.linger || !self.io.rbuf.borrow().is_empty());
                             return;
                         }
                         if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES
@@ -473,7 +483,36 @@ impl Conn {
         let mut response = Response::error(status, message);
         response.close = true;
         let _ = self.write_response(response, false, Version::Http11).await;
-        let _ = self.flush().await;
+        self.linger = self.flush().await.is_ok();
+    }
+
+    /// RFC 9112 §9.6: after an answer that closes the connection, half-close it and read (and
+    /// drop) what the client still sends until it closes too, goes quiet for
+    /// `--lingering-timeout`, or LINGERING_TIME_MAX passes; closing with unread data would send a
+    /// reset, which can destroy the answer before the client reads it. The connection counts as
+    /// idle meanwhile, so a drain ends it at once.
+    async fn linger(&mut self) {
+        let timeout = self.shard().config.lingering_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        let fd = self.io.stream.borrow().as_raw_fd();
+        // SAFETY: shutdown(2) on the connection's own open socket.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        self.guard.entry.idle.set(true);
+        let until = Instant::now() + LINGERING_TIME_MAX;
+        loop {
+            self.io.rbuf.borrow_mut().clear();
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.shard().is_draining() {
+                return;
+            }
+            self.io.set_read_timeout(timeout.min(left));
+            match self.io.fill(READ_BUFFER_BYTES).await {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
     }
 
     async fn handle(&mut self, head: RequestHead) -> Flow {
@@ -487,6 +526,8 @@ impl Conn {
                 add(&self.shard().metrics.protocol_errors, 1);
                 let mut response = Response::error(e.status(), e.message());
                 response.close = true;
+                // The body we refused (413, 501) may still be on its way.
+                self.linger = true;
                 return self.write_response(response, is_head, version).await;
             }
         };
@@ -525,6 +566,7 @@ impl Conn {
                 // RFC 9110 §10.1.1: we answered without asking for the body; the client may or
                 // may not send it, so the connection cannot be reused.
                 response.close = true;
+                self.linger = true;
             }
         }
         let flow = self.write_response(response, is_head, version).await;
@@ -533,6 +575,8 @@ impl Conn {
             && !body.done.get()
             && !self.discard(&body).await
         {
+            // Too much body left (or a broken one): the rest may still be on its way.
+            self.linger = true;
             return Flow::Close;
         }
         flow
