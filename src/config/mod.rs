@@ -1125,9 +1125,19 @@ mod tests {
             (&["--max-uri-bytes", "20000"][..], "", "--max-uri-bytes"),
             (&["--spin-us", "2000000"][..], "", "--spin-us 2000000"),
             (
-                &["--pipeline-parallel", "257"][..],
+                &["--pipeline-parallel", "65"][..],
                 "",
-                "--pipeline-parallel 257",
+                "--pipeline-parallel 65",
+            ),
+            (
+                &["--lingering-timeout", "-1"][..],
+                "",
+                "--lingering-timeout -1",
+            ),
+            (
+                &["--max-head-bytes", "65536"][..],
+                "",
+                "--max-head-bytes 65536",
             ),
             (
                 &["--pipeline-parallel", "0"][..],
