@@ -586,6 +586,47 @@ fn sighup_reloads_users_and_a_bad_file_keeps_the_old_ones() {
     );
 }
 
+/// A password change (users file + SIGHUP) ends the login sessions made with the old password on
+/// every shard, like Django's session auth hash; other users' sessions live on.
+#[test]
+fn a_password_change_ends_the_sessions_logged_in_with_the_old_one() {
+    let (users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    let session_of = |conn: &mut Conn, user: &str, password: &str| {
+        let r = login(conn, user, password, None);
+        assert_eq!(r.status, 200, "{user}");
+        format!("Cookie: {}\r\n", cookie_of(&r))
+    };
+    let bob_old = session_of(&mut conn, "bob", "bob-pw");
+    let alice = session_of(&mut conn, "alice", "alice-pw");
+    // alice's entry stays as it was (a re-hash of the same password would have a new salt, and
+    // end her sessions too); bob's password changes.
+    let text = std::fs::read_to_string(&users).unwrap();
+    let alice_entry = text
+        .split("[[user]]")
+        .find(|entry| entry.contains("\"alice\""))
+        .unwrap();
+    let changed = format!(
+        "[[user]]{alice_entry}{}",
+        users_toml(&[("bob", "bob-new-pw", &["staff"])])
+    );
+    std::fs::write(&users, changed).unwrap();
+    server.signal(libc::SIGHUP);
+    let bob_new = basic("bob", "bob-new-pw");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for mut c in one_per_shard(&server) {
+        while request(&mut c, "GET", "/auth/me", &bob_new, "").status != 200 {
+            assert!(Instant::now() < deadline, "the new password never worked");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(request(&mut c, "GET", "/auth/me", &bob_old, "").status, 401);
+        assert_eq!(request(&mut c, "GET", "/auth/me", &alice, "").status, 200);
+    }
+    let bob = session_of(&mut conn, "bob", "bob-new-pw");
+    assert_eq!(request(&mut conn, "GET", "/auth/me", &bob, "").status, 200);
+}
+
 #[test]
 fn bad_auth_config_stops_the_start_with_one_line() {
     let dir = temp_dir("auth-bad");

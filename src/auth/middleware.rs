@@ -11,9 +11,22 @@ use crate::router::{AuthMethod, Identity, Next, Phase, Request, Response, Router
 use crate::runtime::shard;
 use crate::session::Session;
 
-/// The session value that holds the logged-in user's name. Reserved: the public session API
-/// refuses to write `percore.*` values.
+/// The session value that holds the logged-in user: `{"user": name, "stamp": credential stamp}`
+/// (a bare name from sessions made before stamps existed is still taken). Reserved: the public
+/// session API refuses to write `percore.*` values.
 pub const SESSION_USER: &str = "percore.user";
+
+/// What a login session remembers of its user.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SessionUser {
+    Stamped {
+        user: String,
+        stamp: String,
+    },
+    /// Written before credential stamps; ends only by expiry or logout.
+    Name(String),
+}
 
 /// Adds both middlewares to `router` (the server does this when auth is configured).
 pub fn install(router: Router) -> Router {
@@ -100,14 +113,26 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Option<Identity>, Respon
         return Ok(None);
     };
     // An unknown, expired or unreachable session is simply no identity: the rules decide.
-    let Ok(Some(user)) = session.get::<String>(SESSION_USER).await else {
+    let Ok(Some(remembered)) = session.get::<SessionUser>(SESSION_USER).await else {
         return Ok(None);
     };
+    let (user, stamp) = match remembered {
+        SessionUser::Stamped { user, stamp } => (user, Some(stamp)),
+        SessionUser::Name(user) => (user, None),
+    };
     // Roles come from the users loaded now: a reload that drops a user or a role takes effect
-    // on the next request, not at the next login.
-    Ok(auth.roles_of(&user).map(|roles| Identity {
+    // on the next request, not at the next login; one that changes the password ends the
+    // sessions logged in with the old one.
+    let users = auth.users();
+    let Some(account) = users.get(&user) else {
+        return Ok(None);
+    };
+    if stamp.is_some_and(|stamp| stamp != account.credential_stamp()) {
+        return Ok(None);
+    }
+    Ok(Some(Identity {
+        roles: account.roles.clone(),
         user,
-        roles,
         via: AuthMethod::Session,
     }))
 }
@@ -179,4 +204,28 @@ fn csrf_ok(auth: &Auth, req: &Request) -> bool {
         req.ctx.tls,
         has_header,
     )
+}
+
+#[cfg(test)]
+mod session_user_tests {
+    use super::SessionUser;
+
+    #[test]
+    fn stamped_and_pre_stamp_session_values_both_read() {
+        let stamped = SessionUser::Stamped {
+            user: "bob".into(),
+            stamp: "00ff".into(),
+        };
+        let text = serde_json::to_string(&stamped).unwrap();
+        assert_eq!(text, r#"{"user":"bob","stamp":"00ff"}"#);
+        assert!(matches!(
+            serde_json::from_str(&text).unwrap(),
+            SessionUser::Stamped { user, stamp } if user == "bob" && stamp == "00ff"
+        ));
+        assert!(matches!(
+            serde_json::from_str(r#""bob""#).unwrap(),
+            SessionUser::Name(user) if user == "bob"
+        ));
+        assert!(serde_json::from_str::<SessionUser>("42").is_err());
+    }
 }

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::credentials::{self, LOGIN_BODY_BYTES_MAX};
-use super::middleware::{SESSION_USER, denied};
+use super::middleware::{SESSION_USER, SessionUser, denied};
 use super::service::Denied;
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
@@ -69,7 +69,18 @@ async fn login(mut req: Request) -> Response {
         },
         None => Session::create(),
     };
-    if let Err(e) = session.set(SESSION_USER, &form.username).await {
+    // The stamp of the users loaded now; a reload between the check and here at worst makes
+    // this session end at once (stamp mismatch), never outlive a password change.
+    let stamp = auth
+        .users()
+        .get(&form.username)
+        .map(|account| account.credential_stamp())
+        .unwrap_or_default();
+    let remembered = SessionUser::Stamped {
+        user: form.username.clone(),
+        stamp,
+    };
+    if let Err(e) = session.set(SESSION_USER, &remembered).await {
         return session_error(e);
     }
     Response::json(200, &json!({ "user": form.username, "roles": roles }))

@@ -43,6 +43,21 @@ struct UserEntry {
     roles: Vec<String>,
 }
 
+impl User {
+    /// Changes whenever the user's password does (a new hash, even of the same password, has a
+    /// new salt): login sessions remember it and end when it changes, like Django's session
+    /// auth hash. A digest of the PHC string, which is salted, so it tells nothing about the
+    /// password.
+    pub fn credential_stamp(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.password_hash.as_bytes());
+        digest[..12]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
 impl Users {
     /// Parses and validates the users file text.
     pub fn parse(text: &str) -> Result<Users, String> {
