@@ -123,18 +123,13 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Option<Identity>, Respon
     // Roles come from the users loaded now: a reload that drops a user or a role takes effect
     // on the next request, not at the next login; one that changes the password ends the
     // sessions logged in with the old one.
-    let users = auth.users();
-    let Some(account) = users.get(&user) else {
-        return Ok(None);
-    };
-    if stamp.is_some_and(|stamp| stamp != account.credential_stamp()) {
-        return Ok(None);
-    }
-    Ok(Some(Identity {
-        roles: account.roles.clone(),
-        user,
-        via: AuthMethod::Session,
-    }))
+    Ok(auth
+        .roles_of(&user, stamp.as_deref())
+        .map(|roles| Identity {
+            user,
+            roles,
+            via: AuthMethod::Session,
+        }))
 }
 
 async fn authorize(req: Request, next: Next) -> Response {

@@ -71,11 +71,7 @@ async fn login(mut req: Request) -> Response {
     };
     // The stamp of the users loaded now; a reload between the check and here at worst makes
     // this session end at once (stamp mismatch), never outlive a password change.
-    let stamp = auth
-        .users()
-        .get(&form.username)
-        .map(|account| account.credential_stamp())
-        .unwrap_or_default();
+    let stamp = auth.stamp_of(&form.username).unwrap_or_default();
     let remembered = SessionUser::Stamped {
         user: form.username.clone(),
         stamp,

@@ -112,9 +112,21 @@ impl Auth {
         self.basic_cache.borrow_mut().clear();
     }
 
-    /// The roles of `user` if it (still) exists.
-    pub fn roles_of(&self, user: &str) -> Option<Vec<String>> {
-        self.users.borrow().get(user).map(|u| u.roles.clone())
+    /// The roles of `user` if it (still) exists and, given a login session's credential
+    /// `stamp`, still has the password that session logged in with.
+    pub fn roles_of(&self, user: &str, stamp: Option<&str>) -> Option<Vec<String>> {
+        let users = self.users.borrow();
+        let account = users.get(user)?;
+        if stamp.is_some_and(|stamp| stamp != account.credential_stamp()) {
+            return None;
+        }
+        Some(account.roles.clone())
+    }
+
+    /// The credential stamp a login session of `user` remembers (see `User::credential_stamp`).
+    pub fn stamp_of(&self, user: &str) -> Option<String> {
+        let users = self.users.borrow();
+        Some(users.get(user)?.credential_stamp().to_string())
     }
 
     fn keys(name: &str, addr: Option<IpAddr>) -> Vec<String> {
@@ -294,7 +306,7 @@ impl Auth {
         if self.basic_cache.borrow().get(key) != Some(&self.generation.get()) {
             return None;
         }
-        let roles = self.roles_of(&key.0)?;
+        let roles = self.roles_of(&key.0, None)?;
         add(&shard::current().metrics.basic_cache_hits, 1);
         Some(roles)
     }

@@ -19,6 +19,8 @@ pub struct User {
     pub name: String,
     pub password_hash: String,
     pub roles: Vec<String>,
+    /// See `credential_stamp`; computed once, when the file is read.
+    stamp: String,
 }
 
 /// All accounts from the users file, by exact (case-sensitive) name.
@@ -48,13 +50,8 @@ impl User {
     /// new salt): login sessions remember it and end when it changes, like Django's session
     /// auth hash. A digest of the PHC string, which is salted, so it tells nothing about the
     /// password.
-    pub fn credential_stamp(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(self.password_hash.as_bytes());
-        digest[..12]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+    pub fn credential_stamp(&self) -> &str {
+        &self.stamp
     }
 }
 
@@ -103,6 +100,7 @@ fn parse_bounded(text: &str, users_max: usize) -> Result<Users, String> {
             return Err(fail(format!("duplicate name (first at line {first})")));
         }
         let user = User {
+            stamp: stamp_of(&entry.password_hash),
             name: entry.name,
             password_hash: entry.password_hash,
             roles: entry.roles,
@@ -110,6 +108,15 @@ fn parse_bounded(text: &str, users_max: usize) -> Result<Users, String> {
         users.by_name.insert(user.name.clone(), user);
     }
     Ok(users)
+}
+
+fn stamp_of(password_hash: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(password_hash.as_bytes());
+    digest[..12]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn check_user(entry: &UserEntry) -> Result<(), String> {
