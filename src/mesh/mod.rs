@@ -348,13 +348,17 @@ fn poll_once<T>(mut future: LocalFuture<T>) -> Result<T, LocalFuture<T>> {
 
 /// Polls every future until all are done; outputs in input order.
 pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    join_all_unpin(futures.into_iter().map(Box::pin).collect()).await
+}
+
+/// `join_all` for futures that are already `Unpin` (boxed handler futures): no second box each.
+pub async fn join_all_unpin<F: Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut done = true;
         for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
             if output.is_none() {
-                match future.as_mut().poll(cx) {
+                match Pin::new(&mut *future).poll(cx) {
                     Poll::Ready(value) => *output = Some(value),
                     Poll::Pending => done = false,
                 }

@@ -447,7 +447,7 @@ impl Conn {
             handlers,
             _slots,
         } = batch;
-        let responses = crate::mesh::join_all(handlers).await;
+        let responses = crate::mesh::join_all_unpin(handlers).await;
         for ((is_head, version), response) in answers.into_iter().zip(responses) {
             // Each is keep-alive (parallel_ok); a response that closes (the handler's choice, or
             // a drain) ends the connection, and the client retries the safe requests after it.
