@@ -291,10 +291,19 @@ fn validate(head: &[u8], parsed: &httparse::Request<'_, '_>) -> Result<RequestHe
 /// header ends: reject both.
 fn check_line_endings(head: &[u8]) -> Result<(), HttpError> {
     // httparse has checked that every CR is followed by LF (tests: `line_endings_and_empty_lines`),
-    // so a bare LF is there exactly when LFs outnumber CRs. Two counts vectorize; finding each CR
-    // and LF (memchr2) cost 4% of a pipelined request's CPU.
-    let count = |wanted: u8| head.iter().filter(|&&byte| byte == wanted).count();
-    if count(b'\n') != count(b'\r') {
+    // so a bare LF is there exactly when LFs outnumber CRs. The difference is summed in i8 lanes
+    // over pieces of 127 bytes (it cannot overflow), which vectorizes 16 bytes at a time; finding
+    // each CR and LF (memchr2) cost 4% of a pipelined request's CPU, counting in usize 6%.
+    let lfs_minus_crs: i64 = head
+        .chunks(127)
+        .map(|piece| {
+            let difference = piece.iter().fold(0i8, |difference, &byte| {
+                difference + i8::from(byte == b'\n') - i8::from(byte == b'\r')
+            });
+            i64::from(difference)
+        })
+        .sum();
+    if lfs_minus_crs != 0 {
         return Err(HttpError::Malformed("bare CR or LF in request head"));
     }
     Ok(())

@@ -51,6 +51,9 @@ pub struct Shard {
     /// (half of `mesh_inflight_max`): bounds what batches keep in memory and leaves the other
     /// half of the mesh's in-flight bound to requests served one by one.
     pub parallel_slots: Cell<usize>,
+    /// Where every connection of the shard reads (`server/conn.rs`), zeroed once; a read copies
+    /// only what arrived into the connection's own buffer. Borrowed only inside one read call.
+    pub read_scratch: RefCell<Box<[u8]>>,
     /// `Strict-Transport-Security` value for HTTPS responses, unless `--hsts-max-age 0`.
     pub hsts: Option<bytes::Bytes>,
     /// Milliseconds since the shard started, as of the last timeout sweep (coarse: refreshed
@@ -112,6 +115,9 @@ impl Shard {
                 config.tls.handshakes_max as u64,
             )),
             parallel_slots: Cell::new(config.mesh_inflight_max / 2),
+            read_scratch: RefCell::new(
+                vec![0; crate::server::conn::READ_SCRATCH_BYTES].into_boxed_slice(),
+            ),
             hsts: (config.tls.hsts_max_age > 0)
                 .then(|| bytes::Bytes::from(format!("max-age={}", config.tls.hsts_max_age))),
             config,

@@ -32,6 +32,10 @@ use crate::runtime::shard::{ConnEntry, ConnGuard, Shard};
 /// Largest single read while a body is expected (a head is read 4 KiB at a time).
 const BODY_READ_BYTES_MAX: usize = 64 * 1024;
 
+/// The shard's read scratch buffer holds the largest single read.
+pub const READ_SCRATCH_BYTES: usize = BODY_READ_BYTES_MAX;
+const _: () = assert!(READ_BUFFER_BYTES <= READ_SCRATCH_BYTES);
+
 /// The socket and the read buffer, shared by the connection loop and the body of the request
 /// being served (the handler may read it while the loop waits). Borrows never cross an await.
 struct ConnIo {
@@ -55,9 +59,12 @@ impl ConnIo {
     fn poll_fill(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         let mut rbuf = self.rbuf.borrow_mut();
         let filled = rbuf.len();
-        // Zeroed rather than uninitialised: safe Rust, and ~1% of a read syscall (bench/RESULTS.md).
-        rbuf.resize(filled + want, 0);
-        let result = Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, &mut rbuf[filled..]);
+        // Read into the shard's scratch buffer (zeroed once, at start) and copy what arrived:
+        // zeroing `want` bytes of the connection's buffer before each read (safe Rust has no
+        // uninitialised read buffer) cost more than copying the ~100 bytes of a request.
+        let mut scratch = self.shard.read_scratch.borrow_mut();
+        let scratch = &mut scratch[..want];
+        let result = Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, scratch);
         let result = match result {
             Poll::Pending => {
                 if self.entry.read_deadline_ms.get() == 0 {
@@ -80,12 +87,10 @@ impl ConnIo {
                 Poll::Ready(result)
             }
         };
-        let n = match &result {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        rbuf.truncate(filled + n);
-        add(&self.shard.metrics.bytes_read, n as u64);
+        if let Poll::Ready(Ok(n)) = result {
+            rbuf.extend_from_slice(&scratch[..n]);
+            add(&self.shard.metrics.bytes_read, n as u64);
+        }
         result
     }
 
@@ -292,7 +297,7 @@ pub async fn serve(
     };
     let io = Rc::new(ConnIo {
         stream: RefCell::new(stream),
-        rbuf: RefCell::new(BytesMut::with_capacity(READ_BUFFER_BYTES)),
+        rbuf: RefCell::new(BytesMut::new()),
         read_timeout_ms: Cell::new(shard.config.keepalive_timeout.as_millis() as u64),
         shard,
         entry: guard.entry.clone(),
