@@ -5,6 +5,10 @@
 # Usage: bench/load_vs_wrk.sh [-r ROUNDS] [-d SECONDS] [-c CONNS] [--depth N]
 #                             [--server-cpu N] [--client-cpu N] [--port P] [--server 'CMD {port}']
 #                             [--url-path /plaintext] [--load PATH] [--load-args 'ARGS']
+#                             [--client-quota PERCENT]
+# --client-quota: each client run gets PERCENT of one CPU (a cgroup CPU quota, v1 or v2; needs
+#   root), so the client, not the server, is the bottleneck and req/s compares the clients'
+#   efficiency; percore-load then runs with --busy-poll 0 (spinning would spend the quota).
 # Default server: the raw epoll peer (../shared/lab/peers/epoll, built under /tmp/percore-peers).
 # Needs: wrk, python3 (for child CPU time), taskset.
 set -euo pipefail
@@ -20,6 +24,7 @@ URL_PATH=/plaintext
 SERVER=${PEER_EPOLL:-/tmp/percore-peers/target/release/peer-epoll}' {port} 1'
 LOAD=${PERCORE_LOAD:-target/release/percore-load}
 LOAD_ARGS=""
+QUOTA=""
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -34,6 +39,7 @@ while [[ $# -gt 0 ]]; do
     --url-path) URL_PATH=$2; shift 2 ;;
     --load) LOAD=$2; shift 2 ;;
     --load-args) LOAD_ARGS=$2; shift 2 ;;
+    --client-quota) QUOTA=$2; shift 2 ;;
     -h|--help) sed -n 2,10p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -61,6 +67,29 @@ with open(sys.argv[1], "w") as out:
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(f"{r.ru_utime + r.ru_stime:.4f}")
 PY
+
+# $WORK/in_quota.sh CMD...: runs CMD inside the client cgroup when --client-quota is set.
+CGROUP=""
+if [[ -n $QUOTA ]]; then
+  if [[ -d /sys/fs/cgroup/cpu ]]; then
+    CGROUP=/sys/fs/cgroup/cpu/load_vs_wrk
+    mkdir -p "$CGROUP"
+    echo 100000 > "$CGROUP/cpu.cfs_period_us"
+    echo $((QUOTA * 1000)) > "$CGROUP/cpu.cfs_quota_us"
+  else
+    CGROUP=/sys/fs/cgroup/load_vs_wrk
+    mkdir -p "$CGROUP"
+    echo "$((QUOTA * 1000)) 100000" > "$CGROUP/cpu.max"
+  fi
+  LOAD_ARGS="$LOAD_ARGS --busy-poll 0"
+fi
+# A wrapper script (the clients run under python's rusage counter, which cannot call a function).
+cat > "$WORK/in_quota.sh" <<SH
+#!/usr/bin/env bash
+[[ -n "$CGROUP" ]] && echo \$\$ > "$CGROUP/cgroup.procs"
+exec "\$@"
+SH
+chmod +x "$WORK/in_quota.sh"
 
 server_cmd=${SERVER//\{port\}/$PORT}
 taskset -c "$SERVER_CPU" bash -c "exec $server_cmd" >"$WORK/server.log" 2>&1 &
@@ -97,11 +126,11 @@ run() {
   if [[ $tool == percore-load ]]; then
     # --cpus pins the thread (taskset alone would too) and tells percore-load the core is its own.
     # shellcheck disable=SC2086
-    client_s=$(python3 "$WORK/cpu.py" "$out" taskset -c "$CLIENT_CPU" "$LOAD" -t 1 -c "$CONNS" -d "${DUR}s" --pipeline "$depth" --cpus "$CLIENT_CPU" $LOAD_ARGS "$URL")
+    client_s=$(python3 "$WORK/cpu.py" "$out" "$WORK/in_quota.sh" taskset -c "$CLIENT_CPU" "$LOAD" -t 1 -c "$CONNS" -d "${DUR}s" --pipeline "$depth" --cpus "$CLIENT_CPU" $LOAD_ARGS "$URL")
   else
     local script=()
     [[ $depth -gt 1 ]] && script=(-s "$WORK/pipeline.lua")
-    client_s=$(python3 "$WORK/cpu.py" "$out" taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNS" -d "${DUR}s" --latency "${script[@]}" "$URL" -- "$depth")
+    client_s=$(python3 "$WORK/cpu.py" "$out" "$WORK/in_quota.sh" taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNS" -d "${DUR}s" --latency "${script[@]}" "$URL" -- "$depth")
   fi
   after=$(server_cpu_s)
   local rps p50 p99 requests
@@ -119,7 +148,7 @@ column_median() { awk -v c="$2" '{ print $c }' "$1" | median; }
 
 echo "# percore-load vs wrk: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "server: $server_cmd on CPU $SERVER_CPU; clients on CPU $CLIENT_CPU, 1 thread, $CONNS connections, ${DUR}s x $ROUNDS rounds, interleaved"
-echo "command: $0 -r $ROUNDS -d $DUR -c $CONNS --depth $DEPTH; percore-load extra args: '${LOAD_ARGS}'"
+echo "command: $0 -r $ROUNDS -d $DUR -c $CONNS --depth $DEPTH${QUOTA:+ --client-quota $QUOTA}; percore-load extra args: '${LOAD_ARGS}'"
 echo "cpu: $(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2; exit }'), $(nproc) CPUs, kernel $(uname -r)"
 # Warm both clients and the server once, unmeasured.
 taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNS" -d 1s "$URL" >/dev/null

@@ -1,4 +1,4 @@
-//! The client engine: one level-triggered epoll loop per pinned thread, driving non-blocking
+//! The client engine: one edge-triggered epoll loop per pinned thread, driving non-blocking
 //! keep-alive connections in a closed or open loop; it measures but never reports.
 
 use std::cmp::Reverse;
@@ -322,8 +322,8 @@ impl<'a> Worker<'a> {
                 }
             }
             State::Open => {
-                if events & (sys::IN | sys::ERR_OR_HUP) != 0 {
-                    self.on_readable(i, now);
+                if events & (sys::IN | sys::PEER_CLOSED | sys::ERR_OR_HUP) != 0 {
+                    self.on_readable(i, events, now);
                 }
                 if events & sys::OUT != 0 && self.conns[i].state == State::Open {
                     self.flush(i, now);
@@ -483,25 +483,39 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn on_readable(&mut self, i: usize, now: u64) {
-        let conn = &mut self.conns[i];
-        let socket = conn.socket.as_ref().expect("an open conn has a socket");
-        let read = socket.recv(&mut conn.read_buf[conn.read_len..]);
-        match read {
-            Ok(0) => self.on_eof(i, now),
-            Ok(n) => {
-                conn.read_len += n;
-                if self.measuring(now) {
-                    self.stats.bytes_read += n as u64;
-                }
-                self.parse(i, now);
+    /// Reads until a short read, or to the end of stream once the peer has closed (the epoll is
+    /// edge-triggered: bytes or a FIN left in the socket would get no second event), framing
+    /// what each read brought.
+    fn on_readable(&mut self, i: usize, events: u32, now: u64) {
+        let peer_closed = events & (sys::PEER_CLOSED | sys::ERR_OR_HUP) != 0;
+        loop {
+            let conn = &mut self.conns[i];
+            // Framing may have closed the connection (and a reconnect opened another socket).
+            if conn.state != State::Open {
+                return;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => {
-                if self.measuring(now) {
-                    self.stats.errors.read += 1;
+            let socket = conn.socket.as_ref().expect("an open conn has a socket");
+            let room = conn.read_buf.len() - conn.read_len;
+            let read = socket.recv(&mut conn.read_buf[conn.read_len..]);
+            match read {
+                Ok(0) => return self.on_eof(i, now),
+                Ok(n) => {
+                    conn.read_len += n;
+                    if self.measuring(now) {
+                        self.stats.bytes_read += n as u64;
+                    }
+                    self.parse(i, now);
+                    if n < room && !peer_closed {
+                        return;
+                    }
                 }
-                self.close(i, now, true);
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    if self.measuring(now) {
+                        self.stats.errors.read += 1;
+                    }
+                    return self.close(i, now, true);
+                }
             }
         }
     }

@@ -30,6 +30,8 @@ pub struct Epoll {
 pub const IN: u32 = libc::EPOLLIN as u32;
 pub const OUT: u32 = libc::EPOLLOUT as u32;
 pub const ERR_OR_HUP: u32 = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+/// The peer shut its sending side (a FIN is queued behind any bytes still to read).
+pub const PEER_CLOSED: u32 = libc::EPOLLRDHUP as u32;
 
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {
@@ -41,8 +43,16 @@ impl Epoll {
         })
     }
 
+    /// Every registration is edge-triggered: an event is reported once per change (new bytes,
+    /// room to write), so the reader reads until a short read, and on to the end of stream when
+    /// the event says the peer has closed (`PEER_CLOSED`: a FIN that came with the last bytes
+    /// brings no event of its own). Level-triggered, every reported socket is polled again by
+    /// the next epoll_wait only to find it drained: one tcp_poll per response more.
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events, u64: token };
+        let mut event = libc::epoll_event {
+            events: events | PEER_CLOSED | libc::EPOLLET as u32,
+            u64: token,
+        };
         // SAFETY: `event` is a valid epoll_event for the duration of the call.
         cvt(unsafe { libc::epoll_ctl(self.fd, op, fd, &mut event) }).map(drop)
     }
