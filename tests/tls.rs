@@ -100,6 +100,41 @@ fn rust_client_speaks_tls12_and_tls13_with_alpn_http11() {
     );
 }
 
+/// A client's next connection lands on whichever shard the kernel's hash picks; its session
+/// ticket must open there too (each shard derives the same ticket keys).
+#[test]
+fn sessions_resume_on_every_shard() {
+    let pki = Pki::new();
+    let server = https(&pki, &["--expose-shard"]);
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        // One client config: its in-memory session store carries tickets between connections.
+        let client = pki.client(&[version]);
+        let mut seen = Vec::new();
+        for _ in 0..16 {
+            let stream = connect(server.addr, "localhost", client.clone()).unwrap();
+            let mut conn = common::Conn::new(stream);
+            // Reading a response also takes in TLS 1.3's tickets (sent after the handshake).
+            let response = conn.get("/plaintext");
+            let shard = response.header("x-shard").expect("X-Shard").to_string();
+            seen.push((conn.stream.conn.handshake_kind(), shard));
+        }
+        let (first_kind, first_shard) = seen[0].clone();
+        assert_eq!(first_kind, Some(rustls::HandshakeKind::Full), "{version:?}");
+        for (kind, _) in &seen[1..] {
+            assert_eq!(
+                *kind,
+                Some(rustls::HandshakeKind::Resumed),
+                "{version:?}: {seen:?}"
+            );
+        }
+        // 15 connections all on the first one's shard would be a 1 in 2^15 accident.
+        assert!(
+            seen[1..].iter().any(|(_, shard)| *shard != first_shard),
+            "{version:?}: every connection on one shard: {seen:?}"
+        );
+    }
+}
+
 #[test]
 fn client_rejects_wrong_host_and_expired_certificate() {
     let pki = Pki::new();
