@@ -2,7 +2,7 @@
 """Transfers/s and latency: percore /kv/tx (single-shard and cross-shard `add` transfers,
 --fsync batch) vs Redis (appendonly yes, appendfsync always), interleaved rounds.
 
-    python3 bench/txn_vs_redis.py [--rounds 3] [--seconds 8] [--conns 64] [--out DIR]
+    python3 bench/txn_vs_redis.py [--rounds 3] [--seconds 8] [--conns 64] [--modes LIST] [--percore-args 'FLAGS'] [--out DIR]
 
 Needs release `percore` and `percore-load` (PERCORE_BIN_DIR, default
 /tmp/percore-txnbench-target/release) and redis-server, redis-benchmark, redis-cli on PATH.
@@ -128,10 +128,10 @@ def http(sock: socket.socket, method: str, path: str, body: bytes = b"") -> tupl
     return int(head.split()[1]), rest[:length]
 
 
-def start_percore(bindir: str, datadir: str) -> subprocess.Popen:
+def start_percore(bindir: str, datadir: str, extra=()) -> subprocess.Popen:
     proc = subprocess.Popen(
         [f"{bindir}/percore", "--bind", f"127.0.0.1:{PERCORE_PORT}", "--shards", "2",
-         "--fsync", "batch", "--data-dir", datadir, "--no-session-persist"],
+         "--fsync", "batch", "--data-dir", datadir, "--no-session-persist", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     line = proc.stdout.readline()
@@ -183,7 +183,7 @@ def run_client(argv, pid, outfile=None):
 
 def percore_mode(args, scen, kind, rnd, workdir):
     datadir = tempfile.mkdtemp(prefix=f"txnbench-percore-{kind}-", dir="/tmp")
-    proc = start_percore(args.bindir, datadir)
+    proc = start_percore(args.bindir, datadir, args.percore_args.split())
     try:
         seed_percore(scen["keys"])
         load = [f"{args.bindir}/percore-load", "--scenario", scen["paths"][kind], "-c", str(args.conns),
@@ -353,6 +353,7 @@ def main():
     ap.add_argument("--modes", default="percore-single,percore-cross,redis-eval,redis-multi")
     ap.add_argument("--bindir", default=os.environ.get("PERCORE_BIN_DIR", "/tmp/percore-txnbench-target/release"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--percore-args", default="", help="extra percore flags, e.g. '--spin-us 50'")
     args = ap.parse_args()
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                         time.strftime("txn-%Y%m%d-%H%M%S", time.gmtime()))
@@ -372,7 +373,8 @@ def main():
             print(json.dumps(r), flush=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print(f"\nconnections: {args.conns}, rounds: {args.rounds}, {args.seconds}s each (+{args.warmup}s warm-up)")
+    print(f"\nconnections: {args.conns}, rounds: {args.rounds}, {args.seconds}s each (+{args.warmup}s warm-up)"
+          + (f"; percore flags: {args.percore_args}" if args.percore_args else ""))
     print("| mode | median tx/s (2xx) | min–max tx/s | 409 share | p50 ms | p99 ms | server CPU µs/tx | client CPU µs/tx | server CPU util |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     med = {}
