@@ -1,7 +1,9 @@
 //! TLS with rustls: reads and validates certificates and keys at start (one line per problem), builds each shard's own server config, and runs a handshake; never parses HTTP.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::ServerConfig;
@@ -22,8 +24,55 @@ pub struct TlsMaterial {
     key: PrivateKeyDer<'static>,
     /// Seconds since the epoch after which the leaf certificate is no longer valid.
     pub not_after_unix: i64,
-    /// Where every shard's session-ticket keys come from (`Tickets`): random, made at start.
-    ticket_secret: [u8; 32],
+    /// Where every shard's session-ticket keys start (`TicketChain`): random, made at start,
+    /// erased once every shard has its own copy.
+    ticket_seed: TicketSeed,
+}
+
+impl TlsMaterial {
+    /// Erases the ticket seed; the runtime calls it once every shard has built its acceptors.
+    /// Afterwards only the shards' ratchets hold ticket keys, each only its current and previous
+    /// period's: reading a running server's memory no longer opens older tickets.
+    pub fn forget_ticket_seed(&self) {
+        self.ticket_seed.forget();
+    }
+}
+
+/// The ticket-key chain's value at `period`, in atomics so that it can be erased from the
+/// shared, otherwise immutable material (a store is a real write; an overwritten plain array in
+/// an `Arc` is not possible, and the optimiser may drop a write nobody reads).
+struct TicketSeed {
+    words: [AtomicU64; 4],
+    period: u64,
+}
+
+impl TicketSeed {
+    fn new(bytes: [u8; 32], period: u64) -> TicketSeed {
+        let word = |i: usize| {
+            AtomicU64::new(u64::from_le_bytes(
+                bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"),
+            ))
+        };
+        TicketSeed {
+            words: [word(0), word(1), word(2), word(3)],
+            period,
+        }
+    }
+
+    /// The seed and its period, or None once forgotten.
+    fn read(&self) -> Option<([u8; 32], u64)> {
+        let mut bytes = [0u8; 32];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(&self.words) {
+            chunk.copy_from_slice(&word.load(Ordering::SeqCst).to_le_bytes());
+        }
+        (bytes != [0; 32]).then_some((bytes, self.period))
+    }
+
+    fn forget(&self) {
+        for word in &self.words {
+            word.store(0, Ordering::SeqCst);
+        }
+    }
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -85,8 +134,8 @@ pub fn load(
         };
         (validity.not_after.timestamp(), problem)
     };
-    let mut ticket_secret = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut ticket_secret)
+    let mut ticket_seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut ticket_seed)
         .map_err(|_| "no random bytes for the session-ticket key (getrandom failed)".to_string())?;
     let material = TlsMaterial {
         cert_path: cert.to_path_buf(),
@@ -94,7 +143,7 @@ pub fn load(
         chain,
         key: private_key,
         not_after_unix: not_after,
-        ticket_secret,
+        ticket_seed: TicketSeed::new(ticket_seed, ticket_period_now()),
     };
     // Builds a config once to check the key: rustls compares the key's public half with the leaf's.
     server_config(&material).map_err(|e| match e {
@@ -125,16 +174,15 @@ fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
 }
 
 /// A shard's rustls server config: TLS 1.2 and 1.3 (rustls' safe defaults), ALPN `http/1.1`,
-/// no client certificates, session tickets every shard can open (`Tickets`), and rustls'
-/// in-memory session-ID cache (per shard: TLS 1.2 clients without tickets resume on the shard
-/// that served them only).
+/// no client certificates, and rustls' in-memory session-ID cache (per shard: TLS 1.2 clients
+/// without tickets resume on the shard that served them only). The `Acceptor` adds session
+/// tickets every shard can open.
 pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(material.chain.clone(), material.key.clone_key())?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    config.ticketer = Arc::new(Tickets::new(&material.ticket_secret));
     Ok(Arc::new(config))
 }
 
@@ -142,50 +190,106 @@ pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, rustls
 /// a ticket opens during its period and the next one, so it lives 6 to 12 hours.
 pub const TICKET_PERIOD_S: u64 = 6 * 3600;
 
-/// Stateless session tickets (RFC 5077, RFC 8446 §4.6.1) that any shard can open. A client's
-/// next connection lands on a shard chosen by the kernel's SO_REUSEPORT hash, so rustls'
-/// default (a ticketer per `ServerConfig`, i.e. per shard) resumed only one connection in N.
-/// Sharing one rustls ticketer would share its lock across shards; instead every shard derives
-/// the same key for each period from the start-time secret (HKDF-SHA256), with no state to
-/// share. A ticket is `period (8 bytes, big-endian) | nonce (12, random) | ChaCha20-Poly1305
-/// sealed state`, the period bytes authenticated as associated data.
+/// A shard ratchets its ticket keys at most this many periods at once (about 68 years); a
+/// clock that jumps further turns the shard's tickets off rather than spinning.
+const TICKET_RATCHET_STEPS_MAX: u64 = 100_000;
+
+fn ticket_period_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / TICKET_PERIOD_S)
+}
+
+/// Session-ticket keys that every shard derives alike, with nothing shared but a start seed.
 ///
-/// Trade-off (the same as nginx's default shared ticket key): the secret lives as long as the
-/// process, so someone who reads a running server's memory can open the tickets it issued since
-/// start; a restart makes every earlier ticket useless.
-#[derive(Debug)]
+/// A client's next connection lands on the shard the kernel's SO_REUSEPORT hash picks, so a
+/// ticket must open on any shard (rustls' default ticketer is per `ServerConfig`, i.e. per
+/// shard, and sharing one would share its lock). The keys form a one-way chain (HKDF-SHA256):
+/// `chain(p + 1) = HKDF(chain(p), "chain")`, `key(p) = HKDF(chain(p), "key")`, starting from a
+/// random seed made at start for the start period. Each shard holds the chain at the current
+/// period and the previous period's key, and overwrites both as periods pass; the seed is
+/// erased once every shard has its copy. So every shard seals and opens with the same keys, and
+/// a look at a running server's memory opens tickets of the current and previous period only
+/// (rustls' contract: lifetime by key rolling and erasure). A restart ends every ticket.
+struct TicketChain {
+    period: u64,
+    chain: [u8; 32],
+    previous_key: Option<[u8; 32]>,
+}
+
+impl TicketChain {
+    fn new(seed: [u8; 32], period: u64) -> TicketChain {
+        TicketChain {
+            period,
+            chain: seed,
+            previous_key: None,
+        }
+    }
+
+    fn expand(from: &[u8; 32], label: &[u8]) -> [u8; 32] {
+        let prk = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, from);
+        let mut out = [0u8; 32];
+        prk.expand(
+            &[b"percore session ticket ", label],
+            ring::hkdf::HKDF_SHA256,
+        )
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    }
+
+    /// Moves the chain to `now`; false (and no change) if `now` is not later, or too far.
+    fn advance_to(&mut self, now: u64) -> bool {
+        if now <= self.period || now - self.period > TICKET_RATCHET_STEPS_MAX {
+            return false;
+        }
+        while self.period < now {
+            self.previous_key = Some(TicketChain::expand(&self.chain, b"key"));
+            self.chain = TicketChain::expand(&self.chain, b"chain");
+            self.period += 1;
+        }
+        true
+    }
+
+    /// The ticketer for the chain's period.
+    fn tickets(&self) -> Tickets {
+        Tickets {
+            period: self.period,
+            current: aead_key(&TicketChain::expand(&self.chain, b"key")),
+            previous: self.previous_key.as_ref().map(aead_key),
+            random: ring::rand::SystemRandom::new(),
+        }
+    }
+}
+
+fn aead_key(bytes: &[u8; 32]) -> ring::aead::LessSafeKey {
+    ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, bytes)
+            .expect("32 bytes is a ChaCha20-Poly1305 key"),
+    )
+}
+
+/// One period's ticketer (immutable; a shard builds the next one when the period changes). A
+/// ticket is `period (8 bytes, big-endian) | nonce (12, random) | ChaCha20-Poly1305 sealed
+/// state`, the period bytes authenticated as associated data.
 struct Tickets {
-    secret: ring::hkdf::Prk,
+    period: u64,
+    current: ring::aead::LessSafeKey,
+    previous: Option<ring::aead::LessSafeKey>,
     random: ring::rand::SystemRandom,
+}
+
+impl std::fmt::Debug for Tickets {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tickets")
+            .field("period", &self.period)
+            .finish()
+    }
 }
 
 const TICKET_NONCE_BYTES: usize = 12;
 const TICKET_PERIOD_BYTES: usize = 8;
-
-impl Tickets {
-    fn new(secret: &[u8; 32]) -> Tickets {
-        Tickets {
-            secret: ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, secret),
-            random: ring::rand::SystemRandom::new(),
-        }
-    }
-
-    fn key(&self, period: u64) -> ring::aead::LessSafeKey {
-        let period_bytes = period.to_be_bytes();
-        let info = [&b"percore session ticket key"[..], &period_bytes[..]];
-        let okm = self
-            .secret
-            .expand(&info, &ring::aead::CHACHA20_POLY1305)
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        ring::aead::LessSafeKey::new(ring::aead::UnboundKey::from(okm))
-    }
-
-    fn period_now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / TICKET_PERIOD_S)
-    }
-}
 
 impl rustls::server::ProducesTickets for Tickets {
     fn enabled(&self) -> bool {
@@ -197,28 +301,31 @@ impl rustls::server::ProducesTickets for Tickets {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        self.seal(plain, Tickets::period_now())
+        // A shard moves to a new period at its next handshake; a ticketer of a period that has
+        // passed seals nothing more (the acceptor is about to replace it).
+        (self.period == ticket_period_now()).then(|| self.seal(plain))?
     }
 
     fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
-        self.open(ticket, Tickets::period_now())
+        self.open(ticket)
     }
 }
 
 impl Tickets {
-    fn seal(&self, plain: &[u8], period: u64) -> Option<Vec<u8>> {
+    fn seal(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; TICKET_NONCE_BYTES];
         ring::rand::SecureRandom::fill(&self.random, &mut nonce).ok()?;
+        let period = self.period.to_be_bytes();
         let mut ticket = Vec::with_capacity(
             TICKET_PERIOD_BYTES + TICKET_NONCE_BYTES + plain.len() + ring::aead::MAX_TAG_LEN,
         );
-        ticket.extend_from_slice(&period.to_be_bytes());
+        ticket.extend_from_slice(&period);
         ticket.extend_from_slice(&nonce);
         let mut sealed = plain.to_vec();
-        self.key(period)
+        self.current
             .seal_in_place_append_tag(
                 ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(period.to_be_bytes()),
+                ring::aead::Aad::from(period),
                 &mut sealed,
             )
             .ok()?;
@@ -226,18 +333,21 @@ impl Tickets {
         Some(ticket)
     }
 
-    /// The state sealed in `ticket`, if this process sealed it in period `now` or the one before.
-    /// `ticket` comes from the client: any bytes give `None` or the state, never a panic.
-    fn open(&self, ticket: &[u8], now: u64) -> Option<Vec<u8>> {
+    /// The state sealed in `ticket`, if it was sealed in this ticketer's period or the one
+    /// before. `ticket` comes from the client: any bytes give `None` or the state, never a panic.
+    fn open(&self, ticket: &[u8]) -> Option<Vec<u8>> {
         let (period_bytes, rest) = ticket.split_first_chunk::<TICKET_PERIOD_BYTES>()?;
         let (nonce, sealed) = rest.split_first_chunk::<TICKET_NONCE_BYTES>()?;
         let period = u64::from_be_bytes(*period_bytes);
-        if period != now && period.checked_add(1) != Some(now) {
+        let key = if period == self.period {
+            &self.current
+        } else if period.checked_add(1) == Some(self.period) {
+            self.previous.as_ref()?
+        } else {
             return None;
-        }
+        };
         let mut opened = sealed.to_vec();
-        let plain_len = self
-            .key(period)
+        let plain_len = key
             .open_in_place(
                 ring::aead::Nonce::assume_unique_for_key(*nonce),
                 ring::aead::Aad::from(*period_bytes),
@@ -254,16 +364,55 @@ impl Tickets {
 /// the ClientHello (cheap, waits on the client) and the rest of the handshake (key exchange and
 /// signature: the CPU work).
 pub struct Acceptor {
-    config: Arc<ServerConfig>,
+    /// The config for the ticket chain's period; replaced (sharing rustls' session cache) when
+    /// a handshake finds that the period has changed.
+    config: RefCell<Arc<ServerConfig>>,
+    /// None when the material's seed was already erased: no tickets on this acceptor.
+    tickets: Option<RefCell<TicketChain>>,
 }
 
 pub type ClientHello = futures_rustls::StartHandshake<glommio::net::TcpStream>;
 
 impl Acceptor {
+    /// Build every shard's acceptors before the material's ticket seed is forgotten (the
+    /// runtime does: before a shard reports ready).
     pub fn new(material: &TlsMaterial) -> Result<Acceptor, rustls::Error> {
-        Ok(Acceptor {
-            config: server_config(material)?,
-        })
+        let config = server_config(material)?;
+        let Some((seed, period)) = material.ticket_seed.read() else {
+            return Ok(Acceptor {
+                config: RefCell::new(config),
+                tickets: None,
+            });
+        };
+        let mut chain = TicketChain::new(seed, period);
+        chain.advance_to(ticket_period_now());
+        let acceptor = Acceptor {
+            config: RefCell::new(config),
+            tickets: Some(RefCell::new(chain)),
+        };
+        acceptor.install_tickets();
+        Ok(acceptor)
+    }
+
+    fn install_tickets(&self) {
+        let Some(chain) = &self.tickets else {
+            return;
+        };
+        let mut config = ServerConfig::clone(&self.config.borrow());
+        config.ticketer = Arc::new(chain.borrow().tickets());
+        *self.config.borrow_mut() = Arc::new(config);
+    }
+
+    /// The config to finish a handshake with, its ticket keys moved to the current period.
+    fn config(&self) -> Arc<ServerConfig> {
+        let advanced = self
+            .tickets
+            .as_ref()
+            .is_some_and(|chain| chain.borrow_mut().advance_to(ticket_period_now()));
+        if advanced {
+            self.install_tickets();
+        }
+        self.config.borrow().clone()
     }
 
     /// Reads the client's ClientHello. A client that sends nothing waits here, holding no
@@ -280,7 +429,7 @@ impl Acceptor {
         &self,
         hello: ClientHello,
     ) -> std::io::Result<futures_rustls::server::TlsStream<glommio::net::TcpStream>> {
-        hello.into_stream(self.config.clone()).await
+        hello.into_stream(self.config()).await
     }
 }
 
@@ -290,36 +439,71 @@ mod tests {
 
     #[test]
     fn tickets_open_in_their_period_and_the_next_only() {
-        let tickets = Tickets::new(&[7; 32]);
         let state = b"resumption state".to_vec();
-        let ticket = tickets.seal(&state, 100).unwrap();
+        let mut chain = TicketChain::new([7; 32], 100);
+        let at_100 = chain.tickets();
+        let ticket = at_100.seal(&state).unwrap();
         assert_eq!(ticket.len(), 8 + 12 + state.len() + 16);
-        assert_eq!(tickets.open(&ticket, 100), Some(state.clone()));
-        assert_eq!(tickets.open(&ticket, 101), Some(state.clone()));
-        assert_eq!(tickets.open(&ticket, 102), None, "two periods on");
-        assert_eq!(tickets.open(&ticket, 99), None, "from the future");
-        // Another shard of the same process (same secret) opens it; another process does not.
+        assert_eq!(at_100.open(&ticket), Some(state.clone()));
+        // Another shard (same seed) opens it; another process (another seed) does not.
         assert_eq!(
-            Tickets::new(&[7; 32]).open(&ticket, 100),
+            TicketChain::new([7; 32], 100).tickets().open(&ticket),
             Some(state.clone())
         );
-        assert_eq!(Tickets::new(&[8; 32]).open(&ticket, 100), None);
+        assert_eq!(TicketChain::new([8; 32], 100).tickets().open(&ticket), None);
         // Two tickets of the same state differ (random nonce).
-        assert_ne!(tickets.seal(&state, 100).unwrap(), ticket);
+        assert_ne!(at_100.seal(&state).unwrap(), ticket);
+        assert!(chain.advance_to(101));
+        let at_101 = chain.tickets();
+        assert_eq!(at_101.open(&ticket), Some(state.clone()), "previous period");
+        let newer = at_101.seal(&state).unwrap();
+        assert_eq!(at_100.open(&newer), None, "from the future");
+        // A shard that slept through a period still agrees with one that did not.
+        let mut sleeper = TicketChain::new([7; 32], 100);
+        assert!(sleeper.advance_to(102));
+        assert!(chain.advance_to(102));
+        assert_eq!(sleeper.chain, chain.chain);
+        assert_eq!(sleeper.tickets().open(&newer), Some(state.clone()));
+        assert_eq!(sleeper.tickets().open(&ticket), None, "two periods on");
+        // The chain never goes back, nor jumps absurdly far.
+        assert!(!chain.advance_to(101));
+        assert!(!chain.advance_to(102 + TICKET_RATCHET_STEPS_MAX + 1));
+        assert_eq!(chain.period, 102);
     }
 
     #[test]
     fn any_change_or_cut_of_a_ticket_is_refused() {
-        let tickets = Tickets::new(&[7; 32]);
-        let ticket = tickets.seal(b"state", 5).unwrap();
-        for index in 0..ticket.len() {
-            let mut changed = ticket.clone();
-            changed[index] ^= 1;
-            // A changed period byte names another period (refused, or another key).
-            assert_eq!(tickets.open(&changed, 5), None, "bit flipped at {index}");
-            assert_eq!(tickets.open(&ticket[..index], 5), None, "cut at {index}");
+        let mut chain = TicketChain::new([7; 32], 5);
+        chain.advance_to(6);
+        let tickets = chain.tickets();
+        let previous_period = TicketChain::new([7; 32], 5)
+            .tickets()
+            .seal(b"state")
+            .unwrap();
+        for ticket in [tickets.seal(b"state").unwrap(), previous_period] {
+            assert!(tickets.open(&ticket).is_some());
+            for index in 0..ticket.len() {
+                let mut changed = ticket.clone();
+                changed[index] ^= 1;
+                // A changed period byte names another period (refused, or another key).
+                assert_eq!(tickets.open(&changed), None, "bit flipped at {index}");
+                assert_eq!(tickets.open(&ticket[..index]), None, "cut at {index}");
+            }
         }
-        assert_eq!(tickets.open(&[], 5), None);
-        assert_eq!(tickets.open(&[0xff; 64], u64::MAX), None);
+        assert_eq!(tickets.open(&[]), None);
+        assert_eq!(tickets.open(&[0xff; 64]), None);
+    }
+
+    #[test]
+    fn the_seed_is_gone_once_forgotten() {
+        let seed = TicketSeed::new([9; 32], 42);
+        assert_eq!(seed.read(), Some(([9; 32], 42)));
+        seed.forget();
+        assert_eq!(seed.read(), None);
+        assert!(
+            seed.words
+                .iter()
+                .all(|word| word.load(Ordering::SeqCst) == 0)
+        );
     }
 }

@@ -188,6 +188,13 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             Err(_) => return Err(StartError("a shard failed during start-up".into())),
         }
     }
+    // Every shard built its TLS acceptors before reporting ready: the ticket seeds are no
+    // longer needed, and erasing them limits what a look at memory later could open.
+    for listener in &config.listeners {
+        if let ListenerKind::Tls(material) = &listener.kind {
+            material.forget_ticket_seed();
+        }
+    }
     serving.store(true, Ordering::SeqCst);
     {
         use std::io::Write;
@@ -409,18 +416,21 @@ async fn shard_main(init: ShardInit) {
 
     glommio::spawn_local(clock(shard.clone())).detach();
     glommio::spawn_local(sweep_timeouts(shard.clone())).detach();
+    // Before the ready report: the main thread erases the TLS ticket seeds once every shard
+    // is ready, so every acceptor must have taken its copy by then.
+    let listeners = prepare_listeners(&shard, init.listeners, init.https_port);
     init.ready.ready(init.index);
 
     // Accepting starts when every shard is ready (the signal thread says so): no connection is
     // served while another shard still replays its log, and a signal before that exits at once.
-    let mut listeners = Some(init.listeners);
+    let mut listeners = Some(listeners);
     futures_lite::future::or(
         async {
             while let Some(message) = control.recv().await {
                 match message {
                     Control::Serve => {
                         if let Some(listeners) = listeners.take() {
-                            spawn_accept_loops(&shard, &app, listeners, init.https_port);
+                            spawn_accept_loops(&shard, &app, listeners);
                         }
                     }
                     Control::Drain => return,
@@ -476,13 +486,13 @@ async fn start_auth(
     Rc::new(Auth::new(config.auth.clone(), limiter, auth_mesh))
 }
 
-/// One accept loop per listening socket of this shard, each serving what its listener is for.
-fn spawn_accept_loops(
+/// This shard's listening sockets, each with what it serves (TLS acceptors built here).
+fn prepare_listeners(
     shard: &Rc<Shard>,
-    app: &Rc<crate::router::App>,
     listeners: Vec<OwnedFd>,
     https_port: Option<u16>,
-) {
+) -> Vec<(glommio::net::TcpListener, Serves)> {
+    let mut prepared = Vec::with_capacity(listeners.len());
     for (fd, config) in listeners.into_iter().zip(&shard.config.listeners) {
         let raw = fd.into_raw_fd();
         // SAFETY: `raw` is a bound, listening TCP socket whose ownership we just released.
@@ -498,6 +508,18 @@ fn spawn_accept_loops(
                 Serves::Redirect(https_port.expect("validated in config"))
             }
         };
+        prepared.push((listener, serves));
+    }
+    prepared
+}
+
+/// One accept loop per listening socket of this shard, each serving what its listener is for.
+fn spawn_accept_loops(
+    shard: &Rc<Shard>,
+    app: &Rc<crate::router::App>,
+    listeners: Vec<(glommio::net::TcpListener, Serves)>,
+) {
+    for (listener, serves) in listeners {
         glommio::spawn_local(crate::server::accept_loop(
             shard.clone(),
             app.clone(),
