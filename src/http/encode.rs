@@ -134,8 +134,9 @@ pub fn encode_head(
     out.put_slice(b"\r\n");
 }
 
-/// Room for a head's fixed parts: status line, Server, Date, framing, Connection, blank line.
-const HEAD_FIXED_BYTES: usize = 160;
+/// Room for a head's fixed parts: status line (longest reason phrase: 31 bytes), Server, Date,
+/// framing (a 20-digit length), `Connection: close`, blank line: 159 bytes at most.
+const HEAD_FIXED_BYTES: usize = 192;
 
 /// Appends one chunk: hex size, CRLF, data, CRLF. Empty data writes nothing, because a zero
 /// size would end the body.
