@@ -225,13 +225,9 @@ pub fn user_key(name: &str) -> String {
     if lower.len() <= USER_KEY_NAME_BYTES_MAX {
         return format!("u:{lower}");
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(lower.as_bytes());
     let mut key = String::with_capacity(2 + 64);
     key.push_str("u#");
-    for byte in digest {
-        key.push_str(&format!("{byte:02x}"));
-    }
+    super::password::push_sha256_hex(&mut key, lower.as_bytes(), 64);
     key
 }
 

@@ -59,14 +59,22 @@ pub fn verify_dummy(password: &str) {
 
 /// Digest stored for an API token: `sha256:` + lowercase hex of SHA-256(`token`).
 pub fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
     let mut text = String::with_capacity(TOKEN_HASH_PREFIX.len() + TOKEN_HASH_HEX_LEN);
     text.push_str(TOKEN_HASH_PREFIX);
-    for byte in digest {
+    push_sha256_hex(&mut text, token.as_bytes(), TOKEN_HASH_HEX_LEN);
+    text
+}
+
+/// Appends the first `hex_len` lowercase hex digits (at most 64) of SHA-256(`data`) to `text`:
+/// the one digest-to-text routine of the auth code (token hashes, credential stamps, limiter
+/// keys of long names).
+pub fn push_sha256_hex(text: &mut String, data: &[u8], hex_len: usize) {
+    let digest = Sha256::digest(data);
+    for byte in &digest[..hex_len.div_ceil(2)] {
         text.push(hex_digit(byte >> 4));
         text.push(hex_digit(byte & 0x0f));
     }
-    text
+    text.truncate(text.len() - hex_len % 2);
 }
 
 /// Checks that `text` has the shape [`token_hash`] produces.

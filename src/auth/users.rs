@@ -110,13 +110,11 @@ fn parse_bounded(text: &str, users_max: usize) -> Result<Users, String> {
     Ok(users)
 }
 
+/// 24 hex digits (96 bits) of SHA-256 of the PHC string.
 fn stamp_of(password_hash: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(password_hash.as_bytes());
-    digest[..12]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    let mut stamp = String::with_capacity(24);
+    super::password::push_sha256_hex(&mut stamp, password_hash.as_bytes(), 24);
+    stamp
 }
 
 fn check_user(entry: &UserEntry) -> Result<(), String> {

@@ -329,12 +329,12 @@ type TargetParts = (std::ops::Range<usize>, Option<std::ops::Range<usize>>);
 fn split_target(method: &str, target: &str) -> Result<TargetParts, HttpError> {
     // A fragment is never sent (RFC 9110 §4.2.5); servers that strip it and servers that keep it
     // route differently.
+    // One pass to the first '#' or '?', and a '#' is searched only after a '?'.
     let bytes = target.as_bytes();
-    let question = match memchr::memchr2(b'#', b'?', bytes) {
-        Some(index) if bytes[index] == b'#' => None.ok_or(FRAGMENT)?,
-        Some(index) if memchr::memchr(b'#', &bytes[index..]).is_some() => None.ok_or(FRAGMENT)?,
-        found => found,
-    };
+    let question = memchr::memchr2(b'#', b'?', bytes);
+    if question.is_some_and(|first| memchr::memchr(b'#', &bytes[first..]).is_some()) {
+        return Err(HttpError::Malformed("fragment in request-target"));
+    }
     let path_start = if target.starts_with('/') {
         0
     } else if target == "*" {
@@ -352,8 +352,6 @@ fn split_target(method: &str, target: &str) -> Result<TargetParts, HttpError> {
         None => (path_start..target.len(), None),
     })
 }
-
-const FRAGMENT: HttpError = HttpError::Malformed("fragment in request-target");
 
 /// `http://authority/path?query` (RFC 9112 §3.2.2): returns where the path starts.
 fn absolute_form_path_start(target: &str) -> Result<usize, HttpError> {

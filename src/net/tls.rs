@@ -195,9 +195,7 @@ pub const TICKET_PERIOD_S: u64 = 6 * 3600;
 const TICKET_RATCHET_STEPS_MAX: u64 = 100_000;
 
 fn ticket_period_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / TICKET_PERIOD_S)
+    crate::runtime::now_ms() / (TICKET_PERIOD_S * 1000)
 }
 
 /// Session-ticket keys that every shard derives alike, with nothing shared but a start seed.
