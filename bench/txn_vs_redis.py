@@ -2,7 +2,7 @@
 """Transfers/s and latency: percore /kv/tx (single-shard and cross-shard `add` transfers,
 --fsync batch) vs Redis (appendonly yes, appendfsync always), interleaved rounds.
 
-    python3 bench/txn_vs_redis.py [--rounds 3] [--seconds 8] [--conns 64] [--modes LIST] [--percore-args 'FLAGS'] [--out DIR]
+    python3 bench/txn_vs_redis.py [--rounds 3] [--seconds 8] [--conns 64] [--modes LIST] [--percore-args 'FLAGS'] [--baseline DIR] [--out DIR]
 
 Needs release `percore` and `percore-load` (PERCORE_BIN_DIR, default
 /tmp/percore-txnbench-target/release) and redis-server, redis-benchmark, redis-cli on PATH.
@@ -17,6 +17,8 @@ Modes, one fresh server (and fresh data dir) per mode per round, order rotated e
   redis-eval      EVAL (GET A, check floor, DECRBY A 1, INCRBY B 1) via redis-benchmark
   redis-multi     MULTI / DECRBY A 1 / INCRBY B 1 / EXEC (no floor) via the small
                   Python client below (one transaction in flight per connection)
+  base-single, base-cross   the percore modes with the binaries in --baseline DIR (an older
+                  build), interleaved with the others for an A/B of two percore versions
 Server CPU per transaction: utime+stime of the server process (/proc/PID/stat) over the
 measured run, divided by transactions answered. Client CPU: rusage of the client process.
 """
@@ -157,7 +159,11 @@ def sum_percore(keys) -> int:
     total = 0
     for i in range(0, len(keys), 64):
         ops = [{"op": "get", "key": k} for k in keys[i:i + 64]]
-        status, body = http(s, "POST", "/kv/tx", json.dumps({"ops": ops}).encode())
+        for _ in range(200):  # 409 while the last transfers' commit decisions reach the disk
+            status, body = http(s, "POST", "/kv/tx", json.dumps({"ops": ops}).encode())
+            if status != 409:
+                break
+            time.sleep(0.01)
         assert status == 200, (status, body)
         for r in json.loads(body)["results"]:
             total += int(r["value"])
@@ -181,18 +187,18 @@ def run_client(argv, pid, outfile=None):
     return server_cpu, ru.ru_utime + ru.ru_stime, wall, out, err, proc.returncode
 
 
-def percore_mode(args, scen, kind, rnd, workdir):
+def percore_mode(args, scen, kind, rnd, workdir, bindir, label):
     datadir = tempfile.mkdtemp(prefix=f"txnbench-percore-{kind}-", dir="/tmp")
-    proc = start_percore(args.bindir, datadir, args.percore_args.split())
+    proc = start_percore(bindir, datadir, args.percore_args.split())
     try:
         seed_percore(scen["keys"])
-        load = [f"{args.bindir}/percore-load", "--scenario", scen["paths"][kind], "-c", str(args.conns),
+        load = [f"{bindir}/percore-load", "--scenario", scen["paths"][kind], "-c", str(args.conns),
                 "-t", "1", "--timeout", "5s"]
         url = f"http://127.0.0.1:{PERCORE_PORT}/"
         run_client(load + ["-d", f"{args.warmup}s", url], proc.pid)  # warm-up, not counted
-        jpath = os.path.join(args.out, f"percore-{kind}-r{rnd}.json")
+        jpath = os.path.join(args.out, f"{label}-{kind}-r{rnd}.json")
         scpu, ccpu, wall, out, err, rc = run_client(load + ["-d", f"{args.seconds}s", "--json", jpath, url], proc.pid)
-        with open(os.path.join(args.out, f"percore-{kind}-r{rnd}.txt"), "w") as f:
+        with open(os.path.join(args.out, f"{label}-{kind}-r{rnd}.txt"), "w") as f:
             f.write(out + err)
         run = json.load(open(jpath))["run"]
         st = run["status"]
@@ -202,7 +208,7 @@ def percore_mode(args, scen, kind, rnd, workdir):
         bal = sum_percore(scen["keys"])
         assert bal == SEED_BALANCE * ACCOUNTS, f"balance not conserved: {bal}"
         return {
-            "mode": f"percore-{kind}", "round": rnd, "tx_per_s": ok / run["duration_s"],
+            "mode": f"{label}-{kind}", "round": rnd, "tx_per_s": ok / run["duration_s"],
             "answered_per_s": total / run["duration_s"], "conflict_share": st.get("4xx", 0) / max(total, 1),
             "p50_us": run["latency_us"]["p50"], "p99_us": run["latency_us"]["p99"],
             "server_cpu_us_per_tx": scpu * 1e6 / max(ok, 1), "server_cpu_us_per_answer": scpu * 1e6 / max(total, 1),
@@ -352,6 +358,7 @@ def main():
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--modes", default="percore-single,percore-cross,redis-eval,redis-multi")
     ap.add_argument("--bindir", default=os.environ.get("PERCORE_BIN_DIR", "/tmp/percore-txnbench-target/release"))
+    ap.add_argument("--baseline", default=None, help="bin dir of an older percore for the base-* modes")
     ap.add_argument("--out", default=None)
     ap.add_argument("--percore-args", default="", help="extra percore flags, e.g. '--spin-us 50'")
     args = ap.parse_args()
@@ -368,7 +375,12 @@ def main():
             order = order[::-1]
         for m in order:
             kind = m.split("-", 1)[1]
-            r = percore_mode(args, scen, kind, rnd, args.out) if m.startswith("percore") else redis_mode(args, kind, rnd, est)
+            if m.startswith("percore"):
+                r = percore_mode(args, scen, kind, rnd, args.out, args.bindir, "percore")
+            elif m.startswith("base"):
+                r = percore_mode(args, scen, kind, rnd, args.out, args.baseline, "base")
+            else:
+                r = redis_mode(args, kind, rnd, est)
             results.append(r)
             print(json.dumps(r), flush=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -385,9 +397,12 @@ def main():
         print(f"| {m} | {md('tx_per_s'):.0f} | {min(r['tx_per_s'] for r in rs):.0f}–{max(r['tx_per_s'] for r in rs):.0f} | "
               f"{md('conflict_share') * 100:.2f}% | {md('p50_us') / 1000:.2f} | {md('p99_us') / 1000:.2f} | "
               f"{md('server_cpu_us_per_tx'):.1f} | {md('client_cpu_us_per_tx'):.1f} | {md('server_cpu_util'):.2f} |")
+    for m in modes:
+        if m.startswith("percore") and "base" + m[len("percore"):] in med:
+            print(f"{m} / {'base' + m[len('percore'):]}: {med[m] / med['base' + m[len('percore'):]]:.2f}x")
     if "redis-eval" in med:
         for m in modes:
-            if m.startswith("percore"):
+            if m.startswith(("percore", "base")):
                 print(f"{m} / redis-eval: {med[m] / med['redis-eval']:.2f}x"
                       + (f"; / redis-multi: {med[m] / med['redis-multi']:.2f}x" if "redis-multi" in med else ""))
 

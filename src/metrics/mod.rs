@@ -173,6 +173,10 @@ shard_stats! {
     tx_cross_committed,
     tx_cross_aborted,
     tx_timeouts,
+    /// Staged cross-shard transactions a restart found undecided, resolved by asking the
+    /// participants whether they all prepared.
+    tx_probe_committed,
+    tx_probe_aborted,
     /// Commits applied to this partition: single-shard, and prepared parts of cross-shard ones.
     tx_commits_local,
     tx_commits_prepared,

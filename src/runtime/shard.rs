@@ -159,6 +159,8 @@ impl Shard {
         stats.tx_cross_committed = node.counters.committed;
         stats.tx_cross_aborted = node.counters.aborted;
         stats.tx_timeouts = node.counters.timeouts;
+        stats.tx_probe_committed = node.counters.probe_committed;
+        stats.tx_probe_aborted = node.counters.probe_aborted;
         stats.tx_commits_local = partition.counters.commits_local;
         stats.tx_commits_prepared = partition.counters.commits_prepared;
         stats.tx_aborts_conflict = partition.counters.aborts_conflict;

@@ -430,6 +430,7 @@ impl Partition {
                 }
             }
             Record::Decision { .. }
+            | Record::Staging { .. }
             | Record::End { .. }
             | Record::Epoch { .. }
             | Record::SnapshotEnd { .. } => {}

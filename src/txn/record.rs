@@ -12,9 +12,10 @@
 //! every commit and prepare record and in the snapshot).
 //!
 //! A snapshot is a sequence of records in a file of its own: `SnapshotBegin`, `SnapshotEntries`
-//! chunks, the `Prepare` records of transactions in doubt, the coordinator's `Epoch` and open
-//! commit `Decision`s, and `SnapshotEnd` with the count of records before it. A snapshot without
-//! its end record is incomplete and must not be used.
+//! chunks, the `Prepare` records of transactions in doubt, the coordinator's `Epoch`, its open
+//! commit and abort `Decision`s, the `Staging` records of transactions still preparing, and
+//! `SnapshotEnd` with the count of records before it. A snapshot without its end record is
+//! incomplete and must not be used.
 
 use bytes::Bytes;
 
@@ -54,7 +55,16 @@ pub enum Record {
     Release {
         tx: TxId,
     },
-    /// The coordinator's decision. Presumed abort: only commit decisions need to be written.
+    /// A coordinator began a multi-shard transaction that commits once every participant's
+    /// `Prepare` is durable (parallel commit). Without a later `Decision` or `End`, a restarted
+    /// coordinator asks the participants whether they all prepared.
+    Staging {
+        tx: TxId,
+        participants: Vec<u32>,
+    },
+    /// The coordinator's decision. A commit decision is written once every participant prepared
+    /// and before any of them hears it; an abort decision only where a `Staging` could otherwise
+    /// be read as a commit (no participant voted no).
     Decision {
         tx: TxId,
         commit: bool,
@@ -296,6 +306,7 @@ fn type_byte(record: &Record) -> u8 {
         Record::SnapshotBegin { .. } => 7,
         Record::SnapshotEntries { .. } => 8,
         Record::SnapshotEnd { .. } => 9,
+        Record::Staging { .. } => 10,
     }
 }
 
@@ -349,7 +360,7 @@ pub fn validate(record: &Record) -> Result<(), &'static str> {
                 return Err("prepare reads and writes overlap");
             }
         }
-        Record::Decision { participants, .. } => {
+        Record::Decision { participants, .. } | Record::Staging { participants, .. } => {
             if participants.len() < 2 {
                 return Err("decision with fewer than two participants");
             }
@@ -446,6 +457,11 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
         } => {
             put_tx(out, tx);
             out.push(u8::from(*commit));
+            put_u32(out, participants.len() as u32);
+            participants.iter().for_each(|shard| put_u32(out, *shard));
+        }
+        Record::Staging { tx, participants } => {
+            put_tx(out, tx);
             put_u32(out, participants.len() as u32);
             participants.iter().for_each(|shard| put_u32(out, *shard));
         }
@@ -549,7 +565,7 @@ fn decode_payload(type_byte: u8, payload: &[u8]) -> Result<Record, TailReason> {
         position: 0,
     };
     let record = match type_byte {
-        1..=9 => read_record(type_byte, &mut reader).map_err(TailReason::Malformed)?,
+        1..=10 => read_record(type_byte, &mut reader).map_err(TailReason::Malformed)?,
         other => return Err(TailReason::UnknownType(other)),
     };
     if reader.position != payload.len() {
@@ -602,8 +618,15 @@ fn read_record(type_byte: u8, reader: &mut Reader) -> Read<Record> {
                     .collect::<Read<_>>()?
             },
         },
-        _ => Record::SnapshotEnd {
+        9 => Record::SnapshotEnd {
             records: reader.u64()?,
+        },
+        _ => Record::Staging {
+            tx: reader.tx()?,
+            participants: {
+                let count = reader.count(4)?;
+                (0..count).map(|_| reader.u32()).collect::<Read<_>>()?
+            },
         },
     })
 }
@@ -656,6 +679,10 @@ mod tests {
                 participants: vec![0, 3],
             },
             Record::End { tx: tx(5) },
+            Record::Staging {
+                tx: tx(6),
+                participants: vec![1, 2, 3],
+            },
             Record::Epoch { epoch: 17 },
             Record::SnapshotBegin { version_next: 12 },
             Record::SnapshotEntries {

@@ -68,6 +68,8 @@ struct Sim {
     sent: u64,
     clients: BTreeMap<ClientId, Client>,
     crashes: u64,
+    /// Staged transactions resolved by probing, by nodes that crashed since: (committed, aborted).
+    probed_before_crashes: (u64, u64),
     checkpoints: u64,
     torn: u64,
     /// Per step and shard: chance of a group commit (low values keep records volatile longer).
@@ -137,6 +139,7 @@ impl Sim {
             sent: 0,
             clients: BTreeMap::new(),
             crashes: 0,
+            probed_before_crashes: (0, 0),
             checkpoints: 0,
             torn: 0,
             sync_probability: 0.0,
@@ -304,10 +307,12 @@ impl Sim {
     }
 
     fn crash(&mut self, shard: usize) {
-        if self.shards[shard].node.take().is_none() {
+        let Some(node) = self.shards[shard].node.take() else {
             return;
-        }
+        };
         self.crashes += 1;
+        self.probed_before_crashes.0 += node.counters.probe_committed;
+        self.probed_before_crashes.1 += node.counters.probe_aborted;
         let pending = std::mem::take(&mut self.shards[shard].pending);
         // Half the time the first unsynced record was partly written: a torn tail.
         if let Some(record) = pending.iter().find_map(|(record, _)| record.as_ref())
@@ -399,6 +404,17 @@ impl Sim {
             "clients waiting {waiting:?}; shards (quiet, prepared, pending) {shards:?}; {} in flight",
             self.network.len()
         )
+    }
+
+    /// Staged transactions resolved by probing, over every incarnation: (committed, aborted).
+    fn probed(&self) -> (u64, u64) {
+        let nodes = self.shards.iter().filter_map(|shard| shard.node.as_ref());
+        nodes.fold(self.probed_before_crashes, |(c, a), node| {
+            (
+                c + node.counters.probe_committed,
+                a + node.counters.probe_aborted,
+            )
+        })
     }
 
     /// The end state, checked against every acknowledged outcome.
@@ -572,6 +588,13 @@ fn simulation_reaches_the_interesting_paths() {
     for seed in 0..20 {
         let mut sim = Sim::new(seed);
         sim.run();
+        let (probe_committed, probe_aborted) = sim.probed();
+        if probe_committed > 0 {
+            seen.insert("probe committed");
+        }
+        if probe_aborted > 0 {
+            seen.insert("probe aborted");
+        }
         for client in sim.clients.values() {
             let name = match &client.outcome {
                 Some(Ok(_)) => "committed",
@@ -586,7 +609,16 @@ fn simulation_reaches_the_interesting_paths() {
             seen.insert(name);
         }
     }
-    for name in ["committed", "failed", "conflict", "unavailable", "lost"] {
+    let names = [
+        "committed",
+        "failed",
+        "conflict",
+        "unavailable",
+        "lost",
+        "probe committed",
+        "probe aborted",
+    ];
+    for name in names {
         assert!(
             seen.contains(name),
             "no {name} outcome in 20 seeds: {seen:?}"

@@ -1,21 +1,34 @@
 //! Two-phase commit as pure state machines: a shard's `Node` (its partition, its coordinator and its participant) takes events (client requests, messages, durable records, ticks) with the time, and returns actions (send, persist-then-tell-me, reply); never does IO, never waits, never reads a clock.
 //!
-//! Protocol (presumed abort, no waiting on locks):
+//! Protocol (parallel commit, presumed abort, no waiting on locks):
 //! 1. The shard that receives a transaction splits its ops by `owner`. All on this shard: run in
 //!    one step (`Partition::run_local`), reply once the record is durable. All on one other shard:
-//!    forward it (`Run`), relay the `RunResult`. Several shards: the coordinator sends `Prepare`.
+//!    forward it (`Run`), relay the `RunResult`. Several shards: the coordinator sends `Prepare`
+//!    and, at the same time, appends a `Staging` record naming the participants.
 //! 2. A participant locks and validates its part; a conflict, failed check or bound votes no at
-//!    once (nothing to undo); otherwise it makes its `Prepare` record durable, then votes yes.
-//! 3. All yes: the coordinator makes its `Decision` durable, replies to the client, and sends
-//!    `Decide(commit)`. Any no, or no vote before `prepare_timeout_ms`: it sends `Decide(abort)`,
-//!    replies, and forgets the transaction (no record: absence of a decision means abort).
-//! 4. A participant applies on commit, makes its `Commit` durable, and acks; the coordinator
+//!    once (nothing to undo, and it never prepares that transaction later: a `Prepare` is sent
+//!    once); otherwise it makes its `Prepare` record durable, then votes yes.
+//! 3. The commit point is "every participant's `Prepare` is durable": once every vote is yes and
+//!    the `Staging` record is durable, the coordinator replies to the client, so a transaction
+//!    costs one round of log syncs (the participants' and the coordinator's in parallel), not
+//!    two. It then makes a commit `Decision` durable and only after that sends `Decide(commit)`,
+//!    so no participant applies, and later forgets, a transaction whose outcome lives only in
+//!    the other participants' logs.
+//! 4. Any no: the coordinator sends `Decide(abort)`, replies and forgets (a lazy `End` spares a
+//!    restart the question below; the no voter never prepares, so the answer would be abort).
+//!    No vote before `prepare_timeout_ms`, or a participant asking about a transaction still
+//!    preparing: every yes may yet arrive, so the abort `Decision` is made durable first, then
+//!    sent and replied.
+//! 5. A participant applies on commit, makes its `Commit` durable, and acks; the coordinator
 //!    resends `Decide(commit)` every `resolve_interval_ms` until every participant acked, then
 //!    writes `End` and forgets.
-//! 5. A prepared participant that hears nothing for `prepare_timeout_ms`, or finds the
+//! 6. A prepared participant that hears nothing for `prepare_timeout_ms`, or finds the
 //!    transaction in doubt after a restart, asks `Status` every `resolve_interval_ms`. The
-//!    coordinator answers from its decisions; a transaction still preparing is aborted on the spot;
-//!    one it has no decision for (it restarted, or forgot an abort) is an abort.
+//!    coordinator answers from its durable decisions, and one it knows nothing of (it never
+//!    staged it durably, or forgot an abort) is an abort.
+//! 7. A restarted coordinator with a `Staging` record and no decision asks every participant
+//!    `Probe`: a participant answers `prepared` only once its `Prepare` is durable. All prepared:
+//!    commit `Decision`; any not: abort `Decision`; either is durable before anyone hears it.
 //!
 //! Driving it: the IO layer sends each `Action::Send` as a one-way mesh message (a lost or timed
 //! out message needs no handling: timeouts and resends above cover it; a send to this shard is
@@ -67,6 +80,14 @@ pub enum Msg {
     Status {
         tx: TxId,
     },
+    /// A restarted coordinator asks whether this participant's `Prepare` of `tx` is durable.
+    Probe {
+        tx: TxId,
+    },
+    Probed {
+        tx: TxId,
+        prepared: bool,
+    },
 }
 
 /// What to do once a persisted record is durable; handed back in `Event::Durable`.
@@ -88,7 +109,21 @@ pub enum Then {
     Ack {
         tx: TxId,
     },
+    /// The `Staging` record is durable.
+    Staged {
+        tx: TxId,
+    },
+    /// The commit decision is durable.
     Decided {
+        tx: TxId,
+    },
+    /// The abort decision is durable.
+    Aborted {
+        tx: TxId,
+    },
+    /// Answer a probe: everything appended before it, the `Prepare` of `tx` included, is durable.
+    Probed {
+        to: usize,
         tx: TxId,
     },
     Ready,
@@ -138,12 +173,22 @@ pub struct CoordinatorCounters {
     pub timeouts: u64,
     pub unknown: u64,
     pub busy: u64,
+    /// Staged transactions a restart found undecided, resolved by probing the participants.
+    pub probe_committed: u64,
+    pub probe_aborted: u64,
 }
 
 enum Phase {
     Forwarded,
-    Preparing { waiting: BTreeSet<usize> },
-    Deciding,
+    /// Committed once `waiting` is empty (every vote yes) and `staged` (the `Staging` durable).
+    Preparing {
+        waiting: BTreeSet<usize>,
+        staged: bool,
+    },
+    /// The abort decision is on its way to the disk; the client hears `error` after it.
+    Aborting {
+        error: TxError,
+    },
 }
 
 struct Active {
@@ -154,10 +199,21 @@ struct Active {
     results: Vec<Option<OpResult>>,
 }
 
+/// A commit decision: participants hear it once it is `durable`, until each acked.
 struct Decided {
     participants: Vec<usize>,
     unacked: BTreeSet<usize>,
     resend_at_ms: u64,
+    durable: bool,
+}
+
+/// A staged transaction found without a decision after a restart: which participants have not
+/// answered the probe yet, and whether one answered "not prepared" (the abort is being written).
+struct Probing {
+    participants: Vec<usize>,
+    waiting: BTreeSet<usize>,
+    ask_at_ms: u64,
+    aborting: bool,
 }
 
 /// One shard's transaction service: the partition it owns and both protocol roles.
@@ -171,6 +227,7 @@ pub struct Node {
     ready: bool,
     active: BTreeMap<TxId, Active>,
     decided: BTreeMap<TxId, Decided>,
+    probing: BTreeMap<TxId, Probing>,
     /// Prepared parts that voted yes (or are in doubt): when to ask their coordinator.
     query_at_ms: BTreeMap<TxId, u64>,
     pub counters: CoordinatorCounters,
@@ -179,7 +236,8 @@ pub struct Node {
 impl Node {
     /// A shard's node rebuilt from its snapshot records followed by its log records (both empty on
     /// first start), and the actions that start it: persist the new epoch, resend open commit
-    /// decisions, ask the coordinators of in-doubt transactions.
+    /// decisions, probe the participants of staged transactions without a decision, ask the
+    /// coordinators of in-doubt transactions.
     pub fn recover(
         shard: usize,
         shard_count: usize,
@@ -191,24 +249,35 @@ impl Node {
         let partition = Partition::restore(limits, records);
         let mut epoch = 0;
         let mut decided = BTreeMap::new();
+        let mut staged = BTreeMap::new();
+        let shards = |participants: &[u32]| -> Vec<usize> {
+            participants.iter().map(|&p| p as usize).collect()
+        };
         for record in records {
             match record {
                 Record::Epoch { epoch: e } => epoch = epoch.max(*e),
+                Record::Staging { tx, participants } => {
+                    staged.insert(*tx, shards(participants));
+                }
                 Record::Decision {
                     tx,
-                    commit: true,
+                    commit,
                     participants,
                 } => {
-                    let participants: Vec<usize> =
-                        participants.iter().map(|&p| p as usize).collect();
-                    let decision = Decided {
-                        unacked: participants.iter().copied().collect(),
-                        participants,
-                        resend_at_ms: now_ms + limits.resolve_interval_ms,
-                    };
-                    decided.insert(*tx, decision);
+                    staged.remove(tx);
+                    if *commit {
+                        let participants = shards(participants);
+                        let decision = Decided {
+                            unacked: participants.iter().copied().collect(),
+                            participants,
+                            resend_at_ms: now_ms + limits.resolve_interval_ms,
+                            durable: true,
+                        };
+                        decided.insert(*tx, decision);
+                    }
                 }
                 Record::End { tx } => {
+                    staged.remove(tx);
                     decided.remove(tx);
                 }
                 _ => {}
@@ -232,6 +301,22 @@ impl Node {
                 });
             }
         }
+        let mut probing = BTreeMap::new();
+        for (tx, participants) in staged {
+            for &to in &participants {
+                actions.push(Action::Send {
+                    to,
+                    msg: Msg::Probe { tx },
+                });
+            }
+            let probe = Probing {
+                waiting: participants.iter().copied().collect(),
+                participants,
+                ask_at_ms: now_ms + limits.resolve_interval_ms,
+                aborting: false,
+            };
+            probing.insert(tx, probe);
+        }
         let mut query_at_ms = BTreeMap::new();
         for tx in partition.prepared() {
             query_at_ms.insert(tx, now_ms + limits.resolve_interval_ms);
@@ -250,6 +335,7 @@ impl Node {
             ready: false,
             active: BTreeMap::new(),
             decided,
+            probing,
             query_at_ms,
             counters: CoordinatorCounters::default(),
         };
@@ -266,24 +352,39 @@ impl Node {
     }
 
     /// True when the node holds nothing open: no transaction it coordinates, no commit decision
-    /// awaiting acks, no prepared part.
+    /// awaiting acks, no staged transaction to probe, no prepared part.
     pub fn is_quiet(&self) -> bool {
-        self.active.is_empty() && self.decided.is_empty() && self.partition.prepared().count() == 0
+        self.active.is_empty()
+            && self.decided.is_empty()
+            && self.probing.is_empty()
+            && self.partition.prepared().count() == 0
     }
 
-    /// A complete snapshot (partition, in-doubt parts, epoch, open and deciding commit
-    /// decisions). Take it in one step; once it is durable, a new log segment replaces the old.
+    /// A complete snapshot (partition, in-doubt parts, epoch, commit decisions not yet acked,
+    /// staged transactions, abort decisions not yet sent). Take it in one step; once it is
+    /// durable, a new log segment replaces the old.
     pub fn snapshot(&self) -> Vec<Record> {
         let mut records = self.partition.snapshot();
         records.push(Record::Epoch { epoch: self.epoch });
-        let deciding = self
-            .active
-            .iter()
-            .filter(|(_, active)| matches!(active.phase, Phase::Deciding))
-            .map(|(tx, active)| (tx, &active.participants));
-        let decided = self.decided.iter().map(|(tx, d)| (tx, &d.participants));
-        for (tx, participants) in deciding.chain(decided) {
-            records.push(decision_record(*tx, participants));
+        for (tx, decision) in &self.decided {
+            records.push(decision_record(*tx, true, &decision.participants));
+        }
+        for (tx, active) in &self.active {
+            match active.phase {
+                Phase::Forwarded => {}
+                Phase::Preparing { .. } => {
+                    records.push(staging_record(*tx, &active.participants));
+                }
+                Phase::Aborting { .. } => {
+                    records.push(decision_record(*tx, false, &active.participants));
+                }
+            }
+        }
+        for (tx, probe) in &self.probing {
+            records.push(match probe.aborting {
+                false => staging_record(*tx, &probe.participants),
+                true => decision_record(*tx, false, &probe.participants),
+            });
         }
         snapshot_close(&mut records);
         records
@@ -320,7 +421,8 @@ impl Node {
         }
         // Open commit decisions count: a participant down for long fills the table, and new
         // multi-shard work waits for it instead of growing memory.
-        if self.active.len() + self.decided.len() >= self.limits.coordinated_max {
+        let open = self.active.len() + self.decided.len() + self.probing.len();
+        if open >= self.limits.coordinated_max {
             return self.busy(client, out);
         }
         let tx = TxId {
@@ -339,6 +441,10 @@ impl Node {
             Phase::Forwarded
         } else {
             self.counters.coordinated += 1;
+            out.push(Action::Persist {
+                record: Some(staging_record(tx, &participants)),
+                then: Then::Staged { tx },
+            });
             for (to, ops) in parts {
                 out.push(Action::Send {
                     to,
@@ -347,6 +453,7 @@ impl Node {
             }
             Phase::Preparing {
                 waiting: participants.iter().copied().collect(),
+                staged: false,
             }
         };
         let active = Active {
@@ -420,6 +527,8 @@ impl Node {
             Msg::Vote { tx, vote } => self.on_vote(tx, from, vote, out),
             Msg::Ack { tx } => self.on_ack(tx, from, out),
             Msg::Status { tx } => self.on_status(tx, from, out),
+            Msg::Probe { tx } => self.on_probe(tx, from, out),
+            Msg::Probed { tx, prepared } => self.on_probed(tx, from, prepared, out),
         }
     }
 
@@ -476,6 +585,26 @@ impl Node {
         }
     }
 
+    /// Answers a restarted coordinator: prepared only once the `Prepare` is durable (behind a
+    /// barrier); not prepared at once otherwise. A `Prepare` still on its way here is then voted
+    /// on as usual: the coordinator's abort decision is durable before anyone hears of it.
+    fn on_probe(&mut self, tx: TxId, from: usize, out: &mut Vec<Action>) {
+        if self.partition.is_prepared(tx) {
+            out.push(Action::Persist {
+                record: None,
+                then: Then::Probed { to: from, tx },
+            });
+        } else {
+            out.push(Action::Send {
+                to: from,
+                msg: Msg::Probed {
+                    tx,
+                    prepared: false,
+                },
+            });
+        }
+    }
+
     // ---- coordinator ----
 
     fn on_vote(
@@ -486,61 +615,50 @@ impl Node {
         out: &mut Vec<Action>,
     ) {
         let Some(active) = self.active.get_mut(&tx) else {
-            if vote.is_ok() && !self.decided.contains_key(&tx) {
+            let known = self.decided.contains_key(&tx) || self.probing.contains_key(&tx);
+            if vote.is_ok() && !known {
                 // A late yes for a transaction already aborted and forgotten.
                 out.push(decide(tx, from, false));
             }
             return;
         };
-        let Phase::Preparing { waiting } = &mut active.phase else {
+        let Phase::Preparing { waiting, staged } = &mut active.phase else {
             return;
         };
         if !waiting.remove(&from) {
             return;
         }
         let results = match vote {
-            Err(error) => return self.abort(tx, error, out),
+            Err(error) => return self.abort_voted_no(tx, error, out),
             Ok(results) => results,
         };
         for (index, result) in results {
             assert!(active.results[index].is_none(), "op {index} answered twice");
             active.results[index] = Some(result);
         }
+        if waiting.is_empty() && *staged {
+            self.commit(tx, out);
+        }
+    }
+
+    fn on_staged(&mut self, tx: TxId, out: &mut Vec<Action>) {
+        let Some(active) = self.active.get_mut(&tx) else {
+            return;
+        };
+        let Phase::Preparing { waiting, staged } = &mut active.phase else {
+            return;
+        };
+        *staged = true;
         if waiting.is_empty() {
-            active.phase = Phase::Deciding;
-            out.push(Action::Persist {
-                record: Some(decision_record(tx, &active.participants)),
-                then: Then::Decided { tx },
-            });
+            self.commit(tx, out);
         }
     }
 
-    fn abort(&mut self, tx: TxId, error: TxError, out: &mut Vec<Action>) {
-        let active = self
-            .active
-            .remove(&tx)
-            .expect("aborting an active transaction");
-        assert!(
-            matches!(active.phase, Phase::Preparing { .. }),
-            "abort after the decision"
-        );
-        self.counters.aborted += 1;
-        for &to in &active.participants {
-            out.push(decide(tx, to, false));
-        }
-        out.push(Action::Reply {
-            client: active.client,
-            outcome: Err(error),
-        });
-    }
-
-    fn decided(&mut self, tx: TxId, now_ms: u64, out: &mut Vec<Action>) {
-        let active = self.active.remove(&tx).expect("a deciding transaction");
-        assert!(matches!(active.phase, Phase::Deciding));
+    /// Every participant's prepare and the staging record are durable: the transaction is
+    /// committed. Reply now; participants hear it once the decision is durable too.
+    fn commit(&mut self, tx: TxId, out: &mut Vec<Action>) {
+        let active = self.active.remove(&tx).expect("a committing transaction");
         self.counters.committed += 1;
-        for &to in &active.participants {
-            out.push(decide(tx, to, true));
-        }
         let results = active
             .results
             .into_iter()
@@ -550,12 +668,102 @@ impl Node {
             client: active.client,
             outcome: Ok(results),
         });
+        self.write_commit_decision(tx, active.participants, out);
+    }
+
+    fn write_commit_decision(&mut self, tx: TxId, participants: Vec<usize>, out: &mut Vec<Action>) {
+        out.push(Action::Persist {
+            record: Some(decision_record(tx, true, &participants)),
+            then: Then::Decided { tx },
+        });
         let decision = Decided {
-            unacked: active.participants.iter().copied().collect(),
-            participants: active.participants,
-            resend_at_ms: now_ms + self.limits.resolve_interval_ms,
+            unacked: participants.iter().copied().collect(),
+            participants,
+            resend_at_ms: 0,
+            durable: false,
         };
         self.decided.insert(tx, decision);
+    }
+
+    /// A participant voted no, so it never prepares: no log can make this transaction look
+    /// committed, and the abort is told at once.
+    fn abort_voted_no(&mut self, tx: TxId, error: TxError, out: &mut Vec<Action>) {
+        let active = self.active.remove(&tx).expect("an active transaction");
+        self.counters.aborted += 1;
+        for &to in &active.participants {
+            out.push(decide(tx, to, false));
+        }
+        out.push(Action::Reply {
+            client: active.client,
+            outcome: Err(error),
+        });
+        out.push(Action::Persist {
+            record: Some(Record::End { tx }),
+            then: Then::Nothing,
+        });
+    }
+
+    /// Votes are missing and every yes may still come: the abort decision is made durable before
+    /// anyone hears it, so a restart cannot read the staging record as a commit.
+    fn abort_undecided(&mut self, tx: TxId, error: TxError, out: &mut Vec<Action>) {
+        let active = self.active.get_mut(&tx).expect("an active transaction");
+        assert!(matches!(active.phase, Phase::Preparing { .. }));
+        self.counters.timeouts += 1;
+        active.phase = Phase::Aborting { error };
+        out.push(Action::Persist {
+            record: Some(decision_record(tx, false, &active.participants)),
+            then: Then::Aborted { tx },
+        });
+    }
+
+    fn on_aborted(&mut self, tx: TxId, out: &mut Vec<Action>) {
+        let aborting = self
+            .active
+            .get(&tx)
+            .is_some_and(|active| matches!(active.phase, Phase::Aborting { .. }));
+        if aborting {
+            let active = self.active.remove(&tx).expect("checked");
+            let Phase::Aborting { error } = active.phase else {
+                unreachable!("checked")
+            };
+            self.counters.aborted += 1;
+            out.extend(active.participants.iter().map(|&to| decide(tx, to, false)));
+            out.push(Action::Reply {
+                client: active.client,
+                outcome: Err(error),
+            });
+        } else if let Some(probe) = self.probing.remove(&tx) {
+            assert!(probe.aborting, "an abort decision for a probe still asking");
+            self.counters.probe_aborted += 1;
+            out.extend(probe.participants.iter().map(|&to| decide(tx, to, false)));
+        }
+    }
+
+    fn on_decided(&mut self, tx: TxId, now_ms: u64, out: &mut Vec<Action>) {
+        let decision = self.decided.get_mut(&tx).expect("a deciding transaction");
+        decision.durable = true;
+        decision.resend_at_ms = now_ms + self.limits.resolve_interval_ms;
+        out.extend(decision.unacked.iter().map(|&to| decide(tx, to, true)));
+    }
+
+    fn on_probed(&mut self, tx: TxId, from: usize, prepared: bool, out: &mut Vec<Action>) {
+        let Some(probe) = self.probing.get_mut(&tx) else {
+            return;
+        };
+        if probe.aborting || !probe.waiting.remove(&from) {
+            return;
+        }
+        if !prepared {
+            probe.aborting = true;
+            out.push(Action::Persist {
+                record: Some(decision_record(tx, false, &probe.participants)),
+                then: Then::Aborted { tx },
+            });
+        } else if probe.waiting.is_empty() {
+            let probe = self.probing.remove(&tx).expect("checked");
+            self.counters.probe_committed += 1;
+            self.write_commit_decision(tx, probe.participants, out);
+        }
     }
 
     fn on_ack(&mut self, tx: TxId, from: usize, out: &mut Vec<Action>) {
@@ -573,19 +781,20 @@ impl Node {
     }
 
     fn on_status(&mut self, tx: TxId, from: usize, out: &mut Vec<Action>) {
-        if self.decided.contains_key(&tx) {
-            out.push(decide(tx, from, true));
+        if let Some(decision) = self.decided.get(&tx) {
+            // Not durable yet: the participant hears it once it is, or asks again.
+            if decision.durable {
+                out.push(decide(tx, from, true));
+            }
             return;
         }
+        if self.probing.contains_key(&tx) {
+            return; // Asks again once the probe decided.
+        }
         match self.active.get(&tx).map(|active| &active.phase) {
-            // The decision is on its way to the disk; the participant asks again.
-            Some(Phase::Deciding) => {}
-            Some(Phase::Preparing { .. }) => {
-                self.counters.timeouts += 1;
-                self.abort(tx, TxError::Unavailable, out);
-            }
-            Some(Phase::Forwarded) => {}
-            // No decision: it aborted, or this node restarted before deciding. Presumed abort.
+            Some(Phase::Preparing { .. }) => self.abort_undecided(tx, TxError::Unavailable, out),
+            Some(Phase::Aborting { .. } | Phase::Forwarded) => {}
+            // Never staged durably before a restart, or aborted and forgotten: presumed abort.
             None => out.push(decide(tx, from, false)),
         }
     }
@@ -614,7 +823,16 @@ impl Node {
                 to: tx.coordinator as usize,
                 msg: Msg::Ack { tx },
             }),
-            Then::Decided { tx } => self.decided(tx, now_ms, out),
+            Then::Staged { tx } => self.on_staged(tx, out),
+            Then::Decided { tx } => self.on_decided(tx, now_ms, out),
+            Then::Aborted { tx } => self.on_aborted(tx, out),
+            Then::Probed { to, tx } => out.push(Action::Send {
+                to,
+                msg: Msg::Probed {
+                    tx,
+                    prepared: self.partition.is_prepared(tx),
+                },
+            }),
             Then::Ready => self.ready = true,
             Then::Nothing => {}
         }
@@ -629,10 +847,7 @@ impl Node {
             .collect();
         for tx in expired {
             match self.active[&tx].phase {
-                Phase::Preparing { .. } => {
-                    self.counters.timeouts += 1;
-                    self.abort(tx, TxError::Unavailable, out);
-                }
+                Phase::Preparing { .. } => self.abort_undecided(tx, TxError::Unavailable, out),
                 Phase::Forwarded => {
                     self.counters.unknown += 1;
                     let active = self.active.remove(&tx).expect("listed");
@@ -641,13 +856,23 @@ impl Node {
                         outcome: Err(TxError::Unknown),
                     });
                 }
-                Phase::Deciding => {}
+                Phase::Aborting { .. } => {}
             }
         }
         for (tx, decision) in &mut self.decided {
-            if decision.resend_at_ms <= now_ms {
+            if decision.durable && decision.resend_at_ms <= now_ms {
                 decision.resend_at_ms = now_ms + self.limits.resolve_interval_ms;
                 out.extend(decision.unacked.iter().map(|&to| decide(*tx, to, true)));
+            }
+        }
+        for (tx, probe) in &mut self.probing {
+            if !probe.aborting && probe.ask_at_ms <= now_ms {
+                probe.ask_at_ms = now_ms + self.limits.resolve_interval_ms;
+                let probes = probe.waiting.iter().map(|&to| Action::Send {
+                    to,
+                    msg: Msg::Probe { tx: *tx },
+                });
+                out.extend(probes);
             }
         }
         for (tx, at) in &mut self.query_at_ms {
@@ -669,10 +894,17 @@ fn decide(tx: TxId, to: usize, commit: bool) -> Action {
     }
 }
 
-fn decision_record(tx: TxId, participants: &[usize]) -> Record {
+fn decision_record(tx: TxId, commit: bool, participants: &[usize]) -> Record {
     Record::Decision {
         tx,
-        commit: true,
+        commit,
+        participants: participants.iter().map(|&p| p as u32).collect(),
+    }
+}
+
+fn staging_record(tx: TxId, participants: &[usize]) -> Record {
+    Record::Staging {
+        tx,
         participants: participants.iter().map(|&p| p as u32).collect(),
     }
 }
@@ -799,94 +1031,103 @@ mod tests {
         assert!(node.snapshot().contains(&Record::Epoch { epoch: 5 }));
     }
 
-    #[test]
-    fn coordinator_commits_after_all_votes_and_a_durable_decision() {
-        let mut node = node(0);
-        let ops = vec![put(0, "a"), put(1, "b")];
-        let yes = |index, version| Ok(vec![(index, OpResult::Put { version })]);
-        let decision = Record::Decision {
-            tx: tx(0),
-            commit: true,
+    fn decide_all(seq: u64, commit: bool) -> Vec<Action> {
+        (0..SHARDS)
+            .map(|to| {
+                send(
+                    to,
+                    Msg::Decide {
+                        tx: tx(seq),
+                        commit,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn prepares(seq: u64) -> Vec<Action> {
+        vec![
+            Action::Persist {
+                record: Some(Record::Staging {
+                    tx: tx(seq),
+                    participants: vec![0, 1],
+                }),
+                then: Then::Staged { tx: tx(seq) },
+            },
+            send(
+                0,
+                Msg::Prepare {
+                    tx: tx(seq),
+                    ops: vec![(0, put(0, "a"))],
+                },
+            ),
+            send(
+                1,
+                Msg::Prepare {
+                    tx: tx(seq),
+                    ops: vec![(1, put(1, "b"))],
+                },
+            ),
+        ]
+    }
+
+    fn begin_two(client: ClientId) -> Event {
+        Event::Begin {
+            client,
+            ops: vec![put(0, "a"), put(1, "b")],
+        }
+    }
+
+    fn yes(seq: u64, index: usize, version: u64) -> Msg {
+        Msg::Vote {
+            tx: tx(seq),
+            vote: Ok(vec![(index, OpResult::Put { version })]),
+        }
+    }
+
+    fn decision(seq: u64, commit: bool) -> Record {
+        Record::Decision {
+            tx: tx(seq),
+            commit,
             participants: vec![0, 1],
-        };
+        }
+    }
+
+    #[test]
+    fn coordinator_replies_once_every_prepare_and_its_staging_are_durable() {
+        let mut node = node(0);
         let committed = vec![OpResult::Put { version: 1 }, OpResult::Put { version: 5 }];
+        let reply = |client, seq| {
+            vec![
+                Action::Reply {
+                    client,
+                    outcome: Ok(committed.clone()),
+                },
+                Action::Persist {
+                    record: Some(decision(seq, true)),
+                    then: Then::Decided { tx: tx(seq) },
+                },
+            ]
+        };
         check(
             &mut node,
             vec![
+                (1, begin_two(3), prepares(0)),
+                (2, receive(1, yes(0, 1, 5)), vec![]),
+                (3, receive(0, yes(0, 0, 1)), vec![]),
+                // Both votes in, the staging record last: the reply comes with it.
+                (4, Event::Durable(Then::Staged { tx: tx(0) }), reply(3, 0)),
+                // Nobody hears the commit before the decision is durable...
+                (5, receive(1, Msg::Status { tx: tx(0) }), vec![]),
+                (20, Event::Tick, vec![]),
                 (
-                    1,
-                    Event::Begin { client: 3, ops },
-                    vec![
-                        send(
-                            0,
-                            Msg::Prepare {
-                                tx: tx(0),
-                                ops: vec![(0, put(0, "a"))],
-                            },
-                        ),
-                        send(
-                            1,
-                            Msg::Prepare {
-                                tx: tx(0),
-                                ops: vec![(1, put(1, "b"))],
-                            },
-                        ),
-                    ],
-                ),
-                (
-                    2,
-                    receive(
-                        1,
-                        Msg::Vote {
-                            tx: tx(0),
-                            vote: yes(1, 5),
-                        },
-                    ),
-                    vec![],
-                ),
-                // A participant asking before the decision is durable hears nothing yet...
-                (
-                    3,
-                    receive(
-                        0,
-                        Msg::Vote {
-                            tx: tx(0),
-                            vote: yes(0, 1),
-                        },
-                    ),
-                    vec![Action::Persist {
-                        record: Some(decision),
-                        then: Then::Decided { tx: tx(0) },
-                    }],
-                ),
-                (4, receive(1, Msg::Status { tx: tx(0) }), vec![]),
-                (
-                    5,
+                    21,
                     Event::Durable(Then::Decided { tx: tx(0) }),
-                    vec![
-                        send(
-                            0,
-                            Msg::Decide {
-                                tx: tx(0),
-                                commit: true,
-                            },
-                        ),
-                        send(
-                            1,
-                            Msg::Decide {
-                                tx: tx(0),
-                                commit: true,
-                            },
-                        ),
-                        Action::Reply {
-                            client: 3,
-                            outcome: Ok(committed),
-                        },
-                    ],
+                    decide_all(0, true),
                 ),
-                // ...and the commit afterwards; unacknowledged participants hear it again.
+                // ...and afterwards; unacknowledged participants hear it again.
                 (
-                    6,
+                    22,
                     receive(1, Msg::Status { tx: tx(0) }),
                     vec![send(
                         1,
@@ -896,9 +1137,9 @@ mod tests {
                         },
                     )],
                 ),
-                (7, receive(0, Msg::Ack { tx: tx(0) }), vec![]),
+                (23, receive(0, Msg::Ack { tx: tx(0) }), vec![]),
                 (
-                    30,
+                    41,
                     Event::Tick,
                     vec![send(
                         1,
@@ -909,73 +1150,53 @@ mod tests {
                     )],
                 ),
                 (
-                    31,
+                    42,
                     receive(1, Msg::Ack { tx: tx(0) }),
                     vec![Action::Persist {
                         record: Some(Record::End { tx: tx(0) }),
                         then: Then::Nothing,
                     }],
                 ),
+                // The staging record first, the last vote after it: the reply comes with the vote.
+                (50, begin_two(4), prepares(1)),
+                (51, Event::Durable(Then::Staged { tx: tx(1) }), vec![]),
+                (52, receive(0, yes(1, 0, 1)), vec![]),
+                (53, receive(1, yes(1, 1, 5)), reply(4, 1)),
             ],
         );
-        assert!(node.is_quiet());
+        assert_eq!(node.counters.committed, 2);
     }
 
     #[test]
-    fn coordinator_aborts_on_a_no_a_timeout_or_a_status_query() {
+    fn coordinator_aborts_on_a_no_at_once_and_otherwise_after_a_durable_decision() {
         let failed = TxError::Failed {
             op_index: 1,
             reason: crate::txn::op::FailReason::NotInteger,
         };
-        let aborts = |seq, client, error| {
-            vec![
-                send(
-                    0,
-                    Msg::Decide {
-                        tx: tx(seq),
-                        commit: false,
-                    },
-                ),
-                send(
-                    1,
-                    Msg::Decide {
-                        tx: tx(seq),
-                        commit: false,
-                    },
-                ),
-                Action::Reply {
-                    client,
-                    outcome: Err(error),
-                },
-            ]
+        let told = |seq, client, error| {
+            let mut actions = decide_all(seq, false);
+            actions.push(Action::Reply {
+                client,
+                outcome: Err(error),
+            });
+            actions
         };
+        let abort_decision = |seq| {
+            vec![Action::Persist {
+                record: Some(decision(seq, false)),
+                then: Then::Aborted { tx: tx(seq) },
+            }]
+        };
+        let mut no_vote = told(0, 1, failed.clone());
+        no_vote.push(Action::Persist {
+            record: Some(Record::End { tx: tx(0) }),
+            then: Then::Nothing,
+        });
         let mut node = node(0);
-        let begin = |client| Event::Begin {
-            client,
-            ops: vec![put(0, "a"), put(1, "b")],
-        };
-        let prepares = |seq| {
-            vec![
-                send(
-                    0,
-                    Msg::Prepare {
-                        tx: tx(seq),
-                        ops: vec![(0, put(0, "a"))],
-                    },
-                ),
-                send(
-                    1,
-                    Msg::Prepare {
-                        tx: tx(seq),
-                        ops: vec![(1, put(1, "b"))],
-                    },
-                ),
-            ]
-        };
         check(
             &mut node,
             vec![
-                (0, begin(1), prepares(0)),
+                (0, begin_two(1), prepares(0)),
                 (
                     1,
                     receive(
@@ -985,20 +1206,32 @@ mod tests {
                             vote: Err(failed.clone()),
                         },
                     ),
-                    aborts(0, 1, failed),
+                    no_vote,
                 ),
-                (2, begin(2), prepares(1)),
+                // A timeout: a yes may still be on its way, so the abort is durable first.
+                (2, begin_two(2), prepares(1)),
                 (51, Event::Tick, vec![]),
-                (52, Event::Tick, aborts(1, 2, TxError::Unavailable)),
-                (53, begin(3), prepares(2)),
-                (
-                    54,
-                    receive(1, Msg::Status { tx: tx(2) }),
-                    aborts(2, 3, TxError::Unavailable),
-                ),
-                // Presumed abort: no decision known, and a late yes vote, both hear abort.
+                (52, Event::Tick, abort_decision(1)),
+                (53, receive(0, yes(1, 0, 1)), vec![]),
+                (54, receive(1, Msg::Status { tx: tx(1) }), vec![]),
                 (
                     55,
+                    Event::Durable(Then::Aborted { tx: tx(1) }),
+                    told(1, 2, TxError::Unavailable),
+                ),
+                // A participant asking about a transaction still preparing: the same.
+                (56, begin_two(3), prepares(2)),
+                (57, receive(1, Msg::Status { tx: tx(2) }), abort_decision(2)),
+                (
+                    58,
+                    Event::Durable(Then::Aborted { tx: tx(2) }),
+                    told(2, 3, TxError::Unavailable),
+                ),
+                // Its staging record turning durable afterwards changes nothing.
+                (59, Event::Durable(Then::Staged { tx: tx(2) }), vec![]),
+                // Presumed abort: no decision known, and a late yes vote, both hear abort.
+                (
+                    60,
                     receive(1, Msg::Status { tx: tx(9) }),
                     vec![send(
                         1,
@@ -1009,14 +1242,8 @@ mod tests {
                     )],
                 ),
                 (
-                    56,
-                    receive(
-                        1,
-                        Msg::Vote {
-                            tx: tx(1),
-                            vote: Ok(vec![]),
-                        },
-                    ),
+                    61,
+                    receive(1, yes(1, 1, 5)),
                     vec![send(
                         1,
                         Msg::Decide {
@@ -1028,6 +1255,159 @@ mod tests {
             ],
         );
         assert!(node.is_quiet());
+        assert_eq!(node.counters.aborted, 3);
+        assert_eq!(node.counters.timeouts, 2);
+    }
+
+    #[test]
+    fn restarted_coordinator_probes_what_it_staged_and_decides_durably() {
+        let staging = |seq| Record::Staging {
+            tx: tx(seq),
+            participants: vec![0, 1],
+        };
+        let log = [
+            Record::Epoch { epoch: 1 },
+            staging(0),
+            staging(1),
+            staging(2),
+            staging(3),
+            decision(2, false),
+            Record::End { tx: tx(3) },
+        ];
+        let (mut node, actions) = Node::recover(0, SHARDS, limits(), &log, 100);
+        let probe = |to, seq| send(to, Msg::Probe { tx: tx(seq) });
+        // Decided or ended transactions are not asked about.
+        assert_eq!(
+            actions[1..],
+            [probe(0, 0), probe(1, 0), probe(0, 1), probe(1, 1)]
+        );
+        let probed = |seq, prepared| Msg::Probed {
+            tx: tx(seq),
+            prepared,
+        };
+        let staged_snapshot = node.snapshot();
+        assert!(staged_snapshot.contains(&staging(0)) && staged_snapshot.contains(&staging(1)));
+        check(
+            &mut node,
+            vec![
+                (101, Event::Durable(Then::Ready), vec![]),
+                (102, receive(1, probed(0, true)), vec![]),
+                // While probing, a participant in doubt hears nothing and asks again.
+                (103, receive(1, Msg::Status { tx: tx(0) }), vec![]),
+                (
+                    104,
+                    receive(1, probed(1, false)),
+                    vec![Action::Persist {
+                        record: Some(decision(1, false)),
+                        then: Then::Aborted { tx: tx(1) },
+                    }],
+                ),
+                // Unanswered probes are repeated; a decided probe asks no more.
+                (120, Event::Tick, vec![probe(0, 0)]),
+                (
+                    121,
+                    receive(0, probed(0, true)),
+                    vec![Action::Persist {
+                        record: Some(decision(0, true)),
+                        then: Then::Decided { tx: tx(0) },
+                    }],
+                ),
+                (
+                    122,
+                    Event::Durable(Then::Aborted { tx: tx(1) }),
+                    decide_all(1, false),
+                ),
+                (
+                    123,
+                    Event::Durable(Then::Decided { tx: tx(0) }),
+                    decide_all(0, true),
+                ),
+                (124, receive(0, Msg::Ack { tx: tx(0) }), vec![]),
+                (
+                    125,
+                    receive(1, Msg::Ack { tx: tx(0) }),
+                    vec![Action::Persist {
+                        record: Some(Record::End { tx: tx(0) }),
+                        then: Then::Nothing,
+                    }],
+                ),
+            ],
+        );
+        assert!(node.is_quiet());
+        assert_eq!(
+            (node.counters.probe_committed, node.counters.probe_aborted),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn participant_says_prepared_only_once_its_prepare_is_durable() {
+        let mut node = node(1);
+        let prepare = Record::Prepare {
+            tx: tx(0),
+            version: 1,
+            writes: vec![(key_on(1), Some(Bytes::from_static(b"b")))],
+            reads: vec![],
+        };
+        let vote = Then::Vote {
+            tx: tx(0),
+            vote: Ok(vec![(1, OpResult::Put { version: 1 })]),
+        };
+        let probed = |prepared| {
+            vec![send(
+                0,
+                Msg::Probed {
+                    tx: tx(0),
+                    prepared,
+                },
+            )]
+        };
+        let answer = Then::Probed { to: 0, tx: tx(0) };
+        check(
+            &mut node,
+            vec![
+                (0, receive(0, Msg::Probe { tx: tx(0) }), probed(false)),
+                (
+                    1,
+                    receive(
+                        0,
+                        Msg::Prepare {
+                            tx: tx(0),
+                            ops: vec![(1, put(1, "b"))],
+                        },
+                    ),
+                    vec![Action::Persist {
+                        record: Some(prepare),
+                        then: vote,
+                    }],
+                ),
+                (
+                    2,
+                    receive(0, Msg::Probe { tx: tx(0) }),
+                    vec![Action::Persist {
+                        record: None,
+                        then: answer.clone(),
+                    }],
+                ),
+                (3, Event::Durable(answer.clone()), probed(true)),
+                // Aborted before the barrier came back: not prepared any more.
+                (
+                    4,
+                    receive(
+                        0,
+                        Msg::Decide {
+                            tx: tx(0),
+                            commit: false,
+                        },
+                    ),
+                    vec![Action::Persist {
+                        record: Some(Record::Release { tx: tx(0) }),
+                        then: Then::Nothing,
+                    }],
+                ),
+                (5, Event::Durable(answer), probed(false)),
+            ],
+        );
     }
 
     #[test]
