@@ -1340,9 +1340,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn participant_says_prepared_only_once_its_prepare_is_durable() {
-        let mut node = node(1);
+    /// Shard 1's prepare record and pending yes vote for tx 0 = `[put(1, "b")]` at version 1.
+    fn prepare_of_put_b() -> (Record, Then) {
         let prepare = Record::Prepare {
             tx: tx(0),
             version: 1,
@@ -1353,6 +1352,13 @@ mod tests {
             tx: tx(0),
             vote: Ok(vec![(1, OpResult::Put { version: 1 })]),
         };
+        (prepare, vote)
+    }
+
+    #[test]
+    fn participant_says_prepared_only_once_its_prepare_is_durable() {
+        let mut node = node(1);
+        let (prepare, vote) = prepare_of_put_b();
         let probed = |prepared| {
             vec![send(
                 0,
@@ -1413,16 +1419,7 @@ mod tests {
     #[test]
     fn participant_votes_after_its_prepare_is_durable_and_resolves_in_doubt() {
         let mut node = node(1);
-        let prepare = Record::Prepare {
-            tx: tx(0),
-            version: 1,
-            writes: vec![(key_on(1), Some(Bytes::from_static(b"b")))],
-            reads: vec![],
-        };
-        let vote = Then::Vote {
-            tx: tx(0),
-            vote: Ok(vec![(1, OpResult::Put { version: 1 })]),
-        };
+        let (prepare, vote) = prepare_of_put_b();
         check(
             &mut node,
             vec![
