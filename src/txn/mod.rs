@@ -6,7 +6,8 @@
 //!
 //! Invariants (what must not happen):
 //! - a client hears "committed" before the commit is durable (the commit record on a single-shard
-//!   transaction, the coordinator's decision record on a multi-shard one);
+//!   transaction; on a multi-shard one, every participant's prepare record and the coordinator's
+//!   staging record: the parallel commit point, see `twopc`);
 //! - a client hears any result before the log holds every record its reads depend on (every reply
 //!   waits for a `Persist`, read-only ones for a flush barrier);
 //! - a participant votes yes before its prepare record is durable;

@@ -8,6 +8,10 @@
 //! (atomicity across shards), every client not lost in a crash got exactly one reply, nothing is
 //! left locked or undecided, and each shard's durable log rebuilds its in-memory state.
 //!
+//! Checkpoints are taken with records still unsynced (as the service takes them) and right after a
+//! restart; a crash may have synced a prefix of the pending records without their waiters hearing
+//! of it; crashes go on after the load ends.
+//!
 //! `SEED=n cargo test sim` runs one seed; `SIM_SEEDS=n` sets how many the default run covers.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,6 +52,8 @@ struct Shard {
     snapshot: Option<Vec<u8>>,
     /// Appended but not yet durable: lost on a crash.
     pending: Vec<(Option<Record>, Then)>,
+    /// Snapshots taken while records were pending: (pending index at which it lands, bytes).
+    snaps: Vec<(usize, Vec<u8>)>,
     down_until_ms: u64,
 }
 
@@ -110,6 +116,7 @@ impl Sim {
                 log: Vec::new(),
                 snapshot: None,
                 pending: Vec::new(),
+                snaps: Vec::new(),
                 down_until_ms: 0,
             })
             .collect();
@@ -161,6 +168,9 @@ impl Sim {
             }
             self.deliver();
             for shard in 0..shard_count {
+                if self.shards[shard].node.is_some() && self.rng.random_bool(0.01) {
+                    self.checkpoint(shard);
+                }
                 if self.shards[shard].node.is_some() && self.rng.random_bool(self.sync_probability)
                 {
                     self.sync(shard);
@@ -176,7 +186,7 @@ impl Sim {
                     self.recover(shard);
                 }
             }
-            if loading && self.rng.random_bool(self.crash_probability) {
+            if step < LOAD_STEPS * 4 && self.rng.random_bool(self.crash_probability) {
                 let shard = self.rng.random_range(0..shard_count);
                 self.crash(shard);
             }
@@ -281,29 +291,44 @@ impl Sim {
     /// Group commit: every pending record becomes durable, then each waiter hears of it in order.
     fn sync(&mut self, shard: usize) {
         let pending = std::mem::take(&mut self.shards[shard].pending);
-        for (record, _) in &pending {
-            if let Some(record) = record {
-                record::encode(record, &mut self.shards[shard].log);
-            }
-        }
+        let snaps = std::mem::take(&mut self.shards[shard].snaps);
+        self.make_durable(shard, &pending, &snaps, pending.len());
         for (_, then) in pending {
             self.event(shard, Event::Durable(then));
+        }
+    }
+
+    /// The first `upto` pending records (and snapshots placed among them) reach the disk.
+    fn make_durable(
+        &mut self,
+        shard: usize,
+        pending: &[(Option<Record>, Then)],
+        snaps: &[(usize, Vec<u8>)],
+        upto: usize,
+    ) {
+        for i in 0..=upto {
+            for (at, bytes) in snaps {
+                if *at == i {
+                    self.shards[shard].snapshot = Some(bytes.clone());
+                    self.shards[shard].log.clear();
+                    self.checkpoints += 1;
+                }
+            }
+            if let Some((Some(record), _)) = pending[..upto].get(i) {
+                record::encode(record, &mut self.shards[shard].log);
+            }
         }
     }
 
     fn checkpoint(&mut self, shard: usize) {
         let state = &mut self.shards[shard];
         let Some(node) = &state.node else { return };
-        if !state.pending.is_empty() {
-            return;
-        }
         let mut bytes = Vec::new();
         node.snapshot()
             .iter()
             .for_each(|record| record::encode(record, &mut bytes));
-        state.snapshot = Some(bytes);
-        state.log.clear();
-        self.checkpoints += 1;
+        let at = state.pending.len();
+        state.snaps.push((at, bytes));
     }
 
     fn crash(&mut self, shard: usize) {
@@ -313,7 +338,14 @@ impl Sim {
         self.crashes += 1;
         self.probed_before_crashes.0 += node.counters.probe_committed;
         self.probed_before_crashes.1 += node.counters.probe_aborted;
-        let pending = std::mem::take(&mut self.shards[shard].pending);
+        let mut pending = std::mem::take(&mut self.shards[shard].pending);
+        let snaps = std::mem::take(&mut self.shards[shard].snaps);
+        // Sometimes a prefix was synced but its waiters never heard of it.
+        if !pending.is_empty() && self.rng.random_bool(0.3) {
+            let upto = self.rng.random_range(0..=pending.len());
+            self.make_durable(shard, &pending, &snaps, upto);
+            pending.drain(..upto);
+        }
         // Half the time the first unsynced record was partly written: a torn tail.
         if let Some(record) = pending.iter().find_map(|(record, _)| record.as_ref())
             && self.rng.random_bool(0.5)
@@ -358,6 +390,9 @@ impl Sim {
         let (node, actions) = Node::recover(shard, shard_count, self.limits, &records, self.now_ms);
         self.shards[shard].node = Some(node);
         self.execute(shard, actions);
+        if !records.is_empty() && self.rng.random_bool(0.5) {
+            self.checkpoint(shard);
+        }
     }
 
     fn reply(&mut self, client: ClientId, outcome: Outcome) {
@@ -374,7 +409,9 @@ impl Sim {
     fn quiet(&self) -> bool {
         self.network.is_empty()
             && self.shards.iter().all(|shard| {
-                shard.pending.is_empty() && shard.node.as_ref().is_some_and(Node::is_quiet)
+                shard.pending.is_empty()
+                    && shard.snaps.is_empty()
+                    && shard.node.as_ref().is_some_and(Node::is_quiet)
             })
             && self
                 .clients

@@ -173,7 +173,10 @@ pub struct CoordinatorCounters {
     pub timeouts: u64,
     pub unknown: u64,
     pub busy: u64,
-    /// Staged transactions a restart found undecided, resolved by probing the participants.
+    /// Staged transactions a restart found undecided, resolved by probing the participants:
+    /// committed once every participant answered prepared (its decision then on its way to the
+    /// disk), aborted once the abort decision is durable. `timeouts` also counts transactions
+    /// aborted because a participant asked about them while they were still preparing.
     pub probe_committed: u64,
     pub probe_aborted: u64,
 }

@@ -361,7 +361,9 @@ impl Wal {
     }
 
     /// Waits until everything appended so far is durable, then switches to a new segment.
-    /// Returns the number of the segment that was closed.
+    /// Returns the number of the segment that was closed. Tests only: it switches outside the
+    /// flusher, which is the only writer of a segment otherwise (`switch_segment` goes through it).
+    #[cfg(test)]
     pub async fn rotate(&self) -> io::Result<u64> {
         self.durable(self.appended.get()).await?;
         let old = self.segment.get();
@@ -376,7 +378,7 @@ impl Wal {
         }
         let old = self.segment.get();
         let (next, filler) = Self::create_writer(&self.dir, self.shard, old + 1).await?;
-        self.filler.replace(Some(filler));
+        close_filler(self.filler.replace(Some(filler))).await?;
         self.prefilled.set(PREFILL_CHUNK_BYTES);
         let previous = self.writer.borrow_mut().replace(next);
         if let Some(mut previous) = previous {
@@ -393,7 +395,7 @@ impl Wal {
     pub async fn close(&self) -> io::Result<()> {
         self.durable(self.appended.get()).await?;
         self.closed.set(true);
-        self.filler.take();
+        close_filler(self.filler.take()).await?;
         // None when the flusher is writing a batch appended meanwhile: it puts the writer back
         // afterwards and the segment file is closed when the Wal is dropped.
         let writer = self.writer.borrow_mut().take();
@@ -408,7 +410,16 @@ fn glommio_error(e: glommio::GlommioError<()>) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// Writes `PREFILL_CHUNK_BYTES` of zeros at `at` (aligned).
+/// Closes a segment's fill handle (the flusher holds no other reference between batches).
+async fn close_filler(filler: Option<Rc<DmaFile>>) -> io::Result<()> {
+    if let Some(file) = filler.and_then(|f| Rc::try_unwrap(f).ok()) {
+        file.close().await.map_err(glommio_error)?;
+    }
+    Ok(())
+}
+
+/// Writes `PREFILL_CHUNK_BYTES` of zeros at `at` (aligned). The chunk is larger than glommio's
+/// registered IO memory (`IO_MEMORY_BYTES`), so its buffer comes from the heap: once per MiB.
 async fn prefill(filler: &DmaFile, at: u64) -> io::Result<()> {
     let mut zeros = filler.alloc_dma_buffer(PREFILL_CHUNK_BYTES as usize);
     zeros.as_bytes_mut().fill(0);
