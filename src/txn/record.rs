@@ -182,6 +182,11 @@ pub fn decode_at(buf: &[u8], salt: u64) -> Result<Option<(Record, usize)>, Corru
     }
     let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     if checksum(salt, &buf[0..4], &buf[8..end]) != crc {
+        // Only zeros after it: the last record of a zero-filled segment, cut short by a crash
+        // (the unwritten part of the frame reads as the fill's zeros, not as end of file).
+        if buf[end..].iter().all(|&b| b == 0) {
+            return fail(TailReason::Torn);
+        }
         return fail(TailReason::Checksum);
     }
     let record = match decode_payload(buf[8], &buf[FRAME_HEADER_BYTES..end]) {
@@ -727,6 +732,27 @@ mod tests {
             assert_eq!(scanned.valid_bytes, last_start);
             let want = (cut > last_start).then_some(TailReason::Torn);
             assert_eq!(scanned.tail.map(|t| t.reason), want, "cut at {cut}");
+        }
+        // The same cuts in a zero-filled segment (the WAL fills ahead of the writer): the rest
+        // of the frame and the file are zeros, and the tail still reads as torn.
+        for cut in last_start..buf.len() {
+            if buf[cut..].iter().all(|&b| b == 0) {
+                continue; // The cut bytes were zeros: the fill makes the record whole again.
+            }
+            let mut filled = buf[..cut].to_vec();
+            filled.resize(buf.len() + 4096, 0);
+            let scanned = scan(&filled);
+            assert_eq!(
+                scanned.records,
+                records[..records.len() - 1],
+                "cut at {cut}"
+            );
+            assert_eq!(scanned.valid_bytes, last_start);
+            let want = match cut > last_start {
+                true => TailReason::Torn,
+                false => TailReason::Zeroes,
+            };
+            assert_eq!(scanned.tail.map(|t| t.reason), Some(want), "cut at {cut}");
         }
         // And at every byte of the whole log: the records wholly before the cut survive.
         for cut in 0..=buf.len() {
