@@ -398,8 +398,9 @@ def main():
               f"{md('conflict_share') * 100:.2f}% | {md('p50_us') / 1000:.2f} | {md('p99_us') / 1000:.2f} | "
               f"{md('server_cpu_us_per_tx'):.1f} | {md('client_cpu_us_per_tx'):.1f} | {md('server_cpu_util'):.2f} |")
     for m in modes:
-        if m.startswith("percore") and "base" + m[len("percore"):] in med:
-            print(f"{m} / {'base' + m[len('percore'):]}: {med[m] / med['base' + m[len('percore'):]]:.2f}x")
+        base = "base" + m[len("percore"):]
+        if m.startswith("percore") and base in med:
+            print(f"{m} / {base}: {med[m] / med[base]:.2f}x")
     if "redis-eval" in med:
         for m in modes:
             if m.startswith(("percore", "base")):

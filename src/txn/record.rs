@@ -411,6 +411,11 @@ fn put_tx(out: &mut Vec<u8>, tx: &TxId) {
     put_u64(out, tx.seq);
 }
 
+fn put_shards(out: &mut Vec<u8>, shards: &[u32]) {
+    put_u32(out, shards.len() as u32);
+    shards.iter().for_each(|shard| put_u32(out, *shard));
+}
+
 fn put_writes(out: &mut Vec<u8>, writes: &[Write]) {
     put_u32(out, writes.len() as u32);
     for (key, value) in writes {
@@ -462,13 +467,11 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
         } => {
             put_tx(out, tx);
             out.push(u8::from(*commit));
-            put_u32(out, participants.len() as u32);
-            participants.iter().for_each(|shard| put_u32(out, *shard));
+            put_shards(out, participants);
         }
         Record::Staging { tx, participants } => {
             put_tx(out, tx);
-            put_u32(out, participants.len() as u32);
-            participants.iter().for_each(|shard| put_u32(out, *shard));
+            put_shards(out, participants);
         }
         Record::Epoch { epoch } => put_u32(out, *epoch),
         Record::SnapshotBegin { version_next } => put_u64(out, *version_next),
@@ -548,6 +551,11 @@ impl Reader<'_> {
         })
     }
 
+    fn shards(&mut self) -> Read<Vec<u32>> {
+        let count = self.count(4)?;
+        (0..count).map(|_| self.u32()).collect()
+    }
+
     fn writes(&mut self) -> Read<Vec<Write>> {
         let count = self.count(5)?;
         (0..count)
@@ -603,10 +611,7 @@ fn read_record(type_byte: u8, reader: &mut Reader) -> Read<Record> {
         4 => Record::Decision {
             tx: reader.tx()?,
             commit: reader.flag()?,
-            participants: {
-                let count = reader.count(4)?;
-                (0..count).map(|_| reader.u32()).collect::<Read<_>>()?
-            },
+            participants: reader.shards()?,
         },
         5 => Record::End { tx: reader.tx()? },
         6 => Record::Epoch {
@@ -628,10 +633,7 @@ fn read_record(type_byte: u8, reader: &mut Reader) -> Read<Record> {
         },
         _ => Record::Staging {
             tx: reader.tx()?,
-            participants: {
-                let count = reader.count(4)?;
-                (0..count).map(|_| reader.u32()).collect::<Read<_>>()?
-            },
+            participants: reader.shards()?,
         },
     })
 }

@@ -294,15 +294,7 @@ impl Node {
             then: Then::Ready,
         }];
         for (tx, decision) in &decided {
-            for &to in &decision.participants {
-                actions.push(Action::Send {
-                    to,
-                    msg: Msg::Decide {
-                        tx: *tx,
-                        commit: true,
-                    },
-                });
-            }
+            actions.extend(decide_all(*tx, &decision.participants, true));
         }
         let mut probing = BTreeMap::new();
         for (tx, participants) in staged {
@@ -693,9 +685,7 @@ impl Node {
     fn abort_voted_no(&mut self, tx: TxId, error: TxError, out: &mut Vec<Action>) {
         let active = self.active.remove(&tx).expect("an active transaction");
         self.counters.aborted += 1;
-        for &to in &active.participants {
-            out.push(decide(tx, to, false));
-        }
+        out.extend(decide_all(tx, &active.participants, false));
         out.push(Action::Reply {
             client: active.client,
             outcome: Err(error),
@@ -730,7 +720,7 @@ impl Node {
                 unreachable!("checked")
             };
             self.counters.aborted += 1;
-            out.extend(active.participants.iter().map(|&to| decide(tx, to, false)));
+            out.extend(decide_all(tx, &active.participants, false));
             out.push(Action::Reply {
                 client: active.client,
                 outcome: Err(error),
@@ -738,7 +728,7 @@ impl Node {
         } else if let Some(probe) = self.probing.remove(&tx) {
             assert!(probe.aborting, "an abort decision for a probe still asking");
             self.counters.probe_aborted += 1;
-            out.extend(probe.participants.iter().map(|&to| decide(tx, to, false)));
+            out.extend(decide_all(tx, &probe.participants, false));
         }
     }
 
@@ -746,7 +736,7 @@ impl Node {
         let decision = self.decided.get_mut(&tx).expect("a deciding transaction");
         decision.durable = true;
         decision.resend_at_ms = now_ms + self.limits.resolve_interval_ms;
-        out.extend(decision.unacked.iter().map(|&to| decide(tx, to, true)));
+        out.extend(decide_all(tx, &decision.unacked, true));
     }
 
     fn on_probed(&mut self, tx: TxId, from: usize, prepared: bool, out: &mut Vec<Action>) {
@@ -865,7 +855,7 @@ impl Node {
         for (tx, decision) in &mut self.decided {
             if decision.durable && decision.resend_at_ms <= now_ms {
                 decision.resend_at_ms = now_ms + self.limits.resolve_interval_ms;
-                out.extend(decision.unacked.iter().map(|&to| decide(*tx, to, true)));
+                out.extend(decide_all(*tx, &decision.unacked, true));
             }
         }
         for (tx, probe) in &mut self.probing {
@@ -895,6 +885,14 @@ fn decide(tx: TxId, to: usize, commit: bool) -> Action {
         to,
         msg: Msg::Decide { tx, commit },
     }
+}
+
+fn decide_all<'a>(
+    tx: TxId,
+    to: impl IntoIterator<Item = &'a usize>,
+    commit: bool,
+) -> impl Iterator<Item = Action> {
+    to.into_iter().map(move |&to| decide(tx, to, commit))
 }
 
 fn decision_record(tx: TxId, commit: bool, participants: &[usize]) -> Record {

@@ -325,10 +325,7 @@ impl Wal {
                 writer.write_all(record).await?;
             }
             if self.mode != FsyncMode::Off {
-                writer
-                    .sync()
-                    .await
-                    .map_err(|e| io::Error::other(e.to_string()))?;
+                writer.sync().await.map_err(glommio_error)?;
             }
             Ok::<(), io::Error>(())
         }
