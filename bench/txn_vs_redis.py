@@ -141,15 +141,22 @@ def start_percore(bindir: str, datadir: str, extra=()) -> subprocess.Popen:
     return proc
 
 
+def post_tx(s: socket.socket, ops, retry_on: int) -> tuple:
+    """POST /kv/tx, sent again (up to 2 s) while it answers `retry_on`."""
+    for _ in range(200):
+        status, body = http(s, "POST", "/kv/tx", json.dumps({"ops": ops}).encode())
+        if status != retry_on:
+            break
+        time.sleep(0.01)
+    return status, body
+
+
 def seed_percore(keys) -> None:
     s = socket.create_connection(("127.0.0.1", PERCORE_PORT), timeout=10)
     for i in range(0, len(keys), 64):
         ops = [{"op": "put", "key": k, "value": str(SEED_BALANCE)} for k in keys[i:i + 64]]
-        for _ in range(200):  # 503 busy until the shard's epoch record is durable after start
-            status, body = http(s, "POST", "/kv/tx", json.dumps({"ops": ops}).encode())
-            if status != 503:
-                break
-            time.sleep(0.01)
+        # 503 busy until the shard's epoch record is durable after start
+        status, body = post_tx(s, ops, 503)
         assert status == 200, (status, body)
     s.close()
 
@@ -159,11 +166,8 @@ def sum_percore(keys) -> int:
     total = 0
     for i in range(0, len(keys), 64):
         ops = [{"op": "get", "key": k} for k in keys[i:i + 64]]
-        for _ in range(200):  # 409 while the last transfers' commit decisions reach the disk
-            status, body = http(s, "POST", "/kv/tx", json.dumps({"ops": ops}).encode())
-            if status != 409:
-                break
-            time.sleep(0.01)
+        # 409 while the last transfers' commit decisions reach the disk
+        status, body = post_tx(s, ops, 409)
         assert status == 200, (status, body)
         for r in json.loads(body)["results"]:
             total += int(r["value"])
