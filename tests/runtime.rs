@@ -156,6 +156,28 @@ fn stats_totals_match_the_requests_sent() {
     assert!(stats["total"]["mesh_calls_served"].as_u64().unwrap() >= 1);
 }
 
+/// Each shard counts its parks in the wrapper that replaces glommio's pre-park `membarrier`
+/// (runtime/membarrier.rs): a count above 0 on every shard shows the binary is linked through it.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn every_shard_parks_through_the_fence_wrapper() {
+    let server = Server::start(&[]);
+    let first = server.stats();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let stats = server.stats();
+    for (shard, before) in stats["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(first["shards"].as_array().unwrap())
+    {
+        let parks = shard["parks"].as_u64().unwrap();
+        // An idle shard sleeps; answering the first /stats woke every shard at least once.
+        assert!(parks > before["parks"].as_u64().unwrap(), "{stats}");
+    }
+    assert!(stats["total"]["parks"].as_u64().unwrap() >= 2);
+}
+
 #[test]
 fn at_the_connection_bound_the_shard_waits_then_resumes() {
     let server =

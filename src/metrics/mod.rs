@@ -149,6 +149,9 @@ shard_stats! {
     access_unauthenticated,
     access_forbidden,
     csrf_rejected,
+    /// Times the shard's executor found no work and got ready to sleep (x86-64 only; see
+    /// runtime/membarrier.rs): parks per request says whether a shard sleeps between requests.
+    parks,
     mesh_calls_sent,
     mesh_calls_served,
     mesh_overloaded,

@@ -135,6 +135,10 @@ impl Shard {
 
     pub fn stats(&self) -> ShardStats {
         let mut stats = self.metrics.snapshot(self.index, self.cpu);
+        #[cfg(target_arch = "x86_64")]
+        {
+            stats.parks = super::membarrier::parks();
+        }
         let mesh = &self.stats_mesh.counters;
         stats.mesh_calls_sent = mesh.calls_sent.get();
         stats.mesh_calls_served = mesh.calls_served.get();
