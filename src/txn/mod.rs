@@ -15,6 +15,7 @@
 //! - a transaction waits on a lock: conflicts abort at once (409), so there are no deadlocks;
 //! - a transaction id is reused: ids carry the coordinator's epoch, made durable before it coordinates.
 
+pub mod json;
 pub mod op;
 pub mod partition;
 pub mod record;

@@ -1,4 +1,4 @@
-//! Transaction ops: the JSON contract (parsing with bounds and precise errors, result rendering), transaction errors and their status codes, and key ownership; pure, never touches a partition.
+//! Transaction ops: the JSON contract (bounds and precise errors; the parsing and rendering themselves are in json.rs), transaction errors and their status codes, and key ownership; pure, never touches a partition.
 //!
 //! Request: `{"ops": [{"op": "get", "key": "a"}, {"op": "put", "key": "b", "value": "text"},
 //! {"op": "delete", "key": "c"}, {"op": "add", "key": "n", "delta": -5, "floor": 0},
@@ -22,10 +22,9 @@
 //! Values are bytes. JSON requests carry UTF-8 text; JSON results render non-UTF-8 values lossily
 //! (U+FFFD), and clients that store raw bytes read them with `GET /kv/{key}`.
 
-use bytes::Bytes;
-use serde_json::{Map, Value, json};
-
 use crate::txn::TxnLimits;
+use crate::txn::json;
+use bytes::Bytes;
 
 /// A key's owner shard: FNV-1a 64 of the key bytes, modulo the shard count. Stable across
 /// processes, builds and versions (never std's `RandomState`), so a restart with the same shard
@@ -144,36 +143,9 @@ fn too_large(message: String) -> ParseError {
     }
 }
 
-/// Parses and bounds-checks a transaction body.
+/// Parses and bounds-checks a transaction body (in one pass: txn/json.rs).
 pub fn parse(body: &[u8], limits: &TxnLimits) -> Result<Vec<Op>, ParseError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
-    let Value::Object(mut top) = value else {
-        return Err(bad(
-            "the body must be a JSON object with \"ops\"".to_string()
-        ));
-    };
-    let ops = top
-        .remove("ops")
-        .ok_or_else(|| bad("missing \"ops\"".to_string()))?;
-    if let Some(field) = top.keys().next() {
-        return Err(bad(format!("unknown field \"{field}\"")));
-    }
-    let Value::Array(ops) = ops else {
-        return Err(bad("\"ops\" must be an array".to_string()));
-    };
-    if ops.len() > limits.ops_max {
-        return Err(too_large(format!(
-            "{} ops, over the bound of {}",
-            ops.len(),
-            limits.ops_max
-        )));
-    }
-    let ops = ops
-        .into_iter()
-        .enumerate()
-        .map(|(index, op)| parse_op(op).map_err(|message| bad(format!("op {index}: {message}"))))
-        .collect::<Result<Vec<Op>, ParseError>>()?;
+    let ops = json::parse_ops(body, limits.ops_max)?;
     validate(&ops, limits)?;
     Ok(ops)
 }
@@ -227,83 +199,6 @@ pub fn validate(ops: &[Op], limits: &TxnLimits) -> Result<(), ParseError> {
         )));
     }
     Ok(())
-}
-
-fn parse_op(op: Value) -> Result<Op, String> {
-    let Value::Object(mut fields) = op else {
-        return Err("must be an object".to_string());
-    };
-    let name = match fields.remove("op") {
-        Some(Value::String(name)) => name,
-        Some(_) => return Err("\"op\" must be a string".to_string()),
-        None => return Err("missing \"op\"".to_string()),
-    };
-    let key = Bytes::from(take_string(&mut fields, "key")?.ok_or("missing \"key\"")?);
-    let op = match name.as_str() {
-        "get" => Op::Get { key },
-        "delete" => Op::Delete { key },
-        "put" => {
-            let value = take_string(&mut fields, "value")?.ok_or("missing \"value\"")?;
-            Op::Put {
-                key,
-                value: Bytes::from(value),
-            }
-        }
-        "add" => {
-            let delta = take_i64(&mut fields, "delta")?.ok_or("missing \"delta\"")?;
-            let floor = take_i64(&mut fields, "floor")?;
-            Op::Add { key, delta, floor }
-        }
-        "check" => Op::Check {
-            key,
-            expect: take_expect(&mut fields)?,
-        },
-        other => {
-            return Err(format!(
-                "unknown op \"{other}\" (expected get, put, delete, add or check)"
-            ));
-        }
-    };
-    if let Some(field) = fields.keys().next() {
-        return Err(format!("unknown field \"{field}\" for op \"{name}\""));
-    }
-    Ok(op)
-}
-
-fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<Option<String>, String> {
-    match fields.remove(name) {
-        None => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(format!("\"{name}\" must be a string")),
-    }
-}
-
-/// An optional integer field; `null` counts as absent.
-fn take_i64(fields: &mut Map<String, Value>, name: &str) -> Result<Option<i64>, String> {
-    match fields.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(number)) => number
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| format!("\"{name}\" must be an integer in the i64 range")),
-        Some(_) => Err(format!("\"{name}\" must be an integer")),
-    }
-}
-
-fn take_expect(fields: &mut Map<String, Value>) -> Result<Expect, String> {
-    let version = fields.remove("version");
-    let absent = fields.remove("absent");
-    match (version, absent) {
-        (Some(Value::Number(number)), None) => number
-            .as_u64()
-            .map(Expect::Version)
-            .ok_or_else(|| "\"version\" must be a non-negative integer".to_string()),
-        (Some(_), None) => Err("\"version\" must be a non-negative integer".to_string()),
-        (None, Some(Value::Bool(true))) => Ok(Expect::Absent),
-        (None, Some(_)) => Err("\"absent\" must be true".to_string()),
-        (Some(_), Some(_)) => Err("check takes \"version\" or \"absent\", not both".to_string()),
-        (None, None) => Err("check needs \"version\" or \"absent\": true".to_string()),
-    }
 }
 
 /// What one op produced.
@@ -390,69 +285,12 @@ impl TxError {
     }
 }
 
-fn reason_json(reason: &FailReason) -> Value {
-    match reason {
-        FailReason::Version { actual } => json!({"reason": "version", "version": actual}),
-        FailReason::Present { actual } => json!({"reason": "present", "version": actual}),
-        FailReason::Floor { value } => json!({"reason": "floor", "value": value}),
-        FailReason::NotInteger => json!({"reason": "not_integer"}),
-        FailReason::Overflow => json!({"reason": "overflow"}),
-    }
-}
-
-pub fn result_json(result: &OpResult) -> Value {
-    match result {
-        OpResult::Get(None) => json!({"value": null}),
-        OpResult::Get(Some((value, version))) => {
-            json!({"value": String::from_utf8_lossy(value), "version": version})
-        }
-        OpResult::Put { version } => json!({"version": version}),
-        OpResult::Delete { deleted } => json!({"deleted": deleted}),
-        OpResult::Add { value, version } => json!({"value": value, "version": version}),
-        OpResult::Check => json!({}),
-    }
-}
-
 /// The HTTP status and JSON body of a transaction's outcome.
 /// Committed: 200 `{"committed": true, "results": [...]}`. Failed: 412 `{"committed": false,
 /// "failed_op": 2, "reason": "floor", "value": -3}`. Others: their status and `{"committed":
 /// false, "error": "conflict", "retry": true, "message": "..."}` (`"committed": null` for Unknown).
 pub fn render_outcome(outcome: &Result<Vec<OpResult>, TxError>) -> (u16, String) {
-    let body = match outcome {
-        Ok(results) => json!({
-            "committed": true,
-            "results": results.iter().map(result_json).collect::<Vec<Value>>(),
-        }),
-        Err(TxError::Failed { op_index, reason }) => {
-            let mut body = json!({"committed": false, "failed_op": op_index});
-            if let (Value::Object(body), Value::Object(reason)) = (&mut body, reason_json(reason)) {
-                body.extend(reason);
-            }
-            body
-        }
-        Err(error) => {
-            let name = match error {
-                TxError::Conflict => "conflict",
-                TxError::Busy => "busy",
-                TxError::Full => "full",
-                TxError::Unavailable => "unavailable",
-                TxError::Unknown | TxError::Failed { .. } => "unknown",
-            };
-            let committed = if *error == TxError::Unknown {
-                Value::Null
-            } else {
-                Value::Bool(false)
-            };
-            json!({
-                "committed": committed,
-                "error": name,
-                "retry": error.retry_safe(),
-                "message": error.message(),
-            })
-        }
-    };
-    let status = outcome.as_ref().map_or_else(TxError::status, |_| 200);
-    (status, body.to_string())
+    json::render_outcome(outcome)
 }
 
 #[cfg(test)]
