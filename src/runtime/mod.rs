@@ -1,7 +1,6 @@
 //! Starts the shards (one pinned glommio executor per CPU), their listeners and mesh, forwards signals, and waits for the drain; the only place threads are made.
 
 pub mod listener;
-#[cfg(target_arch = "x86_64")]
 pub mod membarrier;
 pub mod preflight;
 pub mod shard;

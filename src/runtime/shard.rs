@@ -135,10 +135,7 @@ impl Shard {
 
     pub fn stats(&self) -> ShardStats {
         let mut stats = self.metrics.snapshot(self.index, self.cpu);
-        #[cfg(target_arch = "x86_64")]
-        {
-            stats.parks = super::membarrier::parks();
-        }
+        stats.parks = super::membarrier::parks();
         let mesh = &self.stats_mesh.counters;
         stats.mesh_calls_sent = mesh.calls_sent.get();
         stats.mesh_calls_served = mesh.calls_served.get();
