@@ -6,7 +6,7 @@
 //! is strict two-phase locking for multi-shard transactions, and single-shard transactions run in
 //! one step between two others, which makes the whole schedule serializable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
@@ -67,7 +67,11 @@ struct Execution {
 pub struct Partition {
     limits: TxnLimits,
     data: BTreeMap<Bytes, Entry>,
-    locks: BTreeMap<Bytes, TxId>,
+    /// Keys locked by prepared transactions: few (bounded by the prepared-transaction bound),
+    /// looked up by every op, never iterated, so hashed (SipHash: the keys are the clients').
+    /// `data` stays a B-tree: it may hold millions of keys, and a hash table's resize would
+    /// stop the shard for all of them at once.
+    locks: HashMap<Bytes, TxId>,
     prepared: BTreeMap<TxId, PreparedPart>,
     version_next: u64,
     data_bytes: usize,
@@ -88,7 +92,7 @@ impl Partition {
         Partition {
             limits,
             data: BTreeMap::new(),
-            locks: BTreeMap::new(),
+            locks: HashMap::new(),
             prepared: BTreeMap::new(),
             version_next: 1,
             data_bytes: 0,

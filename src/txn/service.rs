@@ -23,6 +23,8 @@ pub type TxnMesh = Mesh<Msg, ()>;
 const TICK: Duration = Duration::from_millis(50);
 /// A client gives up waiting after this long (the node has replied or timed out long before).
 const CLIENT_WAIT: Duration = Duration::from_secs(10);
+/// Bytes reserved for a record before encoding it: a vote, decision or two-key prepare is smaller.
+const RECORD_BYTES_TYPICAL: usize = 128;
 
 /// What recovery found in the log, for the start-up report.
 #[derive(Debug, Default)]
@@ -385,7 +387,8 @@ impl Txn {
 
     fn append(&self, record: &Record) -> u64 {
         let (segment, offset) = self.wal.next_position();
-        let mut bytes = Vec::new();
+        // Most records (votes, decisions, small writes) fit: one allocation, no regrowth.
+        let mut bytes = Vec::with_capacity(RECORD_BYTES_TYPICAL);
         record::encode_at(record, record::position_salt(segment, offset), &mut bytes);
         self.wal.append(bytes)
     }
