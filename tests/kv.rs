@@ -1314,3 +1314,70 @@ fn checkpoints_follow_the_log_not_the_clock() {
         );
     }
 }
+
+/// A log written by a newer build (a record type this one does not know) stops the start with
+/// exit 2 and one line naming the file, type and offset; the log is left exactly as it was.
+#[test]
+fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
+    use percore::txn::record;
+    let dir = common::temp_dir("kv-newer-log");
+    let dir_str = dir.to_str().unwrap();
+    let mut server = Server::start(&["--data-dir", dir_str]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    put(&mut conn, &key_on(0, "kept-"), b"v", &[]);
+    drop(conn);
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(20)).unwrap().code(),
+        Some(0)
+    );
+
+    let (number, path) = percore::wal::segments(&dir, 0).unwrap().pop().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = record::scan_segment(&bytes, number).valid_bytes;
+    let mut frame = Vec::new();
+    record::frame_at(
+        200,
+        record::position_salt(number, at as u64),
+        &mut frame,
+        |out| out.extend_from_slice(b"written by percore 2"),
+    );
+    // After the last record, in place of whatever followed it (nothing after a graceful stop).
+    bytes.truncate(at);
+    bytes.extend_from_slice(&frame);
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Bounded: a build that cut the record off would start and serve instead of exiting.
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["--bind", "127.0.0.1:0", "--data-dir", dir_str])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("percore started on a log with a record it does not know");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("type 200") && stderr.contains(&format!("byte {at}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the log is left as it was"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

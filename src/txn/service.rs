@@ -37,6 +37,8 @@ pub struct Recovered {
 
 /// Reads a shard's log segments: the newest segment that starts with a complete checkpoint, and
 /// everything after it. A torn or corrupt tail is reported and cut off; nothing before it is lost.
+/// A whole record of a type this build does not know (a newer build's) is an error, and nothing
+/// is cut.
 /// A log replay this long is announced on stderr (it can take seconds).
 const REPLAY_ANNOUNCE_BYTES: u64 = 16 << 20;
 
@@ -59,6 +61,17 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     for (number, path) in segments {
         let bytes = std::fs::read(&path)?;
         let scan = record::scan_segment(&bytes, number);
+        if let Some(tail) = &scan.tail
+            && let TailReason::UnknownType(kind) = tail.reason
+        {
+            // Cutting it off would drop acknowledged transactions a newer build wrote.
+            return Err(std::io::Error::other(format!(
+                "log {} holds a record of type {kind} at byte {}, unknown to this build (written \
+                 by a newer percore?); nothing was changed: run the newer build",
+                path.display(),
+                tail.offset
+            )));
+        }
         if let Some(tail) = &scan.tail {
             if tail.reason != TailReason::Zeroes {
                 eprintln!(
@@ -543,5 +556,38 @@ mod tests {
         same.extend_from_slice(&tail);
         std::fs::write(wal::segment_path(&dir, 0, 5), &same).unwrap();
         assert_eq!(recover(&dir, 0).unwrap().records, old[..2]);
+    }
+
+    /// A newer build's record type is not a torn tail: cutting it off would lose what it and
+    /// everything after it acknowledged.
+    #[test]
+    fn a_record_of_an_unknown_type_stops_recovery_and_changes_nothing() {
+        let dir = temp_dir("unknown-type");
+        let known: Vec<Record> = (1..=3).map(commit).collect();
+        let mut bytes = encode_segment(&known, 6);
+        let at = bytes.len();
+        record::frame_at(
+            200,
+            record::position_salt(6, at as u64),
+            &mut bytes,
+            |out| out.extend_from_slice(b"a record from the future"),
+        );
+        bytes.extend_from_slice(&[0; 4096]);
+        let path = wal::segment_path(&dir, 0, 6);
+        std::fs::write(&path, &bytes).unwrap();
+        let error = recover(&dir, 0).unwrap_err().to_string();
+        assert!(
+            error.contains("type 200") && error.contains(&format!("byte {at}")),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the log is left as it was"
+        );
+        // With a broken checksum the same frame is a damaged tail, cut off as before.
+        bytes[at + 4] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(recover(&dir, 0).unwrap().records, known);
     }
 }
