@@ -43,18 +43,25 @@ fn fail<E: de::Error>(failure: Failure, status: u16, message: String) -> E {
     E::custom("rejected")
 }
 
+/// A seed that is its own visitor: it sees whichever JSON shape comes and names the wrong ones.
+macro_rules! seed_is_its_visitor {
+    ($seed:ident) => {
+        impl<'de> DeserializeSeed<'de> for $seed<'_> {
+            type Value = <Self as Visitor<'de>>::Value;
+
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    };
+}
+
 struct BodySeed<'a> {
     ops_max: usize,
     failure: Failure<'a>,
 }
 
-impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
-    type Value = Vec<Op>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Op>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_is_its_visitor!(BodySeed);
 
 /// Visitor methods for every JSON shape but the expected one: each stops the parse with
 /// `self.wrong::<E>()`.
@@ -122,13 +129,7 @@ struct OpsSeed<'a> {
     failure: Failure<'a>,
 }
 
-impl<'de> DeserializeSeed<'de> for OpsSeed<'_> {
-    type Value = Vec<Op>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Op>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_is_its_visitor!(OpsSeed);
 
 impl<'de> Visitor<'de> for OpsSeed<'_> {
     type Value = Vec<Op>;
@@ -186,13 +187,7 @@ struct OpSeed<'a> {
     failure: Failure<'a>,
 }
 
-impl<'de> DeserializeSeed<'de> for OpSeed<'_> {
-    type Value = Op;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Op, D::Error> {
-        d.deserialize_any(self)
-    }
-}
+seed_is_its_visitor!(OpSeed);
 
 impl<'de> Visitor<'de> for OpSeed<'_> {
     type Value = Op;
@@ -575,6 +570,7 @@ mod tests {
 
     use super::*;
     use crate::txn::TxnLimits;
+    use crate::txn::op::tests::limits;
     use crate::txn::op::{parse, validate};
 
     /// The parse this module replaced: the whole body into a `Value`, then taken apart. The
@@ -763,16 +759,6 @@ mod tests {
                 OpResult::Add { value, version } => json!({"value": value, "version": version}),
                 OpResult::Check => json!({}),
             }
-        }
-    }
-
-    fn limits() -> TxnLimits {
-        TxnLimits {
-            key_bytes_max: 8,
-            value_bytes_max: 16,
-            ops_max: 3,
-            txn_bytes_max: 40,
-            ..TxnLimits::default()
         }
     }
 

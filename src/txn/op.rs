@@ -294,10 +294,11 @@ pub fn render_outcome(outcome: &Result<Vec<OpResult>, TxError>) -> (u16, String)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn limits() -> TxnLimits {
+    /// Small bounds, so tests reach each one (json.rs's tests too).
+    pub(crate) fn limits() -> TxnLimits {
         TxnLimits {
             key_bytes_max: 8,
             value_bytes_max: 16,
