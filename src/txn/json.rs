@@ -63,10 +63,13 @@ struct BodySeed<'a> {
 
 seed_is_its_visitor!(BodySeed);
 
-/// Visitor methods for every JSON shape but the expected one: each stops the parse with
-/// `self.wrong::<E>()`.
-macro_rules! wrong_shapes {
-    ($($method:ident($($arg:ty)?)),* $(,)?) => {
+/// The visitor methods for JSON scalars (none is ever the expected shape): each stops the parse
+/// with `self.wrong::<E>()`.
+macro_rules! wrong_scalars {
+    () => {
+        wrong_scalars!(visit_bool(bool), visit_i64(i64), visit_u64(u64), visit_f64(f64), visit_str(&str), visit_unit());
+    };
+    ($($method:ident($($arg:ty)?)),*) => {
         $(fn $method<E: de::Error>(self $(, _: $arg)?) -> Result<Self::Value, E> {
             Err(self.wrong())
         })*
@@ -103,14 +106,7 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
         ops.ok_or_else(|| fail(self.failure, 400, "missing \"ops\"".to_string()))
     }
 
-    wrong_shapes!(
-        visit_bool(bool),
-        visit_i64(i64),
-        visit_u64(u64),
-        visit_f64(f64),
-        visit_str(&str),
-        visit_unit(),
-    );
+    wrong_scalars!();
 
     fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Vec<Op>, A::Error> {
         Err(self.wrong())
@@ -166,14 +162,7 @@ impl<'de> Visitor<'de> for OpsSeed<'_> {
         Err(self.wrong())
     }
 
-    wrong_shapes!(
-        visit_bool(bool),
-        visit_i64(i64),
-        visit_u64(u64),
-        visit_f64(f64),
-        visit_str(&str),
-        visit_unit(),
-    );
+    wrong_scalars!();
 }
 
 impl OpsSeed<'_> {
@@ -227,14 +216,7 @@ impl<'de> Visitor<'de> for OpSeed<'_> {
         Err(self.wrong())
     }
 
-    wrong_shapes!(
-        visit_bool(bool),
-        visit_i64(i64),
-        visit_u64(u64),
-        visit_f64(f64),
-        visit_str(&str),
-        visit_unit(),
-    );
+    wrong_scalars!();
 }
 
 impl OpSeed<'_> {
@@ -462,13 +444,7 @@ pub fn render_outcome(outcome: &Result<Vec<OpResult>, TxError>) -> (u16, String)
             })
         }
         Err(error) => {
-            let name = match error {
-                TxError::Conflict => "conflict",
-                TxError::Busy => "busy",
-                TxError::Full => "full",
-                TxError::Unavailable => "unavailable",
-                TxError::Unknown | TxError::Failed { .. } => "unknown",
-            };
+            let name = error.name();
             serde_json::to_string(&Refused {
                 committed: (*error != TxError::Unknown).then_some(false),
                 error: name,
@@ -716,13 +692,7 @@ mod tests {
                     body
                 }
                 Err(error) => {
-                    let name = match error {
-                        TxError::Conflict => "conflict",
-                        TxError::Busy => "busy",
-                        TxError::Full => "full",
-                        TxError::Unavailable => "unavailable",
-                        TxError::Unknown | TxError::Failed { .. } => "unknown",
-                    };
+                    let name = error.name();
                     let committed = if *error == TxError::Unknown {
                         Value::Null
                     } else {

@@ -273,6 +273,17 @@ impl TxError {
         )
     }
 
+    /// The error's name in a JSON answer (`"error": "conflict"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TxError::Conflict => "conflict",
+            TxError::Busy => "busy",
+            TxError::Full => "full",
+            TxError::Unavailable => "unavailable",
+            TxError::Unknown | TxError::Failed { .. } => "unknown",
+        }
+    }
+
     pub fn message(&self) -> &'static str {
         match self {
             TxError::Failed { .. } => "an op's condition failed; nothing was written",
