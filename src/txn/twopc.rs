@@ -420,6 +420,24 @@ impl Node {
         if open >= self.limits.coordinated_max {
             return self.busy(client, out);
         }
+        // This shard's own part would vote no on a lock: answer 409 now, before any other
+        // shard locks, logs and then releases its part of a transaction that cannot commit.
+        // Nothing was staged or sent, so nothing needs telling or cleaning up.
+        let local_conflict = participants.len() > 1
+            && parts.get(&self.shard).is_some_and(|ops| {
+                ops.iter()
+                    .any(|(_, op)| self.partition.locked_by(op.key()).is_some())
+            });
+        if local_conflict {
+            self.counters.coordinated += 1;
+            self.counters.aborted += 1;
+            self.partition.counters.aborts_conflict += 1;
+            out.push(Action::Reply {
+                client,
+                outcome: Err(TxError::Conflict),
+            });
+            return;
+        }
         let tx = TxId {
             coordinator: self.shard as u32,
             epoch: self.epoch,
@@ -1166,6 +1184,61 @@ mod tests {
             ],
         );
         assert_eq!(node.counters.committed, 2);
+    }
+
+    /// A transaction whose part on the coordinator's own shard meets a lock is answered 409 at
+    /// once: no staging record, no prepare sent, so no other shard locks and logs a part that
+    /// would only be released.
+    #[test]
+    fn a_lock_on_the_coordinators_own_part_answers_409_before_anything_is_sent() {
+        let mut node = node(0);
+        check(&mut node, vec![(1, begin_two(3), prepares(0))]);
+        // Its own part prepares: key_on(0) is locked by tx 0.
+        let prepare = Msg::Prepare {
+            tx: tx(0),
+            ops: vec![(0, put(0, "a"))],
+        };
+        let actions = node.on_event(receive(0, prepare), 2);
+        assert!(matches!(
+            actions.as_slice(),
+            [Action::Persist {
+                record: Some(Record::Prepare { .. }),
+                ..
+            }]
+        ));
+        let actions = node.on_event(begin_two(4), 3);
+        assert_eq!(
+            actions,
+            vec![Action::Reply {
+                client: 4,
+                outcome: Err(TxError::Conflict),
+            }]
+        );
+        assert_eq!((node.counters.coordinated, node.counters.aborted), (2, 1));
+        assert_eq!(node.partition.counters.aborts_conflict, 1);
+        // Another key on this shard is free: the transaction goes ahead as usual.
+        let other = (0..)
+            .map(|i| Bytes::from(format!("other{i}")))
+            .find(|key| owner(key, SHARDS) == 0 && *key != key_on(0))
+            .expect("some key");
+        let ops = vec![
+            put(1, "b"),
+            Op::Put {
+                key: other,
+                value: Bytes::from_static(b"c"),
+            },
+        ];
+        let actions = node.on_event(Event::Begin { client: 5, ops }, 4);
+        assert!(
+            matches!(
+                actions.first(),
+                Some(Action::Persist {
+                    record: Some(Record::Staging { .. }),
+                    ..
+                })
+            ),
+            "{actions:?}"
+        );
     }
 
     #[test]
