@@ -3,7 +3,8 @@
 //! Protocol (parallel commit, presumed abort, no waiting on locks):
 //! 1. The shard that receives a transaction splits its ops by `owner`. All on this shard: run in
 //!    one step (`Partition::run_local`), reply once the record is durable. All on one other shard:
-//!    forward it (`Run`), relay the `RunResult`. Several shards: the coordinator sends `Prepare`
+//!    forward it (`Run`), relay the `RunResult`. Several shards: if its own part meets a lock,
+//!    the coordinator answers 409 at once (nothing staged or sent); otherwise it sends `Prepare`
 //!    and, at the same time, appends a `Staging` record naming the participants.
 //! 2. A participant locks and validates its part; a conflict, failed check or bound votes no at
 //!    once (nothing to undo, and it never prepares that transaction later: a `Prepare` is sent
