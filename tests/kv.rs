@@ -1348,28 +1348,9 @@ fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
     bytes.extend_from_slice(&frame);
     std::fs::write(&path, &bytes).unwrap();
 
-    // Bounded: a build that cut the record off would start and serve instead of exiting.
-    let mut child = std::process::Command::new(common::BIN)
-        .args(["--bind", "127.0.0.1:0", "--data-dir", dir_str])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("percore started on a log with a record it does not know");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(code, Some(2), "{stderr}");
+    // run_failing is bounded: a build that cut the record off would start and serve instead.
+    let (code, stderr) = common::run_failing(&["--bind", "127.0.0.1:0", "--data-dir", dir_str]);
+    assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("type 200") && stderr.contains(&format!("byte {at}")),
         "{stderr}"

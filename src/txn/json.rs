@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::txn::op::{Expect, FailReason, Op, OpResult, ParseError, TxError};
+use crate::txn::op::{Expect, FailReason, Op, OpResult, ParseError, TxError, bad, too_large};
 
 /// Parses `{"ops": [...]}` into ops, bounding their number by `ops_max`; the other bounds are
 /// `op::validate`'s.
@@ -28,18 +28,15 @@ pub fn parse_ops(body: &[u8], ops_max: usize) -> Result<Vec<Op>, ParseError> {
     if let Some(error) = failure.into_inner() {
         return Err(error);
     }
-    parsed.map_err(|e| ParseError {
-        status: 400,
-        message: format!("malformed JSON: {e}"),
-    })
+    parsed.map_err(|e| bad(format!("malformed JSON: {e}")))
 }
 
 /// Where a visitor leaves the contract error it stops the parse for; the serde error that
 /// carries the stop only unwinds the parser.
 type Failure<'a> = &'a RefCell<Option<ParseError>>;
 
-fn fail<E: de::Error>(failure: Failure, status: u16, message: String) -> E {
-    *failure.borrow_mut() = Some(ParseError { status, message });
+fn fail<E: de::Error>(failure: Failure, error: ParseError) -> E {
+    *failure.borrow_mut() = Some(error);
     E::custom("rejected")
 }
 
@@ -97,13 +94,12 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
                     let field = other.text();
                     return Err(fail(
                         self.failure,
-                        400,
-                        format!("unknown field \"{field}\""),
+                        bad(format!("unknown field \"{field}\"")),
                     ));
                 }
             }
         }
-        ops.ok_or_else(|| fail(self.failure, 400, "missing \"ops\"".to_string()))
+        ops.ok_or_else(|| fail(self.failure, bad("missing \"ops\"".to_string())))
     }
 
     wrong_scalars!();
@@ -116,7 +112,7 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
 impl BodySeed<'_> {
     fn wrong<E: de::Error>(&self) -> E {
         let message = "the body must be a JSON object with \"ops\"".to_string();
-        fail(self.failure, 400, message)
+        fail(self.failure, bad(message))
     }
 }
 
@@ -153,7 +149,7 @@ impl<'de> Visitor<'de> for OpsSeed<'_> {
         }
         if count > self.ops_max {
             let message = format!("{count} ops, over the bound of {}", self.ops_max);
-            return Err(fail(self.failure, 413, message));
+            return Err(fail(self.failure, too_large(message)));
         }
         Ok(ops)
     }
@@ -167,7 +163,7 @@ impl<'de> Visitor<'de> for OpsSeed<'_> {
 
 impl OpsSeed<'_> {
     fn wrong<E: de::Error>(&self) -> E {
-        fail(self.failure, 400, "\"ops\" must be an array".to_string())
+        fail(self.failure, bad("\"ops\" must be an array".to_string()))
     }
 }
 
@@ -209,7 +205,7 @@ impl<'de> Visitor<'de> for OpSeed<'_> {
         }
         fields
             .build()
-            .map_err(|message| fail(self.failure, 400, format!("op {}: {message}", self.index)))
+            .map_err(|message| fail(self.failure, bad(format!("op {}: {message}", self.index))))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Op, A::Error> {
@@ -223,8 +219,7 @@ impl OpSeed<'_> {
     fn wrong<E: de::Error>(&self) -> E {
         fail(
             self.failure,
-            400,
-            format!("op {}: must be an object", self.index),
+            bad(format!("op {}: must be an object", self.index)),
         )
     }
 }
@@ -554,13 +549,6 @@ mod tests {
     mod reference {
         use super::*;
 
-        fn bad(message: String) -> ParseError {
-            ParseError {
-                status: 400,
-                message,
-            }
-        }
-
         pub fn parse(body: &[u8], limits: &TxnLimits) -> Result<Vec<Op>, ParseError> {
             let value: Value =
                 serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
@@ -579,10 +567,11 @@ mod tests {
                 return Err(bad("\"ops\" must be an array".to_string()));
             };
             if ops.len() > limits.ops_max {
-                return Err(ParseError {
-                    status: 413,
-                    message: format!("{} ops, over the bound of {}", ops.len(), limits.ops_max),
-                });
+                return Err(too_large(format!(
+                    "{} ops, over the bound of {}",
+                    ops.len(),
+                    limits.ops_max
+                )));
             }
             let ops = ops
                 .into_iter()

@@ -129,14 +129,14 @@ pub struct ParseError {
     pub message: String,
 }
 
-fn bad(message: String) -> ParseError {
+pub(crate) fn bad(message: String) -> ParseError {
     ParseError {
         status: 400,
         message,
     }
 }
 
-fn too_large(message: String) -> ParseError {
+pub(crate) fn too_large(message: String) -> ParseError {
     ParseError {
         status: 413,
         message,

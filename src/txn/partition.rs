@@ -138,6 +138,16 @@ impl Partition {
         self.locks.get(key).copied()
     }
 
+    /// True when a key of `ops` is locked: a prepare of them would vote no, and the conflict is
+    /// counted as that prepare's would be.
+    pub fn conflicts(&mut self, ops: &[(usize, Op)]) -> bool {
+        let locked = ops.iter().any(|(_, op)| self.locks.contains_key(op.key()));
+        if locked {
+            self.counters.aborts_conflict += 1;
+        }
+        locked
+    }
+
     pub fn is_prepared(&self, tx: TxId) -> bool {
         self.prepared.contains_key(&tx)
     }

@@ -806,25 +806,17 @@ mod tests {
         too_long.extend_from_slice(&[0; 5]);
         let mut zeroes = good.clone();
         zeroes.extend_from_slice(&[0; 4096]);
-        let unknown_type = {
-            let mut frame = vec![0, 0, 0, 0, 0, 0, 0, 0, 42];
-            let crc = checksum(0, &frame[0..4], &frame[8..]);
-            frame[4..8].copy_from_slice(&crc.to_le_bytes());
-            frame
-        };
-        let malformed = {
-            // A commit at version 0: checksum fine, invariant broken.
-            let mut frame = vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-            frame.extend_from_slice(&0u64.to_le_bytes());
-            frame.extend_from_slice(&1u32.to_le_bytes());
-            frame.extend_from_slice(&1u32.to_le_bytes());
-            frame.extend_from_slice(b"k\x00");
-            let len = (frame.len() - FRAME_HEADER_BYTES) as u32;
-            frame[0..4].copy_from_slice(&len.to_le_bytes());
-            let crc = checksum(0, &frame[0..4], &frame[8..]);
-            frame[4..8].copy_from_slice(&crc.to_le_bytes());
-            frame
-        };
+        let mut unknown_type = Vec::new();
+        frame_at(42, 0, &mut unknown_type, |_| {});
+        let mut malformed = Vec::new();
+        // A commit at version 0: checksum fine, invariant broken.
+        frame_at(1, 0, &mut malformed, |out| {
+            out.push(0);
+            out.extend_from_slice(&0u64.to_le_bytes());
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.extend_from_slice(b"k\x00");
+        });
         let cases: Vec<(Vec<u8>, usize, Option<TailReason>)> = vec![
             (vec![], 0, None),
             (good.clone(), 1, None),

@@ -61,18 +61,16 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     for (number, path) in segments {
         let bytes = std::fs::read(&path)?;
         let scan = record::scan_segment(&bytes, number);
-        if let Some(tail) = &scan.tail
-            && let TailReason::UnknownType(kind) = tail.reason
-        {
-            // Cutting it off would drop acknowledged transactions a newer build wrote.
-            return Err(std::io::Error::other(format!(
-                "log {} holds a record of type {kind} at byte {}, unknown to this build (written \
-                 by a newer percore?); nothing was changed: run the newer build",
-                path.display(),
-                tail.offset
-            )));
-        }
         if let Some(tail) = &scan.tail {
+            if let TailReason::UnknownType(kind) = tail.reason {
+                // Cutting it off would drop acknowledged transactions a newer build wrote.
+                return Err(std::io::Error::other(format!(
+                    "log {} holds a record of type {kind} at byte {}, unknown to this build \
+                     (written by a newer percore?); nothing was changed: run the newer build",
+                    path.display(),
+                    tail.offset
+                )));
+            }
             if tail.reason != TailReason::Zeroes {
                 eprintln!(
                     "percore: shard {shard}: log {} has a bad record at byte {} ({:?}): cut off there",

@@ -424,15 +424,10 @@ impl Node {
         // This shard's own part would vote no on a lock: answer 409 now, before any other
         // shard locks, logs and then releases its part of a transaction that cannot commit.
         // Nothing was staged or sent, so nothing needs telling or cleaning up.
-        let local_conflict = participants.len() > 1
-            && parts.get(&self.shard).is_some_and(|ops| {
-                ops.iter()
-                    .any(|(_, op)| self.partition.locked_by(op.key()).is_some())
-            });
-        if local_conflict {
+        let own = parts.get(&self.shard);
+        if participants.len() > 1 && own.is_some_and(|ops| self.partition.conflicts(ops)) {
             self.counters.coordinated += 1;
             self.counters.aborted += 1;
-            self.partition.counters.aborts_conflict += 1;
             out.push(Action::Reply {
                 client,
                 outcome: Err(TxError::Conflict),

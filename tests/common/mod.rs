@@ -157,17 +157,35 @@ pub fn tool(command: &str, input: &str) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
-/// Runs `percore args` expecting it to exit at once; returns (exit code, stderr).
+/// Runs `percore args` expecting it to exit at once; returns (exit code, stderr). Bounded: a
+/// percore that starts serving instead is killed after 20 s and fails the test.
 pub fn run_failing(args: &[&str]) -> (i32, String) {
-    let output = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run percore");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("percore {args:?} kept running; it was expected to exit at once");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.code().unwrap_or(-1), reader.join().unwrap())
 }
 
 pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
