@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
-# A/B of two percore binaries, interleaved: each run starts a fresh `BIN --cores 0` (1 shard, CPU 0),
-# drives it with percore-load on CPU 1 (1 s warm-up, 5 s measured) and prints req/s and server CPU
-# µs/request (utime+stime from /proc/PID/stat).
+# A/B of two percore binaries, interleaved: each run starts a fresh `BIN $AB_SERVER_FLAGS` (default
+# `--cores 0`: 1 shard on CPU 0) on an empty data dir, drives it with percore-load
+# `$AB_CLIENT_FLAGS` (default `--cpus 1`; 64 connections, 1 s warm-up, 5 s measured) and prints
+# req/s, server CPU µs/request (utime+stime from /proc/PID/stat), p99 and max latency.
 # Usage: bench/ab.sh BIN_A BIN_B ROUNDS PATH [percore-load flags...], e.g.
 #   bench/ab.sh /tmp/percore-old target/release/percore 3 /plaintext --pipeline 16
+#   AB_SERVER_FLAGS='--shards 2' AB_CLIENT_FLAGS= bench/ab.sh A B 3 /plaintext -R 20000   # open loop
 A=$1; B=$2; R=$3; shift 3; PATHQ=$1; shift
+SERVER_FLAGS=${AB_SERVER_FLAGS---cores 0}
+CLIENT_FLAGS=${AB_CLIENT_FLAGS---cpus 1}
 cd "$(dirname "$0")/.."
+OUT=$(mktemp -d /tmp/ab.XXXXXX)
 run() {
   local bin=$1; shift
-  $bin --bind 127.0.0.1:0 --cores 0 > /tmp/ab_out 2>&1 &
+  # shellcheck disable=SC2086 # the flags are words
+  $bin --bind 127.0.0.1:0 --data-dir "$OUT/data" $SERVER_FLAGS > "$OUT/server.log" 2>&1 &
   local pid=$!
-  for i in $(seq 50); do grep -q listening /tmp/ab_out && break; sleep 0.1; done
-  local addr=$(grep -m1 listening /tmp/ab_out | sed 's|listening on ||')
-  target/release/percore-load -c 64 -t 1 --cpus 1 -d 1s "$@" $addr$PATHQ > /dev/null 2>&1
-  local t0=$(awk '{print $14+$15}' /proc/$pid/stat)
-  target/release/percore-load -c 64 -t 1 --cpus 1 -d 5s "$@" --json /tmp/ab.json $addr$PATHQ > /dev/null 2>&1
-  local t1=$(awk '{print $14+$15}' /proc/$pid/stat)
-  kill $pid; wait $pid 2>/dev/null
-  python3 -c "
-import json; n=json.load(open('/tmp/ab.json'))['run']['requests']
-print('%-28s req/s %9.0f  cpu us/req %.3f' % ('$bin'.split('/')[-1], n/5.0, ($t1-$t0)*1e4/n))"
+  for _ in $(seq 50); do grep -q listening "$OUT/server.log" && break; sleep 0.1; done
+  local addr; addr=$(grep -m1 listening "$OUT/server.log" | sed 's|listening on ||')
+  # shellcheck disable=SC2086
+  target/release/percore-load -c 64 -t 1 $CLIENT_FLAGS -d 1s "$@" "$addr$PATHQ" > /dev/null 2>&1
+  local t0; t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  # shellcheck disable=SC2086
+  target/release/percore-load -c 64 -t 1 $CLIENT_FLAGS -d 5s "$@" --json "$OUT/run.json" "$addr$PATHQ" > /dev/null 2>&1
+  local t1; t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  kill "$pid"; wait "$pid" 2>/dev/null; rm -rf "$OUT/data"
+  python3 - "$bin" "$t0" "$t1" "$OUT/run.json" <<'PY'
+import json, os, sys
+bin, t0, t1, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+run = json.load(open(path))["run"]; n = run["requests"]; lat = run["latency_us"]
+cpu = (t1 - t0) / os.sysconf("SC_CLK_TCK") * 1e6 / n
+print(f"{bin:40s} req/s {n / 5:9.0f}  cpu us/req {cpu:.3f}  p99 {lat['p99']} us  max {lat['max']} us")
+PY
 }
-for r in $(seq $R); do run $A "$@"; run $B "$@"; done
+for _ in $(seq "$R"); do run "$A" "$@"; run "$B" "$@"; done
+rm -rf "$OUT"
