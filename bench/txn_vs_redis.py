@@ -14,10 +14,12 @@ to CPU 1); redis-server runs under `taskset -c 0-1`; every client runs unpinned 
 Modes, one fresh server (and fresh data dir) per mode per round, order rotated each round:
   percore-single  POST /kv/tx {add A -1 floor 0, add B +1}, A and B owned by the same shard
   percore-cross   the same, A and B owned by different shards (two-phase commit)
+  percore-hot     cross-shard transfers that all share one account (owned by shard 0): nearly
+                  every answer is a 409, and committed/s measures how long that account stays locked
   redis-eval      EVAL (GET A, check floor, DECRBY A 1, INCRBY B 1) via redis-benchmark
   redis-multi     MULTI / DECRBY A 1 / INCRBY B 1 / EXEC (no floor) via the small
                   Python client below (one transaction in flight per connection)
-  base-single, base-cross   the percore modes with the binaries in --baseline DIR (an older
+  base-single, base-cross, base-hot   the percore modes with the binaries in --baseline DIR (an older
                   build), interleaved with the others for an A/B of two percore versions
 Server CPU per transaction: utime+stime of the server process (/proc/PID/stat) over the
 measured run, divided by transactions answered. Client CPU: rusage of the client process.
@@ -94,10 +96,13 @@ def write_scenarios(workdir: str) -> dict:
     for i in range(PAIRS):
         a, b = by_owner[0][i % len(by_owner[0])], by_owner[1][i % len(by_owner[1])]
         cross.append((a, b) if i % 2 == 0 else (b, a))
+    # hot: every transfer has one account in common (owned by shard 0), the other on shard 1
+    hot_key = by_owner[0][0]
+    hot = [(hot_key, b) if i % 2 == 0 else (b, hot_key) for i, b in enumerate(by_owner[1][:PAIRS])]
     assert all(owner(a) == owner(b) for a, b in single)
-    assert all(owner(a) != owner(b) for a, b in cross)
+    assert all(owner(a) != owner(b) for a, b in cross + hot)
     paths = {}
-    for name, pairs in (("single", single), ("cross", cross)):
+    for name, pairs in (("single", single), ("cross", cross), ("hot", hot)):
         path = os.path.join(workdir, f"transfers-{name}.toml")
         with open(path, "w") as f:
             f.write(f"# {len(pairs)} {name}-shard transfer pairs over {ACCOUNTS} accounts\n")

@@ -12,17 +12,19 @@
 //! 3. The commit point is "every participant's `Prepare` is durable": once every vote is yes and
 //!    the `Staging` record is durable, the coordinator replies to the client, so a transaction
 //!    costs one round of log syncs (the participants' and the coordinator's in parallel), not
-//!    two. It then makes a commit `Decision` durable and only after that sends `Decide(commit)`,
-//!    so no participant applies, and later forgets, a transaction whose outcome lives only in
-//!    the other participants' logs.
+//!    two. It then appends a commit `Decision` and, right behind it, applies its own part (its
+//!    locks go at once; log order makes that safe: nothing after the decision is durable before
+//!    it). Other participants hear `Decide(commit)` only once the decision is durable, so no
+//!    participant applies, and later forgets, a transaction whose outcome lives only in the
+//!    other participants' logs.
 //! 4. Any no: the coordinator sends `Decide(abort)`, replies and forgets (a lazy `End` spares a
 //!    restart the question below; the no voter never prepares, so the answer would be abort).
 //!    No vote before `prepare_timeout_ms`, or a participant asking about a transaction still
 //!    preparing: every yes may yet arrive, so the abort `Decision` is made durable first, then
 //!    sent and replied.
 //! 5. A participant applies on commit, makes its `Commit` durable, and acks; the coordinator
-//!    resends `Decide(commit)` every `resolve_interval_ms` until every participant acked, then
-//!    writes `End` and forgets.
+//!    resends `Decide(commit)` every `resolve_interval_ms` until every other participant acked,
+//!    then writes `End` and forgets.
 //! 6. A prepared participant that hears nothing for `prepare_timeout_ms`, or finds the
 //!    transaction in doubt after a restart, asks `Status` every `resolve_interval_ms`. The
 //!    coordinator answers from its durable decisions, and one it knows nothing of (it never
@@ -680,13 +682,28 @@ impl Node {
         self.write_commit_decision(tx, active.participants, out);
     }
 
+    /// Appends the commit decision and, behind it in the same log, applies this shard's own part
+    /// at once: its locks go now, not a log sync later. Log order makes that safe: the own
+    /// `Commit`, and every later record that could depend on its writes (a transaction reading
+    /// them), is durable only once the decision before it is, and a restart that lost the
+    /// decision lost them too. Other participants hear the decision once it is durable.
     fn write_commit_decision(&mut self, tx: TxId, participants: Vec<usize>, out: &mut Vec<Action>) {
         out.push(Action::Persist {
             record: Some(decision_record(tx, true, &participants)),
             then: Then::Decided { tx },
         });
+        let mut unacked: BTreeSet<usize> = participants.iter().copied().collect();
+        if unacked.remove(&self.shard) {
+            self.query_at_ms.remove(&tx);
+            if let Some(record) = self.partition.commit(tx) {
+                out.push(Action::Persist {
+                    record: Some(record),
+                    then: Then::Nothing,
+                });
+            }
+        }
         let decision = Decided {
-            unacked: participants.iter().copied().collect(),
+            unacked,
             participants,
             resend_at_ms: 0,
             durable: false,
@@ -1135,10 +1152,11 @@ mod tests {
                 // Nobody hears the commit before the decision is durable...
                 (5, receive(1, Msg::Status { tx: tx(0) }), vec![]),
                 (20, Event::Tick, vec![]),
+                // The coordinator's own part committed with the decision: only shard 1 hears.
                 (
                     21,
                     Event::Durable(Then::Decided { tx: tx(0) }),
-                    decide_all(0, true),
+                    decide_all(0, true)[1..].to_vec(),
                 ),
                 // ...and afterwards; unacknowledged participants hear it again.
                 (
@@ -1234,6 +1252,73 @@ mod tests {
                 })
             ),
             "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn the_coordinators_own_part_commits_and_unlocks_behind_the_decision_record() {
+        let mut node = node(0);
+        check(&mut node, vec![(1, begin_two(3), prepares(0))]);
+        let prepare = Msg::Prepare {
+            tx: tx(0),
+            ops: vec![(0, put(0, "a"))],
+        };
+        let [Action::Persist { then: voted, .. }] = &node.on_event(receive(0, prepare), 2)[..]
+        else {
+            panic!("the own part's prepare is persisted");
+        };
+        let vote = node.on_event(Event::Durable(voted.clone()), 3);
+        let [Action::Send { to: 0, msg: vote }] = &vote[..] else {
+            panic!("the own part votes to this shard: {vote:?}");
+        };
+        assert!(node.on_event(receive(0, vote.clone()), 4).is_empty());
+        assert!(node.on_event(receive(1, yes(0, 1, 5)), 5).is_empty());
+        let actions = node.on_event(Event::Durable(Then::Staged { tx: tx(0) }), 6);
+        // The reply, the decision, then the own part's commit: the log keeps them in that order.
+        let [
+            Action::Reply {
+                client: 3,
+                outcome: Ok(_),
+            },
+            Action::Persist {
+                record: Some(Record::Decision { commit: true, .. }),
+                then: Then::Decided { .. },
+            },
+            Action::Persist {
+                record:
+                    Some(Record::Commit {
+                        tx: Some(committed),
+                        ..
+                    }),
+                then: Then::Nothing,
+            },
+        ] = &actions[..]
+        else {
+            panic!("reply, decision, own commit: {actions:?}");
+        };
+        assert_eq!(*committed, tx(0));
+        // key_on(0) is free before the decision is durable: the next transaction on it goes on.
+        assert!(!node.partition.is_prepared(tx(0)));
+        let next = node.on_event(begin_two(4), 7);
+        assert_eq!(next, prepares(1), "no early 409");
+        // Only the other participant hears the decision; its ack ends the transaction.
+        check(
+            &mut node,
+            vec![
+                (
+                    8,
+                    Event::Durable(Then::Decided { tx: tx(0) }),
+                    decide_all(0, true)[1..].to_vec(),
+                ),
+                (
+                    9,
+                    receive(1, Msg::Ack { tx: tx(0) }),
+                    vec![Action::Persist {
+                        record: Some(Record::End { tx: tx(0) }),
+                        then: Then::Nothing,
+                    }],
+                ),
+            ],
         );
     }
 
@@ -1390,7 +1475,7 @@ mod tests {
                 (
                     123,
                     Event::Durable(Then::Decided { tx: tx(0) }),
-                    decide_all(0, true),
+                    decide_all(0, true)[1..].to_vec(),
                 ),
                 (124, receive(0, Msg::Ack { tx: tx(0) }), vec![]),
                 (
