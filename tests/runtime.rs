@@ -276,6 +276,60 @@ fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
     assert_ne!(status.code(), Some(0));
 }
 
+/// A shard that cannot finish stopping (here: its session snapshot's temporary file is a FIFO
+/// with no reader, so the kernel blocks the shard thread in open(2), as a hung disk would) must
+/// not keep the process alive: it exits 1 after `--grace` + `--stop-timeout`, naming the shard.
+#[test]
+fn a_shard_that_cannot_stop_is_left_behind_after_the_stop_timeout() {
+    use std::io::{BufRead, BufReader, Read};
+    let data = common::temp_dir("wedged-stop");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["--bind", "127.0.0.1:0", "--shards", "2", "--grace", "0.5"])
+        .args(["--stop-timeout", "1", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let fifo = std::ffi::CString::new(data.join("sessions-1.snap.tmp").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let signalled = Instant::now();
+    let mut status = None;
+    while status.is_none() && signalled.elapsed() < Duration::from_secs(20) {
+        status = child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("percore still running 20 s after SIGTERM");
+    };
+    let waited = signalled.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("shard 1 still stopping 1.5 s after the signal"),
+        "{stderr}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "left after {waited:?}"
+    );
+}
+
 #[test]
 fn too_little_locked_memory_is_one_line_naming_the_fix() {
     let output = std::process::Command::new("bash")

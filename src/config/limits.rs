@@ -42,6 +42,11 @@ pub const LINGERING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 pub const LINGERING_TIME_MAX: Duration = Duration::from_secs(30);
 /// Graceful shutdown budget. Gunicorn's graceful_timeout is 30 s; Kubernetes gives 30 s.
 pub const GRACE_DEFAULT: Duration = Duration::from_secs(10);
+/// After the grace period, how long the shards may take to sync their logs and write their
+/// session snapshots before the process exits anyway (a wedged disk or shard must not keep it,
+/// and its listening sockets, alive). Gunicorn kills workers still alive at graceful_timeout;
+/// systemd sends SIGKILL at TimeoutStopSec (90 s).
+pub const STOP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// From accept to the end of the TLS handshake. nginx's ssl_handshake_timeout: 60 s; Envoy's
 /// transport_socket_connect_timeout: 15 s. A stalled handshake holds a connection slot, so shorter.

@@ -94,6 +94,10 @@ pub struct Args {
     /// Seconds allowed for a graceful shutdown after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub grace: Option<f64>,
+    /// Seconds the shards may take after the grace period to sync their logs and write their
+    /// session snapshots; past it the process exits 1, naming the shards still stopping.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub stop_timeout: Option<f64>,
     /// Cross-shard requests a shard serves at once (and has outstanding).
     #[arg(long, value_name = "N")]
     pub mesh_inflight_max: Option<usize>,
@@ -240,6 +244,7 @@ struct FileConfig {
     write_timeout: Option<f64>,
     lingering_timeout: Option<f64>,
     grace: Option<f64>,
+    stop_timeout: Option<f64>,
     mesh_inflight_max: Option<usize>,
     mesh_deadline_ms: Option<u64>,
     node_id: Option<u16>,
@@ -391,6 +396,7 @@ pub struct Config {
     /// Zero: no lingering close.
     pub lingering_timeout: Duration,
     pub grace: Duration,
+    pub stop_timeout: Duration,
     pub mesh_inflight_max: usize,
     pub mesh_deadline: Duration,
     pub node_id: u16,
@@ -620,6 +626,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             )?,
         },
         grace: seconds("grace", args.grace.or(file.grace), limits::GRACE_DEFAULT)?,
+        stop_timeout: seconds(
+            "stop-timeout",
+            args.stop_timeout.or(file.stop_timeout),
+            limits::STOP_TIMEOUT_DEFAULT,
+        )?,
         mesh_inflight_max: positive(
             "mesh-inflight-max",
             args.mesh_inflight_max.or(file.mesh_inflight_max),
@@ -1096,6 +1107,11 @@ mod tests {
         assert_eq!(c.pipeline_parallel_max, 16);
         assert_eq!(c.body_bytes_max, 1024 * 1024);
         assert_eq!(c.grace, Duration::from_secs(10));
+        assert_eq!(c.stop_timeout, Duration::from_secs(10));
+        let c = merged(&["--stop-timeout", "2.5"], "").unwrap();
+        assert_eq!(c.stop_timeout, Duration::from_millis(2500));
+        let c = merged(&[], "stop_timeout = 3").unwrap();
+        assert_eq!(c.stop_timeout, Duration::from_secs(3));
     }
 
     #[test]
@@ -1122,6 +1138,7 @@ mod tests {
             (&["--max-conns", "0"][..], "", "--max-conns 0"),
             (&["--max-headers", "257"][..], "", "--max-headers 257"),
             (&["--grace", "-1"][..], "", "--grace -1"),
+            (&["--stop-timeout", "0"][..], "", "--stop-timeout 0"),
             (&["--max-uri-bytes", "20000"][..], "", "--max-uri-bytes"),
             (&["--spin-us", "2000000"][..], "", "--spin-us 2000000"),
             (

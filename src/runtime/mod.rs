@@ -127,6 +127,9 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut controls = Vec::with_capacity(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
+    // Each shard reports its index here once it has stopped (drained, log synced, snapshot
+    // written): the main thread bounds the whole stop by `--grace` + `--stop-timeout`.
+    let (stopped_tx, stopped_rx) = mpsc::channel();
     // Shards are created in index order: glommio numbers executors in creation order and the
     // mesh orders peers by that number, so mesh peer id == shard index (asserted in Mesh::join).
     for (index, listeners) in sockets.drain(..).enumerate() {
@@ -160,20 +163,29 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
                 config.auth.hash_concurrency,
             ))
             .spin_before_park(config.spin)
-            .spawn(move || shard_main(init))
+            .spawn({
+                let stopped = stopped_tx.clone();
+                move || async move {
+                    shard_main(init).await;
+                    let _ = stopped.send(index);
+                }
+            })
             .map_err(|e| StartError(format!("cannot start shard {index} on CPU {cpu}: {e}")))?;
         handles.push(handle);
     }
     // Before waiting for the shards: connecting a shared channel waits for both ends.
     let forwarder_started = StartReport::new(ready_tx.clone(), "the signal thread".into());
     drop(ready_tx);
+    drop(stopped_tx);
     let serving = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
     spawn_signal_forwarder(
         signals,
         controls,
         config.auth.users_path.clone(),
         forwarder_started,
         serving.clone(),
+        draining.clone(),
     )?;
     // A shard whose executor could not be built (no file descriptors left, io_uring memory,
     // CPU binding) never runs: glommio drops its closure, whose report says so here. Without
@@ -213,10 +225,52 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         }
         let _ = out.flush();
     }
+    wait_stopped(
+        &stopped_rx,
+        shard_count,
+        &draining,
+        config.grace + config.stop_timeout,
+    );
     for handle in handles {
         let _ = handle.join();
     }
     Ok(())
+}
+
+/// Waits until every shard reported that it stopped. Once a drain began, they have `limit` in
+/// all; past it the process exits 1 and says which shards were still stopping (a wedged disk or
+/// executor must not keep the process, and its listening sockets, alive: the logs are
+/// crash-safe, and the next start replays them).
+fn wait_stopped(
+    stopped: &mpsc::Receiver<usize>,
+    shard_count: usize,
+    draining: &AtomicBool,
+    limit: Duration,
+) {
+    let mut running: std::collections::BTreeSet<usize> = (0..shard_count).collect();
+    let mut deadline = None;
+    while !running.is_empty() {
+        match stopped.recv_timeout(Duration::from_millis(50)) {
+            Ok(index) => {
+                running.remove(&index);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // Every shard thread is gone: the joins that follow return at once.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if deadline.is_none() && draining.load(Ordering::SeqCst) {
+            deadline = Some(Instant::now() + limit);
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            let running: Vec<String> = running.iter().map(usize::to_string).collect();
+            eprintln!(
+                "percore: shard {} still stopping {:.1} s after the signal (--grace + --stop-timeout): exiting now",
+                running.join(", "),
+                limit.as_secs_f64()
+            );
+            std::process::exit(1);
+        }
+    }
 }
 
 /// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard (a
@@ -232,6 +286,7 @@ fn spawn_signal_forwarder(
     users_path: Option<std::path::PathBuf>,
     started: StartReport,
     serving: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
 ) -> Result<(), StartError> {
     LocalExecutorBuilder::new(Placement::Unbound)
         .name("percore-signals")
@@ -268,6 +323,7 @@ fn spawn_signal_forwarder(
                             std::process::exit(128 + signal);
                         }
                         if received == 1 {
+                            draining.store(true, Ordering::SeqCst);
                             eprintln!(
                                 "percore: signal {signal}: draining (a second signal exits at once)"
                             );
