@@ -2,7 +2,7 @@
 """Transfers/s and latency: percore /kv/tx (single-shard and cross-shard `add` transfers,
 --fsync batch) vs Redis (appendonly yes, appendfsync always), interleaved rounds.
 
-    python3 bench/txn_vs_redis.py [--rounds 3] [--seconds 8] [--conns 64] [--modes LIST] [--percore-args 'FLAGS'] [--baseline DIR] [--out DIR]
+    python3 bench/txn_vs_redis.py [--rounds 3] [--seconds 8] [--conns 64] [--modes LIST] [--percore-args 'FLAGS'] [--baseline DIR] [--out DIR] [--accounts 2048]
 
 Needs release `percore` and `percore-load` (PERCORE_BIN_DIR, default
 /tmp/percore-txnbench-target/release) and redis-server, redis-benchmark, redis-cli on PATH.
@@ -38,9 +38,9 @@ import sys
 import tempfile
 import time
 
-ACCOUNTS = 2048
+ACCOUNTS = 2048  # --accounts
 SEED_BALANCE = 1_000_000_000
-PAIRS = 1024  # scenario files allow at most 1024 [[request]] entries
+PAIRS = ACCOUNTS // 2  # one [[request]] each: a scenario holds at most 16384
 PERCORE_PORT = 18431
 REDIS_PORT = 16391
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -276,7 +276,7 @@ def redis_mode(args, kind, rnd, est):
         else:
             def argv(n):
                 return [sys.executable, os.path.abspath(__file__), "multi-client", str(REDIS_PORT),
-                        str(args.conns), str(n)]
+                        str(args.conns), str(n), str(ACCOUNTS)]
         n_warm = max(int(est.get(kind, 5000) * args.warmup), 2000)
         _, _, wall, out, err, _ = run_client(argv(n_warm), proc.pid)
         rate_guess = n_warm / wall
@@ -310,7 +310,7 @@ def redis_mode(args, kind, rnd, est):
         shutil.rmtree(datadir, ignore_errors=True)
 
 
-def multi_client(port: int, conns: int, total: int) -> None:
+def multi_client(port: int, conns: int, total: int, accounts: int) -> None:
     """MULTI/DECRBY/INCRBY/EXEC, one transaction in flight per connection (the 4 commands of one
     transaction go in one write, as client libraries send a transaction pipeline)."""
     rng = random.Random()
@@ -324,8 +324,8 @@ def multi_client(port: int, conns: int, total: int) -> None:
 
     def send(s):
         nonlocal sent
-        a = b"acct:%012d" % rng.randrange(ACCOUNTS)
-        b = b"acct:%012d" % rng.randrange(ACCOUNTS)
+        a = b"acct:%012d" % rng.randrange(accounts)
+        b = b"acct:%012d" % rng.randrange(accounts)
         s.sendall(cmd(b"MULTI") + cmd(b"DECRBY", a, b"1") + cmd(b"INCRBY", b, b"1") + cmd(b"EXEC"))
         state[s] = [time.perf_counter(), b""]
         sent += 1
@@ -357,8 +357,9 @@ def multi_client(port: int, conns: int, total: int) -> None:
 
 
 def main():
+    global ACCOUNTS, PAIRS
     if len(sys.argv) > 1 and sys.argv[1] == "multi-client":
-        multi_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        multi_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -370,7 +371,11 @@ def main():
     ap.add_argument("--baseline", default=None, help="bin dir of an older percore for the base-* modes")
     ap.add_argument("--out", default=None)
     ap.add_argument("--percore-args", default="", help="extra percore flags, e.g. '--spin-us 50'")
+    ap.add_argument("--accounts", type=int, default=ACCOUNTS,
+                    help="accounts (default 2048); more spread the transfers, so fewer of percore's meet a lock")
     args = ap.parse_args()
+    assert 4 <= args.accounts <= 32768, "--accounts: 4..32768 (a scenario holds at most 16384 transfers)"
+    ACCOUNTS, PAIRS = args.accounts, args.accounts // 2
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                         time.strftime("txn-%Y%m%d-%H%M%S", time.gmtime()))
     os.makedirs(args.out, exist_ok=True)
@@ -394,7 +399,7 @@ def main():
             print(json.dumps(r), flush=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print(f"\nconnections: {args.conns}, rounds: {args.rounds}, {args.seconds}s each (+{args.warmup}s warm-up)"
+    print(f"\naccounts: {ACCOUNTS}, connections: {args.conns}, rounds: {args.rounds}, {args.seconds}s each (+{args.warmup}s warm-up)"
           + (f"; percore flags: {args.percore_args}" if args.percore_args else ""))
     print("| mode | median tx/s (2xx) | min–max tx/s | 409 share | p50 ms | p99 ms | server CPU µs/tx | client CPU µs/tx | server CPU util |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -229,4 +229,14 @@ mod tests {
         );
         check("this is not toml", Err(""));
     }
+
+    #[test]
+    fn requests_at_the_bound_and_one_past_it() {
+        let max = limits::SCENARIO_REQUESTS_MAX;
+        check(&"[[request]]\n".repeat(max), Ok((max, max, None, false)));
+        check(
+            &"[[request]]\n".repeat(max + 1),
+            Err(&format!("more than {max} requests")),
+        );
+    }
 }
