@@ -205,7 +205,9 @@ struct Active {
     results: Vec<Option<OpResult>>,
 }
 
-/// A commit decision: participants hear it once it is `durable`, until each acked.
+/// A commit decision: the other participants hear it once it is `durable`, until each acked. This
+/// shard's own part committed with the decision and is not among them, except after a restart
+/// (`Node::recover`), when its `Commit` may have been lost behind a decision that survived.
 struct Decided {
     participants: Vec<usize>,
     unacked: BTreeSet<usize>,
@@ -360,7 +362,9 @@ impl Node {
 
     /// A complete snapshot (partition, in-doubt parts, epoch, commit decisions not yet acked,
     /// staged transactions, abort decisions not yet sent). Take it in one step; once it is
-    /// durable, a new log segment replaces the old.
+    /// durable, a new log segment replaces the old. Commit decisions go in whether or not they
+    /// are durable yet: the partition in it may hold this shard's part already applied (see
+    /// `write_commit_decision`), which is safe only with its decision beside it.
     pub fn snapshot(&self) -> Vec<Record> {
         let mut records = self.partition.snapshot();
         records.push(Record::Epoch { epoch: self.epoch });
@@ -1320,6 +1324,44 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn a_snapshot_taken_before_the_decision_is_durable_holds_it_beside_the_applied_own_part() {
+        let mut node = node(0);
+        check(&mut node, vec![(1, begin_two(3), prepares(0))]);
+        let prepare = Msg::Prepare {
+            tx: tx(0),
+            ops: vec![(0, put(0, "a"))],
+        };
+        let [Action::Persist { then: voted, .. }] = &node.on_event(receive(0, prepare), 2)[..]
+        else {
+            panic!("the own part's prepare is persisted");
+        };
+        let vote = node.on_event(Event::Durable(voted.clone()), 3);
+        let [Action::Send { msg: vote, .. }] = &vote[..] else {
+            panic!("a vote: {vote:?}");
+        };
+        node.on_event(receive(0, vote.clone()), 4);
+        node.on_event(receive(1, yes(0, 1, 5)), 5);
+        assert_eq!(
+            node.on_event(Event::Durable(Then::Staged { tx: tx(0) }), 6)
+                .len(),
+            3
+        );
+        // A checkpoint now: the decision and the own commit are appended, neither durable.
+        let snapshot = node.snapshot();
+        assert!(snapshot.contains(&decision(0, true)), "{snapshot:?}");
+        let (restarted, actions) = Node::recover(0, SHARDS, limits(), &snapshot, 100);
+        // The decision is resent to every participant, itself included; nothing is probed.
+        assert_eq!(actions[1..], decide_all(0, true)[..]);
+        assert_eq!(restarted.partition.prepared().count(), 0);
+        let value = restarted
+            .partition
+            .entries()
+            .find(|(key, _)| **key == key_on(0))
+            .map(|(_, entry)| entry.value.clone());
+        assert_eq!(value, Some(Bytes::from_static(b"a")));
     }
 
     #[test]
