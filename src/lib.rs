@@ -37,7 +37,9 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// Parses the process's flags, runs a server whose shards each serve `app()`, and returns the
 /// exit code: 0 after a graceful shutdown, 2 with one line on stderr for bad flags, config or
-/// environment.
+/// environment. Some ends exit the process from inside instead: a second signal, or one during
+/// start-up (128 + the signal's number), and a stop that outlasts `--grace` + `--stop-timeout`
+/// (1).
 pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
     let args = match config::Args::try_parse() {
         Ok(args) => args,

@@ -94,8 +94,9 @@ pub struct Args {
     /// Seconds allowed for a graceful shutdown after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub grace: Option<f64>,
-    /// Seconds the shards may take after the grace period to sync their logs and write their
-    /// session snapshots; past it the process exits 1, naming the shards still stopping.
+    /// Seconds added to --grace for the whole stop, counted from the signal (the drain, then each
+    /// shard's log sync and session snapshot); past it the process exits 1, naming the shards still
+    /// stopping.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub stop_timeout: Option<f64>,
     /// Cross-shard requests a shard serves at once (and has outstanding).

@@ -127,8 +127,9 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut controls = Vec::with_capacity(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
-    // Each shard reports its index here once it has stopped (drained, log synced, snapshot
-    // written): the main thread bounds the whole stop by `--grace` + `--stop-timeout`.
+    // Each shard reports here once it has stopped (drained, log synced, snapshot written), and
+    // the signal thread when a drain begins: the main thread bounds the whole stop by `--grace`
+    // + `--stop-timeout` from the signal.
     let (stopped_tx, stopped_rx) = mpsc::channel();
     // Shards are created in index order: glommio numbers executors in creation order and the
     // mesh orders peers by that number, so mesh peer id == shard index (asserted in Mesh::join).
@@ -167,7 +168,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
                 let stopped = stopped_tx.clone();
                 move || async move {
                     shard_main(init).await;
-                    let _ = stopped.send(index);
+                    let _ = stopped.send(Stop::Shard(index));
                 }
             })
             .map_err(|e| StartError(format!("cannot start shard {index} on CPU {cpu}: {e}")))?;
@@ -176,16 +177,14 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     // Before waiting for the shards: connecting a shared channel waits for both ends.
     let forwarder_started = StartReport::new(ready_tx.clone(), "the signal thread".into());
     drop(ready_tx);
-    drop(stopped_tx);
     let serving = Arc::new(AtomicBool::new(false));
-    let draining = Arc::new(AtomicBool::new(false));
     spawn_signal_forwarder(
         signals,
         controls,
         config.auth.users_path.clone(),
         forwarder_started,
         serving.clone(),
-        draining.clone(),
+        stopped_tx,
     )?;
     // A shard whose executor could not be built (no file descriptors left, io_uring memory,
     // CPU binding) never runs: glommio drops its closure, whose report says so here. Without
@@ -225,68 +224,66 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         }
         let _ = out.flush();
     }
-    wait_stopped(
-        &stopped_rx,
-        shard_count,
-        &draining,
-        config.grace + config.stop_timeout,
-    );
+    wait_stopped(&stopped_rx, shard_count, config.grace + config.stop_timeout);
     for handle in handles {
         let _ = handle.join();
     }
     Ok(())
 }
 
-/// Waits until every shard reported that it stopped. Once a drain began, they have `limit` in
-/// all; past it the process exits 1 and says which shards were still stopping (a wedged disk or
-/// executor must not keep the process, and its listening sockets, alive: the logs are
-/// crash-safe, and the next start replays them).
-fn wait_stopped(
-    stopped: &mpsc::Receiver<usize>,
-    shard_count: usize,
-    draining: &AtomicBool,
-    limit: Duration,
-) {
+/// What the main thread hears while the server runs.
+enum Stop {
+    /// The signal thread began a drain (at this instant).
+    Draining(Instant),
+    /// This shard has stopped.
+    Shard(usize),
+}
+
+/// Waits until every shard reported that it stopped. From the signal that began the drain they
+/// have `limit` in all; past it the process exits 1 and says which shards were still stopping (a
+/// wedged disk or executor must not keep the process, and its listening sockets, alive: the logs
+/// are crash-safe, and the next start replays them).
+fn wait_stopped(stops: &mpsc::Receiver<Stop>, shard_count: usize, limit: Duration) {
     let mut running: std::collections::BTreeSet<usize> = (0..shard_count).collect();
-    let mut deadline = None;
+    let mut deadline: Option<Instant> = None;
     while !running.is_empty() {
-        match stopped.recv_timeout(Duration::from_millis(50)) {
-            Ok(index) => {
+        let stop = match deadline {
+            None => stops
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(deadline) => {
+                stops.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            }
+        };
+        match stop {
+            Ok(Stop::Shard(index)) => {
                 running.remove(&index);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // Every shard thread is gone: the joins that follow return at once.
+            Ok(Stop::Draining(at)) => {
+                deadline.get_or_insert(at + limit);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let running: Vec<String> = running.iter().map(usize::to_string).collect();
+                eprintln!(
+                    "percore: shard {} still stopping {:.1} s after the signal (--grace + --stop-timeout): exiting now",
+                    running.join(", "),
+                    limit.as_secs_f64()
+                );
+                std::process::exit(1);
+            }
+            // Every shard thread and the signal thread are gone: the joins return at once.
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        if deadline.is_none() && draining.load(Ordering::SeqCst) {
-            deadline = Some(Instant::now() + limit);
-        }
-        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            let running: Vec<String> = running.iter().map(usize::to_string).collect();
-            eprintln!(
-                "percore: shard {} still stopping {:.1} s after the signal (--grace + --stop-timeout): exiting now",
-                running.join(", "),
-                limit.as_secs_f64()
-            );
-            std::process::exit(1);
         }
     }
 }
 
-/// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard (a
-/// second one exits at once), and SIGHUP into a re-read of the users file: read and checked
-/// here once, then handed to every shard; a bad file keeps the old users and says why.
-/// Once every shard is ready (`serving`, set by the main thread) it tells them to accept. Before
-/// that, SIGTERM/SIGINT exits at once: nothing was accepted yet, and a shard replaying a long
-/// log reads no messages until it is done; the logs are crash-safe, so the next start replays
-/// them again.
 fn spawn_signal_forwarder(
     mut signals: signal_hook::iterator::Signals,
     controls: Vec<SharedSender<Control>>,
     users_path: Option<std::path::PathBuf>,
     started: StartReport,
     serving: Arc<AtomicBool>,
-    draining: Arc<AtomicBool>,
+    stops: mpsc::Sender<Stop>,
 ) -> Result<(), StartError> {
     LocalExecutorBuilder::new(Placement::Unbound)
         .name("percore-signals")
@@ -303,6 +300,10 @@ fn spawn_signal_forwarder(
                 // The newest users re-read on SIGHUP that a shard has not taken yet (its channel
                 // was full): retried every pass, so every shard ends with the newest file.
                 let mut users_pending: Vec<Option<Arc<Users>>> = vec![None; connected.len()];
+                // Drains not yet taken (a shard's channel was full): retried every pass, never
+                // awaited, so a shard that reads no messages cannot hold up the others' drain
+                // or a second signal.
+                let mut drains_pending = vec![false; connected.len()];
                 loop {
                     if !announced && serving.load(Ordering::SeqCst) {
                         for control in &connected {
@@ -323,17 +324,19 @@ fn spawn_signal_forwarder(
                             std::process::exit(128 + signal);
                         }
                         if received == 1 {
-                            draining.store(true, Ordering::SeqCst);
+                            let _ = stops.send(Stop::Draining(Instant::now()));
                             eprintln!(
                                 "percore: signal {signal}: draining (a second signal exits at once)"
                             );
-                            for control in &connected {
-                                // Waits for room: a drain must not be lost to a full channel.
-                                let _ = control.send(Control::Drain).await;
-                            }
+                            drains_pending.fill(true);
                         } else {
                             eprintln!("percore: signal {signal} again: exiting now");
                             std::process::exit(128 + signal);
+                        }
+                    }
+                    for (control, pending) in connected.iter().zip(&mut drains_pending) {
+                        if *pending && control.try_send(Control::Drain).is_ok() {
+                            *pending = false;
                         }
                     }
                     for (control, pending) in connected.iter().zip(&mut users_pending) {
