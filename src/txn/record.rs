@@ -116,8 +116,8 @@ pub enum TailReason {
     Malformed(&'static str),
 }
 
-/// Appends `record`, framed, to `out`. Asserts that the record keeps its invariants and that the
-/// bytes written decode back to it: a record we cannot read back must never reach the disk.
+/// Appends `record`, framed, to `out`. Asserts that the record keeps its invariants (every build)
+/// and, in debug builds, that the bytes written decode back to it.
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
     encode_at(record, 0, out)
 }
