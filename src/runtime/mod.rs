@@ -277,6 +277,14 @@ fn wait_stopped(stops: &mpsc::Receiver<Stop>, shard_count: usize, limit: Duratio
     }
 }
 
+/// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard (a
+/// second one exits at once) and tells the main thread when the drain began, and turns SIGHUP
+/// into a re-read of the users file: read and checked here once, then handed to every shard; a
+/// bad file keeps the old users and says why.
+/// Once every shard is ready (`serving`, set by the main thread) it tells them to accept. Before
+/// that, SIGTERM/SIGINT exits at once: nothing was accepted yet, and a shard replaying a long
+/// log reads no messages until it is done; the logs are crash-safe, so the next start replays
+/// them again.
 fn spawn_signal_forwarder(
     mut signals: signal_hook::iterator::Signals,
     controls: Vec<SharedSender<Control>>,
