@@ -43,9 +43,9 @@ pub const LINGERING_TIME_MAX: Duration = Duration::from_secs(30);
 /// Graceful shutdown budget. Gunicorn's graceful_timeout is 30 s; Kubernetes gives 30 s.
 pub const GRACE_DEFAULT: Duration = Duration::from_secs(10);
 /// Added to the grace period for the whole stop, counted from the signal: the drain, then each
-/// shard's log sync and session snapshot; past it the process exits anyway (a wedged disk or shard
-/// must not keep it, and its listening sockets, alive). Gunicorn kills workers still alive at graceful_timeout;
-/// systemd sends SIGKILL at TimeoutStopSec (90 s).
+/// shard's log sync and session snapshot; past it the process exits anyway (a wedged disk or
+/// shard must not keep it, and its listening sockets, alive). Gunicorn kills workers still alive
+/// at graceful_timeout; systemd sends SIGKILL at TimeoutStopSec (90 s).
 pub const STOP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// From accept to the end of the TLS handshake. nginx's ssl_handshake_timeout: 60 s; Envoy's
