@@ -167,8 +167,13 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             .spawn({
                 let stopped = stopped_tx.clone();
                 move || async move {
+                    let report = ShardEnd {
+                        stops: stopped,
+                        index,
+                        finished: false,
+                    };
                     shard_main(init).await;
-                    let _ = stopped.send(Stop::Shard(index));
+                    report.finish();
                 }
             })
             .map_err(|e| StartError(format!("cannot start shard {index} on CPU {cpu}: {e}")))?;
@@ -237,6 +242,31 @@ enum Stop {
     Draining(Instant),
     /// This shard has stopped.
     Shard(usize),
+    /// This shard's task panicked (only where panics unwind: release builds abort at once).
+    Panicked(usize),
+}
+
+/// Tells the main thread how a shard ended, also when it unwinds from a panic (a test build):
+/// the process then exits at once instead of serving on with a dead shard.
+struct ShardEnd {
+    stops: mpsc::Sender<Stop>,
+    index: usize,
+    finished: bool,
+}
+
+impl ShardEnd {
+    fn finish(mut self) {
+        self.finished = true;
+        let _ = self.stops.send(Stop::Shard(self.index));
+    }
+}
+
+impl Drop for ShardEnd {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.stops.send(Stop::Panicked(self.index));
+        }
+    }
 }
 
 /// Waits until every shard reported that it stopped. From the signal that began the drain they
@@ -258,6 +288,10 @@ fn wait_stopped(stops: &mpsc::Receiver<Stop>, shard_count: usize, limit: Duratio
         match stop {
             Ok(Stop::Shard(index)) => {
                 running.remove(&index);
+            }
+            Ok(Stop::Panicked(index)) => {
+                eprintln!("percore: shard {index} panicked: exiting now");
+                std::process::exit(101);
             }
             Ok(Stop::Draining(at)) => {
                 deadline.get_or_insert(at + limit);
@@ -623,5 +657,34 @@ async fn clock(shard: Rc<Shard>) {
             .unwrap_or(0);
         glommio::timer::sleep(Duration::from_nanos(1_000_000_000 - u64::from(subsec))).await;
         shard.tick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_end_reports_a_stop_when_finished_and_a_panic_when_unwound() {
+        let (stops, heard) = mpsc::channel();
+        let end = ShardEnd {
+            stops: stops.clone(),
+            index: 3,
+            finished: false,
+        };
+        end.finish();
+        assert!(matches!(heard.try_recv(), Ok(Stop::Shard(3))));
+        assert!(heard.try_recv().is_err(), "one report");
+
+        let unwound = std::panic::catch_unwind(move || {
+            let _end = ShardEnd {
+                stops,
+                index: 1,
+                finished: false,
+            };
+            panic!("a shard's task panicked");
+        });
+        assert!(unwound.is_err());
+        assert!(matches!(heard.try_recv(), Ok(Stop::Panicked(1))));
     }
 }
