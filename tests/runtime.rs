@@ -301,12 +301,7 @@ fn a_shard_that_cannot_stop_is_left_behind_after_the_stop_timeout() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let signalled = Instant::now();
-    let mut status = None;
-    while status.is_none() && signalled.elapsed() < Duration::from_secs(20) {
-        status = child.try_wait().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let Some(status) = status else {
+    let Some(status) = common::wait_exit(&mut child, Duration::from_secs(20)) else {
         let _ = child.kill();
         let _ = child.wait();
         panic!("percore still running 20 s after SIGTERM");

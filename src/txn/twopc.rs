@@ -1259,10 +1259,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_coordinators_own_part_commits_and_unlocks_behind_the_decision_record() {
-        let mut node = node(0);
-        check(&mut node, vec![(1, begin_two(3), prepares(0))]);
+    /// Takes tx 0 (client 3: `put(0)` here, `put(1)` on shard 1) to its commit point with this
+    /// shard's own part really prepared, its vote delivered here; returns what the commit point
+    /// did (at time 6).
+    fn commit_point_with_own_part(node: &mut Node) -> Vec<Action> {
+        check(node, vec![(1, begin_two(3), prepares(0))]);
         let prepare = Msg::Prepare {
             tx: tx(0),
             ops: vec![(0, put(0, "a"))],
@@ -1277,7 +1278,13 @@ mod tests {
         };
         assert!(node.on_event(receive(0, vote.clone()), 4).is_empty());
         assert!(node.on_event(receive(1, yes(0, 1, 5)), 5).is_empty());
-        let actions = node.on_event(Event::Durable(Then::Staged { tx: tx(0) }), 6);
+        node.on_event(Event::Durable(Then::Staged { tx: tx(0) }), 6)
+    }
+
+    #[test]
+    fn the_coordinators_own_part_commits_and_unlocks_behind_the_decision_record() {
+        let mut node = node(0);
+        let actions = commit_point_with_own_part(&mut node);
         // The reply, the decision, then the own part's commit: the log keeps them in that order.
         let [
             Action::Reply {
@@ -1329,26 +1336,7 @@ mod tests {
     #[test]
     fn a_snapshot_taken_before_the_decision_is_durable_holds_it_beside_the_applied_own_part() {
         let mut node = node(0);
-        check(&mut node, vec![(1, begin_two(3), prepares(0))]);
-        let prepare = Msg::Prepare {
-            tx: tx(0),
-            ops: vec![(0, put(0, "a"))],
-        };
-        let [Action::Persist { then: voted, .. }] = &node.on_event(receive(0, prepare), 2)[..]
-        else {
-            panic!("the own part's prepare is persisted");
-        };
-        let vote = node.on_event(Event::Durable(voted.clone()), 3);
-        let [Action::Send { msg: vote, .. }] = &vote[..] else {
-            panic!("a vote: {vote:?}");
-        };
-        node.on_event(receive(0, vote.clone()), 4);
-        node.on_event(receive(1, yes(0, 1, 5)), 5);
-        assert_eq!(
-            node.on_event(Event::Durable(Then::Staged { tx: tx(0) }), 6)
-                .len(),
-            3
-        );
+        assert_eq!(commit_point_with_own_part(&mut node).len(), 3);
         // A checkpoint now: the decision and the own commit are appended, neither durable.
         let snapshot = node.snapshot();
         assert!(snapshot.contains(&decision(0, true)), "{snapshot:?}");
