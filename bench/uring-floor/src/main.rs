@@ -383,6 +383,10 @@ struct Worker {
     date: DateCache,
     lfd: libc::c_int,
     enobufs: u64,
+    /// UF_SEND=syscall: responses go out with a direct non-blocking send(2) at the end of
+    /// the drain (the part of glommio's model percore would keep with a receive-only
+    /// reactor); only what the socket does not take at once goes through a Send SQE.
+    send_syscall: bool,
 }
 
 /// Push an SQE; if the SQ is full, submit what is there first (should not
@@ -667,9 +671,35 @@ impl Worker {
                 continue;
             }
             c.flush_queued = false;
-            if c.live && !c.closing && !c.send_inflight && c.out_off < c.out.len() {
-                self.submit_send(slot, sq, sub);
+            if !(c.live && !c.closing && !c.send_inflight && c.out_off < c.out.len()) {
+                continue;
             }
+            if self.send_syscall {
+                let rest = &c.out[c.out_off..];
+                let n = unsafe {
+                    libc::send(
+                        c.fd,
+                        rest.as_ptr() as *const _,
+                        rest.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                    self.begin_close(slot);
+                    self.try_finish_close(slot);
+                    continue;
+                }
+                if n > 0 {
+                    c.out_off += n as usize;
+                }
+                if c.out_off == c.out.len() {
+                    c.out.clear();
+                    c.out_off = 0;
+                    continue;
+                }
+                // The socket is full: the rest waits in the kernel as a Send SQE.
+            }
+            self.submit_send(slot, sq, sub);
         }
         dirty.clear();
         self.dirty = dirty;
@@ -692,6 +722,7 @@ fn setup(port: u16, idx: usize) -> io::Result<(IoUring, Worker, bool)> {
         date: DateCache::new(),
         lfd,
         enobufs: 0,
+        send_syscall: std::env::var("UF_SEND").is_ok_and(|v| v == "syscall"),
     };
     Ok((ring, w, defer))
 }
