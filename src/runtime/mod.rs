@@ -13,7 +13,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
-use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
@@ -376,18 +376,7 @@ fn spawn_signal_forwarder(
                             std::process::exit(128 + signal);
                         }
                     }
-                    for (control, pending) in connected.iter().zip(&mut drains_pending) {
-                        if *pending && control.try_send(Control::Drain).is_ok() {
-                            *pending = false;
-                        }
-                    }
-                    for (control, pending) in connected.iter().zip(&mut users_pending) {
-                        if let Some(users) = pending.take()
-                            && control.try_send(Control::Users(users.clone())).is_err()
-                        {
-                            *pending = Some(users);
-                        }
-                    }
+                    offer_pending(&connected, &mut drains_pending, &mut users_pending);
                     // Signals are rare; a 50 ms poll keeps this thread off every hot path
                     // (2 ms until the shards are told to serve: that wait is start-up time).
                     let poll = if announced { 50 } else { 2 };
@@ -397,6 +386,27 @@ fn spawn_signal_forwarder(
         })
         .map(|_| ())
         .map_err(|e| StartError(format!("cannot start the signal thread: {e}")))
+}
+
+/// Offers every shard what it has not taken yet, without waiting: its drain, and the newest
+/// users. What a full channel refuses stays pending for the next pass.
+fn offer_pending(
+    controls: &[ConnectedSender<Control>],
+    drains: &mut [bool],
+    users: &mut [Option<Arc<Users>>],
+) {
+    for (control, pending) in controls.iter().zip(drains) {
+        if *pending && control.try_send(Control::Drain).is_ok() {
+            *pending = false;
+        }
+    }
+    for (control, pending) in controls.iter().zip(users) {
+        if let Some(newest) = pending.take()
+            && control.try_send(Control::Users(newest.clone())).is_err()
+        {
+            *pending = Some(newest);
+        }
+    }
 }
 
 fn reload_users(path: Option<&std::path::Path>) -> Option<Arc<Users>> {
@@ -686,5 +696,56 @@ mod tests {
         });
         assert!(unwound.is_err());
         assert!(matches!(heard.try_recv(), Ok(Stop::Panicked(1))));
+    }
+
+    /// A shard whose control channel is full (it is stuck, and reloads queued up) cannot take
+    /// its drain at once: the drain stays pending, is offered again on every pass, and reaches
+    /// the shard once it reads again, after what was queued before it.
+    #[test]
+    fn a_drain_a_full_channel_refuses_is_offered_again_until_taken() {
+        let (tx, rx) = shared_channel::new_bounded::<Control>(2);
+        let (read_one, may_read) = mpsc::channel::<()>();
+        let shard = LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let rx = rx.connect().await;
+                let mut heard = Vec::new();
+                while may_read.recv().is_ok() {
+                    heard.push(rx.recv().await.expect("a message"));
+                }
+                heard
+            })
+            .unwrap();
+        let signals = LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let controls = [tx.connect().await];
+                controls[0].try_send(Control::Serve).unwrap();
+                controls[0].try_send(Control::Serve).unwrap();
+                let mut drains = [true];
+                let mut users = [None];
+                // Full: refused on every pass while the shard reads nothing.
+                for _ in 0..3 {
+                    offer_pending(&controls, &mut drains, &mut users);
+                    assert!(drains[0], "a full channel took the drain");
+                }
+                // The shard reads one message: the next passes deliver the drain.
+                read_one.send(()).unwrap();
+                while drains[0] {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    offer_pending(&controls, &mut drains, &mut users);
+                }
+                read_one.send(()).unwrap();
+                read_one.send(()).unwrap();
+                drop(read_one);
+            })
+            .unwrap();
+        signals.join().unwrap();
+        let heard = shard.join().unwrap();
+        assert!(
+            matches!(
+                heard.as_slice(),
+                [Control::Serve, Control::Serve, Control::Drain]
+            ),
+            "{heard:?}"
+        );
     }
 }
