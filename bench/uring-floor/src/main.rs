@@ -345,6 +345,10 @@ impl Drop for BufRing {
 const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
+/// UF_RECV=poll: the connection's multishot poll (readiness only).
+const OP_POLL: u64 = 4;
+/// The cancel of a closing connection's multishot poll (its own CQE is ignored).
+const OP_CANCEL: u64 = 5;
 const GEN_MASK: u32 = 0x00ff_ffff;
 
 #[inline]
@@ -375,6 +379,31 @@ struct Conn {
     closing: bool,
 }
 
+/// Parses `data`, bytes that arrived for `c`, appending the responses to `out` (or to
+/// `next` while a send is in flight: `out` is frozen then) and keeping a partial
+/// request's tail in `inbuf`. Err on a parse error.
+fn consume(c: &mut Conn, data: &[u8], date: &DateCache) -> Result<(), ()> {
+    let dst = if c.send_inflight {
+        &mut c.next
+    } else {
+        &mut c.out
+    };
+    if c.inbuf.is_empty() {
+        let used = handle_requests(data, dst, date)?;
+        if used < data.len() {
+            c.inbuf.extend_from_slice(&data[used..]);
+        }
+    } else {
+        c.inbuf.extend_from_slice(data);
+        let d = std::mem::take(&mut c.inbuf);
+        let r = handle_requests(&d, dst, date);
+        c.inbuf = d;
+        let used = r?;
+        c.inbuf.drain(..used);
+    }
+    Ok(())
+}
+
 struct Worker {
     conns: Vec<Conn>,
     free: Vec<u32>,
@@ -387,6 +416,15 @@ struct Worker {
     /// the drain (the part of glommio's model percore would keep with a receive-only
     /// reactor); only what the socket does not take at once goes through a Send SQE.
     send_syscall: bool,
+    /// UF_RECV=poll: instead of a multishot recv into provided buffers, one multishot
+    /// poll per connection (armed once, a CQE per wakeup) and recv(2) into `scratch`:
+    /// the kernel keeps the bytes until they are read, so each socket's receive buffer
+    /// stays the bound, as with glommio's streams.
+    recv_poll: bool,
+    scratch: Vec<u8>,
+    /// user_data of multishot polls to cancel (closing connections), submitted at the
+    /// end of the drain.
+    cancels: Vec<u64>,
 }
 
 /// Push an SQE; if the SQ is full, submit what is there first (should not
@@ -420,6 +458,19 @@ impl Worker {
         let e = opcode::RecvMulti::new(types::Fd(c.fd), BGID)
             .build()
             .user_data(ud(OP_RECV, c.gen, slot));
+        push(sq, sub, &e);
+    }
+
+    /// UF_RECV=poll: arm the connection's multishot poll for POLLIN, once; it posts a CQE
+    /// every time the socket wakes its waiters (data, FIN, error) until cancelled.
+    fn arm_poll(&mut self, slot: u32, sq: &mut SubmissionQueue<'_>, sub: &Submitter<'_>) {
+        let c = &mut self.conns[slot as usize];
+        debug_assert!(!c.recv_armed);
+        c.recv_armed = true;
+        let e = opcode::PollAdd::new(types::Fd(c.fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(ud(OP_POLL, c.gen, slot));
         push(sq, sub, &e);
     }
 
@@ -466,7 +517,11 @@ impl Worker {
             c.fd = fd;
             c.live = true;
             c.closing = false;
-            self.arm_recv(slot, sq, sub);
+            if self.recv_poll {
+                self.arm_poll(slot, sq, sub);
+            } else {
+                self.arm_recv(slot, sq, sub);
+            }
         } else if res != -libc::EAGAIN && res != -libc::EINTR && res != -libc::ECONNABORTED {
             eprintln!("accept: {}", io::Error::from_raw_os_error(-res));
         }
@@ -512,30 +567,7 @@ impl Worker {
             let mut parse_err = false;
             if !c.closing {
                 let data = self.bufs.data(b, res as usize);
-                // Responses go to `out` unless a send is in flight (then `out`
-                // is frozen and they go to `next`).
-                let dst = if c.send_inflight {
-                    &mut c.next
-                } else {
-                    &mut c.out
-                };
-                let r = if c.inbuf.is_empty() {
-                    handle_requests(data, dst, &self.date).map(|used| {
-                        // copy the partial request's tail out before the buffer goes back
-                        if used < data.len() {
-                            c.inbuf.extend_from_slice(&data[used..]);
-                        }
-                    })
-                } else {
-                    c.inbuf.extend_from_slice(data);
-                    let d = std::mem::take(&mut c.inbuf);
-                    let r = handle_requests(&d, dst, &self.date);
-                    c.inbuf = d;
-                    r.map(|used| {
-                        c.inbuf.drain(..used);
-                    })
-                };
-                parse_err = r.is_err();
+                parse_err = consume(c, data, &self.date).is_err();
                 // Queue the send for the end of this CQ drain, so every chunk
                 // that arrived for this connection in this iteration goes out in
                 // one send (the SQE would not reach the kernel earlier anyway).
@@ -629,6 +661,11 @@ impl Worker {
         if c.recv_armed || c.send_inflight {
             unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
         }
+        // A multishot poll outlives shutdown(2) (it just fires again): cancel it; its last
+        // CQE (-ECANCELED, no MORE) then lets try_finish_close close the fd.
+        if self.recv_poll && c.recv_armed {
+            self.cancels.push(ud(OP_POLL, c.gen, slot));
+        }
     }
 
     fn try_finish_close(&mut self, slot: u32) {
@@ -647,6 +684,67 @@ impl Worker {
         self.free.push(slot);
     }
 
+    /// UF_RECV=poll: the socket woke up; read it dry with recv(2) (a short read means
+    /// dry: anything that arrives later wakes the poll again).
+    fn on_poll(
+        &mut self,
+        slot: u32,
+        gen: u32,
+        res: i32,
+        flags: u32,
+        sq: &mut SubmissionQueue<'_>,
+        sub: &Submitter<'_>,
+    ) {
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if !c.live || (c.gen & GEN_MASK) != gen {
+            return;
+        }
+        let more = cqueue::more(flags);
+        if !more {
+            c.recv_armed = false;
+        }
+        let mut close = res < 0 && res != -libc::ECANCELED;
+        if res >= 0 && !c.closing {
+            loop {
+                let n = unsafe {
+                    libc::recv(
+                        c.fd,
+                        self.scratch.as_mut_ptr() as *mut _,
+                        self.scratch.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 {
+                    if consume(c, &self.scratch[..n as usize], &self.date).is_err() {
+                        close = true;
+                        break;
+                    }
+                    if (n as usize) < self.scratch.len() {
+                        break;
+                    }
+                } else if n == 0 {
+                    close = true;
+                    break;
+                } else {
+                    close = io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock;
+                    break;
+                }
+            }
+            if !close && !c.send_inflight && !c.out.is_empty() && !c.flush_queued {
+                c.flush_queued = true;
+                self.dirty.push(slot);
+            }
+        }
+        if close {
+            self.begin_close(slot);
+        } else if !more && !self.conns[slot as usize].closing {
+            self.arm_poll(slot, sq, sub);
+        }
+        self.try_finish_close(slot);
+    }
+
     /// Handle one CQE (both loops share this).
     #[inline]
     fn on_cqe(&mut self, cqe: &cqueue::Entry, sq: &mut SubmissionQueue<'_>, sub: &Submitter<'_>) {
@@ -658,12 +756,19 @@ impl Worker {
             OP_ACCEPT => self.on_accept(res, flags, sq, sub),
             OP_RECV => self.on_recv(slot, gen, res, flags, sq, sub),
             OP_SEND => self.on_send(slot, gen, res, sq, sub),
+            OP_POLL => self.on_poll(slot, gen, res, flags, sq, sub),
             _ => {}
         }
     }
 
     /// Submit one send per connection that got responses in this drain.
     fn flush_dirty(&mut self, sq: &mut SubmissionQueue<'_>, sub: &Submitter<'_>) {
+        for target in std::mem::take(&mut self.cancels) {
+            let e = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(ud(OP_CANCEL, 0, 0));
+            push(sq, sub, &e);
+        }
         let mut dirty = std::mem::take(&mut self.dirty);
         for &slot in &dirty {
             let c = &mut self.conns[slot as usize];
@@ -723,6 +828,9 @@ fn setup(port: u16, idx: usize) -> io::Result<(IoUring, Worker, bool)> {
         lfd,
         enobufs: 0,
         send_syscall: std::env::var("UF_SEND").is_ok_and(|v| v == "syscall"),
+        recv_poll: std::env::var("UF_RECV").is_ok_and(|v| v == "poll"),
+        scratch: vec![0; 64 * 1024],
+        cancels: Vec::new(),
     };
     Ok((ring, w, defer))
 }
