@@ -165,6 +165,7 @@ fn drain(
     cq: &mut CompletionQueue<'_>,
 ) -> usize {
     cq.sync();
+    #[allow(clippy::len_zero)] // is_empty would clash with an unstable std method
     if cq.len() == 0 {
         return 0;
     }
@@ -243,10 +244,7 @@ async fn run(
         // (counts accumulate in the eventfd) makes this READ complete at once, so
         // nothing posted before it is lost. The 8 bytes read are the count; unused.
         if let Err(e) = efd.read_at(0, 8).await {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                format!("eventfd read: {e}"),
-            ));
+            return Err(io::Error::other(format!("eventfd read: {e}")));
         }
         if toggle {
             cq.disable_eventfd();

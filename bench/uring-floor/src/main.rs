@@ -776,7 +776,7 @@ impl Worker {
                 continue;
             }
             c.flush_queued = false;
-            if !(c.live && !c.closing && !c.send_inflight && c.out_off < c.out.len()) {
+            if !c.live || c.closing || c.send_inflight || c.out_off >= c.out.len() {
                 continue;
             }
             if self.send_syscall {
