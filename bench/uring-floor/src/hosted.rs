@@ -56,6 +56,12 @@ enum Yield {
     /// rings either (it polls them only between scheduler rounds, i.e. after a
     /// preemption or when no task is ready), so this only adds scheduler cost.
     TaskQueue,
+    /// `UF_YIELD=park`: never loop; every pass ends by awaiting the eventfd READ on
+    /// glommio's ring (notifications always on), as a driver sharing its executor with
+    /// other tasks and glommio's own IO must: a task that keeps its queue active delays
+    /// glommio's polling of its own rings to the next preemption. Measures what one READ
+    /// per pass costs.
+    Park,
 }
 
 /// Whether eventfd notifications stay on while the loop is busy (UF_EVFD).
@@ -79,13 +85,20 @@ struct Opts {
 fn opts() -> Opts {
     let yield_kind = match std::env::var("UF_YIELD").as_deref() {
         Ok("queue") => Yield::TaskQueue,
+        Ok("park") => Yield::Park,
         Ok("if_needed") | Ok("") | Err(_) => Yield::IfNeeded,
-        Ok(other) => panic!("UF_YIELD={other}: expected if_needed or queue"),
+        Ok(other) => panic!("UF_YIELD={other}: expected if_needed, queue or park"),
     };
     let evfd = match std::env::var("UF_EVFD").as_deref() {
         Ok("always") => Evfd::Always,
         Ok("toggle") | Ok("") | Err(_) => Evfd::Toggle,
         Ok(other) => panic!("UF_EVFD={other}: expected toggle or always"),
+    };
+    // Park reads the eventfd after every pass: notifications must stay on.
+    let evfd = if matches!(yield_kind, Yield::Park) {
+        Evfd::Always
+    } else {
+        evfd
     };
     Opts { yield_kind, evfd }
 }
@@ -234,8 +247,11 @@ async fn run(
             match o.yield_kind {
                 Yield::IfNeeded => glommio::yield_if_needed().await,
                 Yield::TaskQueue => glommio::executor().yield_task_queue_now().await,
+                Yield::Park => {}
             }
-            continue;
+            if !matches!(o.yield_kind, Yield::Park) {
+                continue;
+            }
         }
 
         // Nothing to do: wait for our ring's eventfd through glommio. glommio queues the
