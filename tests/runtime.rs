@@ -246,6 +246,70 @@ fn graceful_shutdown_finishes_in_flight_requests_and_exits_0() {
     assert!(std::net::TcpStream::connect(server.addr).is_err());
 }
 
+/// Plain connections wait for bytes on the shard's readiness ring (one multishot poll each) by
+/// default, and through glommio's one-shot polls with `--no-multishot-poll`: both ways serve
+/// keep-alive, pipelining, a body that arrives in pieces, both read timeouts and the drain.
+#[test]
+fn both_ways_of_waiting_for_bytes_serve_every_kind_of_read() {
+    for (flags, ring) in [(&[][..], true), (&["--no-multishot-poll"][..], false)] {
+        let mut args = vec![
+            "--header-timeout",
+            "0.5",
+            "--keepalive-timeout",
+            "1",
+            "--grace",
+            "5",
+        ];
+        args.extend_from_slice(flags);
+        let mut server = Server::start(&args);
+        let mut conn = Conn::new(server.connect());
+        for _ in 0..3 {
+            assert_eq!(conn.get("/plaintext").status, 200, "{flags:?}");
+        }
+        conn.send(&b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".repeat(32));
+        for _ in 0..32 {
+            assert_eq!(conn.response(false).unwrap().body, b"Hello, World!");
+        }
+        conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for piece in [&b"5\r\nhello\r\n"[..], b"6\r\n world\r\n", b"0\r\n\r\n"] {
+            std::thread::sleep(Duration::from_millis(50));
+            conn.send(piece);
+        }
+        assert_eq!(
+            conn.response(false).unwrap().body,
+            b"hello world",
+            "{flags:?}"
+        );
+
+        let mut slow = Conn::new(server.connect());
+        slow.send(b"GET /plaintext HTTP/1.1\r\n");
+        assert_eq!(slow.response(false).unwrap().status, 408, "{flags:?}");
+        assert!(slow.closed());
+        let mut idle = Conn::new(server.connect());
+        assert_eq!(idle.get("/plaintext").status, 200);
+        let started = Instant::now();
+        assert!(read_to_close(&mut idle.stream).is_empty(), "{flags:?}");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{flags:?}");
+
+        let stats = server.stats();
+        let waited_on_ring = stats["total"]["connections_multishot_poll"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(waited_on_ring > 0, ring, "{flags:?}: {waited_on_ring}");
+
+        let mut drained = Conn::new(server.connect());
+        assert_eq!(drained.get("/plaintext").status, 200);
+        server.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            drained.closed(),
+            "{flags:?}: idle connection closed on drain"
+        );
+        let status = server.wait_exit(Duration::from_secs(5)).expect("exits");
+        assert_eq!(status.code(), Some(0), "{flags:?}");
+    }
+}
+
 #[test]
 fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
     let mut server = Server::start(&["--grace", "1"]);

@@ -55,6 +55,10 @@ pub struct Args {
     /// Do not pin shards to their CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Plain connections wait for bytes through glommio's one-shot polls instead of the shard's
+    /// readiness ring (one multishot poll per connection).
+    #[arg(long)]
+    pub no_multishot_poll: bool,
     /// listen(2) backlog of each shard's listener.
     #[arg(long, value_name = "N")]
     pub backlog: Option<u32>,
@@ -232,6 +236,7 @@ struct FileConfig {
     cores: Option<String>,
     shards: Option<usize>,
     no_pin: Option<bool>,
+    no_multishot_poll: Option<bool>,
     backlog: Option<u32>,
     max_conns: Option<usize>,
     max_head_bytes: Option<usize>,
@@ -383,6 +388,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     pub cpus: Vec<usize>,
     pub pin: bool,
+    /// Plain connections wait on the shard's readiness ring (net/ready.rs).
+    pub multishot_poll: bool,
     pub backlog: u32,
     pub conns_max: usize,
     pub head_bytes_max: usize,
@@ -564,6 +571,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         },
         cpus,
         pin: !(args.no_pin || file.no_pin.unwrap_or(false)),
+        multishot_poll: !(args.no_multishot_poll || file.no_multishot_poll.unwrap_or(false)),
         backlog: positive(
             "backlog",
             args.backlog.or(file.backlog),
@@ -1126,6 +1134,13 @@ mod tests {
         assert_eq!(c.body_bytes_max, 10);
         assert_eq!(c.conns_max, 7);
         assert!(!c.pin);
+        assert!(c.multishot_poll, "on by default");
+        assert!(
+            !merged(&[], "no_multishot_poll = true")
+                .unwrap()
+                .multishot_poll
+        );
+        assert!(!merged(&["--no-multishot-poll"], "").unwrap().multishot_poll);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::Serialize;
 pub struct ShardMetrics {
     pub connections_open: Cell<u64>,
     pub connections_accepted: Cell<u64>,
+    pub connections_multishot_poll: Cell<u64>,
     pub requests: Cell<u64>,
     pub requests_parallel: Cell<u64>,
     pub bytes_read: Cell<u64>,
@@ -58,6 +59,7 @@ impl ShardMetrics {
             cpu,
             connections_open: self.connections_open.get(),
             connections_accepted: self.connections_accepted.get(),
+            connections_multishot_poll: self.connections_multishot_poll.get(),
             requests: self.requests.get(),
             requests_parallel: self.requests_parallel.get(),
             bytes_read: self.bytes_read.get(),
@@ -113,6 +115,9 @@ macro_rules! shard_stats {
 shard_stats! {
     connections_open,
     connections_accepted,
+    /// Plain connections that waited for bytes on the shard's readiness ring (one multishot
+    /// poll each, net/ready.rs) rather than through glommio's one-shot polls.
+    connections_multishot_poll,
     requests,
     /// Pipelined GET/HEAD requests served at once with others of their connection (--pipeline-parallel).
     requests_parallel,

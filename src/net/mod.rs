@@ -1,5 +1,6 @@
 //! The byte stream under a connection: plain TCP or TLS over a glommio socket, behind one type so the connection code is written once; knows nothing of HTTP.
 
+pub mod ready;
 pub mod tls;
 
 use std::io;

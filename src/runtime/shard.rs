@@ -54,6 +54,9 @@ pub struct Shard {
     /// Where every connection of the shard reads (`server/conn.rs`), zeroed once; a read copies
     /// only what arrived into the connection's own buffer. Borrowed only inside one read call.
     pub read_scratch: RefCell<Box<[u8]>>,
+    /// Where plain connections wait for bytes (net/ready.rs); None: through glommio's polls
+    /// (`--no-multishot-poll`, or a kernel without what it needs).
+    pub ready_ring: Option<Rc<crate::net::ready::ReadyRing>>,
     /// `Strict-Transport-Security` value for HTTPS responses, unless `--hsts-max-age 0`.
     pub hsts: Option<bytes::Bytes>,
     /// Milliseconds since the shard started, as of the last timeout sweep (coarse: refreshed
@@ -64,6 +67,26 @@ pub struct Shard {
     drain_waiters: RefCell<Vec<Waker>>,
     conns: RefCell<HashMap<u64, Rc<ConnEntry>>>,
     conn_id_next: Cell<u64>,
+}
+
+/// This shard's readiness ring with its driver task running, unless `--no-multishot-poll` or the
+/// kernel cannot (then one line says so, and plain connections wait through glommio's polls).
+fn start_ready_ring(index: usize, config: &Config) -> Option<Rc<crate::net::ready::ReadyRing>> {
+    if !config.multishot_poll {
+        return None;
+    }
+    match crate::net::ready::ReadyRing::new() {
+        Ok(ring) => {
+            glommio::spawn_local(ring.clone().drive()).detach();
+            Some(ring)
+        }
+        Err(e) => {
+            eprintln!(
+                "percore: shard {index}: no io_uring readiness ring ({e}): plain connections wait through glommio's polls"
+            );
+            None
+        }
+    }
 }
 
 thread_local! {
@@ -118,6 +141,7 @@ impl Shard {
             read_scratch: RefCell::new(
                 vec![0; crate::server::conn::READ_SCRATCH_BYTES].into_boxed_slice(),
             ),
+            ready_ring: start_ready_ring(index, &config),
             hsts: (config.tls.hsts_max_age > 0)
                 .then(|| bytes::Bytes::from(format!("max-age={}", config.tls.hsts_max_age))),
             config,

@@ -47,6 +47,8 @@ struct ConnIo {
     entry: Rc<ConnEntry>,
     /// How long the next read may wait, in ms.
     read_timeout_ms: Cell<u64>,
+    /// A plain connection's multishot poll (net/ready.rs); None: reads wait through glommio.
+    ready: Option<crate::net::ready::Readiness>,
 }
 
 impl ConnIo {
@@ -64,7 +66,10 @@ impl ConnIo {
         // uninitialised read buffer) cost more than copying the ~100 bytes of a request.
         let mut scratch = self.shard.read_scratch.borrow_mut();
         let scratch = &mut scratch[..want];
-        let result = Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, scratch);
+        let result = match &self.ready {
+            Some(ready) => ready.poll_recv(cx, scratch),
+            None => Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, scratch),
+        };
         let result = match result {
             Poll::Pending => {
                 if self.entry.read_deadline_ms.get() == 0 {
@@ -290,6 +295,14 @@ pub async fn serve(
     let peer = stream.peer_addr();
     let tls = stream.is_tls();
     let guard = shard.register_conn(stream.as_raw_fd());
+    let ready = match (&stream, &shard.ready_ring) {
+        // Registering fails only when the ring's queue stays full: glommio's path still works.
+        (Transport::Plain(_), Some(ring)) => ring.register(stream.as_raw_fd()).ok(),
+        _ => None,
+    };
+    if ready.is_some() {
+        add(&shard.metrics.connections_multishot_poll, 1);
+    }
     let limits = HeadLimits {
         head_bytes_max: shard.config.head_bytes_max,
         header_count_max: shard.config.header_count_max,
@@ -301,6 +314,7 @@ pub async fn serve(
         read_timeout_ms: Cell::new(shard.config.keepalive_timeout.as_millis() as u64),
         shard,
         entry: guard.entry.clone(),
+        ready,
     });
     let parallel_max = io.shard.config.pipeline_parallel_max;
     let mut conn = Conn {

@@ -1,0 +1,423 @@
+//! One shard's readiness ring: an io_uring of the shard's own, beside glommio's, holding one multishot poll per plain connection, so a read that has to wait arms nothing (glommio arms a one-shot poll for every wait; bench/RESULTS.md runs I-M).
+//!
+//! A connection reads with `recv(2)` as glommio does and writes through glommio as before; only
+//! *waiting* for bytes changes. Its poll is armed once, posts a completion every time the socket
+//! wakes its waiters (data, FIN, an error, a `shutdown(2)` from the drain or the timeout sweep),
+//! and marks the connection ready. The bytes stay in the socket until read, so the socket's
+//! receive buffer is still the per-connection bound.
+//!
+//! Driving: `drive` reaps the ring, then waits for the ring's eventfd with an io_uring READ on
+//! glommio's own ring, so the executor parks as before. It never loops while busy: glommio polls
+//! its own rings (writes that met EAGAIN, the mesh, the log, timers) only when its task queues
+//! run dry, and a task that kept re-queuing itself would delay all of that to the next
+//! preemption. Arming and cancelling are submitted at once by the connection's own task (the
+//! same thread: the ring is single-issuer), one syscall per connection.
+//!
+//! The ring runs its completions as deferred task work (DEFER_TASKRUN, Linux 6.1): the eventfd
+//! is signalled once when work arrives on an empty list, so a batch of wakeups costs one READ.
+//! Without it (an older kernel) the ring still works, at about glommio's cost. Where the kernel
+//! lacks what the ring needs at all (multishot poll: 5.13; COOP_TASKRUN: 5.19, which percore
+//! needs for glommio's rings anyway), `ReadyRing::new` fails and the shard reads through
+//! glommio alone; so does every connection with `--no-multishot-poll`, and every TLS one.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use glommio::io::BufferedFile;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+/// Submission entries. Each connection submits on its own, at once, so a few suffice.
+const SQ_ENTRIES: u32 = 64;
+/// Completion entries: one per wakeup of a connection between two reaps. Overflowing entries are
+/// kept by the kernel (IORING_FEAT_NODROP) or end a multishot poll, which is re-armed.
+const CQ_ENTRIES: u32 = 4096;
+
+/// GETEVENTS enters per reap at most (each runs a batch of deferred completions).
+const REAP_ROUNDS_MAX: usize = 64;
+
+const OP_POLL: u64 = 1;
+const OP_CANCEL: u64 = 2;
+
+/// user_data: op in bits 0..8, slot generation in 8..32, slot in 32..64.
+fn user_data(op: u64, generation: u32, slot: u32) -> u64 {
+    op | (u64::from(generation & 0x00ff_ffff) << 8) | (u64::from(slot) << 32)
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    fd: RawFd,
+    /// A `Readiness` holds the slot; without one it waits for its poll's last completion.
+    owned: bool,
+    /// The multishot poll is armed (its last completion, without `MORE`, not yet reaped).
+    armed: bool,
+    /// The socket woke since the connection last found it empty.
+    ready: bool,
+    waker: Option<Waker>,
+}
+
+pub struct ReadyRing {
+    ring: RefCell<IoUring>,
+    /// DEFER_TASKRUN: completions are posted only when `reap` asks (and the eventfd is
+    /// signalled once per batch, not per completion).
+    defer: bool,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    /// Registered with the ring: counts its completions; read through glommio while idle.
+    eventfd: BufferedFile,
+}
+
+impl ReadyRing {
+    /// A ring for this thread's shard, or why there is none.
+    pub fn new() -> io::Result<Rc<ReadyRing>> {
+        ReadyRing::with_sizes(SQ_ENTRIES, CQ_ENTRIES)
+    }
+
+    fn with_sizes(sq_entries: u32, cq_entries: u32) -> io::Result<Rc<ReadyRing>> {
+        // DEFER_TASKRUN (Linux 6.1) keeps completions as task work until `reap` runs it: the
+        // eventfd is signalled once when work arrives on an empty list, so a batch of wakeups
+        // costs one READ on glommio's ring. Without it (COOP_TASKRUN alone) every completion is
+        // posted at the next syscall of the thread and signals the eventfd: one READ per wakeup,
+        // what glommio's own poll per wait costs (measured: no gain; bench/RESULTS.md run N).
+        let build = |defer: bool| {
+            let mut builder = IoUring::builder();
+            builder
+                .setup_cqsize(cq_entries)
+                .setup_coop_taskrun()
+                .setup_taskrun_flag()
+                .setup_single_issuer();
+            if defer {
+                builder.setup_defer_taskrun();
+            }
+            builder.build(sq_entries)
+        };
+        let (ring, defer) = match build(true) {
+            Ok(ring) => (ring, true),
+            Err(_) => (build(false)?, false),
+        };
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::PollAdd::CODE) {
+            return Err(io::Error::other("io_uring has no POLL_ADD"));
+        }
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is ours and open; the BufferedFile owns it from here (closes it on drop).
+        // Blocking on purpose: io_uring answers a READ of a non-blocking eventfd with EAGAIN at
+        // once instead of waiting for a count.
+        let eventfd = unsafe { BufferedFile::from_raw_fd(fd) };
+        ring.submitter().register_eventfd(fd)?;
+        Ok(Rc::new(ReadyRing {
+            ring: RefCell::new(ring),
+            defer,
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            eventfd,
+        }))
+    }
+
+    /// Arms a multishot poll on `fd` (an open socket that outlives the returned handle).
+    pub fn register(self: &Rc<Self>, fd: RawFd) -> io::Result<Readiness> {
+        let slot = {
+            let mut slots = self.slots.borrow_mut();
+            let index = match self.free.borrow_mut().pop() {
+                Some(index) => index,
+                None => {
+                    slots.push(Slot::default());
+                    (slots.len() - 1) as u32
+                }
+            };
+            let slot = &mut slots[index as usize];
+            slot.fd = fd;
+            slot.owned = true;
+            // Bytes may have arrived before the poll: the first read looks.
+            slot.ready = true;
+            slot.waker = None;
+            index
+        };
+        let readiness = Readiness {
+            ring: self.clone(),
+            slot,
+        };
+        self.arm(slot)?;
+        Ok(readiness)
+    }
+
+    fn arm(&self, index: u32) -> io::Result<()> {
+        let entry = {
+            let mut slots = self.slots.borrow_mut();
+            let slot = &mut slots[index as usize];
+            slot.armed = true;
+            opcode::PollAdd::new(types::Fd(slot.fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(user_data(OP_POLL, slot.generation, index))
+        };
+        self.submit(&entry)
+    }
+
+    fn submit(&self, entry: &squeue::Entry) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: a poll and a cancel reference no memory of ours.
+        if unsafe { ring.submission().push(entry) }.is_err() {
+            ring.submit()?;
+            // SAFETY: as above.
+            unsafe { ring.submission().push(entry) }
+                .map_err(|_| io::Error::other("the readiness ring's queue stays full"))?;
+        }
+        ring.submit()?;
+        Ok(())
+    }
+
+    /// Takes every completion so far: marks their connections ready and wakes them.
+    fn reap(&self) {
+        // A GETEVENTS enter runs a bounded batch of deferred work (20 on recent kernels) and
+        // leaves the TASKRUN flag up while more waits, which would not signal the eventfd
+        // again; completions that found the CQ full wait in the kernel (CQ_OVERFLOW) until an
+        // enter flushes them. Enter until both flags are down (bounded, in case they stay up).
+        self.reap_posted();
+        for _ in 0..REAP_ROUNDS_MAX {
+            let pending = {
+                let mut ring = self.ring.borrow_mut();
+                let sq = ring.submission();
+                (self.defer && sq.taskrun()) || sq.cq_overflow()
+            };
+            if !pending {
+                break;
+            }
+            {
+                let ring = self.ring.borrow();
+                let getevents = io_uring::EnterFlags::GETEVENTS.bits();
+                // SAFETY: no submissions, no argument: it only runs deferred completions.
+                let entered = unsafe {
+                    ring.submitter()
+                        .enter::<libc::sigset_t>(0, 0, getevents, None)
+                };
+                if let Err(e) = entered
+                    && e.kind() != io::ErrorKind::Interrupted
+                {
+                    eprintln!("percore: reaping the readiness ring: {e}");
+                    break;
+                }
+            }
+            self.reap_posted();
+        }
+    }
+
+    fn reap_posted(&self) {
+        let mut ring = self.ring.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
+        for cqe in ring.completion() {
+            let data = cqe.user_data();
+            if data & 0xff != OP_POLL {
+                continue;
+            }
+            let index = (data >> 32) as u32;
+            let Some(slot) = slots.get_mut(index as usize) else {
+                continue;
+            };
+            if slot.generation & 0x00ff_ffff != ((data >> 8) as u32) & 0x00ff_ffff {
+                continue;
+            }
+            if !cqueue::more(cqe.flags()) {
+                slot.armed = false;
+            }
+            if slot.owned {
+                // An error or a cancel by the kernel also makes it ready: the next recv says
+                // what happened, and a wait re-arms a poll that ended.
+                slot.ready = true;
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            } else if !slot.armed {
+                slot.generation = slot.generation.wrapping_add(1);
+                self.free.borrow_mut().push(index);
+            }
+        }
+    }
+
+    /// Reaps the ring whenever it has completions, for as long as the shard runs.
+    pub async fn drive(self: Rc<Self>) {
+        loop {
+            self.reap();
+            // Any completion posted since the reap counts in the eventfd, so this returns at
+            // once; otherwise it waits (and the executor parks if nothing else runs).
+            if let Err(e) = self.eventfd.read_at(0, 8).await {
+                eprintln!("percore: the readiness ring stopped: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// One connection's place in the ring. Dropping it cancels the poll.
+pub struct Readiness {
+    ring: Rc<ReadyRing>,
+    slot: u32,
+}
+
+impl Readiness {
+    /// `recv(2)` into `buf` once the socket woke; Pending (with the waker kept) while it has
+    /// not. A short read means the socket was emptied: the next call waits for a wakeup first.
+    pub fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let fd = {
+                let mut slots = self.ring.slots.borrow_mut();
+                let slot = &mut slots[self.slot as usize];
+                if !slot.ready {
+                    let rearm = !slot.armed;
+                    match &slot.waker {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        _ => slot.waker = Some(cx.waker().clone()),
+                    }
+                    drop(slots);
+                    if rearm && let Err(e) = self.ring.arm(self.slot) {
+                        return Poll::Ready(Err(e));
+                    }
+                    return Poll::Pending;
+                }
+                slot.fd
+            };
+            // SAFETY: recv(2) into a buffer we own, on a socket the connection keeps open.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            let mut slots = self.ring.slots.borrow_mut();
+            let slot = &mut slots[self.slot as usize];
+            if n >= 0 {
+                let n = n as usize;
+                if n < buf.len() {
+                    slot.ready = false;
+                }
+                return Poll::Ready(Ok(n));
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => slot.ready = false,
+                io::ErrorKind::Interrupted => {}
+                _ => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl Drop for Readiness {
+    fn drop(&mut self) {
+        let armed = {
+            let mut slots = self.ring.slots.borrow_mut();
+            let slot = &mut slots[self.slot as usize];
+            slot.owned = false;
+            slot.waker = None;
+            slot.armed
+        };
+        if armed {
+            // The slot is freed by the poll's last completion (-ECANCELED): until then a
+            // completion may still name it. Closing the socket would not end the poll (it
+            // holds the file), nor would shutdown(2) (the poll fires and stays).
+            let generation = self.ring.slots.borrow()[self.slot as usize].generation;
+            let cancel = opcode::AsyncCancel::new(user_data(OP_POLL, generation, self.slot))
+                .build()
+                .user_data(user_data(OP_CANCEL, 0, 0));
+            if let Err(e) = self.ring.submit(&cancel) {
+                // Leaks the slot (and keeps the socket's file until the peer closes): rare
+                // enough (the queue stayed full) to say so rather than to retry.
+                eprintln!("percore: cannot cancel a connection's poll: {e}");
+            }
+        } else {
+            let mut slots = self.ring.slots.borrow_mut();
+            let slot = &mut slots[self.slot as usize];
+            slot.generation = slot.generation.wrapping_add(1);
+            self.ring.free.borrow_mut().push(self.slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    use super::*;
+
+    /// A connection waits until its socket wakes, reads what came, and its slot is reused
+    /// only after the cancelled poll's last completion, under a new generation.
+    #[test]
+    fn a_connection_waits_for_a_wakeup_and_its_slot_returns_after_the_cancel() {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(|| async {
+                let ring = ReadyRing::new().expect("a readiness ring");
+                glommio::spawn_local(ring.clone().drive()).detach();
+                let (mut client, server) = UnixStream::pair().unwrap();
+                let readiness = ring.register(server.as_raw_fd()).unwrap();
+                for word in [&b"hello"[..], b"world"] {
+                    let mut buf = [0u8; 64];
+                    let mut read = std::pin::pin!(std::future::poll_fn(
+                        |cx| readiness.poll_recv(cx, &mut buf)
+                    ));
+                    // Nothing sent yet: the read finds the socket empty and waits.
+                    assert!(futures_lite::future::poll_once(&mut read).await.is_none());
+                    client.write_all(word).unwrap();
+                    assert_eq!(read.await.unwrap(), 5);
+                    assert_eq!(&buf[..5], word);
+                }
+
+                let slot = readiness.slot;
+                let generation = ring.slots.borrow()[slot as usize].generation;
+                drop(readiness);
+                assert!(ring.free.borrow().is_empty(), "held until the poll ends");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                assert_eq!(*ring.free.borrow(), vec![slot]);
+                let next = ring.register(server.as_raw_fd()).unwrap();
+                assert_eq!(next.slot, slot);
+                assert_eq!(
+                    ring.slots.borrow()[slot as usize].generation,
+                    generation.wrapping_add(1)
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// More wakeups than the completion queue holds between two reaps: the rest wait in the
+    /// kernel (CQ overflow), and one reap still takes every one of them.
+    #[test]
+    fn one_reap_takes_more_wakeups_than_the_completion_queue_holds() {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(|| async {
+                let ring = ReadyRing::with_sizes(2, 4).expect("a readiness ring");
+                let pairs: Vec<_> = (0..16).map(|_| UnixStream::pair().unwrap()).collect();
+                let waiting: Vec<Readiness> = pairs
+                    .iter()
+                    .map(|(_, server)| ring.register(server.as_raw_fd()).unwrap())
+                    .collect();
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut buf = [0u8; 16];
+                for readiness in &waiting {
+                    assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
+                }
+                for (client, _) in &pairs {
+                    (&*client).write_all(b"x").unwrap();
+                }
+                ring.reap();
+                for readiness in &waiting {
+                    match readiness.poll_recv(&mut cx, &mut buf) {
+                        Poll::Ready(Ok(1)) => {}
+                        other => panic!("slot {}: {other:?}", readiness.slot),
+                    }
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
