@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # A/B of two percore binaries, interleaved: each run starts a fresh `BIN $AB_SERVER_FLAGS` (default
 # `--cores 0`: 1 shard on CPU 0) on an empty data dir, drives it with percore-load
-# `$AB_CLIENT_FLAGS` (default `--cpus 1`; 64 connections, 1 s warm-up, 5 s measured) and prints
+# `$AB_CLIENT_FLAGS` (default `--cpus 1`; `$AB_CONNS` connections, default 64; 1 s warm-up, 5 s
+# measured) and prints
 # req/s, server CPU µs/request (utime+stime from /proc/PID/stat), p99 and max latency.
 # Usage: bench/ab.sh BIN_A BIN_B ROUNDS PATH [percore-load flags...], e.g.
 #   bench/ab.sh /tmp/percore-old target/release/percore 3 /plaintext --pipeline 16
 #   AB_SERVER_FLAGS='--shards 2' AB_CLIENT_FLAGS= bench/ab.sh A B 3 /plaintext -R 20000   # open loop
+# A "binary" may be a command with flags, e.g. 'target/release/percore --no-multishot-poll'.
 A=$1; B=$2; R=$3; shift 3; PATHQ=$1; shift
 SERVER_FLAGS=${AB_SERVER_FLAGS---cores 0}
 CLIENT_FLAGS=${AB_CLIENT_FLAGS---cpus 1}
+CONNS=${AB_CONNS:-64}
 cd "$(dirname "$0")/.."
 OUT=$(mktemp -d /tmp/ab.XXXXXX)
 run() {
@@ -19,10 +22,10 @@ run() {
   for _ in $(seq 50); do grep -q listening "$OUT/server.log" && break; sleep 0.1; done
   local addr; addr=$(grep -m1 listening "$OUT/server.log" | sed 's|listening on ||')
   # shellcheck disable=SC2086
-  target/release/percore-load -c 64 -t 1 $CLIENT_FLAGS -d 1s "$@" "$addr$PATHQ" > /dev/null 2>&1
+  target/release/percore-load -c "$CONNS" -t 1 $CLIENT_FLAGS -d 1s "$@" "$addr$PATHQ" > /dev/null 2>&1
   local t0; t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
   # shellcheck disable=SC2086
-  target/release/percore-load -c 64 -t 1 $CLIENT_FLAGS -d 5s "$@" --json "$OUT/run.json" "$addr$PATHQ" > /dev/null 2>&1
+  target/release/percore-load -c "$CONNS" -t 1 $CLIENT_FLAGS -d 5s "$@" --json "$OUT/run.json" "$addr$PATHQ" > /dev/null 2>&1
   local t1; t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null; rm -rf "$OUT/data"
   python3 - "$bin" "$t0" "$t1" "$OUT/run.json" <<'PY'
