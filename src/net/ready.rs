@@ -14,11 +14,12 @@
 //! same thread: the ring is single-issuer), one syscall per connection.
 //!
 //! The ring runs its completions as deferred task work (DEFER_TASKRUN, Linux 6.1): the eventfd
-//! is signalled once when work arrives on an empty list, so a batch of wakeups costs one READ.
-//! Without it (an older kernel) the ring still works, at about glommio's cost. Where the kernel
-//! lacks what the ring needs at all (multishot poll: 5.13; COOP_TASKRUN: 5.19, which percore
-//! needs for glommio's rings anyway), `ReadyRing::new` fails and the shard reads through
-//! glommio alone; so does every connection with `--no-multishot-poll`, and every TLS one.
+//! is signalled when work arrives on an empty list (and again when a reap posts completions), so
+//! a batch of wakeups costs a couple of READs, not one per wakeup. Without it (Linux 6.0) the
+//! ring still works, at about glommio's cost. Where the kernel lacks what the ring needs at all
+//! (SINGLE_ISSUER: 6.0; multishot poll: 5.13), `ReadyRing::new` fails and the shard reads
+//! through glommio alone; so does every connection with `--no-multishot-poll`, and every TLS
+//! one.
 
 use std::cell::RefCell;
 use std::io;
@@ -66,6 +67,9 @@ pub struct ReadyRing {
     defer: bool,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
+    /// Cancels the submission queue refused (it stayed full): retried by every reap, so no
+    /// poll (and no closed socket it holds) outlives its connection for long.
+    cancels: RefCell<Vec<squeue::Entry>>,
     /// Registered with the ring: counts its completions; read through glommio while idle.
     eventfd: BufferedFile,
 }
@@ -78,10 +82,10 @@ impl ReadyRing {
 
     fn with_sizes(sq_entries: u32, cq_entries: u32) -> io::Result<Rc<ReadyRing>> {
         // DEFER_TASKRUN (Linux 6.1) keeps completions as task work until `reap` runs it: the
-        // eventfd is signalled once when work arrives on an empty list, so a batch of wakeups
-        // costs one READ on glommio's ring. Without it (COOP_TASKRUN alone) every completion is
-        // posted at the next syscall of the thread and signals the eventfd: one READ per wakeup,
-        // what glommio's own poll per wait costs (measured: no gain; bench/RESULTS.md run N).
+        // eventfd is signalled when work arrives on an empty list, so a batch of wakeups costs
+        // a couple of READs on glommio's ring. Without it (COOP_TASKRUN alone) every completion
+        // is posted at the next syscall of the thread and signals the eventfd: one READ per
+        // wakeup, what glommio's own poll per wait costs (measured: no gain over glommio).
         let build = |defer: bool| {
             let mut builder = IoUring::builder();
             builder
@@ -118,6 +122,7 @@ impl ReadyRing {
             defer,
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
+            cancels: RefCell::new(Vec::new()),
             eventfd,
         }))
     }
@@ -151,63 +156,91 @@ impl ReadyRing {
 
     fn arm(&self, index: u32) -> io::Result<()> {
         let entry = {
-            let mut slots = self.slots.borrow_mut();
-            let slot = &mut slots[index as usize];
-            slot.armed = true;
+            let slots = self.slots.borrow();
+            let slot = &slots[index as usize];
             opcode::PollAdd::new(types::Fd(slot.fd), libc::POLLIN as u32)
                 .multi(true)
                 .build()
                 .user_data(user_data(OP_POLL, slot.generation, index))
         };
-        self.submit(&entry)
+        self.submit(&entry, false)?;
+        // Only once queued: a slot marked armed waits for a last completion to be freed.
+        self.slots.borrow_mut()[index as usize].armed = true;
+        Ok(())
     }
 
-    fn submit(&self, entry: &squeue::Entry) -> io::Result<()> {
+    /// Queues `entry` and enters the ring; `run_deferred` also runs the deferred completions
+    /// (a cancelled poll lets go of its socket only then). Err only when the entry could not be
+    /// queued: one queued but not yet submitted (the enter failed) goes with the next enter.
+    fn submit(&self, entry: &squeue::Entry, run_deferred: bool) -> io::Result<()> {
         let mut ring = self.ring.borrow_mut();
         // SAFETY: a poll and a cancel reference no memory of ours.
         if unsafe { ring.submission().push(entry) }.is_err() {
-            ring.submit()?;
+            let _ = ring.submit();
             // SAFETY: as above.
             unsafe { ring.submission().push(entry) }
                 .map_err(|_| io::Error::other("the readiness ring's queue stays full"))?;
         }
-        ring.submit()?;
+        let flags = if run_deferred && self.defer {
+            io_uring::EnterFlags::GETEVENTS.bits()
+        } else {
+            0
+        };
+        let queued = ring.submission().len() as u32;
+        // SAFETY: the queued entries reference no memory of ours; no argument.
+        let _ = unsafe {
+            ring.submitter()
+                .enter::<libc::sigset_t>(queued, 0, flags, None)
+        };
         Ok(())
     }
 
     /// Takes every completion so far: marks their connections ready and wakes them.
-    fn reap(&self) {
+    fn reap(&self) -> bool {
         // A GETEVENTS enter runs a bounded batch of deferred work (20 on recent kernels) and
         // leaves the TASKRUN flag up while more waits, which would not signal the eventfd
         // again; completions that found the CQ full wait in the kernel (CQ_OVERFLOW) until an
-        // enter flushes them. Enter until both flags are down (bounded, in case they stay up).
+        // enter flushes them. Enter until both flags are down; past `REAP_ROUNDS_MAX` enters,
+        // returns true (more is waiting), and the driver lets other tasks run and comes back
+        // at once rather than counting on the eventfd.
+        let refused: Vec<squeue::Entry> = self.cancels.borrow_mut().drain(..).collect();
+        for cancel in refused {
+            if self.submit(&cancel, true).is_err() {
+                self.cancels.borrow_mut().push(cancel);
+            }
+        }
         self.reap_posted();
         for _ in 0..REAP_ROUNDS_MAX {
-            let pending = {
-                let mut ring = self.ring.borrow_mut();
-                let sq = ring.submission();
-                (self.defer && sq.taskrun()) || sq.cq_overflow()
-            };
-            if !pending {
-                break;
+            if !self.work_waits() {
+                return false;
             }
             {
-                let ring = self.ring.borrow();
+                let mut ring = self.ring.borrow_mut();
+                let queued = ring.submission().len() as u32;
                 let getevents = io_uring::EnterFlags::GETEVENTS.bits();
-                // SAFETY: no submissions, no argument: it only runs deferred completions.
+                // SAFETY: the queued entries (polls, cancels) reference no memory of ours; no
+                // argument. Runs the deferred completions.
                 let entered = unsafe {
                     ring.submitter()
-                        .enter::<libc::sigset_t>(0, 0, getevents, None)
+                        .enter::<libc::sigset_t>(queued, 0, getevents, None)
                 };
                 if let Err(e) = entered
                     && e.kind() != io::ErrorKind::Interrupted
                 {
                     eprintln!("percore: reaping the readiness ring: {e}");
-                    break;
+                    return false;
                 }
             }
             self.reap_posted();
         }
+        self.work_waits()
+    }
+
+    /// Completions wait in the kernel: deferred work not yet run, or an overflowed CQ.
+    fn work_waits(&self) -> bool {
+        let mut ring = self.ring.borrow_mut();
+        let sq = ring.submission();
+        (self.defer && sq.taskrun()) || sq.cq_overflow() || !sq.is_empty()
     }
 
     fn reap_posted(&self) {
@@ -245,12 +278,17 @@ impl ReadyRing {
     /// Reaps the ring whenever it has completions, for as long as the shard runs.
     pub async fn drive(self: Rc<Self>) {
         loop {
-            self.reap();
+            if self.reap() {
+                glommio::executor().yield_task_queue_now().await;
+                continue;
+            }
             // Any completion posted since the reap counts in the eventfd, so this returns at
             // once; otherwise it waits (and the executor parks if nothing else runs).
             if let Err(e) = self.eventfd.read_at(0, 8).await {
-                eprintln!("percore: the readiness ring stopped: {e}");
-                return;
+                // Never give up: every plain connection of the shard waits on this ring, its
+                // timeouts and the drain too. Reap again after a pause instead.
+                eprintln!("percore: reading the readiness ring's eventfd: {e}; retrying");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
     }
@@ -291,7 +329,9 @@ impl Readiness {
             let slot = &mut slots[self.slot as usize];
             if n >= 0 {
                 let n = n as usize;
-                if n < buf.len() {
+                // Short: the socket is empty now. At end of stream it stays ready: every later
+                // read returns 0 at once, as a read of a closed stream does.
+                if n > 0 && n < buf.len() {
                     slot.ready = false;
                 }
                 return Poll::Ready(Ok(n));
@@ -317,16 +357,15 @@ impl Drop for Readiness {
         };
         if armed {
             // The slot is freed by the poll's last completion (-ECANCELED): until then a
-            // completion may still name it. Closing the socket would not end the poll (it
-            // holds the file), nor would shutdown(2) (the poll fires and stays).
+            // completion may still name it. Closing the socket does not end the poll (it holds
+            // the file, so no FIN goes out), nor does shutdown(2) (the poll fires and stays):
+            // cancel it, and run the deferred work at once so that the file is let go now.
             let generation = self.ring.slots.borrow()[self.slot as usize].generation;
             let cancel = opcode::AsyncCancel::new(user_data(OP_POLL, generation, self.slot))
                 .build()
                 .user_data(user_data(OP_CANCEL, 0, 0));
-            if let Err(e) = self.ring.submit(&cancel) {
-                // Leaks the slot (and keeps the socket's file until the peer closes): rare
-                // enough (the queue stayed full) to say so rather than to retry.
-                eprintln!("percore: cannot cancel a connection's poll: {e}");
+            if self.ring.submit(&cancel, true).is_err() {
+                self.ring.cancels.borrow_mut().push(cancel);
             }
         } else {
             let mut slots = self.ring.slots.borrow_mut();
@@ -388,14 +427,48 @@ mod tests {
             .unwrap();
     }
 
-    /// More wakeups than the completion queue holds between two reaps: the rest wait in the
-    /// kernel (CQ overflow), and one reap still takes every one of them.
+    /// A read that fills the buffer leaves the socket marked ready (more may wait); a short one
+    /// marks it empty; end of stream stays ready.
+    #[test]
+    fn a_full_read_looks_again_and_a_short_one_waits() {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(|| async {
+                let ring = ReadyRing::new().expect("a readiness ring");
+                let (mut client, server) = UnixStream::pair().unwrap();
+                let readiness = ring.register(server.as_raw_fd()).unwrap();
+                client.write_all(b"0123456789").unwrap();
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut buf = [0u8; 4];
+                for want in [4, 4, 2] {
+                    match readiness.poll_recv(&mut cx, &mut buf) {
+                        Poll::Ready(Ok(n)) => assert_eq!(n, want),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
+                drop(client);
+                assert!(!ring.reap());
+                for _ in 0..2 {
+                    assert!(matches!(
+                        readiness.poll_recv(&mut cx, &mut buf),
+                        Poll::Ready(Ok(0))
+                    ));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// More wakeups than the completion queue holds, and more than one enter runs, between two
+    /// reaps: the rest wait in the kernel (CQ overflow, the TASKRUN flag), and one reap still
+    /// takes every one of them; the polls the overflow ended are armed again by the next wait.
     #[test]
     fn one_reap_takes_more_wakeups_than_the_completion_queue_holds() {
         LocalExecutorBuilder::new(Placement::Unbound)
             .spawn(|| async {
                 let ring = ReadyRing::with_sizes(2, 4).expect("a readiness ring");
-                let pairs: Vec<_> = (0..16).map(|_| UnixStream::pair().unwrap()).collect();
+                let pairs: Vec<_> = (0..48).map(|_| UnixStream::pair().unwrap()).collect();
                 let waiting: Vec<Readiness> = pairs
                     .iter()
                     .map(|(_, server)| ring.register(server.as_raw_fd()).unwrap())
@@ -408,11 +481,18 @@ mod tests {
                 for (client, _) in &pairs {
                     (&*client).write_all(b"x").unwrap();
                 }
-                ring.reap();
-                for readiness in &waiting {
-                    match readiness.poll_recv(&mut cx, &mut buf) {
-                        Poll::Ready(Ok(1)) => {}
-                        other => panic!("slot {}: {other:?}", readiness.slot),
+                for round in 0..2 {
+                    assert!(!ring.reap(), "nothing left waiting in the kernel");
+                    for readiness in &waiting {
+                        match readiness.poll_recv(&mut cx, &mut buf) {
+                            Poll::Ready(Ok(1)) => {}
+                            other => panic!("round {round}, slot {}: {other:?}", readiness.slot),
+                        }
+                        // Empty again: waits (re-arming a poll that ended).
+                        assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
+                    }
+                    for (client, _) in &pairs {
+                        (&*client).write_all(b"y").unwrap();
                     }
                 }
             })
