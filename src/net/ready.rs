@@ -275,6 +275,22 @@ impl ReadyRing {
         }
     }
 
+    /// Marks `slot` ready and wakes its connection, poll or no poll: the timeout sweep and the
+    /// drain call it after `shutdown(2)`, so that a poll whose completion the kernel dropped
+    /// (an overflow entry it could not allocate) cannot keep a connection waiting forever.
+    pub fn wake(&self, slot: u32) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(slot as usize) else {
+            return;
+        };
+        if slot.owned {
+            slot.ready = true;
+            if let Some(waker) = slot.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
     /// Reaps the ring whenever it has completions, for as long as the shard runs.
     pub async fn drive(self: Rc<Self>) {
         loop {
@@ -301,6 +317,11 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Its slot in the ring (for `ReadyRing::wake`).
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
     /// `recv(2)` into `buf` once the socket woke; Pending (with the waker kept) while it has
     /// not. A short read means the socket was emptied: the next call waits for a wakeup first.
     pub fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
@@ -421,6 +442,46 @@ mod tests {
                     ring.slots.borrow()[slot as usize].generation,
                     generation.wrapping_add(1)
                 );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// A poll that is gone without a completion (here: cancelled behind the connection's back,
+    /// its last completion never reaped) wakes nothing when the socket is shut down; `wake`,
+    /// which the sweep and the drain call after `shutdown(2)`, still ends the wait.
+    #[test]
+    fn wake_ends_a_wait_whose_poll_is_gone() {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(|| async {
+                let ring = ReadyRing::new().expect("a readiness ring");
+                let (_client, server) = UnixStream::pair().unwrap();
+                let readiness = Rc::new(ring.register(server.as_raw_fd()).unwrap());
+                let done = Rc::new(std::cell::Cell::new(None));
+                let waiter = glommio::spawn_local({
+                    let (readiness, done) = (readiness.clone(), done.clone());
+                    async move {
+                        let mut buf = [0u8; 8];
+                        let n = std::future::poll_fn(|cx| readiness.poll_recv(cx, &mut buf)).await;
+                        done.set(Some(n.unwrap()));
+                    }
+                });
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                let slot = readiness.slot();
+                let generation = ring.slots.borrow()[slot as usize].generation;
+                let cancel = opcode::AsyncCancel::new(user_data(OP_POLL, generation, slot))
+                    .build()
+                    .user_data(user_data(OP_CANCEL, 0, 0));
+                ring.submit(&cancel, true).unwrap();
+                // SAFETY: shutdown(2) of our own socket.
+                unsafe { libc::shutdown(server.as_raw_fd(), libc::SHUT_RD) };
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                assert_eq!(done.get(), None, "nothing reaped, nothing woke");
+                ring.wake(slot);
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                assert_eq!(done.get(), Some(0), "end of stream after the shutdown");
+                waiter.await;
             })
             .unwrap()
             .join()

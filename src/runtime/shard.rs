@@ -29,6 +29,9 @@ pub struct ConnEntry {
     pub read_deadline_ms: Cell<u64>,
     /// Set by the timeout sweep when it shut the read side: the read's end is a timeout.
     pub timed_out: Cell<bool>,
+    /// The connection's slot in the shard's readiness ring, if it waits there: the sweep and
+    /// the drain wake it directly too, so a poll the kernel lost cannot keep it forever.
+    pub ready_slot: Cell<Option<u32>>,
 }
 
 pub struct Shard {
@@ -214,6 +217,7 @@ impl Shard {
             idle: Cell::new(false),
             read_deadline_ms: Cell::new(0),
             timed_out: Cell::new(false),
+            ready_slot: Cell::new(None),
         });
         self.conns.borrow_mut().insert(id, entry.clone());
         add(&self.metrics.connections_accepted, 1);
@@ -243,7 +247,15 @@ impl Shard {
                 // SAFETY: the fd belongs to a live connection (its guard removes it before close).
                 // shutdown(2) wakes its pending read with EOF; the connection task then closes it.
                 unsafe { libc::shutdown(entry.fd, libc::SHUT_RDWR) };
+                self.wake_ready_slot(entry);
             }
+        }
+    }
+
+    /// Wakes a connection that waits on the readiness ring, whether or not its poll fires.
+    fn wake_ready_slot(&self, entry: &ConnEntry) {
+        if let (Some(ring), Some(slot)) = (&self.ready_ring, entry.ready_slot.get()) {
+            ring.wake(slot);
         }
     }
 
@@ -281,6 +293,7 @@ impl Shard {
             if deadline != 0 && deadline <= now && !entry.timed_out.replace(true) {
                 // SAFETY: the fd belongs to a live connection (its guard removes it before close).
                 unsafe { libc::shutdown(entry.fd, libc::SHUT_RD) };
+                self.wake_ready_slot(entry);
             }
         }
     }

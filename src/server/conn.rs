@@ -300,7 +300,8 @@ pub async fn serve(
         (Transport::Plain(_), Some(ring)) => ring.register(stream.as_raw_fd()).ok(),
         _ => None,
     };
-    if ready.is_some() {
+    if let Some(ready) = &ready {
+        guard.entry.ready_slot.set(Some(ready.slot()));
         add(&shard.metrics.connections_multishot_poll, 1);
     }
     let limits = HeadLimits {
