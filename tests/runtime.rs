@@ -248,7 +248,7 @@ fn graceful_shutdown_finishes_in_flight_requests_and_exits_0() {
 
 /// Plain connections wait for bytes on the shard's readiness ring (one multishot poll each) by
 /// default, and through glommio's one-shot polls with `--no-multishot-poll`: both ways serve
-/// keep-alive, pipelining, a body that arrives in pieces, the header and keep-alive timeouts,
+/// keep-alive, pipelining, a body that arrives in pieces, the header, body and keep-alive timeouts,
 /// and the drain (the idle connection's task wakes and ends, so the process exits long before
 /// the grace period).
 #[test]
@@ -256,6 +256,8 @@ fn both_ways_of_waiting_for_bytes_serve_every_kind_of_read() {
     for (flags, ring) in [(&[][..], true), (&["--no-multishot-poll"][..], false)] {
         let mut args = vec![
             "--header-timeout",
+            "0.5",
+            "--body-timeout",
             "0.5",
             "--keepalive-timeout",
             "1",
@@ -287,6 +289,10 @@ fn both_ways_of_waiting_for_bytes_serve_every_kind_of_read() {
         slow.send(b"GET /plaintext HTTP/1.1\r\n");
         assert_eq!(slow.response(false).unwrap().status, 408, "{flags:?}");
         assert!(slow.closed());
+        let mut stalled = Conn::new(server.connect());
+        stalled.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+        let answer = read_to_close(&mut stalled.stream);
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{flags:?}");
         let mut idle = Conn::new(server.connect());
         assert_eq!(idle.get("/plaintext").status, 200);
         let started = Instant::now();
@@ -294,6 +300,7 @@ fn both_ways_of_waiting_for_bytes_serve_every_kind_of_read() {
         assert!(started.elapsed() >= Duration::from_millis(900), "{flags:?}");
 
         let stats = server.stats();
+        assert_eq!(stats["total"]["timeouts_body"], 1, "{flags:?}");
         let waited_on_ring = stats["total"]["connections_multishot_poll"]
             .as_u64()
             .unwrap();
