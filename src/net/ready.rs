@@ -42,9 +42,22 @@ const REAP_ROUNDS_MAX: usize = 64;
 const OP_POLL: u64 = 1;
 const OP_CANCEL: u64 = 2;
 
+/// The bits of a slot's generation that fit in a user_data.
+const GENERATION_MASK: u32 = 0x00ff_ffff;
+
 /// user_data: op in bits 0..8, slot generation in 8..32, slot in 32..64.
 fn user_data(op: u64, generation: u32, slot: u32) -> u64 {
-    op | (u64::from(generation & 0x00ff_ffff) << 8) | (u64::from(slot) << 32)
+    op | (u64::from(generation & GENERATION_MASK) << 8) | (u64::from(slot) << 32)
+}
+
+/// Enters `ring` with whatever is queued; `flags` 0 or GETEVENTS (run deferred completions).
+fn enter(ring: &mut IoUring, flags: u32) -> io::Result<usize> {
+    let queued = ring.submission().len() as u32;
+    // SAFETY: the queued entries (polls, cancels) reference no memory of ours; no argument.
+    unsafe {
+        ring.submitter()
+            .enter::<libc::sigset_t>(queued, 0, flags, None)
+    }
 }
 
 #[derive(Default)]
@@ -58,6 +71,16 @@ struct Slot {
     /// The socket woke since the connection last found it empty.
     ready: bool,
     waker: Option<Waker>,
+}
+
+impl Slot {
+    /// Marks the socket woken and wakes the connection waiting on it, if any.
+    fn wake(&mut self) {
+        self.ready = true;
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 pub struct ReadyRing {
@@ -186,12 +209,7 @@ impl ReadyRing {
         } else {
             0
         };
-        let queued = ring.submission().len() as u32;
-        // SAFETY: the queued entries reference no memory of ours; no argument.
-        let _ = unsafe {
-            ring.submitter()
-                .enter::<libc::sigset_t>(queued, 0, flags, None)
-        };
+        let _ = enter(&mut ring, flags);
         Ok(())
     }
 
@@ -214,22 +232,15 @@ impl ReadyRing {
             if !self.work_waits() {
                 return false;
             }
+            let entered = enter(
+                &mut self.ring.borrow_mut(),
+                io_uring::EnterFlags::GETEVENTS.bits(),
+            );
+            if let Err(e) = entered
+                && e.kind() != io::ErrorKind::Interrupted
             {
-                let mut ring = self.ring.borrow_mut();
-                let queued = ring.submission().len() as u32;
-                let getevents = io_uring::EnterFlags::GETEVENTS.bits();
-                // SAFETY: the queued entries (polls, cancels) reference no memory of ours; no
-                // argument. Runs the deferred completions.
-                let entered = unsafe {
-                    ring.submitter()
-                        .enter::<libc::sigset_t>(queued, 0, getevents, None)
-                };
-                if let Err(e) = entered
-                    && e.kind() != io::ErrorKind::Interrupted
-                {
-                    eprintln!("percore: reaping the readiness ring: {e}");
-                    return false;
-                }
+                eprintln!("percore: reaping the readiness ring: {e}");
+                return false;
             }
             self.reap_posted();
         }
@@ -255,7 +266,7 @@ impl ReadyRing {
             let Some(slot) = slots.get_mut(index as usize) else {
                 continue;
             };
-            if slot.generation & 0x00ff_ffff != ((data >> 8) as u32) & 0x00ff_ffff {
+            if slot.generation & GENERATION_MASK != ((data >> 8) as u32) & GENERATION_MASK {
                 continue;
             }
             if !cqueue::more(cqe.flags()) {
@@ -264,10 +275,7 @@ impl ReadyRing {
             if slot.owned {
                 // An error or a cancel by the kernel also makes it ready: the next recv says
                 // what happened, and a wait re-arms a poll that ended.
-                slot.ready = true;
-                if let Some(waker) = slot.waker.take() {
-                    waker.wake();
-                }
+                slot.wake();
             } else if !slot.armed {
                 slot.generation = slot.generation.wrapping_add(1);
                 self.free.borrow_mut().push(index);
@@ -284,10 +292,7 @@ impl ReadyRing {
             return;
         };
         if slot.owned {
-            slot.ready = true;
-            if let Some(waker) = slot.waker.take() {
-                waker.wake();
-            }
+            slot.wake();
         }
     }
 
@@ -369,19 +374,18 @@ impl Readiness {
 
 impl Drop for Readiness {
     fn drop(&mut self) {
-        let armed = {
+        let (armed, generation) = {
             let mut slots = self.ring.slots.borrow_mut();
             let slot = &mut slots[self.slot as usize];
             slot.owned = false;
             slot.waker = None;
-            slot.armed
+            (slot.armed, slot.generation)
         };
         if armed {
             // The slot is freed by the poll's last completion (-ECANCELED): until then a
             // completion may still name it. Closing the socket does not end the poll (it holds
             // the file, so no FIN goes out), nor does shutdown(2) (the poll fires and stays):
             // cancel it, and run the deferred work at once so that the file is let go now.
-            let generation = self.ring.slots.borrow()[self.slot as usize].generation;
             let cancel = opcode::AsyncCancel::new(user_data(OP_POLL, generation, self.slot))
                 .build()
                 .user_data(user_data(OP_CANCEL, 0, 0));
@@ -408,44 +412,49 @@ mod tests {
 
     use super::*;
 
+    /// Runs the test `make` builds on a fresh executor thread (the ring is single-issuer: made
+    /// and used there).
+    fn on_executor<F: Future<Output = ()> + 'static>(make: impl FnOnce() -> F + Send + 'static) {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(make)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     /// A connection waits until its socket wakes, reads what came, and its slot is reused
     /// only after the cancelled poll's last completion, under a new generation.
     #[test]
     fn a_connection_waits_for_a_wakeup_and_its_slot_returns_after_the_cancel() {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .spawn(|| async {
-                let ring = ReadyRing::new().expect("a readiness ring");
-                glommio::spawn_local(ring.clone().drive()).detach();
-                let (mut client, server) = UnixStream::pair().unwrap();
-                let readiness = ring.register(server.as_raw_fd()).unwrap();
-                for word in [&b"hello"[..], b"world"] {
-                    let mut buf = [0u8; 64];
-                    let mut read = std::pin::pin!(std::future::poll_fn(
-                        |cx| readiness.poll_recv(cx, &mut buf)
-                    ));
-                    // Nothing sent yet: the read finds the socket empty and waits.
-                    assert!(futures_lite::future::poll_once(&mut read).await.is_none());
-                    client.write_all(word).unwrap();
-                    assert_eq!(read.await.unwrap(), 5);
-                    assert_eq!(&buf[..5], word);
-                }
+        on_executor(|| async {
+            let ring = ReadyRing::new().expect("a readiness ring");
+            glommio::spawn_local(ring.clone().drive()).detach();
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let readiness = ring.register(server.as_raw_fd()).unwrap();
+            for word in [&b"hello"[..], b"world"] {
+                let mut buf = [0u8; 64];
+                let mut read =
+                    std::pin::pin!(std::future::poll_fn(|cx| readiness.poll_recv(cx, &mut buf)));
+                // Nothing sent yet: the read finds the socket empty and waits.
+                assert!(futures_lite::future::poll_once(&mut read).await.is_none());
+                client.write_all(word).unwrap();
+                assert_eq!(read.await.unwrap(), 5);
+                assert_eq!(&buf[..5], word);
+            }
 
-                let slot = readiness.slot;
-                let generation = ring.slots.borrow()[slot as usize].generation;
-                drop(readiness);
-                assert!(ring.free.borrow().is_empty(), "held until the poll ends");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-                assert_eq!(*ring.free.borrow(), vec![slot]);
-                let next = ring.register(server.as_raw_fd()).unwrap();
-                assert_eq!(next.slot, slot);
-                assert_eq!(
-                    ring.slots.borrow()[slot as usize].generation,
-                    generation.wrapping_add(1)
-                );
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+            let slot = readiness.slot;
+            let generation = ring.slots.borrow()[slot as usize].generation;
+            drop(readiness);
+            assert!(ring.free.borrow().is_empty(), "held until the poll ends");
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            assert_eq!(*ring.free.borrow(), vec![slot]);
+            let next = ring.register(server.as_raw_fd()).unwrap();
+            assert_eq!(next.slot, slot);
+            assert_eq!(
+                ring.slots.borrow()[slot as usize].generation,
+                generation.wrapping_add(1)
+            );
+        });
     }
 
     /// A poll that is gone without a completion (here: cancelled behind the connection's back,
@@ -453,72 +462,64 @@ mod tests {
     /// which the sweep and the drain call after `shutdown(2)`, still ends the wait.
     #[test]
     fn wake_ends_a_wait_whose_poll_is_gone() {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .spawn(|| async {
-                let ring = ReadyRing::new().expect("a readiness ring");
-                let (_client, server) = UnixStream::pair().unwrap();
-                let readiness = Rc::new(ring.register(server.as_raw_fd()).unwrap());
-                let done = Rc::new(std::cell::Cell::new(None));
-                let waiter = glommio::spawn_local({
-                    let (readiness, done) = (readiness.clone(), done.clone());
-                    async move {
-                        let mut buf = [0u8; 8];
-                        let n = std::future::poll_fn(|cx| readiness.poll_recv(cx, &mut buf)).await;
-                        done.set(Some(n.unwrap()));
-                    }
-                });
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                let slot = readiness.slot();
-                let generation = ring.slots.borrow()[slot as usize].generation;
-                let cancel = opcode::AsyncCancel::new(user_data(OP_POLL, generation, slot))
-                    .build()
-                    .user_data(user_data(OP_CANCEL, 0, 0));
-                ring.submit(&cancel, true).unwrap();
-                // SAFETY: shutdown(2) of our own socket.
-                unsafe { libc::shutdown(server.as_raw_fd(), libc::SHUT_RD) };
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-                assert_eq!(done.get(), None, "nothing reaped, nothing woke");
-                ring.wake(slot);
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-                assert_eq!(done.get(), Some(0), "end of stream after the shutdown");
-                waiter.await;
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        on_executor(|| async {
+            let ring = ReadyRing::new().expect("a readiness ring");
+            let (_client, server) = UnixStream::pair().unwrap();
+            let readiness = Rc::new(ring.register(server.as_raw_fd()).unwrap());
+            let done = Rc::new(std::cell::Cell::new(None));
+            let waiter = glommio::spawn_local({
+                let (readiness, done) = (readiness.clone(), done.clone());
+                async move {
+                    let mut buf = [0u8; 8];
+                    let n = std::future::poll_fn(|cx| readiness.poll_recv(cx, &mut buf)).await;
+                    done.set(Some(n.unwrap()));
+                }
+            });
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            let slot = readiness.slot();
+            let generation = ring.slots.borrow()[slot as usize].generation;
+            let cancel = opcode::AsyncCancel::new(user_data(OP_POLL, generation, slot))
+                .build()
+                .user_data(user_data(OP_CANCEL, 0, 0));
+            ring.submit(&cancel, true).unwrap();
+            // SAFETY: shutdown(2) of our own socket.
+            unsafe { libc::shutdown(server.as_raw_fd(), libc::SHUT_RD) };
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            assert_eq!(done.get(), None, "nothing reaped, nothing woke");
+            ring.wake(slot);
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            assert_eq!(done.get(), Some(0), "end of stream after the shutdown");
+            waiter.await;
+        });
     }
 
     /// A read that fills the buffer leaves the socket marked ready (more may wait); a short one
     /// marks it empty; end of stream stays ready.
     #[test]
     fn a_full_read_looks_again_and_a_short_one_waits() {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .spawn(|| async {
-                let ring = ReadyRing::new().expect("a readiness ring");
-                let (mut client, server) = UnixStream::pair().unwrap();
-                let readiness = ring.register(server.as_raw_fd()).unwrap();
-                client.write_all(b"0123456789").unwrap();
-                let mut cx = Context::from_waker(Waker::noop());
-                let mut buf = [0u8; 4];
-                for want in [4, 4, 2] {
-                    match readiness.poll_recv(&mut cx, &mut buf) {
-                        Poll::Ready(Ok(n)) => assert_eq!(n, want),
-                        other => panic!("{other:?}"),
-                    }
+        on_executor(|| async {
+            let ring = ReadyRing::new().expect("a readiness ring");
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let readiness = ring.register(server.as_raw_fd()).unwrap();
+            client.write_all(b"0123456789").unwrap();
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut buf = [0u8; 4];
+            for want in [4, 4, 2] {
+                match readiness.poll_recv(&mut cx, &mut buf) {
+                    Poll::Ready(Ok(n)) => assert_eq!(n, want),
+                    other => panic!("{other:?}"),
                 }
-                assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
-                drop(client);
-                assert!(!ring.reap());
-                for _ in 0..2 {
-                    assert!(matches!(
-                        readiness.poll_recv(&mut cx, &mut buf),
-                        Poll::Ready(Ok(0))
-                    ));
-                }
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+            }
+            assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
+            drop(client);
+            assert!(!ring.reap());
+            for _ in 0..2 {
+                assert!(matches!(
+                    readiness.poll_recv(&mut cx, &mut buf),
+                    Poll::Ready(Ok(0))
+                ));
+            }
+        });
     }
 
     /// More wakeups than the completion queue holds, and more than one enter runs, between two
@@ -526,39 +527,35 @@ mod tests {
     /// takes every one of them; the polls the overflow ended are armed again by the next wait.
     #[test]
     fn one_reap_takes_more_wakeups_than_the_completion_queue_holds() {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .spawn(|| async {
-                let ring = ReadyRing::with_sizes(2, 4).expect("a readiness ring");
-                let pairs: Vec<_> = (0..48).map(|_| UnixStream::pair().unwrap()).collect();
-                let waiting: Vec<Readiness> = pairs
-                    .iter()
-                    .map(|(_, server)| ring.register(server.as_raw_fd()).unwrap())
-                    .collect();
-                let mut cx = Context::from_waker(Waker::noop());
-                let mut buf = [0u8; 16];
+        on_executor(|| async {
+            let ring = ReadyRing::with_sizes(2, 4).expect("a readiness ring");
+            let pairs: Vec<_> = (0..48).map(|_| UnixStream::pair().unwrap()).collect();
+            let waiting: Vec<Readiness> = pairs
+                .iter()
+                .map(|(_, server)| ring.register(server.as_raw_fd()).unwrap())
+                .collect();
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut buf = [0u8; 16];
+            for readiness in &waiting {
+                assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
+            }
+            for (client, _) in &pairs {
+                (&*client).write_all(b"x").unwrap();
+            }
+            for round in 0..2 {
+                assert!(!ring.reap(), "nothing left waiting in the kernel");
                 for readiness in &waiting {
+                    match readiness.poll_recv(&mut cx, &mut buf) {
+                        Poll::Ready(Ok(1)) => {}
+                        other => panic!("round {round}, slot {}: {other:?}", readiness.slot),
+                    }
+                    // Empty again: waits (re-arming a poll that ended).
                     assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
                 }
                 for (client, _) in &pairs {
-                    (&*client).write_all(b"x").unwrap();
+                    (&*client).write_all(b"y").unwrap();
                 }
-                for round in 0..2 {
-                    assert!(!ring.reap(), "nothing left waiting in the kernel");
-                    for readiness in &waiting {
-                        match readiness.poll_recv(&mut cx, &mut buf) {
-                            Poll::Ready(Ok(1)) => {}
-                            other => panic!("round {round}, slot {}: {other:?}", readiness.slot),
-                        }
-                        // Empty again: waits (re-arming a poll that ended).
-                        assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
-                    }
-                    for (client, _) in &pairs {
-                        (&*client).write_all(b"y").unwrap();
-                    }
-                }
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+            }
+        });
     }
 }
