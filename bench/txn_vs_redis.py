@@ -180,6 +180,16 @@ def sum_percore(keys) -> int:
     return total
 
 
+def wal_counters() -> tuple:
+    """(fdatasyncs, log records) of every shard's write-ahead log so far, from /stats."""
+    s = socket.create_connection(("127.0.0.1", PERCORE_PORT), timeout=10)
+    status, body = http(s, "GET", "/stats", b"")
+    s.close()
+    assert status == 200, status
+    total = json.loads(body)["total"]
+    return total["wal_fsyncs"], total["wal_records"]
+
+
 def run_client(argv, pid, outfile=None):
     """Runs a client to completion; returns (server cpu seconds, client cpu seconds, wall, stdout)."""
     before = cpu_ticks(pid)
@@ -206,7 +216,9 @@ def percore_mode(args, scen, kind, rnd, workdir, bindir, label):
         url = f"http://127.0.0.1:{PERCORE_PORT}/"
         run_client(load + ["-d", f"{args.warmup}s", url], proc.pid)  # warm-up, not counted
         jpath = os.path.join(args.out, f"{label}-{kind}-r{rnd}.json")
+        wal0 = wal_counters()
         scpu, ccpu, wall, out, err, rc = run_client(load + ["-d", f"{args.seconds}s", "--json", jpath, url], proc.pid)
+        wal1 = wal_counters()
         with open(os.path.join(args.out, f"{label}-{kind}-r{rnd}.txt"), "w") as f:
             f.write(out + err)
         run = json.load(open(jpath))["run"]
@@ -222,6 +234,9 @@ def percore_mode(args, scen, kind, rnd, workdir, bindir, label):
             "p50_us": run["latency_us"]["p50"], "p99_us": run["latency_us"]["p99"],
             "server_cpu_us_per_tx": scpu * 1e6 / max(ok, 1), "server_cpu_us_per_answer": scpu * 1e6 / max(total, 1),
             "client_cpu_us_per_tx": ccpu * 1e6 / max(ok, 1), "server_cpu_util": scpu / wall,
+            # both shards' logs together, over the measured run (the counters cover a little more
+            # than the client's run: the /stats calls bracket it)
+            "fsyncs_per_s": (wal1[0] - wal0[0]) / wall, "log_records_per_tx": (wal1[1] - wal0[1]) / max(ok, 1),
         }
     finally:
         stop(proc)
@@ -415,6 +430,11 @@ def main():
         base = "base" + m[len("percore"):]
         if m.startswith("percore") and base in med:
             print(f"{m} / {base}: {med[m] / med[base]:.2f}x")
+    for m in modes:
+        rs = [r for r in results if r["mode"] == m and "fsyncs_per_s" in r]
+        if rs:
+            print(f"{m}: {statistics.median(r['fsyncs_per_s'] for r in rs):.0f} fdatasyncs/s, "
+                  f"{statistics.median(r['log_records_per_tx'] for r in rs):.1f} log records per committed transaction")
     if "redis-eval" in med:
         for m in modes:
             if m.startswith(("percore", "base")):
