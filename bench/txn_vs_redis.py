@@ -17,8 +17,15 @@ Modes, one fresh server (and fresh data dir) per mode per round, order rotated e
   percore-hot     cross-shard transfers that all share one account (owned by shard 0): nearly
                   every answer is a 409, and committed/s measures how long that account stays locked
   redis-eval      EVAL (GET A, check floor, DECRBY A 1, INCRBY B 1) via redis-benchmark
-  redis-multi     MULTI / DECRBY A 1 / INCRBY B 1 / EXEC (no floor) via the small
-                  Python client below (one transaction in flight per connection)
+  redis-watch     the same transfer with its floor as a Redis user writes it with MULTI/EXEC: WATCH A,
+                  GET A, check the floor, MULTI / DECRBY A 1 / INCRBY B 1 / EXEC, again from WATCH
+                  when EXEC answers nil (A changed meanwhile: Redis' conflict, as percore's 409);
+                  committed transactions/s
+  redis-multi     MULTI / DECRBY A 1 / INCRBY B 1 / EXEC (no floor)
+  Both are driven by bench/redis_tx_client.rs (compiled, one glommio executor, one transaction in
+  flight per connection), so Redis' client costs about what percore-load costs percore; the
+  Python client below (--python-redis-client) drove redis-multi before 2026-11-27 14:00 UTC and
+  costs about twice the CPU per transaction.
   base-single, base-cross, base-hot   the percore modes with the binaries in --baseline DIR (an older
                   build), interleaved with the others for an A/B of two percore versions
 Server CPU per transaction: utime+stime of the server process (/proc/PID/stat) over the
@@ -290,8 +297,10 @@ def redis_mode(args, kind, rnd, est):
                         "EVAL", REDIS_SCRIPT, "2", "acct:__rand_int__", "acct:__rand_int__"]
         else:
             def argv(n):
-                return [sys.executable, os.path.abspath(__file__), "multi-client", str(REDIS_PORT),
-                        str(args.conns), str(n), str(ACCOUNTS)]
+                if args.python_redis_client:
+                    return [sys.executable, os.path.abspath(__file__), f"{kind}-client", str(REDIS_PORT),
+                            str(args.conns), str(n), str(ACCOUNTS)]
+                return [args.redis_client, str(REDIS_PORT), str(args.conns), str(n), str(ACCOUNTS), kind]
         n_warm = max(int(est.get(kind, 5000) * args.warmup), 2000)
         _, _, wall, out, err, _ = run_client(argv(n_warm), proc.pid)
         rate_guess = n_warm / wall
@@ -300,6 +309,7 @@ def redis_mode(args, kind, rnd, est):
         with open(os.path.join(args.out, f"redis-{kind}-r{rnd}.txt"), "w") as f:
             f.write(" ".join(argv(n)) + "\n" + out + err)
         assert rc == 0, err
+        conflicts = 0.0
         if kind == "eval":
             lines = [l for l in out.strip().splitlines() if l.startswith('"EVAL') or l.startswith('"eval')]
             assert lines, out
@@ -310,11 +320,12 @@ def redis_mode(args, kind, rnd, est):
         else:
             res = json.loads(out)
             rps, p50, p99 = res["tx_per_s"], res["p50_us"], res["p99_us"]
+            conflicts = res.get("retries", 0) / (n + res.get("retries", 0))
         est[kind] = rps
         bal = redis_sum()
         assert bal == SEED_BALANCE * ACCOUNTS, f"balance not conserved: {bal}"
         return {
-            "mode": f"redis-{kind}", "round": rnd, "tx_per_s": rps, "answered_per_s": rps, "conflict_share": 0.0,
+            "mode": f"redis-{kind}", "round": rnd, "tx_per_s": rps, "answered_per_s": rps, "conflict_share": conflicts,
             "p50_us": p50, "p99_us": p99, "server_cpu_us_per_tx": scpu * 1e6 / n,
             "server_cpu_us_per_answer": scpu * 1e6 / n, "client_cpu_us_per_tx": ccpu * 1e6 / n,
             "server_cpu_util": scpu / wall, "n": n,
@@ -325,25 +336,75 @@ def redis_mode(args, kind, rnd, est):
         shutil.rmtree(datadir, ignore_errors=True)
 
 
-def multi_client(port: int, conns: int, total: int, accounts: int) -> None:
+def build_redis_client() -> str:
+    """Builds bench/redis_tx_client.rs (release) and returns its path."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["cargo", "bench", "--bench", "redis_tx_client", "--no-run", "--message-format=json"],
+                       cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for line in r.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "redis_tx_client" and msg.get("executable"):
+            return msg["executable"]
+    raise AssertionError("cargo built no redis_tx_client executable")
+
+
+def multi_client(port: int, conns: int, total: int, accounts: int, watch: bool = False) -> None:
     """MULTI/DECRBY/INCRBY/EXEC, one transaction in flight per connection (the 4 commands of one
-    transaction go in one write, as client libraries send a transaction pipeline)."""
+    transaction go in one write, as client libraries send a transaction pipeline). With `watch`,
+    each transfer first sends WATCH A + GET A (one write), checks the floor on the answer, then the
+    MULTI pipeline; an EXEC answered nil (A changed after the WATCH) starts over from the WATCH.
+    The latency of a transfer runs from its first WATCH to its committed EXEC."""
     rng = random.Random()
     sel = selectors.DefaultSelector()
     lat = []
-    sent = done = 0
+    sent = done = retries = 0
     state = {}
 
     def cmd(*parts):
         return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
+    def send_multi(s, a, b):
+        s.sendall(cmd(b"MULTI") + cmd(b"DECRBY", a, b"1") + cmd(b"INCRBY", b, b"1") + cmd(b"EXEC"))
+
     def send(s):
         nonlocal sent
         a = b"acct:%012d" % rng.randrange(accounts)
         b = b"acct:%012d" % rng.randrange(accounts)
-        s.sendall(cmd(b"MULTI") + cmd(b"DECRBY", a, b"1") + cmd(b"INCRBY", b, b"1") + cmd(b"EXEC"))
-        state[s] = [time.perf_counter(), b""]
+        if watch:
+            s.sendall(cmd(b"WATCH", a) + cmd(b"GET", a))
+            state[s] = [time.perf_counter(), b"", "watch", a, b]
+        else:
+            send_multi(s, a, b)
+            state[s] = [time.perf_counter(), b"", "multi", a, b]
         sent += 1
+
+    def step(s, st):
+        """Advances one connection on the bytes it has; True when a transfer committed."""
+        nonlocal retries
+        if st[2] == "watch":
+            # +OK, $n, value -> 3 lines
+            if st[1].count(b"\r\n") < 3:
+                return None
+            lines = st[1].split(b"\r\n")
+            assert lines[0] == b"+OK" and lines[1].startswith(b"$"), st[1]
+            if int(lines[2]) - 1 < 0:  # the floor: never with the seeded balances
+                raise AssertionError(f"balance below the floor: {st[1]!r}")
+            st[1], st[2] = b"", "multi"
+            send_multi(s, st[3], st[4])
+            return None
+        # +OK, +QUEUED, +QUEUED, then *-1 (aborted: 4 lines) or *2, :a, :b (6 lines)
+        n = st[1].count(b"\r\n")
+        if n >= 4 and st[1].split(b"\r\n")[3] == b"*-1":
+            assert watch, st[1]
+            retries += 1
+            st[1], st[2] = b"", "watch"
+            s.sendall(cmd(b"WATCH", st[3]) + cmd(b"GET", st[3]))
+            return None
+        if n < 6:
+            return None
+        assert b"-" not in st[1][:1] and b"\r\n-" not in st[1], st[1]
+        return True
 
     t0 = time.perf_counter()
     for _ in range(conns):
@@ -356,9 +417,7 @@ def multi_client(port: int, conns: int, total: int, accounts: int) -> None:
             s = key.fileobj
             st = state[s]
             st[1] += s.recv(65536)
-            # +OK, +QUEUED, +QUEUED, *2, :a, :b  -> 6 lines
-            if st[1].count(b"\r\n") >= 6:
-                assert b"-" not in st[1][:1] and b"\r\n-" not in st[1], st[1]
+            if step(s, st):
                 lat.append(time.perf_counter() - st[0])
                 done += 1
                 if sent < total:
@@ -368,23 +427,30 @@ def multi_client(port: int, conns: int, total: int, accounts: int) -> None:
     wall = time.perf_counter() - t0
     lat.sort()
     print(json.dumps({"tx_per_s": done / wall, "p50_us": lat[len(lat) // 2] * 1e6,
-                      "p99_us": lat[int(len(lat) * 0.99)] * 1e6}))
+                      "p99_us": lat[int(len(lat) * 0.99)] * 1e6, "retries": retries}))
 
 
 def main():
     global ACCOUNTS, PAIRS
-    if len(sys.argv) > 1 and sys.argv[1] == "multi-client":
-        multi_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    if len(sys.argv) > 1 and sys.argv[1] in ("multi-client", "watch-client"):
+        multi_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+                     watch=sys.argv[1] == "watch-client")
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--warmup", type=float, default=2)
     ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--modes", default="percore-single,percore-cross,redis-eval,redis-multi")
+    ap.add_argument("--modes", default="percore-single,percore-cross,redis-eval,redis-watch,redis-multi")
     ap.add_argument("--bindir", default=os.environ.get("PERCORE_BIN_DIR", "/tmp/percore-txnbench-target/release"))
     ap.add_argument("--baseline", default=None, help="bin dir of an older percore for the base-* modes")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--redis-client", default=None,
+                    help="the compiled client of the redis-multi and redis-watch modes (default: built with "
+                         "`cargo bench --bench redis_tx_client --no-run`)")
+    ap.add_argument("--python-redis-client", action="store_true",
+                    help="drive redis-multi and redis-watch with the Python client in this file instead "
+                         "(the client of the runs before 2026-11-27 14:00 UTC)")
     ap.add_argument("--percore-args", default="", help="extra percore flags, e.g. '--spin-us 50'")
     ap.add_argument("--accounts", type=int, default=ACCOUNTS,
                     help="accounts (default 2048); more spread the transfers, so fewer of percore's meet a lock")
@@ -394,6 +460,9 @@ def main():
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                         time.strftime("txn-%Y%m%d-%H%M%S", time.gmtime()))
     os.makedirs(args.out, exist_ok=True)
+    if not args.python_redis_client and not args.redis_client and (
+            "redis-multi" in args.modes or "redis-watch" in args.modes):
+        args.redis_client = build_redis_client()
     scen = write_scenarios(args.out)
     print(f"accounts per owner: {scen['owners']}; output in {args.out}", flush=True)
     modes = args.modes.split(",")
@@ -439,7 +508,7 @@ def main():
         for m in modes:
             if m.startswith(("percore", "base")):
                 print(f"{m} / redis-eval: {med[m] / med['redis-eval']:.2f}x"
-                      + (f"; / redis-multi: {med[m] / med['redis-multi']:.2f}x" if "redis-multi" in med else ""))
+                      + "".join(f"; / {r}: {med[m] / med[r]:.2f}x" for r in ("redis-watch", "redis-multi") if r in med))
 
 
 if __name__ == "__main__":
