@@ -118,6 +118,9 @@ shard_stats! {
     /// Plain connections that waited for bytes on the shard's readiness ring (one multishot
     /// poll each, net/ready.rs) rather than through glommio's one-shot polls.
     connections_multishot_poll,
+    /// Multishot polls the readiness ring queued: one per such connection, plus a re-arm for
+    /// each poll the kernel ended (a full completion queue); never one per request.
+    ready_polls_armed,
     requests,
     /// Pipelined GET/HEAD requests served at once with others of their connection (--pipeline-parallel).
     requests_parallel,

@@ -21,7 +21,7 @@
 //! through glommio alone; so does every connection with `--no-multishot-poll`, and every TLS
 //! one.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
@@ -95,6 +95,9 @@ pub struct ReadyRing {
     cancels: RefCell<Vec<squeue::Entry>>,
     /// Registered with the ring: counts its completions; read through glommio while idle.
     eventfd: BufferedFile,
+    /// Multishot polls queued so far: one per connection, plus one for each poll the kernel
+    /// ended (a full CQ). About one per request would mean the ring re-arms per wait (/stats).
+    polls_armed: Cell<u64>,
 }
 
 impl ReadyRing {
@@ -147,6 +150,7 @@ impl ReadyRing {
             free: RefCell::new(Vec::new()),
             cancels: RefCell::new(Vec::new()),
             eventfd,
+            polls_armed: Cell::new(0),
         }))
     }
 
@@ -189,7 +193,13 @@ impl ReadyRing {
         self.submit(&entry, false)?;
         // Only once queued: a slot marked armed waits for a last completion to be freed.
         self.slots.borrow_mut()[index as usize].armed = true;
+        self.polls_armed.set(self.polls_armed.get() + 1);
         Ok(())
+    }
+
+    /// Multishot polls queued so far (see the field).
+    pub fn polls_armed(&self) -> u64 {
+        self.polls_armed.get()
     }
 
     /// Queues `entry` and enters the ring; `run_deferred` also runs the deferred completions

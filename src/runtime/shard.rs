@@ -163,6 +163,10 @@ impl Shard {
     pub fn stats(&self) -> ShardStats {
         let mut stats = self.metrics.snapshot(self.index, self.cpu);
         stats.parks = super::membarrier::parks();
+        stats.ready_polls_armed = self
+            .ready_ring
+            .as_ref()
+            .map_or(0, |ring| ring.polls_armed());
         let mesh = &self.stats_mesh.counters;
         stats.mesh_calls_sent = mesh.calls_sent.get();
         stats.mesh_calls_served = mesh.calls_served.get();
