@@ -229,11 +229,45 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         }
         let _ = out.flush();
     }
-    wait_stopped(&stopped_rx, shard_count, config.grace + config.stop_timeout);
+    let deadline = wait_stopped(&stopped_rx, shard_count, config.grace + config.stop_timeout);
+    // Every shard has stopped (drained, log synced); what is left is each executor's teardown,
+    // which waits for its IO in flight. The same bound holds for it: a wedged teardown must not
+    // keep the process alive past --grace + --stop-timeout either.
+    let _watchdog = Watchdog::start(
+        deadline.unwrap_or_else(|| Instant::now() + config.stop_timeout),
+        || {
+            eprintln!(
+                "percore: the shards' executors still closing at --grace + --stop-timeout after the signal: exiting now"
+            );
+            std::process::exit(1);
+        },
+    );
     for handle in handles {
         let _ = handle.join();
     }
     Ok(())
+}
+
+/// Runs `on_expiry` on a thread of its own at `deadline`, unless dropped first.
+struct Watchdog {
+    _cancel: mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn start(deadline: Instant, on_expiry: impl FnOnce() + Send + 'static) -> Watchdog {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("percore-watchdog".into())
+            .spawn(move || {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Dropping the Watchdog disconnects the channel: no expiry.
+                if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(left) {
+                    on_expiry();
+                }
+            })
+            .expect("spawn the stop watchdog");
+        Watchdog { _cancel: cancel }
+    }
 }
 
 /// What the main thread hears while the server runs.
@@ -272,8 +306,12 @@ impl Drop for ShardEnd {
 /// Waits until every shard reported that it stopped. From the signal that began the drain they
 /// have `limit` in all; past it the process exits 1 and says which shards were still stopping (a
 /// wedged disk or executor must not keep the process, and its listening sockets, alive: the logs
-/// are crash-safe, and the next start replays them).
-fn wait_stopped(stops: &mpsc::Receiver<Stop>, shard_count: usize, limit: Duration) {
+/// are crash-safe, and the next start replays them). Returns that deadline, if a drain began.
+fn wait_stopped(
+    stops: &mpsc::Receiver<Stop>,
+    shard_count: usize,
+    limit: Duration,
+) -> Option<Instant> {
     let mut running: std::collections::BTreeSet<usize> = (0..shard_count).collect();
     let mut deadline: Option<Instant> = None;
     while !running.is_empty() {
@@ -306,9 +344,10 @@ fn wait_stopped(stops: &mpsc::Receiver<Stop>, shard_count: usize, limit: Duratio
                 std::process::exit(1);
             }
             // Every shard thread and the signal thread are gone: the joins return at once.
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return deadline,
         }
     }
+    deadline
 }
 
 /// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard (a
@@ -673,6 +712,28 @@ async fn clock(shard: Rc<Shard>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watchdog_fires_at_its_deadline_unless_dropped_first() {
+        let (fired, heard) = mpsc::channel();
+        let started = Instant::now();
+        let _watchdog = Watchdog::start(started + Duration::from_millis(50), {
+            let fired = fired.clone();
+            move || fired.send("late").unwrap()
+        });
+        assert_eq!(heard.recv_timeout(Duration::from_secs(5)), Ok("late"));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+
+        let watchdog = Watchdog::start(Instant::now() + Duration::from_millis(50), move || {
+            fired.send("cancelled one fired").unwrap()
+        });
+        drop(watchdog);
+        assert_eq!(
+            heard.recv_timeout(Duration::from_millis(300)),
+            Err(mpsc::RecvTimeoutError::Disconnected),
+            "the dropped watchdog's thread ends without firing (and drops its sender)"
+        );
+    }
 
     #[test]
     fn a_shard_end_reports_a_stop_when_finished_and_a_panic_when_unwound() {
