@@ -7,9 +7,12 @@
 Needs release `percore` and `percore-load` (PERCORE_BIN_DIR, default
 /tmp/percore-txnbench-target/release) and redis-server, redis-benchmark, redis-cli on PATH.
 
-Placement: the machine has 2 CPUs. percore runs `--shards 2` (shard 0 pinned to CPU 0, shard 1
-to CPU 1); redis-server runs under `taskset -c 0-1`; every client runs unpinned under
-`taskset -c 0-1` too. Client and server therefore share both CPUs in every mode.
+Placement (the defaults, for the 2-CPU machine): percore runs `--shards 2` (shard 0 pinned to CPU 0,
+shard 1 to CPU 1); redis-server runs under `taskset -c 0-1`; every client runs unpinned under
+`taskset -c 0-1` too. Client and server therefore share both CPUs in every mode. On a larger machine
+`--shards N --server-cpus LIST --client-cpus LIST --client-threads T` give percore N shards on the
+first N CPUs of LIST (Redis runs on LIST too, single-threaded as it is) and the clients their own
+CPUs and threads (percore-load -t T, redis-benchmark --threads T).
 
 Modes, one fresh server (and fresh data dir) per mode per round, order rotated each round:
   percore-single  POST /kv/tx {add A -1 floor 0, add B +1}, A and B owned by the same shard
@@ -69,8 +72,13 @@ def fnv1a64(data: bytes) -> int:
 assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C and fnv1a64(b"foobar") == 0x85944171F73967E8
 
 
-def owner(key: str, shards: int = 2) -> int:
-    return fnv1a64(key.encode()) % shards
+SHARDS = 2  # --shards
+SERVER_CPUS = "0-1"  # --server-cpus
+CLIENT_CPUS = "0-1"  # --client-cpus
+
+
+def owner(key: str) -> int:
+    return fnv1a64(key.encode()) % SHARDS
 
 
 def cpu_ticks(pid: int) -> int:
@@ -88,21 +96,24 @@ def tx_body(a: str, b: str) -> str:
 
 def write_scenarios(workdir: str) -> dict:
     keys = [f"acct{i:04d}" for i in range(ACCOUNTS)]
-    by_owner = {0: [k for k in keys if owner(k) == 0], 1: [k for k in keys if owner(k) == 1]}
+    by_owner = {o: [k for k in keys if owner(k) == o] for o in range(SHARDS)}
     rng = random.Random(42)
     for v in by_owner.values():
         rng.shuffle(v)
     single, cross = [], []
-    # single-shard: disjoint pairs inside each owner's accounts, half per shard
-    for o in (0, 1):
+    # single-shard: disjoint pairs inside each owner's accounts, an equal share per shard
+    for o in range(SHARDS):
         ks = by_owner[o]
-        for i in range(PAIRS // 2):
+        for i in range(PAIRS // SHARDS):
             a, b = ks[(2 * i) % len(ks)], ks[(2 * i + 1) % len(ks)]
             single.append((a, b) if i % 2 == 0 else (b, a))
-    # cross-shard: one account of each owner per pair, direction alternating
+    # cross-shard: accounts of two different owners per pair, every ordered pair of owners
+    # equally often (with 2 shards: one of each, direction alternating)
     for i in range(PAIRS):
-        a, b = by_owner[0][i % len(by_owner[0])], by_owner[1][i % len(by_owner[1])]
-        cross.append((a, b) if i % 2 == 0 else (b, a))
+        o1 = i % SHARDS
+        o2 = (o1 + 1 + (i // SHARDS) % (SHARDS - 1)) % SHARDS
+        a, b = by_owner[o1][i % len(by_owner[o1])], by_owner[o2][i % len(by_owner[o2])]
+        cross.append((a, b))
     # hot: every transfer has one account in common (owned by shard 0), the other on shard 1
     hot_key = by_owner[0][0]
     hot = [(hot_key, b) if i % 2 == 0 else (b, hot_key) for i, b in enumerate(by_owner[1][:PAIRS])]
@@ -144,7 +155,8 @@ def http(sock: socket.socket, method: str, path: str, body: bytes = b"") -> tupl
 
 def start_percore(bindir: str, datadir: str, extra=()) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [f"{bindir}/percore", "--bind", f"127.0.0.1:{PERCORE_PORT}", "--shards", "2",
+        ["taskset", "-c", SERVER_CPUS,
+         f"{bindir}/percore", "--bind", f"127.0.0.1:{PERCORE_PORT}", "--shards", str(SHARDS),
          "--fsync", "batch", "--data-dir", datadir, "--no-session-persist", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
@@ -201,7 +213,7 @@ def run_client(argv, pid, outfile=None):
     """Runs a client to completion; returns (server cpu seconds, client cpu seconds, wall, stdout)."""
     before = cpu_ticks(pid)
     t0 = time.monotonic()
-    proc = subprocess.Popen(["taskset", "-c", "0-1"] + argv, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["taskset", "-c", CLIENT_CPUS] + argv, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     out, err = "", ""
     # wait4 gives the client's own rusage
@@ -219,7 +231,7 @@ def percore_mode(args, scen, kind, rnd, workdir, bindir, label):
     try:
         seed_percore(scen["keys"])
         load = [f"{bindir}/percore-load", "--scenario", scen["paths"][kind], "-c", str(args.conns),
-                "-t", "1", "--timeout", "5s"]
+                "-t", str(args.client_threads), "--timeout", "5s"]
         url = f"http://127.0.0.1:{PERCORE_PORT}/"
         run_client(load + ["-d", f"{args.warmup}s", url], proc.pid)  # warm-up, not counted
         jpath = os.path.join(args.out, f"{label}-{kind}-r{rnd}.json")
@@ -267,7 +279,7 @@ def start_redis(workdir):
         f.write(f"bind 127.0.0.1\nport {REDIS_PORT}\nprotected-mode yes\ndaemonize no\n"
                 f"dir {datadir}\nappendonly yes\nappendfsync always\nsave \"\"\n"
                 "logfile \"\"\nloglevel warning\n")
-    proc = subprocess.Popen(["taskset", "-c", "0-1", "redis-server", conf],
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPUS, "redis-server", conf],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         if subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
@@ -293,7 +305,7 @@ def redis_mode(args, kind, rnd, est):
         if kind == "eval":
             def argv(n):
                 return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(REDIS_PORT), "-c", str(args.conns),
-                        "-n", str(n), "-r", str(ACCOUNTS), "-P", "1", "--threads", "1", "--csv",
+                        "-n", str(n), "-r", str(ACCOUNTS), "-P", "1", "--threads", str(args.client_threads), "--csv",
                         "EVAL", REDIS_SCRIPT, "2", "acct:__rand_int__", "acct:__rand_int__"]
         else:
             def argv(n):
@@ -431,7 +443,7 @@ def multi_client(port: int, conns: int, total: int, accounts: int, watch: bool =
 
 
 def main():
-    global ACCOUNTS, PAIRS
+    global ACCOUNTS, PAIRS, SHARDS, SERVER_CPUS, CLIENT_CPUS
     if len(sys.argv) > 1 and sys.argv[1] in ("multi-client", "watch-client"):
         multi_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
                      watch=sys.argv[1] == "watch-client")
@@ -445,6 +457,10 @@ def main():
     ap.add_argument("--bindir", default=os.environ.get("PERCORE_BIN_DIR", "/tmp/percore-txnbench-target/release"))
     ap.add_argument("--baseline", default=None, help="bin dir of an older percore for the base-* modes")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--shards", type=int, default=2, help="percore's shards, on the first CPUs of --server-cpus")
+    ap.add_argument("--server-cpus", default="0-1", help="taskset list for percore and redis-server")
+    ap.add_argument("--client-cpus", default="0-1", help="taskset list for every client")
+    ap.add_argument("--client-threads", type=int, default=1, help="percore-load -t and redis-benchmark --threads")
     ap.add_argument("--redis-client", default=None,
                     help="the compiled client of the redis-multi and redis-watch modes (default: built with "
                          "`cargo bench --bench redis_tx_client --no-run`)")
@@ -457,6 +473,8 @@ def main():
     args = ap.parse_args()
     assert 4 <= args.accounts <= 32768, "--accounts: 4..32768 (a scenario holds at most 16384 transfers)"
     ACCOUNTS, PAIRS = args.accounts, args.accounts // 2
+    SHARDS, SERVER_CPUS, CLIENT_CPUS = args.shards, args.server_cpus, args.client_cpus
+    assert SHARDS >= 2, "--shards: at least 2 (cross-shard transfers need two owners)"
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                         time.strftime("txn-%Y%m%d-%H%M%S", time.gmtime()))
     os.makedirs(args.out, exist_ok=True)
