@@ -148,13 +148,16 @@ def parse_wrk(out):
 
 
 class Server:
-    def __init__(self, name, cmd, port, logdir, server_cpu):
+    """A server from a command template ({port}, {workers}), under `taskset -c server_cpus`
+    (one CPU or a list); bench/scaling.py starts its N-worker servers with it too."""
+
+    def __init__(self, name, cmd, port, logdir, server_cpus, workers=1):
         self.name, self.port = name, port
-        full = cmd.replace("{port}", str(port)).replace("{workers}", "1")
+        full = cmd.replace("{port}", str(port)).replace("{workers}", str(workers))
         self.log = open(os.path.join(logdir, f"{name}.server.log"), "ab")
-        env = dict(os.environ, PORT=str(port), WORKERS="1")
+        env = dict(os.environ, PORT=str(port), WORKERS=str(workers))
         # 'exec env CMD' lets a template start with VAR=value; env execs the server itself.
-        self.p = subprocess.Popen(["taskset", "-c", str(server_cpu), "bash", "-c", "exec env " + full],
+        self.p = subprocess.Popen(["taskset", "-c", str(server_cpus), "bash", "-c", "exec env " + full],
                                   stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
 

@@ -19,10 +19,8 @@ keeps a TSV of every run under --out.
 """
 import argparse
 import datetime
-import http.client
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +28,7 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
-from compare import cpu_ticks, tree, TICK  # noqa: E402
+from compare import Server, TICK, check, cpu_ticks  # noqa: E402
 
 CONNS_PER_CORE = 64
 SCENARIOS = {"plaintext": ("/plaintext", 1), "pipelined": ("/plaintext", 16), "json": ("/json", 1)}
@@ -42,45 +40,6 @@ def cpu_list(spec):
         a, _, b = part.partition("-")
         out += range(int(a), int(b or a) + 1)
     return out
-
-
-class Server:
-    def __init__(self, name, cmd, port, cores, logdir):
-        self.name, self.port = name, port
-        full = cmd.replace("{port}", str(port)).replace("{workers}", str(len(cores)))
-        full = full.replace("{cores}", f"0-{len(cores) - 1}" if len(cores) > 1 else "0")
-        self.log = open(os.path.join(logdir, f"{name}-{len(cores)}.server.log"), "ab")
-        self.p = subprocess.Popen(["taskset", "-c", ",".join(map(str, cores)), "bash", "-c", "exec env " + full],
-                                  stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout=15):
-        t = time.time() + timeout
-        while time.time() < t:
-            if self.p.poll() is not None:
-                return False
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                c.request("GET", "/plaintext")
-                ok = c.getresponse().read() == b"Hello, World!"
-                c.close()
-                return ok
-            except Exception:  # noqa: BLE001
-                time.sleep(0.1)
-        return False
-
-    def stop(self):
-        pids = tree(self.p.pid)
-        try:
-            self.p.send_signal(signal.SIGTERM)
-            self.p.wait(10)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        self.log.close()
 
 
 def run_load(load_bin, port, scen, n, client_cpus, dur, jf):
@@ -139,9 +98,11 @@ def main():
             order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
             for name, cmd in order:
                 port += 1
-                s = Server(name, cmd, port, cores, out)
-                if not s.wait_ready():
-                    print(f"{name} n={n}: did not start (see {out})", flush=True)
+                cores_arg = f"0-{n - 1}" if n > 1 else "0"
+                s = Server(f"{name}-{n}", cmd.replace("{cores}", cores_arg), port, out,
+                           ",".join(map(str, cores)), workers=n)
+                if not s.wait_ready() or check(port, "/plaintext"):
+                    print(f"{name} n={n}: did not start or answers wrongly (see {out})", flush=True)
                     s.stop()
                     continue
                 for scen in a.scenarios.split(","):

@@ -320,8 +320,8 @@ def redis_mode(args, kind, rnd, est):
                         "EVAL", REDIS_SCRIPT, "2", "acct:__rand_int__", "acct:__rand_int__"]
         else:
             def argv(n):
-                if args.python_redis_client:
-                    return [sys.executable, os.path.abspath(__file__), f"{kind}-client", str(REDIS_PORT),
+                if args.python_redis_client and kind == "multi":
+                    return [sys.executable, os.path.abspath(__file__), "multi-client", str(REDIS_PORT),
                             str(args.conns), str(n), str(ACCOUNTS)]
                 return [args.redis_client, str(REDIS_PORT), str(args.conns), str(n), str(ACCOUNTS), kind]
         n_warm = max(int(est.get(kind, 5000) * args.warmup), 2000)
@@ -374,62 +374,25 @@ def build_redis_client() -> str:
     raise AssertionError("cargo built no redis_tx_client executable")
 
 
-def multi_client(port: int, conns: int, total: int, accounts: int, watch: bool = False) -> None:
+def multi_client(port: int, conns: int, total: int, accounts: int) -> None:
     """MULTI/DECRBY/INCRBY/EXEC, one transaction in flight per connection (the 4 commands of one
-    transaction go in one write, as client libraries send a transaction pipeline). With `watch`,
-    each transfer first sends WATCH A + GET A (one write), checks the floor on the answer, then the
-    MULTI pipeline; an EXEC answered nil (A changed after the WATCH) starts over from the WATCH.
-    The latency of a transfer runs from its first WATCH to its committed EXEC."""
+    transaction go in one write, as client libraries send a transaction pipeline)."""
     rng = random.Random()
     sel = selectors.DefaultSelector()
     lat = []
-    sent = done = retries = 0
+    sent = done = 0
     state = {}
 
     def cmd(*parts):
         return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
-    def send_multi(s, a, b):
-        s.sendall(cmd(b"MULTI") + cmd(b"DECRBY", a, b"1") + cmd(b"INCRBY", b, b"1") + cmd(b"EXEC"))
-
     def send(s):
         nonlocal sent
         a = b"acct:%012d" % rng.randrange(accounts)
         b = b"acct:%012d" % rng.randrange(accounts)
-        if watch:
-            s.sendall(cmd(b"WATCH", a) + cmd(b"GET", a))
-            state[s] = [time.perf_counter(), b"", "watch", a, b]
-        else:
-            send_multi(s, a, b)
-            state[s] = [time.perf_counter(), b"", "multi", a, b]
+        s.sendall(cmd(b"MULTI") + cmd(b"DECRBY", a, b"1") + cmd(b"INCRBY", b, b"1") + cmd(b"EXEC"))
+        state[s] = [time.perf_counter(), b""]
         sent += 1
-
-    def step(s, st):
-        """Advances one connection on the bytes it has; True when a transfer committed."""
-        nonlocal retries
-        if st[2] == "watch":
-            # +OK, $n, value -> 3 lines
-            if st[1].count(b"\r\n") < 3:
-                return None
-            lines = st[1].split(b"\r\n")
-            assert lines[0] == b"+OK" and lines[1].startswith(b"$"), st[1]
-            if int(lines[2]) - 1 < 0:  # the floor: never with the seeded balances
-                raise AssertionError(f"balance below the floor: {st[1]!r}")
-            st[1], st[2] = b"", "multi"
-            send_multi(s, st[3], st[4])
-            return None
-        # +OK, +QUEUED, +QUEUED, then *-1 (aborted: 4 lines) or *2, :a, :b (6 lines)
-        n = st[1].count(b"\r\n")
-        if n >= 4 and st[1].split(b"\r\n")[3] == b"*-1":
-            assert watch, st[1]
-            retries += 1
-            st[1], st[2] = b"", "watch"
-            s.sendall(cmd(b"WATCH", st[3]) + cmd(b"GET", st[3]))
-            return None
-        if n < 6:
-            return None
-        assert b"-" not in st[1][:1] and b"\r\n-" not in st[1], st[1]
-        return True
 
     t0 = time.perf_counter()
     for _ in range(conns):
@@ -442,7 +405,9 @@ def multi_client(port: int, conns: int, total: int, accounts: int, watch: bool =
             s = key.fileobj
             st = state[s]
             st[1] += s.recv(65536)
-            if step(s, st):
+            # +OK, +QUEUED, +QUEUED, *2, :a, :b  -> 6 lines
+            if st[1].count(b"\r\n") >= 6:
+                assert b"-" not in st[1][:1] and b"\r\n-" not in st[1], st[1]
                 lat.append(time.perf_counter() - st[0])
                 done += 1
                 if sent < total:
@@ -452,14 +417,13 @@ def multi_client(port: int, conns: int, total: int, accounts: int, watch: bool =
     wall = time.perf_counter() - t0
     lat.sort()
     print(json.dumps({"tx_per_s": done / wall, "p50_us": lat[len(lat) // 2] * 1e6,
-                      "p99_us": lat[int(len(lat) * 0.99)] * 1e6, "retries": retries}))
+                      "p99_us": lat[int(len(lat) * 0.99)] * 1e6}))
 
 
 def main():
     global ACCOUNTS, PAIRS, SHARDS, SERVER_CPUS, CLIENT_CPUS
-    if len(sys.argv) > 1 and sys.argv[1] in ("multi-client", "watch-client"):
-        multi_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
-                     watch=sys.argv[1] == "watch-client")
+    if len(sys.argv) > 1 and sys.argv[1] == "multi-client":
+        multi_client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -478,8 +442,8 @@ def main():
                     help="the compiled client of the redis-multi and redis-watch modes (default: built with "
                          "`cargo bench --bench redis_tx_client --no-run`)")
     ap.add_argument("--python-redis-client", action="store_true",
-                    help="drive redis-multi and redis-watch with the Python client in this file instead "
-                         "(the client of the runs before 2026-11-27 14:00 UTC)")
+                    help="drive redis-multi with the Python client in this file instead (the client of "
+                         "the runs before 2026-11-27 14:00 UTC; redis-watch always uses the compiled one)")
     ap.add_argument("--percore-args", default="", help="extra percore flags, e.g. '--spin-us 50'")
     ap.add_argument("--accounts", type=int, default=ACCOUNTS,
                     help="accounts (default 2048); more spread the transfers, so fewer of percore's meet a lock")
@@ -491,8 +455,8 @@ def main():
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out",
                                         time.strftime("txn-%Y%m%d-%H%M%S", time.gmtime()))
     os.makedirs(args.out, exist_ok=True)
-    if not args.python_redis_client and not args.redis_client and (
-            "redis-multi" in args.modes or "redis-watch" in args.modes):
+    if not args.redis_client and ("redis-watch" in args.modes or (
+            "redis-multi" in args.modes and not args.python_redis_client)):
         args.redis_client = build_redis_client()
     scen = write_scenarios(args.out)
     print(f"accounts per owner: {scen['owners']}; output in {args.out}", flush=True)
