@@ -52,9 +52,19 @@ impl Response {
     }
 
     pub fn bytes(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response {
-        Response::new(status)
-            .header("Content-Type", content_type)
-            .with_body(body)
+        // Built in place, not through `header` and `with_body`: each of those moves the whole
+        // response, and this is every text and JSON answer's path.
+        let mut headers = Headers::new();
+        headers.push((
+            Cow::Borrowed("Content-Type"),
+            Bytes::from_static(content_type.as_bytes()),
+        ));
+        Response {
+            status,
+            headers,
+            body: ResponseBody::Full(body.into()),
+            close: false,
+        }
     }
 
     pub fn text(status: u16, body: impl Into<Bytes>) -> Response {

@@ -224,7 +224,8 @@ enum Gathered {
 /// Pipelined requests served at once: their handlers' futures and what each answer needs.
 struct Batch {
     answers: Vec<(bool, Version)>,
-    handlers: Vec<crate::router::BoxFuture<Response>>,
+    /// None once answered.
+    handlers: Vec<Option<crate::router::BoxFuture<Response>>>,
     _slots: ParallelSlots,
 }
 
@@ -252,6 +253,23 @@ impl Drop for ParallelSlots {
         let slots = &self.shard.parallel_slots;
         slots.set(slots.get() + self.count);
     }
+}
+
+/// What `encode_response` did with a response.
+enum Encoded {
+    /// Encoded whole into the write buffer.
+    Done(Flow),
+    /// Its body is a stream: `write_stream` writes it. Boxed: `Encoded` is kept in the
+    /// connection's future on every answer, and a stream's head is the rare, large case.
+    Stream(Box<Streamed>),
+}
+
+/// A response whose body is a stream, encoded as its chunks come.
+struct Streamed {
+    status: u16,
+    headers: crate::router::Headers,
+    stream: crate::router::BodyStream,
+    close: bool,
 }
 
 /// What the loop does after a response.
@@ -439,10 +457,11 @@ impl Conn {
         let mut next = Some(first);
         while let Some(head) = next {
             answers.push((head.is_head(), head.version()));
-            handlers.push(
-                self.app
-                    .serve(Request::new(head, Body::empty(), self.ctx())),
-            );
+            handlers.push(Some(self.app.serve(Request::new(
+                head,
+                Body::empty(),
+                self.ctx(),
+            ))));
             next = match second.take() {
                 Some(head) => Some(head),
                 None if handlers.len() <= room => self.parse_parallel(),
@@ -461,17 +480,53 @@ impl Conn {
     }
 
     /// Runs a batch's handlers at once and writes their answers in request order.
+    ///
+    /// Each answer is written as soon as it and all before it are ready. Only while the first
+    /// unwritten handler waits (a lookup on another shard) are the handlers after it polled too,
+    /// so their waits overlap; answers that come early are kept until their turn. Most handlers
+    /// answer at their first poll: then each is polled once, its answer goes straight into the
+    /// write buffer, and nothing is kept.
     async fn serve_batch(&mut self, batch: Batch) -> Flow {
         let Batch {
             answers,
-            handlers,
+            mut handlers,
             _slots,
         } = batch;
-        let responses = crate::mesh::join_all_unpin(handlers).await;
-        for ((is_head, version), response) in answers.into_iter().zip(responses) {
+        let mut early: Vec<Option<Response>> = Vec::new();
+        for (index, &(is_head, version)) in answers.iter().enumerate() {
+            let encoded = match early.get_mut(index).and_then(Option::take) {
+                Some(response) => self.encode_response(response, is_head, version),
+                None => {
+                    std::future::poll_fn(|cx| {
+                        let (this, later) = handlers[index..]
+                            .split_first_mut()
+                            .expect("one handler per answer");
+                        let first = this.as_mut().expect("an unanswered handler is kept");
+                        if let Poll::Ready(response) = first.as_mut().poll(cx) {
+                            *this = None;
+                            return Poll::Ready(self.encode_response(response, is_head, version));
+                        }
+                        early.resize_with(answers.len(), || None);
+                        for (offset, slot) in later.iter_mut().enumerate() {
+                            if let Some(handler) = slot
+                                && let Poll::Ready(response) = handler.as_mut().poll(cx)
+                            {
+                                early[index + 1 + offset] = Some(response);
+                                *slot = None;
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await
+                }
+            };
+            let flow = match encoded {
+                Encoded::Done(flow) => flow,
+                Encoded::Stream(streamed) => self.write_stream(streamed, version).await,
+            };
             // Each is keep-alive (parallel_ok); a response that closes (the handler's choice, or
             // a drain) ends the connection, and the client retries the safe requests after it.
-            if self.write_response(response, is_head, version).await == Flow::Close {
+            if flow == Flow::Close {
                 return Flow::Close;
             }
             if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES && self.flush().await.is_err() {
@@ -689,64 +744,64 @@ impl Conn {
     /// Encodes the response into the write buffer (streams are written as they come).
     async fn write_response(
         &mut self,
-        mut response: Response,
+        response: Response,
         is_head: bool,
         version: Version,
     ) -> Flow {
-        self.version = version;
-        let shard = self.io.shard.clone();
-        shard.metrics.count_status(response.status);
-        let close = response.close || shard.is_draining();
-        let headers = std::mem::take(&mut response.headers);
-        let no_body_status =
-            response.status < 200 || response.status == 204 || response.status == 304;
-        match response.body {
-            ResponseBody::Empty | ResponseBody::Full(_) if no_body_status => {
-                self.encode_head(response.status, &headers, http::ResponseBody::None, close);
-            }
-            ResponseBody::Empty => self.encode_head(
-                response.status,
-                &headers,
-                http::ResponseBody::Length(0),
-                close,
-            ),
-            ResponseBody::Full(bytes) => {
-                self.encode_head(
-                    response.status,
-                    &headers,
-                    http::ResponseBody::Length(bytes.len() as u64),
-                    close,
-                );
-                if !is_head {
-                    self.wbuf.extend_from_slice(&bytes);
-                }
-            }
-            ResponseBody::Stream(stream) => {
-                if is_head {
-                    self.encode_head(
-                        response.status,
-                        &headers,
-                        http::ResponseBody::Chunked,
-                        close,
-                    );
-                } else {
-                    return self
-                        .write_stream(response.status, &headers, stream, version, close)
-                        .await;
-                }
-            }
+        match self.encode_response(response, is_head, version) {
+            Encoded::Done(flow) => flow,
+            Encoded::Stream(streamed) => self.write_stream(streamed, version).await,
         }
-        if close { Flow::Close } else { Flow::KeepAlive }
     }
 
-    async fn write_stream(
-        &mut self,
-        status: u16,
-        headers: &[(Cow<'static, str>, Bytes)],
-        mut stream: crate::router::BodyStream,
-        version: Version,
-        close: bool,
-    ) -> Flow {
+    /// Encodes a response whose body is whole (or absent, or a HEAD's); a streamed body comes
+    /// back, for `write_stream`. Synchronous, so a batch encodes an answer the moment
+    /// its handler gives it, without moving it through another future.
+    fn encode_response(&mut self, response: Response, is_head: bool, version: Version) -> Encoded {
+        let Response {
+            status,
+            headers,
+            body,
+            close,
+        } = response;
+        self.version = version;
+        let shard = &self.io.shard;
+        shard.metrics.count_status(status);
+        let close = close || shard.is_draining();
+        let no_body_status = status < 200 || status == 204 || status == 304;
+        let framing = match &body {
+            ResponseBody::Empty | ResponseBody::Full(_) if no_body_status => {
+                http::ResponseBody::None
+            }
+            ResponseBody::Empty => http::ResponseBody::Length(0),
+            ResponseBody::Full(bytes) => http::ResponseBody::Length(bytes.len() as u64),
+            ResponseBody::Stream(_) => http::ResponseBody::Chunked,
+        };
+        match body {
+            ResponseBody::Stream(stream) if !is_head => {
+                return Encoded::Stream(Box::new(Streamed {
+                    status,
+                    headers,
+                    stream,
+                    close,
+                }));
+            }
+            ResponseBody::Full(bytes) if !is_head && !no_body_status => {
+                self.encode_head(status, &headers, framing, close);
+                self.wbuf.extend_from_slice(&bytes);
+            }
+            _ => self.encode_head(status, &headers, framing, close),
+        }
+        Encoded::Done(if close { Flow::Close } else { Flow::KeepAlive })
+    }
+
+    async fn write_stream(&mut self, streamed: Box<Streamed>, version: Version) -> Flow {
+        let Streamed {
+            status,
+            headers,
+            mut stream,
+            close,
+        } = *streamed;
         // The head waits for the first chunk: a stream that fails at once (an echo of a body
         // with a bad chunk size, or over the limit) still gets a clean error answer.
         let first = stream.next().await;
@@ -761,7 +816,7 @@ impl Conn {
         } else {
             http::ResponseBody::None
         };
-        self.encode_head(status, headers, framing, close);
+        self.encode_head(status, &headers, framing, close);
         let mut next = first;
         while let Some(chunk) = next.take() {
             let Ok(chunk) = chunk else {
@@ -798,58 +853,31 @@ impl Conn {
         body: http::ResponseBody,
         close: bool,
     ) {
-        const INLINE: usize = 16;
         // RFC 9112 §9.3: an HTTP/1.0 client keeps the connection only if told so.
         let keep_alive_10 = !close && self.version == Version::Http10;
-        let date = *self.io.shard.date.borrow().get();
+        let shard = &*self.io.shard;
+        let date = shard.date.borrow();
+        let own = [
+            keep_alive_10.then_some(("Connection", &b"keep-alive"[..])),
+            shard.x_shard.as_deref().map(|x_shard| ("X-Shard", x_shard)),
+            shard
+                .hsts
+                .as_deref()
+                .filter(|_| self.tls)
+                .map(|hsts| ("Strict-Transport-Security", hsts)),
+        ];
         let managed = |name: &str| {
             SERVER_MANAGED_HEADERS
                 .iter()
                 .any(|m| m.eq_ignore_ascii_case(name))
         };
-        let mut inline: [(&str, &[u8]); INLINE] = [("", &[]); INLINE];
-        let mut count = 0;
-        if keep_alive_10 {
-            inline[0] = ("Connection", b"keep-alive");
-            count = 1;
-        }
-        if let Some(x_shard) = &self.io.shard.x_shard {
-            inline[count] = ("X-Shard", x_shard);
-            count += 1;
-        }
-        let hsts = self.io.shard.hsts.as_ref().filter(|_| self.tls);
-        if let Some(hsts) = hsts {
-            inline[count] = ("Strict-Transport-Security", hsts);
-            count += 1;
-        }
-        let mut overflow = false;
-        for (name, value) in headers.iter().filter(|(n, _)| !managed(n)) {
-            if count == INLINE {
-                overflow = true;
-                break;
-            }
-            inline[count] = (name, value);
-            count += 1;
-        }
-        if !overflow {
-            http::encode_head(&mut self.wbuf, status, &inline[..count], body, &date, close);
-        } else {
-            let mut all: Vec<(&str, &[u8])> = headers
+        let fields = own.into_iter().flatten().chain(
+            headers
                 .iter()
-                .filter(|(n, _)| !managed(n))
-                .map(|(n, v)| (&**n, &v[..]))
-                .collect();
-            if keep_alive_10 {
-                all.push(("Connection", b"keep-alive"));
-            }
-            if let Some(x_shard) = &self.io.shard.x_shard {
-                all.push(("X-Shard", x_shard));
-            }
-            if let Some(hsts) = hsts {
-                all.push(("Strict-Transport-Security", hsts));
-            }
-            http::encode_head(&mut self.wbuf, status, &all, body, &date, close);
-        }
+                .filter(|(name, _)| !managed(name))
+                .map(|(name, value)| (&**name, &value[..])),
+        );
+        http::encode_head(&mut self.wbuf, status, fields, body, date.get(), close);
     }
 
     async fn flush(&mut self) -> io::Result<()> {
