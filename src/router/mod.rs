@@ -107,6 +107,10 @@ pub struct Router {
     /// FxHash: the keys are our own route paths (no flooding risk), and SipHash was 4% of a
     /// pipelined request's CPU (bench/RESULTS.md).
     exact: rustc_hash::FxHashMap<Box<str>, MethodTable>,
+    /// The same routes as `exact`, for a scan, when there are at most `EXACT_SCAN_MAX` of them
+    /// (set by `into_app`): comparing a few lengths and then the bytes of one path costs less
+    /// than hashing the path and probing (route lookup was 7% of a pipelined request's CPU).
+    exact_scan: Option<Vec<(Box<str>, MethodTable)>>,
     patterns: Vec<Route>,
     middleware: Vec<(Phase, Rc<dyn Middleware>)>,
 }
@@ -193,15 +197,15 @@ impl Router {
 
     /// Finds the handler for `method` and `path`: Ok with captured parameters, or the status to
     /// answer (404 no such path; 405 with the allowed methods).
-    fn find(&self, method: &str, path: &str) -> Result<(Rc<dyn Handler>, Params), Miss> {
-        let lookup = |method: &str| -> Option<(Rc<dyn Handler>, Params)> {
+    fn find(&self, method: &str, path: &str) -> Result<(&dyn Handler, Params), Miss> {
+        let lookup = |method: &str| -> Option<(&dyn Handler, Params)> {
             if let Some(h) = self.exact_get(method, path) {
                 return Some((h, Vec::new()));
             }
             self.patterns
                 .iter()
                 .filter(|r| &*r.method == method)
-                .find_map(|r| match_segments(&r.segments, path).map(|p| (r.handler.clone(), p)))
+                .find_map(|r| match_segments(&r.segments, path).map(|p| (&*r.handler, p)))
         };
         if let Some(found) = lookup(method) {
             return Ok(found);
@@ -236,12 +240,20 @@ impl Router {
         Err(Miss::MethodNotAllowed(allowed.join(", ")))
     }
 
-    fn exact_get(&self, method: &str, path: &str) -> Option<Rc<dyn Handler>> {
-        let methods = self.exact.get(path)?;
+    fn exact_get(&self, method: &str, path: &str) -> Option<&dyn Handler> {
+        let methods = match &self.exact_scan {
+            Some(routes) => {
+                &routes
+                    .iter()
+                    .find(|(route, _)| short_eq(route.as_bytes(), path.as_bytes()))?
+                    .1
+            }
+            None => self.exact.get(path)?,
+        };
         methods
             .iter()
-            .find(|(m, _)| &**m == method)
-            .map(|(_, h)| h.clone())
+            .find(|(m, _)| short_eq(m.as_bytes(), method.as_bytes()))
+            .map(|(_, h)| &**h)
     }
 
     fn dispatch(&self, mut req: Request) -> BoxFuture<Response> {
@@ -259,6 +271,13 @@ impl Router {
 
     /// Freezes the router and its middleware (sorted by phase) into the app a shard serves.
     pub fn into_app(mut self) -> Rc<App> {
+        if self.exact.len() <= EXACT_SCAN_MAX {
+            let routes = self
+                .exact
+                .iter()
+                .map(|(path, methods)| (path.clone(), methods.clone()));
+            self.exact_scan = Some(routes.collect());
+        }
         let mut middleware = std::mem::take(&mut self.middleware);
         middleware.sort_by_key(|(phase, _)| *phase); // stable: insertion order within a phase
         Rc::new(App {
@@ -266,6 +285,15 @@ impl Router {
             middleware,
         })
     }
+}
+
+/// Most exact routes an app may have for `Router::exact_get` to scan them instead of hashing.
+const EXACT_SCAN_MAX: usize = 16;
+
+/// `a == b` for the short strings of routes and methods, without a call to `bcmp` (which cost
+/// more than the compare itself): no early exit, so it vectorizes.
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |differ, (x, y)| differ | (x ^ y)) == 0
 }
 
 enum Miss {
@@ -328,6 +356,9 @@ pub struct App {
 
 impl App {
     pub fn serve(self: &Rc<Self>, req: Request) -> BoxFuture<Response> {
+        if self.middleware.is_empty() {
+            return self.router.dispatch(req);
+        }
         Next {
             app: self.clone(),
             index: 0,
@@ -468,6 +499,43 @@ mod app_tests {
             miss.get_header("allow").map(|v| &v[..]),
             Some(&b"GET, HEAD"[..])
         );
+    }
+
+    /// Exact routes are scanned up to EXACT_SCAN_MAX and hashed beyond: both find the same.
+    #[test]
+    fn exact_routes_by_scan_and_by_hash() {
+        for count in [1, EXACT_SCAN_MAX, EXACT_SCAN_MAX + 1, 40] {
+            let mut router = Router::new();
+            for index in 0..count {
+                let answer = format!("r{index}");
+                router = router.get(&format!("/r/{index}"), move |_req: Request| {
+                    let answer = answer.clone();
+                    async move { Response::text(200, answer) }
+                });
+            }
+            let app = router
+                .post("/r/0", |_req: Request| async { Response::new(201) })
+                .into_app();
+            assert_eq!(
+                app.router.exact_scan.is_some(),
+                count <= EXACT_SCAN_MAX,
+                "{count}"
+            );
+            for index in 0..count {
+                let response = serve(&app, "GET", &format!("/r/{index}"));
+                assert_eq!(body(&response), format!("r{index}").as_bytes(), "{count}");
+            }
+            assert_eq!(serve(&app, "POST", "/r/0").status, 201, "{count}");
+            assert_eq!(serve(&app, "GET", "/r/").status, 404, "{count}");
+            assert_eq!(
+                serve(&app, "GET", &format!("/r/{count}")).status,
+                404,
+                "{count}"
+            );
+            assert_eq!(serve(&app, "GET", "/r/00").status, 404, "{count}");
+            assert_eq!(serve(&app, "PUT", "/r/0").status, 405, "{count}");
+            assert_eq!(serve(&app, "GE", "/r/0").status, 405, "{count}");
+        }
     }
 
     #[test]
