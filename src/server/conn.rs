@@ -110,6 +110,26 @@ impl ConnIo {
         written: &mut usize,
     ) -> Poll<io::Result<()>> {
         while *written < buf.len() {
+            if self.ready.is_some() {
+                // Plain TCP on the readiness ring: send straight away with a raw system call
+                // (as glommio's write does first, without libc's cancellation-point wrapper);
+                // only a full socket buffer waits, through glommio's write below.
+                let fd = self.stream.borrow().as_raw_fd();
+                let n = crate::net::ready::send_raw(fd, &buf[*written..]);
+                if n > 0 {
+                    *written += n as usize;
+                    continue;
+                }
+                let error = io::Error::last_os_error();
+                if n < 0
+                    && !matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    )
+                {
+                    return Poll::Ready(Err(error));
+                }
+            }
             let n =
                 ready!(Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, &buf[*written..]))?;
             if n == 0 {
@@ -450,23 +470,21 @@ impl Conn {
             return Gathered::One(first);
         };
         // Each head goes straight into its handler's future (not yet polled): a head is moved as
-        // few times as possible.
+        // few times as possible (a copy of a head just written costs a store-forwarding stall).
         let mut answers = Vec::with_capacity(1 + room);
         let mut handlers = Vec::with_capacity(1 + room);
-        let mut second = Some(second);
-        let mut next = Some(first);
-        while let Some(head) = next {
+        let mut start = |conn: &Conn, head: RequestHead| {
             answers.push((head.is_head(), head.version()));
-            handlers.push(Some(self.app.serve(Request::new(
-                head,
-                Body::empty(),
-                self.ctx(),
-            ))));
-            next = match second.take() {
-                Some(head) => Some(head),
-                None if handlers.len() <= room => self.parse_parallel(),
-                None => None,
-            };
+            let request = Request::new(head, Body::empty(), conn.ctx());
+            handlers.push(Some(conn.app.serve(request)));
+        };
+        start(self, first);
+        start(self, second);
+        for _ in 1..room {
+            match self.parse_parallel() {
+                Some(head) => start(self, head),
+                None => break,
+            }
         }
         let metrics = &self.io.shard.metrics;
         add(&metrics.requests, handlers.len() as u64);
@@ -495,16 +513,17 @@ impl Conn {
         let mut early: Vec<Option<Response>> = Vec::new();
         for (index, &(is_head, version)) in answers.iter().enumerate() {
             let encoded = match early.get_mut(index).and_then(Option::take) {
-                Some(response) => self.encode_response(response, is_head, version),
+                Some(mut response) => self.encode_response(&mut response, is_head, version),
                 None => {
                     std::future::poll_fn(|cx| {
                         let (this, later) = handlers[index..]
                             .split_first_mut()
                             .expect("one handler per answer");
                         let first = this.as_mut().expect("an unanswered handler is kept");
-                        if let Poll::Ready(response) = first.as_mut().poll(cx) {
+                        if let Poll::Ready(mut response) = first.as_mut().poll(cx) {
                             *this = None;
-                            return Poll::Ready(self.encode_response(response, is_head, version));
+                            let encoded = self.encode_response(&mut response, is_head, version);
+                            return Poll::Ready(encoded);
                         }
                         early.resize_with(answers.len(), || None);
                         for (offset, slot) in later.iter_mut().enumerate() {
@@ -748,7 +767,8 @@ impl Conn {
         is_head: bool,
         version: Version,
     ) -> Flow {
-        match self.encode_response(response, is_head, version) {
+        let mut response = response;
+        match self.encode_response(&mut response, is_head, version) {
             Encoded::Done(flow) => flow,
             Encoded::Stream(streamed) => self.write_stream(streamed, version).await,
         }
@@ -757,19 +777,21 @@ impl Conn {
     /// Encodes a response whose body is whole (or absent, or a HEAD's); a streamed body comes
     /// back, for `write_stream`. Synchronous, so a batch encodes an answer the moment
     /// its handler gives it, without moving it through another future.
-    fn encode_response(&mut self, response: Response, is_head: bool, version: Version) -> Encoded {
-        let Response {
-            status,
-            headers,
-            body,
-            close,
-        } = response;
+    fn encode_response(
+        &mut self,
+        response: &mut Response,
+        is_head: bool,
+        version: Version,
+    ) -> Encoded {
+        // Read in place (borrowed, not moved or destructured): a response just written by its
+        // handler and then copied costs a store-forwarding stall per copy.
+        let status = response.status;
         self.version = version;
         let shard = &self.io.shard;
         shard.metrics.count_status(status);
-        let close = close || shard.is_draining();
+        let close = response.close || shard.is_draining();
         let no_body_status = status < 200 || status == 204 || status == 304;
-        let framing = match &body {
+        let framing = match &response.body {
             ResponseBody::Empty | ResponseBody::Full(_) if no_body_status => {
                 http::ResponseBody::None
             }
@@ -777,20 +799,27 @@ impl Conn {
             ResponseBody::Full(bytes) => http::ResponseBody::Length(bytes.len() as u64),
             ResponseBody::Stream(_) => http::ResponseBody::Chunked,
         };
-        match body {
-            ResponseBody::Stream(stream) if !is_head => {
-                return Encoded::Stream(Box::new(Streamed {
-                    status,
-                    headers,
-                    stream,
-                    close,
-                }));
-            }
-            ResponseBody::Full(bytes) if !is_head && !no_body_status => {
-                self.encode_head(status, &headers, framing, close);
-                self.wbuf.extend_from_slice(&bytes);
-            }
-            _ => self.encode_head(status, &headers, framing, close),
+        if let ResponseBody::Stream(_) = &response.body
+            && !is_head
+        {
+            let ResponseBody::Stream(stream) =
+                std::mem::replace(&mut response.body, ResponseBody::Empty)
+            else {
+                unreachable!("matched just above")
+            };
+            return Encoded::Stream(Box::new(Streamed {
+                status,
+                headers: std::mem::take(&mut response.headers),
+                stream,
+                close,
+            }));
+        }
+        self.encode_head(status, &response.headers, framing, close);
+        if let ResponseBody::Full(bytes) = &response.body
+            && !is_head
+            && !no_body_status
+        {
+            self.wbuf.extend_from_slice(bytes);
         }
         Encoded::Done(if close { Flow::Close } else { Flow::KeepAlive })
     }
