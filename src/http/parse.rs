@@ -41,11 +41,12 @@ pub struct RequestHead {
     /// Empty only for an absolute-form target without a path, which means "/".
     path: Span,
     query: Option<Span>,
-    /// Where the field lines start (just past the request line). The fields are not indexed:
-    /// `headers` reads them from the validated bytes when a handler asks. An index (16 spans
-    /// inline) made the head 2.9x as large, and a head is moved several times per request on
-    /// the way into its handler's future, whether or not anyone looks at a field.
-    fields_start: u16,
+    /// Name and value of each field. Four inline (a benchmark client sends one or two fields,
+    /// curl three): a head is moved several times on its way into its handler's future, and
+    /// 16 inline made it 208 bytes instead of 112. A browser's head (10-20 fields) takes one
+    /// allocation. Without an index, finding a field in a 760-byte browser head cost 157 ns
+    /// against 9 (bench/RESULTS.md, run P).
+    fields: smallvec::SmallVec<[(Span, Span); 4]>,
     version: Version,
     framing: BodyFraming,
     keep_alive: bool,
@@ -89,21 +90,9 @@ impl RequestHead {
 
     /// All fields, in the order received, each value without its surrounding whitespace.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        // `validate` accepted these bytes: every line ends in CRLF (no bare CR or LF), every
-        // field line is `token ":" OWS value OWS` (httparse: no whitespace before the colon, no
-        // obs-fold in a request), and the head ends with an empty line.
-        let mut rest = &self.bytes[self.fields_start as usize..];
-        std::iter::from_fn(move || {
-            let line_end = memchr::memchr(b'\n', rest)?;
-            let line = &rest[..line_end.saturating_sub(1)];
-            rest = &rest[line_end + 1..];
-            let colon = memchr::memchr(b':', line)?;
-            let name = &line[..colon];
-            debug_assert!(name.iter().all(|&byte| is_token_byte(byte)));
-            // SAFETY: a field name is a token (httparse checked it), and tokens are ASCII.
-            let name = unsafe { std::str::from_utf8_unchecked(name) };
-            Some((name, trim_whitespace(&line[colon + 1..])))
-        })
+        self.fields
+            .iter()
+            .map(|&(name, value)| (self.text(name), &self.bytes[value.range()]))
     }
 
     pub fn framing(&self) -> BodyFraming {
@@ -284,7 +273,16 @@ fn validate(head: &[u8], parsed: &httparse::Request<'_, '_>) -> Result<RequestHe
             shift(path)
         },
         query: query.map(shift),
-        fields_start: fields_start(head),
+        fields: parsed
+            .headers
+            .iter()
+            .map(|field| {
+                (
+                    span_of(head, field.name.as_bytes()),
+                    span_of(head, field.value),
+                )
+            })
+            .collect(),
         version,
         framing: fields.framing,
         keep_alive: fields.keep_alive,
@@ -313,26 +311,6 @@ fn check_line_endings(head: &[u8]) -> Result<(), HttpError> {
         return Err(HttpError::Malformed("bare CR or LF in request head"));
     }
     Ok(())
-}
-
-/// Just past the request line's CRLF, in a head `validate` accepted.
-fn fields_start(head: &[u8]) -> u16 {
-    let line_end = memchr::memchr(b'\n', head).expect("a complete head has a request line");
-    (line_end + 1) as u16
-}
-
-/// `value` without leading and trailing SP and HTAB (OWS, RFC 9110 §5.6.3).
-fn trim_whitespace(value: &[u8]) -> &[u8] {
-    let is_ows = |byte: &u8| *byte == b' ' || *byte == b'\t';
-    let start = value
-        .iter()
-        .position(|byte| !is_ows(byte))
-        .unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|byte| !is_ows(byte))
-        .map_or(start, |last| last + 1);
-    &value[start..end]
 }
 
 fn span_of(head: &[u8], part: &[u8]) -> Span {
@@ -1610,8 +1588,8 @@ mod tests {
             proptest::prop_assert_eq!(is_valid_host(&value), is_valid_host_any(&value));
         }
 
-        /// `headers` reads the fields back from the bytes: the names and values must be the ones
-        /// httparse parsed, whatever whitespace surrounds a value.
+        /// `headers` gives the names and values httparse parsed, however many fields (inline or
+        /// not) and whatever whitespace surrounds a value.
         #[test]
         fn headers_are_what_httparse_parsed(
             fields in proptest::collection::vec(
