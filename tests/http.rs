@@ -437,6 +437,112 @@ fn body_timeout_answers_408() {
     assert_eq!(server.stats()["total"]["timeouts_body"], 1);
 }
 
+/// A connection to `server` with a 4 KiB receive buffer, so the server's writes stall soon.
+fn connect_small_window(server: &Server) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    socket.into()
+}
+
+const PLAINTEXT_GET: &[u8] = b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// Sends `count` pipelined GETs from a thread, waits `stall` before reading, then reads until
+/// `want` bytes or the end of the stream; returns the bytes read.
+fn send_stall_read(
+    stream: &std::net::TcpStream,
+    count: usize,
+    stall: Duration,
+    want: usize,
+) -> usize {
+    use std::io::Read;
+    let mut writer = stream.try_clone().unwrap();
+    let batch = PLAINTEXT_GET.repeat(count);
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&batch);
+    });
+    std::thread::sleep(stall);
+    let mut reader = stream.try_clone().unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < want {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let _ = sender.join();
+    got
+}
+
+/// `--write-timeout` is time without progress: a stall that ended long ago must not cut a later
+/// short one, and a slow reader that keeps taking bytes is never cut off.
+#[test]
+fn write_timeout_counts_only_time_without_progress() {
+    use std::io::Read;
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--write-timeout",
+        "1",
+        "--shards",
+        "1",
+    ]);
+    let mut stream = connect_small_window(&server);
+    stream.write_all(PLAINTEXT_GET).unwrap();
+    // One answer's length (every answer has the same: the Date is fixed-width).
+    let mut one = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !one.ends_with(b"Hello, World!") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0);
+        one.extend_from_slice(&buf[..n]);
+    }
+    let count = 40_000;
+    let want = one.len() * count;
+    // A 300 ms stall (the server's writes wait), then everything is read.
+    assert_eq!(
+        send_stall_read(&stream, count, Duration::from_millis(300), want),
+        want
+    );
+    // Well past that stall's deadline, a 100 ms stall must not time out.
+    std::thread::sleep(Duration::from_millis(1500));
+    let got = send_stall_read(&stream, count, Duration::from_millis(100), want);
+    let total = &server.stats()["total"];
+    assert_eq!(got, want, "the later stall was cut short: {total}");
+    assert_eq!(total["timeouts_write"], 0);
+
+    // A reader that takes 8 KiB every 20 ms for 3 s (never a second without progress).
+    let stream = connect_small_window(&server);
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&PLAINTEXT_GET.repeat(count));
+    });
+    let mut reader = stream.try_clone().unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 8 * 1024];
+    while started.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+        let n = reader.read(&mut buf).unwrap_or(0);
+        assert!(
+            n > 0,
+            "cut off after {:?}: {}",
+            started.elapsed(),
+            server.stats()["total"]
+        );
+    }
+    assert_eq!(server.stats()["total"]["timeouts_write"], 0);
+    drop(reader);
+    drop(stream);
+    let _ = sender.join();
+}
+
 #[test]
 fn a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded() {
     let server = Server::start_exact(&[

@@ -49,6 +49,10 @@ struct ConnIo {
     read_timeout_ms: Cell<u64>,
     /// A plain connection's multishot poll (net/ready.rs); None: reads wait through glommio.
     ready: Option<crate::net::ready::Readiness>,
+    /// A write waited through glommio, whose write timer is armed until one of its own sends
+    /// makes progress: until then writes go through glommio, not `send_raw`, or the timer
+    /// would keep the first stall's deadline for the connection's life.
+    write_stalled: Cell<bool>,
 }
 
 impl ConnIo {
@@ -110,7 +114,7 @@ impl ConnIo {
         written: &mut usize,
     ) -> Poll<io::Result<()>> {
         while *written < buf.len() {
-            if self.ready.is_some() {
+            if self.ready.is_some() && !self.write_stalled.get() {
                 // Plain TCP on the readiness ring: send straight away with a raw system call
                 // (as glommio's write does first, without libc's cancellation-point wrapper);
                 // only a full socket buffer waits, through glommio's write below.
@@ -130,8 +134,9 @@ impl ConnIo {
                     return Poll::Ready(Err(error));
                 }
             }
-            let n =
-                ready!(Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, &buf[*written..]))?;
+            let polled = Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, &buf[*written..]);
+            self.write_stalled.set(polled.is_pending());
+            let n = ready!(polled)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -284,6 +289,35 @@ enum Encoded {
     Stream(Box<Streamed>),
 }
 
+/// Runs `handlers` (a batch's from its index `first` on) until each has answered, keeping the
+/// answers in `early` (indexed over the whole batch).
+async fn finish_later(
+    handlers: &mut [Option<crate::router::BoxFuture<Response>>],
+    early: &mut Vec<Option<Response>>,
+    first: usize,
+) {
+    if handlers.iter().all(Option::is_none) {
+        return;
+    }
+    early.resize_with(first + handlers.len(), || None);
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (offset, slot) in handlers.iter_mut().enumerate() {
+            if let Some(handler) = slot {
+                match handler.as_mut().poll(cx) {
+                    Poll::Ready(response) => {
+                        early[first + offset] = Some(response);
+                        *slot = None;
+                    }
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await
+}
+
 /// A response whose body is a stream, encoded as its chunks come.
 struct Streamed {
     status: u16,
@@ -354,6 +388,7 @@ pub async fn serve(
         shard,
         entry: guard.entry.clone(),
         ready,
+        write_stalled: Cell::new(false),
     });
     let parallel_max = io.shard.config.pipeline_parallel_max;
     let mut conn = Conn {
@@ -503,7 +538,10 @@ impl Conn {
     /// unwritten handler waits (a lookup on another shard) are the handlers after it polled too,
     /// so their waits overlap; answers that come early are kept until their turn. Most handlers
     /// answer at their first poll: then each is polled once, its answer goes straight into the
-    /// write buffer, and nothing is kept.
+    /// write buffer, and nothing is kept. Before anything that may wait on the client (a streamed
+    /// answer, a flush of a full write buffer), the handlers after it are run to the end, as
+    /// they would be with all answers gathered first: a later handler never waits on a slow
+    /// reader (nor on an earlier stream that needs it to progress).
     async fn serve_batch(&mut self, batch: Batch) -> Flow {
         let Batch {
             answers,
@@ -541,15 +579,21 @@ impl Conn {
             };
             let flow = match encoded {
                 Encoded::Done(flow) => flow,
-                Encoded::Stream(streamed) => self.write_stream(streamed, version).await,
+                Encoded::Stream(streamed) => {
+                    finish_later(&mut handlers[index + 1..], &mut early, index + 1).await;
+                    self.write_stream(streamed, version).await
+                }
             };
             // Each is keep-alive (parallel_ok); a response that closes (the handler's choice, or
             // a drain) ends the connection, and the client retries the safe requests after it.
             if flow == Flow::Close {
                 return Flow::Close;
             }
-            if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES && self.flush().await.is_err() {
-                return Flow::Close;
+            if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES {
+                finish_later(&mut handlers[index + 1..], &mut early, index + 1).await;
+                if self.flush().await.is_err() {
+                    return Flow::Close;
+                }
             }
         }
         Flow::KeepAlive
