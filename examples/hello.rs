@@ -1,9 +1,9 @@
-//! A user's own app on percore: routes with path parameters, shard-local state, middleware, the authenticated identity, and the built-in routes mounted.
-//! Run: `cargo run --release --example hello -- --bind 127.0.0.1:8080`, then `curl localhost:8080/hello/you`;
-//! with `--users users.toml`, `curl -u alice:PASSWORD localhost:8080/me` greets the logged-in user.
+//! A user's own app on percore: path parameters, shard-local state, middleware, the logged-in
+//! identity and the built-in routes. Run: `cargo run --release --example hello -- --bind
+//! 127.0.0.1:8080`, then `curl localhost:8080/hello/you`; with `--users users.toml`,
+//! `curl -u alice:PASSWORD localhost:8080/me` greets the logged-in user.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::{cell::Cell, rc::Rc};
 
 use percore::router::{Next, Phase, Request, Response, Router};
 
@@ -12,30 +12,22 @@ fn app() -> Router {
     let greeted = Rc::new(Cell::new(0u64));
     Router::new()
         .get("/hello/{name}", move |req: Request| {
-            let greeted = greeted.clone();
+            greeted.set(greeted.get() + 1);
+            let (count, shard) = (greeted.get(), req.ctx.shard);
             async move {
-                greeted.set(greeted.get() + 1);
                 let name = req.param("name").unwrap_or("world");
-                Response::text(
-                    200,
-                    format!(
-                        "hello, {name} (#{} on shard {})\n",
-                        greeted.get(),
-                        req.ctx.shard
-                    ),
-                )
+                Response::text(200, format!("hello, {name} (#{count} on shard {shard})\n"))
             }
         })
-        // Whoever authenticated (login session, Basic or Bearer) is in `ctx.identity` for every
-        // handler and every middleware from the Authorize phase on.
+        // Whoever logged in (session, Basic or Bearer) is in `ctx.identity` from Authorize on.
         .get("/me", |req: Request| async move {
-            match &req.ctx.identity {
-                Some(who) => Response::text(
-                    200,
-                    format!("hello, {} ({})\n", who.user, who.roles.join(", ")),
-                ),
-                None => Response::text(401, "log in first\n"),
-            }
+            let Some(who) = &req.ctx.identity else {
+                return Response::text(401, "log in first\n");
+            };
+            Response::text(
+                200,
+                format!("hello, {} ({})\n", who.user, who.roles.join(", ")),
+            )
         })
         .middleware(Phase::Request, |req: Request, next: Next| async move {
             let mut response = next.run(req).await;
