@@ -1026,7 +1026,33 @@ fn host_name(value: &[u8]) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_name;
+    use super::{Response, finish_later, host_name};
+
+    /// Runs every handler still there to its answer, keeping the answers at their batch index;
+    /// handlers already answered (None) are left alone.
+    #[test]
+    fn finish_later_runs_the_rest_of_a_batch_to_the_end() {
+        let waits = |status: u16, polls: usize| -> crate::router::BoxFuture<Response> {
+            Box::pin(async move {
+                for _ in 0..polls {
+                    futures_lite::future::yield_now().await;
+                }
+                Response::new(status)
+            })
+        };
+        // A batch of 5; this is what follows its answer 1: answer 2 already taken, 3 and 4 wait.
+        let mut handlers = vec![None, Some(waits(203, 3)), Some(waits(204, 0))];
+        let mut early = Vec::new();
+        futures_lite::future::block_on(finish_later(&mut handlers, &mut early, 2));
+        assert!(handlers.iter().all(Option::is_none));
+        let statuses: Vec<Option<u16>> =
+            early.iter().map(|r| r.as_ref().map(|r| r.status)).collect();
+        assert_eq!(statuses, [None, None, None, Some(203), Some(204)]);
+        // Nothing left: nothing to do, and `early` is left as it was.
+        let mut early = Vec::new();
+        futures_lite::future::block_on(finish_later(&mut [None, None], &mut early, 3));
+        assert!(early.is_empty());
+    }
 
     #[test]
     fn host_names() {
