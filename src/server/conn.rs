@@ -807,11 +807,10 @@ impl Conn {
     /// Encodes the response into the write buffer (streams are written as they come).
     async fn write_response(
         &mut self,
-        response: Response,
+        mut response: Response,
         is_head: bool,
         version: Version,
     ) -> Flow {
-        let mut response = response;
         match self.encode_response(&mut response, is_head, version) {
             Encoded::Done(flow) => flow,
             Encoded::Stream(streamed) => self.write_stream(streamed, version).await,
