@@ -358,7 +358,7 @@ impl Readiness {
                 }
                 slot.fd
             };
-            let n = recv_raw(fd, buf);
+            let n = super::recv_raw(fd, buf);
             let mut slots = self.ring.slots.borrow_mut();
             let slot = &mut slots[self.slot as usize];
             if n >= 0 {
@@ -377,40 +377,6 @@ impl Readiness {
                 _ => return Poll::Ready(Err(error)),
             }
         }
-    }
-}
-
-/// recv(2) without waiting, as a raw system call: glibc's `recv` makes every call a thread
-/// cancellation point (two atomic updates of the thread's cancel state around the call), and
-/// percore never cancels a thread. -1 with `errno` set on failure, as `recv`.
-pub fn recv_raw(fd: RawFd, buf: &mut [u8]) -> isize {
-    // SAFETY: recvfrom(2) into a buffer we own, on a socket the caller keeps open; no address.
-    unsafe {
-        libc::syscall(
-            libc::SYS_recvfrom,
-            fd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut::<libc::sockaddr>(),
-            std::ptr::null_mut::<libc::socklen_t>(),
-        ) as isize
-    }
-}
-
-/// send(2) without waiting and without SIGPIPE, as a raw system call (see `recv_raw`).
-pub fn send_raw(fd: RawFd, buf: &[u8]) -> isize {
-    // SAFETY: sendto(2) from a buffer we own, on a socket the caller keeps open; no address.
-    unsafe {
-        libc::syscall(
-            libc::SYS_sendto,
-            fd,
-            buf.as_ptr(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            std::ptr::null::<libc::sockaddr>(),
-            0 as libc::socklen_t,
-        ) as isize
     }
 }
 

@@ -107,9 +107,9 @@ pub struct Router {
     /// FxHash: the keys are our own route paths (no flooding risk), and SipHash was 4% of a
     /// pipelined request's CPU (bench/RESULTS.md).
     exact: rustc_hash::FxHashMap<Box<str>, MethodTable>,
-    /// The same routes as `exact`, for a scan, when there are at most `EXACT_SCAN_MAX` of them
-    /// (set by `into_app`): comparing a few lengths and then the bytes of one path costs less
-    /// than hashing the path and probing (route lookup was 7% of a pipelined request's CPU).
+    /// `exact` moved into a list by `into_app` when it holds at most `EXACT_SCAN_MAX` routes:
+    /// comparing a few lengths and then the bytes of one path costs less than hashing the path
+    /// and probing (route lookup was 7% of a pipelined request's CPU).
     exact_scan: Option<Vec<(Box<str>, MethodTable)>>,
     patterns: Vec<Route>,
     middleware: Vec<(Phase, Rc<dyn Middleware>)>,
@@ -217,8 +217,7 @@ impl Router {
             return Ok(found);
         }
         let mut allowed: Vec<&str> = self
-            .exact
-            .get(path)
+            .exact_methods(path)
             .into_iter()
             .flatten()
             .map(|(m, _)| &**m)
@@ -240,17 +239,19 @@ impl Router {
         Err(Miss::MethodNotAllowed(allowed.join(", ")))
     }
 
+    /// The methods of the exact route `path`, from the list or the map, whichever holds them.
+    fn exact_methods(&self, path: &str) -> Option<&MethodTable> {
+        match &self.exact_scan {
+            Some(routes) => routes
+                .iter()
+                .find(|(route, _)| short_eq(route.as_bytes(), path.as_bytes()))
+                .map(|(_, methods)| methods),
+            None => self.exact.get(path),
+        }
+    }
+
     fn exact_get(&self, method: &str, path: &str) -> Option<&dyn Handler> {
-        let methods = match &self.exact_scan {
-            Some(routes) => {
-                &routes
-                    .iter()
-                    .find(|(route, _)| short_eq(route.as_bytes(), path.as_bytes()))?
-                    .1
-            }
-            None => self.exact.get(path)?,
-        };
-        methods
+        self.exact_methods(path)?
             .iter()
             .find(|(m, _)| short_eq(m.as_bytes(), method.as_bytes()))
             .map(|(_, h)| &**h)
@@ -272,11 +273,7 @@ impl Router {
     /// Freezes the router and its middleware (sorted by phase) into the app a shard serves.
     pub fn into_app(mut self) -> Rc<App> {
         if self.exact.len() <= EXACT_SCAN_MAX {
-            let routes = self
-                .exact
-                .iter()
-                .map(|(path, methods)| (path.clone(), methods.clone()));
-            self.exact_scan = Some(routes.collect());
+            self.exact_scan = Some(std::mem::take(&mut self.exact).into_iter().collect());
         }
         let mut middleware = std::mem::take(&mut self.middleware);
         middleware.sort_by_key(|(phase, _)| *phase); // stable: insertion order within a phase

@@ -119,7 +119,7 @@ impl ConnIo {
                 // (as glommio's write does first, without libc's cancellation-point wrapper);
                 // only a full socket buffer waits, through glommio's write below.
                 let fd = self.stream.borrow().as_raw_fd();
-                let n = crate::net::ready::send_raw(fd, &buf[*written..]);
+                let n = crate::net::send_raw(fd, &buf[*written..]);
                 if n > 0 {
                     *written += n as usize;
                     continue;
@@ -299,23 +299,38 @@ async fn finish_later(
     if handlers.iter().all(Option::is_none) {
         return;
     }
-    early.resize_with(first + handlers.len(), || None);
     std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (offset, slot) in handlers.iter_mut().enumerate() {
-            if let Some(handler) = slot {
-                match handler.as_mut().poll(cx) {
-                    Poll::Ready(response) => {
-                        early[first + offset] = Some(response);
-                        *slot = None;
-                    }
-                    Poll::Pending => done = false,
-                }
-            }
+        if poll_later(handlers, early, first, cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
-        if done { Poll::Ready(()) } else { Poll::Pending }
     })
     .await
+}
+
+/// Polls each of `handlers` (a batch's from its index `first` on) not yet answered once, keeping
+/// the answers in `early` (indexed over the whole batch); true when all have answered.
+fn poll_later(
+    handlers: &mut [Option<crate::router::BoxFuture<Response>>],
+    early: &mut Vec<Option<Response>>,
+    first: usize,
+    cx: &mut Context<'_>,
+) -> bool {
+    early.resize_with(first + handlers.len(), || None);
+    let mut done = true;
+    for (offset, slot) in handlers.iter_mut().enumerate() {
+        if let Some(handler) = slot {
+            match handler.as_mut().poll(cx) {
+                Poll::Ready(response) => {
+                    early[first + offset] = Some(response);
+                    *slot = None;
+                }
+                Poll::Pending => done = false,
+            }
+        }
+    }
+    done
 }
 
 /// A response whose body is a stream, encoded as its chunks come.
@@ -563,15 +578,7 @@ impl Conn {
                             let encoded = self.encode_response(&mut response, is_head, version);
                             return Poll::Ready(encoded);
                         }
-                        early.resize_with(answers.len(), || None);
-                        for (offset, slot) in later.iter_mut().enumerate() {
-                            if let Some(handler) = slot
-                                && let Poll::Ready(response) = handler.as_mut().poll(cx)
-                            {
-                                early[index + 1 + offset] = Some(response);
-                                *slot = None;
-                            }
-                        }
+                        poll_later(later, &mut early, index + 1, cx);
                         Poll::Pending
                     })
                     .await
