@@ -213,11 +213,11 @@ def find_bin(flag, env, name):
              f"`cargo build --release --bin percore --bin percore-load`, or set ${env}")
 
 
-def run_load(load_bin, port, scen, dur, client_cpu, outfile):
-    """percore-load, closed loop, 1 thread pinned to client_cpu; figures from its --json file."""
+def run_load(load_bin, port, scen, dur, client_cpus, threads, outfile):
+    """percore-load, closed loop, `threads` threads pinned to client_cpus; figures from its --json file."""
     path, conns, depth = SCENARIOS[scen]
     jf = outfile + ".json"
-    cmd = [load_bin, "-t", "1", "--cpus", str(client_cpu), "-c", str(conns), "-d", f"{dur}s",
+    cmd = [load_bin, "-t", str(threads), "--cpus", client_cpus, "-c", str(conns), "-d", f"{dur}s",
            "--pipeline", str(depth), "--json", jf, f"http://127.0.0.1:{port}{path}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     with open(outfile, "w") as f:
@@ -236,9 +236,9 @@ def run_load(load_bin, port, scen, dur, client_cpu, outfile):
     }
 
 
-def run_wrk(wrk_bin, port, scen, dur, client_cpu, outfile):
+def run_wrk(wrk_bin, port, scen, dur, client_cpus, threads, outfile):
     path, conns, depth = SCENARIOS[scen]
-    cmd = ["taskset", "-c", str(client_cpu), wrk_bin, "-t1", f"-c{conns}", f"-d{dur}s", "--latency"]
+    cmd = ["taskset", "-c", client_cpus, wrk_bin, f"-t{threads}", f"-c{conns}", f"-d{dur}s", "--latency"]
     if depth > 1:
         cmd += ["-s", os.path.join(PEERS, "scripts", "pipeline.lua"), f"http://127.0.0.1:{port}{path}",
                 "--", str(depth)]
@@ -281,7 +281,10 @@ def main():
                     help="another server; CMD with {port} (and optional {workers}), may start with VAR=value")
     ap.add_argument("--base-port", type=int, default=18050)
     ap.add_argument("--server-cpu", type=int, default=0)
-    ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument("--client-cpus", default="1",
+                    help="CPUs of the clients (taskset list); on a machine with spare CPUs give several")
+    ap.add_argument("--client-threads", type=int, default=1,
+                    help="threads of each client (percore-load -t, wrk -t), spread over --client-cpus")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(BENCH, "out"))
     a = ap.parse_args()
@@ -354,31 +357,33 @@ def main():
                     print(f"round {r} {name}: {failed[name]}", file=sys.stderr)
                     continue
                 if a.warmup:
-                    subprocess.run([load_bin, "-t", "1", "--cpus", str(a.client_cpu), "-c", "64",
+                    subprocess.run([load_bin, "-t", str(a.client_threads), "--cpus", a.client_cpus, "-c", "64",
                                     "-d", f"{a.warmup}s", f"http://127.0.0.1:{port}/plaintext"], capture_output=True)
                 for s in scens:
                     for t in order:
                         u0, s0 = cpu_ticks(cur.p.pid)
                         i0, c0 = irq("RES", a.server_cpu), irq("CAL", a.server_cpu)
+                        t0 = time.monotonic()
                         if t == "load":
-                            w = run_load(load_bin, port, s, a.duration, a.client_cpu,
+                            w = run_load(load_bin, port, s, a.duration, a.client_cpus, a.client_threads,
                                          os.path.join(logdir, f"r{r}.{name}.{s}.load"))
                         else:
-                            w = run_wrk(wrk_bin, port, s, wrk_dur, a.client_cpu,
+                            w = run_wrk(wrk_bin, port, s, wrk_dur, a.client_cpus, a.client_threads,
                                         os.path.join(logdir, f"r{r}.{name}.{s}.wrk"))
+                        wall = time.monotonic() - t0
                         i1, c1 = irq("RES", a.server_cpu), irq("CAL", a.server_cpu)
                         u1, s1 = cpu_ticks(cur.p.pid)
                         n = w["requests"]
                         row = dict(w, tool=t, round=r, server=name, scenario=s, utime=u1 - u0, stime=s1 - s0,
                                    cpu_us_req=((u1 - u0) + (s1 - s0)) * 1e6 / TICK / n if n else float("nan"),
-                                   res_cpu=i1 - i0, res_per_req=(i1 - i0) / n if n else float("nan"),
+                                   busy=((u1 - u0) + (s1 - s0)) / TICK / wall, res_cpu=i1 - i0, res_per_req=(i1 - i0) / n if n else float("nan"),
                                    cal_per_req=(c1 - c0) / n if n else float("nan"))
                         res[(t, name, s)].append(row)
                         raw.write("\t".join(str(row[c]) for c in COLS) + "\n")
                         raw.flush()
                         print(f"round {r}/{a.rounds} {name:10s} {s:15s} {t:4s} {w['rps']:>11.0f} req/s  "
                               f"p99 {fus(w['p99_us']):>9s}  cpu {row['cpu_us_req']:.2f} us/req  "
-                              f"RES {row['res_per_req']:.4f}/req  err {w['errors']} non2xx {w['non2xx']}",
+                              f"busy {row['busy']:.0%}  RES {row['res_per_req']:.4f}/req  err {w['errors']} non2xx {w['non2xx']}",
                               file=sys.stderr, flush=True)
             finally:
                 cur.stop()
@@ -386,7 +391,7 @@ def main():
                 time.sleep(0.3)
 
     print_tables(res, [n for n, _ in servers], scens, a.rounds, a.duration, wrk_dur if wrk_bin else None,
-                 a.server_cpu, a.client_cpu)
+                 a.server_cpu, a.client_cpus, a.client_threads)
     if failed:
         print("\nFailed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     print("\nServers:")
@@ -396,7 +401,7 @@ def main():
 
 
 COLS = ["tool", "round", "server", "scenario", "rps", "p99_us", "requests", "utime", "stime", "cpu_us_req",
-        "res_cpu", "res_per_req", "cal_per_req", "errors", "non2xx"]
+        "busy", "res_cpu", "res_per_req", "cal_per_req", "errors", "non2xx"]
 
 
 def medians(rows):
@@ -407,35 +412,38 @@ def medians(rows):
     m["cpu_max"] = max(x["cpu_us_req"] for x in rows)
     m["errors"] = sum(x["errors"] + x["non2xx"] for x in rows)
     m["n"] = len(rows)
+    m["busy"] = med([x.get("busy", float("nan")) for x in rows])
     return m
 
 
-def print_tables(res, names, scens, rounds, duration, wrk_duration, server_cpu=0, client_cpu=1, main="percore-load"):
+def print_tables(res, names, scens, rounds, duration, wrk_duration, server_cpu=0, client_cpu=1, threads=1,
+                 main="percore-load"):
     """res: {(tool, server, scenario): [row dicts with round, rps, p99_us, cpu_us_req, res_per_req, ...]};
     tool "load" = percore-load (the main figures), "wrk" = the cross-check."""
     M = {key: medians(rows) for key, rows in res.items() if rows}
     has_wrk = any(k[0] == "wrk" for k in M)
     dash = "–"
     if main == "percore-load":
-        what = (f"Main figures from `percore-load -t 1 --cpus {client_cpu}` ({duration} s per run; p99 is per "
+        what = (f"Main figures from `percore-load -t {threads} --cpus {client_cpu}` ({duration} s per run; p99 is per "
                 f"request, also pipelined)")
     else:
-        what = (f"Figures from `wrk -t1` pinned to CPU {client_cpu} ({duration} s per run; old wrk-only run, "
+        what = (f"Figures from `wrk -t1` pinned to CPUs {client_cpu} ({duration} s per run; old wrk-only run, "
                 f"its pipelined p99 is one sample per batch)")
     if has_wrk:
-        what += (f"; cross-check `wrk -t1` pinned to CPU {client_cpu} ({wrk_duration} s per run, right before or "
+        what += (f"; cross-check `wrk -t{threads}` pinned to CPUs {client_cpu} ({wrk_duration} s per run, right before or "
                  f"after percore-load against the same server process)")
     print(f"Medians over {rounds} interleaved rounds; servers pinned to CPU {server_cpu} (1 shard/worker). {what}. "
           "CPU µs/req = server CPU time during that client's run / the requests it completed. "
           "Spread = min–max over rounds.\n")
     print(f"| scenario | server | req/s ({main}) | min–max | req/s (wrk) | min–max | p99 ({main}) "
-          f"| CPU µs/req ({main} runs) | min–max | CPU µs/req (wrk runs) | RES IPIs/req (CPU 0) | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| CPU µs/req ({main} runs) | min–max | CPU µs/req (wrk runs) | server busy ({main} / wrk) "
+          f"| RES IPIs/req (CPU 0) | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in scens:
         for n in names:
             m, w = M.get(("load", n, s)), M.get(("wrk", n, s))
             if not m and not w:
-                print(f"| {s} | {n} | failed | | | | | | | | | |")
+                print(f"| {s} | {n} | failed | | | | | | | | | | |")
                 continue
             c = []
             c += [fk(m["rps"]), f"{fk(m['rps_min'])}–{fk(m['rps_max'])}"] if m else ["n/a", dash]
@@ -443,6 +451,7 @@ def print_tables(res, names, scens, rounds, duration, wrk_duration, server_cpu=0
             c += [fus(m["p99_us"]), f"{m['cpu_us_req']:.2f}", f"{m['cpu_min']:.2f}–{m['cpu_max']:.2f}"] if m \
                 else ["n/a", "n/a", dash]
             c += [f"{w['cpu_us_req']:.2f}"] if w else [dash]
+            c += [" / ".join(dash if not x or x["busy"] != x["busy"] else f"{x['busy']:.0%}" for x in (m, w))]
             c += [f"{m['res_per_req']:.4f}" if m else f"{w['res_per_req']:.4f}"]
             c += [str((m["errors"] if m else 0) + (w["errors"] if w else 0))]
             print(f"| {s} | {n} | " + " | ".join(c) + " |")
@@ -464,19 +473,19 @@ def print_tables(res, names, scens, rounds, duration, wrk_duration, server_cpu=0
         print(f"\nRatios percore / peer, {main} runs. `med` = ratio of the medians above; `paired` = median "
               "(and min–max) of the per-round ratios (both servers measured in the same round, which cancels slow "
               "drift in machine load). CPU < 1: percore uses less CPU per request; req/s > 1: percore is faster."
-              + (" Last column per peer: the CPU/request ratio from the wrk runs (paired median), as a cross-check."
-                 if has_wrk else "") + "\n")
-        hdr = [f"CPU/req vs {o}: med | paired | req/s vs {o}: med | paired" + (f" | CPU/req vs {o} (wrk runs)"
-                                                                             if has_wrk else "") for o in others]
+              + (" Last columns per peer: the CPU/request and req/s ratios from the wrk runs (paired medians), as "
+                 "a cross-check." if has_wrk else "") + "\n")
+        hdr = [f"CPU/req vs {o}: med | paired | req/s vs {o}: med | paired"
+               + (f" | CPU/req vs {o} (wrk runs) | req/s vs {o} (wrk runs)" if has_wrk else "") for o in others]
         print("| scenario | " + " | ".join(hdr) + " |")
-        print("|---|" + ("---:|" * (5 if has_wrk else 4)) * len(others))
+        print("|---|" + ("---:|" * (6 if has_wrk else 4)) * len(others))
         for s in scens:
             cells = []
             for o in others:
                 cells += [ratio("load", s, o, "cpu_us_req"), paired("load", s, o, "cpu_us_req"),
                           ratio("load", s, o, "rps"), paired("load", s, o, "rps")]
                 if has_wrk:
-                    cells += [paired("wrk", s, o, "cpu_us_req")]
+                    cells += [paired("wrk", s, o, "cpu_us_req"), paired("wrk", s, o, "rps")]
             print(f"| {s} | " + " | ".join(cells) + " |")
     if has_wrk:
         print("\npercore-load / wrk req/s against the same server process (median of the per-round ratios, "
@@ -499,8 +508,8 @@ def summarize(raw):
     rows = list(csv.DictReader(open(raw), delimiter="\t"))
     names, scens, res = [], [], {}
     for r in rows:
-        for k in ("rps", "p99_us", "cpu_us_req", "res_per_req", "cal_per_req"):
-            r[k] = float(r[k])
+        for k in ("rps", "p99_us", "cpu_us_req", "res_per_req", "cal_per_req", "busy"):
+            r[k] = float(r.get(k) or "nan")
         for k in ("round", "errors", "non2xx", "requests"):
             r[k] = int(r[k])
         r.setdefault("tool", "wrk")

@@ -10,6 +10,9 @@
 # Usage: bench/compare.sh [-r ROUNDS] [-d SECONDS] [--wrk-duration SECONDS] [--no-wrk] [-s SCENARIOS]
 #                         [--percore BIN] [--percore-load BIN] [--wrk BIN] [--percore-args 'FLAGS']
 #                         [--no-nginx] [--extra 'NAME=CMD {port}'] ...
+#                         [--server-cpu N] [--client-cpus LIST] [--client-threads N]
+#   (defaults: server on CPU 0, each client one thread on CPU 1; on a machine with CPUs to spare give
+#    the clients several, e.g. --client-cpus 2-9 --client-threads 8, so the server is the bottleneck)
 #   scenarios: plaintext-c64, plaintext-c512, pipelined-x16 (percore-load --pipeline 16; wrk with
 #              ../shared/lab/peers/scripts/pipeline.lua, 16 deep), json-c64
 #
