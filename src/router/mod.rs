@@ -288,9 +288,25 @@ impl Router {
 const EXACT_SCAN_MAX: usize = 16;
 
 /// `a == b` for the short strings of routes and methods, without a call to `bcmp` (which cost
-/// more than the compare itself): no early exit, so it vectorizes.
+/// more than the compare itself). Up to 16 bytes as two overlapping words of 8, 4 or 1 bytes
+/// (first and last), the way a vectorized compare ends: a loop of single bytes was 1.8% of a
+/// pipelined request's CPU for one 10-byte path.
 fn short_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0, |differ, (x, y)| differ | (x ^ y)) == 0
+    fn ends<const N: usize>(x: &[u8]) -> ([u8; N], [u8; N]) {
+        let first = x[..N].try_into().expect("N bytes");
+        let last = x[x.len() - N..].try_into().expect("N bytes");
+        (first, last)
+    }
+    if a.len() != b.len() {
+        return false;
+    }
+    match a.len() {
+        0 => true,
+        1..4 => a.iter().zip(b).fold(0, |differ, (x, y)| differ | (x ^ y)) == 0,
+        4..8 => ends::<4>(a) == ends::<4>(b),
+        8..=16 => ends::<8>(a) == ends::<8>(b),
+        _ => a == b,
+    }
 }
 
 enum Miss {
@@ -499,6 +515,23 @@ mod app_tests {
     }
 
     /// Exact routes are scanned up to EXACT_SCAN_MAX and hashed beyond: both find the same.
+    #[test]
+    fn short_eq_is_eq() {
+        let text = b"/plaintext/json/echo-0123456789abcdef";
+        for len in 0..=24 {
+            for start in [0, 3] {
+                let a = &text[start..start + len];
+                assert!(short_eq(a, a), "{len}");
+                assert!(!short_eq(a, &text[start..start + len + 1]), "{len}");
+                for at in 0..len {
+                    let mut b = a.to_vec();
+                    b[at] ^= 0x20;
+                    assert!(!short_eq(a, &b), "{len} {at}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn exact_routes_by_scan_and_by_hash() {
         for count in [1, EXACT_SCAN_MAX, EXACT_SCAN_MAX + 1, 40] {
