@@ -3,14 +3,14 @@
 use serde::Serialize;
 
 use crate::metrics::Stats;
-use crate::router::{Request, Response, Router};
+use crate::router::{Request, Response, Router, sync_handler};
 use crate::runtime::shard;
 
 /// Every built-in route; mount it next to your own (`Router::new().mount("/", builtin_routes())`).
 pub fn builtin_routes() -> Router {
     Router::new()
-        .get("/plaintext", plaintext)
-        .get("/json", json)
+        .get("/plaintext", sync_handler(plaintext))
+        .get("/json", sync_handler(json))
         .post("/echo", echo)
         .get("/health", health)
         .get("/stats", stats)
@@ -20,7 +20,7 @@ pub fn builtin_routes() -> Router {
 }
 
 /// TechEmpower plaintext: exactly `Hello, World!` as text/plain.
-async fn plaintext(_req: Request) -> Response {
+fn plaintext(_req: Request) -> Response {
     Response::text(200, "Hello, World!")
 }
 
@@ -30,7 +30,7 @@ struct Message {
 }
 
 /// TechEmpower JSON: the object is serialized for every request, as the rules require.
-async fn json(_req: Request) -> Response {
+fn json(_req: Request) -> Response {
     Response::json(
         200,
         &Message {

@@ -250,7 +250,7 @@ enum Gathered {
 struct Batch {
     answers: Vec<(bool, Version)>,
     /// None once answered.
-    handlers: Vec<Option<crate::router::BoxFuture<Response>>>,
+    handlers: Vec<Option<crate::router::Reply>>,
     _slots: ParallelSlots,
 }
 
@@ -292,7 +292,7 @@ enum Encoded {
 /// Runs `handlers` (a batch's from its index `first` on) until each has answered, keeping the
 /// answers in `early` (indexed over the whole batch).
 async fn finish_later(
-    handlers: &mut [Option<crate::router::BoxFuture<Response>>],
+    handlers: &mut [Option<crate::router::Reply>],
     early: &mut Vec<Option<Response>>,
     first: usize,
 ) {
@@ -312,7 +312,7 @@ async fn finish_later(
 /// Polls each of `handlers` (a batch's from its index `first` on) not yet answered once, keeping
 /// the answers in `early` (indexed over the whole batch); true when all have answered.
 fn poll_later(
-    handlers: &mut [Option<crate::router::BoxFuture<Response>>],
+    handlers: &mut [Option<crate::router::Reply>],
     early: &mut Vec<Option<Response>>,
     first: usize,
     cx: &mut Context<'_>,
@@ -321,7 +321,7 @@ fn poll_later(
     let mut done = true;
     for (offset, slot) in handlers.iter_mut().enumerate() {
         if let Some(handler) = slot {
-            match handler.as_mut().poll(cx) {
+            match Pin::new(handler).poll(cx) {
                 Poll::Ready(response) => {
                     early[first + offset] = Some(response);
                     *slot = None;
@@ -565,15 +565,24 @@ impl Conn {
         } = batch;
         let mut early: Vec<Option<Response>> = Vec::new();
         for (index, &(is_head, version)) in answers.iter().enumerate() {
-            let encoded = match early.get_mut(index).and_then(Option::take) {
-                Some(mut response) => self.encode_response(&mut response, is_head, version),
-                None => {
+            let ready = handlers[index]
+                .as_mut()
+                .and_then(crate::router::Reply::ready_mut);
+            let encoded = match (ready, early.get_mut(index).and_then(Option::take)) {
+                // A synchronous handler's answer, encoded where it lies.
+                (Some(response), _) => {
+                    let encoded = self.encode_response(response, is_head, version);
+                    handlers[index] = None;
+                    encoded
+                }
+                (None, Some(mut response)) => self.encode_response(&mut response, is_head, version),
+                (None, None) => {
                     std::future::poll_fn(|cx| {
                         let (this, later) = handlers[index..]
                             .split_first_mut()
                             .expect("one handler per answer");
                         let first = this.as_mut().expect("an unanswered handler is kept");
-                        if let Poll::Ready(mut response) = first.as_mut().poll(cx) {
+                        if let Poll::Ready(mut response) = Pin::new(first).poll(cx) {
                             *this = None;
                             let encoded = self.encode_response(&mut response, is_head, version);
                             return Poll::Ready(encoded);
@@ -1048,22 +1057,31 @@ mod tests {
     /// handlers already answered (None) are left alone.
     #[test]
     fn finish_later_runs_the_rest_of_a_batch_to_the_end() {
-        let waits = |status: u16, polls: usize| -> crate::router::BoxFuture<Response> {
-            Box::pin(async move {
+        let waits = |status: u16, polls: usize| {
+            crate::router::Reply::pending(async move {
                 for _ in 0..polls {
                     futures_lite::future::yield_now().await;
                 }
                 Response::new(status)
             })
         };
-        // A batch of 5; this is what follows its answer 1: answer 2 already taken, 3 and 4 wait.
-        let mut handlers = vec![None, Some(waits(203, 3)), Some(waits(204, 0))];
+        // A batch of 6; this is what follows its answer 1: answer 2 already taken, 3 and 4
+        // wait, 5 came from a synchronous handler.
+        let mut handlers = vec![
+            None,
+            Some(waits(203, 3)),
+            Some(waits(204, 0)),
+            Some(crate::router::Reply::ready(Response::new(205))),
+        ];
         let mut early = Vec::new();
         futures_lite::future::block_on(finish_later(&mut handlers, &mut early, 2));
         assert!(handlers.iter().all(Option::is_none));
         let statuses: Vec<Option<u16>> =
             early.iter().map(|r| r.as_ref().map(|r| r.status)).collect();
-        assert_eq!(statuses, [None, None, None, Some(203), Some(204)]);
+        assert_eq!(
+            statuses,
+            [None, None, None, Some(203), Some(204), Some(205)]
+        );
         // Nothing left: nothing to do, and `early` is left as it was.
         let mut early = Vec::new();
         futures_lite::future::block_on(finish_later(&mut [None, None], &mut early, 3));
