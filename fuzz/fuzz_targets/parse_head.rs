@@ -1,5 +1,6 @@
 //! Fuzz target: arbitrary bytes as a stream of pipelined requests, through `parse_head` and then
-//! `BodyDecoder` on the rest; never asserts more than "no panic, and progress is bounded".
+//! `BodyDecoder` on the rest: no panic, progress is bounded, and no accepted head holds a bare CR
+//! or LF (the line-ending rule looks only at line ends; this checks every byte).
 #![no_main]
 
 use bytes::BytesMut;
@@ -19,9 +20,19 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
     // Every round consumes at least one byte or stops, so this ends.
     loop {
+        // `buf` is always what is left of `data`: everything is consumed from the front.
+        let start = data.len() - buf.len();
         let Ok(Some(head)) = parse_head(&mut buf, &LIMITS) else {
             return;
         };
+        let raw = &data[start..data.len() - buf.len()];
+        for (index, &byte) in raw.iter().enumerate() {
+            match byte {
+                b'\n' => assert!(index > 0 && raw[index - 1] == b'\r', "bare LF in {raw:?}"),
+                b'\r' => assert_eq!(raw.get(index + 1), Some(&b'\n'), "bare CR in {raw:?}"),
+                _ => {}
+            }
+        }
         let _ = (
             head.method(),
             head.path(),
