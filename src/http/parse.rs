@@ -146,6 +146,7 @@ pub fn parse_head(
         return Err(HttpError::UriTooLong);
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_COUNT_CEILING];
+    // The default config: `check_line_endings` relies on httparse skipping no invalid line.
     let mut parsed = httparse::Request::new(&mut []);
     let head_bytes =
         match parsed.parse_with_uninit_headers(request, &mut slots[..limits.header_count_max]) {
@@ -987,6 +988,19 @@ mod tests {
                 b"GET / HTTP/1.1\nHost: a\n\n",
                 "err 400 bare CR or LF in request head",
             ),
+            // Without fields: the request line's end and the empty line.
+            (
+                b"GET / HTTP/1.0\n\r\n",
+                "err 400 bare CR or LF in request head",
+            ),
+            (
+                b"GET / HTTP/1.0\r\n\n",
+                "err 400 bare CR or LF in request head",
+            ),
+            (
+                b"GET / HTTP/1.0\n\n",
+                "err 400 bare CR or LF in request head",
+            ),
             // httparse rejects bare CR itself.
             (
                 b"GET / HTTP/1.1\rHost: a\r\n\r\n",
@@ -1528,18 +1542,25 @@ mod tests {
 
     proptest::proptest! {
         /// Each line of a head (request line, fields, the empty line) ends in CRLF or in a bare
-        /// LF at random: the head is accepted exactly when every line ends in CRLF.
+        /// LF at random: the head is accepted exactly when every line ends in CRLF. HTTP/1.0
+        /// heads may have no field at all.
         #[test]
         fn a_head_is_accepted_exactly_when_every_line_ends_in_crlf(
             fields in proptest::collection::vec(("X-[a-z]{1,6}", "[ -~]{0,8}"), 0..6),
+            with_host in proptest::prelude::any::<bool>(),
             bare in proptest::collection::vec(proptest::prelude::any::<bool>(), 8),
         ) {
             let end = |line: usize| if bare[line] { "\n" } else { "\r\n" };
-            let mut input = format!("GET /a HTTP/1.1{}Host: a{}", end(0), end(1));
-            for (index, (name, value)) in fields.iter().enumerate() {
-                input += &format!("{name}:{value}{}", end(index + 2));
+            let (mut input, mut line) = if with_host {
+                (format!("GET /a HTTP/1.1{}Host: a{}", end(0), end(1)), 2)
+            } else {
+                (format!("GET /a HTTP/1.0{}", end(0)), 1)
+            };
+            for (name, value) in &fields {
+                input += &format!("{name}:{value}{}", end(line));
+                line += 1;
             }
-            let lines = fields.len() + 3;
+            let lines = line + 1;
             input += end(lines - 1);
             let result = parse_head(&mut BytesMut::from(input.as_bytes()), &LIMITS);
             if bare[..lines].contains(&true) {

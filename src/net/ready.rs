@@ -75,14 +75,13 @@ struct Slot {
 
 impl Slot {
     /// Marks the socket woken and wakes the connection waiting on it, if any. The waker is
-    /// kept: the connection waits on its socket again after almost every wakeup, and then
-    /// `poll_recv` finds the same waker in place instead of cloning one (a glommio waker's clone
-    /// and drop are an atomic update each, and a thread check). A wakeup that comes while the
-    /// connection waits on something else polls it once for nothing, as any spurious wake does.
+    /// taken, not kept (keeping it saved a clone per wait, ~0.5% of a request, but polled a
+    /// connection waiting on something else once per arriving packet, and kept its task alive
+    /// through the ring).
     fn wake(&mut self) {
         self.ready = true;
-        if let Some(waker) = &self.waker {
-            waker.wake_by_ref();
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
         }
     }
 }

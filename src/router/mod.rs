@@ -32,7 +32,7 @@ where
     Fut: Future<Output = Response> + 'static,
 {
     fn call(&self, req: Request) -> Reply {
-        Reply::pending(self(req))
+        Reply::future(self(req))
     }
 }
 
@@ -62,6 +62,10 @@ where
 /// A handler's answer: made already (a synchronous handler, a 404), or still to come. A future
 /// either way (`next.run(req).await` in a middleware); a connection takes a ready one without
 /// polling anything.
+///
+/// Only a `sync_handler` is called without a future: a closure that returns a `Reply` (itself a
+/// future) is an async handler like any other, and its reply is boxed.
+#[must_use = "a Reply does nothing unless awaited or returned"]
 pub struct Reply(ReplyState);
 
 enum ReplyState {
@@ -71,11 +75,13 @@ enum ReplyState {
 }
 
 impl Reply {
+    /// An answer made already.
     pub fn ready(response: Response) -> Reply {
         Reply(ReplyState::Ready(Some(response)))
     }
 
-    pub fn pending(future: impl Future<Output = Response> + 'static) -> Reply {
+    /// An answer still to come (boxed).
+    pub fn future(future: impl Future<Output = Response> + 'static) -> Reply {
         Reply(ReplyState::Pending(Box::pin(future)))
     }
 
@@ -582,7 +588,8 @@ mod app_tests {
         );
     }
 
-    /// Exact routes are scanned up to EXACT_SCAN_MAX and hashed beyond: both find the same.
+    /// Each length of the word compare: equal to itself, unequal one byte longer or with any
+    /// one byte changed.
     #[test]
     fn short_eq_is_eq() {
         let text = b"/plaintext/json/echo-0123456789abcdef";
@@ -600,6 +607,7 @@ mod app_tests {
         }
     }
 
+    /// Exact routes are scanned up to EXACT_SCAN_MAX and hashed beyond: both find the same.
     #[test]
     fn exact_routes_by_scan_and_by_hash() {
         for count in [1, EXACT_SCAN_MAX, EXACT_SCAN_MAX + 1, 40] {

@@ -519,8 +519,10 @@ impl Conn {
             // Alone (the common, unpipelined case): no batch.
             return Gathered::One(first);
         };
-        // Each head goes straight into its handler's future (not yet polled): a head is moved as
-        // few times as possible (a copy of a head just written costs a store-forwarding stall).
+        // Each head goes straight into its handler: an async handler's future (not yet polled),
+        // or a `sync_handler`'s answer, made here before any earlier answer is encoded (a batch
+        // holds only GET and HEAD, so no answer can depend on an earlier one). A head is moved
+        // as few times as possible (a copy of a head just written costs a store-forwarding stall).
         let mut answers = Vec::with_capacity(1 + room);
         let mut handlers = Vec::with_capacity(1 + room);
         let mut start = |conn: &Conn, head: RequestHead| {
@@ -1058,7 +1060,7 @@ mod tests {
     #[test]
     fn finish_later_runs_the_rest_of_a_batch_to_the_end() {
         let waits = |status: u16, polls: usize| {
-            crate::router::Reply::pending(async move {
+            crate::router::Reply::future(async move {
                 for _ in 0..polls {
                     futures_lite::future::yield_now().await;
                 }
