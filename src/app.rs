@@ -12,7 +12,7 @@ pub fn builtin_routes() -> Router {
         .get("/plaintext", sync_handler(plaintext))
         .get("/json", sync_handler(json))
         .post("/echo", echo)
-        .get("/health", health)
+        .get("/health", sync_handler(health))
         .get("/stats", stats)
         .mount("/", crate::session::routes::routes())
         .mount("/", crate::txn::routes::routes())
@@ -50,7 +50,7 @@ async fn echo(req: Request) -> Response {
 }
 
 /// 200 while serving; 503 from the moment a graceful shutdown starts, so load balancers stop sending.
-async fn health(_req: Request) -> Response {
+fn health(_req: Request) -> Response {
     if shard::current().is_draining() {
         let mut response = Response::text(503, "draining\n");
         response.close = true;
