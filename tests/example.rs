@@ -167,3 +167,52 @@ fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() 
     assert_eq!(get(&mut a, "/kv/stock-apple").text(), "1", "all or nothing");
     assert_eq!(post(&mut b, "/checkout", None).status, 401);
 }
+
+/// `examples/export.rs` in one pipelined batch: answers made at once (a stream among them, and a
+/// HEAD of one), answers that wait on a timer before and after a 590 KB stream, and a client
+/// that reads only later. Every answer arrives whole and in request order, from one batch.
+#[test]
+fn export_example_streams_inside_a_pipelined_batch_in_order() {
+    let server = common::Server::start_with(
+        example_binary("export").to_str().unwrap(),
+        &["--bind", "127.0.0.1:0", "--shards", "1"],
+    );
+    let requests = [
+        ("GET", "/numbers/3"),
+        ("GET", "/wait/50"),
+        ("GET", "/numbers/100000"),
+        ("GET", "/wait/10"),
+        ("HEAD", "/numbers/5"),
+        ("GET", "/plaintext"),
+    ];
+    let mut conn = Conn::new(server.connect());
+    let raw: String = requests
+        .iter()
+        .map(|(method, path)| format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
+    conn.send(raw.as_bytes());
+    // A slow reader: the stream's writes wait on the client while the rest of the batch runs.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let lines = |n: u32| -> String { (0..n).map(|i| format!("{i}\n")).collect() };
+    let expected = [
+        lines(3),
+        "waited 50 ms\n".to_string(),
+        lines(100_000),
+        "waited 10 ms\n".to_string(),
+        String::new(),
+        "Hello, World!".to_string(),
+    ];
+    for ((method, path), body) in requests.iter().zip(expected) {
+        let response = conn.response(*method == "HEAD").expect("a response");
+        assert_eq!(response.status, 200, "{method} {path}");
+        assert_eq!(response.text(), body, "{method} {path}");
+        if path.starts_with("/numbers") {
+            assert_eq!(
+                response.header("transfer-encoding"),
+                Some("chunked"),
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(server.stats()["total"]["requests_parallel"], 6);
+}
