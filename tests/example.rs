@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -215,4 +216,58 @@ fn export_example_streams_inside_a_pipelined_batch_in_order() {
         }
     }
     assert_eq!(server.stats()["total"]["requests_parallel"], 6);
+}
+
+/// The rest of a batch runs while a streamed answer waits on a client that does not read: a
+/// later handler never waits on a slow reader. The stream (6.9 MB) is larger than what loopback
+/// buffers for a client with a small receive buffer, so it stalls; the timer handler after it
+/// must be done by the time the client starts reading, not start once the stream is written.
+#[test]
+fn export_example_runs_the_rest_of_a_batch_while_a_stream_waits_on_the_client() {
+    const LINES: usize = 1_000_000;
+    const WAIT_MS: u128 = 2000;
+    let server = common::Server::start_with(
+        example_binary("export").to_str().unwrap(),
+        &["--bind", "127.0.0.1:0", "--shards", "1"],
+    );
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // Before connecting, so the window the client offers is small from the start.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let raw = format!(
+        "GET /numbers/{LINES} HTTP/1.1\r\nHost: t\r\n\r\n\
+         GET /wait/{WAIT_MS} HTTP/1.1\r\nHost: t\r\n\r\n"
+    );
+    stream.write_all(raw.as_bytes()).unwrap();
+    // Longer than the timer: if it ran while the stream was stalled, it is done by now.
+    std::thread::sleep(std::time::Duration::from_millis(WAIT_MS as u64 + 500));
+    let reading = std::time::Instant::now();
+    let last_body = format!("waited {WAIT_MS} ms\n");
+    let mut received = Vec::with_capacity(8 << 20);
+    let mut chunk = vec![0u8; 1 << 16];
+    while !received.ends_with(last_body.as_bytes()) {
+        let n = stream
+            .read(&mut chunk)
+            .expect("both answers before the read timeout");
+        assert!(n > 0, "closed after {} bytes", received.len());
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let read_ms = reading.elapsed().as_millis();
+    let (numbers, used) = common::parse_response(&received, false).expect("the stream");
+    let (waited, rest) = common::parse_response(&received[used..], false).expect("the timer's");
+    assert_eq!(used + rest, received.len());
+    assert_eq!(numbers.status, 200);
+    assert_eq!(numbers.text().lines().count(), LINES);
+    assert_eq!(waited.text(), last_body);
+    // Without the overlap the timer would start once the stream was written, and reading could
+    // not end sooner than WAIT_MS after it began. Reading 6.9 MB takes ~0.2 s from a debug build.
+    assert!(
+        read_ms < WAIT_MS,
+        "reading took {read_ms} ms: the timer waited for the stream"
+    );
+    assert_eq!(server.stats()["total"]["requests_parallel"], 2);
 }
