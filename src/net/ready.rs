@@ -14,12 +14,12 @@
 //! same thread: the ring is single-issuer), one syscall per connection.
 //!
 //! The ring runs its completions as deferred task work (DEFER_TASKRUN, Linux 6.1): the eventfd
-//! is signalled when work arrives on an empty list (and again when a reap posts completions), so
-//! a batch of wakeups costs a couple of READs, not one per wakeup. Without it (Linux 6.0) the
-//! ring still works, at about glommio's cost. Where the kernel lacks what the ring needs at all
-//! (SINGLE_ISSUER: 6.0; multishot poll: 5.13), `ReadyRing::new` fails and the shard reads
-//! through glommio alone; so does every connection with `--no-multishot-poll`, and every TLS
-//! one.
+//! is signalled when work arrives on an empty list (a reap turns it off while it posts the
+//! completions, which would signal it again), so a batch of wakeups costs one READ, not one per
+//! wakeup. Without it (Linux 6.0) the ring still works, at about glommio's cost. Where the
+//! kernel lacks what the ring needs at all (SINGLE_ISSUER: 6.0; multishot poll: 5.13),
+//! `ReadyRing::new` fails and the shard reads through glommio alone; so does every connection
+//! with `--no-multishot-poll`, and every TLS one.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -226,8 +226,26 @@ impl ReadyRing {
         Ok(())
     }
 
-    /// Takes every completion so far: marks their connections ready and wakes them.
+    /// Takes every completion so far: marks their connections ready and wakes them; true when
+    /// more waits.
+    ///
+    /// The eventfd is off meanwhile: posting completions signals it, and a reap posts them
+    /// itself (its GETEVENTS enters run the deferred polls), so every reap would otherwise wake
+    /// the driver once more for nothing: a READ on glommio's ring and a pass of the driver per
+    /// batch of wakeups. Work that comes while it is off is not signalled, but still raises the
+    /// TASKRUN flag (or posts to the CQ, without DEFER_TASKRUN): a reap that sees either after
+    /// turning the eventfd back on says "more", and the driver comes back without waiting.
     fn reap(&self) -> bool {
+        self.ring.borrow_mut().completion().disable_eventfd();
+        let more = self.reap_rounds();
+        self.ring.borrow_mut().completion().enable_eventfd();
+        // Store (eventfd on), then load (flags, CQ tail), against the kernel's store (TASKRUN,
+        // a CQE), then load (eventfd off?): with a full barrier on both sides, one sees the other.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        more || self.work_waits() || !self.ring.borrow_mut().completion().is_empty()
+    }
+
+    fn reap_rounds(&self) -> bool {
         // A GETEVENTS enter runs a bounded batch of deferred work (20 on recent kernels) and
         // leaves the TASKRUN flag up while more waits, which would not signal the eventfd
         // again; completions that found the CQ full wait in the kernel (CQ_OVERFLOW) until an
@@ -567,6 +585,83 @@ mod tests {
                     (&*client).write_all(b"y").unwrap();
                 }
             }
+        });
+    }
+
+    /// Whether the ring's eventfd holds a count (without taking it).
+    fn signalled(ring: &ReadyRing) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd: ring.eventfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) of one descriptor we own, without waiting.
+        unsafe { libc::poll(&mut pollfd, 1, 0) == 1 }
+    }
+
+    /// Takes the eventfd's count (there must be one: the descriptor blocks).
+    fn take_signal(ring: &ReadyRing) {
+        let mut count = [0u8; 8];
+        // SAFETY: read(2) of 8 bytes into our buffer.
+        let n = unsafe { libc::read(ring.eventfd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        assert_eq!(n, 8);
+    }
+
+    /// Work arriving on an idle ring signals the eventfd once; the reap that runs it posts its
+    /// completions without signalling it again (that woke the driver once more per batch).
+    #[test]
+    fn a_reap_does_not_signal_the_eventfd_with_its_own_completions() {
+        on_executor(|| async {
+            let ring = ReadyRing::new().expect("a readiness ring");
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let readiness = ring.register(server.as_raw_fd()).unwrap();
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut buf = [0u8; 16];
+            assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
+            assert!(!ring.reap());
+            if signalled(&ring) {
+                take_signal(&ring); // the registration's own completions, if any
+            }
+            client.write_all(b"x").unwrap();
+            assert!(signalled(&ring), "work arrived on an empty list");
+            take_signal(&ring);
+            assert!(!ring.reap());
+            assert!(
+                matches!(readiness.poll_recv(&mut cx, &mut buf), Poll::Ready(Ok(1))),
+                "the reap woke the connection"
+            );
+            assert!(
+                !signalled(&ring),
+                "the reap's own completions signalled the eventfd"
+            );
+        });
+    }
+
+    /// What `reap` relies on while the eventfd is off: work that arrives then is not signalled
+    /// but raises the TASKRUN flag, which the reap checks after turning the eventfd back on.
+    #[test]
+    fn work_that_comes_while_the_eventfd_is_off_still_raises_taskrun() {
+        on_executor(|| async {
+            let ring = ReadyRing::new().expect("a readiness ring");
+            let (mut client, server) = UnixStream::pair().unwrap();
+            let readiness = ring.register(server.as_raw_fd()).unwrap();
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut buf = [0u8; 16];
+            assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
+            assert!(!ring.reap());
+            if signalled(&ring) {
+                take_signal(&ring);
+            }
+            ring.ring.borrow_mut().completion().disable_eventfd();
+            client.write_all(b"x").unwrap();
+            ring.ring.borrow_mut().completion().enable_eventfd();
+            assert!(!signalled(&ring), "the eventfd was off");
+            assert!(ring.work_waits(), "but the work is flagged");
+            assert!(!ring.reap());
+            assert!(matches!(
+                readiness.poll_recv(&mut cx, &mut buf),
+                Poll::Ready(Ok(1))
+            ));
         });
     }
 }
