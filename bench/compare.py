@@ -18,8 +18,9 @@ fresh, its endpoints are checked, it gets a 1 s unmeasured warm-up, then every
 scenario runs once with each client:
 
   - percore-load (the project's load generator): `percore-load -t 1 --cpus 1 -c CONNS
-    -d D [--pipeline 16] --json FILE URL`; req/s, p99 (per request, also when pipelined)
-    and request counts come from its JSON;
+    -d D [--pipeline 16] [-R RATE] --json FILE URL`; req/s, p99 (per request, also when
+    pipelined) and request counts come from its JSON; the open-loop scenarios (-R: 20k and
+    100k requests/s, below what any server here saturates at) run with it alone;
   - wrk, as a cross-check: `taskset -c 1 wrk -t1 -cCONNS -dD --latency URL` (pipelined
     with ../shared/lab/peers/scripts/pipeline.lua, 16 deep); only its req/s is reported
     (its pipelined p99 is one sample per batch and often prints 0).
@@ -53,12 +54,17 @@ PEERS = os.path.abspath(os.environ["PEERS_DIR"]) if os.environ.get("PEERS_DIR") 
 TOOLS = ("load", "wrk")  # percore-load, wrk (cross-check)
 TICK = os.sysconf("SC_CLK_TCK")
 
-# name -> (path, connections, pipeline depth)
+# name -> (path, connections, pipeline depth, open-loop rate in requests/s or 0 for a closed loop).
+# The open-loop scenarios measure CPU per request where servers spend most of their time: with idle
+# time between requests, what a server pays to sleep and wake counts (a closed loop never sleeps).
+# wrk has no fixed rate: they run with percore-load alone.
 SCENARIOS = {
-    "plaintext-c64": ("/plaintext", 64, 1),
-    "plaintext-c512": ("/plaintext", 512, 1),
-    "pipelined-x16": ("/plaintext", 64, 16),
-    "json-c64": ("/json", 64, 1),
+    "plaintext-c64": ("/plaintext", 64, 1, 0),
+    "plaintext-c512": ("/plaintext", 512, 1, 0),
+    "pipelined-x16": ("/plaintext", 64, 16, 0),
+    "json-c64": ("/json", 64, 1, 0),
+    "plaintext-r20k": ("/plaintext", 64, 1, 20_000),
+    "plaintext-r100k": ("/plaintext", 64, 1, 100_000),
 }
 CHECKS = {
     "/plaintext": ("text/plain", b"Hello, World!"),
@@ -214,11 +220,14 @@ def find_bin(flag, env, name):
 
 
 def run_load(load_bin, port, scen, dur, client_cpus, threads, outfile):
-    """percore-load, closed loop, `threads` threads pinned to client_cpus; figures from its --json file."""
-    path, conns, depth = SCENARIOS[scen]
+    """percore-load, closed loop (or open at the scenario's rate), `threads` threads pinned to client_cpus;
+    figures from its --json file."""
+    path, conns, depth, rate = SCENARIOS[scen]
     jf = outfile + ".json"
     cmd = [load_bin, "-t", str(threads), "--cpus", client_cpus, "-c", str(conns), "-d", f"{dur}s",
            "--pipeline", str(depth), "--json", jf, f"http://127.0.0.1:{port}{path}"]
+    if rate:
+        cmd[1:1] = ["-R", str(rate)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     with open(outfile, "w") as f:
         f.write(" ".join(shlex.quote(x) for x in cmd) + "\n" + r.stdout + r.stderr)
@@ -237,7 +246,7 @@ def run_load(load_bin, port, scen, dur, client_cpus, threads, outfile):
 
 
 def run_wrk(wrk_bin, port, scen, dur, client_cpus, threads, outfile):
-    path, conns, depth = SCENARIOS[scen]
+    path, conns, depth, _ = SCENARIOS[scen]
     cmd = ["taskset", "-c", client_cpus, wrk_bin, f"-t{threads}", f"-c{conns}", f"-d{dur}s", "--latency"]
     if depth > 1:
         cmd += ["-s", os.path.join(PEERS, "scripts", "pipeline.lua"), f"http://127.0.0.1:{port}{path}",
@@ -361,6 +370,8 @@ def main():
                                     "-d", f"{a.warmup}s", f"http://127.0.0.1:{port}/plaintext"], capture_output=True)
                 for s in scens:
                     for t in order:
+                        if t == "wrk" and SCENARIOS[s][3]:
+                            continue  # no fixed rate in wrk
                         u0, s0 = cpu_ticks(cur.p.pid)
                         i0, c0 = irq("RES", a.server_cpu), irq("CAL", a.server_cpu)
                         t0 = time.monotonic()

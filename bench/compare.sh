@@ -14,7 +14,9 @@
 #   (defaults: server on CPU 0, each client one thread on CPU 1; on a machine with CPUs to spare give
 #    the clients several, e.g. --client-cpus 2-9 --client-threads 8, so the server is the bottleneck)
 #   scenarios: plaintext-c64, plaintext-c512, pipelined-x16 (percore-load --pipeline 16; wrk with
-#              ../shared/lab/peers/scripts/pipeline.lua, 16 deep), json-c64
+#              ../shared/lab/peers/scripts/pipeline.lua, 16 deep), json-c64, and the open-loop
+#              plaintext-r20k, plaintext-r100k (percore-load -R 20000 / 100000 over 64 connections, a
+#              server with idle time: what sleeping and waking costs; percore-load only)
 #
 # Binaries and paths (flag, else environment variable, else default):
 #   percore        --percore       $PERCORE_BIN       $CARGO_TARGET_DIR/release/percore, else target/release/percore
