@@ -616,22 +616,31 @@ mod tests {
         assert_eq!(n, 8);
     }
 
+    /// An idle ring: one connection waiting for bytes (its poll armed), everything reaped and the
+    /// eventfd's count taken. Returns the ring, the peer to write to, the connection's socket
+    /// (kept open) and its place in the ring.
+    fn one_waiting_connection() -> (Rc<ReadyRing>, UnixStream, UnixStream, Readiness) {
+        let ring = ReadyRing::new().expect("a readiness ring");
+        let (client, server) = UnixStream::pair().unwrap();
+        let readiness = ring.register(server.as_raw_fd()).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(readiness.poll_recv(&mut cx, &mut [0u8; 16]).is_pending());
+        assert!(!ring.reap());
+        if signalled(&ring) {
+            take_signal(&ring); // the registration's own completions, if any
+        }
+        (ring, client, server, readiness)
+    }
+
     /// Work arriving on an idle ring signals the eventfd once; the reap that runs it posts its
     /// completions without signalling it again (that woke the driver once more per batch).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn a_reap_does_not_signal_the_eventfd_with_its_own_completions() {
         on_executor(|| async {
-            let ring = ReadyRing::new().expect("a readiness ring");
-            let (mut client, server) = UnixStream::pair().unwrap();
-            let readiness = ring.register(server.as_raw_fd()).unwrap();
+            let (ring, mut client, _server, readiness) = one_waiting_connection();
             let mut cx = Context::from_waker(Waker::noop());
             let mut buf = [0u8; 16];
-            assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
-            assert!(!ring.reap());
-            if signalled(&ring) {
-                take_signal(&ring); // the registration's own completions, if any
-            }
             client.write_all(b"x").unwrap();
             assert!(signalled(&ring), "work arrived on an empty list");
             take_signal(&ring);
@@ -652,16 +661,9 @@ mod tests {
     #[test]
     fn work_that_comes_while_the_eventfd_is_off_still_raises_taskrun() {
         on_executor(|| async {
-            let ring = ReadyRing::new().expect("a readiness ring");
-            let (mut client, server) = UnixStream::pair().unwrap();
-            let readiness = ring.register(server.as_raw_fd()).unwrap();
+            let (ring, mut client, _server, readiness) = one_waiting_connection();
             let mut cx = Context::from_waker(Waker::noop());
             let mut buf = [0u8; 16];
-            assert!(readiness.poll_recv(&mut cx, &mut buf).is_pending());
-            assert!(!ring.reap());
-            if signalled(&ring) {
-                take_signal(&ring);
-            }
             ring.ring.borrow_mut().completion().disable_eventfd();
             client.write_all(b"x").unwrap();
             ring.ring.borrow_mut().completion().enable_eventfd();
