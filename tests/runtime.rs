@@ -210,6 +210,47 @@ fn at_the_connection_bound_the_shard_waits_then_resumes() {
     assert!(stats["total"]["conns_max_wait_us"].as_u64().unwrap() >= 200_000);
 }
 
+/// `--backlog N` is the listen(2) backlog: at the connection bound the kernel completes N + 1
+/// more handshakes (Linux queues one past the backlog) and drops the SYNs after them, so a
+/// client beyond it waits in its own SYN retries instead of being queued without bound.
+#[test]
+fn at_the_connection_bound_the_backlog_bounds_the_waiting_connections() {
+    let backlog = 2;
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--max-conns",
+        "1",
+        "--backlog",
+        &backlog.to_string(),
+    ]);
+    let mut served = Conn::new(server.connect());
+    assert_eq!(served.get("/plaintext").status, 200);
+    // A handshake the kernel completes takes microseconds; a dropped SYN is sent again after
+    // 1 s and dropped again while the queue is full, so 2 s tells the two apart on any machine.
+    let connect = || std::net::TcpStream::connect_timeout(&server.addr, Duration::from_secs(2));
+    let queued: Vec<_> = (0..=backlog)
+        .map(|index| connect().unwrap_or_else(|e| panic!("queued connection {index}: {e}")))
+        .collect();
+    let beyond = connect();
+    assert!(
+        beyond.is_err(),
+        "a connection past the backlog completed its handshake"
+    );
+    // The queued ones are served in turn as slots free.
+    drop(served);
+    for stream in queued {
+        let mut conn = Conn::new(stream);
+        conn.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        conn.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(conn.response(false).expect("served in turn").status, 200);
+    }
+}
+
 #[test]
 fn graceful_shutdown_finishes_in_flight_requests_and_exits_0() {
     let mut server = Server::start(&["--grace", "5"]);
