@@ -233,6 +233,48 @@ fn expect_100_continue_is_answered_before_the_body() {
     assert_eq!(r.body, b"ping");
 }
 
+/// A request and the client's FIN in one segment (corked, then `shutdown(SHUT_WR)`): one wakeup
+/// announces both, and the read that takes the request stops short before the FIN. The server
+/// must still see the end of stream at once, not at the keep-alive timeout (the readiness ring
+/// once took every short read for an empty socket; glommio's path never did).
+#[test]
+fn a_request_sent_with_the_fin_is_answered_and_the_connection_ends_at_once() {
+    for read_path in [&[][..], &["--no-multishot-poll"][..]] {
+        // Longer than the wait below: a connection that ends only by this timeout fails.
+        let server = Server::start(&[&["--keepalive-timeout", "60"], read_path].concat());
+        let mut conn = Conn::new(server.connect());
+        // Not the first request: a new connection's first read looks without a wakeup.
+        assert_eq!(conn.get("/plaintext").status, 200);
+        socket2::SockRef::from(&conn.stream).set_cork(true).unwrap();
+        conn.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+        conn.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        conn.stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let answer = read_to_close(&mut conn.stream);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK") && text.ends_with("Hello, World!"),
+            "{read_path:?}: {text:?}"
+        );
+        // Half a head and the FIN: closed at once, not answered 408 at the header timeout.
+        let mut conn = Conn::new(server.connect());
+        assert_eq!(conn.get("/plaintext").status, 200);
+        socket2::SockRef::from(&conn.stream).set_cork(true).unwrap();
+        conn.send(b"GET /plaintext HTTP/1.1\r\nHo");
+        conn.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        conn.stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let answer = read_to_close(&mut conn.stream);
+        assert!(
+            answer.is_empty(),
+            "{read_path:?}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+}
+
 #[test]
 fn expect_100_continue_with_a_body_too_large_gets_413_without_continue() {
     let server = Server::start(&["--max-body", "10"]);

@@ -66,6 +66,14 @@ fn enter(ring: &mut IoUring, flags: u32) -> io::Result<usize> {
     }
 }
 
+/// What a connection's poll waits for: bytes, and the peer's FIN (RDHUP) named apart from them
+/// (errors and hang-ups are always reported). A completion's result is the events that woke it.
+/// Not POLLPRI: TCP's every data wakeup passes it (`sock_def_readable`), urgent data or not.
+const POLL_EVENTS: u32 = (libc::POLLIN | libc::POLLRDHUP) as u32;
+
+/// The events after which a short read does not mean the socket is empty.
+const POLL_EVENTS_NOT_DATA: u32 = (libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+
 #[derive(Default)]
 struct Slot {
     generation: u32,
@@ -76,6 +84,14 @@ struct Slot {
     armed: bool,
     /// The socket woke since the connection last found it empty.
     ready: bool,
+    /// A wakeup said more than "bytes arrived": the peer's FIN, or an error. A short read then
+    /// no longer means the socket is empty (a read stops before the FIN, and the wakeup that
+    /// announced it is spent: a request sent with its FIN waited for the keep-alive timeout),
+    /// so only EAGAIN clears `ready`. Sticky: such a socket has little left to say.
+    /// (Urgent data also stops a read short, and TCP passes POLLPRI with every data wakeup, so
+    /// it cannot be told apart: a client that sends MSG_OOB stalls its own connection until a
+    /// timeout.)
+    short_read_not_empty: bool,
     waker: Option<Waker>,
 }
 
@@ -179,6 +195,7 @@ impl ReadyRing {
             slot.owned = true;
             // Bytes may have arrived before the poll: the first read looks.
             slot.ready = true;
+            slot.short_read_not_empty = false;
             slot.waker = None;
             index
         };
@@ -194,7 +211,7 @@ impl ReadyRing {
         let entry = {
             let slots = self.slots.borrow();
             let slot = &slots[index as usize];
-            opcode::PollAdd::new(types::Fd(slot.fd), libc::POLLIN as u32)
+            opcode::PollAdd::new(types::Fd(slot.fd), POLL_EVENTS)
                 .multi(true)
                 .build()
                 .user_data(user_data(OP_POLL, slot.generation, index))
@@ -312,6 +329,9 @@ impl ReadyRing {
             if !cqueue::more(cqe.flags()) {
                 slot.armed = false;
             }
+            if cqe.result() < 0 || cqe.result() as u32 & POLL_EVENTS_NOT_DATA != 0 {
+                slot.short_read_not_empty = true;
+            }
             if slot.owned {
                 // An error or a cancel by the kernel also makes it ready: the next recv says
                 // what happened, and a wait re-arms a poll that ended.
@@ -368,7 +388,9 @@ impl Readiness {
     }
 
     /// `recv(2)` into `buf` once the socket woke; Pending (with the waker kept) while it has
-    /// not. A short read means the socket was emptied: the next call waits for a wakeup first.
+    /// not. A short read means the socket was emptied (saving the EAGAIN read per request): the
+    /// next call waits for a wakeup first. Not once a FIN or an error was announced: a short
+    /// read stops before them (`Slot::short_read_not_empty`).
     pub fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         loop {
             let fd = {
@@ -393,9 +415,10 @@ impl Readiness {
             let slot = &mut slots[self.slot as usize];
             if n >= 0 {
                 let n = n as usize;
-                // Short: the socket is empty now. At end of stream it stays ready: every later
-                // read returns 0 at once, as a read of a closed stream does.
-                if n > 0 && n < buf.len() {
+                // Short: the socket is empty now (unless a wakeup said otherwise, see the
+                // field). At end of stream it stays ready: every later read returns 0 at once,
+                // as a read of a closed stream does.
+                if n > 0 && n < buf.len() && !slot.short_read_not_empty {
                     slot.ready = false;
                 }
                 return Poll::Ready(Ok(n));
