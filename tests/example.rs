@@ -169,6 +169,30 @@ fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() 
     assert_eq!(post(&mut b, "/checkout", None).status, 401);
 }
 
+/// RFC 9112 §6.1: no Transfer-Encoding in an answer to HTTP/1.0, a HEAD's included (its head
+/// says nothing of the length then); HTTP/1.1 gets the GET's framing.
+#[test]
+fn export_example_answers_a_head_of_a_stream_without_chunked_on_http10() {
+    let server = common::Server::start_with(
+        example_binary("export").to_str().unwrap(),
+        &["--bind", "127.0.0.1:0", "--shards", "1"],
+    );
+    let head = |version: &str| {
+        let raw = format!("HEAD /numbers/5 {version}\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let answer = String::from_utf8(server.exchange(raw.as_bytes())).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\n"),
+            "a HEAD answer has no body: {answer}"
+        );
+        answer
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+    };
+    assert!(!head("HTTP/1.0"));
+    assert!(head("HTTP/1.1"));
+}
+
 /// `examples/export.rs` in one pipelined batch: answers made at once (a stream among them, and a
 /// HEAD of one), answers that wait on a timer before and after a 590 KB stream, and a client
 /// that reads only later. Every answer arrives whole and in request order, from one batch.

@@ -231,6 +231,30 @@ fn expect_100_continue_is_answered_before_the_body() {
     let r = conn.response(false).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"ping");
+    // The body was asked for and read whole: the connection is reused.
+    assert!(!r.closes());
+    assert_eq!(conn.get("/plaintext").status, 200);
+}
+
+/// The 100 of a request pipelined behind another goes out after that one's answer: a client
+/// takes the first status line it reads for its first request's.
+#[test]
+fn expect_100_continue_comes_after_the_answers_to_earlier_requests() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nping",
+    );
+    let first = conn.response(false).unwrap();
+    assert_eq!(
+        (first.status, &first.body[..]),
+        (200, &b"Hello, World!"[..])
+    );
+    assert_eq!(conn.response(false).unwrap().status, 100);
+    let echo = conn.response(false).unwrap();
+    assert_eq!((echo.status, &echo.body[..]), (200, &b"ping"[..]));
+    assert!(!echo.closes());
 }
 
 /// A request and the client's FIN in one segment (corked, then `shutdown(SHUT_WR)`): one wakeup

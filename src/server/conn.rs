@@ -166,6 +166,8 @@ enum Continue {
     /// Asked; sent with the first read of the body. `usize` bytes of it written so far.
     Owed(usize),
     Sent,
+    /// Asked, but the final answer went out first: RFC 9110 §15.2 allows no 1xx after it.
+    Forgone,
 }
 
 /// The body of the request being served, read from the connection on demand.
@@ -599,7 +601,7 @@ impl Conn {
                 Encoded::Done(flow) => flow,
                 Encoded::Stream(streamed) => {
                     finish_later(&mut handlers[index + 1..], &mut early, index + 1).await;
-                    self.write_stream(streamed, version).await
+                    self.write_stream(streamed, version, None).await
                 }
             };
             // Each is keep-alive (parallel_ok); a response that closes (the handler's choice, or
@@ -680,7 +682,7 @@ impl Conn {
         let mut response = Response::error(status, message);
         response.close = true;
         let _ = self
-            .write_response(&mut response, false, Version::Http11)
+            .write_response(&mut response, false, Version::Http11, None)
             .await;
         self.linger = self.flush().await.is_ok();
     }
@@ -727,9 +729,19 @@ impl Conn {
                 response.close = true;
                 // The body we refused (413, 501) may still be on its way.
                 self.linger = true;
-                return self.write_response(&mut response, is_head, version).await;
+                return self
+                    .write_response(&mut response, is_head, version, None)
+                    .await;
             }
         };
+        // The 100 goes straight to the socket when the handler first reads the body: answers
+        // to earlier pipelined requests must be on the wire before it.
+        if let Some(body) = &body
+            && body.continue_state.get() == Continue::Owed(0)
+            && self.flush().await.is_err()
+        {
+            return Flow::Close;
+        }
         if let Some(port) = self.redirect_port {
             let mut response = redirect_https(&head, port);
             if !keep_alive {
@@ -760,17 +772,19 @@ impl Conn {
         is_head: bool,
         version: Version,
     ) -> Flow {
+        // A streamed answer reads the body as it goes: whether it answered without asking for
+        // the body is known only when its head is written (`write_stream`).
+        let streamed = matches!(response.body, ResponseBody::Stream(_)) && !is_head;
         if let Some(body) = &body {
             if let Some(error) = body.error.get() {
                 *response = Response::from(error);
-            } else if !body.done.get() && body.continue_state.get() == Continue::Owed(0) {
-                // RFC 9110 §10.1.1: we answered without asking for the body; the client may or
-                // may not send it, so the connection cannot be reused.
-                response.close = true;
-                self.linger = true;
+            } else if !streamed {
+                self.forgo_continue(body, response);
             }
         }
-        let flow = self.write_response(response, is_head, version).await;
+        let flow = self
+            .write_response(response, is_head, version, body.as_deref())
+            .await;
         if flow == Flow::KeepAlive
             && let Some(body) = body
             && !body.done.get()
@@ -781,6 +795,17 @@ impl Conn {
             return Flow::Close;
         }
         flow
+    }
+
+    /// Before the final answer's head: a body still owed its 100 never gets it (RFC 9110
+    /// §15.2), and as the client may or may not send that body, the connection cannot be reused
+    /// (§10.1.1).
+    fn forgo_continue(&mut self, body: &ConnBody, response: &mut Response) {
+        if !body.done.get() && body.continue_state.get() == Continue::Owed(0) {
+            body.continue_state.set(Continue::Forgone);
+            response.close = true;
+            self.linger = true;
+        }
     }
 
     fn body_for(&self, head: &RequestHead) -> Result<Option<Rc<ConnBody>>, HttpError> {
@@ -827,15 +852,17 @@ impl Conn {
     }
 
     /// Encodes the response into the write buffer (streams are written as they come).
+    /// `body`: the request's, when the answer may read it as it streams.
     async fn write_response(
         &mut self,
         response: &mut Response,
         is_head: bool,
         version: Version,
+        body: Option<&ConnBody>,
     ) -> Flow {
         match self.encode_response(response, is_head, version) {
             Encoded::Done(flow) => flow,
-            Encoded::Stream(streamed) => self.write_stream(streamed, version).await,
+            Encoded::Stream(streamed) => self.write_stream(streamed, version, body).await,
         }
     }
 
@@ -857,15 +884,18 @@ impl Conn {
         let close = response.close || shard.is_draining();
         let no_body_status = status < 200 || status == 204 || status == 304;
         let framing = match &response.body {
-            ResponseBody::Empty | ResponseBody::Full(_) if no_body_status => {
-                http::ResponseBody::None
-            }
+            _ if no_body_status => http::ResponseBody::None,
             ResponseBody::Empty => http::ResponseBody::Length(0),
             ResponseBody::Full(bytes) => http::ResponseBody::Length(bytes.len() as u64),
+            // RFC 9112 §6.1: no Transfer-Encoding to an HTTP/1.0 request (a HEAD's head here;
+            // a GET's body is close-delimited, see `write_stream`).
+            ResponseBody::Stream(_) if version == Version::Http10 => http::ResponseBody::None,
             ResponseBody::Stream(_) => http::ResponseBody::Chunked,
         };
+        // A 1xx, 204 or 304 has no content, streamed or not (its stream is dropped unread).
         if let ResponseBody::Stream(_) = &response.body
             && !is_head
+            && !no_body_status
         {
             let ResponseBody::Stream(stream) =
                 std::mem::replace(&mut response.body, ResponseBody::Empty)
@@ -889,7 +919,12 @@ impl Conn {
         Encoded::Done(if close { Flow::Close } else { Flow::KeepAlive })
     }
 
-    async fn write_stream(&mut self, streamed: Box<Streamed>, version: Version) -> Flow {
+    async fn write_stream(
+        &mut self,
+        streamed: Box<Streamed>,
+        version: Version,
+        body: Option<&ConnBody>,
+    ) -> Flow {
         let Streamed {
             status,
             headers,
@@ -901,11 +936,23 @@ impl Conn {
         let first = stream.next().await;
         if let Some(Err(error)) = first {
             let mut response = Response::from(error);
-            return Box::pin(self.write_response(&mut response, false, version)).await;
+            if let Some(body) = body {
+                self.forgo_continue(body, &mut response);
+            }
+            return Box::pin(self.write_response(&mut response, false, version, None)).await;
         }
         // HTTP/1.0 has no chunked coding: the body ends when the connection closes.
         let chunked = version == Version::Http11;
-        let close = close || !chunked;
+        let mut close = close || !chunked;
+        if let Some(body) = body
+            && !body.done.get()
+            && body.continue_state.get() == Continue::Owed(0)
+        {
+            // The same rule as `forgo_continue`, for a head not held in a `Response`.
+            body.continue_state.set(Continue::Forgone);
+            close = true;
+            self.linger = true;
+        }
         let framing = if chunked {
             http::ResponseBody::Chunked
         } else {
