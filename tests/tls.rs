@@ -457,6 +457,11 @@ fn redirect_listener_sends_308_to_the_https_port() {
     let r = plain.response(false).unwrap();
     let expected = format!("https://example.com:{}/", https_addr.port());
     assert_eq!(r.header("location"), Some(expected.as_str()));
+    // RFC 9112 §3.2.2: an absolute-form target's authority, not Host, names the host.
+    plain.send(b"GET http://good.example/p?q HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    let r = plain.response(false).unwrap();
+    let expected = format!("https://good.example:{}/p?q", https_addr.port());
+    assert_eq!(r.header("location"), Some(expected.as_str()));
     plain.send(b"GET / HTTP/1.1\r\nHost: evil.example/x\r\n\r\n");
     assert_eq!(plain.response(false).unwrap().status, 400);
 }

@@ -72,6 +72,18 @@ impl RequestHead {
         }
     }
 
+    /// The authority of an absolute-form target (`http://authority/path`), which an origin
+    /// server uses instead of Host (RFC 9112 §3.2.2); None for any other form. Validated by the
+    /// parser with Host's rules.
+    pub fn authority(&self) -> Option<&str> {
+        let target = self.target();
+        if target.starts_with('/') {
+            return None;
+        }
+        let (_, rest) = target.split_once("://")?;
+        Some(&rest[..rest.find(['/', '?']).unwrap_or(rest.len())])
+    }
+
     /// The target after the first '?', if there is one.
     pub fn query(&self) -> Option<&str> {
         self.query.map(|span| self.text(span))
@@ -577,10 +589,10 @@ fn is_valid_host_any(value: &[u8]) -> bool {
             return false;
         };
         let address = &literal[..close];
-        let address_ok = !address.is_empty()
-            && address
-                .iter()
-                .all(|&byte| byte.is_ascii_hexdigit() || byte == b':' || byte == b'.');
+        // An IPv6address by its grammar (RFC 3986 §3.2.2): "[1]" or "[:]" is not one. No zone
+        // (RFC 6874 allows none in Host) and no IPvFuture.
+        let address_ok = std::str::from_utf8(address)
+            .is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok());
         if !address_ok {
             return false;
         }
@@ -1102,6 +1114,10 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n", OK_GET),
             (b"GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n", OK_GET),
             (b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", OK_GET),
+            (
+                b"GET / HTTP/1.1\r\nHost: [2001:db8::192.0.2.1]\r\n\r\n",
+                OK_GET,
+            ),
             (b"GET / HTTP/1.1\r\nHost: [2001:db8::1]\r\n\r\n", OK_GET),
             (
                 b"GET / HTTP/1.1\r\nHost: xn--caf-dma.example\r\n\r\n",
@@ -1165,6 +1181,28 @@ mod tests {
             (
                 b"GET / HTTP/1.1\r\nHost: [v1.x]\r\n\r\n",
                 "err 400 invalid Host",
+            ),
+            // Only IPv6 bytes, but no IPv6address (RFC 3986 §3.2.2); the absolute-form
+            // authority follows the same rules.
+            (
+                b"GET / HTTP/1.1\r\nHost: [1]\r\n\r\n",
+                "err 400 invalid Host",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: [:]\r\n\r\n",
+                "err 400 invalid Host",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: [....]\r\n\r\n",
+                "err 400 invalid Host",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: [::1%25eth0]\r\n\r\n",
+                "err 400 invalid Host",
+            ),
+            (
+                b"GET http://[1]/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                "err 400 invalid authority in request-target",
             ),
         ];
         for (input, expected) in cases {
@@ -1610,6 +1648,7 @@ mod tests {
         assert_eq!(head.header("x-empty"), Some(&b""[..]));
         assert_eq!(head.header("X-TWO"), Some(&b"1"[..]));
         assert_eq!(head.header("missing"), None);
+        assert_eq!(head.authority(), None);
         let names: Vec<_> = head
             .headers()
             .map(|(name, value)| format!("{name}={}", String::from_utf8_lossy(value)))
@@ -1619,6 +1658,37 @@ mod tests {
             ["Host=example.com", "X-Empty=", "x-two=1", "X-Two=2"]
         );
         assert_eq!(&buf[..], b"rest");
+    }
+
+    #[test]
+    fn authority_is_the_absolute_form_targets() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (
+                b"GET http://good.example/x?y HTTP/1.1\r\nHost: evil\r\n\r\n",
+                Some("good.example"),
+            ),
+            (
+                b"GET HTTPS://h:8443 HTTP/1.1\r\nHost: a\r\n\r\n",
+                Some("h:8443"),
+            ),
+            (
+                b"GET http://[::1]?q HTTP/1.1\r\nHost: a\r\n\r\n",
+                Some("[::1]"),
+            ),
+            (b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", None),
+        ];
+        for &(raw, expected) in cases {
+            let head = parse_head(&mut BytesMut::from(raw), &LIMITS)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                head.authority(),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     proptest::proptest! {

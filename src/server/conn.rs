@@ -1041,11 +1041,16 @@ impl Conn {
     }
 }
 
-/// The 308 of a `--redirect-https` listener: same host (from `Host`, without its port), the
-/// HTTPS listener's port, same path and query. A missing or odd `Host` gets 400: we never
-/// redirect to a name we cannot vouch for.
+/// The 308 of a `--redirect-https` listener: same host (from `Host`, without its port, or from
+/// an absolute-form target, which takes precedence: RFC 9112 §3.2.2), the HTTPS listener's
+/// port, same path and query. A missing or odd host gets 400: we never redirect to a name we
+/// cannot vouch for.
 fn redirect_https(head: &RequestHead, port: u16) -> Response {
-    let Some(host) = head.header("host").and_then(host_name) else {
+    let named = match head.authority() {
+        Some(authority) => Some(authority.as_bytes()),
+        None => head.header("host"),
+    };
+    let Some(host) = named.and_then(host_name) else {
         return Response::error(400, "a redirect to https needs a valid Host header");
     };
     let mut location = String::with_capacity(16 + host.len() + head.target().len());
