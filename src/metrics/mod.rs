@@ -1,7 +1,7 @@
 //! Per-shard counters (plain `Cell`s, never shared) and the `Send` snapshot that crosses the mesh for `/stats`.
 
 use std::cell::Cell;
-use std::time::Duration;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -16,8 +16,14 @@ pub struct ShardMetrics {
     pub bytes_read: Cell<u64>,
     pub bytes_written: Cell<u64>,
     pub status_classes: [Cell<u64>; 5],
+    /// Times the shard reached `--max-conns` with a connection waiting for a slot.
     pub conns_max_reached: Cell<u64>,
+    /// Time spent so, ended waits only (`snapshot` adds the one under way).
     pub conns_max_wait_us: Cell<u64>,
+    /// Accepted connections waiting for a slot (one per listener at most), and since when
+    /// there has been one: time at the bound is counted once however many wait.
+    conns_waiting: Cell<u32>,
+    conns_waiting_since: Cell<Option<Instant>>,
     pub timeouts_header: Cell<u64>,
     pub timeouts_idle: Cell<u64>,
     pub timeouts_body: Cell<u64>,
@@ -41,15 +47,46 @@ pub fn add(cell: &Cell<u64>, n: u64) {
     cell.set(cell.get().wrapping_add(n));
 }
 
+/// See `ShardMetrics::wait_at_bound`.
+pub struct WaitAtBound<'a>(&'a ShardMetrics);
+
+impl Drop for WaitAtBound<'_> {
+    fn drop(&mut self) {
+        let metrics = self.0;
+        metrics.conns_waiting.set(metrics.conns_waiting.get() - 1);
+        if metrics.conns_waiting.get() == 0
+            && let Some(since) = metrics.conns_waiting_since.take()
+        {
+            add(
+                &metrics.conns_max_wait_us,
+                since.elapsed().as_micros() as u64,
+            );
+        }
+    }
+}
+
 impl ShardMetrics {
     pub fn count_status(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         add(&self.status_classes[class], 1);
     }
 
-    pub fn count_wait_at_bound(&self, waited: Duration) {
-        add(&self.conns_max_reached, 1);
-        add(&self.conns_max_wait_us, waited.as_micros() as u64);
+    /// Counts a connection waiting for a slot at `--max-conns` until the guard drops.
+    pub fn wait_at_bound(&self) -> WaitAtBound<'_> {
+        if self.conns_waiting.get() == 0 {
+            add(&self.conns_max_reached, 1);
+            self.conns_waiting_since.set(Some(Instant::now()));
+        }
+        self.conns_waiting.set(self.conns_waiting.get() + 1);
+        WaitAtBound(self)
+    }
+
+    fn conns_max_wait_us(&self) -> u64 {
+        let under_way = self
+            .conns_waiting_since
+            .get()
+            .map_or(0, |since| since.elapsed().as_micros() as u64);
+        self.conns_max_wait_us.get().wrapping_add(under_way)
     }
 
     pub fn snapshot(&self, shard: usize, cpu: usize) -> ShardStats {
@@ -70,7 +107,7 @@ impl ShardMetrics {
             status_4xx: classes[3].get(),
             status_5xx: classes[4].get(),
             conns_max_reached: self.conns_max_reached.get(),
-            conns_max_wait_us: self.conns_max_wait_us.get(),
+            conns_max_wait_us: self.conns_max_wait_us(),
             timeouts_header: self.timeouts_header.get(),
             timeouts_idle: self.timeouts_idle.get(),
             timeouts_body: self.timeouts_body.get(),

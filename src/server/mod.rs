@@ -3,7 +3,7 @@
 pub mod conn;
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::StaticPermit;
@@ -24,16 +24,35 @@ pub enum Serves {
     Redirect(u16),
 }
 
-/// Accepts until the shard drains. At `conns_max` open connections it stops accepting (the
-/// kernel backlog holds the rest) and resumes when a connection closes.
+/// Accepts until the shard drains. At `conns_max` open connections a connection just accepted
+/// waits for a slot, unserved, and the listener accepts no more (the kernel's backlog holds the
+/// rest); it is served when a connection closes. The slot is taken after `accept`, not before:
+/// a listener waiting in `accept` with a slot in hand kept it from a shard's other listeners (with
+/// `--max-conns 1` and two `--bind`, the second was never served), as Tomcat's acceptor does per
+/// connector ("accept, but not process, one further connection").
 pub async fn accept_loop(shard: Rc<Shard>, app: Rc<App>, listener: TcpListener, serves: Serves) {
     let slots = shard.conn_slots.clone();
     let serves = Rc::new(serves);
     loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.drain_started().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return, // dropping the listener closes it
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection waits in the backlog.
+                eprintln!("percore: shard {}: accept failed: {e}", shard.index);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let permit = match slots.try_acquire_static_permit(1) {
             Ok(permit) => permit,
             Err(_) => {
-                let started = Instant::now();
+                let _waiting = shard.metrics.wait_at_bound();
                 let waited = futures_lite::future::or(
                     async { slots.acquire_static_permit(1).await.ok() },
                     async {
@@ -42,36 +61,21 @@ pub async fn accept_loop(shard: Rc<Shard>, app: Rc<App>, listener: TcpListener, 
                     },
                 )
                 .await;
-                shard.metrics.count_wait_at_bound(started.elapsed());
                 match waited {
                     Some(permit) => permit,
+                    // Draining: the connection is closed unserved, as the backlog's are.
                     None => return,
                 }
             }
         };
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.drain_started().await;
-            None
-        })
-        .await;
-        match accepted {
-            None => return, // dropping the listener closes it
-            Some(Ok(stream)) => {
-                glommio::spawn_local(start(
-                    shard.clone(),
-                    app.clone(),
-                    serves.clone(),
-                    stream,
-                    permit,
-                ))
-                .detach();
-            }
-            Some(Err(e)) => {
-                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection waits in the backlog.
-                eprintln!("percore: shard {}: accept failed: {e}", shard.index);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        glommio::spawn_local(start(
+            shard.clone(),
+            app.clone(),
+            serves.clone(),
+            stream,
+            permit,
+        ))
+        .detach();
     }
 }
 
