@@ -66,6 +66,9 @@ pub const LOGIN_TRACKED_MAX_DEFAULT: usize = 100_000;
 /// Password hashes one shard computes at once. Each argon2id hash (m=19 MiB, t=2) takes about
 /// 20-50 ms of a core and 19 MiB; the threads run beside the shards, not on them.
 pub const HASH_CONCURRENCY_DEFAULT: usize = 1;
+/// The most `--hash-concurrency` accepts: threads per shard, each holding an argon2 hash's
+/// 19 MiB while it runs (a larger value failed to spawn its threads and aborted the server).
+pub const HASH_CONCURRENCY_MAX: usize = 64;
 /// Password checks queued per shard behind the running ones; more are answered 503.
 pub const HASH_QUEUE_MAX_DEFAULT: usize = 64;
 /// Verified Basic credentials a shard remembers (so scripts do not pay a hash per request);

@@ -484,8 +484,12 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
     let mut warnings = Vec::new();
     let listeners = listeners(&args, &file, &mut warnings)?;
     let auth = auth(&args, &file)?;
-    let cores = args.cores.or(file.cores);
-    let shards = args.shards.or(file.shards);
+    // Both pick the CPUs: a flag for either overrides the file's choice, whichever key it used.
+    let (cores, shards) = if args.cores.is_some() || args.shards.is_some() {
+        (args.cores, args.shards)
+    } else {
+        (file.cores, file.shards)
+    };
     let cpus = match (cores, shards) {
         (Some(_), Some(_)) => return err("--cores and --shards: give one, not both"),
         (Some(list), None) => {
@@ -944,11 +948,19 @@ fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
                 limits::LOGIN_TRACKED_MAX_DEFAULT,
             )?,
         },
-        hash_concurrency: positive(
+        hash_concurrency: match positive(
             "hash-concurrency",
             args.hash_concurrency.or(file.hash_concurrency),
             limits::HASH_CONCURRENCY_DEFAULT,
-        )?,
+        )? {
+            n if n > limits::HASH_CONCURRENCY_MAX => {
+                return err(format!(
+                    "--hash-concurrency {n}: at most {} threads per shard",
+                    limits::HASH_CONCURRENCY_MAX
+                ));
+            }
+            n => n,
+        },
         hash_queue_max: positive(
             "hash-queue-max",
             args.hash_queue_max.or(file.hash_queue_max),
@@ -1141,6 +1153,25 @@ mod tests {
                 .multishot_poll
         );
         assert!(!merged(&["--no-multishot-poll"], "").unwrap().multishot_poll);
+        // A flag for either of cores and shards overrides the file's, whichever key it used.
+        assert_eq!(
+            merged(&["--cores", "0"], "shards = 2").unwrap().cpus,
+            vec![0]
+        );
+        assert_eq!(
+            merged(&["--shards", "1"], "cores = \"1\"").unwrap().cpus,
+            vec![0]
+        );
+        // At the bound and one past it.
+        let threads = |n: usize| merged(&["--hash-concurrency", &n.to_string()], "");
+        assert_eq!(
+            threads(limits::HASH_CONCURRENCY_MAX)
+                .unwrap()
+                .auth
+                .hash_concurrency,
+            limits::HASH_CONCURRENCY_MAX
+        );
+        assert!(threads(limits::HASH_CONCURRENCY_MAX + 1).is_err());
     }
 
     #[test]
@@ -1179,6 +1210,11 @@ mod tests {
             ),
             (&["--fsync", "sometimes"][..], "", "--fsync"),
             (&[][..], "cores = \"0\"\nshards = 1", "--cores and --shards"),
+            (
+                &["--hash-concurrency", "100000"][..],
+                "",
+                "--hash-concurrency 100000: at most 64",
+            ),
             (
                 &[][..],
                 "[[listener]]\nbind = \"127.0.0.1:1\"\nredirect_https = true",
