@@ -210,6 +210,23 @@ fn at_the_connection_bound_the_shard_waits_then_resumes() {
     assert!(stats["total"]["conns_max_wait_us"].as_u64().unwrap() >= 200_000);
 }
 
+/// A second server on an address a percore already serves exits 2: SO_REUSEPORT would have let
+/// it bind, and the kernel would have split the connections between the two processes.
+#[test]
+fn an_address_another_percore_serves_is_in_use() {
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    let data = common::temp_dir("second-server");
+    let (code, stderr) = run_failing(&["--bind", &addr, "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert_eq!(server.get("/plaintext").status, 200);
+}
+
 /// `--backlog N` is the listen(2) backlog: at the connection bound the listener holds one
 /// accepted connection unserved, the kernel completes N + 1 more handshakes (Linux queues one
 /// past the backlog; N where it counts exactly) and drops the SYNs after them, so a client

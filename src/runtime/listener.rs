@@ -17,6 +17,9 @@ pub fn bind_all(
         .map(|_| Vec::with_capacity(binds.len()))
         .collect();
     for &bind in binds {
+        if bind.port() != 0 {
+            ensure_unused(bind)?;
+        }
         let first = bind_one(bind, backlog)?;
         let addr = first
             .local_addr()
@@ -33,6 +36,25 @@ pub fn bind_all(
         resolved.push(addr);
     }
     Ok((resolved, sockets))
+}
+
+/// SO_REUSEPORT lets any socket of the same user join a port's group, so a second percore (or
+/// any reuseport server) on the same address would bind without an error and the kernel would
+/// split the connections between the two. A probe bound without SO_REUSEPORT fails while any
+/// listener holds the address (SO_REUSEADDR still lets it past a previous run's TIME_WAIT).
+fn ensure_unused(addr: SocketAddr) -> Result<(), String> {
+    let fail = |what: &str, e: std::io::Error| format!("--bind {addr}: {what}: {e}");
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| fail("socket", e))?;
+    probe
+        .set_reuse_address(true)
+        .map_err(|e| fail("SO_REUSEADDR", e))?;
+    if addr.is_ipv6() {
+        probe
+            .set_only_v6(true)
+            .map_err(|e| fail("IPV6_V6ONLY", e))?;
+    }
+    probe.bind(&addr.into()).map_err(|e| fail("cannot bind", e))
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> Result<Socket, String> {
