@@ -266,36 +266,28 @@ fn a_request_sent_with_the_fin_is_answered_and_the_connection_ends_at_once() {
     for read_path in [&[][..], &["--no-multishot-poll"][..]] {
         // Longer than the wait below: a connection that ends only by this timeout fails.
         let server = Server::start(&[&["--keepalive-timeout", "60"], read_path].concat());
-        let mut conn = Conn::new(server.connect());
-        // Not the first request: a new connection's first read looks without a wakeup.
-        assert_eq!(conn.get("/plaintext").status, 200);
-        socket2::SockRef::from(&conn.stream).set_cork(true).unwrap();
-        conn.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
-        conn.stream.shutdown(std::net::Shutdown::Write).unwrap();
-        conn.stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let answer = read_to_close(&mut conn.stream);
-        let text = String::from_utf8_lossy(&answer);
+        // On a connection that served one request already (a new connection's first read looks
+        // without a wakeup): `bytes` and the FIN in one segment, then all it gets back.
+        let with_fin = |bytes: &[u8]| {
+            let mut conn = Conn::new(server.connect());
+            assert_eq!(conn.get("/plaintext").status, 200);
+            socket2::SockRef::from(&conn.stream).set_cork(true).unwrap();
+            conn.send(bytes);
+            conn.stream.shutdown(std::net::Shutdown::Write).unwrap();
+            conn.stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let answer = read_to_close(&mut conn.stream);
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let text = with_fin(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
         assert!(
             text.starts_with("HTTP/1.1 200 OK") && text.ends_with("Hello, World!"),
             "{read_path:?}: {text:?}"
         );
         // Half a head and the FIN: closed at once, not answered 408 at the header timeout.
-        let mut conn = Conn::new(server.connect());
-        assert_eq!(conn.get("/plaintext").status, 200);
-        socket2::SockRef::from(&conn.stream).set_cork(true).unwrap();
-        conn.send(b"GET /plaintext HTTP/1.1\r\nHo");
-        conn.stream.shutdown(std::net::Shutdown::Write).unwrap();
-        conn.stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let answer = read_to_close(&mut conn.stream);
-        assert!(
-            answer.is_empty(),
-            "{read_path:?}: {:?}",
-            String::from_utf8_lossy(&answer)
-        );
+        let text = with_fin(b"GET /plaintext HTTP/1.1\r\nHo");
+        assert!(text.is_empty(), "{read_path:?}: {text:?}");
     }
 }
 

@@ -80,8 +80,7 @@ impl RequestHead {
         if target.starts_with('/') {
             return None;
         }
-        let (_, rest) = target.split_once("://")?;
-        Some(&rest[..rest.find(['/', '?']).unwrap_or(rest.len())])
+        split_absolute_form(target).map(|(_, authority)| &target[authority])
     }
 
     /// The target after the first '?', if there is one.
@@ -371,22 +370,28 @@ fn split_target(method: &str, target: &str) -> Result<TargetParts, HttpError> {
 
 /// `http://authority/path?query` (RFC 9112 §3.2.2): returns where the path starts.
 fn absolute_form_path_start(target: &str) -> Result<usize, HttpError> {
-    let Some(scheme_len) = target.find("://") else {
+    let Some((scheme, authority)) = split_absolute_form(target) else {
         return Err(HttpError::Malformed("invalid request-target"));
     };
-    let scheme = &target[..scheme_len];
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return Err(HttpError::Malformed("unsupported scheme in request-target"));
     }
-    let authority_start = scheme_len + 3;
-    let authority_len = target[authority_start..]
-        .find(['/', '?'])
-        .unwrap_or(target.len() - authority_start);
     // The same rules as Host, so userinfo ("user@host") is rejected (RFC 9110 §4.2.4).
-    if !is_valid_host(&target.as_bytes()[authority_start..authority_start + authority_len]) {
+    if !is_valid_host(&target.as_bytes()[authority.clone()]) {
         return Err(HttpError::Malformed("invalid authority in request-target"));
     }
-    Ok(authority_start + authority_len)
+    Ok(authority.end)
+}
+
+/// The scheme of `scheme://authority/path?query` and where its authority lies (up to the first
+/// '/' or '?'); None without "://".
+fn split_absolute_form(target: &str) -> Option<(&str, std::ops::Range<usize>)> {
+    let scheme_len = target.find("://")?;
+    let start = scheme_len + 3;
+    let len = target[start..]
+        .find(['/', '?'])
+        .unwrap_or(target.len() - start);
+    Some((&target[..scheme_len], start..start + len))
 }
 
 /// What the framing fields of a head say.

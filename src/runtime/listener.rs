@@ -43,30 +43,30 @@ pub fn bind_all(
 /// split the connections between the two. A probe bound without SO_REUSEPORT fails while any
 /// listener holds the address (SO_REUSEADDR still lets it past a previous run's TIME_WAIT).
 fn ensure_unused(addr: SocketAddr) -> Result<(), String> {
-    let fail = |what: &str, e: std::io::Error| format!("--bind {addr}: {what}: {e}");
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| fail("socket", e))?;
-    probe
-        .set_reuse_address(true)
-        .map_err(|e| fail("SO_REUSEADDR", e))?;
-    if addr.is_ipv6() {
-        probe
-            .set_only_v6(true)
-            .map_err(|e| fail("IPV6_V6ONLY", e))?;
-    }
-    probe.bind(&addr.into()).map_err(|e| fail("cannot bind", e))
+    bound_socket(addr, false).map(drop)
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> Result<Socket, String> {
+    let socket = bound_socket(addr, true)?;
+    socket
+        .listen(backlog.min(i32::MAX as u32) as i32)
+        .map_err(|e| format!("--bind {addr}: cannot listen: {e}"))?;
+    Ok(socket)
+}
+
+/// A TCP socket bound to `addr` with SO_REUSEADDR (and SO_REUSEPORT if asked), v6-only for IPv6.
+fn bound_socket(addr: SocketAddr, reuse_port: bool) -> Result<Socket, String> {
     let fail = |what: &str, e: std::io::Error| format!("--bind {addr}: {what}: {e}");
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| fail("socket", e))?;
     socket
         .set_reuse_address(true)
         .map_err(|e| fail("SO_REUSEADDR", e))?;
-    socket
-        .set_reuse_port(true)
-        .map_err(|e| fail("SO_REUSEPORT", e))?;
+    if reuse_port {
+        socket
+            .set_reuse_port(true)
+            .map_err(|e| fail("SO_REUSEPORT", e))?;
+    }
     if addr.is_ipv6() {
         socket
             .set_only_v6(true)
@@ -75,8 +75,5 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> Result<Socket, String> {
     socket
         .bind(&addr.into())
         .map_err(|e| fail("cannot bind", e))?;
-    socket
-        .listen(backlog.min(i32::MAX as u32) as i32)
-        .map_err(|e| fail("cannot listen", e))?;
     Ok(socket)
 }

@@ -778,8 +778,8 @@ impl Conn {
         if let Some(body) = &body {
             if let Some(error) = body.error.get() {
                 *response = Response::from(error);
-            } else if !streamed {
-                self.forgo_continue(body, response);
+            } else if !streamed && self.forgo_continue(body) {
+                response.close = true;
             }
         }
         let flow = self
@@ -799,13 +799,14 @@ impl Conn {
 
     /// Before the final answer's head: a body still owed its 100 never gets it (RFC 9110
     /// §15.2), and as the client may or may not send that body, the connection cannot be reused
-    /// (§10.1.1).
-    fn forgo_continue(&mut self, body: &ConnBody, response: &mut Response) {
-        if !body.done.get() && body.continue_state.get() == Continue::Owed(0) {
+    /// (§10.1.1). True when the answer must close it.
+    fn forgo_continue(&mut self, body: &ConnBody) -> bool {
+        let owed = !body.done.get() && body.continue_state.get() == Continue::Owed(0);
+        if owed {
             body.continue_state.set(Continue::Forgone);
-            response.close = true;
             self.linger = true;
         }
+        owed
     }
 
     fn body_for(&self, head: &RequestHead) -> Result<Option<Rc<ConnBody>>, HttpError> {
@@ -936,23 +937,17 @@ impl Conn {
         let first = stream.next().await;
         if let Some(Err(error)) = first {
             let mut response = Response::from(error);
-            if let Some(body) = body {
-                self.forgo_continue(body, &mut response);
+            if let Some(body) = body
+                && self.forgo_continue(body)
+            {
+                response.close = true;
             }
             return Box::pin(self.write_response(&mut response, false, version, None)).await;
         }
         // HTTP/1.0 has no chunked coding: the body ends when the connection closes.
         let chunked = version == Version::Http11;
-        let mut close = close || !chunked;
-        if let Some(body) = body
-            && !body.done.get()
-            && body.continue_state.get() == Continue::Owed(0)
-        {
-            // The same rule as `forgo_continue`, for a head not held in a `Response`.
-            body.continue_state.set(Continue::Forgone);
-            close = true;
-            self.linger = true;
-        }
+        let forgone = body.is_some_and(|body| self.forgo_continue(body));
+        let close = close || !chunked || forgone;
         let framing = if chunked {
             http::ResponseBody::Chunked
         } else {
