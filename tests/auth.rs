@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{BIN, Conn, Server, one_per_shard, run_failing, temp_dir};
+use tempfile::TempDir;
 
 /// `percore hash-password` of `password`.
 fn hash(password: &str) -> String {
@@ -28,10 +29,11 @@ fn users_toml(users: &[(&str, &str, &[&str])]) -> String {
 
 const TOKEN: &str = "pc_test-token-for-the-ci-robot";
 
-/// A config with access rules, one API token, and a users file with alice (admin) and bob (staff).
-fn setup(extra_config: &str) -> (PathBuf, PathBuf) {
+/// A config with access rules, one API token, and a users file with alice (admin) and bob (staff),
+/// in a temp dir that lives as long as the returned guard.
+fn setup(extra_config: &str) -> (TempDir, PathBuf, PathBuf) {
     let dir = temp_dir("auth");
-    let users = dir.join("users.toml");
+    let users = dir.path().join("users.toml");
     std::fs::write(
         &users,
         users_toml(&[
@@ -41,7 +43,7 @@ fn setup(extra_config: &str) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     let token_hash = common::tool("hash-token", TOKEN);
-    let config = dir.join("percore.toml");
+    let config = dir.path().join("percore.toml");
     std::fs::write(
         &config,
         format!(
@@ -67,7 +69,7 @@ roles = ["staff"]
         ),
     )
     .unwrap();
-    (users, config)
+    (dir, users, config)
 }
 
 fn start(users: &Path, config: &Path, extra: &[&str]) -> Server {
@@ -150,7 +152,7 @@ fn hash_password_prints_an_argon2id_phc_string() {
 
 #[test]
 fn login_me_logout_and_the_session_dies_on_every_shard() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &[]);
     let [mut a, mut b] = one_per_shard(&server);
     let r = login(&mut a, "alice", "alice-pw", None);
@@ -185,7 +187,7 @@ fn login_me_logout_and_the_session_dies_on_every_shard() {
 
 #[test]
 fn login_takes_a_form_too_and_rejects_bad_bodies() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &[]);
     let mut conn = Conn::new(server.connect());
     let form = "Content-Type: application/x-www-form-urlencoded\r\n";
@@ -214,7 +216,7 @@ fn login_takes_a_form_too_and_rejects_bad_bodies() {
 
 #[test]
 fn login_rotates_the_session_id_against_fixation() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &[]);
     let [mut a, mut b] = one_per_shard(&server);
     let created = request(&mut a, "POST", "/session", "", "");
@@ -265,7 +267,7 @@ fn login_rotates_the_session_id_against_fixation() {
 
 #[test]
 fn wrong_password_and_unknown_user_get_the_same_answer() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &[]);
     let mut conn = Conn::new(server.connect());
     let wrong = login(&mut conn, "alice", "nope", None);
@@ -281,7 +283,7 @@ fn wrong_password_and_unknown_user_get_the_same_answer() {
 
 #[test]
 fn unknown_user_and_wrong_password_take_the_same_time() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(
         &users,
         &config,
@@ -325,7 +327,7 @@ fn unknown_user_and_wrong_password_take_the_same_time() {
 
 #[test]
 fn rules_give_401_without_identity_and_403_without_the_role() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &[]);
     let mut conn = Conn::new(server.connect());
     // No rule: public.
@@ -387,7 +389,7 @@ fn rules_give_401_without_identity_and_403_without_the_role() {
 /// credentials hash the password once, the others wait for that check and use its result.
 #[test]
 fn concurrent_requests_with_the_same_basic_credentials_hash_once() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &["--shards", "1"]);
     let mut conn = Conn::new(server.connect());
     let bob = basic("bob", "bob-pw");
@@ -409,7 +411,7 @@ fn concurrent_requests_with_the_same_basic_credentials_hash_once() {
 
 #[test]
 fn bearer_tokens_carry_their_roles() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &[]);
     let mut conn = Conn::new(server.connect());
     let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
@@ -431,7 +433,7 @@ fn bearer_tokens_carry_their_roles() {
 
 #[test]
 fn csrf_guards_cookie_sessions_but_not_basic_or_bearer() {
-    let (users, config) = setup("csrf_header = \"X-Requested-With\"");
+    let (_dir, users, config) = setup("csrf_header = \"X-Requested-With\"");
     let server = start(&users, &config, &[]);
     let mut conn = Conn::new(server.connect());
     let cookie = format!(
@@ -478,7 +480,7 @@ fn csrf_guards_cookie_sessions_but_not_basic_or_bearer() {
 
 #[test]
 fn brute_force_is_limited_whichever_shard_the_client_lands_on() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(
         &users,
         &config,
@@ -501,7 +503,7 @@ fn brute_force_is_limited_whichever_shard_the_client_lands_on() {
 
 #[test]
 fn brute_force_by_address_spans_user_names() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(
         &users,
         &config,
@@ -524,7 +526,7 @@ fn brute_force_by_address_spans_user_names() {
 
 #[test]
 fn default_access_authenticated_closes_everything_but_login() {
-    let (users, config) = setup("default_access = \"authenticated\"");
+    let (_dir, users, config) = setup("default_access = \"authenticated\"");
     let server = start(&users, &config, &[]);
     let mut conn = Conn::new(server.connect());
     assert_eq!(request(&mut conn, "GET", "/plaintext", "", "").status, 401);
@@ -539,7 +541,7 @@ fn default_access_authenticated_closes_everything_but_login() {
 
 #[test]
 fn sighup_reloads_users_and_a_bad_file_keeps_the_old_ones() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let mut server = start(&users, &config, &[]);
     let mut conn = Conn::new(server.connect());
     let alice = basic("alice", "alice-pw");
@@ -590,7 +592,7 @@ fn sighup_reloads_users_and_a_bad_file_keeps_the_old_ones() {
 /// every shard, like Django's session auth hash; other users' sessions live on.
 #[test]
 fn a_password_change_ends_the_sessions_logged_in_with_the_old_one() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &[]);
     let mut conn = Conn::new(server.connect());
     let session_of = |conn: &mut Conn, user: &str, password: &str| {
@@ -629,7 +631,8 @@ fn a_password_change_ends_the_sessions_logged_in_with_the_old_one() {
 
 #[test]
 fn bad_auth_config_stops_the_start_with_one_line() {
-    let dir = temp_dir("auth-bad");
+    let tmp = temp_dir("auth-bad");
+    let dir = tmp.path();
     let bad_users = dir.join("users.toml");
     std::fs::write(
         &bad_users,
@@ -666,7 +669,7 @@ fn bad_auth_config_stops_the_start_with_one_line() {
 
 #[test]
 fn without_basic_a_401_does_not_offer_it() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let server = start(&users, &config, &["--no-basic-auth"]);
     let mut conn = Conn::new(server.connect());
     let r = request(&mut conn, "GET", "/stats", "", "");
@@ -679,7 +682,7 @@ fn without_basic_a_401_does_not_offer_it() {
 
 #[test]
 fn login_over_tls_sets_a_secure_cookie() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     let pki = common::tls::Pki::new();
     let (cert, key) = (pki.cert_arg(), pki.key_arg());
     let server = start(&users, &config, &["--tls-cert", &cert, "--tls-key", &key]);
@@ -700,7 +703,7 @@ fn login_over_tls_sets_a_secure_cookie() {
 
 #[test]
 fn every_hash_priority_logs_in() {
-    let (users, config) = setup("");
+    let (_dir, users, config) = setup("");
     for priority in ["idle", "low", "normal"] {
         let server = start(&users, &config, &["--hash-priority", priority]);
         let mut conn = Conn::new(server.connect());

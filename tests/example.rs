@@ -54,7 +54,7 @@ fn hello_example_serves_params_middleware_and_builtins() {
 fn hello_example_handlers_see_the_identity() {
     let dir = common::temp_dir("hello-users");
     let hash = common::tool("hash-password", "pw");
-    let users = dir.join("users.toml");
+    let users = dir.path().join("users.toml");
     std::fs::write(
         &users,
         format!(

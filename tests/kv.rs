@@ -1054,7 +1054,7 @@ fn kill_9_under_load(test: &str, extra_args: &[&str]) {
         BANK_ARGS[0],
         BANK_ARGS[1],
         "--data-dir",
-        dir.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
     ];
     args.extend_from_slice(extra_args);
     let mut rng = Rng::new(seed);
@@ -1138,8 +1138,8 @@ fn written_keys(prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn a_graceful_restart_keeps_every_key_its_etag_and_the_version_order() {
-    let dir = common::temp_dir("kv-restart");
-    let dir = dir.to_str().unwrap();
+    let tmp = common::temp_dir("kv-restart");
+    let dir = tmp.path().to_str().unwrap();
     let mut server = Server::start(&["--data-dir", dir]);
     let mut conn = Conn::new(server.connect());
     wait_ready(&mut conn);
@@ -1234,7 +1234,8 @@ fn checkpoints_per_shard(server: &Server) -> [u64; SHARDS] {
 
 #[test]
 fn checkpoints_bound_the_log_and_a_restart_reads_everything_back() {
-    let dir_path = common::temp_dir("kv-checkpoint");
+    let tmp = common::temp_dir("kv-checkpoint");
+    let dir_path = tmp.path();
     let dir = dir_path.to_str().unwrap();
     let args = ["--checkpoint-bytes", "4096", "--data-dir", dir];
     let mut server = Server::start(&args);
@@ -1252,7 +1253,7 @@ fn checkpoints_bound_the_log_and_a_restart_reads_everything_back() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let checkpoints = checkpoints_per_shard(&server);
-        let segments = wal_segments(&dir_path);
+        let segments = wal_segments(dir_path);
         if checkpoints.iter().all(|&c| c > 0) && segments.iter().all(|&s| s <= 2) {
             eprintln!("checkpoint: {checkpoints:?} checkpoints, {segments:?} segments");
             break;
@@ -1321,7 +1322,7 @@ fn checkpoints_follow_the_log_not_the_clock() {
 fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
     use percore::txn::record;
     let dir = common::temp_dir("kv-newer-log");
-    let dir_str = dir.to_str().unwrap();
+    let dir_str = dir.path().to_str().unwrap();
     let mut server = Server::start(&["--data-dir", dir_str]);
     let mut conn = Conn::new(server.connect());
     wait_ready(&mut conn);
@@ -1333,7 +1334,10 @@ fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
         Some(0)
     );
 
-    let (number, path) = percore::wal::segments(&dir, 0).unwrap().pop().unwrap();
+    let (number, path) = percore::wal::segments(dir.path(), 0)
+        .unwrap()
+        .pop()
+        .unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let at = record::scan_segment(&bytes, number).valid_bytes;
     let mut frame = Vec::new();
@@ -1360,5 +1364,5 @@ fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
         bytes,
         "the log is left as it was"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }

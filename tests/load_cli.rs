@@ -36,9 +36,11 @@ fn bad_input_exits_2_with_one_line() {
     let live = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", live.local_addr().unwrap());
     let dead = format!("http://127.0.0.1:{}/", closed_port());
-    let dir = std::env::temp_dir().join(format!("percore-load-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad_toml = dir.join("bad.toml");
+    let dir = tempfile::Builder::new()
+        .prefix("percore-load-cli-")
+        .tempdir()
+        .unwrap();
+    let bad_toml = dir.path().join("bad.toml");
     std::fs::write(&bad_toml, "[[request]]\nweight = \"heavy\"\n").unwrap();
     let bad_toml = bad_toml.to_str().unwrap();
     check(&["--bogus", &url], "--bogus");

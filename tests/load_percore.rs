@@ -18,14 +18,20 @@ fn percore_bin() -> Option<String> {
 /// How long percore may take to start, and to answer /stats.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A percore server on 127.0.0.1:0, killed on drop.
+/// A percore server on 127.0.0.1:0, killed on drop; its data dir is removed after that (fields
+/// drop after `Drop::drop` has killed and reaped the child).
 struct Percore {
     child: Child,
     addr: String,
+    _data: tempfile::TempDir,
 }
 
 impl Percore {
     fn start(bin: &str) -> Percore {
+        let data = tempfile::Builder::new()
+            .prefix("percore-load-test-")
+            .tempdir()
+            .unwrap();
         let mut child = Command::new(bin)
             .args([
                 "--bind",
@@ -35,7 +41,7 @@ impl Percore {
                 "--no-session-persist",
                 "--data-dir",
             ])
-            .arg(std::env::temp_dir().join(format!("percore-load-test-{}", std::process::id())))
+            .arg(data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -53,7 +59,11 @@ impl Percore {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Percore { child, addr }
+        Percore {
+            child,
+            addr,
+            _data: data,
+        }
     }
 
     fn get_json(&self, path: &str) -> Value {
@@ -80,15 +90,16 @@ impl Drop for Percore {
 }
 
 fn load_json(args: &[&str]) -> Value {
-    let path = std::env::temp_dir().join(format!(
-        "percore-load-percore-{}-{}.json",
-        std::process::id(),
-        args.join("_").len()
-    ));
+    let json = tempfile::Builder::new()
+        .prefix("percore-load-percore-")
+        .suffix(".json")
+        .tempfile()
+        .unwrap();
+    let path = json.path();
     let output = Command::new(env!("CARGO_BIN_EXE_percore-load"))
         .args(args)
         .arg("--json")
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     assert!(
@@ -97,7 +108,7 @@ fn load_json(args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn check_counts_match(extra: &[&str]) {

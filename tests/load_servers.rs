@@ -206,7 +206,7 @@ fn load(args: &[&str]) -> Output {
 /// Runs percore-load with `--json` and returns (exit code, stdout, the JSON document).
 fn load_json(args: &[&str]) -> (i32, String, Value) {
     let dir = tempdir();
-    let path = dir.join("out.json");
+    let path = dir.path().join("out.json");
     let mut all: Vec<&str> = args.to_vec();
     let path_text = path.to_str().unwrap().to_string();
     all.extend(["--json", &path_text]);
@@ -225,15 +225,12 @@ fn load_json(args: &[&str]) -> (i32, String, Value) {
     )
 }
 
-fn tempdir() -> std::path::PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "percore-load-test-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh temp dir, removed when the returned guard drops.
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("percore-load-test-")
+        .tempdir()
+        .unwrap()
 }
 
 fn n(doc: &Value, pointer: &str) -> u64 {
@@ -371,7 +368,7 @@ fn scenario_mix_with_session_cookie() {
         }
     });
     let dir = tempdir();
-    let scenario = dir.join("mix.toml");
+    let scenario = dir.path().join("mix.toml");
     std::fs::write(
         &scenario,
         "[session.login]\nmethod = \"POST\"\npath = \"/login\"\nbody = \"user=alice\"\n\n\
@@ -478,7 +475,7 @@ fn json_holds_every_figure() {
 fn hgrm_and_plot_files() {
     let server = TestServer::start(|_, _| ok("hello"));
     let dir = tempdir();
-    let (hgrm, svg) = (dir.join("l.hgrm"), dir.join("l.svg"));
+    let (hgrm, svg) = (dir.path().join("l.hgrm"), dir.path().join("l.svg"));
     let output = load(&[
         "-c",
         "2",

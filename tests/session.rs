@@ -441,7 +441,7 @@ fn garbled_truncated_and_foreign_ids_are_unknown() {
 #[test]
 fn sessions_survive_a_graceful_restart() {
     let dir = common::temp_dir("persist");
-    let dir_arg = dir.to_str().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
     let mut server = Server::start(&["--data-dir", dir_arg]);
     let mut conn = Conn::new(server.connect());
     let cookies: Vec<String> = (0..6)
@@ -501,7 +501,7 @@ fn sessions_survive_a_graceful_restart() {
 #[test]
 fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
     let dir = common::temp_dir("crash");
-    let dir_arg = dir.to_str().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
     let mut server = Server::start(&["--data-dir", dir_arg, "--session-snapshot-interval", "0.5"]);
     let mut conn = Conn::new(server.connect());
     let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
@@ -534,12 +534,12 @@ fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
 fn a_corrupt_snapshot_is_reported_and_skipped() {
     let dir = common::temp_dir("corrupt");
     std::fs::write(
-        dir.join("sessions-0.snap"),
+        dir.path().join("sessions-0.snap"),
         b"PCSESS1\n\x00\x00\x00\x00garbage",
     )
     .unwrap();
-    std::fs::write(dir.join("sessions-1.snap"), b"not a snapshot at all").unwrap();
-    let server = Server::start(&["--data-dir", dir.to_str().unwrap()]);
+    std::fs::write(dir.path().join("sessions-1.snap"), b"not a snapshot at all").unwrap();
+    let server = Server::start(&["--data-dir", dir.path().to_str().unwrap()]);
     let mut conn = Conn::new(server.connect());
     assert_eq!(
         request(&mut conn, "POST", "/session", None, None).status,
@@ -551,7 +551,11 @@ fn a_corrupt_snapshot_is_reported_and_skipped() {
 #[test]
 fn persistence_can_be_switched_off() {
     let dir = common::temp_dir("off");
-    let mut server = Server::start(&["--data-dir", dir.to_str().unwrap(), "--no-session-persist"]);
+    let mut server = Server::start(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--no-session-persist",
+    ]);
     let mut conn = Conn::new(server.connect());
     request(&mut conn, "POST", "/session", None, None);
     drop(conn);
@@ -562,7 +566,7 @@ fn persistence_can_be_switched_off() {
             .and_then(|s| s.code()),
         Some(0)
     );
-    let snapshots = std::fs::read_dir(&dir)
+    let snapshots = std::fs::read_dir(dir.path())
         .unwrap()
         .filter(|e| {
             e.as_ref()

@@ -160,7 +160,7 @@ fn client_rejects_wrong_host_and_expired_certificate() {
             key,
         ])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -533,9 +533,10 @@ fn listener_tables_mix_https_plain_and_redirect() {
 /// The harness waits for one `listening` line per `--bind`; a config file with listener tables
 /// prints one per table.
 fn start_with_listener_config(config: &str, listeners: usize) -> Server {
+    let data = common::temp_dir("data");
     let mut child = Command::new(common::BIN)
         .args(["--config", config, "--shards", "1", "--data-dir"])
-        .arg(common::temp_dir("data"))
+        .arg(data.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -557,5 +558,6 @@ fn start_with_listener_config(config: &str, listeners: usize) -> Server {
         child,
         addr: addrs[0],
         addrs,
+        data_dir: Some(data),
     }
 }

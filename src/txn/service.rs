@@ -464,12 +464,12 @@ mod tests {
         bytes
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("percore-recover-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh, empty temp dir, removed when the returned guard drops.
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("percore-recover-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -477,7 +477,8 @@ mod tests {
         let records: Vec<Record> = (1..=4).map(commit).collect();
         let whole = encode_segment(&records, 0);
         let last_start = encode_segment(&records[..3], 0).len();
-        let dir = temp_dir("cut");
+        let tmp = temp_dir("cut");
+        let dir = tmp.path().to_path_buf();
         for cut in last_start..whole.len() {
             std::fs::write(wal::segment_path(&dir, 0, 0), &whole[..cut]).unwrap();
             let recovered = recover(&dir, 0).unwrap();
@@ -497,7 +498,8 @@ mod tests {
 
     #[test]
     fn recovery_starts_at_the_newest_complete_checkpoint() {
-        let dir = temp_dir("checkpoint");
+        let tmp = temp_dir("checkpoint");
+        let dir = tmp.path().to_path_buf();
         std::fs::write(
             wal::segment_path(&dir, 2, 0),
             encode_segment(&[commit(1), commit(2)], 0),
@@ -539,7 +541,8 @@ mod tests {
     /// can follow the last real record. Salted by position, they fail their checksum.
     #[test]
     fn stale_records_after_the_tail_are_not_replayed() {
-        let dir = temp_dir("stale");
+        let tmp = temp_dir("stale");
+        let dir = tmp.path().to_path_buf();
         let old: Vec<Record> = (1..=6).map(commit).collect();
         let old_bytes = encode_segment(&old, 4);
         let new: Vec<Record> = (7..=8).map(commit).collect();
@@ -560,7 +563,8 @@ mod tests {
     /// everything after it acknowledged.
     #[test]
     fn a_record_of_an_unknown_type_stops_recovery_and_changes_nothing() {
-        let dir = temp_dir("unknown-type");
+        let tmp = temp_dir("unknown-type");
+        let dir = tmp.path().to_path_buf();
         let known: Vec<Record> = (1..=3).map(commit).collect();
         let mut bytes = encode_segment(&known, 6);
         let at = bytes.len();

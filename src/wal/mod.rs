@@ -446,15 +446,18 @@ mod tests {
             .unwrap()
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("percore-wal-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+    /// A fresh temp dir, removed when the returned guard drops.
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("percore-wal-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn group_commit_shares_fsyncs_and_every_acknowledged_record_is_in_the_file() {
-        let dir = temp_dir("group");
+        let tmp = temp_dir("group");
+        let dir = tmp.path().to_path_buf();
         let dir2 = dir.clone();
         let counters = run(move || {
             Box::pin(async move {
@@ -486,7 +489,8 @@ mod tests {
 
     #[test]
     fn segments_are_zero_filled_ahead_of_every_write() {
-        let dir = temp_dir("prefill");
+        let tmp = temp_dir("prefill");
+        let dir = tmp.path().to_path_buf();
         let dir2 = dir.clone();
         const RECORD: usize = 10_000;
         const RECORDS: usize = 250; // 2.4 MiB: the fill moves ahead twice
@@ -528,7 +532,8 @@ mod tests {
 
     #[test]
     fn always_syncs_each_record_and_rotate_starts_a_new_segment() {
-        let dir = temp_dir("always");
+        let tmp = temp_dir("always");
+        let dir = tmp.path().to_path_buf();
         let dir2 = dir.clone();
         let counters = run(move || {
             Box::pin(async move {
@@ -559,7 +564,8 @@ mod tests {
     fn records_appended_after_close_are_refused_not_a_panic() {
         // Found by a stress run: SIGTERM under load; a drain still answers busy connections and
         // other shards' messages, so records arrive after the log was closed.
-        let dir = temp_dir("closed");
+        let tmp = temp_dir("closed");
+        let dir = tmp.path().to_path_buf();
         let (first, late, switch) = run(move || {
             Box::pin(async move {
                 let wal = Wal::open(&dir, 0, FsyncMode::Batch, 0).await.unwrap();

@@ -10,11 +10,13 @@ pub mod tls;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_percore");
 
-/// A running server, killed on drop.
+/// A running server, killed on drop; then the data dir the harness made for it (if any) is
+/// removed, as fields drop after `Drop::drop` has killed and reaped the child.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub addrs: Vec<SocketAddr>,
+    pub data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -35,9 +37,12 @@ impl Server {
         let binds = args.iter().filter(|a| **a == "--bind").count().max(1)
             + args.iter().filter(|a| **a == "--redirect-https").count();
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut data_dir = None;
         if !args.iter().any(|a| a == "--data-dir") {
+            let dir = temp_dir("data");
             args.push("--data-dir".into());
-            args.push(temp_dir("data").to_str().unwrap().to_string());
+            args.push(dir.path().to_str().unwrap().to_string());
+            data_dir = Some(dir);
         }
         let mut child = Command::new(binary)
             .args(&args)
@@ -76,6 +81,7 @@ impl Server {
             child,
             addr: addrs[0],
             addrs,
+            data_dir,
         }
     }
 
@@ -137,15 +143,12 @@ impl Drop for Server {
     }
 }
 
-/// A fresh, empty directory under the system temp dir.
-pub fn temp_dir(what: &str) -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("percore-test-{}-{what}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory under the system temp dir, removed when the returned guard drops.
+pub fn temp_dir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("percore-test-{what}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Runs a `percore` tool (`hash-password`, `hash-token`) with `input` on stdin; its output line.

@@ -26,11 +26,14 @@ pub struct Pki {
     pub expired_key: PathBuf,
     /// A key that belongs to no certificate here.
     pub stranger_key: PathBuf,
+    /// Owns `dir`: removed when the Pki drops.
+    _tmp: tempfile::TempDir,
 }
 
 impl Pki {
     pub fn new() -> Pki {
-        let dir = temp_dir("pki");
+        let tmp = temp_dir("pki");
+        let dir = tmp.path().to_path_buf();
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).unwrap();
@@ -70,6 +73,7 @@ impl Pki {
             ca_der: ca_cert.der().clone(),
             ca_pem,
             dir,
+            _tmp: tmp,
         }
     }
 
