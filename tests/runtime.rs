@@ -10,8 +10,8 @@ use common::{Conn, Server, read_to_close, run_failing};
 
 #[test]
 fn bad_flags_and_config_exit_2_with_one_line() {
-    let dir = std::env::temp_dir().join(format!("percore-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = common::temp_dir("flags");
+    let dir = tmp.path();
     let bad_toml = dir.join("bad.toml");
     std::fs::write(&bad_toml, "max_body = \"lots\"\n").unwrap();
     let unknown_key = dir.join("unknown.toml");
@@ -50,9 +50,8 @@ fn bad_flags_and_config_exit_2_with_one_line() {
 
 #[test]
 fn config_file_sets_keys_and_flags_override_them() {
-    let dir = std::env::temp_dir().join(format!("percore-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("percore.toml");
+    let dir = common::temp_dir("cfg");
+    let file = dir.path().join("percore.toml");
     std::fs::write(
         &file,
         "bind = [\"127.0.0.1:0\"]\nshards = 1\nmax_body = 4\nmax_headers = 5\n",
@@ -217,7 +216,8 @@ fn an_address_another_percore_serves_is_in_use() {
     let server = Server::start(&[]);
     let addr = server.addr.to_string();
     let data = common::temp_dir("second-server");
-    let (code, stderr) = run_failing(&["--bind", &addr, "--data-dir", data.to_str().unwrap()]);
+    let (code, stderr) =
+        run_failing(&["--bind", &addr, "--data-dir", data.path().to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -487,7 +487,7 @@ fn a_shard_that_cannot_stop_is_left_behind_after_the_stop_timeout() {
     let mut child = std::process::Command::new(common::BIN)
         .args(["--bind", "127.0.0.1:0", "--shards", "2", "--grace", "0.5"])
         .args(["--stop-timeout", "3", "--data-dir"])
-        .arg(&data)
+        .arg(data.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -496,7 +496,8 @@ fn a_shard_that_cannot_stop_is_left_behind_after_the_stop_timeout() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert!(line.starts_with("listening on"), "{line}");
-    let fifo = std::ffi::CString::new(data.join("sessions-1.snap.tmp").to_str().unwrap()).unwrap();
+    let fifo =
+        std::ffi::CString::new(data.path().join("sessions-1.snap.tmp").to_str().unwrap()).unwrap();
     // SAFETY: mkfifo(3) with a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     // SAFETY: kill(2) on our own child.
@@ -565,7 +566,7 @@ fn a_shard_that_cannot_start_fails_the_start_instead_of_hanging() {
         let mut command = std::process::Command::new(common::BIN);
         command
             .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-            .arg(&data)
+            .arg(data.path())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -632,12 +633,12 @@ fn sigterm_during_a_long_log_replay_exits_at_once_and_loses_nothing() {
             &mut log,
         );
     }
-    std::fs::write(percore::wal::segment_path(&data, 0, 0), &log).unwrap();
+    std::fs::write(percore::wal::segment_path(data.path(), 0, 0), &log).unwrap();
     drop(log);
 
     let mut child = std::process::Command::new(common::BIN)
         .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-        .arg(&data)
+        .arg(data.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -701,12 +702,35 @@ fn sigterm_during_a_long_log_replay_exits_at_once_and_loses_nothing() {
         "exited {waited:?} after SIGTERM"
     );
 
-    let server = Server::start(&["--data-dir", data.to_str().unwrap()]);
+    let server = Server::start(&["--data-dir", data.path().to_str().unwrap()]);
     for key in [&keys[0], &keys[keys.len() / 2], &keys[keys.len() - 1]] {
         let response = server.get(&format!("/kv/{key}"));
         assert_eq!(response.status, 200, "{key}");
         assert_eq!(response.body.len(), 64 * 1024);
     }
     drop(server);
-    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A second percore on the same `--data-dir` (on another address) exits 2 naming the first one's
+/// pid: both would have appended to the same logs and overwritten each other's snapshots. The
+/// lock dies with its process: after a SIGKILL the directory starts again at once.
+#[test]
+fn a_data_dir_another_percore_uses_is_refused_until_it_dies() {
+    let data = common::temp_dir("locked");
+    let dir = data.path().to_str().unwrap();
+    let mut first = Server::start(&["--data-dir", dir]);
+    let (code, stderr) = run_failing(&["--bind", "127.0.0.1:0", "--data-dir", dir]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let pid = format!("(pid {})", first.child.id());
+    assert!(
+        stderr.contains(dir) && stderr.contains("in use") && stderr.contains(&pid),
+        "{stderr}"
+    );
+    assert_eq!(first.get("/plaintext").status, 200);
+
+    first.child.kill().unwrap(); // SIGKILL: no shutdown of any kind
+    first.child.wait().unwrap();
+    let second = Server::start(&["--data-dir", dir]);
+    assert_eq!(second.get("/plaintext").status, 200);
 }

@@ -112,7 +112,7 @@ pub struct Args {
     /// This node's id (0-65535), carried in session ids so a balancer can route by it.
     #[arg(long, value_name = "N")]
     pub node_id: Option<u16>,
-    /// Directory for session snapshots (and later the transaction log).
+    /// Directory for session snapshots and transaction logs; one percore at a time (locked).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Add `X-Shard: <index>` to every response.

@@ -15,15 +15,18 @@ use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::{GlommioError, ResourceType};
 
-/// Why a cross-shard call produced no reply. All are safe to retry: the request was not served, or
-/// its effect (a read) does not matter.
+/// Why a cross-shard call produced no reply. `Overloaded` and `Closed` are refusals: the request
+/// never reached a handler, so a retry is safe. `Timeout` is not: the request may have been
+/// served, or may still be (no deadline travels in the envelope, so the callee serves a late
+/// request all the same); retry only what is safe to run twice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MeshError {
-    /// The caller already has `inflight_max` calls outstanding, or the callee serves that many.
+    /// The caller already has `inflight_max` calls outstanding, or the callee serves that many
+    /// (it answers so without running the handler).
     Overloaded,
-    /// No reply before the deadline.
+    /// No reply before the deadline; the callee may have served the request, or serve it later.
     Timeout,
-    /// The peer's channel is closed (it is shutting down).
+    /// The channel to the peer is closed (it has stopped, during a drain): nothing was sent.
     Closed,
 }
 
@@ -74,6 +77,10 @@ pub struct Mesh<Req: Send + 'static, Resp: Send + 'static> {
     incoming: Cell<usize>,
     limits: MeshLimits,
     handler: Handler<Req, Resp>,
+    /// Set by `close`: the serving tasks end and drop their receivers.
+    closed: Cell<bool>,
+    /// Each serving task's waker, by the peer it reads from, for `close` to wake.
+    serve_wakers: RefCell<Vec<Option<Waker>>>,
     pub counters: MeshCounters,
 }
 
@@ -106,6 +113,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             incoming: Cell::new(0),
             limits,
             handler,
+            closed: Cell::new(false),
+            serve_wakers: RefCell::new(vec![None; shard_count]),
             counters: MeshCounters::default(),
         });
         Self::serve(&mesh, receivers);
@@ -116,25 +125,60 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         self.shard
     }
 
-    /// Puts `envelope` on the channel to `to` without waiting; gives it back when the channel is
-    /// full (a closed channel drops it: the peer is shutting down).
-    fn try_post(&self, to: usize, envelope: Envelope<Req, Resp>) -> Option<Envelope<Req, Resp>> {
+    /// Leaves the mesh when the shard stops: a peer's call or message to this shard then fails
+    /// at once with `Closed` instead of waiting out its deadline. glommio never drops the tasks
+    /// an executor leaves pending, so without this a stopped shard's receivers stay open and
+    /// its channels fill unread. Requests already queued here get no reply (their callers time
+    /// out), and neither do this shard's own calls still waiting. Returns once the serving tasks
+    /// have dropped their receivers (an executor whose main task ends runs no more tasks).
+    pub async fn close(&self) {
+        self.closed.set(true);
+        for waker in self.serve_wakers.borrow_mut().iter_mut() {
+            if let Some(waker) = waker.take() {
+                waker.wake();
+            }
+        }
+        // Peers' streams from this shard end, and so do this shard's posts waiting for room.
+        self.senders.close();
+        // Behind the serving tasks just woken, in the same task queue.
+        futures_lite::future::yield_now().await;
+    }
+
+    /// Puts `envelope` on the channel to `to` without waiting: sent, given back when the channel
+    /// is full, or dropped when it is closed (the peer has stopped).
+    fn try_post(&self, to: usize, envelope: Envelope<Req, Resp>) -> Post<Req, Resp> {
         match self.senders.try_send_to(to, envelope) {
-            Ok(()) => None,
-            Err(GlommioError::WouldBlock(ResourceType::Channel(envelope))) => Some(envelope),
-            Err(_) => None,
+            Ok(()) => Post::Sent,
+            Err(GlommioError::WouldBlock(ResourceType::Channel(envelope))) => Post::Full(envelope),
+            Err(GlommioError::Closed(_)) => Post::Closed,
+            // glommio fails a send otherwise only for this shard or one outside the mesh.
+            Err(_) => unreachable!("a mesh post to shard {to} from shard {}", self.shard),
         }
     }
 
-    /// Posts from this turn when there is room, else from a task of its own.
+    /// Posts from this turn when there is room, else from a task of its own; a closed channel
+    /// drops the envelope (its caller, if any, is gone or ends at its deadline).
     fn post(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
-        if let Some(envelope) = self.try_post(to, envelope) {
-            let mesh = self.clone();
-            glommio::spawn_local(async move {
-                let _ = mesh.senders.send_to(to, envelope).await;
-            })
-            .detach();
-        }
+        let Post::Full(envelope) = self.try_post(to, envelope) else {
+            return;
+        };
+        // glommio 0.9's send waits for room or for *this* side to close, not for the receiver to
+        // go: to a stopped peer it would wait forever. A reply is worthless after the deadline
+        // (its caller has given up), so its wait ends there; a one-way message waits for room,
+        // as its protocol resends only what is lost, not what is slow.
+        let deadline = match envelope {
+            Envelope::Reply { .. } => Some(self.limits.deadline),
+            Envelope::Request { .. } | Envelope::Oneway { .. } => None,
+        };
+        let mesh = self.clone();
+        glommio::spawn_local(async move {
+            let send = mesh.senders.send_to(to, envelope);
+            match deadline {
+                Some(deadline) => drop(with_deadline(deadline, send).await),
+                None => drop(send.await),
+            }
+        })
+        .detach();
     }
 
     pub fn shard_count(&self) -> usize {
@@ -166,11 +210,18 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             .calls_sent
             .set(self.counters.calls_sent.get() + 1);
         let _guard = PendingGuard { mesh: self, id };
+        // A closed channel fails the call at once (the guard takes back its slot and count). One
+        // that closes while this waits for room is seen only at the deadline: glommio wakes a
+        // full channel's sender for room, not for a receiver that went away.
         let exchange = async {
-            if let Some(envelope) = self.try_post(to, Envelope::Request { id, body: req })
-                && self.senders.send_to(to, envelope).await.is_err()
-            {
-                return Err(MeshError::Closed);
+            match self.try_post(to, Envelope::Request { id, body: req }) {
+                Post::Sent => {}
+                Post::Full(envelope) => {
+                    if self.senders.send_to(to, envelope).await.is_err() {
+                        return Err(MeshError::Closed);
+                    }
+                }
+                Post::Closed => return Err(MeshError::Closed),
             }
             WaitReply { slot: &slot }.await
         };
@@ -211,7 +262,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             let mesh = mesh.clone();
             glommio::spawn_local(async move {
                 let mut stream = stream;
-                while let Some(envelope) = stream.next().await {
+                // Ends (dropping the receiver, which closes the channel) on `close`.
+                while let Some(envelope) =
+                    std::future::poll_fn(|cx| mesh.next_unless_closed(from, &mut stream, cx)).await
+                {
                     match envelope {
                         Envelope::Reply { id, body } => mesh.deliver(id, body),
                         Envelope::Request { id, body } => mesh.accept(from, id, body),
@@ -228,6 +282,27 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             })
             .detach();
         }
+    }
+
+    /// The next envelope from `from`, or None once the mesh is closed (or the peer closed it).
+    fn next_unless_closed<S: futures_lite::Stream<Item = Envelope<Req, Resp>> + Unpin>(
+        &self,
+        from: usize,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Envelope<Req, Resp>>> {
+        if self.closed.get() {
+            return Poll::Ready(None);
+        }
+        let next = stream.poll_next(cx);
+        if next.is_pending() {
+            let mut wakers = self.serve_wakers.borrow_mut();
+            let slot = &mut wakers[from];
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        next
     }
 
     fn deliver(&self, id: u64, body: Result<Resp, MeshError>) {
@@ -287,6 +362,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         })
         .detach();
     }
+}
+
+/// What became of an envelope put on a channel without waiting.
+enum Post<Req, Resp> {
+    Sent,
+    /// The channel has no room: the envelope, to send once it has.
+    Full(Envelope<Req, Resp>),
+    /// The peer has stopped: the envelope is dropped.
+    Closed,
 }
 
 struct ReplySlot<Resp> {
@@ -468,5 +552,57 @@ mod tests {
             .filter(|r| **r == Err(MeshError::Overloaded))
             .count();
         assert_eq!((ok, refused), (4, 2), "{replies:?}");
+    }
+
+    /// A call to a shard that has stopped fails at once with `Closed`, and takes nothing from
+    /// the in-flight bound: before, the closed channel counted as sent and the call waited out
+    /// the whole deadline for `Timeout`.
+    #[test]
+    fn a_call_to_a_stopped_shard_fails_at_once_with_closed() {
+        let limits = MeshLimits {
+            inflight_max: 2,
+            deadline: Duration::from_secs(10),
+        };
+        let builder = MeshBuilder::full(2, 64);
+        let (stopped_tx, stopped_rx) = mpsc::channel::<()>();
+        let handler =
+            || -> Handler<u64, u64> { Rc::new(|_from, n: u64| Box::pin(async move { n })) };
+        let first = {
+            let builder = builder.clone();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+                .spawn(move || async move {
+                    let mesh = Mesh::join(builder, 0, limits, handler()).await;
+                    while stopped_rx.try_recv().is_err() {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                    let started = std::time::Instant::now();
+                    // More calls than the in-flight bound: a leaked count would make some Overloaded.
+                    let mut replies = Vec::new();
+                    for n in 0..4 {
+                        replies.push(mesh.call(1, n).await);
+                    }
+                    let left = (mesh.outgoing.get(), mesh.pending.borrow().len());
+                    (replies, started.elapsed(), left)
+                })
+                .unwrap()
+        };
+        // Shard 1 joins, then stops (glommio leaves its tasks undropped: closing ends them).
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                Mesh::join(builder, 1, limits, handler())
+                    .await
+                    .close()
+                    .await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        stopped_tx.send(()).unwrap();
+        let (replies, elapsed, left) = first.join().unwrap();
+        assert_eq!(replies, vec![Err(MeshError::Closed); 4]);
+        assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+        assert_eq!(left, (0, 0), "(outgoing, pending) after the calls");
     }
 }

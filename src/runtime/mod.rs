@@ -105,6 +105,8 @@ struct ShardInit {
 /// every shard accepts.
 pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
+    // Held until the process ends; the kernel drops the lock with the process, however it ends.
+    let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
     let shard_count = config.shard_count();
     let binds: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
     let (addrs, mut sockets) =
@@ -246,6 +248,53 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         let _ = handle.join();
     }
     Ok(())
+}
+
+/// The lock file in the data dir; it holds the owner's pid.
+const DATA_DIR_LOCK_FILE: &str = "percore.lock";
+
+/// Takes `DIR/percore.lock` with an exclusive `flock`, before any shard opens a file there, and
+/// writes this process's pid into it. Every run writes there (the transaction log always; the
+/// session snapshots unless `--no-session-persist`), and two processes on one directory would
+/// append to the same logs and overwrite each other's snapshots. Refused with the owner's pid
+/// when another process holds it. A lock, not the file, is what counts: the kernel releases it
+/// when its holder exits (a crash included), so a stale file never blocks a start.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    let fail = |what: &str, e: std::io::Error| format!("--data-dir {}: {what}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;
+    let path = dir.join(DATA_DIR_LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| fail(&format!("cannot open {DATA_DIR_LOCK_FILE}"), e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            // Empty while the owner is between its lock and its write: then no pid to name.
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let owner = match text.trim().parse::<u32>() {
+                Ok(pid) => format!(" (pid {pid})"),
+                Err(_) => String::new(),
+            };
+            return Err(format!(
+                "--data-dir {}: in use by another percore{owner}",
+                dir.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(fail(&format!("cannot lock {DATA_DIR_LOCK_FILE}"), e));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| fail(&format!("cannot write {DATA_DIR_LOCK_FILE}"), e))?;
+    Ok(file)
 }
 
 /// Runs `on_expiry` on a thread of its own at `deadline`, unless dropped first.
@@ -496,7 +545,7 @@ async fn shard_main(init: ShardInit) {
     let sessions = Rc::new(Sessions::new(
         init.config.node_id,
         init.config.session.clone(),
-        session_mesh,
+        session_mesh.clone(),
     ));
     let data_dir = init
         .config
@@ -521,11 +570,11 @@ async fn shard_main(init: ShardInit) {
     // Every mesh is joined before the slow parts of start-up (the session snapshot, the log
     // replay): joining waits for every shard, and a shard that waits to join while another
     // reads a large file spins (glommio's channel connect).
-    let auth = start_auth(&init.config, init.auth_mesh, init.index, limits).await;
+    let (auth, auth_mesh) = start_auth(&init.config, init.auth_mesh, init.index, limits).await;
     if let Some(dir) = &data_dir {
         sessions.load(dir);
     }
-    let txn = match Txn::start(&init.config.data_dir, &init.config.txn, txn_mesh).await {
+    let txn = match Txn::start(&init.config.data_dir, &init.config.txn, txn_mesh.clone()).await {
         Ok(txn) => txn,
         Err(e) => {
             eprintln!(
@@ -540,7 +589,7 @@ async fn shard_main(init: ShardInit) {
         init.index,
         init.cpu,
         init.config,
-        stats_mesh,
+        stats_mesh.clone(),
         sessions.clone(),
         txn.clone(),
         auth.clone(),
@@ -614,15 +663,22 @@ async fn shard_main(init: ShardInit) {
             shard.index
         );
     }
+    // This shard serves no more: the others' calls to it fail at once instead of at their
+    // deadline (glommio would leave its receiving tasks, and so its channels, open).
+    stats_mesh.close().await;
+    session_mesh.close().await;
+    txn_mesh.close().await;
+    auth_mesh.close().await;
 }
 
-/// The shard's auth service, with the brute-force counters it owns served on the auth mesh.
+/// The shard's auth service, with the brute-force counters it owns served on the auth mesh
+/// (returned too, to close at the end).
 async fn start_auth(
     config: &Config,
     mesh: MeshBuilder<Envelope<LimitRequest, LimitReply>, Full>,
     index: usize,
     limits: MeshLimits,
-) -> Rc<Auth> {
+) -> (Rc<Auth>, Rc<AuthMesh>) {
     let limiter = Rc::new(std::cell::RefCell::new(crate::auth::limiter::Limiter::new(
         config.auth.limiter.clone(),
     )));
@@ -634,7 +690,8 @@ async fn start_auth(
         })
     })
     .await;
-    Rc::new(Auth::new(config.auth.clone(), limiter, auth_mesh))
+    let auth = Rc::new(Auth::new(config.auth.clone(), limiter, auth_mesh.clone()));
+    (auth, auth_mesh)
 }
 
 /// This shard's listening sockets, each with what it serves (TLS acceptors built here).
