@@ -821,3 +821,78 @@ fn a_closing_answer_is_followed_by_a_half_close_not_a_reset() {
         "closing at once with unread bytes resets the connection"
     );
 }
+
+#[test]
+fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
+    // A body timeout far beyond the client's patience: the answer must not wait for it.
+    let server = Server::start(&["--body-timeout", "60"]);
+    let mut conn = Conn::new(server.connect());
+    conn.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // An earlier pipelined answer, then an upload the handler never reads (404), half sent.
+    conn.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n");
+    conn.send(&[b'a'; 50]);
+    assert_eq!(conn.response(false).expect("the GET's answer").status, 200);
+    let answer = conn.response(false).expect("the 404 before the body ends");
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.header("connection"), None);
+    // The rest of the body is read and dropped, and the connection goes on.
+    conn.send(&[b'a'; 50]);
+    assert_eq!(conn.get("/plaintext").status, 200);
+
+    // More left unread than the server discards: the answer says it closes.
+    let mut conn = Conn::new(server.connect());
+    conn.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.send(b"POST /plaintext HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n");
+    let answer = conn.response(false).expect("the 405");
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.header("connection"), Some("close"));
+}
+
+#[test]
+fn a_closing_answer_to_an_unread_upload_lingers_for_the_rest_of_it() {
+    let server = Server::start(&["--lingering-timeout", "5"]);
+    let mut stream = server.connect();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"POST /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 300000\r\n\r\n")
+        .unwrap();
+    let raw = read_to_close(&mut stream);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 404 "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    // The client sends its body anyway, as clients that do not read early answers do: the
+    // server still reads and drops it, so no write is answered with a reset.
+    for _ in 0..6 {
+        stream.write_all(&[b'a'; 50_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_stream_that_fails_before_its_head_counts_only_as_its_error() {
+    let server = Server::start(&[]);
+    let before = server.stats();
+    let raw = server
+        .exchange(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    assert!(
+        raw.starts_with(b"HTTP/1.1 400 "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let after = server.stats();
+    let delta = |class: &str| {
+        after["total"][class].as_u64().unwrap() - before["total"][class].as_u64().unwrap()
+    };
+    // The first /stats request's own 200 is counted after its snapshot.
+    assert_eq!(delta("status_2xx"), 1);
+    assert_eq!(delta("status_4xx"), 1);
+}

@@ -192,6 +192,26 @@ impl ConnBody {
     }
 }
 
+impl ConnBody {
+    /// The next piece of the body from what is already read, without reading the socket:
+    /// `Pending` (with no waker kept) when it needs more bytes.
+    fn poll_buffered(&self) -> Poll<Option<Result<Bytes, BodyError>>> {
+        let decoded = self
+            .decoder
+            .borrow_mut()
+            .decode(&mut self.io.rbuf.borrow_mut());
+        match decoded {
+            Ok(Some(BodyEvent::Data(bytes))) => Poll::Ready(Some(Ok(bytes))),
+            Ok(Some(BodyEvent::End)) => {
+                self.done.set(true);
+                Poll::Ready(None)
+            }
+            Err(e) => self.fail(BodyError::Protocol(e)),
+            Ok(None) => Poll::Pending,
+        }
+    }
+}
+
 impl BodySource for ConnBody {
     fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         if let Some(error) = self.error.get() {
@@ -209,34 +229,23 @@ impl BodySource for ConnBody {
             }
         }
         loop {
-            let decoded = self
+            if let Poll::Ready(next) = self.poll_buffered() {
+                return Poll::Ready(next);
+            }
+            let want = self
                 .decoder
-                .borrow_mut()
-                .decode(&mut self.io.rbuf.borrow_mut());
-            match decoded {
-                Ok(Some(BodyEvent::Data(bytes))) => return Poll::Ready(Some(Ok(bytes))),
-                Ok(Some(BodyEvent::End)) => {
-                    self.done.set(true);
-                    return Poll::Ready(None);
+                .borrow()
+                .remaining_hint()
+                .map_or(READ_BUFFER_BYTES, |r| {
+                    (r as usize).clamp(READ_BUFFER_BYTES, BODY_READ_BYTES_MAX)
+                });
+            match ready!(self.io.poll_fill(cx, want)) {
+                Ok(0) => return self.fail(BodyError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return self.fail(BodyError::Timeout);
                 }
-                Err(e) => return self.fail(BodyError::Protocol(e)),
-                Ok(None) => {
-                    let want = self
-                        .decoder
-                        .borrow()
-                        .remaining_hint()
-                        .map_or(READ_BUFFER_BYTES, |r| {
-                            (r as usize).clamp(READ_BUFFER_BYTES, BODY_READ_BYTES_MAX)
-                        });
-                    match ready!(self.io.poll_fill(cx, want)) {
-                        Ok(0) => return self.fail(BodyError::Closed),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            return self.fail(BodyError::Timeout);
-                        }
-                        Err(_) => return self.fail(BodyError::Closed),
-                    }
-                }
+                Err(_) => return self.fail(BodyError::Closed),
             }
         }
     }
@@ -780,17 +789,28 @@ impl Conn {
                 *response = Response::from(error);
             } else if !streamed && self.forgo_continue(body) {
                 response.close = true;
+            } else if !streamed
+                && !body.done.get()
+                && body
+                    .decoder
+                    .borrow()
+                    .remaining_hint()
+                    .is_some_and(|left| left > BODY_DISCARD_BYTES_MAX)
+            {
+                // More is left unread than we would discard: say so in this answer's head.
+                response.close = true;
             }
         }
         let flow = self
             .write_response(response, is_head, version, body.as_deref())
             .await;
-        if flow == Flow::KeepAlive
-            && let Some(body) = body
-            && !body.done.get()
-            && !self.discard(&body).await
-        {
-            // Too much body left (or a broken one): the rest may still be on its way.
+        let Some(body) = body.filter(|body| !body.done.get()) else {
+            return flow;
+        };
+        // A body left unread: after an answer that closes, the rest may still be on its way
+        // (RFC 9112 §9.6: linger, or the close may reset the answer away); after a keep-alive
+        // answer, it is read and dropped to frame the next request.
+        if flow == Flow::Close || !self.discard(&body).await {
             self.linger = true;
             return Flow::Close;
         }
@@ -834,9 +854,27 @@ impl Conn {
     }
 
     /// Reads and drops what the handler left of a body, so the next request can be framed.
-    /// False (close the connection) past BODY_DISCARD_BYTES_MAX or on any error.
+    /// False (close the connection) past BODY_DISCARD_BYTES_MAX or on any error. What is
+    /// already read goes at once; before waiting for the rest, the answers so far are sent: the
+    /// client may be waiting for one (a 401 or 413 to an upload) before it sends on, or stops.
     async fn discard(&mut self, body: &Rc<ConnBody>) -> bool {
         let mut discarded = 0u64;
+        loop {
+            match body.poll_buffered() {
+                Poll::Pending => break,
+                Poll::Ready(None) => return true,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    discarded += chunk.len() as u64;
+                    if discarded > BODY_DISCARD_BYTES_MAX {
+                        return false;
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return false,
+            }
+        }
+        if self.flush().await.is_err() {
+            return false;
+        }
         let source: Rc<dyn BodySource> = body.clone();
         loop {
             match std::future::poll_fn(|cx| source.poll_chunk(cx)).await {
@@ -878,11 +916,11 @@ impl Conn {
     ) -> Encoded {
         // Read in place (borrowed, not moved or destructured): a response just written by its
         // handler and then copied costs a store-forwarding stall per copy.
+        ensure_final_status(response);
         let status = response.status;
         self.version = version;
         let shard = &self.io.shard;
-        shard.metrics.count_status(status);
-        let close = response.close || shard.is_draining();
+        let close = response.close || shard.is_draining() || asks_to_close(&response.headers);
         let no_body_status = status < 200 || status == 204 || status == 304;
         let framing = match &response.body {
             _ if no_body_status => http::ResponseBody::None,
@@ -993,6 +1031,9 @@ impl Conn {
         // RFC 9112 §9.3: an HTTP/1.0 client keeps the connection only if told so.
         let keep_alive_10 = !close && self.version == Version::Http10;
         let shard = &*self.io.shard;
+        // Counted here, where each answer's head is written once: a stream that fails before
+        // its head is answered by an error instead, and counts as that.
+        shard.metrics.count_status(status);
         let date = shard.date.borrow();
         let own = [
             keep_alive_10.then_some(("Connection", &b"keep-alive"[..])),
@@ -1004,12 +1045,14 @@ impl Conn {
                 .map(|hsts| ("Strict-Transport-Security", hsts)),
         ];
         // By length first: most fields (Content-Type, a cookie) match no managed name's length.
+        // A field the server adds itself (X-Shard, HSTS) replaces the handler's copy.
         let managed = |name: &str| {
             SERVER_MANAGED_HEADERS
                 .iter()
+                .chain(own.iter().flatten().map(|(own_name, _)| own_name))
                 .any(|m| m.len() == name.len() && m.eq_ignore_ascii_case(name))
         };
-        let fields = own.into_iter().flatten().chain(
+        let fields = own.iter().flatten().copied().chain(
             headers
                 .iter()
                 .filter(|(name, _)| !managed(name))
@@ -1034,6 +1077,40 @@ impl Conn {
         }
         result
     }
+}
+
+/// The statuses a handler may answer with (RFC 9110 §15: a 1xx is never final, and values
+/// outside 100-599 are not HTTP's); anything else is sent as a 500.
+const FINAL_STATUSES: std::ops::RangeInclusive<u16> = 200..=599;
+
+/// A handler's bug (or a status copied from elsewhere) costs its request, not the shard: a
+/// status that cannot be a final answer is sent as a 500 (a 1xx as the final answer would
+/// shift every later answer on the connection by one).
+fn ensure_final_status(response: &mut Response) {
+    if FINAL_STATUSES.contains(&response.status) {
+        return;
+    }
+    eprintln!(
+        "percore: a handler answered status {}, not a final status ({}-{}): sent 500",
+        response.status,
+        FINAL_STATUSES.start(),
+        FINAL_STATUSES.end()
+    );
+    let close = response.close;
+    *response = Response::error(500, "the handler gave an invalid status");
+    response.close = close;
+}
+
+/// Whether a handler's own `Connection` field asks to close (the field is the server's to
+/// write, so it is dropped from the head; its `close` is honoured, RFC 9110 §7.6.1).
+fn asks_to_close(headers: &[(Cow<'static, str>, Bytes)]) -> bool {
+    headers.iter().any(|(name, value)| {
+        name.len() == "connection".len()
+            && name.eq_ignore_ascii_case("connection")
+            && value
+                .split(|&byte| byte == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
 }
 
 /// The 308 of a `--redirect-https` listener: same host (from `Host`, without its port, or from
@@ -1131,6 +1208,48 @@ mod tests {
         let mut early = Vec::new();
         futures_lite::future::block_on(finish_later(&mut [None, None], &mut early, 3));
         assert!(early.is_empty());
+    }
+
+    #[test]
+    fn a_status_that_cannot_be_final_is_sent_as_500() {
+        for (given, sent) in [
+            (200, 200),
+            (599, 599),
+            (0, 500),
+            (100, 500),
+            (101, 500),
+            (199, 500),
+            (600, 500),
+            (1000, 500),
+            (65535, 500),
+        ] {
+            let mut response = Response::text(given, "x");
+            response.close = given == 1000;
+            super::ensure_final_status(&mut response);
+            assert_eq!(response.status, sent, "{given}");
+            assert_eq!(response.close, given == 1000, "{given}: the close is kept");
+        }
+    }
+
+    #[test]
+    fn a_handlers_connection_close_is_honoured() {
+        let asks = |value: &'static str| {
+            super::asks_to_close(&[(
+                "Connection".into(),
+                bytes::Bytes::from_static(value.as_bytes()),
+            )])
+        };
+        assert!(asks("close"));
+        assert!(asks("Close"));
+        assert!(asks("keep-alive, close"));
+        assert!(asks(" upgrade ,CLOSE "));
+        assert!(!asks("keep-alive"));
+        assert!(!asks("closed"));
+        assert!(!asks("x-close"));
+        assert!(!super::asks_to_close(&[(
+            "X-Connection".into(),
+            bytes::Bytes::from_static(b"close")
+        )]));
     }
 
     #[test]
