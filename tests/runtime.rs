@@ -734,3 +734,35 @@ fn a_data_dir_another_percore_uses_is_refused_until_it_dies() {
     let second = Server::start(&["--data-dir", dir]);
     assert_eq!(second.get("/plaintext").status, 200);
 }
+
+/// A shard with no connections left does not stop while another still serves a request that
+/// needs it: here a session owned by shard 0, read from shard 1 after the drain began.
+#[test]
+fn a_drain_keeps_an_idle_shard_answering_requests_in_flight_on_the_others() {
+    let mut server = Server::start(&["--expose-shard", "--grace", "20"]);
+    let [mut a, mut b] = common::one_per_shard(&server);
+    a.send(b"POST /session HTTP/1.1\r\nHost: t\r\n\r\n");
+    let created = a.response(false).expect("a session");
+    assert_eq!(created.status, 201);
+    let cookie = created
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    drop(a);
+    // In flight on shard 1 when the drain begins: a head not finished yet.
+    b.send(format!("GET /session HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n").as_bytes());
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTERM);
+    // Shard 0 has nothing of its own to drain; it must still be there for shard 1.
+    std::thread::sleep(Duration::from_millis(500));
+    b.send(b"\r\n");
+    let read = b.response(false).expect("an answer during the drain");
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert!(read.text().contains("\"shard\":0"), "{}", read.text());
+    assert_eq!(read.header("connection"), Some("close"));
+    let status = server.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}

@@ -201,6 +201,9 @@ shard_stats! {
     mesh_calls_served,
     mesh_overloaded,
     mesh_timeouts,
+    /// 1 once the shard is draining and has no connection left (it then still answers the
+    /// other shards until each is drained too); the total counts the drained shards.
+    drained,
     /// Live sessions this shard owns, and the bytes of their data.
     sessions,
     session_bytes,

@@ -654,6 +654,19 @@ async fn shard_main(init: ShardInit) {
             shard.open_conns()
         );
     }
+    // A request still served on another shard may need this one (a session it owns, the keys
+    // of a transaction): it goes on answering the mesh until every shard has drained, within
+    // the same grace. A shard that does not answer (stopped, or wedged) counts as drained.
+    while Instant::now() < deadline {
+        let replies = shard.stats_mesh.call_all(|| StatsRequest).await;
+        if replies
+            .iter()
+            .all(|reply| reply.as_ref().map_or(true, |stats| stats.drained == 1))
+        {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
     txn.close().await;
     if let Some(dir) = &data_dir
         && let Err(e) = sessions.snapshot_blocking(dir)

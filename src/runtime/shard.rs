@@ -162,6 +162,7 @@ impl Shard {
 
     pub fn stats(&self) -> ShardStats {
         let mut stats = self.metrics.snapshot(self.index, self.cpu);
+        stats.drained = u64::from(self.is_draining() && self.open_conns() == 0);
         stats.parks = super::membarrier::parks();
         stats.ready_polls_armed = self
             .ready_ring
