@@ -51,8 +51,9 @@ pub const STOP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// From accept to the end of the TLS handshake. nginx's ssl_handshake_timeout: 60 s; Envoy's
 /// transport_socket_connect_timeout: 15 s. A stalled handshake holds a connection slot, so shorter.
 pub const TLS_HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
-/// TLS handshakes one shard runs at once (each costs a few hundred microseconds of CPU and a few
-/// KiB); more wait for a turn within their handshake timeout.
+/// Steps of TLS handshakes one shard runs at once (a step, the server's key exchange and
+/// signature or the client's answer, costs a few hundred microseconds of CPU); more wait for a
+/// turn within their handshake timeout. A handshake waiting on its client holds no turn.
 pub const TLS_HANDSHAKES_MAX_DEFAULT: usize = 256;
 /// Strict-Transport-Security max-age: one year, the common recommendation (hstspreload.org).
 pub const HSTS_MAX_AGE_DEFAULT: u64 = 365 * 24 * 60 * 60;

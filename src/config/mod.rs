@@ -173,7 +173,8 @@ pub struct Args {
     /// Seconds a client has to complete the TLS handshake (from accept).
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub tls_handshake_timeout: Option<f64>,
-    /// TLS handshakes a shard runs at once; more wait (within their handshake timeout).
+    /// Steps of TLS handshakes (the server's key exchange, the client's answer) a shard runs at
+    /// once; more wait (within their handshake timeout). A handshake waiting on its client holds none.
     #[arg(long, value_name = "N")]
     pub tls_handshakes_max: Option<usize>,
     /// max-age of Strict-Transport-Security on HTTPS responses, in seconds (0: no header).

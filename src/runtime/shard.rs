@@ -48,7 +48,8 @@ pub struct Shard {
     pub x_shard: Option<bytes::Bytes>,
     /// One permit per open connection, `conns_max` in all, shared by every listener of the shard.
     pub conn_slots: Rc<glommio::sync::Semaphore>,
-    /// One permit per TLS handshake in progress, `tls.handshakes_max` in all.
+    /// One permit per TLS handshake step running (never held while a handshake waits on its
+    /// client), `tls.handshakes_max` in all.
     pub tls_handshake_slots: Rc<glommio::sync::Semaphore>,
     /// Requests beyond the first that the shard's parallel pipelined batches may hold at once
     /// (half of `mesh_inflight_max`): bounds what batches keep in memory and leaves the other

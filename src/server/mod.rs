@@ -3,6 +3,7 @@
 pub mod conn;
 
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
@@ -101,9 +102,11 @@ async fn start(
 }
 
 /// Runs a TLS handshake within the handshake timeout, which counts from accept: the
-/// ClientHello is read without a turn (a silent client holds only its connection slot, never one
-/// of the shard's handshake turns), then the rest waits for one of `--tls-handshakes-max` turns.
-/// None: the connection is dropped (timed out, or the client's handshake failed).
+/// ClientHello is read without a turn, then each step of the rest (the server's key exchange and
+/// signature, later the client's answer) runs within one of `--tls-handshakes-max` turns, given
+/// back whenever the handshake waits on the client (`in_turns`): a silent or stalled client holds
+/// only its connection slot. None: the connection is dropped (timed out, or the client's
+/// handshake failed).
 async fn handshake(
     shard: &Shard,
     acceptor: &Acceptor,
@@ -111,19 +114,12 @@ async fn handshake(
 ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
     // One timer for the whole handshake, not per read.
     let timeout = shard.config.tls.handshake_timeout;
-    let slots = shard.tls_handshake_slots.clone();
     let work = async {
         let Ok(hello) = acceptor.client_hello(stream).await else {
             return Some(None);
         };
-        let _turn = match slots.try_acquire_permit(1) {
-            Ok(turn) => turn,
-            Err(_) => {
-                add(&shard.metrics.tls_handshake_waits, 1);
-                slots.acquire_permit(1).await.ok()?
-            }
-        };
-        Some(acceptor.finish(hello).await.ok())
+        let finish = std::pin::pin!(acceptor.finish(hello));
+        Some(in_turns(shard, finish).await?.ok())
     };
     let outcome = futures_lite::future::or(work, async {
         glommio::timer::sleep(timeout).await;
@@ -144,4 +140,47 @@ async fn handshake(
             None
         }
     }
+}
+
+/// Polls `work` only within one of the shard's handshake turns, and gives the turn back each time
+/// `work` waits (for the client's next flight, or for room to write): the turn bounds the
+/// server's handshake CPU, not the clients it waits on. Found in review: a turn held from the
+/// ClientHello to the end of the handshake let `--tls-handshakes-max` clients that sent a hello
+/// and went silent stall every other handshake on the shard until their timeout. A turn taken
+/// without waiting is held across one yield, so that handshakes woken together take turns with
+/// the shard's other tasks instead of running all their key exchanges in one go. None: the
+/// turns' semaphore was closed.
+async fn in_turns<F: Future + Unpin>(shard: &Shard, mut work: F) -> Option<F::Output> {
+    let slots = &shard.tls_handshake_slots;
+    loop {
+        let turn = match slots.try_acquire_permit(1) {
+            Ok(turn) => {
+                futures_lite::future::yield_now().await;
+                turn
+            }
+            Err(_) => {
+                add(&shard.metrics.tls_handshake_waits, 1);
+                slots.acquire_permit(1).await.ok()?
+            }
+        };
+        if let Some(output) = futures_lite::future::poll_once(&mut work).await {
+            return Some(output);
+        }
+        drop(turn);
+        until_woken().await;
+    }
+}
+
+/// Pending once, then ready: the task sleeps until a waker registered by the future it last
+/// polled (a socket, the handshake's timer) wakes it.
+async fn until_woken() {
+    let mut slept = false;
+    futures_lite::future::poll_fn(|_| {
+        if std::mem::replace(&mut slept, true) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
