@@ -300,14 +300,19 @@ fn put_get_delete_and_conditional_requests() {
         assert_eq!(matched.status, 200, "{}", matched.text());
         let v3 = etag_of(&matched);
         assert!(v3 > v2);
+        // If-Match uses the strong comparison (RFC 9110 §13.1.1): a weak tag never matches, not
+        // even the current version's (this test asserted the opposite before).
         let weak = put(
             &mut conn,
             &key,
-            b"four",
+            b"lost",
             &[("If-Match", &format!("W/{}", etag(v3)))],
         );
-        assert_eq!(weak.status, 200, "a weak ETag of ours: {}", weak.text());
-        let v4 = etag_of(&weak);
+        assert_eq!(weak.status, 412, "a weak ETag: {}", weak.text());
+        assert_eq!(etag_of(&get(&mut conn, &key)), v3);
+        let strong = put(&mut conn, &key, b"four", &[("If-Match", &etag(v3))]);
+        assert_eq!(strong.status, 200, "{}", strong.text());
+        let v4 = etag_of(&strong);
 
         // If-None-Match: * creates only.
         let exists = put(&mut conn, &key, b"no", &[("If-None-Match", "*")]);
@@ -318,11 +323,14 @@ fn put_get_delete_and_conditional_requests() {
         assert_eq!(created.status, 201, "{}", created.text());
         assert_eq!(get(&mut conn, &fresh).body, b"new");
 
-        // Unusable precondition headers are the client's error.
+        // Unusable precondition headers (neither `*` nor a list of ETags) are the client's error.
         for (name, value) in [
             ("If-Match", "7"),
-            ("If-Match", "\"x\""),
-            ("If-None-Match", "\"3\""),
+            ("If-Match", "\"7"),
+            ("If-Match", "*, \"7\""),
+            ("If-Match", "W/ \"7\""),
+            ("If-None-Match", "3"),
+            ("If-None-Match", ""),
         ] {
             let bad = put(&mut conn, &key, b"x", &[(name, value)]);
             assert_eq!(bad.status, 400, "{name}: {value}");
@@ -346,6 +354,127 @@ fn put_get_delete_and_conditional_requests() {
         assert_eq!(again.status, 201);
         assert!(etag_of(&again) > v4);
     }
+}
+
+/// RFC 9110 §13.1.1-2 on PUT and DELETE: `If-Match: *` (the key exists), ETag lists (any member
+/// matches; the field lines of a header form one list), `If-None-Match` lists by the weak
+/// comparison. Each once answered 400 (`*`, lists) or matched a weak tag on If-Match.
+#[test]
+fn conditional_headers_take_star_and_etag_lists() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for shard in 0..SHARDS {
+        let key = key_on(shard, "cond-");
+        // If-Match: * is false while the key does not exist (412, nothing created) ...
+        let absent = put(&mut conn, &key, b"no", &[("If-Match", "*")]);
+        assert_eq!(absent.status, 412, "{}", absent.text());
+        assert_eq!(get(&mut conn, &key).status, 404);
+        let gone = delete(&mut conn, &key, &[("If-Match", "*")]);
+        assert_eq!(gone.status, 412, "{}", gone.text());
+        let v1 = etag_of(&put(&mut conn, &key, b"one", &[]));
+        // ... and true once it does, at any version.
+        let any = put(&mut conn, &key, b"two", &[("If-Match", "*")]);
+        assert_eq!(any.status, 200, "{}", any.text());
+        let v2 = etag_of(&any);
+
+        // A list matches when one member does (strongly); none matching is 412.
+        let stale = format!("{}, {}", etag(v1), etag(v1 + 1_000_000));
+        let missed = put(&mut conn, &key, b"lost", &[("If-Match", &stale)]);
+        assert_eq!(missed.status, 412, "{}", missed.text());
+        let weak_only = format!("\"x\", W/{}", etag(v2));
+        let missed = put(&mut conn, &key, b"lost", &[("If-Match", &weak_only)]);
+        assert_eq!(
+            missed.status,
+            412,
+            "a weak member never matches: {}",
+            missed.text()
+        );
+        assert_eq!(etag_of(&get(&mut conn, &key)), v2);
+        let list = format!("{}, {}", etag(v1), etag(v2));
+        let matched = put(&mut conn, &key, b"three", &[("If-Match", &list)]);
+        assert_eq!(matched.status, 200, "{list}: {}", matched.text());
+        let v3 = etag_of(&matched);
+        let (old, current) = (etag(v2), etag(v3));
+        let lines = [("If-Match", old.as_str()), ("If-Match", current.as_str())];
+        let matched = put(&mut conn, &key, b"four", &lines);
+        assert_eq!(matched.status, 200, "two field lines: {}", matched.text());
+        let v4 = etag_of(&matched);
+
+        // If-None-Match with ETags: false (412) when one matches, weakly.
+        let weak_current = format!("{}, W/{}", etag(v1), etag(v4));
+        let refused = put(
+            &mut conn,
+            &key,
+            b"lost",
+            &[("If-None-Match", &weak_current)],
+        );
+        assert_eq!(refused.status, 412, "{}", refused.text());
+        let refused = delete(&mut conn, &key, &[("If-None-Match", &etag(v4))]);
+        assert_eq!(refused.status, 412, "{}", refused.text());
+        assert_eq!(get(&mut conn, &key).body, b"four");
+        let others = format!("{}, W/{}", etag(v1), etag(v3));
+        let updated = put(&mut conn, &key, b"five", &[("If-None-Match", &others)]);
+        assert_eq!(updated.status, 200, "{}", updated.text());
+        let v5 = etag_of(&updated);
+
+        // Both headers: If-Match is evaluated first, both must hold.
+        let both = [("If-Match", "*"), ("If-None-Match", "*")];
+        assert_eq!(put(&mut conn, &key, b"lost", &both).status, 412);
+        let current = etag(v5);
+        let both = [("If-Match", current.as_str()), ("If-None-Match", "\"1\"")];
+        assert_eq!(delete(&mut conn, &key, &both).status, 204);
+        assert_eq!(get(&mut conn, &key).status, 404);
+    }
+}
+
+/// `/kv/{key}` is percent-decoded (RFC 3986 §2.1): keys with a space, `/`, `%`, `#` or non-ASCII
+/// written through /kv/tx have a URL, and `/kv/%61` is `/kv/a` (§6.2.2.2). Once, the segment
+/// was the key as written, so none of these reached the key it names.
+#[test]
+fn kv_key_paths_are_percent_decoded() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let keys = [
+        ("a b", "a%20b"),
+        ("a/b", "a%2Fb"),
+        ("100%", "100%25"),
+        ("#x", "%23x"),
+        ("caf\u{e9}", "caf%C3%A9"),
+        ("a+b", "a+b"),
+        ("%41", "%2541"),
+    ];
+    let ops: Vec<Value> = keys
+        .iter()
+        .map(|(key, _)| json!({"op": "put", "key": key, "value": format!("value of {key}")}))
+        .collect();
+    results(&tx(&mut conn, json!(ops)));
+    for (key, path) in keys {
+        let read = get(&mut conn, path);
+        assert_eq!(read.status, 200, "/kv/{path}: {}", read.text());
+        assert_eq!(read.text(), format!("value of {key}"), "/kv/{path}");
+    }
+    assert_eq!(put(&mut conn, "a", b"plain a", &[]).status, 201);
+    assert_eq!(delete(&mut conn, "%2541", &[]).status, 204);
+    assert_eq!(get(&mut conn, "%2541").status, 404);
+    // Every key has one path: a second spelling (an escaped letter, lowercase hex) is 400, so
+    // an access rule written for /kv/a cannot be walked around as /kv/%61. So are bad escapes,
+    // and bytes that are not UTF-8 once decoded; none of them touches anything.
+    for path in [
+        "%61", "%2B", "a%2fb", "%", "a%2", "%zz", "%%61", "%FF", "caf%C3",
+    ] {
+        let refused = put(&mut conn, path, b"x", &[]);
+        assert_eq!(refused.status, 400, "/kv/{path}: {}", refused.text());
+        assert_eq!(get(&mut conn, path).status, 400, "/kv/{path}");
+        assert_eq!(delete(&mut conn, path, &[]).status, 400, "/kv/{path}");
+    }
+    let total_keys = stats_total(&server, "kv_keys");
+    assert_eq!(
+        total_keys,
+        keys.len() as u64,
+        "the keys above, one of them deleted, plus a"
+    );
 }
 
 #[test]
@@ -543,6 +672,17 @@ fn bad_transactions_are_400_and_over_a_bound_413() {
             "unknown field \"typo\"",
         ),
         (r#"{"ops": [{"op": "get", "key": ""}]}"#, 400, "empty key"),
+        // A field twice is refused, never "the last one counts" (a proxy may read the first).
+        (
+            r#"{"ops": [{"op": "put", "key": "first", "key": "second", "value": "v"}]}"#,
+            400,
+            "op 0: duplicate field \"key\"",
+        ),
+        (
+            r#"{"ops": [{"op": "get", "key": "a"}], "ops": [{"op": "put", "key": "b", "value": "v"}]}"#,
+            400,
+            "duplicate field \"ops\"",
+        ),
     ];
     for (body, status, fragment) in cases {
         let response = post_tx_raw(&mut conn, body.as_bytes());
@@ -569,6 +709,15 @@ fn bad_transactions_are_400_and_over_a_bound_413() {
         "{}",
         over.text()
     );
+    // ... unless the body is no request at all: an unknown field after the array is 400.
+    let unknown = json!({"ops": gets(65), "zz": 1}).to_string();
+    let unknown = post_tx_raw(&mut conn, unknown.as_bytes());
+    assert_eq!(unknown.status, 400, "{}", unknown.text());
+    assert!(
+        unknown.text().contains("unknown field \"zz\""),
+        "{}",
+        unknown.text()
+    );
 
     // Keys: 40 bytes (--max-key-bytes) pass, 41 are 413, in a transaction and on /kv/{key}.
     let key_40 = "k".repeat(40);
@@ -591,6 +740,17 @@ fn bad_transactions_are_400_and_over_a_bound_413() {
         over.text()
     );
     assert_eq!(get(&mut conn, &key_40).status, 200);
+    // The bound is on the decoded key: 40 escapes are 40 bytes, 41 are 413.
+    let escaped_40 = "%20".repeat(40);
+    let escaped_41 = "%20".repeat(41);
+    assert_eq!(put(&mut conn, &escaped_40, b"v", &[]).status, 201);
+    assert_eq!(
+        get(&mut conn, &escaped_40).body,
+        b"v",
+        "the key of 40 spaces"
+    );
+    assert_eq!(get(&mut conn, &escaped_41).status, 413);
+    assert_eq!(put(&mut conn, &escaped_41, b"v", &[]).status, 413);
     assert_eq!(put(&mut conn, &key_41, b"v", &[]).status, 413);
     assert_eq!(get(&mut conn, &key_41).status, 413);
     assert_eq!(delete(&mut conn, &key_41, &[]).status, 413);
@@ -608,11 +768,11 @@ fn bad_transactions_are_400_and_over_a_bound_413() {
     assert_eq!(get(&mut conn, "val").body, vec![b'v'; 64]);
 
     // Nothing of the refused requests was written.
-    for key in ["a", "b", "g0"] {
+    for key in ["a", "b", "g0", "first", "second"] {
         assert_eq!(get(&mut conn, key).status, 404, "{key}");
     }
     let total_keys = stats_total(&server, "kv_keys");
-    assert_eq!(total_keys, 2, "only key_40 and val exist");
+    assert_eq!(total_keys, 3, "only key_40, 40 spaces and val exist");
 }
 
 // ---------------------------------------------------------------------------------------------

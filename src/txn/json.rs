@@ -1,9 +1,11 @@
 //! The JSON wire format of `POST /kv/tx`, read and written in one pass: request bodies are parsed straight into ops (no `serde_json::Value` tree, one visitor per level) and outcomes are serialized from borrowed structs; pure.
 //!
 //! Same contract and messages as building a `Value` first (op.rs has the format; the tests
-//! check this module against that slower reference). Two deliberate differences: the first
+//! check this module against that slower reference). Three deliberate differences: the first
 //! problem in document order is the one named (an op's error before a syntax error, an unknown
-//! field or an op past the bound later in the body), and so is the first unknown field.
+//! field or an op past the bound later in the body), and so is the first unknown field; a field
+//! given twice in an object is a 400 (`duplicate field "key"`), where the reference's map keeps
+//! the last. The op bound (413) is named only once the whole body parsed, as in the reference.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -15,7 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::txn::op::{Expect, FailReason, Op, OpResult, ParseError, TxError, bad, too_large};
 
 /// Parses `{"ops": [...]}` into ops, bounding their number by `ops_max`; the other bounds are
-/// `op::validate`'s.
+/// `op::validate`'s. A field twice in an object is an error (400), not "the last one counts":
+/// a proxy that checked the body with another parser may have read the first.
 pub fn parse_ops(body: &[u8], ops_max: usize) -> Result<Vec<Op>, ParseError> {
     let failure = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -28,7 +31,15 @@ pub fn parse_ops(body: &[u8], ops_max: usize) -> Result<Vec<Op>, ParseError> {
     if let Some(error) = failure.into_inner() {
         return Err(error);
     }
-    parsed.map_err(|e| bad(format!("malformed JSON: {e}")))
+    let (ops, count) = parsed.map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    // The op bound after the whole body: one that is no request at all (an unknown or repeated
+    // field after the array, a cut or trailing byte) is 400, as the reference answers.
+    if count > ops_max {
+        return Err(too_large(format!(
+            "{count} ops, over the bound of {ops_max}"
+        )));
+    }
+    Ok(ops)
 }
 
 /// Where a visitor leaves the contract error it stops the parse for; the serde error that
@@ -73,17 +84,24 @@ macro_rules! wrong_scalars {
     };
 }
 
+/// The ops built (at most `ops_max`) and how many the array held.
+type Ops = (Vec<Op>, usize);
+
 impl<'de> Visitor<'de> for BodySeed<'_> {
-    type Value = Vec<Op>;
+    type Value = Ops;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object with \"ops\"")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Op>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ops, A::Error> {
         let mut ops = None;
         while let Some(name) = map.next_key::<Name>()? {
             match name {
+                Name::Known("ops") if ops.is_some() => {
+                    let message = "duplicate field \"ops\"".to_string();
+                    return Err(fail(self.failure, bad(message)));
+                }
                 Name::Known("ops") => {
                     ops = Some(map.next_value_seed(OpsSeed {
                         ops_max: self.ops_max,
@@ -104,7 +122,7 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
 
     wrong_scalars!();
 
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Vec<Op>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Ops, A::Error> {
         Err(self.wrong())
     }
 }
@@ -124,13 +142,13 @@ struct OpsSeed<'a> {
 seed_is_its_visitor!(OpsSeed);
 
 impl<'de> Visitor<'de> for OpsSeed<'_> {
-    type Value = Vec<Op>;
+    type Value = Ops;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of ops")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Op>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ops, A::Error> {
         let mut ops = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(self.ops_max));
         while ops.len() < self.ops_max {
             let seed = OpSeed {
@@ -139,22 +157,22 @@ impl<'de> Visitor<'de> for OpsSeed<'_> {
             };
             match seq.next_element_seed(seed)? {
                 Some(op) => ops.push(op),
-                None => return Ok(ops),
+                None => {
+                    let count = ops.len();
+                    return Ok((ops, count));
+                }
             }
         }
-        // At the bound: count the rest without building them, to say how many there were.
+        // At the bound: count the rest without building them, to say how many there were
+        // (`parse_ops` answers 413 once the whole body is read).
         let mut count = ops.len();
         while seq.next_element::<IgnoredAny>()?.is_some() {
             count += 1;
         }
-        if count > self.ops_max {
-            let message = format!("{count} ops, over the bound of {}", self.ops_max);
-            return Err(fail(self.failure, too_large(message)));
-        }
-        Ok(ops)
+        Ok((ops, count))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Vec<Op>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Ops, A::Error> {
         Err(self.wrong())
     }
 
@@ -200,7 +218,10 @@ impl<'de> Visitor<'de> for OpSeed<'_> {
                     continue;
                 }
             };
-            // A repeated field: the last one counts, as in a JSON object read into a map.
+            if slot.is_some() {
+                let message = format!("op {}: duplicate field \"{}\"", self.index, name.text());
+                return Err(fail(self.failure, bad(message)));
+            }
             *slot = Some(map.next_value::<Scalar>()?);
         }
         fields
@@ -728,6 +749,8 @@ mod tests {
         let new = parse(body, &limits);
         let old = reference::parse(body, &limits);
         let same = match (&new, &old) {
+            // The reference's map keeps a repeated field's last value, or stops at a later problem.
+            (Err(a), _) if a.status == 400 && a.message.contains("duplicate field \"") => true,
             (Ok(a), Ok(b)) => a == b,
             (Err(a), Err(b)) if a == b => true,
             (Err(a), Err(b)) => {
@@ -741,24 +764,13 @@ mod tests {
                     && b.message.contains("unknown field");
                 let unknown_top_field_first =
                     a.status == 400 && a.message.starts_with("unknown field") && b.status == 400;
-                // The op bound is reported at the end of the ops array, before what follows it
-                // (an unknown top-level field, a cut body), which the reference reports first.
-                let bound_first = a.status == 413
-                    && a.message.contains("ops, over the bound")
-                    && b.status == 400
-                    && (b.message.starts_with("unknown field")
-                        || b.message.starts_with("malformed JSON"));
                 // A cut or broken body: serde_json words the error by where its parse stood
                 // ("invalid number" or "EOF while parsing a value" for a cut `1.`).
                 let both_malformed = a.status == 400
                     && b.status == 400
                     && a.message.starts_with("malformed JSON")
                     && b.message.starts_with("malformed JSON");
-                op_error_first
-                    || unknown_fields
-                    || unknown_top_field_first
-                    || bound_first
-                    || both_malformed
+                op_error_first || unknown_fields || unknown_top_field_first || both_malformed
             }
             _ => false,
         };
@@ -842,6 +854,85 @@ mod tests {
         assert_eq!(
             (error.status, error.message.as_str()),
             (413, "10 ops, over the bound of 3")
+        );
+    }
+
+    /// A field twice in one object is refused, naming it, wherever it is and whatever the
+    /// values: a proxy that checked the first value must not see percore act on the second.
+    #[test]
+    fn a_repeated_field_is_400_naming_it() {
+        let cases = [
+            (
+                r#"{"ops": [{"op": "put", "key": "first", "key": "second", "value": "v"}]}"#,
+                "op 0: duplicate field \"key\"",
+            ),
+            (
+                r#"{"ops": [{"op": "get", "key": "a"}, {"op": "put", "op": "get", "key": "a"}]}"#,
+                "op 1: duplicate field \"op\"",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value": "1", "value": "1"}]}"#,
+                "op 0: duplicate field \"value\"",
+            ),
+            (
+                r#"{"ops": [{"op": "add", "key": "a", "delta": 1, "floor": null, "floor": 0}]}"#,
+                "op 0: duplicate field \"floor\"",
+            ),
+            (
+                r#"{"ops": [{"op": "check", "key": "a", "version": 1, "version": 2}]}"#,
+                "op 0: duplicate field \"version\"",
+            ),
+            (
+                r#"{"ops": [{"op": "check", "key": "a", "absent": true, "absent": true}]}"#,
+                "op 0: duplicate field \"absent\"",
+            ),
+            (
+                r#"{"ops": [{"op": "get", "key": "a"}], "ops": [{"op": "get", "key": "b"}]}"#,
+                "duplicate field \"ops\"",
+            ),
+            // Named where it is, before a later problem (a missing field, the op bound).
+            (
+                r#"{"ops": [{"key": "a", "key": "b"}]}"#,
+                "op 0: duplicate field \"key\"",
+            ),
+            (
+                r#"{"ops": [{"op": "get", "key": "a"}, {"op": "get", "key": "a"}, {"op": "get", "key": "a"}, {"op": "get", "key": "a"}], "ops": []}"#,
+                "duplicate field \"ops\"",
+            ),
+        ];
+        for (body, message) in cases {
+            let error = parse(body.as_bytes(), &limits()).unwrap_err();
+            assert_eq!(
+                (error.status, error.message.as_str()),
+                (400, message),
+                "{body}"
+            );
+        }
+    }
+
+    /// A body that is no request at all is 400 even when its ops array is over the bound: the
+    /// bound is named once the whole body parsed (an unknown field after a long array was 413).
+    #[test]
+    fn a_bad_body_after_too_many_ops_is_400() {
+        let ops = [r#"{"op": "get", "key": "a"}"#; 4].join(", ");
+        let cases = [
+            (
+                format!(r#"{{"ops": [{ops}], "zz": 1}}"#),
+                "unknown field \"zz\"",
+            ),
+            (format!(r#"{{"ops": [{ops}]"#), "malformed JSON"),
+            (format!(r#"{{"ops": [{ops}]}} x"#), "malformed JSON"),
+        ];
+        for (body, fragment) in &cases {
+            let error = parse(body.as_bytes(), &limits()).unwrap_err();
+            assert_eq!(error.status, 400, "{body}: {error:?}");
+            assert!(error.message.starts_with(fragment), "{body}: {error:?}");
+        }
+        let over = format!(r#"{{"ops": [{ops}]}}"#);
+        let error = parse(over.as_bytes(), &limits()).unwrap_err();
+        assert_eq!(
+            (error.status, error.message.as_str()),
+            (413, "4 ops, over the bound of 3")
         );
     }
 

@@ -3,7 +3,8 @@
 //! Request: `{"ops": [{"op": "get", "key": "a"}, {"op": "put", "key": "b", "value": "text"},
 //! {"op": "delete", "key": "c"}, {"op": "add", "key": "n", "delta": -5, "floor": 0},
 //! {"op": "check", "key": "d", "version": 3}, {"op": "check", "key": "e", "absent": true}]}`.
-//! Unknown fields are errors, so a typo never silently changes a transaction.
+//! Unknown fields are errors, so a typo never silently changes a transaction, and so are fields
+//! given twice in one object, so no two parsers can read the same body as different transactions.
 //!
 //! Result entries, one per op, in order (`render_outcome`):
 //! - get: `{"value": "text", "version": 7}`, or `{"value": null}` when the key is absent;
@@ -48,6 +49,12 @@ pub enum Expect {
     Version(u64),
     /// The key does not exist.
     Absent,
+    /// The key exists, at any version (`If-Match: *`).
+    Present,
+    /// The key exists at one of these versions (`If-Match: "6", "7"`; none: never true).
+    OneOf(Vec<u64>),
+    /// The key is absent or at none of these versions (`If-None-Match: "6", W/"7"`).
+    NoneOf(Vec<u64>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,15 +118,119 @@ pub fn etag(version: u64) -> String {
     format!("\"{version}\"")
 }
 
-/// The version in an ETag we made (`"7"`, or weak `W/"7"`); None for anything else.
-pub fn parse_etag(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let text = text.strip_prefix("W/").unwrap_or(text);
-    let digits = text.strip_prefix('"')?.strip_suffix('"')?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+/// One member of an If-Match or If-None-Match list (RFC 9110 §8.8.3): weak or strong, and the
+/// version when its opaque tag is one we make (`"7"`); any other tag is valid but never ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntityTag {
+    pub weak: bool,
+    pub version: Option<u64>,
+}
+
+/// An If-Match or If-None-Match field value (RFC 9110 §13.1.1, §13.1.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// `*`
+    Any,
+    /// `#entity-tag`: at least one member.
+    Tags(Vec<EntityTag>),
+}
+
+impl Condition {
+    /// The check op of `If-Match` (§13.1.1): `*` is true when the key exists; a list when one
+    /// member matches by the strong comparison (§8.8.3.2), which a weak tag never passes.
+    pub fn if_match(&self, key: Bytes) -> Op {
+        let expect = match self {
+            Condition::Any => Expect::Present,
+            Condition::Tags(tags) => {
+                let versions: Vec<u64> = tags
+                    .iter()
+                    .filter(|tag| !tag.weak)
+                    .filter_map(|tag| tag.version)
+                    .collect();
+                match versions.as_slice() {
+                    [version] => Expect::Version(*version),
+                    _ => Expect::OneOf(versions),
+                }
+            }
+        };
+        Op::Check { key, expect }
+    }
+
+    /// The check op of `If-None-Match` (§13.1.2): `*` is true when the key does not exist; a
+    /// list when no member matches by the weak comparison (`W/"7"` matches version 7).
+    pub fn if_none_match(&self, key: Bytes) -> Op {
+        let expect = match self {
+            Condition::Any => Expect::Absent,
+            Condition::Tags(tags) => {
+                Expect::NoneOf(tags.iter().filter_map(|tag| tag.version).collect())
+            }
+        };
+        Op::Check { key, expect }
+    }
+}
+
+/// Parses one field line of If-Match or If-None-Match: `*`, or a comma-separated list of entity
+/// tags (`"7"`, `W/"7"`, any `etagc` between the quotes; empty list elements are skipped,
+/// §5.6.1). None when it is neither, or has no tag.
+pub fn parse_condition(value: &[u8]) -> Option<Condition> {
+    if value.trim_ascii() == b"*" {
+        return Some(Condition::Any);
+    }
+    let mut tags = Vec::new();
+    let mut rest = value;
+    loop {
+        rest = rest.trim_ascii_start();
+        match rest {
+            [] => break,
+            [b',', after @ ..] => rest = after,
+            _ => {
+                let (tag, after) = parse_entity_tag(rest)?;
+                tags.push(tag);
+                rest = after.trim_ascii_start();
+                if !rest.is_empty() && rest[0] != b',' {
+                    return None;
+                }
+            }
+        }
+    }
+    (!tags.is_empty()).then_some(Condition::Tags(tags))
+}
+
+/// `[ "W/" ] DQUOTE *etagc DQUOTE` at the start of `text` (etagc: %x21 / %x23-7E / obs-text),
+/// and what follows it.
+fn parse_entity_tag(text: &[u8]) -> Option<(EntityTag, &[u8])> {
+    let (weak, text) = match text.strip_prefix(b"W/") {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let text = text.strip_prefix(b"\"")?;
+    let end = text.iter().position(|&b| b == b'"')?;
+    let opaque = &text[..end];
+    if !opaque
+        .iter()
+        .all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80)
+    {
         return None;
     }
-    digits.parse().ok()
+    let tag = EntityTag {
+        weak,
+        version: decimal(opaque),
+    };
+    Some((tag, &text[end + 1..]))
+}
+
+/// The u64 that `etag` writes as exactly these digits (no sign, no leading zero: the strong
+/// comparison is byte for byte, so `"07"` is not `"7"`); None for anything else.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || (digits[0] == b'0' && digits.len() > 1) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |number, &digit| {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        number.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    })
 }
 
 /// A request the client got wrong: 400 (malformed) or 413 (over a bound), with what is wrong.
@@ -525,19 +636,84 @@ pub(crate) mod tests {
     #[test]
     fn etags() {
         assert_eq!(etag(7), "\"7\"");
-        let cases = [
-            ("\"7\"", Some(7)),
-            ("W/\"7\"", Some(7)),
-            (" \"12\" ", Some(12)),
+        let strong = |version| EntityTag {
+            weak: false,
+            version,
+        };
+        let weak = |version| EntityTag {
+            weak: true,
+            version,
+        };
+        let tags = |tags: &[EntityTag]| Some(Condition::Tags(tags.to_vec()));
+        let cases: &[(&str, Option<Condition>)] = &[
+            ("\"7\"", tags(&[strong(Some(7))])),
+            ("W/\"7\"", tags(&[weak(Some(7))])),
+            (" \"12\" ", tags(&[strong(Some(12))])),
+            ("\"0\"", tags(&[strong(Some(0))])),
+            ("*", Some(Condition::Any)),
+            (" * ", Some(Condition::Any)),
+            // Lists (RFC 9110 §13.1.1), with empty elements skipped (§5.6.1).
+            ("\"6\", \"7\"", tags(&[strong(Some(6)), strong(Some(7))])),
+            ("\"6\",\"7\"", tags(&[strong(Some(6)), strong(Some(7))])),
+            (
+                ", \"6\" ,, W/\"7\",",
+                tags(&[strong(Some(6)), weak(Some(7))]),
+            ),
+            // Valid tags that are not ours: they match nothing.
+            ("\"x\"", tags(&[strong(None)])),
+            ("\"\"", tags(&[strong(None)])),
+            ("\"a,b\", \"7\"", tags(&[strong(None), strong(Some(7))])),
+            ("\"-1\"", tags(&[strong(None)])),
+            ("\"+1\"", tags(&[strong(None)])),
+            ("\"07\"", tags(&[strong(None)])),
+            ("\"18446744073709551615\"", tags(&[strong(Some(u64::MAX))])),
+            ("\"18446744073709551616\"", tags(&[strong(None)])),
+            ("\"99999999999999999999\"", tags(&[strong(None)])),
+            // Not a conditional field value: 400.
+            ("", None),
+            (" , ", None),
             ("7", None),
-            ("\"\"", None),
-            ("\"-1\"", None),
-            ("\"+1\"", None),
-            ("\"99999999999999999999\"", None),
-            ("*", None),
+            ("\"7", None),
+            ("\"7\" \"8\"", None),
+            ("\"7\"x", None),
+            ("w/\"7\"", None),
+            ("W/ \"7\"", None),
+            ("\"a b\"", None),
+            ("*, \"7\"", None),
+            ("**", None),
         ];
         for (text, want) in cases {
-            assert_eq!(parse_etag(text), want, "{text}");
+            assert_eq!(&parse_condition(text.as_bytes()), want, "{text}");
+        }
+    }
+
+    /// What each conditional header becomes as a check op (RFC 9110 §13.1.1, §13.1.2).
+    #[test]
+    fn conditions_as_checks() {
+        let expect = |op: Op| match op {
+            Op::Check { expect, .. } => expect,
+            other => panic!("{other:?} is not a check"),
+        };
+        let cases: &[(&str, Expect, Expect)] = &[
+            ("*", Expect::Present, Expect::Absent),
+            ("\"7\"", Expect::Version(7), Expect::NoneOf(vec![7])),
+            // If-Match compares strongly: a weak tag never matches.
+            ("W/\"7\"", Expect::OneOf(vec![]), Expect::NoneOf(vec![7])),
+            (
+                "\"6\", W/\"7\", \"8\"",
+                Expect::OneOf(vec![6, 8]),
+                Expect::NoneOf(vec![6, 7, 8]),
+            ),
+            ("\"x\"", Expect::OneOf(vec![]), Expect::NoneOf(vec![])),
+        ];
+        for (text, if_match, if_none_match) in cases {
+            let condition = parse_condition(text.as_bytes()).unwrap();
+            assert_eq!(&expect(condition.if_match(key("k"))), if_match, "{text}");
+            assert_eq!(
+                &expect(condition.if_none_match(key("k"))),
+                if_none_match,
+                "{text}"
+            );
         }
     }
 

@@ -357,6 +357,18 @@ impl Partition {
                             return Err(fail(FailReason::Version { actual }));
                         }
                         (Expect::Version(_), _) => {}
+                        (Expect::Present, None) => {
+                            return Err(fail(FailReason::Version { actual: None }));
+                        }
+                        (Expect::OneOf(wants), actual)
+                            if !actual.is_some_and(|actual| wants.contains(&actual)) =>
+                        {
+                            return Err(fail(FailReason::Version { actual }));
+                        }
+                        (Expect::NoneOf(wants), Some(actual)) if wants.contains(&actual) => {
+                            return Err(fail(FailReason::Present { actual }));
+                        }
+                        (Expect::Present | Expect::OneOf(_) | Expect::NoneOf(_), _) => {}
                     }
                     OpResult::Check
                 }
@@ -654,6 +666,41 @@ mod tests {
             &seed,
             &[Op::check_absent(b("a"))],
             failed(0, FailReason::Present { actual: 1 }),
+        );
+        // The conditional headers' checks: `*`, lists, If-None-Match lists.
+        let checks = |expect: Expect| {
+            [Op::Check {
+                key: b("a"),
+                expect,
+            }]
+        };
+        let absent = |expect: Expect| {
+            [Op::Check {
+                key: b("q"),
+                expect,
+            }]
+        };
+        let pass = || Ok(vec![OpResult::Check]);
+        check(&seed, &checks(Expect::Present), pass());
+        let none = FailReason::Version { actual: None };
+        check(&seed, &absent(Expect::Present), failed(0, none.clone()));
+        check(&seed, &checks(Expect::OneOf(vec![3, 1])), pass());
+        let one = FailReason::Version { actual: Some(1) };
+        check(
+            &seed,
+            &checks(Expect::OneOf(vec![2, 3])),
+            failed(0, one.clone()),
+        );
+        check(&seed, &checks(Expect::OneOf(vec![])), failed(0, one));
+        check(&seed, &absent(Expect::OneOf(vec![1])), failed(0, none));
+        check(&seed, &checks(Expect::NoneOf(vec![2, 3])), pass());
+        check(&seed, &checks(Expect::NoneOf(vec![])), pass());
+        check(&seed, &absent(Expect::NoneOf(vec![1])), pass());
+        let present = FailReason::Present { actual: 1 };
+        check(
+            &seed,
+            &checks(Expect::NoneOf(vec![3, 1])),
+            failed(0, present),
         );
         check(
             &seed,

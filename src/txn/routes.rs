@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
-use crate::txn::op::{self, Op, OpResult, TxError};
+use crate::txn::op::{self, Condition, Op, OpResult, TxError};
 
 pub fn routes() -> Router {
     Router::new()
@@ -14,8 +14,66 @@ pub fn routes() -> Router {
         .delete("/kv/{key}", delete)
 }
 
-fn key_of(req: &Request) -> Bytes {
-    Bytes::copy_from_slice(req.param("key").unwrap_or_default().as_bytes())
+/// The key a `/kv/{key}` request names: its path segment percent-decoded, so that every key a
+/// /kv/tx body can write has a URL (`/kv/a%20b` is "a b", `/kv/a%2Fb` is "a/b") and `/kv/%61`
+/// is `/kv/a` (RFC 3986 §6.2.2.2). The key bounds are `op::validate`'s, on the decoded key.
+// The early answer is moved once, off the hot path; boxing it would cost more.
+#[allow(clippy::result_large_err)]
+fn key_of(req: &Request) -> Result<Bytes, Response> {
+    let segment = req.param("key").unwrap_or_default();
+    percent_decode(segment)
+        .map(Bytes::from)
+        .map_err(|message| Response::error(400, message))
+}
+
+/// Strict percent-decoding of a path segment (RFC 3986 §2.1): `%` must start two hex digits, and
+/// the bytes must be UTF-8, as keys are JSON strings in /kv/tx. `+` is itself: turning it into a
+/// space is form decoding (`form_urlencoded`), not a path's.
+///
+/// Canonical: every key has exactly one path. A byte that may stand as itself in a segment
+/// (unreserved, sub-delims, `:`, `@`) must not be escaped, and escapes use uppercase hex
+/// (RFC 3986 §2.1, §6.2.2.2). Access rules match the raw path, so a second spelling of a key
+/// (`/kv/%63onfig` for `/kv/config`) would get past a rule written for the first.
+fn percent_decode(segment: &str) -> Result<Vec<u8>, &'static str> {
+    let mut decoded = Vec::with_capacity(segment.len());
+    let mut rest = segment.as_bytes();
+    while let [first, after @ ..] = rest {
+        rest = after;
+        if *first != b'%' {
+            decoded.push(*first);
+            continue;
+        }
+        let [high, low, after @ ..] = rest else {
+            return Err("the key has a '%' without two hex digits after it");
+        };
+        let (Some(high), Some(low)) = (hex_digit(*high), hex_digit(*low)) else {
+            return Err("the key has a '%' without two uppercase hex digits after it");
+        };
+        let byte = high << 4 | low;
+        if is_segment_byte(byte) {
+            return Err("the key escapes a character that must be written as itself");
+        }
+        decoded.push(byte);
+        rest = after;
+    }
+    match std::str::from_utf8(&decoded) {
+        Ok(_) => Ok(decoded),
+        Err(_) => Err("the key is not UTF-8 once percent-decoded"),
+    }
+}
+
+/// Uppercase hex only: a lowercase escape would be a second spelling of the same key.
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 `pchar` less `%`: the bytes a path segment may hold as themselves.
+fn is_segment_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte)
 }
 
 fn error(e: &TxError) -> Response {
@@ -28,24 +86,46 @@ fn error(e: &TxError) -> Response {
     }
 }
 
-/// If-Match / If-None-Match as check ops (RFC 9110 §13.1); Err is a 400 for an unusable header.
+/// If-Match / If-None-Match as check ops, If-Match first (RFC 9110 §13.1, §13.2.2); Err is a
+/// 400 for an unusable header.
 // The early answer is moved once, off the hot path; boxing it would cost more.
 #[allow(clippy::result_large_err)]
 fn preconditions(req: &Request, key: &Bytes) -> Result<Vec<Op>, Response> {
     let mut ops = Vec::new();
-    if let Some(value) = req.header("if-match") {
-        let text = std::str::from_utf8(value).unwrap_or_default();
-        let version = op::parse_etag(text)
-            .ok_or_else(|| Response::error(400, "If-Match must be one ETag like \"7\""))?;
-        ops.push(Op::check_version(key.clone(), version));
+    if let Some(condition) = condition(req, "If-Match")? {
+        ops.push(condition.if_match(key.clone()));
     }
-    if let Some(value) = req.header("if-none-match") {
-        if value != b"*" {
-            return Err(Response::error(400, "only If-None-Match: * is supported"));
-        }
-        ops.push(Op::check_absent(key.clone()));
+    if let Some(condition) = condition(req, "If-None-Match")? {
+        ops.push(condition.if_none_match(key.clone()));
     }
     Ok(ops)
+}
+
+/// A conditional header, its field lines joined into one list (RFC 9110 §5.3); `*` stands alone.
+// The early answer is moved once, off the hot path; boxing it would cost more.
+#[allow(clippy::result_large_err)]
+fn condition(req: &Request, name: &str) -> Result<Option<Condition>, Response> {
+    let unusable = || {
+        let message = format!("{name} must be * or a list of ETags like \"7\", W/\"7\"");
+        Response::error(400, &message)
+    };
+    let mut joined: Option<Condition> = None;
+    for (_, value) in req
+        .head
+        .headers()
+        .filter(|(field, _)| field.eq_ignore_ascii_case(name))
+    {
+        let line = op::parse_condition(value).ok_or_else(unusable)?;
+        joined = match (joined, line) {
+            (None, line) => Some(line),
+            (Some(Condition::Tags(mut tags)), Condition::Tags(more)) => {
+                tags.extend(more);
+                Some(Condition::Tags(tags))
+            }
+            (Some(_), _) => return Err(unusable()),
+        };
+    }
+    Ok(joined)
 }
 
 async fn run(ops: Vec<Op>) -> Result<Vec<OpResult>, TxError> {
@@ -62,7 +142,10 @@ fn validated(ops: &[Op]) -> Result<(), Response> {
 
 /// GET /kv/{key} -> 200 with the value bytes and `ETag: "<version>"`, or 404.
 async fn get(req: Request) -> Response {
-    let key = key_of(&req);
+    let key = match key_of(&req) {
+        Ok(key) => key,
+        Err(r) => return r,
+    };
     let ops = vec![Op::Get { key }];
     if let Err(r) = validated(&ops) {
         return r;
@@ -78,10 +161,13 @@ async fn get(req: Request) -> Response {
     }
 }
 
-/// PUT /kv/{key} -> 201 (created) or 200 with the new ETag; If-Match (412 on mismatch) and
-/// If-None-Match: * (create only) honoured.
+/// PUT /kv/{key} -> 201 (created) or 200 with the new ETag; If-Match and If-None-Match (`*` or
+/// ETag lists) honoured, 412 when one is false.
 async fn put(mut req: Request) -> Response {
-    let key = key_of(&req);
+    let key = match key_of(&req) {
+        Ok(key) => key,
+        Err(r) => return r,
+    };
     let mut ops = match preconditions(&req, &key) {
         Ok(ops) => ops,
         Err(r) => return r,
@@ -105,9 +191,12 @@ async fn put(mut req: Request) -> Response {
     }
 }
 
-/// DELETE /kv/{key} -> 204, or 404 when absent; If-Match honoured.
+/// DELETE /kv/{key} -> 204, or 404 when absent; If-Match and If-None-Match honoured, as on PUT.
 async fn delete(req: Request) -> Response {
-    let key = key_of(&req);
+    let key = match key_of(&req) {
+        Ok(key) => key,
+        Err(r) => return r,
+    };
     let mut ops = match preconditions(&req, &key) {
         Ok(ops) => ops,
         Err(r) => return r,
@@ -141,5 +230,57 @@ async fn transaction(mut req: Request) -> Response {
     match &outcome {
         Err(e) if e.retry_safe() => response.header("Retry-After", "1"),
         _ => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decode_table() {
+        let bad_escape = Err("the key has a '%' without two hex digits after it");
+        let bad_hex = Err("the key has a '%' without two uppercase hex digits after it");
+        let escaped = Err("the key escapes a character that must be written as itself");
+        let not_utf8 = Err("the key is not UTF-8 once percent-decoded");
+        let cases: &[(&str, Result<&[u8], &str>)] = &[
+            ("a", Ok(b"a")),
+            ("", Ok(b"")),
+            ("a%20b", Ok(b"a b")),
+            ("a%2Fb", Ok(b"a/b")),
+            ("100%25", Ok(b"100%")),
+            ("%23frag", Ok(b"#frag")),
+            ("%2525", Ok(b"%25")),
+            ("a+b", Ok(b"a+b")),
+            ("a:b@c!$&'()*,;=~-._", Ok(b"a:b@c!$&'()*,;=~-._")),
+            ("%C3%A9", Ok("\u{e9}".as_bytes())),
+            ("%00", Ok(b"\0")),
+            ("%3F%5B%5D%22", Ok(b"?[]\"")),
+            // A second spelling of a key that has a first: refused.
+            ("%61", escaped),
+            ("%7E", escaped),
+            ("%2B", escaped),
+            ("%3A", escaped),
+            ("%40", escaped),
+            ("a%2fb", bad_hex),
+            ("%c3%a9", bad_hex),
+            ("%", bad_escape),
+            ("%6", bad_escape),
+            ("a%", bad_escape),
+            ("%6g", bad_hex),
+            ("%g6", bad_hex),
+            ("%%61", bad_hex),
+            ("%+1", bad_hex),
+            ("%FF", not_utf8),
+            ("%C3", not_utf8),
+            ("%C3%5B", not_utf8),
+        ];
+        for (segment, want) in cases {
+            assert_eq!(
+                percent_decode(segment),
+                want.map(<[u8]>::to_vec),
+                "{segment}"
+            );
+        }
     }
 }
