@@ -234,6 +234,8 @@ fn expect_100_continue_is_answered_before_the_body() {
     // The body was asked for and read whole: the connection is reused.
     assert!(!r.closes());
     assert_eq!(conn.get("/plaintext").status, 200);
+    // The interim answer counts as one, in its class.
+    assert_eq!(server.stats()["total"]["status_1xx"], 1);
 }
 
 /// The 100 of a request pipelined behind another goes out after that one's answer: a client

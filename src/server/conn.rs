@@ -224,7 +224,10 @@ impl BodySource for ConnBody {
             let result = self.io.poll_write_all(cx, CONTINUE_100, &mut written);
             self.continue_state.set(Continue::Owed(written));
             match ready!(result) {
-                Ok(()) => self.continue_state.set(Continue::Sent),
+                Ok(()) => {
+                    self.continue_state.set(Continue::Sent);
+                    self.io.shard.metrics.count_status(100);
+                }
                 Err(_) => return self.fail(BodyError::Closed),
             }
         }
