@@ -9,7 +9,7 @@ use super::service::{Auth, Denied};
 use crate::metrics::add;
 use crate::router::{AuthMethod, Identity, Next, Phase, Request, Response, Router};
 use crate::runtime::shard;
-use crate::session::Session;
+use crate::session::{Session, SessionError};
 
 /// The session value that holds the logged-in user: `{"user": name, "stamp": credential stamp}`
 /// (a bare name from sessions made before stamps existed is still taken). Reserved: the public
@@ -63,18 +63,59 @@ pub fn denied(auth: &Auth, denied: Denied) -> Response {
     }
 }
 
+/// A session operation that did not happen, as an answer; a 503 (the owner shard did not
+/// answer, say) says when to retry, like the other 503s of auth.
+pub fn session_error(e: SessionError) -> Response {
+    let response = Response::error(e.status(), e.message());
+    if e.status() == 503 {
+        response.header("Retry-After", "1")
+    } else {
+        response
+    }
+}
+
+/// Who a request is, as far as Authenticate can tell.
+enum Who {
+    Known(Identity),
+    Anonymous,
+    /// Anonymous, and the login session its cookie names was just destroyed (its user is gone
+    /// or has another password): the answer clears the cookie too.
+    SessionEnded,
+}
+
 async fn authenticate(mut req: Request, next: Next) -> Response {
     let auth = auth();
-    match identify(&auth, &req).await {
-        Ok(identity) => req.ctx.identity = identity.map(Rc::new),
+    let ended = match identify(&auth, &req).await {
+        Ok(Who::Known(identity)) => {
+            req.ctx.identity = Some(Rc::new(identity));
+            false
+        }
+        Ok(Who::Anonymous) => false,
+        Ok(Who::SessionEnded) => true,
         Err(response) => return response,
+    };
+    let tls = req.ctx.tls;
+    let response = next.run(req).await;
+    if ended && !sets_session_cookie(&response) {
+        return response.header("Set-Cookie", Session::clear_cookie(tls));
     }
-    next.run(req).await
+    response
+}
+
+/// The handler gave the client a session cookie of its own (a login after the old one ended).
+fn sets_session_cookie(response: &Response) -> bool {
+    let name = &shard::current().sessions.config.cookie_name;
+    response.headers.iter().any(|(header, value)| {
+        header.eq_ignore_ascii_case("set-cookie")
+            && value
+                .strip_prefix(name.as_bytes())
+                .is_some_and(|rest| rest.starts_with(b"="))
+    })
 }
 
 // The early answer is moved once, off the hot path; boxing it would cost more.
 #[allow(clippy::result_large_err)]
-async fn identify(auth: &Auth, req: &Request) -> Result<Option<Identity>, Response> {
+async fn identify(auth: &Auth, req: &Request) -> Result<Who, Response> {
     if let Some(value) = req.header("authorization") {
         let credentials = credentials::from_authorization(value)
             .map_err(|why| unauthorized(auth, &format!("bad Authorization header: {why}")))?;
@@ -85,7 +126,7 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Option<Identity>, Respon
                     .check_basic(&user, &password, addr)
                     .await
                     .map_err(|d| denied(auth, d))?;
-                return Ok(Some(Identity {
+                return Ok(Who::Known(Identity {
                     user,
                     roles,
                     via: AuthMethod::Basic,
@@ -96,7 +137,7 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Option<Identity>, Respon
                     return Err(Response::error(401, "unknown API token")
                         .header("WWW-Authenticate", "Bearer error=\"invalid_token\""));
                 };
-                return Ok(Some(Identity {
+                return Ok(Who::Known(Identity {
                     user: token.name.clone(),
                     roles: token.roles.clone(),
                     via: AuthMethod::Bearer,
@@ -107,29 +148,39 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Option<Identity>, Respon
         }
     }
     if auth.config.users_path.is_none() {
-        return Ok(None);
+        return Ok(Who::Anonymous);
     }
     let Some(session) = Session::from_request(req) else {
-        return Ok(None);
+        return Ok(Who::Anonymous);
     };
-    // An unknown, expired or unreachable session is simply no identity: the rules decide.
-    let Ok(Some(remembered)) = session.get::<SessionUser>(SESSION_USER).await else {
-        return Ok(None);
+    let remembered = match session.get::<SessionUser>(SESSION_USER).await {
+        Ok(Some(remembered)) => remembered,
+        // An unknown or expired session, or one nobody logged in to: no identity, the rules decide.
+        Ok(None) | Err(SessionError::Unknown) => return Ok(Who::Anonymous),
+        // The owner shard did not answer (past the mesh deadline, overloaded, stopped): the
+        // client may well be logged in, and a 401 with WWW-Authenticate would make a browser
+        // prompt for a password. It retries instead.
+        Err(e) => return Err(session_error(e)),
     };
     let (user, stamp) = match remembered {
         SessionUser::Stamped { user, stamp } => (user, Some(stamp)),
         SessionUser::Name(user) => (user, None),
     };
     // Roles come from the users loaded now: a reload that drops a user or a role takes effect
-    // on the next request, not at the next login; one that changes the password ends the
-    // sessions logged in with the old one.
-    Ok(auth
-        .roles_of(&user, stamp.as_deref())
-        .map(|roles| Identity {
+    // on the next request, not at the next login.
+    if let Some(roles) = auth.roles_of(&user, stamp.as_deref()) {
+        return Ok(Who::Known(Identity {
             user,
             roles,
             via: AuthMethod::Session,
-        }))
+        }));
+    }
+    // The user is gone or has another password: the session ends for good (Django flushes
+    // it), or putting the old hash back, or the user with it, would bring it back to life.
+    match session.destroy().await {
+        Ok(()) | Err(SessionError::Unknown) => Ok(Who::SessionEnded),
+        Err(e) => Err(session_error(e)),
+    }
 }
 
 async fn authorize(req: Request, next: Next) -> Response {

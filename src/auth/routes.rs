@@ -1,12 +1,13 @@
 //! The auth HTTP API of the default server (a contract tests and tools rely on): POST /auth/login, POST /auth/logout, GET /auth/me.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::credentials::{self, LOGIN_BODY_BYTES_MAX};
-use super::middleware::{SESSION_USER, SessionUser, denied};
+use super::middleware::{SESSION_USER, SessionUser, denied, session_error};
 use super::service::Denied;
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
+use crate::session::store::{SessionData, value_bytes};
 use crate::session::{Session, SessionError};
 
 pub const LOGIN_PATH: &str = "/auth/login";
@@ -16,10 +17,6 @@ pub fn routes() -> Router {
         .post(LOGIN_PATH, login)
         .post("/auth/logout", logout)
         .get("/auth/me", me)
-}
-
-fn session_error(e: SessionError) -> Response {
-    Response::error(e.status(), e.message())
 }
 
 /// Reads a small body whole; 413 past `LOGIN_BODY_BYTES_MAX`.
@@ -61,26 +58,60 @@ async fn login(mut req: Request) -> Response {
         Err(Denied::Invalid) => return Response::error(401, "invalid username or password"),
         Err(d) => return denied(&auth, d),
     };
-    let session = match Session::from_request(&req) {
-        Some(mut session) => match session.rotate().await {
-            Ok(()) => session,
-            Err(SessionError::Unknown) => Session::create(),
-            Err(e) => return session_error(e),
-        },
-        None => Session::create(),
-    };
     // The stamp of the users loaded now; a reload between the check and here at worst makes
     // this session end at once (stamp mismatch), never outlive a password change.
     let stamp = auth.stamp_of(&form.username).unwrap_or_default();
-    let remembered = SessionUser::Stamped {
+    let remembered = serde_json::to_value(SessionUser::Stamped {
         user: form.username.clone(),
         stamp,
+    })
+    .expect("two strings encode as JSON");
+    let session = match login_session(&req, &remembered).await {
+        Ok(session) => session,
+        Err(response) => return response,
     };
-    if let Err(e) = session.set(SESSION_USER, &remembered).await {
+    if let Err(e) = session.set_value(SESSION_USER, remembered).await {
+        // Only a write that filled the session since `login_session` looked: its new id was
+        // never given out, so nothing may keep it.
+        let _ = session.destroy().await;
         return session_error(e);
     }
     Response::json(200, &json!({ "user": form.username, "roles": roles }))
         .header("Set-Cookie", session.cookie(req.ctx.tls))
+}
+
+/// The session a login ends in: the request's own, rotated (its old id dies, against fixation),
+/// or a new one. A session without room for `remembered` fails the login before the rotation,
+/// so the client keeps its session, its data and its cookie, and no unreachable copy is left.
+// The early answer is moved once, off the hot path; boxing it would cost more.
+#[allow(clippy::result_large_err)]
+async fn login_session(req: &Request, remembered: &Value) -> Result<Session, Response> {
+    let Some(mut session) = Session::from_request(req) else {
+        return Ok(Session::create());
+    };
+    match session.data().await {
+        Ok(data) if fits(&data, remembered) => {}
+        Ok(_) => return Err(session_error(SessionError::TooLarge)),
+        Err(SessionError::Unknown) => return Ok(Session::create()),
+        Err(e) => return Err(session_error(e)),
+    }
+    match session.rotate().await {
+        Ok(()) => Ok(session),
+        Err(SessionError::Unknown) => Ok(Session::create()),
+        Err(e) => Err(session_error(e)),
+    }
+}
+
+/// Whether `data` with the login's value in place stays within `--max-session-bytes`, counted
+/// as the store counts it.
+fn fits(data: &SessionData, remembered: &Value) -> bool {
+    let others: usize = data
+        .iter()
+        .filter(|(name, _)| *name != SESSION_USER)
+        .map(|(name, value)| value_bytes(name, value))
+        .sum();
+    let bytes_max = shard::current().sessions.config.session_bytes_max;
+    others + value_bytes(SESSION_USER, remembered) <= bytes_max
 }
 
 /// POST /auth/logout -> 204, the session destroyed (on its owner: dead on every shard) and its

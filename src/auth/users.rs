@@ -91,6 +91,9 @@ fn parse_bounded(text: &str, users_max: usize) -> Result<Users, String> {
     }
     let mut users = Users::default();
     let mut first_lines: FxHashMap<String, usize> = FxHashMap::default();
+    // Limiter key -> (name, line): names that differ only in case would share one brute-force
+    // counter, and one's login would wipe the other's failures.
+    let mut first_by_key: FxHashMap<String, (String, usize)> = FxHashMap::default();
     for spanned in file.user {
         let line = line_of(text, spanned.span().start);
         let entry = spanned.into_inner();
@@ -98,6 +101,13 @@ fn parse_bounded(text: &str, users_max: usize) -> Result<Users, String> {
         check_user(&entry).map_err(fail)?;
         if let Some(first) = first_lines.insert(entry.name.clone(), line) {
             return Err(fail(format!("duplicate name (first at line {first})")));
+        }
+        let key = super::limiter::user_key(&entry.name);
+        if let Some((other, first)) = first_by_key.insert(key, (entry.name.clone(), line)) {
+            return Err(fail(format!(
+                "same name as user {other:?} (line {first}) but for case; names must differ \
+                 in more than case (they share a login failure counter)"
+            )));
         }
         let user = User {
             stamp: stamp_of(&entry.password_hash),
@@ -282,7 +292,7 @@ mod tests {
         check(&user_toml("alice", "[]"), Ok(1));
         let no_roles = format!("[[user]]\nname = \"bob\"\npassword_hash = {PHC:?}\n");
         check(&no_roles, Ok(1));
-        let two = user_toml("alice", "[]") + &user_toml("Alice", "[]");
+        let two = user_toml("alice", "[]") + &user_toml("alice2", "[]");
         check(&two, Ok(2));
         let inline = format!("user = [{{ name = \"a\", password_hash = {PHC:?} }}]\n");
         check(&inline, Ok(1));
@@ -353,6 +363,25 @@ mod tests {
             &text,
             Err("line 6: user \"alice\": duplicate name (first at line 1)"),
         );
+    }
+
+    /// Names equal but for case would share a brute-force counter (`limiter::user_key`).
+    #[test]
+    fn parse_rejects_names_equal_but_for_case() {
+        let pair = |a: &str, b: &str| user_toml(a, "[]") + "\n" + &user_toml(b, "[]");
+        check(
+            &pair("alice", "Alice"),
+            Err("line 6: user \"Alice\": same name as user \"alice\" (line 1) but for case"),
+        );
+        check(
+            &pair("BOB", "bob"),
+            Err("user \"bob\": same name as user \"BOB\""),
+        );
+        check(&pair("Émile", "émile"), Err("but for case"));
+        let long = "n".repeat(NAME_BYTES_MAX);
+        check(&pair(&long, &long.to_uppercase()), Err("but for case"));
+        check(&pair("alice", "alice_"), Ok(2));
+        check(&pair("alice", "a1ice"), Ok(2));
     }
 
     #[test]
