@@ -579,3 +579,228 @@ fn persistence_can_be_switched_off() {
     assert_eq!(snapshots, 0, "no session snapshot written");
     let _ = std::io::stdout().flush();
 }
+
+/// A users file with one user, `ann` / `ann-pw`, in `dir`; its path.
+fn users_file(dir: &std::path::Path) -> String {
+    let hash = common::tool("hash-password", "ann-pw");
+    let path = dir.join("users.toml");
+    std::fs::write(
+        &path,
+        format!("[[user]]\nname = \"ann\"\npassword_hash = {hash:?}\nroles = []\n"),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// POST /auth/login as ann; the session cookie.
+fn log_in(conn: &mut Conn) -> String {
+    let body = r#"{"username":"ann","password":"ann-pw"}"#;
+    let r = request(conn, "POST", "/auth/login", None, Some(body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    cookie_of(&r)
+}
+
+/// Review finding: at `--max-sessions` the LRU bound evicted whatever session was oldest, so
+/// cheap anonymous `POST /session`s logged users out. Anonymous sessions are evicted first;
+/// with every session logged in, a new one is refused with 503 and Retry-After.
+#[test]
+fn anonymous_sessions_never_evict_a_logged_in_user() {
+    let dir = common::temp_dir("evict-auth");
+    let users = users_file(dir.path());
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--max-sessions",
+        "5",
+        "--users",
+        &users,
+    ]);
+    let mut conn = Conn::new(server.connect());
+    let mut logged_in = vec![log_in(&mut conn)];
+    for _ in 0..10 {
+        assert_eq!(
+            request(&mut conn, "POST", "/session", None, None).status,
+            201
+        );
+    }
+    assert_eq!(
+        request(&mut conn, "GET", "/auth/me", Some(&logged_in[0]), None).status,
+        200,
+        "ten anonymous sessions past the bound of 5 logged nobody out"
+    );
+    for _ in 0..4 {
+        logged_in.push(log_in(&mut conn)); // each evicts one of the 4 anonymous sessions left
+    }
+    let refused = request(&mut conn, "POST", "/session", None, None);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.header("set-cookie").is_none());
+    for cookie in &logged_in {
+        assert_eq!(
+            request(&mut conn, "GET", "/auth/me", Some(cookie), None).status,
+            200
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(stats["total"]["session_evictions"], 6 + 4, "{stats}");
+    assert_eq!(stats["total"]["sessions"], 5);
+    assert_eq!(stats["total"]["session_refusals"], 1, "{stats}");
+}
+
+/// Review finding: with two session cookies the first id that decoded was taken, live or not,
+/// so a stale (or planted) cookie sent first hid the real session. The first live one of up to
+/// `SESSION_COOKIE_IDS_MAX` (4) is used, wherever its owner shard is.
+#[test]
+fn a_stale_cookie_sent_first_does_not_hide_the_live_session() {
+    let server = Server::start(&["--expose-shard"]);
+    let [mut a, mut b] = one_per_shard(&server);
+    let live = cookie_of(&request(&mut b, "POST", "/session", None, None));
+    assert_eq!(
+        request(&mut a, "PUT", "/session/data/n", Some(&live), Some("7")).status,
+        204
+    );
+    let stale = cookie_of(&request(&mut a, "POST", "/session", None, None));
+    assert_eq!(
+        request(&mut a, "DELETE", "/session", Some(&stale), None).status,
+        204
+    );
+    let never = "percore_sid=AAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
+    for conn in [&mut a, &mut b] {
+        for cookies in [
+            format!("{stale}; {live}"),
+            format!("{live}; {stale}"),
+            format!("{never}; {stale}; percore_sid=garbage; {live}"),
+        ] {
+            let r = request(conn, "GET", "/session/data/n", Some(&cookies), None);
+            assert_eq!((r.status, r.text()), (200, "7".to_string()), "{cookies}");
+        }
+        // Past the bound of 4 ids the live one is not looked for.
+        let five = format!("{stale}; {never}; {stale}; {never}; {live}");
+        assert_eq!(
+            request(conn, "GET", "/session", Some(&five), None).status,
+            401
+        );
+    }
+    let both = format!("{stale}; {live}");
+    assert_eq!(
+        request(&mut a, "PUT", "/session/data/n", Some(&both), Some("8")).status,
+        204
+    );
+    assert_eq!(
+        request(&mut b, "GET", "/session/data/n", Some(&live), None).text(),
+        "8"
+    );
+    assert_eq!(
+        request(&mut a, "DELETE", "/session", Some(&both), None).status,
+        204
+    );
+    assert_eq!(
+        request(&mut b, "GET", "/session", Some(&live), None).status,
+        401,
+        "the live session was the one destroyed"
+    );
+}
+
+/// POST /auth/logout with the session cookie and a same-origin Origin (the CSRF check).
+fn log_out(conn: &mut Conn, cookie: &str) -> u16 {
+    conn.send(
+        format!(
+            "POST /auth/logout HTTP/1.1\r\nHost: t\r\nOrigin: http://t\r\nCookie: {cookie}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    conn.response(false).unwrap().status
+}
+
+/// Review finding (t4.py): destroy and rotation changed only memory, so after `kill -9` the
+/// snapshot brought logged-out, destroyed and rotated-away ids back. Each is in the owner's
+/// revocation log, durable before the answer, and dropped from the snapshot at start; after
+/// the next snapshot the log is cut.
+#[test]
+fn logout_destroy_and_rotation_survive_a_crash() {
+    let dir = common::temp_dir("revoke");
+    let users = users_file(dir.path());
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let args = [
+        "--expose-shard",
+        "--users",
+        &users,
+        "--data-dir",
+        data,
+        "--session-snapshot-interval",
+        "0.5",
+    ];
+    let mut server = Server::start(&args);
+    let [mut a, mut b] = one_per_shard(&server);
+    let s: Vec<String> = (0..5)
+        .map(|i| {
+            let cookie = cookie_of(&request(&mut a, "POST", "/session", None, None));
+            let put = request(
+                &mut a,
+                "PUT",
+                "/session/data/n",
+                Some(&cookie),
+                Some(&i.to_string()),
+            );
+            assert_eq!(put.status, 204);
+            cookie
+        })
+        .collect();
+    let logged_in = log_in(&mut a);
+    std::thread::sleep(Duration::from_millis(1600)); // a snapshot holds them all
+    assert_eq!(log_out(&mut b, &logged_in), 204);
+    assert_eq!(
+        request(&mut a, "GET", "/auth/me", Some(&logged_in), None).status,
+        401
+    );
+    for (conn, cookie) in [(&mut b, &s[0]), (&mut a, &s[4])] {
+        assert_eq!(
+            request(conn, "DELETE", "/session", Some(cookie), None).status,
+            204
+        );
+    }
+    let rotated = request(&mut b, "POST", "/session/rotate", Some(&s[1]), None);
+    assert_eq!(rotated.status, 200);
+    let mut dead = vec![logged_in, s[0].clone(), s[4].clone(), s[1].clone()];
+    let check = |server: &Server, dead: &[String], live: &[usize], when: &str| {
+        let mut conn = Conn::new(server.connect());
+        for cookie in dead {
+            let me = request(&mut conn, "GET", "/auth/me", Some(cookie), None);
+            assert_eq!(me.status, 401, "{when}: {cookie} came back");
+            let read = request(&mut conn, "GET", "/session", Some(cookie), None);
+            assert_eq!(read.status, 401, "{when}: {cookie} came back");
+        }
+        for &i in live {
+            let r = request(&mut conn, "GET", "/session/data/n", Some(&s[i]), None);
+            assert_eq!((r.status, r.text()), (200, i.to_string()), "{when}");
+        }
+    };
+    server.signal(libc::SIGKILL);
+    server.child.wait().unwrap();
+    let mut server = Server::start(&args);
+    check(&server, &dead, &[2, 3], "killed right after");
+
+    // The logs found at start, and a destroy after it, are cut once a snapshot covers them.
+    let [_, mut b] = one_per_shard(&server);
+    assert_eq!(
+        request(&mut b, "DELETE", "/session", Some(&s[3]), None).status,
+        204
+    );
+    dead.push(s[3].clone());
+    std::thread::sleep(Duration::from_millis(1600));
+    for shard in 0..2 {
+        let log = dir.path().join(format!("data/sessions-{shard}.revoked"));
+        let bytes = std::fs::metadata(&log).map_or(0, |m| m.len());
+        assert_eq!(
+            bytes, 0,
+            "shard {shard}: a snapshot covers every revocation"
+        );
+    }
+    server.signal(libc::SIGKILL);
+    server.child.wait().unwrap();
+    let server = Server::start(&args);
+    check(&server, &dead, &[2], "killed after a snapshot and a cut");
+}

@@ -210,6 +210,8 @@ shard_stats! {
     sessions_created,
     sessions_destroyed,
     session_evictions,
+    /// New sessions refused at `--max-sessions` because every session held a logged-in user.
+    session_refusals,
     session_expirations,
     /// Session operations this shard sent to the owner shard over the mesh.
     session_remote_calls,

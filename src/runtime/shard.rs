@@ -180,6 +180,7 @@ impl Shard {
         stats.sessions_created = store.counters.created;
         stats.sessions_destroyed = store.counters.destroyed;
         stats.session_evictions = store.counters.evictions;
+        stats.session_refusals = store.counters.refusals;
         stats.session_expirations = store.counters.expirations;
         stats.session_remote_calls = self.sessions.remote_calls.get();
         drop(store);

@@ -2,6 +2,7 @@
 
 pub mod id;
 pub mod persist;
+pub mod revoked;
 pub mod routes;
 pub mod store;
 
@@ -15,10 +16,11 @@ use serde_json::Value;
 
 use crate::config::SessionConfig;
 use crate::config::limits::{SESSION_SNAPSHOT_STEP, SESSION_SWEEP_STEP_MAX};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, MeshError};
 use crate::router::Request;
 use crate::runtime::{now_ms, shard};
 use id::{IdGenerator, SessionId, SessionKey};
+use revoked::RevocationLog;
 use store::{SessionData, SessionRecord, Store, StoreError, StoreLimits};
 
 /// A session operation, executed on the session's owner shard.
@@ -29,13 +31,21 @@ pub enum SessionRequest {
     Remove(SessionKey, String),
     Destroy(SessionKey),
     Rotate(SessionKey),
+    /// Whether the session is live (and touches it): picks one of several cookie ids.
+    Live(SessionKey),
+    /// Whether the revocation of this ticket (from `Revoked` or `Rotated`) is durable.
+    Durable(u64),
 }
 
 pub enum SessionReply {
     Data(Result<SessionData, StoreError>),
     Value(Result<Option<Value>, StoreError>),
     Done(Result<bool, StoreError>),
-    Rotated(Result<SessionId, StoreError>),
+    /// A destroy: the revocation log ticket to wait for (0: none, persistence is off).
+    Revoked(Result<u64, SessionError>),
+    /// A rotation: the new id, and the ticket of the old id's revocation.
+    Rotated(Result<(SessionId, u64), SessionError>),
+    Durable(Result<bool, SessionError>),
 }
 
 /// The session message class has its own mesh: a session lookup never queues behind a
@@ -51,6 +61,9 @@ pub enum SessionError {
     TooLarge,
     /// The owner shard did not answer in time or is overloaded; safe to retry.
     Unavailable,
+    /// At `--max-sessions` with every session logged in: a new session is refused (503 and
+    /// `Retry-After`) rather than log a user out.
+    Full,
 }
 
 impl SessionError {
@@ -58,7 +71,7 @@ impl SessionError {
         match self {
             SessionError::Unknown => 401,
             SessionError::TooLarge => 413,
-            SessionError::Unavailable => 503,
+            SessionError::Unavailable | SessionError::Full => 503,
         }
     }
 
@@ -67,6 +80,7 @@ impl SessionError {
             SessionError::Unknown => "no valid session",
             SessionError::TooLarge => "session data over its size bound",
             SessionError::Unavailable => "session owner unavailable, retry",
+            SessionError::Full => "every session is logged in, retry later",
         }
     }
 }
@@ -76,6 +90,7 @@ impl From<StoreError> for SessionError {
         match e {
             StoreError::Unknown => SessionError::Unknown,
             StoreError::TooLarge => SessionError::TooLarge,
+            StoreError::Full => SessionError::Full,
         }
     }
 }
@@ -91,6 +106,8 @@ pub struct Sessions {
     mesh: Rc<SessionMesh>,
     /// Session operations this shard sent to another shard.
     pub remote_calls: Cell<u64>,
+    /// The revocation log, once `load` opened it (persistence on).
+    revoked: RefCell<Option<Rc<RevocationLog>>>,
 }
 
 impl Sessions {
@@ -110,6 +127,7 @@ impl Sessions {
             config,
             mesh,
             remote_calls: Cell::new(0),
+            revoked: RefCell::new(None),
         }
     }
 
@@ -126,18 +144,66 @@ impl Sessions {
             SessionRequest::Remove(key, name) => {
                 SessionReply::Done(store.remove_value(&key, &name, now))
             }
-            SessionRequest::Destroy(key) => SessionReply::Done(Ok(store.destroy(&key, now))),
+            SessionRequest::Live(key) => SessionReply::Done(Ok(store.live(&key, now))),
+            SessionRequest::Destroy(key) => {
+                SessionReply::Revoked(self.revoking(&mut store, &key, |store| {
+                    store
+                        .destroy(&key, now)
+                        .then_some(())
+                        .ok_or(StoreError::Unknown)
+                }))
+            }
             SessionRequest::Rotate(key) => {
                 let new_id = self.ids.borrow_mut().mint();
-                SessionReply::Rotated(store.rotate(&key, new_id.key, now).map(|()| new_id))
+                let ticket = self.revoking(&mut store, &key, |store| {
+                    store.rotate(&key, new_id.key, now)
+                });
+                SessionReply::Rotated(ticket.map(|ticket| (new_id, ticket)))
+            }
+            SessionRequest::Durable(ticket) => {
+                SessionReply::Durable(match &*self.revoked.borrow() {
+                    None => Ok(true),
+                    Some(log) => log
+                        .is_durable(ticket)
+                        .map_err(|_| SessionError::Unavailable),
+                })
             }
         }
+    }
+
+    /// Runs `kill`, which ends the id `key` (a destroy, a rotation away from it), and appends
+    /// the id to the revocation log; the ticket to wait for before answering (0 without a log).
+    /// A log that refuses (failed, or at its bound) refuses the operation: nothing changes.
+    fn revoking(
+        &self,
+        store: &mut Store,
+        key: &SessionKey,
+        kill: impl FnOnce(&mut Store) -> Result<(), StoreError>,
+    ) -> Result<u64, SessionError> {
+        let revoked = self.revoked.borrow();
+        let Some(log) = revoked.as_ref() else {
+            return Ok(kill(store).map(|()| 0)?);
+        };
+        let Some(expiry_ms) = store.expiry_ms(key) else {
+            return Err(SessionError::Unknown);
+        };
+        if log.refuses() {
+            return Err(SessionError::Unavailable);
+        }
+        kill(store)?;
+        Ok(log.append(key, expiry_ms))
     }
 
     fn create(&self) -> SessionId {
         let id = self.ids.borrow_mut().mint();
         self.store.borrow_mut().create(id.key, now_ms());
         id
+    }
+
+    fn try_create(&self) -> Result<SessionId, SessionError> {
+        let id = self.ids.borrow_mut().mint();
+        self.store.borrow_mut().try_create(id.key, now_ms())?;
+        Ok(id)
     }
 
     async fn call(
@@ -157,8 +223,39 @@ impl Sessions {
             .map_err(|_| SessionError::Unavailable)
     }
 
-    /// Loads this shard's snapshot, if any; a missing file is fine, a bad one is reported and skipped.
+    /// Loads this shard's snapshot, if any (a missing file is fine, a bad one is reported and
+    /// skipped), drops from it every id in the revocation log, and opens the log.
     pub fn load(&self, dir: &std::path::Path) {
+        self.load_snapshot(dir);
+        let path = revoked::path(dir, self.shard);
+        let loaded = match revoked::read(&path) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Fail closed: without the log, any id in the snapshot may have been destroyed.
+                eprintln!(
+                    "percore: shard {}: cannot read {}: {e}; starting without its sessions",
+                    self.shard,
+                    path.display()
+                );
+                let keys: Vec<SessionKey> = {
+                    let store = self.store.borrow();
+                    store.records(0).map(|(k, _)| *k).collect()
+                };
+                keys.iter().for_each(|k| {
+                    self.store.borrow_mut().revoke(k);
+                });
+                Vec::new()
+            }
+        };
+        let mut store = self.store.borrow_mut();
+        for (key, _) in &loaded {
+            store.revoke(key);
+        }
+        store.counters = Default::default();
+        *self.revoked.borrow_mut() = Some(RevocationLog::start(dir, self.shard, &loaded));
+    }
+
+    fn load_snapshot(&self, dir: &std::path::Path) {
         let path = persist::path(dir, self.shard);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -187,7 +284,6 @@ impl Sessions {
                         store.insert(key, record, now);
                     }
                 }
-                store.counters = Default::default();
             }
             Err(reason) => {
                 eprintln!(
@@ -200,9 +296,12 @@ impl Sessions {
     }
 
     /// Copies the live sessions in steps (yielding between them, so serving goes on) and writes
-    /// them on the blocking pool. Returns the store generation written.
+    /// them on the blocking pool; then the revocation log is cut of the ids destroyed before the
+    /// copy began (none of them is in the snapshot). Returns the store generation written.
     pub async fn snapshot(&self, dir: &std::path::Path) -> std::io::Result<u64> {
         let now = now_ms();
+        // Taken with the keys, in one step: every revocation up to `covered` is older than both.
+        let covered = self.revoked.borrow().as_ref().map(|log| log.appended());
         let (generation, keys): (u64, Vec<SessionKey>) = {
             let store = self.store.borrow();
             (
@@ -226,7 +325,48 @@ impl Sessions {
                 persist::write_file(&path, &bytes)
             })
             .await?;
+        if let (Some(log), Some(covered)) = (self.revoked.borrow().as_ref(), covered) {
+            log.cut(covered + 1);
+        }
         Ok(generation)
+    }
+
+    /// Waits until the revocation with `ticket` on `owner` is durable (0: nothing to wait for).
+    /// A remote owner is asked again every `REVOKED_POLL_INTERVAL` (its handler never waits),
+    /// for at most `REVOKED_WAIT_MAX`; a log that failed, an owner that stopped or the end of
+    /// the wait is Unavailable: the destroy may not survive a crash, so it is not confirmed.
+    async fn revocation_durable(&self, owner: usize, ticket: u64) -> Result<(), SessionError> {
+        if ticket == 0 {
+            return Ok(());
+        }
+        if owner == self.shard {
+            let log = self
+                .revoked
+                .borrow()
+                .clone()
+                .expect("a ticket comes from a log");
+            return log
+                .durable(ticket)
+                .await
+                .map_err(|_| SessionError::Unavailable);
+        }
+        let deadline = std::time::Instant::now() + revoked::REVOKED_WAIT_MAX;
+        loop {
+            glommio::timer::sleep(revoked::REVOKED_POLL_INTERVAL).await;
+            self.remote_calls.set(self.remote_calls.get() + 1);
+            match self.mesh.call(owner, SessionRequest::Durable(ticket)).await {
+                Ok(SessionReply::Durable(Ok(true))) => return Ok(()),
+                Ok(SessionReply::Durable(Ok(false))) => {}
+                Ok(SessionReply::Durable(Err(e))) => return Err(e),
+                Ok(_) => unreachable!("Durable is answered with Durable"),
+                // The question is idempotent: ask again, within the wait's bound.
+                Err(MeshError::Overloaded | MeshError::Timeout) => {}
+                Err(MeshError::Closed) => return Err(SessionError::Unavailable),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(SessionError::Unavailable);
+            }
+        }
     }
 
     /// Writes the snapshot now, blocking the shard (shutdown only).
@@ -240,7 +380,15 @@ impl Sessions {
 /// Background upkeep of one shard's sessions: expiry sweeps in bounded steps, and periodic
 /// snapshots when the store changed. Runs on the shard's background task queue.
 pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>) {
-    let mut written_generation = sessions.store.borrow().generation;
+    // The snapshot on disk still holds the ids of a revocation log found at start: the first
+    // snapshot is due (then the log is cut) even if nothing changes.
+    let revocations_loaded = sessions
+        .revoked
+        .borrow()
+        .as_ref()
+        .is_some_and(|log| log.appended() > 0);
+    let mut written_generation =
+        (!revocations_loaded).then_some(sessions.store.borrow().generation);
     let mut next_snapshot = std::time::Instant::now() + sessions.config.snapshot_interval;
     loop {
         glommio::timer::sleep(Duration::from_millis(500)).await;
@@ -253,15 +401,21 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
             glommio::yield_if_needed().await;
         }
         let Some(dir) = &data_dir else { continue };
-        if std::time::Instant::now() < next_snapshot {
+        // A long revocation log (or a failed one) is cut after a snapshot: take one now.
+        let forced = sessions
+            .revoked
+            .borrow()
+            .as_ref()
+            .is_some_and(|log| log.wants_snapshot());
+        if std::time::Instant::now() < next_snapshot && !forced {
             continue;
         }
         next_snapshot = std::time::Instant::now() + sessions.config.snapshot_interval;
-        if sessions.store.borrow().generation == written_generation {
+        if Some(sessions.store.borrow().generation) == written_generation && !forced {
             continue;
         }
         match sessions.snapshot(dir).await {
-            Ok(generation) => written_generation = generation,
+            Ok(generation) => written_generation = Some(generation),
             Err(e) => eprintln!(
                 "percore: shard {}: session snapshot failed: {e}",
                 sessions.shard
@@ -270,17 +424,41 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
     }
 }
 
+/// How many session ids from one request's cookies are tried, in cookie order, for the first
+/// live one: a stale or planted cookie sent first (browsers send the longer-Path cookie first)
+/// must not hide the real session. Each try is a lookup on the id's owner shard, one after
+/// another, so this bounds the mesh calls a request with many cookies makes; ids past it are
+/// ignored.
+pub const SESSION_COOKIE_IDS_MAX: usize = 4;
+
 /// A handle on one session, usable from any shard: every operation goes to the owner.
 #[derive(Clone, Debug)]
 pub struct Session {
-    id: SessionId,
+    /// The ids the request's cookies named, in order (one for a new session): `ids[..count]`.
+    ids: [SessionId; SESSION_COOKIE_IDS_MAX],
+    count: usize,
+    /// The index in `ids` this handle uses: the first live one once `resolve` looked.
+    at: Cell<usize>,
+    resolved: Cell<bool>,
 }
 
 impl Session {
-    /// The session named by the request's cookie, without checking that it exists.
+    fn of(id: SessionId) -> Session {
+        Session {
+            ids: [id; SESSION_COOKIE_IDS_MAX],
+            count: 1,
+            at: Cell::new(0),
+            resolved: Cell::new(true),
+        }
+    }
+
+    /// The session named by the request's cookies, without checking that it exists. With
+    /// several ids (up to `SESSION_COOKIE_IDS_MAX`), the first operation uses the first that is
+    /// live (the first one when none is).
     pub fn from_request(req: &Request) -> Option<Session> {
         let name = shard::current().sessions.config.cookie_name.clone();
-        req.head
+        let mut ids = req
+            .head
             .headers()
             .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
             .flat_map(|(_, v)| v.split(|b| *b == b';'))
@@ -289,15 +467,28 @@ impl Session {
                 let eq = pair.iter().position(|b| *b == b'=')?;
                 (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
             })
-            .find_map(SessionId::decode)
-            .map(|id| Session { id })
+            .filter_map(SessionId::decode)
+            .take(SESSION_COOKIE_IDS_MAX);
+        let mut session = Session::of(ids.next()?);
+        for id in ids {
+            session.ids[session.count] = id;
+            session.count += 1;
+        }
+        session.resolved.set(session.count == 1);
+        Some(session)
     }
 
-    /// A new, empty session owned by the current shard.
+    /// A new, empty session owned by the current shard. At `--max-sessions` with every session
+    /// logged in it evicts the least recently used one: for the server's own use after a
+    /// password check; a client's request for a session uses `try_create`.
     pub fn create() -> Session {
-        Session {
-            id: shard::current().sessions.create(),
-        }
+        Session::of(shard::current().sessions.create())
+    }
+
+    /// A new, empty session owned by the current shard; Err(Full) when the bound is reached
+    /// and every session is logged in (anonymous ones are evicted, logged-in ones never).
+    pub fn try_create() -> Result<Session, SessionError> {
+        Ok(Session::of(shard::current().sessions.try_create()?))
     }
 
     /// The request's session if it is live, else a new one; `true` when created.
@@ -309,25 +500,51 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
-        Ok((Session::create(), true))
+        Ok((Session::try_create()?, true))
     }
 
     pub fn id(&self) -> &SessionId {
-        &self.id
+        &self.ids[self.at.get()]
     }
 
     /// The shard that owns this session.
     pub fn owner(&self) -> usize {
-        usize::from(self.id.shard)
+        usize::from(self.id().shard)
     }
 
-    async fn call(&self, request: SessionRequest) -> Result<SessionReply, SessionError> {
+    /// Picks the first live id of several, one owner lookup after another. An owner that does
+    /// not answer ends the search with its error: a later id is not taken in its place.
+    async fn resolve(&self) -> Result<(), SessionError> {
+        if self.resolved.get() {
+            return Ok(());
+        }
         let sessions = shard::current().sessions.clone();
-        sessions.call(&self.id, request).await
+        for (index, id) in self.ids[..self.count].iter().enumerate() {
+            match sessions.call(id, SessionRequest::Live(id.key)).await {
+                Ok(SessionReply::Done(Ok(true))) => {
+                    self.at.set(index);
+                    break;
+                }
+                Ok(_) | Err(SessionError::Unknown) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.resolved.set(true);
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        request: impl FnOnce(SessionKey) -> SessionRequest,
+    ) -> Result<SessionReply, SessionError> {
+        self.resolve().await?;
+        let sessions = shard::current().sessions.clone();
+        let id = *self.id();
+        sessions.call(&id, request(id.key)).await
     }
 
     pub async fn data(&self) -> Result<SessionData, SessionError> {
-        match self.call(SessionRequest::Data(self.id.key)).await? {
+        match self.call(SessionRequest::Data).await? {
             SessionReply::Data(result) => Ok(result?),
             _ => unreachable!("Data is answered with Data"),
         }
@@ -335,7 +552,7 @@ impl Session {
 
     pub async fn get_value(&self, name: &str) -> Result<Option<Value>, SessionError> {
         match self
-            .call(SessionRequest::Get(self.id.key, name.to_string()))
+            .call(|key| SessionRequest::Get(key, name.to_string()))
             .await?
         {
             SessionReply::Value(result) => Ok(result?),
@@ -353,7 +570,7 @@ impl Session {
 
     pub async fn set_value(&self, name: &str, value: Value) -> Result<(), SessionError> {
         match self
-            .call(SessionRequest::Put(self.id.key, name.to_string(), value))
+            .call(|key| SessionRequest::Put(key, name.to_string(), value))
             .await?
         {
             SessionReply::Done(result) => result.map(|_| ()).map_err(Into::into),
@@ -373,7 +590,7 @@ impl Session {
     /// Removes a value; false when there was none.
     pub async fn remove(&self, name: &str) -> Result<bool, SessionError> {
         match self
-            .call(SessionRequest::Remove(self.id.key, name.to_string()))
+            .call(|key| SessionRequest::Remove(key, name.to_string()))
             .await?
         {
             SessionReply::Done(result) => Ok(result?),
@@ -381,21 +598,26 @@ impl Session {
         }
     }
 
-    /// Destroys the session; from then on its id is unknown on every shard.
+    /// Destroys the session; from then on its id is unknown on every shard, and (with
+    /// persistence) stays so after a crash: Ok only once its revocation is durable.
     pub async fn destroy(self) -> Result<(), SessionError> {
-        match self.call(SessionRequest::Destroy(self.id.key)).await? {
-            SessionReply::Done(Ok(true)) => Ok(()),
-            SessionReply::Done(_) => Err(SessionError::Unknown),
-            _ => unreachable!("Destroy is answered with Done"),
+        match self.call(SessionRequest::Destroy).await? {
+            SessionReply::Revoked(ticket) => {
+                let sessions = shard::current().sessions.clone();
+                sessions.revocation_durable(self.owner(), ticket?).await
+            }
+            _ => unreachable!("Destroy is answered with Revoked"),
         }
     }
 
     /// Gives the session a new id (same owner, same data); the old id is dead (against fixation).
     pub async fn rotate(&mut self) -> Result<(), SessionError> {
-        match self.call(SessionRequest::Rotate(self.id.key)).await? {
+        match self.call(SessionRequest::Rotate).await? {
             SessionReply::Rotated(result) => {
-                self.id = result?;
-                Ok(())
+                let (id, ticket) = result?;
+                *self = Session::of(id);
+                let sessions = shard::current().sessions.clone();
+                sessions.revocation_durable(self.owner(), ticket).await
             }
             _ => unreachable!("Rotate is answered with Rotated"),
         }
@@ -407,7 +629,7 @@ impl Session {
         let mut cookie = format!(
             "{}={}; Path=/; HttpOnly; SameSite=Lax",
             config.cookie_name,
-            self.id.encode()
+            self.id().encode()
         );
         if let Some(max_age) = config.cookie_max_age {
             cookie.push_str(&format!("; Max-Age={max_age}"));

@@ -26,9 +26,17 @@ fn session(req: &Request) -> Result<Session, Response> {
     Session::from_request(req).ok_or_else(|| error(SessionError::Unknown))
 }
 
-/// POST /session -> 201 `{"shard": owner}` and the cookie of a new session.
+/// How long a client refused a session at a bound full of logged-in sessions is told to wait:
+/// room comes back as sessions expire or log out, on the scale of minutes.
+const FULL_RETRY_AFTER_S: &str = "30";
+
+/// POST /session -> 201 `{"shard": owner}` and the cookie of a new session; 503 with
+/// Retry-After when every session is logged in (an anonymous one never evicts a login).
 async fn create(req: Request) -> Response {
-    let session = Session::create();
+    let session = match Session::try_create() {
+        Ok(session) => session,
+        Err(e) => return error(e).header("Retry-After", FULL_RETRY_AFTER_S),
+    };
     Response::json(201, &json!({ "shard": session.owner() }))
         .header("Set-Cookie", session.cookie(req.ctx.tls))
 }

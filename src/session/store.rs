@@ -21,7 +21,15 @@ pub enum StoreError {
     Unknown,
     /// The write would take the session past its bytes bound.
     TooLarge,
+    /// At the sessions bound with every session authenticated: a new one is refused rather
+    /// than log a user out.
+    Full,
 }
+
+/// The value the server writes into a session when a user logs in (auth's `SESSION_USER`, kept
+/// equal by a unit test). A session that holds it is authenticated: the bound evicts it only
+/// after every anonymous session, and `try_insert` never does.
+pub const USER_VALUE: &str = "percore.user";
 
 pub type SessionData = BTreeMap<String, Value>;
 
@@ -47,13 +55,20 @@ pub struct StoreCounters {
     pub expirations: u64,
     pub created: u64,
     pub destroyed: u64,
+    /// New sessions refused at the bound because every session was authenticated.
+    pub refusals: u64,
 }
 
 pub struct Store {
     limits: StoreLimits,
     entries: HashMap<SessionKey, Entry>,
-    /// (last access ms, seq) -> key: the LRU order, and the idle-expiry order.
+    /// (last access ms, seq) -> key of the anonymous sessions: their LRU order, the one the
+    /// bound evicts from, and their idle-expiry order.
     by_access: BTreeMap<(u64, u64), SessionKey>,
+    /// The same for the authenticated sessions (holding `USER_VALUE`): evicted only by `insert`
+    /// when there is no anonymous session left, never by `try_insert`. Two lists keep every
+    /// operation O(log n): an anonymous flood evicts only anonymous sessions.
+    by_access_authenticated: BTreeMap<(u64, u64), SessionKey>,
     /// (created ms, seq) -> key: the absolute-expiry order.
     by_created: BTreeMap<(u64, u64), SessionKey>,
     seq: u64,
@@ -74,6 +89,7 @@ impl Store {
             limits,
             entries: HashMap::new(),
             by_access: BTreeMap::new(),
+            by_access_authenticated: BTreeMap::new(),
             by_created: BTreeMap::new(),
             seq: 0,
             bytes_total: 0,
@@ -99,6 +115,15 @@ impl Store {
         self.seq
     }
 
+    /// The LRU list a session with `record` belongs on.
+    fn lru(&mut self, record: &SessionRecord) -> &mut BTreeMap<(u64, u64), SessionKey> {
+        if record.data.contains_key(USER_VALUE) {
+            &mut self.by_access_authenticated
+        } else {
+            &mut self.by_access
+        }
+    }
+
     fn expired(&self, record: &SessionRecord, now_ms: u64) -> bool {
         now_ms
             >= record
@@ -109,26 +134,67 @@ impl Store {
 
     /// Adds a session (a fresh one, or one loaded from a snapshot). At the bound an expired
     /// session is reclaimed first (an expiration); only when none is expired is the least
-    /// recently used live session evicted (an eviction); returns the evicted key.
+    /// recently used live anonymous session evicted (an eviction); returns the evicted key.
+    /// When every session is authenticated, Err(Full): the new session is refused (Tomcat's
+    /// `maxActiveSessions`), so a flood of anonymous sessions never logs anyone out.
+    pub fn try_insert(
+        &mut self,
+        key: SessionKey,
+        record: SessionRecord,
+        now_ms: u64,
+    ) -> Result<Option<SessionKey>, StoreError> {
+        let evicted = self.make_room(now_ms, false)?;
+        self.insert_unbounded(key, record);
+        Ok(evicted)
+    }
+
+    /// `try_insert`, except that a bound full of authenticated sessions evicts the least
+    /// recently used of them (a snapshot load, the server's own `create`).
     pub fn insert(
         &mut self,
         key: SessionKey,
         record: SessionRecord,
         now_ms: u64,
     ) -> Option<SessionKey> {
-        let mut evicted = None;
-        if self.entries.len() >= self.limits.sessions_max
-            && self.sweep(now_ms, 1) == 0
-            && let Some((_, &oldest)) = self.by_access.iter().next()
-        {
-            self.remove(&oldest);
-            self.counters.evictions += 1;
-            evicted = Some(oldest);
+        let evicted = self
+            .make_room(now_ms, true)
+            .expect("evicting authenticated sessions always makes room");
+        self.insert_unbounded(key, record);
+        evicted
+    }
+
+    /// Makes room for one more session at the bound: an expired one first, else the least
+    /// recently used anonymous one, else (`evict_authenticated`) the least recently used
+    /// authenticated one, else Err(Full).
+    fn make_room(
+        &mut self,
+        now_ms: u64,
+        evict_authenticated: bool,
+    ) -> Result<Option<SessionKey>, StoreError> {
+        if self.entries.len() < self.limits.sessions_max || self.sweep(now_ms, 1) > 0 {
+            return Ok(None);
         }
+        let anonymous = self.by_access.values().next();
+        let authenticated = self.by_access_authenticated.values().next();
+        let oldest = match (anonymous, authenticated) {
+            (Some(&oldest), _) => oldest,
+            (None, Some(&oldest)) if evict_authenticated => oldest,
+            _ => {
+                self.counters.refusals += 1;
+                return Err(StoreError::Full);
+            }
+        };
+        self.remove(&oldest);
+        self.counters.evictions += 1;
+        Ok(Some(oldest))
+    }
+
+    fn insert_unbounded(&mut self, key: SessionKey, record: SessionRecord) {
         let bytes = record.data.iter().map(|(k, v)| value_bytes(k, v)).sum();
         let access_seq = self.next_seq();
         let created_seq = self.next_seq();
-        self.by_access.insert((record.accessed_ms, access_seq), key);
+        self.lru(&record)
+            .insert((record.accessed_ms, access_seq), key);
         self.by_created
             .insert((record.created_ms, created_seq), key);
         self.bytes_total += bytes;
@@ -149,24 +215,32 @@ impl Store {
         }
         self.counters.created += 1;
         self.generation += 1;
-        evicted
+    }
+
+    fn empty_record(now_ms: u64) -> SessionRecord {
+        SessionRecord {
+            created_ms: now_ms,
+            accessed_ms: now_ms,
+            data: SessionData::new(),
+        }
     }
 
     pub fn create(&mut self, key: SessionKey, now_ms: u64) -> Option<SessionKey> {
-        self.insert(
-            key,
-            SessionRecord {
-                created_ms: now_ms,
-                accessed_ms: now_ms,
-                data: SessionData::new(),
-            },
-            now_ms,
-        )
+        self.insert(key, Store::empty_record(now_ms), now_ms)
+    }
+
+    /// A new empty session; Err(Full) rather than evict an authenticated one (`try_insert`).
+    pub fn try_create(
+        &mut self,
+        key: SessionKey,
+        now_ms: u64,
+    ) -> Result<Option<SessionKey>, StoreError> {
+        self.try_insert(key, Store::empty_record(now_ms), now_ms)
     }
 
     fn remove(&mut self, key: &SessionKey) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
-        self.by_access
+        self.lru(&entry.record)
             .remove(&(entry.record.accessed_ms, entry.access_seq));
         self.by_created
             .remove(&(entry.record.created_ms, entry.created_seq));
@@ -192,9 +266,39 @@ impl Store {
         entry.record.accessed_ms = entry.record.accessed_ms.max(now_ms);
         entry.access_seq = seq;
         let new = (entry.record.accessed_ms, seq);
-        self.by_access.remove(&old);
-        self.by_access.insert(new, *key);
+        let lru = if entry.record.data.contains_key(USER_VALUE) {
+            &mut self.by_access_authenticated
+        } else {
+            &mut self.by_access
+        };
+        lru.remove(&old);
+        lru.insert(new, *key);
         Ok(self.entries.get_mut(key).expect("checked above"))
+    }
+
+    /// Moves a session between the anonymous and the authenticated LRU lists after a write or
+    /// removal of `name` changed which one it belongs on (`was_authenticated`: before it).
+    fn reclassify(&mut self, key: &SessionKey, name: &str, was_authenticated: bool) {
+        if name != USER_VALUE {
+            return;
+        }
+        let entry = &self.entries[key];
+        let position = (entry.record.accessed_ms, entry.access_seq);
+        let authenticated = entry.record.data.contains_key(USER_VALUE);
+        let (from, to) = match (was_authenticated, authenticated) {
+            (false, true) => (&mut self.by_access, &mut self.by_access_authenticated),
+            (true, false) => (&mut self.by_access_authenticated, &mut self.by_access),
+            _ => return,
+        };
+        let moved = from
+            .remove(&position)
+            .expect("a session is on its LRU list");
+        to.insert(position, moved);
+    }
+
+    /// Whether the session is live; slides its idle timeout like any other use.
+    pub fn live(&mut self, key: &SessionKey, now_ms: u64) -> bool {
+        self.touch(key, now_ms).is_ok()
     }
 
     pub fn data(&mut self, key: &SessionKey, now_ms: u64) -> Result<SessionData, StoreError> {
@@ -229,10 +333,12 @@ impl Store {
         if bytes > bytes_max {
             return Err(StoreError::TooLarge);
         }
+        let was_authenticated = entry.record.data.contains_key(USER_VALUE);
         entry.bytes = bytes;
         entry.record.data.insert(name.to_string(), value);
         self.bytes_total = self.bytes_total - old_bytes + new_bytes;
         self.generation += 1;
+        self.reclassify(key, name, was_authenticated);
         Ok(())
     }
 
@@ -244,6 +350,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let entry = self.touch(key, now_ms)?;
+        let was_authenticated = entry.record.data.contains_key(USER_VALUE);
         let Some(old) = entry.record.data.remove(name) else {
             return Ok(false);
         };
@@ -251,6 +358,7 @@ impl Store {
         entry.bytes -= bytes;
         self.bytes_total -= bytes;
         self.generation += 1;
+        self.reclassify(key, name, was_authenticated);
         Ok(true)
     }
 
@@ -285,8 +393,11 @@ impl Store {
         let mut removed = 0;
         while removed < steps_max {
             let idle = self.by_access.iter().next().map(|(_, k)| *k);
+            let idle_authenticated = self.by_access_authenticated.iter().next();
+            let idle_authenticated = idle_authenticated.map(|(_, k)| *k);
             let old = self.by_created.iter().next().map(|(_, k)| *k);
-            let candidate = [idle, old].into_iter().flatten().find(|k| {
+            let candidates = [idle, idle_authenticated, old];
+            let candidate = candidates.into_iter().flatten().find(|k| {
                 self.entries
                     .get(k)
                     .is_some_and(|e| self.expired(&e.record, now_ms))
@@ -317,7 +428,80 @@ impl Store {
             .map(|(k, e)| (k, &e.record))
     }
 
+    /// When the session ends at the latest (its absolute expiry), if the store holds it.
+    pub fn expiry_ms(&self, key: &SessionKey) -> Option<u64> {
+        let entry = self.entries.get(key)?;
+        Some(
+            entry
+                .record
+                .created_ms
+                .saturating_add(self.limits.lifetime_ms),
+        )
+    }
+
+    /// Removes a session the revocation log names (start-up, over the snapshot); no counter
+    /// moves: it was destroyed before the restart.
+    pub fn revoke(&mut self, key: &SessionKey) -> bool {
+        self.remove(key).is_some()
+    }
+
     pub fn contains(&self, key: &SessionKey) -> bool {
         self.entries.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: StoreLimits = StoreLimits {
+        sessions_max: 3,
+        session_bytes_max: 1024,
+        idle_timeout_ms: 1_000,
+        lifetime_ms: 10_000,
+    };
+
+    fn key(n: u8) -> SessionKey {
+        [n; 16]
+    }
+
+    fn log_in(store: &mut Store, n: u8, now_ms: u64) {
+        store.create(key(n), now_ms);
+        let user = serde_json::json!({"user": "ann", "stamp": ""});
+        store.put(&key(n), USER_VALUE, user, now_ms).unwrap();
+    }
+
+    #[test]
+    fn the_user_value_is_the_one_auth_writes() {
+        assert_eq!(USER_VALUE, crate::auth::middleware::SESSION_USER);
+    }
+
+    #[test]
+    fn anonymous_sessions_are_evicted_before_authenticated_ones_and_never_by_try_insert() {
+        let mut store = Store::new(LIMITS);
+        log_in(&mut store, 1, 0); // the least recently used of all
+        store.create(key(2), 1);
+        store.create(key(3), 2);
+        for (n, now) in (10..20).zip(3..) {
+            let evicted = store.try_create(key(n), now).unwrap();
+            assert_ne!(evicted, Some(key(1)), "an anonymous flood logs nobody out");
+        }
+        assert!(store.contains(&key(1)));
+        log_in(&mut store, 30, 20);
+        log_in(&mut store, 31, 21); // evicts the last anonymous one
+        assert_eq!(store.counters.evictions, 12);
+        assert_eq!(store.try_create(key(40), 22), Err(StoreError::Full));
+        assert_eq!((store.len(), store.counters.refusals), (3, 1));
+        // Logging out (the value removed) makes a session evictable again.
+        assert!(store.remove_value(&key(30), USER_VALUE, 23).unwrap());
+        assert_eq!(store.try_create(key(41), 24), Ok(Some(key(30))));
+        assert_eq!(store.try_create(key(42), 25), Ok(Some(key(41))));
+        log_in(&mut store, 43, 26); // evicts 42, the only anonymous one
+        // The server's own `create` evicts the least recently used authenticated session.
+        assert_eq!(store.create(key(44), 27), Some(key(1)));
+        // Expired sessions of either kind are reclaimed first, and swept.
+        assert_eq!(store.try_create(key(45), 10_000), Ok(None));
+        assert_eq!(store.sweep(10_000, 10), 2);
+        assert_eq!(store.len(), 1);
     }
 }

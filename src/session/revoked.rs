@@ -1,0 +1,367 @@
+//! One shard's session revocation log: the ids destroyed or rotated away since its last snapshot, each made durable (one fdatasync for all appends waiting) before the destroy is answered, and dropped from the snapshot at start; never decides what to revoke.
+//!
+//! The file holds fixed-size records (key, absolute expiry, CRC32); a torn or corrupt tail is cut
+//! at start. After a snapshot is durable, the records it covers (appended before its copy
+//! began) are cut: the remaining ones are rewritten to a temporary file, synced and renamed
+//! over the log, so a crash at any point leaves the old log or the new one, each with every
+//! revocation the snapshot on disk lacks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use glommio::io::{BufferedFile, OpenOptions};
+
+use super::id::SessionKey;
+
+/// key (16) + absolute expiry ms (8) + CRC32 of both (4).
+pub const RECORD_BYTES: usize = 16 + 8 + 4;
+/// Records one log holds at most (1.75 MiB of file, under 3 MiB of memory): at the bound a destroy or a
+/// rotation is refused (503, the session stays as it was) until a snapshot lets the log be cut.
+pub const REVOKED_RECORDS_MAX: usize = 65_536;
+/// From this many records on, the upkeep writes a snapshot at once rather than at its interval,
+/// so the bound is reached only while snapshots fail.
+pub const REVOKED_SNAPSHOT_AT: usize = REVOKED_RECORDS_MAX / 4;
+const _: () = assert!(REVOKED_SNAPSHOT_AT < REVOKED_RECORDS_MAX);
+/// How often a shard asks another whether a revocation it logged is durable (an fdatasync
+/// takes from tens of microseconds to a few milliseconds), and for how long at most.
+pub const REVOKED_POLL_INTERVAL: Duration = Duration::from_millis(1);
+pub const REVOKED_WAIT_MAX: Duration = Duration::from_secs(5);
+
+type Record = [u8; RECORD_BYTES];
+
+pub fn path(dir: &Path, shard: usize) -> PathBuf {
+    dir.join(format!("sessions-{shard}.revoked"))
+}
+
+pub fn encode(key: &SessionKey, expiry_ms: u64) -> Record {
+    let mut record = [0u8; RECORD_BYTES];
+    record[..16].copy_from_slice(key);
+    record[16..24].copy_from_slice(&expiry_ms.to_le_bytes());
+    let crc = crc32fast::hash(&record[..24]);
+    record[24..].copy_from_slice(&crc.to_le_bytes());
+    record
+}
+
+/// The valid records in `bytes` (key, expiry ms): a corrupt one is skipped (records have a fixed
+/// size, so the ones after it still count), a torn one at the end ignored.
+pub fn decode(bytes: &[u8]) -> Vec<(SessionKey, u64)> {
+    bytes
+        .chunks_exact(RECORD_BYTES)
+        .filter_map(|record| {
+            let crc = u32::from_le_bytes(record[24..].try_into().expect("4 bytes"));
+            (crc32fast::hash(&record[..24]) == crc).then(|| {
+                let key: SessionKey = record[..16].try_into().expect("16 bytes");
+                let expiry = u64::from_le_bytes(record[16..24].try_into().expect("8 bytes"));
+                (key, expiry)
+            })
+        })
+        .collect()
+}
+
+/// Reads the log at start-up: its valid records. A file with a torn or corrupt record (a torn
+/// append was never acknowledged) is rewritten with the valid ones, so appends go on after
+/// whole records. Blocking: start-up only.
+pub fn read(path: &Path) -> io::Result<Vec<(SessionKey, u64)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let records = decode(&bytes);
+    if records.len() * RECORD_BYTES != bytes.len() {
+        eprintln!(
+            "percore: session revocation log {}: {} bytes of torn or corrupt records skipped",
+            path.display(),
+            bytes.len() - records.len() * RECORD_BYTES
+        );
+        let valid: Vec<u8> = records.iter().flat_map(|(k, e)| encode(k, *e)).collect();
+        let tmp = path.with_extension("revoked.tmp");
+        {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&valid)?;
+            file.sync_data()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    Ok(records)
+}
+
+/// The log of one shard; appends come from the synchronous session handler, one flusher task
+/// writes and syncs them, and waiters learn by ticket when theirs is durable.
+pub struct RevocationLog {
+    dir: PathBuf,
+    path: PathBuf,
+    /// Every record in the file or waiting for it, oldest first, with its ticket: what a cut
+    /// rewrites. Bounded by `REVOKED_RECORDS_MAX`.
+    records: RefCell<VecDeque<(u64, u64, Record)>>,
+    /// Tickets handed out: the n-th record appended since start has ticket n (from 1).
+    appended: Cell<u64>,
+    /// Every ticket up to this is in the file.
+    written: Cell<u64>,
+    /// Every ticket up to this is durable: synced, or covered by a durable snapshot.
+    durable: Cell<u64>,
+    /// A write or sync failed: nothing more is acknowledged (or appended) until a cut rewrites
+    /// the whole log.
+    failed: Cell<bool>,
+    /// A cut the upkeep asked for: records below this ticket are in a durable snapshot.
+    cut_below: Cell<Option<u64>>,
+    file: RefCell<Option<BufferedFile>>,
+    file_bytes: Cell<u64>,
+    waiters: RefCell<Vec<(u64, Waker)>>,
+    flusher: RefCell<Option<Waker>>,
+}
+
+impl RevocationLog {
+    /// A log whose file holds `loaded` (from `read`); starts its flusher on the current queue.
+    pub fn start(dir: &Path, shard: usize, loaded: &[(SessionKey, u64)]) -> Rc<RevocationLog> {
+        let records: VecDeque<_> = loaded
+            .iter()
+            .zip(1..)
+            .map(|((key, expiry), ticket)| (ticket, *expiry, encode(key, *expiry)))
+            .collect();
+        let count = records.len() as u64;
+        let log = Rc::new(RevocationLog {
+            dir: dir.to_path_buf(),
+            path: path(dir, shard),
+            records: RefCell::new(records),
+            appended: Cell::new(count),
+            written: Cell::new(count),
+            durable: Cell::new(count),
+            failed: Cell::new(false),
+            cut_below: Cell::new(None),
+            file: RefCell::new(None),
+            file_bytes: Cell::new(count * RECORD_BYTES as u64),
+            waiters: RefCell::new(Vec::new()),
+            flusher: RefCell::new(None),
+        });
+        glommio::spawn_local(Self::flush_loop(log.clone())).detach();
+        log
+    }
+
+    /// Whether an append would be refused: the log failed, or is at its bound.
+    pub fn refuses(&self) -> bool {
+        self.failed.get() || self.records.borrow().len() >= REVOKED_RECORDS_MAX
+    }
+
+    /// Whether the upkeep should write a snapshot now (so that the log can be cut).
+    pub fn wants_snapshot(&self) -> bool {
+        self.failed.get() || self.records.borrow().len() >= REVOKED_SNAPSHOT_AT
+    }
+
+    /// Appends a revocation; its ticket, for `durable`. The caller checked `refuses` first.
+    pub fn append(&self, key: &SessionKey, expiry_ms: u64) -> u64 {
+        assert!(!self.refuses(), "an append the log refuses");
+        let ticket = self.appended.get() + 1;
+        self.appended.set(ticket);
+        self.records
+            .borrow_mut()
+            .push_back((ticket, expiry_ms, encode(key, expiry_ms)));
+        self.wake_flusher();
+        ticket
+    }
+
+    /// The ticket the next append gets minus one: a snapshot whose copy starts now covers every
+    /// record up to it.
+    pub fn appended(&self) -> u64 {
+        self.appended.get()
+    }
+
+    /// Ok(true) once `ticket` is durable, Ok(false) while it may still be; Err when the log
+    /// failed before it was.
+    pub fn is_durable(&self, ticket: u64) -> io::Result<bool> {
+        if self.durable.get() >= ticket {
+            Ok(true)
+        } else if self.failed.get() {
+            Err(io::Error::other("the session revocation log failed"))
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Resolves once `ticket` is durable; Err when the log failed before it was.
+    pub async fn durable(&self, ticket: u64) -> io::Result<()> {
+        std::future::poll_fn(|cx| match self.is_durable(ticket) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e)),
+            Ok(false) => {
+                self.waiters.borrow_mut().push((ticket, cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Asks for the records below `ticket` to be cut: a snapshot that holds none of their ids
+    /// is durable.
+    pub fn cut(&self, ticket: u64) {
+        let below = self.cut_below.get().map_or(ticket, |t| t.max(ticket));
+        self.cut_below.set(Some(below));
+        self.wake_flusher();
+    }
+
+    fn wake_flusher(&self) {
+        if let Some(waker) = self.flusher.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn wake_waiters(&self) {
+        let durable = self.durable.get();
+        let failed = self.failed.get();
+        self.waiters.borrow_mut().retain(|(ticket, waker)| {
+            let ready = failed || *ticket <= durable;
+            if ready {
+                waker.wake_by_ref();
+            }
+            !ready
+        });
+    }
+
+    async fn flush_loop(log: Rc<RevocationLog>) {
+        loop {
+            std::future::poll_fn(|cx| {
+                let unwritten = !log.failed.get() && log.appended.get() > log.written.get();
+                if unwritten || log.cut_below.get().is_some() {
+                    Poll::Ready(())
+                } else {
+                    *log.flusher.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            let result = match log.cut_below.take() {
+                Some(below) => log.rewrite(below).await,
+                None => log.write_batch().await,
+            };
+            if let Err(e) = result {
+                eprintln!(
+                    "percore: session revocation log {}: {e}; destroys are refused until the next snapshot",
+                    log.path.display()
+                );
+                log.failed.set(true);
+            }
+            log.wake_waiters();
+        }
+    }
+
+    /// Writes and syncs every record appended since the last batch (group commit).
+    async fn write_batch(&self) -> io::Result<()> {
+        let through = self.appended.get();
+        let bytes: Vec<u8> = self
+            .records
+            .borrow()
+            .iter()
+            .filter(|(ticket, _, _)| *ticket > self.written.get())
+            .flat_map(|(_, _, record)| *record)
+            .collect();
+        if self.file.borrow().is_none() {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .buffered_open(&self.path)
+                .await
+                .map_err(glommio_error)?;
+            // The directory entry must be durable too, or a crash could lose the whole file.
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            *self.file.borrow_mut() = Some(file);
+        }
+        let file = self.file.borrow_mut().take().expect("opened above");
+        let result = write_all_at(&file, bytes, self.file_bytes.get()).await;
+        let result = match result {
+            Ok(written) => file
+                .fdatasync()
+                .await
+                .map(|()| written)
+                .map_err(glommio_error),
+            Err(e) => Err(e),
+        };
+        *self.file.borrow_mut() = Some(file);
+        let written = result?;
+        self.file_bytes.set(self.file_bytes.get() + written);
+        self.written.set(through);
+        self.durable.set(self.durable.get().max(through));
+        Ok(())
+    }
+
+    /// Drops the records below `below` (a durable snapshot covers them) and the expired ones,
+    /// and replaces the file with the rest: temporary file, sync, rename, directory sync.
+    /// Every record appended so far is then durable, and a failed log is whole again.
+    async fn rewrite(&self, below: u64) -> io::Result<()> {
+        let now = crate::runtime::now_ms();
+        let through = self.appended.get();
+        let bytes: Vec<u8> = {
+            let mut records = self.records.borrow_mut();
+            records.retain(|(ticket, expiry, _)| *ticket >= below && *expiry > now);
+            records.iter().flat_map(|(_, _, record)| *record).collect()
+        };
+        let tmp = self.path.with_extension("revoked.tmp");
+        let file = BufferedFile::create(&tmp).await.map_err(glommio_error)?;
+        let length = write_all_at(&file, bytes, 0).await?;
+        file.fdatasync().await.map_err(glommio_error)?;
+        std::fs::rename(&tmp, &self.path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        // The old handle (on the unlinked file) closes as it drops.
+        self.file.borrow_mut().replace(file);
+        self.file_bytes.set(length);
+        self.written.set(through);
+        self.durable.set(self.durable.get().max(through));
+        self.failed.set(false);
+        Ok(())
+    }
+}
+
+async fn write_all_at(file: &BufferedFile, mut bytes: Vec<u8>, mut at: u64) -> io::Result<u64> {
+    let total = bytes.len() as u64;
+    while !bytes.is_empty() {
+        let n = file
+            .write_at(bytes.clone(), at)
+            .await
+            .map_err(glommio_error)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+        }
+        bytes.drain(..n);
+        at += n as u64;
+    }
+    Ok(total)
+}
+
+fn glommio_error(e: glommio::GlommioError<()>) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_torn_or_corrupt_ones_are_skipped() {
+        let records = [([1u8; 16], 10), ([2u8; 16], 20), ([3u8; 16], 30)];
+        let bytes: Vec<u8> = records.iter().flat_map(|(k, e)| encode(k, *e)).collect();
+        assert_eq!(decode(&bytes), records.to_vec());
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                decode(&bytes[..cut]),
+                records[..cut / RECORD_BYTES].to_vec()
+            );
+        }
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x01;
+            let mut kept = records.to_vec();
+            kept.remove(at / RECORD_BYTES);
+            assert_eq!(decode(&flipped), kept, "flipped byte {at}");
+        }
+        assert_eq!(
+            decode(&[0u8; RECORD_BYTES * 2]),
+            vec![],
+            "zero-filled blocks"
+        );
+    }
+}
