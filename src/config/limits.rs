@@ -114,6 +114,23 @@ pub const SESSION_SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 pub const SESSION_SWEEP_STEP_MAX: usize = 256;
 /// Sessions serialized per step of a snapshot before yielding to the serving queue.
 pub const SESSION_SNAPSHOT_STEP: usize = 512;
+/// How many session ids from one request's cookies are tried, in cookie order, for the first
+/// live one: a stale or planted cookie sent first (browsers send the longer-Path cookie first)
+/// must not hide the real session. Each try is a lookup on the id's owner shard, one after
+/// another, so this bounds the mesh calls a request with many cookies makes; ids past it are
+/// ignored.
+pub const SESSION_COOKIE_IDS_MAX: usize = 4;
+/// Records one log holds at most (1.75 MiB of file, under 3 MiB of memory): at the bound a destroy or a
+/// rotation is refused (503, the session stays as it was) until a snapshot lets the log be cut.
+pub const REVOKED_RECORDS_MAX: usize = 65_536;
+/// From this many records on, the upkeep writes a snapshot at once rather than at its interval,
+/// so the bound is reached only while snapshots fail.
+pub const REVOKED_SNAPSHOT_AT: usize = REVOKED_RECORDS_MAX / 4;
+const _: () = assert!(REVOKED_SNAPSHOT_AT < REVOKED_RECORDS_MAX);
+/// How often a shard asks another whether a revocation it logged is durable (an fdatasync
+/// takes from tens of microseconds to a few milliseconds), and for how long at most.
+pub const REVOKED_POLL_INTERVAL: Duration = Duration::from_millis(1);
+pub const REVOKED_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Log bytes after which a shard checkpoints its partition into a new log segment: bounds log
 /// size and recovery time (replaying 64 MiB takes well under a second).

@@ -15,7 +15,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::config::SessionConfig;
-use crate::config::limits::{SESSION_SNAPSHOT_STEP, SESSION_SWEEP_STEP_MAX};
+use crate::config::limits::{
+    REVOKED_POLL_INTERVAL, REVOKED_WAIT_MAX, SESSION_COOKIE_IDS_MAX, SESSION_SNAPSHOT_STEP,
+    SESSION_SWEEP_STEP_MAX,
+};
 use crate::mesh::{Mesh, MeshError};
 use crate::router::Request;
 use crate::runtime::{now_ms, shard};
@@ -350,9 +353,9 @@ impl Sessions {
                 .await
                 .map_err(|_| SessionError::Unavailable);
         }
-        let deadline = std::time::Instant::now() + revoked::REVOKED_WAIT_MAX;
+        let deadline = std::time::Instant::now() + REVOKED_WAIT_MAX;
         loop {
-            glommio::timer::sleep(revoked::REVOKED_POLL_INTERVAL).await;
+            glommio::timer::sleep(REVOKED_POLL_INTERVAL).await;
             self.remote_calls.set(self.remote_calls.get() + 1);
             match self.mesh.call(owner, SessionRequest::Durable(ticket)).await {
                 Ok(SessionReply::Durable(Ok(true))) => return Ok(()),
@@ -423,13 +426,6 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
         }
     }
 }
-
-/// How many session ids from one request's cookies are tried, in cookie order, for the first
-/// live one: a stale or planted cookie sent first (browsers send the longer-Path cookie first)
-/// must not hide the real session. Each try is a lookup on the id's owner shard, one after
-/// another, so this bounds the mesh calls a request with many cookies makes; ids past it are
-/// ignored.
-pub const SESSION_COOKIE_IDS_MAX: usize = 4;
 
 /// A handle on one session, usable from any shard: every operation goes to the owner.
 #[derive(Clone, Debug)]

@@ -12,25 +12,14 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
 
 use glommio::io::{BufferedFile, OpenOptions};
 
 use super::id::SessionKey;
+use crate::config::limits::{REVOKED_RECORDS_MAX, REVOKED_SNAPSHOT_AT};
 
 /// key (16) + absolute expiry ms (8) + CRC32 of both (4).
 pub const RECORD_BYTES: usize = 16 + 8 + 4;
-/// Records one log holds at most (1.75 MiB of file, under 3 MiB of memory): at the bound a destroy or a
-/// rotation is refused (503, the session stays as it was) until a snapshot lets the log be cut.
-pub const REVOKED_RECORDS_MAX: usize = 65_536;
-/// From this many records on, the upkeep writes a snapshot at once rather than at its interval,
-/// so the bound is reached only while snapshots fail.
-pub const REVOKED_SNAPSHOT_AT: usize = REVOKED_RECORDS_MAX / 4;
-const _: () = assert!(REVOKED_SNAPSHOT_AT < REVOKED_RECORDS_MAX);
-/// How often a shard asks another whether a revocation it logged is durable (an fdatasync
-/// takes from tens of microseconds to a few milliseconds), and for how long at most.
-pub const REVOKED_POLL_INTERVAL: Duration = Duration::from_millis(1);
-pub const REVOKED_WAIT_MAX: Duration = Duration::from_secs(5);
 
 type Record = [u8; RECORD_BYTES];
 
