@@ -458,11 +458,22 @@ fn kv_key_paths_are_percent_decoded() {
     assert_eq!(put(&mut conn, "a", b"plain a", &[]).status, 201);
     assert_eq!(delete(&mut conn, "%2541", &[]).status, 204);
     assert_eq!(get(&mut conn, "%2541").status, 404);
-    // Every key has one path: a second spelling (an escaped letter, lowercase hex) is 400, so
-    // an access rule written for /kv/a cannot be walked around as /kv/%61. So are bad escapes,
-    // and bytes that are not UTF-8 once decoded; none of them touches anything.
+    // Every key has one path: a second spelling (an escaped letter, lowercase hex, a character
+    // sent raw that must be escaped) is 400, so an access rule written for /kv/a cannot be
+    // walked around as /kv/%61, nor one for /kv/caf%C3%A9 as /kv/café. So are bad escapes, and
+    // bytes that are not UTF-8 once decoded; none of them touches anything.
     for path in [
-        "%61", "%2B", "a%2fb", "%", "a%2", "%zz", "%%61", "%FF", "caf%C3",
+        "%61",
+        "%2B",
+        "a%2fb",
+        "caf\u{e9}",
+        "a[1]",
+        "%",
+        "a%2",
+        "%zz",
+        "%%61",
+        "%FF",
+        "caf%C3",
     ] {
         let refused = put(&mut conn, path, b"x", &[]);
         assert_eq!(refused.status, 400, "/kv/{path}: {}", refused.text());

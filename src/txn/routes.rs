@@ -40,6 +40,11 @@ fn percent_decode(segment: &str) -> Result<Vec<u8>, &'static str> {
     while let [first, after @ ..] = rest {
         rest = after;
         if *first != b'%' {
+            // A byte that may not stand as itself (non-ASCII, `"<>[\]^`{|}`) must be escaped:
+            // accepted raw too, it would give its key a second spelling.
+            if !is_segment_byte(*first) {
+                return Err("the key has a character that must be percent-encoded");
+            }
             decoded.push(*first);
             continue;
         }
@@ -243,6 +248,7 @@ mod tests {
         let bad_hex = Err("the key has a '%' without two uppercase hex digits after it");
         let escaped = Err("the key escapes a character that must be written as itself");
         let not_utf8 = Err("the key is not UTF-8 once percent-decoded");
+        let raw = Err("the key has a character that must be percent-encoded");
         let cases: &[(&str, Result<&[u8], &str>)] = &[
             ("a", Ok(b"a")),
             ("", Ok(b"")),
@@ -273,6 +279,12 @@ mod tests {
             ("%+1", bad_hex),
             ("%FF", not_utf8),
             ("%C3", not_utf8),
+            // The other spelling of an escaped key: refused.
+            ("caf\u{e9}", raw),
+            ("a[1]", raw),
+            ("a\"b", raw),
+            ("a{b}", raw),
+            ("a|b", raw),
             ("%C3%5B", not_utf8),
         ];
         for (segment, want) in cases {
