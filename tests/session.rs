@@ -804,3 +804,113 @@ fn logout_destroy_and_rotation_survive_a_crash() {
     let server = Server::start(&args);
     check(&server, &dead, &[2], "killed after a snapshot and a cut");
 }
+
+/// Review finding: a run with fewer shards could not reach the sessions of the shards it lacks
+/// (their ids were unknown, so a logout of one answered 204 and changed nothing), and a later
+/// run with the old count brought them back. Their files are dropped at start.
+#[test]
+fn fewer_shards_drop_the_sessions_of_the_others_for_good() {
+    let dir = common::temp_dir("shards");
+    let dir_arg = dir.path().to_str().unwrap();
+    let stop = |mut server: Server| {
+        server.signal(libc::SIGTERM);
+        let code = server
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code());
+        assert_eq!(code, Some(0));
+    };
+    let server = Server::start(&["--data-dir", dir_arg, "--expose-shard"]);
+    let [mut a, mut b] = one_per_shard(&server);
+    let on_0 = cookie_of(&request(&mut a, "POST", "/session", None, None));
+    let on_1 = cookie_of(&request(&mut b, "POST", "/session", None, None));
+    drop((a, b));
+    stop(server);
+    assert!(dir.path().join("sessions-1.snap").exists());
+
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--data-dir",
+        dir_arg,
+    ]);
+    assert!(
+        !dir.path().join("sessions-1.snap").exists(),
+        "shard 1's snapshot is dropped"
+    );
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&on_0), None).status,
+        200
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&on_1), None).status,
+        401
+    );
+    drop(conn);
+    stop(server);
+
+    let server = Server::start(&["--data-dir", dir_arg]);
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&on_0), None).status,
+        200
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&on_1), None).status,
+        401,
+        "a session of a shard that a run did without stays gone"
+    );
+}
+
+/// Review finding: when the revocation log failed, a destroy had already taken effect in
+/// memory: it answered 503, but a retry found the id unknown (a logout answered that with 204)
+/// although nothing on disk said it was dead, so a crash brought it back. Until its revocation
+/// is durable, every operation on such an id is 503.
+#[test]
+fn an_id_whose_revocation_could_not_be_logged_answers_503_not_unknown() {
+    let dir = common::temp_dir("failing-log");
+    let dir_arg = dir.path().to_str().unwrap();
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--data-dir",
+        dir_arg,
+        "--session-snapshot-interval",
+        "3600",
+    ]);
+    let mut conn = Conn::new(server.connect());
+    let doomed = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let other = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    // Every write to the log fails from now on (it is opened at its first append).
+    let log = dir.path().join("sessions-0.revoked");
+    assert!(!log.exists(), "nothing revoked yet");
+    std::os::unix::fs::symlink("/dev/full", &log).unwrap();
+    let first = request(&mut conn, "DELETE", "/session", Some(&doomed), None);
+    assert_eq!(first.status, 503, "{}", first.text());
+    for (method, path) in [
+        ("DELETE", "/session"),
+        ("GET", "/session"),
+        ("POST", "/session/rotate"),
+    ] {
+        let again = request(&mut conn, method, path, Some(&doomed), None);
+        assert_eq!(
+            again.status,
+            503,
+            "{method} {path} after the failed destroy: {}",
+            again.text()
+        );
+    }
+    // The log refuses what comes next: nothing changes.
+    assert_eq!(
+        request(&mut conn, "DELETE", "/session", Some(&other), None).status,
+        503
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&other), None).status,
+        200
+    );
+}

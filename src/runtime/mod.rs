@@ -107,6 +107,20 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
     // Held until the process ends; the kernel drops the lock with the process, however it ends.
     let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
+    if config.session.persist {
+        let retired =
+            crate::session::persist::retire_beyond(&config.data_dir, config.shard_count())
+                .map_err(|e| {
+                    StartError(format!("--data-dir {}: {e}", config.data_dir.display()))
+                })?;
+        if !retired.is_empty() {
+            eprintln!(
+                "percore: {} shards now: the sessions of the others are dropped ({})",
+                config.shard_count(),
+                retired.join(", ")
+            );
+        }
+    }
     let shard_count = config.shard_count();
     let binds: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
     let (addrs, mut sockets) =

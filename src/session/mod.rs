@@ -94,6 +94,7 @@ impl From<StoreError> for SessionError {
             StoreError::Unknown => SessionError::Unknown,
             StoreError::TooLarge => SessionError::TooLarge,
             StoreError::Full => SessionError::Full,
+            StoreError::Unavailable => SessionError::Unavailable,
         }
     }
 }
@@ -136,6 +137,9 @@ impl Sessions {
 
     /// Serves an operation on a session this shard owns. Synchronous: it never waits.
     pub fn handle(&self, request: SessionRequest) -> SessionReply {
+        if let Some(reply) = self.undurable_reply(&request) {
+            return reply;
+        }
         let now = now_ms();
         let mut store = self.store.borrow_mut();
         match request {
@@ -172,6 +176,38 @@ impl Sessions {
                 })
             }
         }
+    }
+
+    /// For an id whose revocation took effect in memory but failed to become durable: 503 to
+    /// every operation on it, never "unknown" (a retried logout would take that for done and
+    /// answer 204, and the id would come back after a crash).
+    fn undurable_reply(&self, request: &SessionRequest) -> Option<SessionReply> {
+        let revoked = self.revoked.borrow();
+        let log = revoked.as_ref()?;
+        let key = match request {
+            SessionRequest::Data(key)
+            | SessionRequest::Get(key, _)
+            | SessionRequest::Put(key, ..)
+            | SessionRequest::Remove(key, _)
+            | SessionRequest::Destroy(key)
+            | SessionRequest::Rotate(key)
+            | SessionRequest::Live(key) => key,
+            SessionRequest::Durable(_) => return None,
+        };
+        if !log.is_undurable(key) {
+            return None;
+        }
+        let unavailable = StoreError::Unavailable;
+        Some(match request {
+            SessionRequest::Data(_) => SessionReply::Data(Err(unavailable)),
+            SessionRequest::Get(..) => SessionReply::Value(Err(unavailable)),
+            SessionRequest::Put(..) | SessionRequest::Remove(..) | SessionRequest::Live(_) => {
+                SessionReply::Done(Err(unavailable))
+            }
+            SessionRequest::Destroy(_) => SessionReply::Revoked(Err(unavailable.into())),
+            SessionRequest::Rotate(_) => SessionReply::Rotated(Err(unavailable.into())),
+            SessionRequest::Durable(_) => unreachable!("has no key"),
+        })
     }
 
     /// Runs `kill`, which ends the id `key` (a destroy, a rotation away from it), and appends
@@ -520,6 +556,9 @@ impl Session {
                 Ok(SessionReply::Done(Ok(true))) => {
                     self.at.set(index);
                     break;
+                }
+                Ok(SessionReply::Done(Err(StoreError::Unavailable))) => {
+                    return Err(SessionError::Unavailable);
                 }
                 Ok(_) | Err(SessionError::Unknown) => {}
                 Err(e) => return Err(e),

@@ -32,6 +32,41 @@ pub fn path(dir: &Path, shard: usize) -> PathBuf {
     dir.join(format!("sessions-{shard}.snap"))
 }
 
+/// Removes the session files (snapshot, revocation log) of shard indices at or past
+/// `shard_count`, left by a run with more shards: no shard of this run reads them, an id they
+/// hold is unknown here (its owner does not exist), and a destroy of it cannot reach them; a
+/// later run with as many shards as before would bring back every session in them, those
+/// logged out meanwhile included. The names of what was removed.
+pub fn retire_beyond(dir: &Path, shard_count: usize) -> std::io::Result<Vec<String>> {
+    let mut retired = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(retired),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(shard) = name
+            .strip_prefix("sessions-")
+            .and_then(|rest| rest.split_once('.'))
+            .filter(|(_, kind)| matches!(*kind, "snap" | "revoked"))
+            .and_then(|(shard, _)| shard.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if shard >= shard_count {
+            std::fs::remove_file(dir.join(name))?;
+            retired.push(name.to_string());
+        }
+    }
+    if !retired.is_empty() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    retired.sort();
+    Ok(retired)
+}
+
 /// Serializes a snapshot: header then JSON payload.
 pub fn encode<'a>(
     node: u16,

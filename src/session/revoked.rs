@@ -36,20 +36,28 @@ pub fn encode(key: &SessionKey, expiry_ms: u64) -> Record {
     record
 }
 
-/// The valid records in `bytes` (key, expiry ms): a corrupt one is skipped (records have a fixed
-/// size, so the ones after it still count), a torn one at the end ignored.
-pub fn decode(bytes: &[u8]) -> Vec<(SessionKey, u64)> {
-    bytes
-        .chunks_exact(RECORD_BYTES)
-        .filter_map(|record| {
-            let crc = u32::from_le_bytes(record[24..].try_into().expect("4 bytes"));
-            (crc32fast::hash(&record[..24]) == crc).then(|| {
-                let key: SessionKey = record[..16].try_into().expect("16 bytes");
-                let expiry = u64::from_le_bytes(record[16..24].try_into().expect("8 bytes"));
-                (key, expiry)
-            })
+/// The records in `bytes` (key, expiry ms), up to the first torn or corrupt one. Err when a
+/// corrupt record has a valid one after it: only the tail of a batch that was never synced may
+/// be bad (nothing of it was acknowledged); a bad record before good ones is damage that may
+/// have taken an acknowledged revocation with it, and the caller fails closed.
+pub fn decode(bytes: &[u8]) -> io::Result<Vec<(SessionKey, u64)>> {
+    let parse = |record: &[u8]| {
+        let crc = u32::from_le_bytes(record[24..].try_into().expect("4 bytes"));
+        (crc32fast::hash(&record[..24]) == crc).then(|| {
+            let key: SessionKey = record[..16].try_into().expect("16 bytes");
+            let expiry = u64::from_le_bytes(record[16..24].try_into().expect("8 bytes"));
+            (key, expiry)
         })
-        .collect()
+    };
+    let mut records = bytes.chunks_exact(RECORD_BYTES).map(parse);
+    let valid: Vec<_> = records.by_ref().map_while(|record| record).collect();
+    if records.any(|record| record.is_some()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a corrupt record before valid ones",
+        ));
+    }
+    Ok(valid)
 }
 
 /// Reads the log at start-up: its valid records. A file with a torn or corrupt record (a torn
@@ -61,10 +69,10 @@ pub fn read(path: &Path) -> io::Result<Vec<(SessionKey, u64)>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let records = decode(&bytes);
+    let records = decode(&bytes)?;
     if records.len() * RECORD_BYTES != bytes.len() {
         eprintln!(
-            "percore: session revocation log {}: {} bytes of torn or corrupt records skipped",
+            "percore: session revocation log {}: {} bytes of a torn or corrupt tail cut",
             path.display(),
             bytes.len() - records.len() * RECORD_BYTES
         );
@@ -109,13 +117,20 @@ pub struct RevocationLog {
 impl RevocationLog {
     /// A log whose file holds `loaded` (from `read`); starts its flusher on the current queue.
     pub fn start(dir: &Path, shard: usize, loaded: &[(SessionKey, u64)]) -> Rc<RevocationLog> {
+        let log = Rc::new(Self::new(dir, shard, loaded));
+        glommio::spawn_local(Self::flush_loop(log.clone())).detach();
+        log
+    }
+
+    /// The log without its flusher task.
+    fn new(dir: &Path, shard: usize, loaded: &[(SessionKey, u64)]) -> RevocationLog {
         let records: VecDeque<_> = loaded
             .iter()
             .zip(1..)
             .map(|((key, expiry), ticket)| (ticket, *expiry, encode(key, *expiry)))
             .collect();
         let count = records.len() as u64;
-        let log = Rc::new(RevocationLog {
+        RevocationLog {
             dir: dir.to_path_buf(),
             path: path(dir, shard),
             records: RefCell::new(records),
@@ -128,9 +143,7 @@ impl RevocationLog {
             file_bytes: Cell::new(count * RECORD_BYTES as u64),
             waiters: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
-        });
-        glommio::spawn_local(Self::flush_loop(log.clone())).detach();
-        log
+        }
     }
 
     /// Whether an append would be refused: the log failed, or is at its bound.
@@ -171,6 +184,19 @@ impl RevocationLog {
         } else {
             Ok(false)
         }
+    }
+
+    /// Whether `key` was revoked in memory but its record never became durable: the log
+    /// failed first. Its owner answers 503 for it (never "unknown", which a logout takes for
+    /// done) until a snapshot and a rewrite of the log make it durable. O(records), and only
+    /// while the log has failed.
+    pub fn is_undurable(&self, key: &SessionKey) -> bool {
+        self.failed.get()
+            && self
+                .records
+                .borrow()
+                .iter()
+                .any(|(ticket, _, record)| *ticket > self.durable.get() && record[..16] == key[..])
     }
 
     /// Resolves once `ticket` is durable; Err when the log failed before it was.
@@ -330,27 +356,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_round_trip_and_torn_or_corrupt_ones_are_skipped() {
+    fn records_round_trip_a_bad_tail_is_cut_and_bad_records_before_good_ones_fail() {
         let records = [([1u8; 16], 10), ([2u8; 16], 20), ([3u8; 16], 30)];
         let bytes: Vec<u8> = records.iter().flat_map(|(k, e)| encode(k, *e)).collect();
-        assert_eq!(decode(&bytes), records.to_vec());
+        assert_eq!(decode(&bytes).unwrap(), records.to_vec());
         for cut in 0..bytes.len() {
             assert_eq!(
-                decode(&bytes[..cut]),
+                decode(&bytes[..cut]).unwrap(),
                 records[..cut / RECORD_BYTES].to_vec()
             );
         }
         for at in 0..bytes.len() {
             let mut flipped = bytes.clone();
             flipped[at] ^= 0x01;
-            let mut kept = records.to_vec();
-            kept.remove(at / RECORD_BYTES);
-            assert_eq!(decode(&flipped), kept, "flipped byte {at}");
+            let index = at / RECORD_BYTES;
+            if index == records.len() - 1 {
+                assert_eq!(decode(&flipped).unwrap(), records[..index].to_vec());
+            } else {
+                assert!(decode(&flipped).is_err(), "flipped byte {at}");
+            }
         }
         assert_eq!(
-            decode(&[0u8; RECORD_BYTES * 2]),
+            decode(&[0u8; RECORD_BYTES * 2]).unwrap(),
             vec![],
             "zero-filled blocks"
+        );
+    }
+
+    #[test]
+    fn a_revocation_not_yet_durable_when_the_log_fails_is_undurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RevocationLog::new(dir.path(), 0, &[]);
+        let ticket = log.append(&[7; 16], 100);
+        assert!(!log.is_undurable(&[7; 16]), "not failed");
+        log.failed.set(true);
+        assert!(log.is_undurable(&[7; 16]));
+        assert!(!log.is_undurable(&[8; 16]), "another key");
+        log.durable.set(ticket);
+        assert!(
+            !log.is_undurable(&[7; 16]),
+            "it was synced before the failure"
         );
     }
 }

@@ -24,6 +24,9 @@ pub enum StoreError {
     /// At the sessions bound with every session authenticated: a new one is refused rather
     /// than log a user out.
     Full,
+    /// Never from the store: its owner's answer for an id whose destroy or rotation took
+    /// effect but is not durable (the revocation log failed first; `Sessions::handle`).
+    Unavailable,
 }
 
 /// The value the server writes into a session when a user logs in (auth's `SESSION_USER`, kept
