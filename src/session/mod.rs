@@ -262,13 +262,19 @@ impl Sessions {
             .map_err(|_| SessionError::Unavailable)
     }
 
-    /// Loads this shard's snapshot, if any (a missing file is fine, a bad one is reported and
-    /// skipped), drops from it every id in the revocation log, and opens the log.
+    /// Reads the revocation log, then loads this shard's snapshot, if any (a missing file is
+    /// fine, a bad one is reported and skipped) without the ids the log names, and opens the
+    /// log. Revoked ids are never inserted: at a lowered `--max-sessions` they would evict live
+    /// sessions on their way in.
     pub fn load(&self, dir: &std::path::Path) {
-        self.load_snapshot(dir);
         let path = revoked::path(dir, self.shard);
         let loaded = match revoked::read(&path) {
-            Ok(loaded) => loaded,
+            Ok(loaded) => {
+                let dead: std::collections::HashSet<SessionKey> =
+                    loaded.iter().map(|(key, _)| *key).collect();
+                self.load_snapshot(dir, &dead);
+                loaded
+            }
             Err(e) => {
                 // Fail closed: without the log, any id in the snapshot may have been destroyed.
                 eprintln!(
@@ -276,25 +282,14 @@ impl Sessions {
                     self.shard,
                     path.display()
                 );
-                let keys: Vec<SessionKey> = {
-                    let store = self.store.borrow();
-                    store.records(0).map(|(k, _)| *k).collect()
-                };
-                keys.iter().for_each(|k| {
-                    self.store.borrow_mut().revoke(k);
-                });
                 Vec::new()
             }
         };
-        let mut store = self.store.borrow_mut();
-        for (key, _) in &loaded {
-            store.revoke(key);
-        }
-        store.counters = Default::default();
+        self.store.borrow_mut().counters = Default::default();
         *self.revoked.borrow_mut() = Some(RevocationLog::start(dir, self.shard, &loaded));
     }
 
-    fn load_snapshot(&self, dir: &std::path::Path) {
+    fn load_snapshot(&self, dir: &std::path::Path, dead: &std::collections::HashSet<SessionKey>) {
         let path = persist::path(dir, self.shard);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -319,7 +314,7 @@ impl Sessions {
                 for (key, record) in sessions {
                     let live = now < record.accessed_ms.saturating_add(limits.0)
                         && now < record.created_ms.saturating_add(limits.1);
-                    if live && !store.contains(&key) {
+                    if live && !dead.contains(&key) && !store.contains(&key) {
                         store.insert(key, record, now);
                     }
                 }

@@ -442,12 +442,6 @@ impl Store {
         )
     }
 
-    /// Removes a session the revocation log names (start-up, over the snapshot); no counter
-    /// moves: it was destroyed before the restart.
-    pub fn revoke(&mut self, key: &SessionKey) -> bool {
-        self.remove(key).is_some()
-    }
-
     pub fn contains(&self, key: &SessionKey) -> bool {
         self.entries.contains_key(key)
     }
