@@ -967,3 +967,124 @@ fn revoked_sessions_do_not_evict_live_ones_at_start() {
         );
     }
 }
+
+/// Review finding: a revocation log that could not be read at start (the shard rightly started
+/// without its sessions) was then appended to where it lay, over its bad record, while the old
+/// snapshot stayed: after a crash the log read as valid, and a logged-out session came back.
+/// The log now starts failed: destroys wait for a forced snapshot, and the log is rewritten.
+#[test]
+fn an_unreadable_revocation_log_never_lets_a_dead_session_back() {
+    let dir = common::temp_dir("unreadable-log");
+    let dir_arg = dir.path().to_str().unwrap();
+    let one_shard = || {
+        Server::start_exact(&[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--data-dir",
+            dir_arg,
+            "--session-snapshot-interval",
+            "3600",
+        ])
+    };
+    let mut server = one_shard();
+    let mut conn = Conn::new(server.connect());
+    let dead = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    drop(conn);
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    // The snapshot holds `dead`; the log has a bad record before a good one.
+    let record = |key: [u8; 16]| {
+        let mut record = key.to_vec();
+        record.extend_from_slice(&u64::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&record);
+        record.extend_from_slice(&crc.to_le_bytes());
+        record
+    };
+    let mut log = record([1; 16]);
+    log[0] ^= 0xff;
+    log.extend(record([2; 16]));
+    std::fs::write(dir.path().join("sessions-0.revoked"), &log).unwrap();
+
+    let mut server = one_shard();
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&dead), None).status,
+        401
+    );
+    // A destroy in this run, retried until the log takes it (after the forced snapshot).
+    let other = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = request(&mut conn, "DELETE", "/session", Some(&other), None).status;
+        if status == 204 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let server = one_shard();
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&dead), None).status,
+        401
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&other), None).status,
+        401
+    );
+}
+
+/// Review finding: a run with `--no-session-persist` left the snapshots of an earlier run, and
+/// could not revoke what they held; a later persisted run brought back sessions logged out in
+/// between. They are removed at a start without persistence.
+#[test]
+fn a_run_without_persistence_drops_the_old_snapshots() {
+    let dir = common::temp_dir("no-persist");
+    let dir_arg = dir.path().to_str().unwrap();
+    let mut server = Server::start(&["--data-dir", dir_arg]);
+    let mut conn = Conn::new(server.connect());
+    let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    drop(conn);
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let snapshots = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("sessions-")
+            })
+            .count()
+    };
+    assert!(snapshots() > 0);
+    let server = Server::start(&["--data-dir", dir_arg, "--no-session-persist"]);
+    assert_eq!(snapshots(), 0, "the old snapshots are gone");
+    drop(server);
+    let server = Server::start(&["--data-dir", dir_arg]);
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&cookie), None).status,
+        401
+    );
+}

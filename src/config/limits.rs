@@ -114,6 +114,9 @@ pub const SESSION_SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 pub const SESSION_SWEEP_STEP_MAX: usize = 256;
 /// Sessions serialized per step of a snapshot before yielding to the serving queue.
 pub const SESSION_SNAPSHOT_STEP: usize = 512;
+/// The first pause before a forced session snapshot is tried again after a failure; it doubles
+/// up to `--session-snapshot-interval`.
+pub const SESSION_SNAPSHOT_RETRY_MIN: Duration = Duration::from_millis(500);
 /// How many session ids from one request's cookies are tried, in cookie order, for the first
 /// live one: a stale or planted cookie sent first (browsers send the longer-Path cookie first)
 /// must not hide the real session. Each try is a lookup on the id's owner shard, one after

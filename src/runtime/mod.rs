@@ -107,16 +107,23 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
     // Held until the process ends; the kernel drops the lock with the process, however it ends.
     let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
-    if config.session.persist {
-        let retired =
-            crate::session::persist::retire_beyond(&config.data_dir, config.shard_count())
-                .map_err(|e| {
-                    StartError(format!("--data-dir {}: {e}", config.data_dir.display()))
-                })?;
+    {
+        // Without persistence nothing revokes what old snapshots hold: they go too.
+        let keep = if config.session.persist {
+            config.shard_count()
+        } else {
+            0
+        };
+        let retired = crate::session::persist::retire_beyond(&config.data_dir, keep)
+            .map_err(|e| StartError(format!("--data-dir {}: {e}", config.data_dir.display())))?;
         if !retired.is_empty() {
+            let why = if config.session.persist {
+                format!("{} shards now", config.shard_count())
+            } else {
+                "--no-session-persist".to_string()
+            };
             eprintln!(
-                "percore: {} shards now: the sessions of the others are dropped ({})",
-                config.shard_count(),
+                "percore: session files no shard of this run uses are dropped ({why}): {}",
                 retired.join(", ")
             );
         }

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::config::SessionConfig;
 use crate::config::limits::{
-    REVOKED_POLL_INTERVAL, REVOKED_WAIT_MAX, SESSION_COOKIE_IDS_MAX, SESSION_SNAPSHOT_STEP,
-    SESSION_SWEEP_STEP_MAX,
+    REVOKED_POLL_INTERVAL, REVOKED_WAIT_MAX, SESSION_COOKIE_IDS_MAX, SESSION_SNAPSHOT_RETRY_MIN,
+    SESSION_SNAPSHOT_STEP, SESSION_SWEEP_STEP_MAX,
 };
 use crate::mesh::{Mesh, MeshError};
 use crate::router::Request;
@@ -224,7 +224,8 @@ impl Sessions {
             return Ok(kill(store).map(|()| 0)?);
         };
         let Some(expiry_ms) = store.expiry_ms(key) else {
-            return Err(SessionError::Unknown);
+            // Destroyed already, its revocation not yet synced: wait for that one.
+            return log.pending_ticket(key).ok_or(SessionError::Unknown);
         };
         if log.refuses() {
             return Err(SessionError::Unavailable);
@@ -273,7 +274,7 @@ impl Sessions {
                 let dead: std::collections::HashSet<SessionKey> =
                     loaded.iter().map(|(key, _)| *key).collect();
                 self.load_snapshot(dir, &dead);
-                loaded
+                Some(loaded)
             }
             Err(e) => {
                 // Fail closed: without the log, any id in the snapshot may have been destroyed.
@@ -282,11 +283,15 @@ impl Sessions {
                     self.shard,
                     path.display()
                 );
-                Vec::new()
+                None
             }
         };
         self.store.borrow_mut().counters = Default::default();
-        *self.revoked.borrow_mut() = Some(RevocationLog::start(dir, self.shard, &loaded));
+        let log = RevocationLog::start(dir, self.shard, loaded.as_deref().unwrap_or_default());
+        if loaded.is_none() {
+            log.fail();
+        }
+        *self.revoked.borrow_mut() = Some(log);
     }
 
     fn load_snapshot(&self, dir: &std::path::Path, dead: &std::collections::HashSet<SessionKey>) {
@@ -424,6 +429,10 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
     let mut written_generation =
         (!revocations_loaded).then_some(sessions.store.borrow().generation);
     let mut next_snapshot = std::time::Instant::now() + sessions.config.snapshot_interval;
+    // After a failed snapshot a forced one is retried after a pause that doubles up to the
+    // snapshot interval: a disk that keeps failing is not rewritten twice a second.
+    let mut forced_retry = SESSION_SNAPSHOT_RETRY_MIN;
+    let mut forced_not_before = std::time::Instant::now();
     loop {
         glommio::timer::sleep(Duration::from_millis(500)).await;
         while sessions
@@ -440,7 +449,8 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
             .revoked
             .borrow()
             .as_ref()
-            .is_some_and(|log| log.wants_snapshot());
+            .is_some_and(|log| log.wants_snapshot())
+            && std::time::Instant::now() >= forced_not_before;
         if std::time::Instant::now() < next_snapshot && !forced {
             continue;
         }
@@ -449,11 +459,20 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
             continue;
         }
         match sessions.snapshot(dir).await {
-            Ok(generation) => written_generation = Some(generation),
-            Err(e) => eprintln!(
-                "percore: shard {}: session snapshot failed: {e}",
-                sessions.shard
-            ),
+            Ok(generation) => {
+                written_generation = Some(generation);
+                forced_retry = SESSION_SNAPSHOT_RETRY_MIN;
+            }
+            Err(e) => {
+                eprintln!(
+                    "percore: shard {}: session snapshot failed: {e}; retrying in {:?}",
+                    sessions.shard, forced_retry
+                );
+                forced_not_before = std::time::Instant::now() + forced_retry;
+                forced_retry = (forced_retry * 2)
+                    .min(sessions.config.snapshot_interval)
+                    .max(SESSION_SNAPSHOT_RETRY_MIN);
+            }
         }
     }
 }

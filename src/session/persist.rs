@@ -51,7 +51,12 @@ pub fn retire_beyond(dir: &Path, shard_count: usize) -> std::io::Result<Vec<Stri
             .strip_prefix("sessions-")
             .and_then(|rest| rest.split_once('.'))
             .filter(|(_, kind)| matches!(*kind, "snap" | "revoked"))
-            .and_then(|(shard, _)| shard.parse::<usize>().ok())
+            .and_then(|(shard, _)| {
+                shard
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| n.to_string() == shard)
+            })
         else {
             continue;
         };
@@ -151,6 +156,44 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::session::store::SessionData;
+
+    #[test]
+    fn retire_beyond_removes_only_session_files_of_missing_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "sessions-0.snap",
+            "sessions-0.revoked",
+            "sessions-1.snap",
+            "sessions-2.revoked",
+            "sessions-03.snap",
+            "sessions-+1.revoked",
+            "sessions-1.snap.tmp",
+            "sessions-1.other",
+            "wal-0-0000000000.log",
+            "percore.lock",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let retired = retire_beyond(dir.path(), 1).unwrap();
+        assert_eq!(retired, ["sessions-1.snap", "sessions-2.revoked"]);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !retired.iter().any(|r| r == n))
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+        assert_eq!(
+            retire_beyond(&dir.path().join("none"), 0).unwrap(),
+            Vec::<String>::new()
+        );
+    }
 
     fn record(n: u64) -> SessionRecord {
         let mut data = SessionData::new();

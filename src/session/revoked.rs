@@ -186,17 +186,34 @@ impl RevocationLog {
         }
     }
 
+    /// The ticket of `key`'s revocation while it is not yet durable (appended, not synced):
+    /// a second destroy of the id waits for it rather than find the id unknown and answer at
+    /// once (a logout takes "unknown" for done). Scans only the records not yet durable, from
+    /// the newest.
+    pub fn pending_ticket(&self, key: &SessionKey) -> Option<u64> {
+        let durable = self.durable.get();
+        self.records
+            .borrow()
+            .iter()
+            .rev()
+            .take_while(|(ticket, _, _)| *ticket > durable)
+            .find(|(_, _, record)| record[..16] == key[..])
+            .map(|(ticket, _, _)| *ticket)
+    }
+
     /// Whether `key` was revoked in memory but its record never became durable: the log
     /// failed first. Its owner answers 503 for it (never "unknown", which a logout takes for
-    /// done) until a snapshot and a rewrite of the log make it durable. O(records), and only
-    /// while the log has failed.
+    /// done) until a snapshot and a rewrite of the log make it durable.
     pub fn is_undurable(&self, key: &SessionKey) -> bool {
-        self.failed.get()
-            && self
-                .records
-                .borrow()
-                .iter()
-                .any(|(ticket, _, record)| *ticket > self.durable.get() && record[..16] == key[..])
+        self.failed.get() && self.pending_ticket(key).is_some()
+    }
+
+    /// Marks the log failed: a log that could not be read at start (the shard started without
+    /// its sessions) is not appended to where it lies; destroys are refused and a snapshot is
+    /// forced, after which the cut rewrites the whole file (temporary file and rename).
+    pub fn fail(&self) {
+        self.failed.set(true);
+        self.wake_flusher();
     }
 
     /// Resolves once `ticket` is durable; Err when the log failed before it was.
@@ -386,8 +403,12 @@ mod tests {
     #[test]
     fn a_revocation_not_yet_durable_when_the_log_fails_is_undurable() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RevocationLog::new(dir.path(), 0, &[]);
+        let log = RevocationLog::new(dir.path(), 0, &[([1; 16], 5)]);
+        assert_eq!(log.pending_ticket(&[1; 16]), None, "loaded: durable");
         let ticket = log.append(&[7; 16], 100);
+        log.append(&[9; 16], 100);
+        assert_eq!(log.pending_ticket(&[7; 16]), Some(ticket));
+        assert_eq!(log.pending_ticket(&[8; 16]), None);
         assert!(!log.is_undurable(&[7; 16]), "not failed");
         log.failed.set(true);
         assert!(log.is_undurable(&[7; 16]));
@@ -397,5 +418,6 @@ mod tests {
             !log.is_undurable(&[7; 16]),
             "it was synced before the failure"
         );
+        assert_eq!(log.pending_ticket(&[7; 16]), None);
     }
 }
