@@ -1088,3 +1088,58 @@ fn a_run_without_persistence_drops_the_old_snapshots() {
         401
     );
 }
+
+/// Review finding: a second destroy of an id whose first destroy was still waiting for its
+/// revocation to reach the disk found the id unknown and answered at once (a logout answered
+/// 204 before the sync; a crash then brought the id back). It now waits for the same record.
+/// The log here is a FIFO nobody reads yet, so the sync cannot happen until the test allows it.
+#[test]
+fn a_second_destroy_waits_for_the_first_ones_revocation() {
+    use std::io::Read;
+    let dir = common::temp_dir("pending-revocation");
+    let dir_arg = dir.path().to_str().unwrap();
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--data-dir",
+        dir_arg,
+    ]);
+    let mut conn = Conn::new(server.connect());
+    let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let log = dir.path().join("sessions-0.revoked");
+    let fifo = std::ffi::CString::new(log.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path of our own temp dir.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let delete = format!("DELETE /session HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n");
+    let mut first = Conn::new(server.connect());
+    first.send(delete.as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = Conn::new(server.connect());
+    second.send(delete.as_bytes());
+    second
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = second.stream.peek(&mut byte);
+    assert!(
+        early.is_err(),
+        "the second destroy answered before the first one's revocation was written: {early:?}"
+    );
+    // Let the log's open go through (the reader ends when the server does). A FIFO takes no
+    // positioned write, so the log then fails: the first destroy gets 503, and the second,
+    // which waited on the same record, the same answer, never the early 401 of an unknown id.
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_end(&mut all));
+    });
+    let [first, second] = [&mut first, &mut second].map(|conn| {
+        conn.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.response(false).expect("an answer").status
+    });
+    assert_eq!((first, second), (503, 503));
+}

@@ -153,11 +153,17 @@ impl Sessions {
             }
             SessionRequest::Live(key) => SessionReply::Done(Ok(store.live(&key, now))),
             SessionRequest::Destroy(key) => {
-                SessionReply::Revoked(self.revoking(&mut store, &key, |store| {
+                let revoked = self.revoking(&mut store, &key, |store| {
                     store
                         .destroy(&key, now)
                         .then_some(())
                         .ok_or(StoreError::Unknown)
+                });
+                // Destroyed already, its revocation not yet synced: wait for that one (a logout
+                // takes "unknown" for done, and would answer before the sync).
+                SessionReply::Revoked(revoked.or_else(|e| match (e, &*self.revoked.borrow()) {
+                    (SessionError::Unknown, Some(log)) => log.pending_ticket(&key).ok_or(e),
+                    _ => Err(e),
                 }))
             }
             SessionRequest::Rotate(key) => {
@@ -224,8 +230,7 @@ impl Sessions {
             return Ok(kill(store).map(|()| 0)?);
         };
         let Some(expiry_ms) = store.expiry_ms(key) else {
-            // Destroyed already, its revocation not yet synced: wait for that one.
-            return log.pending_ticket(key).ok_or(SessionError::Unknown);
+            return Err(SessionError::Unknown);
         };
         if log.refuses() {
             return Err(SessionError::Unavailable);
