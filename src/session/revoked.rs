@@ -8,7 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -77,14 +77,7 @@ pub fn read(path: &Path) -> io::Result<Vec<(SessionKey, u64)>> {
             bytes.len() - records.len() * RECORD_BYTES
         );
         let valid: Vec<u8> = records.iter().flat_map(|(k, e)| encode(k, *e)).collect();
-        let tmp = path.with_extension("revoked.tmp");
-        {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&valid)?;
-            file.sync_data()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+        super::persist::write_file(path, &valid)?;
     }
     Ok(records)
 }
@@ -299,8 +292,12 @@ impl RevocationLog {
                 .buffered_open(&self.path)
                 .await
                 .map_err(glommio_error)?;
-            // The directory entry must be durable too, or a crash could lose the whole file.
-            std::fs::File::open(&self.dir)?.sync_all()?;
+            // The directory entry must be durable too, or a crash could lose the whole file;
+            // synced on the blocking pool, off the shard's serving path.
+            let dir = self.dir.clone();
+            glommio::executor()
+                .spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+                .await?;
             *self.file.borrow_mut() = Some(file);
         }
         let file = self.file.borrow_mut().take().expect("opened above");
@@ -332,14 +329,16 @@ impl RevocationLog {
             records.retain(|(ticket, expiry, _)| *ticket >= below && *expiry > now);
             records.iter().flat_map(|(_, _, record)| *record).collect()
         };
-        let tmp = self.path.with_extension("revoked.tmp");
-        let file = BufferedFile::create(&tmp).await.map_err(glommio_error)?;
-        let length = write_all_at(&file, bytes, 0).await?;
-        file.fdatasync().await.map_err(glommio_error)?;
-        std::fs::rename(&tmp, &self.path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        // The old handle (on the unlinked file) closes as it drops.
-        self.file.borrow_mut().replace(file);
+        let length = bytes.len() as u64;
+        // Written like a snapshot (temporary file, sync, rename, directory sync), on the
+        // blocking pool: none of that IO runs on the shard's serving path.
+        let path = self.path.clone();
+        glommio::executor()
+            .spawn_blocking(move || super::persist::write_file(&path, &bytes))
+            .await?;
+        // The old handle (on the replaced file) closes as it drops; the next batch opens the
+        // new file.
+        self.file.borrow_mut().take();
         self.file_bytes.set(length);
         self.written.set(through);
         self.durable.set(self.durable.get().max(through));
