@@ -190,30 +190,18 @@ impl Sessions {
     fn undurable_reply(&self, request: &SessionRequest) -> Option<SessionReply> {
         let revoked = self.revoked.borrow();
         let log = revoked.as_ref()?;
-        let key = match request {
-            SessionRequest::Data(key)
-            | SessionRequest::Get(key, _)
-            | SessionRequest::Put(key, ..)
+        let unavailable = StoreError::Unavailable;
+        let (key, reply) = match request {
+            SessionRequest::Data(key) => (key, SessionReply::Data(Err(unavailable))),
+            SessionRequest::Get(key, _) => (key, SessionReply::Value(Err(unavailable))),
+            SessionRequest::Put(key, ..)
             | SessionRequest::Remove(key, _)
-            | SessionRequest::Destroy(key)
-            | SessionRequest::Rotate(key)
-            | SessionRequest::Live(key) => key,
+            | SessionRequest::Live(key) => (key, SessionReply::Done(Err(unavailable))),
+            SessionRequest::Destroy(key) => (key, SessionReply::Revoked(Err(unavailable.into()))),
+            SessionRequest::Rotate(key) => (key, SessionReply::Rotated(Err(unavailable.into()))),
             SessionRequest::Durable(_) => return None,
         };
-        if !log.is_undurable(key) {
-            return None;
-        }
-        let unavailable = StoreError::Unavailable;
-        Some(match request {
-            SessionRequest::Data(_) => SessionReply::Data(Err(unavailable)),
-            SessionRequest::Get(..) => SessionReply::Value(Err(unavailable)),
-            SessionRequest::Put(..) | SessionRequest::Remove(..) | SessionRequest::Live(_) => {
-                SessionReply::Done(Err(unavailable))
-            }
-            SessionRequest::Destroy(_) => SessionReply::Revoked(Err(unavailable.into())),
-            SessionRequest::Rotate(_) => SessionReply::Rotated(Err(unavailable.into())),
-            SessionRequest::Durable(_) => unreachable!("has no key"),
-        })
+        log.is_undurable(key).then_some(reply)
     }
 
     /// Runs `kill`, which ends the id `key` (a destroy, a rotation away from it), and appends
