@@ -935,6 +935,7 @@ impl Drop for Frozen {
 /// mesh deadline, or a refusal) was served as anonymous: 401 with `WWW-Authenticate: Basic`,
 /// and a browser prompted for a password. It is a 503 to retry. The owner here is shard 0's
 /// threads, stopped (calls to it meet the mesh deadline), so no timing decides the outcome.
+/// Every route that uses a session answers such a 503 with one `Response::from(SessionError)`.
 #[test]
 fn a_session_whose_owner_does_not_answer_gets_503_not_anonymous() {
     let (_dir, users, config) = setup("");
@@ -949,10 +950,14 @@ fn a_session_whose_owner_does_not_answer_gets_503_not_anonymous() {
         return;
     };
     let r = request(&mut b, "GET", "/auth/me", &cookie, "");
+    // /session's own routes answer the same way (they had no Retry-After).
+    let data = request(&mut b, "GET", "/session", &cookie, "");
     drop(frozen);
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.header("www-authenticate"), None);
+    assert_eq!(data.status, 503, "{}", data.text());
+    assert_eq!(data.header("retry-after"), Some("1"));
     // Shard 0 answers again: so does the session.
     assert_eq!(request(&mut b, "GET", "/auth/me", &cookie, "").status, 200);
 }

@@ -63,17 +63,6 @@ pub fn denied(auth: &Auth, denied: Denied) -> Response {
     }
 }
 
-/// A session operation that did not happen, as an answer; a 503 (the owner shard did not
-/// answer, say) says when to retry, like the other 503s of auth.
-pub fn session_error(e: SessionError) -> Response {
-    let response = Response::error(e.status(), e.message());
-    if e.status() == 503 {
-        response.header("Retry-After", "1")
-    } else {
-        response
-    }
-}
-
 /// Who a request is, as far as Authenticate can tell.
 enum Who {
     Known(Identity),
@@ -160,7 +149,7 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Who, Response> {
         // The owner shard did not answer (past the mesh deadline, overloaded, stopped): the
         // client may well be logged in, and a 401 with WWW-Authenticate would make a browser
         // prompt for a password. It retries instead.
-        Err(e) => return Err(session_error(e)),
+        Err(e) => return Err(Response::from(e)),
     };
     let (user, stamp) = match remembered {
         SessionUser::Stamped { user, stamp } => (user, Some(stamp)),
@@ -179,7 +168,7 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Who, Response> {
     // it), or putting the old hash back, or the user with it, would bring it back to life.
     match session.destroy().await {
         Ok(()) | Err(SessionError::Unknown) => Ok(Who::SessionEnded),
-        Err(e) => Err(session_error(e)),
+        Err(e) => Err(Response::from(e)),
     }
 }
 

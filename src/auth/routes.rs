@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::credentials::{self, LOGIN_BODY_BYTES_MAX};
-use super::middleware::{SESSION_USER, SessionUser, denied, session_error};
+use super::middleware::{SESSION_USER, SessionUser, denied};
 use super::service::Denied;
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
@@ -74,7 +74,7 @@ async fn login(mut req: Request) -> Response {
         // Only a write that filled the session since `login_session` looked: its new id was
         // never given out, so nothing may keep it.
         let _ = session.destroy().await;
-        return session_error(e);
+        return Response::from(e);
     }
     Response::json(200, &json!({ "user": form.username, "roles": roles }))
         .header("Set-Cookie", session.cookie(req.ctx.tls))
@@ -91,14 +91,14 @@ async fn login_session(req: &Request, remembered: &Value) -> Result<Session, Res
     };
     match session.data().await {
         Ok(data) if fits(&data, remembered) => {}
-        Ok(_) => return Err(session_error(SessionError::TooLarge)),
+        Ok(_) => return Err(Response::from(SessionError::TooLarge)),
         Err(SessionError::Unknown) => return Ok(Session::create()),
-        Err(e) => return Err(session_error(e)),
+        Err(e) => return Err(Response::from(e)),
     }
     match session.rotate().await {
         Ok(()) => Ok(session),
         Err(SessionError::Unknown) => Ok(Session::create()),
-        Err(e) => Err(session_error(e)),
+        Err(e) => Err(Response::from(e)),
     }
 }
 
@@ -120,7 +120,7 @@ async fn logout(req: Request) -> Response {
     if let Some(session) = Session::from_request(&req) {
         match session.destroy().await {
             Ok(()) | Err(SessionError::Unknown) => {}
-            Err(e) => return session_error(e),
+            Err(e) => return Response::from(e),
         }
     }
     Response::new(204).header("Set-Cookie", Session::clear_cookie(req.ctx.tls))

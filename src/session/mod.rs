@@ -86,6 +86,17 @@ impl SessionError {
             SessionError::Full => "every session is logged in, retry later",
         }
     }
+
+    /// Seconds a 503 tells the client to wait (Retry-After): an owner shard that did not answer
+    /// is a matter of a moment; room in a store full of logged-in sessions comes back as they
+    /// expire or log out, on the scale of minutes.
+    pub fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            SessionError::Unavailable => Some("1"),
+            SessionError::Full => Some("30"),
+            SessionError::Unknown | SessionError::TooLarge => None,
+        }
+    }
 }
 
 impl From<StoreError> for SessionError {

@@ -16,26 +16,30 @@ pub fn routes() -> Router {
         .delete("/session/data/{key}", delete_value)
 }
 
-fn error(e: SessionError) -> Response {
-    Response::error(e.status(), e.message())
+/// The answer to a session operation that did not happen, for every route that uses sessions
+/// (these and /auth's): a 503 says when to retry (`SessionError::retry_after`).
+impl From<SessionError> for Response {
+    fn from(e: SessionError) -> Response {
+        let response = Response::error(e.status(), e.message());
+        match e.retry_after() {
+            Some(seconds) => response.header("Retry-After", seconds),
+            None => response,
+        }
+    }
 }
 
 // The early answer is moved once, off the hot path; boxing it would cost more.
 #[allow(clippy::result_large_err)]
 fn session(req: &Request) -> Result<Session, Response> {
-    Session::from_request(req).ok_or_else(|| error(SessionError::Unknown))
+    Session::from_request(req).ok_or_else(|| Response::from(SessionError::Unknown))
 }
-
-/// How long a client refused a session at a bound full of logged-in sessions is told to wait:
-/// room comes back as sessions expire or log out, on the scale of minutes.
-const FULL_RETRY_AFTER_S: &str = "30";
 
 /// POST /session -> 201 `{"shard": owner}` and the cookie of a new session; 503 with
 /// Retry-After when every session is logged in (an anonymous one never evicts a login).
 async fn create(req: Request) -> Response {
     let session = match Session::try_create() {
         Ok(session) => session,
-        Err(e) => return error(e).header("Retry-After", FULL_RETRY_AFTER_S),
+        Err(e) => return Response::from(e),
     };
     Response::json(201, &json!({ "shard": session.owner() }))
         .header("Set-Cookie", session.cookie(req.ctx.tls))
@@ -49,7 +53,7 @@ async fn read(req: Request) -> Response {
     };
     match session.data().await {
         Ok(data) => Response::json(200, &json!({ "shard": session.owner(), "data": data })),
-        Err(e) => error(e),
+        Err(e) => Response::from(e),
     }
 }
 
@@ -61,7 +65,7 @@ async fn destroy(req: Request) -> Response {
     };
     match session.destroy().await {
         Ok(()) => Response::new(204).header("Set-Cookie", Session::clear_cookie(req.ctx.tls)),
-        Err(e) => error(e),
+        Err(e) => Response::from(e),
     }
 }
 
@@ -74,7 +78,7 @@ async fn rotate(req: Request) -> Response {
     match session.rotate().await {
         Ok(()) => Response::json(200, &json!({ "shard": session.owner() }))
             .header("Set-Cookie", session.cookie(req.ctx.tls)),
-        Err(e) => error(e),
+        Err(e) => Response::from(e),
     }
 }
 
@@ -88,7 +92,7 @@ async fn get_value(req: Request) -> Response {
     match session.get_value(key).await {
         Ok(Some(value)) => Response::json(200, &value),
         Ok(None) => Response::error(404, "no such session value"),
-        Err(e) => error(e),
+        Err(e) => Response::from(e),
     }
 }
 
@@ -123,7 +127,7 @@ async fn put_value(mut req: Request) -> Response {
     let key = req.param("key").unwrap_or_default();
     match session.set_value(key, value).await {
         Ok(()) => Response::new(204),
-        Err(e) => error(e),
+        Err(e) => Response::from(e),
     }
 }
 
@@ -139,6 +143,6 @@ async fn delete_value(req: Request) -> Response {
     let key = req.param("key").unwrap_or_default();
     match session.remove(key).await {
         Ok(_) => Response::new(204),
-        Err(e) => error(e),
+        Err(e) => Response::from(e),
     }
 }
