@@ -26,6 +26,10 @@ fn bad_flags_and_config_exit_2_with_one_line() {
         (vec!["--shards", "9999"], "--shards 9999"),
         (vec!["--cores", "0-x"], "--cores 0-x"),
         (vec!["--max-conns", "0"], "--max-conns"),
+        (
+            vec!["--max-session-revocations", "0"],
+            "--max-session-revocations 0",
+        ),
         (vec!["--grace", "soon"], "--grace"),
         (vec!["--config", bad_toml.to_str().unwrap()], "bad.toml"),
         (vec!["--config", unknown_key.to_str().unwrap()], "bogus"),

@@ -1143,3 +1143,61 @@ fn a_second_destroy_waits_for_the_first_ones_revocation() {
     });
     assert_eq!((first, second), (503, 503));
 }
+
+/// `--max-session-revocations`, at the bound: while snapshots fail (the snapshot's path is a
+/// directory here, so its rename fails) the revocation log cannot be cut, and at 8 records the
+/// 9th destroy is 503 and its session lives on. Once a snapshot succeeds (the forced one is
+/// retried, backing off to `--session-snapshot-interval`) the log is cut and it goes through.
+#[test]
+fn destroys_past_the_revocation_bound_wait_for_a_snapshot() {
+    let dir = common::temp_dir("revocation-bound");
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--max-session-revocations",
+        "8",
+        "--session-snapshot-interval",
+        "1",
+    ]);
+    let blocker = dir.path().join("sessions-0.snap");
+    std::fs::create_dir_all(blocker.join("not-a-file")).unwrap();
+    let mut conn = Conn::new(server.connect());
+    let cookies: Vec<String> = (0..9)
+        .map(|_| cookie_of(&request(&mut conn, "POST", "/session", None, None)))
+        .collect();
+    for cookie in &cookies[..8] {
+        let destroy = request(&mut conn, "DELETE", "/session", Some(cookie), None);
+        assert_eq!(destroy.status, 204, "{}", destroy.text());
+    }
+    let refused = request(&mut conn, "DELETE", "/session", Some(&cookies[8]), None);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&cookies[8]), None).status,
+        200,
+        "a refused destroy changes nothing"
+    );
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let destroy = request(&mut conn, "DELETE", "/session", Some(&cookies[8]), None);
+        if destroy.status == 204 {
+            break;
+        }
+        assert_eq!(destroy.status, 503, "{}", destroy.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot cut the log within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(blocker.is_file(), "the snapshot that cut the log");
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&cookies[8]), None).status,
+        401
+    );
+}

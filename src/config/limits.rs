@@ -123,13 +123,12 @@ pub const SESSION_SNAPSHOT_RETRY_MIN: Duration = Duration::from_millis(500);
 /// another, so this bounds the mesh calls a request with many cookies makes; ids past it are
 /// ignored.
 pub const SESSION_COOKIE_IDS_MAX: usize = 4;
-/// Records one log holds at most (1.75 MiB of file, under 3 MiB of memory): at the bound a destroy or a
-/// rotation is refused (503, the session stays as it was) until a snapshot lets the log be cut.
-pub const REVOKED_RECORDS_MAX: usize = 65_536;
-/// From this many records on, the upkeep writes a snapshot at once rather than at its interval,
-/// so the bound is reached only while snapshots fail.
-pub const REVOKED_SNAPSHOT_AT: usize = REVOKED_RECORDS_MAX / 4;
-const _: () = assert!(REVOKED_SNAPSHOT_AT < REVOKED_RECORDS_MAX);
+/// Records one shard's session revocation log holds at most (`--max-session-revocations`;
+/// 1.75 MiB of file, under 3 MiB of memory): at the bound a destroy or a rotation is refused
+/// (503, the session stays as it was) until a snapshot lets the log be cut. From a quarter of
+/// it on, the upkeep writes a snapshot at once rather than at its interval, so the bound is
+/// reached only while snapshots fail.
+pub const SESSION_REVOCATIONS_MAX_DEFAULT: usize = 65_536;
 /// How often a shard asks another whether a revocation it logged is durable (an fdatasync
 /// takes from tens of microseconds to a few milliseconds), and for how long at most.
 pub const REVOKED_POLL_INTERVAL: Duration = Duration::from_millis(1);

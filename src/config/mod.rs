@@ -136,6 +136,10 @@ pub struct Args {
     /// Bytes of data per session (413 past it).
     #[arg(long, value_name = "BYTES")]
     pub max_session_bytes: Option<usize>,
+    /// Records a shard's session revocation log holds; at the bound a destroy, logout or
+    /// rotation gets 503 until a snapshot lets the log be cut.
+    #[arg(long, value_name = "N")]
+    pub max_session_revocations: Option<usize>,
     /// Do not write sessions to the data dir (on shutdown and periodically) nor load them at start.
     #[arg(long)]
     pub no_session_persist: bool,
@@ -263,6 +267,7 @@ struct FileConfig {
     session_lifetime: Option<f64>,
     max_sessions: Option<usize>,
     max_session_bytes: Option<usize>,
+    max_session_revocations: Option<usize>,
     no_session_persist: Option<bool>,
     session_snapshot_interval: Option<f64>,
     fsync: Option<String>,
@@ -434,6 +439,8 @@ pub struct SessionConfig {
     pub lifetime: Duration,
     pub sessions_max: usize,
     pub session_bytes_max: usize,
+    /// `--max-session-revocations`: records of one shard's revocation log.
+    pub revocations_max: usize,
     pub persist: bool,
     pub snapshot_interval: Duration,
 }
@@ -683,6 +690,12 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
                 "max-session-bytes",
                 args.max_session_bytes.or(file.max_session_bytes),
                 limits::SESSION_BYTES_MAX_DEFAULT,
+            )?,
+            revocations_max: positive(
+                "max-session-revocations",
+                args.max_session_revocations
+                    .or(file.max_session_revocations),
+                limits::SESSION_REVOCATIONS_MAX_DEFAULT,
             )?,
             persist: !(args.no_session_persist || file.no_session_persist.unwrap_or(false)),
             snapshot_interval: seconds(

@@ -291,7 +291,12 @@ impl Sessions {
             }
         };
         self.store.borrow_mut().counters = Default::default();
-        let log = RevocationLog::start(dir, self.shard, loaded.as_deref().unwrap_or_default());
+        let log = RevocationLog::start(
+            dir,
+            self.shard,
+            loaded.as_deref().unwrap_or_default(),
+            self.config.revocations_max,
+        );
         if loaded.is_none() {
             log.fail();
         }

@@ -16,7 +16,6 @@ use std::task::{Poll, Waker};
 use glommio::io::{BufferedFile, OpenOptions};
 
 use super::id::SessionKey;
-use crate::config::limits::{REVOKED_RECORDS_MAX, REVOKED_SNAPSHOT_AT};
 
 /// key (16) + absolute expiry ms (8) + CRC32 of both (4).
 pub const RECORD_BYTES: usize = 16 + 8 + 4;
@@ -88,7 +87,7 @@ pub struct RevocationLog {
     dir: PathBuf,
     path: PathBuf,
     /// Every record in the file or waiting for it, oldest first, with its ticket: what a cut
-    /// rewrites. Bounded by `REVOKED_RECORDS_MAX`.
+    /// rewrites. Bounded by `records_max`.
     records: RefCell<VecDeque<(u64, u64, Record)>>,
     /// Tickets handed out: the n-th record appended since start has ticket n (from 1).
     appended: Cell<u64>,
@@ -105,18 +104,31 @@ pub struct RevocationLog {
     file_bytes: Cell<u64>,
     waiters: RefCell<Vec<(u64, Waker)>>,
     flusher: RefCell<Option<Waker>>,
+    /// `--max-session-revocations`: appends are refused at this many records.
+    records_max: usize,
 }
 
 impl RevocationLog {
     /// A log whose file holds `loaded` (from `read`); starts its flusher on the current queue.
-    pub fn start(dir: &Path, shard: usize, loaded: &[(SessionKey, u64)]) -> Rc<RevocationLog> {
-        let log = Rc::new(Self::new(dir, shard, loaded));
+    pub fn start(
+        dir: &Path,
+        shard: usize,
+        loaded: &[(SessionKey, u64)],
+        records_max: usize,
+    ) -> Rc<RevocationLog> {
+        let log = Rc::new(Self::new(dir, shard, loaded, records_max));
         glommio::spawn_local(Self::flush_loop(log.clone())).detach();
         log
     }
 
     /// The log without its flusher task.
-    fn new(dir: &Path, shard: usize, loaded: &[(SessionKey, u64)]) -> RevocationLog {
+    fn new(
+        dir: &Path,
+        shard: usize,
+        loaded: &[(SessionKey, u64)],
+        records_max: usize,
+    ) -> RevocationLog {
+        assert!(records_max > 0);
         let records: VecDeque<_> = loaded
             .iter()
             .zip(1..)
@@ -136,17 +148,19 @@ impl RevocationLog {
             file_bytes: Cell::new(count * RECORD_BYTES as u64),
             waiters: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
+            records_max,
         }
     }
 
     /// Whether an append would be refused: the log failed, or is at its bound.
     pub fn refuses(&self) -> bool {
-        self.failed.get() || self.records.borrow().len() >= REVOKED_RECORDS_MAX
+        self.failed.get() || self.records.borrow().len() >= self.records_max
     }
 
-    /// Whether the upkeep should write a snapshot now (so that the log can be cut).
+    /// Whether the upkeep should write a snapshot now (so that the log can be cut): from a
+    /// quarter of the bound on.
     pub fn wants_snapshot(&self) -> bool {
-        self.failed.get() || self.records.borrow().len() >= REVOKED_SNAPSHOT_AT
+        self.failed.get() || self.records.borrow().len() >= self.records_max.div_ceil(4)
     }
 
     /// Appends a revocation; its ticket, for `durable`. The caller checked `refuses` first.
@@ -402,7 +416,7 @@ mod tests {
     #[test]
     fn a_revocation_not_yet_durable_when_the_log_fails_is_undurable() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RevocationLog::new(dir.path(), 0, &[([1; 16], 5)]);
+        let log = RevocationLog::new(dir.path(), 0, &[([1; 16], 5)], 8);
         assert_eq!(log.pending_ticket(&[1; 16]), None, "loaded: durable");
         let ticket = log.append(&[7; 16], 100);
         log.append(&[9; 16], 100);
