@@ -123,6 +123,11 @@ pub struct Sessions {
     pub remote_calls: Cell<u64>,
     /// The revocation log, once `load` opened it (persistence on).
     revoked: RefCell<Option<Rc<RevocationLog>>>,
+    /// `load` skipped the snapshot on disk (another node's or shard's, or corrupt): the upkeep
+    /// replaces it at once, or a crash before the first snapshot of this run would leave it for
+    /// a later run (with the old `--node-id` back, say) to load sessions this run never saw
+    /// destroyed.
+    skipped_snapshot: Cell<bool>,
 }
 
 impl Sessions {
@@ -143,6 +148,7 @@ impl Sessions {
             mesh,
             remote_calls: Cell::new(0),
             revoked: RefCell::new(None),
+            skipped_snapshot: Cell::new(false),
         }
     }
 
@@ -335,10 +341,11 @@ impl Sessions {
             }
             Err(reason) => {
                 eprintln!(
-                    "percore: shard {}: session snapshot {} skipped: {reason}",
+                    "percore: shard {}: session snapshot {} skipped: {reason}; replaced by this run's",
                     self.shard,
                     path.display()
-                )
+                );
+                self.skipped_snapshot.set(true);
             }
         }
     }
@@ -435,9 +442,13 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
         .borrow()
         .as_ref()
         .is_some_and(|log| log.appended() > 0);
+    let skipped = sessions.skipped_snapshot.get();
     let mut written_generation =
-        (!revocations_loaded).then_some(sessions.store.borrow().generation);
-    let mut next_snapshot = std::time::Instant::now() + sessions.config.snapshot_interval;
+        (!revocations_loaded && !skipped).then_some(sessions.store.borrow().generation);
+    let mut next_snapshot = std::time::Instant::now();
+    if !skipped {
+        next_snapshot += sessions.config.snapshot_interval;
+    }
     // After a failed snapshot a forced one is retried after a pause that doubles up to the
     // snapshot interval: a disk that keeps failing is not rewritten twice a second.
     let mut forced_retry = SESSION_SNAPSHOT_RETRY_MIN;
