@@ -1232,7 +1232,7 @@ fn kill_9_under_load(test: &str, extra_args: &[&str]) {
     let mut transfers: Vec<Marked> = Vec::new();
     let mut acknowledged_total = 0;
     for round in 0..=KILLS {
-        let mut server = Server::start(&args);
+        let server = Server::start(&args);
         let mut conn = Conn::new(server.connect());
         if round == 0 {
             open_accounts(&mut conn);
@@ -1259,8 +1259,7 @@ fn kill_9_under_load(test: &str, extra_args: &[&str]) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             std::thread::sleep(Duration::from_micros(kill_after_us));
-            server.child.kill().expect("kill -9");
-            server.child.wait().unwrap();
+            server.crash();
             stop.store(true, Ordering::SeqCst);
             load.join().unwrap()
         });
@@ -1311,7 +1310,7 @@ fn written_keys(prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
 fn a_graceful_restart_keeps_every_key_its_etag_and_the_version_order() {
     let tmp = common::temp_dir("kv-restart");
     let dir = tmp.path().to_str().unwrap();
-    let mut server = Server::start(&["--data-dir", dir]);
+    let server = Server::start(&["--data-dir", dir]);
     let mut conn = Conn::new(server.connect());
     wait_ready(&mut conn);
     let keys = written_keys("durable-", 20);
@@ -1334,11 +1333,7 @@ fn a_graceful_restart_keeps_every_key_its_etag_and_the_version_order() {
     let keys_before = stats_total(&server, "kv_keys");
     drop(conn);
 
-    server.signal(libc::SIGTERM);
-    let status = server
-        .wait_exit(Duration::from_secs(20))
-        .expect("exits after SIGTERM");
-    assert_eq!(status.code(), Some(0));
+    server.stop();
 
     let server = Server::start(&["--data-dir", dir]);
     let mut conn = Conn::new(server.connect());
@@ -1409,7 +1404,7 @@ fn checkpoints_bound_the_log_and_a_restart_reads_everything_back() {
     let dir_path = tmp.path();
     let dir = dir_path.to_str().unwrap();
     let args = ["--checkpoint-bytes", "4096", "--data-dir", dir];
-    let mut server = Server::start(&args);
+    let server = Server::start(&args);
     let mut conn = Conn::new(server.connect());
     wait_ready(&mut conn);
     let keys = written_keys("ck-", 300);
@@ -1436,11 +1431,7 @@ fn checkpoints_bound_the_log_and_a_restart_reads_everything_back() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(conn);
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server.wait_exit(Duration::from_secs(20)).map(|s| s.code()),
-        Some(Some(0))
-    );
+    server.stop();
 
     let server = Server::start(&args);
     let mut conn = Conn::new(server.connect());
@@ -1494,16 +1485,12 @@ fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
     use percore::txn::record;
     let dir = common::temp_dir("kv-newer-log");
     let dir_str = dir.path().to_str().unwrap();
-    let mut server = Server::start(&["--data-dir", dir_str]);
+    let server = Server::start(&["--data-dir", dir_str]);
     let mut conn = Conn::new(server.connect());
     wait_ready(&mut conn);
     put(&mut conn, &key_on(0, "kept-"), b"v", &[]);
     drop(conn);
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server.wait_exit(Duration::from_secs(20)).unwrap().code(),
-        Some(0)
-    );
+    server.stop();
 
     let (number, path) = percore::wal::segments(dir.path(), 0)
         .unwrap()

@@ -722,7 +722,7 @@ fn sigterm_during_a_long_log_replay_exits_at_once_and_loses_nothing() {
 fn a_data_dir_another_percore_uses_is_refused_until_it_dies() {
     let data = common::temp_dir("locked");
     let dir = data.path().to_str().unwrap();
-    let mut first = Server::start(&["--data-dir", dir]);
+    let first = Server::start(&["--data-dir", dir]);
     let (code, stderr) = run_failing(&["--bind", "127.0.0.1:0", "--data-dir", dir]);
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -733,8 +733,7 @@ fn a_data_dir_another_percore_uses_is_refused_until_it_dies() {
     );
     assert_eq!(first.get("/plaintext").status, 200);
 
-    first.child.kill().unwrap(); // SIGKILL: no shutdown of any kind
-    first.child.wait().unwrap();
+    first.crash(); // SIGKILL: no shutdown of any kind
     let second = Server::start(&["--data-dir", dir]);
     assert_eq!(second.get("/plaintext").status, 200);
 }

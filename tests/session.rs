@@ -41,6 +41,11 @@ fn json(response: &common::Response) -> serde_json::Value {
         .unwrap_or_else(|_| panic!("JSON body: {}", response.text()))
 }
 
+/// `percore --bind 127.0.0.1:0 --shards 1` plus `args`.
+fn one_shard(args: &[&str]) -> Server {
+    Server::start_exact(&[&["--bind", "127.0.0.1:0", "--shards", "1"], args].concat())
+}
+
 /// Pipelined reads of a session owned by the other shard are served at once (one batch of mesh
 /// calls) and answered in order; a write between them is a barrier: the reads after it see it.
 #[test]
@@ -308,14 +313,7 @@ fn expired_sessions_are_swept_in_the_background() {
 
 #[test]
 fn at_the_session_bound_the_least_recently_used_is_evicted() {
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--max-sessions",
-        "3",
-    ]);
+    let server = one_shard(&["--max-sessions", "3"]);
     let mut conn = Conn::new(server.connect());
     let s: Vec<String> = (0..3)
         .map(|_| cookie_of(&request(&mut conn, "POST", "/session", None, None)))
@@ -442,7 +440,7 @@ fn garbled_truncated_and_foreign_ids_are_unknown() {
 fn sessions_survive_a_graceful_restart() {
     let dir = common::temp_dir("persist");
     let dir_arg = dir.path().to_str().unwrap();
-    let mut server = Server::start(&["--data-dir", dir_arg]);
+    let server = Server::start(&["--data-dir", dir_arg]);
     let mut conn = Conn::new(server.connect());
     let cookies: Vec<String> = (0..6)
         .map(|_| cookie_of(&request(&mut conn, "POST", "/session", None, None)))
@@ -467,13 +465,7 @@ fn sessions_survive_a_graceful_restart() {
         204
     );
     drop(conn);
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
 
     let server = Server::start(&["--data-dir", dir_arg]);
     for (i, cookie) in cookies.iter().enumerate().take(5) {
@@ -502,7 +494,7 @@ fn sessions_survive_a_graceful_restart() {
 fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
     let dir = common::temp_dir("crash");
     let dir_arg = dir.path().to_str().unwrap();
-    let mut server = Server::start(&["--data-dir", dir_arg, "--session-snapshot-interval", "0.5"]);
+    let server = Server::start(&["--data-dir", dir_arg, "--session-snapshot-interval", "0.5"]);
     let mut conn = Conn::new(server.connect());
     let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
     assert_eq!(
@@ -517,8 +509,7 @@ fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
         204
     );
     std::thread::sleep(Duration::from_millis(1600));
-    server.child.kill().unwrap(); // SIGKILL: no shutdown snapshot
-    server.child.wait().unwrap();
+    server.crash(); // SIGKILL: no shutdown snapshot
     let server = Server::start(&["--data-dir", dir_arg]);
     let r = request(
         &mut Conn::new(server.connect()),
@@ -551,7 +542,7 @@ fn a_corrupt_snapshot_is_reported_and_skipped() {
 #[test]
 fn persistence_can_be_switched_off() {
     let dir = common::temp_dir("off");
-    let mut server = Server::start(&[
+    let server = Server::start(&[
         "--data-dir",
         dir.path().to_str().unwrap(),
         "--no-session-persist",
@@ -559,13 +550,7 @@ fn persistence_can_be_switched_off() {
     let mut conn = Conn::new(server.connect());
     request(&mut conn, "POST", "/session", None, None);
     drop(conn);
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
     let snapshots = std::fs::read_dir(dir.path())
         .unwrap()
         .filter(|e| {
@@ -607,16 +592,7 @@ fn log_in(conn: &mut Conn) -> String {
 fn anonymous_sessions_never_evict_a_logged_in_user() {
     let dir = common::temp_dir("evict-auth");
     let users = users_file(dir.path());
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--max-sessions",
-        "5",
-        "--users",
-        &users,
-    ]);
+    let server = one_shard(&["--max-sessions", "5", "--users", &users]);
     let mut conn = Conn::new(server.connect());
     let mut logged_in = vec![log_in(&mut conn)];
     for _ in 0..10 {
@@ -733,7 +709,7 @@ fn logout_destroy_and_rotation_survive_a_crash() {
         "--session-snapshot-interval",
         "0.5",
     ];
-    let mut server = Server::start(&args);
+    let server = Server::start(&args);
     let [mut a, mut b] = one_per_shard(&server);
     let s: Vec<String> = (0..5)
         .map(|i| {
@@ -778,9 +754,8 @@ fn logout_destroy_and_rotation_survive_a_crash() {
             assert_eq!((r.status, r.text()), (200, i.to_string()), "{when}");
         }
     };
-    server.signal(libc::SIGKILL);
-    server.child.wait().unwrap();
-    let mut server = Server::start(&args);
+    server.crash();
+    let server = Server::start(&args);
     check(&server, &dead, &[2, 3], "killed right after");
 
     // The logs found at start, and a destroy after it, are cut once a snapshot covers them.
@@ -799,8 +774,7 @@ fn logout_destroy_and_rotation_survive_a_crash() {
             "shard {shard}: a snapshot covers every revocation"
         );
     }
-    server.signal(libc::SIGKILL);
-    server.child.wait().unwrap();
+    server.crash();
     let server = Server::start(&args);
     check(&server, &dead, &[2], "killed after a snapshot and a cut");
 }
@@ -812,29 +786,15 @@ fn logout_destroy_and_rotation_survive_a_crash() {
 fn fewer_shards_drop_the_sessions_of_the_others_for_good() {
     let dir = common::temp_dir("shards");
     let dir_arg = dir.path().to_str().unwrap();
-    let stop = |mut server: Server| {
-        server.signal(libc::SIGTERM);
-        let code = server
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code());
-        assert_eq!(code, Some(0));
-    };
     let server = Server::start(&["--data-dir", dir_arg, "--expose-shard"]);
     let [mut a, mut b] = one_per_shard(&server);
     let on_0 = cookie_of(&request(&mut a, "POST", "/session", None, None));
     let on_1 = cookie_of(&request(&mut b, "POST", "/session", None, None));
     drop((a, b));
-    stop(server);
+    server.stop();
     assert!(dir.path().join("sessions-1.snap").exists());
 
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--data-dir",
-        dir_arg,
-    ]);
+    let server = one_shard(&["--data-dir", dir_arg]);
     assert!(
         !dir.path().join("sessions-1.snap").exists(),
         "shard 1's snapshot is dropped"
@@ -849,7 +809,7 @@ fn fewer_shards_drop_the_sessions_of_the_others_for_good() {
         401
     );
     drop(conn);
-    stop(server);
+    server.stop();
 
     let server = Server::start(&["--data-dir", dir_arg]);
     let mut conn = Conn::new(server.connect());
@@ -872,16 +832,7 @@ fn fewer_shards_drop_the_sessions_of_the_others_for_good() {
 fn an_id_whose_revocation_could_not_be_logged_answers_503_not_unknown() {
     let dir = common::temp_dir("failing-log");
     let dir_arg = dir.path().to_str().unwrap();
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--data-dir",
-        dir_arg,
-        "--session-snapshot-interval",
-        "3600",
-    ]);
+    let server = one_shard(&["--data-dir", dir_arg, "--session-snapshot-interval", "3600"]);
     let mut conn = Conn::new(server.connect());
     let doomed = cookie_of(&request(&mut conn, "POST", "/session", None, None));
     let other = cookie_of(&request(&mut conn, "POST", "/session", None, None));
@@ -922,19 +873,8 @@ fn an_id_whose_revocation_could_not_be_logged_answers_503_not_unknown() {
 fn revoked_sessions_do_not_evict_live_ones_at_start() {
     let dir = common::temp_dir("revoked-bound");
     let dir_arg = dir.path().to_str().unwrap();
-    let one_shard = |extra: &[&str]| {
-        let mut args = vec![
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--data-dir",
-            dir_arg,
-        ];
-        args.extend_from_slice(extra);
-        Server::start_exact(&args)
-    };
-    let mut server = one_shard(&["--session-snapshot-interval", "0.5"]);
+    let start = |extra: &[&str]| one_shard(&[&["--data-dir", dir_arg], extra].concat());
+    let server = start(&["--session-snapshot-interval", "0.5"]);
     let mut conn = Conn::new(server.connect());
     // The two live sessions are the least recently used: a snapshot lists them first.
     let live: Vec<String> = (0..2)
@@ -950,9 +890,8 @@ fn revoked_sessions_do_not_evict_live_ones_at_start() {
             204
         );
     }
-    server.child.kill().unwrap(); // SIGKILL: the destroys are only in the revocation log
-    server.child.wait().unwrap();
-    let server = one_shard(&["--max-sessions", "2"]);
+    server.crash(); // SIGKILL: the destroys are only in the revocation log
+    let server = start(&["--max-sessions", "2"]);
     let mut conn = Conn::new(server.connect());
     for cookie in &live {
         assert_eq!(
@@ -976,29 +915,12 @@ fn revoked_sessions_do_not_evict_live_ones_at_start() {
 fn an_unreadable_revocation_log_never_lets_a_dead_session_back() {
     let dir = common::temp_dir("unreadable-log");
     let dir_arg = dir.path().to_str().unwrap();
-    let one_shard = || {
-        Server::start_exact(&[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--data-dir",
-            dir_arg,
-            "--session-snapshot-interval",
-            "3600",
-        ])
-    };
-    let mut server = one_shard();
+    let start = || one_shard(&["--data-dir", dir_arg, "--session-snapshot-interval", "3600"]);
+    let server = start();
     let mut conn = Conn::new(server.connect());
     let dead = cookie_of(&request(&mut conn, "POST", "/session", None, None));
     drop(conn);
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
     // The snapshot holds `dead`; the log has a bad record before a good one.
     let record = |key: [u8; 16]| {
         let mut record = key.to_vec();
@@ -1012,7 +934,7 @@ fn an_unreadable_revocation_log_never_lets_a_dead_session_back() {
     log.extend(record([2; 16]));
     std::fs::write(dir.path().join("sessions-0.revoked"), &log).unwrap();
 
-    let mut server = one_shard();
+    let server = start();
     let mut conn = Conn::new(server.connect());
     assert_eq!(
         request(&mut conn, "GET", "/session", Some(&dead), None).status,
@@ -1033,9 +955,8 @@ fn an_unreadable_revocation_log_never_lets_a_dead_session_back() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    server.child.kill().unwrap(); // SIGKILL
-    server.child.wait().unwrap();
-    let server = one_shard();
+    server.crash(); // SIGKILL
+    let server = start();
     let mut conn = Conn::new(server.connect());
     assert_eq!(
         request(&mut conn, "GET", "/session", Some(&dead), None).status,
@@ -1054,17 +975,11 @@ fn an_unreadable_revocation_log_never_lets_a_dead_session_back() {
 fn a_run_without_persistence_drops_the_old_snapshots() {
     let dir = common::temp_dir("no-persist");
     let dir_arg = dir.path().to_str().unwrap();
-    let mut server = Server::start(&["--data-dir", dir_arg]);
+    let server = Server::start(&["--data-dir", dir_arg]);
     let mut conn = Conn::new(server.connect());
     let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
     drop(conn);
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
     let snapshots = || {
         std::fs::read_dir(dir.path())
             .unwrap()
@@ -1098,14 +1013,7 @@ fn a_second_destroy_waits_for_the_first_ones_revocation() {
     use std::io::Read;
     let dir = common::temp_dir("pending-revocation");
     let dir_arg = dir.path().to_str().unwrap();
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--data-dir",
-        dir_arg,
-    ]);
+    let server = one_shard(&["--data-dir", dir_arg]);
     let mut conn = Conn::new(server.connect());
     let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
     let log = dir.path().join("sessions-0.revoked");
@@ -1151,11 +1059,7 @@ fn a_second_destroy_waits_for_the_first_ones_revocation() {
 #[test]
 fn destroys_past_the_revocation_bound_wait_for_a_snapshot() {
     let dir = common::temp_dir("revocation-bound");
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
+    let server = one_shard(&[
         "--data-dir",
         dir.path().to_str().unwrap(),
         "--max-session-revocations",
@@ -1210,19 +1114,8 @@ fn destroys_past_the_revocation_bound_wait_for_a_snapshot() {
 fn a_snapshot_of_another_node_is_replaced_at_once() {
     let dir = common::temp_dir("node-change");
     let dir_arg = dir.path().to_str().unwrap();
-    let one_shard = |node: &str| {
-        Server::start_exact(&[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--data-dir",
-            dir_arg,
-            "--node-id",
-            node,
-        ])
-    };
-    let mut server = one_shard("0");
+    let start = |node: &str| one_shard(&["--data-dir", dir_arg, "--node-id", node]);
+    let server = start("0");
     let cookie = cookie_of(&request(
         &mut Conn::new(server.connect()),
         "POST",
@@ -1230,17 +1123,11 @@ fn a_snapshot_of_another_node_is_replaced_at_once() {
         None,
         None,
     ));
-    server.signal(libc::SIGTERM);
-    assert_eq!(
-        server
-            .wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(0)
-    );
+    server.stop();
     let snapshot = dir.path().join("sessions-0.snap");
     let node_0 = std::fs::read(&snapshot).unwrap();
 
-    let mut server = one_shard("1");
+    let server = start("1");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::read(&snapshot).unwrap() == node_0 {
         assert!(
@@ -1249,10 +1136,9 @@ fn a_snapshot_of_another_node_is_replaced_at_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    server.child.kill().unwrap(); // SIGKILL: no shutdown snapshot
-    server.child.wait().unwrap();
+    server.crash(); // SIGKILL: no shutdown snapshot
 
-    let server = one_shard("0");
+    let server = start("0");
     assert_eq!(
         request(
             &mut Conn::new(server.connect()),

@@ -122,6 +122,24 @@ impl Server {
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         wait_exit(&mut self.child, limit)
     }
+
+    /// A graceful stop (SIGTERM): the server must exit 0 within 20 s (shutdown snapshots and
+    /// checkpoints included).
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(20));
+        assert_eq!(
+            status.map(|s| s.code()),
+            Some(Some(0)),
+            "exit 0 within 20 s of SIGTERM"
+        );
+    }
+
+    /// A crash (SIGKILL): nothing of a shutdown runs.
+    pub fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 /// The child's exit status, if it exits within `limit`.
