@@ -53,6 +53,9 @@ struct ConnIo {
     /// makes progress: until then writes go through glommio, not `send_raw`, or the timer
     /// would keep the first stall's deadline for the connection's life.
     write_stalled: Cell<bool>,
+    /// A write failed (timed out, reset): the connection ends without a lingering close, which
+    /// protects an answer the client can no longer get.
+    write_failed: Cell<bool>,
 }
 
 impl ConnIo {
@@ -108,6 +111,19 @@ impl ConnIo {
     }
 
     fn poll_write_all(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        written: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        let polled = self.poll_write_all_once(cx, buf, written);
+        if let Poll::Ready(Err(_)) = polled {
+            self.write_failed.set(true);
+        }
+        polled
+    }
+
+    fn poll_write_all_once(
         &self,
         cx: &mut Context<'_>,
         buf: &[u8],
@@ -227,6 +243,10 @@ impl BodySource for ConnBody {
                 Ok(()) => {
                     self.continue_state.set(Continue::Sent);
                     self.io.shard.metrics.count_status(100);
+                    add(
+                        &self.io.shard.metrics.bytes_written,
+                        CONTINUE_100.len() as u64,
+                    );
                 }
                 Err(_) => return self.fail(BodyError::Closed),
             }
@@ -418,6 +438,7 @@ pub async fn serve(
         entry: guard.entry.clone(),
         ready,
         write_stalled: Cell::new(false),
+        write_failed: Cell::new(false),
     });
     let parallel_max = io.shard.config.pipeline_parallel_max;
     let mut conn = Conn {
@@ -441,7 +462,7 @@ pub async fn serve(
         let stream = &conn.io.stream;
         let _ = std::future::poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
     }
-    if conn.linger {
+    if conn.linger && !conn.io.write_failed.get() {
         conn.linger().await;
     }
 }
