@@ -1,16 +1,15 @@
-//! The `percore` binary: the default server (built-in routes) with flags and config parsed by the library, and the link-time wrapper of libc's `syscall` (x86-64, see runtime/membarrier.rs).
+//! The `percore` binary: the default server (built-in routes) with flags and config parsed by the library, and the link-time wrapper of libc's `syscall` that counts parks (x86-64, see runtime/membarrier.rs).
 
 fn main() -> std::process::ExitCode {
     percore::main_with(percore::app::builtin_routes)
 }
 
-/// glommio's pre-park barrier as a local fence; every other syscall passes through. Here, not in
+/// Counts glommio's pre-park barriers (`/stats` `parks`) and passes every syscall, the barrier
+/// included, through to libc. Here, not in
 /// the library, because only this binary is linked with `--wrap=syscall` (build.rs): anything
 /// else that links the library must not reference `__real_syscall`.
 #[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 mod syscall_wrapper {
-    use std::sync::atomic::{Ordering, fence};
-
     use libc::{c_int, c_long};
     use percore::runtime::membarrier::{MEMBARRIER_CMD_PRIVATE_EXPEDITED, note_park};
 
@@ -40,9 +39,7 @@ mod syscall_wrapper {
     ) -> c_long {
         // The command is a C int: only the low 32 bits of its register are defined.
         if number == libc::SYS_membarrier && a1 as c_int == MEMBARRIER_CMD_PRIVATE_EXPEDITED {
-            fence(Ordering::SeqCst);
             note_park();
-            return 0;
         }
         // SAFETY: forwarded unchanged to the real `syscall`, under the caller's contract.
         unsafe { __real_syscall(number, a1, a2, a3, a4, a5, a6) }

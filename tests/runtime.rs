@@ -159,11 +159,11 @@ fn stats_totals_match_the_requests_sent() {
     assert!(stats["total"]["mesh_calls_served"].as_u64().unwrap() >= 1);
 }
 
-/// Each shard counts its parks in the wrapper that replaces glommio's pre-park `membarrier`
+/// Each shard counts its parks in the wrapper around glommio's pre-park `membarrier`
 /// (runtime/membarrier.rs): a count above 0 on every shard shows the binary is linked through it.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn every_shard_parks_through_the_fence_wrapper() {
+fn every_shard_counts_its_parks_in_the_syscall_wrapper() {
     let server = Server::start(&[]);
     let first = server.stats();
     std::thread::sleep(std::time::Duration::from_millis(50));

@@ -1,22 +1,21 @@
-//! glommio's pre-park `membarrier` as a local fence on x86-64: the reasoning, and the per-thread park count for `/stats`. The `__wrap_syscall` that does it lives in main.rs, linked into the `percore` binary alone (`--wrap=syscall`, see build.rs).
+//! The per-thread park count for `/stats`, taken where glommio calls its pre-park `membarrier`, and why that barrier stays a real system call. The `__wrap_syscall` that counts lives in main.rs, linked into the `percore` binary alone (`--wrap=syscall`, see build.rs).
 //!
 //! Before a glommio executor parks it stores "wake me" in its sleep notifier and then calls
 //! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (Seastar's asymmetric barrier) so that a sender
 //! on another thread, who publishes a message and then reads that flag, cannot both miss the flag
 //! and have its message missed by the parking executor's last look at its channels. The syscall
-//! interrupts every CPU that runs a thread of this process; it was 5-8% of server CPU in
-//! cross-shard profiles (bench/RESULTS.md).
+//! interrupts every CPU that runs a thread of this process: 17-21% of the CPU of a cross-shard
+//! transfer and 18% of a request at 20k req/s on 2 shards (bench/RESULTS.md).
 //!
-//! On x86-64 the sender's side is already a full barrier: glommio 0.9.0 reads the flag only in
-//! `SleepNotifier::notify`, with `compare_exchange`, a `lock cmpxchg`, which orders the sender's
-//! publish before its read whether it succeeds or not (every wake-up path ends there: shared
-//! channel send, receive, close and drop, foreign task wakes, the blocking thread pool). The
-//! remaining reordering, the parking thread's flag store passing its own channel loads, is stopped
-//! by a fence on the parking thread alone (`fence(SeqCst)`, a `lock or`). That is the
-//! store-buffering pattern with a full barrier on both sides, which x86-TSO forbids. The argument
-//! is about the hardware, as glommio's own was (its remote side never had more than compiler
-//! order either). Other architectures keep the syscall: there a relaxed compare-exchange orders
-//! nothing. A glommio upgrade must re-check that `notify` is still the only reader of the flag.
+//! From 2026-11-27 to 2026-11-28 the wrapper replaced it on x86-64 with a local `fence(SeqCst)`,
+//! on the argument that every glommio wake-up path reads the flag with a `compare_exchange` (a
+//! full barrier on x86). That lost wake-ups: a shard slept through its peer's message while
+//! joining a channel mesh at start-up, about one start in four in `tests/kv.rs`'s kill -9
+//! tests on a loaded 2-CPU machine (the start never finished; the other shard spun waiting for
+//! it; a review saw the same with both shards asleep, and an earlier run a shard wedged at 100%
+//! CPU under load). With the real barrier: no hang in 30 runs. Which wake-up path the argument
+//! missed is not known, so the barrier stays until one is proven unnecessary by a test that
+//! reproduces the loss.
 
 use std::cell::Cell;
 
@@ -29,8 +28,8 @@ thread_local! {
     static PARKS: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Called by the wrapper in place of the barrier (no allocation, no lazy initialization: safe
-/// on any thread at any time).
+/// Called by the wrapper before the barrier (no allocation, no lazy initialization: safe on any
+/// thread at any time).
 pub fn note_park() {
     PARKS.with(|parks| parks.set(parks.get() + 1));
 }
