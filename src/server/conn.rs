@@ -14,8 +14,8 @@ use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
 use glommio::sync::StaticPermit;
 
 use crate::config::limits::{
-    BODY_DISCARD_BYTES_MAX, LINGERING_TIME_MAX, READ_BUFFER_BYTES, TRAILER_BYTES_MAX,
-    WRITE_BUFFER_FLUSH_BYTES, WRITE_BUFFER_KEEP_BYTES,
+    BODY_DISCARD_BYTES_MAX, LINGERING_TIME_MAX, READ_BUFFER_BYTES, REQUESTS_PER_TURN_MAX,
+    TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES, WRITE_BUFFER_KEEP_BYTES,
 };
 use crate::http::{
     self, BodyDecoder, BodyEvent, BodyFraming, CONTINUE_100, HeadLimits, HttpError, RequestHead,
@@ -402,6 +402,8 @@ struct Conn {
     stashed: Option<Result<RequestHead, HttpError>>,
     /// The server chose to close after an answer: the client may still be sending.
     linger: bool,
+    /// Requests answered since the task last yielded (`REQUESTS_PER_TURN_MAX`).
+    served_in_turn: u32,
 }
 
 /// Serves one accepted connection until it closes; `_permit` holds its slot in the shard's bound.
@@ -455,6 +457,7 @@ pub async fn serve(
         parallel_max,
         stashed: None,
         linger: false,
+        served_in_turn: 0,
     };
     conn.run().await;
     if tls {
@@ -490,8 +493,14 @@ impl Conn {
                         };
                         let flow = match gathered {
                             // Boxed: a batch's state stays off the idle connection's future.
-                            Gathered::Batch(batch) => Box::pin(self.serve_batch(batch)).await,
-                            Gathered::One(head) => self.handle(head).await,
+                            Gathered::Batch(batch) => {
+                                self.served_in_turn += batch.answers.len() as u32;
+                                Box::pin(self.serve_batch(batch)).await
+                            }
+                            Gathered::One(head) => {
+                                self.served_in_turn += 1;
+                                self.handle(head).await
+                            }
                         };
                         if flow == Flow::Close {
                             // Linger where the client may still be sending: bytes already here
@@ -517,6 +526,13 @@ impl Conn {
             }
             if !self.wbuf.is_empty() && self.flush().await.is_err() {
                 return;
+            }
+            // A full pipeline is always ready to read (never waits, so never lets the reactor
+            // run): the queue yields, the reactor looks for other connections' bytes, and they
+            // get their turn.
+            if self.served_in_turn >= REQUESTS_PER_TURN_MAX {
+                self.served_in_turn = 0;
+                glommio::executor().yield_task_queue_now().await;
             }
             if !self.read_more().await {
                 return;
