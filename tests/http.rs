@@ -469,6 +469,49 @@ fn slowloris_head_times_out_with_408() {
     assert_eq!(server.stats()["total"]["timeouts_header"], 1);
 }
 
+/// Review finding: a connection that never sent a byte waited out the keep-alive timeout (60 s),
+/// holding a `--max-conns` slot six times longer than a slowloris client. The header timeout
+/// runs from accept for the first request (nginx's `client_header_timeout`): it is closed
+/// without an answer (nothing was asked), and the client held back by the bound is served.
+#[test]
+fn a_connection_that_sends_nothing_gets_the_header_timeout() {
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--max-conns",
+        "1",
+        "--header-timeout",
+        "0.5",
+        "--keepalive-timeout",
+        "60",
+    ]);
+    let mut silent = server.connect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut waiting = Conn::new(server.connect());
+    waiting
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    waiting.send(b"GET /stats HTTP/1.1\r\nHost: t\r\n\r\n");
+    let answer = waiting
+        .response(false)
+        .expect("served once the silent one is gone");
+    assert_eq!(answer.status, 200);
+    let stats: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(stats["total"]["timeouts_header"], 1, "{stats}");
+    assert_eq!(stats["total"]["timeouts_idle"], 0, "{stats}");
+    assert!(
+        read_to_close(&mut silent).is_empty(),
+        "closed without an answer"
+    );
+    // A connection that has been served waits for the next request with the keep-alive
+    // timeout, not the header timeout.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(waiting.get("/plaintext").status, 200);
+}
+
 #[test]
 fn idle_keep_alive_connections_are_closed_after_the_timeout() {
     let server = Server::start(&["--keepalive-timeout", "0.3"]);

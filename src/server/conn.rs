@@ -391,6 +391,10 @@ struct Conn {
     limits: HeadLimits,
     /// When the first byte of the request head being read arrived (slowloris bound).
     head_started: Option<Instant>,
+    /// No request head has been parsed yet: a connection that sends nothing gets the header
+    /// timeout, not the keep-alive timeout (nginx's client_header_timeout from accept), or
+    /// silent connections would hold `--max-conns` slots for a minute each.
+    first_request: bool,
     /// Version of the request being answered.
     version: Version,
     tls: bool,
@@ -451,6 +455,7 @@ pub async fn serve(
         wbuf: BytesMut::new(),
         limits,
         head_started: None,
+        first_request: true,
         version: Version::Http11,
         tls,
         redirect_port,
@@ -486,6 +491,7 @@ impl Conn {
                 match parsed {
                     Ok(Some(head)) => {
                         self.head_started = None;
+                        self.first_request = false;
                         let gathered = if self.parallel_ok(&head) {
                             self.gather(head)
                         } else {
@@ -697,7 +703,8 @@ impl Conn {
         if !partial && self.io.shard.is_draining() {
             return false;
         }
-        let timeout = if partial {
+        // A new connection's clock starts at accept, which is just before its first wait.
+        let timeout = if partial || self.first_request {
             let started = *self.head_started.get_or_insert_with(Instant::now);
             config.header_timeout.saturating_sub(started.elapsed())
         } else {
@@ -717,6 +724,9 @@ impl Conn {
                 if partial {
                     add(&self.shard().metrics.timeouts_header, 1);
                     self.reject(408, "request head timed out").await;
+                } else if self.first_request {
+                    // Nothing was asked: nothing to answer (nginx closes silently too).
+                    add(&self.shard().metrics.timeouts_header, 1);
                 } else {
                     add(&self.shard().metrics.timeouts_idle, 1);
                 }
