@@ -11,6 +11,19 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Writes one line to stderr, like `eprintln!`, but a closed or broken stderr (a log shipper
+/// that restarted, `2>&-`) loses the line, not the process: `eprintln!` panics when the write
+/// fails, and a panic aborts (release profile), which turned a SIGTERM's "draining" line into
+/// an abort without the shutdown snapshot (found in review). Every server log line goes through
+/// it.
+#[macro_export]
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -61,7 +74,7 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
             {
                 line = format!("{line} {next}");
             }
-            eprintln!("percore: {line} (see --help)");
+            crate::log_line!("percore: {line} (see --help)");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -71,19 +84,19 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("percore: {e}");
+            crate::log_line!("percore: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     for warning in &config.warnings {
-        eprintln!("percore: {warning}");
+        crate::log_line!("percore: {warning}");
     }
     // One app factory for the process's life; shards borrow it.
     let app: &'static runtime::AppFactory = Box::leak(Box::new(app));
     match runtime::run(config, app) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("percore: {}", e.0);
+            crate::log_line!("percore: {}", e.0);
             ExitCode::from(EXIT_USAGE)
         }
     }

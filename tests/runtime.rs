@@ -769,3 +769,36 @@ fn a_drain_keeps_an_idle_shard_answering_requests_in_flight_on_the_others() {
     let status = server.wait_exit(Duration::from_secs(15)).expect("exits");
     assert!(status.success(), "{status:?}");
 }
+
+/// Review finding: with stderr gone (a log shipper restarted, the pipe's reader closed), the
+/// next log line aborted the process: `eprintln!` panics on a failed write and panics abort.
+/// SIGTERM's "draining" line did it, so the drain and the session snapshot never happened.
+#[test]
+fn a_closed_stderr_loses_log_lines_not_the_process() {
+    use std::io::BufRead;
+    let dir = common::temp_dir("stderr-closed");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on http://"), "{line}");
+    drop(child.stderr.take()); // the only reader of the pipe: writes now fail with EPIPE
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = common::wait_exit(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("no exit after SIGTERM")
+    });
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        dir.path().join("sessions-0.snap").exists(),
+        "the drain wrote its snapshot"
+    );
+}

@@ -23,13 +23,13 @@ pub fn run(command: &Command) -> ExitCode {
 fn hash_stdin(what: &str, hash: fn(&str) -> String) -> ExitCode {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
-        eprintln!("percore: cannot read the {what} from stdin: {e}");
+        crate::log_line!("percore: cannot read the {what} from stdin: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
     let secret = line.strip_suffix('\n').unwrap_or(&line);
     let secret = secret.strip_suffix('\r').unwrap_or(secret);
     if secret.is_empty() {
-        eprintln!("percore: empty {what} on stdin");
+        crate::log_line!("percore: empty {what} on stdin");
         return ExitCode::from(EXIT_USAGE);
     }
     println!("{}", hash(secret));

@@ -296,7 +296,7 @@ impl ReadyRing {
             if let Err(e) = entered
                 && e.kind() != io::ErrorKind::Interrupted
             {
-                eprintln!("percore: reaping the readiness ring: {e}");
+                crate::log_line!("percore: reaping the readiness ring: {e}");
                 return false;
             }
             self.reap_posted();
@@ -368,7 +368,7 @@ impl ReadyRing {
             if let Err(e) = self.eventfd.read_at(0, 8).await {
                 // Never give up: every plain connection of the shard waits on this ring, its
                 // timeouts and the drain too. Reap again after a pause instead.
-                eprintln!("percore: reading the readiness ring's eventfd: {e}; retrying");
+                crate::log_line!("percore: reading the readiness ring's eventfd: {e}; retrying");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
         }

@@ -122,7 +122,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             } else {
                 "--no-session-persist".to_string()
             };
-            eprintln!(
+            crate::log_line!(
                 "percore: session files no shard of this run uses are dropped ({why}): {}",
                 retired.join(", ")
             );
@@ -259,7 +259,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let _watchdog = Watchdog::start(
         deadline.unwrap_or_else(|| Instant::now() + config.stop_timeout),
         || {
-            eprintln!(
+            crate::log_line!(
                 "percore: the shards' executors are still closing at the stop deadline (--grace + --stop-timeout): exiting now"
             );
             std::process::exit(1);
@@ -398,7 +398,7 @@ fn wait_stopped(
                 running.remove(&index);
             }
             Ok(Stop::Panicked(index)) => {
-                eprintln!("percore: shard {index} panicked: exiting now");
+                crate::log_line!("percore: shard {index} panicked: exiting now");
                 std::process::exit(101);
             }
             Ok(Stop::Draining(at)) => {
@@ -406,7 +406,7 @@ fn wait_stopped(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let running: Vec<String> = running.iter().map(usize::to_string).collect();
-                eprintln!(
+                crate::log_line!(
                     "percore: shard {} still stopping {:.1} s after the signal (--grace + --stop-timeout): exiting now",
                     running.join(", "),
                     limit.as_secs_f64()
@@ -471,17 +471,19 @@ fn spawn_signal_forwarder(
                         }
                         received += 1;
                         if !serving.load(Ordering::SeqCst) {
-                            eprintln!("percore: signal {signal} during start-up: exiting now");
+                            crate::log_line!(
+                                "percore: signal {signal} during start-up: exiting now"
+                            );
                             std::process::exit(128 + signal);
                         }
                         if received == 1 {
                             let _ = stops.send(Stop::Draining(Instant::now()));
-                            eprintln!(
+                            crate::log_line!(
                                 "percore: signal {signal}: draining (a second signal exits at once)"
                             );
                             drains_pending.fill(true);
                         } else {
-                            eprintln!("percore: signal {signal} again: exiting now");
+                            crate::log_line!("percore: signal {signal} again: exiting now");
                             std::process::exit(128 + signal);
                         }
                     }
@@ -520,12 +522,12 @@ fn offer_pending(
 
 fn reload_users(path: Option<&std::path::Path>) -> Option<Arc<Users>> {
     let Some(path) = path else {
-        eprintln!("percore: SIGHUP: no --users file to reload");
+        crate::log_line!("percore: SIGHUP: no --users file to reload");
         return None;
     };
     match crate::config::read_users(path) {
         Ok(users) => {
-            eprintln!(
+            crate::log_line!(
                 "percore: SIGHUP: {} users loaded from {}",
                 users.len(),
                 path.display()
@@ -533,7 +535,7 @@ fn reload_users(path: Option<&std::path::Path>) -> Option<Arc<Users>> {
             Some(Arc::new(users))
         }
         Err(e) => {
-            eprintln!("percore: SIGHUP: {e}; keeping the users loaded before");
+            crate::log_line!("percore: SIGHUP: {e}; keeping the users loaded before");
             None
         }
     }
@@ -598,7 +600,7 @@ async fn shard_main(init: ShardInit) {
     let txn = match Txn::start(&init.config.data_dir, &init.config.txn, txn_mesh.clone()).await {
         Ok(txn) => txn,
         Err(e) => {
-            eprintln!(
+            crate::log_line!(
                 "percore: shard {}: cannot open the transaction log in {}: {e}",
                 init.index,
                 init.config.data_dir.display()
@@ -669,7 +671,7 @@ async fn shard_main(init: ShardInit) {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     if shard.open_conns() > 0 {
-        eprintln!(
+        crate::log_line!(
             "percore: shard {}: grace period over, closing {} connections",
             shard.index,
             shard.open_conns()
@@ -692,7 +694,7 @@ async fn shard_main(init: ShardInit) {
     if let Some(dir) = &data_dir
         && let Err(e) = sessions.snapshot_blocking(dir)
     {
-        eprintln!(
+        crate::log_line!(
             "percore: shard {}: cannot write the session snapshot: {e}",
             shard.index
         );

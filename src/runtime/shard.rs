@@ -85,7 +85,7 @@ fn start_ready_ring(index: usize, config: &Config) -> Option<Rc<crate::net::read
             Some(ring)
         }
         Err(e) => {
-            eprintln!(
+            crate::log_line!(
                 "percore: shard {index}: no io_uring readiness ring ({e}): plain connections wait through glommio's polls"
             );
             None

@@ -1140,7 +1140,7 @@ fn ensure_final_status(response: &mut Response) {
     if FINAL_STATUSES.contains(&response.status) {
         return;
     }
-    eprintln!(
+    crate::log_line!(
         "percore: a handler answered status {}, not a final status ({}-{}): sent 500",
         response.status,
         FINAL_STATUSES.start(),

@@ -45,7 +45,7 @@ pub async fn accept_loop(shard: Rc<Shard>, app: Rc<App>, listener: TcpListener, 
             Some(Ok(stream)) => stream,
             Some(Err(e)) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection waits in the backlog.
-                eprintln!("percore: shard {}: accept failed: {e}", shard.index);
+                crate::log_line!("percore: shard {}: accept failed: {e}", shard.index);
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }

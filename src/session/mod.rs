@@ -288,7 +288,7 @@ impl Sessions {
             }
             Err(e) => {
                 // Fail closed: without the log, any id in the snapshot may have been destroyed.
-                eprintln!(
+                crate::log_line!(
                     "percore: shard {}: cannot read {}: {e}; starting without its sessions",
                     self.shard,
                     path.display()
@@ -315,7 +315,7 @@ impl Sessions {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) => {
-                eprintln!(
+                crate::log_line!(
                     "percore: shard {}: cannot read {}: {e}; starting without its sessions",
                     self.shard,
                     path.display()
@@ -340,7 +340,7 @@ impl Sessions {
                 }
             }
             Err(reason) => {
-                eprintln!(
+                crate::log_line!(
                     "percore: shard {}: session snapshot {} skipped: {reason}; replaced by this run's",
                     self.shard,
                     path.display()
@@ -484,9 +484,10 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
                 forced_retry = SESSION_SNAPSHOT_RETRY_MIN;
             }
             Err(e) => {
-                eprintln!(
+                crate::log_line!(
                     "percore: shard {}: session snapshot failed: {e}; retrying in {:?}",
-                    sessions.shard, forced_retry
+                    sessions.shard,
+                    forced_retry
                 );
                 forced_not_before = std::time::Instant::now() + forced_retry;
                 forced_retry = (forced_retry * 2)

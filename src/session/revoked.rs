@@ -71,7 +71,7 @@ pub fn read(path: &Path) -> io::Result<Vec<(SessionKey, u64)>> {
     };
     let records = decode(&bytes)?;
     if records.len() * RECORD_BYTES != bytes.len() {
-        eprintln!(
+        crate::log_line!(
             "percore: session revocation log {}: {} bytes of a torn or corrupt tail cut",
             path.display(),
             bytes.len() - records.len() * RECORD_BYTES
@@ -280,7 +280,7 @@ impl RevocationLog {
                 None => log.write_batch().await,
             };
             if let Err(e) = result {
-                eprintln!(
+                crate::log_line!(
                     "percore: session revocation log {}: {e}; destroys are refused until the next snapshot",
                     log.path.display()
                 );
