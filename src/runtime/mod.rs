@@ -107,6 +107,8 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
     // Held until the process ends; the kernel drops the lock with the process, however it ends.
     let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
+    // Before any shard (or the session file clean-up below) writes to the data dir.
+    crate::wal::check_layout(&config.data_dir, config.shard_count()).map_err(StartError)?;
     {
         // Without persistence nothing revokes what old snapshots hold: they go too.
         let keep = if config.session.persist {

@@ -267,6 +267,56 @@ fn scan_with(buf: &[u8], salt: impl Fn(usize) -> u64) -> Scan {
     }
 }
 
+/// What follows a bad record in a log segment (`look_past`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    /// Nothing that validates where it lies: the bad record may be a torn tail.
+    Nothing,
+    /// A whole record that validates at this offset: the bad record is damage, not a torn tail.
+    Record(usize),
+    /// The look-ahead reached `RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX` at this offset, undecided.
+    Undecided(usize),
+}
+
+/// Looks for a whole record after the bad one at `bad` in a segment's bytes, one that validates
+/// at its own offset (`position_salt(segment, offset)`). A torn write leaves nothing like it:
+/// after the true end there are only the fill's zeros and stale bytes (DMA padding, a reused
+/// buffer), which fail their salted checksum where they lie. Zero runs are skipped a run at a
+/// time (a record's type byte, its ninth, is never zero), so a 64 MiB fill costs one pass.
+pub fn look_past(buf: &[u8], bad: usize, segment: u64, checksum_bytes_max: u64) -> After {
+    let mut checksummed = 0u64;
+    let mut offset = bad + 1;
+    while offset + FRAME_HEADER_BYTES <= buf.len() {
+        let type_at = offset + FRAME_HEADER_BYTES - 1;
+        if buf[type_at] == 0 {
+            match buf[type_at..].iter().position(|&b| b != 0) {
+                Some(skip) => offset += skip.max(1),
+                None => break,
+            }
+            continue;
+        }
+        let len = u32::from_le_bytes([
+            buf[offset],
+            buf[offset + 1],
+            buf[offset + 2],
+            buf[offset + 3],
+        ]) as usize;
+        let end = offset + FRAME_HEADER_BYTES + len;
+        if len <= RECORD_PAYLOAD_BYTES_MAX && end <= buf.len() {
+            checksummed += len as u64;
+            if checksummed > checksum_bytes_max {
+                return After::Undecided(offset);
+            }
+            let salt = position_salt(segment, offset as u64);
+            if let Ok(Some(_)) = decode_at(&buf[offset..end], salt) {
+                return After::Record(offset);
+            }
+        }
+        offset += 1;
+    }
+    After::Nothing
+}
+
 /// Appends the `SnapshotEnd` record that makes a snapshot's record list complete.
 pub fn snapshot_close(records: &mut Vec<Record>) {
     let count = records.len() as u64;

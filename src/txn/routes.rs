@@ -141,8 +141,22 @@ async fn run(ops: Vec<Op>) -> Result<Vec<OpResult>, TxError> {
 // The early answer is moved once, off the hot path; boxing it would cost more.
 #[allow(clippy::result_large_err)]
 fn validated(ops: &[Op]) -> Result<(), Response> {
-    let limits = shard::current().config.txn.limits;
-    op::validate(ops, &limits).map_err(|e| Response::error(e.status, &e.message))
+    // `--max-tx-ops` bounds the ops a client sends in a /kv/tx body. These routes build their
+    // own few (a precondition check and a read the client never sent, fixed by the route), so
+    // a plain PUT must not count against it (found in review: `--max-tx-ops 1` answered a PUT
+    // with 413 "2 ops"); and an error names the key or value, never an op index.
+    let limits = crate::txn::TxnLimits {
+        ops_max: ops.len(),
+        ..shard::current().config.txn.limits
+    };
+    op::validate(ops, &limits).map_err(|e| {
+        let message = e
+            .message
+            .split_once(": ")
+            .filter(|(op, _)| op.starts_with("op "))
+            .map_or(e.message.as_str(), |(_, rest)| rest);
+        Response::error(e.status, message)
+    })
 }
 
 /// GET /kv/{key} -> 200 with the value bytes and `ETag: "<version>"`, or 404.

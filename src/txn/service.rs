@@ -8,10 +8,11 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use crate::config::TxnConfig;
+use crate::config::limits::RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX;
 use crate::mesh::Mesh;
 use crate::runtime::now_ms;
 use crate::txn::op::{Op, TxError};
-use crate::txn::record::{self, Record, TailReason};
+use crate::txn::record::{self, After, CorruptTail, Record, TailReason};
 use crate::txn::twopc::{Action, ClientId, Event, Msg, Node, Outcome, Then};
 use crate::wal::{self, Wal};
 
@@ -31,17 +32,35 @@ const RECORD_BYTES_TYPICAL: usize = 128;
 pub struct Recovered {
     pub records: Vec<Record>,
     pub segment_next: u64,
-    /// Segments older than the newest complete checkpoint: safe to delete.
+    /// Segments older than the newest complete checkpoint: safe to delete once `checkpoint` is
+    /// synced.
     pub superseded: Vec<PathBuf>,
+    /// The segment holding that checkpoint. An earlier run with `--fsync off` may have written it
+    /// without an fdatasync: it is synced before `superseded` go.
+    pub checkpoint: Option<PathBuf>,
 }
 
-/// Reads a shard's log segments: the newest segment that starts with a complete checkpoint, and
-/// everything after it. A torn or corrupt tail is reported and cut off; nothing before it is lost.
-/// A whole record of a type this build does not know (a newer build's) is an error, and nothing
-/// is cut.
 /// A log replay this long is announced on stderr (it can take seconds).
 const REPLAY_ANNOUNCE_BYTES: u64 = 16 << 20;
 
+/// One segment as start-up read it, before anything is changed.
+struct Scanned {
+    path: PathBuf,
+    records: Vec<Record>,
+    /// Where reading stopped short of the file's end (a bad record or the fill's zeros): the
+    /// file is cut there once the log is known to be whole.
+    cut_at: Option<usize>,
+    /// A bad record (not zeros), and what follows it in the same segment.
+    bad: Option<(CorruptTail, After)>,
+}
+
+/// Reads a shard's log segments: the newest segment that starts with a complete checkpoint, and
+/// everything after it. A bad record with nothing intact after it, in its segment or a later one,
+/// is a torn tail: reported and cut off; nothing before it is lost. A bad record that intact
+/// records follow is damage, not a torn write (records are salted by position, so stale bytes
+/// never validate where they lie): an error, and nothing is changed, because cutting there would
+/// drop acknowledged transactions, on this shard only. So is a whole record of a type this build
+/// does not know (a newer build's).
 pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     let segments = wal::segments(dir, shard)?;
     let bytes: u64 = segments
@@ -51,70 +70,42 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
         .sum();
     if bytes >= REPLAY_ANNOUNCE_BYTES {
         // Start-up waits for this; say why (a checkpoint bounds it: --checkpoint-bytes).
-        eprintln!(
+        crate::log_line!(
             "percore: shard {shard}: replaying {} MiB of log in {}",
             bytes >> 20,
             dir.display()
         );
     }
-    let mut scanned: Vec<(u64, PathBuf, Vec<Record>)> = Vec::with_capacity(segments.len());
+    let segment_next = segments.last().map_or(0, |(n, _)| n + 1);
+    let mut scanned = Vec::with_capacity(segments.len());
     for (number, path) in segments {
         let bytes = std::fs::read(&path)?;
-        let scan = record::scan_segment(&bytes, number);
-        if let Some(tail) = &scan.tail {
-            if let TailReason::UnknownType(kind) = tail.reason {
-                // Cutting it off would drop acknowledged transactions a newer build wrote.
-                return Err(std::io::Error::other(format!(
-                    "log {} holds a record of type {kind} at byte {}, unknown to this build \
-                     (written by a newer percore?); nothing was changed: run the newer build",
-                    path.display(),
-                    tail.offset
-                )));
-            }
-            if tail.reason != TailReason::Zeroes {
-                eprintln!(
-                    "percore: shard {shard}: log {} has a bad record at byte {} ({:?}): cut off there",
-                    path.display(),
-                    tail.offset,
-                    tail.reason
-                );
-            }
-            // Never appended to again (a restart opens a new segment), but keep the file honest.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)?
-                .set_len(scan.valid_bytes as u64)?;
-        }
-        scanned.push((number, path, scan.records));
+        scanned.push(scan(&bytes, number, path)?);
     }
-    let segment_next = scanned.last().map_or(0, |(n, _, _)| n + 1);
-    // `SnapshotEnd` counts the snapshot records before it, and a checkpoint starts its segment.
-    let complete_checkpoint = |records: &[Record]| -> bool {
-        matches!(records.first(), Some(Record::SnapshotBegin { .. }))
-            && records.iter().enumerate().any(
-                |(i, r)| matches!(r, Record::SnapshotEnd { records } if *records as usize == i),
-            )
-    };
     // The newest segment with a complete checkpoint; a segment that starts a checkpoint it never
     // finished (a crash mid-checkpoint) holds nothing else and is skipped.
     let start = scanned
         .iter()
-        .rposition(|(_, _, records)| complete_checkpoint(records))
+        .rposition(|segment| complete_checkpoint(&segment.records))
         .unwrap_or(0);
+    check_damage(&scanned, start).map_err(std::io::Error::other)?;
+    // Superseded segments are deleted once the checkpoint is synced; nothing is read from them.
+    for segment in &scanned[start..] {
+        cut(shard, segment)?;
+    }
     let mut recovered = Recovered {
         segment_next,
         ..Default::default()
     };
-    for (index, (_, path, records)) in scanned.into_iter().enumerate() {
+    for (index, Scanned { path, records, .. }) in scanned.into_iter().enumerate() {
         if index < start {
             recovered.superseded.push(path);
             continue;
         }
-        let torn_checkpoint = matches!(records.first(), Some(Record::SnapshotBegin { .. }))
-            && !records
-                .iter()
-                .any(|r| matches!(r, Record::SnapshotEnd { .. }));
-        if torn_checkpoint {
+        if index == start && complete_checkpoint(&records) {
+            recovered.checkpoint = Some(path.clone());
+        }
+        if torn_checkpoint(&records) {
             continue;
         }
         recovered.records.extend(
@@ -124,6 +115,133 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
         );
     }
     Ok(recovered)
+}
+
+/// Scans one segment's bytes and, past a bad record, looks for intact ones.
+fn scan(bytes: &[u8], number: u64, path: PathBuf) -> std::io::Result<Scanned> {
+    let scan = record::scan_segment(bytes, number);
+    let bad = scan
+        .tail
+        .clone()
+        .filter(|tail| tail.reason != TailReason::Zeroes);
+    if let Some(CorruptTail {
+        offset,
+        reason: TailReason::UnknownType(kind),
+    }) = bad
+    {
+        // Cutting it off would drop acknowledged transactions a newer build wrote.
+        return Err(std::io::Error::other(format!(
+            "log {} holds a record of type {kind} at byte {offset}, unknown to this build \
+             (written by a newer percore?); nothing was changed: run the newer build",
+            path.display(),
+        )));
+    }
+    let bad = bad.map(|tail| {
+        let after = record::look_past(
+            bytes,
+            tail.offset,
+            number,
+            RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX,
+        );
+        (tail, after)
+    });
+    Ok(Scanned {
+        path,
+        records: scan.records,
+        cut_at: scan.tail.map(|_| scan.valid_bytes),
+        bad,
+    })
+}
+
+/// `SnapshotEnd` counts the snapshot records before it, and a checkpoint starts its segment.
+fn complete_checkpoint(records: &[Record]) -> bool {
+    matches!(records.first(), Some(Record::SnapshotBegin { .. }))
+        && records
+            .iter()
+            .enumerate()
+            .any(|(i, r)| matches!(r, Record::SnapshotEnd { records } if *records as usize == i))
+}
+
+fn torn_checkpoint(records: &[Record]) -> bool {
+    matches!(records.first(), Some(Record::SnapshotBegin { .. }))
+        && !records
+            .iter()
+            .any(|r| matches!(r, Record::SnapshotEnd { .. }))
+}
+
+/// Err (one line naming the file and byte) when the log is damaged rather than torn: a bad record
+/// in or after the segment recovery starts at (`start`) with intact records after it, in its
+/// segment or a later one; or an incomplete checkpoint with no older segment left (older segments
+/// are deleted only once a checkpoint is synced whole, so it was whole once). Bad records in
+/// segments a later checkpoint supersedes do not matter: nothing is read from them.
+fn check_damage(scanned: &[Scanned], start: usize) -> Result<(), String> {
+    let damaged = |path: &Path, offset: usize, what: &str, evidence: String| {
+        Err(format!(
+            "log {} is damaged at byte {offset} ({what}) and {evidence}: not a torn write, so \
+             nothing was cut or changed (cutting would drop acknowledged transactions); restore \
+             the data dir from a backup",
+            path.display()
+        ))
+    };
+    if let Some(oldest) = scanned.first()
+        && torn_checkpoint(&oldest.records)
+        && !scanned.iter().any(|s| complete_checkpoint(&s.records))
+    {
+        let (offset, what) = match &oldest.bad {
+            Some((tail, _)) => (tail.offset, format!("{:?}", tail.reason)),
+            None => (oldest.cut_at.unwrap_or(0), "zeros".to_string()),
+        };
+        let evidence = "it held a checkpoint whose older segments are gone".to_string();
+        return damaged(&oldest.path, offset, &what, evidence);
+    }
+    for (index, segment) in scanned.iter().enumerate().skip(start) {
+        let Some((tail, after)) = &segment.bad else {
+            continue;
+        };
+        let what = format!("{:?}", tail.reason);
+        match after {
+            After::Record(at) => {
+                let evidence = format!("an intact record follows at byte {at}");
+                return damaged(&segment.path, tail.offset, &what, evidence);
+            }
+            After::Undecided(at) => {
+                let evidence = format!(
+                    "what follows could not be checked past byte {at} \
+                     (RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX)"
+                );
+                return damaged(&segment.path, tail.offset, &what, evidence);
+            }
+            After::Nothing => {}
+        }
+        if let Some(later) = scanned[index + 1..].iter().find(|s| !s.records.is_empty()) {
+            let evidence = format!("intact records follow in {}", later.path.display());
+            return damaged(&segment.path, tail.offset, &what, evidence);
+        }
+    }
+    Ok(())
+}
+
+/// Cuts a segment where reading stopped (never appended to again, a restart opens a new segment,
+/// but the file is kept honest), synced: a cut lost to a power failure would bring the bad tail
+/// back in front of the segments this run writes, where it would read as damage.
+fn cut(shard: usize, segment: &Scanned) -> std::io::Result<()> {
+    let Some(valid_bytes) = segment.cut_at else {
+        return Ok(());
+    };
+    if let Some((tail, _)) = &segment.bad {
+        crate::log_line!(
+            "percore: shard {shard}: log {} has a bad record at byte {} ({:?}) with nothing \
+             intact after it (a torn write): cut off there",
+            segment.path.display(),
+            tail.offset,
+            tail.reason
+        );
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment.path)?;
+    file.set_len(valid_bytes as u64)?;
+    file.sync_all()
 }
 
 /// Why `transact` did not commit.
@@ -236,9 +354,13 @@ impl Txn {
             counters: Cell::new(TxnCounters::default()),
         });
         glommio::spawn_local(Self::durability(Rc::downgrade(&txn))).detach();
-        // Superseded segments are older than a complete checkpoint that is already on disk.
-        for path in &recovered.superseded {
-            let _ = std::fs::remove_file(path);
+        // Superseded segments are older than a complete checkpoint, which must be on disk, not
+        // only written (an earlier run's `--fsync off`), before they go.
+        if let Some(checkpoint) = &recovered.checkpoint {
+            std::fs::File::open(checkpoint)?.sync_data()?;
+            for path in &recovered.superseded {
+                let _ = std::fs::remove_file(path);
+            }
         }
         txn.execute(actions);
         if !recovered.records.is_empty() {
@@ -404,7 +526,9 @@ impl Txn {
         self.wal.append(bytes)
     }
 
-    /// Snapshot and segment switch in one step; older segments are removed once it is durable.
+    /// Snapshot and segment switch in one step; older segments are removed once it is synced
+    /// (`Wal::synced`: with `--fsync off` durable only means written, and a snapshot that a power
+    /// loss could take must not replace the segments it summarises).
     fn checkpoint(self: &Rc<Self>) {
         self.checkpointing.set(true);
         let snapshot = self.node.borrow().snapshot();
@@ -416,7 +540,7 @@ impl Txn {
         self.checkpoint_base.set(self.wal.segment_appended());
         let txn = self.clone();
         glommio::spawn_local(async move {
-            if txn.wal.durable(lsn).await.is_ok() {
+            if txn.wal.synced(lsn).await.is_ok() {
                 if let Ok(segments) = wal::segments(&txn.dir, txn.shard) {
                     for (_, path) in segments.into_iter().filter(|(n, _)| *n < segment) {
                         let _ = std::fs::remove_file(path);
@@ -434,7 +558,7 @@ impl Txn {
     /// Syncs the log at shutdown.
     pub async fn close(&self) {
         if let Err(e) = self.wal.close().await {
-            eprintln!("percore: shard {}: closing the log: {e}", self.shard);
+            crate::log_line!("percore: shard {}: closing the log: {e}", self.shard);
         }
     }
 }
@@ -518,9 +642,10 @@ mod tests {
         let mut segment1 = checkpoint.clone();
         segment1.push(commit(3));
         std::fs::write(wal::segment_path(&dir, 2, 1), encode_segment(&segment1, 1)).unwrap();
-        // Segment 2: a checkpoint torn before its end (a crash mid-checkpoint).
+        // Segment 2: a checkpoint torn before its end (a crash mid-checkpoint), its torn record
+        // cut off by the start that then wrote segment 3.
         let torn = encode_segment(&checkpoint[..2], 2);
-        std::fs::write(wal::segment_path(&dir, 2, 2), &torn[..torn.len() - 3]).unwrap();
+        std::fs::write(wal::segment_path(&dir, 2, 2), &torn).unwrap();
         std::fs::write(
             wal::segment_path(&dir, 2, 3),
             encode_segment(&[commit(4)], 3),
@@ -557,6 +682,139 @@ mod tests {
         same.extend_from_slice(&tail);
         std::fs::write(wal::segment_path(&dir, 0, 5), &same).unwrap();
         assert_eq!(recover(&dir, 0).unwrap().records, old[..2]);
+    }
+
+    /// Found in review: recovery took any bad record for the end of the log and cut everything
+    /// after it, intact committed records included (on one shard only: a cross-shard
+    /// transaction kept its other half). A bad record with a record after it that validates at
+    /// its own position is damage: recovery stops, names the file and byte, and changes nothing.
+    #[test]
+    fn damage_before_intact_records_stops_recovery_and_changes_nothing() {
+        let records: Vec<Record> = (1..=6).map(commit).collect();
+        let whole = encode_segment(&records, 3);
+        let second = encode_segment(&records[..1], 3).len();
+        let third = encode_segment(&records[..2], 3).len();
+        let last = encode_segment(&records[..5], 3).len();
+        // (byte flipped, where recovery must say the damage is)
+        let cases = [
+            (second, second),        // the length field
+            (second + 5, second),    // the checksum
+            (second + 8, second),    // the type
+            (second + 20, second),   // the payload
+            (third - 1, second),     // its last byte
+            (0, 0),                  // the first record
+            (last + 10, usize::MAX), // the last record: nothing follows, a torn tail
+        ];
+        let tmp = temp_dir("damage");
+        let dir = tmp.path().to_path_buf();
+        let path = wal::segment_path(&dir, 0, 3);
+        for (flip, at) in cases {
+            let mut bytes = whole.clone();
+            bytes[flip] ^= 0x40;
+            bytes.resize(bytes.len() + 64 * 1024, 0); // the fill after the last record
+            std::fs::write(&path, &bytes).unwrap();
+            let result = recover(&dir, 0);
+            if at == usize::MAX {
+                assert_eq!(result.unwrap().records, records[..5], "flip at {flip}");
+                continue;
+            }
+            let error = result.unwrap_err().to_string();
+            assert!(
+                error.contains(&path.display().to_string())
+                    && error.contains(&format!("damaged at byte {at} "))
+                    && !error.contains('\n'),
+                "flip at {flip}: {error}"
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                bytes,
+                "flip at {flip}: unchanged"
+            );
+        }
+        // A bad last record with intact records in a later segment is damage too.
+        let mut bytes = whole.clone();
+        bytes[last + 10] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let later = wal::segment_path(&dir, 0, 4);
+        std::fs::write(&later, encode_segment(&[commit(7)], 4)).unwrap();
+        let error = recover(&dir, 0).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("damaged at byte {last} "))
+                && error.contains(&later.display().to_string()),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "unchanged");
+        // A later segment with nothing valid in it (a start that crashed before writing) is
+        // no evidence: the tail is torn, and cut.
+        std::fs::write(&later, vec![0; 4096]).unwrap();
+        assert_eq!(recover(&dir, 0).unwrap().records, records[..5]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, last);
+    }
+
+    /// Found in review: one flipped byte in a checkpoint's snapshot made recovery skip it as a
+    /// checkpoint torn by a crash, and the shard started empty (its older segments were long
+    /// deleted). A checkpoint whose older segments are gone was whole once: its damage stops the
+    /// start, wherever it lies, and so does damage to the checkpoint before later records.
+    #[test]
+    fn a_damaged_checkpoint_stops_recovery_and_changes_nothing() {
+        let checkpoint = vec![
+            Record::SnapshotBegin { version_next: 3 },
+            Record::SnapshotEntries {
+                entries: vec![
+                    (Bytes::from("key-1"), Bytes::from("a"), 1),
+                    (Bytes::from("key-2"), Bytes::from("b"), 2),
+                ],
+            },
+            Record::SnapshotEnd { records: 2 },
+        ];
+        let whole = encode_segment(&checkpoint, 5);
+        let entries = encode_segment(&checkpoint[..1], 5).len();
+        let end = encode_segment(&checkpoint[..2], 5).len();
+        let tmp = temp_dir("damaged-checkpoint");
+        let dir = tmp.path().to_path_buf();
+        let path = wal::segment_path(&dir, 1, 5);
+        // In the entries (the end record follows), and in the end record (nothing follows).
+        for (flip, at) in [(entries + 12, entries), (end + 10, end)] {
+            let mut bytes = whole.clone();
+            bytes[flip] ^= 0x01;
+            bytes.resize(bytes.len() + 4096, 0);
+            std::fs::write(&path, &bytes).unwrap();
+            let error = recover(&dir, 1).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("damaged at byte {at} ")),
+                "flip at {flip}: {error}"
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                bytes,
+                "flip at {flip}: unchanged"
+            );
+        }
+        // With the segment before it still there, a checkpoint without its end is one a crash
+        // interrupted: skipped, and the older segment replayed.
+        std::fs::write(
+            wal::segment_path(&dir, 1, 4),
+            encode_segment(&[commit(1)], 4),
+        )
+        .unwrap();
+        std::fs::write(&path, &whole[..end + 3]).unwrap();
+        assert_eq!(recover(&dir, 1).unwrap().records, vec![commit(1)]);
+    }
+
+    /// A torn record in front of a large zero fill: the look past it skips zero runs, so this
+    /// takes one pass over the fill, not one per byte.
+    #[test]
+    fn a_torn_record_before_a_64_mib_fill_is_cut() {
+        let records: Vec<Record> = (1..=3).map(commit).collect();
+        let mut bytes = encode_segment(&records, 0);
+        let end = bytes.len();
+        bytes.truncate(end - 5);
+        bytes.extend_from_slice(&[0xAB; 5]);
+        bytes.resize(64 << 20, 0);
+        let tmp = temp_dir("fill");
+        let dir = tmp.path().to_path_buf();
+        std::fs::write(wal::segment_path(&dir, 0, 0), &bytes).unwrap();
+        assert_eq!(recover(&dir, 0).unwrap().records, records[..2]);
     }
 
     /// A newer build's record type is not a torn tail: cutting it off would lose what it and

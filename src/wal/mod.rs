@@ -26,8 +26,10 @@ pub enum FsyncMode {
     Always,
     /// Group commit: every record appended while a sync runs shares the next fdatasync.
     Batch,
-    /// Acknowledged once handed to the log writer; a crash can lose the latest acknowledged
-    /// records (as Redis' appendfsync no).
+    /// Group commit without the fdatasync (as Redis' appendfsync no): every batch is written to
+    /// the file before it is acknowledged, so a process crash (kill -9, a panic) loses nothing
+    /// acknowledged; a power loss or kernel crash can lose what the device had not stored yet.
+    /// Checkpoints are synced all the same (`Wal::synced`): they delete older segments.
     Off,
 }
 
@@ -82,9 +84,64 @@ pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// Refuses a data dir whose log files are not exactly those of `shard_count` shards: a key lives
+/// on the shard `hash(key) mod shard_count` (txn/op.rs) and each shard replays only its own
+/// files, so another count would hide keys, lose acknowledged writes on a later return to the
+/// old count, and leave a shard's in-doubt transactions naming shards that no longer exist.
+/// Called before any shard starts, so a refused start writes nothing. An empty dir fits any count.
+pub fn check_layout(dir: &Path, shard_count: usize) -> Result<(), String> {
+    let mut present = std::collections::BTreeSet::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("--data-dir {}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        let Some((shard, segment)) = name.to_str().and_then(|n| {
+            n.strip_prefix("wal-")?
+                .strip_suffix(".log")?
+                .split_once('-')
+        }) else {
+            continue;
+        };
+        if let (Ok(shard), Ok(_)) = (shard.parse::<usize>(), segment.parse::<u64>()) {
+            present.insert(shard);
+        }
+    }
+    let Some(&last) = present.last() else {
+        return Ok(());
+    };
+    let written_by = last + 1;
+    if written_by == shard_count && present.len() == shard_count {
+        return Ok(());
+    }
+    if present.len() == written_by {
+        let shards = if written_by == 1 { "shard" } else { "shards" };
+        return Err(format!(
+            "--data-dir {}: its transaction log was written by {written_by} {shards}; start with \
+             {written_by} {shards} (keys are placed by shard count)",
+            dir.display()
+        ));
+    }
+    let missing: Vec<String> = (0..written_by)
+        .filter(|i| !present.contains(i))
+        .map(|i| i.to_string())
+        .collect();
+    Err(format!(
+        "--data-dir {}: its transaction log has files of shards up to {last} but none of shard {}; \
+         restore them (keys are placed by shard count, nothing was changed)",
+        dir.display(),
+        missing.join(", ")
+    ))
+}
+
 enum Pending {
     Record(Vec<u8>),
     Switch,
+    /// An fdatasync of everything before it, whatever the mode (`Wal::synced`).
+    Sync,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -112,13 +169,16 @@ pub struct Wal {
     /// appended to it so far.
     append_segment: Cell<u64>,
     segment_appended: Cell<u64>,
-    /// Logical positions: bytes appended, and bytes durable, since this Wal opened.
+    /// Logical positions: bytes appended, bytes durable (written, and synced unless the mode is
+    /// `Off`), and bytes synced, since this Wal opened.
     appended: Cell<u64>,
     durable_lsn: Cell<u64>,
+    synced_lsn: Cell<u64>,
     failed: Cell<bool>,
     /// Set by `close` (graceful shutdown): records that still arrive are never made durable.
     closed: Cell<bool>,
-    waiters: RefCell<Vec<(u64, Waker)>>,
+    /// (position, whether it must be synced rather than durable, task).
+    waiters: RefCell<Vec<(u64, bool, Waker)>>,
     flusher: RefCell<Option<Waker>>,
     pub counters: Cell<WalCounters>,
 }
@@ -147,6 +207,7 @@ impl Wal {
             segment_appended: Cell::new(0),
             appended: Cell::new(0),
             durable_lsn: Cell::new(0),
+            synced_lsn: Cell::new(0),
             failed: Cell::new(false),
             closed: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
@@ -242,17 +303,44 @@ impl Wal {
     /// Resolves once every record up to `lsn` is durable (per the fsync mode). Err when the log
     /// failed: nothing can be acknowledged any more.
     pub async fn durable(&self, lsn: u64) -> io::Result<()> {
+        self.reached(lsn, false).await
+    }
+
+    /// Resolves once every record up to `lsn` is written and fdatasync'd, whatever the mode: what
+    /// must be on disk before anything older is deleted (a checkpoint). In `Off` mode this asks
+    /// the flusher for a sync of its own; the other modes sync every batch anyway.
+    pub async fn synced(&self, lsn: u64) -> io::Result<()> {
+        if self.mode == FsyncMode::Off && self.synced_lsn.get() < lsn {
+            self.pending.borrow_mut().push(Pending::Sync);
+            if let Some(waker) = self.flusher.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+        self.reached(lsn, true).await
+    }
+
+    async fn reached(&self, lsn: u64, synced: bool) -> io::Result<()> {
         std::future::poll_fn(|cx| {
             if self.failed.get() {
                 return Poll::Ready(Err(io::Error::other("the write-ahead log failed")));
             }
-            if self.durable_lsn.get() >= lsn {
+            if self.position(synced) >= lsn {
                 return Poll::Ready(Ok(()));
             }
-            self.waiters.borrow_mut().push((lsn, cx.waker().clone()));
+            self.waiters
+                .borrow_mut()
+                .push((lsn, synced, cx.waker().clone()));
             Poll::Pending
         })
         .await
+    }
+
+    fn position(&self, synced: bool) -> u64 {
+        if synced {
+            self.synced_lsn.get()
+        } else {
+            self.durable_lsn.get()
+        }
     }
 
     async fn flush_loop(wal: Rc<Wal>) {
@@ -263,12 +351,12 @@ impl Wal {
                     *wal.flusher.borrow_mut() = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                // A batch never spans a segment switch: the switch is a batch of its own.
+                // A batch never spans a segment switch or a sync: each is a batch of its own.
                 let take = match (&pending[0], wal.mode) {
-                    (Pending::Switch, _) | (_, FsyncMode::Always) => 1,
+                    (Pending::Switch | Pending::Sync, _) | (_, FsyncMode::Always) => 1,
                     _ => pending
                         .iter()
-                        .position(|p| matches!(p, Pending::Switch))
+                        .position(|p| matches!(p, Pending::Switch | Pending::Sync))
                         .unwrap_or(pending.len()),
                 };
                 Poll::Ready(pending.drain(..take).collect())
@@ -276,12 +364,13 @@ impl Wal {
             .await;
             let result = match batch.as_slice() {
                 [Pending::Switch] => wal.switch_now().await,
+                [Pending::Sync] => wal.sync_now().await,
                 _ => {
                     let records: Vec<Vec<u8>> = batch
                         .into_iter()
                         .filter_map(|p| match p {
                             Pending::Record(r) => Some(r),
-                            Pending::Switch => None,
+                            Pending::Switch | Pending::Sync => None,
                         })
                         .collect();
                     wal.write_batch(&records).await
@@ -291,7 +380,7 @@ impl Wal {
                 // After `close`, the records that kept coming (a drain still answers busy
                 // connections and other shards' messages) are simply never acknowledged.
                 if !wal.closed.get() {
-                    eprintln!(
+                    crate::log_line!(
                         "percore: shard {}: write-ahead log failed: {e}; refusing further commits",
                         wal.shard
                     );
@@ -324,7 +413,11 @@ impl Wal {
             for record in batch {
                 writer.write_all(record).await?;
             }
-            if self.mode != FsyncMode::Off {
+            if self.mode == FsyncMode::Off {
+                // Written to the file (its last block padded, as a sync pads it), not synced:
+                // left in the writer's buffer, an acknowledged record would die with the process.
+                writer.flush().await?;
+            } else {
                 writer.sync().await.map_err(glommio_error)?;
             }
             Ok::<(), io::Error>(())
@@ -341,15 +434,37 @@ impl Wal {
         self.counters.set(counters);
         self.segment_bytes.set(self.segment_bytes.get() + bytes);
         self.durable_lsn.set(self.durable_lsn.get() + bytes);
+        if self.mode != FsyncMode::Off {
+            self.synced_lsn.set(self.durable_lsn.get());
+        }
+        self.wake_waiters();
+        Ok(())
+    }
+
+    /// fdatasyncs the current segment: everything written before it is synced (batches are
+    /// written in order, and a switch closes, which syncs, the segment it leaves).
+    async fn sync_now(&self) -> io::Result<()> {
+        let Some(writer) = self.writer.borrow_mut().take() else {
+            assert!(self.closed.get(), "one flusher at a time");
+            return Err(io::Error::other("the log is closed"));
+        };
+        let result = writer.sync().await.map_err(glommio_error);
+        *self.writer.borrow_mut() = Some(writer);
+        result?;
+        let mut counters = self.counters.get();
+        counters.fsyncs += 1;
+        self.counters.set(counters);
+        self.synced_lsn.set(self.durable_lsn.get());
         self.wake_waiters();
         Ok(())
     }
 
     fn wake_waiters(&self) {
-        let durable = self.durable_lsn.get();
         let failed = self.failed.get();
-        self.waiters.borrow_mut().retain(|(lsn, waker)| {
-            let ready = failed || *lsn <= durable;
+        let (durable, synced) = (self.durable_lsn.get(), self.synced_lsn.get());
+        self.waiters.borrow_mut().retain(|(lsn, must_sync, waker)| {
+            let reached = if *must_sync { synced } else { durable };
+            let ready = failed || *lsn <= reached;
             if ready {
                 waker.wake_by_ref();
             }
@@ -379,8 +494,10 @@ impl Wal {
         self.prefilled.set(PREFILL_CHUNK_BYTES);
         let previous = self.writer.borrow_mut().replace(next);
         if let Some(mut previous) = previous {
+            // Closing syncs it: what was written before the switch is synced in every mode.
             previous.close().await?;
         }
+        self.synced_lsn.set(self.durable_lsn.get());
         self.segment.set(old + 1);
         self.segment_bytes.set(0);
         Ok(())
@@ -452,6 +569,61 @@ mod tests {
             .prefix(&format!("percore-wal-{name}-"))
             .tempdir()
             .unwrap()
+    }
+
+    /// (log files present, shard count) -> None when it may start, else a part of the error.
+    #[test]
+    fn check_layout_accepts_only_the_shard_count_that_wrote_the_log() {
+        let cases: &[(&[&str], usize, Option<&str>)] = &[
+            (&[], 1, None),
+            (&[], 4, None),
+            (&["wal-0-0000000003.log", "wal-1-0000000000.log"], 2, None),
+            (&["wal-0-0000000003.log"], 1, None),
+            (
+                &["wal-0-0000000000.log", "wal-1-0000000000.log"],
+                1,
+                Some("written by 2 shards; start with 2 shards"),
+            ),
+            (
+                &["wal-0-0000000000.log", "wal-1-0000000000.log"],
+                3,
+                Some("written by 2 shards; start with 2 shards"),
+            ),
+            (
+                &["wal-0-0000000000.log"],
+                2,
+                Some("written by 1 shard; start with 1 shard (keys"),
+            ),
+            (
+                &["wal-0-0000000000.log", "wal-2-0000000001.log"],
+                3,
+                Some("none of shard 1"),
+            ),
+            (&["wal-1-0000000000.log"], 2, Some("none of shard 0")),
+            // Not log files: ignored.
+            (
+                &["wal-5-x.log", "wal-7-0000000000.tmp", "sessions-3.snap"],
+                1,
+                None,
+            ),
+        ];
+        for (files, shard_count, expected) in cases {
+            let tmp = temp_dir("layout");
+            for file in *files {
+                std::fs::write(tmp.path().join(file), b"").unwrap();
+            }
+            let result = check_layout(tmp.path(), *shard_count);
+            match (expected, &result) {
+                (None, Ok(())) => {}
+                (Some(part), Err(e)) if e.contains(part) => {
+                    assert!(!e.contains('\n'), "one line: {e}");
+                }
+                _ => {
+                    panic!("{files:?} with {shard_count} shards: {result:?}, expected {expected:?}")
+                }
+            }
+        }
+        assert_eq!(check_layout(Path::new("/nonexistent/percore"), 2), Ok(()));
     }
 
     #[test]
@@ -528,6 +700,32 @@ mod tests {
         // Past the last buffer the writer wrote: zeros (the buffer's own padding may not be).
         let padded_end = (RECORDS * RECORD).next_multiple_of(WRITE_BUFFER_BYTES);
         assert!(bytes[padded_end..].iter().all(|b| *b == 0));
+    }
+
+    /// `off` skips the fdatasync, never the write: an acknowledged record is in the file (a
+    /// kill -9 cannot take it), and `synced` still gets a real sync.
+    #[test]
+    fn off_writes_every_batch_to_the_file_and_synced_still_syncs() {
+        let tmp = temp_dir("off");
+        let dir2 = tmp.path().to_path_buf();
+        let (written, bytes, synced) = run(move || {
+            Box::pin(async move {
+                let wal = Wal::open(&dir2, 0, FsyncMode::Off, 0).await.unwrap();
+                let lsn = wal.append(vec![7; 100]);
+                wal.durable(lsn).await.unwrap();
+                let written = wal.counters.get();
+                // The file as a kill -9 would leave it now.
+                let bytes = std::fs::read(segment_path(&dir2, 0, 0)).unwrap();
+                wal.synced(lsn).await.unwrap();
+                (written, bytes, wal.counters.get())
+            })
+        });
+        assert_eq!((written.records, written.fsyncs), (1, 0));
+        assert_eq!(synced.fsyncs, 1, "synced() syncs in off mode too");
+        assert!(
+            bytes[..100].iter().all(|b| *b == 7),
+            "an acknowledged record is in the file, not only in the writer's buffer"
+        );
     }
 
     #[test]
