@@ -85,6 +85,10 @@ pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Pending response bytes that force a flush before more pipelined requests are parsed, so a client
 /// that pipelines without reading cannot grow the write buffer without bound.
 pub const WRITE_BUFFER_FLUSH_BYTES: usize = 64 * 1024;
+/// A failing accept (EMFILE: out of file descriptors) is retried every 10 ms and logged at most
+/// once per this interval, with the count since: a full descriptor table wrote 100 lines a
+/// second per shard (found in review).
+pub const ACCEPT_ERROR_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Requests one connection answers before its task queue yields to the reactor and the shard's
 /// other connections: a client that keeps its pipeline full is always ready to read, so without
 /// a yield it held the shard until its bytes ran out (another client's p99 went from 0.8 ms to

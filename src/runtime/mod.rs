@@ -105,6 +105,10 @@ struct ShardInit {
 /// every shard accepts.
 pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
+    let connections = (config.conns_max as u64).saturating_mul(config.shard_count() as u64);
+    if let Some(warning) = preflight::raise_nofile(connections) {
+        crate::log_line!("percore: {warning}");
+    }
     // Held until the process ends; the kernel drops the lock with the process, however it ends.
     let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
     // Before any shard (or the session file clean-up below) writes to the data dir.

@@ -8,6 +8,43 @@ pub fn check() -> Result<(), String> {
     check_io_uring()
 }
 
+/// File descriptors a process needs besides its connections: rings, eventfds, listeners, logs,
+/// the data dir's files, the blocking pool's.
+const NOFILE_SPARE: u64 = 256;
+
+/// Raises RLIMIT_NOFILE's soft limit to its hard limit (the soft default, 1024, is below one
+/// shard's `--max-conns`), and returns a warning when it still cannot hold `connections` open
+/// at once: past it accepts fail (EMFILE) and connections wait in the backlog.
+pub fn raise_nofile(connections: u64) -> Option<String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = connections.saturating_add(NOFILE_SPARE);
+    (limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed).then(|| {
+        format!(
+            "RLIMIT_NOFILE is {}: fewer than the {connections} connections --max-conns allows \
+             (x shards) can be open, the rest wait in the backlog; raise it to {needed} \
+             (ulimit -n; systemd: LimitNOFILE=)",
+            limit.rlim_cur
+        )
+    })
+}
+
 fn check_memlock() -> Result<(), String> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

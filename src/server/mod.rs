@@ -4,11 +4,12 @@ pub mod conn;
 
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::StaticPermit;
 
+use crate::config::limits::ACCEPT_ERROR_LOG_INTERVAL;
 use crate::metrics::add;
 use crate::net::Transport;
 use crate::net::tls::Acceptor;
@@ -34,6 +35,8 @@ pub enum Serves {
 pub async fn accept_loop(shard: Rc<Shard>, app: Rc<App>, listener: TcpListener, serves: Serves) {
     let slots = shard.conn_slots.clone();
     let serves = Rc::new(serves);
+    let mut logged: Option<Instant> = None;
+    let mut failures = 0u64;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.drain_started().await;
@@ -44,8 +47,19 @@ pub async fn accept_loop(shard: Rc<Shard>, app: Rc<App>, listener: TcpListener, 
             None => return, // dropping the listener closes it
             Some(Ok(stream)) => stream,
             Some(Err(e)) => {
-                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection waits in the backlog.
-                crate::log_line!("percore: shard {}: accept failed: {e}", shard.index);
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection waits in
+                // the backlog. Said once per ACCEPT_ERROR_LOG_INTERVAL with the count since, not
+                // a hundred times a second.
+                failures += 1;
+                if logged.is_none_or(|at: Instant| at.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL) {
+                    crate::log_line!(
+                        "percore: shard {}: accept failed: {e} ({failures} in the last {}s)",
+                        shard.index,
+                        ACCEPT_ERROR_LOG_INTERVAL.as_secs()
+                    );
+                    logged = Some(Instant::now());
+                    failures = 0;
+                }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
