@@ -69,9 +69,9 @@ pub struct Args {
     /// Step the open-loop rate up (from --rate, default 1000) until p99 passes --p99-max or errors appear
     #[arg(long)]
     pub find_max: bool,
-    /// p99 bound for --find-max
-    #[arg(long, default_value = "10ms")]
-    pub p99_max: String,
+    /// p99 bound for --find-max (default 10ms)
+    #[arg(long)]
+    pub p99_max: Option<String>,
 }
 
 /// What a run needs, validated.
@@ -97,6 +97,8 @@ pub struct FindMax {
     pub p99_max_us: u64,
 }
 
+/// Default p99 bound of `--find-max` when `--p99-max` is not given.
+const P99_MAX_DEFAULT: &str = "10ms";
 /// Default first rate of `--find-max` when `--rate` is not given.
 const FIND_MAX_START_RATE_DEFAULT: f64 = 1000.0;
 
@@ -130,8 +132,12 @@ pub fn validate(args: &Args) -> Result<Config, String> {
             "--rate must be a positive number of requests per second, not {rate}"
         ));
     }
+    if args.p99_max.is_some() && !args.find_max {
+        return Err("--p99-max needs --find-max".into());
+    }
     let find_max = if args.find_max {
-        let p99_max_ns = parse_duration_ns(&args.p99_max).map_err(|e| format!("--p99-max: {e}"))?;
+        let p99_max = args.p99_max.as_deref().unwrap_or(P99_MAX_DEFAULT);
+        let p99_max_ns = parse_duration_ns(p99_max).map_err(|e| format!("--p99-max: {e}"))?;
         Some(FindMax {
             start_rate: args.rate.unwrap_or(FIND_MAX_START_RATE_DEFAULT),
             p99_max_us: (p99_max_ns / 1000).max(1),

@@ -96,6 +96,30 @@ struct InFlight {
     intended_ns: u64,
     sent_ns: u64,
     template: u16,
+    /// First sent inside the measurement window: counted in `requests_sent`, so its fate
+    /// (response, timeout, loss, unanswered at the end) is counted too, and a request sent in
+    /// the warm-up is never counted as a response.
+    measured: bool,
+    /// Already sent again once after the server closed without a word (`Cause::PeerClosed`).
+    resent: bool,
+}
+
+/// Why a connection closes: it decides what becomes of the requests still in flight on it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cause {
+    /// The server announced the close (`Connection: close`, a close-delimited body): it must not
+    /// have processed the requests pipelined behind (RFC 9112 §9.6), so all are sent again.
+    Announced,
+    /// The server closed without a word. With nothing in flight this is a normal close (an idle
+    /// keep-alive timeout, or a server that closes after each response); requests in flight are
+    /// sent once more (most likely they crossed the server's FIN, the keep-alive race of RFC 9112
+    /// §9.3.1), and lost for good (`errors.closed`) when that happens to them again.
+    PeerClosed,
+    /// Requests in flight timed out: the expired ones are counted as timeouts, the rest, which
+    /// the server may have processed, as `errors.closed`.
+    TimedOut,
+    /// A read, write or parse error: requests in flight count as `errors.closed`.
+    Error,
 }
 
 struct Conn {
@@ -109,8 +133,8 @@ struct Conn {
     write_pos: usize,
     writable_armed: bool,
     in_flight: VecDeque<InFlight>,
-    /// Open loop: intended times of requests lost to a close, sent first after reconnecting.
-    retry: VecDeque<u64>,
+    /// Requests lost to a close that are sent again, first, after reconnecting (see `Cause`).
+    retry: VecDeque<InFlight>,
     next_intended_ns: u64,
     framer: Framer,
     cookies: Vec<(String, String)>,
@@ -241,20 +265,26 @@ impl<'a> Worker<'a> {
         if now % 1_000_000_000 > 100_000_000 {
             self.tick_second(now.div_ceil(1_000_000_000) * 1_000_000_000);
         }
-        // Requests sent but not answered, plus (open loop) requests the schedule wanted before
-        // the end that were never sent: neither has a latency sample.
-        let unsent = |c: &Conn| match self.plan.schedule {
+        // Requests sent but not answered are errors; open-loop requests the schedule wanted
+        // before the end that were never sent are not (see `ThreadStats::unsent_at_end`). A
+        // request still waiting to be sent again was not processed (or, after a silent close,
+        // most likely not): it counts as never sent, and leaves `requests_sent`.
+        let open_loop = matches!(self.plan.schedule, Schedule::Open { .. });
+        let due = |c: &Conn| match self.plan.schedule {
             Schedule::Open { interval_ns } if c.next_intended_ns < self.end_ns => {
-                (self.end_ns - c.next_intended_ns).div_ceil(interval_ns) as usize
+                (self.end_ns - c.next_intended_ns).div_ceil(interval_ns)
             }
             _ => 0,
         };
-        let unanswered: usize = self
-            .conns
-            .iter()
-            .map(|c| c.in_flight.len() + c.retry.len() + unsent(c))
-            .sum();
-        self.stats.unanswered_at_end = unanswered as u64;
+        let measured = |queue: &VecDeque<InFlight>| queue.iter().filter(|f| f.measured).count();
+        for conn in &self.conns {
+            let waiting = measured(&conn.retry) as u64;
+            self.stats.errors.unanswered += measured(&conn.in_flight) as u64;
+            self.stats.requests_sent -= waiting;
+            if open_loop {
+                self.stats.unsent_at_end += waiting + due(conn);
+            }
+        }
         let end = self.last_completion_ns.max(self.end_ns);
         self.stats.measured_ns = end.saturating_sub(self.measure_start_ns);
         // Only whole seconds make per-second samples comparable.
@@ -263,10 +293,9 @@ impl<'a> Worker<'a> {
         self.stats
     }
 
+    /// Checked only after the end, when nothing is sent any more (not even a retry).
     fn all_answered(&self) -> bool {
-        self.conns
-            .iter()
-            .all(|c| c.in_flight.is_empty() && c.retry.is_empty())
+        self.conns.iter().all(|c| c.in_flight.is_empty())
     }
 
     fn set_timer(&mut self, i: usize, at_ns: u64) {
@@ -351,6 +380,15 @@ impl<'a> Worker<'a> {
                 }
                 conn.ever_connected = true;
             }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // socket() failed here, for lack of descriptors: the client's fault, never the
+                // server's connect error (main.rs checks RLIMIT_NOFILE so this stays rare).
+                if self.measuring(now) {
+                    self.stats.errors.client_fds += 1;
+                }
+                self.conns[i].reset();
+                self.set_timer(i, now + limits::RECONNECT_BACKOFF_US * 1000);
+            }
             Err(_) => self.connect_failed(i, now),
         }
     }
@@ -379,65 +417,88 @@ impl<'a> Worker<'a> {
         self.fill(i, now);
     }
 
-    /// Closes connection `i`. In-flight requests go back to the retry queue (open loop) or are
-    /// dropped (closed loop, where a new request replaces each). `error_backoff` delays the next
-    /// connect after an error, so a failing server is not hammered.
-    fn close(&mut self, i: usize, now: u64, error_backoff: bool) {
-        let open_loop = matches!(self.plan.schedule, Schedule::Open { .. });
+    /// Closes connection `i`; `cause` says what becomes of the requests in flight, so that every
+    /// measured request ends as a response, an error, or unanswered or unsent at the end. The
+    /// next connect waits `RECONNECT_BACKOFF_US` after an error, so a failing server is not
+    /// hammered, and happens at once after a normal close.
+    fn close(&mut self, i: usize, now: u64, cause: Cause) {
         let conn = &mut self.conns[i];
-        if open_loop {
-            for f in conn.in_flight.iter().rev() {
-                if Some(f.template) != self.plan.mix.login {
-                    conn.retry.push_front(f.intended_ns);
-                }
+        let mut lost = 0;
+        for f in conn.in_flight.iter().rev() {
+            let again = match cause {
+                Cause::Announced => true,
+                Cause::PeerClosed => !f.resent,
+                Cause::TimedOut | Cause::Error => false,
+            };
+            if again {
+                let resent = f.resent || cause == Cause::PeerClosed;
+                conn.retry.push_front(InFlight { resent, ..*f });
+            } else if f.measured {
+                lost += 1;
             }
         }
+        self.stats.errors.closed += lost;
         conn.reset();
-        if error_backoff {
+        if cause == Cause::Error || lost > 0 {
             self.set_timer(i, now + limits::RECONNECT_BACKOFF_US * 1000);
         } else {
             self.connect(i, now);
         }
     }
 
-    /// Sends what the schedule allows: logs in first when the scenario asks for it.
+    /// Sends what the schedule allows: logs in first when the scenario asks for it, then sends
+    /// again what a close lost (see `Cause`), then new requests. Nothing at all is sent after the
+    /// end: not a new request, not a retry, not an open-loop backlog.
     fn fill(&mut self, i: usize, now: u64) {
         let plan = self.plan;
+        let measured = self.measuring(now);
         let conn = &mut self.conns[i];
-        if conn.state != State::Open {
+        if conn.state != State::Open || now >= self.end_ns {
             return;
         }
-        let before = conn.in_flight.len();
+        // New requests only: one sent again was counted at its first send.
+        let mut new_requests = 0;
         if conn.login_pending {
             if conn.in_flight.is_empty() {
                 let login = plan
                     .mix
                     .login
                     .expect("login_pending implies a login template");
-                conn.push(plan, login, now, now);
+                match conn.retry.iter().position(|f| f.template == login) {
+                    Some(index) => {
+                        let f = conn.retry.remove(index).expect("index from position");
+                        conn.resend(plan, f, now);
+                    }
+                    None => {
+                        conn.push(plan, login, now, now, measured);
+                        new_requests += 1;
+                    }
+                }
             }
         } else {
+            while conn.in_flight.len() < plan.pipeline
+                && let Some(f) = conn.retry.pop_front()
+            {
+                conn.resend(plan, f, now);
+            }
             match plan.schedule {
                 Schedule::Closed => {
-                    while now < self.end_ns && conn.in_flight.len() < plan.pipeline {
+                    while conn.in_flight.len() < plan.pipeline {
                         let template = conn.draw(plan);
-                        conn.push(plan, template, now, now);
+                        conn.push(plan, template, now, now, measured);
+                        new_requests += 1;
                     }
                 }
                 Schedule::Open { interval_ns } => {
-                    while conn.in_flight.len() < plan.pipeline {
-                        let intended = if let Some(t) = conn.retry.pop_front() {
-                            t
-                        } else if conn.next_intended_ns <= now
-                            && conn.next_intended_ns < self.end_ns
-                        {
-                            conn.next_intended_ns += interval_ns;
-                            conn.next_intended_ns - interval_ns
-                        } else {
-                            break;
-                        };
+                    while conn.in_flight.len() < plan.pipeline
+                        && conn.next_intended_ns <= now
+                        && conn.next_intended_ns < self.end_ns
+                    {
+                        let intended = conn.next_intended_ns;
+                        conn.next_intended_ns += interval_ns;
                         let template = conn.draw(plan);
-                        conn.push(plan, template, intended, now);
+                        conn.push(plan, template, intended, now, measured);
+                        new_requests += 1;
                     }
                     let next = conn.next_intended_ns;
                     if conn.in_flight.len() < plan.pipeline && next < self.end_ns && next > now {
@@ -446,9 +507,8 @@ impl<'a> Worker<'a> {
                 }
             }
         }
-        let sent = self.conns[i].in_flight.len() - before;
-        if self.measuring(now) {
-            self.stats.requests_sent += sent as u64;
+        if measured {
+            self.stats.requests_sent += new_requests;
         }
         self.flush(i, now);
     }
@@ -466,7 +526,7 @@ impl<'a> Worker<'a> {
                 if self.measuring(now) {
                     self.stats.errors.write += 1;
                 }
-                self.close(i, now, true);
+                self.close(i, now, Cause::Error);
                 return;
             }
         }
@@ -485,7 +545,8 @@ impl<'a> Worker<'a> {
 
     /// Reads until a short read, or to the end of stream once the peer has closed (the epoll is
     /// edge-triggered: bytes or a FIN left in the socket would get no second event), framing
-    /// what each read brought.
+    /// what each read brought. Once the event says the peer has closed, nothing new is sent on
+    /// the connection: it would only be lost with it.
     fn on_readable(&mut self, i: usize, events: u32, now: u64) {
         let peer_closed = events & (sys::PEER_CLOSED | sys::ERR_OR_HUP) != 0;
         loop {
@@ -504,7 +565,7 @@ impl<'a> Worker<'a> {
                     if self.measuring(now) {
                         self.stats.bytes_read += n as u64;
                     }
-                    self.parse(i, now);
+                    self.parse(i, now, !peer_closed);
                     if n < room && !peer_closed {
                         return;
                     }
@@ -514,14 +575,15 @@ impl<'a> Worker<'a> {
                     if self.measuring(now) {
                         self.stats.errors.read += 1;
                     }
-                    return self.close(i, now, true);
+                    return self.close(i, now, Cause::Error);
                 }
             }
         }
     }
 
-    /// Frames every complete response in the read buffer, then tops the connection up.
-    fn parse(&mut self, i: usize, now: u64) {
+    /// Frames every complete response in the read buffer, then tops the connection up when
+    /// `send_more`.
+    fn parse(&mut self, i: usize, now: u64, send_more: bool) {
         let mut pos = 0;
         loop {
             let conn = &mut self.conns[i];
@@ -561,14 +623,16 @@ impl<'a> Worker<'a> {
             );
             conn.read_buf.resize(limits::READ_BUFFER_BYTES, 0);
         }
-        self.fill(i, now);
+        if send_more {
+            self.fill(i, now);
+        }
     }
 
     fn parse_failed(&mut self, i: usize, now: u64) {
         if self.measuring(now) {
             self.stats.errors.parse += 1;
         }
-        self.close(i, now, true);
+        self.close(i, now, Cause::Error);
     }
 
     /// Accounts one response. Returns false when the connection was closed.
@@ -580,7 +644,7 @@ impl<'a> Worker<'a> {
             return false;
         };
         self.responses_all += 1;
-        if self.measuring(now) {
+        if request.measured {
             let stats = &mut self.stats;
             let corrected_us = (now.saturating_sub(request.intended_ns) / 1000).max(1);
             let uncorrected_us = (now.saturating_sub(request.sent_ns) / 1000).max(1);
@@ -611,26 +675,22 @@ impl<'a> Worker<'a> {
             conn.login_pending = false;
         }
         if response.close {
-            self.close(i, now, false);
+            self.close(i, now, Cause::Announced);
             return false;
         }
         true
     }
 
+    /// The server closed. A close-delimited body ends here; a close inside a head or body is a
+    /// parse error (`FrameError::Truncated`); any other close is the server's (`Cause::PeerClosed`).
     fn on_eof(&mut self, i: usize, now: u64) {
-        match self.conns[i].framer.finish() {
+        let pending_bytes = self.conns[i].read_len;
+        match self.conns[i].framer.finish(pending_bytes) {
             Ok(Some(response)) => {
                 // A close-delimited body ended; `response.close` is set, so this reconnects.
                 self.complete(i, response, now);
             }
-            Ok(None) if self.conns[i].in_flight.is_empty() => self.close(i, now, false),
-            Ok(None) => {
-                // The server closed with requests unanswered.
-                if self.measuring(now) {
-                    self.stats.errors.read += 1;
-                }
-                self.close(i, now, true);
-            }
+            Ok(None) => self.close(i, now, Cause::PeerClosed),
             Err(_) => self.parse_failed(i, now),
         }
     }
@@ -651,17 +711,19 @@ impl<'a> Worker<'a> {
                         .front()
                         .is_some_and(|f| f.sent_ns + timeout_ns <= now) =>
                 {
+                    // In flight in send order: the expired ones lead.
                     let expired = conn
                         .in_flight
                         .iter()
-                        .filter(|f| f.sent_ns + timeout_ns <= now)
+                        .take_while(|f| f.sent_ns + timeout_ns <= now)
                         .count();
-                    // Timed-out requests are given up on; the rest are retried.
-                    conn.in_flight.drain(..expired);
-                    if self.measuring(now) {
-                        self.stats.errors.timeout += expired as u64;
-                    }
-                    self.close(i, now, false);
+                    let measured = conn
+                        .in_flight
+                        .drain(..expired)
+                        .filter(|f| f.measured)
+                        .count();
+                    self.stats.errors.timeout += measured as u64;
+                    self.close(i, now, Cause::TimedOut);
                 }
                 _ => {}
             }
@@ -728,13 +790,21 @@ impl Conn {
     }
 
     #[inline]
-    fn push(&mut self, plan: &Plan, template: u16, intended_ns: u64, sent_ns: u64) {
+    fn push(&mut self, plan: &Plan, template: u16, intended_ns: u64, sent_ns: u64, measured: bool) {
         plan.mix.templates[template as usize].encode(&self.cookie_header, &mut self.write_buf);
         self.in_flight.push_back(InFlight {
             intended_ns,
             sent_ns,
             template,
+            measured,
+            resent: false,
         });
+    }
+
+    /// Sends a request lost to a close again; its latency still counts from its intended time.
+    fn resend(&mut self, plan: &Plan, f: InFlight, now: u64) {
+        plan.mix.templates[f.template as usize].encode(&self.cookie_header, &mut self.write_buf);
+        self.in_flight.push_back(InFlight { sent_ns: now, ..f });
     }
 
     fn keep_cookies(&mut self, cookies: Vec<(String, String)>) {

@@ -33,6 +33,8 @@ pub enum FrameError {
     Upgrade,
     /// The peer closed the connection in the middle of a response.
     Truncated,
+    /// More than `INTERIM_RESPONSES_MAX` 1xx heads before one final response.
+    TooManyInterim,
 }
 
 impl std::fmt::Display for FrameError {
@@ -49,6 +51,11 @@ impl std::fmt::Display for FrameError {
             FrameError::ChunkEnd => write!(f, "chunk data not followed by CRLF"),
             FrameError::Upgrade => write!(f, "unexpected 101 Switching Protocols"),
             FrameError::Truncated => write!(f, "connection closed inside a response"),
+            FrameError::TooManyInterim => write!(
+                f,
+                "more than {} interim (1xx) responses before a final one",
+                limits::INTERIM_RESPONSES_MAX
+            ),
         }
     }
 }
@@ -70,6 +77,8 @@ pub struct Framer {
     state: State,
     current: Response,
     collect_cookies: bool,
+    /// Interim (1xx) heads already skipped before the current response's final head.
+    interim_responses: usize,
 }
 
 impl Framer {
@@ -78,6 +87,7 @@ impl Framer {
             state: State::Head,
             current: Response::default(),
             collect_cookies,
+            interim_responses: 0,
         }
     }
 
@@ -89,7 +99,8 @@ impl Framer {
             let rest = &buf[consumed..];
             let (used, done) = match self.state {
                 State::Head => match self.head(rest, request_is_head)? {
-                    Some(used) => (used, self.state == State::Head),
+                    Some(Head::Interim { used }) => (used, false),
+                    Some(Head::Final { used }) => (used, self.state == State::Head),
                     None => return Ok(Step::NeedMore { consumed }),
                 },
                 State::Body { remaining } => {
@@ -165,9 +176,11 @@ impl Framer {
     }
 
     /// Called when the peer closed the connection: a body delimited by the close ends here.
-    pub fn finish(&mut self) -> Result<Option<Response>, FrameError> {
+    /// `pending_bytes` are the bytes the caller still holds unframed (a partial head).
+    pub fn finish(&mut self, pending_bytes: usize) -> Result<Option<Response>, FrameError> {
         match self.state {
-            State::Head => Ok(None),
+            State::Head if pending_bytes == 0 && self.interim_responses == 0 => Ok(None),
+            State::Head => Err(FrameError::Truncated),
             State::UntilClose => {
                 self.state = State::Head;
                 Ok(Some(std::mem::take(&mut self.current)))
@@ -176,10 +189,11 @@ impl Framer {
         }
     }
 
-    /// Parses one head. Returns the bytes used, with `self.state` set to what follows; the
-    /// state stays `Head` when the response has no body (done) or was an interim 1xx (`current`
-    /// status is then 0, and the caller's loop carries on to the final response).
-    fn head(&mut self, buf: &[u8], request_is_head: bool) -> Result<Option<usize>, FrameError> {
+    /// Parses one head. An interim 1xx head (RFC 9110 §15.2) is used up on its own, so the
+    /// caller drops its bytes and never parses it again; at most `INTERIM_RESPONSES_MAX` of them
+    /// precede one final head, so a server cannot make one response endless. For a final head
+    /// `self.state` is set to what follows; it stays `Head` when the response has no body.
+    fn head(&mut self, buf: &[u8], request_is_head: bool) -> Result<Option<Head>, FrameError> {
         let mut headers = [httparse::EMPTY_HEADER; limits::RESPONSE_HEADERS_MAX];
         let mut parsed = httparse::Response::new(&mut headers);
         let used = match parsed.parse(buf).map_err(FrameError::Head)? {
@@ -194,12 +208,13 @@ impl Framer {
             return Err(FrameError::Upgrade);
         }
         if (100..200).contains(&status) {
-            // Interim response (RFC 9110 §15.2): skip it; the final one follows. A recursive
-            // call keeps the "done" signal for the final head only.
-            return Ok(self
-                .head(&buf[used..], request_is_head)?
-                .map(|more| used + more));
+            self.interim_responses += 1;
+            if self.interim_responses > limits::INTERIM_RESPONSES_MAX {
+                return Err(FrameError::TooManyInterim);
+            }
+            return Ok(Some(Head::Interim { used }));
         }
+        self.interim_responses = 0;
         let framing = Framing::of(&parsed, self.collect_cookies)?;
         self.current = Response {
             status,
@@ -217,8 +232,14 @@ impl Framer {
                 State::UntilClose
             }
         };
-        Ok(Some(used))
+        Ok(Some(Head::Final { used }))
     }
+}
+
+/// What `Framer::head` found: bytes used either way.
+enum Head {
+    Interim { used: usize },
+    Final { used: usize },
 }
 
 /// How a response's headers delimit it.
@@ -345,7 +366,7 @@ mod tests {
             }
             pending.drain(..pos);
         }
-        if eof && let Some(r) = framer.finish()? {
+        if eof && let Some(r) = framer.finish(pending.len())? {
             out.push((r.status, r.close));
         }
         Ok(out)
@@ -523,6 +544,56 @@ mod tests {
         );
         let cut = &partial.as_bytes()[..limits::RESPONSE_HEAD_BYTES_MAX - 1];
         assert_eq!(frame(cut, cut.len(), false, false), Ok(vec![]));
+    }
+
+    /// Regression (review item 1): a thousand 100 Continue heads overflowed the stack, one
+    /// recursion each; the bound makes one response's interim heads finite.
+    #[test]
+    fn interim_responses_at_the_bound_and_one_past_it() {
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n";
+        let max = limits::INTERIM_RESPONSES_MAX;
+        let at = format!("{}{OK}", interim.repeat(max));
+        assert_eq!(
+            frame(at.as_bytes(), at.len(), false, false),
+            Ok(vec![(200, false)])
+        );
+        assert_eq!(
+            frame(at.as_bytes(), 5, false, false),
+            Ok(vec![(200, false)])
+        );
+        // The bound is per response: the next response may have as many again.
+        let twice = at.repeat(2);
+        assert_eq!(
+            frame(twice.as_bytes(), 13, false, false),
+            Ok(vec![(200, false); 2])
+        );
+        let past = format!("{}{OK}", interim.repeat(max + 1));
+        assert_eq!(
+            frame(past.as_bytes(), past.len(), false, false),
+            Err(FrameError::TooManyInterim)
+        );
+        let many = format!("{}{OK}", interim.repeat(100_000));
+        assert_eq!(
+            frame(many.as_bytes(), many.len(), false, false),
+            Err(FrameError::TooManyInterim)
+        );
+    }
+
+    #[test]
+    fn close_inside_a_head_is_truncated() {
+        check(
+            "HTTP/1.1 200 OK\r\nContent-Le",
+            false,
+            true,
+            Err(FrameError::Truncated),
+        );
+        check(
+            "HTTP/1.1 100 Continue\r\n\r\n",
+            false,
+            true,
+            Err(FrameError::Truncated),
+        );
+        check("", false, true, Ok(vec![]));
     }
 
     #[test]

@@ -9,6 +9,9 @@ pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
 
 /// Connections per run. Each costs one fd and `READ_BUFFER_BYTES` plus its write buffer.
 pub const CONNECTIONS_MAX: usize = 100_000;
+/// File descriptors a run needs besides one per connection and one epoll per thread: stdio,
+/// the reachability check's socket, the output files, and room for the libraries' own.
+pub const FDS_RESERVED: usize = 32;
 /// Client threads per run; more threads than cores only adds context switches.
 pub const THREADS_MAX: usize = 256;
 /// Requests in flight on one connection (`--pipeline`).
@@ -18,6 +21,9 @@ pub const PIPELINE_MAX: usize = 1024;
 pub const RESPONSE_HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Bytes of one chunk-size line (size, extensions, CRLF) before it is a protocol error.
 pub const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
+/// Interim (1xx) responses that may precede one final response (RFC 9110 §15.2). Real servers
+/// send one or two (100 Continue, 103 Early Hints); past this the stream is a parse error.
+pub const INTERIM_RESPONSES_MAX: usize = 64;
 /// Response headers httparse may parse per response.
 pub const RESPONSE_HEADERS_MAX: usize = 64;
 /// Per-connection read buffer. Bodies are counted and skipped, never kept, so only a head (and

@@ -48,6 +48,15 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return bad_input(&e),
     };
+    if let Err(e) = check_outputs(&args) {
+        return bad_input(&e);
+    }
+    if let Err(e) = sys::ensure_fds(config.connections + fds_reserved(&config)) {
+        return bad_input(&format!("-c {} {e}", config.connections));
+    }
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     if let Err(e) =
         std::net::TcpStream::connect_timeout(&config.addr, Duration::from_nanos(config.timeout_ns))
     {
@@ -57,9 +66,33 @@ fn main() -> ExitCode {
         ));
     }
     match config.find_max {
-        Some(find_max) => run_find_max(&args, &config, find_max),
-        None => run_once(&args, &config),
+        Some(find_max) => run_find_max(&args, &config, find_max, started_unix_s),
+        None => run_once(&args, &config, started_unix_s),
     }
+}
+
+/// File descriptors a run needs besides one per connection: stdio, one epoll per client thread,
+/// the reachability check's socket, the output files, and room for the libraries' own.
+fn fds_reserved(config: &Config) -> usize {
+    limits::FDS_RESERVED + config.threads
+}
+
+/// Finds an output path that cannot be written before the run, not after it: each is opened
+/// for writing (without truncating), and removed again if this check created it.
+fn check_outputs(args: &Args) -> Result<(), String> {
+    for path in [&args.json, &args.hgrm, &args.plot].into_iter().flatten() {
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if !existed {
+            // Best effort: the run writes the file at the end anyway.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
 }
 
 fn first_line(text: &str) -> &str {
@@ -119,11 +152,11 @@ fn shape<'a>(config: &'a Config, rate: Option<f64>) -> RunShape<'a> {
     }
 }
 
-fn run_once(args: &Args, config: &Config) -> ExitCode {
+fn run_once(args: &Args, config: &Config, started_unix_s: u64) -> ExitCode {
     let stats = measure(config, config.rate);
     let shape = shape(config, config.rate);
     print!("{}", report::text(&shape, &stats));
-    if let Err(e) = write_outputs(args, config, &shape, &stats, None) {
+    if let Err(e) = write_outputs(args, config, &shape, &stats, None, started_unix_s) {
         return bad_input(&e);
     }
     if stats.error_total() > 0 {
@@ -133,7 +166,12 @@ fn run_once(args: &Args, config: &Config) -> ExitCode {
     }
 }
 
-fn run_find_max(args: &Args, config: &Config, find_max: cli::FindMax) -> ExitCode {
+fn run_find_max(
+    args: &Args,
+    config: &Config,
+    find_max: cli::FindMax,
+    started_unix_s: u64,
+) -> ExitCode {
     println!(
         "Finding the highest open-loop rate with p99 <= {} and no errors",
         report::format_us(find_max.p99_max_us as f64)
@@ -152,19 +190,39 @@ fn run_find_max(args: &Args, config: &Config, find_max: cli::FindMax) -> ExitCod
                 .reason
                 .map_or("pass".to_string(), |r| format!("FAIL ({r})"))
         );
-        if verdict.passed && knee_stats.as_ref().is_none_or(|(best, _)| rate > *best) {
+        let better = verdict.passed && knee_stats.as_ref().is_none_or(|(best, _)| rate > *best);
+        // Without a passing step, the failed first step is the run the outputs describe.
+        if better || knee_stats.is_none() {
             knee_stats = Some((rate, stats));
         }
         verdict
     });
     let search_json = serde_json::to_value(&search).expect("plain struct");
     let Some((knee, stats)) = knee_stats else {
-        println!(
-            "No knee: the first step ({} req/s) already failed; start lower with --rate.",
-            report::format_count(find_max.start_rate)
-        );
         return ExitCode::from(EXIT_ERRORS_SEEN);
     };
+    if search.knee_rate.is_none() {
+        println!(
+            "No knee: the first step ({} req/s) already failed; {}.",
+            report::format_count(find_max.start_rate),
+            no_knee_hint(search.steps.first().and_then(|step| step.reason))
+        );
+        println!("Run of the first step:");
+        let shape = shape(config, Some(knee));
+        print!("{}", report::text(&shape, &stats));
+        let written = write_outputs(
+            args,
+            config,
+            &shape,
+            &stats,
+            Some(search_json),
+            started_unix_s,
+        );
+        return match written {
+            Ok(()) => ExitCode::from(EXIT_ERRORS_SEEN),
+            Err(e) => bad_input(&e),
+        };
+    }
     match search.first_failing_rate {
         Some(bad) => println!(
             "Knee: {} req/s passes; {} req/s fails.",
@@ -180,10 +238,26 @@ fn run_find_max(args: &Args, config: &Config, find_max: cli::FindMax) -> ExitCod
     println!("Run at the knee:");
     let shape = shape(config, Some(knee));
     print!("{}", report::text(&shape, &stats));
-    if let Err(e) = write_outputs(args, config, &shape, &stats, Some(search_json)) {
+    if let Err(e) = write_outputs(
+        args,
+        config,
+        &shape,
+        &stats,
+        Some(search_json),
+        started_unix_s,
+    ) {
         return bad_input(&e);
     }
     ExitCode::SUCCESS
+}
+
+/// What to do when the first `--find-max` step failed, by why it failed: a lower rate only
+/// helps when the server was too slow, not when it answered with errors.
+fn no_knee_hint(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some("errors") => "the server answered with errors (see the report below); fix those first",
+        _ => "start lower with --rate",
+    }
 }
 
 fn write_outputs(
@@ -192,6 +266,7 @@ fn write_outputs(
     shape: &RunShape,
     stats: &RunStats,
     find_max: Option<serde_json::Value>,
+    started_unix_s: u64,
 ) -> Result<(), String> {
     let write = |path: &Path, text: String| {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -203,7 +278,8 @@ fn write_outputs(
             .iter()
             .map(|t| t.name.clone())
             .collect();
-        let doc = report::document(args, report::run_json(shape, stats, &names), find_max);
+        let run = report::run_json(shape, stats, &names);
+        let doc = report::document(args, started_unix_s, run, find_max);
         write(
             path,
             serde_json::to_string_pretty(&doc).expect("json values serialize") + "\n",

@@ -113,12 +113,15 @@ pub fn error_headline(stats: &RunStats) -> Option<String> {
 fn error_parts(stats: &RunStats) -> String {
     let e = &stats.errors;
     format!(
-        "connect {}, read {}, write {}, timeout {}, parse {}, status 4xx {}, status 5xx {}, other status {}",
+        "connect {}, read {}, write {}, timeout {}, parse {}, closed {}, unanswered {}, client fds {}, status 4xx {}, status 5xx {}, other status {}",
         e.connect,
         e.read,
         e.write,
         e.timeout,
         e.parse,
+        e.closed,
+        e.unanswered,
+        e.client_fds,
         stats.status.client_error,
         stats.status.server_error,
         stats.status.other
@@ -170,7 +173,18 @@ pub fn text(shape: &RunShape, stats: &RunStats) -> String {
         format_us(h.max() as f64),
         within_stdev_pct(h)
     );
-    let (mean, stdev, max, within) = samples_line(&stats.per_second_samples);
+    // A run shorter than a second has no whole-second sample: each thread's rate over its
+    // window is then its only one (else the line would read 0).
+    let samples = if stats.per_second_samples.is_empty() {
+        stats
+            .thread_rates
+            .iter()
+            .map(|r| r.round() as u64)
+            .collect()
+    } else {
+        stats.per_second_samples.clone()
+    };
+    let (mean, stdev, max, within) = samples_line(&samples);
     let _ = writeln!(
         out,
         "    Req/Sec {:>9} {:>9} {:>9} {:>8.2}%",
@@ -210,11 +224,18 @@ pub fn text(shape: &RunShape, stats: &RunStats) -> String {
         error_parts(stats),
         stats.reconnects
     );
-    if stats.unanswered_at_end > 0 {
+    if stats.errors.unanswered > 0 {
         let _ = writeln!(
             out,
-            "  Unanswered or never sent when the run ended: {}",
-            stats.unanswered_at_end
+            "  Sent and unanswered when the run ended: {}",
+            stats.errors.unanswered
+        );
+    }
+    if stats.unsent_at_end > 0 {
+        let _ = writeln!(
+            out,
+            "  Due but never sent when the run ended: {}",
+            stats.unsent_at_end
         );
     }
     let per_thread: Vec<String> = stats
@@ -277,17 +298,19 @@ pub fn run_json(shape: &RunShape, stats: &RunStats, names: &[String]) -> Value {
         "errors": errors,
         "status": stats.status,
         "reconnects": stats.reconnects,
-        "unanswered_at_end": stats.unanswered_at_end,
+        "unanswered_at_end": stats.errors.unanswered,
+        "unsent_at_end": stats.unsent_at_end,
         "requests_by_name": by_name,
     })
 }
 
 /// The whole JSON document: tool, parameters, machine, and the run (or find-max search).
-pub fn document(args: &Args, run: Value, find_max: Option<Value>) -> Value {
+/// `started_unix_s` is when the run started, not when the document is written.
+pub fn document(args: &Args, started_unix_s: u64, run: Value, find_max: Option<Value>) -> Value {
     let mut doc = json!({
         "tool": "percore-load",
         "version": env!("CARGO_PKG_VERSION"),
-        "started_unix_s": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "started_unix_s": started_unix_s,
         "params": args,
         "system": crate::machine::describe(),
         "run": run,

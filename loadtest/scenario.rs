@@ -85,7 +85,7 @@ fn parse(
     default_path: &str,
     extra_headers: &[(String, String)],
 ) -> Result<Mix, String> {
-    let file: ScenarioFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    let file: ScenarioFile = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
     if file.request.is_empty() {
         return Err("no [[request]] entries".into());
     }
@@ -109,6 +109,12 @@ fn parse(
         }
         let spec = spec_of(entry, base, default_path, extra_headers)
             .map_err(|e| format!("request {index}: {e}"))?;
+        if let Some(first) = templates
+            .iter()
+            .position(|t: &Template| t.name == spec.name)
+        {
+            return Err(duplicate_name(&spec.name, first, index));
+        }
         templates
             .push(Template::new(&spec, authority).map_err(|e| format!("request {index}: {e}"))?);
         table.extend(std::iter::repeat_n(index as u16, weight as usize));
@@ -122,6 +128,12 @@ fn parse(
                         .map_err(|e| format!("session.login: {e}"))?;
                     if entry.name.is_none() {
                         spec.name = "login".into();
+                    }
+                    if templates.iter().any(|t| t.name == spec.name) {
+                        return Err(format!(
+                            "session.login: name {:?} is also a [[request]]'s; counts per name would merge",
+                            spec.name
+                        ));
                     }
                     templates.push(
                         Template::new(&spec, authority)
@@ -140,6 +152,41 @@ fn parse(
         login,
         cookies,
     })
+}
+
+/// Counts per request name are reported (`requests_by_name`), so a name used twice would merge
+/// two requests' counts: refused, naming the name.
+fn duplicate_name(name: &str, first: usize, second: usize) -> String {
+    format!(
+        "requests {first} and {second} are both named {name:?} (unnamed requests are named \"METHOD path\"); give each a unique name"
+    )
+}
+
+/// One line for a TOML error: its line, the key on that line, and the message (the `Display`
+/// of `toml::de::Error` spans several lines, with a drawing of the spot).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_index = text[..start].matches('\n').count();
+    let line = text.lines().nth(line_index).unwrap_or("").trim();
+    let key = match line.split_once('=') {
+        Some((key, _)) => key.trim(),
+        None => line,
+    };
+    if key.is_empty() {
+        format!("line {}: {message}", line_index + 1)
+    } else {
+        format!("line {} ({key}): {message}", line_index + 1)
+    }
 }
 
 fn spec_of(
@@ -227,16 +274,51 @@ mod tests {
             "[[request]]\nbody_file = \"/nonexistent/x\"\n",
             Err("body file"),
         );
-        check("this is not toml", Err(""));
+        check("this is not toml", Err("line 1 (this is not toml): "));
+    }
+
+    /// Regression (review item 9): a type error named neither the key nor the line.
+    #[test]
+    fn errors_name_line_and_key() {
+        check(
+            "[[request]]\npath = \"/a\"\nweight = \"9\"\n",
+            Err("line 3 (weight): invalid type: string \"9\", expected u32"),
+        );
+        check("[[request]]\nweight = \n", Err("line 2 (weight): "));
+        let error = parse("x = [\n", Path::new("."), "h:1", "/d", &[]).unwrap_err();
+        assert!(!error.contains('\n'), "{error}");
+    }
+
+    /// Regression (review item 6): counts per name merged when two requests shared a name.
+    #[test]
+    fn duplicate_names_are_refused() {
+        check(
+            "[[request]]\nname = \"a\"\npath = \"/x\"\n[[request]]\nname = \"a\"\npath = \"/y\"\n",
+            Err("requests 0 and 1 are both named \"a\""),
+        );
+        check(
+            "[[request]]\npath = \"/x\"\n[[request]]\npath = \"/x\"\nbody = \"b\"\n",
+            Err("both named \"GET /x\""),
+        );
+        check(
+            "[session.login]\npath = \"/l\"\n[[request]]\nname = \"login\"\n",
+            Err("session.login: name \"login\""),
+        );
+        check(
+            "[[request]]\npath = \"/x\"\n[[request]]\npath = \"/y\"\n",
+            Ok((2, 2, None, false)),
+        );
     }
 
     #[test]
     fn requests_at_the_bound_and_one_past_it() {
         let max = limits::SCENARIO_REQUESTS_MAX;
-        check(&"[[request]]\n".repeat(max), Ok((max, max, None, false)));
-        check(
-            &"[[request]]\n".repeat(max + 1),
-            Err(&format!("more than {max} requests")),
-        );
+        let named = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("[[request]]\nname = \"r{i}\"\n"))
+                .collect()
+        };
+        check(&named(max), Ok((max, max, None, false)));
+        check(&named(max + 1), Err(&format!("more than {max} requests")));
     }
 }

@@ -15,19 +15,40 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// Failures, by where they happened. Status classes are counted apart, in `StatusCounts`.
+///
+/// `timeout`, `closed` and `unanswered` count requests, so that every measured request is
+/// accounted for once: `requests_sent = responses + timeout + closed + unanswered`. `connect`,
+/// `read`, `write`, `parse` and `client_fds` count events (one read error may lose several
+/// pipelined requests, which are then also in `closed`).
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct Errors {
     pub connect: u64,
     pub read: u64,
     pub write: u64,
     pub timeout: u64,
-    /// Responses that could not be framed (bad head, bad chunk, truncated).
+    /// Responses that could not be framed (bad head, bad chunk, a close inside a response).
     pub parse: u64,
+    /// Requests in flight when their connection closed, lost without an answer: after an
+    /// error or a timeout on the connection, or after the server closed twice without a word
+    /// with the request in flight (the first time it is sent again; see `engine::Cause`).
+    pub closed: u64,
+    /// Requests sent and still unanswered when the run (and its drain) ended.
+    pub unanswered: u64,
+    /// Connections not even tried because the client had no file descriptor left (EMFILE or
+    /// ENFILE from socket()): the client's failure, never counted as the server's `connect`.
+    pub client_fds: u64,
 }
 
 impl Errors {
     pub fn total(&self) -> u64 {
-        self.connect + self.read + self.write + self.timeout + self.parse
+        self.connect
+            + self.read
+            + self.write
+            + self.timeout
+            + self.parse
+            + self.closed
+            + self.unanswered
+            + self.client_fds
     }
 
     fn add(&mut self, o: &Errors) {
@@ -36,6 +57,9 @@ impl Errors {
         self.write += o.write;
         self.timeout += o.timeout;
         self.parse += o.parse;
+        self.closed += o.closed;
+        self.unanswered += o.unanswered;
+        self.client_fds += o.client_fds;
     }
 }
 
@@ -100,9 +124,12 @@ pub struct ThreadStats {
     pub responses_by_template: Vec<u64>,
     /// Responses completed in each whole second of the measurement window.
     pub responses_per_second: Vec<u64>,
-    /// Requests still unanswered when the drain after the run ended, plus open-loop requests
-    /// that were due before the end but never sent.
-    pub unanswered_at_end: u64,
+    /// Open loop: requests the schedule wanted before the end that were never sent (the
+    /// connection's `--pipeline` slots were full, or it was down), and requests lost to a close
+    /// that were not sent again before the end. Not errors: no server ever saw them, and a run
+    /// that ends while one slow response holds a slot would otherwise fail by chance. A server
+    /// that cannot keep up shows in the corrected latency and in the achieved rate instead.
+    pub unsent_at_end: u64,
     /// Nanoseconds from the start of measurement to this thread's last completion.
     pub measured_ns: u64,
 }
@@ -120,7 +147,7 @@ impl ThreadStats {
             reconnects: 0,
             responses_by_template: vec![0; templates],
             responses_per_second: Vec::new(),
-            unanswered_at_end: 0,
+            unsent_at_end: 0,
             measured_ns: 0,
         }
     }
@@ -137,7 +164,7 @@ pub struct RunStats {
     pub errors: Errors,
     pub reconnects: u64,
     pub responses_by_template: Vec<u64>,
-    pub unanswered_at_end: u64,
+    pub unsent_at_end: u64,
     /// Seconds of the measurement window (the longest thread's).
     pub duration_s: f64,
     /// Requests per second achieved by each thread over its own window.
@@ -159,7 +186,7 @@ impl RunStats {
             errors: Errors::default(),
             reconnects: 0,
             responses_by_template: vec![0; templates],
-            unanswered_at_end: 0,
+            unsent_at_end: 0,
             duration_s: 0.0,
             thread_rates: Vec::new(),
             per_second_samples: Vec::new(),
@@ -184,7 +211,7 @@ impl RunStats {
             {
                 *sum += n;
             }
-            run.unanswered_at_end += t.unanswered_at_end;
+            run.unsent_at_end += t.unsent_at_end;
             let seconds = t.measured_ns as f64 / 1e9;
             run.duration_s = run.duration_s.max(seconds);
             run.thread_rates.push(if seconds > 0.0 {
@@ -205,7 +232,7 @@ impl RunStats {
         }
     }
 
-    /// Every error of any kind, status errors included.
+    /// Every error of any kind, status errors and requests unanswered at the end included.
     pub fn error_total(&self) -> u64 {
         self.errors.total() + self.status.errors()
     }
@@ -246,6 +273,7 @@ mod tests {
         a.measured_ns = 1_000_000_000;
         b.measured_ns = 2_000_000_000;
         a.errors.read = 1;
+        b.errors.unanswered = 3;
         b.status.count(500);
         b.responses_by_template = vec![1, 2];
         let run = RunStats::merge(vec![a, b]);
@@ -253,7 +281,7 @@ mod tests {
         assert_eq!(run.responses, 40);
         assert_eq!(run.duration_s, 2.0);
         assert_eq!(run.thread_rates, vec![10.0, 15.0]);
-        assert_eq!(run.error_total(), 2);
+        assert_eq!(run.error_total(), 5);
         assert_eq!(run.responses_by_template, vec![1, 2]);
     }
 }

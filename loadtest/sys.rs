@@ -231,6 +231,37 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// Makes room for `fds_needed` open files: raises RLIMIT_NOFILE's soft limit (up to the hard
+/// limit) when it is lower. Errs with the rest of a sentence when even the hard limit is lower.
+pub fn ensure_fds(fds_needed: usize) -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })
+        .map_err(|e| format!("cannot read the file descriptor limit: {e}"))?;
+    let needed = fds_needed as libc::rlim_t;
+    if limit.rlim_cur >= needed {
+        return Ok(());
+    }
+    if limit.rlim_max < needed {
+        return Err(format!(
+            "needs {fds_needed} file descriptors; the limit is {} (ulimit -n)",
+            limit.rlim_max
+        ));
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one is allowed.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }).map_err(|e| {
+        format!(
+            "needs {fds_needed} file descriptors; raising the limit to {} failed: {e}",
+            limit.rlim_max
+        )
+    })?;
+    Ok(())
+}
+
 /// True when `fd` is a terminal (the live progress line is printed only then).
 pub fn is_terminal(fd: RawFd) -> bool {
     // SAFETY: isatty only inspects the fd.

@@ -65,6 +65,70 @@ fn bad_input_exits_2_with_one_line() {
     check(&["--body", "/nonexistent/body", &url], "body file");
 }
 
+/// Review items 6, 9 and 10: scenario errors name file, line and key on one line; duplicate
+/// names are refused; `--p99-max` needs `--find-max`; an unwritable output path is found
+/// before the run (nothing on stdout).
+#[test]
+fn scenario_and_flag_errors_are_found_before_the_run() {
+    let live = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", live.local_addr().unwrap());
+    let dir = tempfile::Builder::new()
+        .prefix("percore-load-cli-")
+        .tempdir()
+        .unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let typed = write("typed.toml", "[[request]]\npath = \"/a\"\nweight = \"9\"\n");
+    check(
+        &["--scenario", &typed, &url],
+        &format!("bad scenario file {typed}: line 3 (weight): invalid type"),
+    );
+    let syntax = write("syntax.toml", "[[request]]\nweight = \n");
+    check(&["--scenario", &syntax, &url], "line 2 (weight)");
+    let dup = write(
+        "dup.toml",
+        "[[request]]\nname = \"a\"\npath = \"/x\"\n[[request]]\nname = \"a\"\npath = \"/y\"\n",
+    );
+    check(&["--scenario", &dup, &url], "both named \"a\"");
+    check(&["--p99-max", "5ms", &url], "--p99-max needs --find-max");
+    check(
+        &["--json", "/nonexistent/dir/out.json", "-d", "1s", &url],
+        "cannot write /nonexistent/dir/out.json",
+    );
+}
+
+/// Review item 3: with more connections than the hard RLIMIT_NOFILE allows, the run ran with
+/// fewer and blamed the server with connect errors; now it is refused up front.
+#[test]
+fn too_few_file_descriptors_exit_2() {
+    let live = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", live.local_addr().unwrap());
+    let output = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 64 && exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_percore-load"),
+            "-c",
+            "200",
+            "-d",
+            "1s",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("-c 200 needs") && stderr.contains("the limit is 64 (ulimit -n)"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}
+
 #[test]
 fn help_exits_0() {
     let output = Command::new(env!("CARGO_BIN_EXE_percore-load"))

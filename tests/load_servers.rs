@@ -287,6 +287,7 @@ fn connection_close_responses_reconnect() {
     // Requests pipelined behind a close are sent again on the new connection, so the server
     // saw exactly the answered ones plus none lost.
     assert_eq!(n(&doc, "/run/requests"), server.requests());
+    assert_accounted(&doc);
 }
 
 #[test]
@@ -527,4 +528,217 @@ fn find_max_reports_a_knee() {
     assert!(stdout.contains("Knee:"), "{stdout}");
     let knee = doc["find_max"]["knee_rate"].as_f64().unwrap();
     assert!((50.0..=1000.0).contains(&knee), "{knee}: {stdout}");
+}
+
+/// Every measured request ends once: answered, timed out, lost to a close, or unanswered.
+fn assert_accounted(doc: &Value) {
+    let ended = n(doc, "/run/requests")
+        + n(doc, "/run/errors/timeout")
+        + n(doc, "/run/errors/closed")
+        + n(doc, "/run/errors/unanswered");
+    assert_eq!(n(doc, "/run/requests_sent"), ended, "{doc}");
+}
+
+fn reply(bytes: &[u8], close: bool) -> Reply {
+    Reply {
+        bytes: bytes.to_vec(),
+        close,
+    }
+}
+
+/// Review item 1: a thousand interim heads overflowed the stack (exit 134).
+#[test]
+fn many_interim_responses_are_a_parse_error_not_a_crash() {
+    let server = TestServer::start(|_, _| {
+        let mut bytes = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1000);
+        bytes.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        reply(&bytes, false)
+    });
+    let (code, stdout, doc) = load_json(&["-c", "1", "-d", "300ms", &server.url("/")]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(n(&doc, "/run/errors/parse") > 0, "{doc}");
+    assert_eq!(n(&doc, "/run/requests"), 0, "{doc}");
+}
+
+/// Review item 2: requests a server never answers were left out of the errors (exit 0). Also
+/// review item 10: `started_unix_s` is when the run started, not when the JSON was written
+/// (here over 2 s later: the run, then the drain).
+#[test]
+fn requests_never_answered_are_errors() {
+    let server = TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_secs(5));
+        ok("late")
+    });
+    for rate in [None, Some("20")] {
+        let before_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut args = vec!["-c", "2", "-d", "300ms", "--timeout", "10s"];
+        args.extend(rate.map(|r| ["--rate", r]).into_iter().flatten());
+        let url = server.url("/");
+        args.push(&url);
+        let (code, stdout, doc) = load_json(&args);
+        assert_eq!(code, 1, "{rate:?}: {stdout}");
+        assert!(stdout.starts_with("ERRORS:"), "{rate:?}: {stdout}");
+        assert_eq!(n(&doc, "/run/errors/unanswered"), 2, "{doc}");
+        assert_eq!(n(&doc, "/run/errors/total"), 2, "{doc}");
+        assert_accounted(&doc);
+        assert!(n(&doc, "/started_unix_s") <= before_s + 1, "{doc}");
+    }
+}
+
+/// Review item 4: a server that closes after each response without `Connection: close` made
+/// every response a read error, the next request having gone onto the dead connection.
+#[test]
+fn silent_close_after_each_response_is_no_error() {
+    let server = TestServer::start(|_, _| ok("hello").with_close());
+    let (code, stdout, doc) = load_json(&["-c", "2", "-d", "500ms", &server.url("/")]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(n(&doc, "/run/errors/total"), 0, "{doc}");
+    assert!(n(&doc, "/run/reconnects") >= 10, "{doc}");
+    assert_eq!(n(&doc, "/run/requests"), server.requests(), "{doc}");
+    assert_accounted(&doc);
+}
+
+/// Review item 5: requests pipelined behind a close vanished from every count. Behind an
+/// announced close they are sent again; behind a silent one with requests in flight, sent
+/// again once, then counted as `closed`.
+#[test]
+fn requests_behind_a_close_are_accounted_for() {
+    let announced = TestServer::start(|request, _| {
+        let close = request.index_on_connection % 3 == 2;
+        let head = if close { "Connection: close\r\n" } else { "" };
+        let bytes = format!("HTTP/1.1 200 OK\r\n{head}Content-Length: 2\r\n\r\nhi");
+        reply(bytes.as_bytes(), close)
+    });
+    let (code, _, doc) = load_json(&[
+        "-c",
+        "2",
+        "-d",
+        "500ms",
+        "--pipeline",
+        "4",
+        &announced.url("/"),
+    ]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(n(&doc, "/run/errors/total"), 0, "{doc}");
+    assert_accounted(&doc);
+    let silent = TestServer::start(|_, _| ok("hello").with_close());
+    let (code, _, doc) = load_json(&[
+        "-c",
+        "2",
+        "-d",
+        "500ms",
+        "--pipeline",
+        "4",
+        &silent.url("/"),
+    ]);
+    assert_eq!(code, 1, "{doc}");
+    assert!(n(&doc, "/run/errors/closed") > 0, "{doc}");
+    assert_accounted(&doc);
+}
+
+/// Review item 7: the open loop went on sending its backlog during the drain after the end.
+#[test]
+fn open_loop_sends_nothing_after_the_end() {
+    // One connection answers 20 req/s; the schedule asks 50 per connection.
+    let server = TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(50));
+        ok("slow")
+    });
+    let (_, stdout, doc) = load_json(&["-c", "2", "-d", "1s", "--rate", "100", &server.url("/")]);
+    // 2 connections x 1 s x 20 req/s, and one more each for the request on the wire at the end.
+    assert!(server.requests() <= 44, "{}: {stdout}", server.requests());
+    assert_eq!(n(&doc, "/run/requests_sent"), server.requests(), "{doc}");
+    assert!(n(&doc, "/run/unsent_at_end") > 0, "{doc}");
+    assert!(stdout.contains("Due but never sent"), "{stdout}");
+    assert_accounted(&doc);
+}
+
+/// Review item 8: `--find-max` with no knee wrote no output file and said to lower the rate
+/// when the step failed on errors.
+#[test]
+fn find_max_without_a_knee_still_writes_outputs() {
+    let server =
+        TestServer::start(|_, _| reply(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", false));
+    let (code, stdout, doc) = load_json(&[
+        "-c",
+        "1",
+        "-d",
+        "300ms",
+        "--find-max",
+        "--rate",
+        "50",
+        &server.url("/"),
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("No knee"), "{stdout}");
+    assert!(!stdout.contains("start lower"), "{stdout}");
+    assert!(doc["find_max"]["knee_rate"].is_null(), "{doc}");
+    assert!(n(&doc, "/run/status/5xx") > 0, "{doc}");
+}
+
+/// Review item 10: a sub-second run printed "Req/Sec 0.00"; with a warm-up, responses to
+/// warm-up requests were counted (requests > requests_sent); a close inside a head was a read
+/// error, not a parse error.
+#[test]
+fn short_runs_warmup_and_truncated_heads() {
+    let server = TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(5));
+        ok("hello")
+    });
+    let (code, stdout, doc) = load_json(&[
+        "-c",
+        "2",
+        "-d",
+        "400ms",
+        "--warmup",
+        "300ms",
+        "--pipeline",
+        "8",
+        &server.url("/"),
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let req_sec = stdout.lines().find(|l| l.contains("Req/Sec")).unwrap();
+    assert_ne!(req_sec.split_whitespace().nth(1), Some("0.00"), "{stdout}");
+    assert_accounted(&doc);
+    let truncating = TestServer::start(|_, _| reply(b"HTTP/1.1 200 OK\r\nContent-Le", true));
+    let (code, _, doc) = load_json(&["-c", "1", "-d", "300ms", &truncating.url("/")]);
+    assert_eq!(code, 1, "{doc}");
+    assert!(n(&doc, "/run/errors/parse") > 0, "{doc}");
+    assert_eq!(n(&doc, "/run/errors/read"), 0, "{doc}");
+}
+
+/// Review item 3: below the hard limit, the soft RLIMIT_NOFILE is raised rather than leaving
+/// connections unopened (counted as the server's connect errors).
+#[test]
+fn a_low_soft_fd_limit_is_raised() {
+    let server = TestServer::start(|_, _| ok("hello"));
+    let output = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 64 && exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_percore-load"),
+            "-c",
+            "100",
+            "-d",
+            "300ms",
+            &server.url("/"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{output:?}");
+    assert!(!stdout.contains("ERRORS"), "{stdout}");
+}
+
+impl Reply {
+    /// Closes after this reply without saying so (no `Connection: close`).
+    fn with_close(self) -> Reply {
+        Reply {
+            close: true,
+            ..self
+        }
+    }
 }
