@@ -1060,12 +1060,17 @@ fn positive<T: PartialOrd + Default + std::fmt::Display + Copy>(
     Ok(value)
 }
 
+/// The longest duration a flag takes: a year (a week-long or month-long session lifetime is
+/// common; one day was the bound until a review found it refused). Far below where `Instant`
+/// arithmetic could overflow.
+const SECONDS_MAX: f64 = 365.0 * 86_400.0;
+
 fn seconds(name: &str, value: Option<f64>, default: Duration) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        Some(s) if s.is_finite() && s > 0.0 && s <= SECONDS_MAX => Ok(Duration::from_secs_f64(s)),
         Some(s) => err(format!(
-            "--{name} {s}: must be a number of seconds in (0, 86400]"
+            "--{name} {s}: must be a number of seconds in (0, {SECONDS_MAX}] (a year)"
         )),
     }
 }
@@ -1147,6 +1152,17 @@ mod tests {
         assert_eq!(c.stop_timeout, Duration::from_millis(2500));
         let c = merged(&[], "stop_timeout = 3").unwrap();
         assert_eq!(c.stop_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn durations_run_from_a_fraction_of_a_second_to_a_year() {
+        let parse = |value: f64| seconds("session-lifetime", Some(value), Duration::ZERO);
+        assert_eq!(parse(0.5).unwrap(), Duration::from_millis(500));
+        assert_eq!(parse(604_800.0).unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse(SECONDS_MAX).unwrap(), Duration::from_secs(31_536_000));
+        for bad in [0.0, -1.0, SECONDS_MAX + 1.0, f64::NAN, f64::INFINITY] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
