@@ -30,6 +30,15 @@ fn bad_flags_and_config_exit_2_with_one_line() {
             vec!["--max-session-revocations", "0"],
             "--max-session-revocations 0",
         ),
+        (
+            vec!["--max-value-bytes", "18446744073709551615"],
+            "--max-value-bytes 18446744073709551615",
+        ),
+        (
+            vec!["--max-value-bytes", "5000000"],
+            "--max-value-bytes 5000000",
+        ),
+        (vec!["--max-tx-ops", "18446744073709551615"], "--max-tx-ops"),
         (vec!["--grace", "soon"], "--grace"),
         (vec!["--config", bad_toml.to_str().unwrap()], "bad.toml"),
         (vec!["--config", unknown_key.to_str().unwrap()], "bogus"),
@@ -806,11 +815,21 @@ fn a_closed_stderr_loses_log_lines_not_the_process() {
 }
 
 /// Starts percore with RLIMIT_NOFILE set to (`soft`, `hard`) and stderr piped.
+/// A child process killed when dropped (a failed assertion must not leave a server running).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn start_with_nofile(
     soft: u64,
     hard: u64,
     dir: &std::path::Path,
-) -> (std::process::Child, std::net::SocketAddr) {
+) -> (Killed, std::net::SocketAddr) {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new(common::BIN);
@@ -833,8 +852,8 @@ fn start_with_nofile(
             Ok(())
         })
     };
-    let mut child = command.spawn().unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut child = Killed(command.spawn().unwrap());
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     let addr = line
@@ -854,25 +873,23 @@ fn start_with_nofile(
 fn the_open_files_limit_is_raised_checked_and_its_failures_not_flooded() {
     use std::io::Read;
     let dir = common::temp_dir("nofile");
-    let (mut child, _) = start_with_nofile(100, 4096, dir.path());
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let (child, _) = start_with_nofile(100, 4096, dir.path());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
     let open_files = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .unwrap();
     let fields: Vec<&str> = open_files.split_whitespace().collect();
     assert_eq!(&fields[3..5], ["4096", "4096"], "{open_files}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 
     let (mut child, addr) = start_with_nofile(96, 96, dir.path());
-    let mut stderr = child.stderr.take().unwrap();
+    let mut stderr = child.0.stderr.take().unwrap();
     let conns: Vec<_> = (0..150)
         .filter_map(|_| std::net::TcpStream::connect(addr).ok())
         .collect();
     std::thread::sleep(Duration::from_millis(2500));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     drop(conns);
     let mut text = String::new();
     stderr.read_to_string(&mut text).unwrap();

@@ -105,10 +105,10 @@ struct ShardInit {
 /// every shard accepts.
 pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
+    // Raised before anything opens a file; said once the start succeeded (a failed start says
+    // one line: its error).
     let connections = (config.conns_max as u64).saturating_mul(config.shard_count() as u64);
-    if let Some(warning) = preflight::raise_nofile(connections) {
-        crate::log_line!("percore: {warning}");
-    }
+    let nofile_warning = preflight::raise_nofile(connections);
     // Held until the process ends; the kernel drops the lock with the process, however it ends.
     let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
     // Before any shard (or the session file clean-up below) writes to the data dir.
@@ -257,6 +257,9 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             };
         }
         let _ = out.flush();
+    }
+    if let Some(warning) = nofile_warning {
+        crate::log_line!("percore: {warning}");
     }
     let deadline = wait_stopped(&stopped_rx, shard_count, config.grace + config.stop_timeout);
     // Every shard has stopped (drained, log synced); what is left is each executor's teardown,

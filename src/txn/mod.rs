@@ -101,14 +101,21 @@ impl TxnLimits {
         if let Some((name, _)) = min_one.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be at least 1"));
         }
-        if self.key_bytes_max + self.value_bytes_max > self.txn_bytes_max {
-            return Err("txn_bytes_max must hold one key and one value".to_string());
+        // Saturating: a flag of 2^64-1 must be refused, not wrap into a small sum (review).
+        let key_and_value = self.key_bytes_max.saturating_add(self.value_bytes_max);
+        if key_and_value > self.txn_bytes_max {
+            return Err(format!(
+                "--max-key-bytes {} + --max-value-bytes {} = {key_and_value}: a transaction \
+                 holds at most {} bytes, so the two together must fit in it",
+                self.key_bytes_max, self.value_bytes_max, self.txn_bytes_max
+            ));
         }
         // Framing per written key: two length prefixes and an option tag.
-        if self.txn_bytes_max + self.ops_max * 16 + 64 > RECORD_PAYLOAD_BYTES_MAX {
+        let ops_room = RECORD_PAYLOAD_BYTES_MAX.saturating_sub(self.txn_bytes_max + 64) / 16;
+        if self.ops_max > ops_room {
             return Err(format!(
-                "txn_bytes_max must stay below {} bytes (the log record bound)",
-                RECORD_PAYLOAD_BYTES_MAX / 2
+                "--max-tx-ops {}: at most {ops_room} (a transaction's framing must fit a log record)",
+                self.ops_max
             ));
         }
         if self.resolve_interval_ms == 0 || self.prepare_timeout_ms == 0 {
