@@ -428,6 +428,64 @@ fn conditional_headers_take_star_and_etag_lists() {
     }
 }
 
+/// Review finding: GET ignored If-None-Match and If-Match (200 for a cached ETag, 200 for a
+/// failed If-Match). RFC 9110 §13.1.1-2: a failed If-None-Match on GET is 304 with the ETag and
+/// no body, a failed If-Match 412; If-Match is evaluated first.
+#[test]
+fn get_honours_if_none_match_with_304_and_if_match_with_412() {
+    let server = Server::start(&[]);
+    let mut conn = connect(server.addr);
+    let key = key_on(0, "cond-get");
+    let version = etag_of(&put(&mut conn, &key, b"v", &[]));
+    let current = etag(version);
+    let weak = format!("W/{current}");
+    let path = format!("/kv/{key}");
+    let get_with = |conn: &mut Conn, headers: &[(&str, &str)]| {
+        common::retry_conflicts(|| request(conn, "GET", &path, headers, b""), |r| r.status)
+    };
+    for (headers, status) in [
+        (vec![("If-None-Match", current.as_str())], 304),
+        (vec![("If-None-Match", weak.as_str())], 304),
+        (vec![("If-None-Match", "*")], 304),
+        (vec![("If-None-Match", "\"999\", \"998\"")], 200),
+        (vec![("If-Match", current.as_str())], 200),
+        (vec![("If-Match", "*")], 200),
+        (vec![("If-Match", "\"999\"")], 412),
+        (vec![("If-Match", weak.as_str())], 412),
+        // If-Match first: a failed one is 412 even where If-None-Match would say 304.
+        (
+            vec![("If-Match", "\"999\""), ("If-None-Match", current.as_str())],
+            412,
+        ),
+        (
+            vec![
+                ("If-Match", current.as_str()),
+                ("If-None-Match", current.as_str()),
+            ],
+            304,
+        ),
+    ] {
+        let r = get_with(&mut conn, &headers);
+        assert_eq!(r.status, status, "{headers:?}: {}", r.text());
+        match status {
+            304 => {
+                assert!(r.body.is_empty(), "{headers:?}");
+                assert_eq!(r.header("etag"), Some(current.as_str()), "{headers:?}");
+            }
+            200 => assert_eq!(r.body, b"v"),
+            _ => {}
+        }
+    }
+    // An absent key: If-None-Match holds (404), If-Match does not (412).
+    let absent = format!("/kv/{}", key_on(0, "cond-absent"));
+    let r = request(&mut conn, "GET", &absent, &[("If-None-Match", "*")], b"");
+    assert_eq!(r.status, 404);
+    let r = request(&mut conn, "GET", &absent, &[("If-Match", "*")], b"");
+    assert_eq!(r.status, 412);
+    // The connection goes on after a 304.
+    assert_eq!(get(&mut conn, &key).status, 200);
+}
+
 /// `/kv/{key}` is percent-decoded (RFC 3986 §2.1): keys with a space, `/`, `%`, `#` or non-ASCII
 /// written through /kv/tx have a URL, and `/kv/%61` is `/kv/a` (§6.2.2.2). Once, the segment
 /// was the key as written, so none of these reached the key it names.

@@ -57,6 +57,27 @@ pub enum Expect {
     NoneOf(Vec<u64>),
 }
 
+impl Expect {
+    /// Whether a key at `actual` (None: absent) meets the expectation.
+    pub fn holds(&self, actual: Option<u64>) -> bool {
+        match (self, actual) {
+            (Expect::Version(want), actual) => actual == Some(*want),
+            (Expect::Absent, actual) => actual.is_none(),
+            (Expect::Present, actual) => actual.is_some(),
+            (Expect::OneOf(wants), actual) => actual.is_some_and(|a| wants.contains(&a)),
+            (Expect::NoneOf(wants), actual) => !actual.is_some_and(|a| wants.contains(&a)),
+        }
+    }
+
+    /// What a failed expectation found: a key that should not be there, or the wrong version.
+    pub fn failure(&self, actual: Option<u64>) -> FailReason {
+        match (self, actual) {
+            (Expect::Absent | Expect::NoneOf(_), Some(actual)) => FailReason::Present { actual },
+            _ => FailReason::Version { actual },
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     Get {

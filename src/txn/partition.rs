@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 
-use crate::txn::op::{Expect, FailReason, Op, OpResult, TxError};
+use crate::txn::op::{FailReason, Op, OpResult, TxError};
 use crate::txn::record::{Record, TxId, Write};
 use crate::txn::{SNAPSHOT_ENTRIES_BYTES_MAX, TxnLimits};
 
@@ -348,27 +348,8 @@ impl Partition {
                 }
                 Op::Check { expect, .. } => {
                     let actual = current.as_ref().map(|(_, version)| *version);
-                    match (expect, actual) {
-                        (Expect::Absent, None) => {}
-                        (Expect::Absent, Some(actual)) => {
-                            return Err(fail(FailReason::Present { actual }));
-                        }
-                        (Expect::Version(want), actual) if actual != Some(*want) => {
-                            return Err(fail(FailReason::Version { actual }));
-                        }
-                        (Expect::Version(_), _) => {}
-                        (Expect::Present, None) => {
-                            return Err(fail(FailReason::Version { actual: None }));
-                        }
-                        (Expect::OneOf(wants), actual)
-                            if !actual.is_some_and(|actual| wants.contains(&actual)) =>
-                        {
-                            return Err(fail(FailReason::Version { actual }));
-                        }
-                        (Expect::NoneOf(wants), Some(actual)) if wants.contains(&actual) => {
-                            return Err(fail(FailReason::Present { actual }));
-                        }
-                        (Expect::Present | Expect::OneOf(_) | Expect::NoneOf(_), _) => {}
+                    if !expect.holds(actual) {
+                        return Err(fail(expect.failure(actual)));
                     }
                     OpResult::Check
                 }
@@ -533,6 +514,7 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::op::Expect;
 
     fn b(text: &str) -> Bytes {
         Bytes::copy_from_slice(text.as_bytes())

@@ -159,24 +159,46 @@ fn validated(ops: &[Op]) -> Result<(), Response> {
     })
 }
 
-/// GET /kv/{key} -> 200 with the value bytes and `ETag: "<version>"`, or 404.
+/// GET /kv/{key} -> 200 with the value bytes and `ETag: "<version>"`, or 404; If-Match that
+/// fails is 412, If-None-Match that fails is 304 with the ETag (RFC 9110 §13.1.1, §13.1.2,
+/// evaluated in §13.2.2's order on what was read).
 async fn get(req: Request) -> Response {
     let key = match key_of(&req) {
         Ok(key) => key,
+        Err(r) => return r,
+    };
+    let conditions = match preconditions(&req, &key) {
+        Ok(conditions) => conditions,
         Err(r) => return r,
     };
     let ops = vec![Op::Get { key }];
     if let Err(r) = validated(&ops) {
         return r;
     }
-    match run(ops).await.as_deref() {
-        Ok([OpResult::Get(Some((value, version)))]) => {
-            Response::bytes(200, "application/octet-stream", value.clone())
-                .header("ETag", op::etag(*version))
+    let found = match run(ops).await.as_deref() {
+        Ok([OpResult::Get(found)]) => found.clone(),
+        Ok(_) => return Response::error(500, "unexpected transaction result"),
+        Err(e) => return error(e),
+    };
+    let version = found.as_ref().map(|(_, version)| *version);
+    for (index, condition) in conditions.iter().enumerate() {
+        let Op::Check { expect, .. } = condition else {
+            unreachable!("preconditions are check ops");
+        };
+        if expect.holds(version) {
+            continue;
         }
-        Ok([OpResult::Get(None)]) => Response::error(404, "no such key"),
-        Ok(_) => Response::error(500, "unexpected transaction result"),
-        Err(e) => error(e),
+        // If-Match comes first when both are given; If-None-Match alone is index 0.
+        let is_if_none_match = index == 1 || req.head.header("If-Match").is_none();
+        return match (is_if_none_match, version) {
+            (true, Some(version)) => Response::new(304).header("ETag", op::etag(version)),
+            _ => Response::error(412, "precondition failed"),
+        };
+    }
+    match found {
+        Some((value, version)) => Response::bytes(200, "application/octet-stream", value)
+            .header("ETag", op::etag(version)),
+        None => Response::error(404, "no such key"),
     }
 }
 
