@@ -1075,15 +1075,23 @@ fn seconds(name: &str, value: Option<f64>, default: Duration) -> Result<Duration
     }
 }
 
-/// Parses taskset-style CPU lists: `0-3,6`. Sorted, without duplicates.
+/// Parses taskset-style CPU lists: `0-3,6`, and ranges with a stride, `0-7:2` (every second
+/// CPU, as taskset and cpuset lists write it). Sorted, without duplicates.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
     const CPU_MAX: usize = 4096;
     let mut cpus = Vec::new();
     for part in text.split(',') {
         let part = part.trim();
-        let (low, high) = match part.split_once('-') {
+        let (range, stride) = match part.split_once(':') {
+            Some((range, stride)) => match stride.trim().parse::<usize>() {
+                Ok(stride) if stride > 0 && range.contains('-') => (range, stride),
+                _ => return Err(format!("'{part}' is not a CPU range with a stride (0-7:2)")),
+            },
+            None => (part, 1),
+        };
+        let (low, high) = match range.split_once('-') {
             Some((a, b)) => (a, b),
-            None => (part, part),
+            None => (range, range),
         };
         let low: usize = low
             .trim()
@@ -1096,7 +1104,7 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
         if low > high || high >= CPU_MAX {
             return Err(format!("'{part}' is not a valid range"));
         }
-        cpus.extend(low..=high);
+        cpus.extend((low..=high).step_by(stride));
     }
     cpus.sort_unstable();
     cpus.dedup();
@@ -1117,6 +1125,11 @@ mod tests {
         check_cpus("0-3,6", Ok(vec![0, 1, 2, 3, 6]));
         check_cpus("3,1,1", Ok(vec![1, 3]));
         check_cpus(" 2 - 3 ", Ok(vec![2, 3]));
+        check_cpus("0-7:2", Ok(vec![0, 2, 4, 6]));
+        check_cpus("1-7:3,0", Ok(vec![0, 1, 4, 7]));
+        check_cpus("0-7:0", Err(()));
+        check_cpus("3:2", Err(()));
+        check_cpus("0-7:x", Err(()));
         check_cpus("", Err(()));
         check_cpus("a", Err(()));
         check_cpus("3-1", Err(()));

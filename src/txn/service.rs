@@ -230,8 +230,8 @@ fn cut(shard: usize, segment: &Scanned) -> std::io::Result<()> {
     };
     if let Some((tail, _)) = &segment.bad {
         crate::log_line!(
-            "percore: shard {shard}: log {} has a bad record at byte {} ({:?}) with nothing \
-             intact after it (a torn write): cut off there",
+            "percore: shard {shard}: log {} ends in an unfinished write at byte {} ({:?}, nothing \
+             intact after it; expected after a crash, nothing acknowledged is in it): cut off there",
             segment.path.display(),
             tail.offset,
             tail.reason
