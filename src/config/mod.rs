@@ -53,12 +53,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
     /// Do not pin shards to their CPUs.
-    #[arg(long)]
-    pub no_pin: bool,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub no_pin: Option<bool>,
     /// Plain connections wait for bytes through glommio's one-shot polls instead of the shard's
     /// readiness ring (one multishot poll per connection).
-    #[arg(long)]
-    pub no_multishot_poll: bool,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub no_multishot_poll: Option<bool>,
     /// listen(2) backlog of each shard's listener.
     #[arg(long, value_name = "N")]
     pub backlog: Option<u32>,
@@ -116,8 +116,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Add `X-Shard: <index>` to every response.
-    #[arg(long)]
-    pub expose_shard: bool,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub expose_shard: Option<bool>,
     /// Name of the session cookie.
     #[arg(long, value_name = "NAME")]
     pub session_cookie: Option<String>,
@@ -141,8 +141,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_session_revocations: Option<usize>,
     /// Do not write sessions to the data dir (on shutdown and periodically) nor load them at start.
-    #[arg(long)]
-    pub no_session_persist: bool,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub no_session_persist: Option<bool>,
     /// Seconds between periodic session snapshots.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub session_snapshot_interval: Option<f64>,
@@ -172,8 +172,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Refuse to start with an expired (or not yet valid) certificate instead of warning.
-    #[arg(long)]
-    pub tls_refuse_expired: bool,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tls_refuse_expired: Option<bool>,
     /// Seconds a client has to complete the TLS handshake (from accept).
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub tls_handshake_timeout: Option<f64>,
@@ -194,8 +194,8 @@ pub struct Args {
     #[arg(long, value_name = "ACCESS")]
     pub default_access: Option<String>,
     /// Do not accept `Authorization: Basic` (sessions and Bearer tokens only).
-    #[arg(long)]
-    pub no_basic_auth: bool,
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub no_basic_auth: Option<bool>,
     /// A request header whose presence satisfies the CSRF check (e.g. X-Requested-With).
     #[arg(long, value_name = "NAME")]
     pub csrf_header: Option<String>,
@@ -582,8 +582,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
                 .unwrap_or(limits::HSTS_MAX_AGE_DEFAULT),
         },
         cpus,
-        pin: !(args.no_pin || file.no_pin.unwrap_or(false)),
-        multishot_poll: !(args.no_multishot_poll || file.no_multishot_poll.unwrap_or(false)),
+        pin: !args.no_pin.or(file.no_pin).unwrap_or(false),
+        multishot_poll: !args
+            .no_multishot_poll
+            .or(file.no_multishot_poll)
+            .unwrap_or(false),
         backlog: positive(
             "backlog",
             args.backlog.or(file.backlog),
@@ -667,7 +670,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("percore-data")),
-        expose_shard: args.expose_shard || file.expose_shard.unwrap_or(false),
+        expose_shard: args.expose_shard.or(file.expose_shard).unwrap_or(false),
         session: SessionConfig {
             cookie_name: cookie_name(args.session_cookie.or(file.session_cookie))?,
             cookie_max_age: args.session_cookie_max_age.or(file.session_cookie_max_age),
@@ -697,7 +700,10 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
                     .or(file.max_session_revocations),
                 limits::SESSION_REVOCATIONS_MAX_DEFAULT,
             )?,
-            persist: !(args.no_session_persist || file.no_session_persist.unwrap_or(false)),
+            persist: !args
+                .no_session_persist
+                .or(file.no_session_persist)
+                .unwrap_or(false),
             snapshot_interval: seconds(
                 "session-snapshot-interval",
                 args.session_snapshot_interval
@@ -789,7 +795,10 @@ fn listeners(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     let mut loader = TlsLoader {
-        refuse_expired: args.tls_refuse_expired || file.tls_refuse_expired.unwrap_or(false),
+        refuse_expired: args
+            .tls_refuse_expired
+            .or(file.tls_refuse_expired)
+            .unwrap_or(false),
         now: SystemTime::now(),
         loaded: Vec::new(),
     };
@@ -947,7 +956,7 @@ fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
         users: Arc::new(users),
         tokens: Arc::new(tokens),
         access: Arc::new(access),
-        basic: !(args.no_basic_auth || file.no_basic_auth.unwrap_or(false)),
+        basic: !args.no_basic_auth.or(file.no_basic_auth).unwrap_or(false),
         csrf_header,
         limiter: LimiterConfig {
             failures_max: positive(
@@ -1196,6 +1205,22 @@ mod tests {
                 .multishot_poll
         );
         assert!(!merged(&["--no-multishot-poll"], "").unwrap().multishot_poll);
+        // An on/off flag set in the file is turned off by `--flag=false` (review: the file's
+        // `true` could not be overridden).
+        assert!(merged(&["--no-pin=false"], "no_pin = true").unwrap().pin);
+        assert!(
+            !merged(&["--expose-shard=false"], "expose_shard = true")
+                .unwrap()
+                .expose_shard
+        );
+        assert!(merged(&["--expose-shard"], "").unwrap().expose_shard);
+        assert!(
+            merged(&["--no-session-persist=false"], "no_session_persist = true")
+                .unwrap()
+                .session
+                .persist
+        );
+        assert!(merged(&["--no-pin=maybe"], "").is_err());
         // A flag for either of cores and shards overrides the file's, whichever key it used.
         assert_eq!(
             merged(&["--cores", "0"], "shards = 2").unwrap().cpus,
