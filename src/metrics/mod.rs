@@ -158,6 +158,9 @@ shard_stats! {
     /// Multishot polls the readiness ring queued: one per such connection, plus a re-arm for
     /// each poll the kernel ended (a full completion queue); never one per request.
     ready_polls_armed,
+    /// Request heads parsed and served. A head refused before it was whole (400, 414, 431,
+    /// 505, a 408 for a head that timed out) is not a request: it counts in `protocol_errors`
+    /// and in its status class.
     requests,
     /// Pipelined GET/HEAD requests served at once with others of their connection (--pipeline-parallel).
     requests_parallel,
@@ -168,12 +171,18 @@ shard_stats! {
     status_3xx,
     status_4xx,
     status_5xx,
+    /// Times the shard stopped accepting at `--max-conns`, and the microseconds it spent there.
     conns_max_reached,
     conns_max_wait_us,
+    /// Connections ended by a timeout: a request head not whole in `--header-timeout` (408; a
+    /// new connection that sent nothing, closed without an answer), a keep-alive connection
+    /// idle for `--keepalive-timeout`, a body stalled for `--body-timeout`, a client that stopped
+    /// reading for `--write-timeout`.
     timeouts_header,
     timeouts_idle,
     timeouts_body,
     timeouts_write,
+    /// Requests and bodies refused as malformed or past a bound (the 4xx/5xx that close).
     protocol_errors,
     /// TLS handshakes completed, failed (bad client hello, no common version or ALPN), cut off
     /// by the handshake timeout, and made to wait at the concurrent-handshake bound.
