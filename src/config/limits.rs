@@ -148,12 +148,6 @@ pub const REVOKED_WAIT_MAX: Duration = Duration::from_secs(5);
 /// size and recovery time (replaying 64 MiB takes well under a second).
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
-/// Bytes recovery may checksum while looking past a bad record for an intact one (the proof of
-/// damage in the middle of a log rather than a torn tail). Real logs need a few records' worth
-/// (padding and stale bytes fail cheaply on their length field); the bound only stops crafted
-/// bytes that look like a maximal record at every offset. CRC32 runs at several GB/s: a second.
-pub const RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX: u64 = 4 << 30;
-
 /// Memory glommio registers with io_uring per executor. glommio's default (10 MiB) exceeds the
 /// common 8 MiB RLIMIT_MEMLOCK once there are two shards; we do not use registered buffers for
 /// sockets, so a small region is enough.

@@ -48,16 +48,26 @@ enum Control {
     Users(Arc<Users>),
 }
 
-/// Tells the main thread whether an executor thread came up: `Ok(index)` when a shard is ready,
-/// `Err(name)` when the report is dropped first, which is what happens when glommio cannot build
-/// the executor (it drops the closure holding this and ends the thread without a word).
+/// What the threads tell the main thread while the server starts.
+enum Started {
+    /// A shard read its transaction log: whole, or the start's error line (`LogGate`).
+    LogRead(Result<(), String>),
+    /// A shard is serving.
+    Ready,
+    /// This thread ended before it was ready (`StartReport`).
+    Lost(String),
+}
+
+/// Tells the main thread whether an executor thread came up: `Ready` when a shard is ready,
+/// `Lost(name)` when the report is dropped first, which is what happens when glommio cannot
+/// build the executor (it drops the closure holding this and ends the thread without a word).
 struct StartReport {
-    sender: Option<mpsc::Sender<Result<usize, String>>>,
+    sender: Option<mpsc::Sender<Started>>,
     what: String,
 }
 
 impl StartReport {
-    fn new(sender: mpsc::Sender<Result<usize, String>>, what: String) -> StartReport {
+    fn new(sender: mpsc::Sender<Started>, what: String) -> StartReport {
         StartReport {
             sender: Some(sender),
             what,
@@ -65,9 +75,9 @@ impl StartReport {
     }
 
     /// The shard is serving.
-    fn ready(mut self, index: usize) {
+    fn ready(mut self) {
         if let Some(sender) = self.sender.take() {
-            let _ = sender.send(Ok(index));
+            let _ = sender.send(Started::Ready);
         }
     }
 
@@ -80,7 +90,7 @@ impl StartReport {
 impl Drop for StartReport {
     fn drop(&mut self) {
         if let Some(sender) = self.sender.take() {
-            let _ = sender.send(Err(std::mem::take(&mut self.what)));
+            let _ = sender.send(Started::Lost(std::mem::take(&mut self.what)));
         }
     }
 }
@@ -98,7 +108,28 @@ struct ShardInit {
     auth_mesh: MeshBuilder<Envelope<LimitRequest, LimitReply>, Full>,
     control: SharedReceiver<Control>,
     ready: StartReport,
+    log_read: LogGate,
     app: &'static AppFactory,
+}
+
+/// Holds a shard between reading its transaction log and changing anything in the data dir:
+/// it reports whether its log is whole, and goes on only once every shard's is. A damaged log
+/// on one shard then refuses the start before a healthy shard cuts its torn tail, checkpoints
+/// or deletes old segments (found in review: a refused start used to leave the other shards'
+/// logs rewritten).
+struct LogGate {
+    verdict: mpsc::Sender<Started>,
+    go: mpsc::Receiver<()>,
+}
+
+impl LogGate {
+    /// Reports `verdict` and blocks until every shard has: true to go on. Blocking the executor
+    /// is fine here: every mesh is joined, and nothing else runs on the shard yet.
+    fn pass(self, verdict: Result<(), String>) -> bool {
+        let whole = verdict.is_ok();
+        let _ = self.verdict.send(Started::LogRead(verdict));
+        whole && self.go.recv().is_ok()
+    }
 }
 
 /// Runs the server until a graceful shutdown completes. Prints `listening on http://ADDR` once
@@ -154,6 +185,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let txn_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let auth_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let (ready_tx, ready_rx) = mpsc::channel();
+    let mut log_gos = Vec::with_capacity(shard_count);
     let mut controls = Vec::with_capacity(shard_count);
     let mut handles = Vec::with_capacity(shard_count);
     // Each shard reports here once it has stopped (drained, log synced, snapshot written), and
@@ -166,6 +198,8 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         let cpu = config.cpus[index];
         let (control_tx, control_rx) = shared_channel::new_bounded(4);
         controls.push(control_tx);
+        let (go_tx, go_rx) = mpsc::channel();
+        log_gos.push(go_tx);
         let init = ShardInit {
             index,
             cpu,
@@ -178,6 +212,10 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             auth_mesh: auth_mesh.clone(),
             control: control_rx,
             ready: StartReport::new(ready_tx.clone(), format!("shard {index} (CPU {cpu})")),
+            log_read: LogGate {
+                verdict: ready_tx.clone(),
+                go: go_rx,
+            },
             app,
         };
         let placement = if config.pin {
@@ -220,13 +258,25 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         serving.clone(),
         stopped_tx,
     )?;
-    // A shard whose executor could not be built (no file descriptors left, io_uring memory,
-    // CPU binding) never runs: glommio drops its closure, whose report says so here. Without
-    // it, the other shards spin forever waiting to connect to it (found by a stress run).
-    for _ in 0..shard_count {
+    // Every shard reads its log before any changes a file (`LogGate`): they go on once all
+    // have, and the first damaged log ends the start. A shard whose executor could not be
+    // built (no file descriptors left, io_uring memory, CPU binding) never runs: glommio drops
+    // its closure, whose report says so here. Without it, the other shards spin forever waiting
+    // to connect to it (found by a stress run).
+    let (mut logs_read, mut ready) = (0, 0);
+    while ready < shard_count {
         match ready_rx.recv() {
-            Ok(Ok(_)) => {}
-            Ok(Err(what)) => {
+            Ok(Started::LogRead(Ok(()))) => {
+                logs_read += 1;
+                if logs_read == shard_count {
+                    for go in &log_gos {
+                        let _ = go.send(());
+                    }
+                }
+            }
+            Ok(Started::LogRead(Err(e))) => return Err(StartError(e)),
+            Ok(Started::Ready) => ready += 1,
+            Ok(Started::Lost(what)) => {
                 return Err(StartError(format!(
                     "{what} could not start its executor (out of file descriptors, io_uring memory or CPU binding?)"
                 )));
@@ -603,10 +653,25 @@ async fn shard_main(init: ShardInit) {
     // replay): joining waits for every shard, and a shard that waits to join while another
     // reads a large file spins (glommio's channel connect).
     let (auth, auth_mesh) = start_auth(&init.config, init.auth_mesh, init.index, limits).await;
+    let dir = &init.config.data_dir;
+    let recovered = crate::txn::service::read_log(dir, init.index);
+    let verdict = match &recovered {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "shard {}: cannot open the transaction log in {}: {e}",
+            init.index,
+            dir.display()
+        )),
+    };
+    if !init.log_read.pass(verdict) {
+        // The main thread refuses the start (this shard's log or another's).
+        return;
+    }
+    let recovered = recovered.expect("a log that failed to read does not pass the gate");
     if let Some(dir) = &data_dir {
         sessions.load(dir);
     }
-    let txn = match Txn::start(&init.config.data_dir, &init.config.txn, txn_mesh.clone()).await {
+    let txn = match Txn::start(dir, &init.config.txn, txn_mesh.clone(), recovered).await {
         Ok(txn) => txn,
         Err(e) => {
             crate::log_line!(
@@ -651,7 +716,7 @@ async fn shard_main(init: ShardInit) {
     // Before the ready report: the main thread erases the TLS ticket seeds once every shard
     // is ready, so every acceptor must have taken its copy by then.
     let listeners = prepare_listeners(&shard, init.listeners, init.https_port);
-    init.ready.ready(init.index);
+    init.ready.ready();
 
     // Accepting starts when every shard is ready (the signal thread says so): no connection is
     // served while another shard still replays its log, and a signal before that exits at once.

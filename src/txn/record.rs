@@ -274,8 +274,6 @@ pub enum After {
     Nothing,
     /// A whole record that validates at this offset: the bad record is damage, not a torn tail.
     Record(usize),
-    /// The look-ahead reached `RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX` at this offset, undecided.
-    Undecided(usize),
 }
 
 /// Looks for a whole record after the bad one at `bad` in a segment's bytes, one that validates
@@ -283,8 +281,14 @@ pub enum After {
 /// after the true end there are only the fill's zeros and stale bytes (DMA padding, a reused
 /// buffer), which fail their salted checksum where they lie. Zero runs are skipped a run at a
 /// time (a record's type byte, its ninth, is never zero), so a 64 MiB fill costs one pass.
-pub fn look_past(buf: &[u8], bad: usize, segment: u64, checksum_bytes_max: u64) -> After {
-    let mut checksummed = 0u64;
+///
+/// Every other offset is a candidate, and stale binary values make thousands of them claim a
+/// length near the bound; checksumming each claimed payload would cost a megabyte per offset.
+/// The checksum of any slice comes from the segment's prefix checksums instead (`Prefixes`),
+/// at a cost that does not depend on the length claimed: the look-ahead is linear in the bytes
+/// it passes and needs no budget, so it never gives up undecided.
+pub fn look_past(buf: &[u8], bad: usize, segment: u64) -> After {
+    let prefixes = Prefixes::new(buf);
     let mut offset = bad + 1;
     while offset + FRAME_HEADER_BYTES <= buf.len() {
         let type_at = offset + FRAME_HEADER_BYTES - 1;
@@ -303,18 +307,76 @@ pub fn look_past(buf: &[u8], bad: usize, segment: u64, checksum_bytes_max: u64) 
         ]) as usize;
         let end = offset + FRAME_HEADER_BYTES + len;
         if len <= RECORD_PAYLOAD_BYTES_MAX && end <= buf.len() {
-            checksummed += len as u64;
-            if checksummed > checksum_bytes_max {
-                return After::Undecided(offset);
-            }
             let salt = position_salt(segment, offset as u64);
-            if let Ok(Some(_)) = decode_at(&buf[offset..end], salt) {
+            let crc = u32::from_le_bytes([
+                buf[offset + 4],
+                buf[offset + 5],
+                buf[offset + 6],
+                buf[offset + 7],
+            ]);
+            // `checksum(salt, len, type_and_payload)`, its long part from the prefixes.
+            let mut head = crc32fast::Hasher::new();
+            head.update(&salt.to_le_bytes());
+            head.update(&buf[offset..offset + 4]);
+            let rest = prefixes.slice(offset + 8, end);
+            head.combine(&crc32fast::Hasher::new_with_initial_len(
+                rest,
+                (end - offset - 8) as u64,
+            ));
+            if head.finalize() == crc
+                && let Ok(Some(_)) = decode_at(&buf[offset..end], salt)
+            {
                 return After::Record(offset);
             }
         }
         offset += 1;
     }
     After::Nothing
+}
+
+/// Bytes hashed between two stored prefix checksums: the most `Prefixes::slice` hashes twice.
+const PREFIX_STRIDE_BYTES: usize = 1024;
+
+/// The CRC-32 of every `PREFIX_STRIDE_BYTES`-th prefix of a buffer, from which the CRC-32 of any
+/// slice follows in time independent of its length: CRC-32 is linear, so
+/// `crc(a ++ b) = crc(a) shifted by len(b) ^ crc(b)`, and crc32fast shifts a checksum (its
+/// `combine`) in a few dozen word operations.
+struct Prefixes<'a> {
+    buf: &'a [u8],
+    /// `crcs[k]` = crc32(buf[..k * PREFIX_STRIDE_BYTES]).
+    crcs: Vec<u32>,
+}
+
+impl<'a> Prefixes<'a> {
+    fn new(buf: &'a [u8]) -> Prefixes<'a> {
+        let mut crcs = Vec::with_capacity(buf.len() / PREFIX_STRIDE_BYTES + 1);
+        let mut hasher = crc32fast::Hasher::new();
+        crcs.push(hasher.clone().finalize());
+        for stride in buf.chunks_exact(PREFIX_STRIDE_BYTES) {
+            hasher.update(stride);
+            crcs.push(hasher.clone().finalize());
+        }
+        Prefixes { buf, crcs }
+    }
+
+    /// crc32(buf[..end]).
+    fn prefix(&self, end: usize) -> u32 {
+        let stored = end / PREFIX_STRIDE_BYTES;
+        let from = stored * PREFIX_STRIDE_BYTES;
+        let mut hasher = crc32fast::Hasher::new_with_initial_len(self.crcs[stored], from as u64);
+        hasher.update(&self.buf[from..end]);
+        hasher.finalize()
+    }
+
+    /// crc32(buf[start..end]).
+    fn slice(&self, start: usize, end: usize) -> u32 {
+        let mut shifted = crc32fast::Hasher::new_with_initial_len(self.prefix(start), 0);
+        shifted.combine(&crc32fast::Hasher::new_with_initial_len(
+            0,
+            (end - start) as u64,
+        ));
+        self.prefix(end) ^ shifted.finalize()
+    }
 }
 
 /// Appends the `SnapshotEnd` record that makes a snapshot's record list complete.
@@ -940,7 +1002,65 @@ mod tests {
         assert!(read_snapshot(&no_begin).unwrap_err().contains("begin"));
     }
 
+    /// A segment's records, then a torn tail of stale binary values (what a DMA buffer held
+    /// before: every other offset claims a length near the record bound), then the fill's zeros.
+    fn segment_with_binary_tail(segment: u64, junk: usize) -> (Vec<u8>, usize) {
+        let value = Bytes::from([0x0fu8, 0, 0x0f, 0].repeat(3000));
+        let mut buf = Vec::new();
+        for version in 1..=3 {
+            let record = Record::Commit {
+                tx: None,
+                version,
+                writes: vec![(b("key"), Some(value.clone()))],
+            };
+            encode_at(&record, position_salt(segment, buf.len() as u64), &mut buf);
+        }
+        let end = buf.len();
+        buf.extend_from_slice(&[0x0f, 0, 0x0f, 0].repeat(junk / 4));
+        buf.resize(buf.len() + (1 << 20), 0);
+        (buf, end)
+    }
+
+    /// Found in review: with binary values in the stale bytes after a torn tail, the look-ahead
+    /// checksummed ~1 MB per offset, ran out of its budget within 9 KB and refused the start.
+    #[test]
+    fn looking_past_a_torn_tail_of_binary_values_finds_nothing() {
+        let (buf, end) = segment_with_binary_tail(7, 32 * 1024);
+        let scan = scan_segment(&buf, 7);
+        assert_eq!(scan.valid_bytes, end);
+        assert!(scan.tail.is_some());
+        assert_eq!(look_past(&buf, end, 7), After::Nothing);
+    }
+
+    #[test]
+    fn looking_past_binary_values_finds_the_record_after_them() {
+        let (mut buf, end) = segment_with_binary_tail(7, 32 * 1024);
+        let at = end + 32 * 1024 + 3;
+        let mut record = Vec::new();
+        encode_at(
+            &Record::Epoch { epoch: 9 },
+            position_salt(7, at as u64),
+            &mut record,
+        );
+        buf[at..at + record.len()].copy_from_slice(&record);
+        assert_eq!(look_past(&buf, end, 7), After::Record(at));
+        // The same bytes where another segment's salt applies: stale, not evidence.
+        assert_eq!(look_past(&buf, end, 8), After::Nothing);
+    }
+
     proptest! {
+        #[test]
+        fn a_slice_checksum_from_prefixes_is_the_slice_checksum(
+            buf in proptest::collection::vec(any::<u8>(), 0..5000),
+            a in any::<usize>(),
+            b in any::<usize>(),
+        ) {
+            let (a, b) = (a % (buf.len() + 1), b % (buf.len() + 1));
+            let (start, end) = (a.min(b), a.max(b));
+            let prefixes = Prefixes::new(&buf);
+            prop_assert_eq!(prefixes.slice(start, end), crc32fast::hash(&buf[start..end]));
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let scanned = scan(&bytes);

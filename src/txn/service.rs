@@ -8,7 +8,6 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use crate::config::TxnConfig;
-use crate::config::limits::RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX;
 use crate::mesh::Mesh;
 use crate::runtime::now_ms;
 use crate::txn::op::{Op, TxError};
@@ -38,6 +37,19 @@ pub struct Recovered {
     /// The segment holding that checkpoint. An earlier run with `--fsync off` may have written it
     /// without an fdatasync: it is synced before `superseded` go.
     pub checkpoint: Option<PathBuf>,
+    /// Segments to cut where reading stopped (`Recovered::cut`).
+    cuts: Vec<Cut>,
+    /// Bytes of log read, for the start-up report.
+    pub log_bytes: u64,
+}
+
+/// A segment that reading stopped short of its end, and the torn record it ends in (None when
+/// only zeros follow).
+#[derive(Debug)]
+struct Cut {
+    path: PathBuf,
+    valid_bytes: usize,
+    torn: Option<CorruptTail>,
 }
 
 /// A log replay this long is announced on stderr (it can take seconds).
@@ -52,30 +64,27 @@ struct Scanned {
     cut_at: Option<usize>,
     /// A bad record (not zeros), and what follows it in the same segment.
     bad: Option<(CorruptTail, After)>,
+    /// The file's length.
+    bytes: u64,
 }
 
-/// Reads a shard's log segments: the newest segment that starts with a complete checkpoint, and
-/// everything after it. A bad record with nothing intact after it, in its segment or a later one,
-/// is a torn tail: reported and cut off; nothing before it is lost. A bad record that intact
-/// records follow is damage, not a torn write (records are salted by position, so stale bytes
-/// never validate where they lie): an error, and nothing is changed, because cutting there would
-/// drop acknowledged transactions, on this shard only. So is a whole record of a type this build
-/// does not know (a newer build's).
+/// `read_log` and then `Recovered::cut`: a shard's log, read and cut at its torn tail.
 pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
+    let recovered = read_log(dir, shard)?;
+    recovered.cut(shard)?;
+    Ok(recovered)
+}
+
+/// Reads a shard's log segments, changing nothing: the newest segment that starts with a
+/// complete checkpoint, and everything after it. A bad record with nothing intact after it, in
+/// its segment or a later one, is a torn tail: nothing before it is lost, and `Recovered::cut`
+/// cuts it off. A bad record that intact records follow is damage, not a torn write (records are
+/// salted by position, so stale bytes never validate where they lie): an error, because cutting
+/// there would drop acknowledged transactions, on this shard only. So is a whole record of a
+/// type this build does not know (a newer build's). Every shard's log is read before any is cut
+/// (runtime::run), so a refused start changes no shard's files.
+pub fn read_log(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     let segments = wal::segments(dir, shard)?;
-    let bytes: u64 = segments
-        .iter()
-        .filter_map(|(_, path)| std::fs::metadata(path).ok())
-        .map(|meta| meta.len())
-        .sum();
-    if bytes >= REPLAY_ANNOUNCE_BYTES {
-        // Start-up waits for this; say why (a checkpoint bounds it: --checkpoint-bytes).
-        crate::log_line!(
-            "percore: shard {shard}: replaying {} MiB of log in {}",
-            bytes >> 20,
-            dir.display()
-        );
-    }
     let segment_next = segments.last().map_or(0, |(n, _)| n + 1);
     let mut scanned = Vec::with_capacity(segments.len());
     for (number, path) in segments {
@@ -89,15 +98,30 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
         .rposition(|segment| complete_checkpoint(&segment.records))
         .unwrap_or(0);
     check_damage(&scanned, start).map_err(std::io::Error::other)?;
-    // Superseded segments are deleted once the checkpoint is synced; nothing is read from them.
-    for segment in &scanned[start..] {
-        cut(shard, segment)?;
-    }
     let mut recovered = Recovered {
         segment_next,
         ..Default::default()
     };
-    for (index, Scanned { path, records, .. }) in scanned.into_iter().enumerate() {
+    for (index, segment) in scanned.into_iter().enumerate() {
+        let Scanned {
+            path,
+            records,
+            cut_at,
+            bad,
+            bytes,
+        } = segment;
+        recovered.log_bytes += bytes;
+        // Superseded segments are deleted once the checkpoint is synced; nothing is read from
+        // them, and they are not cut.
+        if index >= start
+            && let Some(valid_bytes) = cut_at
+        {
+            recovered.cuts.push(Cut {
+                path: path.clone(),
+                valid_bytes,
+                torn: bad.map(|(tail, _)| tail),
+            });
+        }
         if index < start {
             recovered.superseded.push(path);
             continue;
@@ -115,6 +139,31 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
         );
     }
     Ok(recovered)
+}
+
+impl Recovered {
+    /// Cuts each segment where reading stopped (never appended to again, a restart opens a new
+    /// segment, but the file is kept honest), synced: a cut lost to a power failure would bring
+    /// the bad tail back in front of the segments this run writes, where it would read as
+    /// damage. Only once every shard's log was read without error.
+    pub fn cut(&self, shard: usize) -> std::io::Result<()> {
+        for cut in &self.cuts {
+            if let Some(tail) = &cut.torn {
+                crate::log_line!(
+                    "percore: shard {shard}: log {} ends in an unfinished write at byte {} ({:?}, \
+                     nothing intact after it; expected after a crash, nothing acknowledged is in \
+                     it): cut off there",
+                    cut.path.display(),
+                    tail.offset,
+                    tail.reason
+                );
+            }
+            let file = std::fs::OpenOptions::new().write(true).open(&cut.path)?;
+            file.set_len(cut.valid_bytes as u64)?;
+            file.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 /// Scans one segment's bytes and, past a bad record, looks for intact ones.
@@ -137,16 +186,12 @@ fn scan(bytes: &[u8], number: u64, path: PathBuf) -> std::io::Result<Scanned> {
         )));
     }
     let bad = bad.map(|tail| {
-        let after = record::look_past(
-            bytes,
-            tail.offset,
-            number,
-            RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX,
-        );
+        let after = record::look_past(bytes, tail.offset, number);
         (tail, after)
     });
     Ok(Scanned {
         path,
+        bytes: bytes.len() as u64,
         records: scan.records,
         cut_at: scan.tail.map(|_| scan.valid_bytes),
         bad,
@@ -204,13 +249,6 @@ fn check_damage(scanned: &[Scanned], start: usize) -> Result<(), String> {
                 let evidence = format!("an intact record follows at byte {at}");
                 return damaged(&segment.path, tail.offset, &what, evidence);
             }
-            After::Undecided(at) => {
-                let evidence = format!(
-                    "what follows could not be checked past byte {at} \
-                     (RECOVERY_LOOKAHEAD_CHECKSUM_BYTES_MAX)"
-                );
-                return damaged(&segment.path, tail.offset, &what, evidence);
-            }
             After::Nothing => {}
         }
         if let Some(later) = scanned[index + 1..].iter().find(|s| !s.records.is_empty()) {
@@ -219,29 +257,6 @@ fn check_damage(scanned: &[Scanned], start: usize) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Cuts a segment where reading stopped (never appended to again, a restart opens a new segment,
-/// but the file is kept honest), synced: a cut lost to a power failure would bring the bad tail
-/// back in front of the segments this run writes, where it would read as damage.
-fn cut(shard: usize, segment: &Scanned) -> std::io::Result<()> {
-    let Some(valid_bytes) = segment.cut_at else {
-        return Ok(());
-    };
-    if let Some((tail, _)) = &segment.bad {
-        crate::log_line!(
-            "percore: shard {shard}: log {} ends in an unfinished write at byte {} ({:?}, nothing \
-             intact after it; expected after a crash, nothing acknowledged is in it): cut off there",
-            segment.path.display(),
-            tail.offset,
-            tail.reason
-        );
-    }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment.path)?;
-    file.set_len(valid_bytes as u64)?;
-    file.sync_all()
 }
 
 /// Why `transact` did not commit.
@@ -321,15 +336,24 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// Recovers the shard's partition from its log and opens a new log segment. Blocking reads at
-    /// start-up only.
+    /// Recovers the shard's partition from its log as `read_log` read it, cuts the log's torn
+    /// tail and opens a new log segment. Blocking IO at start-up only.
     pub async fn start(
         dir: &Path,
         config: &TxnConfig,
         mesh: Rc<TxnMesh>,
+        recovered: Recovered,
     ) -> std::io::Result<Rc<Txn>> {
         let shard = mesh.shard();
-        let recovered = recover(dir, shard)?;
+        recovered.cut(shard)?;
+        if recovered.log_bytes >= REPLAY_ANNOUNCE_BYTES {
+            // Start-up waits for this; say why (a checkpoint bounds it: --checkpoint-bytes).
+            crate::log_line!(
+                "percore: shard {shard}: replaying {} MiB of log in {}",
+                recovered.log_bytes >> 20,
+                dir.display()
+            );
+        }
         let (node, actions) = Node::recover(
             shard,
             mesh.shard_count(),
