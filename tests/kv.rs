@@ -1719,6 +1719,32 @@ fn another_shard_count_on_an_existing_log_stops_the_start_and_writes_nothing() {
     }
 }
 
+/// Found in review: a kill -9 during the very first start-up can leave one shard's new segment
+/// created but never written (empty, or only the zero fill) before another shard created its
+/// own; the layout check read that as a log of shard 1 without shard 0 and refused every later
+/// start. A segment that holds nothing says nothing about the shard count.
+#[test]
+fn segments_a_first_start_left_unwritten_do_not_stop_the_next() {
+    let tmp = common::temp_dir("kv-unwritten");
+    let dir = tmp.path().to_str().unwrap();
+    std::fs::write(tmp.path().join("wal-1-0000000000.log"), b"").unwrap();
+    std::fs::write(tmp.path().join("wal-3-0000000000.log"), vec![0; 1 << 20]).unwrap();
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for (key, value) in written_keys("after-", 6) {
+        assert_eq!(put(&mut conn, &key, &value, &[]).status, 201, "{key}");
+    }
+    drop(conn);
+    server.crash();
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for (key, value) in written_keys("after-", 6) {
+        assert_eq!(get(&mut conn, &key).body, value, "{key}");
+    }
+}
+
 /// Found in review: a flipped byte in the middle of a log cut every committed record after it
 /// (on one shard: the other half of a cross-shard transaction stayed). Intact records after a bad
 /// one prove damage, not a torn write: the start stops with exit 2 and one line naming the file

@@ -648,8 +648,15 @@ fn sigterm_during_a_long_log_replay_exits_at_once_and_loses_nothing() {
     }
     std::fs::write(percore::wal::segment_path(data.path(), 0, 0), &log).unwrap();
     drop(log);
-    // The log of a 2-shard run: shard 1's (empty) segment too, or the start is refused.
-    std::fs::write(percore::wal::segment_path(data.path(), 1, 0), b"").unwrap();
+    // The log of a 2-shard run: shard 1's segment too (with its epoch record, as every run
+    // writes), or the start is refused.
+    let mut epoch = Vec::new();
+    record::encode_at(
+        &Record::Epoch { epoch: 1 },
+        record::position_salt(0, 0),
+        &mut epoch,
+    );
+    std::fs::write(percore::wal::segment_path(data.path(), 1, 0), &epoch).unwrap();
 
     let mut child = std::process::Command::new(common::BIN)
         .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])

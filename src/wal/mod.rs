@@ -56,12 +56,33 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 pub const PREFILL_CHUNK_BYTES: u64 = 1024 * 1024;
 
 pub fn segment_path(dir: &Path, shard: usize, segment: u64) -> PathBuf {
-    dir.join(format!("wal-{shard}-{segment:010}.log"))
+    dir.join(segment_name(shard, segment))
 }
 
-/// The segments of `shard` in `dir`, oldest first.
-pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
-    let prefix = format!("wal-{shard}-");
+fn segment_name(shard: usize, segment: u64) -> String {
+    format!("wal-{shard}-{segment:010}.log")
+}
+
+/// The shard and number of a log segment's file name, only in the form `segment_path` writes
+/// (`wal-{shard}-{segment:010}.log`): digits only, no leading zeros in the shard, the number as
+/// wide as it is written. `segments` and `check_layout` both go by it, so a stray name such as
+/// `wal-01-0000000000.log` is no segment to either.
+pub fn parse_segment_name(name: &str) -> Option<(usize, u64)> {
+    let (shard, segment) = name
+        .strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(shard) || !digits(segment) {
+        return None;
+    }
+    let (shard, segment) = (shard.parse().ok()?, segment.parse().ok()?);
+    (segment_name(shard, segment) == name).then_some((shard, segment))
+}
+
+/// Every log segment in `dir` (shard, number, path), in no order. Err for one that is not a
+/// regular file (a directory or a socket named like a segment): recovery could not read it.
+fn segment_files(dir: &Path) -> io::Result<Vec<(usize, u64, PathBuf)>> {
     let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -70,43 +91,67 @@ pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
     };
     for entry in entries {
         let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        let Some((shard, number)) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_segment_name)
+        else {
             continue;
         };
-        let number = name
-            .strip_prefix(&prefix)
-            .and_then(|r| r.strip_suffix(".log"));
-        if let Some(Ok(number)) = number.map(str::parse::<u64>) {
-            found.push((number, path));
+        // Follows a symbolic link: a segment moved elsewhere and linked back is still one.
+        if !std::fs::metadata(&path)?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is named like a log segment but is not a file",
+                    path.display()
+                ),
+            ));
         }
+        found.push((shard, number, path));
     }
+    Ok(found)
+}
+
+/// The segments of `shard` in `dir`, oldest first.
+pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found: Vec<(u64, PathBuf)> = segment_files(dir)?
+        .into_iter()
+        .filter(|(of, _, _)| *of == shard)
+        .map(|(_, number, path)| (number, path))
+        .collect();
     found.sort();
     Ok(found)
+}
+
+/// Whether a segment holds anything: one that a crash left empty or only zero-filled (created,
+/// never written: a kill during a first start-up) says nothing about the shard count.
+fn holds_records(path: &Path) -> io::Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let read = file.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(false);
+        }
+        if chunk[..read].iter().any(|&b| b != 0) {
+            return Ok(true);
+        }
+    }
 }
 
 /// Refuses a data dir whose log files are not exactly those of `shard_count` shards: a key lives
 /// on the shard `hash(key) mod shard_count` (txn/op.rs) and each shard replays only its own
 /// files, so another count would hide keys, lose acknowledged writes on a later return to the
 /// old count, and leave a shard's in-doubt transactions naming shards that no longer exist.
-/// Called before any shard starts, so a refused start writes nothing. An empty dir fits any count.
+/// Called before any shard starts, so a refused start writes nothing. An empty dir fits any
+/// count, and so do segments that hold nothing (`holds_records`).
 pub fn check_layout(dir: &Path, shard_count: usize) -> Result<(), String> {
+    let fail = |e: io::Error| format!("--data-dir {}: {e}", dir.display());
     let mut present = std::collections::BTreeSet::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("--data-dir {}: {e}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
-        let name = entry.file_name();
-        let Some((shard, segment)) = name.to_str().and_then(|n| {
-            n.strip_prefix("wal-")?
-                .strip_suffix(".log")?
-                .split_once('-')
-        }) else {
-            continue;
-        };
-        if let (Ok(shard), Ok(_)) = (shard.parse::<usize>(), segment.parse::<u64>()) {
+    for (shard, _, path) in segment_files(dir).map_err(fail)? {
+        if !present.contains(&shard) && holds_records(&path).map_err(fail)? {
             present.insert(shard);
         }
     }
@@ -571,7 +616,9 @@ mod tests {
             .unwrap()
     }
 
-    /// (log files present, shard count) -> None when it may start, else a part of the error.
+    /// (log files present, shard count) -> None when it may start, else a part of the error. A
+    /// file holds a record's bytes unless its name is marked: `empty:` (0 bytes), `zeros:` (a
+    /// zero fill, never written) or `dir:` (a directory).
     #[test]
     fn check_layout_accepts_only_the_shard_count_that_wrote_the_log() {
         let cases: &[(&[&str], usize, Option<&str>)] = &[
@@ -600,6 +647,42 @@ mod tests {
                 Some("none of shard 1"),
             ),
             (&["wal-1-0000000000.log"], 2, Some("none of shard 0")),
+            // Found in review: a kill during the first start-up left shard 1's new segment
+            // empty, before shard 0 created one, and every later start was refused.
+            (&["empty:wal-1-0000000000.log"], 2, None),
+            (&["zeros:wal-1-0000000000.log"], 2, None),
+            (&["empty:wal-3-0000000000.log"], 1, None),
+            (
+                &["wal-0-0000000001.log", "zeros:wal-1-0000000000.log"],
+                2,
+                Some("written by 1 shard; start with 1 shard"),
+            ),
+            // Found in review: names were parsed leniently, so a stray `wal-01-` file counted
+            // as shard 1's log (and half the keys of a one-shard log went missing).
+            (
+                &["wal-0-0000000000.log", "wal-01-0000000000.log"],
+                2,
+                Some("written by 1 shard"),
+            ),
+            (
+                &["wal-0-0000000000.log", "wal-+1-0000000000.log"],
+                2,
+                Some("written by 1 shard"),
+            ),
+            (
+                &[
+                    "wal-0-0000000000.log",
+                    "wal-1-+000000000.log",
+                    "wal-1-0.log",
+                ],
+                2,
+                Some("written by 1 shard"),
+            ),
+            (
+                &["wal-0-0000000000.log", "dir:wal-1-0000000000.log"],
+                2,
+                Some("wal-1-0000000000.log is named like a log segment but is not a file"),
+            ),
             // Not log files: ignored.
             (
                 &["wal-5-x.log", "wal-7-0000000000.tmp", "sessions-3.snap"],
@@ -610,7 +693,17 @@ mod tests {
         for (files, shard_count, expected) in cases {
             let tmp = temp_dir("layout");
             for file in *files {
-                std::fs::write(tmp.path().join(file), b"").unwrap();
+                if let Some(name) = file.strip_prefix("empty:") {
+                    std::fs::write(tmp.path().join(name), b"").unwrap();
+                } else if let Some(name) = file.strip_prefix("zeros:") {
+                    std::fs::write(tmp.path().join(name), vec![0; 100_000]).unwrap();
+                } else if let Some(name) = file.strip_prefix("dir:") {
+                    std::fs::create_dir(tmp.path().join(name)).unwrap();
+                } else {
+                    let mut record = vec![0; 100_000];
+                    record[99_999] = 1;
+                    std::fs::write(tmp.path().join(file), record).unwrap();
+                }
             }
             let result = check_layout(tmp.path(), *shard_count);
             match (expected, &result) {
@@ -624,6 +717,41 @@ mod tests {
             }
         }
         assert_eq!(check_layout(Path::new("/nonexistent/percore"), 2), Ok(()));
+    }
+
+    #[test]
+    fn segment_names_are_read_only_in_the_form_they_are_written() {
+        for (shard, segment) in [(0, 0), (1, 7), (12, 9_999_999_999), (3, 12_345_678_901)] {
+            let path = segment_path(Path::new("/d"), shard, segment);
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(parse_segment_name(name), Some((shard, segment)), "{name}");
+        }
+        for name in [
+            "wal-01-0000000000.log",
+            "wal-+1-0000000000.log",
+            "wal--1-0000000000.log",
+            "wal-1-000000000.log",
+            "wal-1-00000000001.log",
+            "wal-1-+000000001.log",
+            "wal-1- 000000001.log",
+            "wal-1-0000000001.log.tmp",
+            "wal-1-0000000001",
+            "wal-1.log",
+            "wal-a-0000000001.log",
+            "wal--0000000001.log",
+        ] {
+            assert_eq!(parse_segment_name(name), None, "{name}");
+        }
+        let tmp = temp_dir("names");
+        for name in [
+            "wal-0-0000000002.log",
+            "wal-0-2.log",
+            "wal-00-0000000001.log",
+        ] {
+            std::fs::write(tmp.path().join(name), b"x").unwrap();
+        }
+        let found = segments(tmp.path(), 0).unwrap();
+        assert_eq!(found, vec![(2, tmp.path().join("wal-0-0000000002.log"))]);
     }
 
     #[test]
