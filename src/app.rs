@@ -12,7 +12,7 @@ pub fn builtin_routes() -> Router {
         .get("/plaintext", sync_handler(plaintext))
         .get("/json", sync_handler(json))
         .post("/echo", echo)
-        .get("/health", sync_handler(health))
+        .get("/health", health)
         .get("/stats", stats)
         .mount("/", crate::session::routes::routes())
         .mount("/", crate::txn::routes::routes())
@@ -49,15 +49,35 @@ async fn echo(req: Request) -> Response {
     Response::stream(200, content_type, req.body.into_stream())
 }
 
-/// 200 while serving; 503 from the moment a graceful shutdown starts, so load balancers stop sending.
-fn health(_req: Request) -> Response {
-    if shard::current().is_draining() {
+/// 200 while serving. 503 from the moment a graceful shutdown starts, so load balancers stop
+/// sending; and while any shard's transaction log has failed (a full disk, an IO error), which
+/// takes a restart: the shards are asked over the mesh, so every shard answers the same. A shard
+/// that does not answer in time (`--mesh-deadline-ms`) does not turn it 503.
+async fn health(_req: Request) -> Response {
+    let shard = shard::current();
+    if shard.is_draining() {
         let mut response = Response::text(503, "draining\n");
         response.close = true;
-        response
-    } else {
-        Response::text(200, "ok\n")
+        return response;
     }
+    let replies = shard.stats_mesh.call_all(|| shard::StatsRequest).await;
+    let failed: Vec<String> = replies
+        .iter()
+        .flatten()
+        .filter(|stats| stats.wal_failed > 0)
+        .map(|stats| stats.shard.to_string())
+        .collect();
+    if failed.is_empty() {
+        return Response::text(200, "ok\n");
+    }
+    let shards = if failed.len() == 1 { "shard" } else { "shards" };
+    Response::text(
+        503,
+        format!(
+            "transaction log failed on {shards} {}; restart percore once the disk is fixed\n",
+            failed.join(", ")
+        ),
+    )
 }
 
 /// Per-shard counters gathered from every shard over the mesh, and their sum.

@@ -1661,6 +1661,106 @@ fn a_kill_9_after_binary_values_restarts_with_every_key() {
     }
 }
 
+/// `percore` whose files may not grow past `bytes` (RLIMIT_FSIZE, with SIGXFSZ ignored): the
+/// kernel refuses the log's writes past it (EFBIG), as a full disk refuses them (ENOSPC). A real
+/// failure of a real write, not a mock.
+fn start_with_file_size_limit(dir: &str, bytes: u64) -> Server {
+    use std::os::unix::process::CommandExt;
+    let args = ["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir", dir];
+    Server::start_command(common::BIN, &args, move |command| {
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: signal(2) and setrlimit(2) are async-signal-safe and change only the child.
+        unsafe {
+            command.pre_exec(move || {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    })
+}
+
+/// Found in review: once a shard's log could not be written (a full disk), its clients waited
+/// 10 s for a 504, `/health` stayed 200 and nothing but one log line said why. Now the write
+/// that met the failure is answered 504 (it may or may not be on disk), and from then on what
+/// needs that log is 503 `log_failed` at once; `/health` is 503 naming the shard and `/stats`
+/// counts it; the other shard keeps serving; a restart with room recovers every acknowledged
+/// write.
+#[test]
+fn a_log_that_cannot_be_written_answers_503_and_health_says_so() {
+    let tmp = common::temp_dir("kv-full");
+    let dir = tmp.path().to_str().unwrap();
+    let server = start_with_file_size_limit(dir, 3 << 20);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let value = vec![b'f'; 60_000];
+    let mut acknowledged = Vec::new();
+    let mut failure = None;
+    for i in 0..200 {
+        let key = key_on(0, &format!("full-{i}-"));
+        let response = put(&mut conn, &key, &value, &[]);
+        if response.status == 201 {
+            acknowledged.push(key);
+        } else {
+            failure = Some(response);
+            break;
+        }
+    }
+    let failure = failure.expect("shard 0's log reached the file size limit");
+    assert!(
+        matches!(failure.status, 503 | 504),
+        "{} {}",
+        failure.status,
+        String::from_utf8_lossy(&failure.body)
+    );
+    assert!(acknowledged.len() >= 10, "{} writes", acknowledged.len());
+
+    // Whichever shard this connection is on: writes and reads of shard 0's keys (a read waits
+    // for the log too) are refused at once.
+    let after = put(&mut conn, &key_on(0, "after-"), b"v", &[]);
+    assert_eq!(
+        after.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&after.body)
+    );
+    assert_eq!(json_of(&after)["error"], "log_failed");
+    assert_eq!(after.header("retry-after"), Some("30"));
+    assert_eq!(get(&mut conn, &acknowledged[0]).status, 503);
+    // Shard 1's keys do not need shard 0's log.
+    let healthy = key_on(1, "healthy-");
+    assert_eq!(put(&mut conn, &healthy, b"v", &[]).status, 201);
+    let health = server.get("/health");
+    assert_eq!(health.status, 503);
+    assert_eq!(
+        String::from_utf8_lossy(&health.body),
+        "transaction log failed on shard 0; restart percore once the disk is fixed\n"
+    );
+    let stats = server.stats();
+    assert_eq!(stats["shards"][0]["wal_failed"], 1, "{stats}");
+    assert_eq!(stats["shards"][1]["wal_failed"], 0, "{stats}");
+    assert_eq!(stats["total"]["wal_failed"], 1, "{stats}");
+    drop(conn);
+    server.stop();
+
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for key in &acknowledged {
+        let read = get(&mut conn, key);
+        assert_eq!(read.status, 200, "{key}");
+        assert!(read.body == value, "{key}: the value read back differs");
+    }
+    assert_eq!(get(&mut conn, &healthy).body, b"v");
+    assert_eq!(server.get("/health").status, 200);
+}
+
 /// The log files of a data dir: (name, length), sorted.
 fn log_files(dir: &Path) -> Vec<(String, u64)> {
     let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)

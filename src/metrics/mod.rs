@@ -252,6 +252,10 @@ shard_stats! {
     wal_records,
     wal_bytes,
     wal_segment_bytes,
+    /// 1 once this shard's write-ahead log failed (a full disk, an IO error; the server's log
+    /// says why): what needs it answers 503 `log_failed` until a restart, and `/health` is 503.
+    /// The total counts such shards.
+    wal_failed,
     checkpoints,
 }
 

@@ -207,6 +207,7 @@ impl Shard {
         stats.wal_records = wal.records;
         stats.wal_bytes = wal.bytes;
         stats.wal_segment_bytes = self.txn.wal.segment_bytes();
+        stats.wal_failed = u64::from(self.txn.wal.failure().is_some());
         stats.checkpoints = self.txn.counters.get().checkpoints;
         stats
     }

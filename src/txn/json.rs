@@ -1050,6 +1050,7 @@ mod tests {
             Err(TxError::Full),
             Err(TxError::Unavailable),
             Err(TxError::Unknown),
+            Err(TxError::LogFailed),
         ];
         for outcome in &outcomes {
             let (status, body) = render_outcome(outcome);

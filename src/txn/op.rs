@@ -366,8 +366,9 @@ pub enum FailReason {
     Overflow,
 }
 
-/// Why a transaction did not commit. `Failed`, `Conflict`, `Busy`, `Full` and `Unavailable` mean
-/// nothing took effect; `Unknown` means the outcome is not known to the node that answers.
+/// Why a transaction did not commit. `Failed`, `Conflict`, `Busy`, `Full`, `Unavailable` and
+/// `LogFailed` mean nothing took effect; `Unknown` means the outcome is not known to the node
+/// that answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxError {
     /// 412: op `op_index` failed its condition (check, floor, integer).
@@ -382,8 +383,12 @@ pub enum TxError {
     /// 503, retryable: a participant did not vote before the deadline; the transaction aborted.
     Unavailable,
     /// 504, not safe to blindly retry: a single-shard transaction was forwarded to its owner, which
-    /// did not answer before the deadline; it may or may not have committed.
+    /// did not answer before the deadline, or its record was in the log when a write failed; it
+    /// may or may not have committed.
     Unknown,
+    /// 503: the transaction needs the log of a shard whose log failed (a full disk, an IO error).
+    /// Nothing was written; that shard's transactions wait for a restart.
+    LogFailed,
 }
 
 impl TxError {
@@ -391,7 +396,7 @@ impl TxError {
         match self {
             TxError::Failed { .. } => 412,
             TxError::Conflict => 409,
-            TxError::Busy | TxError::Unavailable => 503,
+            TxError::Busy | TxError::Unavailable | TxError::LogFailed => 503,
             TxError::Full => 507,
             TxError::Unknown => 504,
         }
@@ -401,8 +406,18 @@ impl TxError {
     pub fn retry_safe(&self) -> bool {
         matches!(
             self,
-            TxError::Conflict | TxError::Busy | TxError::Unavailable
+            TxError::Conflict | TxError::Busy | TxError::Unavailable | TxError::LogFailed
         )
+    }
+
+    /// Seconds a client should wait before it sends the request again (`Retry-After`): a
+    /// failed log waits for an operator, not for a lock.
+    pub fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            TxError::Conflict | TxError::Busy | TxError::Unavailable => Some("1"),
+            TxError::LogFailed => Some("30"),
+            TxError::Failed { .. } | TxError::Full | TxError::Unknown => None,
+        }
     }
 
     /// The error's name in a JSON answer (`"error": "conflict"`).
@@ -412,6 +427,7 @@ impl TxError {
             TxError::Busy => "busy",
             TxError::Full => "full",
             TxError::Unavailable => "unavailable",
+            TxError::LogFailed => "log_failed",
             TxError::Unknown | TxError::Failed { .. } => "unknown",
         }
     }
@@ -424,6 +440,11 @@ impl TxError {
             TxError::Full => "the partition is full",
             TxError::Unavailable => "a shard did not answer in time; nothing was written; retry",
             TxError::Unknown => "the owner shard did not answer in time; the outcome is unknown",
+            TxError::LogFailed => {
+                "the transaction log of the shard that owns a key failed (disk full or an IO \
+                 error; the server's log says which); nothing was written; restart percore once \
+                 the disk is fixed"
+            }
         }
     }
 }
@@ -781,6 +802,7 @@ pub(crate) mod tests {
             (Err(TxError::Full), 507, r#""retry":false"#),
             (Err(TxError::Busy), 503, r#""error":"busy""#),
             (Err(TxError::Unavailable), 503, r#""retry":true"#),
+            (Err(TxError::LogFailed), 503, r#""error":"log_failed""#),
         ];
         for (outcome, status, fragment) in cases {
             let (got_status, body) = render_outcome(&outcome);

@@ -84,10 +84,9 @@ fn is_segment_byte(byte: u8) -> bool {
 fn error(e: &TxError) -> Response {
     let (status, body) = op::render_outcome(&Err(e.clone()));
     let response = Response::bytes(status, "application/json", body);
-    if e.retry_safe() {
-        response.header("Retry-After", "1")
-    } else {
-        response
+    match e.retry_after() {
+        Some(seconds) => response.header("Retry-After", seconds),
+        None => response,
     }
 }
 

@@ -428,7 +428,7 @@ impl Txn {
     }
 
     /// Feeds `Event::Durable` for every queued step once the log is durable through it. Stops
-    /// when the log fails: a failed log acknowledges nothing more (clients get 504).
+    /// when the log fails: a failed log acknowledges nothing more (`log_failed`).
     async fn durability(txn: std::rc::Weak<Txn>) {
         loop {
             let next = std::future::poll_fn(|cx| {
@@ -447,6 +447,9 @@ impl Txn {
             .await;
             let Some((lsn, wal)) = next else { return };
             if wal.durable(lsn).await.is_err() {
+                if let Some(txn) = txn.upgrade() {
+                    txn.log_failed();
+                }
                 return;
             }
             let Some(txn) = txn.upgrade() else { return };
@@ -463,6 +466,47 @@ impl Txn {
                 txn.feed(Event::Durable(then));
             }
         }
+    }
+
+    /// The log failed (or was closed under a late record): nothing appended will be durable.
+    /// Steps the log made durable before it failed still run; the rest are answered now, not
+    /// at their deadline (`never_durable`). A real failure (a full disk, an IO error) also
+    /// makes the node refuse what needs the log from now on (`Node::fail_log`).
+    fn log_failed(self: &Rc<Self>) {
+        if self.wal.failure().is_some() {
+            self.node.borrow_mut().fail_log();
+        }
+        let durable = self.wal.durable_lsn();
+        let queued: Vec<(u64, Then)> = self.durable_queue.borrow_mut().drain(..).collect();
+        for (lsn, then) in queued {
+            if lsn <= durable {
+                self.feed(Event::Durable(then));
+            } else {
+                self.never_durable(then);
+            }
+        }
+    }
+
+    /// Answers a step whose log position will never be durable. A client's transaction, and a
+    /// run forwarded from another shard, may or may not have reached the disk: `Unknown` (504),
+    /// now rather than at the client's deadline. Votes, acks and decisions are left to the
+    /// protocol's timeouts (a coordinator that hears no vote aborts).
+    fn never_durable(self: &Rc<Self>, then: Then) {
+        let action = match then {
+            Then::Reply { client, .. } => Action::Reply {
+                client,
+                outcome: Err(TxError::Unknown),
+            },
+            Then::RunResult { to, tx, .. } => Action::Send {
+                to,
+                msg: Msg::RunResult {
+                    tx,
+                    outcome: Err(TxError::Unknown),
+                },
+            },
+            _ => return,
+        };
+        self.execute(vec![action]);
     }
 
     /// Handles a message from another shard's node.
@@ -507,6 +551,7 @@ impl Txn {
                     glommio::spawn_local(async move { txn.receive(txn.shard, msg) }).detach();
                 }
                 Action::Send { to, msg } => self.mesh.send(to, msg),
+                Action::Persist { then, .. } if self.wal.is_failed() => self.never_durable(then),
                 Action::Persist { record, then } => {
                     let lsn = match record {
                         Some(record) => self.append(&record),
@@ -537,7 +582,7 @@ impl Txn {
             .wal
             .segment_appended()
             .saturating_sub(self.checkpoint_base.get());
-        if grown >= self.checkpoint_bytes && !self.checkpointing.get() {
+        if grown >= self.checkpoint_bytes && !self.checkpointing.get() && !self.wal.is_failed() {
             self.checkpoint();
         }
     }
@@ -581,7 +626,10 @@ impl Txn {
 
     /// Syncs the log at shutdown.
     pub async fn close(&self) {
-        if let Err(e) = self.wal.close().await {
+        // A log that failed while open said so when it failed.
+        if let Err(e) = self.wal.close().await
+            && self.wal.failure().is_none()
+        {
             crate::log_line!("percore: shard {}: closing the log: {e}", self.shard);
         }
     }

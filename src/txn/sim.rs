@@ -641,6 +641,8 @@ fn simulation_reaches_the_interesting_paths() {
                 Some(Err(TxError::Busy)) => "busy",
                 Some(Err(TxError::Unknown)) => "unknown",
                 Some(Err(TxError::Full)) => "full",
+                // The simulated log never fails.
+                Some(Err(TxError::LogFailed)) => "log failed",
                 None => "lost",
             };
             seen.insert(name);

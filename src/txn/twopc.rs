@@ -233,6 +233,8 @@ pub struct Node {
     epoch: u32,
     seq_next: u64,
     ready: bool,
+    /// This shard's log failed (`fail_log`): nothing it appends becomes durable again.
+    log_failed: bool,
     active: BTreeMap<TxId, Active>,
     decided: BTreeMap<TxId, Decided>,
     probing: BTreeMap<TxId, Probing>,
@@ -333,6 +335,7 @@ impl Node {
             epoch,
             seq_next: 0,
             ready: false,
+            log_failed: false,
             active: BTreeMap::new(),
             decided,
             probing,
@@ -349,6 +352,17 @@ impl Node {
     /// True once this run's epoch is durable: until then every transaction answers Busy.
     pub fn is_ready(&self) -> bool {
         self.ready
+    }
+
+    /// The shard's log failed (a full disk, an IO error): nothing appended from now on, or not
+    /// yet durable, will be. From now on every transaction that needs this log answers
+    /// `LogFailed` at once (a client's here, another shard's forwarded run or prepare), instead
+    /// of waiting out a deadline for a durability that never comes; a client's transaction that
+    /// only forwards to another shard still runs. What waited for the log is the service's to
+    /// answer (it holds those steps). The in-memory state may be ahead of the log, so nothing
+    /// short of a restart, which replays what is durable, makes the shard whole again.
+    pub fn fail_log(&mut self) {
+        self.log_failed = true;
     }
 
     /// True when the node holds nothing open: no transaction it coordinates, no commit decision
@@ -414,6 +428,14 @@ impl Node {
         }
         let op_count = parts.values().map(Vec::len).sum();
         let participants: Vec<usize> = parts.keys().copied().collect();
+        let forward_only = participants.len() == 1 && participants[0] != self.shard;
+        if self.log_failed && !forward_only {
+            out.push(Action::Reply {
+                client,
+                outcome: Err(TxError::LogFailed),
+            });
+            return;
+        }
         if participants == [self.shard] {
             self.counters.local += 1;
             let ops = parts.into_values().flatten().map(|(_, op)| op).collect();
@@ -516,6 +538,21 @@ impl Node {
 
     fn receive(&mut self, from: usize, msg: Msg, out: &mut Vec<Action>) {
         match msg {
+            Msg::Run { tx, .. } if self.log_failed => out.push(Action::Send {
+                to: from,
+                msg: Msg::RunResult {
+                    tx,
+                    outcome: Err(TxError::LogFailed),
+                },
+            }),
+            Msg::Prepare { tx, .. } if self.log_failed && !self.partition.is_prepared(tx) => out
+                .push(Action::Send {
+                    to: tx.coordinator as usize,
+                    msg: Msg::Vote {
+                        tx,
+                        vote: Err(TxError::LogFailed),
+                    },
+                }),
             Msg::Run { tx, ops } => {
                 let then = |outcome| Then::RunResult {
                     to: from,
@@ -1049,6 +1086,111 @@ mod tests {
                     }],
                 ),
             ],
+        );
+    }
+
+    /// Full disk: what needs this shard's log answers at once; a forward to a shard whose log
+    /// works still runs.
+    #[test]
+    fn a_failed_log_answers_log_failed_at_once() {
+        let mut node = node(0);
+        node.fail_log();
+        let failed = Err(TxError::LogFailed);
+        let forwarded = Msg::Run {
+            tx: TxId {
+                coordinator: 1,
+                epoch: 1,
+                seq: 0,
+            },
+            ops: vec![put(0, "v")],
+        };
+        let prepare = Msg::Prepare {
+            tx: TxId {
+                coordinator: 1,
+                epoch: 1,
+                seq: 1,
+            },
+            ops: vec![(0, put(0, "v"))],
+        };
+        check(
+            &mut node,
+            vec![
+                (
+                    1,
+                    Event::Begin {
+                        client: 7,
+                        ops: vec![put(0, "v")],
+                    },
+                    vec![Action::Reply {
+                        client: 7,
+                        outcome: failed.clone(),
+                    }],
+                ),
+                (
+                    1,
+                    Event::Begin {
+                        client: 8,
+                        ops: vec![put(0, "v"), put(1, "w")],
+                    },
+                    vec![Action::Reply {
+                        client: 8,
+                        outcome: failed.clone(),
+                    }],
+                ),
+                (
+                    1,
+                    Event::Begin {
+                        client: 9,
+                        ops: vec![put(1, "w")],
+                    },
+                    vec![send(
+                        1,
+                        Msg::Run {
+                            tx: tx(0),
+                            ops: vec![put(1, "w")],
+                        },
+                    )],
+                ),
+                (
+                    1,
+                    receive(1, forwarded),
+                    vec![send(
+                        1,
+                        Msg::RunResult {
+                            tx: TxId {
+                                coordinator: 1,
+                                epoch: 1,
+                                seq: 0,
+                            },
+                            outcome: failed.clone(),
+                        },
+                    )],
+                ),
+                (
+                    1,
+                    receive(1, prepare),
+                    vec![send(
+                        1,
+                        Msg::Vote {
+                            tx: TxId {
+                                coordinator: 1,
+                                epoch: 1,
+                                seq: 1,
+                            },
+                            vote: Err(TxError::LogFailed),
+                        },
+                    )],
+                ),
+            ],
+        );
+        let prepared = TxId {
+            coordinator: 1,
+            epoch: 1,
+            seq: 1,
+        };
+        assert!(
+            !node.partition.is_prepared(prepared),
+            "a no vote locks nothing"
         );
     }
 

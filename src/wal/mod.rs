@@ -220,6 +220,8 @@ pub struct Wal {
     durable_lsn: Cell<u64>,
     synced_lsn: Cell<u64>,
     failed: Cell<bool>,
+    /// Why a write or sync failed while the log was open (a full disk, an IO error).
+    failure: RefCell<Option<String>>,
     /// Set by `close` (graceful shutdown): records that still arrive are never made durable.
     closed: Cell<bool>,
     /// (position, whether it must be synced rather than durable, task).
@@ -254,6 +256,7 @@ impl Wal {
             durable_lsn: Cell::new(0),
             synced_lsn: Cell::new(0),
             failed: Cell::new(false),
+            failure: RefCell::new(None),
             closed: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
@@ -327,17 +330,32 @@ impl Wal {
         self.mode
     }
 
-    /// Queues a record; returns the position that `durable` must reach for it to be safe.
+    /// Queues a record; returns the position that `durable` must reach for it to be safe. A
+    /// failed or closed log queues nothing (no flusher would take it): `durable` says Err.
     pub fn append(&self, record: Vec<u8>) -> u64 {
         let end = self.appended.get() + record.len() as u64;
         self.appended.set(end);
         self.segment_appended
             .set(self.segment_appended.get() + record.len() as u64);
+        if self.failed.get() {
+            return end;
+        }
         self.pending.borrow_mut().push(Pending::Record(record));
         if let Some(waker) = self.flusher.borrow_mut().take() {
             waker.wake();
         }
         end
+    }
+
+    /// True once nothing appended will become durable any more: a write failed, or the log
+    /// was closed and then given a record.
+    pub fn is_failed(&self) -> bool {
+        self.failed.get()
+    }
+
+    /// Why the log failed while open (None after a graceful close).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
     }
 
     /// The position the log is durable through.
@@ -426,11 +444,14 @@ impl Wal {
                 // connections and other shards' messages) are simply never acknowledged.
                 if !wal.closed.get() {
                     crate::log_line!(
-                        "percore: shard {}: write-ahead log failed: {e}; refusing further commits",
+                        "percore: shard {}: write-ahead log failed: {e}; its transactions answer \
+                         503 until a restart (/health says 503)",
                         wal.shard
                     );
+                    *wal.failure.borrow_mut() = Some(e.to_string());
                 }
                 wal.failed.set(true);
+                wal.pending.borrow_mut().clear();
                 wal.wake_waiters();
                 return;
             }

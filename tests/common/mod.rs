@@ -34,6 +34,15 @@ impl Server {
 
     /// Any percore-based binary with exactly `args`.
     pub fn start_with(binary: &str, args: &[&str]) -> Server {
+        Server::start_command(binary, args, |_| {})
+    }
+
+    /// `start_with`, after `configure` set up the command (a resource limit, the environment).
+    pub fn start_command(
+        binary: &str,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let binds = args.iter().filter(|a| **a == "--bind").count().max(1)
             + args.iter().filter(|a| **a == "--redirect-https").count();
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -44,13 +53,14 @@ impl Server {
             args.push(dir.path().to_str().unwrap().to_string());
             data_dir = Some(dir);
         }
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn percore");
+            .stderr(Stdio::inherit());
+        configure(&mut command);
+        let mut child = command.spawn().expect("spawn percore");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
