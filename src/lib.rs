@@ -78,7 +78,11 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Some(command) = &args.command {
+    let mut args = args;
+    let command = args.command.take();
+    if let Some(command) = &command
+        && !matches!(command, config::Command::Reshard { .. })
+    {
         return auth::cli::run(command);
     }
     let config = match Config::from_args(args) {
@@ -88,6 +92,20 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Some(config::Command::Reshard { to }) = command {
+        let result = runtime::lock_data_dir(&config.data_dir)
+            .and_then(|_lock| txn::reshard::run(&config.data_dir, to, config.txn.limits));
+        return match result {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                crate::log_line!("percore: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     for warning in &config.warnings {
         crate::log_line!("percore: {warning}");
     }

@@ -1761,6 +1761,186 @@ fn a_log_that_cannot_be_written_answers_503_and_health_says_so() {
     assert_eq!(server.get("/health").status, 200);
 }
 
+/// `percore --data-dir DIR reshard --to N`: (exit code, stdout, stderr).
+fn reshard(dir: &str, to: &str) -> (i32, String, String) {
+    let output = std::process::Command::new(common::BIN)
+        .args(["--data-dir", dir, "reshard", "--to", to])
+        .output()
+        .expect("run percore reshard");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Keys with values and versions (ETags) as a server on `dir` serves them.
+fn read_back(server: &Server, keys: &[(String, Vec<u8>)]) -> Vec<(Vec<u8>, u64)> {
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    keys.iter()
+        .map(|(key, _)| {
+            let read = get(&mut conn, key);
+            assert_eq!(read.status, 200, "{key}");
+            (read.body.clone(), etag_of(&read))
+        })
+        .collect()
+}
+
+fn one_shard(dir: &str) -> Server {
+    Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+        "--data-dir",
+        dir,
+    ])
+}
+
+/// A log written by 2 shards moves to 1 and back: every key keeps its value and version, a
+/// later write's version is above every earlier one, a cross-shard transaction's keys come
+/// along, and the old log is kept in a backup dir.
+#[test]
+fn reshard_moves_every_key_with_its_version_and_back() {
+    let tmp = common::temp_dir("kv-reshard");
+    let dir = tmp.path().to_str().unwrap();
+    let mut keys = written_keys("moved-", 20);
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for (key, value) in &keys {
+        assert_eq!(put(&mut conn, key, value, &[]).status, 201, "{key}");
+    }
+    let (a, b) = (key_on(0, "acct-"), key_on(1, "acct-"));
+    tx(
+        &mut conn,
+        json!([
+            {"op": "add", "key": a, "delta": 5},
+            {"op": "add", "key": b, "delta": -5}
+        ]),
+    );
+    keys.push((a.clone(), b"5".to_vec()));
+    keys.push((b.clone(), b"-5".to_vec()));
+    drop(conn);
+    let before = read_back(&server, &keys);
+    for ((key, value), (body, _)) in keys.iter().zip(&before) {
+        assert_eq!(body, value, "{key}");
+    }
+    server.stop();
+
+    let (code, stdout, stderr) = reshard(dir, "1");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("moved 22 keys") && stdout.contains("from 2 shards to 1 shard;"),
+        "{stdout}"
+    );
+    let backups: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("reshard-from-2-shards-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(
+        log_files(&tmp.path().join(&backups[0])).len(),
+        2,
+        "the old log"
+    );
+
+    let server = one_shard(dir);
+    assert_eq!(read_back(&server, &keys), before, "values and versions");
+    let mut conn = Conn::new(server.connect());
+    let newest = before.iter().map(|(_, version)| *version).max().unwrap();
+    let rewritten = put(&mut conn, &keys[0].0, b"again", &[]);
+    assert!(
+        etag_of(&rewritten) > newest,
+        "versions go on from the largest"
+    );
+    keys[0].1 = b"again".to_vec();
+    drop(conn);
+    server.stop();
+
+    let (code, stdout, stderr) = reshard(dir, "2");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("from 1 shard to 2 shards"), "{stdout}");
+    let server = Server::start(&["--data-dir", dir]);
+    for ((key, value), (body, _)) in keys.iter().zip(read_back(&server, &keys)) {
+        assert_eq!(body, *value, "{key}");
+    }
+    drop(server);
+    let (code, stdout, _) = reshard(dir, "2");
+    assert_eq!(code, 0);
+    assert!(stdout.contains("already that of 2 shards"), "{stdout}");
+}
+
+/// A reshard stopped after its commit point (here: its backup dir's name is taken by a file,
+/// so it cannot move the old log away) leaves the old log and the new one side by side: the
+/// server refuses to start on that until a reshard run finishes the move. Also: a running
+/// server's data dir and a count of 0 are refused.
+#[test]
+fn an_interrupted_reshard_stops_the_start_until_a_run_finishes_it() {
+    let tmp = common::temp_dir("kv-reshard-stop");
+    let dir = tmp.path().to_str().unwrap();
+    let keys = written_keys("kept-", 10);
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for (key, value) in &keys {
+        assert_eq!(put(&mut conn, key, value, &[]).status, 201, "{key}");
+    }
+    drop(conn);
+    let (code, _, stderr) = reshard(dir, "1");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("in use by another percore"), "{stderr}");
+    server.stop();
+    let (code, _, stderr) = reshard(dir, "0");
+    assert_eq!(code, 2);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+
+    let segment = (0..SHARDS)
+        .flat_map(|shard| percore::wal::segments(tmp.path(), shard).unwrap())
+        .map(|(number, _)| number)
+        .max()
+        .unwrap()
+        + 1;
+    let blocker = tmp.path().join(format!("reshard-from-2-shards-{segment}"));
+    std::fs::write(&blocker, b"in the way").unwrap();
+    let (code, _, stderr) = reshard(dir, "1");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("finishing the reshard"), "{stderr}");
+
+    let (code, stderr) = common::run_failing(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+        "--data-dir",
+        dir,
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("a reshard to 1 shard was interrupted; finish it with `percore"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let (code, _, stderr) = reshard(dir, "2");
+    assert_eq!(code, 2, "another count first: {stderr}");
+
+    std::fs::remove_file(&blocker).unwrap();
+    let (code, stdout, stderr) = reshard(dir, "1");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("finished the interrupted reshard"),
+        "{stdout}"
+    );
+    let server = one_shard(dir);
+    for ((key, value), (body, _)) in keys.iter().zip(read_back(&server, &keys)) {
+        assert_eq!(body, *value, "{key}");
+    }
+}
+
 /// The log files of a data dir: (name, length), sorted.
 fn log_files(dir: &Path) -> Vec<(String, u64)> {
     let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)

@@ -41,7 +41,7 @@ fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
 )]
 pub struct Args {
     /// TOML config file; every flag has a key of the same name with '_' for '-'.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable; IPv4 or [IPv6]:port). Default 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
@@ -113,7 +113,7 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub node_id: Option<u16>,
     /// Directory for session snapshots and transaction logs; one percore at a time (locked).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Add `X-Shard: <index>` to every response.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -231,6 +231,13 @@ pub enum Command {
     HashToken,
     /// Print a new random API token and, on the next line, its hash.
     NewToken,
+    /// Move the key-value store's transaction log (in --data-dir) to another shard count,
+    /// offline; then start with --shards of that count. The old log is kept in a backup dir.
+    Reshard {
+        /// The shard count to move to.
+        #[arg(long, value_name = "N")]
+        to: usize,
+    },
 }
 
 /// The config file: the same keys as the flags.

@@ -143,6 +143,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     // Held until the process ends; the kernel drops the lock with the process, however it ends.
     let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
     // Before any shard (or the session file clean-up below) writes to the data dir.
+    crate::txn::reshard::check_finished(&config.data_dir).map_err(StartError)?;
     crate::wal::check_layout(&config.data_dir, config.shard_count()).map_err(StartError)?;
     {
         // Without persistence nothing revokes what old snapshots hold: they go too.
@@ -339,7 +340,7 @@ const DATA_DIR_LOCK_FILE: &str = "percore.lock";
 /// append to the same logs and overwrite each other's snapshots. Refused with the owner's pid
 /// when another process holds it. A lock, not the file, is what counts: the kernel releases it
 /// when its holder exits (a crash included), so a stale file never blocks a start.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+pub(crate) fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     use std::io::{Read, Seek, Write};
     let fail = |what: &str, e: std::io::Error| format!("--data-dir {}: {what}: {e}", dir.display());
     std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;

@@ -19,6 +19,7 @@ pub mod json;
 pub mod op;
 pub mod partition;
 pub mod record;
+pub mod reshard;
 pub mod routes;
 pub mod service;
 pub mod twopc;

@@ -349,6 +349,11 @@ impl Node {
         self.shard
     }
 
+    /// This run's epoch (recovery takes the log's largest and adds one).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
     /// True once this run's epoch is durable: until then every transaction answers Busy.
     pub fn is_ready(&self) -> bool {
         self.ready

@@ -141,13 +141,11 @@ fn holds_records(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// Refuses a data dir whose log files are not exactly those of `shard_count` shards: a key lives
-/// on the shard `hash(key) mod shard_count` (txn/op.rs) and each shard replays only its own
-/// files, so another count would hide keys, lose acknowledged writes on a later return to the
-/// old count, and leave a shard's in-doubt transactions naming shards that no longer exist.
-/// Called before any shard starts, so a refused start writes nothing. An empty dir fits any
-/// count, and so do segments that hold nothing (`holds_records`).
-pub fn check_layout(dir: &Path, shard_count: usize) -> Result<(), String> {
+/// The shard count that wrote the transaction log in `dir`: None for no log (an empty dir, or
+/// only segments that hold nothing, `holds_records`); Err (one line) when the files are not
+/// those of any count: a shard in the middle is missing, or a file named like a segment is not
+/// one.
+pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
     let fail = |e: io::Error| format!("--data-dir {}: {e}", dir.display());
     let mut present = std::collections::BTreeSet::new();
     for (shard, _, path) in segment_files(dir).map_err(fail)? {
@@ -156,21 +154,12 @@ pub fn check_layout(dir: &Path, shard_count: usize) -> Result<(), String> {
         }
     }
     let Some(&last) = present.last() else {
-        return Ok(());
+        return Ok(None);
     };
-    let written_by = last + 1;
-    if written_by == shard_count && present.len() == shard_count {
-        return Ok(());
+    if present.len() == last + 1 {
+        return Ok(Some(last + 1));
     }
-    if present.len() == written_by {
-        let shards = if written_by == 1 { "shard" } else { "shards" };
-        return Err(format!(
-            "--data-dir {}: its transaction log was written by {written_by} {shards}; start with \
-             {written_by} {shards} (keys are placed by shard count)",
-            dir.display()
-        ));
-    }
-    let missing: Vec<String> = (0..written_by)
+    let missing: Vec<String> = (0..last)
         .filter(|i| !present.contains(i))
         .map(|i| i.to_string())
         .collect();
@@ -180,6 +169,46 @@ pub fn check_layout(dir: &Path, shard_count: usize) -> Result<(), String> {
         dir.display(),
         missing.join(", ")
     ))
+}
+
+/// Refuses a data dir whose log files are not exactly those of `shard_count` shards: a key lives
+/// on the shard `hash(key) mod shard_count` (txn/op.rs) and each shard replays only its own
+/// files, so another count would hide keys, lose acknowledged writes on a later return to the
+/// old count, and leave a shard's in-doubt transactions naming shards that no longer exist.
+/// Called before any shard starts, so a refused start writes nothing. An empty dir fits any
+/// count, and so do segments that hold nothing (`holds_records`).
+pub fn check_layout(dir: &Path, shard_count: usize) -> Result<(), String> {
+    match written_by(dir)? {
+        None => Ok(()),
+        Some(count) if count == shard_count => Ok(()),
+        Some(count) => {
+            let shards = if count == 1 { "shard" } else { "shards" };
+            Err(format!(
+                "--data-dir {}: its transaction log was written by {count} {shards}; start with \
+                 {count} {shards}, or move it to {shard_count} with `percore --data-dir {} \
+                 reshard --to {shard_count}` (keys are placed by shard count)",
+                dir.display(),
+                dir.display()
+            ))
+        }
+    }
+}
+
+/// The highest segment number of any shard in `dir`.
+pub fn last_segment(dir: &Path) -> io::Result<Option<u64>> {
+    Ok(segment_files(dir)?
+        .into_iter()
+        .map(|(_, number, _)| number)
+        .max())
+}
+
+/// Every log segment file in `dir` with a number below `below`, of any shard.
+pub fn segments_below(dir: &Path, below: u64) -> io::Result<Vec<PathBuf>> {
+    Ok(segment_files(dir)?
+        .into_iter()
+        .filter(|(_, number, _)| *number < below)
+        .map(|(_, _, path)| path)
+        .collect())
 }
 
 enum Pending {
@@ -660,7 +689,7 @@ mod tests {
             (
                 &["wal-0-0000000000.log"],
                 2,
-                Some("written by 1 shard; start with 1 shard (keys"),
+                Some("written by 1 shard; start with 1 shard, or move it to 2 with"),
             ),
             (
                 &["wal-0-0000000000.log", "wal-2-0000000001.log"],

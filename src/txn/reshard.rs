@@ -1,0 +1,395 @@
+//! `percore reshard --to M`: moves the key-value store's log to another shard count, offline. Reads every shard's log, settles what was in doubt, and writes each new shard a log that starts with a complete checkpoint; a crash at any point leaves either the old log or a reshard that the next run finishes.
+//!
+//! Steps, and why each is safe to interrupt:
+//! 1. Read each shard's log (`read_log`: damage refuses, nothing changes) and recover its node.
+//! 2. Settle in memory what a restart would settle over the mesh: commit decisions not yet
+//!    acknowledged, staged transactions, prepared parts. The nodes talk to each other directly
+//!    and every append counts as durable at once: it is, once step 4 commits.
+//! 3. Place every key on `owner(key, M)` with its value and version. `version_next` is the
+//!    largest of the old shards' (a key's version never goes back), the epoch the largest
+//!    (transaction ids are never reused).
+//! 4. Write the new segments, numbered past every old one, into `reshard.tmp/`, synced, then
+//!    rename it to `reshard.ready/`: the commit point. Before it the old log is untouched (a
+//!    leftover `reshard.tmp/` is removed by the next run); after it the new log is whole.
+//! 5. Move the old segments into `reshard-from-N-shards-S/` (a backup the operator deletes), the new
+//!    ones into the data dir, and remove `reshard.ready/`. Each move is idempotent, so a run
+//!    that finds `reshard.ready/` finishes it; the server refuses to start until then.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::txn::op::owner;
+use crate::txn::record::{self, Record};
+use crate::txn::service::read_log;
+use crate::txn::twopc::{Action, Event, Node};
+use crate::txn::{SNAPSHOT_ENTRIES_BYTES_MAX, TxnLimits};
+use crate::wal;
+
+/// Where the new segments are written, before the commit point.
+const STAGING_DIR: &str = "reshard.tmp";
+/// The staging dir after the commit point: a reshard to finish.
+pub const READY_DIR: &str = "reshard.ready";
+/// In the staging dir: `to M from N segment S`.
+const READY_FILE: &str = "READY";
+/// How long (simulated) settling may take before the reshard gives up: many resolve rounds.
+const SETTLE_MS_MAX: u64 = 600_000;
+
+/// A reshard that reached its commit point: the target count and the new segments' number.
+struct Ready {
+    to: usize,
+    from: usize,
+    segment: u64,
+}
+
+/// Runs the reshard of `dir` to `to` shards (the caller holds the data dir's lock). Ok: one
+/// line for stdout. Err: one line, with nothing changed unless it says so.
+pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
+    let io = |what: &str, e: std::io::Error| format!("--data-dir {}: {what}: {e}", dir.display());
+    if to == 0 {
+        return Err("--to: the shard count must be at least 1".into());
+    }
+    if let Some(ready) = read_ready(dir)? {
+        if ready.to != to {
+            return Err(format!(
+                "--data-dir {}: a reshard to {} was interrupted; finish it first with --to {}",
+                dir.display(),
+                shards(ready.to),
+                ready.to
+            ));
+        }
+        let backup = finish(dir, &ready).map_err(|e| io("finishing the reshard", e))?;
+        return Ok(format!(
+            "percore: finished the interrupted reshard of {} to {}; the old log is in {}",
+            dir.display(),
+            shards(to),
+            backup.display()
+        ));
+    }
+    let staging = dir.join(STAGING_DIR);
+    if staging.exists() {
+        // A run that stopped before its commit point: the old log is whole.
+        std::fs::remove_dir_all(&staging).map_err(|e| io("removing reshard.tmp", e))?;
+    }
+    let Some(from) = wal::written_by(dir)? else {
+        return Ok(format!(
+            "percore: {} holds no transaction log: nothing to move, start with any --shards",
+            dir.display()
+        ));
+    };
+    if from == to {
+        return Ok(format!(
+            "percore: the transaction log in {} is already that of {}",
+            dir.display(),
+            shards(to)
+        ));
+    }
+    let (entries, version_next, epoch) = settle(dir, from, limits)?;
+    let keys = entries.len();
+    let mut parts: Vec<Vec<(Bytes, Bytes, u64)>> = vec![Vec::new(); to];
+    for entry in entries {
+        parts[owner(&entry.0, to)].push(entry);
+    }
+    for (shard, part) in parts.iter().enumerate() {
+        let bytes: usize = part.iter().map(|(k, v, _)| k.len() + v.len()).sum();
+        if bytes > limits.partition_bytes_max {
+            return Err(format!(
+                "--to {to}: shard {shard} would hold {bytes} bytes of keys and values, over the \
+                 {} one partition holds; reshard to more shards (nothing was changed)",
+                limits.partition_bytes_max
+            ));
+        }
+    }
+    let segment = wal::last_segment(dir)
+        .map_err(|e| io("listing the log", e))?
+        .map_or(0, |last| last + 1);
+    let ready = Ready { to, from, segment };
+    stage(dir, &staging, parts, version_next, epoch, &ready, limits)
+        .map_err(|e| io("writing the new log (the old one is untouched)", e))?;
+    let backup = finish(dir, &ready).map_err(|e| io("finishing the reshard", e))?;
+    Ok(format!(
+        "percore: moved {keys} keys of {} from {} to {}; start it with --shards {to}; the old log \
+         is in {}",
+        dir.display(),
+        shards(from),
+        shards(to),
+        backup.display()
+    ))
+}
+
+/// Err (one line) when `dir` holds a reshard that reached its commit point and was not finished:
+/// the server must not start on half-moved files.
+pub fn check_finished(dir: &Path) -> Result<(), String> {
+    match read_ready(dir)? {
+        None => Ok(()),
+        Some(ready) => Err(format!(
+            "--data-dir {}: a reshard to {} was interrupted; finish it with `percore \
+             --data-dir {} reshard --to {}`",
+            dir.display(),
+            shards(ready.to),
+            dir.display(),
+            ready.to
+        )),
+    }
+}
+
+/// "1 shard", "2 shards".
+fn shards(count: usize) -> String {
+    match count {
+        1 => "1 shard".to_string(),
+        n => format!("{n} shards"),
+    }
+}
+
+fn read_ready(dir: &Path) -> Result<Option<Ready>, String> {
+    let path = dir.join(READY_DIR).join(READY_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let parsed = text
+        .trim()
+        .strip_prefix("to ")
+        .and_then(|rest| rest.split_once(" from "))
+        .and_then(|(to, rest)| Some((to, rest.split_once(" segment ")?)))
+        .and_then(|(to, (from, segment))| {
+            Some((to.parse().ok()?, from.parse().ok()?, segment.parse().ok()?))
+        });
+    match parsed {
+        Some((to, from, segment)) => Ok(Some(Ready { to, from, segment })),
+        None => Err(format!(
+            "{}: not a reshard marker ({text:?}); remove {} if no reshard ran",
+            path.display(),
+            dir.join(READY_DIR).display()
+        )),
+    }
+}
+
+type Entries = Vec<(Bytes, Bytes, u64)>;
+
+/// Steps 1 to 3: every key, value and version of the log `from` shards wrote, with nothing in
+/// doubt; the largest `version_next` and epoch.
+fn settle(dir: &Path, from: usize, limits: TxnLimits) -> Result<(Entries, u64, u32), String> {
+    let mut nodes = Vec::with_capacity(from);
+    let mut queue: VecDeque<(usize, Action)> = VecDeque::new();
+    for shard in 0..from {
+        let recovered = read_log(dir, shard).map_err(|e| {
+            format!(
+                "--data-dir {}: shard {shard}'s log: {e} (nothing was changed)",
+                dir.display()
+            )
+        })?;
+        let (node, actions) = Node::recover(shard, from, limits, &recovered.records, 0);
+        nodes.push(node);
+        queue.extend(actions.into_iter().map(|action| (shard, action)));
+    }
+    let mut now_ms = 0;
+    loop {
+        while let Some((shard, action)) = queue.pop_front() {
+            let (to, event) = match action {
+                Action::Send { to, msg } => (to, Event::Receive { from: shard, msg }),
+                Action::Persist { then, .. } => (shard, Event::Durable(then)),
+                // No client waits: nothing begins a transaction here.
+                Action::Reply { .. } => continue,
+            };
+            let actions = nodes[to].on_event(event, now_ms);
+            queue.extend(actions.into_iter().map(|action| (to, action)));
+        }
+        if nodes.iter().all(Node::is_quiet) {
+            break;
+        }
+        if now_ms > SETTLE_MS_MAX {
+            return Err(format!(
+                "--data-dir {}: transactions in doubt did not settle; start percore with {from} \
+                 shards, stop it with SIGTERM and reshard then (nothing was changed)",
+                dir.display()
+            ));
+        }
+        now_ms += limits.resolve_interval_ms.max(1);
+        for (shard, node) in nodes.iter_mut().enumerate() {
+            let actions = node.on_event(Event::Tick, now_ms);
+            queue.extend(actions.into_iter().map(|action| (shard, action)));
+        }
+    }
+    let version_next = nodes
+        .iter()
+        .map(|node| node.partition.version_next())
+        .max()
+        .unwrap_or(0);
+    let epoch = nodes.iter().map(Node::epoch).max().unwrap_or(0);
+    let entries = nodes
+        .iter()
+        .flat_map(|node| node.partition.entries())
+        .map(|(key, entry)| (key.clone(), entry.value.clone(), entry.version))
+        .collect();
+    Ok((entries, version_next, epoch))
+}
+
+/// Step 4: each new shard's segment, a complete checkpoint, synced, then the commit point.
+fn stage(
+    dir: &Path,
+    staging: &Path,
+    parts: Vec<Entries>,
+    version_next: u64,
+    epoch: u32,
+    ready: &Ready,
+    limits: TxnLimits,
+) -> std::io::Result<()> {
+    std::fs::create_dir(staging)?;
+    let (to, segment) = (ready.to, ready.segment);
+    for (shard, mut entries) in parts.into_iter().enumerate() {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let count = entries.len();
+        let mut records = vec![Record::SnapshotBegin { version_next }];
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        for entry in entries {
+            chunk_bytes += entry.0.len() + entry.1.len();
+            chunk.push(entry);
+            if chunk_bytes >= SNAPSHOT_ENTRIES_BYTES_MAX {
+                let entries = std::mem::take(&mut chunk);
+                records.push(Record::SnapshotEntries { entries });
+                chunk_bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            records.push(Record::SnapshotEntries { entries: chunk });
+        }
+        records.push(Record::Epoch { epoch });
+        record::snapshot_close(&mut records);
+        let mut bytes = Vec::new();
+        for record in &records {
+            let salt = record::position_salt(segment, bytes.len() as u64);
+            record::encode_at(record, salt, &mut bytes);
+        }
+        let path = wal::segment_path(staging, shard, segment);
+        std::fs::write(&path, &bytes)?;
+        std::fs::File::open(&path)?.sync_all()?;
+        // What a start will read back: every key, as a node recovers it.
+        let recovered = read_log(staging, shard)?;
+        let node = Node::recover(shard, to, limits, &recovered.records, 0).0;
+        if node.partition.len() != count || !node.is_quiet() {
+            return Err(std::io::Error::other(format!(
+                "shard {shard}'s new log reads back {} keys of {count}",
+                node.partition.len()
+            )));
+        }
+    }
+    std::fs::write(
+        staging.join(READY_FILE),
+        format!("to {to} from {} segment {segment}\n", ready.from),
+    )?;
+    std::fs::File::open(staging.join(READY_FILE))?.sync_all()?;
+    std::fs::File::open(staging)?.sync_all()?;
+    std::fs::rename(staging, dir.join(READY_DIR))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Step 5: old segments into the backup, new ones into the data dir, the marker away. Every
+/// move can be redone after a crash: old segments are those numbered below the new ones.
+fn finish(dir: &Path, ready: &Ready) -> std::io::Result<PathBuf> {
+    let ready_dir = dir.join(READY_DIR);
+    let backup = dir.join(format!(
+        "reshard-from-{}-shards-{}",
+        ready.from, ready.segment
+    ));
+    std::fs::create_dir_all(&backup)?;
+    for old in wal::segments_below(dir, ready.segment)? {
+        let name = old.file_name().expect("a segment has a file name");
+        std::fs::rename(&old, backup.join(name))?;
+    }
+    std::fs::File::open(&backup)?.sync_all()?;
+    for shard in 0..ready.to {
+        let staged = wal::segment_path(&ready_dir, shard, ready.segment);
+        if staged.exists() {
+            std::fs::rename(&staged, wal::segment_path(dir, shard, ready.segment))?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    std::fs::remove_dir_all(&ready_dir)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(backup)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txn::record::TxId;
+
+    fn key_on(shard: usize, shards: usize) -> Bytes {
+        (0..)
+            .map(|i| Bytes::from(format!("key-{i}")))
+            .find(|key| owner(key, shards) == shard)
+            .expect("some key")
+    }
+
+    fn write_log(dir: &Path, shard: usize, records: &[Record]) {
+        let mut bytes = Vec::new();
+        for record in records {
+            let salt = record::position_salt(0, bytes.len() as u64);
+            record::encode_at(record, salt, &mut bytes);
+        }
+        std::fs::write(wal::segment_path(dir, shard, 0), bytes).unwrap();
+    }
+
+    /// A crash left a cross-shard transaction staged on its coordinator (shard 0) and prepared
+    /// on `prepared` of its two participants: the reshard settles it as a restart would (every
+    /// part prepared: committed; one missing: aborted) before it moves the keys.
+    fn settle_staged(prepared: &[usize]) -> Vec<(Bytes, Bytes, u64)> {
+        let tmp = tempfile::Builder::new()
+            .prefix("percore-reshard-")
+            .tempdir()
+            .unwrap();
+        let tx = TxId {
+            coordinator: 0,
+            epoch: 3,
+            seq: 0,
+        };
+        for shard in 0..2 {
+            let mut records = vec![Record::Epoch { epoch: 3 }];
+            if shard == 0 {
+                records.push(Record::Staging {
+                    tx,
+                    participants: vec![0, 1],
+                });
+            }
+            if prepared.contains(&shard) {
+                records.push(Record::Prepare {
+                    tx,
+                    version: 7,
+                    writes: vec![(key_on(shard, 2), Some(Bytes::from_static(b"v")))],
+                    reads: vec![],
+                });
+            }
+            write_log(tmp.path(), shard, &records);
+        }
+        let line = run(tmp.path(), 1, TxnLimits::default()).unwrap();
+        assert!(line.contains("from 2 shards to 1 shard"), "{line}");
+        let recovered = read_log(tmp.path(), 0).unwrap();
+        let (node, _) = Node::recover(0, 1, TxnLimits::default(), &recovered.records, 0);
+        assert!(node.is_quiet());
+        assert!(node.epoch() > 3, "epochs go on from the largest");
+        assert!(node.partition.version_next() > 7);
+        node.partition
+            .entries()
+            .map(|(key, entry)| (key.clone(), entry.value.clone(), entry.version))
+            .collect()
+    }
+
+    #[test]
+    fn a_transaction_every_participant_prepared_is_committed() {
+        let mut expected = vec![
+            (key_on(0, 2), Bytes::from_static(b"v"), 7),
+            (key_on(1, 2), Bytes::from_static(b"v"), 7),
+        ];
+        expected.sort();
+        assert_eq!(settle_staged(&[0, 1]), expected);
+    }
+
+    #[test]
+    fn a_transaction_a_participant_never_prepared_is_aborted() {
+        assert_eq!(settle_staged(&[0]), vec![]);
+    }
+}
