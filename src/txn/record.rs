@@ -1048,7 +1048,49 @@ mod tests {
         assert_eq!(look_past(&buf, end, 8), After::Nothing);
     }
 
+    /// `look_past` the slow way: every offset after `bad`, its claimed record checked whole.
+    fn look_past_directly(buf: &[u8], bad: usize, segment: u64) -> After {
+        for offset in bad + 1..buf.len() {
+            if let Ok(Some(_)) = decode_at(&buf[offset..], position_salt(segment, offset as u64)) {
+                return After::Record(offset);
+            }
+        }
+        After::Nothing
+    }
+
     proptest! {
+        /// Records at their positions, junk that repeats a record header's shape, a damaged
+        /// byte: the prefix-checksum look-ahead finds what checking every offset finds.
+        #[test]
+        fn look_past_finds_what_checking_every_offset_finds(
+            values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..8),
+            junk in proptest::collection::vec(0u8..4, 0..300),
+            damage in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            segment in 0u64..3,
+        ) {
+            let mut buf = Vec::new();
+            for (version, value) in (1..).zip(&values) {
+                let record = Record::Commit {
+                    tx: None,
+                    version,
+                    writes: vec![(b("k"), Some(Bytes::from(value.clone())))],
+                };
+                encode_at(&record, position_salt(segment, buf.len() as u64), &mut buf);
+            }
+            // Bytes shaped like headers: small lengths, type bytes that exist.
+            buf.extend(junk.iter().map(|&j| [0x01, 0x00, 0x0f, 0x00][j as usize]));
+            let at = damage.index(buf.len());
+            buf[at] ^= flip;
+            let scan = scan_segment(&buf, segment);
+            if let Some(tail) = scan.tail {
+                prop_assert_eq!(
+                    look_past(&buf, tail.offset, segment),
+                    look_past_directly(&buf, tail.offset, segment)
+                );
+            }
+        }
+
         #[test]
         fn a_slice_checksum_from_prefixes_is_the_slice_checksum(
             buf in proptest::collection::vec(any::<u8>(), 0..5000),
