@@ -2025,6 +2025,57 @@ fn segments_a_first_start_left_unwritten_do_not_stop_the_next() {
     }
 }
 
+/// Found in review: each shard writes its own first records, so a first start cut short (a
+/// kill, a full disk) can leave shard 1's segment with its epoch record and shard 0's empty,
+/// which the files alone read as a log without shard 0. The count recorded before any shard
+/// writes (`wal.shards`) decides instead.
+#[test]
+fn a_first_start_cut_short_leaves_a_log_the_recorded_count_starts() {
+    use percore::txn::record::{self, Record};
+    let tmp = common::temp_dir("kv-lopsided");
+    let dir = tmp.path().to_str().unwrap();
+    let mut epoch = Vec::new();
+    record::encode_at(
+        &Record::Epoch { epoch: 1 },
+        record::position_salt(0, 0),
+        &mut epoch,
+    );
+    std::fs::write(percore::wal::segment_path(tmp.path(), 1, 0), &epoch).unwrap();
+    std::fs::write(percore::wal::segment_path(tmp.path(), 0, 0), b"").unwrap();
+    std::fs::write(tmp.path().join("wal.shards"), "2\n").unwrap();
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    for (key, value) in written_keys("lopsided-", 6) {
+        assert_eq!(put(&mut conn, &key, &value, &[]).status, 201, "{key}");
+    }
+    drop(conn);
+    server.stop();
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("wal.shards")).unwrap(),
+        "2\n"
+    );
+    // Without the record, the same files read as a log that lacks shard 0.
+    std::fs::remove_file(tmp.path().join("wal.shards")).unwrap();
+    std::fs::write(percore::wal::segment_path(tmp.path(), 0, 5), b"").unwrap();
+    for (number, path) in percore::wal::segments(tmp.path(), 0).unwrap() {
+        if number < 5 {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let (code, stderr) = common::run_failing(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--no-pin",
+        "--data-dir",
+        dir,
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("none of shard 0"), "{stderr}");
+}
+
 /// Found in review: a flipped byte in the middle of a log cut every committed record after it
 /// (on one shard: the other half of a cross-shard transaction stayed). Intact records after a bad
 /// one prove damage, not a torn write: the start stops with exit 2 and one line naming the file
@@ -2080,12 +2131,19 @@ fn damage_in_the_middle_of_a_log_stops_the_start_and_changes_nothing() {
         .unwrap();
     let healthy = std::fs::read(&healthy_path).unwrap();
 
+    let sessions = ["sessions-0.snap", "sessions-1.snap"].map(|name| dir.path().join(name));
+    assert!(
+        sessions.iter().all(|path| path.exists()),
+        "a stop writes them"
+    );
+    // --no-session-persist drops session files at start: not on a refused one (found in review).
     let (code, stderr) = common::run_failing(&[
         "--bind",
         "127.0.0.1:0",
         "--shards",
         "2",
         "--no-pin",
+        "--no-session-persist",
         "--data-dir",
         dir_str,
     ]);
@@ -2094,6 +2152,10 @@ fn damage_in_the_middle_of_a_log_stops_the_start_and_changes_nothing() {
         stderr.contains(&path.display().to_string())
             && stderr.contains(&format!("damaged at byte {at} ")),
         "{stderr}"
+    );
+    assert!(
+        sessions.iter().all(|path| path.exists()),
+        "the session files are left as they were"
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     assert_eq!(

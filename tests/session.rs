@@ -784,7 +784,7 @@ fn drop_transaction_log(dir: &std::path::Path) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if name.starts_with("wal-") && name.ends_with(".log") {
+        if name.starts_with("wal-") && name.ends_with(".log") || name == "wal.shards" {
             std::fs::remove_file(path).unwrap();
         }
     }

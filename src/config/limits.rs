@@ -148,6 +148,11 @@ pub const REVOKED_WAIT_MAX: Duration = Duration::from_secs(5);
 /// size and recovery time (replaying 64 MiB takes well under a second).
 pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
+/// The most shards a data dir's log can be for (Linux's largest CPU count): a file named like a
+/// segment of a higher shard is no segment (found in review: `wal-9223372036854775808-...`
+/// made the layout check list every missing shard below it).
+pub const SHARDS_MAX: usize = 8192;
+
 /// Memory glommio registers with io_uring per executor. glommio's default (10 MiB) exceeds the
 /// common 8 MiB RLIMIT_MEMLOCK once there are two shards; we do not use registered buffers for
 /// sockets, so a small region is enough.

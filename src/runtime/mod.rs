@@ -139,33 +139,15 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     // Raised before anything opens a file; said once the start succeeded (a failed start says
     // one line: its error).
     let connections = (config.conns_max as u64).saturating_mul(config.shard_count() as u64);
-    let nofile_warning = preflight::raise_nofile(connections);
+    let nofile_warning =
+        preflight::raise_nofile(connections, config.shard_count(), config.listeners.len())
+            .map_err(StartError)?;
     // Held until the process ends; the kernel drops the lock with the process, however it ends.
     let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
-    // Before any shard (or the session file clean-up below) writes to the data dir.
+    // Before any shard reads or writes the data dir; what the main thread writes there waits
+    // for every shard to have read its log (`before_shards_write`).
     crate::txn::reshard::check_finished(&config.data_dir).map_err(StartError)?;
     crate::wal::check_layout(&config.data_dir, config.shard_count()).map_err(StartError)?;
-    {
-        // Without persistence nothing revokes what old snapshots hold: they go too.
-        let keep = if config.session.persist {
-            config.shard_count()
-        } else {
-            0
-        };
-        let retired = crate::session::persist::retire_beyond(&config.data_dir, keep)
-            .map_err(|e| StartError(format!("--data-dir {}: {e}", config.data_dir.display())))?;
-        if !retired.is_empty() {
-            let why = if config.session.persist {
-                format!("{} shards now", config.shard_count())
-            } else {
-                "--no-session-persist".to_string()
-            };
-            crate::log_line!(
-                "percore: session files no shard of this run uses are dropped ({why}): {}",
-                retired.join(", ")
-            );
-        }
-    }
     let shard_count = config.shard_count();
     let binds: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
     let (addrs, mut sockets) =
@@ -270,6 +252,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             Ok(Started::LogRead(Ok(()))) => {
                 logs_read += 1;
                 if logs_read == shard_count {
+                    before_shards_write(&config)?;
                     for go in &log_gos {
                         let _ = go.send(());
                     }
@@ -327,6 +310,47 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     );
     for handle in handles {
         let _ = handle.join();
+    }
+    Ok(())
+}
+
+/// What the main thread changes in the data dir once every shard's log was read whole, before
+/// any shard writes (`LogGate`): a refused start leaves the dir as it was. Records the log's
+/// shard count (`wal::LAYOUT_FILE`) where none is recorded yet, and drops the session files no
+/// shard of this run uses.
+fn before_shards_write(config: &Config) -> Result<(), StartError> {
+    if crate::wal::recorded_shards(&config.data_dir)
+        .map_err(StartError)?
+        .is_none()
+    {
+        crate::wal::record_shards(&config.data_dir, config.shard_count()).map_err(|e| {
+            StartError(format!(
+                "--data-dir {}: cannot write {}: {e}",
+                config.data_dir.display(),
+                crate::wal::LAYOUT_FILE
+            ))
+        })?;
+    }
+    {
+        // Without persistence nothing revokes what old snapshots hold: they go too.
+        let keep = if config.session.persist {
+            config.shard_count()
+        } else {
+            0
+        };
+        let retired = crate::session::persist::retire_beyond(&config.data_dir, keep)
+            .map_err(|e| StartError(format!("--data-dir {}: {e}", config.data_dir.display())))?;
+        if !retired.is_empty() {
+            let why = if config.session.persist {
+                format!("{} shards now", config.shard_count())
+            } else {
+                "--no-session-persist".to_string()
+            };
+            crate::log_line!(
+                "percore: session files no shard of this run uses are dropped ({why}): {}",
+                retired.join(", ")
+            );
+        }
     }
     Ok(())
 }

@@ -12,17 +12,30 @@ pub fn check() -> Result<(), String> {
 /// the data dir's files, the blocking pool's.
 const NOFILE_SPARE: u64 = 256;
 
+/// File descriptors one shard holds before it accepts anything (an idle 2-shard server holds
+/// 31 in all: io_uring rings, eventfds, its log and its filler, the session log), and what the
+/// process holds besides (stdio, the data dir's lock, the signal thread), with room for the
+/// files start-up reads. Below it glommio panics building an executor, or a shard fails after
+/// others began (found in review).
+const NOFILE_PER_SHARD: u64 = 16;
+const NOFILE_BASE: u64 = 16;
+
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit (the soft default, 1024, is below one
-/// shard's `--max-conns`), and returns a warning when it still cannot hold `connections` open
-/// at once: past it accepts fail (EMFILE) and connections wait in the backlog.
-pub fn raise_nofile(connections: u64) -> Option<String> {
+/// shard's `--max-conns`). Err (one line) when it is too small to start `shards` shards with
+/// `listeners` listeners each at all; Ok(a warning) when it cannot hold `connections` open at
+/// once: past it accepts fail (EMFILE) and connections wait in the backlog.
+pub fn raise_nofile(
+    connections: u64,
+    shards: usize,
+    listeners: usize,
+) -> Result<Option<String>, String> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return None;
+        return Ok(None);
     }
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
@@ -34,15 +47,25 @@ pub fn raise_nofile(connections: u64) -> Option<String> {
             limit = raised;
         }
     }
+    let start = NOFILE_BASE + (NOFILE_PER_SHARD + listeners as u64) * shards as u64;
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < start {
+        return Err(format!(
+            "RLIMIT_NOFILE is {}: {shards} shards need at least {start} file descriptors to \
+             start; raise it (ulimit -n; systemd: LimitNOFILE=)",
+            limit.rlim_cur
+        ));
+    }
     let needed = connections.saturating_add(NOFILE_SPARE);
-    (limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed).then(|| {
-        format!(
-            "RLIMIT_NOFILE is {}: fewer than the {connections} connections --max-conns allows \
+    Ok(
+        (limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed).then(|| {
+            format!(
+                "RLIMIT_NOFILE is {}: fewer than the {connections} connections --max-conns allows \
              (x shards) can be open, the rest wait in the backlog; raise it to {needed} \
              (ulimit -n; systemd: LimitNOFILE=)",
-            limit.rlim_cur
-        )
-    })
+                limit.rlim_cur
+            )
+        }),
+    )
 }
 
 fn check_memlock() -> Result<(), String> {

@@ -439,7 +439,9 @@ impl TxError {
             TxError::Busy => "shard busy (starting up, or too many transactions in flight); retry",
             TxError::Full => "the partition is full",
             TxError::Unavailable => "a shard did not answer in time; nothing was written; retry",
-            TxError::Unknown => "the owner shard did not answer in time; the outcome is unknown",
+            TxError::Unknown => {
+                "the outcome is unknown: a shard did not answer in time, or could not write its log"
+            }
             TxError::LogFailed => {
                 "the transaction log of the shard that owns a key failed (disk full or an IO \
                  error; the server's log says which); nothing was written; restart percore once \

@@ -12,7 +12,7 @@
 //!    rename it to `reshard.ready/`: the commit point. Before it the old log is untouched (a
 //!    leftover `reshard.tmp/` is removed by the next run); after it the new log is whole.
 //! 5. Move the old segments into `reshard-from-N-shards-S/` (a backup the operator deletes), the new
-//!    ones into the data dir, and remove `reshard.ready/`. Each move is idempotent, so a run
+//!    ones into the data dir, record the count (`wal::LAYOUT_FILE`), and remove `reshard.ready/`. Each move is idempotent, so a run
 //!    that finds `reshard.ready/` finishes it; the server refuses to start until then.
 
 use std::collections::VecDeque;
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::config::limits::SHARDS_MAX;
 use crate::txn::op::owner;
 use crate::txn::record::{self, Record};
 use crate::txn::service::read_log;
@@ -47,8 +48,8 @@ struct Ready {
 /// line for stdout. Err: one line, with nothing changed unless it says so.
 pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
     let io = |what: &str, e: std::io::Error| format!("--data-dir {}: {what}: {e}", dir.display());
-    if to == 0 {
-        return Err("--to: the shard count must be at least 1".into());
+    if !(1..=SHARDS_MAX).contains(&to) {
+        return Err(format!("--to {to}: a shard count is 1 to {SHARDS_MAX}"));
     }
     if let Some(ready) = read_ready(dir)? {
         if ready.to != to {
@@ -308,6 +309,7 @@ fn finish(dir: &Path, ready: &Ready) -> std::io::Result<PathBuf> {
         }
     }
     std::fs::File::open(dir)?.sync_all()?;
+    wal::record_shards(dir, ready.to)?;
     std::fs::remove_dir_all(&ready_dir)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(backup)

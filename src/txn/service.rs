@@ -396,13 +396,15 @@ impl Txn {
         // must be durable first (until then the node answers Busy).
         while !txn.node.borrow().is_ready() {
             if txn.wal.durable(txn.wal.appended()).await.is_err() {
-                return Err(std::io::Error::other(
-                    "the write-ahead log failed during start-up",
-                ));
+                let why = txn.wal.failure().unwrap_or_default();
+                return Err(std::io::Error::other(format!(
+                    "the write-ahead log failed during start-up: {why}"
+                )));
             }
             glommio::yield_if_needed().await;
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
+        txn.wal.serving();
         Ok(txn)
     }
 
@@ -474,7 +476,8 @@ impl Txn {
     /// makes the node refuse what needs the log from now on (`Node::fail_log`).
     fn log_failed(self: &Rc<Self>) {
         if self.wal.failure().is_some() {
-            self.node.borrow_mut().fail_log();
+            let actions = self.node.borrow_mut().fail_log();
+            self.execute(actions);
         }
         let durable = self.wal.durable_lsn();
         let queued: Vec<(u64, Then)> = self.durable_queue.borrow_mut().drain(..).collect();

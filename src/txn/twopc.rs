@@ -364,10 +364,21 @@ impl Node {
     /// `LogFailed` at once (a client's here, another shard's forwarded run or prepare), instead
     /// of waiting out a deadline for a durability that never comes; a client's transaction that
     /// only forwards to another shard still runs. What waited for the log is the service's to
-    /// answer (it holds those steps). The in-memory state may be ahead of the log, so nothing
-    /// short of a restart, which replays what is durable, makes the shard whole again.
-    pub fn fail_log(&mut self) {
+    /// answer (it holds those steps), except the clients of the transactions this node
+    /// coordinates, answered here: their staging or decision record waits for this log, and a
+    /// restart may still commit them (`Unknown`, found in review: they waited out the client
+    /// deadline). The in-memory state may be ahead of the log, so nothing short of a restart,
+    /// which replays what is durable, makes the shard whole again.
+    pub fn fail_log(&mut self) -> Vec<Action> {
         self.log_failed = true;
+        self.active
+            .values()
+            .filter(|active| !matches!(active.phase, Phase::Forwarded))
+            .map(|active| Action::Reply {
+                client: active.client,
+                outcome: Err(TxError::Unknown),
+            })
+            .collect()
     }
 
     /// True when the node holds nothing open: no transaction it coordinates, no commit decision
@@ -1099,7 +1110,22 @@ mod tests {
     #[test]
     fn a_failed_log_answers_log_failed_at_once() {
         let mut node = node(0);
-        node.fail_log();
+        let prepared = node.on_event(
+            Event::Begin {
+                client: 6,
+                ops: vec![put(0, "v"), put(1, "w")],
+            },
+            0,
+        );
+        assert!(prepared.len() > 1, "{prepared:?}");
+        assert_eq!(
+            node.fail_log(),
+            [Action::Reply {
+                client: 6,
+                outcome: Err(TxError::Unknown),
+            }],
+            "the coordinated transaction waiting for this log"
+        );
         let failed = Err(TxError::LogFailed);
         let forwarded = Msg::Run {
             tx: TxId {
@@ -1151,7 +1177,7 @@ mod tests {
                     vec![send(
                         1,
                         Msg::Run {
-                            tx: tx(0),
+                            tx: tx(1),
                             ops: vec![put(1, "w")],
                         },
                     )],

@@ -19,6 +19,8 @@ use std::task::{Poll, Waker};
 use futures_lite::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
 
+use crate::config::limits::SHARDS_MAX;
+
 /// When a commit is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsyncMode {
@@ -65,8 +67,8 @@ fn segment_name(shard: usize, segment: u64) -> String {
 
 /// The shard and number of a log segment's file name, only in the form `segment_path` writes
 /// (`wal-{shard}-{segment:010}.log`): digits only, no leading zeros in the shard, the number as
-/// wide as it is written. `segments` and `check_layout` both go by it, so a stray name such as
-/// `wal-01-0000000000.log` is no segment to either.
+/// wide as it is written, a shard below `SHARDS_MAX`. `segments` and `check_layout` both go by
+/// it, so a stray name such as `wal-01-0000000000.log` is no segment to either.
 pub fn parse_segment_name(name: &str) -> Option<(usize, u64)> {
     let (shard, segment) = name
         .strip_prefix("wal-")?
@@ -77,11 +79,13 @@ pub fn parse_segment_name(name: &str) -> Option<(usize, u64)> {
         return None;
     }
     let (shard, segment) = (shard.parse().ok()?, segment.parse().ok()?);
-    (segment_name(shard, segment) == name).then_some((shard, segment))
+    (shard < SHARDS_MAX && segment_name(shard, segment) == name).then_some((shard, segment))
 }
 
 /// Every log segment in `dir` (shard, number, path), in no order. Err for one that is not a
-/// regular file (a directory or a socket named like a segment): recovery could not read it.
+/// regular file (a directory, a socket, a symbolic link named like a segment): recovery could
+/// not read it, or would cut the file a link points to (found in review: a link to another
+/// shard's live segment was truncated as a torn tail).
 fn segment_files(dir: &Path) -> io::Result<Vec<(usize, u64, PathBuf)>> {
     let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -98,12 +102,11 @@ fn segment_files(dir: &Path) -> io::Result<Vec<(usize, u64, PathBuf)>> {
         else {
             continue;
         };
-        // Follows a symbolic link: a segment moved elsewhere and linked back is still one.
-        if !std::fs::metadata(&path)?.is_file() {
+        if !std::fs::symlink_metadata(&path)?.is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{} is named like a log segment but is not a file",
+                    "{} is named like a log segment but is not a regular file",
                     path.display()
                 ),
             ));
@@ -141,17 +144,63 @@ fn holds_records(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// The shard count that wrote the transaction log in `dir`: None for no log (an empty dir, or
-/// only segments that hold nothing, `holds_records`); Err (one line) when the files are not
-/// those of any count: a shard in the middle is missing, or a file named like a segment is not
-/// one.
+/// The file that says how many shards the transaction log in a data dir is for. Written, synced,
+/// before any shard of a first start writes, and by a reshard: each shard writes its own first
+/// records, so a first start cut short (a kill, a full disk) can leave one shard's segment with
+/// its epoch record and another's empty, which the files alone would read as another count
+/// (found in review: such a dir refused every later start).
+pub const LAYOUT_FILE: &str = "wal.shards";
+
+/// The count `LAYOUT_FILE` records, if there is one.
+pub fn recorded_shards(dir: &Path) -> Result<Option<usize>, String> {
+    let path = dir.join(LAYOUT_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    match text.trim().parse::<usize>() {
+        Ok(count) if (1..=SHARDS_MAX).contains(&count) => Ok(Some(count)),
+        _ => Err(format!(
+            "{}: not a shard count ({:?}); it says how many shards the transaction log is for",
+            path.display(),
+            text.trim()
+        )),
+    }
+}
+
+/// Records `count` in `LAYOUT_FILE`, durably (a temporary file, synced, renamed, the dir synced).
+pub fn record_shards(dir: &Path, count: usize) -> io::Result<()> {
+    let path = dir.join(LAYOUT_FILE);
+    let temporary = dir.join(format!("{LAYOUT_FILE}.tmp"));
+    std::fs::write(&temporary, format!("{count}\n"))?;
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The shard count the transaction log in `dir` is for: the one `LAYOUT_FILE` records or, in a
+/// data dir from before it, the one the segment files show. None for no log. Err (one line) when
+/// the files do not fit the count: a shard at or past it holds records, or (without the file) a
+/// shard in the middle is missing, or a file named like a segment is not one.
 pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
     let fail = |e: io::Error| format!("--data-dir {}: {e}", dir.display());
+    let recorded = recorded_shards(dir)?;
     let mut present = std::collections::BTreeSet::new();
     for (shard, _, path) in segment_files(dir).map_err(fail)? {
         if !present.contains(&shard) && holds_records(&path).map_err(fail)? {
             present.insert(shard);
         }
+    }
+    if let Some(count) = recorded {
+        return match present.range(count..).next() {
+            None => Ok(Some(count)),
+            Some(beyond) => Err(format!(
+                "--data-dir {}: its transaction log is for {count} shards ({LAYOUT_FILE}) but \
+                 holds records of shard {beyond}; restore the data dir (nothing was changed)",
+                dir.display()
+            )),
+        };
     }
     let Some(&last) = present.last() else {
         return Ok(None);
@@ -159,24 +208,21 @@ pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
     if present.len() == last + 1 {
         return Ok(Some(last + 1));
     }
-    let missing: Vec<String> = (0..last)
-        .filter(|i| !present.contains(i))
-        .map(|i| i.to_string())
-        .collect();
+    let missing = (0..last).find(|i| !present.contains(i)).unwrap_or(0);
     Err(format!(
-        "--data-dir {}: its transaction log has files of shards up to {last} but none of shard {}; \
-         restore them (keys are placed by shard count, nothing was changed)",
+        "--data-dir {}: its transaction log has files of shards up to {last} but none of shard \
+         {missing}; restore them (keys are placed by shard count, nothing was changed)",
         dir.display(),
-        missing.join(", ")
     ))
 }
 
-/// Refuses a data dir whose log files are not exactly those of `shard_count` shards: a key lives
+/// Refuses a data dir whose log is not that of `shard_count` shards (`written_by`): a key lives
 /// on the shard `hash(key) mod shard_count` (txn/op.rs) and each shard replays only its own
 /// files, so another count would hide keys, lose acknowledged writes on a later return to the
 /// old count, and leave a shard's in-doubt transactions naming shards that no longer exist.
-/// Called before any shard starts, so a refused start writes nothing. An empty dir fits any
-/// count, and so do segments that hold nothing (`holds_records`).
+/// Called before any shard starts, so a refused start writes nothing. A data dir without a log
+/// fits any count; then, and for a data dir from before `LAYOUT_FILE`, the caller records the
+/// count once this returns Ok.
 pub fn check_layout(dir: &Path, shard_count: usize) -> Result<(), String> {
     match written_by(dir)? {
         None => Ok(()),
@@ -251,6 +297,9 @@ pub struct Wal {
     failed: Cell<bool>,
     /// Why a write or sync failed while the log was open (a full disk, an IO error).
     failure: RefCell<Option<String>>,
+    /// Set once the shard serves (`serving`): a failure before that is the start-up's error,
+    /// said once by whoever fails the start, not logged here too.
+    serving: Cell<bool>,
     /// Set by `close` (graceful shutdown): records that still arrive are never made durable.
     closed: Cell<bool>,
     /// (position, whether it must be synced rather than durable, task).
@@ -286,6 +335,7 @@ impl Wal {
             synced_lsn: Cell::new(0),
             failed: Cell::new(false),
             failure: RefCell::new(None),
+            serving: Cell::new(false),
             closed: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
@@ -387,6 +437,11 @@ impl Wal {
         self.failure.borrow().clone()
     }
 
+    /// The shard serves: from now on a failure is logged when it happens.
+    pub fn serving(&self) {
+        self.serving.set(true);
+    }
+
     /// The position the log is durable through.
     pub fn durable_lsn(&self) -> u64 {
         self.durable_lsn.get()
@@ -471,12 +526,14 @@ impl Wal {
             if let Err(e) = result {
                 // After `close`, the records that kept coming (a drain still answers busy
                 // connections and other shards' messages) are simply never acknowledged.
-                if !wal.closed.get() {
+                if !wal.closed.get() && wal.serving.get() {
                     crate::log_line!(
                         "percore: shard {}: write-ahead log failed: {e}; its transactions answer \
                          503 until a restart (/health says 503)",
                         wal.shard
                     );
+                }
+                if !wal.closed.get() {
                     *wal.failure.borrow_mut() = Some(e.to_string());
                 }
                 wal.failed.set(true);
@@ -668,7 +725,8 @@ mod tests {
 
     /// (log files present, shard count) -> None when it may start, else a part of the error. A
     /// file holds a record's bytes unless its name is marked: `empty:` (0 bytes), `zeros:` (a
-    /// zero fill, never written) or `dir:` (a directory).
+    /// zero fill, never written), `dir:` (a directory), `link:` (a symbolic link to shard 0's
+    /// segment); `count:N` is a `LAYOUT_FILE` recording N.
     #[test]
     fn check_layout_accepts_only_the_shard_count_that_wrote_the_log() {
         let cases: &[(&[&str], usize, Option<&str>)] = &[
@@ -731,8 +789,59 @@ mod tests {
             (
                 &["wal-0-0000000000.log", "dir:wal-1-0000000000.log"],
                 2,
-                Some("wal-1-0000000000.log is named like a log segment but is not a file"),
+                Some("wal-1-0000000000.log is named like a log segment but is not a regular file"),
             ),
+            // Found in review: a link was followed, and cut as a torn tail.
+            (
+                &["wal-0-0000000000.log", "link:wal-1-0000000009.log"],
+                2,
+                Some("wal-1-0000000009.log is named like a log segment but is not a regular file"),
+            ),
+            // Found in review: the check listed every shard below a huge one.
+            (
+                &[
+                    "wal-0-0000000000.log",
+                    "wal-9223372036854775808-0000000000.log",
+                    "wal-18446744073709551615-0000000000.log",
+                    "wal-8192-0000000000.log",
+                ],
+                1,
+                None,
+            ),
+            (
+                &["wal-0-0000000000.log", "wal-8191-0000000000.log"],
+                8192,
+                Some("files of shards up to 8191 but none of shard 1;"),
+            ),
+            // The recorded count decides: a first start cut short leaves its shards' segments
+            // lopsided (found in review).
+            (
+                &[
+                    "count:2",
+                    "wal-1-0000000000.log",
+                    "empty:wal-0-0000000000.log",
+                ],
+                2,
+                None,
+            ),
+            (&["count:2", "wal-0-0000000000.log"], 2, None),
+            (&["count:2"], 2, None),
+            (
+                &["count:2", "wal-0-0000000000.log"],
+                1,
+                Some("written by 2 shards; start with 2 shards"),
+            ),
+            (
+                &["count:1", "wal-0-0000000000.log", "wal-1-0000000000.log"],
+                1,
+                Some("is for 1 shards (wal.shards) but holds records of shard 1"),
+            ),
+            (
+                &["count:0"],
+                1,
+                Some("wal.shards: not a shard count (\"0\")"),
+            ),
+            (&["count:two"], 1, Some("not a shard count")),
             // Not log files: ignored.
             (
                 &["wal-5-x.log", "wal-7-0000000000.tmp", "sessions-3.snap"],
@@ -749,6 +858,11 @@ mod tests {
                     std::fs::write(tmp.path().join(name), vec![0; 100_000]).unwrap();
                 } else if let Some(name) = file.strip_prefix("dir:") {
                     std::fs::create_dir(tmp.path().join(name)).unwrap();
+                } else if let Some(name) = file.strip_prefix("link:") {
+                    std::os::unix::fs::symlink("wal-0-0000000000.log", tmp.path().join(name))
+                        .unwrap();
+                } else if let Some(count) = file.strip_prefix("count:") {
+                    std::fs::write(tmp.path().join(LAYOUT_FILE), count).unwrap();
                 } else {
                     let mut record = vec![0; 100_000];
                     record[99_999] = 1;
