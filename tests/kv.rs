@@ -2178,6 +2178,60 @@ fn damage_in_the_middle_of_a_log_stops_the_start_and_changes_nothing() {
     dir.close().unwrap();
 }
 
+/// Found in review: a flipped byte in the last record of a log that a graceful stop closed read
+/// as a torn tail and was cut, with the acknowledged write in it. A graceful stop now writes one
+/// more record after the last, so such damage has an intact record after it and refuses the
+/// start like damage anywhere else.
+#[test]
+fn damage_in_the_last_record_of_a_stopped_log_stops_the_start() {
+    use percore::txn::record;
+    let dir = common::temp_dir("kv-damaged-last");
+    let dir_str = dir.path().to_str().unwrap();
+    let server = Server::start(&["--data-dir", dir_str]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let key = key_on(0, "last-");
+    assert_eq!(put(&mut conn, &key, b"acknowledged", &[]).status, 201);
+    drop(conn);
+    server.stop();
+
+    let (number, path) = percore::wal::segments(dir.path(), 0)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The commit of the PUT: the last record the server wrote before the stop.
+    let mut commit = None;
+    let mut at = 0;
+    while let Ok(Some((written, used))) =
+        record::decode_at(&bytes[at..], record::position_salt(number, at as u64))
+    {
+        if matches!(written, record::Record::Commit { .. }) {
+            commit = Some(at);
+        }
+        at += used;
+    }
+    let commit = commit.expect("the PUT's commit record");
+    bytes[commit + record::FRAME_HEADER_BYTES + 1] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let (code, stderr) = common::run_failing(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--no-pin",
+        "--data-dir",
+        dir_str,
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("damaged at byte {commit} ")),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was cut");
+}
+
 /// A log written by a newer build (a record type this one does not know) stops the start with
 /// exit 2 and one line naming the file, type and offset; the log is left exactly as it was.
 #[test]
