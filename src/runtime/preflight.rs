@@ -12,12 +12,11 @@ pub fn check() -> Result<(), String> {
 /// the data dir's files, the blocking pool's.
 const NOFILE_SPARE: u64 = 256;
 
-/// File descriptors one shard holds before it accepts anything (an idle 2-shard server holds
-/// 31 in all: io_uring rings, eventfds, its log and its filler, the session log), and what the
-/// process holds besides (stdio, the data dir's lock, the signal thread), with room for the
-/// files start-up reads. Below it glommio panics building an executor, or a shard fails after
+/// File descriptors one shard holds before it accepts anything (10 measured: io_uring rings,
+/// eventfds, its log and its filler; 21 for an idle 1-shard server, 31 for 2), and what the
+/// process holds besides (stdio, the data dir's lock), with room for the files start-up reads. Below it glommio panics building an executor, or a shard fails after
 /// others began (found in review).
-const NOFILE_PER_SHARD: u64 = 16;
+const NOFILE_PER_SHARD: u64 = 12;
 const NOFILE_BASE: u64 = 16;
 
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit (the soft default, 1024, is below one
