@@ -386,8 +386,9 @@ pub enum TxError {
     /// did not answer before the deadline, or its record was in the log when a write failed; it
     /// may or may not have committed.
     Unknown,
-    /// 503: the transaction needs the log of a shard whose log failed (a full disk, an IO error).
-    /// Nothing was written; that shard's transactions wait for a restart.
+    /// 503: the transaction needs the log of a shard whose log failed (a full disk, an IO error),
+    /// or a key that a transaction stuck behind such a log holds locked. Nothing was written;
+    /// these wait for a restart.
     LogFailed,
 }
 
@@ -443,9 +444,9 @@ impl TxError {
                 "the outcome is unknown: a shard did not answer in time, or could not write its log"
             }
             TxError::LogFailed => {
-                "the transaction log of the shard that owns a key failed (disk full or an IO \
-                 error; the server's log says which); nothing was written; restart percore once \
-                 the disk is fixed"
+                "a transaction log this transaction needs failed (disk full or an IO error; the \
+                 server's log says which shard); nothing was written; restart percore once the \
+                 disk is fixed"
             }
         }
     }

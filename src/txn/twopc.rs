@@ -91,6 +91,11 @@ pub enum Msg {
         tx: TxId,
         prepared: bool,
     },
+    /// The coordinator's log failed (`Node::fail_log`): `tx` stays in doubt until it restarts,
+    /// and so do the keys a participant locked for it.
+    Stuck {
+        tx: TxId,
+    },
 }
 
 /// What to do once a persisted record is durable; handed back in `Event::Durable`.
@@ -235,6 +240,9 @@ pub struct Node {
     ready: bool,
     /// This shard's log failed (`fail_log`): nothing it appends becomes durable again.
     log_failed: bool,
+    /// Prepared parts whose coordinator's log failed (`Msg::Stuck`): their locks hold until it
+    /// restarts, and a transaction that meets one answers `LogFailed`, not a conflict to retry.
+    stuck: BTreeSet<TxId>,
     active: BTreeMap<TxId, Active>,
     decided: BTreeMap<TxId, Decided>,
     probing: BTreeMap<TxId, Probing>,
@@ -336,6 +344,7 @@ impl Node {
             seq_next: 0,
             ready: false,
             log_failed: false,
+            stuck: BTreeSet::new(),
             active: BTreeMap::new(),
             decided,
             probing,
@@ -469,12 +478,17 @@ impl Node {
         // shard locks, logs and then releases its part of a transaction that cannot commit.
         // Nothing was staged or sent, so nothing needs telling or cleaning up.
         let own = parts.get(&self.shard);
-        if participants.len() > 1 && own.is_some_and(|ops| self.partition.conflicts(ops)) {
+        if participants.len() > 1
+            && let Some(ops) = own
+            && self.partition.conflicts(ops)
+        {
             self.counters.coordinated += 1;
             self.counters.aborted += 1;
+            let keys = ops.iter().map(|(_, op)| op.key());
+            let error = self.conflict(keys);
             out.push(Action::Reply {
                 client,
-                outcome: Err(TxError::Conflict),
+                outcome: Err(error),
             });
             return;
         }
@@ -542,9 +556,11 @@ impl Node {
                 then: then(Ok(outcome.results)),
             }),
             // The then of a single-shard outcome (a reply or a relay) does not use the time.
-            Err(error @ (TxError::Conflict | TxError::Busy)) => {
+            Err(TxError::Conflict) => {
+                let error = self.conflict(ops.iter().map(Op::key));
                 self.durable(then(Err(error)), 0, out)
             }
+            Err(error @ TxError::Busy) => self.durable(then(Err(error)), 0, out),
             Err(error) => out.push(Action::Persist {
                 record: None,
                 then: then(Err(error)),
@@ -597,6 +613,11 @@ impl Node {
             Msg::Status { tx } => self.on_status(tx, from, out),
             Msg::Probe { tx } => self.on_probe(tx, from, out),
             Msg::Probed { tx, prepared } => self.on_probed(tx, from, prepared, out),
+            Msg::Stuck { tx } => {
+                if self.partition.is_prepared(tx) {
+                    self.stuck.insert(tx);
+                }
+            }
         }
     }
 
@@ -612,13 +633,19 @@ impl Node {
                 record: Some(prepared.record),
                 then: then(Ok(prepared.results)),
             }),
-            Err(error @ (TxError::Conflict | TxError::Busy)) => out.push(Action::Send {
-                to: tx.coordinator as usize,
-                msg: Msg::Vote {
-                    tx,
-                    vote: Err(error),
-                },
-            }),
+            Err(error @ (TxError::Conflict | TxError::Busy)) => {
+                let error = match error {
+                    TxError::Conflict => self.conflict(ops.iter().map(|(_, op)| op.key())),
+                    other => other,
+                };
+                out.push(Action::Send {
+                    to: tx.coordinator as usize,
+                    msg: Msg::Vote {
+                        tx,
+                        vote: Err(error),
+                    },
+                })
+            }
             Err(error) => out.push(Action::Persist {
                 record: None,
                 then: then(Err(error)),
@@ -626,8 +653,25 @@ impl Node {
         }
     }
 
+    /// The error for a transaction that met a lock on `keys`: `LogFailed` when a lock belongs to
+    /// a transaction stuck behind a failed coordinator log (retrying will not help before that
+    /// shard restarts), else a conflict.
+    fn conflict<'a>(&self, keys: impl IntoIterator<Item = &'a bytes::Bytes>) -> TxError {
+        let stuck = keys.into_iter().any(|key| {
+            self.partition
+                .locked_by(key)
+                .is_some_and(|tx| self.stuck.contains(&tx))
+        });
+        if stuck {
+            TxError::LogFailed
+        } else {
+            TxError::Conflict
+        }
+    }
+
     fn on_decide(&mut self, tx: TxId, commit: bool, out: &mut Vec<Action>) {
         self.query_at_ms.remove(&tx);
+        self.stuck.remove(&tx);
         if !self.partition.is_prepared(tx) {
             if commit {
                 // Already committed here, maybe not yet durably: ack behind a barrier.
@@ -862,6 +906,16 @@ impl Node {
     }
 
     fn on_status(&mut self, tx: TxId, from: usize, out: &mut Vec<Action>) {
+        let durably_decided = self.decided.get(&tx).is_some_and(|d| d.durable);
+        if self.log_failed && !durably_decided {
+            // Nothing this node decides now can become durable, and a restart may still
+            // commit it: the participant holds its locks until then, and says why.
+            out.push(Action::Send {
+                to: from,
+                msg: Msg::Stuck { tx },
+            });
+            return;
+        }
         if let Some(decision) = self.decided.get(&tx) {
             // Not durable yet: the participant hears it once it is, or asks again.
             if decision.durable {
@@ -1223,6 +1277,67 @@ mod tests {
             !node.partition.is_prepared(prepared),
             "a no vote locks nothing"
         );
+    }
+
+    /// Found in review: a participant's keys locked for a transaction whose coordinator's log
+    /// failed answered 409 "retry" until the coordinator restarted. The coordinator now says so
+    /// when asked (`Stuck`), and the participant answers `LogFailed` for those keys.
+    #[test]
+    fn keys_locked_behind_a_failed_coordinator_log_answer_log_failed() {
+        let mut coordinator = node(0);
+        let mut participant = node(1);
+        let begin = Event::Begin {
+            client: 1,
+            ops: vec![put(0, "a"), put(1, "b")],
+        };
+        let prepare = coordinator
+            .on_event(begin, 0)
+            .into_iter()
+            .find_map(|action| match action {
+                Action::Send { to: 1, msg } => Some(msg),
+                _ => None,
+            })
+            .expect("a prepare for shard 1");
+        let Msg::Prepare { tx, .. } = prepare else {
+            panic!("{prepare:?}");
+        };
+        for action in participant.on_event(receive(0, prepare), 0) {
+            if let Action::Persist { then, .. } = action {
+                participant.on_event(Event::Durable(then), 0);
+            }
+        }
+        assert!(participant.partition.is_prepared(tx));
+        let replies = coordinator.fail_log();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!(
+            coordinator.on_event(receive(1, Msg::Status { tx }), 100),
+            [send(1, Msg::Stuck { tx })]
+        );
+        let locked = |client| Event::Begin {
+            client,
+            ops: vec![put(1, "c")],
+        };
+        let reply = |client, error| Action::Reply {
+            client,
+            outcome: Err(error),
+        };
+        assert_eq!(
+            participant.on_event(locked(2), 100),
+            [reply(2, TxError::Conflict)]
+        );
+        assert!(
+            participant
+                .on_event(receive(0, Msg::Stuck { tx }), 100)
+                .is_empty()
+        );
+        assert_eq!(
+            participant.on_event(locked(3), 100),
+            [reply(3, TxError::LogFailed)]
+        );
+        // After the coordinator's restart its decision releases the locks as before.
+        participant.on_event(receive(0, Msg::Decide { tx, commit: false }), 200);
+        assert!(!participant.partition.is_prepared(tx));
+        assert!(participant.stuck.is_empty());
     }
 
     #[test]
