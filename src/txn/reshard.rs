@@ -21,11 +21,12 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::config::limits::SHARDS_MAX;
+use crate::txn::TxnLimits;
 use crate::txn::op::owner;
+use crate::txn::partition::snapshot_entries;
 use crate::txn::record::{self, Record};
 use crate::txn::service::read_log;
 use crate::txn::twopc::{Action, Event, Node};
-use crate::txn::{SNAPSHOT_ENTRIES_BYTES_MAX, TxnLimits};
 use crate::wal;
 
 /// Where the new segments are written, before the commit point.
@@ -244,20 +245,7 @@ fn stage(
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let count = entries.len();
         let mut records = vec![Record::SnapshotBegin { version_next }];
-        let mut chunk = Vec::new();
-        let mut chunk_bytes = 0;
-        for entry in entries {
-            chunk_bytes += entry.0.len() + entry.1.len();
-            chunk.push(entry);
-            if chunk_bytes >= SNAPSHOT_ENTRIES_BYTES_MAX {
-                let entries = std::mem::take(&mut chunk);
-                records.push(Record::SnapshotEntries { entries });
-                chunk_bytes = 0;
-            }
-        }
-        if !chunk.is_empty() {
-            records.push(Record::SnapshotEntries { entries: chunk });
-        }
+        records.extend(snapshot_entries(entries));
         records.push(Record::Epoch { epoch });
         record::snapshot_close(&mut records);
         let mut bytes = Vec::new();
