@@ -80,10 +80,10 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
     };
     let mut args = args;
     let command = args.command.take();
-    if let Some(command) = &command
-        && !matches!(command, config::Command::Reshard { .. })
-    {
-        return auth::cli::run(command);
+    match &command {
+        Some(config::Command::Reshard { to }) => return reshard(&args, *to),
+        Some(command) => return auth::cli::run(command),
+        None => {}
     }
     let config = match Config::from_args(args) {
         Ok(config) => config,
@@ -92,20 +92,6 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Some(config::Command::Reshard { to }) = command {
-        let result = runtime::lock_data_dir(&config.data_dir)
-            .and_then(|_lock| txn::reshard::run(&config.data_dir, to, config.txn.limits));
-        return match result {
-            Ok(line) => {
-                println!("{line}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                crate::log_line!("percore: {e}");
-                ExitCode::from(EXIT_USAGE)
-            }
-        };
-    }
     for warning in &config.warnings {
         crate::log_line!("percore: {warning}");
     }
@@ -115,6 +101,29 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             crate::log_line!("percore: {}", e.0);
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// `percore reshard --to N`: one line on stdout when done, one on stderr (exit 2) when not.
+fn reshard(args: &config::Args, to: usize) -> ExitCode {
+    let result = Config::data_dir_of(args)
+        .map_err(|e| e.to_string())
+        .and_then(|dir| {
+            if !dir.is_dir() {
+                return Err(format!("--data-dir {}: no such directory", dir.display()));
+            }
+            let _lock = runtime::lock_data_dir(&dir)?;
+            txn::reshard::run(&dir, to, txn::TxnLimits::default())
+        });
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            crate::log_line!("percore: {e}");
             ExitCode::from(EXIT_USAGE)
         }
     }

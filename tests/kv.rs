@@ -1869,15 +1869,25 @@ fn reshard_moves_every_key_with_its_version_and_back() {
         assert_eq!(body, *value, "{key}");
     }
     drop(server);
-    let (code, stdout, _) = reshard(dir, "2");
-    assert_eq!(code, 0);
+    // Through a config file of a server this machine could not run (found in review: the
+    // reshard validated the whole server config).
+    let config = tmp.path().join("big-machine.toml");
+    std::fs::write(&config, format!("shards = 64\ndata_dir = {dir:?}\n")).unwrap();
+    let output = std::process::Command::new(common::BIN)
+        .args(["--config", config.to_str().unwrap(), "reshard", "--to", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(stdout.contains("already that of 2 shards"), "{stdout}");
 }
 
-/// A reshard stopped after its commit point (here: its backup dir's name is taken by a file,
-/// so it cannot move the old log away) leaves the old log and the new one side by side: the
-/// server refuses to start on that until a reshard run finishes the move. Also: a running
-/// server's data dir and a count of 0 are refused.
+/// A reshard stopped after its commit point leaves the old log and the new one side by side,
+/// the new one in `reshard.ready/` with its marker: the server refuses to start on that until a
+/// reshard run finishes the move. The state is built here as the reshard writes it (a kill at
+/// the right moment cannot be timed in a test): the new segment from a finished reshard of a
+/// copy, and the marker. Also: a running server's data dir, a count of 0 and a data dir that
+/// does not exist are refused.
 #[test]
 fn an_interrupted_reshard_stops_the_start_until_a_run_finishes_it() {
     let tmp = common::temp_dir("kv-reshard-stop");
@@ -1894,21 +1904,38 @@ fn an_interrupted_reshard_stops_the_start_until_a_run_finishes_it() {
     assert_eq!(code, 2);
     assert!(stderr.contains("in use by another percore"), "{stderr}");
     server.stop();
-    let (code, _, stderr) = reshard(dir, "0");
+    for bad in ["0", "8193"] {
+        let (code, _, stderr) = reshard(dir, bad);
+        assert_eq!(code, 2, "--to {bad}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+    let missing = tmp.path().join("no-such-dir");
+    let (code, _, stderr) = reshard(missing.to_str().unwrap(), "1");
     assert_eq!(code, 2);
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no such directory"), "{stderr}");
+    assert!(!missing.exists(), "not created");
 
-    let segment = (0..SHARDS)
-        .flat_map(|shard| percore::wal::segments(tmp.path(), shard).unwrap())
-        .map(|(number, _)| number)
-        .max()
+    // A finished reshard of a copy gives the new segment.
+    let copy = common::temp_dir("kv-reshard-copy");
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    }
+    let (code, _, stderr) = reshard(copy.path().to_str().unwrap(), "1");
+    assert_eq!(code, 0, "{stderr}");
+    let (segment, new_segment) = percore::wal::segments(copy.path(), 0)
         .unwrap()
-        + 1;
-    let blocker = tmp.path().join(format!("reshard-from-2-shards-{segment}"));
-    std::fs::write(&blocker, b"in the way").unwrap();
-    let (code, _, stderr) = reshard(dir, "1");
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("finishing the reshard"), "{stderr}");
+        .pop()
+        .unwrap();
+    let ready = tmp.path().join("reshard.ready");
+    std::fs::create_dir(&ready).unwrap();
+    std::fs::copy(&new_segment, ready.join(new_segment.file_name().unwrap())).unwrap();
+    let backup = format!("reshard-from-2-shards-{segment}");
+    std::fs::write(
+        ready.join("READY"),
+        format!("to 1 from 2 segment {segment} backup {backup}\n"),
+    )
+    .unwrap();
 
     let (code, stderr) = common::run_failing(&[
         "--bind",
@@ -1928,13 +1955,14 @@ fn an_interrupted_reshard_stops_the_start_until_a_run_finishes_it() {
     let (code, _, stderr) = reshard(dir, "2");
     assert_eq!(code, 2, "another count first: {stderr}");
 
-    std::fs::remove_file(&blocker).unwrap();
     let (code, stdout, stderr) = reshard(dir, "1");
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("finished the interrupted reshard"),
         "{stdout}"
     );
+    assert!(!ready.exists());
+    assert_eq!(log_files(&tmp.path().join(&backup)).len(), 2, "the old log");
     let server = one_shard(dir);
     for ((key, value), (body, _)) in keys.iter().zip(read_back(&server, &keys)) {
         assert_eq!(body, *value, "{key}");

@@ -16,7 +16,9 @@ pub fn run(command: &Command) -> ExitCode {
             println!("{token}\n{}", password::token_hash(&token));
             ExitCode::SUCCESS
         }
-        Command::Reshard { .. } => unreachable!("main_with runs the reshard: it needs the config"),
+        Command::Reshard { .. } => {
+            unreachable!("main_with runs the reshard: it needs the data dir")
+        }
     }
 }
 

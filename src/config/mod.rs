@@ -465,7 +465,26 @@ impl Config {
         };
         merge(args, file, &allowed_cpus())
     }
+
+    /// The data dir the flags and the config file name, and nothing else checked: for tools
+    /// that run instead of the server (`percore reshard`), which a server setting this machine
+    /// cannot run (more shards than CPUs, a missing certificate) must not stop (found in
+    /// review).
+    pub fn data_dir_of(args: &Args) -> Result<PathBuf, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Ok(args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
+    }
 }
+
+/// Where session snapshots and transaction logs go when no flag or key says.
+const DATA_DIR_DEFAULT: &str = "percore-data";
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -676,7 +695,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         data_dir: args
             .data_dir
             .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("percore-data")),
+            .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
         expose_shard: args.expose_shard.or(file.expose_shard).unwrap_or(false),
         session: SessionConfig {
             cookie_name: cookie_name(args.session_cookie.or(file.session_cookie))?,

@@ -33,16 +33,18 @@ use crate::wal;
 const STAGING_DIR: &str = "reshard.tmp";
 /// The staging dir after the commit point: a reshard to finish.
 pub const READY_DIR: &str = "reshard.ready";
-/// In the staging dir: `to M from N segment S`.
+/// In the staging dir: `to M from N segment S backup NAME`.
 const READY_FILE: &str = "READY";
 /// How long (simulated) settling may take before the reshard gives up: many resolve rounds.
 const SETTLE_MS_MAX: u64 = 600_000;
 
-/// A reshard that reached its commit point: the target count and the new segments' number.
+/// A reshard that reached its commit point: the target count, the new segments' number, and
+/// the backup dir the old segments go to (chosen fresh: never one an earlier reshard filled).
 struct Ready {
     to: usize,
     from: usize,
     segment: u64,
+    backup: String,
 }
 
 /// Runs the reshard of `dir` to `to` shards (the caller holds the data dir's lock). Ok: one
@@ -61,7 +63,7 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
                 ready.to
             ));
         }
-        let backup = finish(dir, &ready).map_err(|e| io("finishing the reshard", e))?;
+        let backup = finish(dir, &ready).map_err(|e| committed(dir, to, e))?;
         return Ok(format!(
             "percore: finished the interrupted reshard of {} to {}; the old log is in {}",
             dir.display(),
@@ -103,13 +105,37 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
             ));
         }
     }
-    let segment = wal::last_segment(dir)
-        .map_err(|e| io("listing the log", e))?
-        .map_or(0, |last| last + 1);
-    let ready = Ready { to, from, segment };
-    stage(dir, &staging, parts, version_next, epoch, &ready, limits)
-        .map_err(|e| io("writing the new log (the old one is untouched)", e))?;
-    let backup = finish(dir, &ready).map_err(|e| io("finishing the reshard", e))?;
+    let segment = match wal::last_segment(dir).map_err(|e| io("listing the log", e))? {
+        None => 0,
+        Some(last) if last < wal::SEGMENT_NUMBER_MAX => last + 1,
+        Some(last) => {
+            return Err(format!(
+                "--data-dir {}: a segment numbered {last} leaves no number for the new log \
+                 (a stray file?); nothing was changed",
+                dir.display()
+            ));
+        }
+    };
+    let ready = Ready {
+        to,
+        from,
+        segment,
+        backup: fresh_backup_name(dir, from, segment),
+    };
+    if let Err(e) = stage(&staging, parts, version_next, epoch, &ready, limits) {
+        // Gigabytes, maybe, and on a full disk the reason the old count cannot start.
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(io("writing the new log (the old one is untouched)", e));
+    }
+    // The commit point: before the rename the old log is the log, after it the new one.
+    if let Err(e) = std::fs::rename(&staging, dir.join(READY_DIR)) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(io("committing the new log (the old one is untouched)", e));
+    }
+    let backup = std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .and_then(|()| finish(dir, &ready))
+        .map_err(|e| committed(dir, to, e))?;
     Ok(format!(
         "percore: moved {keys} keys of {} from {} to {}; start it with --shards {to}; the old log \
          is in {}",
@@ -136,6 +162,30 @@ pub fn check_finished(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// An error after the commit point: the new log is the log, a rerun finishes the move.
+fn committed(dir: &Path, to: usize, e: std::io::Error) -> String {
+    format!(
+        "--data-dir {}: the reshard to {} is committed but not finished ({e}); finish it with \
+         `percore --data-dir {} reshard --to {to}`",
+        dir.display(),
+        shards(to),
+        dir.display()
+    )
+}
+
+/// `reshard-from-N-shards-S`, or with `-2`, `-3`, ... after it when an earlier reshard's
+/// backup has that name (found in review: a second reshard overwrote the first one's backup).
+fn fresh_backup_name(dir: &Path, from: usize, segment: u64) -> String {
+    let base = format!("reshard-from-{from}-shards-{segment}");
+    (1..)
+        .map(|n| match n {
+            1 => base.clone(),
+            n => format!("{base}-{n}"),
+        })
+        .find(|name| std::fs::symlink_metadata(dir.join(name)).is_err())
+        .expect("some name is free")
+}
+
 /// "1 shard", "2 shards".
 fn shards(count: usize) -> String {
     match count {
@@ -145,22 +195,36 @@ fn shards(count: usize) -> String {
 }
 
 fn read_ready(dir: &Path) -> Result<Option<Ready>, String> {
-    let path = dir.join(READY_DIR).join(READY_FILE);
+    let ready_dir = dir.join(READY_DIR);
+    if std::fs::symlink_metadata(&ready_dir).is_ok_and(|meta| !meta.is_dir()) {
+        return Err(format!(
+            "{} is not a directory: percore makes it only during a reshard; move it away",
+            ready_dir.display()
+        ));
+    }
+    let path = ready_dir.join(READY_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let parsed = text
-        .trim()
-        .strip_prefix("to ")
-        .and_then(|rest| rest.split_once(" from "))
-        .and_then(|(to, rest)| Some((to, rest.split_once(" segment ")?)))
-        .and_then(|(to, (from, segment))| {
-            Some((to.parse().ok()?, from.parse().ok()?, segment.parse().ok()?))
-        });
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let parsed = || match words.as_slice() {
+        ["to", to, "from", from, "segment", segment, "backup", backup]
+            if backup.starts_with("reshard-from-") && !backup.contains('/') =>
+        {
+            Some(Ready {
+                to: to.parse().ok().filter(|to| (1..=SHARDS_MAX).contains(to))?,
+                from: from.parse().ok()?,
+                segment: segment.parse().ok()?,
+                backup: backup.to_string(),
+            })
+        }
+        _ => None,
+    };
+    let parsed = parsed();
     match parsed {
-        Some((to, from, segment)) => Ok(Some(Ready { to, from, segment })),
+        Some(ready) => Ok(Some(ready)),
         None => Err(format!(
             "{}: not a reshard marker ({text:?}); remove {} if no reshard ran",
             path.display(),
@@ -184,6 +248,21 @@ fn settle(dir: &Path, from: usize, limits: TxnLimits) -> Result<(Entries, u64, u
             )
         })?;
         let (node, actions) = Node::recover(shard, from, limits, &recovered.records, 0);
+        // Every key of a shard's log is one that shard owns: else the count is not the one
+        // the log was written by, and placing keys by it would lose some.
+        if let Some((key, _)) = node
+            .partition
+            .entries()
+            .find(|(key, _)| owner(key, from) != shard)
+        {
+            return Err(format!(
+                "--data-dir {}: shard {shard}'s log holds the key {:?}, which shard {} owns with \
+                 {from} shards: the log was not written by {from} shards (nothing was changed)",
+                dir.display(),
+                String::from_utf8_lossy(key),
+                owner(key, from)
+            ));
+        }
         nodes.push(node);
         queue.extend(actions.into_iter().map(|action| (shard, action)));
     }
@@ -229,9 +308,9 @@ fn settle(dir: &Path, from: usize, limits: TxnLimits) -> Result<(Entries, u64, u
     Ok((entries, version_next, epoch))
 }
 
-/// Step 4: each new shard's segment, a complete checkpoint, synced, then the commit point.
+/// Step 4: each new shard's segment, a complete checkpoint, synced and read back, and the
+/// marker; the caller renames the staging dir (the commit point).
 fn stage(
-    dir: &Path,
     staging: &Path,
     parts: Vec<Entries>,
     version_next: u64,
@@ -268,22 +347,20 @@ fn stage(
     }
     std::fs::write(
         staging.join(READY_FILE),
-        format!("to {to} from {} segment {segment}\n", ready.from),
+        format!(
+            "to {to} from {} segment {segment} backup {}\n",
+            ready.from, ready.backup
+        ),
     )?;
     std::fs::File::open(staging.join(READY_FILE))?.sync_all()?;
-    std::fs::File::open(staging)?.sync_all()?;
-    std::fs::rename(staging, dir.join(READY_DIR))?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(staging)?.sync_all()
 }
 
 /// Step 5: old segments into the backup, new ones into the data dir, the marker away. Every
 /// move can be redone after a crash: old segments are those numbered below the new ones.
 fn finish(dir: &Path, ready: &Ready) -> std::io::Result<PathBuf> {
     let ready_dir = dir.join(READY_DIR);
-    let backup = dir.join(format!(
-        "reshard-from-{}-shards-{}",
-        ready.from, ready.segment
-    ));
+    let backup = dir.join(&ready.backup);
     std::fs::create_dir_all(&backup)?;
     for old in wal::segments_below(dir, ready.segment)? {
         let name = old.file_name().expect("a segment has a file name");
@@ -381,5 +458,67 @@ mod tests {
     #[test]
     fn a_transaction_a_participant_never_prepared_is_aborted() {
         assert_eq!(settle_staged(&[0]), vec![]);
+    }
+
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("percore-reshard-")
+            .tempdir()
+            .unwrap()
+    }
+
+    fn commit(key: Bytes) -> Record {
+        Record::Commit {
+            tx: None,
+            version: 1,
+            writes: vec![(key, Some(Bytes::from_static(b"v")))],
+        }
+    }
+
+    /// A log whose keys are not those its shard owns under the count: not a log of that count.
+    #[test]
+    fn a_key_on_a_shard_that_does_not_own_it_refuses() {
+        let tmp = temp_dir();
+        write_log(tmp.path(), 0, &[commit(key_on(0, 2))]);
+        write_log(tmp.path(), 1, &[commit(key_on(0, 2))]);
+        let error = run(tmp.path(), 1, TxnLimits::default()).unwrap_err();
+        assert!(error.contains("shard 1's log holds the key"), "{error}");
+        assert!(!tmp.path().join(STAGING_DIR).exists());
+    }
+
+    /// Found in review: a stray `wal-0-18446744073709551615.log` wrapped the new segments'
+    /// number to 0, over a live segment. Such a name is no segment now; the largest one that is
+    /// leaves no number after it, and the reshard refuses.
+    #[test]
+    fn no_number_after_the_last_segment_refuses() {
+        let tmp = temp_dir();
+        write_log(tmp.path(), 0, &[commit(key_on(0, 2))]);
+        write_log(tmp.path(), 1, &[commit(key_on(1, 2))]);
+        let stray = wal::segment_path(tmp.path(), 0, wal::SEGMENT_NUMBER_MAX);
+        std::fs::write(&stray, b"").unwrap();
+        let error = run(tmp.path(), 1, TxnLimits::default()).unwrap_err();
+        // Reading the log refuses it first, as a start does.
+        assert!(
+            error.contains("the last segment number a name holds"),
+            "{error}"
+        );
+        assert!(wal::segment_path(tmp.path(), 0, 0).exists());
+    }
+
+    /// Found in review: a second reshard with the same segment number (the store dropped and
+    /// refilled in between) moved the old log into the first one's backup, over its files.
+    #[test]
+    fn a_backup_name_in_use_is_not_reused() {
+        let tmp = temp_dir();
+        std::fs::create_dir(tmp.path().join("reshard-from-2-shards-1")).unwrap();
+        std::fs::write(tmp.path().join("reshard-from-2-shards-1-2"), b"").unwrap();
+        assert_eq!(
+            fresh_backup_name(tmp.path(), 2, 1),
+            "reshard-from-2-shards-1-3"
+        );
+        assert_eq!(
+            fresh_backup_name(tmp.path(), 2, 7),
+            "reshard-from-2-shards-7"
+        );
     }
 }

@@ -85,7 +85,17 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
 /// (runtime::run), so a refused start changes no shard's files.
 pub fn read_log(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     let segments = wal::segments(dir, shard)?;
-    let segment_next = segments.last().map_or(0, |(n, _)| n + 1);
+    let segment_next = match segments.last() {
+        None => 0,
+        Some((n, _)) if *n < wal::SEGMENT_NUMBER_MAX => n + 1,
+        // Its successor would have a name no start reads back: what this run logs would be lost.
+        Some((_, path)) => {
+            return Err(std::io::Error::other(format!(
+                "log {} has the last segment number a name holds (a stray file?)",
+                path.display()
+            )));
+        }
+    };
     let mut scanned = Vec::with_capacity(segments.len());
     for (number, path) in segments {
         let bytes = std::fs::read(&path)?;

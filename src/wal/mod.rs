@@ -57,6 +57,10 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// half the CPU (bench/RESULTS.md); one chunk's write costs a millisecond or two, once per MiB.
 pub const PREFILL_CHUNK_BYTES: u64 = 1024 * 1024;
 
+/// The largest segment number a name holds (`segment_name` writes ten digits): a shard would
+/// need ten billion checkpoints to reach it, so only a stray file can.
+pub const SEGMENT_NUMBER_MAX: u64 = 9_999_999_999;
+
 pub fn segment_path(dir: &Path, shard: usize, segment: u64) -> PathBuf {
     dir.join(segment_name(shard, segment))
 }
@@ -79,7 +83,8 @@ pub fn parse_segment_name(name: &str) -> Option<(usize, u64)> {
         return None;
     }
     let (shard, segment) = (shard.parse().ok()?, segment.parse().ok()?);
-    (shard < SHARDS_MAX && segment_name(shard, segment) == name).then_some((shard, segment))
+    let bounded = shard < SHARDS_MAX && segment <= SEGMENT_NUMBER_MAX;
+    (bounded && segment_name(shard, segment) == name).then_some((shard, segment))
 }
 
 /// Every log segment in `dir` (shard, number, path), in no order. Err for one that is not a
@@ -885,7 +890,7 @@ mod tests {
 
     #[test]
     fn segment_names_are_read_only_in_the_form_they_are_written() {
-        for (shard, segment) in [(0, 0), (1, 7), (12, 9_999_999_999), (3, 12_345_678_901)] {
+        for (shard, segment) in [(0, 0), (1, 7), (12, 9_999_999_999), (8191, 3)] {
             let path = segment_path(Path::new("/d"), shard, segment);
             let name = path.file_name().unwrap().to_str().unwrap();
             assert_eq!(parse_segment_name(name), Some((shard, segment)), "{name}");
@@ -903,6 +908,9 @@ mod tests {
             "wal-1.log",
             "wal-a-0000000001.log",
             "wal--0000000001.log",
+            "wal-8192-0000000001.log",
+            "wal-1-10000000000.log",
+            "wal-0-18446744073709551615.log",
         ] {
             assert_eq!(parse_segment_name(name), None, "{name}");
         }
