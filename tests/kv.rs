@@ -2104,6 +2104,51 @@ fn a_first_start_cut_short_leaves_a_log_the_recorded_count_starts() {
     assert!(stderr.contains("none of shard 0"), "{stderr}");
 }
 
+/// Found in review: with a stray segment file numbered near the last number a name holds, the
+/// server's checkpoints went on to numbers with more digits, which no start reads back: a
+/// restart served an empty store. A log numbered that high refuses the start (naming the file),
+/// and so does a file numbered past the last number.
+#[test]
+fn segment_numbers_never_run_past_what_a_start_reads() {
+    let tmp = common::temp_dir("kv-segment-max");
+    let dir = tmp.path().to_str().unwrap();
+    let refused = || {
+        common::run_failing(&[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--no-pin",
+            "--data-dir",
+            dir,
+        ])
+    };
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    assert_eq!(put(&mut conn, &key_on(0, "kept-"), b"v", &[]).status, 201);
+    drop(conn);
+    server.stop();
+
+    let stray = tmp.path().join("wal-0-9999999997.log");
+    std::fs::write(&stray, b"").unwrap();
+    let (code, stderr) = refused();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("wal-0-9999999997.log is numbered too close to the last segment number"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let (code, _, stderr) = reshard(dir, "1");
+    assert_eq!(code, 2, "{stderr}");
+    std::fs::remove_file(&stray).unwrap();
+
+    std::fs::write(tmp.path().join("wal-1-10000000000.log"), b"x").unwrap();
+    let (code, stderr) = refused();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("numbered past the last number"), "{stderr}");
+}
+
 /// Found in review: a flipped byte in the middle of a log cut every committed record after it
 /// (on one shard: the other half of a cross-shard transaction stayed). Intact records after a bad
 /// one prove damage, not a torn write: the start stops with exit 2 and one line naming the file

@@ -107,7 +107,7 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
     }
     let segment = match wal::last_segment(dir).map_err(|e| io("listing the log", e))? {
         None => 0,
-        Some(last) if last < wal::SEGMENT_NUMBER_MAX => last + 1,
+        Some(last) if last <= wal::SEGMENT_NUMBER_START_MAX => last + 1,
         Some(last) => {
             return Err(format!(
                 "--data-dir {}: a segment numbered {last} leaves no number for the new log \
@@ -494,12 +494,12 @@ mod tests {
         let tmp = temp_dir();
         write_log(tmp.path(), 0, &[commit(key_on(0, 2))]);
         write_log(tmp.path(), 1, &[commit(key_on(1, 2))]);
-        let stray = wal::segment_path(tmp.path(), 0, wal::SEGMENT_NUMBER_MAX);
+        let stray = wal::segment_path(tmp.path(), 0, wal::SEGMENT_NUMBER_START_MAX + 1);
         std::fs::write(&stray, b"").unwrap();
         let error = run(tmp.path(), 1, TxnLimits::default()).unwrap_err();
         // Reading the log refuses it first, as a start does.
         assert!(
-            error.contains("the last segment number a name holds"),
+            error.contains("too close to the last segment number a name holds"),
             "{error}"
         );
         assert!(wal::segment_path(tmp.path(), 0, 0).exists());

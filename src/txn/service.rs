@@ -87,11 +87,12 @@ pub fn read_log(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     let segments = wal::segments(dir, shard)?;
     let segment_next = match segments.last() {
         None => 0,
-        Some((n, _)) if *n < wal::SEGMENT_NUMBER_MAX => n + 1,
-        // Its successor would have a name no start reads back: what this run logs would be lost.
+        Some((n, _)) if *n <= wal::SEGMENT_NUMBER_START_MAX => n + 1,
+        // Its successors would soon have names no start reads back: what runs log would be lost.
         Some((_, path)) => {
             return Err(std::io::Error::other(format!(
-                "log {} has the last segment number a name holds (a stray file?)",
+                "log {} is numbered too close to the last segment number a name holds (a \
+                 stray file?)",
                 path.display()
             )));
         }
@@ -502,8 +503,10 @@ impl Txn {
 
     /// Answers a step whose log position will never be durable. A client's transaction, and a
     /// run forwarded from another shard, may or may not have reached the disk: `Unknown` (504),
-    /// now rather than at the client's deadline. Votes, acks and decisions are left to the
-    /// protocol's timeouts (a coordinator that hears no vote aborts).
+    /// now rather than at the client's deadline. A participant's vote becomes a no
+    /// (`LogFailed`): a part whose prepare is not durable must not vote yes, and a no is always
+    /// safe before a yes (found in review: the coordinator waited out its prepare timeout and
+    /// answered "unavailable"). Acks and decisions are left to the protocol's timeouts.
     fn never_durable(self: &Rc<Self>, then: Then) {
         let action = match then {
             Then::Reply { client, .. } => Action::Reply {
@@ -515,6 +518,13 @@ impl Txn {
                 msg: Msg::RunResult {
                     tx,
                     outcome: Err(TxError::Unknown),
+                },
+            },
+            Then::Vote { tx, .. } => Action::Send {
+                to: tx.coordinator as usize,
+                msg: Msg::Vote {
+                    tx,
+                    vote: Err(TxError::LogFailed),
                 },
             },
             _ => return,
@@ -612,6 +622,19 @@ impl Txn {
     /// (`Wal::synced`: with `--fsync off` durable only means written, and a snapshot that a power
     /// loss could take must not replace the segments it summarises).
     fn checkpoint(self: &Rc<Self>) {
+        if self.wal.next_position().0 >= wal::SEGMENT_NUMBER_MAX {
+            // The next segment's name would not be read back (found in review: a reshard over a
+            // stray file with a huge number led there, and a restart lost every key). Only a
+            // stray file gets here; the log grows instead, and says so once.
+            if !self.checkpointing.replace(true) {
+                crate::log_line!(
+                    "percore: shard {}: no segment number is left for a checkpoint; the log \
+                     grows without one (a stray segment file with a huge number?)",
+                    self.shard
+                );
+            }
+            return;
+        }
         self.checkpointing.set(true);
         let snapshot = self.node.borrow().snapshot();
         let segment = self.wal.switch_segment();

@@ -61,6 +61,12 @@ pub const PREFILL_CHUNK_BYTES: u64 = 1024 * 1024;
 /// need ten billion checkpoints to reach it, so only a stray file can.
 pub const SEGMENT_NUMBER_MAX: u64 = 9_999_999_999;
 
+/// The largest last segment number a start (or a reshard) accepts: it leaves a billion numbers
+/// for the run's checkpoints and later starts. A log near `SEGMENT_NUMBER_MAX` can only come
+/// from a stray file, and running on it would end where no number is left (found in review: a
+/// restart then lost every key).
+pub const SEGMENT_NUMBER_START_MAX: u64 = 8_999_999_999;
+
 pub fn segment_path(dir: &Path, shard: usize, segment: u64) -> PathBuf {
     dir.join(segment_name(shard, segment))
 }
@@ -87,6 +93,22 @@ pub fn parse_segment_name(name: &str) -> Option<(usize, u64)> {
     (bounded && segment_name(shard, segment) == name).then_some((shard, segment))
 }
 
+/// A name of the segment form whose number has more digits than `SEGMENT_NUMBER_MAX`.
+fn past_the_last_number(name: &str) -> bool {
+    let Some((shard, segment)) = name
+        .strip_prefix("wal-")
+        .and_then(|rest| rest.strip_suffix(".log"))
+        .and_then(|rest| rest.split_once('-'))
+    else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(shard)
+        && digits(segment)
+        && segment.len() > 10
+        && segment.trim_start_matches('0').len() > 10
+}
+
 /// Every log segment in `dir` (shard, number, path), in no order. Err for one that is not a
 /// regular file (a directory, a socket, a symbolic link named like a segment): recovery could
 /// not read it, or would cut the file a link points to (found in review: a link to another
@@ -100,11 +122,19 @@ fn segment_files(dir: &Path) -> io::Result<Vec<(usize, u64, PathBuf)>> {
     };
     for entry in entries {
         let path = entry?.path();
-        let Some((shard, number)) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_segment_name)
-        else {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some((shard, number)) = parse_segment_name(name) else {
+            if past_the_last_number(name) {
+                // Only a percore whose segment numbers ran out writes one: ignored, its
+                // records would be lost without a word (found in review).
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is a log segment numbered past the last number a start reads",
+                        path.display()
+                    ),
+                ));
+            }
             continue;
         };
         if !std::fs::symlink_metadata(&path)?.is_file() {
@@ -158,18 +188,38 @@ pub const LAYOUT_FILE: &str = "wal.shards";
 
 /// The count `LAYOUT_FILE` records, if there is one.
 pub fn recorded_shards(dir: &Path) -> Result<Option<usize>, String> {
+    use std::io::Read;
     let path = dir.join(LAYOUT_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    let fail = |e: io::Error| format!("{}: {e}", path.display());
+    match std::fs::metadata(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    match text.trim().parse::<usize>() {
-        Ok(count) if (1..=SHARDS_MAX).contains(&count) => Ok(Some(count)),
+        Err(e) => return Err(fail(e)),
+        // A fifo would block the start for good (found in review).
+        Ok(meta) if !meta.is_file() => {
+            return Err(format!("{}: not a regular file", path.display()));
+        }
+        Ok(_) => {}
+    }
+    // A count is a few digits: the first 32 bytes say whether this is one (a 200 MB file went
+    // whole into the error line).
+    let mut head = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|file| file.take(32).read_to_end(&mut head))
+        .map_err(fail)?;
+    let text = String::from_utf8_lossy(&head);
+    let digits = text.trim_end_matches('\n');
+    let count = digits
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| digits.parse::<usize>().ok())
+        .flatten()
+        .filter(|count| (1..=SHARDS_MAX).contains(count));
+    match count {
+        Some(count) if head.len() < 32 => Ok(Some(count)),
         _ => Err(format!(
             "{}: not a shard count ({:?}); it says how many shards the transaction log is for",
             path.display(),
-            text.trim()
+            text.chars().take(20).collect::<String>()
         )),
     }
 }
@@ -178,9 +228,15 @@ pub fn recorded_shards(dir: &Path) -> Result<Option<usize>, String> {
 pub fn record_shards(dir: &Path, count: usize) -> io::Result<()> {
     let path = dir.join(LAYOUT_FILE);
     let temporary = dir.join(format!("{LAYOUT_FILE}.tmp"));
-    std::fs::write(&temporary, format!("{count}\n"))?;
-    std::fs::File::open(&temporary)?.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
+    let named = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: io::Error| io::Error::new(e.kind(), format!("{path}: {e}"))
+    };
+    std::fs::write(&temporary, format!("{count}\n")).map_err(named(&temporary))?;
+    std::fs::File::open(&temporary)
+        .and_then(|file| file.sync_all())
+        .map_err(named(&temporary))?;
+    std::fs::rename(&temporary, &path).map_err(named(&path))?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -731,7 +787,7 @@ mod tests {
     /// (log files present, shard count) -> None when it may start, else a part of the error. A
     /// file holds a record's bytes unless its name is marked: `empty:` (0 bytes), `zeros:` (a
     /// zero fill, never written), `dir:` (a directory), `link:` (a symbolic link to shard 0's
-    /// segment); `count:N` is a `LAYOUT_FILE` recording N.
+    /// segment), `fifo:` (a named pipe); `count:N` is a `LAYOUT_FILE` holding N.
     #[test]
     fn check_layout_accepts_only_the_shard_count_that_wrote_the_log() {
         let cases: &[(&[&str], usize, Option<&str>)] = &[
@@ -847,6 +903,25 @@ mod tests {
                 Some("wal.shards: not a shard count (\"0\")"),
             ),
             (&["count:two"], 1, Some("not a shard count")),
+            (&["count:+2"], 2, Some("not a shard count")),
+            (&["count:2\n"], 2, None),
+            (
+                &["count:000000000000000000000000000000002"],
+                2,
+                Some("not a shard count"),
+            ),
+            (
+                &["fifo:wal.shards"],
+                2,
+                Some("wal.shards: not a regular file"),
+            ),
+            // Found in review: ignored, its records were lost without a word.
+            (
+                &["wal-0-0000000000.log", "wal-0-10000000000.log"],
+                1,
+                Some("wal-0-10000000000.log is a log segment numbered past the last number"),
+            ),
+            (&["wal-0-0000000000.log", "wal-0-00000000001.log"], 1, None),
             // Not log files: ignored.
             (
                 &["wal-5-x.log", "wal-7-0000000000.tmp", "sessions-3.snap"],
@@ -866,6 +941,12 @@ mod tests {
                 } else if let Some(name) = file.strip_prefix("link:") {
                     std::os::unix::fs::symlink("wal-0-0000000000.log", tmp.path().join(name))
                         .unwrap();
+                } else if let Some(name) = file.strip_prefix("fifo:") {
+                    let path =
+                        std::ffi::CString::new(tmp.path().join(name).to_str().unwrap().as_bytes())
+                            .unwrap();
+                    // SAFETY: mkfifo(3) with a NUL-terminated path we own.
+                    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
                 } else if let Some(count) = file.strip_prefix("count:") {
                     std::fs::write(tmp.path().join(LAYOUT_FILE), count).unwrap();
                 } else {
