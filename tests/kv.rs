@@ -1761,6 +1761,15 @@ fn a_log_that_cannot_be_written_answers_503_and_health_says_so() {
     assert_eq!(server.get("/health").status, 200);
 }
 
+/// A start on `dir` with `shards` shards (and `extra` flags) that must fail: its exit code and
+/// stderr.
+fn refused_start(dir: &str, shards: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec!["--bind", "127.0.0.1:0", "--shards", shards, "--no-pin"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--data-dir", dir]);
+    common::run_failing(&args)
+}
+
 /// `percore --data-dir DIR reshard --to N`: (exit code, stdout, stderr).
 fn reshard(dir: &str, to: &str) -> (i32, String, String) {
     let output = std::process::Command::new(common::BIN)
@@ -1937,15 +1946,7 @@ fn an_interrupted_reshard_stops_the_start_until_a_run_finishes_it() {
     )
     .unwrap();
 
-    let (code, stderr) = common::run_failing(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--no-pin",
-        "--data-dir",
-        dir,
-    ]);
+    let (code, stderr) = refused_start(dir, "1", &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("a reshard to 1 shard was interrupted; finish it with `percore"),
@@ -2003,15 +2004,7 @@ fn another_shard_count_on_an_existing_log_stops_the_start_and_writes_nothing() {
     let before = log_files(tmp.path());
 
     // Fewer shards only: the harness has 2 CPUs, and more shards than CPUs is refused earlier.
-    let (code, stderr) = common::run_failing(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--no-pin",
-        "--shards",
-        "1",
-        "--data-dir",
-        dir,
-    ]);
+    let (code, stderr) = refused_start(dir, "1", &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("written by 2 shards; start with 2 shards"),
@@ -2091,15 +2084,7 @@ fn a_first_start_cut_short_leaves_a_log_the_recorded_count_starts() {
             std::fs::remove_file(path).unwrap();
         }
     }
-    let (code, stderr) = common::run_failing(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--no-pin",
-        "--data-dir",
-        dir,
-    ]);
+    let (code, stderr) = refused_start(dir, "2", &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("none of shard 0"), "{stderr}");
 }
@@ -2112,17 +2097,7 @@ fn a_first_start_cut_short_leaves_a_log_the_recorded_count_starts() {
 fn segment_numbers_never_run_past_what_a_start_reads() {
     let tmp = common::temp_dir("kv-segment-max");
     let dir = tmp.path().to_str().unwrap();
-    let refused = || {
-        common::run_failing(&[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--no-pin",
-            "--data-dir",
-            dir,
-        ])
-    };
+    let refused = || refused_start(dir, "2", &[]);
     let server = Server::start(&["--data-dir", dir]);
     let mut conn = Conn::new(server.connect());
     wait_ready(&mut conn);
@@ -2210,16 +2185,7 @@ fn damage_in_the_middle_of_a_log_stops_the_start_and_changes_nothing() {
         "a stop writes them"
     );
     // --no-session-persist drops session files at start: not on a refused one (found in review).
-    let (code, stderr) = common::run_failing(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--no-pin",
-        "--no-session-persist",
-        "--data-dir",
-        dir_str,
-    ]);
+    let (code, stderr) = refused_start(dir_str, "2", &["--no-session-persist"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains(&path.display().to_string())
@@ -2288,15 +2254,7 @@ fn damage_in_the_last_record_of_a_stopped_log_stops_the_start() {
     bytes[commit + record::FRAME_HEADER_BYTES + 1] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
 
-    let (code, stderr) = common::run_failing(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--no-pin",
-        "--data-dir",
-        dir_str,
-    ]);
+    let (code, stderr) = refused_start(dir_str, "2", &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains(&format!("damaged at byte {commit} ")),
@@ -2338,15 +2296,7 @@ fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
     std::fs::write(&path, &bytes).unwrap();
 
     // run_failing is bounded: a build that cut the record off would start and serve instead.
-    let (code, stderr) = common::run_failing(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--no-pin",
-        "--data-dir",
-        dir_str,
-    ]);
+    let (code, stderr) = refused_start(dir_str, "2", &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("type 200") && stderr.contains(&format!("byte {at}")),

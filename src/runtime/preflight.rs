@@ -14,8 +14,9 @@ const NOFILE_SPARE: u64 = 256;
 
 /// File descriptors one shard holds before it accepts anything (10 measured: io_uring rings,
 /// eventfds, its log and its filler; 21 for an idle 1-shard server, 31 for 2), and what the
-/// process holds besides (stdio, the data dir's lock), with room for the files start-up reads. Below it glommio panics building an executor, or a shard fails after
-/// others began (found in review).
+/// process holds besides (stdio, the data dir's lock), with room for the files start-up reads.
+/// Below it glommio panics building an executor, or a shard fails after others began (found in
+/// review).
 const NOFILE_PER_SHARD: u64 = 12;
 const NOFILE_BASE: u64 = 16;
 
@@ -55,16 +56,15 @@ pub fn raise_nofile(
         ));
     }
     let needed = connections.saturating_add(NOFILE_SPARE);
-    Ok(
-        (limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed).then(|| {
-            format!(
-                "RLIMIT_NOFILE is {}: fewer than the {connections} connections --max-conns allows \
+    let short = limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed;
+    Ok(short.then(|| {
+        format!(
+            "RLIMIT_NOFILE is {}: fewer than the {connections} connections --max-conns allows \
              (x shards) can be open, the rest wait in the backlog; raise it to {needed} \
              (ulimit -n; systemd: LimitNOFILE=)",
-                limit.rlim_cur
-            )
-        }),
-    )
+            limit.rlim_cur
+        )
+    }))
 }
 
 fn check_memlock() -> Result<(), String> {

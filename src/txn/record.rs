@@ -288,7 +288,8 @@ pub enum After {
 /// at a cost that does not depend on the length claimed: the look-ahead is linear in the bytes
 /// it passes and needs no budget, so it never gives up undecided.
 pub fn look_past(buf: &[u8], bad: usize, segment: u64) -> After {
-    let prefixes = Prefixes::new(buf);
+    // Over the bytes from `bad` on: every slice checksummed lies there.
+    let prefixes = Prefixes::new(&buf[bad..]);
     let mut offset = bad + 1;
     while offset + FRAME_HEADER_BYTES <= buf.len() {
         let type_at = offset + FRAME_HEADER_BYTES - 1;
@@ -318,7 +319,7 @@ pub fn look_past(buf: &[u8], bad: usize, segment: u64) -> After {
             let mut head = crc32fast::Hasher::new();
             head.update(&salt.to_le_bytes());
             head.update(&buf[offset..offset + 4]);
-            let rest = prefixes.slice(offset + 8, end);
+            let rest = prefixes.slice(offset + 8 - bad, end - bad);
             head.combine(&crc32fast::Hasher::new_with_initial_len(
                 rest,
                 (end - offset - 8) as u64,

@@ -1181,20 +1181,18 @@ mod tests {
             "the coordinated transaction waiting for this log"
         );
         let failed = Err(TxError::LogFailed);
+        // Transactions shard 1 coordinates.
+        let from_1 = |seq| TxId {
+            coordinator: 1,
+            epoch: 1,
+            seq,
+        };
         let forwarded = Msg::Run {
-            tx: TxId {
-                coordinator: 1,
-                epoch: 1,
-                seq: 0,
-            },
+            tx: from_1(0),
             ops: vec![put(0, "v")],
         };
         let prepare = Msg::Prepare {
-            tx: TxId {
-                coordinator: 1,
-                epoch: 1,
-                seq: 1,
-            },
+            tx: from_1(1),
             ops: vec![(0, put(0, "v"))],
         };
         check(
@@ -1242,11 +1240,7 @@ mod tests {
                     vec![send(
                         1,
                         Msg::RunResult {
-                            tx: TxId {
-                                coordinator: 1,
-                                epoch: 1,
-                                seq: 0,
-                            },
+                            tx: from_1(0),
                             outcome: failed.clone(),
                         },
                     )],
@@ -1257,22 +1251,14 @@ mod tests {
                     vec![send(
                         1,
                         Msg::Vote {
-                            tx: TxId {
-                                coordinator: 1,
-                                epoch: 1,
-                                seq: 1,
-                            },
+                            tx: from_1(1),
                             vote: Err(TxError::LogFailed),
                         },
                     )],
                 ),
             ],
         );
-        let prepared = TxId {
-            coordinator: 1,
-            epoch: 1,
-            seq: 1,
-        };
+        let prepared = from_1(1);
         assert!(
             !node.partition.is_prepared(prepared),
             "a no vote locks nothing"

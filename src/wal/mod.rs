@@ -80,33 +80,25 @@ fn segment_name(shard: usize, segment: u64) -> String {
 /// wide as it is written, a shard below `SHARDS_MAX`. `segments` and `check_layout` both go by
 /// it, so a stray name such as `wal-01-0000000000.log` is no segment to either.
 pub fn parse_segment_name(name: &str) -> Option<(usize, u64)> {
-    let (shard, segment) = name
-        .strip_prefix("wal-")?
-        .strip_suffix(".log")?
-        .split_once('-')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(shard) || !digits(segment) {
-        return None;
-    }
+    let (shard, segment) = segment_name_digits(name)?;
     let (shard, segment) = (shard.parse().ok()?, segment.parse().ok()?);
     let bounded = shard < SHARDS_MAX && segment <= SEGMENT_NUMBER_MAX;
     (bounded && segment_name(shard, segment) == name).then_some((shard, segment))
 }
 
+/// The shard and segment digits of a name of the form `wal-DIGITS-DIGITS.log`, unchecked.
+fn segment_name_digits(name: &str) -> Option<(&str, &str)> {
+    let (shard, segment) = name
+        .strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(shard) && digits(segment)).then_some((shard, segment))
+}
+
 /// A name of the segment form whose number has more digits than `SEGMENT_NUMBER_MAX`.
 fn past_the_last_number(name: &str) -> bool {
-    let Some((shard, segment)) = name
-        .strip_prefix("wal-")
-        .and_then(|rest| rest.strip_suffix(".log"))
-        .and_then(|rest| rest.split_once('-'))
-    else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(shard)
-        && digits(segment)
-        && segment.len() > 10
-        && segment.trim_start_matches('0').len() > 10
+    segment_name_digits(name).is_some_and(|(_, segment)| segment.trim_start_matches('0').len() > 10)
 }
 
 /// Every log segment in `dir` (shard, number, path), in no order. Err for one that is not a
