@@ -45,6 +45,7 @@ import shlex
 import signal
 import statistics
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -154,12 +155,14 @@ def parse_wrk(out):
 
 
 class Server:
-    """A server from a command template ({port}, {workers}), under `taskset -c server_cpus`
-    (one CPU or a list); bench/scaling.py starts its N-worker servers with it too."""
+    """A server from a command template ({port}, {workers}, {data}: a fresh empty directory for
+    its start), under `taskset -c server_cpus` (one CPU or a list); bench/scaling.py starts its
+    N-worker servers with it too."""
 
     def __init__(self, name, cmd, port, logdir, server_cpus, workers=1):
         self.name, self.port = name, port
-        full = cmd.replace("{port}", str(port)).replace("{workers}", str(workers))
+        data = tempfile.mkdtemp(prefix=f"{name}.data.", dir=logdir)
+        full = cmd.replace("{port}", str(port)).replace("{workers}", str(workers)).replace("{data}", data)
         self.log = open(os.path.join(logdir, f"{name}.server.log"), "ab")
         env = dict(os.environ, PORT=str(port), WORKERS=str(workers))
         # 'exec env CMD' lets a template start with VAR=value; env execs the server itself.
@@ -287,7 +290,7 @@ def main():
     ap.add_argument("--percore-args", default="", help="extra flags for percore")
     ap.add_argument("--no-nginx", action="store_true")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=CMD",
-                    help="another server; CMD with {port} (and optional {workers}), may start with VAR=value")
+                    help="another server; CMD with {port} (and optional {workers}, {data}), may start with VAR=value")
     ap.add_argument("--base-port", type=int, default=18050)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpus", default="1",
@@ -312,8 +315,9 @@ def main():
             sys.exit(f"wrk not found ({wrk_bin}): apt-get install -y wrk, set $WRK_BIN, or pass --no-wrk")
     tools = ["load"] + ([] if a.no_wrk else ["wrk"])
     wrk_dur = a.wrk_duration or a.duration
+    # A data dir of its own: the default (./percore-data) may hold a log of another shard count.
     servers = [("percore", f"{percore} --bind 127.0.0.1:{{port}} --cores {a.server_cpu} "
-                           f"--max-conns 20000 {a.percore_args}")]
+                           f"--max-conns 20000 --data-dir {{data}} {a.percore_args}")]
     if not a.no_nginx:
         servers.append(("nginx", os.path.join(PEERS, "nginx", "run.sh") + " {port} 1"))
     for e in a.extra:
