@@ -13,7 +13,12 @@
 //!   head's `Bytes`);
 //! - `route`: the `Request` built, `App::serve` (route lookup, the `/plaintext` handler), the
 //!   answer taken and dropped;
-//! - `full`: the answer encoded with `http::encode_head` and its body appended.
+//! - `full`: the answer encoded with `http::encode_head` and its body appended;
+//! - `direct`: the built-in `/plaintext`, a direct route (`router::direct`): parse, the direct
+//!   lookup, the handler's `Answer`, and the encoding, as a connection does it.
+//!
+//! `route` and `full` serve `/plaintext` from a `sync_handler`, as the built-in route did before
+//! it was direct, so they stay comparable with earlier runs.
 //!
 //! The connection's own work (reads and writes, batching, metrics, the executor) is not here:
 //! end to end, a pipelined request spends about 1.4x `full` in user space (bench/RESULTS.md run T).
@@ -27,7 +32,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use percore::http::{self, HeadLimits};
-use percore::router::{App, Body, Request, RequestCtx, ResponseBody};
+use percore::router::{
+    Answer, App, Body, Request, RequestCtx, Response, ResponseBody, Router, sync_handler,
+};
 
 const PIPELINE_DEPTH: usize = 16;
 const BATCHES_PER_TRIAL: usize = 100_000;
@@ -62,17 +69,23 @@ enum Stage {
     Parse,
     Route,
     Full,
+    Direct,
 }
 
-const STAGES: [(Stage, &str); 4] = [
+const STAGES: [(Stage, &str); 5] = [
     (Stage::Floor, "floor"),
     (Stage::Parse, "parse"),
     (Stage::Route, "route"),
     (Stage::Full, "full"),
+    (Stage::Direct, "direct"),
 ];
 
 struct Bench {
+    /// `/plaintext` as an ordinary `sync_handler` (the `route` and `full` stages).
     app: std::rc::Rc<App>,
+    /// The built-in routes, where `/plaintext` is direct (the `direct` stage).
+    builtin: std::rc::Rc<App>,
+    answer_buffer: Vec<u8>,
     limits: HeadLimits,
     date: [u8; http::DATE_BYTES],
     rbuf: BytesMut,
@@ -111,6 +124,26 @@ impl Bench {
             requests += 1;
             if stage == Stage::Parse {
                 black_box(&head);
+                continue;
+            }
+            if stage == Stage::Direct {
+                let handler = self
+                    .builtin
+                    .direct(head.method(), head.path())
+                    .expect("/plaintext is direct");
+                let mut answer = Answer::new(std::mem::take(&mut self.answer_buffer));
+                handler.answer(&head, &mut answer);
+                let body = answer.body_bytes();
+                http::encode_head(
+                    &mut self.wbuf,
+                    answer.status(),
+                    [("Content-Type", answer.content_type().as_bytes())],
+                    http::ResponseBody::Length(body.len() as u64),
+                    &self.date,
+                    false,
+                );
+                self.wbuf.extend_from_slice(body);
+                self.answer_buffer = answer.into_buffer().expect("a small answer");
                 continue;
             }
             let ctx = RequestCtx {
@@ -159,7 +192,14 @@ fn main() {
         .unwrap_or(30);
     let only = args.get(1);
     let mut bench = Bench {
-        app: percore::app::builtin_routes().into_app(),
+        app: Router::new()
+            .get(
+                "/plaintext",
+                sync_handler(|_: Request| Response::text(200, "Hello, World!")),
+            )
+            .into_app(),
+        builtin: percore::app::builtin_routes().into_app(),
+        answer_buffer: Vec::new(),
         limits: HeadLimits {
             head_bytes_max: 16 * 1024,
             header_count_max: 100,
@@ -173,8 +213,8 @@ fn main() {
     println!(
         "ns per request, fastest of {trials} trials ({PIPELINE_DEPTH} pipelined x {BATCHES_PER_TRIAL})"
     );
-    println!("| head | floor | parse | route | full | full / floor |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| head | floor | parse | route | full | direct | full / floor |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, head) in [("bench", BENCH_HEAD), ("browser", BROWSER_HEAD)] {
         if only.is_some_and(|only| only != name) {
             continue;
@@ -196,11 +236,12 @@ fn main() {
             }
         }
         println!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x |",
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x |",
             best[0],
             best[1],
             best[2],
             best[3],
+            best[4],
             best[3] / best[0]
         );
     }

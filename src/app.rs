@@ -2,15 +2,16 @@
 
 use serde::Serialize;
 
+use crate::http::RequestHead;
 use crate::metrics::Stats;
-use crate::router::{Request, Response, Router, sync_handler};
+use crate::router::{Answer, Request, Response, Router};
 use crate::runtime::shard;
 
 /// Every built-in route; mount it next to your own (`Router::new().mount("/", builtin_routes())`).
 pub fn builtin_routes() -> Router {
     Router::new()
-        .get("/plaintext", sync_handler(plaintext))
-        .get("/json", sync_handler(json))
+        .direct("GET", "/plaintext", plaintext)
+        .direct("GET", "/json", json)
         .post("/echo", echo)
         .get("/health", health)
         .get("/stats", stats)
@@ -19,9 +20,10 @@ pub fn builtin_routes() -> Router {
         .mount("/", crate::auth::routes::routes())
 }
 
-/// TechEmpower plaintext: exactly `Hello, World!` as text/plain.
-fn plaintext(_req: Request) -> Response {
-    Response::text(200, "Hello, World!")
+/// TechEmpower plaintext: exactly `Hello, World!` as text/plain. Direct: the benchmark's hot
+/// path builds no request or response object (the rules allow reusing the text's buffer).
+fn plaintext(_head: &RequestHead, answer: &mut Answer) {
+    answer.text(200, "Hello, World!");
 }
 
 #[derive(Serialize)]
@@ -29,14 +31,14 @@ struct Message {
     message: &'static str,
 }
 
-/// TechEmpower JSON: the object is serialized for every request, as the rules require.
-fn json(_req: Request) -> Response {
-    Response::json(
+/// TechEmpower JSON: the object is made and serialized for every request, as the rules require.
+fn json(_head: &RequestHead, answer: &mut Answer) {
+    answer.json(
         200,
         &Message {
             message: "Hello, World!",
         },
-    )
+    );
 }
 
 /// Streams the request body back as it arrives, any size up to the body limit.

@@ -121,7 +121,8 @@ fn pipelined_requests_are_answered_in_order() {
 fn pipelined_safe_requests_are_served_in_parallel_batches_up_to_the_bound() {
     // 7 GETs, a POST, then HEAD + GET and a bad request. Batches (a batch of one is served on
     // its own, and does not count): default 7, 2; --pipeline-parallel 3: 3, 3, (1), 2;
-    // budget 1: 2, 2, 2, (1), 2; budget 0 or --pipeline-parallel 1: none.
+    // budget 1: 2, 2, 2, (1), 2; budget 0 or --pipeline-parallel 1: none. Routes with handlers:
+    // the direct ones (/plaintext, /json) are answered one by one, in no batch.
     for (args, expected_parallel) in [
         (&[][..], 9),
         (&["--pipeline-parallel", "3"][..], 8),
@@ -134,21 +135,17 @@ fn pipelined_safe_requests_are_served_in_parallel_batches_up_to_the_bound() {
         let mut conn = Conn::new(server.connect());
         let mut batch = Vec::new();
         for i in 0..7 {
-            let path = if i % 2 == 0 { "/json" } else { "/plaintext" };
+            let path = if i % 2 == 0 { "/health" } else { "/nope" };
             write!(batch, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         }
         batch.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
-        batch.extend_from_slice(b"HEAD /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
-        batch.extend_from_slice(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
-        batch.extend_from_slice(b"GET /plaintext HTTP/1.1\r\nHost : t\r\n\r\n");
+        batch.extend_from_slice(b"HEAD /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        batch.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+        batch.extend_from_slice(b"GET /health HTTP/1.1\r\nHost : t\r\n\r\n");
         conn.send(&batch);
         for i in 0..7 {
             let r = conn.response(false).unwrap();
-            let expected: &[u8] = if i % 2 == 0 {
-                br#"{"message":"Hello, World!"}"#
-            } else {
-                b"Hello, World!"
-            };
+            let expected: &[u8] = if i % 2 == 0 { b"ok\n" } else { b"not found\n" };
             assert_eq!(
                 r.body, expected,
                 "--pipeline-parallel {parallel}: response {i}"
@@ -156,8 +153,8 @@ fn pipelined_safe_requests_are_served_in_parallel_batches_up_to_the_bound() {
         }
         assert_eq!(conn.response(false).unwrap().body, b"hi");
         let head = conn.response(true).unwrap();
-        assert_eq!(head.header("content-length"), Some("13"));
-        assert_eq!(conn.response(false).unwrap().body, b"Hello, World!");
+        assert_eq!(head.header("content-length"), Some("3"));
+        assert_eq!(conn.response(false).unwrap().body, b"ok\n");
         let bad = conn.response(false).unwrap();
         assert_eq!(bad.status, 400);
         assert!(conn.closed());
@@ -172,6 +169,84 @@ fn pipelined_safe_requests_are_served_in_parallel_batches_up_to_the_bound() {
             total["requests_parallel"], expected_parallel,
             "--pipeline-parallel {parallel}"
         );
+    }
+}
+
+/// Direct routes (`router::direct`: /plaintext and /json) are answered without a handler call
+/// or a batch, and with the bytes the ordinary path gives: a server with middleware (one access
+/// rule turns auth on) serves the same routes through its chain and batches. Each case is
+/// followed by a request that closes, so every answer of a keep-alive case shows too.
+#[test]
+fn direct_routes_answer_as_the_ordinary_path_does() {
+    let dir = common::temp_dir("direct");
+    let config = dir.path().join("percore.toml");
+    std::fs::write(
+        &config,
+        "[[access]]\nprefix = \"/admin\"\nallow = [\"admin\"]\n",
+    )
+    .unwrap();
+    // One shard each, so that X-Shard (a field the server adds) is the same on both.
+    let args = ["--bind", "127.0.0.1:0", "--shards", "1", "--expose-shard"];
+    let direct = Server::start_exact(&args);
+    let ordinary =
+        Server::start_exact(&[&args[..], &["--config", config.to_str().unwrap()]].concat());
+    let cases: [&[u8]; 11] = [
+        b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"HEAD /plaintext HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"HEAD /json HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /plaintext?x=1 HTTP/1.1\r\nHost: t\r\nAccept: */*\r\n\r\n",
+        b"GET /plaintext HTTP/1.0\r\n\r\n",
+        b"GET /json HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        // A body: the ordinary path on either server.
+        b"GET /plaintext HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /plaintext HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        b"GET /plaintext/ HTTP/1.1\r\nHost: t\r\n\r\n",
+    ];
+    let last = b"GET /json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    // The answers, each Date value blanked (the two servers' clocks tick apart).
+    let answers = |server: &Server, case: &[u8]| -> String {
+        let text = String::from_utf8(server.exchange(&[case, last].concat())).unwrap();
+        let mut parts = text.split("\r\nDate: ");
+        let mut blanked = parts.next().unwrap().to_string();
+        for part in parts {
+            blanked.push_str("\r\nDate: <date>");
+            blanked.push_str(&part[part.find("\r\n").expect("a Date line ends")..]);
+        }
+        blanked
+    };
+    for case in cases {
+        let expected = answers(&ordinary, case);
+        assert!(expected.starts_with("HTTP/1.1 "), "{expected}");
+        assert_eq!(
+            answers(&direct, case),
+            expected,
+            "{}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    // A pipeline of direct requests is no batch on the direct server, and one on the other.
+    let pipeline = [
+        &b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".repeat(15)[..],
+        last,
+    ]
+    .concat();
+    for (server, batched) in [(&direct, false), (&ordinary, true)] {
+        let before = server.stats()["total"].clone();
+        let raw = server.exchange(&pipeline);
+        // 15 plaintext answers and the JSON one.
+        assert_eq!(
+            raw.windows(13).filter(|w| w == b"Hello, World!").count(),
+            16
+        );
+        let after = &server.stats()["total"];
+        let delta = |name: &str| after[name].as_u64().unwrap() - before[name].as_u64().unwrap();
+        // The pipeline's 16 and the first /stats.
+        assert_eq!(delta("requests"), 17);
+        // All 15 when they arrive in one read, as they do on loopback; fewer if not.
+        assert_eq!(delta("requests_parallel") > 0, batched);
+        assert_eq!(delta("status_2xx"), 17);
     }
 }
 

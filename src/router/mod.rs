@@ -1,5 +1,6 @@
 //! Routes (method + path pattern, path parameters, prefix mounts) and middleware in a fixed phase order; never does IO itself.
 
+pub mod direct;
 pub mod request;
 pub mod response;
 
@@ -8,6 +9,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+pub use crate::http::RequestHead;
+pub use direct::{Answer, DirectHandler};
 pub use request::{
     AuthMethod, Body, BodyError, BodySource, Extensions, Identity, Request, RequestCtx,
 };
@@ -24,6 +27,11 @@ type MethodTable = Vec<(Box<str>, Rc<dyn Handler>)>;
 /// one). It runs on the shard that accepted the connection: no `Send` bound, `Rc` state is fine.
 pub trait Handler: 'static {
     fn call(&self, req: Request) -> Reply;
+
+    /// The direct form of a handler added with `Router::direct`; None for any other.
+    fn direct(&self) -> Option<&dyn DirectHandler> {
+        None
+    }
 }
 
 impl<F, Fut> Handler for F
@@ -217,6 +225,20 @@ impl Router {
         self.route("DELETE", pattern, handler)
     }
 
+    /// Adds a direct route (see `direct`): `handler` answers from the borrowed head, and the
+    /// connection encodes its answer without building a request or a response. `path` is exact
+    /// (no parameters): panics otherwise, like a malformed pattern.
+    /// `Router::new().direct("GET", "/ping", |_: &RequestHead, answer: &mut Answer| answer.text(200, "pong"))`.
+    pub fn direct(self, method: &str, path: &str, handler: impl DirectHandler) -> Router {
+        assert!(
+            parse_pattern(path)
+                .iter()
+                .all(|segment| matches!(segment, Segment::Literal(_))),
+            "a direct route's path has no parameters: {path}"
+        );
+        self.route(method, path, direct::Direct(handler))
+    }
+
     /// Serves every route of `other` under `prefix` (`/api` + `/users` = `/api/users`).
     /// `other`'s middleware joins this router's.
     pub fn mount(mut self, prefix: &str, other: Router) -> Router {
@@ -311,6 +333,24 @@ impl Router {
         allowed.sort_unstable();
         allowed.dedup();
         Err(Miss::MethodNotAllowed(allowed.join(", ")))
+    }
+
+    /// The handler `find` would give for `method` and `path` if it is an exact route's (direct
+    /// routes are exact), without matching patterns (which allocates their parameters) unless a
+    /// HEAD request could match one before falling back to GET.
+    fn find_exact(&self, method: &str, path: &str) -> Option<&dyn Handler> {
+        if let Some(handler) = self.exact_get(method, path) {
+            return Some(handler);
+        }
+        let matches_pattern = |method: &str| {
+            self.patterns
+                .iter()
+                .any(|r| &*r.method == method && match_segments(&r.segments, path).is_some())
+        };
+        if method != "HEAD" || matches_pattern("HEAD") {
+            return None;
+        }
+        self.exact_get("GET", path)
     }
 
     /// The methods of the exact route `path`, from the list or the map, whichever holds them.
@@ -442,6 +482,16 @@ pub struct App {
 }
 
 impl App {
+    /// The direct handler that answers `method` and `path`, when the connection may call it
+    /// itself: the route is direct and no middleware has to see the request. Found exactly as
+    /// `serve` finds handlers, so the answer is the same either way.
+    pub fn direct(&self, method: &str, path: &str) -> Option<&dyn DirectHandler> {
+        if !self.middleware.is_empty() {
+            return None;
+        }
+        self.router.find_exact(method, path)?.direct()
+    }
+
     pub fn serve(self: &Rc<Self>, req: Request) -> Reply {
         if self.middleware.is_empty() {
             return self.router.dispatch(req);
@@ -540,6 +590,59 @@ mod app_tests {
             ResponseBody::Full(b) => b,
             _ => b"",
         }
+    }
+
+    /// `App::direct` gives a direct handler exactly where `serve` would call that handler, and
+    /// never when middleware must see the request; `serve` gives the same answer through it.
+    #[test]
+    fn direct_routes_are_found_as_serve_finds_them() {
+        fn pong(_: &RequestHead, answer: &mut Answer) {
+            answer.text(200, "pong");
+        }
+        let plain = Router::new()
+            .direct("GET", "/ping", pong)
+            .post("/ping", |_req: Request| async { Response::new(201) })
+            .get("/async", |_req: Request| async { Response::new(200) })
+            .into_app();
+        let found = |app: &Rc<App>, method: &str, path: &str| app.direct(method, path).is_some();
+        assert!(found(&plain, "GET", "/ping"));
+        assert!(
+            found(&plain, "HEAD", "/ping"),
+            "HEAD is GET without the body"
+        );
+        assert!(!found(&plain, "POST", "/ping"), "another method's handler");
+        assert!(!found(&plain, "PUT", "/ping"), "405");
+        assert!(!found(&plain, "GET", "/ping/"));
+        assert!(!found(&plain, "GET", "/async"), "not direct");
+        let response = serve(&plain, "GET", "/ping");
+        assert_eq!((response.status, body(&response)), (200, &b"pong"[..]));
+        assert_eq!(response.get_header("content-type").unwrap(), "text/plain");
+        // A HEAD route that matches comes before GET's, as in `find`.
+        let head_pattern = Router::new()
+            .direct("GET", "/ping", pong)
+            .route("HEAD", "/{any}", |_req: Request| async {
+                Response::new(204)
+            })
+            .into_app();
+        assert!(found(&head_pattern, "GET", "/ping"));
+        assert!(!found(&head_pattern, "HEAD", "/ping"));
+        assert_eq!(serve(&head_pattern, "HEAD", "/ping").status, 204);
+        let with_middleware = Router::new()
+            .direct("GET", "/ping", pong)
+            .middleware(Phase::Request, |req: Request, next: Next| async move {
+                next.run(req).await.header("x-seen", "yes")
+            })
+            .into_app();
+        assert!(!found(&with_middleware, "GET", "/ping"));
+        let response = serve(&with_middleware, "GET", "/ping");
+        assert_eq!(body(&response), b"pong");
+        assert_eq!(response.get_header("x-seen").unwrap(), "yes");
+    }
+
+    #[test]
+    #[should_panic(expected = "a direct route's path has no parameters")]
+    fn a_direct_route_has_an_exact_path() {
+        let _ = Router::new().direct("GET", "/users/{id}", |_: &RequestHead, _: &mut Answer| {});
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Shard {
     /// Where every connection of the shard reads (`server/conn.rs`), zeroed once; a read copies
     /// only what arrived into the connection's own buffer. Borrowed only inside one read call.
     pub read_scratch: RefCell<Box<[u8]>>,
+    /// The body buffer of the next direct answer (`router::direct`), taken by the connection that
+    /// answers and given back empty, so a direct answer allocates nothing.
+    pub answer_buffer: RefCell<Vec<u8>>,
     /// Where plain connections wait for bytes (net/ready.rs); None: through glommio's polls
     /// (`--no-multishot-poll`, or a kernel without what it needs).
     pub ready_ring: Option<Rc<crate::net::ready::ReadyRing>>,
@@ -145,6 +148,7 @@ impl Shard {
             read_scratch: RefCell::new(
                 vec![0; crate::server::conn::READ_SCRATCH_BYTES].into_boxed_slice(),
             ),
+            answer_buffer: RefCell::new(Vec::new()),
             ready_ring: start_ready_ring(index, &config),
             hsts: (config.tls.hsts_max_age > 0)
                 .then(|| bytes::Bytes::from(format!("max-age={}", config.tls.hsts_max_age))),

@@ -25,7 +25,7 @@ use crate::metrics::add;
 use crate::net::Transport;
 use crate::router::response::SERVER_MANAGED_HEADERS;
 use crate::router::{
-    App, Body, BodyError, BodySource, Request, RequestCtx, Response, ResponseBody,
+    Answer, App, Body, BodyError, BodySource, Request, RequestCtx, Response, ResponseBody,
 };
 use crate::runtime::shard::{ConnEntry, ConnGuard, Shard};
 
@@ -278,6 +278,8 @@ impl BodySource for ConnBody {
 enum Gathered {
     Batch(Batch),
     One(RequestHead),
+    /// Answered already, by its route's direct handler.
+    Answered(Flow),
 }
 
 /// Pipelined requests served at once: their handlers' futures and what each answer needs.
@@ -492,12 +494,18 @@ impl Conn {
                     Ok(Some(head)) => {
                         self.head_started = None;
                         self.first_request = false;
-                        let gathered = if self.parallel_ok(&head) {
+                        let gathered = if let Some(flow) = self.answer_direct(&head) {
+                            Gathered::Answered(flow)
+                        } else if self.parallel_ok(&head) {
                             self.gather(head)
                         } else {
                             Gathered::One(head)
                         };
                         let flow = match gathered {
+                            Gathered::Answered(flow) => {
+                                self.served_in_turn += 1;
+                                flow
+                            }
                             // Boxed: a batch's state stays off the idle connection's future.
                             Gathered::Batch(batch) => {
                                 self.served_in_turn += batch.answers.len() as u32;
@@ -544,6 +552,43 @@ impl Conn {
                 return;
             }
         }
+    }
+
+    /// Answers `head` with its route's direct handler (`router::direct`) when it has one and
+    /// may use it: the answer goes straight into the write buffer, with no `Request`, `Response`,
+    /// future or batch made. None when the request takes the ordinary path: no direct route, an
+    /// app with middleware, a redirect listener, or a body to read.
+    fn answer_direct(&mut self, head: &RequestHead) -> Option<Flow> {
+        if self.redirect_port.is_some() || head.framing() != BodyFraming::Empty {
+            return None;
+        }
+        let app = self.app.clone();
+        let handler = app.direct(head.method(), head.path())?;
+        let shard = self.io.shard.clone();
+        add(&shard.metrics.requests, 1);
+        let mut answer = Answer::new(shard.answer_buffer.take());
+        handler.answer(head, &mut answer);
+        if !is_final_or_logged(answer.status()) {
+            answer.text(500, format!("{INVALID_STATUS_MESSAGE}\n"));
+        }
+        let status = answer.status();
+        self.version = head.version();
+        let close = !head.keep_alive() || shard.is_draining();
+        let body = answer.body_bytes();
+        let fields = [("Content-Type", answer.content_type().as_bytes())];
+        self.encode_head(
+            status,
+            fields,
+            whole_body_framing(status, body.len()),
+            close,
+        );
+        if !head.is_head() && !has_no_content(status) {
+            self.wbuf.extend_from_slice(body);
+        }
+        if let Some(buffer) = answer.into_buffer() {
+            shard.answer_buffer.replace(buffer);
+        }
+        Some(if close { Flow::Close } else { Flow::KeepAlive })
     }
 
     /// Whether `head` may be served at once with the pipelined requests after it (RFC 9112
@@ -971,11 +1016,11 @@ impl Conn {
         self.version = version;
         let shard = &self.io.shard;
         let close = response.close || shard.is_draining() || asks_to_close(&response.headers);
-        let no_body_status = status < 200 || status == 204 || status == 304;
+        let no_body_status = has_no_content(status);
         let framing = match &response.body {
+            ResponseBody::Empty => whole_body_framing(status, 0),
+            ResponseBody::Full(bytes) => whole_body_framing(status, bytes.len()),
             _ if no_body_status => http::ResponseBody::None,
-            ResponseBody::Empty => http::ResponseBody::Length(0),
-            ResponseBody::Full(bytes) => http::ResponseBody::Length(bytes.len() as u64),
             // RFC 9112 §6.1: no Transfer-Encoding to an HTTP/1.0 request (a HEAD's head here;
             // a GET's body is close-delimited, see `write_stream`).
             ResponseBody::Stream(_) if version == Version::Http10 => http::ResponseBody::None,
@@ -998,7 +1043,7 @@ impl Conn {
                 close,
             }));
         }
-        self.encode_head(status, &response.headers, framing, close);
+        self.encode_head(status, fields_of(&response.headers), framing, close);
         if let ResponseBody::Full(bytes) = &response.body
             && !is_head
             && !no_body_status
@@ -1041,7 +1086,7 @@ impl Conn {
         } else {
             http::ResponseBody::None
         };
-        self.encode_head(status, &headers, framing, close);
+        self.encode_head(status, fields_of(&headers), framing, close);
         let mut next = first;
         while let Some(chunk) = next.take() {
             let Ok(chunk) = chunk else {
@@ -1071,10 +1116,10 @@ impl Conn {
         }
     }
 
-    fn encode_head(
+    fn encode_head<'a>(
         &mut self,
         status: u16,
-        headers: &[(Cow<'static, str>, Bytes)],
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
         body: http::ResponseBody,
         close: bool,
     ) {
@@ -1104,9 +1149,10 @@ impl Conn {
         };
         let fields = own.iter().flatten().copied().chain(
             headers
-                .iter()
-                .filter(|(name, _)| !managed(name))
-                .map(|(name, value)| (&**name, &value[..])),
+                .into_iter()
+                // (A filter_map, not a filter: it shortens the fields' lifetime to the shard
+                // borrow's, which the server's own fields have.)
+                .filter_map(|(name, value)| (!managed(name)).then_some((name, value))),
         );
         http::encode_head(&mut self.wbuf, status, fields, body, date.get(), close);
     }
@@ -1129,6 +1175,27 @@ impl Conn {
     }
 }
 
+/// A response's fields as the encoder takes them.
+fn fields_of<'a>(
+    headers: &'a [(Cow<'static, str>, Bytes)],
+) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+    headers.iter().map(|(name, value)| (&**name, &value[..]))
+}
+
+/// 1xx, 204 and 304 answers have no content (RFC 9110 §6.4.1), whatever the handler gave.
+fn has_no_content(status: u16) -> bool {
+    status < 200 || status == 204 || status == 304
+}
+
+/// The framing of an answer whose body is whole: its length, or none where it has no content.
+fn whole_body_framing(status: u16, body_bytes: usize) -> http::ResponseBody {
+    if has_no_content(status) {
+        http::ResponseBody::None
+    } else {
+        http::ResponseBody::Length(body_bytes as u64)
+    }
+}
+
 /// The statuses a handler may answer with (RFC 9110 §15: a 1xx is never final, and values
 /// outside 100-599 are not HTTP's); anything else is sent as a 500.
 const FINAL_STATUSES: std::ops::RangeInclusive<u16> = 200..=599;
@@ -1137,18 +1204,28 @@ const FINAL_STATUSES: std::ops::RangeInclusive<u16> = 200..=599;
 /// status that cannot be a final answer is sent as a 500 (a 1xx as the final answer would
 /// shift every later answer on the connection by one).
 fn ensure_final_status(response: &mut Response) {
-    if FINAL_STATUSES.contains(&response.status) {
+    if is_final_or_logged(response.status) {
         return;
     }
+    let close = response.close;
+    *response = Response::error(500, INVALID_STATUS_MESSAGE);
+    response.close = close;
+}
+
+/// The body (and a line) of the 500 sent for a handler's status that cannot be final.
+const INVALID_STATUS_MESSAGE: &str = "the handler gave an invalid status";
+
+/// Whether a handler's `status` may be its final answer; if not, logs the handler's bug.
+fn is_final_or_logged(status: u16) -> bool {
+    if FINAL_STATUSES.contains(&status) {
+        return true;
+    }
     crate::log_line!(
-        "percore: a handler answered status {}, not a final status ({}-{}): sent 500",
-        response.status,
+        "percore: a handler answered status {status}, not a final status ({}-{}): sent 500",
         FINAL_STATUSES.start(),
         FINAL_STATUSES.end()
     );
-    let close = response.close;
-    *response = Response::error(500, "the handler gave an invalid status");
-    response.close = close;
+    false
 }
 
 /// Whether a handler's own `Connection` field asks to close (the field is the server's to
