@@ -228,7 +228,16 @@ impl Router {
     /// Adds a direct route (see `direct`): `handler` answers from the borrowed head, and the
     /// connection encodes its answer without building a request or a response. `path` is exact
     /// (no parameters): panics otherwise, like a malformed pattern.
-    /// `Router::new().direct("GET", "/ping", |_: &RequestHead, answer: &mut Answer| answer.text(200, "pong"))`.
+    /// ```
+    /// use percore::router::{Answer, RequestHead, Router};
+    /// let router = Router::new()
+    ///     .direct("GET", "/ping", |_: &RequestHead, answer: &mut Answer| answer.text(200, "pong"))
+    ///     .direct("GET", "/agent", |head: &RequestHead, answer: &mut Answer| {
+    ///         let agent = head.header("user-agent").unwrap_or(b"unknown");
+    ///         answer.set_content_type("application/octet-stream");
+    ///         answer.body().extend_from_slice(agent);
+    ///     });
+    /// ```
     pub fn direct(self, method: &str, path: &str, handler: impl DirectHandler) -> Router {
         assert!(
             parse_pattern(path)
