@@ -374,6 +374,90 @@ fn graceful_shutdown_finishes_in_flight_requests_and_exits_0() {
     assert!(std::net::TcpStream::connect(server.addr).is_err());
 }
 
+/// A drain that stops a pipelining client mid-stream: every answer the client gets is whole, only
+/// the last may say `Connection: close` (the drain may instead find the connection between two
+/// of the client's batches, idle, and close it without one: the client retries what was not
+/// answered), and the connection ends with a FIN, not a reset. (The lingering close used to end
+/// at once in a drain, and closing with the client's requests unread reset the connection, which
+/// threw away the answers still in the send queue, the closing one included: a cut answer, then
+/// nothing.) The client behaves: it stops sending once it reads a closing answer. It reads
+/// slowly, so that answers wait in the server's send queue when the drain comes.
+#[test]
+fn a_drain_lets_a_pipelining_client_read_every_answer_to_the_closing_one() {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const BATCH: usize = 64;
+    let mut server = Server::start(&["--grace", "5", "--lingering-timeout", "0.5"]);
+    let mut stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let closing_seen = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicUsize::new(0));
+    let writing = {
+        let closing_seen = closing_seen.clone();
+        std::thread::spawn(move || {
+            let batch = b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".repeat(BATCH);
+            while !closing_seen.load(Ordering::SeqCst) {
+                if writer.write_all(&batch).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let reading = {
+        let (closing_seen, received) = (closing_seen.clone(), received.clone());
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut chunk = vec![0u8; 16 * 1024];
+            let end = loop {
+                std::thread::sleep(Duration::from_millis(2));
+                match stream.read(&mut chunk) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        let from = all.len().saturating_sub(20);
+                        all.extend_from_slice(&chunk[..n]);
+                        received.store(all.len(), Ordering::SeqCst);
+                        if all[from..].windows(17).any(|w| w == b"Connection: close") {
+                            closing_seen.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            (all, end)
+        })
+    };
+    while received.load(Ordering::SeqCst) < 100 * 1024 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.signal(libc::SIGTERM);
+    let (all, end) = reading.join().unwrap();
+    writing.join().unwrap();
+    assert!(
+        end.is_ok(),
+        "the connection ended with {end:?}, not a clean close"
+    );
+    let mut at = 0;
+    let mut answers = 0;
+    let mut last = None;
+    while at < all.len() {
+        let (response, used) = common::parse_response(&all[at..], false)
+            .unwrap_or_else(|| panic!("answer {} is cut short", answers + 1));
+        assert_eq!(response.body, b"Hello, World!");
+        assert!(
+            last.as_ref()
+                .is_none_or(|last: &common::Response| !last.closes()),
+            "answer {answers} closed, yet more came"
+        );
+        at += used;
+        answers += 1;
+        last = Some(response);
+    }
+    assert!(answers > 0);
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+}
+
 /// Plain connections wait for bytes on the shard's readiness ring (one multishot poll each) by
 /// default, and through glommio's one-shot polls with `--no-multishot-poll`: both ways serve
 /// keep-alive, pipelining, a body that arrives in pieces, the header, body and keep-alive timeouts,

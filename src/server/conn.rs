@@ -474,8 +474,13 @@ pub async fn serve(
     }
     if conn.linger && !conn.io.write_failed.get() {
         conn.linger().await;
+    } else if conn.io.shard.is_draining() && !conn.io.write_failed.get() {
+        conn.wait_sent().await;
     }
 }
+
+/// How often `wait_sent` looks at the send queue.
+const SEND_QUEUE_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 impl Conn {
     fn shard(&self) -> &Shard {
@@ -518,10 +523,13 @@ impl Conn {
                         };
                         if flow == Flow::Close {
                             // Linger where the client may still be sending: bytes already here
-                            // (pipelined requests after this answer), or a body left unread.
+                            // (pipelined requests after this answer), a body left unread, or a
+                            // drain (the client did not know this answer would close).
                             let flushed = self.flush().await.is_ok();
-                            self.linger =
-                                flushed && (self.linger || !self.io.rbuf.borrow().is_empty());
+                            self.linger = flushed
+                                && (self.linger
+                                    || !self.io.rbuf.borrow().is_empty()
+                                    || self.shard().is_draining());
                             return;
                         }
                         if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES
@@ -794,8 +802,9 @@ impl Conn {
     /// RFC 9112 §9.6: after an answer that closes the connection, half-close it and read (and
     /// drop) what the client still sends until it closes too, goes quiet for
     /// `--lingering-timeout`, or LINGERING_TIME_MAX passes; closing with unread data would send a
-    /// reset, which can destroy the answer before the client reads it. The connection counts as
-    /// idle meanwhile, so a drain ends it at once.
+    /// reset, which can destroy the answer before the client reads it. A drain does not cut it
+    /// short (it is bounded by `--grace` like any connection): a pipelining client that a drain
+    /// stopped mid-stream lost the rest of its answers, the closing one included, to that reset.
     async fn linger(&mut self) {
         let timeout = self.shard().config.lingering_timeout;
         if timeout.is_zero() {
@@ -804,12 +813,11 @@ impl Conn {
         let fd = self.io.stream.borrow().as_raw_fd();
         // SAFETY: shutdown(2) on the connection's own open socket.
         unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-        self.guard.entry.idle.set(true);
         let until = Instant::now() + LINGERING_TIME_MAX;
         loop {
             self.io.rbuf.borrow_mut().clear();
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.shard().is_draining() {
+            if left.is_zero() {
                 return;
             }
             self.io.set_read_timeout(timeout.min(left));
@@ -817,6 +825,42 @@ impl Conn {
                 Ok(n) if n > 0 => {}
                 _ => return,
             }
+        }
+    }
+
+    /// Waits until the client has acknowledged every byte sent, as long as it keeps taking
+    /// them: it gives up once the queue has not shrunk for `--lingering-timeout` (0: at once),
+    /// or after LINGERING_TIME_MAX; the drain's `--grace` bounds it too. A drain closes
+    /// connections it finds idle, and ends others at their next answer, while their clients may
+    /// still be sending: closing with their requests unread resets the connection, and a reset
+    /// throws away what the send queue still holds (answers cut short, the closing one lost).
+    /// Once the client holds every byte, the reset costs it nothing (Linux delivers received
+    /// data before it reports the reset).
+    async fn wait_sent(&self) {
+        let timeout = self.shard().config.lingering_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        let started = Instant::now();
+        let fd = self.io.stream.borrow().as_raw_fd();
+        let (mut least, mut shrunk) = (libc::c_int::MAX, started);
+        loop {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) on the connection's own open socket
+            // writes one int: the bytes sent and not yet acknowledged, plus those not yet sent.
+            let asked = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+            let now = Instant::now();
+            if queued < least {
+                (least, shrunk) = (queued, now);
+            }
+            if asked != 0
+                || queued == 0
+                || now - shrunk >= timeout
+                || now - started >= LINGERING_TIME_MAX
+            {
+                return;
+            }
+            glommio::timer::sleep(SEND_QUEUE_POLL_INTERVAL).await;
         }
     }
 
