@@ -195,7 +195,8 @@ fn export_example_answers_a_head_of_a_stream_without_chunked_on_http10() {
 
 /// `examples/export.rs` in one pipelined batch: answers made at once (a stream among them, and a
 /// HEAD of one), answers that wait on a timer before and after a 590 KB stream, and a client
-/// that reads only later. Every answer arrives whole and in request order, from one batch.
+/// that reads only later. Every answer arrives whole and in request order, from one batch; a
+/// direct route's request (`/plaintext`) ends the batch and is answered after it, in order.
 #[test]
 fn export_example_streams_inside_a_pipelined_batch_in_order() {
     let server = common::Server::start_with(
@@ -208,6 +209,7 @@ fn export_example_streams_inside_a_pipelined_batch_in_order() {
         ("GET", "/numbers/100000"),
         ("GET", "/wait/10"),
         ("HEAD", "/numbers/5"),
+        ("GET", "/numbers/1"),
         ("GET", "/plaintext"),
     ];
     let mut conn = Conn::new(server.connect());
@@ -225,6 +227,7 @@ fn export_example_streams_inside_a_pipelined_batch_in_order() {
         lines(100_000),
         "waited 10 ms\n".to_string(),
         String::new(),
+        lines(1),
         "Hello, World!".to_string(),
     ];
     for ((method, path), body) in requests.iter().zip(expected) {
