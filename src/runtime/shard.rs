@@ -29,6 +29,10 @@ pub struct ConnEntry {
     pub read_deadline_ms: Cell<u64>,
     /// Set by the timeout sweep when it shut the read side: the read's end is a timeout.
     pub timed_out: Cell<bool>,
+    /// Set by the drain when it shut the read side of the connection, found idle: the
+    /// connection must not then shut its write side too (`Conn::linger`), or the kernel aborts
+    /// it when the client's next bytes arrive.
+    pub drained: Cell<bool>,
     /// The connection's slot in the shard's readiness ring, if it waits there: the sweep and
     /// the drain wake it directly too, so a poll the kernel lost cannot keep it forever.
     pub ready_slot: Cell<Option<u32>>,
@@ -229,6 +233,7 @@ impl Shard {
             idle: Cell::new(false),
             read_deadline_ms: Cell::new(0),
             timed_out: Cell::new(false),
+            drained: Cell::new(false),
             ready_slot: Cell::new(None),
         });
         self.conns.borrow_mut().insert(id, entry.clone());
@@ -257,8 +262,14 @@ impl Shard {
         for entry in self.conns.borrow().values() {
             if entry.idle.get() {
                 // SAFETY: the fd belongs to a live connection (its guard removes it before close).
-                // shutdown(2) wakes its pending read with EOF; the connection task then closes it.
-                unsafe { libc::shutdown(entry.fd, libc::SHUT_RDWR) };
+                // shutdown(2) wakes its pending read with EOF; the connection task then closes it
+                // once the client holds what was sent (`Conn::wait_sent`). The read side only,
+                // and the connection never shuts its write side after it: a socket shut both
+                // ways is aborted by the kernel when the client's next bytes arrive (they may be
+                // on their way: the connection only looked idle), and the abort throws away the
+                // answers still in the send queue.
+                unsafe { libc::shutdown(entry.fd, libc::SHUT_RD) };
+                entry.drained.set(true);
                 self.wake_ready_slot(entry);
             }
         }

@@ -472,10 +472,15 @@ pub async fn serve(
         let stream = &conn.io.stream;
         let _ = std::future::poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
     }
-    if conn.linger && !conn.io.write_failed.get() {
-        conn.linger().await;
-    } else if conn.io.shard.is_draining() && !conn.io.write_failed.get() {
-        conn.wait_sent().await;
+    if !conn.io.write_failed.get() {
+        // A read side the drain shut (it found the connection idle, then read what was already
+        // queued and answered it) reads nothing more: no lingering close, which would shut the
+        // write side too (see `ConnEntry::drained`).
+        if conn.linger && !conn.guard.entry.drained.get() {
+            conn.linger().await;
+        } else if conn.linger || conn.io.shard.is_draining() {
+            conn.wait_sent().await;
+        }
     }
 }
 
