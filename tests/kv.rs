@@ -257,6 +257,14 @@ fn wait_ready(conn: &mut Conn) {
     }
 }
 
+/// `percore --data-dir DIR` (2 shards) and a connection to it, once its store answers.
+fn start_ready(dir: &str) -> (Server, Conn) {
+    let server = Server::start(&["--data-dir", dir]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    (server, conn)
+}
+
 fn stats_total(server: &Server, counter: &str) -> u64 {
     server.stats()["total"][counter]
         .as_u64()
@@ -1368,9 +1376,7 @@ fn written_keys(prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
 fn a_graceful_restart_keeps_every_key_its_etag_and_the_version_order() {
     let tmp = common::temp_dir("kv-restart");
     let dir = tmp.path().to_str().unwrap();
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     let keys = written_keys("durable-", 20);
     let mut etags = Vec::new();
     for (key, value) in &keys {
@@ -1393,9 +1399,7 @@ fn a_graceful_restart_keeps_every_key_its_etag_and_the_version_order() {
 
     server.stop();
 
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     for ((key, value), version) in keys.iter().zip(&etags) {
         let read = get(&mut conn, key);
         assert_eq!(read.status, 200, "{key}");
@@ -1619,9 +1623,7 @@ fn fsync_off_loses_nothing_acknowledged_to_a_kill_9_and_syncs_its_checkpoints() 
     drop(conn);
     server.crash();
 
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (_server, mut conn) = start_ready(dir);
     for (key, value) in before.iter().chain(&after) {
         let read = get(&mut conn, key);
         assert_eq!(read.status, 200, "{key}");
@@ -1639,9 +1641,7 @@ fn fsync_off_loses_nothing_acknowledged_to_a_kill_9_and_syncs_its_checkpoints() 
 fn a_kill_9_after_binary_values_restarts_with_every_key() {
     let tmp = common::temp_dir("kv-binary-tail");
     let dir = tmp.path().to_str().unwrap();
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     // 0x000F000F at every other offset: a length under the record bound.
     let value = [0x0fu8, 0, 0x0f, 0].repeat(3000);
     let keys: Vec<String> = (0..172).map(|i| format!("binary-{i}")).collect();
@@ -1651,9 +1651,7 @@ fn a_kill_9_after_binary_values_restarts_with_every_key() {
     drop(conn);
     server.crash();
 
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (_server, mut conn) = start_ready(dir);
     for key in &keys {
         let read = get(&mut conn, key);
         assert_eq!(read.status, 200, "{key}");
@@ -1749,9 +1747,7 @@ fn a_log_that_cannot_be_written_answers_503_and_health_says_so() {
     drop(conn);
     server.stop();
 
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     for key in &acknowledged {
         let read = get(&mut conn, key);
         assert_eq!(read.status, 200, "{key}");
@@ -1816,9 +1812,7 @@ fn reshard_moves_every_key_with_its_version_and_back() {
     let tmp = common::temp_dir("kv-reshard");
     let dir = tmp.path().to_str().unwrap();
     let mut keys = written_keys("moved-", 20);
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     for (key, value) in &keys {
         assert_eq!(put(&mut conn, key, value, &[]).status, 201, "{key}");
     }
@@ -1902,9 +1896,7 @@ fn an_interrupted_reshard_stops_the_start_until_a_run_finishes_it() {
     let tmp = common::temp_dir("kv-reshard-stop");
     let dir = tmp.path().to_str().unwrap();
     let keys = written_keys("kept-", 10);
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     for (key, value) in &keys {
         assert_eq!(put(&mut conn, key, value, &[]).status, 201, "{key}");
     }
@@ -1993,9 +1985,7 @@ fn log_files(dir: &Path) -> Vec<(String, u64)> {
 fn another_shard_count_on_an_existing_log_stops_the_start_and_writes_nothing() {
     let tmp = common::temp_dir("kv-shards");
     let dir = tmp.path().to_str().unwrap();
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     for (key, value) in written_keys("placed-", 6) {
         assert_eq!(put(&mut conn, &key, &value, &[]).status, 201, "{key}");
     }
@@ -2012,9 +2002,7 @@ fn another_shard_count_on_an_existing_log_stops_the_start_and_writes_nothing() {
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     assert_eq!(log_files(tmp.path()), before, "nothing written");
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (_server, mut conn) = start_ready(dir);
     for (key, value) in written_keys("placed-", 6) {
         assert_eq!(get(&mut conn, &key).body, value, "{key}");
     }
@@ -2030,17 +2018,13 @@ fn segments_a_first_start_left_unwritten_do_not_stop_the_next() {
     let dir = tmp.path().to_str().unwrap();
     std::fs::write(tmp.path().join("wal-1-0000000000.log"), b"").unwrap();
     std::fs::write(tmp.path().join("wal-3-0000000000.log"), vec![0; 1 << 20]).unwrap();
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     for (key, value) in written_keys("after-", 6) {
         assert_eq!(put(&mut conn, &key, &value, &[]).status, 201, "{key}");
     }
     drop(conn);
     server.crash();
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (_server, mut conn) = start_ready(dir);
     for (key, value) in written_keys("after-", 6) {
         assert_eq!(get(&mut conn, &key).body, value, "{key}");
     }
@@ -2064,9 +2048,7 @@ fn a_first_start_cut_short_leaves_a_log_the_recorded_count_starts() {
     std::fs::write(percore::wal::segment_path(tmp.path(), 1, 0), &epoch).unwrap();
     std::fs::write(percore::wal::segment_path(tmp.path(), 0, 0), b"").unwrap();
     std::fs::write(tmp.path().join("wal.shards"), "2\n").unwrap();
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     for (key, value) in written_keys("lopsided-", 6) {
         assert_eq!(put(&mut conn, &key, &value, &[]).status, 201, "{key}");
     }
@@ -2098,9 +2080,7 @@ fn segment_numbers_never_run_past_what_a_start_reads() {
     let tmp = common::temp_dir("kv-segment-max");
     let dir = tmp.path().to_str().unwrap();
     let refused = || refused_start(dir, "2", &[]);
-    let server = Server::start(&["--data-dir", dir]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir);
     assert_eq!(put(&mut conn, &key_on(0, "kept-"), b"v", &[]).status, 201);
     drop(conn);
     server.stop();
@@ -2133,9 +2113,7 @@ fn damage_in_the_middle_of_a_log_stops_the_start_and_changes_nothing() {
     use percore::txn::record;
     let dir = common::temp_dir("kv-damaged-log");
     let dir_str = dir.path().to_str().unwrap();
-    let server = Server::start(&["--data-dir", dir_str]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir_str);
     for i in 0..5 {
         put(&mut conn, &key_on(0, &format!("kept-{i}-")), b"v", &[]);
     }
@@ -2226,9 +2204,7 @@ fn damage_in_the_last_record_of_a_stopped_log_stops_the_start() {
     use percore::txn::record;
     let dir = common::temp_dir("kv-damaged-last");
     let dir_str = dir.path().to_str().unwrap();
-    let server = Server::start(&["--data-dir", dir_str]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir_str);
     let key = key_on(0, "last-");
     assert_eq!(put(&mut conn, &key, b"acknowledged", &[]).status, 201);
     drop(conn);
@@ -2270,9 +2246,7 @@ fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
     use percore::txn::record;
     let dir = common::temp_dir("kv-newer-log");
     let dir_str = dir.path().to_str().unwrap();
-    let server = Server::start(&["--data-dir", dir_str]);
-    let mut conn = Conn::new(server.connect());
-    wait_ready(&mut conn);
+    let (server, mut conn) = start_ready(dir_str);
     put(&mut conn, &key_on(0, "kept-"), b"v", &[]);
     drop(conn);
     server.stop();

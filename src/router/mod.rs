@@ -240,9 +240,7 @@ impl Router {
     /// ```
     pub fn direct(self, method: &str, path: &str, handler: impl DirectHandler) -> Router {
         assert!(
-            parse_pattern(path)
-                .iter()
-                .all(|segment| matches!(segment, Segment::Literal(_))),
+            is_exact(&parse_pattern(path)),
             "a direct route's path has no parameters: {path}"
         );
         self.route(method, path, direct::Direct(handler))
@@ -287,7 +285,7 @@ impl Router {
             "route pattern must start with '/': {pattern}"
         );
         let segments = parse_pattern(pattern);
-        if segments.iter().all(|s| matches!(s, Segment::Literal(_))) {
+        if is_exact(&segments) {
             let methods = self.exact.entry(pattern.into()).or_default();
             methods.retain(|(m, _)| &**m != method);
             methods.push((method.into(), handler));
@@ -459,6 +457,11 @@ fn parse_pattern(pattern: &str) -> Vec<Segment> {
         );
     }
     segments
+}
+
+/// A pattern without parameters: an exact path.
+fn is_exact(segments: &[Segment]) -> bool {
+    segments.iter().all(|s| matches!(s, Segment::Literal(_)))
 }
 
 fn match_segments(segments: &[Segment], path: &str) -> Option<Params> {
