@@ -37,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -165,7 +166,11 @@ def start(binary, args, port, cpu, nofile, log, server_cmd=None):
     if server_cmd:  # another server, for comparison: template with {port}, may start with VAR=value
         cmd = f"ulimit -n {nofile} && exec env {server_cmd.replace('{port}', str(port))}"
     else:
-        cmd = f"ulimit -n {nofile} && exec {shlex.quote(binary)} --bind 127.0.0.1:{port} --cores {cpu} {args}"
+        # A fresh data dir: the default (./percore-data in the working directory) would be left
+        # behind, and may hold a log of another shard count.
+        data = tempfile.mkdtemp(prefix="percore-idle-data.")
+        cmd = (f"ulimit -n {nofile} && exec {shlex.quote(binary)} --bind 127.0.0.1:{port} --cores {cpu} "
+               f"--data-dir {shlex.quote(data)} {args}")
     p = subprocess.Popen(["taskset", "-c", str(cpu), "bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True)
     t = time.time() + 15

@@ -78,7 +78,9 @@ def main():
 
     ns = [int(x) for x in a.shards.split(",")]
     client = cpu_list(a.client_cpus)
-    servers = [("percore", f"{a.percore} --bind 127.0.0.1:{{port}} --cores {{cores}} --max-conns 20000")]
+    # A data dir of its own ({data}): the default (./percore-data) may hold a log of another shard count.
+    servers = [("percore", f"{a.percore} --bind 127.0.0.1:{{port}} --cores {{cores}} --max-conns 20000 "
+                           "--data-dir {data}")]
     if a.nginx_run != "none":
         servers.append(("nginx", f"{a.nginx_run} {{port}} {{workers}}"))
     for e in a.extra:

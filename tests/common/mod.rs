@@ -196,8 +196,12 @@ pub fn tool(command: &str, input: &str) -> String {
 /// Runs `percore args` expecting it to exit at once; returns (exit code, stderr). Bounded: a
 /// percore that starts serving instead is killed after 20 s and fails the test.
 pub fn run_failing(args: &[&str]) -> (i32, String) {
+    // In a working directory of its own: the default `--data-dir` is relative to it, and one left
+    // in the package's directory (by a server run there by hand) would fail the start first.
+    let cwd = temp_dir("cwd");
     let mut child = Command::new(BIN)
         .args(args)
+        .current_dir(cwd.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
