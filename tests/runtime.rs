@@ -4,6 +4,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::{Conn, Server, read_to_close, run_failing};
@@ -454,6 +455,64 @@ fn a_drain_lets_a_pipelining_client_read_every_answer_to_the_closing_one() {
         last = Some(response);
     }
     assert!(answers > 0);
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A drain that finds a connection idle while its answers still wait in the send queue (the
+/// client reads slowly), and the client's next request arrives after the drain shut the read
+/// side: the client still reads every answer, whole, then the end of the stream. (The drain
+/// used to shut both sides: a socket shut both ways is aborted by the kernel when data arrives
+/// (TCPAbortOnData), and the abort threw away the answers still queued.) Deterministic where
+/// the test above depends on timing: the client's receive buffer is made small, so the answers
+/// cannot all leave the server before the client reads.
+#[test]
+fn a_drain_keeps_the_queued_answers_of_an_idle_connection_whose_client_sends_again() {
+    use std::io::Read;
+    const REQUESTS: usize = 100;
+    let mut server = Server::start(&["--grace", "5", "--lingering-timeout", "2"]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // Before connecting: the window the client advertises follows its buffer from the SYN on.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n";
+    stream.write_all(&request.repeat(REQUESTS)).unwrap();
+    // The server answers all of them (one read, one write) and waits for more: idle, with
+    // what the client's small buffer could not take still in its send queue.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held: libc::c_int = 0;
+    // SAFETY: FIONREAD on our own open socket writes one int.
+    let asked = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut held) };
+    assert_eq!(asked, 0);
+    server.signal(libc::SIGTERM);
+    // The drain shuts the idle connection's read side (the signal thread looks every 50 ms);
+    // then the client's next request arrives at that socket.
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(request).unwrap();
+    let mut all = Vec::new();
+    let end = stream.read_to_end(&mut all);
+    let mut at = 0;
+    let mut answers = 0;
+    while at < all.len() {
+        let (response, used) = common::parse_response(&all[at..], false)
+            .unwrap_or_else(|| panic!("answer {} of {REQUESTS} is cut short", answers + 1));
+        assert_eq!(response.body, b"Hello, World!");
+        at += used;
+        answers += 1;
+    }
+    assert_eq!(answers, REQUESTS, "answers read, then {end:?}");
+    assert!(
+        end.is_ok(),
+        "the connection ended with {end:?}, not a clean close"
+    );
+    assert!(
+        (held as usize) < all.len(),
+        "the client's buffer held all {held} bytes before the drain: nothing was tested"
+    );
     let status = server.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(0));
 }

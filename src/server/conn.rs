@@ -480,6 +480,7 @@ pub async fn serve(
             conn.linger().await;
         } else if conn.linger || conn.io.shard.is_draining() {
             conn.wait_sent().await;
+            conn.discard_queued_input();
         }
     }
 }
@@ -873,6 +874,24 @@ impl Conn {
                 return;
             }
             glommio::timer::sleep(SEND_QUEUE_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Reads and drops what the client sent that is already here (at most
+    /// BODY_DISCARD_BYTES_MAX), without waiting: closing a socket with unread bytes resets the
+    /// connection, and a client that sent another request after the drain shut the read side
+    /// would see that reset instead of the end of the stream that tells it to retry elsewhere.
+    /// Bytes that arrive after this still meet a reset, by then after every answer.
+    fn discard_queued_input(&self) {
+        let fd = self.io.stream.borrow().as_raw_fd();
+        let mut scratch = self.io.shard.read_scratch.borrow_mut();
+        let mut left = BODY_DISCARD_BYTES_MAX;
+        while left > 0 {
+            let read = crate::net::recv_raw(fd, &mut scratch[..]);
+            if read <= 0 {
+                return;
+            }
+            left = left.saturating_sub(read as u64);
         }
     }
 
