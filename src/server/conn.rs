@@ -14,8 +14,8 @@ use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
 use glommio::sync::StaticPermit;
 
 use crate::config::limits::{
-    BODY_DISCARD_BYTES_MAX, LINGERING_TIME_MAX, READ_BUFFER_BYTES, REQUESTS_PER_TURN_MAX,
-    TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES, WRITE_BUFFER_KEEP_BYTES,
+    BODY_DISCARD_BYTES_MAX, LINGERING_TIME_MAX, READ_BUFFER_BYTES, READ_BUFFER_KEEP_BYTES,
+    REQUESTS_PER_TURN_MAX, TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES, WRITE_BUFFER_KEEP_BYTES,
 };
 use crate::http::{
     self, BodyDecoder, BodyEvent, BodyFraming, CONTINUE_100, HeadLimits, HttpError, RequestHead,
@@ -83,11 +83,16 @@ impl ConnIo {
                     let deadline = self.shard.deadline_ms(self.read_timeout_ms.get());
                     self.entry.read_deadline_ms.set(deadline);
                 }
+                // Nothing buffered (an idle keep-alive connection, mostly): wait without a read
+                // buffer (nginx frees it too), unless it is a small one, which the next read
+                // reuses: freeing it cost two allocations and two frees per request (the bytes
+                // and the handle `split_to` shares with the request head). `try_reclaim` says
+                // whether more than the bound could be written without allocating: a buffer
+                // this connection alone holds and that big is freed. A smaller one is kept; so
+                // is one that a request's bytes still share (rare: an app kept a `Bytes` of it
+                // past its answer), which the next read replaces if it is still shared then.
                 if filled == 0 {
-                    // Nothing buffered (an idle keep-alive connection, mostly): wait without a
-                    // read buffer; the next read allocates one (nginx frees it the same way).
-                    // Halves an idle connection's memory.
-                    *rbuf = BytesMut::new();
+                    release_big_read_buffer(&mut rbuf);
                 }
                 Poll::Pending
             }
@@ -1250,6 +1255,15 @@ impl Conn {
     }
 }
 
+/// Frees an empty read buffer unless it is small (see `ConnIo::poll_fill`): `try_reclaim` says
+/// whether more than READ_BUFFER_KEEP_BYTES could be written into it without allocating.
+fn release_big_read_buffer(rbuf: &mut BytesMut) {
+    debug_assert!(rbuf.is_empty());
+    if rbuf.try_reclaim(READ_BUFFER_KEEP_BYTES + 1) {
+        *rbuf = BytesMut::new();
+    }
+}
+
 /// A response's fields as the encoder takes them.
 fn fields_of<'a>(
     headers: &'a [(Cow<'static, str>, Bytes)],
@@ -1375,7 +1389,10 @@ fn host_name(value: &[u8]) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Response, finish_later, host_name};
+    use super::{
+        BytesMut, READ_BUFFER_BYTES, READ_BUFFER_KEEP_BYTES, Response, finish_later, host_name,
+        release_big_read_buffer,
+    };
 
     /// Runs every handler still there to its answer, keeping the answers at their batch index;
     /// handlers already answered (None) are left alone.
@@ -1452,6 +1469,56 @@ mod tests {
             "X-Connection".into(),
             bytes::Bytes::from_static(b"close")
         )]));
+    }
+
+    /// What `release_big_read_buffer` relies on in `bytes`: a small buffer whose request head is
+    /// gone is reused whole by the next read, a big one is freed, and one a head still shares is
+    /// kept without its bytes being touched.
+    #[test]
+    fn a_small_read_buffer_is_reused_and_a_big_one_freed() {
+        let request = b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut rbuf = BytesMut::new();
+        rbuf.extend_from_slice(request);
+        let allocation = rbuf.as_ptr();
+        let head = rbuf.split_to(rbuf.len()).freeze();
+        drop(head);
+        release_big_read_buffer(&mut rbuf);
+        rbuf.extend_from_slice(request);
+        assert_eq!(
+            rbuf.as_ptr(),
+            allocation,
+            "the next read reuses the allocation"
+        );
+
+        // Shared with a head that lives on: kept, and the next read leaves the head's bytes be.
+        let head = rbuf.split_to(rbuf.len()).freeze();
+        release_big_read_buffer(&mut rbuf);
+        rbuf.extend_from_slice(b"POST / HTTP/1.1\r\n");
+        assert_eq!(&head[..], &request[..]);
+        assert_eq!(&rbuf[..], b"POST / HTTP/1.1\r\n");
+        rbuf.clear();
+        drop(head);
+
+        // At the bound: kept; one byte more: freed, whether the bytes were split off or not.
+        for (bytes, split, kept) in [
+            (READ_BUFFER_KEEP_BYTES, true, true),
+            (READ_BUFFER_KEEP_BYTES + 1, true, false),
+            (READ_BUFFER_KEEP_BYTES + 1, false, false),
+            (READ_BUFFER_BYTES, true, false),
+        ] {
+            let mut rbuf = BytesMut::with_capacity(bytes);
+            rbuf.extend_from_slice(&vec![b'a'; bytes]);
+            let allocation = rbuf.as_ptr();
+            if split {
+                drop(rbuf.split_to(bytes).freeze());
+            } else {
+                rbuf.clear();
+            }
+            release_big_read_buffer(&mut rbuf);
+            rbuf.extend_from_slice(b"G");
+            let reused = rbuf.as_ptr() == allocation;
+            assert_eq!(reused, kept, "{bytes} bytes, split {split}");
+        }
     }
 
     #[test]
