@@ -114,6 +114,35 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(conn.response(false).unwrap().body, b"Hello, World!");
 }
 
+/// A connection whose pipeline never runs dry would hold its shard (it never waits, so the
+/// other connections' tasks never run): after 256 answers without a wait it gives the others a
+/// turn, and `/stats` counts it. Answering one request at a time, it waits for each, so it never
+/// has to yield however many it sends.
+#[test]
+fn a_long_pipeline_gives_other_connections_a_turn() {
+    const REQUESTS: u64 = 1000;
+    let server = Server::start(&[]);
+    let yields = || server.stats()["total"]["pipeline_yields"].as_u64().unwrap();
+    let before = yields();
+    let mut conn = Conn::new(server.connect());
+    for _ in 0..300 {
+        assert_eq!(conn.get("/plaintext").status, 200);
+    }
+    assert_eq!(yields(), before, "answered one at a time: no yield");
+    conn.send(&b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".repeat(REQUESTS as usize));
+    for i in 0..REQUESTS {
+        let r = conn.response(false).unwrap_or_else(|| panic!("answer {i}"));
+        assert_eq!(r.body, b"Hello, World!", "answer {i}");
+    }
+    // Sent in one write, the requests are all there to read: 3 yields (one every 256 answers)
+    // unless a read found the pipeline dry and waited, which starts a new turn.
+    let yielded = yields() - before;
+    assert!(
+        (1..=REQUESTS / 256).contains(&yielded),
+        "{yielded} yields for {REQUESTS} pipelined requests"
+    );
+}
+
 /// RFC 9112 §9.3.2: pipelined GET/HEAD requests are served at once, `--pipeline-parallel` at a
 /// time and within the shard's budget (half of `--mesh-inflight-max` beyond each batch's first),
 /// and answered in order; a request with a body, or a bad one, waits for the batch before it.

@@ -13,6 +13,7 @@ pub struct ShardMetrics {
     pub connections_multishot_poll: Cell<u64>,
     pub requests: Cell<u64>,
     pub requests_parallel: Cell<u64>,
+    pub pipeline_yields: Cell<u64>,
     pub bytes_read: Cell<u64>,
     pub bytes_written: Cell<u64>,
     pub status_classes: [Cell<u64>; 5],
@@ -99,6 +100,7 @@ impl ShardMetrics {
             connections_multishot_poll: self.connections_multishot_poll.get(),
             requests: self.requests.get(),
             requests_parallel: self.requests_parallel.get(),
+            pipeline_yields: self.pipeline_yields.get(),
             bytes_read: self.bytes_read.get(),
             bytes_written: self.bytes_written.get(),
             status_1xx: classes[0].get(),
@@ -164,6 +166,9 @@ shard_stats! {
     requests,
     /// Pipelined GET/HEAD requests served at once with others of their connection (--pipeline-parallel).
     requests_parallel,
+    /// Times a connection answered REQUESTS_PER_TURN_MAX (256) pipelined requests without
+    /// waiting for bytes and gave the shard's other connections a turn before reading more.
+    pipeline_yields,
     bytes_read,
     bytes_written,
     status_1xx,

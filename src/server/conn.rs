@@ -56,6 +56,9 @@ struct ConnIo {
     /// A write failed (timed out, reset): the connection ends without a lingering close, which
     /// protects an answer the client can no longer get.
     write_failed: Cell<bool>,
+    /// A read waited for bytes (and so let the shard's other tasks run) since the connection
+    /// loop last looked.
+    waited: Cell<bool>,
 }
 
 impl ConnIo {
@@ -79,6 +82,7 @@ impl ConnIo {
         };
         let result = match result {
             Poll::Pending => {
+                self.waited.set(true);
                 if self.entry.read_deadline_ms.get() == 0 {
                     let deadline = self.shard.deadline_ms(self.read_timeout_ms.get());
                     self.entry.read_deadline_ms.set(deadline);
@@ -413,7 +417,8 @@ struct Conn {
     stashed: Option<Result<RequestHead, HttpError>>,
     /// The server chose to close after an answer: the client may still be sending.
     linger: bool,
-    /// Requests answered since the task last yielded (`REQUESTS_PER_TURN_MAX`).
+    /// Requests answered since the task last yielded or waited for bytes
+    /// (`REQUESTS_PER_TURN_MAX`).
     served_in_turn: u32,
 }
 
@@ -452,6 +457,7 @@ pub async fn serve(
         ready,
         write_stalled: Cell::new(false),
         write_failed: Cell::new(false),
+        waited: Cell::new(false),
     });
     let parallel_max = io.shard.config.pipeline_parallel_max;
     let mut conn = Conn {
@@ -565,10 +571,14 @@ impl Conn {
             // get their turn.
             if self.served_in_turn >= REQUESTS_PER_TURN_MAX {
                 self.served_in_turn = 0;
+                add(&self.shard().metrics.pipeline_yields, 1);
                 glommio::executor().yield_task_queue_now().await;
             }
             if !self.read_more().await {
                 return;
+            }
+            if self.io.waited.take() {
+                self.served_in_turn = 0;
             }
         }
     }
