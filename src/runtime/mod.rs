@@ -526,10 +526,23 @@ fn spawn_signal_forwarder(
         .spawn(move || {
             started.disarm();
             async move {
-                let mut connected = Vec::with_capacity(controls.len());
-                for control in controls {
-                    connected.push(control.connect().await);
-                }
+                // Connecting waits for every shard to reach its first statement; one stuck
+                // while glommio builds its executor kept SIGTERM unread, and this thread and
+                // the shards already connected spinning (glommio's connect wakes itself every
+                // pass). So signals are watched meanwhile: TERM and INT exit, HUP waits.
+                let mut hup_during_start = false;
+                let connect_all = async {
+                    let mut connected = Vec::with_capacity(controls.len());
+                    for control in controls {
+                        connected.push(control.connect().await);
+                    }
+                    connected
+                };
+                let watch = async {
+                    let never = exit_on_start_signal(&mut signals, &mut hup_during_start).await;
+                    match never {}
+                };
+                let connected = futures_lite::future::or(connect_all, watch).await;
                 let mut received = 0;
                 let mut announced = false;
                 // The newest users re-read on SIGHUP that a shard has not taken yet (its channel
@@ -539,6 +552,9 @@ fn spawn_signal_forwarder(
                 // awaited, so a shard that reads no messages cannot hold up the others' drain
                 // or a second signal.
                 let mut drains_pending = vec![false; connected.len()];
+                if hup_during_start && let Some(users) = reload_users(users_path.as_deref()) {
+                    users_pending.fill(Some(users));
+                }
                 loop {
                     if !announced && serving.load(Ordering::SeqCst) {
                         for control in &connected {
@@ -581,6 +597,25 @@ fn spawn_signal_forwarder(
         })
         .map(|_| ())
         .map_err(|e| StartError(format!("cannot start the signal thread: {e}")))
+}
+
+/// Until the shards are connected: exits at once on SIGTERM or SIGINT, as before serving
+/// (nothing was accepted), and notes a SIGHUP for later. Never returns.
+async fn exit_on_start_signal(
+    signals: &mut signal_hook::iterator::Signals,
+    hup: &mut bool,
+) -> std::convert::Infallible {
+    loop {
+        for signal in signals.pending() {
+            if signal == SIGHUP {
+                *hup = true;
+                continue;
+            }
+            crate::log_line!("percore: signal {signal} during start-up: exiting now");
+            std::process::exit(128 + signal);
+        }
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Offers every shard what it has not taken yet, without waiting: its drain, and the newest
