@@ -166,9 +166,9 @@ def start(binary, args, port, cpu, nofile, log, server_cmd=None):
     if server_cmd:  # another server, for comparison: template with {port}, may start with VAR=value
         cmd = f"ulimit -n {nofile} && exec env {server_cmd.replace('{port}', str(port))}"
     else:
-        # A fresh data dir: the default (./percore-data in the working directory) would be left
-        # behind, and may hold a log of another shard count.
-        data = tempfile.mkdtemp(prefix="percore-idle-data.")
+        # A fresh data dir next to the log (as compare.py): the default (./percore-data in the
+        # working directory) would be left behind, and may hold a log of another shard count.
+        data = tempfile.mkdtemp(prefix="percore.data.", dir=os.path.dirname(log.name))
         cmd = (f"ulimit -n {nofile} && exec {shlex.quote(binary)} --bind 127.0.0.1:{port} --cores {cpu} "
                f"--data-dir {shlex.quote(data)} {args}")
     p = subprocess.Popen(["taskset", "-c", str(cpu), "bash", "-c", cmd], stdout=log, stderr=subprocess.STDOUT,

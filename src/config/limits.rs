@@ -83,8 +83,8 @@ pub const TIMEOUT_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 /// Initial capacity of a connection's read buffer; it grows up to head_bytes_max while a head is incomplete.
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// A read buffer the connection alone holds, of at most this many bytes, is kept while the
-/// connection waits, so the next request reads into it instead of a new allocation (one malloc
-/// and one free per request at c64); a bigger one is freed. An idle connection holds at most this
+/// connection waits, so the next request reads into it instead of new allocations (two mallocs
+/// and two frees per request at c64: the bytes and their shared handle); a bigger one is freed. An idle connection holds at most this
 /// much more than one without a buffer (a browser's ~800-byte request fits).
 pub const READ_BUFFER_KEEP_BYTES: usize = 1024;
 /// Pending response bytes that force a flush before more pipelined requests are parsed, so a client

@@ -571,10 +571,7 @@ fn spawn_signal_forwarder(
                         }
                         received += 1;
                         if !serving.load(Ordering::SeqCst) {
-                            crate::log_line!(
-                                "percore: signal {signal} during start-up: exiting now"
-                            );
-                            std::process::exit(128 + signal);
+                            exit_during_start(signal);
                         }
                         if received == 1 {
                             let _ = stops.send(Stop::Draining(Instant::now()));
@@ -611,11 +608,16 @@ async fn exit_on_start_signal(
                 *hup = true;
                 continue;
             }
-            crate::log_line!("percore: signal {signal} during start-up: exiting now");
-            std::process::exit(128 + signal);
+            exit_during_start(signal);
         }
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// SIGTERM or SIGINT before every shard serves: nothing was accepted, so exit at once.
+fn exit_during_start(signal: i32) -> ! {
+    crate::log_line!("percore: signal {signal} during start-up: exiting now");
+    std::process::exit(128 + signal);
 }
 
 /// Offers every shard what it has not taken yet, without waiting: its drain, and the newest
