@@ -459,6 +459,8 @@ impl Partition {
             | Record::End { .. }
             | Record::Epoch { .. }
             | Record::SnapshotEnd { .. } => {}
+            // Recovery drops them before a partition sees the log (txn/service.rs `scan`).
+            Record::SegmentStart | Record::BatchEnd { .. } => {}
         }
     }
 

@@ -89,6 +89,26 @@ pub enum Record {
     SnapshotEnd {
         records: u64,
     },
+    /// Written by the log itself (wal/mod.rs), never by a `Node`: the first record of every
+    /// segment that ends its batches with `BatchEnd`, synced before any batch is written. A
+    /// segment without it (written by an older build, or by a reshard) is read by the older rule.
+    SegmentStart,
+    /// Written by the log itself after each batch's records, in the same write: a batch is one
+    /// group commit. `start` is the segment offset the batch began at; everything in the segment
+    /// before `synced_through` was fdatasync'd before the batch was written. With `--fsync
+    /// always` or `batch`, the previous batch is synced before the next is written, so it equals
+    /// `start`; with `off` it is where the segment was last synced.
+    BatchEnd {
+        start: u64,
+        synced_through: u64,
+    },
+}
+
+impl Record {
+    /// A record the log frames its batches with (`SegmentStart`, `BatchEnd`), not a state change.
+    pub fn is_log_marker(&self) -> bool {
+        matches!(self, Record::SegmentStart | Record::BatchEnd { .. })
+    }
 }
 
 pub const FRAME_HEADER_BYTES: usize = 9;
@@ -288,51 +308,86 @@ pub enum After {
 /// at a cost that does not depend on the length claimed: the look-ahead is linear in the bytes
 /// it passes and needs no budget, so it never gives up undecided.
 pub fn look_past(buf: &[u8], bad: usize, segment: u64) -> After {
-    // Over the bytes from `bad` on: every slice checksummed lies there.
-    let prefixes = Prefixes::new(&buf[bad..]);
-    let mut offset = bad + 1;
-    while offset + FRAME_HEADER_BYTES <= buf.len() {
-        let type_at = offset + FRAME_HEADER_BYTES - 1;
-        if buf[type_at] == 0 {
-            match buf[type_at..].iter().position(|&b| b != 0) {
-                Some(skip) => offset += skip.max(1),
-                None => break,
-            }
-            continue;
-        }
-        let len = u32::from_le_bytes([
-            buf[offset],
-            buf[offset + 1],
-            buf[offset + 2],
-            buf[offset + 3],
-        ]) as usize;
-        let end = offset + FRAME_HEADER_BYTES + len;
-        if len <= RECORD_PAYLOAD_BYTES_MAX && end <= buf.len() {
-            let salt = position_salt(segment, offset as u64);
-            let crc = u32::from_le_bytes([
-                buf[offset + 4],
-                buf[offset + 5],
-                buf[offset + 6],
-                buf[offset + 7],
-            ]);
-            // `checksum(salt, len, type_and_payload)`, its long part from the prefixes.
-            let mut head = crc32fast::Hasher::new();
-            head.update(&salt.to_le_bytes());
-            head.update(&buf[offset..offset + 4]);
-            let rest = prefixes.slice(offset + 8 - bad, end - bad);
-            head.combine(&crc32fast::Hasher::new_with_initial_len(
-                rest,
-                (end - offset - 8) as u64,
-            ));
-            if head.finalize() == crc
-                && let Ok(Some(_)) = decode_at(&buf[offset..end], salt)
-            {
-                return After::Record(offset);
-            }
-        }
-        offset += 1;
+    match records_past(buf, bad, segment).next() {
+        Some((at, _)) => After::Record(at),
+        None => After::Nothing,
     }
-    After::Nothing
+}
+
+/// Every whole record after the bad one at `bad` that validates at its own offset, in order, with
+/// its offset (`look_past` takes the first). After each one found the search goes on at its end.
+pub fn records_past(buf: &[u8], bad: usize, segment: u64) -> RecordsPast<'_> {
+    RecordsPast {
+        buf,
+        bad,
+        // Over the bytes from `bad` on: every slice checksummed lies there.
+        prefixes: Prefixes::new(&buf[bad.min(buf.len())..]),
+        offset: bad + 1,
+        segment,
+    }
+}
+
+/// The iterator `records_past` returns.
+pub struct RecordsPast<'a> {
+    buf: &'a [u8],
+    bad: usize,
+    prefixes: Prefixes<'a>,
+    /// The next offset to try.
+    offset: usize,
+    segment: u64,
+}
+
+impl Iterator for RecordsPast<'_> {
+    type Item = (usize, Record);
+
+    fn next(&mut self) -> Option<(usize, Record)> {
+        let (buf, bad) = (self.buf, self.bad);
+        while self.offset + FRAME_HEADER_BYTES <= buf.len() {
+            let offset = self.offset;
+            let type_at = offset + FRAME_HEADER_BYTES - 1;
+            if buf[type_at] == 0 {
+                match buf[type_at..].iter().position(|&b| b != 0) {
+                    Some(skip) => self.offset += skip.max(1),
+                    None => break,
+                }
+                continue;
+            }
+            let len = u32::from_le_bytes([
+                buf[offset],
+                buf[offset + 1],
+                buf[offset + 2],
+                buf[offset + 3],
+            ]) as usize;
+            let end = offset + FRAME_HEADER_BYTES + len;
+            if len <= RECORD_PAYLOAD_BYTES_MAX && end <= buf.len() {
+                let salt = position_salt(self.segment, offset as u64);
+                let crc = u32::from_le_bytes([
+                    buf[offset + 4],
+                    buf[offset + 5],
+                    buf[offset + 6],
+                    buf[offset + 7],
+                ]);
+                // `checksum(salt, len, type_and_payload)`, its long part from the prefixes.
+                let mut head = crc32fast::Hasher::new();
+                head.update(&salt.to_le_bytes());
+                head.update(&buf[offset..offset + 4]);
+                let rest = self.prefixes.slice(offset + 8 - bad, end - bad);
+                head.combine(&crc32fast::Hasher::new_with_initial_len(
+                    rest,
+                    (end - offset - 8) as u64,
+                ));
+                if head.finalize() == crc
+                    && let Ok(Some((record, _))) = decode_at(&buf[offset..end], salt)
+                {
+                    self.offset = end;
+                    return Some((offset, record));
+                }
+            }
+            self.offset += 1;
+        }
+        self.offset = buf.len();
+        None
+    }
 }
 
 /// Bytes hashed between two stored prefix checksums: the most `Prefixes::slice` hashes twice.
@@ -443,6 +498,8 @@ fn type_byte(record: &Record) -> u8 {
         Record::SnapshotEntries { .. } => 8,
         Record::SnapshotEnd { .. } => 9,
         Record::Staging { .. } => 10,
+        Record::SegmentStart => 11,
+        Record::BatchEnd { .. } => 12,
     }
 }
 
@@ -506,6 +563,12 @@ pub fn validate(record: &Record) -> Result<(), &'static str> {
         }
         Record::SnapshotBegin { version_next } if *version_next == 0 => {
             return Err("snapshot version_next 0");
+        }
+        Record::BatchEnd {
+            start,
+            synced_through,
+        } if synced_through > start => {
+            return Err("batch synced past its own start");
         }
         Record::SnapshotEntries { entries } => {
             if entries.is_empty() {
@@ -615,6 +678,14 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
             }
         }
         Record::SnapshotEnd { records } => put_u64(out, *records),
+        Record::SegmentStart => {}
+        Record::BatchEnd {
+            start,
+            synced_through,
+        } => {
+            put_u64(out, *start);
+            put_u64(out, *synced_through);
+        }
     }
 }
 
@@ -709,7 +780,7 @@ fn decode_payload(type_byte: u8, payload: &[u8]) -> Result<Record, TailReason> {
         position: 0,
     };
     let record = match type_byte {
-        1..=10 => read_record(type_byte, &mut reader).map_err(TailReason::Malformed)?,
+        1..=12 => read_record(type_byte, &mut reader).map_err(TailReason::Malformed)?,
         other => return Err(TailReason::UnknownType(other)),
     };
     if reader.position != payload.len() {
@@ -762,9 +833,14 @@ fn read_record(type_byte: u8, reader: &mut Reader) -> Read<Record> {
         9 => Record::SnapshotEnd {
             records: reader.u64()?,
         },
-        _ => Record::Staging {
+        10 => Record::Staging {
             tx: reader.tx()?,
             participants: reader.shards()?,
+        },
+        11 => Record::SegmentStart,
+        _ => Record::BatchEnd {
+            start: reader.u64()?,
+            synced_through: reader.u64()?,
         },
     })
 }

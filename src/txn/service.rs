@@ -43,13 +43,13 @@ pub struct Recovered {
     pub log_bytes: u64,
 }
 
-/// A segment that reading stopped short of its end, and the torn record it ends in (None when
-/// only zeros follow).
+/// A segment that reading stopped short of its end, and the torn write it ends in (None when
+/// only zeros follow): where, and how many whole records of that write were stored after it.
 #[derive(Debug)]
 struct Cut {
     path: PathBuf,
     valid_bytes: usize,
-    torn: Option<CorruptTail>,
+    torn: Option<(CorruptTail, usize)>,
 }
 
 /// A log replay this long is announced on stderr (it can take seconds).
@@ -62,8 +62,9 @@ struct Scanned {
     /// Where reading stopped short of the file's end (a bad record or the fill's zeros): the
     /// file is cut there once the log is known to be whole.
     cut_at: Option<usize>,
-    /// A bad record (not zeros), and what follows it in the same segment.
-    bad: Option<(CorruptTail, After)>,
+    /// Where reading stopped short, and what follows in the same segment: a bad record (in a
+    /// segment with `SegmentStart`, zeros too where anything follows them).
+    bad: Option<(CorruptTail, Past)>,
     /// The file's length.
     bytes: u64,
 }
@@ -78,7 +79,8 @@ pub fn recover(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
 /// Reads a shard's log segments, changing nothing: the newest segment that starts with a
 /// complete checkpoint, and everything after it. A bad record with nothing intact after it, in
 /// its segment or a later one, is a torn tail: nothing before it is lost, and `Recovered::cut`
-/// cuts it off. A bad record that intact records follow is damage, not a torn write (records are
+/// cuts it off; so is a bad record (or zeros) in a batch that nothing says was synced (`scan`).
+/// A bad record that intact records follow is otherwise damage, not a torn write (records are
 /// salted by position, so stale bytes never validate where they lie): an error, because cutting
 /// there would drop acknowledged transactions, on this shard only. So is a whole record of a
 /// type this build does not know (a newer build's). Every shard's log is read before any is cut
@@ -130,7 +132,13 @@ pub fn read_log(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
             recovered.cuts.push(Cut {
                 path: path.clone(),
                 valid_bytes,
-                torn: bad.map(|(tail, _)| tail),
+                torn: bad.map(|(tail, past)| {
+                    let dropped = match past {
+                        Past::Unproven { dropped } => dropped,
+                        Past::Record(_) | Past::Synced { .. } => 0,
+                    };
+                    (tail, dropped)
+                }),
             });
         }
         if index < start {
@@ -159,10 +167,14 @@ impl Recovered {
     /// damage. Only once every shard's log was read without error.
     pub fn cut(&self, shard: usize) -> std::io::Result<()> {
         for cut in &self.cuts {
-            if let Some(tail) = &cut.torn {
+            if let Some((tail, dropped)) = &cut.torn {
+                let after = match dropped {
+                    0 => "nothing intact after it".to_string(),
+                    n => format!("{n} whole records after it, of the same unsynced write"),
+                };
                 crate::log_line!(
                     "percore: shard {shard}: log {} ends in an unfinished write at byte {} ({:?}, \
-                     nothing intact after it; expected after a crash, nothing acknowledged is in \
+                     {after}; expected after a crash or power loss, nothing acknowledged is in \
                      it): cut off there",
                     cut.path.display(),
                     tail.offset,
@@ -177,17 +189,35 @@ impl Recovered {
     }
 }
 
-/// Scans one segment's bytes and, past a bad record, looks for intact ones.
+/// What follows the place where reading a segment stopped short (`scan`).
+#[derive(Debug)]
+enum Past {
+    /// Nothing shows that the bytes there were ever synced: a torn write, cut off. `dropped`:
+    /// the whole records stored after it, parts of the same unsynced write.
+    Unproven { dropped: usize },
+    /// A segment without `SegmentStart`: an intact record at this offset follows, so the bad
+    /// record is damage (such a segment cannot say which write a record belongs to).
+    Record(usize),
+    /// The `BatchEnd` at `at` says the segment was synced through `synced_through`, past the
+    /// bad record: damage to synced bytes.
+    Synced { at: usize, synced_through: u64 },
+}
+
+/// Scans one segment's bytes and, past where reading stopped, looks for intact records.
+///
+/// In a segment that starts with `SegmentStart` every batch ends with a `BatchEnd` saying how far
+/// the segment was synced before the batch was written. A power loss during a batch's sync can
+/// leave any of its blocks stored and any not (a device orders the blocks of one write as it
+/// likes), so bad bytes or zeros with whole records after them are a torn write unless a later
+/// `BatchEnd` says they had been synced: such a batch was never acknowledged, and it is cut off
+/// whole. A segment without `SegmentStart` (an older build's, a reshard's) is read by the older
+/// rule: any intact record after a bad one is damage.
 fn scan(bytes: &[u8], number: u64, path: PathBuf) -> std::io::Result<Scanned> {
     let scan = record::scan_segment(bytes, number);
-    let bad = scan
-        .tail
-        .clone()
-        .filter(|tail| tail.reason != TailReason::Zeroes);
     if let Some(CorruptTail {
         offset,
         reason: TailReason::UnknownType(kind),
-    }) = bad
+    }) = scan.tail
     {
         // Cutting it off would drop acknowledged transactions a newer build wrote.
         return Err(std::io::Error::other(format!(
@@ -196,14 +226,50 @@ fn scan(bytes: &[u8], number: u64, path: PathBuf) -> std::io::Result<Scanned> {
             path.display(),
         )));
     }
-    let bad = bad.map(|tail| {
-        let after = record::look_past(bytes, tail.offset, number);
-        (tail, after)
-    });
+    let marked = matches!(scan.records.first(), Some(Record::SegmentStart));
+    let bad = match scan.tail.clone() {
+        None => None,
+        Some(tail) if marked => {
+            let mut dropped = 0;
+            let mut proof = None;
+            for (at, record) in record::records_past(bytes, tail.offset, number) {
+                match record {
+                    // Only where it can lie: after the batch it ends.
+                    Record::BatchEnd {
+                        start,
+                        synced_through,
+                    } if synced_through > tail.offset as u64 && start < at as u64 => {
+                        proof = Some(Past::Synced { at, synced_through });
+                        break;
+                    }
+                    record if record.is_log_marker() => {}
+                    _ => dropped += 1,
+                }
+            }
+            match proof {
+                Some(proof) => Some((tail, proof)),
+                // Zeros with nothing after them: the fill, the segment's clean end.
+                None if tail.reason == TailReason::Zeroes && dropped == 0 => None,
+                None => Some((tail, Past::Unproven { dropped })),
+            }
+        }
+        Some(tail) if tail.reason == TailReason::Zeroes => None,
+        Some(tail) => {
+            let past = match record::look_past(bytes, tail.offset, number) {
+                After::Record(at) => Past::Record(at),
+                After::Nothing => Past::Unproven { dropped: 0 },
+            };
+            Some((tail, past))
+        }
+    };
     Ok(Scanned {
         path,
         bytes: bytes.len() as u64,
-        records: scan.records,
+        records: scan
+            .records
+            .into_iter()
+            .filter(|record| !record.is_log_marker())
+            .collect(),
         cut_at: scan.tail.map(|_| scan.valid_bytes),
         bad,
     })
@@ -226,8 +292,9 @@ fn torn_checkpoint(records: &[Record]) -> bool {
 }
 
 /// Err (one line naming the file and byte) when the log is damaged rather than torn: a bad record
-/// in or after the segment recovery starts at (`start`) with intact records after it, in its
-/// segment or a later one; or an incomplete checkpoint with no older segment left (older segments
+/// in or after the segment recovery starts at (`start`) with intact records after it that prove
+/// it was synced (`Past`), in its segment, or any in a later one (a segment is synced when the
+/// next is opened); or an incomplete checkpoint with no older segment left (older segments
 /// are deleted only once a checkpoint is synced whole, so it was whole once). Bad records in
 /// segments a later checkpoint supersedes do not matter: nothing is read from them.
 fn check_damage(scanned: &[Scanned], start: usize) -> Result<(), String> {
@@ -251,16 +318,23 @@ fn check_damage(scanned: &[Scanned], start: usize) -> Result<(), String> {
         return damaged(&oldest.path, offset, &what, evidence);
     }
     for (index, segment) in scanned.iter().enumerate().skip(start) {
-        let Some((tail, after)) = &segment.bad else {
+        let Some((tail, past)) = &segment.bad else {
             continue;
         };
         let what = format!("{:?}", tail.reason);
-        match after {
-            After::Record(at) => {
+        match past {
+            Past::Record(at) => {
                 let evidence = format!("an intact record follows at byte {at}");
                 return damaged(&segment.path, tail.offset, &what, evidence);
             }
-            After::Nothing => {}
+            Past::Synced { at, synced_through } => {
+                let evidence = format!(
+                    "the batch end at byte {at} says the segment was synced through byte \
+                     {synced_through}"
+                );
+                return damaged(&segment.path, tail.offset, &what, evidence);
+            }
+            Past::Unproven { .. } => {}
         }
         if let Some(later) = scanned[index + 1..].iter().find(|s| !s.records.is_empty()) {
             let evidence = format!("intact records follow in {}", later.path.display());
@@ -664,9 +738,15 @@ impl Txn {
     /// (recovery takes the largest, so it changes nothing). A damaged last record then reads as
     /// damage (an intact record follows it) and refuses the start, where it would have read as
     /// a torn tail and been cut, its acknowledged transaction with it (found in review). After
-    /// a crash the last record has no such witness: that tail is cut, as it must be.
+    /// a crash the last record has no such witness: that tail is cut, as it must be. With
+    /// `--fsync off` the log is synced before the witness, whose batch end then says so: the
+    /// witness proves nothing of bytes its batch end does not say were synced (`scan`).
     pub async fn close(&self) {
         if !self.wal.is_failed() {
+            if self.wal.mode() == wal::FsyncMode::Off {
+                // A failure here fails the log: the close below says so.
+                let _ = self.wal.synced(self.wal.appended()).await;
+            }
             let epoch = self.node.borrow().epoch();
             self.append(&Record::Epoch { epoch });
         }
@@ -915,6 +995,170 @@ mod tests {
         .unwrap();
         std::fs::write(&path, &whole[..end + 3]).unwrap();
         assert_eq!(recover(&dir, 1).unwrap().records, vec![commit(1)]);
+    }
+
+    /// Writes `batches` with the real log (shard 0, segment 0), each appended whole and then
+    /// waited for (one group commit each); `sync_after` asks for a sync after that batch (what a
+    /// checkpoint does with `--fsync off`). Leaves the file as a power loss right after the last
+    /// batch was written would, had the device stored every block: no close. Returns the
+    /// segment's bytes and each record's offset (log markers included).
+    fn write_batches(
+        dir: &Path,
+        mode: wal::FsyncMode,
+        batches: Vec<Vec<Record>>,
+        sync_after: Option<usize>,
+    ) -> (Vec<u8>, Vec<(usize, Record)>) {
+        let dir2 = dir.to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let wal = Wal::open(&dir2, 0, mode, 0).await.unwrap();
+                for (index, batch) in batches.iter().enumerate() {
+                    let mut lsn = 0;
+                    for record in batch {
+                        let (segment, offset) = wal.next_position();
+                        let mut bytes = Vec::new();
+                        record::encode_at(
+                            record,
+                            record::position_salt(segment, offset),
+                            &mut bytes,
+                        );
+                        lsn = wal.append(bytes);
+                    }
+                    wal.durable(lsn).await.unwrap();
+                    if sync_after == Some(index) {
+                        wal.synced(lsn).await.unwrap();
+                    }
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let bytes = std::fs::read(wal::segment_path(dir, 0, 0)).unwrap();
+        let mut records = Vec::new();
+        let mut offset = 0;
+        while let Ok(Some((record, used))) =
+            record::decode_at(&bytes[offset..], record::position_salt(0, offset as u64))
+        {
+            records.push((offset, record));
+            offset += used;
+        }
+        (bytes, records)
+    }
+
+    /// A commit of a 300-byte value: a batch of six spans several 512-byte sectors.
+    fn big_commit(version: u64) -> Record {
+        Record::Commit {
+            tx: None,
+            version,
+            writes: vec![(
+                Bytes::from(format!("key-{version}")),
+                Some(Bytes::from(vec![b'v'; 300])),
+            )],
+        }
+    }
+
+    /// A power loss during a batch's fdatasync can leave any of its blocks stored and any not: a
+    /// device orders the blocks of one write as it likes. Recovery used to read a
+    /// stored block after a lost one as damage, refused to start, and said to restore a backup,
+    /// though nothing in that batch was ever acknowledged. Each batch now ends with a
+    /// `BatchEnd` saying how far the segment was synced before it: a bad record that no later
+    /// batch end says was synced is a torn write, cut off with the rest of its batch; one that a
+    /// later batch end covers is damage, and stops the start as before.
+    #[test]
+    fn a_batch_torn_by_a_power_loss_is_cut_off_and_damage_to_a_synced_one_is_refused() {
+        let batches: Vec<Vec<Record>> = vec![
+            (1..=3).map(big_commit).collect(),
+            (4..=6).map(big_commit).collect(),
+            (7..=12).map(big_commit).collect(),
+        ];
+        let tmp = temp_dir("power-loss");
+        let dir = tmp.path().to_path_buf();
+        let path = wal::segment_path(&dir, 0, 0);
+        let (whole, at) = write_batches(&dir, wal::FsyncMode::Batch, batches.clone(), None);
+        // at: SegmentStart, v1-v3, end, v4-v6, end, v7-v12, end.
+        assert_eq!(at.len(), 1 + 3 + 1 + 3 + 1 + 6 + 1, "{at:?}");
+        assert!(matches!(at[15].1, Record::BatchEnd { .. }));
+        let commits = |versions: std::ops::RangeInclusive<u64>| -> Vec<Record> {
+            versions.map(big_commit).collect()
+        };
+        // What a lost block reads as: the fill's zeros, or stale bytes a DMA sync left there.
+        let stale: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+        let lost = |index: usize, fill: &dyn Fn(usize) -> u8| {
+            let mut bytes = whole.clone();
+            // The last record is a batch end: a frame and two u64s.
+            let to = at
+                .get(index + 1)
+                .map_or(at[index].0 + record::FRAME_HEADER_BYTES + 16, |next| next.0);
+            let from = at[index].0;
+            (from..to).for_each(|i| bytes[i] = fill(i));
+            bytes
+        };
+        let zero = |_: usize| 0u8;
+        let garbage = |i: usize| stale[i % 4096];
+        // (record lost, how, records recovered, or Err(the batch end that proves damage))
+        type Case<'a> = (usize, &'a dyn Fn(usize) -> u8, Result<Vec<Record>, usize>);
+        let cases: Vec<Case> = vec![
+            (10, &garbage, Ok(commits(1..=7))), // v8, inside the last batch
+            (10, &zero, Ok(commits(1..=7))),
+            (9, &garbage, Ok(commits(1..=6))), // the last batch's first record
+            (11, &zero, Ok(commits(1..=8))),
+            (15, &garbage, Ok(commits(1..=12))), // only its end: every record whole
+            (6, &garbage, Err(15)),              // v5: the last batch end covers it
+            (6, &zero, Err(15)),
+            (8, &garbage, Err(15)), // the second batch's end
+            (1, &garbage, Err(8)),  // v1: the next batch's end covers it
+        ];
+        for (index, fill, expected) in cases {
+            let bytes = lost(index, fill);
+            std::fs::write(&path, &bytes).unwrap();
+            let result = recover(&dir, 0);
+            let lost_at = at[index].0;
+            match expected {
+                Ok(records) => {
+                    let recovered = result.unwrap_or_else(|e| panic!("record {index} lost: {e}"));
+                    assert_eq!(recovered.records, records, "record {index} lost");
+                    let len = std::fs::metadata(&path).unwrap().len() as usize;
+                    assert_eq!(len, lost_at, "record {index} lost: cut there");
+                }
+                Err(proof) => {
+                    let Record::BatchEnd { start, .. } = at[proof].1 else {
+                        unreachable!()
+                    };
+                    let error = result.unwrap_err().to_string();
+                    assert!(
+                        error.contains(&format!("damaged at byte {lost_at} "))
+                            && error.contains(&format!(
+                                "batch end at byte {} says the segment was synced through byte \
+                                 {start}",
+                                at[proof].0,
+                            ))
+                            && !error.contains('\n'),
+                        "record {index} lost: {error}"
+                    );
+                    assert_eq!(std::fs::read(&path).unwrap(), bytes, "unchanged");
+                }
+            }
+        }
+
+        // With --fsync off nothing is synced between batches: a lost block before the last
+        // batch is a torn write too, unless a sync (a checkpoint's) covered it.
+        let (whole, at) = write_batches(&dir, wal::FsyncMode::Off, batches.clone(), None);
+        let mut bytes = whole.clone();
+        (at[6].0..at[7].0).for_each(|i| bytes[i] = 0xAB);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(recover(&dir, 0).unwrap().records, commits(1..=4));
+        let (whole, at) = write_batches(&dir, wal::FsyncMode::Off, batches, Some(1));
+        let mut bytes = whole.clone();
+        (at[6].0..at[7].0).for_each(|i| bytes[i] = 0xAB);
+        std::fs::write(&path, &bytes).unwrap();
+        let error = recover(&dir, 0).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!(
+                "batch end at byte {} says the segment was synced through byte {}",
+                at[15].0, at[9].0
+            )),
+            "{error}"
+        );
     }
 
     /// A torn record in front of a large zero fill: the look past it skips zero runs, so this

@@ -1,4 +1,4 @@
-//! One shard's write-ahead log: appends opaque records to numbered segment files with glommio DMA writes and group commit (many appends share one fdatasync); never interprets a record.
+//! One shard's write-ahead log: appends opaque records to numbered segment files with glommio DMA writes and group commit (many appends share one fdatasync); never interprets a record, and frames its batches with two markers of its own.
 //!
 //! A record is acknowledged only once `durable(lsn)` resolves. Appends never wait: they go to an
 //! in-memory batch that the flusher task writes and syncs while the next batch fills. A restart
@@ -9,6 +9,12 @@
 //! overwrites blocks inside the file: its fdatasync then flushes the data alone, where one that
 //! grew the file also had to write the inode. Zeros after the last record read as a clean end
 //! (`TailReason::Zeroes`).
+//!
+//! Each segment starts with a `SegmentStart` record, synced before any batch, and each batch
+//! (one group commit) ends with a `BatchEnd` record written with it: where the batch began and
+//! how far the segment was synced before it. Recovery reads them to tell a batch that a power
+//! loss left half-stored (unacknowledged: cut off) from damage to synced records (refused):
+//! a device may store the blocks of one unsynced write in any order (txn/service.rs `scan`).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -20,6 +26,23 @@ use futures_lite::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
 
 use crate::config::limits::SHARDS_MAX;
+use crate::txn::record::{self, Record};
+
+/// Bytes of the `SegmentStart` record every segment this build writes starts with (a frame
+/// with no payload).
+pub const SEGMENT_START_BYTES: u64 = record::FRAME_HEADER_BYTES as u64;
+
+/// The `SegmentStart` record of segment `segment`, framed where it lies (offset 0).
+fn segment_start(segment: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(SEGMENT_START_BYTES as usize);
+    record::encode_at(
+        &Record::SegmentStart,
+        record::position_salt(segment, 0),
+        &mut bytes,
+    );
+    debug_assert_eq!(bytes.len() as u64, SEGMENT_START_BYTES);
+    bytes
+}
 
 /// When a commit is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +74,9 @@ impl std::str::FromStr for FsyncMode {
 /// buffer memory held before: the reason records are salted by position, txn/record.rs), so a
 /// small buffer keeps each group commit's write small; larger records span several buffers.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Bytes of a `BatchEnd` record: a frame and two u64s.
+const BATCH_END_BYTES: usize = record::FRAME_HEADER_BYTES + 16;
 
 /// How far a segment is zero-filled at a time, ahead of the writer. On ext4 an fdatasync after a
 /// 4 KiB O_DIRECT write took ~190 µs when the write grew the file and ~130 µs inside it, with about
@@ -154,18 +180,25 @@ pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Whether a segment holds anything: one that a crash left empty or only zero-filled (created,
-/// never written: a kill during a first start-up) says nothing about the shard count.
-fn holds_records(path: &Path) -> io::Result<bool> {
+/// Whether segment `number` holds anything: one that a crash left empty, only zero-filled or
+/// with nothing past its `SegmentStart` (created, never written: a kill during a first start-up)
+/// says nothing about the shard count.
+fn holds_records(path: &Path, number: u64) -> io::Result<bool> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut chunk = vec![0u8; 64 * 1024];
+    let start = segment_start(number);
+    let mut first = true;
     loop {
         let read = file.read(&mut chunk)?;
         if read == 0 {
             return Ok(false);
         }
-        if chunk[..read].iter().any(|&b| b != 0) {
+        let mut bytes = &chunk[..read];
+        if std::mem::take(&mut first) {
+            bytes = bytes.strip_prefix(start.as_slice()).unwrap_or(bytes);
+        }
+        if bytes.iter().any(|&b| b != 0) {
             return Ok(true);
         }
     }
@@ -240,8 +273,8 @@ pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
     let fail = |e: io::Error| format!("--data-dir {}: {e}", dir.display());
     let recorded = recorded_shards(dir)?;
     let mut present = std::collections::BTreeSet::new();
-    for (shard, _, path) in segment_files(dir).map_err(fail)? {
-        if !present.contains(&shard) && holds_records(&path).map_err(fail)? {
+    for (shard, number, path) in segment_files(dir).map_err(fail)? {
+        if !present.contains(&shard) && holds_records(&path, number).map_err(fail)? {
             present.insert(shard);
         }
     }
@@ -334,8 +367,10 @@ pub struct Wal {
     filler: RefCell<Option<Rc<DmaFile>>>,
     prefilled: Cell<u64>,
     segment: Cell<u64>,
-    /// Bytes written to the current segment (after the batch in flight).
+    /// Bytes written to the current segment (after the batch in flight), its `SegmentStart`
+    /// included, and how far the segment is synced (`BatchEnd::synced_through`).
     segment_bytes: Cell<u64>,
+    segment_synced: Cell<u64>,
     /// Records (and segment switches) appended but not yet handed to the writer.
     pending: RefCell<Vec<Pending>>,
     /// The segment appends go to now (ahead of `segment` while a switch is pending), and bytes
@@ -379,10 +414,11 @@ impl Wal {
             filler: RefCell::new(Some(filler)),
             prefilled: Cell::new(PREFILL_CHUNK_BYTES),
             segment: Cell::new(segment),
-            segment_bytes: Cell::new(0),
+            segment_bytes: Cell::new(SEGMENT_START_BYTES),
+            segment_synced: Cell::new(SEGMENT_START_BYTES),
             pending: RefCell::new(Vec::new()),
             append_segment: Cell::new(segment),
-            segment_appended: Cell::new(0),
+            segment_appended: Cell::new(SEGMENT_START_BYTES),
             appended: Cell::new(0),
             durable_lsn: Cell::new(0),
             synced_lsn: Cell::new(0),
@@ -398,8 +434,8 @@ impl Wal {
         Ok(wal)
     }
 
-    /// Creates segment `segment`, zero-filled through its first chunk: its stream writer and the
-    /// handle that fills it further.
+    /// Creates segment `segment`, its `SegmentStart` and then zeros through its first chunk,
+    /// synced: its stream writer (past the `SegmentStart`) and the handle that fills it further.
     async fn create_writer(
         dir: &Path,
         shard: usize,
@@ -409,13 +445,19 @@ impl Wal {
             .await
             .map_err(glommio_error)?;
         let filler = Rc::new(file.dup().map_err(glommio_error)?);
-        prefill(&filler, 0).await?;
+        let start = segment_start(segment);
+        prefill(&filler, 0, &start).await?;
+        // Synced before any batch: a batch a power loss tears must not take the mark that says
+        // how to read the segment with it.
+        filler.fdatasync().await.map_err(glommio_error)?;
         // The directory entry must be durable too, or a crash could lose the whole segment.
         std::fs::File::open(dir)?.sync_all()?;
-        let writer = DmaStreamWriterBuilder::new(file)
+        let mut writer = DmaStreamWriterBuilder::new(file)
             .with_buffer_size(WRITE_BUFFER_BYTES)
             .with_write_behind(2)
             .build();
+        // Into the writer's first buffer, which rewrites the block with the same bytes.
+        writer.write_all(&start).await?;
         Ok((writer, filler))
     }
 
@@ -448,10 +490,11 @@ impl Wal {
     pub fn switch_segment(&self) -> u64 {
         // Counted here, not when the flusher switches: appends made meanwhile already belong
         // to the new segment (their checksums are salted with it).
+        self.close_open_batch();
         let next = self.append_segment.get() + 1;
         self.append_segment.set(next);
         self.pending.borrow_mut().push(Pending::Switch);
-        self.segment_appended.set(0);
+        self.segment_appended.set(SEGMENT_START_BYTES);
         if let Some(waker) = self.flusher.borrow_mut().take() {
             waker.wake();
         }
@@ -473,6 +516,10 @@ impl Wal {
             return end;
         }
         self.pending.borrow_mut().push(Pending::Record(record));
+        if self.mode == FsyncMode::Always {
+            // Each record is a batch of its own: its end comes before the next append.
+            self.reserve_batch_end();
+        }
         if let Some(waker) = self.flusher.borrow_mut().take() {
             waker.wake();
         }
@@ -511,6 +558,7 @@ impl Wal {
     /// the flusher for a sync of its own; the other modes sync every batch anyway.
     pub async fn synced(&self, lsn: u64) -> io::Result<()> {
         if self.mode == FsyncMode::Off && self.synced_lsn.get() < lsn {
+            self.close_open_batch();
             self.pending.borrow_mut().push(Pending::Sync);
             if let Some(waker) = self.flusher.borrow_mut().take() {
                 waker.wake();
@@ -545,7 +593,7 @@ impl Wal {
 
     async fn flush_loop(wal: Rc<Wal>) {
         loop {
-            let batch: Vec<Pending> = std::future::poll_fn(|cx| {
+            let (batch, end): (Vec<Pending>, Vec<u8>) = std::future::poll_fn(|cx| {
                 let mut pending = wal.pending.borrow_mut();
                 if pending.is_empty() {
                     *wal.flusher.borrow_mut() = Some(cx.waker().clone());
@@ -559,7 +607,21 @@ impl Wal {
                         .position(|p| matches!(p, Pending::Switch | Pending::Sync))
                         .unwrap_or(pending.len()),
                 };
-                Poll::Ready(pending.drain(..take).collect())
+                let batch: Vec<Pending> = pending.drain(..take).collect();
+                let open = pending.is_empty() && wal.mode != FsyncMode::Always;
+                drop(pending);
+                let end = match batch.as_slice() {
+                    [Pending::Switch | Pending::Sync] => Vec::new(),
+                    records => {
+                        if open {
+                            // The batch still open to appends ends here, before any later
+                            // append takes its position.
+                            wal.reserve_batch_end();
+                        }
+                        wal.batch_end(records)
+                    }
+                };
+                Poll::Ready((batch, end))
             })
             .await;
             let result = match batch.as_slice() {
@@ -573,7 +635,7 @@ impl Wal {
                             Pending::Switch | Pending::Sync => None,
                         })
                         .collect();
-                    wal.write_batch(&records).await
+                    wal.write_batch(&records, &end).await
                 }
             };
             if let Err(e) = result {
@@ -597,15 +659,62 @@ impl Wal {
         }
     }
 
-    async fn write_batch(&self, batch: &[Vec<u8>]) -> io::Result<()> {
-        let bytes: u64 = batch.iter().map(|r| r.len() as u64).sum();
+    /// Counts a batch end's bytes as appended, in the segment appends go to: done where a batch
+    /// is closed to appends, before any later append takes its position. A batch closes when the
+    /// flusher takes it (the records pending at that moment), when a switch or a sync is queued
+    /// behind it (`close_open_batch`), and with `Always` at its one record (`append`).
+    fn reserve_batch_end(&self) {
+        self.appended
+            .set(self.appended.get() + BATCH_END_BYTES as u64);
+        self.segment_appended
+            .set(self.segment_appended.get() + BATCH_END_BYTES as u64);
+    }
+
+    /// Closes the batch still open to appends, if records are queued after the last switch or
+    /// sync (with `Always` each record closed its own).
+    fn close_open_batch(&self) {
+        let open = matches!(self.pending.borrow().last(), Some(Pending::Record(_)));
+        if open && self.mode != FsyncMode::Always {
+            self.reserve_batch_end();
+        }
+    }
+
+    /// The `BatchEnd` of the batch of `records` the flusher just took, which it writes next,
+    /// framed at the position after them (its bytes were reserved when the batch closed). The
+    /// flusher writes batches in order, so the batch starts where the segment's written bytes
+    /// end.
+    fn batch_end(&self, records: &[Pending]) -> Vec<u8> {
+        let bytes: u64 = records
+            .iter()
+            .map(|p| match p {
+                Pending::Record(r) => r.len() as u64,
+                Pending::Switch | Pending::Sync => 0,
+            })
+            .sum();
+        let start = self.segment_bytes.get();
+        let mut end = Vec::with_capacity(BATCH_END_BYTES);
+        record::encode_at(
+            &Record::BatchEnd {
+                start,
+                synced_through: self.segment_synced.get(),
+            },
+            record::position_salt(self.segment.get(), start + bytes),
+            &mut end,
+        );
+        debug_assert_eq!(end.len(), BATCH_END_BYTES);
+        end
+    }
+
+    /// Writes a batch's records and its `BatchEnd`, then syncs (or, with `Off`, flushes).
+    async fn write_batch(&self, batch: &[Vec<u8>], end: &[u8]) -> io::Result<()> {
+        let bytes: u64 = batch.iter().map(|r| r.len() as u64).sum::<u64>() + end.len() as u64;
         // The writer writes whole buffers: this batch reaches at most one buffer past its end.
         // Only the flusher writes or switches segments, so nothing moves while this awaits.
         let reach = self.segment_bytes.get() + bytes + WRITE_BUFFER_BYTES as u64;
         while self.prefilled.get() < reach {
             let filler = self.filler.borrow().clone();
             let filler = filler.ok_or_else(|| io::Error::other("the log is closed"))?;
-            prefill(&filler, self.prefilled.get()).await?;
+            prefill(&filler, self.prefilled.get(), &[]).await?;
             self.prefilled
                 .set(self.prefilled.get() + PREFILL_CHUNK_BYTES);
         }
@@ -618,6 +727,7 @@ impl Wal {
             for record in batch {
                 writer.write_all(record).await?;
             }
+            writer.write_all(end).await?;
             if self.mode == FsyncMode::Off {
                 // Written to the file (its last block padded, as a sync pads it), not synced:
                 // left in the writer's buffer, an acknowledged record would die with the process.
@@ -641,6 +751,7 @@ impl Wal {
         self.durable_lsn.set(self.durable_lsn.get() + bytes);
         if self.mode != FsyncMode::Off {
             self.synced_lsn.set(self.durable_lsn.get());
+            self.segment_synced.set(self.segment_bytes.get());
         }
         self.wake_waiters();
         Ok(())
@@ -660,6 +771,7 @@ impl Wal {
         counters.fsyncs += 1;
         self.counters.set(counters);
         self.synced_lsn.set(self.durable_lsn.get());
+        self.segment_synced.set(self.segment_bytes.get());
         self.wake_waiters();
         Ok(())
     }
@@ -704,7 +816,8 @@ impl Wal {
         }
         self.synced_lsn.set(self.durable_lsn.get());
         self.segment.set(old + 1);
-        self.segment_bytes.set(0);
+        self.segment_bytes.set(SEGMENT_START_BYTES);
+        self.segment_synced.set(SEGMENT_START_BYTES);
         Ok(())
     }
 
@@ -737,11 +850,13 @@ async fn close_filler(filler: Option<Rc<DmaFile>>) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `PREFILL_CHUNK_BYTES` of zeros at `at` (aligned). The chunk is larger than glommio's
-/// registered IO memory (`IO_MEMORY_BYTES`), so its buffer comes from the heap: once per MiB.
-async fn prefill(filler: &DmaFile, at: u64) -> io::Result<()> {
+/// Writes `PREFILL_CHUNK_BYTES` at `at` (aligned): `head`, then zeros. The chunk is larger than
+/// glommio's registered IO memory (`IO_MEMORY_BYTES`), so its buffer comes from the heap: once
+/// per MiB.
+async fn prefill(filler: &DmaFile, at: u64, head: &[u8]) -> io::Result<()> {
     let mut zeros = filler.alloc_dma_buffer(PREFILL_CHUNK_BYTES as usize);
     zeros.as_bytes_mut().fill(0);
+    zeros.as_bytes_mut()[..head.len()].copy_from_slice(head);
     let written = filler.write_at(zeros, at).await.map_err(glommio_error)?;
     if written as u64 != PREFILL_CHUNK_BYTES {
         return Err(io::Error::other(format!(
@@ -879,6 +994,17 @@ mod tests {
             ),
             (&["count:2", "wal-0-0000000000.log"], 2, None),
             (&["count:2"], 2, None),
+            // What a start killed right after creating its segments leaves: no records.
+            (
+                &["wal-0-0000000003.log", "started:wal-1-0000000003.log"],
+                1,
+                None,
+            ),
+            (
+                &["wal-0-0000000003.log", "started:wal-1-0000000003.log"],
+                2,
+                Some("written by 1 shard; start with 1 shard"),
+            ),
             (
                 &["count:2", "wal-0-0000000000.log"],
                 1,
@@ -926,6 +1052,11 @@ mod tests {
             for file in *files {
                 if let Some(name) = file.strip_prefix("empty:") {
                     std::fs::write(tmp.path().join(name), b"").unwrap();
+                } else if let Some(name) = file.strip_prefix("started:") {
+                    let (_, number) = parse_segment_name(name).unwrap();
+                    let mut bytes = segment_start(number);
+                    bytes.resize(PREFILL_CHUNK_BYTES as usize, 0);
+                    std::fs::write(tmp.path().join(name), bytes).unwrap();
                 } else if let Some(name) = file.strip_prefix("zeros:") {
                     std::fs::write(tmp.path().join(name), vec![0; 100_000]).unwrap();
                 } else if let Some(name) = file.strip_prefix("dir:") {
@@ -999,6 +1130,72 @@ mod tests {
         assert_eq!(found, vec![(2, tmp.path().join("wal-0-0000000002.log"))]);
     }
 
+    /// Appends a commit of key `i` with `value_bytes` bytes of value, framed where it will lie,
+    /// as the transaction layer does.
+    fn append_commit(wal: &Wal, i: usize, value_bytes: usize) -> u64 {
+        let (segment, offset) = wal.next_position();
+        let record = Record::Commit {
+            tx: None,
+            version: i as u64 + 1,
+            writes: vec![(
+                bytes::Bytes::from(format!("key{i}")),
+                Some(bytes::Bytes::from(vec![1 + (i % 250) as u8; value_bytes])),
+            )],
+        };
+        let mut bytes = Vec::new();
+        record::encode_at(&record, record::position_salt(segment, offset), &mut bytes);
+        wal.append(bytes)
+    }
+
+    /// A segment's records with their offsets, up to where reading stops.
+    fn read_segment(bytes: &[u8], segment: u64) -> Vec<(usize, Record)> {
+        let mut found = Vec::new();
+        let mut offset = 0;
+        let salt = |offset: usize| record::position_salt(segment, offset as u64);
+        while let Ok(Some((record, used))) = record::decode_at(&bytes[offset..], salt(offset)) {
+            found.push((offset, record));
+            offset += used;
+        }
+        found
+    }
+
+    /// Checks a segment's framing: a `SegmentStart`, then batches of commits, each closed by a
+    /// `BatchEnd` naming its start and how far the segment was synced (`synced_through` says
+    /// which, given the batch's start). Returns the commits' versions in order and the batches.
+    fn check_framing(
+        records: &[(usize, Record)],
+        synced_through: impl Fn(u64) -> u64,
+    ) -> (Vec<u64>, usize) {
+        assert_eq!(records[0], (0, Record::SegmentStart));
+        let (mut versions, mut batches) = (Vec::new(), 0);
+        let mut batch_start = SEGMENT_START_BYTES;
+        for (offset, record) in &records[1..] {
+            match record {
+                Record::Commit { version, .. } => versions.push(*version),
+                Record::BatchEnd {
+                    start,
+                    synced_through: synced,
+                } => {
+                    assert!(*start < *offset as u64, "a batch holds records");
+                    assert_eq!(
+                        *start, batch_start,
+                        "batch {batches} starts where the last ended"
+                    );
+                    assert_eq!(*synced, synced_through(*start), "batch {batches}");
+                    batch_start = (*offset + BATCH_END_BYTES) as u64;
+                    batches += 1;
+                }
+                other => panic!("unexpected record at {offset}: {other:?}"),
+            }
+        }
+        let last = records.last().unwrap();
+        assert!(
+            matches!(last.1, Record::BatchEnd { .. }),
+            "every batch is closed: {last:?}"
+        );
+        (versions, batches)
+    }
+
     #[test]
     fn group_commit_shares_fsyncs_and_every_acknowledged_record_is_in_the_file() {
         let tmp = temp_dir("group");
@@ -1007,29 +1204,30 @@ mod tests {
         let counters = run(move || {
             Box::pin(async move {
                 let wal = Wal::open(&dir2, 0, FsyncMode::Batch, 7).await.unwrap();
-                let waits: Vec<_> = (0..100u8).map(|i| wal.append(vec![i; 100])).collect();
+                let waits: Vec<_> = (0..100).map(|i| append_commit(&wal, i, 100)).collect();
                 crate::mesh::join_all(waits.into_iter().map(|lsn| wal.durable(lsn)).collect())
                     .await
                     .into_iter()
                     .for_each(|r| r.unwrap());
+                // One more after the group: its own batch, after the first's sync.
+                let lsn = append_commit(&wal, 100, 100);
+                wal.durable(lsn).await.unwrap();
                 let counters = wal.counters.get();
                 wal.close().await.unwrap();
                 counters
             })
         });
-        assert_eq!(counters.records, 100);
+        assert_eq!(counters.records, 101);
         assert!(counters.fsyncs < 100, "group commit: {counters:?}");
         let found = segments(&dir, 0).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, 7);
         let bytes = std::fs::read(&found[0].1).unwrap();
-        assert!(bytes.len() >= 100 * 100);
-        for i in 0..100usize {
-            assert!(
-                bytes[i * 100..(i + 1) * 100].iter().all(|b| *b == i as u8),
-                "record {i}"
-            );
-        }
+        let records = read_segment(&bytes, 7);
+        // Every batch is synced before the next is written: each says so of its own start.
+        let (versions, batches) = check_framing(&records, |start| start);
+        assert_eq!(versions, (1..=101).collect::<Vec<u64>>());
+        assert_eq!(batches as u64, counters.fsyncs, "a batch per fdatasync");
     }
 
     #[test]
@@ -1037,7 +1235,7 @@ mod tests {
         let tmp = temp_dir("prefill");
         let dir = tmp.path().to_path_buf();
         let dir2 = dir.clone();
-        const RECORD: usize = 10_000;
+        const VALUE: usize = 10_000;
         const RECORDS: usize = 250; // 2.4 MiB: the fill moves ahead twice
         let lengths = run(move || {
             Box::pin(async move {
@@ -1045,7 +1243,7 @@ mod tests {
                 let path = segment_path(&dir2, 0, 0);
                 let mut lengths = Vec::new();
                 for i in 0..RECORDS {
-                    let lsn = wal.append(vec![1 + (i % 250) as u8; RECORD]);
+                    let lsn = append_commit(&wal, i, VALUE);
                     wal.durable(lsn).await.unwrap();
                     let length = std::fs::metadata(&path).unwrap().len();
                     lengths.push((wal.segment_bytes(), length));
@@ -1063,42 +1261,109 @@ mod tests {
         }
         let bytes = std::fs::read(segment_path(&dir, 0, 0)).unwrap();
         assert_eq!(bytes.len() as u64, 3 * PREFILL_CHUNK_BYTES);
-        for i in 0..RECORDS {
-            let record = &bytes[i * RECORD..(i + 1) * RECORD];
-            assert!(
-                record.iter().all(|b| *b == 1 + (i % 250) as u8),
-                "record {i}"
-            );
-        }
+        let records = read_segment(&bytes, 0);
+        let (versions, batches) = check_framing(&records, |start| start);
+        assert_eq!(versions, (1..=RECORDS as u64).collect::<Vec<u64>>());
+        assert_eq!(batches, RECORDS, "each waited for: a batch each");
         // Past the last buffer the writer wrote: zeros (the buffer's own padding may not be).
-        let padded_end = (RECORDS * RECORD).next_multiple_of(WRITE_BUFFER_BYTES);
+        let written = lengths.last().unwrap().0 as usize;
+        assert_eq!(records.last().unwrap().0 + BATCH_END_BYTES, written);
+        let padded_end = written.next_multiple_of(WRITE_BUFFER_BYTES);
         assert!(bytes[padded_end..].iter().all(|b| *b == 0));
     }
 
     /// `off` skips the fdatasync, never the write: an acknowledged record is in the file (a
-    /// kill -9 cannot take it), and `synced` still gets a real sync.
+    /// kill -9 cannot take it), and `synced` still gets a real sync. Its batches say how far the
+    /// segment was synced: where it was created until `synced`, then where that sync reached.
     #[test]
     fn off_writes_every_batch_to_the_file_and_synced_still_syncs() {
         let tmp = temp_dir("off");
         let dir2 = tmp.path().to_path_buf();
-        let (written, bytes, synced) = run(move || {
+        let (written, bytes, synced, after) = run(move || {
             Box::pin(async move {
                 let wal = Wal::open(&dir2, 0, FsyncMode::Off, 0).await.unwrap();
-                let lsn = wal.append(vec![7; 100]);
+                let lsn = append_commit(&wal, 0, 100);
+                wal.durable(lsn).await.unwrap();
+                let lsn = append_commit(&wal, 1, 100);
                 wal.durable(lsn).await.unwrap();
                 let written = wal.counters.get();
                 // The file as a kill -9 would leave it now.
                 let bytes = std::fs::read(segment_path(&dir2, 0, 0)).unwrap();
                 wal.synced(lsn).await.unwrap();
-                (written, bytes, wal.counters.get())
+                let synced = wal.counters.get();
+                let lsn = append_commit(&wal, 2, 100);
+                wal.durable(lsn).await.unwrap();
+                let after = std::fs::read(segment_path(&dir2, 0, 0)).unwrap();
+                (written, bytes, synced, after)
             })
         });
-        assert_eq!((written.records, written.fsyncs), (1, 0));
+        assert_eq!((written.records, written.fsyncs), (2, 0));
         assert_eq!(synced.fsyncs, 1, "synced() syncs in off mode too");
-        assert!(
-            bytes[..100].iter().all(|b| *b == 7),
+        let records = read_segment(&bytes, 0);
+        let (versions, _) = check_framing(&records, |_| SEGMENT_START_BYTES);
+        assert_eq!(
+            versions,
+            vec![1, 2],
             "an acknowledged record is in the file, not only in the writer's buffer"
         );
+        let records = read_segment(&after, 0);
+        let sync_reached = records[4].0 as u64 + BATCH_END_BYTES as u64;
+        let (versions, batches) = check_framing(&records, |start| {
+            if start < sync_reached {
+                SEGMENT_START_BYTES
+            } else {
+                sync_reached
+            }
+        });
+        assert_eq!((versions, batches), (vec![1, 2, 3], 3));
+    }
+
+    /// Found in review: a batch's end was counted only when the flusher took the batch, so
+    /// records already queued behind it (with `always` every record is a batch; with `off` a
+    /// checkpoint's sync splits the queue) had been framed for positions the batch end then
+    /// took: they failed their checksums where they lay, and a small one was acknowledged
+    /// before it was written. Queued together here: records, a sync, records, a segment switch,
+    /// records; every one must read back where it was framed, and be in the file once durable.
+    #[test]
+    fn records_queued_behind_a_batch_land_where_they_were_framed_in_every_mode() {
+        for mode in [FsyncMode::Always, FsyncMode::Batch, FsyncMode::Off] {
+            let tmp = temp_dir("queued");
+            let dir2 = tmp.path().to_path_buf();
+            let (seen_when_durable, first, second) = run(move || {
+                Box::pin(async move {
+                    let wal = Wal::open(&dir2, 0, mode, 0).await.unwrap();
+                    let mut last = 0;
+                    for i in 0..3 {
+                        last = append_commit(&wal, i, 100);
+                    }
+                    // Queues a sync with `off` (what a checkpoint asks); waits, elsewhere.
+                    let mut synced = Box::pin(wal.synced(last));
+                    assert!(futures_lite::future::poll_once(&mut synced).await.is_none());
+                    let small = append_commit(&wal, 3, 1);
+                    append_commit(&wal, 4, 100);
+                    assert_eq!(wal.switch_segment(), 1);
+                    append_commit(&wal, 5, 100);
+                    let last = append_commit(&wal, 6, 100);
+                    wal.durable(small).await.unwrap();
+                    let file = std::fs::read(segment_path(&dir2, 0, 0)).unwrap();
+                    let seen_when_durable = read_segment(&file, 0).len();
+                    synced.await.unwrap();
+                    wal.durable(last).await.unwrap();
+                    wal.close().await.unwrap();
+                    let read = |n| std::fs::read(segment_path(&dir2, 0, n)).unwrap();
+                    (seen_when_durable, read(0), read(1))
+                })
+            });
+            // SegmentStart, v1-v3 and v4 with at least one batch end among them.
+            assert!(
+                seen_when_durable >= 6,
+                "{mode:?}: v4 acknowledged before it was written"
+            );
+            let (versions, _) = check_framing(&read_segment(&first, 0), |start| start);
+            assert_eq!(versions, vec![1, 2, 3, 4, 5], "{mode:?}");
+            let (versions, _) = check_framing(&read_segment(&second, 1), |start| start);
+            assert_eq!(versions, vec![6, 7], "{mode:?}");
+        }
     }
 
     #[test]
