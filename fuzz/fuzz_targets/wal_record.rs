@@ -1,7 +1,7 @@
 //! Fuzz target: arbitrary bytes as a write-ahead log segment. `scan` must never panic, must stop
 //! at a byte offset inside the input, and every record it accepts must re-encode to the same bytes;
-//! past a bad record, `look_past` (checksums from prefix CRCs) must find what checking every
-//! offset directly finds.
+//! past a bad record, `look_past` and `records_past` (checksums from prefix CRCs) must find what
+//! checking every offset directly finds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -27,5 +27,17 @@ fuzz_target!(|data: &[u8]| {
             })
             .map_or(After::Nothing, After::Record);
         assert_eq!(record::look_past(data, tail.offset, 0), direct);
+        let mut every = Vec::new();
+        let mut at = tail.offset + 1;
+        while at < data.len() {
+            match record::decode_at(&data[at..], record::position_salt(0, at as u64)) {
+                Ok(Some((r, used))) => {
+                    every.push((at, r));
+                    at += used;
+                }
+                _ => at += 1,
+            }
+        }
+        assert_eq!(record::records_past(data, tail.offset, 0).collect::<Vec<_>>(), every);
     }
 });

@@ -1135,6 +1135,22 @@ mod tests {
         After::Nothing
     }
 
+    /// `records_past` the slow way: every offset checked whole, going on at a found record's end.
+    fn records_past_directly(buf: &[u8], bad: usize, segment: u64) -> Vec<(usize, Record)> {
+        let mut found = Vec::new();
+        let mut offset = bad + 1;
+        while offset < buf.len() {
+            match decode_at(&buf[offset..], position_salt(segment, offset as u64)) {
+                Ok(Some((record, used))) => {
+                    found.push((offset, record));
+                    offset += used;
+                }
+                _ => offset += 1,
+            }
+        }
+        found
+    }
+
     proptest! {
         /// Records at their positions, junk that repeats a record header's shape, a damaged
         /// byte: the prefix-checksum look-ahead finds what checking every offset finds.
@@ -1164,6 +1180,10 @@ mod tests {
                 prop_assert_eq!(
                     look_past(&buf, tail.offset, segment),
                     look_past_directly(&buf, tail.offset, segment)
+                );
+                prop_assert_eq!(
+                    records_past(&buf, tail.offset, segment).collect::<Vec<_>>(),
+                    records_past_directly(&buf, tail.offset, segment)
                 );
             }
         }
