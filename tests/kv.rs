@@ -2215,9 +2215,13 @@ fn damage_in_the_last_record_of_a_stopped_log_stops_the_start() {
         .pop()
         .unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
-    // The commit of the PUT: the last record the server wrote before the stop.
+    // The commit of the PUT: the last record the server wrote before the stop. The segment
+    // starts with its SegmentStart, salted alike in every segment.
     let mut commit = None;
-    let mut at = 0;
+    let mut at = match record::decode_at(&bytes, record::SEGMENT_START_SALT) {
+        Ok(Some((record::Record::SegmentStart { .. }, used))) => used,
+        other => panic!("a segment starts with its SegmentStart: {other:?}"),
+    };
     while let Ok(Some((written, used))) =
         record::decode_at(&bytes[at..], record::position_salt(number, at as u64))
     {

@@ -460,7 +460,7 @@ impl Partition {
             | Record::Epoch { .. }
             | Record::SnapshotEnd { .. } => {}
             // Recovery drops them before a partition sees the log (txn/service.rs `scan`).
-            Record::SegmentStart | Record::BatchEnd { .. } => {}
+            Record::SegmentStart { .. } | Record::BatchEnd { .. } => {}
         }
     }
 

@@ -90,9 +90,14 @@ pub enum Record {
         records: u64,
     },
     /// Written by the log itself (wal/mod.rs), never by a `Node`: the first record of every
-    /// segment that ends its batches with `BatchEnd`, synced before any batch is written. A
+    /// segment that ends its batches with `BatchEnd`, synced before any batch is written, naming
+    /// the shard and segment it was written as (salted with `SEGMENT_START_SALT`, the same in
+    /// every segment, so a file renamed or copied by hand is recognised, not cut as torn). A
     /// segment without it (written by an older build, or by a reshard) is read by the older rule.
-    SegmentStart,
+    SegmentStart {
+        shard: u32,
+        segment: u64,
+    },
     /// Written by the log itself after each batch's records, in the same write: a batch is one
     /// group commit. `start` is the segment offset the batch began at; everything in the segment
     /// before `synced_through` was fdatasync'd before the batch was written. With `--fsync
@@ -107,7 +112,7 @@ pub enum Record {
 impl Record {
     /// A record the log frames its batches with (`SegmentStart`, `BatchEnd`), not a state change.
     pub fn is_log_marker(&self) -> bool {
-        matches!(self, Record::SegmentStart | Record::BatchEnd { .. })
+        matches!(self, Record::SegmentStart { .. } | Record::BatchEnd { .. })
     }
 }
 
@@ -148,6 +153,10 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
 pub fn position_salt(segment: u64, offset: u64) -> u64 {
     segment.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ offset.wrapping_add(1)
 }
+
+/// The salt of a segment's `SegmentStart`, at offset 0 of every segment: it names its own shard and
+/// segment, so it can be read before the file's name is trusted.
+pub const SEGMENT_START_SALT: u64 = 0x5345_474d_454e_5453;
 
 /// `encode` for a record that will sit at the position `salt` names (see `position_salt`).
 pub fn encode_at(record: &Record, salt: u64, out: &mut Vec<u8>) {
@@ -249,17 +258,28 @@ pub struct Scan {
 
 /// Reads every valid record of a log buffer, in order, up to its end or its first bad record.
 pub fn scan(buf: &[u8]) -> Scan {
-    scan_with(buf, |_| 0)
+    scan_with(buf, 0, Vec::new(), |_| 0)
 }
 
-/// `scan` of a log segment whose records were written with `encode_at(.., position_salt(segment, offset))`.
+/// `scan` of a log segment whose records were written with `encode_at(.., position_salt(segment,
+/// offset))`, after the `SegmentStart` (salted with `SEGMENT_START_SALT`) it may start with.
 pub fn scan_segment(buf: &[u8], segment: u64) -> Scan {
-    scan_with(buf, |offset| position_salt(segment, offset as u64))
+    let salt = |offset: usize| position_salt(segment, offset as u64);
+    match decode_at(buf, SEGMENT_START_SALT) {
+        Ok(Some((start @ Record::SegmentStart { .. }, used))) => {
+            scan_with(buf, used, vec![start], salt)
+        }
+        _ => scan_with(buf, 0, Vec::new(), salt),
+    }
 }
 
-fn scan_with(buf: &[u8], salt: impl Fn(usize) -> u64) -> Scan {
-    let mut records = Vec::new();
-    let mut offset = 0;
+/// Scans from `offset` on, after `records` (read before it).
+fn scan_with(
+    buf: &[u8],
+    mut offset: usize,
+    mut records: Vec<Record>,
+    salt: impl Fn(usize) -> u64,
+) -> Scan {
     loop {
         match decode_at(&buf[offset..], salt(offset)) {
             Ok(None) => {
@@ -498,7 +518,7 @@ fn type_byte(record: &Record) -> u8 {
         Record::SnapshotEntries { .. } => 8,
         Record::SnapshotEnd { .. } => 9,
         Record::Staging { .. } => 10,
-        Record::SegmentStart => 11,
+        Record::SegmentStart { .. } => 11,
         Record::BatchEnd { .. } => 12,
     }
 }
@@ -678,7 +698,10 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
             }
         }
         Record::SnapshotEnd { records } => put_u64(out, *records),
-        Record::SegmentStart => {}
+        Record::SegmentStart { shard, segment } => {
+            put_u32(out, *shard);
+            put_u64(out, *segment);
+        }
         Record::BatchEnd {
             start,
             synced_through,
@@ -837,7 +860,10 @@ fn read_record(type_byte: u8, reader: &mut Reader) -> Read<Record> {
             tx: reader.tx()?,
             participants: reader.shards()?,
         },
-        11 => Record::SegmentStart,
+        11 => Record::SegmentStart {
+            shard: reader.u32()?,
+            segment: reader.u64()?,
+        },
         _ => Record::BatchEnd {
             start: reader.u64()?,
             synced_through: reader.u64()?,

@@ -102,7 +102,7 @@ pub fn read_log(dir: &Path, shard: usize) -> std::io::Result<Recovered> {
     let mut scanned = Vec::with_capacity(segments.len());
     for (number, path) in segments {
         let bytes = std::fs::read(&path)?;
-        scanned.push(scan(&bytes, number, path)?);
+        scanned.push(scan(&bytes, shard, number, path)?);
     }
     // The newest segment with a complete checkpoint; a segment that starts a checkpoint it never
     // finished (a crash mid-checkpoint) holds nothing else and is skipped.
@@ -212,8 +212,22 @@ enum Past {
 /// `BatchEnd` says they had been synced: such a batch was never acknowledged, and it is cut off
 /// whole. A segment without `SegmentStart` (an older build's, a reshard's) is read by the older
 /// rule: any intact record after a bad one is damage.
-fn scan(bytes: &[u8], number: u64, path: PathBuf) -> std::io::Result<Scanned> {
+fn scan(bytes: &[u8], shard: usize, number: u64, path: PathBuf) -> std::io::Result<Scanned> {
     let scan = record::scan_segment(bytes, number);
+    if let Some(Record::SegmentStart {
+        shard: written_shard,
+        segment: written_segment,
+    }) = scan.records.first()
+        && (*written_shard as usize, *written_segment) != (shard, number)
+    {
+        // Read under this name, its records would fail their checksums and be cut as torn.
+        return Err(std::io::Error::other(format!(
+            "log {} was written as shard {written_shard}'s segment {written_segment} (renamed or \
+             copied by hand?); nothing was changed: give it back its name, wal-{written_shard}-\
+             {written_segment:010}.log, or remove it",
+            path.display(),
+        )));
+    }
     if let Some(CorruptTail {
         offset,
         reason: TailReason::UnknownType(kind),
@@ -226,7 +240,7 @@ fn scan(bytes: &[u8], number: u64, path: PathBuf) -> std::io::Result<Scanned> {
             path.display(),
         )));
     }
-    let marked = matches!(scan.records.first(), Some(Record::SegmentStart));
+    let marked = matches!(scan.records.first(), Some(Record::SegmentStart { .. }));
     let bad = match scan.tail.clone() {
         None => None,
         Some(tail) if marked => {
@@ -1036,9 +1050,11 @@ mod tests {
         let bytes = std::fs::read(wal::segment_path(dir, 0, 0)).unwrap();
         let mut records = Vec::new();
         let mut offset = 0;
-        while let Ok(Some((record, used))) =
-            record::decode_at(&bytes[offset..], record::position_salt(0, offset as u64))
-        {
+        let salt = |offset: usize| match offset {
+            0 => record::SEGMENT_START_SALT,
+            _ => record::position_salt(0, offset as u64),
+        };
+        while let Ok(Some((record, used))) = record::decode_at(&bytes[offset..], salt(offset)) {
             records.push((offset, record));
             offset += used;
         }
@@ -1158,6 +1174,36 @@ mod tests {
                 at[15].0, at[9].0
             )),
             "{error}"
+        );
+    }
+
+    /// A segment names the shard and segment it was written as. Renamed by hand, its records
+    /// (salted with the old number) used to fail their checksums from the first byte on and be
+    /// cut off as a torn write, the whole file with them; copied to another shard's name, its
+    /// keys would be replayed on a shard that does not own them. Both now stop the start.
+    #[test]
+    fn a_segment_renamed_or_copied_by_hand_stops_recovery_and_changes_nothing() {
+        let tmp = temp_dir("renamed");
+        let dir = tmp.path().to_path_buf();
+        let batches = vec![(1..=3).map(big_commit).collect()];
+        let (bytes, _) = write_batches(&dir, wal::FsyncMode::Batch, batches, None);
+        let written = wal::segment_path(&dir, 0, 0);
+        for (shard, number) in [(0, 4), (1, 0)] {
+            let path = wal::segment_path(&dir, shard, number);
+            std::fs::rename(&written, &path).unwrap();
+            let error = read_log(&dir, shard).unwrap_err().to_string();
+            assert!(
+                error.contains("was written as shard 0's segment 0")
+                    && error.contains("wal-0-0000000000.log")
+                    && !error.contains('\n'),
+                "as shard {shard}'s segment {number}: {error}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "unchanged");
+            std::fs::rename(&path, &written).unwrap();
+        }
+        assert_eq!(
+            recover(&dir, 0).unwrap().records,
+            (1..=3).map(big_commit).collect::<Vec<_>>()
         );
     }
 

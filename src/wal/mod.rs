@@ -28,18 +28,18 @@ use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
 use crate::config::limits::SHARDS_MAX;
 use crate::txn::record::{self, Record};
 
-/// Bytes of the `SegmentStart` record every segment this build writes starts with (a frame
-/// with no payload).
-pub const SEGMENT_START_BYTES: u64 = record::FRAME_HEADER_BYTES as u64;
+/// Bytes of the `SegmentStart` record every segment this build writes starts with (a frame, a
+/// u32 and a u64).
+pub const SEGMENT_START_BYTES: u64 = record::FRAME_HEADER_BYTES as u64 + 12;
 
-/// The `SegmentStart` record of segment `segment`, framed where it lies (offset 0).
-fn segment_start(segment: u64) -> Vec<u8> {
+/// The `SegmentStart` record of `shard`'s segment `segment`, framed for offset 0.
+fn segment_start(shard: usize, segment: u64) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(SEGMENT_START_BYTES as usize);
-    record::encode_at(
-        &Record::SegmentStart,
-        record::position_salt(segment, 0),
-        &mut bytes,
-    );
+    let start = Record::SegmentStart {
+        shard: shard as u32,
+        segment,
+    };
+    record::encode_at(&start, record::SEGMENT_START_SALT, &mut bytes);
     debug_assert_eq!(bytes.len() as u64, SEGMENT_START_BYTES);
     bytes
 }
@@ -180,14 +180,14 @@ pub fn segments(dir: &Path, shard: usize) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Whether segment `number` holds anything: one that a crash left empty, only zero-filled or
-/// with nothing past its `SegmentStart` (created, never written: a kill during a first start-up)
-/// says nothing about the shard count.
-fn holds_records(path: &Path, number: u64) -> io::Result<bool> {
+/// Whether `shard`'s segment `number` holds anything: one that a crash left empty, only
+/// zero-filled or with nothing past its `SegmentStart` (created, never written: a kill during a
+/// first start-up) says nothing about the shard count.
+fn holds_records(path: &Path, shard: usize, number: u64) -> io::Result<bool> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut chunk = vec![0u8; 64 * 1024];
-    let start = segment_start(number);
+    let start = segment_start(shard, number);
     let mut first = true;
     loop {
         let read = file.read(&mut chunk)?;
@@ -274,7 +274,7 @@ pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
     let recorded = recorded_shards(dir)?;
     let mut present = std::collections::BTreeSet::new();
     for (shard, number, path) in segment_files(dir).map_err(fail)? {
-        if !present.contains(&shard) && holds_records(&path, number).map_err(fail)? {
+        if !present.contains(&shard) && holds_records(&path, shard, number).map_err(fail)? {
             present.insert(shard);
         }
     }
@@ -445,7 +445,7 @@ impl Wal {
             .await
             .map_err(glommio_error)?;
         let filler = Rc::new(file.dup().map_err(glommio_error)?);
-        let start = segment_start(segment);
+        let start = segment_start(shard, segment);
         prefill(&filler, 0, &start).await?;
         // Synced before any batch: a batch a power loss tears must not take the mark that says
         // how to read the segment with it.
@@ -1053,8 +1053,8 @@ mod tests {
                 if let Some(name) = file.strip_prefix("empty:") {
                     std::fs::write(tmp.path().join(name), b"").unwrap();
                 } else if let Some(name) = file.strip_prefix("started:") {
-                    let (_, number) = parse_segment_name(name).unwrap();
-                    let mut bytes = segment_start(number);
+                    let (shard, number) = parse_segment_name(name).unwrap();
+                    let mut bytes = segment_start(shard, number);
                     bytes.resize(PREFILL_CHUNK_BYTES as usize, 0);
                     std::fs::write(tmp.path().join(name), bytes).unwrap();
                 } else if let Some(name) = file.strip_prefix("zeros:") {
@@ -1151,7 +1151,10 @@ mod tests {
     fn read_segment(bytes: &[u8], segment: u64) -> Vec<(usize, Record)> {
         let mut found = Vec::new();
         let mut offset = 0;
-        let salt = |offset: usize| record::position_salt(segment, offset as u64);
+        let salt = |offset: usize| match offset {
+            0 => record::SEGMENT_START_SALT,
+            _ => record::position_salt(segment, offset as u64),
+        };
         while let Ok(Some((record, used))) = record::decode_at(&bytes[offset..], salt(offset)) {
             found.push((offset, record));
             offset += used;
@@ -1166,7 +1169,11 @@ mod tests {
         records: &[(usize, Record)],
         synced_through: impl Fn(u64) -> u64,
     ) -> (Vec<u64>, usize) {
-        assert_eq!(records[0], (0, Record::SegmentStart));
+        assert!(
+            matches!(records[0], (0, Record::SegmentStart { shard: 0, .. })),
+            "{:?}",
+            records[0]
+        );
         let (mut versions, mut batches) = (Vec::new(), 0);
         let mut batch_start = SEGMENT_START_BYTES;
         for (offset, record) in &records[1..] {
