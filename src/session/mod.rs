@@ -311,9 +311,9 @@ impl Sessions {
 
     fn load_snapshot(&self, dir: &std::path::Path, dead: &std::collections::HashSet<SessionKey>) {
         let path = persist::path(dir, self.shard);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        let bytes = match persist::read_file(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
             Err(e) => {
                 crate::log_line!(
                     "percore: shard {}: cannot read {}: {e}; starting without its sessions",

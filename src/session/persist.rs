@@ -137,6 +137,31 @@ pub fn decode(
     Ok(sessions)
 }
 
+/// Reads a session file at start-up (blocking): None when there is none. Only a regular file is
+/// read: opening a FIFO would block the shard's start for good, and a symbolic link can point
+/// anywhere (`/dev/zero` never ends). Anything else is an error, which the caller fails closed on.
+pub fn read_file(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file");
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_regular()),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 /// Writes `bytes` to `path` durably: temporary file, fsync, rename, fsync of the directory.
 /// Blocking: call it off the shard (glommio's blocking pool) or at shutdown.
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

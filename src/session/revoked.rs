@@ -64,10 +64,8 @@ pub fn decode(bytes: &[u8]) -> io::Result<Vec<(SessionKey, u64)>> {
 /// append was never acknowledged) is rewritten with the valid ones, so appends go on after
 /// whole records. Blocking: start-up only.
 pub fn read(path: &Path) -> io::Result<Vec<(SessionKey, u64)>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+    let Some(bytes) = super::persist::read_file(path)? else {
+        return Ok(Vec::new());
     };
     let records = decode(&bytes)?;
     if records.len() * RECORD_BYTES != bytes.len() {
