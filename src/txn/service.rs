@@ -174,8 +174,8 @@ impl Recovered {
                 };
                 crate::log_line!(
                     "percore: shard {shard}: log {} ends in an unfinished write at byte {} ({:?}, \
-                     {after}; expected after a crash or power loss, nothing acknowledged is in \
-                     it): cut off there",
+                     {after}; expected after a crash or power loss, nothing synced is in it, and \
+                     nothing acknowledged unless it ran with --fsync off): cut off there",
                     cut.path.display(),
                     tail.offset,
                     tail.reason
@@ -752,15 +752,14 @@ impl Txn {
     /// (recovery takes the largest, so it changes nothing). A damaged last record then reads as
     /// damage (an intact record follows it) and refuses the start, where it would have read as
     /// a torn tail and been cut, its acknowledged transaction with it (found in review). After
-    /// a crash the last record has no such witness: that tail is cut, as it must be. With
-    /// `--fsync off` the log is synced before the witness, whose batch end then says so: the
-    /// witness proves nothing of bytes its batch end does not say were synced (`scan`).
+    /// a crash the last record has no such witness: that tail is cut, as it must be. The log is
+    /// synced before the witness, so the witness is a batch of its own whose end says so: it
+    /// proves nothing of bytes its batch end does not say were synced (`scan`), such as records
+    /// that would have shared its batch (found in review), or all of them with `--fsync off`.
     pub async fn close(&self) {
         if !self.wal.is_failed() {
-            if self.wal.mode() == wal::FsyncMode::Off {
-                // A failure here fails the log: the close below says so.
-                let _ = self.wal.synced(self.wal.appended()).await;
-            }
+            // A failure here fails the log: the close below says so.
+            let _ = self.wal.synced(self.wal.appended()).await;
             let epoch = self.node.borrow().epoch();
             self.append(&Record::Epoch { epoch });
         }
