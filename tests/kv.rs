@@ -265,6 +265,11 @@ fn start_ready(dir: &str) -> (Server, Conn) {
     (server, conn)
 }
 
+/// Shard 0's newest log segment: its number and path.
+fn newest_segment_of_shard_0(dir: &std::path::Path) -> (u64, std::path::PathBuf) {
+    percore::wal::segments(dir, 0).unwrap().pop().unwrap()
+}
+
 fn stats_total(server: &Server, counter: &str) -> u64 {
     server.stats()["total"][counter]
         .as_u64()
@@ -2120,10 +2125,7 @@ fn damage_in_the_middle_of_a_log_stops_the_start_and_changes_nothing() {
     drop(conn);
     server.stop();
 
-    let (number, path) = percore::wal::segments(dir.path(), 0)
-        .unwrap()
-        .pop()
-        .unwrap();
+    let (number, path) = newest_segment_of_shard_0(dir.path());
     let written = record::scan_segment(&std::fs::read(&path).unwrap(), number).records;
     // A long log in front: reading it keeps shard 0 busy for a while (and over the size that
     // announces a replay), time in which shard 1 used to go on.
@@ -2215,10 +2217,7 @@ fn damage_in_the_last_record_of_a_stopped_log_stops_the_start() {
         drop(conn);
         server.stop();
 
-        let (number, path) = percore::wal::segments(dir.path(), 0)
-            .unwrap()
-            .pop()
-            .unwrap();
+        let (number, path) = newest_segment_of_shard_0(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
         // The commit of the PUT: the last record the server wrote before the stop. The segment
         // starts with its SegmentStart, salted alike in every segment.
@@ -2261,10 +2260,7 @@ fn a_newer_builds_record_type_stops_the_start_and_changes_nothing() {
     drop(conn);
     server.stop();
 
-    let (number, path) = percore::wal::segments(dir.path(), 0)
-        .unwrap()
-        .pop()
-        .unwrap();
+    let (number, path) = newest_segment_of_shard_0(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
     let at = record::scan_segment(&bytes, number).valid_bytes;
     let mut frame = Vec::new();

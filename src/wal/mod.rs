@@ -350,6 +350,14 @@ enum Pending {
     Sync,
 }
 
+/// What the flusher takes from `Pending` at a time: a switch, a sync, or a batch of records with
+/// its `BatchEnd`.
+enum Step {
+    Switch,
+    Sync,
+    Batch(Vec<Vec<u8>>, Vec<u8>),
+}
+
 #[derive(Default, Debug, Clone, Copy)]
 pub struct WalCounters {
     pub fsyncs: u64,
@@ -490,14 +498,11 @@ impl Wal {
     pub fn switch_segment(&self) -> u64 {
         // Counted here, not when the flusher switches: appends made meanwhile already belong
         // to the new segment (their checksums are salted with it).
-        self.close_open_batch();
         let next = self.append_segment.get() + 1;
         self.append_segment.set(next);
-        self.pending.borrow_mut().push(Pending::Switch);
+        // Before the count restarts: a batch end it reserves lies in the old segment.
+        self.queue(Pending::Switch);
         self.segment_appended.set(SEGMENT_START_BYTES);
-        if let Some(waker) = self.flusher.borrow_mut().take() {
-            waker.wake();
-        }
         next
     }
 
@@ -515,14 +520,7 @@ impl Wal {
         if self.failed.get() {
             return end;
         }
-        self.pending.borrow_mut().push(Pending::Record(record));
-        if self.mode == FsyncMode::Always {
-            // Each record is a batch of its own: its end comes before the next append.
-            self.reserve_batch_end();
-        }
-        if let Some(waker) = self.flusher.borrow_mut().take() {
-            waker.wake();
-        }
+        self.queue(Pending::Record(record));
         end
     }
 
@@ -558,11 +556,7 @@ impl Wal {
     /// the flusher for a sync of its own; the other modes sync every batch anyway.
     pub async fn synced(&self, lsn: u64) -> io::Result<()> {
         if self.mode == FsyncMode::Off && self.synced_lsn.get() < lsn {
-            self.close_open_batch();
-            self.pending.borrow_mut().push(Pending::Sync);
-            if let Some(waker) = self.flusher.borrow_mut().take() {
-                waker.wake();
-            }
+            self.queue(Pending::Sync);
         }
         self.reached(lsn, true).await
     }
@@ -593,50 +587,46 @@ impl Wal {
 
     async fn flush_loop(wal: Rc<Wal>) {
         loop {
-            let (batch, end): (Vec<Pending>, Vec<u8>) = std::future::poll_fn(|cx| {
+            let step = std::future::poll_fn(|cx| {
                 let mut pending = wal.pending.borrow_mut();
                 if pending.is_empty() {
                     *wal.flusher.borrow_mut() = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                // A batch never spans a segment switch or a sync: each is a batch of its own.
+                // A batch never spans a segment switch or a sync: each is a step of its own.
                 let take = match (&pending[0], wal.mode) {
-                    (Pending::Switch | Pending::Sync, _) | (_, FsyncMode::Always) => 1,
+                    (Pending::Switch | Pending::Sync, _) => {
+                        return Poll::Ready(match pending.remove(0) {
+                            Pending::Switch => Step::Switch,
+                            _ => Step::Sync,
+                        });
+                    }
+                    (_, FsyncMode::Always) => 1,
                     _ => pending
                         .iter()
                         .position(|p| matches!(p, Pending::Switch | Pending::Sync))
                         .unwrap_or(pending.len()),
                 };
-                let batch: Vec<Pending> = pending.drain(..take).collect();
-                let open = pending.is_empty() && wal.mode != FsyncMode::Always;
-                drop(pending);
-                let end = match batch.as_slice() {
-                    [Pending::Switch | Pending::Sync] => Vec::new(),
-                    records => {
-                        if open {
-                            // The batch still open to appends ends here, before any later
-                            // append takes its position.
-                            wal.reserve_batch_end();
-                        }
-                        wal.batch_end(records)
-                    }
-                };
-                Poll::Ready((batch, end))
+                let records: Vec<Vec<u8>> = pending
+                    .drain(..take)
+                    .filter_map(|p| match p {
+                        Pending::Record(r) => Some(r),
+                        Pending::Switch | Pending::Sync => None,
+                    })
+                    .collect();
+                if pending.is_empty() && wal.mode != FsyncMode::Always {
+                    // The batch still open to appends ends here, before any later append takes
+                    // its position (the other closings are in `queue`).
+                    wal.reserve_batch_end();
+                }
+                let end = wal.batch_end(&records);
+                Poll::Ready(Step::Batch(records, end))
             })
             .await;
-            let result = match batch.as_slice() {
-                [Pending::Switch] => wal.switch_now().await,
-                [Pending::Sync] => wal.sync_now().await,
-                _ => {
-                    let records: Vec<Vec<u8>> = batch
-                        .into_iter()
-                        .filter_map(|p| match p {
-                            Pending::Record(r) => Some(r),
-                            Pending::Switch | Pending::Sync => None,
-                        })
-                        .collect();
-                    wal.write_batch(&records, &end).await
-                }
+            let result = match step {
+                Step::Switch => wal.switch_now().await,
+                Step::Sync => wal.sync_now().await,
+                Step::Batch(records, end) => wal.write_batch(&records, &end).await,
             };
             if let Err(e) = result {
                 // After `close`, the records that kept coming (a drain still answers busy
@@ -659,10 +649,33 @@ impl Wal {
         }
     }
 
+    /// Queues `item` for the flusher and wakes it. Where it closes a batch to appends, the batch
+    /// end's bytes are reserved (`reserve_batch_end`): a switch or a sync queued behind records
+    /// closes theirs, and with `Always` each record is a batch of its own. The flusher closes the
+    /// batch still open when it takes it (`flush_loop`).
+    fn queue(&self, item: Pending) {
+        let closes = {
+            let mut pending = self.pending.borrow_mut();
+            let closes = match item {
+                Pending::Record(_) => self.mode == FsyncMode::Always,
+                Pending::Switch | Pending::Sync => {
+                    self.mode != FsyncMode::Always
+                        && matches!(pending.last(), Some(Pending::Record(_)))
+                }
+            };
+            pending.push(item);
+            closes
+        };
+        if closes {
+            self.reserve_batch_end();
+        }
+        if let Some(waker) = self.flusher.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
     /// Counts a batch end's bytes as appended, in the segment appends go to: done where a batch
-    /// is closed to appends, before any later append takes its position. A batch closes when the
-    /// flusher takes it (the records pending at that moment), when a switch or a sync is queued
-    /// behind it (`close_open_batch`), and with `Always` at its one record (`append`).
+    /// is closed to appends, before any later append takes its position.
     fn reserve_batch_end(&self) {
         self.appended
             .set(self.appended.get() + BATCH_END_BYTES as u64);
@@ -670,27 +683,12 @@ impl Wal {
             .set(self.segment_appended.get() + BATCH_END_BYTES as u64);
     }
 
-    /// Closes the batch still open to appends, if records are queued after the last switch or
-    /// sync (with `Always` each record closed its own).
-    fn close_open_batch(&self) {
-        let open = matches!(self.pending.borrow().last(), Some(Pending::Record(_)));
-        if open && self.mode != FsyncMode::Always {
-            self.reserve_batch_end();
-        }
-    }
-
     /// The `BatchEnd` of the batch of `records` the flusher just took, which it writes next,
     /// framed at the position after them (its bytes were reserved when the batch closed). The
     /// flusher writes batches in order, so the batch starts where the segment's written bytes
     /// end.
-    fn batch_end(&self, records: &[Pending]) -> Vec<u8> {
-        let bytes: u64 = records
-            .iter()
-            .map(|p| match p {
-                Pending::Record(r) => r.len() as u64,
-                Pending::Switch | Pending::Sync => 0,
-            })
-            .sum();
+    fn batch_end(&self, records: &[Vec<u8>]) -> Vec<u8> {
+        let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
         let start = self.segment_bytes.get();
         let mut end = Vec::with_capacity(BATCH_END_BYTES);
         record::encode_at(
