@@ -86,6 +86,8 @@ struct Bench {
     /// The built-in routes, where `/plaintext` is direct (the `direct` stage).
     builtin: std::rc::Rc<App>,
     answer_buffer: Vec<u8>,
+    /// A shard's own response fields: none by default.
+    own_fields: http::EncodedFields,
     limits: HeadLimits,
     date: [u8; http::DATE_BYTES],
     rbuf: BytesMut,
@@ -134,14 +136,12 @@ impl Bench {
                 let mut answer = Answer::new(std::mem::take(&mut self.answer_buffer));
                 handler.answer(&head, &mut answer);
                 let body = answer.body_bytes();
-                http::encode_head(
-                    &mut self.wbuf,
-                    answer.status(),
-                    [("Content-Type", answer.content_type().as_bytes())],
-                    http::ResponseBody::Length(body.len() as u64),
-                    &self.date,
-                    false,
-                );
+                // As `Conn::encode_head` writes a direct answer (without `--expose-shard`).
+                let mut encoded =
+                    http::HeadWriter::new(&mut self.wbuf, answer.status(), &self.date);
+                encoded.lines(&self.own_fields);
+                encoded.content_type(answer.content_type().as_bytes());
+                encoded.finish(http::ResponseBody::Length(body.len() as u64), false);
                 self.wbuf.extend_from_slice(body);
                 self.answer_buffer = answer.into_buffer().expect("a small answer");
                 continue;
@@ -200,6 +200,7 @@ fn main() {
             .into_app(),
         builtin: percore::app::builtin_routes().into_app(),
         answer_buffer: Vec::new(),
+        own_fields: http::EncodedFields::new(&[]),
         limits: HeadLimits {
             head_bytes_max: 16 * 1024,
             header_count_max: 100,

@@ -86,49 +86,152 @@ pub fn encode_head<'a>(
     date: &[u8; DATE_BYTES],
     close: bool,
 ) {
-    assert!(
-        (100..=999).contains(&status),
-        "status {status} is not three digits"
-    );
-    // One reservation for the common head (the buffer is reused, so this rarely allocates);
-    // a longer one grows as it is written.
-    out.reserve(HEAD_FIXED_BYTES + HEAD_FIELDS_BYTES_TYPICAL);
-    match status {
-        200 => out.put_slice(b"HTTP/1.1 200 OK\r\nServer: percore\r\nDate: "),
-        _ => {
-            out.put_slice(b"HTTP/1.1 ");
-            out.put_slice(itoa::Buffer::new().format(status).as_bytes());
-            out.put_u8(b' ');
-            out.put_slice(reason_phrase(status).as_bytes());
-            out.put_slice(b"\r\nServer: percore\r\nDate: ");
+    let mut head = HeadWriter::new(out, status, date);
+    for (name, value) in headers {
+        head.field(name, value);
+    }
+    head.finish(body, close);
+}
+
+/// A response head being appended, in its fixed order: the status line, `Server` and `Date`
+/// (`new`), the fields, then the framing, `Connection: close` and the empty line (`finish`).
+/// `encode_head` in parts, for a caller with fields of several kinds (the connection's own,
+/// encoded once, and a handler's, checked one by one).
+pub struct HeadWriter<'o> {
+    out: &'o mut BytesMut,
+    status: u16,
+}
+
+impl<'o> HeadWriter<'o> {
+    pub fn new(out: &'o mut BytesMut, status: u16, date: &[u8; DATE_BYTES]) -> HeadWriter<'o> {
+        assert!(
+            (100..=999).contains(&status),
+            "status {status} is not three digits"
+        );
+        // One reservation for the common head (the buffer is reused, so this rarely allocates);
+        // a longer one grows as it is written.
+        out.reserve(HEAD_FIXED_BYTES + HEAD_FIELDS_BYTES_TYPICAL);
+        match status {
+            200 => out.put_slice(b"HTTP/1.1 200 OK\r\nServer: percore\r\nDate: "),
+            _ => {
+                out.put_slice(b"HTTP/1.1 ");
+                out.put_slice(itoa::Buffer::new().format(status).as_bytes());
+                out.put_u8(b' ');
+                out.put_slice(reason_phrase(status).as_bytes());
+                out.put_slice(b"\r\nServer: percore\r\nDate: ");
+            }
+        }
+        out.put_slice(date);
+        out.put_slice(b"\r\n");
+        HeadWriter { out, status }
+    }
+
+    /// Appends a field, or nothing when `is_valid_field` refuses it.
+    pub fn field(&mut self, name: &str, value: &[u8]) {
+        if is_valid_field(name, value) {
+            self.line(name.as_bytes(), value);
         }
     }
-    out.put_slice(date);
-    out.put_slice(b"\r\n");
-    for (name, value) in headers
-        .into_iter()
-        .filter(|(name, value)| is_valid_field(name, value))
-    {
-        out.put_slice(name.as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value);
+
+    /// Appends `Content-Type: value`, or nothing when the value is not a valid field value:
+    /// `field` without the check of a name known to be valid.
+    pub fn content_type(&mut self, value: &[u8]) {
+        if is_valid_field_value(value) {
+            // The name and separator as one constant: a copy the compiler inlines.
+            self.out.reserve(value.len() + 16);
+            self.out.put_slice(b"Content-Type: ");
+            self.out.put_slice(value);
+            self.out.put_slice(b"\r\n");
+        }
+    }
+
+    /// Appends field lines encoded and checked once (`ServerFields::lines`).
+    pub fn lines(&mut self, lines: &EncodedFields) {
+        self.out.put_slice(lines.as_bytes());
+    }
+
+    fn line(&mut self, name: &[u8], value: &[u8]) {
+        self.out.reserve(name.len() + value.len() + 4);
+        self.out.put_slice(name);
+        self.out.put_slice(b": ");
+        self.out.put_slice(value);
+        self.out.put_slice(b"\r\n");
+    }
+
+    /// The framing field (none for 1xx and 204, RFC 9110 §8.6 and RFC 9112 §6.1: those responses
+    /// never have content), `Connection: close` if `close`, and the empty line.
+    pub fn finish(self, body: ResponseBody, close: bool) {
+        let out = self.out;
+        let has_no_content = (100..200).contains(&self.status) || self.status == 204;
+        match body {
+            _ if has_no_content => {}
+            ResponseBody::Length(length) => {
+                out.put_slice(b"Content-Length: ");
+                out.put_slice(itoa::Buffer::new().format(length).as_bytes());
+                out.put_slice(b"\r\n");
+            }
+            ResponseBody::Chunked => out.put_slice(b"Transfer-Encoding: chunked\r\n"),
+            ResponseBody::None => {}
+        }
+        if close {
+            out.put_slice(b"Connection: close\r\n");
+        }
         out.put_slice(b"\r\n");
     }
-    let has_no_content = (100..200).contains(&status) || status == 204;
-    match body {
-        _ if has_no_content => {}
-        ResponseBody::Length(length) => {
-            out.put_slice(b"Content-Length: ");
-            out.put_slice(itoa::Buffer::new().format(length).as_bytes());
-            out.put_slice(b"\r\n");
+}
+
+/// Field lines (`Name: value\r\n` each) encoded and checked once, for many heads.
+pub struct EncodedFields(Vec<u8>);
+
+impl EncodedFields {
+    /// # Panics
+    /// If a field is not valid (`is_valid_field`): these come from the server's own config.
+    pub fn new(fields: &[(&str, &[u8])]) -> EncodedFields {
+        let mut lines = Vec::new();
+        for &(name, value) in fields {
+            assert!(is_valid_field(name, value), "invalid field {name:?}");
+            lines.extend_from_slice(name.as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value);
+            lines.extend_from_slice(b"\r\n");
         }
-        ResponseBody::Chunked => out.put_slice(b"Transfer-Encoding: chunked\r\n"),
-        ResponseBody::None => {}
+        EncodedFields(lines)
     }
-    if close {
-        out.put_slice(b"Connection: close\r\n");
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
-    out.put_slice(b"\r\n");
+}
+
+/// Field names matched without regard to case, most of them rejected by their length alone: the
+/// names a server writes itself, which a handler's field may not repeat.
+pub struct FieldNames {
+    names: Vec<&'static str>,
+    /// Bit n set: some name has n bytes (every name has fewer than 64). A handler's usual fields
+    /// (Content-Type, a cookie, an ETag) match no length here and need no comparison.
+    lengths: u64,
+}
+
+impl FieldNames {
+    /// # Panics
+    /// If a name has 64 bytes or more.
+    pub fn new(names: impl IntoIterator<Item = &'static str>) -> FieldNames {
+        let names: Vec<&'static str> = names.into_iter().collect();
+        let lengths = names.iter().fold(0u64, |lengths, name| {
+            assert!(name.len() < 64, "field name {name:?} is too long");
+            lengths | 1 << name.len()
+        });
+        FieldNames { names, lengths }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        name.len() < 64
+            && self.lengths & 1 << name.len() != 0
+            && self
+                .names
+                .iter()
+                .any(|known| known.len() == name.len() && known.eq_ignore_ascii_case(name))
+    }
 }
 
 /// Room for a head's fixed parts: status line (longest reason phrase: 31 bytes), Server, Date,
@@ -171,12 +274,17 @@ pub fn encode_last_chunk(out: &mut BytesMut) {
 /// Whether `encode_head` writes this field: the name is a token (RFC 9110 §5.1) and the value is
 /// `*( HTAB / SP / VCHAR / obs-text )` (RFC 9110 §5.5).
 pub fn is_valid_field(name: &str, value: &[u8]) -> bool {
-    let name_ok = !name.is_empty() && name.bytes().all(crate::http::parse::is_token_byte);
+    !name.is_empty()
+        && name.bytes().all(crate::http::parse::is_token_byte)
+        && is_valid_field_value(value)
+}
+
+/// `*( HTAB / SP / VCHAR / obs-text )` (RFC 9110 §5.5).
+fn is_valid_field_value(value: &[u8]) -> bool {
     // A fold, not `all`: no early exit, so it vectorizes (values are short and almost always ok).
-    name_ok
-        && value.iter().fold(true, |ok, &byte| {
-            ok & (byte == b'\t' || (byte >= b' ' && byte != 0x7f))
-        })
+    value.iter().fold(true, |ok, &byte| {
+        ok & (byte == b'\t' || (byte >= b' ' && byte != 0x7f))
+    })
 }
 
 #[cfg(test)]
@@ -302,6 +410,74 @@ mod tests {
         );
         let expected = "HTTP/1.1 200 OK\r\nServer: percore\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nX-Kept: ok\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_head_written_in_parts_is_the_head_written_at_once() {
+        let own = EncodedFields::new(&[
+            ("X-Shard", b"3"),
+            ("Strict-Transport-Security", b"max-age=5"),
+        ]);
+        let mut parts = BytesMut::new();
+        let mut head = HeadWriter::new(&mut parts, 404, DATE);
+        head.lines(&own);
+        head.content_type(b"text/html; charset=utf-8");
+        head.field("ETag", b"\"1\"");
+        head.finish(ResponseBody::Length(7), true);
+        let mut whole = BytesMut::new();
+        let fields: [(&str, &[u8]); 4] = [
+            ("X-Shard", b"3"),
+            ("Strict-Transport-Security", b"max-age=5"),
+            ("Content-Type", b"text/html; charset=utf-8"),
+            ("ETag", b"\"1\""),
+        ];
+        encode_head(&mut whole, 404, fields, ResponseBody::Length(7), DATE, true);
+        assert_eq!(parts, whole);
+        // Nothing is written of a content type that could split the head.
+        let mut out = BytesMut::new();
+        let mut head = HeadWriter::new(&mut out, 200, DATE);
+        head.lines(&EncodedFields::new(&[]));
+        head.content_type(b"text/plain\r\nSet-Cookie: x=1");
+        head.finish(ResponseBody::Length(0), false);
+        let expected = "HTTP/1.1 200 OK\r\nServer: percore\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid field")]
+    fn encoded_fields_refuse_an_invalid_field() {
+        EncodedFields::new(&[("X-Shard", b"1\r\nX: y")]);
+    }
+
+    #[test]
+    fn field_names_match_whole_names_in_any_case() {
+        let names = FieldNames::new(["content-length", "X-Shard", "a"]);
+        for name in [
+            "Content-Length",
+            "CONTENT-LENGTH",
+            "content-length",
+            "x-shard",
+            "A",
+        ] {
+            assert!(names.contains(name), "{name}");
+        }
+        let long = "x".repeat(100);
+        for name in [
+            "Content-Type",
+            "content-lengths",
+            "content-lengt",
+            "X-Shards",
+            "",
+            "b",
+            &long,
+        ] {
+            assert!(!names.contains(name), "{name}");
+        }
+        // The longest name a set may hold, and one that differs only in its last byte.
+        let longest: &'static str = "n".repeat(63).leak();
+        let names = FieldNames::new([longest]);
+        assert!(names.contains(&"N".repeat(63)));
+        assert!(!names.contains(&format!("{}m", "n".repeat(62))));
     }
 
     #[test]

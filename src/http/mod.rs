@@ -15,7 +15,8 @@ mod parse;
 pub use body::{BodyDecoder, BodyEvent};
 pub use date::{DATE_BYTES, DateCache};
 pub use encode::{
-    CONTINUE_100, ResponseBody, encode_chunk, encode_head, encode_last_chunk, reason_phrase,
+    CONTINUE_100, EncodedFields, FieldNames, HeadWriter, ResponseBody, encode_chunk, encode_head,
+    encode_last_chunk, reason_phrase,
 };
 pub use error::HttpError;
 pub use parse::{EMPTY_LINES_BEFORE_REQUEST_MAX, RequestHead, parse_head};

@@ -9,9 +9,10 @@ use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::config::limits::TIMEOUT_SWEEP_INTERVAL;
-use crate::http::DateCache;
+use crate::http::{DateCache, EncodedFields, FieldNames};
 use crate::mesh::Mesh;
 use crate::metrics::{ShardMetrics, ShardStats, add};
+use crate::router::response::SERVER_MANAGED_HEADERS;
 use crate::session::Sessions;
 use crate::txn::service::Txn;
 
@@ -38,6 +39,41 @@ pub struct ConnEntry {
     pub ready_slot: Cell<Option<u32>>,
 }
 
+/// What a shard's connections add to every response head besides Server, Date and the framing,
+/// for plain or for HTTPS connections: encoded once, not per answer.
+pub struct ResponseFields {
+    /// `X-Shard` (`--expose-shard`) and, on HTTPS, `Strict-Transport-Security` (unless
+    /// `--hsts-max-age 0`).
+    pub lines: EncodedFields,
+    /// The fields the server writes itself (`SERVER_MANAGED_HEADERS` and those in `lines`): a
+    /// handler's field of such a name is dropped, and the server's copy is the only one.
+    pub managed: FieldNames,
+}
+
+impl ResponseFields {
+    fn new(config: &Config, index: usize, tls: bool) -> ResponseFields {
+        let x_shard = config.expose_shard.then(|| index.to_string());
+        let hsts = (tls && config.tls.hsts_max_age > 0)
+            .then(|| format!("max-age={}", config.tls.hsts_max_age));
+        let fields: Vec<(&'static str, &[u8])> = [
+            x_shard.as_ref().map(|value| ("X-Shard", value.as_bytes())),
+            hsts.as_ref()
+                .map(|value| ("Strict-Transport-Security", value.as_bytes())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        ResponseFields {
+            lines: EncodedFields::new(&fields),
+            managed: FieldNames::new(
+                SERVER_MANAGED_HEADERS
+                    .into_iter()
+                    .chain(fields.iter().map(|&(name, _)| name)),
+            ),
+        }
+    }
+}
+
 pub struct Shard {
     pub index: usize,
     pub cpu: usize,
@@ -48,8 +84,8 @@ pub struct Shard {
     pub sessions: Rc<Sessions>,
     pub txn: Rc<Txn>,
     pub auth: Rc<crate::auth::service::Auth>,
-    /// `X-Shard` value when `--expose-shard` is on.
-    pub x_shard: Option<bytes::Bytes>,
+    /// The fields the shard adds to every response head, plain (`[0]`) and HTTPS (`[1]`).
+    pub response_fields: [ResponseFields; 2],
     /// One permit per open connection, `conns_max` in all, shared by every listener of the shard.
     pub conn_slots: Rc<glommio::sync::Semaphore>,
     /// One permit per TLS handshake step running (never held while a handshake waits on its
@@ -68,8 +104,6 @@ pub struct Shard {
     /// Where plain connections wait for bytes (net/ready.rs); None: through glommio's polls
     /// (`--no-multishot-poll`, or a kernel without what it needs).
     pub ready_ring: Option<Rc<crate::net::ready::ReadyRing>>,
-    /// `Strict-Transport-Security` value for HTTPS responses, unless `--hsts-max-age 0`.
-    pub hsts: Option<bytes::Bytes>,
     /// Milliseconds since the shard started, as of the last timeout sweep (coarse: refreshed
     /// every `TIMEOUT_SWEEP_INTERVAL`); read deadlines are in this time.
     clock_ms: Cell<u64>,
@@ -141,9 +175,7 @@ impl Shard {
             sessions,
             txn,
             auth,
-            x_shard: config
-                .expose_shard
-                .then(|| bytes::Bytes::from(index.to_string())),
+            response_fields: [false, true].map(|tls| ResponseFields::new(&config, index, tls)),
             conn_slots: Rc::new(glommio::sync::Semaphore::new(config.conns_max as u64)),
             tls_handshake_slots: Rc::new(glommio::sync::Semaphore::new(
                 config.tls.handshakes_max as u64,
@@ -154,8 +186,6 @@ impl Shard {
             ),
             answer_buffer: RefCell::new(Vec::new()),
             ready_ring: start_ready_ring(index, &config),
-            hsts: (config.tls.hsts_max_age > 0)
-                .then(|| bytes::Bytes::from(format!("max-age={}", config.tls.hsts_max_age))),
             config,
             stats_mesh,
             clock_ms: Cell::new(0),
@@ -339,5 +369,63 @@ impl Drop for ConnGuard {
         self.shard.conns.borrow_mut().remove(&self.id);
         let open = &self.shard.metrics.connections_open;
         open.set(open.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::ResponseFields;
+    use crate::config::{Args, Config};
+
+    fn fields(flags: &[&str], tls: bool) -> (String, ResponseFields) {
+        let args = Args::try_parse_from([&["percore"], flags].concat()).unwrap();
+        let fields = ResponseFields::new(&Config::from_args(args).unwrap(), 3, tls);
+        (
+            String::from_utf8(fields.lines.as_bytes().to_vec()).unwrap(),
+            fields,
+        )
+    }
+
+    /// A shard's own fields are the ones it writes and the ones a handler may not write.
+    #[test]
+    fn a_shards_own_fields_follow_its_flags_and_are_the_only_copies() {
+        let (lines, own) = fields(&[], false);
+        assert_eq!(lines, "");
+        let (lines, own_tls) = fields(&[], true);
+        assert_eq!(lines, "Strict-Transport-Security: max-age=31536000\r\n");
+        let (lines, exposed) = fields(&["--expose-shard", "--hsts-max-age", "60"], false);
+        assert_eq!(lines, "X-Shard: 3\r\n");
+        let (lines, exposed_tls) = fields(&["--expose-shard", "--hsts-max-age", "60"], true);
+        assert_eq!(
+            lines,
+            "X-Shard: 3\r\nStrict-Transport-Security: max-age=60\r\n"
+        );
+        let (lines, no_hsts) = fields(&["--hsts-max-age", "0"], true);
+        assert_eq!(lines, "");
+        for set in [&own, &own_tls, &exposed, &exposed_tls, &no_hsts] {
+            for name in [
+                "Content-Length",
+                "transfer-encoding",
+                "Connection",
+                "date",
+                "SERVER",
+            ] {
+                assert!(set.managed.contains(name), "{name}");
+            }
+            assert!(!set.managed.contains("Content-Type"));
+        }
+        let managed = |set: &ResponseFields| {
+            (
+                set.managed.contains("x-shard"),
+                set.managed.contains("strict-transport-security"),
+            )
+        };
+        assert_eq!(managed(&own), (false, false));
+        assert_eq!(managed(&own_tls), (false, true));
+        assert_eq!(managed(&exposed), (true, false));
+        assert_eq!(managed(&exposed_tls), (true, true));
+        assert_eq!(managed(&no_hsts), (false, false));
     }
 }

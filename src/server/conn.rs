@@ -23,7 +23,6 @@ use crate::http::{
 };
 use crate::metrics::add;
 use crate::net::Transport;
-use crate::router::response::SERVER_MANAGED_HEADERS;
 use crate::router::{
     Answer, App, Body, BodyError, BodySource, Request, RequestCtx, Response, ResponseBody,
 };
@@ -604,10 +603,10 @@ impl Conn {
         self.version = head.version();
         let close = !head.keep_alive() || shard.is_draining();
         let body = answer.body_bytes();
-        let fields = [("Content-Type", answer.content_type().as_bytes())];
         self.encode_head(
             status,
-            fields,
+            Some(answer.content_type().as_bytes()),
+            [],
             whole_body_framing(status, body.len()),
             close,
         );
@@ -1133,7 +1132,7 @@ impl Conn {
                 close,
             }));
         }
-        self.encode_head(status, fields_of(&response.headers), framing, close);
+        self.encode_head(status, None, fields_of(&response.headers), framing, close);
         if let ResponseBody::Full(bytes) = &response.body
             && !is_head
             && !no_body_status
@@ -1176,7 +1175,7 @@ impl Conn {
         } else {
             http::ResponseBody::None
         };
-        self.encode_head(status, fields_of(&headers), framing, close);
+        self.encode_head(status, None, fields_of(&headers), framing, close);
         let mut next = first;
         while let Some(chunk) = next.take() {
             let Ok(chunk) = chunk else {
@@ -1209,42 +1208,33 @@ impl Conn {
     fn encode_head<'a>(
         &mut self,
         status: u16,
+        content_type: Option<&[u8]>,
         headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
         body: http::ResponseBody,
         close: bool,
     ) {
-        // RFC 9112 §9.3: an HTTP/1.0 client keeps the connection only if told so.
-        let keep_alive_10 = !close && self.version == Version::Http10;
         let shard = &*self.io.shard;
         // Counted here, where each answer's head is written once: a stream that fails before
         // its head is answered by an error instead, and counts as that.
         shard.metrics.count_status(status);
+        let own = &shard.response_fields[usize::from(self.tls)];
         let date = shard.date.borrow();
-        let own = [
-            keep_alive_10.then_some(("Connection", &b"keep-alive"[..])),
-            shard.x_shard.as_deref().map(|x_shard| ("X-Shard", x_shard)),
-            shard
-                .hsts
-                .as_deref()
-                .filter(|_| self.tls)
-                .map(|hsts| ("Strict-Transport-Security", hsts)),
-        ];
-        // By length first: most fields (Content-Type, a cookie) match no managed name's length.
-        // A field the server adds itself (X-Shard, HSTS) replaces the handler's copy.
-        let managed = |name: &str| {
-            SERVER_MANAGED_HEADERS
-                .iter()
-                .chain(own.iter().flatten().map(|(own_name, _)| own_name))
-                .any(|m| m.len() == name.len() && m.eq_ignore_ascii_case(name))
-        };
-        let fields = own.iter().flatten().copied().chain(
-            headers
-                .into_iter()
-                // (A filter_map, not a filter: it shortens the fields' lifetime to the shard
-                // borrow's, which the server's own fields have.)
-                .filter_map(|(name, value)| (!managed(name)).then_some((name, value))),
-        );
-        http::encode_head(&mut self.wbuf, status, fields, body, date.get(), close);
+        let mut head = http::HeadWriter::new(&mut self.wbuf, status, date.get());
+        // RFC 9112 §9.3: an HTTP/1.0 client keeps the connection only if told so.
+        if !close && self.version == Version::Http10 {
+            head.field("Connection", b"keep-alive");
+        }
+        head.lines(&own.lines);
+        if let Some(content_type) = content_type {
+            head.content_type(content_type);
+        }
+        // A field the server writes itself (X-Shard, HSTS, the framing) replaces the handler's.
+        for (name, value) in headers {
+            if !own.managed.contains(name) {
+                head.field(name, value);
+            }
+        }
+        head.finish(body, close);
     }
 
     async fn flush(&mut self) -> io::Result<()> {
