@@ -530,6 +530,7 @@ fn smuggling_and_malformed_requests_get_400_and_close() {
         ("TE not final chunked", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
         ("TE chunked twice", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
         ("TE on 1.0", b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("empty TE line beside chunked", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n"),
         ("bad chunk size", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
         ("chunk size overflow", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
         ("bare LF", b"GET /plaintext HTTP/1.1\nHost: t\n\n"),
@@ -627,6 +628,46 @@ fn idle_keep_alive_connections_are_closed_after_the_timeout() {
     assert!(
         read_to_close(&mut stream).is_empty(),
         "closed without a response"
+    );
+}
+
+/// Empty lines after a request (RFC 9112 §2.2: a server SHOULD ignore at least one before a
+/// request line) leave the connection idle: the next request is served after the header timeout
+/// has passed, and a connection left so is closed at the keep-alive timeout without an answer.
+/// (A black-box review found one CRLF after a request answered 408 at the header timeout.)
+#[test]
+fn empty_lines_after_a_request_leave_the_connection_idle() {
+    let server = Server::start(&["--header-timeout", "0.3", "--keepalive-timeout", "60"]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n\r\n");
+    assert_eq!(conn.response(false).expect("answered").status, 200);
+    std::thread::sleep(Duration::from_millis(900));
+    conn.send(b"\r\n");
+    assert_eq!(
+        conn.get("/plaintext").status,
+        200,
+        "the empty lines skipped"
+    );
+    let stats = server.stats();
+    assert_eq!(stats["total"]["timeouts_header"], 0, "{stats}");
+
+    let server = Server::start(&["--header-timeout", "30", "--keepalive-timeout", "0.3"]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n\r\n\r\n");
+    assert_eq!(conn.response(false).expect("answered").status, 200);
+    let mut stream = conn.stream.try_clone().unwrap();
+    assert!(
+        read_to_close(&mut stream).is_empty(),
+        "closed at the keep-alive timeout without an answer"
+    );
+    let stats = server.stats();
+    assert_eq!(
+        (
+            &stats["total"]["timeouts_idle"],
+            &stats["total"]["timeouts_header"]
+        ),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "{stats}"
     );
 }
 

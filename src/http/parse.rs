@@ -493,6 +493,10 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
 #[derive(Default)]
 struct TransferCoding {
     seen: bool,
+    /// A Transfer-Encoding field line held no coding (`Transfer-Encoding: ` or `: ,`): refused
+    /// even beside a line that says chunked, since a recipient that reads only one of the lines
+    /// could frame the body otherwise.
+    empty_line: bool,
     codings_count: usize,
     chunked_count: usize,
     other_count: usize,
@@ -502,6 +506,7 @@ struct TransferCoding {
 impl TransferCoding {
     fn add(&mut self, value: &[u8]) {
         self.seen = true;
+        let codings_before = self.codings_count;
         for coding in list_elements(value) {
             self.codings_count += 1;
             self.last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
@@ -511,10 +516,11 @@ impl TransferCoding {
                 self.other_count += 1;
             }
         }
+        self.empty_line |= self.codings_count == codings_before;
     }
 
     fn framing(&self) -> Result<BodyFraming, HttpError> {
-        if self.codings_count == 0 {
+        if self.empty_line {
             return Err(HttpError::Malformed("empty Transfer-Encoding"));
         }
         // RFC 9112 §6.3: a request whose final coding is not chunked has no determinable length.
@@ -1317,6 +1323,20 @@ mod tests {
             ),
             (
                 post("Transfer-Encoding:\r\n"),
+                "err 400 empty Transfer-Encoding",
+            ),
+            // An empty line beside one that says chunked (a black-box review found these
+            // accepted): a recipient that reads one line only frames the body otherwise.
+            (
+                post("Transfer-Encoding: \r\nTransfer-Encoding: chunked\r\n"),
+                "err 400 empty Transfer-Encoding",
+            ),
+            (
+                post("Transfer-Encoding: chunked\r\nTransfer-Encoding:\r\n"),
+                "err 400 empty Transfer-Encoding",
+            ),
+            (
+                post("Transfer-Encoding: ,\r\nTransfer-Encoding: chunked\r\n"),
                 "err 400 empty Transfer-Encoding",
             ),
             (

@@ -778,7 +778,7 @@ impl Conn {
 
     /// Waits for more request bytes. False when the connection should close.
     async fn read_more(&mut self) -> bool {
-        let partial = !self.io.rbuf.borrow().is_empty();
+        let partial = holds_part_of_a_head(&self.io.rbuf.borrow());
         let config = &self.io.shard.config;
         if !partial && self.io.shard.is_draining() {
             return false;
@@ -1269,6 +1269,15 @@ fn fields_of<'a>(
     headers: &'a [(Cow<'static, str>, Bytes)],
 ) -> impl Iterator<Item = (&'a str, &'a [u8])> {
     headers.iter().map(|(name, value)| (&**name, &value[..]))
+}
+
+/// Whether the unparsed bytes hold part of a request head: anything but the empty lines a
+/// client may send before a request (RFC 9112 §2.2, which a server SHOULD ignore: `parse_head`
+/// skips a bounded number). A connection holding only those is idle, under the keep-alive
+/// timeout, not a slow head answered 408 (found by a black-box review: one CRLF after a request
+/// got a 408 ten seconds later). A bare LF never waits here: `parse_head` refuses it at once.
+fn holds_part_of_a_head(unparsed: &[u8]) -> bool {
+    unparsed.iter().any(|&byte| byte != b'\r' && byte != b'\n')
 }
 
 /// 1xx, 204 and 304 answers have no content (RFC 9110 §6.4.1), whatever the handler gave.
