@@ -145,7 +145,7 @@ impl<'o> HeadWriter<'o> {
         }
     }
 
-    /// Appends field lines encoded and checked once (`ServerFields::lines`).
+    /// Appends field lines encoded and checked once (`ResponseFields::lines`).
     pub fn lines(&mut self, lines: &EncodedFields) {
         self.out.put_slice(lines.as_bytes());
     }

@@ -778,7 +778,14 @@ impl Conn {
 
     /// Waits for more request bytes. False when the connection should close.
     async fn read_more(&mut self) -> bool {
-        let partial = holds_part_of_a_head(&self.io.rbuf.borrow());
+        let partial = {
+            let mut rbuf = self.io.rbuf.borrow_mut();
+            let partial = holds_part_of_a_head(&rbuf);
+            if !partial {
+                shrink_idle_read_buffer(&mut rbuf);
+            }
+            partial
+        };
         let config = &self.io.shard.config;
         if !partial && self.io.shard.is_draining() {
             return false;
@@ -1280,6 +1287,16 @@ fn holds_part_of_a_head(unparsed: &[u8]) -> bool {
     unparsed.iter().any(|&byte| byte != b'\r' && byte != b'\n')
 }
 
+/// An idle connection's read buffer holds nothing, or only the few empty lines `parse_head`
+/// allows before a request (at most 9 bytes). A grown one (a body's reads take up to 64 KiB) is
+/// then swapped for a copy of those bytes, as `poll_fill` frees an empty one: an idle connection
+/// does not pin a big buffer for its keep-alive timeout (found in review).
+fn shrink_idle_read_buffer(rbuf: &mut BytesMut) {
+    if !rbuf.is_empty() && rbuf.capacity() > READ_BUFFER_KEEP_BYTES {
+        *rbuf = BytesMut::from(&rbuf[..]);
+    }
+}
+
 /// 1xx, 204 and 304 answers have no content (RFC 9110 §6.4.1), whatever the handler gave.
 fn has_no_content(status: u16) -> bool {
     status < 200 || status == 204 || status == 304
@@ -1400,7 +1417,7 @@ fn host_name(value: &[u8]) -> Option<&str> {
 mod tests {
     use super::{
         BytesMut, READ_BUFFER_BYTES, READ_BUFFER_KEEP_BYTES, Response, finish_later, host_name,
-        release_big_read_buffer,
+        release_big_read_buffer, shrink_idle_read_buffer,
     };
 
     /// Runs every handler still there to its answer, keeping the answers at their batch index;
@@ -1527,6 +1544,25 @@ mod tests {
             rbuf.extend_from_slice(b"G");
             let reused = rbuf.as_ptr() == allocation;
             assert_eq!(reused, kept, "{bytes} bytes, split {split}");
+        }
+    }
+
+    /// Only the empty lines before a request are left: a big buffer is swapped for a copy of
+    /// them, a small one kept.
+    #[test]
+    fn an_idle_connection_keeps_its_empty_lines_in_a_small_buffer() {
+        for (capacity, kept) in [
+            (READ_BUFFER_KEEP_BYTES, true),
+            (READ_BUFFER_KEEP_BYTES + 1, false),
+            (64 * 1024, false),
+        ] {
+            let mut rbuf = BytesMut::with_capacity(capacity);
+            rbuf.extend_from_slice(b"\r\n\r");
+            let allocation = rbuf.as_ptr();
+            shrink_idle_read_buffer(&mut rbuf);
+            assert_eq!(&rbuf[..], b"\r\n\r");
+            assert_eq!(rbuf.as_ptr() == allocation, kept, "{capacity}");
+            assert!(rbuf.capacity() <= READ_BUFFER_KEEP_BYTES, "{capacity}");
         }
     }
 
