@@ -152,10 +152,7 @@ impl<'o> HeadWriter<'o> {
 
     fn line(&mut self, name: &[u8], value: &[u8]) {
         self.out.reserve(name.len() + value.len() + 4);
-        self.out.put_slice(name);
-        self.out.put_slice(b": ");
-        self.out.put_slice(value);
-        self.out.put_slice(b"\r\n");
+        put_field_line(self.out, name, value);
     }
 
     /// The framing field (none for 1xx and 204, RFC 9110 §8.6 and RFC 9112 §6.1: those responses
@@ -180,6 +177,14 @@ impl<'o> HeadWriter<'o> {
     }
 }
 
+/// Appends `name: value\r\n`, unchecked.
+fn put_field_line(out: &mut impl BufMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
 /// Field lines (`Name: value\r\n` each) encoded and checked once, for many heads.
 pub struct EncodedFields(Vec<u8>);
 
@@ -190,10 +195,7 @@ impl EncodedFields {
         let mut lines = Vec::new();
         for &(name, value) in fields {
             assert!(is_valid_field(name, value), "invalid field {name:?}");
-            lines.extend_from_slice(name.as_bytes());
-            lines.extend_from_slice(b": ");
-            lines.extend_from_slice(value);
-            lines.extend_from_slice(b"\r\n");
+            put_field_line(&mut lines, name.as_bytes(), value);
         }
         EncodedFields(lines)
     }
