@@ -62,6 +62,62 @@ fn bad_flags_and_config_exit_2_with_one_line() {
     }
 }
 
+/// A path to the wrong thing (a device, a huge file) is one line and exit 2, not a start-up that
+/// reads until the OOM killer comes; a file at its bound is read whole.
+#[test]
+fn operator_files_are_read_up_to_a_bound() {
+    let tmp = common::temp_dir("file-bounds");
+    let dir = tmp.path();
+    // 16 MiB (`CONFIG_FILE_BYTES_MAX`): one comment line, then a key that is not one, so a
+    // file read whole names it.
+    let config_bytes_max = 16 * 1024 * 1024;
+    let tail = "\nbogus_at_the_end = 1\n";
+    let mut text = String::from("#");
+    text.push_str(&" ".repeat(config_bytes_max - 1 - tail.len()));
+    text.push_str(tail);
+    let at_bound = dir.join("at-bound.toml");
+    std::fs::write(&at_bound, &text).unwrap();
+    text.insert(1, ' ');
+    let past_bound = dir.join("past-bound.toml");
+    std::fs::write(&past_bound, &text).unwrap();
+    let fifo = dir.join("users.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--config", at_bound.to_str().unwrap()],
+            "bogus_at_the_end",
+        ),
+        (
+            vec!["--config", past_bound.to_str().unwrap()],
+            "larger than 16777216 bytes",
+        ),
+        (vec!["--config", "/dev/zero"], "larger than 16777216 bytes"),
+        (vec!["--users", "/dev/zero"], "not a regular file"),
+        (
+            vec!["--users", fifo.to_str().unwrap()],
+            "not a regular file",
+        ),
+        (vec!["--users", "/"], "not a regular file"),
+        (
+            vec!["--tls-cert", "/dev/zero", "--tls-key", "/dev/null"],
+            "--tls-cert /dev/zero: cannot read: larger than 1048576 bytes",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, stderr) = run_failing(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} should name {needle}"
+        );
+    }
+}
+
 #[test]
 fn config_file_sets_keys_and_flags_override_them() {
     let dir = common::temp_dir("cfg");

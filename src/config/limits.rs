@@ -165,7 +165,27 @@ pub const IO_MEMORY_BYTES: usize = 512 * 1024;
 /// glommio refuses to start below this RLIMIT_MEMLOCK.
 pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 
+/// The most bytes percore reads from a `--config` file. A wrong path (`/dev/zero`, a log file)
+/// is then one line at start-up, not a process reading until the OOM killer stops it. Room for
+/// the most API tokens the file may hold at 1 KiB each (a hash, a name of at most 256 bytes and
+/// roles), and the access rules beside them.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// The most bytes percore reads from a `--users` file, at start-up and on SIGHUP: room for the
+/// most users a file may hold at 512 bytes each (a PHC hash is ~100 bytes, a name at most 256).
+pub const USERS_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// The most bytes percore reads from a `--tls-cert` or `--tls-key` PEM file: a chain of ten
+/// certificates with 4096-bit keys is ~20 KiB.
+pub const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
 const _: () = assert!(READ_BUFFER_BYTES <= HEAD_BYTES_MAX_DEFAULT);
 const _: () = assert!(READ_BUFFER_KEEP_BYTES <= READ_BUFFER_BYTES);
 const _: () = assert!(WRITE_BUFFER_KEEP_BYTES <= WRITE_BUFFER_FLUSH_BYTES);
 const _: () = assert!(MESH_INFLIGHT_MAX_DEFAULT <= MESH_CHANNEL_CAPACITY);
+const _: () = assert!(
+    crate::auth::users::TOKENS_MAX as u64 * 1024 <= CONFIG_FILE_BYTES_MAX,
+    "the config file bound must hold the most tokens"
+);
+const _: () = assert!(
+    crate::auth::users::USERS_MAX as u64 * 512 <= USERS_FILE_BYTES_MAX,
+    "the users file bound must hold the most users"
+);

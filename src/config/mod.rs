@@ -487,7 +487,7 @@ impl Config {
 const DATA_DIR_DEFAULT: &str = "percore-data";
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = read_named_text(path, limits::CONFIG_FILE_BYTES_MAX)
         .or_else(|e| err(format!("config file {}: {e}", path.display())))?;
     toml::from_str(&text).or_else(|e: toml::de::Error| {
         let message = e.message().replace('\n', " ");
@@ -805,8 +805,21 @@ impl TlsLoader {
         if let Some((_, _, m)) = self.loaded.iter().find(|(c, k, _)| c == cert && k == key) {
             return Ok(m.clone());
         }
-        let material =
-            tls::load(cert, key, self.refuse_expired, self.now, warnings).map_err(ConfigError)?;
+        let read = |flag: &str, path: &Path| {
+            read_named_file(path, limits::PEM_FILE_BYTES_MAX)
+                .or_else(|e| err(format!("{flag} {}: cannot read: {e}", path.display())))
+        };
+        let (cert_pem, key_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?);
+        let material = tls::load(
+            cert,
+            &cert_pem,
+            key,
+            &key_pem,
+            self.refuse_expired,
+            self.now,
+            warnings,
+        )
+        .map_err(ConfigError)?;
         self.loaded
             .push((cert.to_path_buf(), key.to_path_buf(), material.clone()));
         Ok(material)
@@ -936,11 +949,50 @@ fn check_listeners(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Reads a users file: one line naming the file and the problem on error.
+/// Reads a users file: one line naming the file and the problem on error. Only a regular file:
+/// it is read again on SIGHUP, where a pipe (`--users <(...)`) would read as empty and remove
+/// every user, and a FIFO without a writer would block the signal thread, SIGTERM with it.
 pub fn read_users(path: &Path) -> Result<Users, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("users file {}: {e}", path.display()))?;
-    Users::parse(&text).map_err(|e| format!("users file {}: {e}", path.display()))
+    let fail = |e: String| format!("users file {}: {e}", path.display());
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(fail(
+                "not a regular file (it is read again on SIGHUP)".to_string(),
+            ));
+        }
+        _ => {}
+    }
+    let text = read_named_text(path, limits::USERS_FILE_BYTES_MAX).map_err(fail)?;
+    Users::parse(&text).map_err(fail)
+}
+
+/// Reads a whole file an operator named, if it holds at most `bytes_max` bytes: a wrong path
+/// (`/dev/zero`, a growing log) is an error naming the bound, not a start-up that reads until
+/// the OOM killer stops it. The error does not name the file; the caller does.
+pub fn read_named_file(path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let too_big = || format!("larger than {bytes_max} bytes, the most percore reads from it");
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    if file.metadata().is_ok_and(|meta| meta.len() > bytes_max) {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(bytes_max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > bytes_max {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+fn read_named_text(path: &Path, bytes_max: u64) -> Result<String, String> {
+    String::from_utf8(read_named_file(path, bytes_max)?).map_err(|e| {
+        format!(
+            "not UTF-8 text (a bad byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
@@ -1149,6 +1201,30 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_files_are_read_up_to_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        for (len, bound, ok) in [(0, 0, true), (8, 8, true), (9, 8, false), (8, 9, true)] {
+            std::fs::write(&path, vec![b'x'; len]).unwrap();
+            let read = read_named_file(&path, bound);
+            assert_eq!(read.is_ok(), ok, "{len} bytes, bound {bound}: {read:?}");
+            match read {
+                Ok(bytes) => assert_eq!(bytes.len(), len),
+                Err(e) => assert!(e.contains(&format!("larger than {bound} bytes")), "{e}"),
+            }
+        }
+        // A file whose size says nothing: read until one byte past the bound, then refused.
+        let zeros = read_named_file(Path::new("/dev/zero"), 1000).unwrap_err();
+        assert!(zeros.contains("larger than 1000 bytes"), "{zeros}");
+        std::fs::write(&path, b"ok\xff").unwrap();
+        let text = read_named_text(&path, 10).unwrap_err();
+        assert!(
+            text.contains("not UTF-8") && text.contains("offset 2"),
+            "{text}"
+        );
+    }
 
     fn check_cpus(text: &str, expected: Result<Vec<usize>, ()>) {
         assert_eq!(parse_cpu_list(text).map_err(|_| ()), expected, "{text}");

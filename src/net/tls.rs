@@ -90,32 +90,34 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Reads `cert` (PEM, leaf first, then the rest of the chain) and `key` (PEM, PKCS#8, PKCS#1 or
-/// SEC1), checks that they belong together and that the leaf is valid at `now`. An expired (or
-/// not yet valid) certificate is an error with `refuse_expired`, else a warning line in `warnings`.
+/// Parses `cert_pem` (PEM, leaf first, then the rest of the chain) and `key_pem` (PEM, PKCS#8,
+/// PKCS#1 or SEC1), read by the caller from the files `cert` and `key` (named in errors), checks
+/// that they belong together and that the leaf is valid at `now`. An expired (or not yet valid)
+/// certificate is an error with `refuse_expired`, else a warning line in `warnings`.
 pub fn load(
     cert: &Path,
+    cert_pem: &[u8],
     key: &Path,
+    key_pem: &[u8],
     refuse_expired: bool,
     now: SystemTime,
     warnings: &mut Vec<String>,
 ) -> Result<Arc<TlsMaterial>, String> {
     let cert_name = cert.display();
     let key_name = key.display();
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("--tls-cert {cert_name}: cannot read: {}", pem_error(&e)))?
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--tls-cert {cert_name}: {}", pem_error(&e)))?;
+        .map_err(|e| format!("--tls-cert {cert_name}: {e}"))?;
     if chain.is_empty() {
         return Err(format!(
             "--tls-cert {cert_name}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file"
         ));
     }
-    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+    let private_key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
             format!("--tls-key {key_name}: no PEM private key in the file")
         }
-        e => format!("--tls-key {key_name}: cannot read: {}", pem_error(&e)),
+        e => format!("--tls-key {key_name}: {e}"),
     })?;
     let now_unix = now
         .duration_since(UNIX_EPOCH)
@@ -164,13 +166,6 @@ pub fn load(
         ));
     }
     Ok(Arc::new(material))
-}
-
-fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
-    match e {
-        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
-        e => e.to_string(),
-    }
 }
 
 /// A shard's rustls server config: TLS 1.2 and 1.3 (rustls' safe defaults), ALPN `http/1.1`,
