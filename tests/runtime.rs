@@ -739,6 +739,52 @@ fn a_shard_that_cannot_stop_is_left_behind_after_the_stop_timeout() {
     );
 }
 
+/// A start that cannot finish must not leave a process that holds the port and never serves: it
+/// exits 1 after `--start-timeout`, naming each shard not ready and what it waits for. Here the
+/// main thread is the one stuck (the temporary file of the data dir's layout record is a FIFO
+/// with no reader, so the kernel blocks it in open(2), as a hung disk would), and every shard
+/// waits for it.
+#[test]
+fn a_start_that_cannot_finish_ends_after_the_start_timeout() {
+    let data = common::temp_dir("wedged-start");
+    let fifo =
+        std::ffi::CString::new(data.path().join("wal.shards.tmp").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let started = Instant::now();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["--bind", "127.0.0.1:0", "--shards", "2"])
+        .args(["--start-timeout", "1.5", "--data-dir"])
+        .arg(data.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let Some(status) = common::wait_exit(&mut child, Duration::from_secs(20)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("percore still starting 20 s later");
+    };
+    let waited = started.elapsed();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "never listening: {output:?}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let waiting = "waiting for the main thread to write the data dir";
+    assert!(
+        stderr.contains("not ready 1.5 s after the start (--start-timeout): shard 0 (CPU ")
+            && stderr.contains(&format!(") {waiting}, shard 1 (CPU "))
+            && stderr.contains(&format!(") {waiting}; exiting now")),
+        "{stderr}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "left after {waited:?}"
+    );
+}
+
 #[test]
 fn too_little_locked_memory_is_one_line_naming_the_fix() {
     let output = std::process::Command::new("bash")

@@ -42,6 +42,12 @@ pub const LINGERING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 pub const LINGERING_TIME_MAX: Duration = Duration::from_secs(30);
 /// Graceful shutdown budget. Gunicorn's graceful_timeout is 30 s; Kubernetes gives 30 s.
 pub const GRACE_DEFAULT: Duration = Duration::from_secs(10);
+/// From the start to every shard serving; past it the process exits 1, naming the shards not
+/// ready, so a wedged start (a hung disk under a log replay, a shard stuck in its executor) ends
+/// where a supervisor sees it and restarts it, instead of holding the port unserved. The slow
+/// parts of a start are a shard's log replay (bounded by the checkpoint, well under a second)
+/// and its session snapshot. systemd's TimeoutStartSec default.
+pub const START_TIMEOUT_DEFAULT: Duration = Duration::from_secs(90);
 /// Added to the grace period for the whole stop, counted from the signal: the drain, then each
 /// shard's log sync and session snapshot; past it the process exits anyway (a wedged disk or
 /// shard must not keep it, and its listening sockets, alive). Gunicorn kills workers still alive

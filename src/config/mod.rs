@@ -103,6 +103,10 @@ pub struct Args {
     /// stopping.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub stop_timeout: Option<f64>,
+    /// Seconds from the start to every shard serving; past it the process exits 1, naming the
+    /// shards not ready.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub start_timeout: Option<f64>,
     /// Cross-shard requests a shard serves at once (and has outstanding).
     #[arg(long, value_name = "N")]
     pub mesh_inflight_max: Option<usize>,
@@ -263,6 +267,7 @@ struct FileConfig {
     lingering_timeout: Option<f64>,
     grace: Option<f64>,
     stop_timeout: Option<f64>,
+    start_timeout: Option<f64>,
     mesh_inflight_max: Option<usize>,
     mesh_deadline_ms: Option<u64>,
     node_id: Option<u16>,
@@ -418,6 +423,7 @@ pub struct Config {
     pub lingering_timeout: Duration,
     pub grace: Duration,
     pub stop_timeout: Duration,
+    pub start_timeout: Duration,
     pub mesh_inflight_max: usize,
     pub mesh_deadline: Duration,
     pub node_id: u16,
@@ -680,6 +686,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             "stop-timeout",
             args.stop_timeout.or(file.stop_timeout),
             limits::STOP_TIMEOUT_DEFAULT,
+        )?,
+        start_timeout: seconds(
+            "start-timeout",
+            args.start_timeout.or(file.start_timeout),
+            limits::START_TIMEOUT_DEFAULT,
         )?,
         mesh_inflight_max: positive(
             "mesh-inflight-max",
@@ -1276,6 +1287,12 @@ mod tests {
         assert_eq!(c.stop_timeout, Duration::from_millis(2500));
         let c = merged(&[], "stop_timeout = 3").unwrap();
         assert_eq!(c.stop_timeout, Duration::from_secs(3));
+        assert_eq!(c.start_timeout, Duration::from_secs(90));
+        let c = merged(&["--start-timeout", "0.5"], "start_timeout = 7").unwrap();
+        assert_eq!(c.start_timeout, Duration::from_millis(500));
+        let c = merged(&[], "start_timeout = 7").unwrap();
+        assert_eq!(c.start_timeout, Duration::from_secs(7));
+        assert!(merged(&["--start-timeout", "0"], "").is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod uring;
 
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -50,12 +50,72 @@ enum Control {
 
 /// What the threads tell the main thread while the server starts.
 enum Started {
-    /// A shard read its transaction log: whole, or the start's error line (`LogGate`).
-    LogRead(Result<(), String>),
-    /// A shard is serving.
-    Ready,
+    /// Shard N read its transaction log: whole, or the start's error line (`LogGate`).
+    LogRead(usize, Result<(), String>),
+    /// Shard N is serving.
+    Ready(usize),
     /// This thread ended before it was ready (`StartReport`).
     Lost(String),
+}
+
+/// How far the start has come, as the main thread has heard it, for the start-up watchdog: it
+/// names what is late when `--start-timeout` passes, even when the main thread itself is stuck
+/// (its own writes to the data dir, between the shards' log reads and their go).
+struct StartProgress {
+    /// Per shard: `JOINING`, `LOG_READ` or `READY`.
+    shards: Vec<AtomicU8>,
+    /// The main thread is writing the data dir (`before_shards_write`).
+    preparing: AtomicBool,
+}
+
+impl StartProgress {
+    /// Building its executor, joining the mesh, reading its transaction log.
+    const JOINING: u8 = 0;
+    /// Its log was read: waiting for the others' (`LogGate`), then loading its sessions,
+    /// replaying its log, preparing its listeners.
+    const LOG_READ: u8 = 1;
+    const READY: u8 = 2;
+
+    fn new(shard_count: usize) -> StartProgress {
+        StartProgress {
+            shards: (0..shard_count)
+                .map(|_| AtomicU8::new(StartProgress::JOINING))
+                .collect(),
+            preparing: AtomicBool::new(false),
+        }
+    }
+
+    fn set(&self, index: usize, step: u8) {
+        self.shards[index].store(step, Ordering::SeqCst);
+    }
+
+    /// The shards not ready, with what each was doing: "shard 0 (CPU 0) waiting for the other
+    /// shards' logs, shard 1 (CPU 1) starting or reading its log".
+    fn describe(&self, cpus: &[usize]) -> String {
+        let steps: Vec<u8> = self
+            .shards
+            .iter()
+            .map(|step| step.load(Ordering::SeqCst))
+            .collect();
+        let logs_read = steps.iter().all(|&step| step != StartProgress::JOINING);
+        let preparing = self.preparing.load(Ordering::SeqCst);
+        let late: Vec<String> = steps
+            .iter()
+            .zip(cpus)
+            .enumerate()
+            .filter(|(_, (step, _))| **step != StartProgress::READY)
+            .map(|(index, (step, cpu))| {
+                let doing = match *step {
+                    StartProgress::JOINING => "starting or reading its log",
+                    _ if !logs_read => "waiting for the other shards' logs",
+                    _ if preparing => "waiting for the main thread to write the data dir",
+                    _ => "loading its sessions or replaying its log",
+                };
+                format!("shard {index} (CPU {cpu}) {doing}")
+            })
+            .collect();
+        late.join(", ")
+    }
 }
 
 /// Tells the main thread whether an executor thread came up: `Ready` when a shard is ready,
@@ -74,10 +134,10 @@ impl StartReport {
         }
     }
 
-    /// The shard is serving.
-    fn ready(mut self) {
+    /// Shard `index` is serving.
+    fn ready(mut self, index: usize) {
         if let Some(sender) = self.sender.take() {
-            let _ = sender.send(Started::Ready);
+            let _ = sender.send(Started::Ready(index));
         }
     }
 
@@ -118,6 +178,7 @@ struct ShardInit {
 /// or deletes old segments (found in review: a refused start used to leave the other shards'
 /// logs rewritten).
 struct LogGate {
+    index: usize,
     verdict: mpsc::Sender<Started>,
     go: mpsc::Receiver<()>,
 }
@@ -127,7 +188,7 @@ impl LogGate {
     /// is fine here: every mesh is joined, and nothing else runs on the shard yet.
     fn pass(self, verdict: Result<(), String>) -> bool {
         let whole = verdict.is_ok();
-        let _ = self.verdict.send(Started::LogRead(verdict));
+        let _ = self.verdict.send(Started::LogRead(self.index, verdict));
         whole && self.go.recv().is_ok()
     }
 }
@@ -135,6 +196,7 @@ impl LogGate {
 /// Runs the server until a graceful shutdown completes. Prints `listening on http://ADDR` once
 /// every shard accepts.
 pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
+    let start_deadline = Instant::now() + config.start_timeout;
     preflight::check().map_err(StartError)?;
     // Raised before anything opens a file; said once the start succeeded (a failed start says
     // one line: its error).
@@ -196,6 +258,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             control: control_rx,
             ready: StartReport::new(ready_tx.clone(), format!("shard {index} (CPU {cpu})")),
             log_read: LogGate {
+                index,
                 verdict: ready_tx.clone(),
                 go: go_rx,
             },
@@ -246,20 +309,41 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     // built (no file descriptors left, io_uring memory, CPU binding) never runs: glommio drops
     // its closure, whose report says so here. Without it, the other shards spin forever waiting
     // to connect to it (found by a stress run).
+    let progress = Arc::new(StartProgress::new(shard_count));
+    // Exits rather than fails the start: a wedged thread (a shard's, or this one in its own
+    // writes) may never come back, and nothing it holds needs cleaning up (the logs are
+    // crash-safe).
+    let start_watchdog = Watchdog::start(start_deadline, {
+        let (progress, cpus, limit) = (progress.clone(), config.cpus.clone(), config.start_timeout);
+        move || {
+            crate::log_line!(
+                "percore: not ready {:.1} s after the start (--start-timeout): {}; exiting now",
+                limit.as_secs_f64(),
+                progress.describe(&cpus)
+            );
+            std::process::exit(1);
+        }
+    });
     let (mut logs_read, mut ready) = (0, 0);
     while ready < shard_count {
         match ready_rx.recv() {
-            Ok(Started::LogRead(Ok(()))) => {
+            Ok(Started::LogRead(index, Ok(()))) => {
+                progress.set(index, StartProgress::LOG_READ);
                 logs_read += 1;
                 if logs_read == shard_count {
+                    progress.preparing.store(true, Ordering::SeqCst);
                     before_shards_write(&config)?;
+                    progress.preparing.store(false, Ordering::SeqCst);
                     for go in &log_gos {
                         let _ = go.send(());
                     }
                 }
             }
-            Ok(Started::LogRead(Err(e))) => return Err(StartError(e)),
-            Ok(Started::Ready) => ready += 1,
+            Ok(Started::LogRead(_, Err(e))) => return Err(StartError(e)),
+            Ok(Started::Ready(index)) => {
+                progress.set(index, StartProgress::READY);
+                ready += 1;
+            }
             Ok(Started::Lost(what)) => {
                 return Err(StartError(format!(
                     "{what} could not start its executor (out of file descriptors, io_uring memory or CPU binding?)"
@@ -268,6 +352,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
             Err(_) => return Err(StartError("a shard failed during start-up".into())),
         }
     }
+    drop(start_watchdog);
     // Every shard built its TLS acceptors before reporting ready: the ticket seeds are no
     // longer needed, and erasing them limits what a look at memory later could open.
     for listener in &config.listeners {
@@ -402,7 +487,8 @@ pub(crate) fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, Stri
     Ok(file)
 }
 
-/// Runs `on_expiry` on a thread of its own at `deadline`, unless dropped first.
+/// Runs `on_expiry` on a thread of its own at `deadline`, unless dropped first: bounds the start
+/// (`--start-timeout`) and the stop (`--grace` + `--stop-timeout`).
 struct Watchdog {
     _cancel: mpsc::Sender<()>,
 }
@@ -419,7 +505,7 @@ impl Watchdog {
                     on_expiry();
                 }
             })
-            .expect("spawn the stop watchdog");
+            .expect("spawn a watchdog thread");
         Watchdog { _cancel: cancel }
     }
 }
@@ -778,7 +864,7 @@ async fn shard_main(init: ShardInit) {
     // Before the ready report: the main thread erases the TLS ticket seeds once every shard
     // is ready, so every acceptor must have taken its copy by then.
     let listeners = prepare_listeners(&shard, init.listeners, init.https_port);
-    init.ready.ready();
+    init.ready.ready(init.index);
 
     // Accepting starts when every shard is ready (the signal thread says so): no connection is
     // served while another shard still replays its log, and a signal before that exits at once.
@@ -941,6 +1027,34 @@ async fn clock(shard: Rc<Shard>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_start_names_each_shard_not_ready_and_its_step() {
+        let progress = StartProgress::new(3);
+        let cpus = [4, 5, 6];
+        let check = |expected: &str| assert_eq!(progress.describe(&cpus), expected);
+        check(
+            "shard 0 (CPU 4) starting or reading its log, shard 1 (CPU 5) starting or reading its \
+             log, shard 2 (CPU 6) starting or reading its log",
+        );
+        progress.set(0, StartProgress::LOG_READ);
+        progress.set(2, StartProgress::LOG_READ);
+        check(
+            "shard 0 (CPU 4) waiting for the other shards' logs, shard 1 (CPU 5) starting or \
+             reading its log, shard 2 (CPU 6) waiting for the other shards' logs",
+        );
+        progress.set(1, StartProgress::LOG_READ);
+        progress.preparing.store(true, Ordering::SeqCst);
+        check(
+            "shard 0 (CPU 4) waiting for the main thread to write the data dir, shard 1 (CPU 5) \
+             waiting for the main thread to write the data dir, shard 2 (CPU 6) waiting for the \
+             main thread to write the data dir",
+        );
+        progress.preparing.store(false, Ordering::SeqCst);
+        progress.set(0, StartProgress::READY);
+        progress.set(2, StartProgress::READY);
+        check("shard 1 (CPU 5) loading its sessions or replaying its log");
+    }
 
     #[test]
     fn a_watchdog_fires_at_its_deadline_unless_dropped_first() {
