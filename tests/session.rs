@@ -491,6 +491,53 @@ fn sessions_survive_a_graceful_restart() {
     );
 }
 
+/// A value at the nesting bound is kept and read back after a restart; one past it is refused.
+/// Found in review: a value accepted 124 levels deep made the shard's whole snapshot unreadable,
+/// and every session on that shard, logged-in ones included, was gone after the restart.
+#[test]
+fn a_deep_value_at_the_bound_survives_a_restart_and_one_past_it_is_refused() {
+    let depth_max = 64; // SESSION_VALUE_DEPTH_MAX
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let dir = common::temp_dir("deep-value");
+    let dir_arg = dir.path().to_str().unwrap();
+    let server = one_shard(&["--data-dir", dir_arg]);
+    let mut conn = Conn::new(server.connect());
+    let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let put = |conn: &mut Conn, key: &str, body: &str| {
+        let path = format!("/session/data/{key}");
+        request(conn, "PUT", &path, Some(&cookie), Some(body))
+    };
+    assert_eq!(put(&mut conn, "flat", "1").status, 204);
+    assert_eq!(put(&mut conn, "deep", &nested(depth_max)).status, 204);
+    let past = put(&mut conn, "deeper", &nested(depth_max + 1));
+    assert_eq!(past.status, 400, "{}", past.text());
+    assert!(
+        past.text().contains("more than 64 arrays or objects"),
+        "{}",
+        past.text()
+    );
+    // What the review sent (124 to 127 levels were accepted), and past serde_json's own limit.
+    for depth in [124, 127, 200] {
+        assert_eq!(
+            put(&mut conn, "deeper", &nested(depth)).status,
+            400,
+            "{depth}"
+        );
+    }
+    drop(conn);
+    server.stop();
+
+    let server = one_shard(&["--data-dir", dir_arg]);
+    let mut conn = Conn::new(server.connect());
+    let r = request(&mut conn, "GET", "/session", Some(&cookie), None);
+    assert_eq!(r.status, 200, "the session is back: {}", r.text());
+    let data = &json(&r)["data"];
+    assert_eq!(data["flat"], serde_json::json!(1));
+    let deep: serde_json::Value = serde_json::from_str(&nested(depth_max)).unwrap();
+    assert_eq!(data["deep"], deep);
+    assert!(data.get("deeper").is_none());
+}
+
 #[test]
 fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
     let dir = common::temp_dir("crash");

@@ -125,6 +125,11 @@ pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
 pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
 /// Bytes of data (keys + JSON values) one session may hold; a write past it gets 413.
 pub const SESSION_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Levels of arrays and objects one session value may nest (`[[1]]` is 2); a deeper one gets
+/// 400. The snapshot nests every value a few levels further in, and JSON parsing stops at 128
+/// levels: a value accepted at 124 levels made its shard's whole snapshot unreadable at the next
+/// start (found in review). Far deeper than any real session value.
+pub const SESSION_VALUE_DEPTH_MAX: usize = 64;
 /// Sliding idle timeout of a session. Tomcat's default session-timeout is 30 minutes.
 pub const SESSION_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30 * 60);
 /// Absolute lifetime of a session, however active.

@@ -11,6 +11,11 @@ use super::id::SessionKey;
 use super::store::SessionRecord;
 
 const MAGIC: &[u8; 8] = b"PCSESS1\n";
+/// The deepest session value (levels of arrays and objects) a snapshot can hold and read back:
+/// serde_json's parser stops at 128 levels, and a value sits 4 levels in (the snapshot, its
+/// session list, the session, its data). Pinned by a test.
+const SNAPSHOT_VALUE_DEPTH_MAX: usize = 123;
+const _: () = assert!(crate::config::limits::SESSION_VALUE_DEPTH_MAX <= SNAPSHOT_VALUE_DEPTH_MAX);
 /// magic + crc32 (4) + payload length (8).
 const HEADER_BYTES: usize = 8 + 4 + 8;
 
@@ -230,6 +235,27 @@ mod tests {
             accessed_ms: n + 1,
             data,
         }
+    }
+
+    /// `[[...[]...]]`, `depth` levels.
+    fn nested(depth: usize) -> serde_json::Value {
+        (1..depth).fold(serde_json::json!([]), |inner, _| serde_json::json!([inner]))
+    }
+
+    #[test]
+    fn the_deepest_value_a_snapshot_reads_back() {
+        let round_trip = |depth: usize| {
+            let mut session = record(1);
+            session.data.insert("deep".into(), nested(depth));
+            let key = [1u8; 16];
+            let bytes = encode(0, 0, std::iter::once((&key, &session)));
+            decode(&bytes, 0, 0).map(|decoded| decoded[0].1 == session)
+        };
+        assert_eq!(round_trip(SNAPSHOT_VALUE_DEPTH_MAX), Ok(true));
+        let past = round_trip(SNAPSHOT_VALUE_DEPTH_MAX + 1).unwrap_err();
+        assert!(past.contains("recursion limit"), "{past}");
+        let bound = crate::config::limits::SESSION_VALUE_DEPTH_MAX;
+        assert_eq!(round_trip(bound), Ok(true));
     }
 
     #[test]
