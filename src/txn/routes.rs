@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
-use crate::txn::op::{self, Condition, Op, OpResult, TxError};
+use crate::txn::op::{self, Condition, FailReason, Op, OpResult, TxError};
 
 pub fn routes() -> Router {
     Router::new()
@@ -160,7 +160,9 @@ fn validated(ops: &[Op]) -> Result<(), Response> {
 
 /// GET /kv/{key} -> 200 with the value bytes and `ETag: "<version>"`, or 404; If-Match that
 /// fails is 412, If-None-Match that fails is 304 with the ETag (RFC 9110 §13.1.1, §13.1.2,
-/// evaluated in §13.2.2's order on what was read).
+/// evaluated in §13.2.2's order on what was read). An absent key is 404 whatever the
+/// conditions: a server ignores them where the answer without them would not be a 2xx
+/// (§13.2.1).
 async fn get(req: Request) -> Response {
     let key = match key_of(&req) {
         Ok(key) => key,
@@ -179,26 +181,25 @@ async fn get(req: Request) -> Response {
         Ok(_) => return Response::error(500, "unexpected transaction result"),
         Err(e) => return error(e),
     };
-    let version = found.as_ref().map(|(_, version)| *version);
+    let Some((value, version)) = found else {
+        return Response::error(404, "no such key");
+    };
     for (index, condition) in conditions.iter().enumerate() {
         let Op::Check { expect, .. } = condition else {
             unreachable!("preconditions are check ops");
         };
-        if expect.holds(version) {
+        if expect.holds(Some(version)) {
             continue;
         }
         // If-Match comes first when both are given; If-None-Match alone is index 0.
         let is_if_none_match = index == 1 || req.head.header("If-Match").is_none();
-        return match (is_if_none_match, version) {
-            (true, Some(version)) => Response::new(304).header("ETag", op::etag(version)),
-            _ => Response::error(412, "precondition failed"),
+        return if is_if_none_match {
+            Response::new(304).header("ETag", op::etag(version))
+        } else {
+            Response::error(412, "precondition failed")
         };
     }
-    match found {
-        Some((value, version)) => Response::bytes(200, "application/octet-stream", value)
-            .header("ETag", op::etag(version)),
-        None => Response::error(404, "no such key"),
-    }
+    Response::bytes(200, "application/octet-stream", value).header("ETag", op::etag(version))
 }
 
 /// PUT /kv/{key} -> 201 (created) or 200 with the new ETag; If-Match and If-None-Match (`*` or
@@ -231,7 +232,9 @@ async fn put(mut req: Request) -> Response {
     }
 }
 
-/// DELETE /kv/{key} -> 204, or 404 when absent; If-Match and If-None-Match honoured, as on PUT.
+/// DELETE /kv/{key} -> 204, or 404 when absent; If-Match and If-None-Match honoured, as on PUT,
+/// except that an absent key is 404 whatever the conditions (RFC 9110 §13.2.1, as on GET): an
+/// If-Match that failed because the key is absent answers 404.
 async fn delete(req: Request) -> Response {
     let key = match key_of(&req) {
         Ok(key) => key,
@@ -249,6 +252,10 @@ async fn delete(req: Request) -> Response {
         Ok([.., OpResult::Delete { deleted: true }]) => Response::new(204),
         Ok([.., OpResult::Delete { deleted: false }]) => Response::error(404, "no such key"),
         Ok(_) => Response::error(500, "unexpected transaction result"),
+        Err(TxError::Failed {
+            reason: FailReason::Version { actual: None },
+            ..
+        }) => Response::error(404, "no such key"),
         Err(e) => error(e),
     }
 }
