@@ -165,6 +165,10 @@ pub struct Args {
     /// Log bytes after which a shard checkpoints its partition and starts a new log segment.
     #[arg(long, value_name = "BYTES")]
     pub checkpoint_bytes: Option<u64>,
+    /// Milliseconds a transaction that meets a lock is tried again before it gets 409 (0: 409
+    /// at once).
+    #[arg(long, value_name = "MS")]
+    pub tx_retry_ms: Option<u64>,
     /// Microseconds a shard spins for new work before it sleeps (0: sleep at once). Spinning
     /// saves the sleep/wake cost of cross-shard round trips at the price of idle CPU.
     #[arg(long, value_name = "US")]
@@ -287,6 +291,7 @@ struct FileConfig {
     max_value_bytes: Option<usize>,
     max_tx_ops: Option<usize>,
     checkpoint_bytes: Option<u64>,
+    tx_retry_ms: Option<u64>,
     spin_us: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -441,6 +446,8 @@ pub struct TxnConfig {
     pub fsync: crate::wal::FsyncMode,
     pub limits: crate::txn::TxnLimits,
     pub checkpoint_bytes: u64,
+    /// How long a conflicted transaction is tried again before 409 (zero: never).
+    pub retry: Duration,
 }
 
 /// Session settings (see session/).
@@ -586,6 +593,16 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             args.checkpoint_bytes.or(file.checkpoint_bytes),
             limits::CHECKPOINT_BYTES_DEFAULT,
         )?,
+        retry: match args.tx_retry_ms.or(file.tx_retry_ms) {
+            None => limits::TX_RETRY_DEFAULT,
+            Some(ms) if ms <= limits::TX_RETRY_MAX.as_millis() as u64 => Duration::from_millis(ms),
+            Some(ms) => {
+                return err(format!(
+                    "--tx-retry-ms {ms}: at most {}",
+                    limits::TX_RETRY_MAX.as_millis()
+                ));
+            }
+        },
     };
     let spin_us = args.spin_us.or(file.spin_us).unwrap_or(0);
     if spin_us > 1_000_000 {
@@ -1288,6 +1305,13 @@ mod tests {
         let c = merged(&[], "stop_timeout = 3").unwrap();
         assert_eq!(c.stop_timeout, Duration::from_secs(3));
         assert_eq!(c.start_timeout, Duration::from_secs(90));
+        assert_eq!(c.txn.retry, Duration::from_millis(100));
+        let c = merged(&["--tx-retry-ms", "0"], "tx_retry_ms = 7").unwrap();
+        assert_eq!(c.txn.retry, Duration::ZERO);
+        let c = merged(&[], "tx_retry_ms = 10000").unwrap();
+        assert_eq!(c.txn.retry, Duration::from_secs(10));
+        let past = merged(&["--tx-retry-ms", "10001"], "").unwrap_err();
+        assert!(past.contains("--tx-retry-ms 10001: at most 10000"), "{past}");
         let c = merged(&["--start-timeout", "0.5"], "start_timeout = 7").unwrap();
         assert_eq!(c.start_timeout, Duration::from_millis(500));
         let c = merged(&[], "start_timeout = 7").unwrap();

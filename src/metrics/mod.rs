@@ -252,6 +252,10 @@ shard_stats! {
     tx_aborts_failed,
     tx_aborts_busy,
     tx_aborts_full,
+    /// Transactions this shard's clients sent that met a lock and were tried again
+    /// (`--tx-retry-ms`), and those still meeting one when the time was up (answered 409).
+    tx_conflict_retries,
+    tx_conflicts_answered,
     /// Write-ahead log: fdatasyncs, records, bytes, bytes in the current segment, checkpoints.
     wal_fsyncs,
     wal_records,

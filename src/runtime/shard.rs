@@ -246,7 +246,10 @@ impl Shard {
         stats.wal_bytes = wal.bytes;
         stats.wal_segment_bytes = self.txn.wal.segment_bytes();
         stats.wal_failed = u64::from(self.txn.wal.failure().is_some());
-        stats.checkpoints = self.txn.counters.get().checkpoints;
+        let txn = self.txn.counters.get();
+        stats.checkpoints = txn.checkpoints;
+        stats.tx_conflict_retries = txn.conflict_retries;
+        stats.tx_conflicts_answered = txn.conflicts_answered;
         stats
     }
 

@@ -8,6 +8,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use crate::config::TxnConfig;
+use crate::config::limits::{TX_RETRY_PAUSE_MAX, TX_RETRY_PAUSE_MIN};
 use crate::mesh::Mesh;
 use crate::runtime::now_ms;
 use crate::txn::op::{Op, TxError};
@@ -410,6 +411,10 @@ struct ClientSlot {
 #[derive(Default, Clone, Copy)]
 pub struct TxnCounters {
     pub checkpoints: u64,
+    /// Transactions of this shard's clients tried again after a conflict (`--tx-retry-ms`),
+    /// and those that still met one when the time was up (answered 409).
+    pub conflict_retries: u64,
+    pub conflicts_answered: u64,
 }
 
 /// One shard's transaction service.
@@ -420,6 +425,8 @@ pub struct Txn {
     mesh: Rc<TxnMesh>,
     dir: PathBuf,
     checkpoint_bytes: u64,
+    /// `--tx-retry-ms`.
+    retry: Duration,
     checkpointing: Cell<bool>,
     /// `wal.segment_appended()` right after the last checkpoint's snapshot: the log grown since is
     /// what `checkpoint_bytes` bounds (the snapshot itself does not count, or a partition larger
@@ -468,6 +475,7 @@ impl Txn {
             mesh,
             dir: dir.to_path_buf(),
             checkpoint_bytes: config.checkpoint_bytes,
+            retry: config.retry,
             checkpointing: Cell::new(false),
             checkpoint_base: Cell::new(0),
             clients: RefCell::new(HashMap::new()),
@@ -626,7 +634,39 @@ impl Txn {
     }
 
     /// Runs a client's transaction (already parsed and validated) and waits for its outcome.
+    /// Runs a client's transaction. One that meets a lock (409: nothing happened) is tried
+    /// again, after pauses that double from `TX_RETRY_PAUSE_MIN`, for up to `--tx-retry-ms`:
+    /// most locks are gone within a log sync, such as those a cross-shard transaction keeps
+    /// after its answer left. Each try is a transaction of its own, so serializability holds.
     pub async fn run(self: &Rc<Self>, ops: Vec<Op>) -> Outcome {
+        if self.retry.is_zero() {
+            return self.run_once(ops).await;
+        }
+        let give_up = std::time::Instant::now() + self.retry;
+        let mut pause = TX_RETRY_PAUSE_MIN;
+        loop {
+            match self.run_once(ops.clone()).await {
+                Err(TxError::Conflict) if std::time::Instant::now() + pause <= give_up => {
+                    self.count(|c| c.conflict_retries += 1);
+                    glommio::timer::sleep(pause).await;
+                    pause = (pause * 2).min(TX_RETRY_PAUSE_MAX);
+                }
+                Err(TxError::Conflict) => {
+                    self.count(|c| c.conflicts_answered += 1);
+                    return Err(TxError::Conflict);
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn count(&self, change: impl FnOnce(&mut TxnCounters)) {
+        let mut counters = self.counters.get();
+        change(&mut counters);
+        self.counters.set(counters);
+    }
+
+    async fn run_once(self: &Rc<Self>, ops: Vec<Op>) -> Outcome {
         let client = self.client_next.get();
         self.client_next.set(client + 1);
         let slot = Rc::new(ClientSlot {
