@@ -608,7 +608,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
     if spin_us > 1_000_000 {
         return err(format!("--spin-us {spin_us}: at most 1000000"));
     }
-    let config = Config {
+    let mut config = Config {
         txn,
         spin: Duration::from_micros(spin_us),
         listeners,
@@ -805,7 +805,31 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             limits::MESH_CHANNEL_CAPACITY
         ));
     }
+    if let Some(warning) = cookie_prefix_warning(&config) {
+        config.warnings.push(warning);
+    }
     Ok(config)
+}
+
+/// Browsers keep a `__Secure-` or `__Host-` cookie only when it is `Secure` (RFC 6265bis §4.1.3,
+/// prefixes matched case-insensitively), and percore marks the session cookie `Secure` over
+/// HTTPS alone: with such a name, sessions on a plain listener never stick.
+fn cookie_prefix_warning(config: &Config) -> Option<String> {
+    let name = &config.session.cookie_name;
+    let lower = name.to_ascii_lowercase();
+    let prefix = ["__secure-", "__host-"]
+        .into_iter()
+        .find(|prefix| lower.starts_with(prefix))?;
+    let plain = config
+        .listeners
+        .iter()
+        .find(|listener| matches!(listener.kind, ListenerKind::Plain))?;
+    Some(format!(
+        "warning: --session-cookie {name}: browsers keep a cookie named {}... only when it is \
+         Secure, which percore sets over HTTPS only: sessions will not stick on http://{}",
+        &name[..prefix.len()],
+        plain.addr
+    ))
 }
 
 fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -1285,6 +1309,29 @@ mod tests {
     }
 
     #[test]
+    fn a_secure_prefixed_cookie_name_on_a_plain_listener_is_warned_of() {
+        let warned = |name: &str| {
+            let c = merged(&["--session-cookie", name], "").unwrap();
+            c.warnings
+                .iter()
+                .any(|w| w.contains("sessions will not stick"))
+        };
+        assert!(warned("__Host-sid"));
+        assert!(warned("__SECURE-sid"));
+        assert!(!warned("percore_sid"));
+        assert!(!warned("_Host-sid"));
+        let c = merged(&["--session-cookie", "__Host-sid"], "").unwrap();
+        assert_eq!(
+            c.warnings,
+            [
+                "warning: --session-cookie __Host-sid: browsers keep a cookie named __Host-... only \
+              when it is Secure, which percore sets over HTTPS only: sessions will not stick on \
+              http://127.0.0.1:8080"
+            ]
+        );
+    }
+
+    #[test]
     fn defaults() {
         let c = merged(&[], "").unwrap();
         assert_eq!(c.listeners.len(), 1);
@@ -1311,7 +1358,10 @@ mod tests {
         let c = merged(&[], "tx_retry_ms = 10000").unwrap();
         assert_eq!(c.txn.retry, Duration::from_secs(10));
         let past = merged(&["--tx-retry-ms", "10001"], "").unwrap_err();
-        assert!(past.contains("--tx-retry-ms 10001: at most 10000"), "{past}");
+        assert!(
+            past.contains("--tx-retry-ms 10001: at most 10000"),
+            "{past}"
+        );
         let c = merged(&["--start-timeout", "0.5"], "start_timeout = 7").unwrap();
         assert_eq!(c.start_timeout, Duration::from_millis(500));
         let c = merged(&[], "start_timeout = 7").unwrap();
