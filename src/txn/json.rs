@@ -10,6 +10,8 @@
 use std::cell::RefCell;
 use std::fmt;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -206,6 +208,7 @@ impl<'de> Visitor<'de> for OpSeed<'_> {
                 Name::Known("op") => &mut fields.op,
                 Name::Known("key") => &mut fields.key,
                 Name::Known("value") => &mut fields.value,
+                Name::Known("value_base64") => &mut fields.value_base64,
                 Name::Known("delta") => &mut fields.delta,
                 Name::Known("floor") => &mut fields.floor,
                 Name::Known("version") => &mut fields.version,
@@ -252,6 +255,7 @@ struct OpFields {
     op: Option<Scalar>,
     key: Option<Scalar>,
     value: Option<Scalar>,
+    value_base64: Option<Scalar>,
     delta: Option<Scalar>,
     floor: Option<Scalar>,
     version: Option<Scalar>,
@@ -270,13 +274,13 @@ impl OpFields {
         let op = match name.as_str() {
             "get" => Op::Get { key },
             "delete" => Op::Delete { key },
-            "put" => {
-                let value = string(self.value.take(), "value")?.ok_or("missing \"value\"")?;
-                Op::Put {
-                    key,
-                    value: Bytes::from(value),
-                }
-            }
+            "put" => Op::Put {
+                key,
+                value: put_value(
+                    string(self.value.take(), "value")?,
+                    string(self.value_base64.take(), "value_base64")?,
+                )?,
+            },
             "add" => {
                 let delta = integer(self.delta.take(), "delta")?.ok_or("missing \"delta\"")?;
                 let floor = integer(self.floor.take(), "floor")?;
@@ -294,6 +298,7 @@ impl OpFields {
         };
         let unused = [
             ("value", &self.value),
+            ("value_base64", &self.value_base64),
             ("delta", &self.delta),
             ("floor", &self.floor),
             ("version", &self.version),
@@ -308,6 +313,20 @@ impl OpFields {
             Some(field) => Err(format!("unknown field \"{field}\" for op \"{name}\"")),
             None => Ok(op),
         }
+    }
+}
+
+/// A put's value: `value` (UTF-8 text) or `value_base64` (any bytes, RFC 4648 §4 base64 with
+/// padding), exactly one.
+pub(crate) fn put_value(text: Option<String>, encoded: Option<String>) -> Result<Bytes, String> {
+    match (text, encoded) {
+        (Some(text), None) => Ok(Bytes::from(text)),
+        (None, Some(encoded)) => STANDARD
+            .decode(encoded)
+            .map(Bytes::from)
+            .map_err(|_| "\"value_base64\" must be base64 (RFC 4648 §4, with padding)".to_string()),
+        (Some(_), Some(_)) => Err("put takes \"value\" or \"value_base64\", not both".to_string()),
+        (None, None) => Err("missing \"value\" (or \"value_base64\")".to_string()),
     }
 }
 
@@ -349,8 +368,16 @@ enum Name {
     Other(String),
 }
 
-const NAMES: [&str; 8] = [
-    "ops", "op", "key", "value", "delta", "floor", "version", "absent",
+const NAMES: [&str; 9] = [
+    "ops",
+    "op",
+    "key",
+    "value",
+    "value_base64",
+    "delta",
+    "floor",
+    "version",
+    "absent",
 ];
 
 impl Name {
@@ -507,9 +534,15 @@ struct Refused {
 #[serde(untagged)]
 enum ResultJson<'a> {
     Value {
-        value: Option<Text<'a>>,
+        value: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         version: Option<u64>,
+    },
+    /// A value that is not UTF-8: JSON strings hold text only, and a lossy one would come back
+    /// changed from a read-modify-write (found in review).
+    Binary {
+        value_base64: String,
+        version: u64,
     },
     Number {
         value: i64,
@@ -531,9 +564,15 @@ impl<'a> From<&'a OpResult> for ResultJson<'a> {
                 value: None,
                 version: None,
             },
-            OpResult::Get(Some((value, version))) => ResultJson::Value {
-                value: Some(Text(value)),
-                version: Some(*version),
+            OpResult::Get(Some((value, version))) => match std::str::from_utf8(value) {
+                Ok(text) => ResultJson::Value {
+                    value: Some(text),
+                    version: Some(*version),
+                },
+                Err(_) => ResultJson::Binary {
+                    value_base64: STANDARD.encode(value),
+                    version: *version,
+                },
             },
             OpResult::Put { version } => ResultJson::Version { version: *version },
             OpResult::Delete { deleted } => ResultJson::Deleted { deleted: *deleted },
@@ -543,15 +582,6 @@ impl<'a> From<&'a OpResult> for ResultJson<'a> {
             },
             OpResult::Check => ResultJson::Empty {},
         }
-    }
-}
-
-/// A value as a JSON string: UTF-8 as is, anything else lossily (U+FFFD).
-struct Text<'a>(&'a Bytes);
-
-impl Serialize for Text<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&String::from_utf8_lossy(self.0))
     }
 }
 
@@ -618,13 +648,13 @@ mod tests {
             let op = match name.as_str() {
                 "get" => Op::Get { key },
                 "delete" => Op::Delete { key },
-                "put" => {
-                    let value = take_string(&mut fields, "value")?.ok_or("missing \"value\"")?;
-                    Op::Put {
-                        key,
-                        value: Bytes::from(value),
-                    }
-                }
+                "put" => Op::Put {
+                    key,
+                    value: put_value(
+                        take_string(&mut fields, "value")?,
+                        take_string(&mut fields, "value_base64")?,
+                    )?,
+                },
                 "add" => {
                     let delta = take_i64(&mut fields, "delta")?.ok_or("missing \"delta\"")?;
                     let floor = take_i64(&mut fields, "floor")?;
@@ -731,9 +761,10 @@ mod tests {
         fn result_json(result: &OpResult) -> Value {
             match result {
                 OpResult::Get(None) => json!({"value": null}),
-                OpResult::Get(Some((value, version))) => {
-                    json!({"value": String::from_utf8_lossy(value), "version": version})
-                }
+                OpResult::Get(Some((value, version))) => match std::str::from_utf8(value) {
+                    Ok(text) => json!({"value": text, "version": version}),
+                    Err(_) => json!({"value_base64": STANDARD.encode(value), "version": version}),
+                },
                 OpResult::Put { version } => json!({"version": version}),
                 OpResult::Delete { deleted } => json!({"deleted": deleted}),
                 OpResult::Add { value, version } => json!({"value": value, "version": version}),
@@ -821,6 +852,11 @@ mod tests {
             r#"{"ops": [{"op": "get", "key": "a", "zz": 1}]}"#,
             r#"{"ops": [{"op": "put", "key": "a"}]}"#,
             r#"{"ops": [{"op": "put", "key": "a", "value": 3}]}"#,
+            r#"{"ops": [{"op": "put", "key": "a", "value_base64": "/w=="}]}"#,
+            r#"{"ops": [{"op": "put", "key": "a", "value_base64": "/w="}]}"#,
+            r#"{"ops": [{"op": "put", "key": "a", "value_base64": "/w==", "value": "x"}]}"#,
+            r#"{"ops": [{"op": "put", "key": "a", "value_base64": null}]}"#,
+            r#"{"ops": [{"op": "add", "key": "a", "delta": 1, "value_base64": "eA=="}]}"#,
             r#"{"ops": [{"op": "add", "key": "a"}]}"#,
             r#"{"ops": [{"op": "add", "key": "a", "delta": 1.5}]}"#,
             r#"{"ops": [{"op": "add", "key": "a", "delta": 1e3}]}"#,

@@ -20,8 +20,9 @@
 //! the decimal text of an i64, a result that overflows i64, or one below `floor` fails the op like a
 //! failed check: 412 with `failed_op` (the request was well-formed; the data did not fit).
 //!
-//! Values are bytes. JSON requests carry UTF-8 text; JSON results render non-UTF-8 values lossily
-//! (U+FFFD), and clients that store raw bytes read them with `GET /kv/{key}`.
+//! Values are bytes. A put carries UTF-8 text as `value` or any bytes as `value_base64`; a get
+//! answers `value` for UTF-8 text and `value_base64` for anything else, so a read-modify-write of
+//! a binary value through `/kv/tx` gives back the same bytes.
 
 use crate::txn::TxnLimits;
 use crate::txn::json;
@@ -525,6 +526,19 @@ pub(crate) mod tests {
             ]),
         );
         check(
+            r#"{"ops": [{"op": "put", "key": "b", "value_base64": "/wBh"}, {"op": "put", "key": "c", "value_base64": ""}]}"#,
+            Ok(vec![
+                Op::Put {
+                    key: key("b"),
+                    value: Bytes::from_static(b"\xff\x00a"),
+                },
+                Op::Put {
+                    key: key("c"),
+                    value: Bytes::new(),
+                },
+            ]),
+        );
+        check(
             r#"{"ops": [{"op": "add", "key": "n", "delta": 1, "floor": null}]}"#,
             Ok(vec![Op::Add {
                 key: key("n"),
@@ -590,7 +604,32 @@ pub(crate) mod tests {
             (
                 r#"{"ops": [{"op": "put", "key": "a"}]}"#,
                 400,
-                "missing \"value\"",
+                "missing \"value\" (or \"value_base64\")",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value": "x", "value_base64": "eA=="}]}"#,
+                400,
+                "put takes \"value\" or \"value_base64\", not both",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value_base64": "eA"}]}"#,
+                400,
+                "\"value_base64\" must be base64 (RFC 4648 §4, with padding)",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value_base64": "e-A="}]}"#,
+                400,
+                "\"value_base64\" must be base64 (RFC 4648 §4, with padding)",
+            ),
+            (
+                r#"{"ops": [{"op": "put", "key": "a", "value_base64": 3}]}"#,
+                400,
+                "\"value_base64\" must be a string",
+            ),
+            (
+                r#"{"ops": [{"op": "get", "key": "a", "value_base64": "eA=="}]}"#,
+                400,
+                "unknown field \"value_base64\" for op \"get\"",
             ),
             (
                 r#"{"ops": [{"op": "put", "key": "a", "value": 3}]}"#,
@@ -782,7 +821,7 @@ pub(crate) mod tests {
             (
                 ok,
                 200,
-                r#"{"committed":true,"results":[{"value":"v","version":7},{"value":null},{"version":8},{"deleted":true},{"value":-2,"version":9},{},{"value":"�","version":1}]}"#,
+                r#"{"committed":true,"results":[{"value":"v","version":7},{"value":null},{"version":8},{"deleted":true},{"value":-2,"version":9},{},{"value_base64":"/w==","version":1}]}"#,
             ),
             (
                 Err(TxError::Failed {
