@@ -1,4 +1,4 @@
-//! The two auth middlewares: Authenticate sets `ctx.identity` from Basic, Bearer or the login session; Authorize applies the `[[access]]` rules and the CSRF check. They decide; the service does the work.
+//! The two auth middlewares: Authenticate sets `ctx.identity` from Basic, Bearer or the login session; Authorize applies the `[[access]]` rules and the CSRF check; `access` applies the rules to the other paths a handler acts on for its client (each key of a /kv/tx). They decide; the service does the work.
 
 use std::rc::Rc;
 
@@ -182,20 +182,11 @@ async fn authorize(req: Request, next: Next) -> Response {
     } else {
         auth.config.access.decide(req.method(), req.path(), who)
     };
-    let metrics = &shard::current().metrics;
-    match decision {
-        Decision::Allow => {}
-        Decision::Unauthenticated => {
-            add(&metrics.access_unauthenticated, 1);
-            return unauthorized(&auth, "authentication required");
-        }
-        Decision::Forbidden => {
-            add(&metrics.access_forbidden, 1);
-            return Response::error(403, "forbidden");
-        }
+    if decision != Decision::Allow {
+        return refused(&auth, decision, None);
     }
     let via = identity.map(|i| i.via);
-    let refused = if via == Some(AuthMethod::Session) {
+    let cross_site = if via == Some(AuthMethod::Session) {
         !csrf_ok(&auth, &req)
     } else {
         // Browsers also attach Basic credentials they remember, and a cross-site form can log
@@ -204,14 +195,77 @@ async fn authorize(req: Request, next: Next) -> Response {
         (via == Some(AuthMethod::Basic) || req.path() == super::routes::LOGIN_PATH)
             && cross_origin(&req)
     };
-    if refused {
-        add(&metrics.csrf_rejected, 1);
+    if cross_site {
+        add(&shard::current().metrics.csrf_rejected, 1);
         return Response::error(
             403,
             "cross-site request refused: no same-origin Origin or Referer",
         );
     }
     next.run(req).await
+}
+
+/// The 401 or 403 for a request the rules refuse, counted; `what` names what was refused when
+/// it is not the request's own path.
+fn refused(auth: &Auth, decision: Decision, what: Option<&str>) -> Response {
+    let metrics = &shard::current().metrics;
+    let (counter, reason) = match decision {
+        Decision::Unauthenticated => (&metrics.access_unauthenticated, "authentication required"),
+        Decision::Forbidden => (&metrics.access_forbidden, "forbidden"),
+        Decision::Allow => unreachable!("an allowed request is never refused"),
+    };
+    add(counter, 1);
+    let message = match what {
+        Some(what) => format!("{reason}: {what}"),
+        None => reason.to_string(),
+    };
+    if decision == Decision::Unauthenticated {
+        unauthorized(auth, &message)
+    } else {
+        Response::error(403, &message)
+    }
+}
+
+/// The access rules as they apply to one request's identity, for a handler that acts for its
+/// client on paths other than the request's own: `POST /kv/tx` reaches every key it names, and
+/// the rules protect keys by their `/kv/{key}` paths. The handler asks about each request it
+/// stands for as if the client had sent it, before it acts; Authorize has already judged the
+/// request's own path.
+pub struct Access<'a> {
+    auth: Rc<Auth>,
+    identity: Option<&'a Identity>,
+}
+
+/// None when no access rules are configured (auth off, or every path public): everything is
+/// allowed, and this look is all a request pays.
+pub fn access(req: &Request) -> Option<Access<'_>> {
+    let auth = auth();
+    if auth.config.access.is_open() {
+        return None;
+    }
+    Some(Access {
+        auth,
+        identity: req.ctx.identity.as_deref(),
+    })
+}
+
+impl Access<'_> {
+    /// Err: the 401 (no identity, and the rule needs one) or 403 to answer, counted like
+    /// Authorize's, with `what()` naming the refused thing in its body.
+    // The early answer is moved once, off the hot path; boxing it would cost more.
+    #[allow(clippy::result_large_err)]
+    pub fn check(
+        &self,
+        method: &str,
+        path: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Response> {
+        let who = self.identity.map(|i| (i.user.as_str(), &i.roles[..]));
+        match self.auth.config.access.decide(method, path, who) {
+            Decision::Allow => Ok(()),
+            decision => Err(refused(&self.auth, decision, Some(&what()))),
+        }
+    }
 }
 
 /// An unsafe request whose `Origin` names another origin.

@@ -67,6 +67,39 @@ fn percent_decode(segment: &str) -> Result<Vec<u8>, &'static str> {
     }
 }
 
+/// The one path of `key` (see `percent_decode`, its inverse) under `dir`, where the single-key
+/// routes are mounted (`/kv`): each byte that may stand as itself does, every other one is
+/// escaped in uppercase hex.
+fn key_path(dir: &str, key: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut path = String::with_capacity(dir.len() + 1 + key.len() * 3);
+    path.push_str(dir);
+    path.push('/');
+    for &byte in key {
+        if is_segment_byte(byte) {
+            path.push(char::from(byte));
+        } else {
+            path.push('%');
+            path.push(char::from(HEX[usize::from(byte >> 4)]));
+            path.push(char::from(HEX[usize::from(byte & 0xF)]));
+        }
+    }
+    path
+}
+
+/// The methods of the single-key requests an op stands for, which the access rules judge it
+/// as: get reads (GET), and so does check (its 412 says what a conditional GET's would, that
+/// the key is or is not at a version); put writes (PUT; its version is PUT's ETag); delete is
+/// DELETE; add is GET and PUT, as it writes and its result shows the value it made.
+fn single_key_methods(op: &Op) -> &'static [&'static str] {
+    match op {
+        Op::Get { .. } | Op::Check { .. } => &["GET"],
+        Op::Put { .. } => &["PUT"],
+        Op::Delete { .. } => &["DELETE"],
+        Op::Add { .. } => &["GET", "PUT"],
+    }
+}
+
 /// Uppercase hex only: a lowercase escape would be a second spelling of the same key.
 fn hex_digit(byte: u8) -> Option<u8> {
     match byte {
@@ -260,7 +293,32 @@ async fn delete(req: Request) -> Response {
     }
 }
 
-/// POST /kv/tx -> 200 committed, 412 failed op, 409 conflict (Retry-After), 400/413 bad request.
+/// The access rules judge each op of a /kv/tx as the single-key request it stands for (its
+/// methods, the key's one path), or the transaction would be a second way to every key past
+/// the rules written for `/kv/{key}`. The first refusal answers for the whole transaction,
+/// before any op runs or locks anything.
+// The early answer is moved once, off the hot path; boxing it would cost more.
+#[allow(clippy::result_large_err)]
+fn authorized(req: &Request, ops: &[Op]) -> Result<(), Response> {
+    let Some(access) = crate::auth::middleware::access(req) else {
+        return Ok(());
+    };
+    // `{mount}/kv/tx` -> `{mount}/kv`: the single-key routes are this route's siblings,
+    // wherever an app mounted them.
+    let dir = req.path().rsplit_once('/').map_or("", |(dir, _)| dir);
+    for op in ops {
+        let path = key_path(dir, op.key());
+        for method in single_key_methods(op) {
+            access.check(method, &path, || {
+                format!("key {:?}", String::from_utf8_lossy(op.key()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// POST /kv/tx -> 200 committed, 412 failed op, 409 conflict (Retry-After), 400/413 bad request,
+/// 401/403 a key the access rules keep from the client (`authorized`).
 async fn transaction(mut req: Request) -> Response {
     let body = match req.body.bytes().await {
         Ok(body) => body,
@@ -271,6 +329,9 @@ async fn transaction(mut req: Request) -> Response {
         Ok(ops) => ops,
         Err(e) => return Response::error(e.status, &e.message),
     };
+    if let Err(r) = authorized(&req, &ops) {
+        return r;
+    }
     let outcome = run(ops).await;
     let (status, json) = op::render_outcome(&outcome);
     let response = Response::bytes(status, "application/json", json);
@@ -283,6 +344,68 @@ async fn transaction(mut req: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_path_table() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"a", "/kv/a"),
+            (b"secret", "/kv/secret"),
+            (b"a/b", "/kv/a%2Fb"),
+            (b"a b", "/kv/a%20b"),
+            (b"100%", "/kv/100%25"),
+            (b"#frag?q", "/kv/%23frag%3Fq"),
+            (b"a+b", "/kv/a+b"),
+            (b"a:b@c!$&'()*,;=~-._", "/kv/a:b@c!$&'()*,;=~-._"),
+            (b"a[1]", "/kv/a%5B1%5D"),
+            (b"\"<>\\^`{|}", "/kv/%22%3C%3E%5C%5E%60%7B%7C%7D"),
+            ("caf\u{e9}".as_bytes(), "/kv/caf%C3%A9"),
+            (b"\0\n\x7f", "/kv/%00%0A%7F"),
+            (b"..", "/kv/.."),
+        ];
+        for (key, want) in cases {
+            let path = key_path("/kv", key);
+            assert_eq!(path, *want, "{key:?}");
+            // The single-key routes read the same key back from it: one path, both ways.
+            let segment = path.strip_prefix("/kv/").unwrap();
+            assert_eq!(percent_decode(segment).as_deref(), Ok(*key), "{path}");
+        }
+        // Mounted elsewhere, the routes' own directory.
+        assert_eq!(key_path("/store/kv", b"a b"), "/store/kv/a%20b");
+    }
+
+    #[test]
+    fn ops_are_judged_as_their_single_key_requests() {
+        let key = || Bytes::from_static(b"team a");
+        let cases: &[(Op, &[(&str, &str)])] = &[
+            (Op::Get { key: key() }, &[("GET", "/kv/team%20a")]),
+            (Op::check_version(key(), 3), &[("GET", "/kv/team%20a")]),
+            (Op::check_absent(key()), &[("GET", "/kv/team%20a")]),
+            (
+                Op::Put {
+                    key: key(),
+                    value: Bytes::from_static(b"v"),
+                },
+                &[("PUT", "/kv/team%20a")],
+            ),
+            (Op::Delete { key: key() }, &[("DELETE", "/kv/team%20a")]),
+            (
+                Op::Add {
+                    key: key(),
+                    delta: 1,
+                    floor: None,
+                },
+                &[("GET", "/kv/team%20a"), ("PUT", "/kv/team%20a")],
+            ),
+        ];
+        for (op, want) in cases {
+            let path = key_path("/kv", op.key());
+            let got: Vec<(&str, &str)> = single_key_methods(op)
+                .iter()
+                .map(|method| (*method, path.as_str()))
+                .collect();
+            assert_eq!(got, *want, "{op:?}");
+        }
+    }
 
     #[test]
     fn percent_decode_table() {
