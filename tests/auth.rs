@@ -732,6 +732,33 @@ fn sighup_reloads_users_and_a_bad_file_keeps_the_old_ones() {
     );
 }
 
+/// A FIFO put in the users file's place is refused on SIGHUP (the old users stay) and blocks
+/// nothing: SIGTERM still drains and the process exits 0. Found in review: the reload opened it
+/// and blocked the signal thread for good, so SIGTERM was never handled and `/health` stayed 200.
+#[test]
+fn a_fifo_in_place_of_the_users_file_blocks_no_signal() {
+    let (_dir, users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let mut conn = Conn::new(server.connect());
+    let alice = basic("alice", "alice-pw");
+    assert_eq!(
+        request(&mut conn, "GET", "/auth/me", &alice, "").status,
+        200
+    );
+    std::fs::remove_file(&users).unwrap();
+    let fifo = std::ffi::CString::new(users.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    server.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        request(&mut conn, "GET", "/auth/me", &alice, "").status,
+        200
+    );
+    drop(conn);
+    server.stop();
+}
+
 /// A password change (users file + SIGHUP) ends the login sessions made with the old password on
 /// every shard, like Django's session auth hash; other users' sessions live on.
 #[test]

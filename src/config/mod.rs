@@ -1003,28 +1003,37 @@ fn check_listeners(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
 
 /// Reads a users file: one line naming the file and the problem on error. Only a regular file:
 /// it is read again on SIGHUP, where a pipe (`--users <(...)`) would read as empty and remove
-/// every user, and a FIFO without a writer would block the signal thread, SIGTERM with it.
+/// every user. Opened without blocking and checked on the open file: a FIFO without a writer
+/// put in its place must not block the reader (found in review: on SIGHUP it blocked the signal
+/// thread, SIGTERM with it, for good).
 pub fn read_users(path: &Path) -> Result<Users, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: String| format!("users file {}: {e}", path.display());
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => {
-            return Err(fail(
-                "not a regular file (it is read again on SIGHUP)".to_string(),
-            ));
-        }
-        _ => {}
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    if !file.metadata().is_ok_and(|meta| meta.is_file()) {
+        return Err(fail(
+            "not a regular file (it is read again on SIGHUP)".to_string(),
+        ));
     }
-    let text = read_named_text(path, limits::USERS_FILE_BYTES_MAX).map_err(fail)?;
-    Users::parse(&text).map_err(fail)
+    let bytes = read_bounded(file, limits::USERS_FILE_BYTES_MAX).map_err(fail)?;
+    Users::parse(&utf8_text(bytes).map_err(fail)?).map_err(fail)
 }
 
 /// Reads a whole file an operator named, if it holds at most `bytes_max` bytes: a wrong path
 /// (`/dev/zero`, a growing log) is an error naming the bound, not a start-up that reads until
 /// the OOM killer stops it. The error does not name the file; the caller does.
 pub fn read_named_file(path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    read_bounded(file, bytes_max)
+}
+
+fn read_bounded(file: std::fs::File, bytes_max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let too_big = || format!("larger than {bytes_max} bytes, the most percore reads from it");
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     if file.metadata().is_ok_and(|meta| meta.len() > bytes_max) {
         return Err(too_big());
     }
@@ -1039,7 +1048,11 @@ pub fn read_named_file(path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
 }
 
 fn read_named_text(path: &Path, bytes_max: u64) -> Result<String, String> {
-    String::from_utf8(read_named_file(path, bytes_max)?).map_err(|e| {
+    utf8_text(read_named_file(path, bytes_max)?)
+}
+
+fn utf8_text(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|e| {
         format!(
             "not UTF-8 text (a bad byte at offset {})",
             e.utf8_error().valid_up_to()

@@ -6,6 +6,7 @@ pub mod preflight;
 pub mod shard;
 pub mod uring;
 
+use std::cell::RefCell;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -638,8 +639,9 @@ fn spawn_signal_forwarder(
                 // awaited, so a shard that reads no messages cannot hold up the others' drain
                 // or a second signal.
                 let mut drains_pending = vec![false; connected.len()];
-                if hup_during_start && let Some(users) = reload_users(users_path.as_deref()) {
-                    users_pending.fill(Some(users));
+                let mut reload = UsersReload::new(users_path);
+                if hup_during_start {
+                    reload.request();
                 }
                 loop {
                     if !announced && serving.load(Ordering::SeqCst) {
@@ -650,9 +652,7 @@ fn spawn_signal_forwarder(
                     }
                     for signal in signals.pending() {
                         if signal == SIGHUP {
-                            if let Some(users) = reload_users(users_path.as_deref()) {
-                                users_pending.fill(Some(users));
-                            }
+                            reload.request();
                             continue;
                         }
                         received += 1;
@@ -669,6 +669,9 @@ fn spawn_signal_forwarder(
                             crate::log_line!("percore: signal {signal} again: exiting now");
                             std::process::exit(128 + signal);
                         }
+                    }
+                    if let Some(users) = reload.finished() {
+                        users_pending.fill(Some(users));
                     }
                     offer_pending(&connected, &mut drains_pending, &mut users_pending);
                     // Signals are rare; a 50 ms poll keeps this thread off every hot path
@@ -724,6 +727,61 @@ fn offer_pending(
         {
             *pending = Some(newest);
         }
+    }
+}
+
+/// SIGHUP's re-read of the users file, on the signal thread's blocking pool: a read that
+/// blocks (a hung network mount) must not stop the thread that turns SIGTERM into a drain
+/// (found in review: a FIFO put in the file's place did, for good). One read at a time; a
+/// SIGHUP during one asks for another once it ends, as the file may have changed since it
+/// began.
+struct UsersReload {
+    path: Option<std::path::PathBuf>,
+    /// Where the read under way leaves its result (None inside: the file was bad).
+    done: Rc<RefCell<Option<Option<Arc<Users>>>>>,
+    reading: bool,
+    again: bool,
+}
+
+impl UsersReload {
+    fn new(path: Option<std::path::PathBuf>) -> UsersReload {
+        UsersReload {
+            path,
+            done: Rc::new(RefCell::new(None)),
+            reading: false,
+            again: false,
+        }
+    }
+
+    fn request(&mut self) {
+        if !self.reading {
+            self.start();
+        } else if !std::mem::replace(&mut self.again, true) {
+            crate::log_line!(
+                "percore: SIGHUP: the users file is still being read; it is read again after"
+            );
+        }
+    }
+
+    fn start(&mut self) {
+        self.reading = true;
+        let (path, done) = (self.path.clone(), self.done.clone());
+        glommio::spawn_local(async move {
+            let read = move || reload_users(path.as_deref());
+            let users = glommio::executor().spawn_blocking(read).await;
+            *done.borrow_mut() = Some(users);
+        })
+        .detach();
+    }
+
+    /// The users a read that ended since the last call loaded, if it loaded any.
+    fn finished(&mut self) -> Option<Arc<Users>> {
+        let users = self.done.borrow_mut().take()?;
+        self.reading = false;
+        if std::mem::take(&mut self.again) {
+            self.start();
+        }
+        users
     }
 }
 
