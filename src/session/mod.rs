@@ -170,22 +170,11 @@ impl Sessions {
             }
             SessionRequest::Live(key) => SessionReply::Done(Ok(store.live(&key, now))),
             SessionRequest::Destroy(key) => {
-                let revoked = self.revoking(&mut store, &key, |store| {
-                    store
-                        .destroy(&key, now)
-                        .then_some(())
-                        .ok_or(StoreError::Unknown)
-                });
-                // Destroyed already, its revocation not yet synced: wait for that one (a logout
-                // takes "unknown" for done, and would answer before the sync).
-                SessionReply::Revoked(revoked.or_else(|e| match (e, &*self.revoked.borrow()) {
-                    (SessionError::Unknown, Some(log)) => log.pending_ticket(&key).ok_or(e),
-                    _ => Err(e),
-                }))
+                SessionReply::Revoked(self.destroy(&mut store, key, now))
             }
             SessionRequest::Rotate(key) => {
                 let new_id = self.ids.borrow_mut().mint();
-                let ticket = self.revoking(&mut store, &key, |store| {
+                let ticket = self.revoking(&mut store, &key, Some(&new_id.key), |store| {
                     store.rotate(&key, new_id.key, now)
                 });
                 SessionReply::Rotated(ticket.map(|ticket| (new_id, ticket)))
@@ -221,13 +210,55 @@ impl Sessions {
         log.is_undurable(key).then_some(reply)
     }
 
-    /// Runs `kill`, which ends the id `key` (a destroy, a rotation away from it), and appends
-    /// the id to the revocation log; the ticket to wait for before answering (0 without a log).
-    /// A log that refuses (failed, or at its bound) refuses the operation: nothing changes.
+    /// Destroys the session `key` names; the ticket to wait for before answering. An id
+    /// whose revocation is not yet synced is not taken for unknown (a logout takes "unknown"
+    /// for done, and would answer before the sync): a destroyed one waits for its record, and
+    /// one a rotation ended is followed to the id the rotation made, which is destroyed in
+    /// turn (or, destroyed already, waited for). Without that a logout racing a rotation
+    /// answered 204 for the old id's record while the session lived on under the new one.
+    ///
+    /// Why the destroy covers the new id rather than fail the rotation: the rotation took
+    /// effect when it was logged (the session lives under the new id only), and cannot be
+    /// undone without bringing the old id back. It still answers 200 with the new id, which
+    /// is dead by then: as if the destroy had come just after it. Once the rotation is durable
+    /// the link is forgotten (`RevocationLog::successor`): the old id is then unknown like any
+    /// other dead id, and a fixated old id cannot end the session rotated away from it.
+    fn destroy(&self, store: &mut Store, key: SessionKey, now: u64) -> Result<u64, SessionError> {
+        let mut key = key;
+        // The rotation record to wait for when the chain ends at an id that is gone anyway.
+        let mut rotated = None;
+        // Each step follows a rotation logged after the last one (tickets rise along the
+        // chain), so it ends within the log's records.
+        loop {
+            let destroyed = self.revoking(store, &key, None, |store| {
+                store
+                    .destroy(&key, now)
+                    .then_some(())
+                    .ok_or(StoreError::Unknown)
+            });
+            if destroyed != Err(SessionError::Unknown) {
+                return destroyed;
+            }
+            let revoked = self.revoked.borrow();
+            let Some(ticket) = revoked.as_ref().and_then(|log| log.pending_ticket(&key)) else {
+                return rotated.ok_or(SessionError::Unknown);
+            };
+            match revoked.as_ref().and_then(|log| log.successor(&key)) {
+                Some(successor) => (key, rotated) = (successor, Some(ticket)),
+                None => return Ok(ticket),
+            }
+        }
+    }
+
+    /// Runs `kill`, which ends the id `key` (a destroy, a rotation away from it to
+    /// `successor`), and appends the id to the revocation log; the ticket to wait for before
+    /// answering (0 without a log). A log that refuses (failed, or at its bound) refuses the
+    /// operation: nothing changes.
     fn revoking(
         &self,
         store: &mut Store,
         key: &SessionKey,
+        successor: Option<&SessionKey>,
         kill: impl FnOnce(&mut Store) -> Result<(), StoreError>,
     ) -> Result<u64, SessionError> {
         let revoked = self.revoked.borrow();
@@ -241,7 +272,7 @@ impl Sessions {
             return Err(SessionError::Unavailable);
         }
         kill(store)?;
-        Ok(log.append(key, expiry_ms))
+        Ok(log.append(key, expiry_ms, successor))
     }
 
     fn create(&self) -> SessionId {
@@ -718,5 +749,155 @@ impl Session {
             "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}",
             config.cookie_name
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use super::*;
+    use crate::mesh::MeshLimits;
+
+    /// A step of a scenario on one shard's sessions; ids go by the names the scenario gives them.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        Create(&'static str),
+        /// Rotate the first id; the second names the new one, None: expect Unknown.
+        Rotate(&'static str, Option<&'static str>),
+        /// Destroy the id; Some: expect the ticket of that id's revocation, None: Unknown.
+        Destroy(&'static str, Option<&'static str>),
+        /// Wait until every revocation so far is durable.
+        Sync,
+    }
+    use Step::*;
+
+    /// Runs `steps` on the sessions of a one-shard node with a revocation log, then checks
+    /// that exactly the ids `live` name are live. Between steps nothing runs (`handle` is
+    /// synchronous): a revocation is pending until a `Sync`, like one racing another request.
+    fn check(steps: &'static [Step], live: &'static [&'static str]) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let sessions = one_shard(&path).await;
+                let log = sessions.revoked.borrow().clone().unwrap();
+                let mut keys: HashMap<&str, SessionKey> = HashMap::new();
+                let mut tickets: HashMap<&str, u64> = HashMap::new();
+                for step in steps {
+                    match *step {
+                        Create(name) => _ = keys.insert(name, sessions.create().key),
+                        Rotate(old, new) => {
+                            let SessionReply::Rotated(reply) =
+                                sessions.handle(SessionRequest::Rotate(keys[old]))
+                            else {
+                                unreachable!()
+                            };
+                            match (reply, new) {
+                                (Ok((id, ticket)), Some(new)) => {
+                                    keys.insert(new, id.key);
+                                    tickets.insert(old, ticket);
+                                }
+                                (Err(SessionError::Unknown), None) => {}
+                                (reply, _) => panic!("{step:?}: {:?}", reply.map(|(_, t)| t)),
+                            }
+                        }
+                        Destroy(name, waits_for) => {
+                            let SessionReply::Revoked(reply) =
+                                sessions.handle(SessionRequest::Destroy(keys[name]))
+                            else {
+                                unreachable!()
+                            };
+                            match (reply, waits_for) {
+                                (Ok(ticket), Some(revoked)) => {
+                                    // A destroy that found the session live made the record.
+                                    let expected = *tickets.entry(revoked).or_insert(ticket);
+                                    assert_eq!(ticket, expected, "{step:?}");
+                                }
+                                (Err(SessionError::Unknown), None) => {}
+                                (reply, _) => panic!("{step:?}: {reply:?}"),
+                            }
+                        }
+                        Sync => log.durable(log.appended()).await.unwrap(),
+                    }
+                }
+                for (name, key) in &keys {
+                    let SessionReply::Done(reply) = sessions.handle(SessionRequest::Live(*key))
+                    else {
+                        unreachable!()
+                    };
+                    assert_eq!(
+                        reply,
+                        Ok(live.contains(name)),
+                        "{name} live, after {steps:?}"
+                    );
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// Shard 0 of a one-shard node, its revocation log in `dir`; no mesh call is ever served.
+    async fn one_shard(dir: &std::path::Path) -> Rc<Sessions> {
+        let builder = glommio::channels::channel_mesh::MeshBuilder::full(1, 8);
+        let limits = MeshLimits {
+            inflight_max: 8,
+            deadline: Duration::from_secs(1),
+        };
+        let mesh = Mesh::join(
+            builder,
+            0,
+            limits,
+            Rc::new(
+                |_from, _request| -> Pin<Box<dyn Future<Output = SessionReply>>> {
+                    unreachable!("one shard serves itself")
+                },
+            ),
+        )
+        .await;
+        let config = SessionConfig {
+            cookie_name: "sid".into(),
+            cookie_max_age: None,
+            idle_timeout: Duration::from_secs(60),
+            lifetime: Duration::from_secs(600),
+            sessions_max: 16,
+            session_bytes_max: 1024,
+            revocations_max: 64,
+            persist: true,
+            snapshot_interval: Duration::from_secs(60),
+        };
+        let sessions = Rc::new(Sessions::new(1, config, mesh));
+        sessions.load(dir);
+        sessions
+    }
+
+    /// Review finding: two destroys racing a rotation all succeeded, and the session lived on
+    /// under the rotated id. A destroy of an id a pending rotation ended follows it to the new
+    /// id; once the rotation is durable the old id is unknown like any dead one.
+    #[test]
+    fn a_destroy_of_an_id_a_pending_rotation_ended_destroys_the_new_id() {
+        #[rustfmt::skip]
+        let cases: &[(&[Step], &[&str])] = &[
+            // The review's race: both destroys wait for the new id's revocation.
+            (&[Create("a"), Rotate("a", Some("b")), Destroy("a", Some("b")), Destroy("a", Some("b"))], &[]),
+            // The destroy first: the rotation finds the id dead.
+            (&[Create("a"), Destroy("a", Some("a")), Rotate("a", None), Destroy("a", Some("a"))], &[]),
+            // A chain of pending rotations is followed to its end.
+            (&[Create("a"), Rotate("a", Some("b")), Rotate("b", Some("c")), Destroy("a", Some("c"))], &[]),
+            // The new id destroyed already: its record is the one to wait for.
+            (&[Create("a"), Rotate("a", Some("b")), Destroy("b", Some("b")), Destroy("a", Some("b"))], &[]),
+            // The rotation synced, the old id alone can no longer end the session (fixation).
+            (&[Create("a"), Rotate("a", Some("b")), Sync, Destroy("a", None)], &["b"]),
+            // Half the chain synced: the link from the pending part is followed.
+            (&[Create("a"), Rotate("a", Some("b")), Sync, Rotate("b", Some("c")), Destroy("a", None), Destroy("b", Some("c"))], &[]),
+            // Other sessions are left alone.
+            (&[Create("a"), Create("x"), Rotate("a", Some("b")), Destroy("a", Some("b"))], &["x"]),
+        ];
+        for (steps, live) in cases {
+            check(steps, live);
+        }
     }
 }

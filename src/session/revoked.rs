@@ -103,6 +103,10 @@ pub struct RevocationLog {
     file_bytes: Cell<u64>,
     waiters: RefCell<Vec<(u64, Waker)>>,
     flusher: RefCell<Option<Waker>>,
+    /// The rotations whose revocation is not yet durable, oldest first: (ticket, old key, new
+    /// key). A destroy of the old id in that window follows it to the new one (`successor`).
+    /// Bounded by `records_max`, as each is a record of `records`.
+    rotations: RefCell<VecDeque<(u64, SessionKey, SessionKey)>>,
     /// `--max-session-revocations`: appends are refused at this many records.
     records_max: usize,
 }
@@ -147,6 +151,7 @@ impl RevocationLog {
             file_bytes: Cell::new(count * RECORD_BYTES as u64),
             waiters: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
+            rotations: RefCell::new(VecDeque::new()),
             records_max,
         }
     }
@@ -162,14 +167,20 @@ impl RevocationLog {
         self.failed.get() || self.records.borrow().len() >= self.records_max.div_ceil(4)
     }
 
-    /// Appends a revocation; its ticket, for `durable`. The caller checked `refuses` first.
-    pub fn append(&self, key: &SessionKey, expiry_ms: u64) -> u64 {
+    /// Appends a revocation; its ticket, for `durable`. `successor`: the id a rotation gave the
+    /// session (none for a destroy). The caller checked `refuses` first.
+    pub fn append(&self, key: &SessionKey, expiry_ms: u64, successor: Option<&SessionKey>) -> u64 {
         assert!(!self.refuses(), "an append the log refuses");
         let ticket = self.appended.get() + 1;
         self.appended.set(ticket);
         self.records
             .borrow_mut()
             .push_back((ticket, encode(key, expiry_ms)));
+        if let Some(successor) = successor {
+            self.rotations
+                .borrow_mut()
+                .push_back((ticket, *key, *successor));
+        }
         self.wake_flusher();
         ticket
     }
@@ -214,6 +225,19 @@ impl RevocationLog {
         self.failed.get() && self.pending_ticket(key).is_some()
     }
 
+    /// The id a rotation away from `key` gave the session, while that rotation's revocation
+    /// is not yet durable (its answer not yet sent). Scans from the newest.
+    pub fn successor(&self, key: &SessionKey) -> Option<SessionKey> {
+        let durable = self.durable.get();
+        self.rotations
+            .borrow()
+            .iter()
+            .rev()
+            .take_while(|(ticket, ..)| *ticket > durable)
+            .find(|(_, old, _)| old == key)
+            .map(|(.., new)| *new)
+    }
+
     /// Marks the log failed: a log that could not be read at start (the shard started without
     /// its sessions) is not appended to where it lies; destroys are refused and a snapshot is
     /// forced, after which the cut rewrites the whole file (temporary file and rename).
@@ -246,6 +270,20 @@ impl RevocationLog {
     fn wake_flusher(&self) {
         if let Some(waker) = self.flusher.borrow_mut().take() {
             waker.wake();
+        }
+    }
+
+    /// Forgets the rotations whose revocation is durable: their answer is on its way, and a
+    /// destroy of their old id is one of an unknown id (never followed to the new one, or a
+    /// fixated old id could end the session it was rotated away from at any later time).
+    fn forget_durable_rotations(&self) {
+        let durable = self.durable.get();
+        let mut rotations = self.rotations.borrow_mut();
+        while rotations
+            .front()
+            .is_some_and(|(ticket, ..)| *ticket <= durable)
+        {
+            rotations.pop_front();
         }
     }
 
@@ -284,6 +322,7 @@ impl RevocationLog {
                 );
                 log.failed.set(true);
             }
+            log.forget_durable_rotations();
             log.wake_waiters();
         }
     }
@@ -425,8 +464,8 @@ mod tests {
             .spawn(move || async move {
                 // Expiry 5 ms after the epoch: long past.
                 let log = RevocationLog::new(&path, 0, &[([1; 16], 5)], 8);
-                let covered = log.append(&[2; 16], 5);
-                let kept = log.append(&[3; 16], 5);
+                let covered = log.append(&[2; 16], 5, None);
+                let kept = log.append(&[3; 16], 5, None);
                 log.rewrite(covered + 1).await.unwrap();
                 assert_eq!(kept, covered + 1);
                 assert_eq!(read(&super::path(&path, 0)).unwrap(), vec![([3; 16], 5)]);
@@ -441,8 +480,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = RevocationLog::new(dir.path(), 0, &[([1; 16], 5)], 8);
         assert_eq!(log.pending_ticket(&[1; 16]), None, "loaded: durable");
-        let ticket = log.append(&[7; 16], 100);
-        log.append(&[9; 16], 100);
+        let ticket = log.append(&[7; 16], 100, None);
+        log.append(&[9; 16], 100, None);
         assert_eq!(log.pending_ticket(&[7; 16]), Some(ticket));
         assert_eq!(log.pending_ticket(&[8; 16]), None);
         assert!(!log.is_undurable(&[7; 16]), "not failed");
