@@ -103,6 +103,8 @@ pub struct RevocationLog {
     file_bytes: Cell<u64>,
     waiters: RefCell<Vec<(u64, Waker)>>,
     flusher: RefCell<Option<Waker>>,
+    /// The upkeep task, waiting in `snapshot_wanted`: woken the moment the log grows long.
+    upkeep: RefCell<Option<Waker>>,
     /// The rotations whose revocation is not yet durable, oldest first: (ticket, old key, new
     /// key). A destroy of the old id in that window follows it to the new one (`successor`).
     /// Bounded by `records_max`, as each is a record of `records`.
@@ -151,6 +153,7 @@ impl RevocationLog {
             file_bytes: Cell::new(count * RECORD_BYTES as u64),
             waiters: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
+            upkeep: RefCell::new(None),
             rotations: RefCell::new(VecDeque::new()),
             records_max,
         }
@@ -161,10 +164,38 @@ impl RevocationLog {
         self.failed.get() || self.records.borrow().len() >= self.records_max
     }
 
-    /// Whether the upkeep should write a snapshot now (so that the log can be cut): from a
-    /// quarter of the bound on.
+    /// Whether the upkeep should write a snapshot now (so that the log can be cut): the log
+    /// failed, or is long.
     pub fn wants_snapshot(&self) -> bool {
-        self.failed.get() || self.records.borrow().len() >= self.records_max.div_ceil(4)
+        self.failed.get() || self.is_long()
+    }
+
+    /// From a quarter of the bound on, not counting the records a cut already asked for will
+    /// drop: the snapshot that asked for it covers them, and another one would cover no more.
+    fn is_long(&self) -> bool {
+        let records = self.records.borrow().len() as u64;
+        // Tickets in `records` run without a gap up to `appended`.
+        let uncut = match self.cut_below.get() {
+            Some(below) => records.min((self.appended.get() + 1).saturating_sub(below)),
+            None => records,
+        };
+        uncut >= self.records_max.div_ceil(4) as u64
+    }
+
+    /// Resolves once the log is long (`is_long`): the upkeep waits on this besides its timer,
+    /// so that fast destroys meet a snapshot at once, not up to a timer tick later, when a
+    /// small `--max-session-revocations` may already be full. A failed log is not waited on
+    /// here: nothing is appended to it, and the upkeep's timer paces the snapshots that retry.
+    pub async fn snapshot_wanted(&self) {
+        std::future::poll_fn(|cx| {
+            if self.is_long() {
+                Poll::Ready(())
+            } else {
+                *self.upkeep.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Appends a revocation; its ticket, for `durable`. `successor`: the id a rotation gave the
@@ -182,6 +213,9 @@ impl RevocationLog {
                 .push_back((ticket, *key, *successor));
         }
         self.wake_flusher();
+        if self.is_long() {
+            self.wake_upkeep();
+        }
         ticket
     }
 
@@ -273,6 +307,12 @@ impl RevocationLog {
         }
     }
 
+    fn wake_upkeep(&self) {
+        if let Some(waker) = self.upkeep.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
     /// Forgets the rotations whose revocation is durable: their answer is on its way, and a
     /// destroy of their old id is one of an unknown id (never followed to the new one, or a
     /// fixated old id could end the session it was rotated away from at any later time).
@@ -324,6 +364,10 @@ impl RevocationLog {
             }
             log.forget_durable_rotations();
             log.wake_waiters();
+            // Appends during a long rewrite may have made the log long again after its cut.
+            if log.is_long() {
+                log.wake_upkeep();
+            }
         }
     }
 
@@ -473,6 +517,37 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    /// A snapshot is wanted from a quarter of the bound on, not counting the records a cut
+    /// already asked for drops: a snapshot at once after one would cover nothing more.
+    #[test]
+    fn a_snapshot_is_wanted_from_a_quarter_of_the_bound_past_a_pending_cut() {
+        // (records appended, tickets 1..; cut asked for below this ticket; wanted) at a bound
+        // of 8, a quarter of which is 2.
+        let cases = [
+            (1, None, false),
+            (2, None, true),
+            (2, Some(2), false),
+            (3, Some(2), true),
+            (3, Some(3), false),
+            (3, Some(4), false),
+        ];
+        for (appended, cut, wanted) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let log = RevocationLog::new(dir.path(), 0, &[], 8);
+            for key in 0..appended {
+                log.append(&[key; 16], 5, None);
+            }
+            if let Some(below) = cut {
+                log.cut(below);
+            }
+            assert_eq!(
+                log.wants_snapshot(),
+                wanted,
+                "{appended}, cut below {cut:?}"
+            );
+        }
     }
 
     #[test]
