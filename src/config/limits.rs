@@ -152,8 +152,9 @@ pub const SESSION_COOKIE_IDS_MAX: usize = 4;
 /// Records one shard's session revocation log holds at most (`--max-session-revocations`;
 /// 1.75 MiB of file, under 3 MiB of memory): at the bound a destroy or a rotation is refused
 /// (503, the session stays as it was) until a snapshot lets the log be cut. From a quarter of
-/// it on, the upkeep writes a snapshot at once rather than at its interval, so the bound is
-/// reached only while snapshots fail.
+/// it on, the log wakes the upkeep to write a snapshot at once rather than at its interval, so
+/// the bound is reached only while snapshots fail, or when one takes longer than the other
+/// three quarters take to arrive (a small bound under a burst of destroys).
 pub const SESSION_REVOCATIONS_MAX_DEFAULT: usize = 65_536;
 /// How often a shard asks another whether a revocation it logged is durable (an fdatasync
 /// takes from tens of microseconds to a few milliseconds), and for how long at most.
