@@ -267,8 +267,12 @@ impl<'a> Worker<'a> {
         }
         // Requests sent but not answered are errors; open-loop requests the schedule wanted
         // before the end that were never sent are not (see `ThreadStats::unsent_at_end`). A
-        // request still waiting to be sent again was not processed (or, after a silent close,
-        // most likely not): it counts as never sent, and leaves `requests_sent`.
+        // request waiting to be sent again behind an announced close was not processed: it
+        // counts as never sent, and leaves `requests_sent`. One waiting after a silent close
+        // is lost to it (`errors.closed`): the send that would tell the keep-alive race from a
+        // server that closes without answering never comes after the end (found in review: a
+        // server that read every request and closed on it without a word passed the run with
+        // 0 requests and no error).
         let open_loop = matches!(self.plan.schedule, Schedule::Open { .. });
         let due = |c: &Conn| match self.plan.schedule {
             Schedule::Open { interval_ns } if c.next_intended_ns < self.end_ns => {
@@ -278,8 +282,10 @@ impl<'a> Worker<'a> {
         };
         let measured = |queue: &VecDeque<InFlight>| queue.iter().filter(|f| f.measured).count();
         for conn in &self.conns {
-            let waiting = measured(&conn.retry) as u64;
+            let silent = conn.retry.iter().filter(|f| f.measured && f.resent).count() as u64;
+            let waiting = measured(&conn.retry) as u64 - silent;
             self.stats.errors.unanswered += measured(&conn.in_flight) as u64;
+            self.stats.errors.closed += silent;
             self.stats.requests_sent -= waiting;
             if open_loop {
                 self.stats.unsent_at_end += waiting + due(conn);
