@@ -67,7 +67,7 @@ async fn health(_req: Request) -> Response {
         .iter()
         .flatten()
         .filter(|stats| stats.wal_failed > 0)
-        .map(|stats| stats.shard.to_string())
+        .filter_map(|stats| stats.shard.map(|shard| shard.to_string()))
         .collect();
     if failed.is_empty() {
         return Response::text(200, "ok\n");

@@ -41,6 +41,10 @@ fn bad_flags_and_config_exit_2_with_one_line() {
         ),
         (vec!["--max-tx-ops", "18446744073709551615"], "--max-tx-ops"),
         (vec!["--grace", "soon"], "--grace"),
+        (
+            vec!["--session-cookie-max-age", "0"],
+            "--session-cookie-max-age 0",
+        ),
         (vec!["--config", bad_toml.to_str().unwrap()], "bad.toml"),
         (vec!["--config", unknown_key.to_str().unwrap()], "bogus"),
         (vec!["--config", missing.to_str().unwrap()], "missing.toml"),
@@ -221,6 +225,13 @@ fn stats_totals_match_the_requests_sent() {
         .map(|s| s["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(per_shard, sent);
+    // Each shard names itself and its CPU; the total, being neither, names none.
+    for (index, shard) in stats["shards"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(shard["shard"], index);
+        assert!(shard["cpu"].is_u64(), "{shard}");
+    }
+    assert!(stats["total"].get("shard").is_none(), "{}", stats["total"]);
+    assert!(stats["total"].get("cpu").is_none(), "{}", stats["total"]);
     // The stats of the other shard came over the mesh.
     assert!(stats["total"]["mesh_calls_served"].as_u64().unwrap() >= 1);
 }
@@ -1157,7 +1168,10 @@ fn the_open_files_limit_is_raised_checked_and_its_failures_not_flooded() {
     let mut text = String::new();
     stderr.read_to_string(&mut text).unwrap();
     assert!(
-        text.contains("RLIMIT_NOFILE is 96: fewer than the 20000 connections"),
+        text.contains(
+            "RLIMIT_NOFILE is 96: not all of the 20000 connections --max-conns allows \
+             (10000 per shard, 2 shards) can be open"
+        ),
         "{text}"
     );
     let failures = text.matches("accept failed").count();

@@ -93,8 +93,8 @@ impl ShardMetrics {
     pub fn snapshot(&self, shard: usize, cpu: usize) -> ShardStats {
         let classes = &self.status_classes;
         ShardStats {
-            shard,
-            cpu,
+            shard: Some(shard),
+            cpu: Some(cpu),
             connections_open: self.connections_open.get(),
             connections_accepted: self.connections_accepted.get(),
             connections_multishot_poll: self.connections_multishot_poll.get(),
@@ -138,8 +138,12 @@ macro_rules! shard_stats {
         /// One shard's counters at one moment: what `/stats` reports per shard.
         #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
         pub struct ShardStats {
-            pub shard: usize,
-            pub cpu: usize,
+            /// The shard's index and CPU; None in the total, where neither means anything
+            /// (found in review: the total said `"shard": <count>, "cpu": 0`).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub shard: Option<usize>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub cpu: Option<usize>,
             $($(#[$doc])* pub $name: u64,)*
         }
 
@@ -291,8 +295,6 @@ impl Stats {
             total.add(&s);
             shards.push(s);
         }
-        total.shard = shard_count;
-        total.cpu = 0;
         Stats {
             shard_count,
             shards_missing,

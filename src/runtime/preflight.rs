@@ -59,10 +59,11 @@ pub fn raise_nofile(
     let short = limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed;
     Ok(short.then(|| {
         format!(
-            "RLIMIT_NOFILE is {}: fewer than the {connections} connections --max-conns allows \
-             (x shards) can be open, the rest wait in the backlog; raise it to {needed} \
-             (ulimit -n; systemd: LimitNOFILE=)",
-            limit.rlim_cur
+            "RLIMIT_NOFILE is {}: not all of the {connections} connections --max-conns allows \
+             ({} per shard, {shards} shards) can be open, the rest wait in the backlog; raise \
+             it to {needed} (ulimit -n; systemd: LimitNOFILE=)",
+            limit.rlim_cur,
+            connections / shards.max(1) as u64
         )
     }))
 }
