@@ -727,7 +727,18 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         expose_shard: args.expose_shard.or(file.expose_shard).unwrap_or(false),
         session: SessionConfig {
             cookie_name: cookie_name(args.session_cookie.or(file.session_cookie))?,
-            cookie_max_age: args.session_cookie_max_age.or(file.session_cookie_max_age),
+            // Max-Age=0 tells a browser to delete the cookie at once: every session would be
+            // lost as it is made (found in review: 0 was accepted).
+            cookie_max_age: match args.session_cookie_max_age.or(file.session_cookie_max_age) {
+                Some(0) => {
+                    return err(
+                        "--session-cookie-max-age 0: must be greater than 0 (leave it out for a \
+                         cookie that lasts the browser session)"
+                            .to_string(),
+                    );
+                }
+                other => other,
+            },
             idle_timeout: seconds(
                 "session-idle-timeout",
                 args.session_idle_timeout.or(file.session_idle_timeout),
