@@ -206,7 +206,30 @@ fn bad_certificates_and_keys_stop_the_start_with_one_line() {
     let stranger = pki.stranger_key.to_str().unwrap();
     let missing = dir.join("missing.pem");
     let (empty, missing) = (empty.to_str().unwrap(), missing.to_str().unwrap());
+    // The certificate cut short: its END line is missing.
+    let cut = dir.join("cut.pem");
+    let whole = std::fs::read_to_string(&cert).unwrap();
+    let end = whole.find("-----END CERTIFICATE-----").unwrap();
+    std::fs::write(&cut, &whole[..end]).unwrap();
+    let cut = cut.to_str().unwrap();
+    let encrypted = dir.join("encrypted.pem");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n\
+         -----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let encrypted = encrypted.to_str().unwrap();
     for (args, needle) in [
+        (
+            vec!["--tls-cert", cut, "--tls-key", &key],
+            "--tls-cert CUT: a PEM section has no end line (-----END CERTIFICATE-----): is the \
+             file cut short?",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", encrypted],
+            "the private key is encrypted; percore reads it unencrypted",
+        ),
         (vec!["--tls-cert", missing, "--tls-key", &key], "--tls-cert"),
         (vec!["--tls-cert", &cert, "--tls-key", missing], "--tls-key"),
         (
@@ -265,7 +288,8 @@ fn bad_certificates_and_keys_stop_the_start_with_one_line() {
         full.extend(args.iter().copied());
         let (code, stderr) = run_failing(&full);
         assert_eq!(code, 2, "{args:?}: {stderr}");
-        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        let needle = needle.replace("CUT", cut);
+        assert!(stderr.contains(&needle), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
     }
 }

@@ -107,17 +107,23 @@ pub fn load(
     let key_name = key.display();
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--tls-cert {cert_name}: {e}"))?;
+        .map_err(|e| format!("--tls-cert {cert_name}: {}", pem_error(&e)))?;
     if chain.is_empty() {
         return Err(format!(
             "--tls-cert {cert_name}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file"
+        ));
+    }
+    if is_encrypted_key(key_pem) {
+        return Err(format!(
+            "--tls-key {key_name}: the private key is encrypted; percore reads it unencrypted \
+             (openssl pkey -in KEY -out PLAIN_KEY)"
         ));
     }
     let private_key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
             format!("--tls-key {key_name}: no PEM private key in the file")
         }
-        e => format!("--tls-key {key_name}: {e}"),
+        e => format!("--tls-key {key_name}: {}", pem_error(&e)),
     })?;
     let now_unix = now
         .duration_since(UNIX_EPOCH)
@@ -166,6 +172,25 @@ pub fn load(
         ));
     }
     Ok(Arc::new(material))
+}
+
+/// A PEM error as one readable line: rustls-pki-types prints a missing end marker as a list
+/// of byte values (found in review).
+fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM section has no end line (-----END {}-----): is the file cut short?",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        e => e.to_string(),
+    }
+}
+
+/// An encrypted key (PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy `Proc-Type:
+/// 4,ENCRYPTED` header), which the PEM reader skips as no key at all.
+fn is_encrypted_key(pem: &[u8]) -> bool {
+    let has = |needle: &[u8]| pem.windows(needle.len()).any(|window| window == needle);
+    has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || has(b"Proc-Type: 4,ENCRYPTED")
 }
 
 /// A shard's rustls server config: TLS 1.2 and 1.3 (rustls' safe defaults), ALPN `http/1.1`,
