@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             print!("{e}");
             return ExitCode::SUCCESS;
         }
-        Err(e) => return bad_input(first_line(&e.to_string())),
+        Err(e) => return bad_input(&first_line(&e.to_string())),
     };
     let config = match cli::validate(&args) {
         Ok(config) => config,
@@ -95,12 +95,16 @@ fn check_outputs(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn first_line(text: &str) -> &str {
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("bad arguments");
-    line.strip_prefix("error: ").unwrap_or(line)
+/// clap's error as one line: its first, and the next one where the first ends with a colon
+/// ("the following required arguments were not provided:" names them there; found in review).
+fn first_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("bad arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match lines.next() {
+        Some(next) if first.ends_with(':') => format!("{first} {next}"),
+        _ => first.to_string(),
+    }
 }
 
 fn bad_input(message: &str) -> ExitCode {

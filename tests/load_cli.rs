@@ -44,7 +44,7 @@ fn bad_input_exits_2_with_one_line() {
     std::fs::write(&bad_toml, "[[request]]\nweight = \"heavy\"\n").unwrap();
     let bad_toml = bad_toml.to_str().unwrap();
     check(&["--bogus", &url], "--bogus");
-    check(&[], "required");
+    check(&[], "required arguments were not provided: <URL>");
     check(&["not a url"], "invalid URL");
     check(&["https://127.0.0.1/"], "https");
     check(&["http://127.0.0.1:99999/"], "invalid URL");
