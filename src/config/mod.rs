@@ -837,7 +837,8 @@ fn cookie_prefix_warning(config: &Config) -> Option<String> {
         .find(|listener| matches!(listener.kind, ListenerKind::Plain))?;
     Some(format!(
         "warning: --session-cookie {name}: browsers keep a cookie named {}... only when it is \
-         Secure, which percore sets over HTTPS only: sessions will not stick on http://{}",
+         Secure, which percore sets over HTTPS only: sessions will not stick on the plain \
+         listener {}",
         &name[..prefix.len()],
         plain.addr
     ))
@@ -1350,7 +1351,7 @@ mod tests {
             [
                 "warning: --session-cookie __Host-sid: browsers keep a cookie named __Host-... only \
               when it is Secure, which percore sets over HTTPS only: sessions will not stick on \
-              http://127.0.0.1:8080"
+              the plain listener 127.0.0.1:8080"
             ]
         );
     }
