@@ -66,6 +66,9 @@ pub enum SessionError {
     Unknown,
     /// The write would take the session past `--max-session-bytes`.
     TooLarge,
+    /// The value nests more than `SESSION_VALUE_DEPTH_MAX` arrays or objects: a snapshot could
+    /// not be read back.
+    TooDeep,
     /// The owner shard did not answer in time or is overloaded; safe to retry.
     Unavailable,
     /// At `--max-sessions` with every session logged in: a new session is refused (503 and
@@ -78,6 +81,7 @@ impl SessionError {
         match self {
             SessionError::Unknown => 401,
             SessionError::TooLarge => 413,
+            SessionError::TooDeep => 400,
             SessionError::Unavailable | SessionError::Full => 503,
         }
     }
@@ -86,6 +90,7 @@ impl SessionError {
         match self {
             SessionError::Unknown => "no valid session",
             SessionError::TooLarge => "session data over its size bound",
+            SessionError::TooDeep => "the value nests more than 64 arrays or objects",
             SessionError::Unavailable => "session owner unavailable, retry",
             SessionError::Full => "every session is logged in, retry later",
         }
@@ -98,16 +103,22 @@ impl SessionError {
         match self {
             SessionError::Unavailable => Some("1"),
             SessionError::Full => Some("30"),
-            SessionError::Unknown | SessionError::TooLarge => None,
+            SessionError::Unknown | SessionError::TooLarge | SessionError::TooDeep => None,
         }
     }
 }
+
+const _: () = assert!(
+    crate::config::limits::SESSION_VALUE_DEPTH_MAX == 64,
+    "SessionError::TooDeep's message names the bound"
+);
 
 impl From<StoreError> for SessionError {
     fn from(e: StoreError) -> SessionError {
         match e {
             StoreError::Unknown => SessionError::Unknown,
             StoreError::TooLarge => SessionError::TooLarge,
+            StoreError::TooDeep => SessionError::TooDeep,
             StoreError::Full => SessionError::Full,
             StoreError::Unavailable => SessionError::Unavailable,
         }

@@ -3,7 +3,6 @@
 use serde_json::{Value, json};
 
 use super::{Session, SessionError};
-use crate::config::limits::SESSION_VALUE_DEPTH_MAX;
 use crate::router::{Request, Response, Router};
 
 pub fn routes() -> Router {
@@ -125,27 +124,10 @@ async fn put_value(mut req: Request) -> Response {
         Ok(value) => value,
         Err(e) => return Response::error(400, &format!("body is not JSON: {e}")),
     };
-    if value_depth(&value) > SESSION_VALUE_DEPTH_MAX {
-        return Response::error(
-            400,
-            &format!("the value nests more than {SESSION_VALUE_DEPTH_MAX} arrays or objects"),
-        );
-    }
     let key = req.param("key").unwrap_or_default();
     match session.set_value(key, value).await {
         Ok(()) => Response::new(204),
         Err(e) => Response::from(e),
-    }
-}
-
-/// Levels of arrays and objects in `value`: 0 for a scalar, 1 for `[]` or `{"a": 1}`. Recursion
-/// is bounded: serde_json parses at most 128 levels.
-fn value_depth(value: &Value) -> usize {
-    let deepest = |values: &mut dyn Iterator<Item = &Value>| values.map(value_depth).max();
-    match value {
-        Value::Array(items) => 1 + deepest(&mut items.iter()).unwrap_or(0),
-        Value::Object(fields) => 1 + deepest(&mut fields.values()).unwrap_or(0),
-        _ => 0,
     }
 }
 
@@ -162,27 +144,5 @@ async fn delete_value(req: Request) -> Response {
     match session.remove(key).await {
         Ok(_) => Response::new(204),
         Err(e) => Response::from(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn value_depth_table() {
-        let cases = [
-            ("1", 0),
-            ("\"[[[\"", 0),
-            ("[]", 1),
-            ("{}", 1),
-            ("[1, [2], 3]", 2),
-            (r#"{"a": [{"b": []}], "c": 1}"#, 4),
-            ("[[], [[[]]], []]", 4),
-        ];
-        for (text, depth) in cases {
-            let value: Value = serde_json::from_str(text).unwrap();
-            assert_eq!(value_depth(&value), depth, "{text}");
-        }
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::id::SessionKey;
+use crate::config::limits::SESSION_VALUE_DEPTH_MAX;
 
 #[derive(Clone, Copy, Debug)]
 pub struct StoreLimits {
@@ -21,6 +22,8 @@ pub enum StoreError {
     Unknown,
     /// The write would take the session past its bytes bound.
     TooLarge,
+    /// The value nests more than `SESSION_VALUE_DEPTH_MAX` arrays or objects.
+    TooDeep,
     /// At the sessions bound with every session authenticated: a new one is refused rather
     /// than log a user out.
     Full,
@@ -82,6 +85,18 @@ pub struct Store {
 }
 
 /// Bytes a value costs against the per-session bound: its key and its JSON text.
+/// Levels of arrays and objects in `value`: 0 for a scalar, 1 for `[]` or `{"a": 1}`. Recursion
+/// is bounded: serde_json builds at most 128 levels from text, and what an app builds in code
+/// is checked only once it is whole.
+pub fn value_depth(value: &Value) -> usize {
+    let deepest = |values: &mut dyn Iterator<Item = &Value>| values.map(value_depth).max();
+    match value {
+        Value::Array(items) => 1 + deepest(&mut items.iter()).unwrap_or(0),
+        Value::Object(fields) => 1 + deepest(&mut fields.values()).unwrap_or(0),
+        _ => 0,
+    }
+}
+
 pub fn value_bytes(name: &str, value: &Value) -> usize {
     name.len() + value.to_string().len()
 }
@@ -326,6 +341,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let bytes_max = self.limits.session_bytes_max;
         let entry = self.touch(key, now_ms)?;
+        // Checked here, where every write ends (routes, `Session::set` from an app's handler,
+        // other shards), not in the route alone (found in review: an app's `set` of client
+        // JSON could still make the next start drop the shard's snapshot).
+        if value_depth(&value) > SESSION_VALUE_DEPTH_MAX {
+            return Err(StoreError::TooDeep);
+        }
         let old_bytes = entry
             .record
             .data
@@ -466,6 +487,42 @@ mod tests {
         store.create(key(n), now_ms);
         let user = serde_json::json!({"user": "ann", "stamp": ""});
         store.put(&key(n), USER_VALUE, user, now_ms).unwrap();
+    }
+
+    #[test]
+    fn value_depth_table() {
+        let cases = [
+            ("1", 0),
+            ("\"[[[\"", 0),
+            ("[]", 1),
+            ("{}", 1),
+            ("[1, [2], 3]", 2),
+            (r#"{"a": [{"b": []}], "c": 1}"#, 4),
+            ("[[], [[[]]], []]", 4),
+        ];
+        for (text, depth) in cases {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(value_depth(&value), depth, "{text}");
+        }
+    }
+
+    /// Every write is bounded where it lands, whoever sent it (a route, an app's `Session::set`,
+    /// another shard): a value one level past the bound changes nothing.
+    #[test]
+    fn a_value_nesting_past_the_bound_is_refused_by_the_store() {
+        let nested =
+            |depth: usize| (1..depth).fold(serde_json::json!([]), |v, _| serde_json::json!([v]));
+        let mut store = Store::new(LIMITS);
+        store.create(key(1), 0);
+        let at_bound = nested(SESSION_VALUE_DEPTH_MAX);
+        assert_eq!(store.put(&key(1), "deep", at_bound.clone(), 1), Ok(()));
+        let past = nested(SESSION_VALUE_DEPTH_MAX + 1);
+        assert_eq!(
+            store.put(&key(1), "deeper", past, 2),
+            Err(StoreError::TooDeep)
+        );
+        assert_eq!(store.get(&key(1), "deep", 3), Ok(Some(at_bound)));
+        assert_eq!(store.get(&key(1), "deeper", 3), Ok(None));
     }
 
     #[test]
