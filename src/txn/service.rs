@@ -401,6 +401,19 @@ pub async fn transact(ops: Vec<Op>) -> Result<Vec<crate::txn::op::OpResult>, Tra
     txn.run(ops).await.map_err(TransactError::Tx)
 }
 
+fn xorshift64(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+/// A duration in [pause / 2, pause], picked by `random`.
+fn upper_half(pause: Duration, random: u64) -> Duration {
+    let half = pause / 2;
+    half + Duration::from_nanos(random % ((pause - half).as_nanos() as u64 + 1))
+}
+
 struct ClientSlot {
     outcome: RefCell<Option<Outcome>>,
     waker: RefCell<Option<Waker>>,
@@ -427,6 +440,8 @@ pub struct Txn {
     checkpoint_bytes: u64,
     /// `--tx-retry-ms`.
     retry: Duration,
+    /// xorshift64 state for the retry pauses (never zero).
+    jitter: Cell<u64>,
     checkpointing: Cell<bool>,
     /// `wal.segment_appended()` right after the last checkpoint's snapshot: the log grown since is
     /// what `checkpoint_bytes` bounds (the snapshot itself does not count, or a partition larger
@@ -476,6 +491,7 @@ impl Txn {
             dir: dir.to_path_buf(),
             checkpoint_bytes: config.checkpoint_bytes,
             retry: config.retry,
+            jitter: Cell::new(now_ms() ^ ((shard as u64 + 1) << 40) | 1),
             checkpointing: Cell::new(false),
             checkpoint_base: Cell::new(0),
             clients: RefCell::new(HashMap::new()),
@@ -634,13 +650,20 @@ impl Txn {
     }
 
     /// Runs a client's transaction (already parsed and validated) and waits for its outcome.
-    /// Runs a client's transaction. One that meets a lock (409: nothing happened) is tried
-    /// again, after pauses that double from `TX_RETRY_PAUSE_MIN`, for up to `--tx-retry-ms`:
-    /// most locks are gone within a log sync, such as those a cross-shard transaction keeps
-    /// after its answer left. Each try is a transaction of its own, so serializability holds.
+    /// One that meets a lock (409: nothing happened) is tried again, after pauses that double
+    /// from `TX_RETRY_PAUSE_MIN`, for up to `--tx-retry-ms`: most locks are gone within a log
+    /// sync, such as those a cross-shard transaction keeps after its answer left. Each try is a
+    /// transaction of its own, so serializability holds. Each pause is drawn from its upper
+    /// half: two transactions that keep meeting each other's locks (the same keys taken in
+    /// opposite orders) fall out of step instead of colliding on the same schedule until both
+    /// give up (found in review).
     pub async fn run(self: &Rc<Self>, ops: Vec<Op>) -> Outcome {
         if self.retry.is_zero() {
-            return self.run_once(ops).await;
+            let outcome = self.run_once(ops).await;
+            if let Err(TxError::Conflict) = outcome {
+                self.count(|c| c.conflicts_answered += 1);
+            }
+            return outcome;
         }
         let give_up = std::time::Instant::now() + self.retry;
         let mut pause = TX_RETRY_PAUSE_MIN;
@@ -648,7 +671,7 @@ impl Txn {
             match self.run_once(ops.clone()).await {
                 Err(TxError::Conflict) if std::time::Instant::now() + pause <= give_up => {
                     self.count(|c| c.conflict_retries += 1);
-                    glommio::timer::sleep(pause).await;
+                    glommio::timer::sleep(self.jittered(pause)).await;
                     pause = (pause * 2).min(TX_RETRY_PAUSE_MAX);
                 }
                 Err(TxError::Conflict) => {
@@ -658,6 +681,13 @@ impl Txn {
                 outcome => return outcome,
             }
         }
+    }
+
+    /// A pause in [pause / 2, pause], from the shard's xorshift64 state.
+    fn jittered(&self, pause: Duration) -> Duration {
+        let x = xorshift64(self.jitter.get());
+        self.jitter.set(x);
+        upper_half(pause, x)
     }
 
     fn count(&self, change: impl FnOnce(&mut TxnCounters)) {
@@ -817,6 +847,25 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+
+    #[test]
+    fn retry_pauses_are_spread_over_the_upper_half() {
+        let pause = Duration::from_micros(1000);
+        let mut x = 0x9e37_79b9_7f4a_7c15;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1000 {
+            x = xorshift64(x);
+            let drawn = upper_half(pause, x);
+            assert!(drawn >= pause / 2 && drawn <= pause, "{drawn:?}");
+            seen.insert(drawn.as_micros());
+        }
+        assert!(seen.len() > 400, "{} distinct pauses", seen.len());
+        assert_eq!(upper_half(Duration::ZERO, x), Duration::ZERO);
+        assert_eq!(
+            upper_half(Duration::from_nanos(1), u64::MAX),
+            Duration::from_nanos(1)
+        );
+    }
 
     fn commit(version: u64) -> Record {
         let key = Bytes::from(format!("key-{version}"));
