@@ -737,8 +737,19 @@ fn sighup_reloads_users_and_a_bad_file_keeps_the_old_ones() {
 /// and blocked the signal thread for good, so SIGTERM was never handled and `/health` stayed 200.
 #[test]
 fn a_fifo_in_place_of_the_users_file_blocks_no_signal() {
-    let (_dir, users, config) = setup("");
-    let server = start(&users, &config, &[]);
+    let (dir, users, config) = setup("");
+    let log = dir.path().join("stderr.log");
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--users",
+        users.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let server = Server::start_command(common::BIN, &args, |command| {
+        command.stderr(std::fs::File::create(&log).unwrap());
+    });
     let mut conn = Conn::new(server.connect());
     let alice = basic("alice", "alice-pw");
     assert_eq!(
@@ -757,6 +768,11 @@ fn a_fifo_in_place_of_the_users_file_blocks_no_signal() {
     );
     drop(conn);
     server.stop();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        stderr.contains("not a regular file (it is read again on SIGHUP); keeping the users"),
+        "{stderr}"
+    );
 }
 
 /// A password change (users file + SIGHUP) ends the login sessions made with the old password on

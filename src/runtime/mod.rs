@@ -739,7 +739,8 @@ struct UsersReload {
     path: Option<std::path::PathBuf>,
     /// Where the read under way leaves its result (None inside: the file was bad).
     done: Rc<RefCell<Option<Option<Arc<Users>>>>>,
-    reading: bool,
+    /// When the read under way began.
+    reading: Option<Instant>,
     again: bool,
 }
 
@@ -748,23 +749,29 @@ impl UsersReload {
         UsersReload {
             path,
             done: Rc::new(RefCell::new(None)),
-            reading: false,
+            reading: None,
             again: false,
         }
     }
 
+    /// Every SIGHUP during a read says so, with the read's age: one that never ends (a hung
+    /// mount) must show, not leave every later SIGHUP silent.
     fn request(&mut self) {
-        if !self.reading {
-            self.start();
-        } else if !std::mem::replace(&mut self.again, true) {
-            crate::log_line!(
-                "percore: SIGHUP: the users file is still being read; it is read again after"
-            );
+        match self.reading {
+            None => self.start(),
+            Some(began) => {
+                self.again = true;
+                crate::log_line!(
+                    "percore: SIGHUP: the users file is still being read ({:.1} s so far); it is \
+                     read again after",
+                    began.elapsed().as_secs_f64()
+                );
+            }
         }
     }
 
     fn start(&mut self) {
-        self.reading = true;
+        self.reading = Some(Instant::now());
         let (path, done) = (self.path.clone(), self.done.clone());
         glommio::spawn_local(async move {
             let read = move || reload_users(path.as_deref());
@@ -777,7 +784,7 @@ impl UsersReload {
     /// The users a read that ended since the last call loaded, if it loaded any.
     fn finished(&mut self) -> Option<Arc<Users>> {
         let users = self.done.borrow_mut().take()?;
-        self.reading = false;
+        self.reading = None;
         if std::mem::take(&mut self.again) {
             self.start();
         }
