@@ -648,13 +648,30 @@ mod tests {
             let op = match name.as_str() {
                 "get" => Op::Get { key },
                 "delete" => Op::Delete { key },
-                "put" => Op::Put {
-                    key,
-                    value: put_value(
-                        take_string(&mut fields, "value")?,
-                        take_string(&mut fields, "value_base64")?,
-                    )?,
-                },
+                // Its own reading of the rule, not `put_value`'s: a slip there must show here.
+                "put" => {
+                    let text = take_string(&mut fields, "value")?;
+                    let encoded = take_string(&mut fields, "value_base64")?;
+                    let value = match (text, encoded) {
+                        (Some(_), Some(_)) => {
+                            return Err(
+                                "put takes \"value\" or \"value_base64\", not both".to_string()
+                            );
+                        }
+                        (Some(text), None) => text.into_bytes(),
+                        (None, Some(encoded)) => STANDARD.decode(encoded).map_err(|_| {
+                            "\"value_base64\" must be base64 (RFC 4648 §4, with padding)"
+                                .to_string()
+                        })?,
+                        (None, None) => {
+                            return Err("missing \"value\" (or \"value_base64\")".to_string());
+                        }
+                    };
+                    Op::Put {
+                        key,
+                        value: Bytes::from(value),
+                    }
+                }
                 "add" => {
                     let delta = take_i64(&mut fields, "delta")?.ok_or("missing \"delta\"")?;
                     let floor = take_i64(&mut fields, "floor")?;

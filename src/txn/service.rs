@@ -376,7 +376,10 @@ impl TransactError {
 }
 
 /// Runs a transaction from a Rust handler on the current shard: the same ops, rules and
-/// durability as `POST /kv/tx`, with typed results (one `OpResult` per op, in order).
+/// durability as `POST /kv/tx`, with typed results (one `OpResult` per op, in order). No
+/// `[[access]]` rule is applied to its keys (`POST /kv/tx` applies them in its route): a
+/// handler that acts for a client on keys the rules protect asks
+/// `auth::middleware::access(&req)` first, as that route does.
 ///
 /// ```no_run
 /// use percore::txn::op::{Op, OpResult};
