@@ -111,9 +111,11 @@ enum Cause {
     /// have processed the requests pipelined behind (RFC 9112 §9.6), so all are sent again.
     Announced,
     /// The server closed without a word. With nothing in flight this is a normal close (an idle
-    /// keep-alive timeout, or a server that closes after each response); requests in flight are
-    /// sent once more (most likely they crossed the server's FIN, the keep-alive race of RFC 9112
-    /// §9.3.1), and lost for good (`errors.closed`) when that happens to them again.
+    /// keep-alive timeout, or a server that closes after each response); requests in flight on
+    /// a connection that answered before are sent once more (most likely they crossed the
+    /// server's FIN, the keep-alive race of RFC 9112 §9.3.1), and lost for good
+    /// (`errors.closed`) when that happens to them again. On a connection that answered
+    /// nothing there is no such race: they are lost at once.
     PeerClosed,
     /// Requests in flight timed out: the expired ones are counted as timeouts, the rest, which
     /// the server may have processed, as `errors.closed`.
@@ -135,6 +137,8 @@ struct Conn {
     in_flight: VecDeque<InFlight>,
     /// Requests lost to a close that are sent again, first, after reconnecting (see `Cause`).
     retry: VecDeque<InFlight>,
+    /// Responses on the current connection: a silent close before any is no keep-alive race.
+    answered: u64,
     next_intended_ns: u64,
     framer: Framer,
     cookies: Vec<(String, String)>,
@@ -267,12 +271,8 @@ impl<'a> Worker<'a> {
         }
         // Requests sent but not answered are errors; open-loop requests the schedule wanted
         // before the end that were never sent are not (see `ThreadStats::unsent_at_end`). A
-        // request waiting to be sent again behind an announced close was not processed: it
-        // counts as never sent, and leaves `requests_sent`. One waiting after a silent close
-        // is lost to it (`errors.closed`): the send that would tell the keep-alive race from a
-        // server that closes without answering never comes after the end (found in review: a
-        // server that read every request and closed on it without a word passed the run with
-        // 0 requests and no error).
+        // request still waiting to be sent again was not processed (or, after a silent close,
+        // most likely not): it counts as never sent, and leaves `requests_sent`.
         let open_loop = matches!(self.plan.schedule, Schedule::Open { .. });
         let due = |c: &Conn| match self.plan.schedule {
             Schedule::Open { interval_ns } if c.next_intended_ns < self.end_ns => {
@@ -282,10 +282,8 @@ impl<'a> Worker<'a> {
         };
         let measured = |queue: &VecDeque<InFlight>| queue.iter().filter(|f| f.measured).count();
         for conn in &self.conns {
-            let silent = conn.retry.iter().filter(|f| f.measured && f.resent).count() as u64;
-            let waiting = measured(&conn.retry) as u64 - silent;
+            let waiting = measured(&conn.retry) as u64;
             self.stats.errors.unanswered += measured(&conn.in_flight) as u64;
-            self.stats.errors.closed += silent;
             self.stats.requests_sent -= waiting;
             if open_loop {
                 self.stats.unsent_at_end += waiting + due(conn);
@@ -433,7 +431,10 @@ impl<'a> Worker<'a> {
         for f in conn.in_flight.iter().rev() {
             let again = match cause {
                 Cause::Announced => true,
-                Cause::PeerClosed => !f.resent,
+                // The keep-alive race needs a connection that answered before and sat idle;
+                // a silent close before any answer is a server dropping what it read (found
+                // in review: one that read every request and closed on it passed the run).
+                Cause::PeerClosed => !f.resent && conn.answered > 0,
                 Cause::TimedOut | Cause::Error => false,
             };
             if again {
@@ -649,6 +650,7 @@ impl<'a> Worker<'a> {
             self.parse_failed(i, now);
             return false;
         };
+        self.conns[i].answered += 1;
         self.responses_all += 1;
         if request.measured {
             let stats = &mut self.stats;
@@ -757,6 +759,7 @@ impl Conn {
             writable_armed: false,
             in_flight: VecDeque::with_capacity(plan.pipeline),
             retry: VecDeque::new(),
+            answered: 0,
             next_intended_ns,
             framer: Framer::new(plan.mix.cookies),
             cookies: Vec::new(),
@@ -778,6 +781,7 @@ impl Conn {
         self.write_pos = 0;
         self.writable_armed = false;
         self.in_flight.clear();
+        self.answered = 0;
         self.framer = Framer::new(self.collect_cookies);
     }
 

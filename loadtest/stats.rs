@@ -31,7 +31,7 @@ pub struct Errors {
     /// Requests in flight when their connection closed, lost without an answer: after an
     /// error or a timeout on the connection, or after the server closed twice without a word
     /// with the request in flight (the first time it is sent again; see `engine::Cause`), or
-    /// once, when the run ended before it could be sent again.
+    /// once, on a connection that had answered nothing.
     pub closed: u64,
     /// Requests sent and still unanswered when the run (and its drain) ended.
     pub unanswered: u64,

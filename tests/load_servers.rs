@@ -639,11 +639,12 @@ fn requests_behind_a_close_are_accounted_for() {
     assert_accounted(&doc);
 }
 
-/// Requests a server closed on without a word during the drain after the end vanished from
-/// every count (0 requests, no error, exit 0; found in the review of 2026-11-29): they are
-/// lost to the close, `closed`, as when it happens to a request sent again during the run.
+/// A server that reads requests and closes without a word before answering any: the requests
+/// were sent again as if they had met the keep-alive race, which needs a connection that
+/// answered before, and at the end of the run they vanished from every count (0 requests, no
+/// error, exit 0; found in the review of 2026-11-29). They are lost to the close, `closed`.
 #[test]
-fn requests_a_silent_close_drops_after_the_end_are_errors() {
+fn requests_a_server_drops_without_a_word_are_errors() {
     let server = TestServer::start(|_, _| {
         std::thread::sleep(Duration::from_millis(700));
         reply(b"", true)
