@@ -404,13 +404,6 @@ pub async fn transact(ops: Vec<Op>) -> Result<Vec<crate::txn::op::OpResult>, Tra
     txn.run(ops).await.map_err(TransactError::Tx)
 }
 
-fn xorshift64(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
-
 /// A duration in [pause / 2, pause], picked by `random`.
 fn upper_half(pause: Duration, random: u64) -> Duration {
     let half = pause / 2;
@@ -443,8 +436,6 @@ pub struct Txn {
     checkpoint_bytes: u64,
     /// `--tx-retry-ms`.
     retry: Duration,
-    /// xorshift64 state for the retry pauses (never zero).
-    jitter: Cell<u64>,
     checkpointing: Cell<bool>,
     /// `wal.segment_appended()` right after the last checkpoint's snapshot: the log grown since is
     /// what `checkpoint_bytes` bounds (the snapshot itself does not count, or a partition larger
@@ -494,7 +485,6 @@ impl Txn {
             dir: dir.to_path_buf(),
             checkpoint_bytes: config.checkpoint_bytes,
             retry: config.retry,
-            jitter: Cell::new(now_ms() ^ ((shard as u64 + 1) << 40) | 1),
             checkpointing: Cell::new(false),
             checkpoint_base: Cell::new(0),
             clients: RefCell::new(HashMap::new()),
@@ -674,7 +664,7 @@ impl Txn {
             match self.run_once(ops.clone()).await {
                 Err(TxError::Conflict) if std::time::Instant::now() + pause <= give_up => {
                     self.count(|c| c.conflict_retries += 1);
-                    glommio::timer::sleep(self.jittered(pause)).await;
+                    glommio::timer::sleep(upper_half(pause, rand::random())).await;
                     pause = (pause * 2).min(TX_RETRY_PAUSE_MAX);
                 }
                 Err(TxError::Conflict) => {
@@ -684,13 +674,6 @@ impl Txn {
                 outcome => return outcome,
             }
         }
-    }
-
-    /// A pause in [pause / 2, pause], from the shard's xorshift64 state.
-    fn jittered(&self, pause: Duration) -> Duration {
-        let x = xorshift64(self.jitter.get());
-        self.jitter.set(x);
-        upper_half(pause, x)
     }
 
     fn count(&self, change: impl FnOnce(&mut TxnCounters)) {
@@ -812,9 +795,7 @@ impl Txn {
                         let _ = std::fs::remove_file(path);
                     }
                 }
-                let mut counters = txn.counters.get();
-                counters.checkpoints += 1;
-                txn.counters.set(counters);
+                txn.count(|c| c.checkpoints += 1);
             }
             txn.checkpointing.set(false);
         })
@@ -854,10 +835,11 @@ mod tests {
     #[test]
     fn retry_pauses_are_spread_over_the_upper_half() {
         let pause = Duration::from_micros(1000);
-        let mut x = 0x9e37_79b9_7f4a_7c15;
+        let mut random = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        let mut x = 0;
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..1000 {
-            x = xorshift64(x);
+            x = rand::RngCore::next_u64(&mut random);
             let drawn = upper_half(pause, x);
             assert!(drawn >= pause / 2 && drawn <= pause, "{drawn:?}");
             seen.insert(drawn.as_micros());
