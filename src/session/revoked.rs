@@ -213,9 +213,7 @@ impl RevocationLog {
                 .push_back((ticket, *key, *successor));
         }
         self.wake_flusher();
-        if self.is_long() {
-            self.wake_upkeep();
-        }
+        self.wake_upkeep_if_long();
         ticket
     }
 
@@ -307,7 +305,11 @@ impl RevocationLog {
         }
     }
 
-    fn wake_upkeep(&self) {
+    /// Wakes the upkeep waiting in `snapshot_wanted` once the log is long enough to want one.
+    fn wake_upkeep_if_long(&self) {
+        if !self.is_long() {
+            return;
+        }
         if let Some(waker) = self.upkeep.borrow_mut().take() {
             waker.wake();
         }
@@ -365,9 +367,7 @@ impl RevocationLog {
             log.forget_durable_rotations();
             log.wake_waiters();
             // Appends during a long rewrite may have made the log long again after its cut.
-            if log.is_long() {
-                log.wake_upkeep();
-            }
+            log.wake_upkeep_if_long();
         }
     }
 

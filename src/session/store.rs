@@ -88,7 +88,7 @@ pub struct Store {
 /// Levels of arrays and objects in `value`: 0 for a scalar, 1 for `[]` or `{"a": 1}`. Recursion
 /// is bounded: serde_json builds at most 128 levels from text, and what an app builds in code
 /// is checked only once it is whole.
-pub fn value_depth(value: &Value) -> usize {
+fn value_depth(value: &Value) -> usize {
     let deepest = |values: &mut dyn Iterator<Item = &Value>| values.map(value_depth).max();
     match value {
         Value::Array(items) => 1 + deepest(&mut items.iter()).unwrap_or(0),

@@ -318,7 +318,7 @@ impl OpFields {
 
 /// A put's value: `value` (UTF-8 text) or `value_base64` (any bytes, RFC 4648 §4 base64 with
 /// padding), exactly one.
-pub(crate) fn put_value(text: Option<String>, encoded: Option<String>) -> Result<Bytes, String> {
+fn put_value(text: Option<String>, encoded: Option<String>) -> Result<Bytes, String> {
     match (text, encoded) {
         (Some(text), None) => Ok(Bytes::from(text)),
         (None, Some(encoded)) => STANDARD
