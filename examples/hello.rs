@@ -24,17 +24,11 @@ fn app() -> Router {
             let Some(who) = &req.ctx.identity else {
                 return Response::text(401, "log in first\n");
             };
-            Response::text(
-                200,
-                format!("hello, {} ({})\n", who.user, who.roles.join(", ")),
-            )
+            let roles = who.roles.join(", ");
+            Response::text(200, format!("hello, {} ({roles})\n", who.user))
         })
         .middleware(Phase::Request, |req: Request, next: Next| async move {
-            let mut response = next.run(req).await;
-            response
-                .headers
-                .push(("x-powered-by".into(), "percore".into()));
-            response
+            next.run(req).await.header("x-powered-by", "percore")
         })
         .mount("/", percore::app::builtin_routes())
 }

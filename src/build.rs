@@ -4,8 +4,9 @@
 // no API for setup flags; see ../shared/DESIGN.md for the measurement behind this.
 fn main() {
     println!("cargo:rustc-link-arg=-Wl,--wrap=io_uring_queue_init_params");
-    // glommio's pre-park membarrier becomes a local fence on x86-64 (main.rs, runtime/membarrier.rs),
-    // in the `percore` binary only: the wrapper lives there.
+    // libc's `syscall` goes through main.rs's `__wrap_syscall`, which counts glommio's pre-park
+    // membarriers (runtime/membarrier.rs) and passes every call to libc; in the `percore` binary
+    // only: the wrapper lives there.
     let target = |key: &str| std::env::var(key).unwrap_or_default();
     if target("CARGO_CFG_TARGET_ARCH") == "x86_64"
         && target("CARGO_CFG_TARGET_POINTER_WIDTH") == "64"

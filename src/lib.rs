@@ -1,4 +1,4 @@
-//! percore: a thread-per-core HTTP/1.1 application server on glommio and io_uring. The library is the server; `main.rs` only parses flags.
+//! percore: a thread-per-core HTTP/1.1 application server on glommio and io_uring. The library is the server; `main.rs` only hands the built-in routes to `main_with`.
 //!
 //! Embed it with your own routes:
 //! ```no_run
@@ -51,8 +51,8 @@ pub const EXIT_USAGE: u8 = 2;
 /// Parses the process's flags, runs a server whose shards each serve `app()`, and returns the
 /// exit code: 0 after a graceful shutdown, 2 with one line on stderr for bad flags, config or
 /// environment. Some ends exit the process from inside instead: a second signal, or one during
-/// start-up (128 + the signal's number), and a stop that outlasts `--grace` + `--stop-timeout`
-/// (1).
+/// start-up (128 + the signal's number), a stop that outlasts `--grace` + `--stop-timeout` or a
+/// start that outlasts `--start-timeout` (1), and a shard that panics (101).
 pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
     let args = match config::Args::try_parse() {
         Ok(args) => args,

@@ -1,4 +1,4 @@
-//! The user-app example (`examples/hello.rs`, built by `cargo test`) runs and serves its own routes next to the built-in ones.
+//! The examples (`examples/hello.rs`, `shop.rs`, `export.rs`, built by `cargo test`) run and serve their own routes next to the built-in ones.
 
 mod common;
 

@@ -42,9 +42,10 @@ fn every_source_file_starts_with_a_module_doc_line() {
     }
 }
 
-/// Files that may hold an `Arc`, always around immutable data made before the shards start or
-/// by a reload (the config, the users snapshot, TLS material; rustls takes its config as `Arc`).
-/// Nothing mutable is shared: locks stay forbidden everywhere.
+/// Files that may hold an `Arc`: around immutable data made before the shards start or by a
+/// reload (the config, the users snapshot, TLS material; rustls takes its config as `Arc`), and
+/// in runtime/mod.rs the start-up atomics the main thread shares with the signal and watchdog
+/// threads (no shard owns them). Locks stay forbidden everywhere.
 const ARC_OF_IMMUTABLE_DATA: &[&str] = &[
     "src/config/mod.rs",
     "src/net/tls.rs",

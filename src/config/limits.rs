@@ -1,4 +1,4 @@
-//! Every bound percore enforces, with its default and the reason for it; nothing else defines a limit.
+//! The default of every configurable bound, and the fixed bounds shared across modules, each with its reason; a subsystem's own fixed bounds are named constants beside it (txn/mod.rs, http/mod.rs, auth/, wal/).
 
 use std::time::Duration;
 
@@ -120,7 +120,8 @@ pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// Deadline of one cross-shard request/reply.
 pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
 
-/// Sessions one shard keeps; at the bound the least recently used is evicted. Memory per shard
+/// Sessions one shard keeps; at the bound the least recently used anonymous session is evicted,
+/// and with every session logged in a new one gets 503 (README, `--max-sessions`). Memory per shard
 /// for sessions is bounded by SESSIONS_MAX_DEFAULT x SESSION_BYTES_MAX_DEFAULT (1.6 GB worst case).
 pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
 /// Bytes of data (keys + JSON values) one session may hold; a write past it gets 413.
@@ -185,7 +186,7 @@ pub const CHECKPOINT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const SHARDS_MAX: usize = 8192;
 
 /// Memory glommio registers with io_uring per executor. glommio's default (10 MiB) exceeds the
-/// common 8 MiB RLIMIT_MEMLOCK once there are two shards; we do not use registered buffers for
+/// common 8 MiB RLIMIT_MEMLOCK even for one shard; we do not use registered buffers for
 /// sockets, so a small region is enough.
 pub const IO_MEMORY_BYTES: usize = 512 * 1024;
 /// glommio refuses to start below this RLIMIT_MEMLOCK.

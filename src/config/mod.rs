@@ -134,7 +134,9 @@ pub struct Args {
     /// Seconds after creation at which a session expires, however active.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub session_lifetime: Option<f64>,
-    /// Sessions per shard; the least recently used is evicted at the bound.
+    /// Sessions per shard; at the bound the least recently used anonymous session is evicted
+    /// (never a logged-in one for an anonymous one); with every session logged in a new one gets
+    /// 503.
     #[arg(long, value_name = "N")]
     pub max_sessions: Option<usize>,
     /// Bytes of data per session (413 past it).
@@ -144,7 +146,9 @@ pub struct Args {
     /// rotation gets 503 until a snapshot lets the log be cut.
     #[arg(long, value_name = "N")]
     pub max_session_revocations: Option<usize>,
-    /// Do not write sessions to the data dir (on shutdown and periodically) nor load them at start.
+    /// Do not write sessions to the data dir (on shutdown and periodically) nor load them at
+    /// start; a start with it deletes the data dir's session files (nothing could revoke what they
+    /// hold).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub no_session_persist: Option<bool>,
     /// Seconds between periodic session snapshots.
@@ -470,7 +474,8 @@ impl Config {
         self.cpus.len()
     }
 
-    /// Parses the process's flags (exit 2 with clap's message on a bad flag happens in `main`).
+    /// Builds the config from parsed flags and the file they name (exit 2 with clap's message on
+    /// a bad flag happens in `main_with`).
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
@@ -714,11 +719,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             args.mesh_inflight_max.or(file.mesh_inflight_max),
             limits::MESH_INFLIGHT_MAX_DEFAULT,
         )?,
-        mesh_deadline: Duration::from_millis(positive(
-            "mesh-deadline-ms",
-            args.mesh_deadline_ms.or(file.mesh_deadline_ms),
-            limits::MESH_DEADLINE_DEFAULT.as_millis() as u64,
-        )?),
+        mesh_deadline: mesh_deadline(args.mesh_deadline_ms.or(file.mesh_deadline_ms))?,
         node_id: args.node_id.or(file.node_id).unwrap_or(0),
         data_dir: args
             .data_dir
@@ -1224,6 +1225,20 @@ fn positive<T: PartialOrd + Default + std::fmt::Display + Copy>(
     Ok(value)
 }
 
+/// `--mesh-deadline-ms`: above 0 and, like every duration, at most a year (found in review:
+/// 99999999999999 was accepted).
+fn mesh_deadline(ms: Option<u64>) -> Result<Duration, ConfigError> {
+    let default = limits::MESH_DEADLINE_DEFAULT.as_millis() as u64;
+    let ms = positive("mesh-deadline-ms", ms, default)?;
+    if ms as f64 > SECONDS_MAX * 1000.0 {
+        return err(format!(
+            "--mesh-deadline-ms {ms}: at most {} (a year)",
+            SECONDS_MAX as u64 * 1000
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
 /// The longest duration a flag takes: a year (a week-long or month-long session lifetime is
 /// common; one day was the bound until a review found it refused). Far below where `Instant`
 /// arithmetic could overflow.
@@ -1458,6 +1473,17 @@ mod tests {
             limits::HASH_CONCURRENCY_MAX
         );
         assert!(threads(limits::HASH_CONCURRENCY_MAX + 1).is_err());
+        let deadline = |ms: &str| merged(&["--mesh-deadline-ms", ms], "");
+        assert_eq!(
+            deadline("31536000000").unwrap().mesh_deadline,
+            Duration::from_secs(31_536_000)
+        );
+        let past = deadline("31536000001").unwrap_err();
+        assert!(
+            past.starts_with("--mesh-deadline-ms 31536000001: at most"),
+            "{past}"
+        );
+        assert!(deadline("0").is_err());
     }
 
     #[test]

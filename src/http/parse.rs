@@ -14,7 +14,7 @@ use crate::http::{
 /// an endless request.
 pub const EMPTY_LINES_BEFORE_REQUEST_MAX: usize = 4;
 
-/// A byte range into `RequestHead::bytes`; u32 because a head is bounded far below 4 GiB.
+/// A byte range into `RequestHead::bytes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     // u16: a head is at most HEAD_BYTES_CEILING bytes. Small spans keep `RequestHead` (which is

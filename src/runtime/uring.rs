@@ -10,7 +10,7 @@ const IORING_SETUP_COOP_TASKRUN: u32 = 1 << 8;
 const IORING_SETUP_CQSIZE: u32 = 1 << 3;
 const CQ_ENTRIES: u32 = 8192;
 
-/// The first three fields of liburing's `struct io_uring_params`; we touch only `flags`.
+/// The first three fields of liburing's `struct io_uring_params`; we set `flags` and `cq_entries`.
 #[repr(C)]
 pub struct UringParamsHead {
     sq_entries: u32,

@@ -1,4 +1,4 @@
-//! Transactions over the partitioned key-value store, as pure code: ops and their JSON, the WAL record format, one shard's partition, and two-phase commit as state machines; never does IO, never spawns, never reads a clock.
+//! Transactions over the partitioned key-value store, as pure code: ops and their JSON, the WAL record format, one shard's partition, and two-phase commit as state machines, which never do IO, spawn or read a clock (`reshard`, the offline tool, does IO).
 //!
 //! The IO layer (glommio DMA log files, group commit, the mesh, HTTP routes, start-up recovery)
 //! drives these pieces: it feeds `twopc::Event`s into a `twopc::Node` with the current time and

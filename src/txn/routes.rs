@@ -15,8 +15,9 @@ pub fn routes() -> Router {
 }
 
 /// The key a `/kv/{key}` request names: its path segment percent-decoded, so that every key a
-/// /kv/tx body can write has a URL (`/kv/a%20b` is "a b", `/kv/a%2Fb` is "a/b") and `/kv/%61`
-/// is `/kv/a` (RFC 3986 §6.2.2.2). The key bounds are `op::validate`'s, on the decoded key.
+/// /kv/tx body can write has a URL (`/kv/a%20b` is "a b", `/kv/a%2Fb` is "a/b"); a key has one
+/// spelling, so an escape of a character that must stand as itself (`/kv/%61`) is 400 (access
+/// rules match the path as sent). The key bounds are `op::validate`'s, on the decoded key.
 // The early answer is moved once, off the hot path; boxing it would cost more.
 #[allow(clippy::result_large_err)]
 fn key_of(req: &Request) -> Result<Bytes, Response> {
