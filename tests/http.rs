@@ -293,6 +293,31 @@ fn head_has_headers_but_no_body() {
     assert_eq!(conn.get("/plaintext").body, b"Hello, World!");
 }
 
+/// Review finding: a HEAD refused while its head was read (400, 417, a 408 for a slow one) got
+/// its message as content, which a client reads as the start of the next answer.
+#[test]
+fn a_refused_head_request_gets_no_content() {
+    let server = Server::start(&["--header-timeout", "0.5"]);
+    for request in [
+        &b"HEAD /plaintext HTTP/1.1\r\nHost: t\r\nExpect: foo\r\n\r\n"[..],
+        b"HEAD /plaintext HTTP/1.1\r\n\r\n",
+        b"\r\nHEAD /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HEAD /plaintext HTTP/1.1\r\nHost: t\r\n",
+    ] {
+        let mut stream = server.connect();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let raw = read_to_close(&mut stream);
+        let text = String::from_utf8_lossy(&raw);
+        let (head, content) = text.split_once("\r\n\r\n").expect("a whole head");
+        assert!(head.starts_with("HTTP/1.1 4"), "{text:?}");
+        assert!(head.contains("Content-Length: "), "{text:?}");
+        assert_eq!(content, "", "{text:?}");
+    }
+}
+
 #[test]
 fn echo_streams_content_length_and_chunked_bodies() {
     let server = Server::start(&[]);
@@ -1066,6 +1091,50 @@ fn a_closing_answer_to_an_unread_upload_lingers_for_the_rest_of_it() {
     for _ in 0..6 {
         stream.write_all(&[b'a'; 50_000]).unwrap();
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Review finding: a 408 (a head or a body read that timed out) ended without a lingering
+/// close: the sweep had shut the socket's read side to wake the read, and a socket shut both
+/// ways is aborted when the client's next bytes arrive, so a client still sending met a reset
+/// (RFC 9112 §9.6: the reset can destroy the answer before the client reads it). Both read
+/// paths: the readiness ring, and glommio's polls (TLS connections use them too).
+#[test]
+fn a_408_lingers_while_the_client_is_still_sending() {
+    for mode in [&[][..], &["--no-multishot-poll"][..]] {
+        let flags = [
+            &["--header-timeout", "0.5", "--body-timeout", "0.5"][..],
+            &["--lingering-timeout", "5"][..],
+            mode,
+        ]
+        .concat();
+        let server = Server::start(&flags);
+        for start in [
+            &b"GET /plaintext HTTP/1.1\r\n"[..],
+            &b"PUT /kv/a HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab"[..],
+        ] {
+            let mut stream = server.connect();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream.write_all(start).unwrap();
+            let raw = read_to_close(&mut stream);
+            assert!(
+                raw.starts_with(b"HTTP/1.1 408 "),
+                "{mode:?}: {:?}",
+                String::from_utf8_lossy(&raw)
+            );
+            // The client goes on sending, as a slow one does: every write still lands.
+            for _ in 0..6 {
+                let sent = stream.write_all(b"X-Slow: still here\r\n");
+                assert!(
+                    sent.is_ok(),
+                    "{mode:?} {:?}: {sent:?}",
+                    String::from_utf8_lossy(start)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 

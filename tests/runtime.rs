@@ -631,6 +631,9 @@ fn both_ways_of_waiting_for_bytes_serve_every_kind_of_read() {
         stalled.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
         let answer = read_to_close(&mut stalled.stream);
         assert!(answer.starts_with(b"HTTP/1.1 "), "{flags:?}");
+        // Both got a closing answer, which lingers until its client closes too (as these do
+        // now) or `--lingering-timeout` passes; a drain waits for that like any connection.
+        drop((slow, stalled));
         let mut idle = Conn::new(server.connect());
         assert_eq!(idle.get("/plaintext").status, 200);
         let started = Instant::now();

@@ -164,9 +164,9 @@ shard_stats! {
     /// Multishot polls the readiness ring queued: one per such connection, plus a re-arm for
     /// each poll the kernel ended (a full completion queue); never one per request.
     ready_polls_armed,
-    /// Request heads parsed and served. A head refused before it was whole (400, 414, 431,
-    /// 505, a 408 for a head that timed out) is not a request: it counts in `protocol_errors`
-    /// and in its status class.
+    /// Request heads parsed and served. A head refused before it was whole is not a request:
+    /// a 400, 414, 431 or 505 counts in `protocol_errors`, a 408 for a head that timed out in
+    /// `timeouts_header`, and each in its status class.
     requests,
     /// Pipelined GET/HEAD requests served at once with others of their connection (--pipeline-parallel).
     requests_parallel,

@@ -28,8 +28,14 @@ pub struct ConnEntry {
     pub idle: Cell<bool>,
     /// While a read waits: when it times out, in `Shard::clock_ms` time; 0 when no read waits.
     pub read_deadline_ms: Cell<u64>,
-    /// Set by the timeout sweep when it shut the read side: the read's end is a timeout.
+    /// Set by the timeout sweep when the waiting read passed its deadline, and taken by that
+    /// read, which ends with `TimedOut`.
     pub timed_out: Cell<bool>,
+    /// The task of a read that waits through glommio (TLS, `--no-multishot-poll`), for the
+    /// sweep to wake at its deadline; a read on the readiness ring is woken through its slot.
+    /// The socket is not shut: a shut read side makes the lingering close after the 408
+    /// impossible (found in review: the client's next bytes met a reset).
+    pub read_waker: RefCell<Option<Waker>>,
     /// Set by the drain when it shut the read side of the connection, found idle: the
     /// connection must not then shut its write side too (`Conn::linger`), or the kernel aborts
     /// it when the client's next bytes arrive.
@@ -266,6 +272,7 @@ impl Shard {
             idle: Cell::new(false),
             read_deadline_ms: Cell::new(0),
             timed_out: Cell::new(false),
+            read_waker: RefCell::new(None),
             drained: Cell::new(false),
             ready_slot: Cell::new(None),
         });
@@ -338,18 +345,19 @@ impl Shard {
         self.clock_ms.get() + timeout_ms + TIMEOUT_SWEEP_INTERVAL.as_millis() as u64
     }
 
-    /// Ends every read that waited past its deadline: marks it timed out and shuts the socket's
-    /// read side, which wakes the read with end-of-stream (the write side stays open for a 408).
-    /// Called every `TIMEOUT_SWEEP_INTERVAL`; O(open connections).
+    /// Ends every read that waited past its deadline: marks it timed out and wakes it (through
+    /// its ring slot, or the task it left), and the read ends with `TimedOut`. Called every
+    /// `TIMEOUT_SWEEP_INTERVAL`; O(open connections).
     pub fn sweep_timeouts(&self) {
         let now = self.started.elapsed().as_millis() as u64;
         self.clock_ms.set(now);
         for entry in self.conns.borrow().values() {
             let deadline = entry.read_deadline_ms.get();
             if deadline != 0 && deadline <= now && !entry.timed_out.replace(true) {
-                // SAFETY: the fd belongs to a live connection (its guard removes it before close).
-                unsafe { libc::shutdown(entry.fd, libc::SHUT_RD) };
                 self.wake_ready_slot(entry);
+                if let Some(waker) = entry.read_waker.take() {
+                    waker.wake();
+                }
             }
         }
     }

@@ -64,7 +64,7 @@ impl ConnIo {
     /// Reads up to `want` more bytes into the read buffer. Ok(0) is end of stream; a read that
     /// waited longer than the read timeout fails with `TimedOut`. The timeout is not a timer per
     /// read: a read that has to wait posts its deadline in the connection's registry entry, and
-    /// the shard's sweep shuts the socket's read side once it passes (one sweep for all
+    /// the shard's sweep marks it and wakes the read once it passes (one sweep for all
     /// connections instead of a timer armed and cancelled per read). Over TLS the deadline stays
     /// until plaintext arrives, so dripping bytes of a record does not extend it.
     fn poll_fill(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
@@ -80,11 +80,22 @@ impl ConnIo {
             None => Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, scratch),
         };
         let result = match result {
+            Poll::Ready(_) | Poll::Pending if self.entry.timed_out.get() => {
+                self.entry.timed_out.set(false);
+                self.entry.read_deadline_ms.set(0);
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
             Poll::Pending => {
                 self.waited.set(true);
                 if self.entry.read_deadline_ms.get() == 0 {
                     let deadline = self.shard.deadline_ms(self.read_timeout_ms.get());
                     self.entry.read_deadline_ms.set(deadline);
+                }
+                if self.ready.is_none() {
+                    let mut parked = self.entry.read_waker.borrow_mut();
+                    if !parked.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *parked = Some(cx.waker().clone());
+                    }
                 }
                 // Nothing buffered (an idle keep-alive connection, mostly): wait without a read
                 // buffer (nginx frees it too), unless it is a small one, which the next read
@@ -98,9 +109,6 @@ impl ConnIo {
                     release_big_read_buffer(&mut rbuf);
                 }
                 Poll::Pending
-            }
-            Poll::Ready(_) if self.entry.timed_out.get() => {
-                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
             }
             Poll::Ready(result) => {
                 self.entry.read_deadline_ms.set(0);
@@ -824,11 +832,15 @@ impl Conn {
     }
 
     /// Answers a request the connection cannot go on after, and flushes.
+    /// A refused HEAD gets no content either (RFC 9110 §9.3.2; found in review: a 417 or 400
+    /// carried its message, which a pipelining client would read as the next answer): the
+    /// refused head is still at the front of the read buffer, whole or not.
     async fn reject(&mut self, status: u16, message: &str) {
         let mut response = Response::error(status, message);
         response.close = true;
+        let is_head = asks_head(&self.io.rbuf.borrow());
         let _ = self
-            .write_response(&mut response, false, Version::Http11, None)
+            .write_response(&mut response, is_head, Version::Http11, None)
             .await;
         self.linger = self.flush().await.is_ok();
     }
@@ -1285,6 +1297,13 @@ fn fields_of<'a>(
 /// got a 408 ten seconds later). A bare LF never waits here: `parse_head` refuses it at once.
 fn holds_part_of_a_head(unparsed: &[u8]) -> bool {
     unparsed.iter().any(|&byte| byte != b'\r' && byte != b'\n')
+}
+
+/// Whether the request at the front of `buf` (after the empty lines `parse_head` skips) is a
+/// HEAD.
+fn asks_head(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n');
+    start.is_some_and(|start| buf[start..].starts_with(b"HEAD "))
 }
 
 /// An idle connection's read buffer holds nothing, or only the few empty lines `parse_head`
