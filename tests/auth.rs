@@ -600,6 +600,12 @@ fn csrf_guards_cookie_sessions_but_not_basic_or_bearer() {
     assert_eq!(put(&mut conn, "Referer: http://t/page\r\n"), 2);
     assert_eq!(put(&mut conn, "Referer: http://evil.example/t\r\n"), 403);
     assert_eq!(put(&mut conn, "X-Requested-With: XMLHttpRequest\r\n"), 2);
+    // An absolute-form target names the request's host, and Host is ignored (RFC 9112 §3.2.2;
+    // found in review: the Origin was compared with Host).
+    let same = format!("{cookie}Origin: http://t\r\n");
+    for (target, status) in [("http://evil.example/kv/c", 403), ("http://t/kv/c", 200)] {
+        assert_eq!(request(&mut conn, "PUT", target, &same, "6").status, status);
+    }
     // Basic from a browser (which remembers and attaches it) saying it comes from elsewhere.
     let bob = basic("bob", "bob-pw");
     let cross = format!("{bob}Origin: http://evil.example\r\n");

@@ -272,7 +272,7 @@ impl Access<'_> {
 fn cross_origin(req: &Request) -> bool {
     !csrf::is_safe_method(req.method())
         && req.header("origin").is_some_and(|origin| {
-            !req.header("host")
+            !req.host()
                 .is_some_and(|host| csrf::same_origin(origin, host, req.ctx.tls))
         })
 }
@@ -289,7 +289,7 @@ fn csrf_ok(auth: &Auth, req: &Request) -> bool {
         req.method(),
         req.header("origin"),
         req.header("referer"),
-        req.header("host"),
+        req.host(),
         req.ctx.tls,
         has_header,
     )

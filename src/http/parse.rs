@@ -83,6 +83,15 @@ impl RequestHead {
         split_absolute_form(target).map(|(_, authority)| &target[authority])
     }
 
+    /// The host the request names: an absolute-form target's authority, else the Host field
+    /// (RFC 9112 §3.2.2: a server MUST ignore Host when the target has an authority).
+    pub fn host(&self) -> Option<&[u8]> {
+        match self.authority() {
+            Some(authority) => Some(authority.as_bytes()),
+            None => self.header("host"),
+        }
+    }
+
     /// The target after the first '?', if there is one.
     pub fn query(&self) -> Option<&str> {
         self.query.map(|span| self.text(span))
@@ -1710,6 +1719,13 @@ mod tests {
             assert_eq!(
                 head.authority(),
                 expected,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+            let host = expected.unwrap_or("a").as_bytes();
+            assert_eq!(
+                head.host(),
+                Some(host),
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );

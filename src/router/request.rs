@@ -186,6 +186,12 @@ impl Request {
         self.head.header(name)
     }
 
+    /// The host the request names: an absolute-form target's authority, else Host (RFC 9112
+    /// §3.2.2).
+    pub fn host(&self) -> Option<&[u8]> {
+        self.head.host()
+    }
+
     /// A path parameter captured by the route pattern (`/users/{id}` -> `param("id")`).
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params

@@ -1379,11 +1379,7 @@ fn asks_to_close(headers: &[(Cow<'static, str>, Bytes)]) -> bool {
 /// port, same path and query. A missing or odd host gets 400: we never redirect to a name we
 /// cannot vouch for.
 fn redirect_https(head: &RequestHead, port: u16) -> Response {
-    let named = match head.authority() {
-        Some(authority) => Some(authority.as_bytes()),
-        None => head.header("host"),
-    };
-    let Some(host) = named.and_then(host_name) else {
+    let Some(host) = head.host().and_then(host_name) else {
         return Response::error(400, "a redirect to https needs a valid Host header");
     };
     let mut location = String::with_capacity(16 + host.len() + head.target().len());
