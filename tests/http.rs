@@ -585,6 +585,30 @@ fn unsupported_transfer_coding_is_501() {
     assert_eq!((status, closed), (501, true));
 }
 
+/// Review finding: chunk extensions (or leading zeros) were bounded per line only, so a body
+/// within `--max-body` could take gigabytes of wire, one byte of data per 8 KiB line
+/// (CVE-2024-22019 in Node.js). They may total 8 KiB more than the data: one such line passes.
+#[test]
+fn chunk_extensions_cannot_outweigh_the_data() {
+    let server = Server::start(&[]);
+    let padded = |chunks: usize| {
+        let mut request =
+            b"PUT /kv/padded HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..chunks {
+            request.extend_from_slice(format!("1;e={}\r\na\r\n", "x".repeat(8000)).as_bytes());
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        request
+    };
+    let raw = server.exchange(&padded(1));
+    assert!(
+        raw.starts_with(b"HTTP/1.1 201 "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(status_and_close(&server, &padded(64)), (400, true));
+}
+
 #[test]
 fn slowloris_head_times_out_with_408() {
     let server = Server::start(&["--header-timeout", "0.5"]);

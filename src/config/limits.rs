@@ -17,7 +17,8 @@ pub const PIPELINE_PARALLEL_DEFAULT: usize = 16;
 /// The most `--pipeline-parallel` may be: a batch holds that many responses until the slowest
 /// is ready (the shard's budget, half of `--mesh-inflight-max`, bounds all batches together).
 pub const PIPELINE_PARALLEL_CEILING: usize = 64;
-/// Chunk-size lines (with extensions) and the trailer section of a chunked body.
+/// Chunk-size lines (with extensions) and the trailer section of a chunked body; and how many
+/// bytes the extensions and leading zeros of one body's size lines may total beyond its data.
 pub const TRAILER_BYTES_MAX: usize = 8 * 1024;
 
 /// Open connections per shard. Tomcat's maxConnections is 8,192; actix's 25,000 per worker.

@@ -33,6 +33,11 @@ pub struct BodyDecoder {
     body_bytes: u64,
     /// Bounds each chunk-size line (extensions included) and, separately, the trailer section.
     trailer_bytes_max: usize,
+    /// Bytes of the chunk-size lines that carry no size: extensions and leading zeros. They may
+    /// total at most `trailer_bytes_max` more than the data: otherwise a body within
+    /// `--max-body` could take gigabytes of wire (a 1-byte chunk per 8 KiB line; found in review,
+    /// as CVE-2024-22019 in Node.js), paced only by the body timeout.
+    padding_bytes: u64,
 }
 
 impl BodyDecoder {
@@ -56,6 +61,7 @@ impl BodyDecoder {
             state,
             body_bytes_max,
             body_bytes: 0,
+            padding_bytes: 0,
             trailer_bytes_max,
         })
     }
@@ -156,7 +162,7 @@ impl BodyDecoder {
         let Some(line_bytes) = find_line(buf, self.trailer_bytes_max, too_long)? else {
             return Ok(None);
         };
-        let chunk_bytes = parse_chunk_line(&buf[..line_bytes - 2])?;
+        let (chunk_bytes, padding_bytes) = parse_chunk_line(&buf[..line_bytes - 2])?;
         let body_bytes = self
             .body_bytes
             .checked_add(chunk_bytes)
@@ -164,7 +170,13 @@ impl BodyDecoder {
         if body_bytes > self.body_bytes_max {
             return Err(HttpError::BodyTooLarge);
         }
-        self.body_bytes = body_bytes;
+        let padding_bytes = self.padding_bytes + padding_bytes as u64;
+        if padding_bytes > self.trailer_bytes_max as u64 + body_bytes {
+            return Err(HttpError::Malformed(
+                "chunk extensions and leading zeros outweigh the data",
+            ));
+        }
+        (self.body_bytes, self.padding_bytes) = (body_bytes, padding_bytes);
         buf.advance(line_bytes);
         Ok(Some(chunk_bytes))
     }
@@ -201,8 +213,9 @@ fn find_line(
     Ok(Some(lf_index + 1))
 }
 
-/// `chunk-size [ chunk-ext ]` without the CRLF (RFC 9112 §7.1).
-fn parse_chunk_line(line: &[u8]) -> Result<u64, HttpError> {
+/// `chunk-size [ chunk-ext ]` without the CRLF (RFC 9112 §7.1): the size, and the bytes of the
+/// line that do not state it (extensions, and leading zeros before its first digit).
+fn parse_chunk_line(line: &[u8]) -> Result<(u64, usize), HttpError> {
     let hex_len = line
         .iter()
         .take_while(|byte| byte.is_ascii_hexdigit())
@@ -210,6 +223,10 @@ fn parse_chunk_line(line: &[u8]) -> Result<u64, HttpError> {
     if hex_len == 0 {
         return Err(HttpError::Malformed("invalid chunk size"));
     }
+    let zeros = line[..hex_len - 1]
+        .iter()
+        .take_while(|&&b| b == b'0')
+        .count();
     let mut chunk_bytes: u64 = 0;
     for &digit in &line[..hex_len] {
         let value = (digit as char).to_digit(16).unwrap_or_default();
@@ -219,7 +236,7 @@ fn parse_chunk_line(line: &[u8]) -> Result<u64, HttpError> {
             .ok_or(HttpError::Malformed("chunk size overflows"))?;
     }
     check_chunk_extensions(&line[hex_len..])?;
-    Ok(chunk_bytes)
+    Ok((chunk_bytes, zeros + line.len() - hex_len))
 }
 
 /// `*( BWS ";" BWS ext-name [ BWS "=" BWS ext-value ] )` (RFC 9112 §7.1.1). Extensions are
@@ -614,6 +631,29 @@ mod tests {
                 (BodyFraming::Chunked, 16, 8),
                 b"1\r\na\r\n0\r\nX: 1\r\nY: 2\r\n\r\n",
                 "a|err 431 request header fields too large",
+            ),
+            // Padding (extensions, leading zeros) may total 8 bytes (the line bound) more than
+            // the data so far: 5 + 4 + 2 = 11 for 3 bytes passes, one more zero fails.
+            (
+                (BodyFraming::Chunked, 16, 8),
+                b"1;abcd\r\na\r\n01;ab\r\nb\r\n001\r\nc\r\n0\r\n\r\n",
+                "abc|end|rest=0",
+            ),
+            (
+                (BodyFraming::Chunked, 16, 8),
+                b"1;abcd\r\na\r\n01;ab\r\nb\r\n0001\r\nc\r\n0\r\n\r\n",
+                "ab|err 400 chunk extensions and leading zeros outweigh the data",
+            ),
+            // The last chunk's zeros count too: 5 + 4 = 9 for 1 byte passes, 5 + 5 fails.
+            (
+                (BodyFraming::Chunked, 16, 8),
+                b"1;abcd\r\na\r\n00000\r\n\r\n",
+                "a|end|rest=0",
+            ),
+            (
+                (BodyFraming::Chunked, 16, 8),
+                b"1;abcd\r\na\r\n000000\r\n\r\n",
+                "a|err 400 chunk extensions and leading zeros outweigh the data",
             ),
             ((BodyFraming::Chunked, 0, 32), b"0\r\n\r\n", "|end|rest=0"),
             (
