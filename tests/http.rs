@@ -37,7 +37,13 @@ fn unknown_path_is_404_and_wrong_method_is_405() {
     let r = conn.response(false).unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
-    // Still usable afterwards: 404/405 are answers, not protocol errors.
+    // A method HTTP does not define and no route has is 501 (RFC 9110 §9.1; methods are
+    // case-sensitive, so `get` is one), on any path; found in review: it was 405.
+    for request in ["FOO /plaintext", "get /plaintext", "FOO /nope"] {
+        conn.send(format!("{request} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(conn.response(false).unwrap().status, 501, "{request}");
+    }
+    // Still usable afterwards: 404/405/501 are answers, not protocol errors.
     assert_eq!(conn.get("/plaintext").status, 200);
 }
 

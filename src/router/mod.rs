@@ -299,7 +299,8 @@ impl Router {
     }
 
     /// Finds the handler for `method` and `path`: Ok with captured parameters, or the status to
-    /// answer (404 no such path; 405 with the allowed methods).
+    /// answer (501 a method no route has and HTTP does not define; 404 no such path; 405 with
+    /// the allowed methods).
     fn find(&self, method: &str, path: &str) -> Result<(&dyn Handler, Params), Miss> {
         let lookup = |method: &str| -> Option<(&dyn Handler, Params)> {
             if let Some(h) = self.exact_get(method, path) {
@@ -318,6 +319,9 @@ impl Router {
             && let Some(found) = lookup("GET")
         {
             return Ok(found);
+        }
+        if !self.knows_method(method) {
+            return Err(Miss::NotImplemented);
         }
         let mut allowed: Vec<&str> = self
             .exact_methods(path)
@@ -360,6 +364,22 @@ impl Router {
         self.exact_get("GET", path)
     }
 
+    /// Whether `method` is one HTTP defines (RFC 9110 §9.3, PATCH in RFC 5789) or one a route
+    /// has: any other (`FOO`, or `get`, as methods are case-sensitive) is answered 501, as RFC
+    /// 9110 §9.1 says a server should, not 405. Only asked on a miss.
+    fn knows_method(&self, method: &str) -> bool {
+        const DEFINED: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ];
+        let exact = |table: &MethodTable| table.iter().any(|(m, _)| &**m == method);
+        DEFINED.contains(&method)
+            || self.patterns.iter().any(|r| &*r.method == method)
+            || match &self.exact_scan {
+                Some(routes) => routes.iter().any(|(_, table)| exact(table)),
+                None => self.exact.values().any(exact),
+            }
+    }
+
     /// The methods of the exact route `path`, from the list or the map, whichever holds them.
     fn exact_methods(&self, path: &str) -> Option<&MethodTable> {
         match &self.exact_scan {
@@ -383,6 +403,9 @@ impl Router {
             Ok((handler, params)) => {
                 req.set_params(params);
                 handler.call(req)
+            }
+            Err(Miss::NotImplemented) => {
+                Reply::ready(Response::error(501, "method not implemented"))
             }
             Err(Miss::NotFound) => Reply::ready(Response::error(404, "not found")),
             Err(Miss::MethodNotAllowed(allow)) => {
@@ -431,6 +454,7 @@ fn short_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 enum Miss {
+    NotImplemented,
     NotFound,
     MethodNotAllowed(String),
 }
@@ -736,6 +760,12 @@ mod app_tests {
             }
             let app = router
                 .post("/r/0", |_req: Request| async { Response::new(201) })
+                .route("PURGE", "/r/0", |_req: Request| async {
+                    Response::new(204)
+                })
+                .route("LOCK", "/p/{x}", |_req: Request| async {
+                    Response::new(204)
+                })
                 .into_app();
             assert_eq!(
                 app.router.exact_scan.is_some(),
@@ -755,7 +785,15 @@ mod app_tests {
             );
             assert_eq!(serve(&app, "GET", "/r/00").status, 404, "{count}");
             assert_eq!(serve(&app, "PUT", "/r/0").status, 405, "{count}");
-            assert_eq!(serve(&app, "GE", "/r/0").status, 405, "{count}");
+            assert_eq!(serve(&app, "GE", "/r/0").status, 501, "{count}");
+            assert_eq!(serve(&app, "get", "/r/0").status, 501, "{count}");
+            assert_eq!(serve(&app, "GE", "/nothing").status, 501, "{count}");
+            // A method a route has is known: elsewhere it is 405 or 404, like a defined one.
+            assert_eq!(serve(&app, "LOCK", "/r/0").status, 405, "{count}");
+            for method in ["PURGE", "LOCK"] {
+                assert_eq!(serve(&app, method, "/nothing").status, 404, "{count}");
+            }
+            assert_eq!(serve(&app, "PURGE", "/r/0").status, 204, "{count}");
         }
     }
 
