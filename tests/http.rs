@@ -742,6 +742,33 @@ fn body_timeout_answers_408() {
     assert_eq!(server.stats()["total"]["timeouts_body"], 1);
 }
 
+/// Review finding: an HTTP/1.0 echo (close-delimited: no chunked coding) cut short by a body
+/// timeout ended with a clean end of stream, which reads as a whole answer. It now ends with a
+/// reset; over HTTP/1.1 the missing last chunk tells.
+#[test]
+fn a_cut_close_delimited_answer_ends_with_a_reset() {
+    let server = Server::start(&["--body-timeout", "0.3"]);
+    let mut stream = server.connect();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.0\r\nContent-Length: 10\r\n\r\nhello")
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text:?}");
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset), "{text:?}");
+}
+
 /// A connection to `server` with a 4 KiB receive buffer, so the server's writes stall soon.
 fn connect_small_window(server: &Server) -> std::net::TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

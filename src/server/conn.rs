@@ -424,6 +424,9 @@ struct Conn {
     stashed: Option<Result<RequestHead, HttpError>>,
     /// The server chose to close after an answer: the client may still be sending.
     linger: bool,
+    /// A close-delimited answer (HTTP/1.0) was cut short: its end of stream would read as a
+    /// whole answer, so the connection ends with a reset instead (no close_notify over TLS).
+    cut_unframed: bool,
     /// Requests answered since the task last yielded or waited for bytes
     /// (`REQUESTS_PER_TURN_MAX`).
     served_in_turn: u32,
@@ -482,9 +485,28 @@ pub async fn serve(
         parallel_max,
         stashed: None,
         linger: false,
+        cut_unframed: false,
         served_in_turn: 0,
     };
     conn.run().await;
+    if conn.cut_unframed {
+        let fd = conn.io.stream.borrow().as_raw_fd();
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt(2) on the connection's own open socket, with a `linger` it reads.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const abort).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        return;
+    }
     if tls {
         // close_notify, so the client can tell a complete response from a cut connection.
         let stream = &conn.io.stream;
@@ -1199,8 +1221,11 @@ impl Conn {
         while let Some(chunk) = next.take() {
             let Ok(chunk) = chunk else {
                 // The body broke mid-way (e.g. a request body error while echoing): the client
-                // sees a truncated response, never a well-formed wrong one.
+                // sees a truncated response, never a well-formed wrong one: a chunked one
+                // without its last chunk, a close-delimited one ended by a reset (found in
+                // review: an HTTP/1.0 client read a cut echo as whole).
                 let _ = self.flush().await;
+                self.cut_unframed = !chunked;
                 return Flow::Close;
             };
             if chunked {
