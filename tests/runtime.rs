@@ -703,6 +703,67 @@ fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
     assert_ne!(status.code(), Some(0));
 }
 
+/// Review finding: the signals nginx and Gunicorn operators send out of habit killed (QUIT,
+/// USR1, USR2) or stopped (TTIN, TTOU) the process, requests in flight and sessions lost. USR1
+/// and USR2 are logged and ignored, TTIN and TTOU ignored, and QUIT drains like TERM: the
+/// upload in flight finishes and the process exits 0.
+#[test]
+fn operator_signals_of_nginx_and_gunicorn_do_no_harm() {
+    use std::io::{BufRead, BufReader, Read};
+    let data = common::temp_dir("operator-signals");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap()
+        .to_string();
+    let kill = |signal| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    };
+    for signal in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGTTIN, libc::SIGTTOU] {
+        kill(signal);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut conn = Conn::new(std::net::TcpStream::connect(&addr).unwrap());
+    assert_eq!(
+        conn.get("/plaintext").status,
+        200,
+        "alive after the signals"
+    );
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello");
+    std::thread::sleep(Duration::from_millis(100));
+    kill(libc::SIGQUIT);
+    std::thread::sleep(Duration::from_millis(200));
+    conn.send(b"world");
+    let answer = conn
+        .response(false)
+        .expect("the upload in flight is answered");
+    assert_eq!(answer.body, b"helloworld");
+    drop(conn);
+    let status = common::wait_exit(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    for name in ["SIGUSR1", "SIGUSR2"] {
+        assert!(stderr.contains(&format!("percore: {name} (")), "{stderr}");
+    }
+}
+
 /// A shard that cannot finish stopping (here: its session snapshot's temporary file is a FIFO
 /// with no reader, so the kernel blocks the shard thread in open(2), as a hung disk would) must
 /// not keep the process alive: it exits 1 after `--grace` + `--stop-timeout`, naming the shard.

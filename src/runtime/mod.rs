@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use crate::auth::service::{Auth, AuthMesh, LimitReply, LimitRequest};
 use crate::auth::users::Users;
@@ -223,8 +223,21 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         .find(|(l, _)| matches!(l.kind, ListenerKind::Tls(_)))
         .map(|(_, addr)| addr.port());
     // Registered before any shard starts, so a signal right after "listening" is never lost.
-    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+    // Besides TERM, INT and HUP, the signals operators of nginx and Gunicorn send out of habit
+    // (found in review: each killed or stopped the process, requests in flight and sessions
+    // lost): QUIT stops gracefully (nginx's graceful stop); USR1 (reopen logs) and USR2
+    // (binary upgrade) are logged and ignored: percore logs to stderr and has no upgrade.
+    let signals = signal_hook::iterator::Signals::new(
+        STOP_SIGNALS.into_iter().chain([SIGHUP, SIGUSR1, SIGUSR2]),
+    )
+    .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+    // TTIN and TTOU (Gunicorn's worker count; job control) stop a process by default: ignored
+    // outright, not handled, because a caught SIGTTOU restarts the terminal write that raised
+    // it, and a log line about it would raise it again.
+    for signal in [libc::SIGTTIN, libc::SIGTTOU] {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
 
     let stats_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
     let session_mesh = MeshBuilder::full(shard_count, MESH_CHANNEL_CAPACITY);
@@ -591,7 +604,22 @@ fn wait_stopped(
     deadline
 }
 
-/// A small unpinned executor that turns SIGTERM/SIGINT into a drain message to every shard (a
+/// The signals that stop percore gracefully (a second one exits at once).
+const STOP_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, SIGQUIT];
+
+/// USR1 and USR2 mean "reopen your logs" and "upgrade" to nginx and Gunicorn: percore has
+/// neither, says so and goes on. True for such a signal.
+fn ignored_with_a_word(signal: i32) -> bool {
+    let name = match signal {
+        SIGUSR1 => "SIGUSR1 (percore logs to stderr: there are no log files to reopen)",
+        SIGUSR2 => "SIGUSR2 (percore has no in-place binary upgrade)",
+        _ => return false,
+    };
+    crate::log_line!("percore: {name}: ignored");
+    true
+}
+
+/// A small unpinned executor that turns SIGTERM/SIGINT/SIGQUIT into a drain message to every shard (a
 /// second one exits at once) and tells the main thread when the drain began, and turns SIGHUP
 /// into a re-read of the users file: read and checked here once, then handed to every shard; a
 /// bad file keeps the old users and says why.
@@ -655,6 +683,9 @@ fn spawn_signal_forwarder(
                             reload.request();
                             continue;
                         }
+                        if ignored_with_a_word(signal) {
+                            continue;
+                        }
                         received += 1;
                         if !serving.load(Ordering::SeqCst) {
                             exit_during_start(signal);
@@ -685,7 +716,7 @@ fn spawn_signal_forwarder(
         .map_err(|e| StartError(format!("cannot start the signal thread: {e}")))
 }
 
-/// Until the shards are connected: exits at once on SIGTERM or SIGINT, as before serving
+/// Until the shards are connected: exits at once on a stop signal, as before serving
 /// (nothing was accepted), and notes a SIGHUP for later. Never returns.
 async fn exit_on_start_signal(
     signals: &mut signal_hook::iterator::Signals,
@@ -697,13 +728,16 @@ async fn exit_on_start_signal(
                 *hup = true;
                 continue;
             }
+            if ignored_with_a_word(signal) {
+                continue;
+            }
             exit_during_start(signal);
         }
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
 }
 
-/// SIGTERM or SIGINT before every shard serves: nothing was accepted, so exit at once.
+/// A stop signal before every shard serves: nothing was accepted, so exit at once.
 fn exit_during_start(signal: i32) -> ! {
     crate::log_line!("percore: signal {signal} during start-up: exiting now");
     std::process::exit(128 + signal);
