@@ -764,6 +764,47 @@ fn operator_signals_of_nginx_and_gunicorn_do_no_harm() {
     }
 }
 
+/// Review finding: a shard that could not create its transaction log (here every write past
+/// 64 KiB fails, as on a full disk: the segments are prefilled to 1 MiB) printed its line and
+/// exited from its own thread, racing the other shard and the main thread: two lines, a line
+/// cut mid-way, or only a wrong "could not start its executor". Now the main thread prints one.
+#[test]
+fn a_shard_that_cannot_create_its_log_fails_the_start_in_one_line() {
+    use std::os::unix::process::CommandExt;
+    for _ in 0..5 {
+        let data = common::temp_dir("log-create-fails");
+        let mut command = std::process::Command::new(common::BIN);
+        command
+            .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+            .arg(data.path());
+        // SAFETY: between fork and exec, only async-signal-safe calls: signal(2), setrlimit(2).
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit {
+                    rlim_cur: 64 * 1024,
+                    rlim_max: 64 * 1024,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(
+            lines[0].starts_with("percore: shard ")
+                && lines[0].contains(": cannot open the transaction log in ")
+                && !lines[0].contains("op: "),
+            "{stderr}"
+        );
+    }
+}
+
 /// A shard that cannot finish stopping (here: its session snapshot's temporary file is a FIFO
 /// with no reader, so the kernel blocks the shard thread in open(2), as a hung disk would) must
 /// not keep the process alive: it exits 1 after `--grace` + `--stop-timeout`, naming the shard.

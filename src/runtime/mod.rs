@@ -57,6 +57,8 @@ enum Started {
     Ready(usize),
     /// This thread ended before it was ready (`StartReport`).
     Lost(String),
+    /// A shard could not start, for this reason (its one line).
+    Failed(String),
 }
 
 /// How far the start has come, as the main thread has heard it, for the start-up watchdog: it
@@ -139,6 +141,16 @@ impl StartReport {
     fn ready(mut self, index: usize) {
         if let Some(sender) = self.sender.take() {
             let _ = sender.send(Started::Ready(index));
+        }
+    }
+
+    /// The shard cannot start, for `reason`: the main thread ends the start with it. One report
+    /// per shard, read by the one thread that prints: shards that exited on their own raced
+    /// each other and the main thread's "could not start its executor" (found in review:
+    /// lines cut mid-way, or only the wrong one).
+    fn fail(mut self, reason: String) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Started::Failed(reason));
         }
     }
 
@@ -358,6 +370,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
                 progress.set(index, StartProgress::READY);
                 ready += 1;
             }
+            Ok(Started::Failed(reason)) => return Err(StartError(reason)),
             Ok(Started::Lost(what)) => {
                 return Err(StartError(format!(
                     "{what} could not start its executor (out of file descriptors, io_uring memory or CPU binding?)"
@@ -921,12 +934,12 @@ async fn shard_main(init: ShardInit) {
     let txn = match Txn::start(dir, &init.config.txn, txn_mesh.clone(), recovered).await {
         Ok(txn) => txn,
         Err(e) => {
-            crate::log_line!(
-                "percore: shard {}: cannot open the transaction log in {}: {e}",
+            init.ready.fail(format!(
+                "shard {}: cannot open the transaction log in {}: {e}",
                 init.index,
                 init.config.data_dir.display()
-            );
-            std::process::exit(2);
+            ));
+            return;
         }
     };
     let shard = Shard::install(

@@ -849,8 +849,21 @@ fn sync_truncation(path: &Path) -> io::Result<()> {
     std::fs::File::open(path)?.sync_all()
 }
 
+/// The error as an operator reads it: "PATH: Permission denied (os error 13)", not glommio's
+/// debug text (`op: Creating path: Some(..) with fd: None`), and of the same kind.
 fn glommio_error(e: glommio::GlommioError<()>) -> io::Error {
-    io::Error::other(e.to_string())
+    match e {
+        glommio::GlommioError::IoError(e) => e,
+        glommio::GlommioError::EnhancedIoError {
+            source,
+            path: Some(path),
+            ..
+        } => io::Error::new(source.kind(), format!("{}: {source}", path.display())),
+        glommio::GlommioError::EnhancedIoError { source, op, .. } => {
+            io::Error::new(source.kind(), format!("{op}: {source}"))
+        }
+        other => io::Error::other(other.to_string()),
+    }
 }
 
 /// Closes a segment's fill handle (the flusher holds no other reference between batches).
