@@ -18,6 +18,10 @@ fn bad_flags_and_config_exit_2_with_one_line() {
     let unknown_key = dir.join("unknown.toml");
     std::fs::write(&unknown_key, "bogus = 1\n").unwrap();
     let missing = dir.join("missing.toml");
+    let empty_data_dir = dir.join("empty-data-dir.toml");
+    std::fs::write(&empty_data_dir, "data_dir = \"\"\n").unwrap();
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, "").unwrap();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -48,6 +52,21 @@ fn bad_flags_and_config_exit_2_with_one_line() {
         (vec!["--config", bad_toml.to_str().unwrap()], "bad.toml"),
         (vec!["--config", unknown_key.to_str().unwrap()], "bogus"),
         (vec!["--config", missing.to_str().unwrap()], "missing.toml"),
+        // Review findings: an empty data_dir in the file wrote into the working directory, and
+        // a file in the dir's place was "cannot create it: File exists".
+        (
+            vec!["--config", empty_data_dir.to_str().unwrap()],
+            "data_dir: empty",
+        ),
+        (
+            vec![
+                "--bind",
+                "127.0.0.1:0",
+                "--data-dir",
+                a_file.to_str().unwrap(),
+            ],
+            "a-file: not a directory",
+        ),
         (vec!["--bind", &taken_addr], &taken_addr),
     ];
     for (args, needle) in cases {

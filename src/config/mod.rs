@@ -493,16 +493,24 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        Ok(args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)))
+        data_dir(args.data_dir.clone(), file.data_dir)
     }
 }
 
 /// Where session snapshots and transaction logs go when no flag or key says.
 const DATA_DIR_DEFAULT: &str = "percore-data";
+
+/// The flag's data dir, else the file's, else the default; never empty (found in review: the
+/// file's `data_dir = ""` was taken, and the start wrote its lock and logs into the working
+/// directory before it failed; the flag's empty value clap refuses).
+fn data_dir(flag: Option<PathBuf>, file: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    match flag.or(file) {
+        Some(dir) if dir.as_os_str().is_empty() => {
+            err("data_dir: empty (leave it out for ./percore-data)".to_string())
+        }
+        dir => Ok(dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT))),
+    }
+}
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = read_named_text(path, limits::CONFIG_FILE_BYTES_MAX)
@@ -721,10 +729,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         )?,
         mesh_deadline: mesh_deadline(args.mesh_deadline_ms.or(file.mesh_deadline_ms))?,
         node_id: args.node_id.or(file.node_id).unwrap_or(0),
-        data_dir: args
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
+        data_dir: data_dir(args.data_dir, file.data_dir)?,
         expose_shard: args.expose_shard.or(file.expose_shard).unwrap_or(false),
         session: SessionConfig {
             cookie_name: cookie_name(args.session_cookie.or(file.session_cookie))?,
@@ -1500,6 +1505,7 @@ mod tests {
             (&["--stop-timeout", "0"][..], "", "--stop-timeout 0"),
             (&["--max-uri-bytes", "20000"][..], "", "--max-uri-bytes"),
             (&["--spin-us", "2000000"][..], "", "--spin-us 2000000"),
+            (&[][..], "data_dir = \"\"", "data_dir: empty"),
             (
                 &["--pipeline-parallel", "65"][..],
                 "",

@@ -479,6 +479,9 @@ const DATA_DIR_LOCK_FILE: &str = "percore.lock";
 pub(crate) fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     use std::io::{Read, Seek, Write};
     let fail = |what: &str, e: std::io::Error| format!("--data-dir {}: {what}: {e}", dir.display());
+    if dir.metadata().is_ok_and(|meta| !meta.is_dir()) {
+        return Err(format!("--data-dir {}: not a directory", dir.display()));
+    }
     std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;
     let path = dir.join(DATA_DIR_LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
