@@ -47,7 +47,7 @@ pub struct Args {
     /// Open loop: requests per second in total, on a fixed schedule per connection
     #[arg(short = 'R', long)]
     pub rate: Option<f64>,
-    /// Pin client thread i to the i-th CPU of this list (e.g. 1 or 2-3,5)
+    /// Pin client thread i to the i-th CPU of this list (e.g. 1 or 2-3,5); more threads than CPUs wrap around it
     #[arg(long)]
     pub cpus: Option<String>,
     /// Busy-poll this long before sleeping in epoll_wait (default: 100us when --cpus gives the
@@ -126,10 +126,11 @@ pub fn validate(args: &Args) -> Result<Config, String> {
         return Err("--duration and --timeout must be above zero".into());
     }
     if let Some(rate) = args.rate
-        && !(rate.is_finite() && rate > 0.0)
+        && !(rate.is_finite() && rate > 0.0 && rate <= limits::RATE_MAX)
     {
         return Err(format!(
-            "--rate must be a positive number of requests per second, not {rate}"
+            "--rate must be a positive number of requests per second up to {}, not {rate}",
+            limits::RATE_MAX
         ));
     }
     if args.p99_max.is_some() && !args.find_max {

@@ -31,12 +31,18 @@ pub const RESPONSE_HEADERS_MAX: usize = 64;
 pub const READ_BUFFER_BYTES: usize = 2 * RESPONSE_HEAD_BYTES_MAX;
 const _: () = assert!(READ_BUFFER_BYTES >= RESPONSE_HEAD_BYTES_MAX + CHUNK_LINE_BYTES_MAX);
 
+/// The highest `--rate`: one request per nanosecond, the open loop's schedule resolution (found
+/// in review: 1e30 was taken, and its "due but never sent" count could not mean it).
+pub const RATE_MAX: f64 = 1e9;
+
 /// Request body read from `--body FILE` or a scenario's `body_file`.
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Requests a scenario may define, and the sum of their weights (the mix table has one entry per
 /// unit of weight). 16,384 lets a scenario spread its keys as a real key space does (the transfer
 /// benchmark's 32,768 accounts, bench/txn_vs_redis.py); the mix table indexes templates with a u16.
 pub const SCENARIO_REQUESTS_MAX: usize = 16 * 1024;
+/// Bytes read from a scenario file (its bodies are files of their own).
+pub const SCENARIO_FILE_BYTES_MAX: usize = 16 * 1024 * 1024;
 const _: () = assert!(SCENARIO_REQUESTS_MAX <= u16::MAX as usize + 1);
 pub const SCENARIO_WEIGHT_SUM_MAX: u32 = 1_000_000;
 /// Cookies one connection keeps from `Set-Cookie`.

@@ -71,7 +71,8 @@ pub fn load(
     default_path: &str,
     extra_headers: &[(String, String)],
 ) -> Result<Mix, String> {
-    let text = std::fs::read_to_string(path)
+    let text = read_bounded(path, limits::SCENARIO_FILE_BYTES_MAX)
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string()))
         .map_err(|e| format!("bad scenario file {}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base, authority, default_path, extra_headers)
@@ -220,15 +221,31 @@ fn spec_of(
 
 /// Reads a request body file, refusing one over `REQUEST_BODY_BYTES_MAX`.
 pub fn read_body(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("body file {}: {e}", path.display()))?;
-    if meta.len() > limits::REQUEST_BODY_BYTES_MAX as u64 {
-        return Err(format!(
-            "body file {} is over {} bytes",
-            path.display(),
-            limits::REQUEST_BODY_BYTES_MAX
-        ));
+    read_bounded(path, limits::REQUEST_BODY_BYTES_MAX)
+        .map_err(|e| format!("body file {}: {e}", path.display()))
+}
+
+/// The whole file, if it holds at most `bytes_max` bytes. The read itself is bounded, not only
+/// the size the file claims: a device or a pipe claims 0 (found in review: `--body /dev/zero`
+/// read until the memory ran out).
+fn read_bounded(path: &Path, bytes_max: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let too_big = || format!("over {bytes_max} bytes");
+    if file
+        .metadata()
+        .is_ok_and(|meta| meta.len() > bytes_max as u64)
+    {
+        return Err(too_big());
     }
-    std::fs::read(path).map_err(|e| format!("body file {}: {e}", path.display()))
+    let mut bytes = Vec::new();
+    file.take(bytes_max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() > bytes_max {
+        return Err(too_big());
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

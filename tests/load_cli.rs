@@ -54,6 +54,10 @@ fn bad_input_exits_2_with_one_line() {
     check(&["-d", "ten", &url], "--duration");
     check(&["--rate=-5", &url], "--rate");
     check(&["--rate", "0", &url], "--rate");
+    check(
+        &["--rate", "1e30", &url],
+        "up to 1000000000, not 1000000000000000000000000000000",
+    );
     check(&["--pipeline", "0", &url], "--pipeline");
     check(&["--cpus", "9999", &url], "--cpus");
     check(&["-H", "NoColon", &url], "header");
@@ -63,6 +67,9 @@ fn bad_input_exits_2_with_one_line() {
         "bad scenario file",
     );
     check(&["--body", "/nonexistent/body", &url], "body file");
+    // A device claims 0 bytes: the read is bounded, not only the claim (found in review).
+    check(&["--body", "/dev/zero", &url], "over 16777216 bytes");
+    check(&["--scenario", "/dev/zero", &url], "over 16777216 bytes");
 }
 
 /// Review items 6, 9 and 10: scenario errors name file, line and key on one line; duplicate
