@@ -564,10 +564,10 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         }
         (None, Some(0)) => return err("--shards 0: at least one shard is needed"),
         (None, Some(n)) if n > allowed.len() => {
-            return err(format!(
-                "--shards {n}: only {} CPUs are available to this process",
-                allowed.len()
-            ));
+            return err(match allowed.len() {
+                1 => format!("--shards {n}: only 1 CPU is available to this process"),
+                cpus => format!("--shards {n}: only {cpus} CPUs are available to this process"),
+            });
         }
         (None, Some(n)) => allowed[..n].to_vec(),
         (None, None) => allowed.to_vec(),

@@ -213,10 +213,12 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
     // Raised before anything opens a file; said once the start succeeded (a failed start says
     // one line: its error).
-    let connections = (config.conns_max as u64).saturating_mul(config.shard_count() as u64);
-    let nofile_warning =
-        preflight::raise_nofile(connections, config.shard_count(), config.listeners.len())
-            .map_err(StartError)?;
+    let nofile_warning = preflight::raise_nofile(
+        config.conns_max as u64,
+        config.shard_count(),
+        config.listeners.len(),
+    )
+    .map_err(StartError)?;
     // Held until the process ends; the kernel drops the lock with the process, however it ends.
     let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
     // Before any shard reads or writes the data dir; what the main thread writes there waits

@@ -25,10 +25,11 @@ const NOFILE_BASE: u64 = 16;
 /// `listeners` listeners each at all; Ok(a warning) when it cannot hold `connections` open at
 /// once: past it accepts fail (EMFILE) and connections wait in the backlog.
 pub fn raise_nofile(
-    connections: u64,
+    conns_per_shard: u64,
     shards: usize,
     listeners: usize,
 ) -> Result<Option<String>, String> {
+    let connections = conns_per_shard.saturating_mul(shards as u64);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -62,8 +63,7 @@ pub fn raise_nofile(
             "RLIMIT_NOFILE is {}: not all of the {connections} connections --max-conns allows \
              ({} per shard, {shards} shards) can be open, the rest wait in the backlog; raise \
              it to {needed} (ulimit -n; systemd: LimitNOFILE=)",
-            limit.rlim_cur,
-            connections / shards.max(1) as u64
+            limit.rlim_cur, conns_per_shard
         )
     }))
 }

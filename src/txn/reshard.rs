@@ -137,8 +137,11 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
         .and_then(|()| finish(dir, &ready))
         .map_err(|e| committed(dir, to, e))?;
     Ok(format!(
-        "percore: moved {keys} keys of {} from {} to {}; start it with --shards {to}; the old log \
-         is in {}",
+        "percore: moved {} of {} from {} to {}; start it with --shards {to}; the old log is in {}",
+        match keys {
+            1 => "1 key".to_string(),
+            n => format!("{n} keys"),
+        },
         dir.display(),
         shards(from),
         shards(to),
