@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Conn, Server, parse_response, read_to_close};
 
@@ -1193,6 +1193,37 @@ fn a_408_lingers_while_the_client_is_still_sending() {
             }
         }
     }
+}
+
+/// The lingering after a 408 is bounded by `--lingering-timeout` in all, not 30 s: a slowloris
+/// client that keeps dripping bytes holds its slot little longer than its header timeout.
+#[test]
+fn a_408_lingers_at_most_the_lingering_timeout() {
+    let server = Server::start(&["--header-timeout", "0.3", "--lingering-timeout", "1"]);
+    let mut stream = server.connect();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"GET /plaintext HTTP/1.1\r\n").unwrap();
+    let raw = read_to_close(&mut stream);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 408 "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let answered = Instant::now();
+    // Each write lands while the server lingers; the first after it closed meets a reset.
+    let ended = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if stream.write_all(b"X: y\r\n").is_err() || answered.elapsed() > Duration::from_secs(10) {
+            break answered.elapsed();
+        }
+    };
+    assert!(ended < Duration::from_secs(5), "lingered {ended:?}");
+    assert!(
+        ended >= Duration::from_millis(900),
+        "lingered only {ended:?}"
+    );
 }
 
 #[test]

@@ -481,6 +481,20 @@ fn a_client_dripping_record_bytes_still_times_out() {
     }
 }
 
+/// A slow head over TLS gets its 408 like a plain one: the read waits through glommio, and the
+/// timeout sweep wakes it through the task it left (no socket shutdown).
+#[test]
+fn a_slow_head_over_tls_gets_a_408() {
+    let pki = Pki::new();
+    let server = https(&pki, &["--header-timeout", "0.5"]);
+    let stream = connect(server.addr, "localhost", pki.default_client()).unwrap();
+    let mut conn = common::Conn::new(stream);
+    conn.send(b"GET /plaintext HTTP/1.1\r\n");
+    let answer = conn.response(false).expect("a 408 over TLS");
+    assert_eq!(answer.status, 408);
+    assert_eq!(answer.header("connection"), Some("close"));
+}
+
 #[test]
 fn garbage_instead_of_a_handshake_is_dropped() {
     let pki = Pki::new();

@@ -171,7 +171,7 @@ impl BodyDecoder {
             return Err(HttpError::BodyTooLarge);
         }
         let padding_bytes = self.padding_bytes + padding_bytes as u64;
-        if padding_bytes > self.trailer_bytes_max as u64 + body_bytes {
+        if padding_bytes > (self.trailer_bytes_max as u64).saturating_add(body_bytes) {
             return Err(HttpError::Malformed(
                 "chunk extensions and leading zeros outweigh the data",
             ));
@@ -654,6 +654,12 @@ mod tests {
                 (BodyFraming::Chunked, 16, 8),
                 b"1;abcd\r\na\r\n000000\r\n\r\n",
                 "a|err 400 chunk extensions and leading zeros outweigh the data",
+            ),
+            // A body bound near u64::MAX: the padding bound saturates (review: it overflowed).
+            (
+                (BodyFraming::Chunked, u64::MAX, 32),
+                b"fffffffffffffff0\r\nab",
+                "ab|incomplete",
             ),
             ((BodyFraming::Chunked, 0, 32), b"0\r\n\r\n", "|end|rest=0"),
             (

@@ -2,7 +2,7 @@
 //!
 //! A connection reads with `recv(2)` as glommio does and writes through glommio as before; only
 //! *waiting* for bytes changes. Its poll is armed once, posts a completion every time the socket
-//! wakes its waiters (data, FIN, an error, a `shutdown(2)` from the drain or the timeout sweep),
+//! wakes its waiters (data, FIN, an error, a `shutdown(2)` from the drain),
 //! and marks the connection ready. The bytes stay in the socket until read, so the socket's
 //! receive buffer is still the per-connection bound.
 //!
@@ -343,9 +343,10 @@ impl ReadyRing {
         }
     }
 
-    /// Marks `slot` ready and wakes its connection, poll or no poll: the timeout sweep and the
-    /// drain call it after `shutdown(2)`, so that a poll whose completion the kernel dropped
-    /// (an overflow entry it could not allocate) cannot keep a connection waiting forever.
+    /// Marks `slot` ready and wakes its connection, poll or no poll: the timeout sweep calls it
+    /// to end a read at its deadline, and the drain after `shutdown(2)`, so that a poll whose
+    /// completion the kernel dropped (an overflow entry it could not allocate) cannot keep a
+    /// connection waiting forever.
     pub fn wake(&self, slot: u32) {
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(slot as usize) else {

@@ -195,6 +195,9 @@ pub struct Router {
     exact_scan: Option<Vec<(Box<str>, MethodTable)>>,
     patterns: Vec<Route>,
     middleware: Vec<(Phase, Rc<dyn Middleware>)>,
+    /// Every method some route has that HTTP does not define, gathered by `into_app`: a miss
+    /// with an unknown method looks here, not through every route (`knows_method`).
+    other_methods: Vec<Box<str>>,
 }
 
 impl Router {
@@ -368,16 +371,7 @@ impl Router {
     /// has: any other (`FOO`, or `get`, as methods are case-sensitive) is answered 501, as RFC
     /// 9110 §9.1 says a server should, not 405. Only asked on a miss.
     fn knows_method(&self, method: &str) -> bool {
-        const DEFINED: [&str; 9] = [
-            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-        ];
-        let exact = |table: &MethodTable| table.iter().any(|(m, _)| &**m == method);
-        DEFINED.contains(&method)
-            || self.patterns.iter().any(|r| &*r.method == method)
-            || match &self.exact_scan {
-                Some(routes) => routes.iter().any(|(_, table)| exact(table)),
-                None => self.exact.values().any(exact),
-            }
+        DEFINED_METHODS.contains(&method) || self.other_methods.iter().any(|m| &**m == method)
     }
 
     /// The methods of the exact route `path`, from the list or the map, whichever holds them.
@@ -416,6 +410,14 @@ impl Router {
 
     /// Freezes the router and its middleware (sorted by phase) into the app a shard serves.
     pub fn into_app(mut self) -> Rc<App> {
+        let mut other: Vec<Box<str>> = (self.exact.values().flatten().map(|(m, _)| m))
+            .chain(self.patterns.iter().map(|r| &r.method))
+            .filter(|m| !DEFINED_METHODS.contains(&&***m))
+            .cloned()
+            .collect();
+        other.sort_unstable();
+        other.dedup();
+        self.other_methods = other;
         if self.exact.len() <= EXACT_SCAN_MAX {
             self.exact_scan = Some(std::mem::take(&mut self.exact).into_iter().collect());
         }
@@ -427,6 +429,11 @@ impl Router {
         })
     }
 }
+
+/// The methods HTTP defines (RFC 9110 §9.3; PATCH, RFC 5789).
+const DEFINED_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 /// Most exact routes an app may have for `Router::exact_get` to scan them instead of hashing.
 const EXACT_SCAN_MAX: usize = 16;

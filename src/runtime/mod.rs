@@ -219,8 +219,10 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         config.listeners.len(),
     )
     .map_err(StartError)?;
-    // Held until the process ends; the kernel drops the lock with the process, however it ends.
-    let _data_dir_lock = lock_data_dir(&config.data_dir).map_err(StartError)?;
+    // Held until the process ends, however it ends (the kernel drops the lock with it): not
+    // dropped when this returns, since a start refused after the shards began (one could not
+    // create its log) returns while the others still write theirs (found in review).
+    std::mem::forget(lock_data_dir(&config.data_dir).map_err(StartError)?);
     // Before any shard reads or writes the data dir; what the main thread writes there waits
     // for every shard to have read its log (`before_shards_write`).
     crate::txn::reshard::check_finished(&config.data_dir).map_err(StartError)?;

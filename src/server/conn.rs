@@ -58,6 +58,10 @@ struct ConnIo {
     /// A read waited for bytes (and so let the shard's other tasks run) since the connection
     /// loop last looked.
     waited: Cell<bool>,
+    /// A read of this connection timed out: its closing answer (a 408) lingers at most
+    /// `--lingering-timeout` in all, not LINGERING_TIME_MAX, so a slowloris client that keeps
+    /// dripping bytes holds its slot little longer than its header timeout.
+    read_timed_out: Cell<bool>,
 }
 
 impl ConnIo {
@@ -83,6 +87,7 @@ impl ConnIo {
             Poll::Ready(_) | Poll::Pending if self.entry.timed_out.get() => {
                 self.entry.timed_out.set(false);
                 self.entry.read_deadline_ms.set(0);
+                self.read_timed_out.set(true);
                 Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
             }
             Poll::Pending => {
@@ -468,6 +473,7 @@ pub async fn serve(
         write_stalled: Cell::new(false),
         write_failed: Cell::new(false),
         waited: Cell::new(false),
+        read_timed_out: Cell::new(false),
     });
     let parallel_max = io.shard.config.pipeline_parallel_max;
     let mut conn = Conn {
@@ -490,6 +496,9 @@ pub async fn serve(
     };
     conn.run().await;
     if conn.cut_unframed {
+        // The answers before the cut one are whole: the client takes every byte first (a reset
+        // throws away what the send queue still holds), then the reset marks the cut.
+        conn.wait_sent().await;
         let fd = conn.io.stream.borrow().as_raw_fd();
         let abort = libc::linger {
             l_onoff: 1,
@@ -869,7 +878,8 @@ impl Conn {
 
     /// RFC 9112 §9.6: after an answer that closes the connection, half-close it and read (and
     /// drop) what the client still sends until it closes too, goes quiet for
-    /// `--lingering-timeout`, or LINGERING_TIME_MAX passes; closing with unread data would send a
+    /// `--lingering-timeout`, or LINGERING_TIME_MAX passes (`--lingering-timeout` after a read
+    /// timeout, `ConnIo::read_timed_out`); closing with unread data would send a
     /// reset, which can destroy the answer before the client reads it. A drain does not cut it
     /// short (it is bounded by `--grace` like any connection): a pipelining client that a drain
     /// stopped mid-stream lost the rest of its answers, the closing one included, to that reset.
@@ -881,7 +891,12 @@ impl Conn {
         let fd = self.io.stream.borrow().as_raw_fd();
         // SAFETY: shutdown(2) on the connection's own open socket.
         unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-        let until = Instant::now() + LINGERING_TIME_MAX;
+        let total = if self.io.read_timed_out.get() {
+            timeout
+        } else {
+            LINGERING_TIME_MAX
+        };
+        let until = Instant::now() + total;
         loop {
             self.io.rbuf.borrow_mut().clear();
             let left = until.saturating_duration_since(Instant::now());
