@@ -52,7 +52,9 @@ pub const EXIT_USAGE: u8 = 2;
 /// exit code: 0 after a graceful shutdown, 2 with one line on stderr for bad flags, config or
 /// environment. Some ends exit the process from inside instead: a second signal, or one during
 /// start-up (128 + the signal's number), a stop that outlasts `--grace` + `--stop-timeout` or a
-/// start that outlasts `--start-timeout` (1), and a shard that panics (101).
+/// start that outlasts `--start-timeout` (1), and a shard that panics (101). It owns the
+/// process's signals: TERM, INT, QUIT, HUP, USR1 and USR2 are handled (README, "Graceful
+/// shutdown"), TTIN and TTOU ignored.
 pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
     let args = match config::Args::try_parse() {
         Ok(args) => args,
