@@ -45,6 +45,25 @@ use clap::Parser;
 pub use config::Config;
 pub use router::{Request, Response, Router};
 
+/// A panic anywhere in the server (a handler's `unwrap` on request data, most likely) ends the
+/// process with exit code 101 after the panic's own message, whatever the build's panic
+/// strategy: with `panic = "abort"` it aborted (134), and where panics unwind (Cargo's default
+/// for an embedder's build) a panic in a connection task ended its shard's thread without a
+/// word while the process served on, half of it dead, with `/health` 200 (found in review). A
+/// shard cannot be restarted alone; the process is, by its supervisor.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        crate::log_line!(
+            "percore: thread {} panicked: exiting now",
+            thread.name().unwrap_or("?")
+        );
+        std::process::exit(101);
+    }));
+}
+
 /// Exit code for anything the operator must fix before the server can start.
 pub const EXIT_USAGE: u8 = 2;
 
@@ -97,6 +116,7 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
     for warning in &config.warnings {
         crate::log_line!("percore: {warning}");
     }
+    exit_on_panic();
     // One app factory for the process's life; shards borrow it.
     let app: &'static runtime::AppFactory = Box::leak(Box::new(app));
     match runtime::run(config, app) {

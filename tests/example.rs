@@ -298,3 +298,37 @@ fn export_example_runs_the_rest_of_a_batch_while_a_stream_waits_on_the_client() 
     );
     assert_eq!(server.stats()["total"]["requests_parallel"], 2);
 }
+
+/// Review finding: a handler's panic aborted the process (134) with `panic = "abort"`, and
+/// where panics unwind it ended one shard's thread without a word while the process served on
+/// half dead. Now any panic ends the process with 101, after the panic's message and one line.
+#[test]
+fn crash_example_a_handler_panic_ends_the_process_with_101() {
+    use std::io::BufRead;
+    let mut child = Command::new(example_binary("crash"))
+        .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(common::temp_dir("crash").path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /crash HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let status = common::wait_exit(&mut child, std::time::Duration::from_secs(20));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(101), "{stderr}");
+    assert!(stderr.contains("panicked: exiting now"), "{stderr}");
+}
