@@ -408,6 +408,9 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         }
         let _ = out.flush();
     }
+    if let Some(warning) = preflight::untuned_rings_warning() {
+        crate::log_line!("percore: {warning}");
+    }
     if let Some(warning) = nofile_warning {
         crate::log_line!("percore: {warning}");
     }

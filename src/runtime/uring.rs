@@ -36,6 +36,7 @@ pub unsafe extern "C" fn __wrap_io_uring_queue_init_params(
     ring: *mut libc::c_void,
     params: *mut UringParamsHead,
 ) -> i32 {
+    super::preflight::RINGS_TUNED.store(true, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: `params` points to a live io_uring_params whose layout starts with these fields.
     unsafe {
         (*params).flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
