@@ -206,7 +206,9 @@ impl Router {
     }
 
     /// Adds a route. Patterns: `/users/{id}`, `/files/{*path}`. Panics on a malformed pattern
-    /// (a programming error found at start-up).
+    /// (a programming error found at start-up). A method and path added twice keep the first
+    /// route, exact or pattern alike, so routes added before `.mount("/", builtin_routes())`
+    /// take precedence over the built-in ones (`GET /health` of your own).
     pub fn route(mut self, method: &str, pattern: &str, handler: impl Handler) -> Router {
         self.add(method, pattern, Rc::new(handler));
         self
@@ -249,8 +251,10 @@ impl Router {
         self.route(method, path, direct::Direct(handler))
     }
 
-    /// Serves every route of `other` under `prefix` (`/api` + `/users` = `/api/users`).
-    /// `other`'s middleware joins this router's.
+    /// Serves every route of `other` under `prefix` (`/api` + `/users` = `/api/users`; a route
+    /// `/` of `other` is `/api/`, not `/api`). `other`'s middleware joins this router's: it runs
+    /// for every request of the app, not only those under `prefix` (check the path in it to
+    /// scope it).
     pub fn mount(mut self, prefix: &str, other: Router) -> Router {
         let prefix = prefix.trim_end_matches('/');
         for (path, methods) in other.exact {
@@ -290,8 +294,11 @@ impl Router {
         let segments = parse_pattern(pattern);
         if is_exact(&segments) {
             let methods = self.exact.entry(pattern.into()).or_default();
-            methods.retain(|(m, _)| &**m != method);
-            methods.push((method.into(), handler));
+            // The first route added wins, as among patterns (found in review: an exact one was
+            // replaced by the last, so the built-ins mounted last replaced an app's /health).
+            if !methods.iter().any(|(m, _)| &**m == method) {
+                methods.push((method.into(), handler));
+            }
         } else {
             self.patterns.push(Route {
                 method: method.into(),
@@ -751,6 +758,22 @@ mod app_tests {
                 }
             }
         }
+    }
+
+    /// A method and path added twice keep the first route, exact or pattern, mounted or not.
+    #[test]
+    fn the_first_of_two_equal_routes_wins() {
+        let answer =
+            |text: &'static str| move |_req: Request| async move { Response::text(200, text) };
+        let app = Router::new()
+            .get("/health", answer("mine"))
+            .get("/p/{x}", answer("first pattern"))
+            .get("/p/{y}", answer("second pattern"))
+            .get("/health", answer("second"))
+            .mount("/", Router::new().get("/health", answer("built-in")))
+            .into_app();
+        assert_eq!(body(&serve(&app, "GET", "/health")), b"mine");
+        assert_eq!(body(&serve(&app, "GET", "/p/1")), b"first pattern");
     }
 
     /// Exact routes are scanned up to EXACT_SCAN_MAX and hashed beyond: both find the same.
