@@ -31,6 +31,9 @@ async fn checkout(req: Request) -> Response {
         return Response::error(401, "no cart");
     };
     let cart: Vec<String> = session.get("cart").await.ok().flatten().unwrap_or_default();
+    if cart.is_empty() {
+        return Response::error(400, "the cart is empty");
+    }
     let ops = cart.iter().map(|item| Op::Add {
         key: format!("stock-{item}").into(),
         delta: -1,

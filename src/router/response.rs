@@ -88,7 +88,8 @@ impl Response {
         response
     }
 
-    /// A plain-text error answer; `close` asks the connection to close after it.
+    /// A plain-text answer of `message` and a newline (set `close` on it to close the connection
+    /// after it).
     pub fn error(status: u16, message: &str) -> Response {
         let mut body = String::with_capacity(message.len() + 1);
         body.push_str(message);
