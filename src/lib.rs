@@ -8,6 +8,8 @@
 //! }
 //! ```
 
+/// The `mimalloc` feature (on by default; an embedder with its own allocator turns it off).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
