@@ -601,11 +601,16 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             .parse()
             .map_err(|e| ConfigError(format!("--fsync {e}")))?,
         limits: txn_limits,
-        checkpoint_bytes: positive(
-            "checkpoint-bytes",
-            args.checkpoint_bytes.or(file.checkpoint_bytes),
-            limits::CHECKPOINT_BYTES_DEFAULT,
-        )?,
+        checkpoint_bytes: match args.checkpoint_bytes.or(file.checkpoint_bytes) {
+            None => limits::CHECKPOINT_BYTES_DEFAULT,
+            Some(bytes) if bytes >= limits::CHECKPOINT_BYTES_MIN => bytes,
+            Some(bytes) => {
+                return err(format!(
+                    "--checkpoint-bytes {bytes}: at least {}",
+                    limits::CHECKPOINT_BYTES_MIN
+                ));
+            }
+        },
         retry: match args.tx_retry_ms.or(file.tx_retry_ms) {
             None => limits::TX_RETRY_DEFAULT,
             Some(ms) if ms <= limits::TX_RETRY_MAX.as_millis() as u64 => Duration::from_millis(ms),
@@ -1506,6 +1511,11 @@ mod tests {
             (&["--max-uri-bytes", "20000"][..], "", "--max-uri-bytes"),
             (&["--spin-us", "2000000"][..], "", "--spin-us 2000000"),
             (&[][..], "data_dir = \"\"", "data_dir: empty"),
+            (
+                &["--checkpoint-bytes", "4095"][..],
+                "",
+                "--checkpoint-bytes 4095: at least 4096",
+            ),
             (
                 &["--pipeline-parallel", "65"][..],
                 "",

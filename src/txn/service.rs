@@ -174,9 +174,10 @@ impl Recovered {
                     n => format!("{n} whole records after it, of the same unsynced write"),
                 };
                 crate::log_line!(
-                    "percore: shard {shard}: log {} ends in an unfinished write at byte {} ({:?}, \
-                     {after}; expected after a crash or power loss, nothing synced is in it, and \
-                     nothing acknowledged unless it ran with --fsync off): cut off there",
+                    "percore: shard {shard}: log {} ends at byte {} in bytes that are no record \
+                     ({:?}, {after}): the padding of its last write, or a write a crash cut \
+                     short, as expected after a crash; nothing synced is in it, and nothing \
+                     acknowledged unless power was lost under --fsync off: cut off there",
                     cut.path.display(),
                     tail.offset,
                     tail.reason
