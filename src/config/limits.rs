@@ -118,6 +118,9 @@ pub const BODY_DISCARD_BYTES_MAX: u64 = 64 * 1024;
 pub const MESH_INFLIGHT_MAX_DEFAULT: usize = 1024;
 /// Messages queued in each direction between two shards (glommio mesh channel capacity).
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Transaction messages a starting shard keeps until it can take them (more are dropped: the
+/// protocol resends what matters).
+pub const TXN_EARLY_MESSAGES_MAX: usize = 1024;
 /// Deadline of one cross-shard request/reply.
 pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
 
