@@ -291,6 +291,12 @@ impl Router {
             pattern.starts_with('/'),
             "route pattern must start with '/': {pattern}"
         );
+        // RFC 9110 §9.1: a method is a token, and case-sensitive (`get` is not GET). A route
+        // whose method no request can carry (a space, an empty name) is a programming error.
+        assert!(
+            !method.is_empty() && method.bytes().all(is_tchar),
+            "route method must be a token (RFC 9110 §9.1): {method:?}"
+        );
         let segments = parse_pattern(pattern);
         if is_exact(&segments) {
             let methods = self.exact.entry(pattern.into()).or_default();
@@ -435,6 +441,11 @@ impl Router {
             middleware,
         })
     }
+}
+
+/// `tchar` (RFC 9110 §5.6.2).
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// The methods HTTP defines (RFC 9110 §9.3; PATCH, RFC 5789).
@@ -758,6 +769,12 @@ mod app_tests {
                 }
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "route method must be a token")]
+    fn a_route_method_must_be_a_token() {
+        let _ = Router::new().route("GE T", "/x", |_req: Request| async { Response::new(200) });
     }
 
     /// A method and path added twice keep the first route, exact or pattern, mounted or not.

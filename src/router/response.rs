@@ -97,12 +97,28 @@ impl Response {
         Response::text(status, body)
     }
 
+    /// Adds a field; one of the same name stays (`Set-Cookie`, several `Link`s).
     pub fn header(
         mut self,
         name: impl Into<Cow<'static, str>>,
         value: impl Into<Bytes>,
     ) -> Response {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets a field, replacing those of the same name (ASCII case-insensitive):
+    /// `Response::text(200, page).set_header("Content-Type", "text/html")` sends one
+    /// `Content-Type` (found in review: `header` sent both).
+    pub fn set_header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Bytes>,
+    ) -> Response {
+        let name = name.into();
+        self.headers
+            .retain(|(old, _)| !old.eq_ignore_ascii_case(&name));
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -129,5 +145,27 @@ impl From<BodyError> for Response {
         let mut response = Response::error(e.status(), message);
         response.close = true;
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Response;
+
+    #[test]
+    fn set_header_replaces_and_header_adds() {
+        let response = Response::text(200, "<p>hi</p>")
+            .set_header("content-type", "text/html")
+            .header("Set-Cookie", "a=1")
+            .header("Set-Cookie", "b=2");
+        let values = |name: &str| -> Vec<&[u8]> {
+            let fields = response.headers.iter();
+            fields
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| &v[..])
+                .collect()
+        };
+        assert_eq!(values("Content-Type"), [&b"text/html"[..]]);
+        assert_eq!(values("set-cookie"), [&b"a=1"[..], &b"b=2"[..]]);
     }
 }
