@@ -74,6 +74,14 @@ pub enum SessionError {
     /// At `--max-sessions` with every session logged in: a new session is refused (503 and
     /// `Retry-After`) rather than log a user out.
     Full,
+    /// `Session::set` was given a value JSON cannot hold (a map whose keys are not strings): the
+    /// app's error, 500 (found in review: it was "too large", 413, blaming the client).
+    NotJson,
+}
+
+/// A value as the JSON a session stores; `NotJson` for one JSON cannot hold.
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Value, SessionError> {
+    serde_json::to_value(value).map_err(|_| SessionError::NotJson)
 }
 
 impl SessionError {
@@ -83,6 +91,7 @@ impl SessionError {
             SessionError::TooLarge => 413,
             SessionError::TooDeep => 400,
             SessionError::Unavailable | SessionError::Full => 503,
+            SessionError::NotJson => 500,
         }
     }
 
@@ -93,6 +102,7 @@ impl SessionError {
             SessionError::TooDeep => "the value nests more than 64 arrays or objects",
             SessionError::Unavailable => "session owner unavailable, retry",
             SessionError::Full => "every session is logged in, retry later",
+            SessionError::NotJson => "the value cannot be stored as JSON",
         }
     }
 
@@ -103,7 +113,10 @@ impl SessionError {
         match self {
             SessionError::Unavailable => Some("1"),
             SessionError::Full => Some("30"),
-            SessionError::Unknown | SessionError::TooLarge | SessionError::TooDeep => None,
+            SessionError::Unknown
+            | SessionError::TooLarge
+            | SessionError::TooDeep
+            | SessionError::NotJson => None,
         }
     }
 }
@@ -711,8 +724,7 @@ impl Session {
         name: &str,
         value: &T,
     ) -> Result<(), SessionError> {
-        let value = serde_json::to_value(value).map_err(|_| SessionError::TooLarge)?;
-        self.set_value(name, value).await
+        self.set_value(name, to_json(value)?).await
     }
 
     /// Removes a value; false when there was none.
@@ -787,6 +799,18 @@ mod tests {
 
     use super::*;
     use crate::mesh::MeshLimits;
+
+    /// A value JSON cannot hold is the app's error (500), not the client's "too large".
+    #[test]
+    fn a_value_json_cannot_hold_is_not_json() {
+        let tuple_keys: HashMap<(u8, u8), u8> = HashMap::from([((1, 2), 3)]);
+        let error = to_json(&tuple_keys).unwrap_err();
+        assert_eq!(
+            (error.status(), error.message()),
+            (500, "the value cannot be stored as JSON")
+        );
+        assert_eq!(to_json(&vec![1, 2]).unwrap(), serde_json::json!([1, 2]));
+    }
 
     /// A step of a scenario on one shard's sessions; ids go by the names the scenario gives them.
     #[derive(Clone, Copy, Debug)]
