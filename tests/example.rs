@@ -332,3 +332,33 @@ fn crash_example_a_handler_panic_ends_the_process_with_101() {
     assert_eq!(status.and_then(|s| s.code()), Some(101), "{stderr}");
     assert!(stderr.contains("panicked: exiting now"), "{stderr}");
 }
+
+/// Review finding: nothing bounded how long a handler may take, so one that never answered held
+/// its connection's `--max-conns` slot for good. Past `--handler-timeout` the handler is
+/// dropped, the client gets 503 and the connection closes; alone or in a pipelined batch.
+#[test]
+fn export_example_a_handler_past_its_timeout_gets_503() {
+    let server = common::Server::start_with(
+        example_binary("export").to_str().unwrap(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--handler-timeout",
+            "0.5",
+        ],
+    );
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(conn.get("/wait/50").status, 200, "a quick one is answered");
+    for requests in [1, 3] {
+        // The handlers would answer 200 after 5 s: a 503 is the timeout's.
+        let mut conn = Conn::new(server.connect());
+        conn.send(&b"GET /wait/5000 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(requests));
+        let answer = conn.response(false).expect("an answer");
+        assert_eq!(answer.status, 503, "{requests}");
+        assert_eq!(answer.header("connection"), Some("close"));
+        assert!(conn.closed(), "{requests}");
+    }
+    assert_eq!(server.stats()["total"]["timeouts_handler"], 2);
+}

@@ -32,6 +32,12 @@ pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// An idle keep-alive connection is closed after this. nginx: 75 s; Gunicorn: 2 s; Tomcat: 60 s.
 pub const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// From a request's head to its handler's answer (the response, not the streaming of its body):
+/// past it the handler is dropped and the client gets 503 and a closed connection, so a handler
+/// that never answers (a lost wake-up, a long poll without end) cannot hold its connection's
+/// `--max-conns` slot for good (found in review). Gunicorn's timeout is 30 s; nginx's
+/// proxy_read_timeout 60 s.
+pub const HANDLER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// A write that makes no progress for this long closes the connection. nginx's send_timeout.
 pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// After an answer that closes the connection, percore half-closes it and reads (and drops)

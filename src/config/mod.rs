@@ -89,6 +89,9 @@ pub struct Args {
     /// Seconds an idle keep-alive connection is kept.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub keepalive_timeout: Option<f64>,
+    /// Seconds a handler may take to answer (503 and the connection closed past it)
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub handler_timeout: Option<f64>,
     /// Seconds a write may make no progress before the connection is closed.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub write_timeout: Option<f64>,
@@ -271,6 +274,7 @@ struct FileConfig {
     header_timeout: Option<f64>,
     body_timeout: Option<f64>,
     keepalive_timeout: Option<f64>,
+    handler_timeout: Option<f64>,
     write_timeout: Option<f64>,
     lingering_timeout: Option<f64>,
     grace: Option<f64>,
@@ -427,6 +431,7 @@ pub struct Config {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub handler_timeout: Duration,
     pub write_timeout: Duration,
     /// Zero: no lingering close.
     pub lingering_timeout: Duration,
@@ -702,6 +707,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             "keepalive-timeout",
             args.keepalive_timeout.or(file.keepalive_timeout),
             limits::KEEPALIVE_TIMEOUT_DEFAULT,
+        )?,
+        handler_timeout: seconds(
+            "handler-timeout",
+            args.handler_timeout.or(file.handler_timeout),
+            limits::HANDLER_TIMEOUT_DEFAULT,
         )?,
         write_timeout: seconds(
             "write-timeout",

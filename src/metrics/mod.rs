@@ -29,6 +29,7 @@ pub struct ShardMetrics {
     pub timeouts_idle: Cell<u64>,
     pub timeouts_body: Cell<u64>,
     pub timeouts_write: Cell<u64>,
+    pub timeouts_handler: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub tls_handshakes: Cell<u64>,
     pub tls_handshake_failures: Cell<u64>,
@@ -114,6 +115,7 @@ impl ShardMetrics {
             timeouts_idle: self.timeouts_idle.get(),
             timeouts_body: self.timeouts_body.get(),
             timeouts_write: self.timeouts_write.get(),
+            timeouts_handler: self.timeouts_handler.get(),
             protocol_errors: self.protocol_errors.get(),
             tls_handshakes: self.tls_handshakes.get(),
             tls_handshake_failures: self.tls_handshake_failures.get(),
@@ -186,11 +188,12 @@ shard_stats! {
     /// Connections ended by a timeout: a request head not whole in `--header-timeout` (408; a
     /// new connection that sent nothing, closed without an answer), a keep-alive connection
     /// idle for `--keepalive-timeout`, a body stalled for `--body-timeout`, a client that stopped
-    /// reading for `--write-timeout`.
+    /// reading for `--write-timeout`, a handler that did not answer in `--handler-timeout` (503).
     timeouts_header,
     timeouts_idle,
     timeouts_body,
     timeouts_write,
+    timeouts_handler,
     /// Requests and bodies refused as malformed or past a bound (the 4xx/5xx that close).
     protocol_errors,
     /// TLS handshakes completed, failed (bad client hello, no common version or ALPN), cut off

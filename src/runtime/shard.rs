@@ -36,6 +36,12 @@ pub struct ConnEntry {
     /// The socket is not shut: a shut read side makes the lingering close after the 408
     /// impossible (found in review: the client's next bytes met a reset).
     pub read_waker: RefCell<Option<Waker>>,
+    /// While the connection waits on a handler: when that wait times out (`--handler-timeout`),
+    /// in `Shard::clock_ms` time; 0 when none waits. The sweep then sets `handler_timed_out`
+    /// and wakes `handler_waker`.
+    pub handler_deadline_ms: Cell<u64>,
+    pub handler_timed_out: Cell<bool>,
+    pub handler_waker: RefCell<Option<Waker>>,
     /// Set by the drain when it shut the read side of the connection, found idle: the
     /// connection must not then shut its write side too (`Conn::linger`), or the kernel aborts
     /// it when the client's next bytes arrive.
@@ -273,6 +279,9 @@ impl Shard {
             read_deadline_ms: Cell::new(0),
             timed_out: Cell::new(false),
             read_waker: RefCell::new(None),
+            handler_deadline_ms: Cell::new(0),
+            handler_timed_out: Cell::new(false),
+            handler_waker: RefCell::new(None),
             drained: Cell::new(false),
             ready_slot: Cell::new(None),
         });
@@ -358,6 +367,14 @@ impl Shard {
                 if let Some(waker) = entry.read_waker.take() {
                     waker.wake();
                 }
+            }
+            let handler = entry.handler_deadline_ms.get();
+            if handler != 0
+                && handler <= now
+                && !entry.handler_timed_out.replace(true)
+                && let Some(waker) = entry.handler_waker.take()
+            {
+                waker.wake();
             }
         }
     }

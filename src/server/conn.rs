@@ -127,6 +127,43 @@ impl ConnIo {
         result
     }
 
+    /// Where the connection waits on a handler (its answer is Pending): true when the wait
+    /// passed `--handler-timeout`. The first wait posts its deadline for the shard's sweep and
+    /// every wait leaves its waker, as a read does; no timer per request, and nothing at all for
+    /// a handler that answers at its first poll.
+    fn handler_timed_out(&self, cx: &Context<'_>) -> bool {
+        self.handler_wait(cx, true)
+    }
+
+    /// `handler_timed_out`, which `take`s the timeout (it ends that wait) or leaves it set.
+    fn handler_wait(&self, cx: &Context<'_>, take: bool) -> bool {
+        let entry = &self.entry;
+        if entry.handler_timed_out.get() {
+            if take {
+                entry.handler_timed_out.set(false);
+                entry.handler_deadline_ms.set(0);
+            }
+            return true;
+        }
+        if entry.handler_deadline_ms.get() == 0 {
+            let timeout_ms = self.shard.config.handler_timeout.as_millis() as u64;
+            entry
+                .handler_deadline_ms
+                .set(self.shard.deadline_ms(timeout_ms));
+        }
+        let mut parked = entry.handler_waker.borrow_mut();
+        if !parked.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *parked = Some(cx.waker().clone());
+        }
+        false
+    }
+
+    /// The handler waited on answered: its deadline goes.
+    fn handler_answered(&self) {
+        self.entry.handler_deadline_ms.set(0);
+        self.entry.handler_timed_out.set(false);
+    }
+
     async fn fill(&self, want: usize) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx, want)).await
     }
@@ -285,7 +322,9 @@ impl BodySource for ConnBody {
                 });
             match ready!(self.io.poll_fill(cx, want)) {
                 Ok(0) => return self.fail(BodyError::Closed),
-                Ok(_) => {}
+                // An upload that keeps coming is progress: `--handler-timeout` counts from the
+                // last bytes of the body (the body timeout bounds the gaps between them).
+                Ok(_) => self.io.entry.handler_deadline_ms.set(0),
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     return self.fail(BodyError::Timeout);
                 }
@@ -348,17 +387,23 @@ enum Encoded {
 
 /// Runs `handlers` (a batch's from its index `first` on) until each has answered, keeping the
 /// answers in `early` (indexed over the whole batch).
+/// False when `timed_out` (asked while some wait) said to stop first: past `--handler-timeout`
+/// the rest are left unanswered here, and the first of them meets the timeout (left set) when
+/// its turn comes, its 503 closing the connection.
 async fn finish_later(
     handlers: &mut [Option<crate::router::Reply>],
     early: &mut Vec<Option<Response>>,
     first: usize,
-) {
+    mut timed_out: impl FnMut(&Context<'_>) -> bool,
+) -> bool {
     if handlers.iter().all(Option::is_none) {
-        return;
+        return true;
     }
     std::future::poll_fn(|cx| {
         if poll_later(handlers, early, first, cx) {
-            Poll::Ready(())
+            Poll::Ready(true)
+        } else if timed_out(cx) {
+            Poll::Ready(false)
         } else {
             Poll::Pending
         }
@@ -748,26 +793,37 @@ impl Conn {
                 }
                 (None, Some(mut response)) => self.encode_response(&mut response, is_head, version),
                 (None, None) => {
-                    std::future::poll_fn(|cx| {
+                    let answered = std::future::poll_fn(|cx| {
                         let (this, later) = handlers[index..]
                             .split_first_mut()
                             .expect("one handler per answer");
                         let first = this.as_mut().expect("an unanswered handler is kept");
-                        if let Poll::Ready(mut response) = Pin::new(first).poll(cx) {
+                        if let Poll::Ready(response) = Pin::new(first).poll(cx) {
                             *this = None;
-                            let encoded = self.encode_response(&mut response, is_head, version);
-                            return Poll::Ready(encoded);
+                            return Poll::Ready(Some(response));
                         }
                         poll_later(later, &mut early, index + 1, cx);
+                        if self.io.handler_timed_out(cx) {
+                            return Poll::Ready(None);
+                        }
                         Poll::Pending
                     })
-                    .await
+                    .await;
+                    self.io.handler_answered();
+                    // Past `--handler-timeout`: this one is answered 503 and the connection
+                    // closes; the client retries the safe requests after it.
+                    let mut response = answered.unwrap_or_else(|| {
+                        handlers[index] = None;
+                        self.handler_timeout_answer()
+                    });
+                    self.encode_response(&mut response, is_head, version)
                 }
             };
             let flow = match encoded {
                 Encoded::Done(flow) => flow,
                 Encoded::Stream(streamed) => {
-                    finish_later(&mut handlers[index + 1..], &mut early, index + 1).await;
+                    self.finish_later(&mut handlers[index + 1..], &mut early, index + 1)
+                        .await;
                     self.write_stream(streamed, version, None).await
                 }
             };
@@ -777,7 +833,8 @@ impl Conn {
                 return Flow::Close;
             }
             if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES {
-                finish_later(&mut handlers[index + 1..], &mut early, index + 1).await;
+                self.finish_later(&mut handlers[index + 1..], &mut early, index + 1)
+                    .await;
                 if self.flush().await.is_err() {
                     return Flow::Close;
                 }
@@ -860,6 +917,29 @@ impl Conn {
             }
             Err(_) => false,
         }
+    }
+
+    /// `finish_later` within `--handler-timeout`.
+    async fn finish_later(
+        &self,
+        handlers: &mut [Option<crate::router::Reply>],
+        early: &mut Vec<Option<Response>>,
+        first: usize,
+    ) {
+        let io = &self.io;
+        if finish_later(handlers, early, first, |cx| io.handler_wait(cx, false)).await {
+            io.handler_answered();
+        }
+    }
+
+    /// The answer to a request whose handler did not answer within `--handler-timeout` (its
+    /// future is dropped): 503, and the connection closes, since the handler may have left the
+    /// request's body half read.
+    fn handler_timeout_answer(&self) -> Response {
+        add(&self.shard().metrics.timeouts_handler, 1);
+        let mut response = Response::error(503, "the handler did not answer in time");
+        response.close = true;
+        response
     }
 
     /// Answers a request the connection cannot go on after, and flushes.
@@ -1004,7 +1084,16 @@ impl Conn {
             Some(b) => Body::from_source(b.clone()),
             None => Body::empty(),
         };
-        let mut response = self.app.serve(Request::new(head, request_body, ctx)).await;
+        let mut reply = self.app.serve(Request::new(head, request_body, ctx));
+        let answered = std::future::poll_fn(|cx| match Pin::new(&mut reply).poll(cx) {
+            Poll::Ready(response) => Poll::Ready(Some(response)),
+            Poll::Pending if self.io.handler_timed_out(cx) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        self.io.handler_answered();
+        drop(reply);
+        let mut response = answered.unwrap_or_else(|| self.handler_timeout_answer());
         if !keep_alive {
             response.close = true;
         }
@@ -1496,7 +1585,7 @@ mod tests {
             Some(crate::router::Reply::ready(Response::new(205))),
         ];
         let mut early = Vec::new();
-        futures_lite::future::block_on(finish_later(&mut handlers, &mut early, 2));
+        futures_lite::future::block_on(finish_later(&mut handlers, &mut early, 2, |_| false));
         assert!(handlers.iter().all(Option::is_none));
         let statuses: Vec<Option<u16>> =
             early.iter().map(|r| r.as_ref().map(|r| r.status)).collect();
@@ -1506,7 +1595,7 @@ mod tests {
         );
         // Nothing left: nothing to do, and `early` is left as it was.
         let mut early = Vec::new();
-        futures_lite::future::block_on(finish_later(&mut [None, None], &mut early, 3));
+        futures_lite::future::block_on(finish_later(&mut [None, None], &mut early, 3, |_| false));
         assert!(early.is_empty());
     }
 
