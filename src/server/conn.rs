@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -97,10 +97,7 @@ impl ConnIo {
                     self.entry.read_deadline_ms.set(deadline);
                 }
                 if self.ready.is_none() {
-                    let mut parked = self.entry.read_waker.borrow_mut();
-                    if !parked.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        *parked = Some(cx.waker().clone());
-                    }
+                    park(&self.entry.read_waker, cx);
                 }
                 // Nothing buffered (an idle keep-alive connection, mostly): wait without a read
                 // buffer (nginx frees it too), unless it is a small one, which the next read
@@ -151,10 +148,7 @@ impl ConnIo {
                 .handler_deadline_ms
                 .set(self.shard.deadline_ms(timeout_ms));
         }
-        let mut parked = entry.handler_waker.borrow_mut();
-        if !parked.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *parked = Some(cx.waker().clone());
-        }
+        park(&entry.handler_waker, cx);
         false
     }
 
@@ -1426,6 +1420,15 @@ fn fields_of<'a>(
 /// got a 408 ten seconds later). A bare LF never waits here: `parse_head` refuses it at once.
 fn holds_part_of_a_head(unparsed: &[u8]) -> bool {
     unparsed.iter().any(|&byte| byte != b'\r' && byte != b'\n')
+}
+
+/// Leaves the task's waker where the shard's timeout sweep finds it (cloned only when it
+/// changed).
+fn park(slot: &RefCell<Option<Waker>>, cx: &Context<'_>) {
+    let mut parked = slot.borrow_mut();
+    if !parked.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *parked = Some(cx.waker().clone());
+    }
 }
 
 /// Whether the request at the front of `buf` (after the empty lines `parse_head` skips) is a
