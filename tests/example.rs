@@ -360,5 +360,56 @@ fn export_example_a_handler_past_its_timeout_gets_503() {
         assert_eq!(answer.header("connection"), Some("close"));
         assert!(conn.closed(), "{requests}");
     }
+    // A handler slower than most but within the bound, twice on one connection: no timeout
+    // is left behind for the next request.
+    let mut conn = Conn::new(server.connect());
+    for _ in 0..2 {
+        assert_eq!(conn.get("/wait/300").status, 200);
+    }
     assert_eq!(server.stats()["total"]["timeouts_handler"], 2);
+}
+
+/// A streamed answer has not answered until its first chunk (the code review of the handler
+/// timeout): an echo whose body never comes gets the 503 at `--handler-timeout`, not a 408 at
+/// `--body-timeout`; and the read its handler left waiting leaves no deadline behind, so the
+/// lingering close after it lasts `--lingering-timeout`, not the rest of the body timeout.
+#[test]
+fn export_example_a_stream_without_its_first_chunk_times_out_and_lingers_briefly() {
+    let server = common::Server::start_with(
+        example_binary("export").to_str().unwrap(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--handler-timeout",
+            "0.5",
+            "--body-timeout",
+            "30",
+            "--lingering-timeout",
+            "1",
+        ],
+    );
+    let mut stream = server.connect();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    // The server's end of the stream came with the answer; its close follows the lingering
+    // close, 1 s of quiet (not the 30 s the body read had left). Once closed, a write is
+    // answered with a reset, and the one after it fails.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = stream.write_all(b"x");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        stream.write_all(b"y").is_err(),
+        "still lingering 3 s after the answer"
+    );
+    assert_eq!(server.stats()["total"]["timeouts_handler"], 1);
 }

@@ -152,6 +152,26 @@ impl ConnIo {
         false
     }
 
+    /// A read dropped while it waited leaves no deadline behind: the next read (a lingering
+    /// close's) waits by its own timeout (found in review: a handler dropped past
+    /// `--handler-timeout` left its body read's deadline, which the lingering close then kept).
+    fn forget_read_wait(&self) {
+        self.entry.read_deadline_ms.set(0);
+        self.entry.timed_out.set(false);
+        self.entry.read_waker.take();
+    }
+
+    /// Body bytes arrived: a posted handler deadline starts again from now (pushed back, not
+    /// cleared: a handler whose body another task reads may never be polled again to post one).
+    fn handler_progress(&self) {
+        if self.entry.handler_deadline_ms.get() != 0 {
+            let timeout_ms = self.shard.config.handler_timeout.as_millis() as u64;
+            self.entry
+                .handler_deadline_ms
+                .set(self.shard.deadline_ms(timeout_ms));
+        }
+    }
+
     /// The handler waited on answered: its deadline goes.
     fn handler_answered(&self) {
         self.entry.handler_deadline_ms.set(0);
@@ -318,7 +338,7 @@ impl BodySource for ConnBody {
                 Ok(0) => return self.fail(BodyError::Closed),
                 // An upload that keeps coming is progress: `--handler-timeout` counts from the
                 // last bytes of the body (the body timeout bounds the gaps between them).
-                Ok(_) => self.io.entry.handler_deadline_ms.set(0),
+                Ok(_) => self.io.handler_progress(),
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     return self.fail(BodyError::Timeout);
                 }
@@ -808,7 +828,8 @@ impl Conn {
                     // closes; the client retries the safe requests after it.
                     let mut response = answered.unwrap_or_else(|| {
                         handlers[index] = None;
-                        self.handler_timeout_answer()
+                        add(&self.io.shard.metrics.timeouts_handler, 1);
+                        handler_timeout_answer()
                     });
                     self.encode_response(&mut response, is_head, version)
                 }
@@ -926,16 +947,6 @@ impl Conn {
         }
     }
 
-    /// The answer to a request whose handler did not answer within `--handler-timeout` (its
-    /// future is dropped): 503, and the connection closes, since the handler may have left the
-    /// request's body half read.
-    fn handler_timeout_answer(&self) -> Response {
-        add(&self.shard().metrics.timeouts_handler, 1);
-        let mut response = Response::error(503, "the handler did not answer in time");
-        response.close = true;
-        response
-    }
-
     /// Answers a request the connection cannot go on after, and flushes.
     /// A refused HEAD gets no content either (RFC 9110 §9.3.2; found in review: a 417 or 400
     /// carried its message, which a pipelining client would read as the next answer): the
@@ -962,6 +973,7 @@ impl Conn {
         if timeout.is_zero() {
             return;
         }
+        self.io.forget_read_wait();
         let fd = self.io.stream.borrow().as_raw_fd();
         // SAFETY: shutdown(2) on the connection's own open socket.
         unsafe { libc::shutdown(fd, libc::SHUT_WR) };
@@ -1079,15 +1091,43 @@ impl Conn {
             None => Body::empty(),
         };
         let mut reply = self.app.serve(Request::new(head, request_body, ctx));
+        let mut waited = false;
         let answered = std::future::poll_fn(|cx| match Pin::new(&mut reply).poll(cx) {
             Poll::Ready(response) => Poll::Ready(Some(response)),
-            Poll::Pending if self.io.handler_timed_out(cx) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                waited = true;
+                if self.io.handler_timed_out(cx) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                }
+            }
         })
         .await;
-        self.io.handler_answered();
+        if waited {
+            self.io.handler_answered();
+        }
         drop(reply);
-        let mut response = answered.unwrap_or_else(|| self.handler_timeout_answer());
+        let mut response = match answered {
+            Some(response) => response,
+            None => {
+                // The handler, dropped, may have left a read of its body waiting, or a 100
+                // half written (its client not reading): the one is forgotten, and after the
+                // other no answer can follow, so the connection just ends.
+                self.io.forget_read_wait();
+                if body.as_ref().is_some_and(|body| {
+                    matches!(body.continue_state.get(), Continue::Owed(written) if written > 0)
+                }) {
+                    return Flow::Close;
+                }
+                // A body error that met the same sweep is the answer (`finish`), counted as
+                // such, not as a handler timeout.
+                if body.as_ref().is_none_or(|body| body.error.get().is_none()) {
+                    add(&self.shard().metrics.timeouts_handler, 1);
+                }
+                handler_timeout_answer()
+            }
+        };
         if !keep_alive {
             response.close = true;
         }
@@ -1294,8 +1334,39 @@ impl Conn {
             close,
         } = *streamed;
         // The head waits for the first chunk: a stream that fails at once (an echo of a body
-        // with a bad chunk size, or over the limit) still gets a clean error answer.
-        let first = stream.next().await;
+        // with a bad chunk size, or over the limit) still gets a clean error answer. Until that
+        // chunk the handler has not answered, and `--handler-timeout` bounds the wait.
+        let mut waited = false;
+        let first = std::future::poll_fn(|cx| match stream.as_mut().poll_next(cx) {
+            Poll::Ready(first) => Poll::Ready(Some(first)),
+            Poll::Pending => {
+                waited = true;
+                if self.io.handler_timed_out(cx) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        if waited {
+            self.io.handler_answered();
+        }
+        let Some(first) = first else {
+            drop(stream);
+            self.io.forget_read_wait();
+            if body.is_some_and(
+                |body| matches!(body.continue_state.get(), Continue::Owed(written) if written > 0),
+            ) {
+                return Flow::Close;
+            }
+            add(&self.io.shard.metrics.timeouts_handler, 1);
+            let mut response = handler_timeout_answer();
+            if let Some(body) = body {
+                self.forgo_continue(body);
+            }
+            return Box::pin(self.write_response(&mut response, false, version, None)).await;
+        };
         if let Some(Err(error)) = first {
             let mut response = Response::from(error);
             if let Some(body) = body
@@ -1420,6 +1491,15 @@ fn fields_of<'a>(
 /// got a 408 ten seconds later). A bare LF never waits here: `parse_head` refuses it at once.
 fn holds_part_of_a_head(unparsed: &[u8]) -> bool {
     unparsed.iter().any(|&byte| byte != b'\r' && byte != b'\n')
+}
+
+/// The answer to a request whose handler did not answer within `--handler-timeout` (its future
+/// is dropped): 503, and the connection closes, since the handler may have left the request's
+/// body half read.
+fn handler_timeout_answer() -> Response {
+    let mut response = Response::error(503, "the handler did not answer in time");
+    response.close = true;
+    response
 }
 
 /// Leaves the task's waker where the shard's timeout sweep finds it (cloned only when it
