@@ -125,14 +125,10 @@ impl ConnIo {
     }
 
     /// Where the connection waits on a handler (its answer is Pending): true when the wait
-    /// passed `--handler-timeout`. The first wait posts its deadline for the shard's sweep and
-    /// every wait leaves its waker, as a read does; no timer per request, and nothing at all for
-    /// a handler that answers at its first poll.
-    fn handler_timed_out(&self, cx: &Context<'_>) -> bool {
-        self.handler_wait(cx, true)
-    }
-
-    /// `handler_timed_out`, which `take`s the timeout (it ends that wait) or leaves it set.
+    /// passed `--handler-timeout`, and then `take` ends the timeout or leaves it set. The first
+    /// wait posts its deadline for the shard's sweep and every wait leaves its waker, as a read
+    /// does; no timer per request, and nothing at all for a handler that answers at its first
+    /// poll.
     fn handler_wait(&self, cx: &Context<'_>, take: bool) -> bool {
         let entry = &self.entry;
         if entry.handler_timed_out.get() {
@@ -143,13 +139,20 @@ impl ConnIo {
             return true;
         }
         if entry.handler_deadline_ms.get() == 0 {
-            let timeout_ms = self.shard.config.handler_timeout.as_millis() as u64;
-            entry
-                .handler_deadline_ms
-                .set(self.shard.deadline_ms(timeout_ms));
+            self.post_handler_deadline();
         }
         park(&entry.handler_waker, cx);
         false
+    }
+
+    /// After a handler was dropped past `--handler-timeout`: it may have left a read of its body
+    /// waiting, which is forgotten, or a 100 half written (its client not reading), after which
+    /// no answer can follow: true when the connection must just end.
+    fn handler_dropped(&self, body: Option<&ConnBody>) -> bool {
+        self.forget_read_wait();
+        body.is_some_and(
+            |body| matches!(body.continue_state.get(), Continue::Owed(written) if written > 0),
+        )
     }
 
     /// A read dropped while it waited leaves no deadline behind: the next read (a lingering
@@ -165,17 +168,45 @@ impl ConnIo {
     /// cleared: a handler whose body another task reads may never be polled again to post one).
     fn handler_progress(&self) {
         if self.entry.handler_deadline_ms.get() != 0 {
-            let timeout_ms = self.shard.config.handler_timeout.as_millis() as u64;
-            self.entry
-                .handler_deadline_ms
-                .set(self.shard.deadline_ms(timeout_ms));
+            self.post_handler_deadline();
         }
+    }
+
+    /// A handler's wait ends `--handler-timeout` from now.
+    fn post_handler_deadline(&self) {
+        let timeout_ms = self.shard.config.handler_timeout.as_millis() as u64;
+        (self.entry.handler_deadline_ms).set(self.shard.deadline_ms(timeout_ms));
     }
 
     /// The handler waited on answered: its deadline goes.
     fn handler_answered(&self) {
         self.entry.handler_deadline_ms.set(0);
         self.entry.handler_timed_out.set(false);
+    }
+
+    /// Polls a handler's answer (`poll`) until it comes, or None once it waited past
+    /// `--handler-timeout`; one that answers at its first poll touches no deadline.
+    async fn within_handler_timeout<T>(
+        &self,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Option<T> {
+        let mut waited = false;
+        let answered = std::future::poll_fn(|cx| match poll(cx) {
+            Poll::Ready(answer) => Poll::Ready(Some(answer)),
+            Poll::Pending => {
+                waited = true;
+                if self.handler_wait(cx, true) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        if waited {
+            self.handler_answered();
+        }
+        answered
     }
 
     async fn fill(&self, want: usize) -> io::Result<usize> {
@@ -807,22 +838,21 @@ impl Conn {
                 }
                 (None, Some(mut response)) => self.encode_response(&mut response, is_head, version),
                 (None, None) => {
-                    let answered = std::future::poll_fn(|cx| {
-                        let (this, later) = handlers[index..]
-                            .split_first_mut()
-                            .expect("one handler per answer");
-                        let first = this.as_mut().expect("an unanswered handler is kept");
-                        if let Poll::Ready(response) = Pin::new(first).poll(cx) {
-                            *this = None;
-                            return Poll::Ready(Some(response));
-                        }
-                        poll_later(later, &mut early, index + 1, cx);
-                        if self.io.handler_timed_out(cx) {
-                            return Poll::Ready(None);
-                        }
-                        Poll::Pending
-                    })
-                    .await;
+                    let answered = (self.io)
+                        .within_handler_timeout(|cx| {
+                            let (this, later) = handlers[index..]
+                                .split_first_mut()
+                                .expect("one handler per answer");
+                            let first = this.as_mut().expect("an unanswered handler is kept");
+                            if let Poll::Ready(response) = Pin::new(first).poll(cx) {
+                                *this = None;
+                                return Poll::Ready(response);
+                            }
+                            poll_later(later, &mut early, index + 1, cx);
+                            Poll::Pending
+                        })
+                        .await;
+                    // Also when it answered at once: a timeout `finish_later` left set is over.
                     self.io.handler_answered();
                     // Past `--handler-timeout`: this one is answered 503 and the connection
                     // closes; the client retries the safe requests after it.
@@ -1091,33 +1121,14 @@ impl Conn {
             None => Body::empty(),
         };
         let mut reply = self.app.serve(Request::new(head, request_body, ctx));
-        let mut waited = false;
-        let answered = std::future::poll_fn(|cx| match Pin::new(&mut reply).poll(cx) {
-            Poll::Ready(response) => Poll::Ready(Some(response)),
-            Poll::Pending => {
-                waited = true;
-                if self.io.handler_timed_out(cx) {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Pending
-                }
-            }
-        })
-        .await;
-        if waited {
-            self.io.handler_answered();
-        }
+        let answered = (self.io)
+            .within_handler_timeout(|cx| Pin::new(&mut reply).poll(cx))
+            .await;
         drop(reply);
         let mut response = match answered {
             Some(response) => response,
             None => {
-                // The handler, dropped, may have left a read of its body waiting, or a 100
-                // half written (its client not reading): the one is forgotten, and after the
-                // other no answer can follow, so the connection just ends.
-                self.io.forget_read_wait();
-                if body.as_ref().is_some_and(|body| {
-                    matches!(body.continue_state.get(), Continue::Owed(written) if written > 0)
-                }) {
+                if self.io.handler_dropped(body.as_deref()) {
                     return Flow::Close;
                 }
                 // A body error that met the same sweep is the answer (`finish`), counted as
@@ -1336,28 +1347,12 @@ impl Conn {
         // The head waits for the first chunk: a stream that fails at once (an echo of a body
         // with a bad chunk size, or over the limit) still gets a clean error answer. Until that
         // chunk the handler has not answered, and `--handler-timeout` bounds the wait.
-        let mut waited = false;
-        let first = std::future::poll_fn(|cx| match stream.as_mut().poll_next(cx) {
-            Poll::Ready(first) => Poll::Ready(Some(first)),
-            Poll::Pending => {
-                waited = true;
-                if self.io.handler_timed_out(cx) {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Pending
-                }
-            }
-        })
-        .await;
-        if waited {
-            self.io.handler_answered();
-        }
+        let first = (self.io)
+            .within_handler_timeout(|cx| stream.as_mut().poll_next(cx))
+            .await;
         let Some(first) = first else {
             drop(stream);
-            self.io.forget_read_wait();
-            if body.is_some_and(
-                |body| matches!(body.continue_state.get(), Continue::Owed(written) if written > 0),
-            ) {
+            if self.io.handler_dropped(body) {
                 return Flow::Close;
             }
             add(&self.io.shard.metrics.timeouts_handler, 1);
