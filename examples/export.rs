@@ -1,4 +1,4 @@
-//! A user's app that streams: `GET /numbers/{n}` sends n lines as they are made (chunked, never buffered whole) from a handler with nothing to await (`sync_handler`); `GET /wait/{ms}` answers after a timer.
+//! A user's app that streams: `GET /numbers/{n}` sends n lines as they are made (chunked, never buffered whole) from a handler with nothing to await (`sync_handler`); `GET /ticks/{n}/{ms}` sends n lines, one every ms milliseconds, the first at once; `GET /wait/{ms}` answers after a timer.
 //! Run: `cargo run --release --example export`, then `curl localhost:8080/numbers/1000000 | tail -1`.
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use percore::router::{Request, Response, Router, sync_handler};
 const LINES_PER_CHUNK: u64 = 1000;
 
 fn numbers(req: Request) -> Response {
-    let Some(n) = req.param("n").and_then(|n| n.parse::<u64>().ok()) else {
+    let Some(n) = param_u64(&req, "n") else {
         return Response::error(400, "n must be a number");
     };
     let chunks = (0..n.div_ceil(LINES_PER_CHUNK)).map(move |chunk| {
@@ -23,11 +23,31 @@ fn numbers(req: Request) -> Response {
     Response::stream(200, "text/plain", futures_lite::stream::iter(chunks))
 }
 
+/// A stream that awaits between its chunks, as a feed of events does: `--handler-timeout`
+/// bounds each wait, and a longer one cuts the answer.
+fn ticks(req: Request) -> Response {
+    let (Some(n), Some(ms)) = (param_u64(&req, "n"), param_u64(&req, "ms")) else {
+        return Response::error(400, "n and ms must be numbers");
+    };
+    let every = Duration::from_millis(ms.min(10_000));
+    let lines = futures_lite::stream::unfold(0, move |tick| async move {
+        if tick == n {
+            return None;
+        }
+        if tick > 0 {
+            glommio::timer::sleep(every).await;
+        }
+        Some((Ok(Bytes::from(format!("tick {tick}\n"))), tick + 1))
+    });
+    Response::stream(200, "text/plain", lines)
+}
+
+fn param_u64(req: &Request, name: &str) -> Option<u64> {
+    req.param(name).and_then(|value| value.parse().ok())
+}
+
 async fn wait(req: Request) -> Response {
-    let ms = req
-        .param("ms")
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or(0u64);
+    let ms = param_u64(&req, "ms").unwrap_or(0);
     glommio::timer::sleep(Duration::from_millis(ms.min(10_000))).await;
     Response::text(200, format!("waited {ms} ms\n"))
 }
@@ -36,6 +56,7 @@ fn main() -> std::process::ExitCode {
     percore::main_with(|| {
         Router::new()
             .get("/numbers/{n}", sync_handler(numbers))
+            .get("/ticks/{n}/{ms}", sync_handler(ticks))
             .get("/wait/{ms}", wait)
             .mount("/", percore::app::builtin_routes())
     })

@@ -413,3 +413,57 @@ fn export_example_a_stream_without_its_first_chunk_times_out_and_lingers_briefly
     );
     assert_eq!(server.stats()["total"]["timeouts_handler"], 1);
 }
+
+/// Debt of the handler timeout: a streamed answer's chunks after the first were not bounded, so
+/// a stream that stalled mid-way held its connection's slot for good. Each wait between chunks
+/// is bounded by `--handler-timeout`, counted from the chunk before: chunks that keep coming
+/// within it are a whole answer, however long it takes; a stall past it cuts the answer (no last
+/// chunk, the connection closed), and an HTTP/1.0 one (close-delimited) ends with a reset.
+#[test]
+fn export_example_a_stream_that_stalls_mid_way_is_cut() {
+    let server = common::Server::start_with(
+        example_binary("export").to_str().unwrap(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--handler-timeout",
+            "0.5",
+        ],
+    );
+    // Four chunks 300 ms apart: 900 ms in all, longer than the timeout, each wait within it.
+    let mut conn = Conn::new(server.connect());
+    let whole = conn.get("/ticks/4/300");
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.text(), "tick 0\ntick 1\ntick 2\ntick 3\n");
+    assert_eq!(conn.get("/ticks/1/0").status, 200, "kept alive after it");
+
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let mut stream = server.connect();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        write!(stream, "GET /ticks/3/8000 {version}\r\nHost: t\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        let ended = stream.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        assert!(text.contains("tick 0\n"), "{text}");
+        assert!(!text.contains("tick 1"), "{text}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(7),
+            "cut before the next chunk would come"
+        );
+        if version == "HTTP/1.1" {
+            assert!(ended.is_ok(), "{ended:?}");
+            assert!(text.contains("chunked"), "{text}");
+            assert!(!text.ends_with("0\r\n\r\n"), "no last chunk: {text:?}");
+        } else {
+            let reset = ended.expect_err("a cut close-delimited answer ends with a reset");
+            assert_eq!(reset.kind(), std::io::ErrorKind::ConnectionReset);
+        }
+    }
+    assert_eq!(server.stats()["total"]["timeouts_handler"], 2);
+}

@@ -89,7 +89,7 @@ pub struct Args {
     /// Seconds an idle keep-alive connection is kept.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub keepalive_timeout: Option<f64>,
-    /// Seconds a handler may take to answer (503 and the connection closed past it)
+    /// Seconds a handler may take to answer, or a streamed answer between chunks (503 and the connection closed past it)
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub handler_timeout: Option<f64>,
     /// Seconds a write may make no progress before the connection is closed.

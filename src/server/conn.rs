@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::sync::StaticPermit;
 
 use crate::config::limits::{
@@ -1400,7 +1400,21 @@ impl Conn {
             if self.flush().await.is_err() {
                 return Flow::Close;
             }
-            next = stream.next().await;
+            // Each later chunk is bounded by `--handler-timeout` too, counted from the one
+            // before (nginx's proxy_read_timeout): a stream that stalls mid-way held its
+            // connection's slot for good. Its head is sent, so no 503 can follow: the answer is
+            // cut, as a body that breaks mid-way is.
+            let Some(chunk) = (self.io)
+                .within_handler_timeout(|cx| stream.as_mut().poll_next(cx))
+                .await
+            else {
+                drop(stream);
+                self.io.handler_dropped(body);
+                add(&self.io.shard.metrics.timeouts_handler, 1);
+                self.cut_unframed = !chunked;
+                return Flow::Close;
+            };
+            next = chunk;
         }
         if chunked {
             http::encode_last_chunk(&mut self.wbuf);
