@@ -467,3 +467,73 @@ fn export_example_a_stream_that_stalls_mid_way_is_cut() {
     }
     assert_eq!(server.stats()["total"]["timeouts_handler"], 2);
 }
+
+/// Debt of the handler timeout: a client that hung up while its handler waited was noticed only
+/// when the handler answered or timed out, its connection's slot held until then. Now its
+/// handler is dropped unanswered a sweep after the hang-up (nginx's 499), whether the client
+/// closed or only sent its FIN with nothing after the request. A client that half-closes after
+/// pipelining requests waits for their answers and gets them, and `--ignore-client-abort` lets
+/// handlers run on.
+#[test]
+fn export_example_a_handler_whose_client_hung_up_is_dropped() {
+    let export = example_binary("export");
+    let server = common::Server::start_with(
+        export.to_str().unwrap(),
+        &["--bind", "127.0.0.1:0", "--shards", "1"],
+    );
+    // The handler would answer after 10 s: an empty read to the end is its drop.
+    let mut fin = server.connect();
+    fin.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    fin.write_all(b"GET /wait/10000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    fin.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(common::read_to_close(&mut fin), b"", "no answer");
+    // Closed outright: its slot is freed well before the handler would have answered.
+    let mut closed = server.connect();
+    closed
+        .write_all(b"GET /wait/10000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(closed);
+    let started = std::time::Instant::now();
+    while server.stats()["total"]["connections_open"] != 1 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(8));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(server.stats()["total"]["handler_hangups"], 2);
+
+    // Two pipelined requests, then the FIN: both answered.
+    let mut pipelined = server.connect();
+    pipelined
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    pipelined
+        .write_all(&b"GET /wait/300 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2))
+        .unwrap();
+    pipelined.shutdown(std::net::Shutdown::Write).unwrap();
+    let text = String::from_utf8(common::read_to_close(&mut pipelined)).unwrap();
+    assert_eq!(text.matches("waited 300 ms").count(), 2, "{text}");
+    assert_eq!(server.stats()["total"]["handler_hangups"], 2);
+
+    let server = common::Server::start_with(
+        export.to_str().unwrap(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--ignore-client-abort",
+        ],
+    );
+    let mut fin = server.connect();
+    fin.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    fin.write_all(b"GET /wait/500 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    fin.shutdown(std::net::Shutdown::Write).unwrap();
+    let text = String::from_utf8(common::read_to_close(&mut fin)).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(server.stats()["total"]["handler_hangups"], 0);
+}

@@ -92,6 +92,10 @@ pub struct Args {
     /// Seconds a handler may take to answer, or a streamed answer between chunks (503 and the connection closed past it)
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub handler_timeout: Option<f64>,
+    /// Let a handler run on when its client hangs up (by default it is dropped, as nginx's
+    /// proxy_ignore_client_abort off does).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ignore_client_abort: Option<bool>,
     /// Seconds a write may make no progress before the connection is closed.
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub write_timeout: Option<f64>,
@@ -275,6 +279,7 @@ struct FileConfig {
     body_timeout: Option<f64>,
     keepalive_timeout: Option<f64>,
     handler_timeout: Option<f64>,
+    ignore_client_abort: Option<bool>,
     write_timeout: Option<f64>,
     lingering_timeout: Option<f64>,
     grace: Option<f64>,
@@ -432,6 +437,8 @@ pub struct Config {
     pub body_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub handler_timeout: Duration,
+    /// A handler runs on when its client hangs up (`ConnIo::handler_wait`).
+    pub ignore_client_abort: bool,
     pub write_timeout: Duration,
     /// Zero: no lingering close.
     pub lingering_timeout: Duration,
@@ -655,6 +662,10 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         },
         cpus,
         pin: !args.no_pin.or(file.no_pin).unwrap_or(false),
+        ignore_client_abort: args
+            .ignore_client_abort
+            .or(file.ignore_client_abort)
+            .unwrap_or(false),
         multishot_poll: !args
             .no_multishot_poll
             .or(file.no_multishot_poll)
@@ -1458,6 +1469,12 @@ mod tests {
                 .multishot_poll
         );
         assert!(!merged(&["--no-multishot-poll"], "").unwrap().multishot_poll);
+        assert!(!c.ignore_client_abort, "off by default");
+        assert!(
+            merged(&[], "ignore_client_abort = true")
+                .unwrap()
+                .ignore_client_abort
+        );
         // An on/off flag set in the file is turned off by `--flag=false` (review: the file's
         // `true` could not be overridden).
         assert!(merged(&["--no-pin=false"], "no_pin = true").unwrap().pin);

@@ -30,6 +30,7 @@ pub struct ShardMetrics {
     pub timeouts_body: Cell<u64>,
     pub timeouts_write: Cell<u64>,
     pub timeouts_handler: Cell<u64>,
+    pub handler_hangups: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub tls_handshakes: Cell<u64>,
     pub tls_handshake_failures: Cell<u64>,
@@ -116,6 +117,7 @@ impl ShardMetrics {
             timeouts_body: self.timeouts_body.get(),
             timeouts_write: self.timeouts_write.get(),
             timeouts_handler: self.timeouts_handler.get(),
+            handler_hangups: self.handler_hangups.get(),
             protocol_errors: self.protocol_errors.get(),
             tls_handshakes: self.tls_handshakes.get(),
             tls_handshake_failures: self.tls_handshake_failures.get(),
@@ -194,6 +196,9 @@ shard_stats! {
     timeouts_body,
     timeouts_write,
     timeouts_handler,
+    /// Connections whose client hung up while a handler waited, which was dropped unanswered
+    /// (nginx's 499; plain connections on the readiness ring; `--ignore-client-abort`).
+    handler_hangups,
     /// Requests and bodies refused as malformed or past a bound (the 4xx/5xx that close).
     protocol_errors,
     /// TLS handshakes completed, failed (bad client hello, no common version or ALPN), cut off

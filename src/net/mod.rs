@@ -111,6 +111,29 @@ pub fn recv_raw(fd: RawFd, buf: &mut [u8]) -> isize {
     }
 }
 
+/// Whether the peer of `fd` is gone: its FIN comes first in the socket (nothing unread before
+/// it), or the socket has an error (a reset). A peek: nothing is taken.
+pub fn peer_gone(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) of at most one byte into a byte we own, on a socket the caller keeps open.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        1 => false,
+        _ => !matches!(
+            io::Error::last_os_error().kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        ),
+    }
+}
+
 /// send(2) without waiting and without SIGPIPE, as a raw system call (see `recv_raw`).
 pub fn send_raw(fd: RawFd, buf: &[u8]) -> isize {
     // SAFETY: sendto(2) from a buffer we own, on a socket the caller keeps open; no address.

@@ -357,6 +357,15 @@ impl ReadyRing {
         }
     }
 
+    /// Whether `slot`'s poll reported the peer's FIN or an error (or failed): its client may be
+    /// gone, which a peek at the socket tells (`net::peer_gone`).
+    pub fn peer_ended(&self, slot: u32) -> bool {
+        let slots = self.slots.borrow();
+        slots
+            .get(slot as usize)
+            .is_some_and(|slot| slot.owned && slot.short_read_not_empty)
+    }
+
     /// Reaps the ring whenever it has completions, for as long as the shard runs.
     pub async fn drive(self: Rc<Self>) {
         loop {

@@ -42,6 +42,9 @@ pub struct ConnEntry {
     pub handler_deadline_ms: Cell<u64>,
     pub handler_timed_out: Cell<bool>,
     pub handler_waker: RefCell<Option<Waker>>,
+    /// Whether the client hung up, as far as a handler's wait needs to know: the sweep suspects
+    /// it from the connection's readiness slot and wakes the handler's task, which looks.
+    pub hang_up: Cell<HangUp>,
     /// Set by the drain when it shut the read side of the connection, found idle: the
     /// connection must not then shut its write side too (`Conn::linger`), or the kernel aborts
     /// it when the client's next bytes arrive.
@@ -49,6 +52,22 @@ pub struct ConnEntry {
     /// The connection's slot in the shard's readiness ring, if it waits there: the sweep and
     /// the drain wake it directly too, so a poll the kernel lost cannot keep it forever.
     pub ready_slot: Cell<Option<u32>>,
+}
+
+/// Whether a connection's client hung up (nginx's "client closed request", 499), for a handler
+/// that waits: one that did has nobody to answer, and is dropped (`--ignore-client-abort`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum HangUp {
+    #[default]
+    Unknown,
+    /// The connection's poll reported the peer's FIN or an error while a handler waited: its
+    /// task looks (`ConnIo::handler_wait`).
+    Suspected,
+    /// The client stays: it half-closed after sending more (pipelined requests, a body), and
+    /// waits for their answers; or the poll's report was not its FIN. Not suspected again.
+    Stays,
+    /// Gone: nothing unread before its FIN, or a reset.
+    Gone,
 }
 
 /// What a shard's connections add to every response head besides Server, Date and the framing,
@@ -284,6 +303,7 @@ impl Shard {
             handler_waker: RefCell::new(None),
             drained: Cell::new(false),
             ready_slot: Cell::new(None),
+            hang_up: Cell::new(HangUp::Unknown),
         });
         self.conns.borrow_mut().insert(id, entry.clone());
         add(&self.metrics.connections_accepted, 1);
@@ -369,14 +389,41 @@ impl Shard {
                 }
             }
             let handler = entry.handler_deadline_ms.get();
-            if handler != 0
-                && handler <= now
-                && !entry.handler_timed_out.replace(true)
-                && let Some(waker) = entry.handler_waker.take()
-            {
+            if handler == 0 {
+                continue;
+            }
+            let wake = if handler <= now {
+                !entry.handler_timed_out.replace(true)
+            } else {
+                self.may_have_hung_up(entry)
+            };
+            if wake && let Some(waker) = entry.handler_waker.take() {
                 waker.wake();
             }
         }
+    }
+
+    /// Whether the client of `entry`, whose handler waits, may have hung up: its poll on the
+    /// readiness ring reported its FIN or an error, which the connection's task then looks
+    /// into. Plain connections on the ring only: a TLS client's close_notify comes before its
+    /// FIN, and glommio's reads (`--no-multishot-poll`) arm no poll while a handler runs.
+    /// Not a connection the drain shut for reading: its own shutdown reads as the FIN, and the
+    /// request it had queued is still answered.
+    fn may_have_hung_up(&self, entry: &ConnEntry) -> bool {
+        if self.config.ignore_client_abort
+            || entry.hang_up.get() != HangUp::Unknown
+            || entry.drained.get()
+        {
+            return false;
+        }
+        let (Some(ring), Some(slot)) = (&self.ready_ring, entry.ready_slot.get()) else {
+            return false;
+        };
+        let suspected = ring.peer_ended(slot);
+        if suspected {
+            entry.hang_up.set(HangUp::Suspected);
+        }
+        suspected
     }
 
     /// Refreshes the cached Date header; called once a second by the shard's clock task.

@@ -26,7 +26,7 @@ use crate::net::Transport;
 use crate::router::{
     Answer, App, Body, BodyError, BodySource, Request, RequestCtx, Response, ResponseBody,
 };
-use crate::runtime::shard::{ConnEntry, ConnGuard, Shard};
+use crate::runtime::shard::{ConnEntry, ConnGuard, HangUp, Shard};
 
 /// Largest single read while a body is expected (a head is read 4 KiB at a time).
 const BODY_READ_BYTES_MAX: usize = 64 * 1024;
@@ -62,6 +62,9 @@ struct ConnIo {
     /// `--lingering-timeout` in all, not LINGERING_TIME_MAX, so a slowloris client that keeps
     /// dripping bytes holds its slot little longer than its header timeout.
     read_timed_out: Cell<bool>,
+    /// Requests after the one whose handler may wait were read already (a pipelined batch, or
+    /// a head stashed after one): its client, if it half-closed, waits for their answers.
+    requests_queued: Cell<bool>,
 }
 
 impl ConnIo {
@@ -125,12 +128,21 @@ impl ConnIo {
     }
 
     /// Where the connection waits on a handler (its answer is Pending): true when the wait
-    /// passed `--handler-timeout`, and then `take` ends the timeout or leaves it set. The first
-    /// wait posts its deadline for the shard's sweep and every wait leaves its waker, as a read
-    /// does; no timer per request, and nothing at all for a handler that answers at its first
-    /// poll.
+    /// passed `--handler-timeout`, and then `take` ends the timeout or leaves it set, or when
+    /// the client hung up (`client_gone`). The first wait posts its deadline for the shard's
+    /// sweep and every wait leaves its waker, as a read does; no timer per request, and nothing
+    /// at all for a handler that answers at its first poll.
     fn handler_wait(&self, cx: &Context<'_>, take: bool) -> bool {
         let entry = &self.entry;
+        if entry.hang_up.get() == HangUp::Suspected {
+            entry.hang_up.set(self.hang_up());
+            if entry.hang_up.get() == HangUp::Gone {
+                add(&self.shard.metrics.handler_hangups, 1);
+            }
+        }
+        if entry.hang_up.get() == HangUp::Gone {
+            return true;
+        }
         if entry.handler_timed_out.get() {
             if take {
                 entry.handler_timed_out.set(false);
@@ -143,6 +155,26 @@ impl ConnIo {
         }
         park(&entry.handler_waker, cx);
         false
+    }
+
+    /// What the sweep suspected (the poll saw the client's FIN or an error) is a hang-up when
+    /// nothing unread comes before the FIN, here or in the socket. A client that half-closed
+    /// after sending more (pipelined requests, a body; `nc -N`, say) waits for its answers.
+    fn hang_up(&self) -> HangUp {
+        if self.requests_queued.get() || !self.rbuf.borrow().is_empty() {
+            return HangUp::Stays;
+        }
+        if crate::net::peer_gone(self.stream.borrow().as_raw_fd()) {
+            HangUp::Gone
+        } else {
+            HangUp::Stays
+        }
+    }
+
+    /// The client hung up while a handler waited: the handler was dropped, and nobody is left
+    /// to answer.
+    fn client_gone(&self) -> bool {
+        self.entry.hang_up.get() == HangUp::Gone
     }
 
     /// After a handler was dropped past `--handler-timeout`: it may have left a read of its body
@@ -564,6 +596,7 @@ pub async fn serve(
         write_failed: Cell::new(false),
         waited: Cell::new(false),
         read_timed_out: Cell::new(false),
+        requests_queued: Cell::new(false),
     });
     let parallel_max = io.shard.config.pipeline_parallel_max;
     let mut conn = Conn {
@@ -659,10 +692,12 @@ impl Conn {
                             // Boxed: a batch's state stays off the idle connection's future.
                             Gathered::Batch(batch) => {
                                 self.served_in_turn += batch.answers.len() as u32;
+                                self.io.requests_queued.set(true);
                                 Box::pin(self.serve_batch(batch)).await
                             }
                             Gathered::One(head) => {
                                 self.served_in_turn += 1;
+                                self.io.requests_queued.set(self.stashed.is_some());
                                 self.handle(head).await
                             }
                         };
@@ -854,6 +889,9 @@ impl Conn {
                         .await;
                     // Also when it answered at once: a timeout `finish_later` left set is over.
                     self.io.handler_answered();
+                    if answered.is_none() && self.io.client_gone() {
+                        return Flow::Close;
+                    }
                     // Past `--handler-timeout`: this one is answered 503 and the connection
                     // closes; the client retries the safe requests after it.
                     let mut response = answered.unwrap_or_else(|| {
@@ -1128,7 +1166,7 @@ impl Conn {
         let mut response = match answered {
             Some(response) => response,
             None => {
-                if self.io.handler_dropped(body.as_deref()) {
+                if self.io.handler_dropped(body.as_deref()) || self.io.client_gone() {
                     return Flow::Close;
                 }
                 // A body error that met the same sweep is the answer (`finish`), counted as
@@ -1352,7 +1390,7 @@ impl Conn {
             .await;
         let Some(first) = first else {
             drop(stream);
-            if self.io.handler_dropped(body) {
+            if self.io.handler_dropped(body) || self.io.client_gone() {
                 return Flow::Close;
             }
             add(&self.io.shard.metrics.timeouts_handler, 1);
@@ -1410,7 +1448,9 @@ impl Conn {
             else {
                 drop(stream);
                 self.io.handler_dropped(body);
-                add(&self.io.shard.metrics.timeouts_handler, 1);
+                if !self.io.client_gone() {
+                    add(&self.io.shard.metrics.timeouts_handler, 1);
+                }
                 self.cut_unframed = !chunked;
                 return Flow::Close;
             };
