@@ -43,6 +43,20 @@ impl Transport {
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         self.tcp().peer_addr().ok()
     }
+
+    /// Ends a TLS session: its close_notify, flushed, so the client can tell a whole answer
+    /// from a cut connection. The socket is left as it is, as a plain connection's is: a TLS
+    /// close (`poll_close`) also shuts the write side, and a socket the drain shut for reading
+    /// must not be shut both ways (`ConnEntry::drained`; found in review).
+    pub fn poll_close_notify(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(_) => Poll::Ready(Ok(())),
+            Transport::Tls(s) => {
+                s.get_mut().1.send_close_notify();
+                Pin::new(&mut **s).poll_flush(cx)
+            }
+        }
+    }
 }
 
 impl AsRawFd for Transport {

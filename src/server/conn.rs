@@ -639,10 +639,11 @@ pub async fn serve(
         };
         return;
     }
-    if tls {
-        // close_notify, so the client can tell a complete response from a cut connection.
+    // Not after a failed write: the close_notify would wait on the same full socket, holding
+    // the connection's slot for another write timeout (found in review).
+    if tls && !conn.io.write_failed.get() {
         let stream = &conn.io.stream;
-        let _ = std::future::poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_close(cx)).await;
+        let _ = std::future::poll_fn(|cx| stream.borrow_mut().poll_close_notify(cx)).await;
     }
     if !conn.io.write_failed.get() {
         // A read side the drain shut (it found the connection idle, then read what was already
