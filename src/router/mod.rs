@@ -252,13 +252,16 @@ impl Router {
     }
 
     /// Serves every route of `other` under `prefix` (`/api` + `/users` = `/api/users`; a route
-    /// `/` of `other` is `/api/`, not `/api`). `other`'s middleware joins this router's: it runs
-    /// for every request of the app, not only those under `prefix` (check the path in it to
-    /// scope it).
+    /// `/` of `other` is both `/api` and `/api/`, as Express mounts it: an embedding review
+    /// found `/api` a 404). `other`'s middleware joins this router's: it runs for every request
+    /// of the app, not only those under `prefix` (check the path in it to scope it).
     pub fn mount(mut self, prefix: &str, other: Router) -> Router {
         let prefix = prefix.trim_end_matches('/');
         for (path, methods) in other.exact {
             for (method, handler) in methods {
+                if &*path == "/" && !prefix.is_empty() {
+                    self.add(&method, prefix, handler.clone());
+                }
                 self.add(&method, &format!("{prefix}{path}"), handler);
             }
         }
@@ -718,7 +721,10 @@ mod app_tests {
         let app = Router::new()
             .get("/", |_req: Request| async { Response::text(200, "root") })
             .post("/things", |_req: Request| async { Response::new(201) })
-            .mount("/api/", api)
+            .mount(
+                "/api/",
+                api.get("/", |_req: Request| async { Response::text(200, "api") }),
+            )
             .mount(
                 "/",
                 Router::new().get("/top/{x}", |req: Request| async move {
@@ -740,6 +746,9 @@ mod app_tests {
             "HEAD falls back to GET"
         );
         assert_eq!(serve(&app, "GET", "/api/users").status, 404);
+        // A mounted `/` is the prefix, with or without its slash.
+        assert_eq!(body(&serve(&app, "GET", "/api")), b"api");
+        assert_eq!(body(&serve(&app, "GET", "/api/")), b"api");
         assert_eq!(serve(&app, "POST", "/things").status, 201);
         let miss = serve(&app, "GET", "/things");
         assert_eq!(miss.status, 405);
