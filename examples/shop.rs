@@ -12,10 +12,14 @@ async fn add_to_cart(req: Request) -> Response {
     let Ok((session, created)) = Session::get_or_create(&req).await else {
         return Response::error(503, "session store unavailable");
     };
-    let mut cart: Vec<String> = session.get("cart").await.ok().flatten().unwrap_or_default();
+    // An error is answered, not taken for an empty cart: that would overwrite the cart.
+    let mut cart: Vec<String> = match session.get("cart").await {
+        Ok(cart) => cart.unwrap_or_default(),
+        Err(e) => return Response::from(e),
+    };
     cart.push(item);
     if let Err(e) = session.set("cart", &cart).await {
-        return Response::error(e.status(), e.message());
+        return Response::from(e);
     }
     let response = Response::json(200, &cart);
     if created {
@@ -30,7 +34,10 @@ async fn checkout(req: Request) -> Response {
     let Some(session) = Session::from_request(&req) else {
         return Response::error(401, "no cart");
     };
-    let cart: Vec<String> = session.get("cart").await.ok().flatten().unwrap_or_default();
+    let cart: Vec<String> = match session.get("cart").await {
+        Ok(cart) => cart.unwrap_or_default(),
+        Err(e) => return Response::from(e),
+    };
     if cart.is_empty() {
         return Response::error(400, "the cart is empty");
     }

@@ -167,6 +167,31 @@ fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() 
     assert_eq!(refused.status, 412, "{}", refused.text());
     assert_eq!(get(&mut a, "/kv/stock-apple").text(), "1", "all or nothing");
     assert_eq!(post(&mut b, "/checkout", None).status, 401);
+
+    // A cart stored in another shape (here by the built-in session route) is the app's error,
+    // 500, and left as it is: `Session::get` read it as None, and the cart was overwritten.
+    a.send(
+        format!(
+            "PUT /session/data/cart HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\
+             Content-Length: 7\r\n\r\n\"apple\""
+        )
+        .as_bytes(),
+    );
+    assert_eq!(a.response(false).unwrap().status, 204);
+    let refused = post(&mut a, "/cart/pear", Some(&cookie));
+    assert_eq!(
+        (refused.status, refused.text()),
+        (
+            500,
+            "a session value is not of the type asked for\n".to_string()
+        )
+    );
+    assert_eq!(post(&mut b, "/checkout", Some(&cookie)).status, 500);
+    a.send(
+        format!("GET /session/data/cart HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(a.response(false).unwrap().text(), r#""apple""#);
 }
 
 /// RFC 9112 §6.1: no Transfer-Encoding in an answer to HTTP/1.0, a HEAD's included (its head

@@ -144,8 +144,11 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Who, Response> {
     };
     let remembered = match session.get::<SessionUser>(SESSION_USER).await {
         Ok(Some(remembered)) => remembered,
-        // An unknown or expired session, or one nobody logged in to: no identity, the rules decide.
-        Ok(None) | Err(SessionError::Unknown) => return Ok(Who::Anonymous),
+        // An unknown or expired session, or one nobody logged in to (or in a form an older
+        // percore stored): no identity, the rules decide.
+        Ok(None) | Err(SessionError::Unknown | SessionError::WrongType) => {
+            return Ok(Who::Anonymous);
+        }
         // The owner shard did not answer (past the mesh deadline, overloaded, stopped): the
         // client may well be logged in, and a 401 with WWW-Authenticate would make a browser
         // prompt for a password. It retries instead.

@@ -77,6 +77,9 @@ pub enum SessionError {
     /// `Session::set` was given a value JSON cannot hold (a map whose keys are not strings): the
     /// app's error, 500 (found in review: it was "too large", 413, blaming the client).
     NotJson,
+    /// `Session::get` found a value that does not decode as the type asked for: the app's
+    /// error, 500 (it read as None, which an app then overwrote as if nothing were there).
+    WrongType,
 }
 
 /// A value as the JSON a session stores; `NotJson` for one JSON cannot hold.
@@ -91,7 +94,7 @@ impl SessionError {
             SessionError::TooLarge => 413,
             SessionError::TooDeep => 400,
             SessionError::Unavailable | SessionError::Full => 503,
-            SessionError::NotJson => 500,
+            SessionError::NotJson | SessionError::WrongType => 500,
         }
     }
 
@@ -103,6 +106,7 @@ impl SessionError {
             SessionError::Unavailable => "session owner unavailable, retry",
             SessionError::Full => "every session is logged in, retry later",
             SessionError::NotJson => "the value cannot be stored as JSON",
+            SessionError::WrongType => "a session value is not of the type asked for",
         }
     }
 
@@ -116,7 +120,8 @@ impl SessionError {
             SessionError::Unknown
             | SessionError::TooLarge
             | SessionError::TooDeep
-            | SessionError::NotJson => None,
+            | SessionError::NotJson
+            | SessionError::WrongType => None,
         }
     }
 }
@@ -701,12 +706,15 @@ impl Session {
         }
     }
 
-    /// A typed value; a value of another shape reads as None.
+    /// A typed value, None when there is none; `WrongType` when the value stored does not
+    /// decode as `T` (`get_value` reads it as it is).
     pub async fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, SessionError> {
-        Ok(self
-            .get_value(name)
-            .await?
-            .and_then(|v| serde_json::from_value(v).ok()))
+        match self.get_value(name).await? {
+            Some(value) => serde_json::from_value(value)
+                .map(Some)
+                .map_err(|_| SessionError::WrongType),
+            None => Ok(None),
+        }
     }
 
     pub async fn set_value(&self, name: &str, value: Value) -> Result<(), SessionError> {
