@@ -937,6 +937,50 @@ fn bad_transactions_are_400_and_over_a_bound_413() {
     assert_eq!(total_keys, 3, "only key_40, 40 spaces and val exist");
 }
 
+/// Soak review finding: the values a transaction reads had no bound, so 64 gets of one 1 MiB
+/// value (a 2 KB request) made a 64 MiB answer, held in memory while its client did not read.
+/// They are bound like the values it writes: 4 MiB in all, in one shard's part (the shard
+/// refuses) or over both (the coordinator aborts); past it 413 `too_large`, nothing written.
+#[test]
+fn the_values_a_transaction_reads_are_bounded() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let (a, b) = (key_on(0, "big-a"), key_on(1, "big-b"));
+    let mib = vec![b'v'; 1024 * 1024];
+    assert_eq!(put(&mut conn, &a, &mib, &[]).status, 201);
+    assert_eq!(put(&mut conn, &b, &mib, &[]).status, 201);
+    let gets = |keys: &[&String], marker: Option<&String>| {
+        let mut ops: Vec<Value> = keys
+            .iter()
+            .map(|k| json!({"op": "get", "key": k}))
+            .collect();
+        if let Some(marker) = marker {
+            ops.push(json!({"op": "put", "key": marker, "value": "x"}));
+        }
+        ops
+    };
+    // 4 MiB: the bound itself, read on one shard and over two.
+    let whole = tx(&mut conn, json!(gets(&[&a, &a, &a, &a], None)));
+    assert_eq!(whole.status, 200);
+    assert_eq!(results(&whole).len(), 4);
+    assert_eq!(
+        tx(&mut conn, json!(gets(&[&a, &a, &b, &b], None))).status,
+        200
+    );
+    // One more MiB: refused by the shard (all on one), or by the coordinator (over two).
+    let (one, two) = (key_on(0, "marker-one"), key_on(0, "marker-two"));
+    for (keys, marker) in [
+        (&[&a, &a, &a, &a, &a][..], &one),
+        (&[&a, &a, &a, &b, &b], &two),
+    ] {
+        let refused = tx(&mut conn, json!(gets(keys, Some(marker))));
+        assert_eq!(refused.status, 413, "{marker}: {}", refused.body["error"]);
+        assert_eq!(refused.body["error"], "too_large", "{:?}", refused.body);
+        assert_eq!(get(&mut conn, marker).status, 404, "nothing written");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. The bank: 100 accounts, cross-shard transfers with `add` (floor 0 on the debit).
 

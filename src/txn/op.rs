@@ -381,6 +381,10 @@ pub enum TxError {
     Busy,
     /// 507: the write would take the partition past `partition_bytes_max`.
     Full,
+    /// 413: the values the transaction reads pass `txn_bytes_max` (in one shard's part, or in
+    /// all parts together); nothing was written. Found in a soak review: 64 gets of one 1 MiB
+    /// value made a 64 MiB answer (384 MiB of JSON escapes), held while its client did not read.
+    TooLarge,
     /// 503, retryable: a participant did not vote before the deadline; the transaction aborted.
     Unavailable,
     /// 504, not safe to blindly retry: a single-shard transaction was forwarded to its owner, which
@@ -400,6 +404,7 @@ impl TxError {
             TxError::Conflict => 409,
             TxError::Busy | TxError::Unavailable | TxError::LogFailed => 503,
             TxError::Full => 507,
+            TxError::TooLarge => 413,
             TxError::Unknown => 504,
         }
     }
@@ -418,7 +423,7 @@ impl TxError {
         match self {
             TxError::Conflict | TxError::Busy | TxError::Unavailable => Some("1"),
             TxError::LogFailed => Some("30"),
-            TxError::Failed { .. } | TxError::Full | TxError::Unknown => None,
+            TxError::Failed { .. } | TxError::Full | TxError::TooLarge | TxError::Unknown => None,
         }
     }
 
@@ -428,6 +433,7 @@ impl TxError {
             TxError::Conflict => "conflict",
             TxError::Busy => "busy",
             TxError::Full => "full",
+            TxError::TooLarge => "too_large",
             TxError::Unavailable => "unavailable",
             TxError::LogFailed => "log_failed",
             TxError::Unknown | TxError::Failed { .. } => "unknown",
@@ -440,6 +446,10 @@ impl TxError {
             TxError::Conflict => "conflict with a concurrent transaction; retry",
             TxError::Busy => "shard busy (starting up, or too many transactions in flight); retry",
             TxError::Full => "the partition is full",
+            TxError::TooLarge => {
+                "the values this transaction reads pass the 4 MiB a transaction holds; nothing \
+                 was written; read fewer keys per transaction"
+            }
             TxError::Unavailable => "a shard did not answer in time; nothing was written; retry",
             TxError::Unknown => {
                 "the outcome is unknown: a shard did not answer in time, or could not write its log"

@@ -326,6 +326,7 @@ impl Partition {
         let mut view: BTreeMap<Bytes, Option<(Bytes, u64)>> = BTreeMap::new();
         let mut touched = BTreeSet::new();
         let mut results = Vec::new();
+        let mut read_bytes = 0;
         for (op_index, op) in ops {
             let key = op.key();
             if self.locks.contains_key(key) {
@@ -338,7 +339,13 @@ impl Partition {
             };
             let fail = |reason| TxError::Failed { op_index, reason };
             let result = match op {
-                Op::Get { .. } => OpResult::Get(current),
+                Op::Get { .. } => {
+                    read_bytes += current.as_ref().map_or(0, |(value, _)| value.len());
+                    if read_bytes > self.limits.txn_bytes_max {
+                        return Err(TxError::TooLarge);
+                    }
+                    OpResult::Get(current)
+                }
                 Op::Put { value, .. } => {
                     view.insert(key.clone(), Some((value.clone(), version)));
                     OpResult::Put { version }

@@ -641,6 +641,7 @@ fn simulation_reaches_the_interesting_paths() {
                 Some(Err(TxError::Busy)) => "busy",
                 Some(Err(TxError::Unknown)) => "unknown",
                 Some(Err(TxError::Full)) => "full",
+                Some(Err(TxError::TooLarge)) => "too large",
                 // The simulated log never fails.
                 Some(Err(TxError::LogFailed)) => "log failed",
                 None => "lost",

@@ -748,6 +748,11 @@ impl Node {
             assert!(active.results[index].is_none(), "op {index} answered twice");
             active.results[index] = Some(result);
         }
+        // Each part bounds its own reads; all parts together are bound the same way, or the
+        // answer grows with the number of shards.
+        if read_bytes(&active.results) > self.limits.txn_bytes_max {
+            return self.abort_voted_no(tx, TxError::TooLarge, out);
+        }
         if waiting.is_empty() && *staged {
             self.commit(tx, out);
         }
@@ -1027,6 +1032,17 @@ fn decide(tx: TxId, to: usize, commit: bool) -> Action {
         to,
         msg: Msg::Decide { tx, commit },
     }
+}
+
+/// Bytes of the values `results` read (`get`s), for the transaction's bound.
+fn read_bytes(results: &[Option<OpResult>]) -> usize {
+    results
+        .iter()
+        .map(|result| match result {
+            Some(OpResult::Get(Some((value, _)))) => value.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn decide_all<'a>(
