@@ -241,7 +241,8 @@ shard_stats! {
     session_expirations,
     /// Session operations this shard sent to the owner shard over the mesh.
     session_remote_calls,
-    /// Keys and value bytes of this shard's key-value partition.
+    /// Keys and value bytes of this shard's key-value partition, as its bound counts them
+    /// (each key `ENTRY_OVERHEAD_BYTES`, 256, more: what it costs in memory besides them).
     kv_keys,
     kv_bytes,
     /// Transactions received here: run locally, forwarded to one owner, coordinated across shards.

@@ -79,8 +79,9 @@ pub struct Partition {
     pub counters: PartitionCounters,
 }
 
-fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
-    key.len() + value.len()
+/// What an entry counts against the partition bound (`ENTRY_OVERHEAD_BYTES`).
+pub fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + super::ENTRY_OVERHEAD_BYTES
 }
 
 /// What an entry costs in a `SnapshotEntries` payload besides its key and value: their two
@@ -96,7 +97,7 @@ pub fn snapshot_entries(entries: impl IntoIterator<Item = (Bytes, Bytes, u64)>) 
     let mut chunk = Vec::new();
     let mut chunk_bytes = 0;
     for entry in entries {
-        chunk_bytes += entry_bytes(&entry.0, &entry.1) + SNAPSHOT_ENTRY_FRAMING_BYTES;
+        chunk_bytes += entry.0.len() + entry.1.len() + SNAPSHOT_ENTRY_FRAMING_BYTES;
         chunk.push(entry);
         if chunk_bytes >= SNAPSHOT_ENTRIES_BYTES_MAX {
             records.push(Record::SnapshotEntries {
@@ -541,6 +542,7 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txn::ENTRY_OVERHEAD_BYTES;
     use crate::txn::op::Expect;
 
     fn b(text: &str) -> Bytes {
@@ -581,7 +583,7 @@ mod tests {
     fn limits() -> TxnLimits {
         TxnLimits {
             prepared_max: 2,
-            partition_bytes_max: 64,
+            partition_bytes_max: 64 + 8 * ENTRY_OVERHEAD_BYTES,
             ..TxnLimits::default()
         }
     }
@@ -721,13 +723,19 @@ mod tests {
             &[put("q", "1"), Op::check_version(b("q"), 2)],
             Ok(vec![OpResult::Put { version: 2 }, OpResult::Check]),
         );
-        // The partition bound (64 bytes) at +-1: "a"+"x" and "n"+"5" use 4 bytes.
+        // The partition bound (64 bytes and 8 entries' overhead) at +-1: "a"+"x" and "n"+"5"
+        // use 4 bytes and 2 entries' overhead, "k" its own.
+        let room = 64 - 4 - 1 + 5 * ENTRY_OVERHEAD_BYTES;
         check(
             &seed,
-            &[put("k", &"v".repeat(59))],
+            &[put("k", &"v".repeat(room))],
             Ok(vec![OpResult::Put { version: 2 }]),
         );
-        check(&seed, &[put("k", &"v".repeat(60))], Err(TxError::Full));
+        check(
+            &seed,
+            &[put("k", &"v".repeat(room + 1))],
+            Err(TxError::Full),
+        );
         check(
             &seed,
             &[delete("a"), put("k", &"v".repeat(61))],

@@ -96,11 +96,16 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
         parts[owner(&entry.0, to)].push(entry);
     }
     for (shard, part) in parts.iter().enumerate() {
-        let bytes: usize = part.iter().map(|(k, v, _)| k.len() + v.len()).sum();
+        let bytes: usize = part
+            .iter()
+            .map(|(k, v, _)| super::partition::entry_bytes(k, v))
+            .sum();
         if bytes > limits.partition_bytes_max {
             return Err(format!(
-                "--to {to}: shard {shard} would hold {bytes} bytes of keys and values, over the \
-                 {} one partition holds; reshard to more shards (nothing was changed)",
+                "--to {to}: shard {shard} would hold {bytes} bytes of keys and values (each key \
+                 counted {} bytes more), over the {} one partition holds; reshard to more shards \
+                 (nothing was changed)",
+                super::ENTRY_OVERHEAD_BYTES,
                 limits.partition_bytes_max
             ));
         }
