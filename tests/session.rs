@@ -343,10 +343,11 @@ fn at_the_session_bound_the_least_recently_used_is_evicted() {
 
 #[test]
 fn a_write_past_the_bytes_bound_gets_413_and_changes_nothing() {
-    let server = Server::start(&["--max-session-bytes", "64"]);
+    // Each value counts its name, its JSON and 64 bytes for its place in memory.
+    let server = Server::start(&["--max-session-bytes", "192"]);
     let mut conn = Conn::new(server.connect());
     let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
-    let fits = format!("\"{}\"", "a".repeat(40)); // 1 + 42 = 43 bytes
+    let fits = format!("\"{}\"", "a".repeat(40)); // 1 + 42 + 64 = 107 bytes
     assert_eq!(
         request(
             &mut conn,
@@ -358,7 +359,7 @@ fn a_write_past_the_bytes_bound_gets_413_and_changes_nothing() {
         .status,
         204
     );
-    let too_much = format!("\"{}\"", "b".repeat(30)); // 43 + 33 > 64
+    let too_much = format!("\"{}\"", "b".repeat(30)); // 107 + 97 > 192
     assert_eq!(
         request(
             &mut conn,
@@ -372,7 +373,7 @@ fn a_write_past_the_bytes_bound_gets_413_and_changes_nothing() {
     );
     let data = json(&request(&mut conn, "GET", "/session", Some(&cookie), None));
     assert_eq!(data["data"].as_object().unwrap().len(), 1);
-    // Replacing a value counts the new size, not the sum.
+    // Replacing a value counts the new size (117), not the sum (224).
     let replace = format!("\"{}\"", "c".repeat(50));
     assert_eq!(
         request(

@@ -5,7 +5,7 @@ use std::fmt;
 
 use percore::session::id::{SessionId, SessionKey};
 use percore::session::store::{
-    SessionData, SessionRecord, Store, StoreCounters, StoreError, StoreLimits,
+    SessionData, SessionRecord, Store, StoreCounters, StoreError, StoreLimits, StoredValue,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -16,7 +16,8 @@ const SHARDS: usize = 3;
 /// Small on purpose: a few thousand operations cross every bound many times.
 const LIMITS: StoreLimits = StoreLimits {
     sessions_max: 6,
-    session_bytes_max: 80,
+    // 80 bytes of names and JSON, and two values' overhead (SESSION_VALUE_OVERHEAD_BYTES).
+    session_bytes_max: 80 + 2 * 64,
     idle_timeout_ms: 1_000,
     lifetime_ms: 4_000,
 };
@@ -63,8 +64,21 @@ struct ModelShard {
 /// The bytes bound: every value costs its name plus its JSON text.
 fn data_bytes(data: &SessionData) -> usize {
     data.iter()
-        .map(|(name, value)| name.len() + serde_json::to_string(value).unwrap().len())
+        .map(|(name, value)| name.len() + serde_json::to_string(value).unwrap().len() + 64)
         .sum()
+}
+
+/// A record's data as the store holds it (JSON text), and back.
+fn stored(data: &SessionData) -> BTreeMap<String, StoredValue> {
+    data.iter()
+        .map(|(name, value)| (name.clone(), StoredValue::new(value)))
+        .collect()
+}
+
+fn values(data: &BTreeMap<String, StoredValue>) -> SessionData {
+    data.iter()
+        .map(|(name, value)| (name.clone(), value.value()))
+        .collect()
 }
 
 fn model_expired(session: &ModelSession, now_ms: u64) -> bool {
@@ -122,8 +136,8 @@ impl ModelShard {
             accessed_ms: record.accessed_ms,
             touch_order: order,
             insert_order: order,
-            bytes: data_bytes(&record.data),
-            data: record.data,
+            bytes: data_bytes(&values(&record.data)),
+            data: values(&record.data),
         });
         self.counters.created += 1;
         evicted
@@ -250,7 +264,7 @@ impl ModelShard {
                 let record = SessionRecord {
                     created_ms: s.created_ms,
                     accessed_ms: s.accessed_ms,
-                    data: s.data.clone(),
+                    data: stored(&s.data),
                 };
                 (s.key, record)
             })
@@ -539,7 +553,7 @@ impl Sim {
         let record = SessionRecord {
             created_ms,
             accessed_ms,
-            data,
+            data: stored(&data),
         };
         Op::Insert {
             from,
@@ -667,7 +681,7 @@ impl Sim {
                 let record = SessionRecord {
                     created_ms: now,
                     accessed_ms: now,
-                    data: SessionData::new(),
+                    data: BTreeMap::new(),
                 };
                 let model = self.model_insert(from, key.0, record);
                 (Outcome::Created(store), Outcome::Created(model))

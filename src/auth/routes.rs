@@ -108,10 +108,10 @@ fn fits(data: &SessionData, remembered: &Value) -> bool {
     let others: usize = data
         .iter()
         .filter(|(name, _)| *name != SESSION_USER)
-        .map(|(name, value)| value_bytes(name, value))
+        .map(|(name, value)| value_bytes(name, &value.to_string()))
         .sum();
     let bytes_max = shard::current().sessions.config.session_bytes_max;
-    others + value_bytes(SESSION_USER, remembered) <= bytes_max
+    others + value_bytes(SESSION_USER, &remembered.to_string()) <= bytes_max
 }
 
 /// POST /auth/logout -> 204, the session destroyed (on its owner: dead on every shard) and its

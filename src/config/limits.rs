@@ -132,10 +132,16 @@ pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
 
 /// Sessions one shard keeps; at the bound the least recently used anonymous session is evicted,
 /// and with every session logged in a new one gets 503 (README, `--max-sessions`). Memory per shard
-/// for sessions is bounded by SESSIONS_MAX_DEFAULT x SESSION_BYTES_MAX_DEFAULT (1.6 GB worst case).
+/// for sessions is bounded by SESSIONS_MAX_DEFAULT x SESSION_BYTES_MAX_DEFAULT (1.6 GB worst case),
+/// and a few hundred bytes per session for its entry: values are held as their JSON text, and
+/// each counts `SESSION_VALUE_OVERHEAD_BYTES` for its place in the map.
 pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
-/// Bytes of data (keys + JSON values) one session may hold; a write past it gets 413.
+/// Bytes of data (names + JSON values, each value 64 bytes more) one session may hold; a write
+/// past it gets 413.
 pub const SESSION_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// What a session value counts against `--max-session-bytes` besides its name and JSON text:
+/// its share of the session's map, the name's and the text's allocations.
+pub const SESSION_VALUE_OVERHEAD_BYTES: usize = 64;
 /// Levels of arrays and objects one session value may nest (`[[1]]` is 2); a deeper one gets
 /// 400. The snapshot nests every value a few levels further in, and JSON parsing stops at 128
 /// levels: a value accepted at 124 levels made its shard's whole snapshot unreadable at the next

@@ -1,5 +1,6 @@
 //! Session snapshots: one file per shard under the data dir, framed with a magic, a length and a CRC32 so a torn or corrupt file is detected and skipped.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -8,29 +9,38 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::id::SessionKey;
-use super::store::SessionRecord;
+use super::store::{SessionRecord, StoredValue};
+use crate::config::limits::SESSION_VALUE_DEPTH_MAX;
 
 const MAGIC: &[u8; 8] = b"PCSESS1\n";
-/// The deepest session value (levels of arrays and objects) a snapshot can hold and read back:
-/// serde_json's parser stops at 128 levels, and a value sits 4 levels in (the snapshot, its
-/// session list, the session, its data). Pinned by a test.
-const SNAPSHOT_VALUE_DEPTH_MAX: usize = 123;
-const _: () = assert!(crate::config::limits::SESSION_VALUE_DEPTH_MAX <= SNAPSHOT_VALUE_DEPTH_MAX);
 /// magic + crc32 (4) + payload length (8).
 const HEADER_BYTES: usize = 8 + 4 + 8;
 
 #[derive(Serialize, Deserialize)]
-struct Snapshot {
+struct Snapshot<Entry> {
     node: u16,
     shard: u16,
-    sessions: Vec<SnapshotEntry>,
+    sessions: Vec<Entry>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotEntry {
+/// A session as written: its record's fields beside its key, borrowed (a snapshot of a full
+/// store cloned every record once more). Not `#[serde(flatten)]`, which reads a value through
+/// serde's buffer, where a value held as JSON text (`StoredValue`) cannot be read.
+#[derive(Serialize)]
+struct EntryOut<'a> {
     key: String,
-    #[serde(flatten)]
-    record: SessionRecord,
+    created_ms: u64,
+    accessed_ms: u64,
+    data: &'a BTreeMap<String, StoredValue>,
+}
+
+/// A session as read: the same fields, owned.
+#[derive(Deserialize)]
+struct EntryIn {
+    key: String,
+    created_ms: u64,
+    accessed_ms: u64,
+    data: BTreeMap<String, StoredValue>,
 }
 
 pub fn path(dir: &Path, shard: usize) -> PathBuf {
@@ -87,9 +97,11 @@ pub fn encode<'a>(
         node,
         shard,
         sessions: sessions
-            .map(|(k, r)| SnapshotEntry {
+            .map(|(k, r)| EntryOut {
                 key: URL_SAFE_NO_PAD.encode(k),
-                record: r.clone(),
+                created_ms: r.created_ms,
+                accessed_ms: r.accessed_ms,
+                data: &r.data,
             })
             .collect(),
     };
@@ -123,7 +135,7 @@ pub fn decode(
     if crc32fast::hash(payload) != crc {
         return Err("checksum mismatch".into());
     }
-    let snapshot: Snapshot =
+    let snapshot: Snapshot<EntryIn> =
         serde_json::from_slice(payload).map_err(|e| format!("bad payload: {e}"))?;
     if snapshot.node != node || snapshot.shard != shard {
         return Err(format!(
@@ -135,7 +147,26 @@ pub fn decode(
     for entry in snapshot.sessions {
         let mut key = [0u8; 16];
         match URL_SAFE_NO_PAD.decode_slice(entry.key.as_bytes(), &mut key) {
-            Ok(16) => sessions.push((key, entry.record)),
+            Ok(16) => {
+                // A value is read as JSON text, which the parse checks without a depth bound;
+                // one deeper than a write may make (a damaged or foreign file) could not be
+                // read back as a tree (serde_json stops at 128 levels).
+                if entry
+                    .data
+                    .values()
+                    .any(|v| v.depth() > SESSION_VALUE_DEPTH_MAX)
+                {
+                    return Err(format!(
+                        "a value nests more than {SESSION_VALUE_DEPTH_MAX} levels"
+                    ));
+                }
+                let record = SessionRecord {
+                    created_ms: entry.created_ms,
+                    accessed_ms: entry.accessed_ms,
+                    data: entry.data,
+                };
+                sessions.push((key, record));
+            }
             _ => return Err("bad session key".into()),
         }
     }
@@ -187,7 +218,6 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::store::SessionData;
 
     #[test]
     fn retire_beyond_removes_only_session_files_of_missing_shards() {
@@ -228,8 +258,8 @@ mod tests {
     }
 
     fn record(n: u64) -> SessionRecord {
-        let mut data = SessionData::new();
-        data.insert("n".into(), serde_json::json!(n));
+        let mut data = std::collections::BTreeMap::new();
+        data.insert("n".into(), StoredValue::new(&serde_json::json!(n)));
         SessionRecord {
             created_ms: n,
             accessed_ms: n + 1,
@@ -246,16 +276,17 @@ mod tests {
     fn the_deepest_value_a_snapshot_reads_back() {
         let round_trip = |depth: usize| {
             let mut session = record(1);
-            session.data.insert("deep".into(), nested(depth));
+            let deep = StoredValue::new(&nested(depth));
+            session.data.insert("deep".into(), deep);
             let key = [1u8; 16];
             let bytes = encode(0, 0, std::iter::once((&key, &session)));
             decode(&bytes, 0, 0).map(|decoded| decoded[0].1 == session)
         };
-        assert_eq!(round_trip(SNAPSHOT_VALUE_DEPTH_MAX), Ok(true));
-        let past = round_trip(SNAPSHOT_VALUE_DEPTH_MAX + 1).unwrap_err();
-        assert!(past.contains("recursion limit"), "{past}");
-        let bound = crate::config::limits::SESSION_VALUE_DEPTH_MAX;
-        assert_eq!(round_trip(bound), Ok(true));
+        assert_eq!(round_trip(SESSION_VALUE_DEPTH_MAX), Ok(true));
+        let past = round_trip(SESSION_VALUE_DEPTH_MAX + 1).unwrap_err();
+        assert!(past.contains("nests more than 64 levels"), "{past}");
+        // Far past what serde_json parses as a tree: refused, not a panic when read.
+        assert!(round_trip(200).is_err());
     }
 
     #[test]

@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::id::SessionKey;
-use crate::config::limits::SESSION_VALUE_DEPTH_MAX;
+use crate::config::limits::{SESSION_VALUE_DEPTH_MAX, SESSION_VALUE_OVERHEAD_BYTES};
 
 #[derive(Clone, Copy, Debug)]
 pub struct StoreLimits {
@@ -37,14 +38,64 @@ pub enum StoreError {
 /// after every anonymous session, and `try_insert` never does.
 pub const USER_VALUE: &str = "percore.user";
 
+/// A session's values as an app reads them.
 pub type SessionData = BTreeMap<String, Value>;
+
+/// A session value as the store holds it: its JSON text, compact. A `serde_json::Value` tree
+/// cost up to 16 times the text the bytes bound counted (a soak review: `[0,0,...]` in 16 KiB
+/// took 259 KiB), and a snapshot cloned it twice more; the text costs what it counts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoredValue(Box<RawValue>);
+
+impl StoredValue {
+    pub fn new(value: &Value) -> StoredValue {
+        StoredValue(serde_json::value::to_raw_value(value).expect("a Value is JSON"))
+    }
+
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Levels of arrays and objects, as `value_depth` counts them, read off the text.
+    pub fn depth(&self) -> usize {
+        let (mut depth, mut deepest) = (0usize, 0);
+        let (mut in_string, mut escaped) = (false, false);
+        for byte in self.json().bytes() {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' if in_string => escaped = true,
+                b'"' => in_string = !in_string,
+                b'[' | b'{' if !in_string => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' if !in_string => depth -= 1,
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    /// The value as a tree (it was JSON when stored: a `Value` written, or a snapshot's text,
+    /// which the snapshot's parse checked).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.json()).expect("a stored value is JSON")
+    }
+}
+
+impl PartialEq for StoredValue {
+    fn eq(&self, other: &StoredValue) -> bool {
+        self.json() == other.json()
+    }
+}
 
 /// One session as persisted and as the store holds it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SessionRecord {
     pub created_ms: u64,
     pub accessed_ms: u64,
-    pub data: SessionData,
+    pub data: BTreeMap<String, StoredValue>,
 }
 
 struct Entry {
@@ -84,7 +135,6 @@ pub struct Store {
     pub generation: u64,
 }
 
-/// Bytes a value costs against the per-session bound: its key and its JSON text.
 /// Levels of arrays and objects in `value`: 0 for a scalar, 1 for `[]` or `{"a": 1}`. Recursion
 /// is bounded: serde_json builds at most 128 levels from text, and what an app builds in code
 /// is checked only once it is whole.
@@ -97,8 +147,11 @@ fn value_depth(value: &Value) -> usize {
     }
 }
 
-pub fn value_bytes(name: &str, value: &Value) -> usize {
-    name.len() + value.to_string().len()
+/// Bytes a value costs against the per-session bound: its name, its JSON text and
+/// `SESSION_VALUE_OVERHEAD_BYTES` for its place in the session's map (without it a session of
+/// 4,000 one-byte values took 30 times the bytes counted).
+pub fn value_bytes(name: &str, json: &str) -> usize {
+    name.len() + json.len() + SESSION_VALUE_OVERHEAD_BYTES
 }
 
 impl Store {
@@ -208,7 +261,11 @@ impl Store {
     }
 
     fn insert_unbounded(&mut self, key: SessionKey, record: SessionRecord) {
-        let bytes = record.data.iter().map(|(k, v)| value_bytes(k, v)).sum();
+        let bytes = record
+            .data
+            .iter()
+            .map(|(k, v)| value_bytes(k, v.json()))
+            .sum();
         let access_seq = self.next_seq();
         let created_seq = self.next_seq();
         self.lru(&record)
@@ -239,7 +296,7 @@ impl Store {
         SessionRecord {
             created_ms: now_ms,
             accessed_ms: now_ms,
-            data: SessionData::new(),
+            data: BTreeMap::new(),
         }
     }
 
@@ -320,7 +377,8 @@ impl Store {
     }
 
     pub fn data(&mut self, key: &SessionKey, now_ms: u64) -> Result<SessionData, StoreError> {
-        Ok(self.touch(key, now_ms)?.record.data.clone())
+        let data = &self.touch(key, now_ms)?.record.data;
+        Ok(data.iter().map(|(k, v)| (k.clone(), v.value())).collect())
     }
 
     pub fn get(
@@ -329,7 +387,8 @@ impl Store {
         name: &str,
         now_ms: u64,
     ) -> Result<Option<Value>, StoreError> {
-        Ok(self.touch(key, now_ms)?.record.data.get(name).cloned())
+        let data = &self.touch(key, now_ms)?.record.data;
+        Ok(data.get(name).map(StoredValue::value))
     }
 
     pub fn put(
@@ -351,8 +410,9 @@ impl Store {
             .record
             .data
             .get(name)
-            .map_or(0, |v| value_bytes(name, v));
-        let new_bytes = value_bytes(name, &value);
+            .map_or(0, |v| value_bytes(name, v.json()));
+        let value = StoredValue::new(&value);
+        let new_bytes = value_bytes(name, value.json());
         let bytes = entry.bytes - old_bytes + new_bytes;
         if bytes > bytes_max {
             return Err(StoreError::TooLarge);
@@ -378,7 +438,7 @@ impl Store {
         let Some(old) = entry.record.data.remove(name) else {
             return Ok(false);
         };
-        let bytes = value_bytes(name, &old);
+        let bytes = value_bytes(name, old.json());
         entry.bytes -= bytes;
         self.bytes_total -= bytes;
         self.generation += 1;
@@ -494,6 +554,7 @@ mod tests {
         let cases = [
             ("1", 0),
             ("\"[[[\"", 0),
+            (r#"["\\", "\"]", {"}": "{"}]"#, 2),
             ("[]", 1),
             ("{}", 1),
             ("[1, [2], 3]", 2),
@@ -503,6 +564,7 @@ mod tests {
         for (text, depth) in cases {
             let value: Value = serde_json::from_str(text).unwrap();
             assert_eq!(value_depth(&value), depth, "{text}");
+            assert_eq!(StoredValue::new(&value).depth(), depth, "{text}");
         }
     }
 
