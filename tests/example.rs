@@ -562,3 +562,46 @@ fn export_example_a_handler_whose_client_hung_up_is_dropped() {
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert_eq!(server.stats()["total"]["handler_hangups"], 0);
 }
+
+/// Soak review finding: a client that pipelined slow requests and closed had every one of them
+/// run for nobody (227 handlers of a second each, 16 s): answers waited in the write buffer until
+/// the read buffer ran dry, so no write met the client's reset. An answer a handler was waited
+/// for now goes out at once, and the write after the reset ends the connection.
+#[test]
+fn export_example_a_closed_pipeline_stops_at_the_next_answer() {
+    let server = common::Server::start_with(
+        example_binary("export").to_str().unwrap(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--pipeline-parallel",
+            "1",
+        ],
+    );
+    // 40 requests of 400 ms each, one by one: 16 s to run them all.
+    let mut stream = server.connect();
+    stream
+        .write_all(&b"GET /wait/400 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(40))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(stream);
+    let started = std::time::Instant::now();
+    // Each /stats answer is a 2xx too, counted once it is written (after the next's snapshot).
+    let mut stats_answered = 0;
+    let stats = loop {
+        let stats = server.stats();
+        if stats["total"]["connections_open"] == 1 {
+            break stats;
+        }
+        stats_answered += 1;
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "the pipeline ran on for a client that closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let answered = stats["total"]["status_2xx"].as_u64().unwrap() - stats_answered;
+    assert!(answered <= 3, "{answered} answers written for nobody");
+}
