@@ -33,6 +33,7 @@ pub struct ShardMetrics {
     pub handler_hangups: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub tls_handshakes: Cell<u64>,
+    pub tls_handshakes_open: Cell<u64>,
     pub tls_handshake_failures: Cell<u64>,
     pub tls_handshake_timeouts: Cell<u64>,
     pub tls_handshake_waits: Cell<u64>,
@@ -120,6 +121,7 @@ impl ShardMetrics {
             handler_hangups: self.handler_hangups.get(),
             protocol_errors: self.protocol_errors.get(),
             tls_handshakes: self.tls_handshakes.get(),
+            tls_handshakes_open: self.tls_handshakes_open.get(),
             tls_handshake_failures: self.tls_handshake_failures.get(),
             tls_handshake_timeouts: self.tls_handshake_timeouts.get(),
             tls_handshake_waits: self.tls_handshake_waits.get(),
@@ -160,6 +162,8 @@ macro_rules! shard_stats {
 }
 
 shard_stats! {
+    /// Connections being served, and served so far; a TLS connection counts from the end of its
+    /// handshake (`tls_handshakes_open` counts those before it; each holds a `--max-conns` slot).
     connections_open,
     connections_accepted,
     /// Plain connections that waited for bytes on the shard's readiness ring (one multishot
@@ -204,6 +208,9 @@ shard_stats! {
     /// TLS handshakes completed, failed (bad client hello, no common version or ALPN), cut off
     /// by the handshake timeout, and made to wait at the concurrent-handshake bound.
     tls_handshakes,
+    /// TLS handshakes under way (found in review: 2000 stalled ClientHellos held 2000 sockets
+    /// while `connections_open` said 1).
+    tls_handshakes_open,
     tls_handshake_failures,
     tls_handshake_timeouts,
     tls_handshake_waits,

@@ -126,6 +126,7 @@ async fn handshake(
     acceptor: &Acceptor,
     stream: TcpStream,
 ) -> Option<futures_rustls::server::TlsStream<TcpStream>> {
+    let _open = HandshakeOpen::new(&shard.metrics.tls_handshakes_open);
     // One timer for the whole handshake, not per read.
     let timeout = shard.config.tls.handshake_timeout;
     let work = async {
@@ -153,6 +154,22 @@ async fn handshake(
             add(&shard.metrics.tls_handshake_timeouts, 1);
             None
         }
+    }
+}
+
+/// Counts a TLS handshake under way (`/stats` `tls_handshakes_open`) for as long as it lives.
+struct HandshakeOpen<'a>(&'a std::cell::Cell<u64>);
+
+impl HandshakeOpen<'_> {
+    fn new(open: &std::cell::Cell<u64>) -> HandshakeOpen<'_> {
+        add(open, 1);
+        HandshakeOpen(open)
+    }
+}
+
+impl Drop for HandshakeOpen<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
