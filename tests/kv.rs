@@ -981,6 +981,51 @@ fn the_values_a_transaction_reads_are_bounded() {
     }
 }
 
+/// A whole body of 64 KiB or more is written from the answer's own bytes (a value shares the
+/// store's), not copied into the write buffer: pipelined with small answers and HEADs, every
+/// answer still comes whole and in order.
+#[test]
+fn big_values_pipelined_with_small_answers_come_whole_and_in_order() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let big: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let edge = vec![b'e'; 64 * 1024];
+    assert_eq!(put(&mut conn, "big", &big, &[]).status, 201);
+    assert_eq!(put(&mut conn, "edge", &edge, &[]).status, 201);
+    assert_eq!(put(&mut conn, "small", b"s", &[]).status, 201);
+    let asks = [
+        ("GET", "small"),
+        ("GET", "big"),
+        ("HEAD", "big"),
+        ("GET", "edge"),
+        ("GET", "big"),
+        ("GET", "small"),
+        ("GET", "edge"),
+    ];
+    let mut raw = Vec::new();
+    for (method, key) in asks {
+        raw.extend(raw_request(method, &format!("/kv/{key}"), &[], b""));
+    }
+    conn.stream.write_all(&raw).unwrap();
+    for (method, key) in asks {
+        let answer = conn.response(method == "HEAD").expect("an answer");
+        assert_eq!(answer.status, 200, "{method} {key}");
+        let want: &[u8] = match (method, key) {
+            ("HEAD", _) => b"",
+            (_, "big") => &big,
+            (_, "edge") => &edge,
+            _ => b"s",
+        };
+        assert!(
+            answer.body == want,
+            "{method} {key}: {} bytes",
+            answer.body.len()
+        );
+    }
+    assert_eq!(get(&mut conn, "small").body, b"s", "the connection goes on");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. The bank: 100 accounts, cross-shard transfers with `add` (floor 0 on the debit).
 

@@ -14,8 +14,9 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::sync::StaticPermit;
 
 use crate::config::limits::{
-    BODY_DISCARD_BYTES_MAX, LINGERING_TIME_MAX, READ_BUFFER_BYTES, READ_BUFFER_KEEP_BYTES,
-    REQUESTS_PER_TURN_MAX, TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES, WRITE_BUFFER_KEEP_BYTES,
+    BODY_DISCARD_BYTES_MAX, BODY_UNCOPIED_BYTES_MIN, LINGERING_TIME_MAX, READ_BUFFER_BYTES,
+    READ_BUFFER_KEEP_BYTES, REQUESTS_PER_TURN_MAX, TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES,
+    WRITE_BUFFER_KEEP_BYTES,
 };
 use crate::http::{
     self, BodyDecoder, BodyEvent, BodyFraming, CONTINUE_100, HeadLimits, HttpError, RequestHead,
@@ -547,6 +548,11 @@ struct Conn {
     guard: ConnGuard,
     peer: Option<std::net::SocketAddr>,
     wbuf: BytesMut,
+    /// What goes out before `wbuf`, in order: the write buffer's bytes before a big whole body,
+    /// then that body's own bytes (`BODY_UNCOPIED_BYTES_MIN`), for each such body.
+    wqueue: Vec<Bytes>,
+    /// Bytes in `wqueue`.
+    wqueue_bytes: usize,
     limits: HeadLimits,
     /// When the first byte of the request head being read arrived (slowloris bound).
     head_started: Option<Instant>,
@@ -620,6 +626,8 @@ pub async fn serve(
         guard,
         peer,
         wbuf: BytesMut::new(),
+        wqueue: Vec::new(),
+        wqueue_bytes: 0,
         limits,
         head_started: None,
         first_request: true,
@@ -735,7 +743,7 @@ impl Conn {
                         // second each, 16 s, for a client gone after sending). Nothing changes
                         // for handlers that answer at once.
                         let waited = self.io.handler_waited.take();
-                        if (waited || self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES)
+                        if (waited || self.unsent() >= WRITE_BUFFER_FLUSH_BYTES)
                             && self.flush().await.is_err()
                         {
                             return;
@@ -749,7 +757,7 @@ impl Conn {
                     }
                 }
             }
-            if !self.wbuf.is_empty() && self.flush().await.is_err() {
+            if self.unsent() > 0 && self.flush().await.is_err() {
                 return;
             }
             // A full pipeline is always ready to read (never waits, so never lets the reactor
@@ -938,7 +946,7 @@ impl Conn {
             if flow == Flow::Close {
                 return Flow::Close;
             }
-            if self.wbuf.len() >= WRITE_BUFFER_FLUSH_BYTES {
+            if self.unsent() >= WRITE_BUFFER_FLUSH_BYTES {
                 self.finish_later(&mut handlers[index + 1..], &mut early, index + 1)
                     .await;
                 if self.flush().await.is_err() {
@@ -1388,7 +1396,13 @@ impl Conn {
             && !is_head
             && !no_body_status
         {
-            self.wbuf.extend_from_slice(bytes);
+            if bytes.len() >= BODY_UNCOPIED_BYTES_MIN {
+                let before = self.wbuf.split().freeze();
+                self.wqueue_bytes += before.len() + bytes.len();
+                self.wqueue.extend([before, bytes.clone()]);
+            } else {
+                self.wbuf.extend_from_slice(bytes);
+            }
         }
         Encoded::Done(if close { Flow::Close } else { Flow::KeepAlive })
     }
@@ -1522,11 +1536,27 @@ impl Conn {
         head.finish(body, close);
     }
 
+    /// Bytes encoded and not yet written.
+    fn unsent(&self) -> usize {
+        self.wqueue_bytes + self.wbuf.len()
+    }
+
     async fn flush(&mut self) -> io::Result<()> {
-        if self.wbuf.is_empty() {
+        if self.unsent() == 0 {
             return Ok(());
         }
-        let result = self.io.write_all(&self.wbuf).await;
+        let mut result = Ok(());
+        let mut queue = std::mem::take(&mut self.wqueue);
+        for part in queue.drain(..) {
+            if result.is_ok() && !part.is_empty() {
+                result = self.io.write_all(&part).await;
+            }
+        }
+        self.wqueue = queue;
+        self.wqueue_bytes = 0;
+        if result.is_ok() {
+            result = self.io.write_all(&self.wbuf).await;
+        }
         self.wbuf.clear();
         if self.wbuf.capacity() > WRITE_BUFFER_KEEP_BYTES {
             self.wbuf = BytesMut::new();
