@@ -146,6 +146,27 @@ where
     }
 }
 
+/// A mounted router's middleware: it runs for the requests under its prefix, and the others go
+/// straight on down the chain.
+struct Scoped {
+    prefix: Rc<str>,
+    inner: Rc<dyn Middleware>,
+}
+
+impl Middleware for Scoped {
+    fn call(&self, req: Request, next: Next) -> BoxFuture<Response> {
+        let under = req
+            .path()
+            .strip_prefix(&*self.prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if under {
+            self.inner.call(req, next)
+        } else {
+            Box::pin(next.run(req))
+        }
+    }
+}
+
 /// The rest of the middleware chain, ending in the router.
 pub struct Next {
     app: Rc<App>,
@@ -253,10 +274,17 @@ impl Router {
 
     /// Serves every route of `other` under `prefix` (`/api` + `/users` = `/api/users`; a route
     /// `/` of `other` is both `/api` and `/api/`, as Express mounts it: an embedding review
-    /// found `/api` a 404). `other`'s middleware joins this router's: it runs for every request
-    /// of the app, not only those under `prefix` (check the path in it to scope it).
+    /// found `/api` a 404). `other`'s middleware joins this router's in its phase, and runs
+    /// for the requests under `prefix` only (`/api` and `/api/...`, not `/apix`), as Express
+    /// runs a mounted router's (it ran for every request of the app, an embedding review found);
+    /// mounted at `/`, for every request.
     pub fn mount(mut self, prefix: &str, other: Router) -> Router {
         let prefix = prefix.trim_end_matches('/');
+        // Its exact routes are joined to it as text, and its middleware's scope is a text prefix.
+        assert!(
+            prefix.is_empty() || (prefix.starts_with('/') && is_exact(&parse_pattern(prefix))),
+            "a mount prefix is a path without parameters: {prefix}"
+        );
         for (path, methods) in other.exact {
             for (method, handler) in methods {
                 if &*path == "/" && !prefix.is_empty() {
@@ -279,7 +307,19 @@ impl Router {
                 handler: route.handler,
             });
         }
-        self.middleware.extend(other.middleware);
+        if prefix.is_empty() {
+            self.middleware.extend(other.middleware);
+        } else {
+            let prefix: Rc<str> = prefix.into();
+            self.middleware
+                .extend(other.middleware.into_iter().map(|(phase, inner)| {
+                    let scoped: Rc<dyn Middleware> = Rc::new(Scoped {
+                        prefix: prefix.clone(),
+                        inner,
+                    });
+                    (phase, scoped)
+                }));
+        }
         self
     }
 
@@ -701,6 +741,51 @@ mod app_tests {
         let response = serve(&with_middleware, "GET", "/ping");
         assert_eq!(body(&response), b"pong");
         assert_eq!(response.get_header("x-seen").unwrap(), "yes");
+    }
+
+    /// A mounted router's middleware runs for the requests under its prefix only (an embedding
+    /// review: it ran for every request of the app); mounted at `/`, for all.
+    #[test]
+    fn mounted_middleware_runs_under_its_prefix() {
+        let tag = |name: &'static str| {
+            move |req: Request, next: Next| async move {
+                let response = next.run(req).await;
+                let before = response.get_header("x-seen").map(|v| v.to_vec());
+                let mut value = before.unwrap_or_default();
+                value.extend_from_slice(name.as_bytes());
+                response.set_header("x-seen", value)
+            }
+        };
+        let ok = |_req: Request| async { Response::new(200) };
+        let api = Router::new()
+            .get("/", ok)
+            .get("/x", ok)
+            .middleware(Phase::Request, tag("api"));
+        let all = Router::new().middleware(Phase::Request, tag("all"));
+        let app = Router::new()
+            .get("/apix", ok)
+            .get("/other", ok)
+            .mount("/api", api)
+            .mount("/", all)
+            .into_app();
+        let seen = |path: &str| {
+            let response = serve(&app, "GET", path);
+            let value = response.get_header("x-seen").map(|v| v.to_vec());
+            String::from_utf8(value.unwrap_or_default()).unwrap()
+        };
+        // Inner first on the way out: `all` was added after `api`.
+        assert_eq!(seen("/api/x"), "allapi");
+        assert_eq!(seen("/api"), "allapi");
+        assert_eq!(seen("/api/"), "allapi");
+        assert_eq!(seen("/api/missing"), "allapi", "a miss under it too");
+        assert_eq!(seen("/apix"), "all");
+        assert_eq!(seen("/other"), "all");
+    }
+
+    #[test]
+    #[should_panic(expected = "a mount prefix is a path without parameters")]
+    fn a_mount_prefix_has_no_parameters() {
+        let _ = Router::new().mount("/users/{id}", Router::new());
     }
 
     #[test]
