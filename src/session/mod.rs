@@ -623,8 +623,9 @@ impl Session {
 
     /// A new, empty session owned by the current shard. At `--max-sessions` with every session
     /// logged in it evicts the least recently used one: for the server's own use after a
-    /// password check; a client's request for a session uses `try_create`.
-    pub fn create() -> Session {
+    /// password check; an app's uses `try_create`, which never logs anyone out (an embedding
+    /// review: an app that created sessions for visitors with this one could).
+    pub(crate) fn create() -> Session {
         Session::of(shard::current().sessions.create())
     }
 
@@ -637,13 +638,21 @@ impl Session {
     /// The request's session if it is live, else a new one; `true` when created.
     pub async fn get_or_create(req: &Request) -> Result<(Session, bool), SessionError> {
         if let Some(session) = Session::from_request(req) {
-            match session.data().await {
-                Ok(_) => return Ok((session, false)),
-                Err(SessionError::Unknown) => {}
+            match session.live().await {
+                Ok(true) => return Ok((session, false)),
+                Ok(false) | Err(SessionError::Unknown) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok((Session::try_create()?, true))
+    }
+
+    /// Whether the session is live (and touches it), without reading its data.
+    async fn live(&self) -> Result<bool, SessionError> {
+        match self.call(SessionRequest::Live).await? {
+            SessionReply::Done(result) => Ok(result?),
+            _ => unreachable!("Live is answered with Done"),
+        }
     }
 
     pub fn id(&self) -> &SessionId {
