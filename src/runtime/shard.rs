@@ -171,9 +171,11 @@ thread_local! {
 
 /// The shard running on this thread. Panics off a shard thread (a programming error).
 pub fn current() -> Rc<Shard> {
-    CURRENT
-        .with(|c| c.get().cloned())
-        .expect("called on a shard thread")
+    CURRENT.with(|c| c.get().cloned()).expect(
+        "percore's session, transaction and shard calls work on a shard thread only, in a \
+             handler or a task it spawned with glommio::spawn_local (not on a thread the app \
+             made, nor before main_with has started the shards)",
+    )
 }
 
 /// The shard running on this thread, if it has finished starting.
