@@ -1546,14 +1546,17 @@ impl Conn {
             return Ok(());
         }
         let mut result = Ok(());
-        let mut queue = std::mem::take(&mut self.wqueue);
-        for part in queue.drain(..) {
-            if result.is_ok() && !part.is_empty() {
-                result = self.io.write_all(&part).await;
+        // Empty but for big bodies: the common answer touches only `wbuf`.
+        if self.wqueue_bytes > 0 {
+            let mut queue = std::mem::take(&mut self.wqueue);
+            for part in queue.drain(..) {
+                if result.is_ok() && !part.is_empty() {
+                    result = self.io.write_all(&part).await;
+                }
             }
+            self.wqueue = queue;
+            self.wqueue_bytes = 0;
         }
-        self.wqueue = queue;
-        self.wqueue_bytes = 0;
         if result.is_ok() {
             result = self.io.write_all(&self.wbuf).await;
         }
