@@ -749,9 +749,13 @@ impl Node {
             active.results[index] = Some(result);
         }
         // Each part bounds its own reads; all parts together are bound the same way, or the
-        // answer grows with the number of shards.
+        // answer grows with the number of shards. The parts that voted yes are prepared, and
+        // with the last vote and the staging record durable the transaction would be committed:
+        // the abort is made durable before anyone hears it, as a timeout's is (found in review:
+        // told at once, a crash before its record let recovery commit what the client was told
+        // was not written).
         if read_bytes(&active.results) > self.limits.txn_bytes_max {
-            return self.abort_voted_no(tx, TxError::TooLarge, out);
+            return self.abort_undecided(tx, TxError::TooLarge, out);
         }
         if waiting.is_empty() && *staged {
             self.commit(tx, out);
@@ -833,12 +837,15 @@ impl Node {
         });
     }
 
-    /// Votes are missing and every yes may still come: the abort decision is made durable before
-    /// anyone hears it, so a restart cannot read the staging record as a commit.
+    /// Votes are missing and every yes may still come (a timeout), or yes votes came and the
+    /// transaction must not commit (its reads pass the bound): the abort decision is made
+    /// durable before anyone hears it, so a restart cannot read the staging record as a commit.
     fn abort_undecided(&mut self, tx: TxId, error: TxError, out: &mut Vec<Action>) {
         let active = self.active.get_mut(&tx).expect("an active transaction");
         assert!(matches!(active.phase, Phase::Preparing { .. }));
-        self.counters.timeouts += 1;
+        if error == TxError::Unavailable {
+            self.counters.timeouts += 1;
+        }
         active.phase = Phase::Aborting { error };
         out.push(Action::Persist {
             record: Some(decision_record(tx, false, &active.participants)),
@@ -1411,6 +1418,15 @@ mod tests {
         }
     }
 
+    /// A yes vote whose op `index` read a value of `bytes` bytes.
+    fn read(seq: u64, index: usize, bytes: usize) -> Msg {
+        let value = Bytes::from(vec![b'v'; bytes]);
+        Msg::Vote {
+            tx: tx(seq),
+            vote: Ok(vec![(index, OpResult::Get(Some((value, 1))))]),
+        }
+    }
+
     fn decision(seq: u64, commit: bool) -> Record {
         Record::Decision {
             tx: tx(seq),
@@ -1727,10 +1743,21 @@ mod tests {
                         },
                     )],
                 ),
+                // Yes votes whose reads pass the bound together: both parts are prepared, so
+                // the abort is durable before anyone hears it (found in review: told at once,
+                // a crash before its record let recovery commit it).
+                (62, begin_two(4), prepares(3)),
+                (63, receive(0, read(3, 0, 3 << 20)), vec![]),
+                (64, receive(1, read(3, 1, 2 << 20)), abort_decision(3)),
+                (
+                    65,
+                    Event::Durable(Then::Aborted { tx: tx(3) }),
+                    told(3, 4, TxError::TooLarge),
+                ),
             ],
         );
         assert!(node.is_quiet());
-        assert_eq!(node.counters.aborted, 3);
+        assert_eq!(node.counters.aborted, 4);
         assert_eq!(node.counters.timeouts, 2);
     }
 
