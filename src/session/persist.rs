@@ -148,17 +148,19 @@ pub fn decode(
         let mut key = [0u8; 16];
         match URL_SAFE_NO_PAD.decode_slice(entry.key.as_bytes(), &mut key) {
             Ok(16) => {
-                // A value is read as JSON text, which the parse checks without a depth bound;
-                // one deeper than a write may make (a damaged or foreign file) could not be
-                // read back as a tree (serde_json stops at 128 levels).
-                if entry
-                    .data
-                    .values()
-                    .any(|v| v.depth() > SESSION_VALUE_DEPTH_MAX)
-                {
-                    return Err(format!(
-                        "a value nests more than {SESSION_VALUE_DEPTH_MAX} levels"
-                    ));
+                // A value is read as JSON text, which the parse checks without a depth bound
+                // and without reading numbers and strings as a tree does: one that a write
+                // cannot make (a damaged or foreign file) is refused here, not met by the first
+                // read of its session (found in review: `1e400` there ended the process).
+                for value in entry.data.values() {
+                    if value.depth() > SESSION_VALUE_DEPTH_MAX {
+                        return Err(format!(
+                            "a value nests more than {SESSION_VALUE_DEPTH_MAX} levels"
+                        ));
+                    }
+                    if let Err(e) = serde_json::from_str::<serde_json::Value>(value.json()) {
+                        return Err(format!("a value that cannot be read: {e}"));
+                    }
                 }
                 let record = SessionRecord {
                     created_ms: entry.created_ms,
@@ -287,6 +289,15 @@ mod tests {
         assert!(past.contains("nests more than 64 levels"), "{past}");
         // Far past what serde_json parses as a tree: refused, not a panic when read.
         assert!(round_trip(200).is_err());
+        // JSON text that a tree cannot hold: refused too.
+        for text in ["1e400", r#""\ud800""#] {
+            let mut session = record(1);
+            let odd: StoredValue = serde_json::from_str(text).unwrap();
+            session.data.insert("odd".into(), odd);
+            let bytes = encode(0, 0, std::iter::once((&[1u8; 16], &session)));
+            let refused = decode(&bytes, 0, 0).unwrap_err();
+            assert!(refused.contains("cannot be read"), "{text}: {refused}");
+        }
     }
 
     #[test]
