@@ -529,17 +529,29 @@ fn export_example_a_handler_whose_client_hung_up_is_dropped() {
     }
     assert_eq!(server.stats()["total"]["handler_hangups"], 2);
 
-    // Two pipelined requests, then the FIN: both answered.
-    let mut pipelined = server.connect();
-    pipelined
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    pipelined
-        .write_all(&b"GET /wait/300 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2))
-        .unwrap();
-    pipelined.shutdown(std::net::Shutdown::Write).unwrap();
-    let text = String::from_utf8(common::read_to_close(&mut pipelined)).unwrap();
-    assert_eq!(text.matches("waited 300 ms").count(), 2, "{text}");
+    // Pipelined requests, then the FIN: all answered, whether served in one batch or one by
+    // one before the slow one (a code review found the last one dropped then).
+    let slow = "GET /wait/300 HTTP/1.1\r\nHost: t\r\n\r\n";
+    for (first, answers) in [
+        (slow, 2),
+        ("GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n", 1),
+        (
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+            1,
+        ),
+    ] {
+        let mut pipelined = server.connect();
+        pipelined
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        pipelined
+            .write_all(format!("{first}{slow}").as_bytes())
+            .unwrap();
+        pipelined.shutdown(std::net::Shutdown::Write).unwrap();
+        let text = String::from_utf8(common::read_to_close(&mut pipelined)).unwrap();
+        assert_eq!(text.matches("waited 300 ms").count(), answers, "{text}");
+        assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    }
     assert_eq!(server.stats()["total"]["handler_hangups"], 2);
 
     let server = common::Server::start_with(
@@ -604,4 +616,32 @@ fn export_example_a_closed_pipeline_stops_at_the_next_answer() {
     };
     let answered = stats["total"]["status_2xx"].as_u64().unwrap() - stats_answered;
     assert!(answered <= 3, "{answered} answers written for nobody");
+}
+
+/// Code review finding: in a pipelined batch, the handlers after a stream are run to the end
+/// before it, and a timeout they met was left for the next of them; the stream's first wait
+/// took it for its own, so a healthy stream was cut and the slow handler's 503 never went out.
+#[test]
+fn export_example_a_stream_before_a_slow_pipelined_handler_is_whole() {
+    let server = common::Server::start_with(
+        example_binary("export").to_str().unwrap(),
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--handler-timeout",
+            "1",
+        ],
+    );
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"GET /ticks/3/300 HTTP/1.1\r\nHost: t\r\n\r\nGET /wait/5000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let ticks = conn.response(false).expect("the stream, whole");
+    assert_eq!(ticks.text(), "tick 0\ntick 1\ntick 2\n");
+    let slow = conn.response(false).expect("the slow one's answer");
+    assert_eq!(slow.status, 503);
+    assert!(conn.closed());
+    assert_eq!(server.stats()["total"]["timeouts_handler"], 1);
 }

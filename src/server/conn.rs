@@ -69,6 +69,14 @@ struct ConnIo {
     /// A handler was waited for since the connection loop last looked: its answer goes out at
     /// once (`Conn::run`).
     handler_waited: Cell<bool>,
+    /// Reads that brought bytes, so far.
+    reads: Cell<u64>,
+    /// `reads` when the connection last finished a request: a head parsed with no read since
+    /// was sent before that answer, pipelined.
+    answered_at_read: Cell<Option<u64>>,
+    /// The client pipelined (a request sent before the answer to the one before it): if it
+    /// half-closes, it waits for its answers (`hang_up`).
+    pipelined: Cell<bool>,
 }
 
 impl ConnIo {
@@ -127,6 +135,9 @@ impl ConnIo {
         if let Poll::Ready(Ok(n)) = result {
             rbuf.extend_from_slice(&scratch[..n]);
             add(&self.shard.metrics.bytes_read, n as u64);
+            if n > 0 {
+                self.reads.set(self.reads.get() + 1);
+            }
         }
         result
     }
@@ -162,10 +173,12 @@ impl ConnIo {
     }
 
     /// What the sweep suspected (the poll saw the client's FIN or an error) is a hang-up when
-    /// nothing unread comes before the FIN, here or in the socket. A client that half-closed
-    /// after sending more (pipelined requests, a body; `nc -N`, say) waits for its answers.
+    /// nothing unread comes before the FIN, here or in the socket, and the client never
+    /// pipelined. A client that half-closed after sending more (pipelined requests, a body;
+    /// `nc -N`, say) waits for its answers (found in review: the last of several pipelined
+    /// requests was dropped when the ones before it were answered one by one).
     fn hang_up(&self) -> HangUp {
-        if self.requests_queued.get() || !self.rbuf.borrow().is_empty() {
+        if self.pipelined.get() || self.requests_queued.get() || !self.rbuf.borrow().is_empty() {
             return HangUp::Stays;
         }
         if crate::net::peer_gone(self.stream.borrow().as_raw_fd()) {
@@ -618,6 +631,9 @@ pub async fn serve(
         read_timed_out: Cell::new(false),
         requests_queued: Cell::new(false),
         handler_waited: Cell::new(false),
+        reads: Cell::new(0),
+        answered_at_read: Cell::new(None),
+        pipelined: Cell::new(false),
     });
     let parallel_max = io.shard.config.pipeline_parallel_max;
     let mut conn = Conn {
@@ -701,6 +717,10 @@ impl Conn {
                     Ok(Some(head)) => {
                         self.head_started = None;
                         self.first_request = false;
+                        let io = &self.io;
+                        if io.answered_at_read.get() == Some(io.reads.get()) {
+                            io.pipelined.set(true);
+                        }
                         let gathered = if let Some(flow) = self.answer_direct(&head) {
                             Gathered::Answered(flow)
                         } else if self.parallel_ok(&head) {
@@ -725,6 +745,7 @@ impl Conn {
                                 self.handle(head).await
                             }
                         };
+                        self.io.answered_at_read.set(Some(self.io.reads.get()));
                         if flow == Flow::Close {
                             // Linger where the client may still be sending: bytes already here
                             // (pipelined requests after this answer), a body left unread, or a
@@ -1419,6 +1440,10 @@ impl Conn {
             mut stream,
             close,
         } = *streamed;
+        // A timeout the batch's later handlers met while this one waited (`finish_later` leaves
+        // it set) is theirs: the stream's waits have their own (found in review: the stream was
+        // cut at its first wait, and the slow handler's 503 never went out).
+        self.io.handler_answered();
         // The head waits for the first chunk: a stream that fails at once (an echo of a body
         // with a bad chunk size, or over the limit) still gets a clean error answer. Until that
         // chunk the handler has not answered, and `--handler-timeout` bounds the wait.
