@@ -41,12 +41,30 @@ async fn checkout(req: Request) -> Response {
     if cart.is_empty() {
         return Response::error(400, "the cart is empty");
     }
-    let ops = cart.iter().map(|item| Op::Add {
-        key: format!("stock-{item}").into(),
-        delta: -1,
-        floor: Some(0),
-    });
-    match transact(ops.collect()).await {
+    let ops = cart
+        .iter()
+        .map(|item| Op::Add {
+            key: format!("stock-{item}").into(),
+            delta: -1,
+            floor: Some(0),
+        })
+        .collect();
+    // The transaction and the cart's removal run to the end in a task of their own, even if
+    // this handler is dropped at an await (its client hung up, or --handler-timeout passed):
+    // dropped between the two, the stock was taken and the cart kept, and a retry bought twice
+    // (found in review).
+    let checkout = glommio::spawn_local(async move {
+        let outcome = transact(ops).await;
+        if outcome.is_ok() {
+            let _ = session.remove("cart").await;
+        }
+        outcome
+    })
+    .detach();
+    let Some(outcome) = checkout.await else {
+        return Response::error(500, "the checkout did not finish");
+    };
+    match outcome {
         Ok(results) => {
             let left: Vec<i64> = results
                 .iter()
@@ -58,7 +76,6 @@ async fn checkout(req: Request) -> Response {
                     }
                 })
                 .collect();
-            let _ = session.remove("cart").await;
             Response::json(
                 200,
                 &serde_json::json!({ "bought": cart, "stock_left": left }),

@@ -138,8 +138,9 @@ pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
 /// Sessions one shard keeps; at the bound the least recently used anonymous session is evicted,
 /// and with every session logged in a new one gets 503 (README, `--max-sessions`). Memory per shard
 /// for sessions is bounded by SESSIONS_MAX_DEFAULT x SESSION_BYTES_MAX_DEFAULT (1.6 GB worst case),
-/// and a few hundred bytes per session for its entry: values are held as their JSON text, and
-/// each counts `SESSION_VALUE_OVERHEAD_BYTES` for its place in the map.
+/// and about 1 KiB per session for its entry and indexes (a review measured ~0.9 KiB, ~1.35 KiB
+/// after a restart): values are held as their JSON text, and each counts
+/// `SESSION_VALUE_OVERHEAD_BYTES` for its place in the map.
 pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
 /// Bytes of data (names + JSON values, each value 64 bytes more) one session may hold; a write
 /// past it gets 413.
