@@ -979,6 +979,7 @@ fn the_values_a_transaction_reads_are_bounded() {
         assert_eq!(refused.body["error"], "too_large", "{:?}", refused.body);
         assert_eq!(get(&mut conn, marker).status, 404, "nothing written");
     }
+    assert_eq!(stats_total(&server, "tx_aborts_too_large"), 2);
 }
 
 /// A whole body of 64 KiB or more is written from the answer's own bytes (a value shares the

@@ -272,6 +272,9 @@ shard_stats! {
     tx_aborts_failed,
     tx_aborts_busy,
     tx_aborts_full,
+    /// Transactions whose reads passed the 4 MiB bound (413 `too_large`): on this partition's
+    /// part, or over all parts when this shard coordinated.
+    tx_aborts_too_large,
     /// Transactions this shard's clients sent that met a lock and were tried again
     /// (`--tx-retry-ms`), and those still meeting one when the time was up (answered 409).
     tx_conflict_retries,

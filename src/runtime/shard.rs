@@ -273,6 +273,8 @@ impl Shard {
         stats.tx_aborts_failed = partition.counters.aborts_failed;
         stats.tx_aborts_busy = partition.counters.aborts_busy;
         stats.tx_aborts_full = partition.counters.aborts_full;
+        stats.tx_aborts_too_large =
+            partition.counters.aborts_too_large + node.counters.aborted_too_large;
         let wal = self.txn.wal.counters.get();
         stats.wal_fsyncs = wal.fsyncs;
         stats.wal_records = wal.records;

@@ -40,6 +40,7 @@ pub struct PartitionCounters {
     pub aborts_failed: u64,
     pub aborts_busy: u64,
     pub aborts_full: u64,
+    pub aborts_too_large: u64,
 }
 
 /// A single-shard transaction's outcome: the results, and the record to make durable before
@@ -312,6 +313,7 @@ impl Partition {
             Err(TxError::Conflict) => self.counters.aborts_conflict += 1,
             Err(TxError::Failed { .. }) => self.counters.aborts_failed += 1,
             Err(TxError::Full) => self.counters.aborts_full += 1,
+            Err(TxError::TooLarge) => self.counters.aborts_too_large += 1,
             _ => {}
         }
         result

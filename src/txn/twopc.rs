@@ -179,6 +179,8 @@ pub struct CoordinatorCounters {
     pub committed: u64,
     pub aborted: u64,
     pub timeouts: u64,
+    /// Aborted because the values all parts read passed the bound (`TxError::TooLarge`).
+    pub aborted_too_large: u64,
     pub unknown: u64,
     pub busy: u64,
     /// Staged transactions a restart found undecided, resolved by probing the participants:
@@ -843,8 +845,10 @@ impl Node {
     fn abort_undecided(&mut self, tx: TxId, error: TxError, out: &mut Vec<Action>) {
         let active = self.active.get_mut(&tx).expect("an active transaction");
         assert!(matches!(active.phase, Phase::Preparing { .. }));
-        if error == TxError::Unavailable {
-            self.counters.timeouts += 1;
+        match error {
+            TxError::Unavailable => self.counters.timeouts += 1,
+            TxError::TooLarge => self.counters.aborted_too_large += 1,
+            _ => {}
         }
         active.phase = Phase::Aborting { error };
         out.push(Action::Persist {
@@ -1759,6 +1763,7 @@ mod tests {
         assert!(node.is_quiet());
         assert_eq!(node.counters.aborted, 4);
         assert_eq!(node.counters.timeouts, 2);
+        assert_eq!(node.counters.aborted_too_large, 1);
     }
 
     #[test]
