@@ -530,7 +530,40 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Any JSON value: scalars, strings with quotes, backslashes, brackets and non-ASCII, and
+    /// arrays and objects nested a few levels.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            "[\\\"\\[\\]{}a-z é\n]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[\\\"\\[\\]{}a-z]{0,6}", inner, 0..6)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// The text a value is held as reads back as the same value, and the depth read off
+        /// the text (a hand-written scan, used on snapshots) is the tree's.
+        #[test]
+        fn a_stored_value_is_its_value_and_its_depth(value in json_value()) {
+            let stored = StoredValue::new(&value);
+            prop_assert_eq!(stored.value(), value.clone());
+            prop_assert_eq!(stored.depth(), value_depth(&value));
+            prop_assert_eq!(stored.json(), value.to_string());
+        }
+    }
 
     const LIMITS: StoreLimits = StoreLimits {
         sessions_max: 3,
