@@ -649,3 +649,38 @@ fn start_with_listener_config(config: &str, listeners: usize) -> Server {
         data_dir: Some(data),
     }
 }
+
+/// A TLS connection the server ends, after a closing answer or when a drain finds it idle,
+/// ends with close_notify: the client can tell a whole answer from a cut connection (rustls
+/// reports a close without it as an unexpected end). The server sends it without shutting the
+/// socket's write side first (a drained socket, shut for reading, must not be shut both ways).
+#[test]
+fn the_server_ends_tls_connections_with_close_notify() {
+    let pki = Pki::new();
+    let mut server = https(&pki, &["--shards", "1"]);
+    let mut closing = connect(server.addr, "localhost", pki.default_client()).unwrap();
+    closing
+        .write_all(b"GET /plaintext HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    closing.read_to_end(&mut answer).expect("a clean end");
+    assert!(answer.ends_with(b"Hello, World!"), "{answer:?}");
+
+    let mut idle = connect(server.addr, "localhost", pki.default_client()).unwrap();
+    idle.write_all(b"GET /plaintext HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut conn = common::Conn::new(idle);
+    assert_eq!(conn.response(false).unwrap().status, 200);
+    server.signal(libc::SIGTERM);
+    let mut rest = Vec::new();
+    conn.stream
+        .read_to_end(&mut rest)
+        .expect("a clean end when the drain closes it");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(
+        server
+            .wait_exit(Duration::from_secs(20))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
