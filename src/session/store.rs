@@ -553,6 +553,14 @@ mod tests {
         })
     }
 
+    /// The case the property below found: without exact float parsing this read back one ulp
+    /// off.
+    #[test]
+    fn a_float_reads_back_exactly() {
+        let value = serde_json::json!([{ "": 2.4505457347185835e-299 }]);
+        assert_eq!(StoredValue::new(&value).value(), value);
+    }
+
     proptest! {
         /// The text a value is held as reads back as the same value, and the depth read off
         /// the text (a hand-written scan, used on snapshots) is the tree's.
