@@ -111,6 +111,10 @@ impl AsyncWrite for Transport {
 /// cancellation point (two atomic updates of the thread's cancel state around the call), and
 /// percore never cancels a thread. -1 with `errno` set on failure, as `recv`.
 pub fn recv_raw(fd: RawFd, buf: &mut [u8]) -> isize {
+    recvfrom(fd, buf, libc::MSG_DONTWAIT)
+}
+
+fn recvfrom(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> isize {
     // SAFETY: recvfrom(2) into a buffer we own, on a socket the caller keeps open; no address.
     unsafe {
         libc::syscall(
@@ -118,7 +122,7 @@ pub fn recv_raw(fd: RawFd, buf: &mut [u8]) -> isize {
             fd,
             buf.as_mut_ptr(),
             buf.len(),
-            libc::MSG_DONTWAIT,
+            flags,
             std::ptr::null_mut::<libc::sockaddr>(),
             std::ptr::null_mut::<libc::socklen_t>(),
         ) as isize
@@ -128,16 +132,7 @@ pub fn recv_raw(fd: RawFd, buf: &mut [u8]) -> isize {
 /// Whether the peer of `fd` is gone: its FIN comes first in the socket (nothing unread before
 /// it), or the socket has an error (a reset). A peek: nothing is taken.
 pub fn peer_gone(fd: RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv(2) of at most one byte into a byte we own, on a socket the caller keeps open.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
+    let n = recvfrom(fd, &mut [0u8], libc::MSG_PEEK | libc::MSG_DONTWAIT);
     match n {
         0 => true,
         1 => false,

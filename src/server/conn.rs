@@ -63,9 +63,6 @@ struct ConnIo {
     /// `--lingering-timeout` in all, not LINGERING_TIME_MAX, so a slowloris client that keeps
     /// dripping bytes holds its slot little longer than its header timeout.
     read_timed_out: Cell<bool>,
-    /// Requests after the one whose handler may wait were read already (a pipelined batch, or
-    /// a head stashed after one): its client, if it half-closed, waits for their answers.
-    requests_queued: Cell<bool>,
     /// A handler was waited for since the connection loop last looked: its answer goes out at
     /// once (`Conn::run`).
     handler_waited: Cell<bool>,
@@ -74,8 +71,9 @@ struct ConnIo {
     /// `reads` when the connection last finished a request: a head parsed with no read since
     /// was sent before that answer, pipelined.
     answered_at_read: Cell<Option<u64>>,
-    /// The client pipelined (a request sent before the answer to the one before it): if it
-    /// half-closes, it waits for its answers (`hang_up`).
+    /// The client pipelined (a request sent before the answer to the one before it: a head
+    /// parsed with no read since the last answer, a parallel batch, a head stashed after
+    /// one): if it half-closes, it waits for its answers (`hang_up`).
     pipelined: Cell<bool>,
 }
 
@@ -178,7 +176,7 @@ impl ConnIo {
     /// `nc -N`, say) waits for its answers (found in review: the last of several pipelined
     /// requests was dropped when the ones before it were answered one by one).
     fn hang_up(&self) -> HangUp {
-        if self.pipelined.get() || self.requests_queued.get() || !self.rbuf.borrow().is_empty() {
+        if self.pipelined.get() || !self.rbuf.borrow().is_empty() {
             return HangUp::Stays;
         }
         if crate::net::peer_gone(self.stream.borrow().as_raw_fd()) {
@@ -629,7 +627,6 @@ pub async fn serve(
         write_failed: Cell::new(false),
         waited: Cell::new(false),
         read_timed_out: Cell::new(false),
-        requests_queued: Cell::new(false),
         handler_waited: Cell::new(false),
         reads: Cell::new(0),
         answered_at_read: Cell::new(None),
@@ -736,12 +733,14 @@ impl Conn {
                             // Boxed: a batch's state stays off the idle connection's future.
                             Gathered::Batch(batch) => {
                                 self.served_in_turn += batch.answers.len() as u32;
-                                self.io.requests_queued.set(true);
+                                self.io.pipelined.set(true);
                                 Box::pin(self.serve_batch(batch)).await
                             }
                             Gathered::One(head) => {
                                 self.served_in_turn += 1;
-                                self.io.requests_queued.set(self.stashed.is_some());
+                                if self.stashed.is_some() {
+                                    self.io.pipelined.set(true);
+                                }
                                 self.handle(head).await
                             }
                         };

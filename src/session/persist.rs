@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::id::SessionKey;
-use super::store::{SessionRecord, StoredValue};
+use super::store::{SessionRecord, StoredValue, value_depth};
 use crate::config::limits::SESSION_VALUE_DEPTH_MAX;
 
 const MAGIC: &[u8; 8] = b"PCSESS1\n";
@@ -153,13 +153,12 @@ pub fn decode(
                 // cannot make (a damaged or foreign file) is refused here, not met by the first
                 // read of its session (found in review: `1e400` there ended the process).
                 for value in entry.data.values() {
-                    if value.depth() > SESSION_VALUE_DEPTH_MAX {
+                    let tree: serde_json::Value = serde_json::from_str(value.json())
+                        .map_err(|e| format!("a value that cannot be read: {e}"))?;
+                    if value_depth(&tree) > SESSION_VALUE_DEPTH_MAX {
                         return Err(format!(
                             "a value nests more than {SESSION_VALUE_DEPTH_MAX} levels"
                         ));
-                    }
-                    if let Err(e) = serde_json::from_str::<serde_json::Value>(value.json()) {
-                        return Err(format!("a value that cannot be read: {e}"));
                     }
                 }
                 let record = SessionRecord {
