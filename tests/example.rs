@@ -8,6 +8,13 @@ use std::process::{Command, Stdio};
 
 use common::Conn;
 
+/// `examples/export.rs` on one shard, with `extra` flags.
+fn export(extra: &[&str]) -> common::Server {
+    let binary = example_binary("export");
+    let args = [&["--bind", "127.0.0.1:0", "--shards", "1"], extra].concat();
+    common::Server::start_with(binary.to_str().unwrap(), &args)
+}
+
 fn example_binary(name: &str) -> PathBuf {
     // target/debug/percore -> target/debug/examples/NAME
     let bin = PathBuf::from(common::BIN);
@@ -198,10 +205,7 @@ fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() 
 /// says nothing of the length then); HTTP/1.1 gets the GET's framing.
 #[test]
 fn export_example_answers_a_head_of_a_stream_without_chunked_on_http10() {
-    let server = common::Server::start_with(
-        example_binary("export").to_str().unwrap(),
-        &["--bind", "127.0.0.1:0", "--shards", "1"],
-    );
+    let server = export(&[]);
     let head = |version: &str| {
         let raw = format!("HEAD /numbers/5 {version}\r\nHost: t\r\nConnection: close\r\n\r\n");
         let answer = String::from_utf8(server.exchange(raw.as_bytes())).unwrap();
@@ -224,10 +228,7 @@ fn export_example_answers_a_head_of_a_stream_without_chunked_on_http10() {
 /// direct route's request (`/plaintext`) ends the batch and is answered after it, in order.
 #[test]
 fn export_example_streams_inside_a_pipelined_batch_in_order() {
-    let server = common::Server::start_with(
-        example_binary("export").to_str().unwrap(),
-        &["--bind", "127.0.0.1:0", "--shards", "1"],
-    );
+    let server = export(&[]);
     let requests = [
         ("GET", "/numbers/3"),
         ("GET", "/wait/50"),
@@ -278,10 +279,7 @@ fn export_example_streams_inside_a_pipelined_batch_in_order() {
 fn export_example_runs_the_rest_of_a_batch_while_a_stream_waits_on_the_client() {
     const LINES: usize = 1_000_000;
     const WAIT_MS: u128 = 2000;
-    let server = common::Server::start_with(
-        example_binary("export").to_str().unwrap(),
-        &["--bind", "127.0.0.1:0", "--shards", "1"],
-    );
+    let server = export(&[]);
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     // Before connecting, so the window the client offers is small from the start.
     socket.set_recv_buffer_size(4096).unwrap();
@@ -347,13 +345,7 @@ fn crash_example_a_handler_panic_ends_the_process_with_101() {
         .write_all(b"GET /crash HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let status = common::wait_exit(&mut child, std::time::Duration::from_secs(20));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = common::stderr_of(&mut child);
     assert_eq!(status.and_then(|s| s.code()), Some(101), "{stderr}");
     assert!(stderr.contains("panicked: exiting now"), "{stderr}");
 }
@@ -363,17 +355,7 @@ fn crash_example_a_handler_panic_ends_the_process_with_101() {
 /// dropped, the client gets 503 and the connection closes; alone or in a pipelined batch.
 #[test]
 fn export_example_a_handler_past_its_timeout_gets_503() {
-    let server = common::Server::start_with(
-        example_binary("export").to_str().unwrap(),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--handler-timeout",
-            "0.5",
-        ],
-    );
+    let server = export(&["--handler-timeout", "0.5"]);
     let mut conn = Conn::new(server.connect());
     assert_eq!(conn.get("/wait/50").status, 200, "a quick one is answered");
     for requests in [1, 3] {
@@ -400,21 +382,14 @@ fn export_example_a_handler_past_its_timeout_gets_503() {
 /// lingering close after it lasts `--lingering-timeout`, not the rest of the body timeout.
 #[test]
 fn export_example_a_stream_without_its_first_chunk_times_out_and_lingers_briefly() {
-    let server = common::Server::start_with(
-        example_binary("export").to_str().unwrap(),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--handler-timeout",
-            "0.5",
-            "--body-timeout",
-            "30",
-            "--lingering-timeout",
-            "1",
-        ],
-    );
+    let server = export(&[
+        "--handler-timeout",
+        "0.5",
+        "--body-timeout",
+        "30",
+        "--lingering-timeout",
+        "1",
+    ]);
     let mut stream = server.connect();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
@@ -446,17 +421,7 @@ fn export_example_a_stream_without_its_first_chunk_times_out_and_lingers_briefly
 /// chunk, the connection closed), and an HTTP/1.0 one (close-delimited) ends with a reset.
 #[test]
 fn export_example_a_stream_that_stalls_mid_way_is_cut() {
-    let server = common::Server::start_with(
-        example_binary("export").to_str().unwrap(),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--handler-timeout",
-            "0.5",
-        ],
-    );
+    let server = export(&["--handler-timeout", "0.5"]);
     // Four chunks 300 ms apart: 900 ms in all, longer than the timeout, each wait within it.
     let mut conn = Conn::new(server.connect());
     let whole = conn.get("/ticks/4/300");
@@ -501,11 +466,7 @@ fn export_example_a_stream_that_stalls_mid_way_is_cut() {
 /// handlers run on.
 #[test]
 fn export_example_a_handler_whose_client_hung_up_is_dropped() {
-    let export = example_binary("export");
-    let server = common::Server::start_with(
-        export.to_str().unwrap(),
-        &["--bind", "127.0.0.1:0", "--shards", "1"],
-    );
+    let server = export(&[]);
     // The handler would answer after 10 s: an empty read to the end is its drop.
     let mut fin = server.connect();
     fin.set_read_timeout(Some(std::time::Duration::from_secs(30)))
@@ -554,16 +515,7 @@ fn export_example_a_handler_whose_client_hung_up_is_dropped() {
     }
     assert_eq!(server.stats()["total"]["handler_hangups"], 2);
 
-    let server = common::Server::start_with(
-        export.to_str().unwrap(),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--ignore-client-abort",
-        ],
-    );
+    let server = export(&["--ignore-client-abort"]);
     let mut fin = server.connect();
     fin.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
@@ -581,17 +533,7 @@ fn export_example_a_handler_whose_client_hung_up_is_dropped() {
 /// for now goes out at once, and the write after the reset ends the connection.
 #[test]
 fn export_example_a_closed_pipeline_stops_at_the_next_answer() {
-    let server = common::Server::start_with(
-        example_binary("export").to_str().unwrap(),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--pipeline-parallel",
-            "1",
-        ],
-    );
+    let server = export(&["--pipeline-parallel", "1"]);
     // 40 requests of 400 ms each, one by one: 16 s to run them all.
     let mut stream = server.connect();
     stream
@@ -623,17 +565,7 @@ fn export_example_a_closed_pipeline_stops_at_the_next_answer() {
 /// took it for its own, so a healthy stream was cut and the slow handler's 503 never went out.
 #[test]
 fn export_example_a_stream_before_a_slow_pipelined_handler_is_whole() {
-    let server = common::Server::start_with(
-        example_binary("export").to_str().unwrap(),
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--handler-timeout",
-            "1",
-        ],
-    );
+    let server = export(&["--handler-timeout", "1"]);
     let mut conn = Conn::new(server.connect());
     conn.send(
         b"GET /ticks/3/300 HTTP/1.1\r\nHost: t\r\n\r\nGET /wait/5000 HTTP/1.1\r\nHost: t\r\n\r\n",

@@ -728,7 +728,7 @@ fn grace_period_bounds_the_drain_and_a_second_signal_exits_at_once() {
 /// upload in flight finishes and the process exits 0.
 #[test]
 fn operator_signals_of_nginx_and_gunicorn_do_no_harm() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
     let data = common::temp_dir("operator-signals");
     let mut child = std::process::Command::new(common::BIN)
         .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
@@ -770,13 +770,7 @@ fn operator_signals_of_nginx_and_gunicorn_do_no_harm() {
     assert_eq!(answer.body, b"helloworld");
     drop(conn);
     let status = common::wait_exit(&mut child, Duration::from_secs(20));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = common::stderr_of(&mut child);
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
     for name in ["SIGUSR1", "SIGUSR2"] {
         assert!(stderr.contains(&format!("percore: {name} (")), "{stderr}");
@@ -829,7 +823,7 @@ fn a_shard_that_cannot_create_its_log_fails_the_start_in_one_line() {
 /// not keep the process alive: it exits 1 after `--grace` + `--stop-timeout`, naming the shard.
 #[test]
 fn a_shard_that_cannot_stop_is_left_behind_after_the_stop_timeout() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
     let data = common::temp_dir("wedged-stop");
     let mut child = std::process::Command::new(common::BIN)
         .args(["--bind", "127.0.0.1:0", "--shards", "2", "--grace", "0.5"])
@@ -856,13 +850,7 @@ fn a_shard_that_cannot_stop_is_left_behind_after_the_stop_timeout() {
         panic!("percore still running 20 s after SIGTERM");
     };
     let waited = signalled.elapsed();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = common::stderr_of(&mut child);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("shard 1 still stopping 3.5 s after the signal"),

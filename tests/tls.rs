@@ -181,13 +181,7 @@ fn client_rejects_wrong_host_and_expired_certificate() {
     assert!(e.contains("expired"), "{e}");
     let _ = child.kill();
     let _ = child.wait();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = common::stderr_of(&mut child);
     assert!(
         stderr.contains("warning") && stderr.contains("expired"),
         "{stderr}"

@@ -172,6 +172,18 @@ impl Drop for Server {
 }
 
 /// A fresh, empty directory under the system temp dir, removed when the returned guard drops.
+/// All a child wrote on its stderr (a pipe), once it has exited.
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
 pub fn temp_dir(what: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(&format!("percore-test-{what}-"))
