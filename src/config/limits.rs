@@ -120,6 +120,18 @@ pub const WRITE_BUFFER_KEEP_BYTES: usize = 16 * 1024;
 /// copy per connection, 1.15 MB each for 100 clients that did not read, in a soak review), and
 /// a big answer costs no memcpy. Smaller ones are copied: one write for a batch of them.
 pub const BODY_UNCOPIED_BYTES_MIN: usize = 64 * 1024;
+/// Bytes one shard may hold for clients that keep it waiting: answers queued for a client that
+/// does not read them, and a body a handler reads whole (`Body::bytes`) while its client does
+/// not send the rest. Each connection is bounded (an answer, `--max-body`), but not all of them
+/// together: 10,000 clients that stopped mid-way through 1 MiB uploads held 12 GB of one shard
+/// (a soak review). Past the bound the shard closes the connections that waited longest, as
+/// Envoy's overload manager resets the streams that buffer most; nginx bounds the same memory
+/// with small buffers and temporary files. 256 MiB: 256 bodies of the default `--max-body`.
+pub const HELD_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+/// A connection is closed for the shard's `--max-held-bytes` only once its client has kept it
+/// waiting this long without progress: a client that reads or sends at any pace keeps resetting
+/// it, so only the stalled are shed, not those whose answers are merely big.
+pub const HELD_SHED_WAIT_MIN: Duration = Duration::from_secs(1);
 /// A request body left unread by its handler is read and discarded up to this many bytes to keep
 /// the connection alive; beyond it the connection is closed (nginx's lingering behaviour).
 pub const BODY_DISCARD_BYTES_MAX: u64 = 64 * 1024;

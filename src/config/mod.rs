@@ -77,6 +77,11 @@ pub struct Args {
     /// Largest request body in bytes (413 past it).
     #[arg(long, value_name = "BYTES")]
     pub max_body: Option<u64>,
+    /// Bytes one shard may hold for clients that keep it waiting (answers they do not read,
+    /// bodies read whole that they do not send); past it the connections that waited longest
+    /// (a second at least) are closed.
+    #[arg(long, value_name = "BYTES")]
+    pub max_held_bytes: Option<usize>,
     /// Pipelined GET/HEAD requests one connection serves at once (answers stay in order); 1 serves them one by one.
     #[arg(long, value_name = "N")]
     pub pipeline_parallel: Option<usize>,
@@ -275,6 +280,7 @@ struct FileConfig {
     max_uri_bytes: Option<usize>,
     pipeline_parallel: Option<usize>,
     max_body: Option<u64>,
+    max_held_bytes: Option<usize>,
     header_timeout: Option<f64>,
     body_timeout: Option<f64>,
     keepalive_timeout: Option<f64>,
@@ -433,6 +439,8 @@ pub struct Config {
     pub uri_bytes_max: usize,
     pub pipeline_parallel_max: usize,
     pub body_bytes_max: u64,
+    /// Bytes a shard holds for waiting clients before it sheds them (`Shard::shed_held`).
+    pub held_bytes_max: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub keepalive_timeout: Duration,
@@ -704,6 +712,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             .max_body
             .or(file.max_body)
             .unwrap_or(limits::BODY_BYTES_MAX_DEFAULT),
+        held_bytes_max: positive(
+            "max-held-bytes",
+            args.max_held_bytes.or(file.max_held_bytes),
+            limits::HELD_BYTES_MAX_DEFAULT,
+        )?,
         header_timeout: seconds(
             "header-timeout",
             args.header_timeout.or(file.header_timeout),
@@ -1416,6 +1429,14 @@ mod tests {
         assert_eq!(c.uri_bytes_max, 8 * 1024);
         assert_eq!(c.pipeline_parallel_max, 16);
         assert_eq!(c.body_bytes_max, 1024 * 1024);
+        assert_eq!(c.held_bytes_max, 256 * 1024 * 1024);
+        let c = merged(&["--max-held-bytes", "5"], "max_held_bytes = 7").unwrap();
+        assert_eq!(c.held_bytes_max, 5);
+        let c = merged(&[], "max_held_bytes = 7").unwrap();
+        assert_eq!(c.held_bytes_max, 7);
+        let zero = merged(&["--max-held-bytes", "0"], "").unwrap_err();
+        assert!(zero.contains("--max-held-bytes 0"), "{zero}");
+        let c = merged(&[], "").unwrap();
         assert_eq!(c.grace, Duration::from_secs(10));
         assert_eq!(c.stop_timeout, Duration::from_secs(10));
         let c = merged(&["--stop-timeout", "2.5"], "").unwrap();

@@ -31,6 +31,8 @@ pub struct ShardMetrics {
     pub timeouts_write: Cell<u64>,
     pub timeouts_handler: Cell<u64>,
     pub handler_hangups: Cell<u64>,
+    pub held_bytes: Cell<u64>,
+    pub conns_shed: Cell<u64>,
     pub protocol_errors: Cell<u64>,
     pub tls_handshakes: Cell<u64>,
     pub tls_handshakes_open: Cell<u64>,
@@ -119,6 +121,8 @@ impl ShardMetrics {
             timeouts_write: self.timeouts_write.get(),
             timeouts_handler: self.timeouts_handler.get(),
             handler_hangups: self.handler_hangups.get(),
+            held_bytes: self.held_bytes.get(),
+            conns_shed: self.conns_shed.get(),
             protocol_errors: self.protocol_errors.get(),
             tls_handshakes: self.tls_handshakes.get(),
             tls_handshakes_open: self.tls_handshakes_open.get(),
@@ -203,6 +207,11 @@ shard_stats! {
     /// Connections whose client hung up while a handler waited, which was dropped unanswered
     /// (nginx's 499; plain connections on the readiness ring; `--ignore-client-abort`).
     handler_hangups,
+    /// Bytes the shard holds for clients that keep it waiting (answers they do not read, bodies
+    /// read whole that they do not send), and connections closed because that passed
+    /// `--max-held-bytes` and their clients had waited longest (a body read so answers 503).
+    held_bytes,
+    conns_shed,
     /// Requests and bodies refused as malformed or past a bound (the 4xx/5xx that close).
     protocol_errors,
     /// TLS handshakes completed, failed (bad client hello, no common version or ALPN), cut off

@@ -18,6 +18,9 @@ pub enum BodyError {
     Timeout,
     /// The client closed the connection or a read failed.
     Closed,
+    /// The shard held more than `--max-held-bytes` for clients that keep it waiting, and this
+    /// body's client had kept it waiting longest (503); the connection closes.
+    Overloaded,
 }
 
 impl BodyError {
@@ -26,6 +29,7 @@ impl BodyError {
             BodyError::Protocol(e) => e.status(),
             BodyError::Timeout => 408,
             BodyError::Closed => 400,
+            BodyError::Overloaded => 503,
         }
     }
 }
@@ -34,6 +38,10 @@ impl BodyError {
 pub trait BodySource {
     /// The next decoded chunk; `None` after the last one.
     fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>>;
+
+    /// The handler holds `bytes` of this body so far (`Body::bytes`): the server counts them
+    /// against its bound on what it holds for clients that keep it waiting.
+    fn holding(&self, _bytes: usize) {}
 }
 
 /// A request body, consumed as a stream of chunks; nothing is buffered unless the handler asks.
@@ -69,15 +77,24 @@ impl Body {
         let Some(first) = self.chunk().await.transpose()? else {
             return Ok(Bytes::new());
         };
+        self.holding(first.len());
         let Some(second) = self.chunk().await.transpose()? else {
             return Ok(first);
         };
         let mut all = BytesMut::from(&first[..]);
         all.extend_from_slice(&second);
+        self.holding(all.capacity());
         while let Some(chunk) = self.chunk().await {
             all.extend_from_slice(&chunk?);
+            self.holding(all.capacity());
         }
         Ok(all.freeze())
+    }
+
+    fn holding(&self, bytes: usize) {
+        if let Some(source) = &self.source {
+            source.holding(bytes);
+        }
     }
 
     /// The body as a `Stream` of chunks, for handing to a streaming response.

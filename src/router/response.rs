@@ -141,6 +141,7 @@ impl From<BodyError> for Response {
             BodyError::Protocol(e) => e.message(),
             BodyError::Timeout => "request body timed out",
             BodyError::Closed => "request body incomplete",
+            BodyError::Overloaded => "server busy: it holds too much for waiting clients",
         };
         let mut response = Response::error(e.status(), message);
         response.close = true;

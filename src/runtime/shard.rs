@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::config::limits::TIMEOUT_SWEEP_INTERVAL;
+use crate::config::limits::{HELD_SHED_WAIT_MIN, TIMEOUT_SWEEP_INTERVAL};
 use crate::http::{DateCache, EncodedFields, FieldNames};
 use crate::mesh::Mesh;
 use crate::metrics::{ShardMetrics, ShardStats, add};
@@ -52,6 +52,26 @@ pub struct ConnEntry {
     /// The connection's slot in the shard's readiness ring, if it waits there: the sweep and
     /// the drain wake it directly too, so a poll the kernel lost cannot keep it forever.
     pub ready_slot: Cell<Option<u32>>,
+    /// While the connection waits on its client (a write it does not read, a body read whole
+    /// that it does not send): the bytes it holds for it, counted in the shard's `held_bytes`;
+    /// 0 when it does not wait so.
+    pub held_bytes: Cell<usize>,
+    /// Since when (`Shard::clock_ms`) it waited without progress.
+    pub held_since_ms: Cell<u64>,
+    /// The task that waits, for the sweep to wake when it sheds the connection.
+    pub held_waker: RefCell<Option<Waker>>,
+    /// Set by the sweep when the shard held more than `--max-held-bytes` and this connection's
+    /// client kept it waiting longest: its waiting read or write fails, and it closes.
+    pub shed: Cell<bool>,
+}
+
+impl ConnEntry {
+    /// The connection was shed while it waited on its client (`Shard::shed_held`): that wait
+    /// fails. The mark stays, so the sweep does not count the connection twice, but what it
+    /// does next (a 503 for a body) is not failed for it.
+    pub fn shed_now(&self) -> bool {
+        self.shed.get() && self.held_bytes.get() > 0
+    }
 }
 
 /// Whether a connection's client hung up (nginx's "client closed request", 499), for a handler
@@ -308,6 +328,10 @@ impl Shard {
             drained: Cell::new(false),
             ready_slot: Cell::new(None),
             hang_up: Cell::new(HangUp::Unknown),
+            held_bytes: Cell::new(0),
+            held_since_ms: Cell::new(0),
+            held_waker: RefCell::new(None),
+            shed: Cell::new(false),
         });
         self.conns.borrow_mut().insert(id, entry.clone());
         add(&self.metrics.connections_accepted, 1);
@@ -405,6 +429,67 @@ impl Shard {
                 waker.wake();
             }
         }
+        self.shed_held(now);
+    }
+
+    /// The connection of `entry` waits on its client and holds `bytes` for it (`ConnEntry::held_bytes`);
+    /// its wait without progress started at the first such call since the last `release`.
+    pub fn hold(&self, entry: &ConnEntry, bytes: usize, cx: &Context<'_>) {
+        let old = entry.held_bytes.replace(bytes);
+        if old == 0 {
+            entry.held_since_ms.set(self.clock_ms.get());
+        }
+        let held = &self.metrics.held_bytes;
+        held.set(held.get() - old as u64 + bytes as u64);
+        let mut waker = entry.held_waker.borrow_mut();
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+    }
+
+    /// The connection of `entry` no longer waits on its client (it made progress, or stopped).
+    pub fn release(&self, entry: &ConnEntry) {
+        let old = entry.held_bytes.replace(0);
+        if old != 0 {
+            let held = &self.metrics.held_bytes;
+            held.set(held.get() - old as u64);
+            entry.held_waker.take();
+        }
+    }
+
+    /// Past `--max-held-bytes`: closes the connections whose clients kept the shard waiting
+    /// longest (at least HELD_SHED_WAIT_MIN without progress) until what the others hold is
+    /// within the bound. Each is marked and woken; its waiting read or write fails. Those shed
+    /// before still count until they end, and bring the excess down.
+    fn shed_held(&self, now: u64) {
+        let held = self.metrics.held_bytes.get() as usize;
+        let mut over = held.saturating_sub(self.config.held_bytes_max);
+        if over == 0 {
+            return;
+        }
+        let wait_min = HELD_SHED_WAIT_MIN.as_millis() as u64;
+        let conns = self.conns.borrow();
+        let mut waiting = Vec::new();
+        for entry in conns.values().filter(|e| e.held_bytes.get() > 0) {
+            if entry.shed.get() {
+                over = over.saturating_sub(entry.held_bytes.get());
+            } else if entry.held_since_ms.get() + wait_min <= now {
+                waiting.push(entry);
+            }
+        }
+        waiting.sort_unstable_by_key(|e| e.held_since_ms.get());
+        for entry in waiting {
+            if over == 0 {
+                break;
+            }
+            over = over.saturating_sub(entry.held_bytes.get());
+            entry.shed.set(true);
+            add(&self.metrics.conns_shed, 1);
+            self.wake_ready_slot(entry);
+            if let Some(waker) = entry.held_waker.take() {
+                waker.wake();
+            }
+        }
     }
 
     /// Whether the client of `entry`, whose handler waits, may have hung up: its poll on the
@@ -445,6 +530,7 @@ pub struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.shard.release(&self.entry);
         self.shard.conns.borrow_mut().remove(&self.id);
         let open = &self.shard.metrics.connections_open;
         open.set(open.get() - 1);

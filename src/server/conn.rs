@@ -66,6 +66,10 @@ struct ConnIo {
     /// A handler was waited for since the connection loop last looked: its answer goes out at
     /// once (`Conn::run`).
     handler_waited: Cell<bool>,
+    /// Bytes of answers a flush holds, counted against the shard's `--max-held-bytes` while
+    /// a write waits on the client (`Shard::hold`); None outside a flush, when a write counts
+    /// what is left of its own bytes.
+    flushing: Cell<Option<usize>>,
     /// Reads that brought bytes, so far.
     reads: Cell<u64>,
     /// `reads` when the connection last finished a request: a head parsed with no read since
@@ -97,6 +101,9 @@ impl ConnIo {
             None => Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, scratch),
         };
         let result = match result {
+            // Shed for the shard's `--max-held-bytes` (`Shard::shed_held`) while a body read
+            // waited on its client.
+            _ if self.entry.shed_now() => Poll::Ready(Err(io::ErrorKind::OutOfMemory.into())),
             Poll::Ready(_) | Poll::Pending if self.entry.timed_out.get() => {
                 self.entry.timed_out.set(false);
                 self.entry.read_deadline_ms.set(0);
@@ -206,6 +213,7 @@ impl ConnIo {
     /// close's) waits by its own timeout (found in review: a handler dropped past
     /// `--handler-timeout` left its body read's deadline, which the lingering close then kept).
     fn forget_read_wait(&self) {
+        self.shard.release(&self.entry);
         self.entry.read_deadline_ms.set(0);
         self.entry.timed_out.set(false);
         self.entry.read_waker.take();
@@ -272,7 +280,14 @@ impl ConnIo {
         if self.write_failed.get() {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let polled = self.poll_write_all_once(cx, buf, written);
+        let polled = if self.entry.shed_now() {
+            Poll::Ready(Err(io::ErrorKind::OutOfMemory.into()))
+        } else {
+            self.poll_write_all_once(cx, buf, written)
+        };
+        if polled.is_ready() {
+            self.shard.release(&self.entry);
+        }
         if let Poll::Ready(Err(e)) = &polled {
             self.write_failed.set(true);
             // Counted here, where every write ends: a 100's too (found in review: only
@@ -313,6 +328,13 @@ impl ConnIo {
             }
             let polled = Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, &buf[*written..]);
             self.write_stalled.set(polled.is_pending());
+            if polled.is_pending() {
+                // The client does not read: what this write and its flush hold waits on it.
+                let held = self.flushing.get().unwrap_or(buf.len() - *written);
+                self.shard.hold(&self.entry, held, cx);
+            } else {
+                self.shard.release(&self.entry);
+            }
             let n = ready!(polled)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -354,6 +376,10 @@ struct ConnBody {
     continue_state: Cell<Continue>,
     error: Cell<Option<BodyError>>,
     done: Cell<bool>,
+    /// Bytes of this body its handler holds so far (`BodySource::holding`): with what the read
+    /// buffer holds, counted against the shard's `--max-held-bytes` while the client does not
+    /// send the rest.
+    held: Cell<usize>,
 }
 
 impl ConnBody {
@@ -390,6 +416,10 @@ impl ConnBody {
 }
 
 impl BodySource for ConnBody {
+    fn holding(&self, bytes: usize) {
+        self.held.set(bytes);
+    }
+
     fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         if let Some(error) = self.error.get() {
             return Poll::Ready(Some(Err(error)));
@@ -423,13 +453,25 @@ impl BodySource for ConnBody {
                 .map_or(READ_BUFFER_BYTES, |r| {
                     (r as usize).clamp(READ_BUFFER_BYTES, BODY_READ_BYTES_MAX)
                 });
-            match ready!(self.io.poll_fill(cx, want)) {
+            let filled = self.io.poll_fill(cx, want);
+            if filled.is_pending() {
+                let held = self.held.get() + self.io.rbuf.borrow().len();
+                if held > 0 {
+                    self.io.shard.hold(&self.io.entry, held, cx);
+                }
+                return Poll::Pending;
+            }
+            self.io.shard.release(&self.io.entry);
+            match ready!(filled) {
                 Ok(0) => return self.fail(BodyError::Closed),
                 // An upload that keeps coming is progress: `--handler-timeout` counts from the
                 // last bytes of the body (the body timeout bounds the gaps between them).
                 Ok(_) => self.io.handler_progress(),
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     return self.fail(BodyError::Timeout);
+                }
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return self.fail(BodyError::Overloaded);
                 }
                 Err(_) => return self.fail(BodyError::Closed),
             }
@@ -628,6 +670,7 @@ pub async fn serve(
         waited: Cell::new(false),
         read_timed_out: Cell::new(false),
         handler_waited: Cell::new(false),
+        flushing: Cell::new(None),
         reads: Cell::new(0),
         answered_at_read: Cell::new(None),
         pipelined: Cell::new(false),
@@ -1313,6 +1356,7 @@ impl Conn {
             continue_state: Cell::new(continue_state),
             error: Cell::new(None),
             done: Cell::new(false),
+            held: Cell::new(0),
         })))
     }
 
@@ -1565,11 +1609,24 @@ impl Conn {
         self.wqueue_bytes + self.wbuf.len()
     }
 
+    /// What the connection alone holds of its unsent bytes: a big body it shares with another
+    /// owner (a `/kv` value the store keeps) costs it nothing. (A part under
+    /// `BODY_UNCOPIED_BYTES_MIN` is the write buffer's bytes before a big body, which shares
+    /// the write buffer's allocation.)
+    fn unsent_owned(&self) -> usize {
+        let queued = self
+            .wqueue
+            .iter()
+            .filter(|part| part.len() < BODY_UNCOPIED_BYTES_MIN || part.is_unique());
+        self.wbuf.len() + queued.map(Bytes::len).sum::<usize>()
+    }
+
     async fn flush(&mut self) -> io::Result<()> {
         if self.unsent() == 0 {
             return Ok(());
         }
         let mut result = Ok(());
+        self.io.flushing.set(Some(self.unsent_owned()));
         // Empty but for big bodies: the common answer touches only `wbuf`.
         if self.wqueue_bytes > 0 {
             let mut queue = std::mem::take(&mut self.wqueue);
@@ -1584,6 +1641,7 @@ impl Conn {
         if result.is_ok() {
             result = self.io.write_all(&self.wbuf).await;
         }
+        self.io.flushing.set(None);
         self.wbuf.clear();
         if self.wbuf.capacity() > WRITE_BUFFER_KEEP_BYTES {
             self.wbuf = BytesMut::new();
