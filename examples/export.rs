@@ -1,4 +1,4 @@
-//! A user's app that streams: `GET /numbers/{n}` sends n lines as they are made (chunked, never buffered whole) from a handler with nothing to await (`sync_handler`); `GET /ticks/{n}/{ms}` sends n lines, one every ms milliseconds, the first at once; `GET /wait/{ms}` answers after a timer.
+//! A user's app that streams: `GET /numbers/{n}` sends n lines as they are made (chunked, never buffered whole) from a handler with nothing to await (`sync_handler`); `GET /report/{n}` makes the same lines whole first; `GET /ticks/{n}/{ms}` sends n lines, one every ms milliseconds, the first at once; `GET /wait/{ms}` answers after a timer.
 //! Run: `cargo run --release --example export`, then `curl localhost:8080/numbers/1000000 | tail -1`.
 
 use std::time::Duration;
@@ -21,6 +21,21 @@ fn numbers(req: Request) -> Response {
         Ok(Bytes::from(lines))
     });
     Response::stream(200, "text/plain", futures_lite::stream::iter(chunks))
+}
+
+/// Lines a report holds at most (about 7 MB).
+const REPORT_LINES_MAX: u64 = 1_000_000;
+
+/// The lines of `/numbers` made whole before the answer, as a report a handler builds first:
+/// its bytes are held until the client has read them (`--max-held-bytes` bounds all of those).
+fn report(req: Request) -> Response {
+    let Some(n) = param_u64(&req, "n") else {
+        return Response::error(400, "n must be a number");
+    };
+    let lines: String = (0..n.min(REPORT_LINES_MAX))
+        .map(|i| format!("{i}\n"))
+        .collect();
+    Response::text(200, lines)
 }
 
 /// A stream that awaits between its chunks, as a feed of events does: `--handler-timeout`
@@ -56,6 +71,7 @@ fn main() -> std::process::ExitCode {
     percore::main_with(|| {
         Router::new()
             .get("/numbers/{n}", sync_handler(numbers))
+            .get("/report/{n}", sync_handler(report))
             .get("/ticks/{n}/{ms}", sync_handler(ticks))
             .get("/wait/{ms}", wait)
             .mount("/", percore::app::builtin_routes())

@@ -5,6 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::Conn;
 
@@ -576,4 +577,140 @@ fn export_example_a_stream_before_a_slow_pipelined_handler_is_whole() {
     assert_eq!(slow.status, 503);
     assert!(conn.closed());
     assert_eq!(server.stats()["total"]["timeouts_handler"], 1);
+}
+
+/// `GET /report/1000000`: a whole body of the numbers 0-999999, one per line, made for its
+/// client (its own bytes, `REPORT_BYTES` of them).
+const REPORT: &[u8] = b"GET /report/1000000 HTTP/1.1\r\nHost: t\r\n\r\n";
+const REPORT_BYTES: u64 = 6_888_890;
+
+/// A connection with a `window`-byte receive buffer: a big answer's write soon waits on it.
+fn with_window(server: &common::Server, window: usize) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(window).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    socket.into()
+}
+
+fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads until the server ends the connection (within 10 s); the bytes read.
+fn read_until_cut(stream: &mut std::net::TcpStream) -> u64 {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the connection did not end: {e}"),
+        }
+    }
+}
+
+/// `--max-held-bytes` at its bound: a report its client does not read is held (all of it, its
+/// own bytes) by the default bound and by a bound of exactly its size; one byte less, its
+/// connection is shed a second or so later (the answer cut short) and what it held is freed.
+#[test]
+fn export_example_a_report_its_client_does_not_read_is_shed_just_past_max_held_bytes() {
+    for (bound, shed) in [
+        (None, false),
+        (Some(REPORT_BYTES), false),
+        (Some(REPORT_BYTES - 1), true),
+    ] {
+        let bound = bound.map(|bound| bound.to_string());
+        let server = match &bound {
+            Some(bound) => export(&["--max-held-bytes", bound]),
+            None => export(&[]),
+        };
+        let mut stream = with_window(&server, 4096);
+        stream.write_all(REPORT).unwrap();
+        if shed {
+            let total = wait_for(Duration::from_secs(5), || {
+                let total = server.stats()["total"].clone();
+                (total["conns_shed"] == 1 && total["held_bytes"] == 0).then_some(total)
+            });
+            assert!(total.is_some(), "not shed: {}", server.stats()["total"]);
+            let got = read_until_cut(&mut stream);
+            assert!(got < REPORT_BYTES, "{got} bytes: not cut short");
+            let total = &server.stats()["total"];
+            assert_eq!(total["connections_open"], 1, "the stats request's: {total}");
+            continue;
+        }
+        let held = wait_for(Duration::from_secs(5), || {
+            server.stats()["total"]["held_bytes"]
+                .as_u64()
+                .filter(|&held| held > 0)
+        });
+        assert_eq!(held, Some(REPORT_BYTES), "{bound:?}");
+        std::thread::sleep(Duration::from_millis(2500));
+        let total = &server.stats()["total"];
+        assert_eq!(total["conns_shed"], 0, "{bound:?}: {total}");
+        assert_eq!(total["held_bytes"], REPORT_BYTES, "{bound:?}: {total}");
+    }
+}
+
+/// Past `--max-held-bytes` only slow clients are shed (under 16 KiB/s), paced by what their TCP
+/// connections moved: one that reads a report steadily (32 KiB every 50 ms), whose write has
+/// waited on it longest all the same, gets all of it, while one that reads nothing and pushes
+/// the shard past the bound is shed (a review: by time without progress, the steady reader
+/// looked stalled, as a write learns of progress only when a third of a big send buffer has
+/// drained, and it was the oldest).
+#[test]
+fn export_example_past_max_held_bytes_a_steady_reader_is_kept_and_a_stalled_one_shed() {
+    let bound = (REPORT_BYTES * 3 / 2).to_string();
+    let server = export(&["--max-held-bytes", &bound]);
+    let mut reader = with_window(&server, 65536);
+    reader.write_all(REPORT).unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let reading = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        while !got.ends_with(b"999999\n") && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+            match reader.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        got
+    });
+    let held = wait_for(Duration::from_secs(5), || {
+        server.stats()["total"]["held_bytes"]
+            .as_u64()
+            .filter(|&held| held > 0)
+    });
+    assert_eq!(held, Some(REPORT_BYTES), "the reader's write waits on it");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut stalled = with_window(&server, 4096);
+    stalled.write_all(REPORT).unwrap();
+    let shed = wait_for(Duration::from_secs(5), || {
+        let total = server.stats()["total"].clone();
+        (total["conns_shed"] == 1).then_some(total)
+    });
+    assert!(shed.is_some(), "not shed: {}", server.stats()["total"]);
+    assert!(read_until_cut(&mut stalled) < REPORT_BYTES);
+    let got = reading.join().unwrap();
+    let (response, _) = common::parse_response(&got, false).expect("the reader's whole answer");
+    assert_eq!(response.body.len() as u64, REPORT_BYTES);
+    let total = &server.stats()["total"];
+    assert_eq!(total["conns_shed"], 1, "{total}");
+    assert_eq!(total["held_bytes"], 0, "{total}");
 }

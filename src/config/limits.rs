@@ -124,14 +124,25 @@ pub const BODY_UNCOPIED_BYTES_MIN: usize = 64 * 1024;
 /// does not read them, and a body a handler reads whole (`Body::bytes`) while its client does
 /// not send the rest. Each connection is bounded (an answer, `--max-body`), but not all of them
 /// together: 10,000 clients that stopped mid-way through 1 MiB uploads held 12 GB of one shard
-/// (a soak review). Past the bound the shard closes the connections that waited longest, as
-/// Envoy's overload manager resets the streams that buffer most; nginx bounds the same memory
-/// with small buffers and temporary files. 256 MiB: 256 bodies of the default `--max-body`.
+/// (a soak review). Past the bound the shard closes the connections of the slowest clients
+/// (`Shard::shed_held`), as Envoy's overload manager resets the streams that buffer most;
+/// nginx bounds the same memory with small buffers and temporary files. 256 MiB: 256 bodies of
+/// the default `--max-body`.
 pub const HELD_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
-/// A connection is closed for the shard's `--max-held-bytes` only once its client has kept it
-/// waiting this long without progress: a client that reads or sends at any pace keeps resetting
-/// it, so only the stalled are shed, not those whose answers are merely big.
-pub const HELD_SHED_WAIT_MIN: Duration = Duration::from_secs(1);
+/// A connection is closed for the shard's `--max-held-bytes` only if its client's pace (what
+/// its TCP connection moved over the last window of this length, read by the sweep) is known
+/// and slow, so one whose write or body has waited on its client for a window at least; and
+/// only if it holds at least HELD_SHED_BYTES_MIN: one that holds less is bounded by
+/// `--max-conns` as its read buffer is, and shedding it frees little. A client that sent fast
+/// and stopped has the pace of one that stopped (an average since its wait began took a
+/// minute to fall: a review).
+pub const HELD_PACE_WINDOW: Duration = Duration::from_secs(1);
+pub const HELD_SHED_BYTES_MIN: usize = 64 * 1024;
+/// A client whose connection moves at least this many bytes a second is never shed for
+/// `--max-held-bytes`: it is being served, not holding the shard up (128 kbit/s, below any
+/// phone's link), and 10,000 clients that kept it up would have to take 160 MB/s. Apache's
+/// mod_reqtimeout closes an upload below 500 bytes a second.
+pub const HELD_SHED_PACE_MAX: u64 = 16 * 1024;
 /// A request body left unread by its handler is read and discarded up to this many bytes to keep
 /// the connection alive; beyond it the connection is closed (nginx's lingering behaviour).
 pub const BODY_DISCARD_BYTES_MAX: u64 = 64 * 1024;

@@ -78,8 +78,8 @@ pub struct Args {
     #[arg(long, value_name = "BYTES")]
     pub max_body: Option<u64>,
     /// Bytes one shard may hold for clients that keep it waiting (answers they do not read,
-    /// bodies read whole that they do not send); past it the connections that waited longest
-    /// (a second at least) are closed.
+    /// bodies read whole that they do not send); past it the slowest clients (under 16 KiB/s)
+    /// are closed.
     #[arg(long, value_name = "BYTES")]
     pub max_held_bytes: Option<usize>,
     /// Pipelined GET/HEAD requests one connection serves at once (answers stay in order); 1 serves them one by one.

@@ -209,7 +209,7 @@ shard_stats! {
     handler_hangups,
     /// Bytes the shard holds for clients that keep it waiting (answers they do not read, bodies
     /// read whole that they do not send), and connections closed because that passed
-    /// `--max-held-bytes` and their clients had waited longest (a body read so answers 503).
+    /// `--max-held-bytes` and their clients were the slowest (a body read so answers 503).
     held_bytes,
     conns_shed,
     /// Requests and bodies refused as malformed or past a bound (the 4xx/5xx that close).

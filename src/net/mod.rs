@@ -143,6 +143,30 @@ pub fn peer_gone(fd: RawFd) -> bool {
     }
 }
 
+/// Bytes the TCP connection of `fd` has moved so far: those its peer acknowledged plus those it
+/// received (Linux 4.1+ `tcp_info`); 0 when the kernel cannot say. The difference between two
+/// readings is how fast a client reads or sends, whatever the server's own reads and writes
+/// saw: a write only learns of progress when a third of a big send buffer has drained.
+pub fn tcp_bytes_moved(fd: RawFd) -> u64 {
+    // SAFETY: an all-zero tcp_info is a valid value (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `info`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    info.tcpi_bytes_acked.wrapping_add(info.tcpi_bytes_received)
+}
+
 /// send(2) without waiting and without SIGPIPE, as a raw system call (see `recv_raw`).
 pub fn send_raw(fd: RawFd, buf: &[u8]) -> isize {
     // SAFETY: sendto(2) from a buffer we own, on a socket the caller keeps open; no address.

@@ -8,7 +8,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::config::limits::{HELD_SHED_WAIT_MIN, TIMEOUT_SWEEP_INTERVAL};
+use crate::config::limits::{
+    HELD_PACE_WINDOW, HELD_SHED_BYTES_MIN, HELD_SHED_PACE_MAX, TIMEOUT_SWEEP_INTERVAL,
+};
 use crate::http::{DateCache, EncodedFields, FieldNames};
 use crate::mesh::Mesh;
 use crate::metrics::{ShardMetrics, ShardStats, add};
@@ -54,23 +56,45 @@ pub struct ConnEntry {
     pub ready_slot: Cell<Option<u32>>,
     /// While the connection waits on its client (a write it does not read, a body read whole
     /// that it does not send): the bytes it holds for it, counted in the shard's `held_bytes`;
-    /// 0 when it does not wait so.
+    /// 0 when it does not wait so. Set at each wait of one write or one body (`Shard::hold`),
+    /// 0 when that write or body ends (`Shard::release`).
     pub held_bytes: Cell<usize>,
-    /// Since when (`Shard::clock_ms`) it waited without progress.
-    pub held_since_ms: Cell<u64>,
+    /// How fast its client goes while it holds HELD_SHED_BYTES_MIN or more: what its TCP
+    /// connection moved (`net::tcp_bytes_moved`) in the last whole HELD_PACE_WINDOW, in bytes a
+    /// second (None until one has passed since the wait began), and the reading that window
+    /// started from (when, in `Shard::clock_ms`; 0: none yet). Read by the sweep, once a
+    /// window: one system call a second for each connection that holds that much.
+    pub pace: Cell<Option<u64>>,
+    pub pace_at_ms: Cell<u64>,
+    pub pace_moved: Cell<u64>,
     /// The task that waits, for the sweep to wake when it sheds the connection.
     pub held_waker: RefCell<Option<Waker>>,
-    /// Set by the sweep when the shard held more than `--max-held-bytes` and this connection's
-    /// client kept it waiting longest: its waiting read or write fails, and it closes.
-    pub shed: Cell<bool>,
+    pub shed: Cell<Shed>,
+    /// The connection ended (its guard dropped): a body that outlives it (moved into a task of
+    /// the app) holds nothing in the shard's count.
+    pub closed: Cell<bool>,
+}
+
+/// Whether the sweep shed a connection for `--max-held-bytes` (`Shard::shed_held`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Shed {
+    #[default]
+    No,
+    /// Marked: the wait on its client fails when its task looks (`ConnEntry::shed_now`).
+    Pending,
+    /// Its wait failed; it closes, and is not shed (nor counted) again. What it does before
+    /// it closes (a body's 503) is not failed for it.
+    Done,
 }
 
 impl ConnEntry {
-    /// The connection was shed while it waited on its client (`Shard::shed_held`): that wait
-    /// fails. The mark stays, so the sweep does not count the connection twice, but what it
-    /// does next (a 503 for a body) is not failed for it.
+    /// Whether the wait on the client ends here because the connection was shed: true once.
     pub fn shed_now(&self) -> bool {
-        self.shed.get() && self.held_bytes.get() > 0
+        let shed = self.shed.get() == Shed::Pending;
+        if shed {
+            self.shed.set(Shed::Done);
+        }
+        shed
     }
 }
 
@@ -329,9 +353,12 @@ impl Shard {
             ready_slot: Cell::new(None),
             hang_up: Cell::new(HangUp::Unknown),
             held_bytes: Cell::new(0),
-            held_since_ms: Cell::new(0),
+            pace: Cell::new(None),
+            pace_at_ms: Cell::new(0),
+            pace_moved: Cell::new(0),
             held_waker: RefCell::new(None),
-            shed: Cell::new(false),
+            shed: Cell::new(Shed::No),
+            closed: Cell::new(false),
         });
         self.conns.borrow_mut().insert(id, entry.clone());
         add(&self.metrics.connections_accepted, 1);
@@ -409,6 +436,7 @@ impl Shard {
         let now = self.started.elapsed().as_millis() as u64;
         self.clock_ms.set(now);
         for entry in self.conns.borrow().values() {
+            self.read_pace(entry, now);
             let deadline = entry.read_deadline_ms.get();
             if deadline != 0 && deadline <= now && !entry.timed_out.replace(true) {
                 self.wake_ready_slot(entry);
@@ -429,15 +457,20 @@ impl Shard {
                 waker.wake();
             }
         }
-        self.shed_held(now);
+        self.shed_held();
     }
 
-    /// The connection of `entry` waits on its client and holds `bytes` for it (`ConnEntry::held_bytes`);
-    /// its wait without progress started at the first such call since the last `release`.
+    /// The connection of `entry` waits on its client and holds `bytes` for it
+    /// (`ConnEntry::held_bytes`); the first such call since the last `release` starts its
+    /// client's pace anew (the sweep reads it).
     pub fn hold(&self, entry: &ConnEntry, bytes: usize, cx: &Context<'_>) {
+        if entry.closed.get() {
+            return;
+        }
         let old = entry.held_bytes.replace(bytes);
         if old == 0 {
-            entry.held_since_ms.set(self.clock_ms.get());
+            entry.pace.set(None);
+            entry.pace_at_ms.set(0);
         }
         let held = &self.metrics.held_bytes;
         held.set(held.get() - old as u64 + bytes as u64);
@@ -447,7 +480,7 @@ impl Shard {
         }
     }
 
-    /// The connection of `entry` no longer waits on its client (it made progress, or stopped).
+    /// The write or body of `entry` that waited on its client ended.
     pub fn release(&self, entry: &ConnEntry) {
         let old = entry.held_bytes.replace(0);
         if old != 0 {
@@ -457,33 +490,61 @@ impl Shard {
         }
     }
 
-    /// Past `--max-held-bytes`: closes the connections whose clients kept the shard waiting
-    /// longest (at least HELD_SHED_WAIT_MIN without progress) until what the others hold is
-    /// within the bound. Each is marked and woken; its waiting read or write fails. Those shed
-    /// before still count until they end, and bring the excess down.
-    fn shed_held(&self, now: u64) {
+    /// Refreshes the pace of `entry`'s client (`ConnEntry::pace`) if it holds enough for it to
+    /// matter and a window has passed since the last reading.
+    fn read_pace(&self, entry: &ConnEntry, now: u64) {
+        if entry.held_bytes.get() < HELD_SHED_BYTES_MIN {
+            return;
+        }
+        let at = entry.pace_at_ms.get();
+        if at != 0 && now.saturating_sub(at) < HELD_PACE_WINDOW.as_millis() as u64 {
+            return;
+        }
+        let moved = crate::net::tcp_bytes_moved(entry.fd);
+        if at != 0 {
+            let pace = moved.saturating_sub(entry.pace_moved.get()) * 1000 / (now - at);
+            entry.pace.set(Some(pace));
+        }
+        entry.pace_at_ms.set(now.max(1));
+        entry.pace_moved.set(moved);
+    }
+
+    /// Past `--max-held-bytes`: closes the connections whose clients are slowest, until what
+    /// the others hold is within the bound. Only a slow one is shed: it holds
+    /// HELD_SHED_BYTES_MIN or more, and its client's pace over the last HELD_PACE_WINDOW (a
+    /// client that stopped: 0; one that drips a byte a second: 1) is under HELD_SHED_PACE_MAX:
+    /// faster clients are being served, and may keep the shard past the bound. Each is marked
+    /// and woken; its waiting read or write fails. Those marked before still count until they
+    /// end, and bring the excess down. O(open connections), and only while past the bound.
+    fn shed_held(&self) {
         let held = self.metrics.held_bytes.get() as usize;
         let mut over = held.saturating_sub(self.config.held_bytes_max);
         if over == 0 {
             return;
         }
-        let wait_min = HELD_SHED_WAIT_MIN.as_millis() as u64;
         let conns = self.conns.borrow();
-        let mut waiting = Vec::new();
+        let mut slow = Vec::new();
         for entry in conns.values().filter(|e| e.held_bytes.get() > 0) {
-            if entry.shed.get() {
-                over = over.saturating_sub(entry.held_bytes.get());
-            } else if entry.held_since_ms.get() + wait_min <= now {
-                waiting.push(entry);
+            match entry.shed.get() {
+                Shed::Pending => over = over.saturating_sub(entry.held_bytes.get()),
+                Shed::Done => {}
+                Shed::No => {
+                    if let Some(pace) = entry.pace.get()
+                        && pace < HELD_SHED_PACE_MAX
+                        && entry.held_bytes.get() >= HELD_SHED_BYTES_MIN
+                    {
+                        slow.push((pace, entry));
+                    }
+                }
             }
         }
-        waiting.sort_unstable_by_key(|e| e.held_since_ms.get());
-        for entry in waiting {
+        slow.sort_unstable_by_key(|&(pace, _)| pace);
+        for (_, entry) in slow {
             if over == 0 {
                 break;
             }
             over = over.saturating_sub(entry.held_bytes.get());
-            entry.shed.set(true);
+            entry.shed.set(Shed::Pending);
             add(&self.metrics.conns_shed, 1);
             self.wake_ready_slot(entry);
             if let Some(waker) = entry.held_waker.take() {
@@ -531,6 +592,7 @@ pub struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.shard.release(&self.entry);
+        self.entry.closed.set(true);
         self.shard.conns.borrow_mut().remove(&self.id);
         let open = &self.shard.metrics.connections_open;
         open.set(open.get() - 1);

@@ -66,10 +66,10 @@ struct ConnIo {
     /// A handler was waited for since the connection loop last looked: its answer goes out at
     /// once (`Conn::run`).
     handler_waited: Cell<bool>,
-    /// Bytes of answers a flush holds, counted against the shard's `--max-held-bytes` while
-    /// a write waits on the client (`Shard::hold`); None outside a flush, when a write counts
-    /// what is left of its own bytes.
-    flushing: Cell<Option<usize>>,
+    /// What a flush holds besides the part being written (the write buffer, the big bodies
+    /// after it, a batch's later answers), counted against the shard's `--max-held-bytes`
+    /// with that part while a write waits on the client (`Shard::hold`); 0 outside a flush.
+    flushing: Cell<usize>,
     /// Reads that brought bytes, so far.
     reads: Cell<u64>,
     /// `reads` when the connection last finished a request: a head parsed with no read since
@@ -269,11 +269,14 @@ impl ConnIo {
         std::future::poll_fn(|cx| self.poll_fill(cx, want)).await
     }
 
+    /// Writes all of `buf`; `part`: the shared bytes `buf` is, if it is not the connection's
+    /// own (see `owned`).
     fn poll_write_all(
         &self,
         cx: &mut Context<'_>,
         buf: &[u8],
         written: &mut usize,
+        part: Option<&Bytes>,
     ) -> Poll<io::Result<()>> {
         // Nothing follows a failed write: its bytes are lost or half sent (found in review: an
         // answer's head went out after a 100 cut short by the write timeout).
@@ -283,7 +286,7 @@ impl ConnIo {
         let polled = if self.entry.shed_now() {
             Poll::Ready(Err(io::ErrorKind::OutOfMemory.into()))
         } else {
-            self.poll_write_all_once(cx, buf, written)
+            self.poll_write_all_once(cx, buf, written, part)
         };
         if polled.is_ready() {
             self.shard.release(&self.entry);
@@ -304,6 +307,7 @@ impl ConnIo {
         cx: &mut Context<'_>,
         buf: &[u8],
         written: &mut usize,
+        part: Option<&Bytes>,
     ) -> Poll<io::Result<()>> {
         while *written < buf.len() {
             if self.ready.is_some() && !self.write_stalled.get() {
@@ -330,10 +334,10 @@ impl ConnIo {
             self.write_stalled.set(polled.is_pending());
             if polled.is_pending() {
                 // The client does not read: what this write and its flush hold waits on it.
-                let held = self.flushing.get().unwrap_or(buf.len() - *written);
-                self.shard.hold(&self.entry, held, cx);
-            } else {
-                self.shard.release(&self.entry);
+                // Whether a shared part is this connection's alone is asked at each wait: the
+                // store may have let go of a value since.
+                let own = part.map_or(buf.len(), owned);
+                self.shard.hold(&self.entry, self.flushing.get() + own, cx);
             }
             let n = ready!(polled)?;
             if n == 0 {
@@ -345,9 +349,10 @@ impl ConnIo {
         Pin::new(&mut *self.stream.borrow_mut()).poll_flush(cx)
     }
 
-    async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+    async fn write_all(&self, buf: &[u8], part: Option<&Bytes>) -> io::Result<()> {
         let mut written = 0;
-        let result = std::future::poll_fn(|cx| self.poll_write_all(cx, buf, &mut written)).await;
+        let result =
+            std::future::poll_fn(|cx| self.poll_write_all(cx, buf, &mut written, part)).await;
         add(&self.shard.metrics.bytes_written, written as u64);
         result
     }
@@ -384,6 +389,7 @@ struct ConnBody {
 
 impl ConnBody {
     fn fail(&self, error: BodyError) -> Poll<Option<Result<Bytes, BodyError>>> {
+        self.io.shard.release(&self.io.entry);
         self.error.set(Some(error));
         if let BodyError::Protocol(_) = error {
             add(&self.io.shard.metrics.protocol_errors, 1);
@@ -407,6 +413,7 @@ impl ConnBody {
             Ok(Some(BodyEvent::Data(bytes))) => Poll::Ready(Some(Ok(bytes))),
             Ok(Some(BodyEvent::End)) => {
                 self.done.set(true);
+                self.io.shard.release(&self.io.entry);
                 Poll::Ready(None)
             }
             Err(e) => self.fail(BodyError::Protocol(e)),
@@ -428,7 +435,7 @@ impl BodySource for ConnBody {
             return Poll::Ready(None);
         }
         if let Continue::Owed(mut written) = self.continue_state.get() {
-            let result = self.io.poll_write_all(cx, CONTINUE_100, &mut written);
+            let result = self.io.poll_write_all(cx, CONTINUE_100, &mut written, None);
             self.continue_state.set(Continue::Owed(written));
             match ready!(result) {
                 Ok(()) => {
@@ -461,7 +468,6 @@ impl BodySource for ConnBody {
                 }
                 return Poll::Pending;
             }
-            self.io.shard.release(&self.io.entry);
             match ready!(filled) {
                 Ok(0) => return self.fail(BodyError::Closed),
                 // An upload that keeps coming is progress: `--handler-timeout` counts from the
@@ -606,6 +612,9 @@ struct Conn {
     wqueue: Vec<Bytes>,
     /// Bytes in `wqueue`.
     wqueue_bytes: usize,
+    /// What a pipelined batch keeps of its answers after the one being written (finished
+    /// early, before a write that may wait on the client): held too while that write waits.
+    later_held: usize,
     limits: HeadLimits,
     /// When the first byte of the request head being read arrived (slowloris bound).
     head_started: Option<Instant>,
@@ -670,7 +679,7 @@ pub async fn serve(
         waited: Cell::new(false),
         read_timed_out: Cell::new(false),
         handler_waited: Cell::new(false),
-        flushing: Cell::new(None),
+        flushing: Cell::new(0),
         reads: Cell::new(0),
         answered_at_read: Cell::new(None),
         pipelined: Cell::new(false),
@@ -684,6 +693,7 @@ pub async fn serve(
         wbuf: BytesMut::new(),
         wqueue: Vec::new(),
         wqueue_bytes: 0,
+        later_held: 0,
         limits,
         head_started: None,
         first_request: true,
@@ -1001,6 +1011,7 @@ impl Conn {
                 Encoded::Stream(streamed) => {
                     self.finish_later(&mut handlers[index + 1..], &mut early, index + 1)
                         .await;
+                    self.later_held = owned_later(&mut handlers[index + 1..], &early);
                     self.write_stream(streamed, version, None).await
                 }
             };
@@ -1012,10 +1023,12 @@ impl Conn {
             if self.unsent() >= WRITE_BUFFER_FLUSH_BYTES {
                 self.finish_later(&mut handlers[index + 1..], &mut early, index + 1)
                     .await;
+                self.later_held = owned_later(&mut handlers[index + 1..], &early);
                 if self.flush().await.is_err() {
                     return Flow::Close;
                 }
             }
+            self.later_held = 0;
         }
         Flow::KeepAlive
     }
@@ -1456,14 +1469,16 @@ impl Conn {
             }));
         }
         self.encode_head(status, None, fields_of(&response.headers), framing, close);
-        if let ResponseBody::Full(bytes) = &response.body
+        if let ResponseBody::Full(bytes) = &mut response.body
             && !is_head
             && !no_body_status
         {
             if bytes.len() >= BODY_UNCOPIED_BYTES_MIN {
                 let before = self.wbuf.split().freeze();
                 self.wqueue_bytes += before.len() + bytes.len();
-                self.wqueue.extend([before, bytes.clone()]);
+                // Taken, not cloned: the queue's copy alone tells whether another owner
+                // shares the body (`owned`).
+                self.wqueue.extend([before, std::mem::take(bytes)]);
             } else {
                 self.wbuf.extend_from_slice(bytes);
             }
@@ -1609,45 +1624,65 @@ impl Conn {
         self.wqueue_bytes + self.wbuf.len()
     }
 
-    /// What the connection alone holds of its unsent bytes: a big body it shares with another
-    /// owner (a `/kv` value the store keeps) costs it nothing. (A part under
-    /// `BODY_UNCOPIED_BYTES_MIN` is the write buffer's bytes before a big body, which shares
-    /// the write buffer's allocation.)
-    fn unsent_owned(&self) -> usize {
-        let queued = self
-            .wqueue
-            .iter()
-            .filter(|part| part.len() < BODY_UNCOPIED_BYTES_MIN || part.is_unique());
-        self.wbuf.len() + queued.map(Bytes::len).sum::<usize>()
-    }
-
     async fn flush(&mut self) -> io::Result<()> {
         if self.unsent() == 0 {
             return Ok(());
         }
         let mut result = Ok(());
-        self.io.flushing.set(Some(self.unsent_owned()));
         // Empty but for big bodies: the common answer touches only `wbuf`.
         if self.wqueue_bytes > 0 {
             let mut queue = std::mem::take(&mut self.wqueue);
+            // What the flush holds besides each part, for a write that waits (`flushing`):
+            // the parts after it (those before are dropped), the write buffer, a batch's
+            // later answers.
+            let mut besides =
+                queue.iter().map(owned).sum::<usize>() + self.wbuf.len() + self.later_held;
             for part in queue.drain(..) {
+                besides = besides.saturating_sub(owned(&part));
+                self.io.flushing.set(besides);
                 if result.is_ok() && !part.is_empty() {
-                    result = self.io.write_all(&part).await;
+                    result = self.io.write_all(&part, Some(&part)).await;
                 }
             }
             self.wqueue = queue;
             self.wqueue_bytes = 0;
         }
+        self.io.flushing.set(self.later_held);
         if result.is_ok() {
-            result = self.io.write_all(&self.wbuf).await;
+            result = self.io.write_all(&self.wbuf, None).await;
         }
-        self.io.flushing.set(None);
+        self.io.flushing.set(0);
         self.wbuf.clear();
         if self.wbuf.capacity() > WRITE_BUFFER_KEEP_BYTES {
             self.wbuf = BytesMut::new();
         }
         result
     }
+}
+
+/// What a connection alone holds of `bytes`, queued to be written: nothing of a big body another
+/// owner shares (a `/kv` value the store keeps, a static one). A smaller part is the write
+/// buffer's bytes before a big body, which share its allocation, or a body it copies.
+fn owned(bytes: &Bytes) -> usize {
+    if bytes.len() < BODY_UNCOPIED_BYTES_MIN || bytes.is_unique() {
+        bytes.len()
+    } else {
+        0
+    }
+}
+
+/// What a batch's answers after the one being written hold that is theirs alone: the whole
+/// bodies of those made already (heads are encoded later, and small).
+fn owned_later(handlers: &mut [Option<crate::router::Reply>], early: &[Option<Response>]) -> usize {
+    let body = |response: &Response| match &response.body {
+        ResponseBody::Full(bytes) => owned(bytes),
+        _ => 0,
+    };
+    let ready: usize = (handlers.iter_mut().flatten())
+        .filter_map(crate::router::Reply::ready_mut)
+        .map(|response| body(response))
+        .sum();
+    ready + early.iter().flatten().map(body).sum::<usize>()
 }
 
 /// Frees an empty read buffer unless it is small (see `ConnIo::poll_fill`): `try_reclaim` says
