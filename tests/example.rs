@@ -647,8 +647,10 @@ fn export_example_a_report_its_client_does_not_read_is_shed_just_past_max_held_b
             assert!(total.is_some(), "not shed: {}", server.stats()["total"]);
             let got = read_until_cut(&mut stream);
             assert!(got < REPORT_BYTES, "{got} bytes: not cut short");
-            let total = &server.stats()["total"];
-            assert_eq!(total["connections_open"], 1, "the stats request's: {total}");
+            let ended = wait_for(Duration::from_secs(5), || {
+                (server.stats()["total"]["connections_open"] == 1).then_some(())
+            });
+            assert!(ended.is_some(), "{}", server.stats()["total"]);
             continue;
         }
         let held = wait_for(Duration::from_secs(5), || {
@@ -713,4 +715,37 @@ fn export_example_past_max_held_bytes_a_steady_reader_is_kept_and_a_stalled_one_
     let total = &server.stats()["total"];
     assert_eq!(total["conns_shed"], 1, "{total}");
     assert_eq!(total["held_bytes"], 0, "{total}");
+}
+
+/// A write that fails (here `--write-timeout`; a shed for `--max-held-bytes` the same) ends the
+/// connection with a reset: an HTTP/1.0 stream's answer is close-delimited, and a FIN after
+/// the bytes the client had not read yet made the cut answer look whole (a review).
+#[test]
+fn export_example_a_stream_cut_by_a_failed_write_ends_with_a_reset() {
+    let server = export(&["--write-timeout", "1"]);
+    let mut stream = with_window(&server, 4096);
+    stream
+        .write_all(b"GET /numbers/10000000 HTTP/1.0\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let timed_out = wait_for(Duration::from_secs(10), || {
+        (server.stats()["total"]["timeouts_write"] == 1).then_some(())
+    });
+    assert!(timed_out.is_some(), "{}", server.stats()["total"]);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got += n,
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert_eq!(
+        end,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "after {got} bytes"
+    );
 }

@@ -1403,7 +1403,7 @@ fn a_big_body_the_store_shares_is_not_held_for_a_client_that_does_not_read() {
 
 /// A body a handler reads whole (`PUT /kv`) counts while its client stops sending: past
 /// `--max-held-bytes` the slowest upload gets 503 and a closed connection, and what it held is
-/// freed. Before, 10,000 clients that stopped mid-way through 1 MiB uploads held 12 GB of one
+/// freed. Before, 2000 clients that stopped mid-way through 1 MiB uploads held 2.5 GB of one
 /// shard (a soak review). A client that drips a byte every 300 ms is as slow (a review: taken
 /// for progress, a drip kept an upload from ever being shed).
 #[test]

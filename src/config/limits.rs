@@ -123,8 +123,8 @@ pub const BODY_UNCOPIED_BYTES_MIN: usize = 64 * 1024;
 /// Bytes one shard may hold for clients that keep it waiting: answers queued for a client that
 /// does not read them, and a body a handler reads whole (`Body::bytes`) while its client does
 /// not send the rest. Each connection is bounded (an answer, `--max-body`), but not all of them
-/// together: 10,000 clients that stopped mid-way through 1 MiB uploads held 12 GB of one shard
-/// (a soak review). Past the bound the shard closes the connections of the slowest clients
+/// together: 2000 clients that stopped mid-way through 1 MiB uploads held 2.5 GB of one shard
+/// (a soak review; now 256 MiB once they are judged). Past the bound the shard closes the connections of the slowest clients
 /// (`Shard::shed_held`), as Envoy's overload manager resets the streams that buffer most;
 /// nginx bounds the same memory with small buffers and temporary files. 256 MiB: 256 bodies of
 /// the default `--max-body`.

@@ -143,11 +143,20 @@ pub fn peer_gone(fd: RawFd) -> bool {
     }
 }
 
-/// Bytes the TCP connection of `fd` has moved so far: those its peer acknowledged plus those it
-/// received (Linux 4.1+ `tcp_info`); 0 when the kernel cannot say. The difference between two
-/// readings is how fast a client reads or sends, whatever the server's own reads and writes
-/// saw: a write only learns of progress when a third of a big send buffer has drained.
-pub fn tcp_bytes_moved(fd: RawFd) -> u64 {
+/// Which way a connection waits on its client: for it to read what was written, or to send.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Waiting {
+    Write,
+    Read,
+}
+
+/// Bytes the TCP connection of `fd` has moved so far the way it waits: those its peer
+/// acknowledged, or those it received (Linux 4.1+ `tcp_info`); 0 when the kernel cannot say.
+/// The difference between two readings is how fast a client reads or sends, whatever the
+/// server's own reads and writes saw: a write only learns of progress when a third of a big
+/// send buffer has drained. One way only: a client that does not read could look fast by
+/// sending (found in review).
+pub fn tcp_bytes_moved(fd: RawFd, waiting: Waiting) -> u64 {
     // SAFETY: an all-zero tcp_info is a valid value (plain integers).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -164,7 +173,29 @@ pub fn tcp_bytes_moved(fd: RawFd) -> u64 {
     if rc != 0 {
         return 0;
     }
-    info.tcpi_bytes_acked.wrapping_add(info.tcpi_bytes_received)
+    match waiting {
+        Waiting::Write => info.tcpi_bytes_acked,
+        Waiting::Read => info.tcpi_bytes_received,
+    }
+}
+
+/// Makes the close of `fd` a reset (SO_LINGER 0): the send queue is dropped, and the client
+/// learns the answer was cut.
+pub fn reset_on_close(fd: RawFd) {
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt(2) on a socket the caller keeps open, with a `linger` it reads.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const abort).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 /// send(2) without waiting and without SIGPIPE, as a raw system call (see `recv_raw`).

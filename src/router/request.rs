@@ -19,7 +19,7 @@ pub enum BodyError {
     /// The client closed the connection or a read failed.
     Closed,
     /// The shard held more than `--max-held-bytes` for clients that keep it waiting, and this
-    /// body's client had kept it waiting longest (503); the connection closes.
+    /// body's client was among the slowest (503); the connection closes.
     Overloaded,
 }
 
@@ -74,6 +74,17 @@ impl Body {
     pub async fn bytes(&mut self) -> Result<Bytes, BodyError> {
         // One chunk (the common case) is returned as is; more are joined. The size bound is the
         // body decoder's (`--max-body`), which fails the chunk that crosses it.
+        // What the server counts as held goes with this read, however it ends: a handler may
+        // drop it half-way (a timeout of its own).
+        struct Held(Option<Rc<dyn BodySource>>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                if let Some(source) = &self.0 {
+                    source.holding(0);
+                }
+            }
+        }
+        let _held = Held(self.source.clone());
         let Some(first) = self.chunk().await.transpose()? else {
             return Ok(Bytes::new());
         };

@@ -14,6 +14,7 @@ use crate::config::limits::{
 use crate::http::{DateCache, EncodedFields, FieldNames};
 use crate::mesh::Mesh;
 use crate::metrics::{ShardMetrics, ShardStats, add};
+use crate::net::Waiting;
 use crate::router::response::SERVER_MANAGED_HEADERS;
 use crate::session::Sessions;
 use crate::txn::service::Txn;
@@ -67,6 +68,8 @@ pub struct ConnEntry {
     pub pace: Cell<Option<u64>>,
     pub pace_at_ms: Cell<u64>,
     pub pace_moved: Cell<u64>,
+    /// Which way it waits, which the pace counts.
+    pub waiting: Cell<Waiting>,
     /// The task that waits, for the sweep to wake when it sheds the connection.
     pub held_waker: RefCell<Option<Waker>>,
     pub shed: Cell<Shed>,
@@ -356,6 +359,7 @@ impl Shard {
             pace: Cell::new(None),
             pace_at_ms: Cell::new(0),
             pace_moved: Cell::new(0),
+            waiting: Cell::new(Waiting::Write),
             held_waker: RefCell::new(None),
             shed: Cell::new(Shed::No),
             closed: Cell::new(false),
@@ -463,14 +467,15 @@ impl Shard {
     /// The connection of `entry` waits on its client and holds `bytes` for it
     /// (`ConnEntry::held_bytes`); the first such call since the last `release` starts its
     /// client's pace anew (the sweep reads it).
-    pub fn hold(&self, entry: &ConnEntry, bytes: usize, cx: &Context<'_>) {
+    pub fn hold(&self, entry: &ConnEntry, bytes: usize, waiting: Waiting, cx: &Context<'_>) {
         if entry.closed.get() {
             return;
         }
         let old = entry.held_bytes.replace(bytes);
-        if old == 0 {
+        if old == 0 || entry.waiting.get() != waiting {
             entry.pace.set(None);
             entry.pace_at_ms.set(0);
+            entry.waiting.set(waiting);
         }
         let held = &self.metrics.held_bytes;
         held.set(held.get() - old as u64 + bytes as u64);
@@ -482,8 +487,10 @@ impl Shard {
 
     /// The write or body of `entry` that waited on its client ended.
     pub fn release(&self, entry: &ConnEntry) {
-        let old = entry.held_bytes.replace(0);
+        // Called after every write: a load, and no store, when nothing is held.
+        let old = entry.held_bytes.get();
         if old != 0 {
+            entry.held_bytes.set(0);
             let held = &self.metrics.held_bytes;
             held.set(held.get() - old as u64);
             entry.held_waker.take();
@@ -500,7 +507,7 @@ impl Shard {
         if at != 0 && now.saturating_sub(at) < HELD_PACE_WINDOW.as_millis() as u64 {
             return;
         }
-        let moved = crate::net::tcp_bytes_moved(entry.fd);
+        let moved = crate::net::tcp_bytes_moved(entry.fd, entry.waiting.get());
         if at != 0 {
             let pace = moved.saturating_sub(entry.pace_moved.get()) * 1000 / (now - at);
             entry.pace.set(Some(pace));

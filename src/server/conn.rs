@@ -23,7 +23,7 @@ use crate::http::{
     Version,
 };
 use crate::metrics::add;
-use crate::net::Transport;
+use crate::net::{Transport, Waiting};
 use crate::router::{
     Answer, App, Body, BodyError, BodySource, Request, RequestCtx, Response, ResponseBody,
 };
@@ -337,7 +337,8 @@ impl ConnIo {
                 // Whether a shared part is this connection's alone is asked at each wait: the
                 // store may have let go of a value since.
                 let own = part.map_or(buf.len(), owned);
-                self.shard.hold(&self.entry, self.flushing.get() + own, cx);
+                let held = self.flushing.get() + own;
+                self.shard.hold(&self.entry, held, Waiting::Write, cx);
             }
             let n = ready!(polled)?;
             if n == 0 {
@@ -464,7 +465,7 @@ impl BodySource for ConnBody {
             if filled.is_pending() {
                 let held = self.held.get() + self.io.rbuf.borrow().len();
                 if held > 0 {
-                    self.io.shard.hold(&self.io.entry, held, cx);
+                    self.io.shard.hold(&self.io.entry, held, Waiting::Read, cx);
                 }
                 return Poll::Pending;
             }
@@ -707,43 +708,33 @@ pub async fn serve(
         served_in_turn: 0,
     };
     conn.run().await;
+    let fd = conn.io.stream.borrow().as_raw_fd();
+    if conn.io.write_failed.get() {
+        // An answer was cut (a write timed out or was shed): a FIN would end a close-delimited
+        // one as if whole (found in review), and the send queue the client does not read would
+        // stay in the kernel until it does.
+        crate::net::reset_on_close(fd);
+        return;
+    }
     if conn.cut_unframed {
         // The answers before the cut one are whole: the client takes every byte first (a reset
         // throws away what the send queue still holds), then the reset marks the cut.
         conn.wait_sent().await;
-        let fd = conn.io.stream.borrow().as_raw_fd();
-        let abort = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt(2) on the connection's own open socket, with a `linger` it reads.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const abort).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
+        crate::net::reset_on_close(fd);
         return;
     }
-    // Not after a failed write: the close_notify would wait on the same full socket, holding
-    // the connection's slot for another write timeout (found in review).
-    if tls && !conn.io.write_failed.get() {
+    if tls {
         let stream = &conn.io.stream;
         let _ = std::future::poll_fn(|cx| stream.borrow_mut().poll_close_notify(cx)).await;
     }
-    if !conn.io.write_failed.get() {
-        // A read side the drain shut (it found the connection idle, then read what was already
-        // queued and answered it) reads nothing more: no lingering close, which would shut the
-        // write side too (see `ConnEntry::drained`).
-        if conn.linger && !conn.guard.entry.drained.get() {
-            conn.linger().await;
-        } else if conn.linger || conn.io.shard.is_draining() {
-            conn.wait_sent().await;
-            conn.discard_queued_input();
-        }
+    // A read side the drain shut (it found the connection idle, then read what was already
+    // queued and answered it) reads nothing more: no lingering close, which would shut the
+    // write side too (see `ConnEntry::drained`).
+    if conn.linger && !conn.guard.entry.drained.get() {
+        conn.linger().await;
+    } else if conn.linger || conn.io.shard.is_draining() {
+        conn.wait_sent().await;
+        conn.discard_queued_input();
     }
 }
 
@@ -787,7 +778,10 @@ impl Conn {
                             Gathered::Batch(batch) => {
                                 self.served_in_turn += batch.answers.len() as u32;
                                 self.io.pipelined.set(true);
-                                Box::pin(self.serve_batch(batch)).await
+                                let flow = Box::pin(self.serve_batch(batch)).await;
+                                // Whatever way the batch ended, its answers are gone.
+                                self.later_held = 0;
+                                flow
                             }
                             Gathered::One(head) => {
                                 self.served_in_turn += 1;
