@@ -130,13 +130,21 @@ pub const BODY_UNCOPIED_BYTES_MIN: usize = 64 * 1024;
 /// the default `--max-body`.
 pub const HELD_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
 /// A connection is closed for the shard's `--max-held-bytes` only if its client's pace (what
-/// its TCP connection moved over the last window of this length, read by the sweep) is known
+/// its TCP connection moved over the last window, read by the sweep once a second) is known
 /// and slow, so one whose write or body has waited on its client for a window at least; and
 /// only if it holds at least HELD_SHED_BYTES_MIN: one that holds less is bounded by
-/// `--max-conns` as its read buffer is, and shedding it frees little. A client that sent fast
-/// and stopped has the pace of one that stopped (an average since its wait began took a
-/// minute to fall: a review).
-pub const HELD_PACE_WINDOW: Duration = Duration::from_secs(1);
+/// `--max-conns` as its read buffer is, and shedding it frees little. A sliding window: a
+/// client that sent fast and stopped has, a window later, the pace of one that stopped (an
+/// average since its wait began took a minute to fall: a review).
+///
+/// An upload's window is a second: the server reads what arrives at once, so a client that
+/// sends steadily moves bytes every second. An answer's is 8 seconds: a client's kernel opens
+/// its receive window again only once about half its buffer is free, so a client that reads
+/// steadily moves bytes in steps of up to its buffer, 128 KiB on loopback, one step every 8 s
+/// at 16 KiB/s (a black-box test: a 40 KiB/s reader showed nothing in 2 of every 3 seconds,
+/// and a one-second window shed it). A client that stops reading is judged that much later.
+pub const HELD_PACE_WINDOW_READ: Duration = Duration::from_secs(1);
+pub const HELD_PACE_WINDOW_WRITE: Duration = Duration::from_secs(8);
 pub const HELD_SHED_BYTES_MIN: usize = 64 * 1024;
 /// A client whose connection moves at least this many bytes a second is never shed for
 /// `--max-held-bytes`: it is being served, not holding the shard up (128 kbit/s, below any

@@ -1,7 +1,7 @@
 //! One shard's state: config copy, counters, Date cache, drain state, the registry of its connections; nothing here is `Send`.
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::config::limits::{
-    HELD_PACE_WINDOW, HELD_SHED_BYTES_MIN, HELD_SHED_PACE_MAX, TIMEOUT_SWEEP_INTERVAL,
+    HELD_PACE_WINDOW_READ, HELD_PACE_WINDOW_WRITE, HELD_SHED_BYTES_MIN, HELD_SHED_PACE_MAX,
+    TIMEOUT_SWEEP_INTERVAL,
 };
 use crate::http::{DateCache, EncodedFields, FieldNames};
 use crate::mesh::Mesh;
@@ -61,13 +62,12 @@ pub struct ConnEntry {
     /// 0 when that write or body ends (`Shard::release`).
     pub held_bytes: Cell<usize>,
     /// How fast its client goes while it holds HELD_SHED_BYTES_MIN or more: what its TCP
-    /// connection moved (`net::tcp_bytes_moved`) in the last whole HELD_PACE_WINDOW, in bytes a
-    /// second (None until one has passed since the wait began), and the reading that window
-    /// started from (when, in `Shard::clock_ms`; 0: none yet). Read by the sweep, once a
-    /// window: one system call a second for each connection that holds that much.
+    /// connection moved (`net::tcp_bytes_moved`) over the last window (HELD_PACE_WINDOW_READ
+    /// or _WRITE), in bytes a second (None until a window has passed since the wait began),
+    /// and the readings of the window so far (`Shard::clock_ms`, bytes moved), one a second:
+    /// one system call a second for each connection that holds that much.
     pub pace: Cell<Option<u64>>,
-    pub pace_at_ms: Cell<u64>,
-    pub pace_moved: Cell<u64>,
+    pub pace_readings: RefCell<VecDeque<(u64, u64)>>,
     /// Which way it waits, which the pace counts.
     pub waiting: Cell<Waiting>,
     /// The task that waits, for the sweep to wake when it sheds the connection.
@@ -357,8 +357,7 @@ impl Shard {
             hang_up: Cell::new(HangUp::Unknown),
             held_bytes: Cell::new(0),
             pace: Cell::new(None),
-            pace_at_ms: Cell::new(0),
-            pace_moved: Cell::new(0),
+            pace_readings: RefCell::new(VecDeque::new()),
             waiting: Cell::new(Waiting::Write),
             held_waker: RefCell::new(None),
             shed: Cell::new(Shed::No),
@@ -474,7 +473,7 @@ impl Shard {
         let old = entry.held_bytes.replace(bytes);
         if old == 0 || entry.waiting.get() != waiting {
             entry.pace.set(None);
-            entry.pace_at_ms.set(0);
+            entry.pace_readings.borrow_mut().clear();
             entry.waiting.set(waiting);
         }
         let held = &self.metrics.held_bytes;
@@ -498,28 +497,41 @@ impl Shard {
     }
 
     /// Refreshes the pace of `entry`'s client (`ConnEntry::pace`) if it holds enough for it to
-    /// matter and a window has passed since the last reading.
+    /// matter and a second has passed since the last reading.
     fn read_pace(&self, entry: &ConnEntry, now: u64) {
         if entry.held_bytes.get() < HELD_SHED_BYTES_MIN {
             return;
         }
-        let at = entry.pace_at_ms.get();
-        if at != 0 && now.saturating_sub(at) < HELD_PACE_WINDOW.as_millis() as u64 {
+        let mut readings = entry.pace_readings.borrow_mut();
+        if readings
+            .back()
+            .is_some_and(|&(at, _)| now.saturating_sub(at) < 1000)
+        {
             return;
         }
-        let moved = crate::net::tcp_bytes_moved(entry.fd, entry.waiting.get());
-        if at != 0 {
-            let pace = moved.saturating_sub(entry.pace_moved.get()) * 1000 / (now - at);
+        let waiting = entry.waiting.get();
+        let moved = crate::net::tcp_bytes_moved(entry.fd, waiting);
+        readings.push_back((now, moved));
+        let window = match waiting {
+            Waiting::Read => HELD_PACE_WINDOW_READ,
+            Waiting::Write => HELD_PACE_WINDOW_WRITE,
+        };
+        let start = now.saturating_sub(window.as_millis() as u64);
+        // Keep the newest reading at least a window old, and none before it.
+        while readings.len() > 1 && readings[1].0 <= start {
+            readings.pop_front();
+        }
+        let &(first_at, first_moved) = readings.front().expect("just pushed");
+        if first_at <= start && first_at < now {
+            let pace = moved.saturating_sub(first_moved) * 1000 / (now - first_at);
             entry.pace.set(Some(pace));
         }
-        entry.pace_at_ms.set(now.max(1));
-        entry.pace_moved.set(moved);
     }
 
     /// Past `--max-held-bytes`: closes the connections whose clients are slowest, until what
     /// the others hold is within the bound. Only a slow one is shed: it holds
-    /// HELD_SHED_BYTES_MIN or more, and its client's pace over the last HELD_PACE_WINDOW (a
-    /// client that stopped: 0; one that drips a byte a second: 1) is under HELD_SHED_PACE_MAX:
+    /// HELD_SHED_BYTES_MIN or more, and its client's pace over the last window (a client that
+    /// stopped: 0; one that drips a byte a second: 1) is under HELD_SHED_PACE_MAX:
     /// faster clients are being served, and may keep the shard past the bound. Each is marked
     /// and woken; its waiting read or write fails. Those marked before still count until they
     /// end, and bring the excess down. O(open connections), and only while past the bound.
