@@ -676,10 +676,12 @@ fn export_example_a_report_its_client_does_not_read_is_shed_just_past_max_held_b
 /// third of a big send buffer has drained, and it was the oldest.
 #[test]
 fn export_example_past_max_held_bytes_a_steady_reader_is_kept_and_a_stalled_one_shed() {
-    let bound = (REPORT_BYTES * 3 / 2).to_string();
+    // The reader asks for two reports at once (a batch): it holds both while the first is
+    // written, one after, for tens of seconds at its pace, however much the kernel takes.
+    let bound = (REPORT_BYTES * 5 / 2).to_string();
     let server = export(&["--max-held-bytes", &bound]);
     let mut reader = with_window(&server, 65536);
-    reader.write_all(REPORT).unwrap();
+    reader.write_all(&REPORT.repeat(2)).unwrap();
     reader
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -702,7 +704,11 @@ fn export_example_past_max_held_bytes_a_steady_reader_is_kept_and_a_stalled_one_
             .as_u64()
             .filter(|&held| held > 0)
     });
-    assert_eq!(held, Some(REPORT_BYTES), "the reader's write waits on it");
+    assert_eq!(
+        held,
+        Some(2 * REPORT_BYTES),
+        "the reader's write waits on it"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let mut stalled = with_window(&server, 4096);
     stalled.write_all(REPORT).unwrap();
