@@ -5,9 +5,9 @@ mod common;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Conn;
+use common::{Conn, connect_with_window, wait_for};
 
 /// `examples/export.rs` on one shard, with `extra` flags.
 fn export(extra: &[&str]) -> common::Server {
@@ -584,42 +584,12 @@ fn export_example_a_stream_before_a_slow_pipelined_handler_is_whole() {
 const REPORT: &[u8] = b"GET /report/1000000 HTTP/1.1\r\nHost: t\r\n\r\n";
 const REPORT_BYTES: u64 = 6_888_890;
 
-/// A connection with a `window`-byte receive buffer: a big answer's write soon waits on it.
-fn with_window(server: &common::Server, window: usize) -> std::net::TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(window).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    socket.into()
-}
-
-fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if started.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Reads until the server ends the connection (within 10 s); the bytes read.
 fn read_until_cut(stream: &mut std::net::TcpStream) -> u64 {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut got = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("the connection did not end: {e}"),
-        }
-    }
+    common::read_to_close(stream).len() as u64
 }
 
 /// `--max-held-bytes` at its bound: a report its client does not read is held (all of it, its
@@ -638,7 +608,7 @@ fn export_example_a_report_its_client_does_not_read_is_shed_just_past_max_held_b
             Some(bound) => export(&["--max-held-bytes", bound]),
             None => export(&[]),
         };
-        let mut stream = with_window(&server, 4096);
+        let mut stream = connect_with_window(&server, 4096);
         stream.write_all(REPORT).unwrap();
         if shed {
             // A write's pace is known 8 s after it began to wait.
@@ -680,7 +650,7 @@ fn export_example_past_max_held_bytes_a_steady_reader_is_kept_and_a_stalled_one_
     // written, one after, for tens of seconds at its pace, however much the kernel takes.
     let bound = (REPORT_BYTES * 5 / 2).to_string();
     let server = export(&["--max-held-bytes", &bound]);
-    let mut reader = with_window(&server, 65536);
+    let mut reader = connect_with_window(&server, 65536);
     reader.write_all(&REPORT.repeat(2)).unwrap();
     reader
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -710,7 +680,7 @@ fn export_example_past_max_held_bytes_a_steady_reader_is_kept_and_a_stalled_one_
         "the reader's write waits on it"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let mut stalled = with_window(&server, 4096);
+    let mut stalled = connect_with_window(&server, 4096);
     stalled.write_all(REPORT).unwrap();
     let shed = wait_for(Duration::from_secs(20), || {
         let total = server.stats()["total"].clone();
@@ -733,7 +703,7 @@ fn export_example_past_max_held_bytes_a_steady_reader_is_kept_and_a_stalled_one_
 #[test]
 fn export_example_a_stream_cut_by_a_failed_write_ends_with_a_reset() {
     let server = export(&["--write-timeout", "1"]);
-    let mut stream = with_window(&server, 4096);
+    let mut stream = connect_with_window(&server, 4096);
     stream
         .write_all(b"GET /numbers/10000000 HTTP/1.0\r\nHost: t\r\n\r\n")
         .unwrap();

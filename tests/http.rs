@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{Conn, Server, parse_response, read_to_close};
+use common::{Conn, Server, parse_response, read_to_close, wait_for};
 
 #[test]
 fn plaintext_and_json_follow_techempower() {
@@ -771,10 +771,7 @@ fn a_cut_close_delimited_answer_ends_with_a_reset() {
 
 /// A connection to `server` with a 4 KiB receive buffer, so the server's writes stall soon.
 fn connect_small_window(server: &Server) -> std::net::TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    socket.into()
+    common::connect_with_window(server, 4096)
 }
 
 const PLAINTEXT_GET: &[u8] = b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n";
@@ -1333,20 +1330,6 @@ fn bytes_written_counts_every_byte_including_100_continue() {
         after - before,
         (stats_bytes + interim.len() + rest.len()) as u64
     );
-}
-
-/// Polls `probe` every 20 ms until it gives a value, for at most `limit`.
-fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe() {
-            return Some(value);
-        }
-        if started.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn held_bytes(server: &Server) -> u64 {

@@ -779,7 +779,8 @@ impl Conn {
                                 self.served_in_turn += batch.answers.len() as u32;
                                 self.io.pipelined.set(true);
                                 let flow = Box::pin(self.serve_batch(batch)).await;
-                                // Whatever way the batch ended, its answers are gone.
+                                // Set before each of the batch's flushes; however the batch
+                                // ended, its answers are gone.
                                 self.later_held = 0;
                                 flow
                             }
@@ -1022,7 +1023,6 @@ impl Conn {
                     return Flow::Close;
                 }
             }
-            self.later_held = 0;
         }
         Flow::KeepAlive
     }

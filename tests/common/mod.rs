@@ -240,6 +240,29 @@ pub fn run_failing(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), reader.join().unwrap())
 }
 
+/// A connection to `server` with a `window`-byte receive buffer, so the server's writes to it
+/// soon wait.
+pub fn connect_with_window(server: &Server, window: usize) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(window).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    socket.into()
+}
+
+/// Polls `probe` every 20 ms until it gives a value, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut all = Vec::new();
     let mut buf = [0u8; 8192];
