@@ -45,6 +45,12 @@ fn bad_flags_and_config_exit_2_with_one_line() {
         ),
         (vec!["--max-tx-ops", "18446744073709551615"], "--max-tx-ops"),
         (vec!["--grace", "soon"], "--grace"),
+        // Review findings: a negative number named no flag ("unexpected argument '-1'"), a
+        // duration under a millisecond was zero (this one turned the login limiter off), and a
+        // body bound of 0 answered every body 413 (nginx reads 0 as no limit).
+        (vec!["--backlog", "-1"], "'--backlog <N>'"),
+        (vec!["--login-window", "0.0009"], "--login-window 0.0009"),
+        (vec!["--max-body", "0"], "--max-body 0"),
         (
             vec!["--session-cookie-max-age", "0"],
             "--session-cookie-max-age 0",
@@ -125,6 +131,20 @@ fn operator_files_are_read_up_to_a_bound() {
             "not a regular file",
         ),
         (vec!["--users", "/"], "not a regular file"),
+        // A FIFO nobody writes: the start blocked in its open for good, nothing said.
+        (
+            vec!["--config", fifo.to_str().unwrap()],
+            "nothing to read (a FIFO or pipe that nobody writes?)",
+        ),
+        (
+            vec![
+                "--tls-cert",
+                fifo.to_str().unwrap(),
+                "--tls-key",
+                "/dev/null",
+            ],
+            "nothing to read",
+        ),
         (
             vec!["--tls-cert", "/dev/zero", "--tls-key", "/dev/null"],
             "--tls-cert /dev/zero: cannot read: larger than 1048576 bytes",

@@ -73,7 +73,8 @@ pub const HSTS_MAX_AGE_DEFAULT: u64 = 365 * 24 * 60 * 60;
 
 /// Failed logins for one user name (or from one address) before 429. fail2ban's maxretry: 5.
 pub const LOGIN_FAILURES_MAX_DEFAULT: u32 = 5;
-/// The failed-login window; 429 lasts until it ends. fail2ban's findtime: 10 minutes.
+/// The failed-login window; 429 lasts until it ends. fail2ban's findtime is 10 minutes; 5 here
+/// keeps a user's own typos from locking them out for as long.
 pub const LOGIN_WINDOW_DEFAULT: Duration = Duration::from_secs(5 * 60);
 /// User names and addresses one shard tracks failures for (about 100 bytes each: 10 MB).
 pub const LOGIN_TRACKED_MAX_DEFAULT: usize = 100_000;
@@ -241,6 +242,8 @@ pub const CHECKPOINT_BYTES_MIN: u64 = 4096;
 /// segment of a higher shard is no segment (found in review: `wal-9223372036854775808-...`
 /// made the layout check list every missing shard below it).
 pub const SHARDS_MAX: usize = 8192;
+// A session id names its owner shard in 16 bits.
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
 
 /// Memory glommio registers with io_uring per executor. glommio's default (10 MiB) exceeds the
 /// common 8 MiB RLIMIT_MEMLOCK even for one shard; we do not use registered buffers for

@@ -37,10 +37,12 @@ fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
 #[command(
     name = "percore",
     version,
-    about = "A thread-per-core HTTP/1.1 application server on io_uring"
+    about = "A thread-per-core HTTP/1.1 application server on io_uring",
+    // `--backlog -1` said "unexpected argument '-1'", naming no flag (found in review).
+    allow_negative_numbers = true
 )]
 pub struct Args {
-    /// TOML config file; every flag has a key of the same name with '_' for '-'.
+    /// TOML config file; every other flag has a key of the same name with '_' for '-'.
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable; IPv4 or [IPv6]:port). Default 127.0.0.1:8080.
@@ -86,38 +88,38 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub pipeline_parallel: Option<usize>,
     /// Seconds to receive a whole request head (408 past it).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub header_timeout: Option<f64>,
     /// Seconds between two reads of a request body (408 past it).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub body_timeout: Option<f64>,
     /// Seconds an idle keep-alive connection is kept.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub keepalive_timeout: Option<f64>,
     /// Seconds a handler may take to answer, or a streamed answer between chunks (503 and the connection closed past it)
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub handler_timeout: Option<f64>,
     /// Let a handler run on when its client hangs up (by default it is dropped, as nginx's
     /// proxy_ignore_client_abort off does).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub ignore_client_abort: Option<bool>,
     /// Seconds a write may make no progress before the connection is closed.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub write_timeout: Option<f64>,
     /// Seconds to wait for more client data after a closing answer before closing for good (0: close at once).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub lingering_timeout: Option<f64>,
     /// Seconds allowed for a graceful shutdown after SIGTERM/SIGINT.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub grace: Option<f64>,
     /// Seconds added to --grace for the whole stop, counted from the signal (the drain, then each
     /// shard's log sync and session snapshot); past it the process exits 1, naming the shards still
     /// stopping.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub stop_timeout: Option<f64>,
     /// Seconds from the start to every shard serving; past it the process exits 1, naming the
     /// shards not ready.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub start_timeout: Option<f64>,
     /// Cross-shard requests a shard serves at once (and has outstanding).
     #[arg(long, value_name = "N")]
@@ -141,10 +143,10 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS")]
     pub session_cookie_max_age: Option<u64>,
     /// Seconds of inactivity after which a session expires.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub session_idle_timeout: Option<f64>,
     /// Seconds after creation at which a session expires, however active.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub session_lifetime: Option<f64>,
     /// Sessions per shard; at the bound the least recently used anonymous session is evicted
     /// (never a logged-in one for an anonymous one); with every session logged in a new one gets
@@ -164,7 +166,7 @@ pub struct Args {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub no_session_persist: Option<bool>,
     /// Seconds between periodic session snapshots.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub session_snapshot_interval: Option<f64>,
     /// When a transaction is acknowledged: always (own fdatasync), batch (group commit), off (no sync).
     #[arg(long, value_name = "MODE")]
@@ -199,7 +201,7 @@ pub struct Args {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub tls_refuse_expired: Option<bool>,
     /// Seconds a client has to complete the TLS handshake (from accept).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub tls_handshake_timeout: Option<f64>,
     /// Steps of TLS handshakes (the server's key exchange, the client's answer) a shard runs at
     /// once; more wait (within their handshake timeout). A handshake waiting on its client holds none.
@@ -227,7 +229,7 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub login_max_failures: Option<u32>,
     /// Seconds of the failed-login window.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS")]
     pub login_window: Option<f64>,
     /// User names and addresses whose failures one shard tracks; the oldest is forgotten past it.
     #[arg(long, value_name = "N")]
@@ -708,10 +710,13 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             args.pipeline_parallel.or(file.pipeline_parallel),
             limits::PIPELINE_PARALLEL_DEFAULT,
         )?,
-        body_bytes_max: args
-            .max_body
-            .or(file.max_body)
-            .unwrap_or(limits::BODY_BYTES_MAX_DEFAULT),
+        // 0 is refused, not "no limit" as in nginx's client_max_body_size: here it answered
+        // every body 413, nothing said (found in review).
+        body_bytes_max: positive(
+            "max-body",
+            args.max_body.or(file.max_body),
+            limits::BODY_BYTES_MAX_DEFAULT,
+        )?,
         held_bytes_max: positive(
             "max-held-bytes",
             args.max_held_bytes.or(file.max_held_bytes),
@@ -822,13 +827,6 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             )?,
         },
     };
-    if config.cpus.len() > usize::from(u16::MAX) {
-        return err(format!(
-            "{} shards: at most {}",
-            config.cpus.len(),
-            u16::MAX
-        ));
-    }
     if config.head_bytes_max > HEAD_BYTES_CEILING {
         return err(format!(
             "--max-head-bytes {}: at most {HEAD_BYTES_CEILING}",
@@ -1083,9 +1081,35 @@ pub fn read_users(path: &Path) -> Result<Users, String> {
 /// Reads a whole file an operator named, if it holds at most `bytes_max` bytes: a wrong path
 /// (`/dev/zero`, a growing log) is an error naming the bound, not a start-up that reads until
 /// the OOM killer stops it. The error does not name the file; the caller does.
+///
+/// A pipe works (`--config <(...)`), but the open does not block: opening a FIFO nobody writes
+/// blocked the start for good, with nothing said (found in review). Such a FIFO reads as
+/// empty, which is an error for anything but a regular file.
 pub fn read_named_file(path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    read_bounded(file, bytes_max)
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let regular = file.metadata().is_ok_and(|meta| meta.is_file());
+    if !regular {
+        // Reads block again, so a pipe's writer has time to write.
+        // SAFETY: fcntl on a descriptor this function owns.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0
+            || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) }
+                < 0
+        {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+    }
+    let bytes = read_bounded(file, bytes_max)?;
+    if bytes.is_empty() && !regular {
+        return Err("nothing to read (a FIFO or pipe that nobody writes?)".to_string());
+    }
+    Ok(bytes)
 }
 
 fn read_bounded(file: std::fs::File, bytes_max: u64) -> Result<Vec<u8>, String> {
@@ -1288,12 +1312,17 @@ fn mesh_deadline(ms: Option<u64>) -> Result<Duration, ConfigError> {
 /// arithmetic could overflow.
 const SECONDS_MAX: f64 = 365.0 * 86_400.0;
 
+/// The shortest: a millisecond, what the shortest timer here counts in. Below it a duration
+/// passed "above 0" and was zero where it counted in milliseconds: `--login-window 0.0009`
+/// turned the brute-force limiter off (found in review).
+const SECONDS_MIN: f64 = 0.001;
+
 fn seconds(name: &str, value: Option<f64>, default: Duration) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(s) if s.is_finite() && s > 0.0 && s <= SECONDS_MAX => Ok(Duration::from_secs_f64(s)),
+        Some(s) if (SECONDS_MIN..=SECONDS_MAX).contains(&s) => Ok(Duration::from_secs_f64(s)),
         Some(s) => err(format!(
-            "--{name} {s}: must be a number of seconds in (0, {SECONDS_MAX}] (a year)"
+            "--{name} {s}: must be a number of seconds from {SECONDS_MIN} to {SECONDS_MAX} (a year)"
         )),
     }
 }
@@ -1301,7 +1330,9 @@ fn seconds(name: &str, value: Option<f64>, default: Duration) -> Result<Duration
 /// Parses taskset-style CPU lists: `0-3,6`, and ranges with a stride, `0-7:2` (every second
 /// CPU, as taskset and cpuset lists write it). Sorted, without duplicates.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
-    const CPU_MAX: usize = 4096;
+    // Linux's largest CPU count, the most shards (the bound said 4096 where SHARDS_MAX said
+    // 8192, and a shard count check past u16::MAX could not fire: found in review).
+    const CPU_MAX: usize = limits::SHARDS_MAX;
     let mut cpus = Vec::new();
     for part in text.split(',') {
         let part = part.trim();
@@ -1354,6 +1385,28 @@ mod tests {
         // A file whose size says nothing: read until one byte past the bound, then refused.
         let zeros = read_named_file(Path::new("/dev/zero"), 1000).unwrap_err();
         assert!(zeros.contains("larger than 1000 bytes"), "{zeros}");
+        // A FIFO nobody writes: read as empty (its open used to block for good).
+        let fifo = dir.path().join("fifo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let empty = read_named_file(&fifo, 10).unwrap_err();
+        assert!(empty.contains("nothing to read"), "{empty}");
+        // A pipe whose writer is still writing (`--config <(...)`): read whole, waiting for it.
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(b"writ").unwrap();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            writer.write_all(b"ten")
+        });
+        let path_of_pipe = format!("/proc/self/fd/{}", reader.as_raw_fd());
+        assert_eq!(
+            read_named_file(Path::new(&path_of_pipe), 10).unwrap(),
+            b"written"
+        );
+        late.join().unwrap().unwrap();
         std::fs::write(&path, b"ok\xff").unwrap();
         let text = read_named_text(&path, 10).unwrap_err();
         assert!(
@@ -1467,7 +1520,15 @@ mod tests {
         assert_eq!(parse(0.5).unwrap(), Duration::from_millis(500));
         assert_eq!(parse(604_800.0).unwrap(), Duration::from_secs(604_800));
         assert_eq!(parse(SECONDS_MAX).unwrap(), Duration::from_secs(31_536_000));
-        for bad in [0.0, -1.0, SECONDS_MAX + 1.0, f64::NAN, f64::INFINITY] {
+        assert_eq!(parse(0.001).unwrap(), Duration::from_millis(1));
+        for bad in [
+            0.0,
+            0.0009,
+            -1.0,
+            SECONDS_MAX + 1.0,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
@@ -1614,11 +1675,44 @@ mod tests {
             ),
             (&["--csrf-header", "Origin"][..], "", "--csrf-header"),
             (&["--login-window", "0"][..], "", "--login-window"),
+            (
+                &["--login-window", "0.0009"][..],
+                "",
+                "--login-window 0.0009",
+            ),
+            (&[][..], "max_body = 0", "--max-body 0"),
         ] {
             let e = merged(args, file).unwrap_err();
             assert!(e.contains(needle), "{args:?} {file:?}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    /// Each ceiling takes its own value and refuses one more (review: only the refusing side
+    /// was tested).
+    #[test]
+    fn ceilings_hold_at_the_bound_and_refuse_past_it() {
+        let head = HEAD_BYTES_CEILING.to_string();
+        let headers = HEADER_COUNT_CEILING.to_string();
+        let parallel = limits::PIPELINE_PARALLEL_CEILING.to_string();
+        let inflight = limits::MESH_CHANNEL_CAPACITY.to_string();
+        for (flag, at) in [
+            ("--max-head-bytes", head.as_str()),
+            ("--max-headers", headers.as_str()),
+            ("--pipeline-parallel", parallel.as_str()),
+            ("--mesh-inflight-max", inflight.as_str()),
+            ("--spin-us", "1000000"),
+        ] {
+            let c = merged(&[flag, at], "");
+            assert!(c.is_ok(), "{flag} {at}: {c:?}");
+            let past = (at.parse::<u64>().unwrap() + 1).to_string();
+            let e = merged(&[flag, &past], "").unwrap_err();
+            assert!(e.contains(&format!("{flag} {past}: at most {at}")), "{e}");
+        }
+        let c = merged(&["--max-head-bytes", &head], "").unwrap();
+        assert_eq!(c.head_bytes_max, HEAD_BYTES_CEILING);
+        let c = merged(&["--mesh-inflight-max", &inflight], "").unwrap();
+        assert_eq!(c.mesh_inflight_max, limits::MESH_CHANNEL_CAPACITY);
     }
 
     #[test]
