@@ -1302,16 +1302,18 @@ impl Conn {
                 *response = Response::from(error);
             } else if !streamed && self.forgo_continue(body) {
                 response.close = true;
-            } else if !streamed
-                && !body.done.get()
-                && body
-                    .decoder
-                    .borrow()
-                    .remaining_hint()
-                    .is_some_and(|left| left > BODY_DISCARD_BYTES_MAX)
-            {
-                // More is left unread than we would discard: say so in this answer's head.
-                response.close = true;
+            } else if !streamed && !body.done.get() {
+                // More may be left unread than we would discard: say so in this answer's head.
+                // A chunked body's size is unknown, so what of it has arrived goes now, and one
+                // that does not end there closes the connection: an answer that kept it, then
+                // closed it past the discard bound, lost the client's next request (found in
+                // review: a PUT on the reused connection met its end).
+                let left = body.decoder.borrow().remaining_hint();
+                let close = match left {
+                    Some(left) => left > BODY_DISCARD_BYTES_MAX,
+                    None => discard_buffered(body, &mut 0) != Poll::Ready(true),
+                };
+                response.close |= close;
             }
         }
         let flow = self
@@ -1373,18 +1375,8 @@ impl Conn {
     /// client may be waiting for one (a 401 or 413 to an upload) before it sends on, or stops.
     async fn discard(&mut self, body: &Rc<ConnBody>) -> bool {
         let mut discarded = 0u64;
-        loop {
-            match body.poll_buffered() {
-                Poll::Pending => break,
-                Poll::Ready(None) => return true,
-                Poll::Ready(Some(Ok(chunk))) => {
-                    discarded += chunk.len() as u64;
-                    if discarded > BODY_DISCARD_BYTES_MAX {
-                        return false;
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => return false,
-            }
+        if let Poll::Ready(ended) = discard_buffered(body, &mut discarded) {
+            return ended;
         }
         if self.flush().await.is_err() {
             return false;
@@ -1681,6 +1673,25 @@ fn owned_later(handlers: &mut [Option<crate::router::Reply>], early: &[Option<Re
 
 /// Frees an empty read buffer unless it is small (see `ConnIo::poll_fill`): `try_reclaim` says
 /// whether more than READ_BUFFER_KEEP_BYTES could be written into it without allocating.
+/// Drops what of an unread body has already arrived, counting into `discarded`. Ready(true):
+/// the body ended; Ready(false): past BODY_DISCARD_BYTES_MAX or not well framed (close);
+/// Pending: more is on its way.
+fn discard_buffered(body: &ConnBody, discarded: &mut u64) -> Poll<bool> {
+    loop {
+        match body.poll_buffered() {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(true),
+            Poll::Ready(Some(Ok(chunk))) => {
+                *discarded += chunk.len() as u64;
+                if *discarded > BODY_DISCARD_BYTES_MAX {
+                    return Poll::Ready(false);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => return Poll::Ready(false),
+        }
+    }
+}
+
 fn release_big_read_buffer(rbuf: &mut BytesMut) {
     debug_assert!(rbuf.is_empty());
     if rbuf.try_reclaim(READ_BUFFER_KEEP_BYTES + 1) {
