@@ -132,14 +132,14 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
 
 /// `percore reshard --to N`: one line on stdout when done, one on stderr (exit 2) when not.
 fn reshard(args: &config::Args, to: usize) -> ExitCode {
-    let result = Config::data_dir_of(args)
+    let result = Config::store_of(args)
         .map_err(|e| e.to_string())
-        .and_then(|dir| {
+        .and_then(|(dir, limits)| {
             if !dir.is_dir() {
                 return Err(format!("--data-dir {}: no such directory", dir.display()));
             }
             let _lock = runtime::lock_data_dir(&dir)?;
-            txn::reshard::run(&dir, to, txn::TxnLimits::default())
+            txn::reshard::run(&dir, to, limits)
         });
     match result {
         Ok(line) => {

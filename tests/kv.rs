@@ -790,6 +790,79 @@ fn a_transaction_with_every_op_kind_across_both_shards() {
     );
 }
 
+/// `--max-kv-bytes`: each shard's store takes writes up to the bound, a key counted 256 bytes
+/// more than its key and value, and a write past it is 507 with nothing written; a start with a
+/// lower bound keeps what the log holds and takes the writes that shrink it; a reshard that
+/// would put a shard past the bound is refused.
+#[test]
+fn max_kv_bytes_bounds_each_shards_store_at_the_byte() {
+    let tmp = common::temp_dir("kv-bytes");
+    let dir = tmp.path().to_str().unwrap();
+    let key = key_on(0, "full-");
+    let value = vec![b'v'; 1000];
+    let bound = key.len() + value.len() + 256;
+    let bound_arg = bound.to_string();
+    let server = Server::start(&["--data-dir", dir, "--max-kv-bytes", &bound_arg]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let at = put(&mut conn, &key, &value, &[]);
+    assert_eq!(at.status, 201, "at the bound: {}", at.text());
+    assert_eq!(server.stats()["shards"][0]["kv_bytes"], bound as u64);
+    let other = key_on(0, "more-");
+    let past = put(&mut conn, &other, b"", &[]);
+    assert_eq!(past.status, 507, "a key past the bound: {}", past.text());
+    let mut longer = value.clone();
+    longer.push(b'w');
+    let past = put(&mut conn, &key, &longer, &[]);
+    assert_eq!(past.status, 507, "one byte past it: {}", past.text());
+    assert_eq!(get(&mut conn, &key).body, value, "nothing written");
+    assert_eq!(get(&mut conn, &other).status, 404, "nothing written");
+    let same = put(&mut conn, &key, &vec![b'w'; 1000], &[]);
+    assert_eq!(
+        same.status,
+        200,
+        "a write that does not grow it: {}",
+        same.text()
+    );
+    // The other shard's store is bounded on its own.
+    let key1 = key_on(1, "full-");
+    assert_eq!(put(&mut conn, &key1, &value, &[]).status, 201);
+    drop(conn);
+    server.stop();
+
+    let lower = (bound - 1).to_string();
+    let server = Server::start(&["--data-dir", dir, "--max-kv-bytes", &lower]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    assert_eq!(
+        get(&mut conn, &key).body,
+        vec![b'w'; 1000],
+        "kept past a lower bound"
+    );
+    assert_eq!(put(&mut conn, &key, &longer, &[]).status, 507);
+    let smaller = put(&mut conn, &key, b"v", &[]);
+    assert_eq!(
+        smaller.status,
+        200,
+        "a write that shrinks it: {}",
+        smaller.text()
+    );
+    drop(conn);
+    server.stop();
+
+    // Both keys on one shard hold 2 x (key + 1 or 1000 + 256) bytes: past the bound, not past
+    // twice of it.
+    let (code, _, stderr) = reshard_with(dir, "1", &["--max-kv-bytes", &bound_arg]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("over the {bound} one partition holds")),
+        "{stderr}"
+    );
+    let twice = (2 * bound).to_string();
+    let (code, stdout, stderr) = reshard_with(dir, "1", &["--max-kv-bytes", &twice]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+}
+
 #[test]
 fn bad_transactions_are_400_and_over_a_bound_413() {
     let server = Server::start(&["--max-key-bytes", "40", "--max-value-bytes", "64"]);
@@ -1956,8 +2029,14 @@ fn refused_start(dir: &str, shards: &str, extra: &[&str]) -> (i32, String) {
 
 /// `percore --data-dir DIR reshard --to N`: (exit code, stdout, stderr).
 fn reshard(dir: &str, to: &str) -> (i32, String, String) {
+    reshard_with(dir, to, &[])
+}
+
+fn reshard_with(dir: &str, to: &str, flags: &[&str]) -> (i32, String, String) {
     let output = std::process::Command::new(common::BIN)
-        .args(["--data-dir", dir, "reshard", "--to", to])
+        .args(["--data-dir", dir])
+        .args(flags)
+        .args(["reshard", "--to", to])
         .output()
         .expect("run percore reshard");
     (

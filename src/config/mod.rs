@@ -180,6 +180,10 @@ pub struct Args {
     /// Most operations in one transaction (413 past it).
     #[arg(long, value_name = "N")]
     pub max_tx_ops: Option<usize>,
+    /// Bytes of keys and values one shard's store holds, each key counted 256 bytes more for
+    /// what it costs besides them (507 past it).
+    #[arg(long, value_name = "BYTES")]
+    pub max_kv_bytes: Option<usize>,
     /// Log bytes after which a shard checkpoints its partition and starts a new log segment.
     #[arg(long, value_name = "BYTES")]
     pub checkpoint_bytes: Option<u64>,
@@ -311,6 +315,7 @@ struct FileConfig {
     max_key_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
     max_tx_ops: Option<usize>,
+    max_kv_bytes: Option<usize>,
     checkpoint_bytes: Option<u64>,
     tx_retry_ms: Option<u64>,
     spin_us: Option<u64>,
@@ -506,17 +511,47 @@ impl Config {
         merge(args, file, &allowed_cpus())
     }
 
-    /// The data dir the flags and the config file name, and nothing else checked: for tools
-    /// that run instead of the server (`percore reshard`), which a server setting this machine
-    /// cannot run (more shards than CPUs, a missing certificate) must not stop (found in
-    /// review).
-    pub fn data_dir_of(args: &Args) -> Result<PathBuf, ConfigError> {
+    /// The data dir and the store's bounds the flags and the config file name, and nothing
+    /// else checked: for tools that run instead of the server (`percore reshard`), which a
+    /// server setting this machine cannot run (more shards than CPUs, a missing certificate)
+    /// must not stop (found in review).
+    pub fn store_of(args: &Args) -> Result<(PathBuf, crate::txn::TxnLimits), ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        data_dir(args.data_dir.clone(), file.data_dir)
+        let limits = txn_limits(args, &file)?;
+        Ok((data_dir(args.data_dir.clone(), file.data_dir)?, limits))
     }
+}
+
+/// The key-value store's bounds; the rest of them are fixed (`src/txn/mod.rs`).
+fn txn_limits(args: &Args, file: &FileConfig) -> Result<crate::txn::TxnLimits, ConfigError> {
+    let mut txn_limits = crate::txn::TxnLimits::default();
+    txn_limits.key_bytes_max = positive(
+        "max-key-bytes",
+        args.max_key_bytes.or(file.max_key_bytes),
+        txn_limits.key_bytes_max,
+    )?;
+    txn_limits.value_bytes_max = positive(
+        "max-value-bytes",
+        args.max_value_bytes.or(file.max_value_bytes),
+        txn_limits.value_bytes_max,
+    )?;
+    txn_limits.ops_max = positive(
+        "max-tx-ops",
+        args.max_tx_ops.or(file.max_tx_ops),
+        txn_limits.ops_max,
+    )?;
+    txn_limits.partition_bytes_max = positive(
+        "max-kv-bytes",
+        args.max_kv_bytes.or(file.max_kv_bytes),
+        txn_limits.partition_bytes_max,
+    )?;
+    txn_limits
+        .validate()
+        .map_err(|e| ConfigError(format!("transaction limits: {e}")))?;
+    Ok(txn_limits)
 }
 
 /// Where session snapshots and transaction logs go when no flag or key says.
@@ -566,6 +601,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
     let mut warnings = Vec::new();
     let listeners = listeners(&args, &file, &mut warnings)?;
     let auth = auth(&args, &file)?;
+    let txn_limits = txn_limits(&args, &file)?;
     // Both pick the CPUs: a flag for either overrides the file's choice, whichever key it used.
     let (cores, shards) = if args.cores.is_some() || args.shards.is_some() {
         (args.cores, args.shards)
@@ -595,25 +631,6 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         (None, None) => allowed.to_vec(),
     };
 
-    let mut txn_limits = crate::txn::TxnLimits::default();
-    txn_limits.key_bytes_max = positive(
-        "max-key-bytes",
-        args.max_key_bytes.or(file.max_key_bytes),
-        txn_limits.key_bytes_max,
-    )?;
-    txn_limits.value_bytes_max = positive(
-        "max-value-bytes",
-        args.max_value_bytes.or(file.max_value_bytes),
-        txn_limits.value_bytes_max,
-    )?;
-    txn_limits.ops_max = positive(
-        "max-tx-ops",
-        args.max_tx_ops.or(file.max_tx_ops),
-        txn_limits.ops_max,
-    )?;
-    txn_limits
-        .validate()
-        .map_err(|e| ConfigError(format!("transaction limits: {e}")))?;
     let fsync_text = args
         .fsync
         .or(file.fsync)
@@ -1483,6 +1500,11 @@ mod tests {
         assert_eq!(c.pipeline_parallel_max, 16);
         assert_eq!(c.body_bytes_max, 1024 * 1024);
         assert_eq!(c.held_bytes_max, 256 * 1024 * 1024);
+        assert_eq!(c.txn.limits.partition_bytes_max, 1 << 30);
+        let c = merged(&["--max-kv-bytes", "5"], "max_kv_bytes = 7").unwrap();
+        assert_eq!(c.txn.limits.partition_bytes_max, 5);
+        let zero = merged(&[], "max_kv_bytes = 0").unwrap_err();
+        assert!(zero.contains("--max-kv-bytes 0"), "{zero}");
         let c = merged(&["--max-held-bytes", "5"], "max_held_bytes = 7").unwrap();
         assert_eq!(c.held_bytes_max, 5);
         let c = merged(&[], "max_held_bytes = 7").unwrap();
@@ -1718,5 +1740,28 @@ mod tests {
     #[test]
     fn unknown_file_key_is_an_error() {
         assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
+    }
+
+    /// Every flag but `--config` has a key of its name, and every key but the tables a flag
+    /// (README; a review compared them by hand).
+    #[test]
+    fn every_flag_has_a_file_key_and_every_key_a_flag() {
+        use clap::CommandFactory;
+        let e = toml::from_str::<FileConfig>("nope = 1").unwrap_err();
+        let message = e.message();
+        let (_, expected) = message.split_once("expected one of").expect(message);
+        let mut keys: Vec<&str> = expected
+            .split(',')
+            .map(|key| key.trim().trim_matches('`'))
+            .collect();
+        keys.sort_unstable();
+        let mut flags: Vec<String> = Args::command()
+            .get_arguments()
+            .map(|arg| arg.get_id().as_str().to_string())
+            .filter(|id| !["config", "help", "version"].contains(&id.as_str()))
+            .chain(["access", "listener", "token"].map(String::from))
+            .collect();
+        flags.sort_unstable();
+        assert_eq!(keys, flags);
     }
 }

@@ -40,7 +40,7 @@ pub const PREPARED_MAX_DEFAULT: usize = 4096;
 /// Multi-shard transactions one shard coordinates at once; more answer "busy" (503).
 pub const COORDINATED_MAX_DEFAULT: usize = 1024;
 /// Keys plus values one partition holds, each entry counted `ENTRY_OVERHEAD_BYTES` more; a write
-/// past it answers 507.
+/// past it answers 507 (`--max-kv-bytes`). A log replayed past a lowered bound is kept whole.
 pub const PARTITION_BYTES_MAX_DEFAULT: usize = 1024 * 1024 * 1024;
 /// What an entry costs in memory besides its key and value: its share of the map's nodes, two
 /// `Bytes` handles and their allocations, version and lock fields. The partition bound counts
