@@ -279,6 +279,12 @@ fn wrong_password_and_unknown_user_get_the_same_answer() {
         wrong.header("www-authenticate"),
         unknown.header("www-authenticate")
     );
+    // Every 401 carries a challenge (RFC 9110 §15.5.2), and a failed login's is one no browser
+    // prompts for: not Basic.
+    assert_eq!(
+        wrong.header("www-authenticate"),
+        Some("Cookie realm=\"percore\", form-action=\"/auth/login\", cookie-name=\"percore_sid\"")
+    );
 }
 
 #[test]
@@ -864,11 +870,19 @@ fn bad_auth_config_stops_the_start_with_one_line() {
 #[test]
 fn without_basic_a_401_does_not_offer_it() {
     let (_dir, users, config) = setup("");
-    let server = start(&users, &config, &["--no-basic-auth"]);
+    let server = start(
+        &users,
+        &config,
+        &["--no-basic-auth", "--session-cookie", "sid"],
+    );
     let mut conn = Conn::new(server.connect());
     let r = request(&mut conn, "GET", "/stats", "", "");
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate"), None);
+    // The session cookie's challenge instead (a 401 must carry one: RFC 9110 §15.5.2).
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Cookie realm=\"percore\", form-action=\"/auth/login\", cookie-name=\"sid\"")
+    );
     // Basic is not accepted: no identity, so still 401.
     let r = request(&mut conn, "GET", "/stats", &basic("alice", "alice-pw"), "");
     assert_eq!(r.status, 401);

@@ -161,9 +161,12 @@ fn a_session_created_on_one_shard_is_served_by_the_other() {
             .contains("Max-Age=0")
     );
     for conn in [&mut a, &mut b] {
+        let r = request(conn, "GET", "/session", Some(&cookie), None);
+        assert_eq!(r.status, 401);
+        // A 401 carries a challenge (RFC 9110 §15.5.2): the session cookie's.
         assert_eq!(
-            request(conn, "GET", "/session", Some(&cookie), None).status,
-            401
+            r.header("www-authenticate"),
+            Some("Cookie realm=\"percore\", cookie-name=\"percore_sid\"")
         );
         assert_eq!(
             request(conn, "PUT", "/session/data/x", Some(&cookie), Some("1")).status,

@@ -9,6 +9,7 @@ use super::service::{Auth, Denied};
 use crate::metrics::add;
 use crate::router::{AuthMethod, Identity, Next, Phase, Request, Response, Router};
 use crate::runtime::shard;
+use crate::session::routes::cookie_challenge;
 use crate::session::{Session, SessionError};
 
 /// The session value that holds the logged-in user: `{"user": name, "stamp": credential stamp}`
@@ -39,7 +40,8 @@ fn auth() -> Rc<Auth> {
     shard::current().auth.clone()
 }
 
-/// `WWW-Authenticate` for a 401, when Basic is on.
+/// A 401 and its challenge (RFC 9110 §15.5.2: one at least): Basic when it is on, else the
+/// session cookie's, which no browser prompts for.
 pub fn unauthorized(auth: &Auth, message: &str) -> Response {
     let response = Response::error(401, message);
     if auth.config.basic {
@@ -48,7 +50,10 @@ pub fn unauthorized(auth: &Auth, message: &str) -> Response {
             "Basic realm=\"percore\", charset=\"UTF-8\"",
         )
     } else {
-        response
+        response.header(
+            "WWW-Authenticate",
+            cookie_challenge(Some(super::routes::LOGIN_PATH)),
+        )
     }
 }
 

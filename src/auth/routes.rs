@@ -7,6 +7,7 @@ use super::middleware::{SESSION_USER, SessionUser, denied};
 use super::service::Denied;
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
+use crate::session::routes::cookie_challenge;
 use crate::session::store::{SessionData, value_bytes};
 use crate::session::{Session, SessionError};
 
@@ -53,9 +54,12 @@ async fn login(mut req: Request) -> Response {
         .await
     {
         Ok(roles) => roles,
-        // No WWW-Authenticate here: a page script's failed login must not make the browser
+        // No Basic challenge here: a page script's failed login must not make the browser
         // prompt for (and then remember) Basic credentials.
-        Err(Denied::Invalid) => return Response::error(401, "invalid username or password"),
+        Err(Denied::Invalid) => {
+            return Response::error(401, "invalid username or password")
+                .header("WWW-Authenticate", cookie_challenge(Some(LOGIN_PATH)));
+        }
         Err(d) => return denied(&auth, d),
     };
     // The stamp of the users loaded now; a reload between the check and here at worst makes

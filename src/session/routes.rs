@@ -21,10 +21,30 @@ pub fn routes() -> Router {
 impl From<SessionError> for Response {
     fn from(e: SessionError) -> Response {
         let response = Response::error(e.status(), e.message());
+        if e.status() == 401 {
+            return response.header("WWW-Authenticate", cookie_challenge(None));
+        }
         match e.retry_after() {
             Some(seconds) => response.header("Retry-After", seconds),
             None => response,
         }
+    }
+}
+
+/// The challenge a 401 must carry (RFC 9110 §15.5.2) when it is about the session cookie: the
+/// `Cookie` scheme of draft-broyer-http-cookie-auth, naming the cookie and, when given, where
+/// to log in. Browsers do not act on it, where a `Basic` challenge makes them prompt for (and
+/// remember) a password (found in review: these 401s carried no challenge at all).
+pub fn cookie_challenge(form_action: Option<&str>) -> String {
+    let shard = crate::runtime::shard::try_current();
+    let name = shard.as_ref().map_or("percore_sid", |shard| {
+        shard.sessions.config.cookie_name.as_str()
+    });
+    match form_action {
+        Some(action) => {
+            format!("Cookie realm=\"percore\", form-action=\"{action}\", cookie-name=\"{name}\"")
+        }
+        None => format!("Cookie realm=\"percore\", cookie-name=\"{name}\""),
     }
 }
 
