@@ -954,7 +954,8 @@ fn bad_transactions_are_400_and_over_a_bound_413() {
         unknown.text()
     );
 
-    // Keys: 40 bytes (--max-key-bytes) pass, 41 are 413, in a transaction and on /kv/{key}.
+    // Keys: 40 bytes (--max-key-bytes) pass, 41 are 413 in a transaction and 414 (URI Too
+    // Long) on /kv/{key}.
     let key_40 = "k".repeat(40);
     let key_41 = "k".repeat(41);
     let at_bound = tx(
@@ -975,7 +976,7 @@ fn bad_transactions_are_400_and_over_a_bound_413() {
         over.text()
     );
     assert_eq!(get(&mut conn, &key_40).status, 200);
-    // The bound is on the decoded key: 40 escapes are 40 bytes, 41 are 413.
+    // The bound is on the decoded key: 40 escapes are 40 bytes, 41 are 414.
     let escaped_40 = "%20".repeat(40);
     let escaped_41 = "%20".repeat(41);
     assert_eq!(put(&mut conn, &escaped_40, b"v", &[]).status, 201);
@@ -984,11 +985,11 @@ fn bad_transactions_are_400_and_over_a_bound_413() {
         b"v",
         "the key of 40 spaces"
     );
-    assert_eq!(get(&mut conn, &escaped_41).status, 413);
-    assert_eq!(put(&mut conn, &escaped_41, b"v", &[]).status, 413);
-    assert_eq!(put(&mut conn, &key_41, b"v", &[]).status, 413);
-    assert_eq!(get(&mut conn, &key_41).status, 413);
-    assert_eq!(delete(&mut conn, &key_41, &[]).status, 413);
+    assert_eq!(get(&mut conn, &escaped_41).status, 414);
+    assert_eq!(put(&mut conn, &escaped_41, b"v", &[]).status, 414);
+    assert_eq!(put(&mut conn, &key_41, b"v", &[]).status, 414);
+    assert_eq!(get(&mut conn, &key_41).status, 414);
+    assert_eq!(delete(&mut conn, &key_41, &[]).status, 414);
 
     // Values: 64 bytes (--max-value-bytes) pass, 65 are 413.
     assert_eq!(put(&mut conn, "val", &[b'v'; 64], &[]).status, 201);
@@ -1833,7 +1834,7 @@ fn max_tx_ops_bounds_tx_bodies_not_the_single_key_routes() {
     );
     // Another bound on a single-key route: the message names the key, not an op.
     let long = put(&mut conn, "key-of-20-bytes-long", b"1", &[]);
-    assert_eq!(long.status, 413, "{}", long.text());
+    assert_eq!(long.status, 414, "{}", long.text());
     assert!(
         long.text().contains("key of 20 bytes") && !long.text().contains("op "),
         "{}",
