@@ -179,9 +179,11 @@ impl ConnIo {
 
     /// What the sweep suspected (the poll saw the client's FIN or an error) is a hang-up when
     /// nothing unread comes before the FIN, here or in the socket, and the client never
-    /// pipelined. A client that half-closed after sending more (pipelined requests, a body;
-    /// `nc -N`, say) waits for its answers (found in review: the last of several pipelined
-    /// requests was dropped when the ones before it were answered one by one).
+    /// pipelined. A client that half-closed after sending more than the handler has read
+    /// (pipelined requests, the rest of a body; `nc -N`, say) waits for its answers (found in
+    /// review: the last of several pipelined requests was dropped when the ones before it were
+    /// answered one by one). One whose single request, body and all, was read is gone, as a
+    /// proxy's client is to nginx (499) unless `--ignore-client-abort`.
     fn hang_up(&self) -> HangUp {
         if self.pipelined.get() || !self.rbuf.borrow().is_empty() {
             return HangUp::Stays;
