@@ -1202,3 +1202,86 @@ fn a_login_into_a_session_without_room_changes_nothing() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_ne!(cookie_of(&r), before);
 }
+
+/// An argon2id hash of `password` that takes on the order of a second to check (128 MiB, 16
+/// passes), so the requests of a test overlap its check.
+fn slow_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(128 * 1024, 16, 1, None).unwrap();
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"a-salt-for-tests").unwrap();
+    argon
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+/// `--hash-concurrency 1 --hash-queue-max 1`: one check runs, one waits, the next is 503 at
+/// once; and a login whose client hangs up mid-check keeps its slot until the check ends (the
+/// check runs on whatever becomes of the request: its slot was freed at once, so clients that
+/// hung up could run any number of checks at a time; found in review).
+#[test]
+fn password_checks_run_within_their_bounds_even_when_clients_hang_up() {
+    let dir = temp_dir("hash-bounds");
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"slow\"\npassword_hash = {:?}\nroles = []\n",
+            slow_hash("slow-pw")
+        ),
+    )
+    .unwrap();
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--users",
+        users.to_str().unwrap(),
+        "--hash-concurrency",
+        "1",
+        "--hash-queue-max",
+        "1",
+        "--login-max-failures",
+        "100",
+    ]);
+    let body = login_body("slow", "wrong");
+    let raw = format!(
+        "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let send_three = || {
+        let mut conns: Vec<Conn> = (0..3).map(|_| Conn::new(server.connect())).collect();
+        for conn in &mut conns {
+            conn.send(raw.as_bytes());
+        }
+        let mut statuses: Vec<u16> = conns
+            .iter_mut()
+            .map(|conn| conn.response(false).unwrap().status)
+            .collect();
+        statuses.sort_unstable();
+        statuses
+    };
+    let busy = |server: &Server| server.stats()["total"]["password_checks_busy"].clone();
+    assert_eq!(send_three(), [401, 401, 503], "one runs, one waits");
+    assert_eq!(busy(&server), 1);
+
+    // A client that hangs up while its check runs: once its connection is gone, its check
+    // still holds the one slot, so of the next three one waits and two are refused.
+    let mut gone = server.connect();
+    std::io::Write::write_all(&mut gone, raw.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(gone);
+    common::wait_for(Duration::from_secs(10), || {
+        (server.stats()["total"]["connections_open"] == 1).then_some(())
+    })
+    .expect("the hung-up connection ends");
+    let statuses = send_three();
+    assert_eq!(
+        statuses,
+        [401, 503, 503],
+        "the hung-up check holds its slot"
+    );
+    assert_eq!(busy(&server), 3);
+}

@@ -227,7 +227,7 @@ impl Auth {
     /// Verifies `password` against `phc` (or the dummy hash) on a background thread, at most
     /// `hash_concurrency` at once per shard and `hash_queue_max` waiting.
     async fn hash(&self, phc: Option<String>, password: &str) -> Result<bool, Denied> {
-        let _permit = match self.hash_slots.try_acquire_permit(1) {
+        let permit = match self.hash_slots.try_acquire_static_permit(1) {
             Ok(permit) => permit,
             Err(_) => {
                 if self.hash_waiting.get() >= self.config.hash_queue_max {
@@ -236,26 +236,33 @@ impl Auth {
                 // Counted down on drop, so a cancelled request (a middleware timeout) leaks nothing.
                 let _waiting = Waiting::enter(&self.hash_waiting);
                 self.hash_slots
-                    .acquire_permit(1)
+                    .acquire_static_permit(1)
                     .await
                     .map_err(|_| Denied::Busy)?
             }
         };
         let password = password.to_string();
         let priority = self.config.hash_priority;
-        let verified = glommio::executor()
-            .spawn_blocking(move || {
-                set_this_threads_priority(priority);
-                match phc {
-                    Some(phc) => password::verify(&phc, &password),
-                    None => {
-                        password::verify_dummy(&password);
-                        false
-                    }
+        let job = glommio::executor().spawn_blocking(move || {
+            set_this_threads_priority(priority);
+            match phc {
+                Some(phc) => password::verify(&phc, &password),
+                None => {
+                    password::verify_dummy(&password);
+                    false
                 }
-            })
-            .await;
-        Ok(verified)
+            }
+        });
+        // The job runs to its end whatever becomes of this request, so its slot is held until
+        // then, by a task of its own: a client that hung up mid-hash let the next hash start
+        // beside its own, and hang-ups could run any number at once (found in review).
+        let verified = glommio::spawn_local(async move {
+            let verified = job.await;
+            drop(permit);
+            verified
+        })
+        .detach();
+        verified.await.ok_or(Denied::Busy)
     }
 
     /// Basic credentials: from the cache when this shard verified them before (since the last
