@@ -1285,3 +1285,47 @@ fn password_checks_run_within_their_bounds_even_when_clients_hang_up() {
     );
     assert_eq!(busy(&server), 3);
 }
+
+/// A connection from `source` (any 127.0.0.0/8 address is this machine's) to the server.
+fn connect_from(server: &Server, source: [u8; 4]) -> Conn {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source = std::net::SocketAddr::from((source, 0));
+    socket.bind(&source.into()).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    Conn::new(socket.into())
+}
+
+/// `--login-tracked-max`: each failed login is tracked under two keys, its user name and its
+/// address. With room for both, a name blocked after one failure stays blocked from another
+/// address; with room for one, the address's key evicts the name's at once, and the name is
+/// free again (the documented cost of the memory bound; review: the flag's wiring was untested).
+#[test]
+fn login_tracked_max_bounds_the_counters_and_evicts_the_oldest() {
+    let (_dir, users, config) = setup("");
+    for (tracked_max, second) in [("2", 429), ("1", 200)] {
+        let server = start(
+            &users,
+            &config,
+            &[
+                "--shards",
+                "1",
+                "--login-max-failures",
+                "1",
+                "--login-window",
+                "60",
+                "--login-tracked-max",
+                tracked_max,
+            ],
+        );
+        let mut first = connect_from(&server, [127, 0, 0, 2]);
+        assert_eq!(login(&mut first, "bob", "wrong", None).status, 401);
+        let mut other = connect_from(&server, [127, 0, 0, 3]);
+        let r = login(&mut other, "bob", "bob-pw", None);
+        assert_eq!(
+            r.status,
+            second,
+            "--login-tracked-max {tracked_max}: {}",
+            r.text()
+        );
+    }
+}

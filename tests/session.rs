@@ -344,6 +344,26 @@ fn at_the_session_bound_the_least_recently_used_is_evicted() {
     assert_eq!(stats["total"]["sessions"], 3);
 }
 
+/// `--session-cookie-max-age`: the cookie lasts that long in the browser, its rotations too;
+/// without it, a browser-session cookie (review: only the refusal of 0 was tested).
+#[test]
+fn the_session_cookie_carries_its_max_age() {
+    let server = Server::start(&["--session-cookie-max-age", "3600"]);
+    let mut conn = Conn::new(server.connect());
+    let created = request(&mut conn, "POST", "/session", None, None);
+    let set_cookie = created.header("set-cookie").unwrap().to_string();
+    assert!(set_cookie.ends_with("; Max-Age=3600"), "{set_cookie}");
+    let cookie = cookie_of(&created);
+    let rotated = request(&mut conn, "POST", "/session/rotate", Some(&cookie), None);
+    let set_cookie = rotated.header("set-cookie").unwrap();
+    assert!(set_cookie.ends_with("; Max-Age=3600"), "{set_cookie}");
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    let created = request(&mut conn, "POST", "/session", None, None);
+    let set_cookie = created.header("set-cookie").unwrap();
+    assert!(!set_cookie.contains("Max-Age"), "{set_cookie}");
+}
+
 #[test]
 fn a_write_past_the_bytes_bound_gets_413_and_changes_nothing() {
     // Each value counts its name, its JSON and 64 bytes for its place in memory.
@@ -389,6 +409,16 @@ fn a_write_past_the_bytes_bound_gets_413_and_changes_nothing() {
         .status,
         204
     );
+    // At the bound: 117 + (1 + 10 + 64) is 192 exactly; one byte more is 413 (review: only
+    // writes far on either side were tested).
+    let put_b = |conn: &mut Conn, value: &str| {
+        request(conn, "PUT", "/session/data/b", Some(&cookie), Some(value)).status
+    };
+    let at_bound = format!("\"{}\"", "d".repeat(8));
+    assert_eq!(put_b(&mut conn, &at_bound), 204);
+    assert_eq!(put_b(&mut conn, &format!("\"{}\"", "e".repeat(9))), 413);
+    let b = request(&mut conn, "GET", "/session/data/b", Some(&cookie), None);
+    assert_eq!(b.body, at_bound.as_bytes(), "the value at the bound stays");
 }
 
 #[test]
