@@ -421,6 +421,37 @@ fn handshakes_over_the_bound_all_complete() {
     assert_eq!(stats_u64(&pki, &server, "tls_handshake_failures"), 0);
 }
 
+/// `--tls-handshakes-max`: handshakes that want a turn at the same moment past the bound wait for
+/// one, and none waits below it (review: only that every handshake completes was tested).
+/// Stopped, the server leaves eight clients' hellos in its backlog; let go, it accepts them in
+/// one pass, and they all want a turn at once.
+#[test]
+fn handshakes_past_the_bound_wait_for_a_turn() {
+    let pki = Pki::new();
+    for (max, past) in [("1", true), ("8", false)] {
+        let server = https(&pki, &["--tls-handshakes-max", max, "--shards", "1"]);
+        server.signal(libc::SIGSTOP);
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let pki_client = pki.default_client();
+                let addr = server.addr;
+                std::thread::spawn(move || {
+                    let mut conn =
+                        common::Conn::new(connect(addr, "localhost", pki_client).unwrap());
+                    conn.get("/plaintext").status
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        server.signal(libc::SIGCONT);
+        for client in clients {
+            assert_eq!(client.join().unwrap(), 200);
+        }
+        let waits = stats_u64(&pki, &server, "tls_handshake_waits");
+        assert_eq!(waits > 0, past, "--tls-handshakes-max {max}: {waits} waits");
+    }
+}
+
 #[test]
 fn silent_connections_take_no_handshake_turn() {
     let pki = Pki::new();
