@@ -1157,6 +1157,39 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
     }
 }
 
+/// `--lingering-time`: a lingering close ends then, however the client keeps sending (each
+/// write within `--lingering-timeout`): the server closes with the client's bytes unread, so
+/// the client's next write meets a reset. It was a fixed 30 s (review: a bound without a flag).
+#[test]
+fn a_lingering_close_ends_at_lingering_time_however_the_client_keeps_sending() {
+    let server = Server::start(&["--lingering-time", "1", "--lingering-timeout", "5"]);
+    let mut stream = server.connect();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n")
+        .unwrap();
+    let raw = read_to_close(&mut stream);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 413 "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let answered = Instant::now();
+    let ended = loop {
+        if stream.write_all(&[b'a'; 1000]).is_err() {
+            break answered.elapsed();
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(4),
+            "still lingering, past --lingering-time 1 and short of --lingering-timeout 5"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ended >= Duration::from_millis(800), "ended after {ended:?}");
+}
+
 #[test]
 fn a_closing_answer_to_an_unread_upload_lingers_for_the_rest_of_it() {
     let server = Server::start(&["--lingering-timeout", "5"]);

@@ -45,8 +45,8 @@ pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// never destroys the answer before the client read it (RFC 9112 §9.6). nginx's
 /// lingering_timeout: 5 s.
 pub const LINGERING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
-/// The longest a connection lingers in all. nginx's lingering_time: 30 s.
-pub const LINGERING_TIME_MAX: Duration = Duration::from_secs(30);
+/// The longest a connection lingers in all (`--lingering-time`). nginx's lingering_time: 30 s.
+pub const LINGERING_TIME_DEFAULT: Duration = Duration::from_secs(30);
 /// Graceful shutdown budget. Gunicorn's graceful_timeout is 30 s; Kubernetes gives 30 s.
 pub const GRACE_DEFAULT: Duration = Duration::from_secs(10);
 /// From the start to every shard serving; past it the process exits 1, naming the shards not

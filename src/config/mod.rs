@@ -109,6 +109,10 @@ pub struct Args {
     /// Seconds to wait for more client data after a closing answer before closing for good (0: close at once).
     #[arg(long, value_name = "SECONDS")]
     pub lingering_timeout: Option<f64>,
+    /// Seconds a lingering close (or a wait for the client to take a drained connection's
+    /// answers) lasts at most in all, however the client keeps sending.
+    #[arg(long, value_name = "SECONDS")]
+    pub lingering_time: Option<f64>,
     /// Seconds allowed for a graceful shutdown after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS")]
     pub grace: Option<f64>,
@@ -294,6 +298,7 @@ struct FileConfig {
     ignore_client_abort: Option<bool>,
     write_timeout: Option<f64>,
     lingering_timeout: Option<f64>,
+    lingering_time: Option<f64>,
     grace: Option<f64>,
     stop_timeout: Option<f64>,
     start_timeout: Option<f64>,
@@ -457,6 +462,7 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Zero: no lingering close.
     pub lingering_timeout: Duration,
+    pub lingering_time: Duration,
     pub grace: Duration,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
@@ -772,6 +778,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
                 limits::LINGERING_TIMEOUT_DEFAULT,
             )?,
         },
+        lingering_time: seconds(
+            "lingering-time",
+            args.lingering_time.or(file.lingering_time),
+            limits::LINGERING_TIME_DEFAULT,
+        )?,
         grace: seconds("grace", args.grace.or(file.grace), limits::GRACE_DEFAULT)?,
         stop_timeout: seconds(
             "stop-timeout",
@@ -1501,6 +1512,10 @@ mod tests {
         assert_eq!(c.body_bytes_max, 1024 * 1024);
         assert_eq!(c.held_bytes_max, 256 * 1024 * 1024);
         assert_eq!(c.txn.limits.partition_bytes_max, 1 << 30);
+        assert_eq!(c.lingering_time, Duration::from_secs(30));
+        let c = merged(&["--lingering-time", "2.5"], "lingering_time = 7").unwrap();
+        assert_eq!(c.lingering_time, Duration::from_millis(2500));
+        assert!(merged(&[], "lingering_time = 0").is_err());
         let c = merged(&["--max-kv-bytes", "5"], "max_kv_bytes = 7").unwrap();
         assert_eq!(c.txn.limits.partition_bytes_max, 5);
         let zero = merged(&[], "max_kv_bytes = 0").unwrap_err();

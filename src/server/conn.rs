@@ -14,9 +14,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::sync::StaticPermit;
 
 use crate::config::limits::{
-    BODY_DISCARD_BYTES_MAX, BODY_UNCOPIED_BYTES_MIN, LINGERING_TIME_MAX, READ_BUFFER_BYTES,
-    READ_BUFFER_KEEP_BYTES, REQUESTS_PER_TURN_MAX, TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES,
-    WRITE_BUFFER_KEEP_BYTES,
+    BODY_DISCARD_BYTES_MAX, BODY_UNCOPIED_BYTES_MIN, READ_BUFFER_BYTES, READ_BUFFER_KEEP_BYTES,
+    REQUESTS_PER_TURN_MAX, TRAILER_BYTES_MAX, WRITE_BUFFER_FLUSH_BYTES, WRITE_BUFFER_KEEP_BYTES,
 };
 use crate::http::{
     self, BodyDecoder, BodyEvent, BodyFraming, CONTINUE_100, HeadLimits, HttpError, RequestHead,
@@ -60,7 +59,7 @@ struct ConnIo {
     /// loop last looked.
     waited: Cell<bool>,
     /// A read of this connection timed out: its closing answer (a 408) lingers at most
-    /// `--lingering-timeout` in all, not LINGERING_TIME_MAX, so a slowloris client that keeps
+    /// `--lingering-timeout` in all, not `--lingering-time`, so a slowloris client that keeps
     /// dripping bytes holds its slot little longer than its header timeout.
     read_timed_out: Cell<bool>,
     /// A handler was waited for since the connection loop last looked: its answer goes out at
@@ -1134,7 +1133,7 @@ impl Conn {
 
     /// RFC 9112 §9.6: after an answer that closes the connection, half-close it and read (and
     /// drop) what the client still sends until it closes too, goes quiet for
-    /// `--lingering-timeout`, or LINGERING_TIME_MAX passes (`--lingering-timeout` after a read
+    /// `--lingering-timeout`, or `--lingering-time` passes (`--lingering-timeout` after a read
     /// timeout, `ConnIo::read_timed_out`); closing with unread data would send a
     /// reset, which can destroy the answer before the client reads it. A drain does not cut it
     /// short (it is bounded by `--grace` like any connection): a pipelining client that a drain
@@ -1151,7 +1150,7 @@ impl Conn {
         let total = if self.io.read_timed_out.get() {
             timeout
         } else {
-            LINGERING_TIME_MAX
+            self.shard().config.lingering_time
         };
         let until = Instant::now() + total;
         loop {
@@ -1170,7 +1169,7 @@ impl Conn {
 
     /// Waits until the client has acknowledged every byte sent, as long as it keeps taking
     /// them: it gives up once the queue has not shrunk for `--lingering-timeout` (0: at once),
-    /// or after LINGERING_TIME_MAX; the drain's `--grace` bounds it too. A drain closes
+    /// or after `--lingering-time`; the drain's `--grace` bounds it too. A drain closes
     /// connections it finds idle, and ends others at their next answer, while their clients may
     /// still be sending: closing with their requests unread resets the connection, and a reset
     /// throws away what the send queue still holds (answers cut short, the closing one lost).
@@ -1196,7 +1195,7 @@ impl Conn {
             if asked != 0
                 || queued == 0
                 || now - shrunk >= timeout
-                || now - started >= LINGERING_TIME_MAX
+                || now - started >= self.shard().config.lingering_time
             {
                 return;
             }
