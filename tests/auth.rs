@@ -1269,9 +1269,14 @@ fn password_checks_run_within_their_bounds_even_when_clients_hang_up() {
 
     // A client that hangs up while its check runs: once its connection is gone, its check
     // still holds the one slot, so of the next three one waits and two are refused.
+    let running = |server: &Server| server.stats()["total"]["password_hashes_running"].clone();
+    assert_eq!(running(&server), 0);
     let mut gone = server.connect();
     std::io::Write::write_all(&mut gone, raw.as_bytes()).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    common::wait_for(Duration::from_secs(10), || {
+        (running(&server) == 1).then_some(())
+    })
+    .expect("its hash runs");
     drop(gone);
     common::wait_for(Duration::from_secs(10), || {
         (server.stats()["total"]["connections_open"] == 1).then_some(())

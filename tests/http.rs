@@ -1155,6 +1155,14 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
         assert_eq!(answer.status, 404);
         assert_eq!(answer.header("connection"), Some("close"), "{}", rest.len());
     }
+    // What has arrived is not a chunked body: that is the answer, not the handler's.
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    let answer = conn.response(false).expect("the 400");
+    assert_eq!(
+        (answer.status, answer.header("connection")),
+        (400, Some("close"))
+    );
 }
 
 /// `--lingering-time`: a lingering close ends then, however the client keeps sending (each

@@ -134,7 +134,7 @@ fn operator_files_are_read_up_to_a_bound() {
         // A FIFO nobody writes: the start blocked in its open for good, nothing said.
         (
             vec!["--config", fifo.to_str().unwrap()],
-            "nothing to read (a FIFO or pipe that nobody writes?)",
+            "nothing to read (a FIFO that nobody writes?)",
         ),
         (
             vec![

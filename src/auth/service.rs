@@ -256,9 +256,14 @@ impl Auth {
         // The job runs to its end whatever becomes of this request, so its slot is held until
         // then, by a task of its own: a client that hung up mid-hash let the next hash start
         // beside its own, and hang-ups could run any number at once (found in review).
+        let shard = shard::current();
+        let running = &shard.metrics.password_hashes_running;
+        running.set(running.get() + 1);
         let verified = glommio::spawn_local(async move {
             let verified = job.await;
             drop(permit);
+            let running = &shard.metrics.password_hashes_running;
+            running.set(running.get() - 1);
             verified
         })
         .detach();

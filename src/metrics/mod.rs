@@ -43,6 +43,7 @@ pub struct ShardMetrics {
     pub password_checks_failed: Cell<u64>,
     pub password_checks_blocked: Cell<u64>,
     pub password_checks_busy: Cell<u64>,
+    pub password_hashes_running: Cell<u64>,
     pub basic_cache_hits: Cell<u64>,
     pub access_unauthenticated: Cell<u64>,
     pub access_forbidden: Cell<u64>,
@@ -133,6 +134,7 @@ impl ShardMetrics {
             password_checks_failed: self.password_checks_failed.get(),
             password_checks_blocked: self.password_checks_blocked.get(),
             password_checks_busy: self.password_checks_busy.get(),
+            password_hashes_running: self.password_hashes_running.get(),
             basic_cache_hits: self.basic_cache_hits.get(),
             access_unauthenticated: self.access_unauthenticated.get(),
             access_forbidden: self.access_forbidden.get(),
@@ -229,6 +231,9 @@ shard_stats! {
     password_checks_failed,
     password_checks_blocked,
     password_checks_busy,
+    /// Password hashes running now, each within one of `--hash-concurrency`'s turns; a hash
+    /// runs to its end (holding its turn) after its client hangs up.
+    password_hashes_running,
     /// Basic requests answered from the shard's cache of verified credentials.
     basic_cache_hits,
     /// Requests the access rules refused: no identity (401), identity without the role (403);

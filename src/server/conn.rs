@@ -1296,8 +1296,11 @@ impl Conn {
         version: Version,
     ) -> Flow {
         // A streamed answer reads the body as it goes: whether it answered without asking for
-        // the body is known only when its head is written (`write_stream`).
-        let streamed = matches!(response.body, ResponseBody::Stream(_)) && !is_head;
+        // the body is known only when its head is written (`write_stream`). A 204 or 304 has no
+        // content: its stream is dropped unread, and its head written whole (review).
+        let streamed = matches!(response.body, ResponseBody::Stream(_))
+            && !is_head
+            && !has_no_content(response.status);
         if let Some(body) = &body {
             if let Some(error) = body.error.get() {
                 *response = Response::from(error);
@@ -1315,6 +1318,11 @@ impl Conn {
                     None => discard_buffered(body, &mut 0) != Poll::Ready(true),
                 };
                 response.close |= close;
+                // What arrived was not well framed: that is the answer (400), as when it was
+                // found before (review: the handler's 404 went out, the error counted).
+                if let Some(error) = body.error.get() {
+                    *response = Response::from(error);
+                }
             }
         }
         let flow = self
@@ -1672,8 +1680,6 @@ fn owned_later(handlers: &mut [Option<crate::router::Reply>], early: &[Option<Re
     ready + early.iter().flatten().map(body).sum::<usize>()
 }
 
-/// Frees an empty read buffer unless it is small (see `ConnIo::poll_fill`): `try_reclaim` says
-/// whether more than READ_BUFFER_KEEP_BYTES could be written into it without allocating.
 /// Drops what of an unread body has already arrived, counting into `discarded`. Ready(true):
 /// the body ended; Ready(false): past BODY_DISCARD_BYTES_MAX or not well framed (close);
 /// Pending: more is on its way.
@@ -1693,6 +1699,8 @@ fn discard_buffered(body: &ConnBody, discarded: &mut u64) -> Poll<bool> {
     }
 }
 
+/// Frees an empty read buffer unless it is small (see `ConnIo::poll_fill`): `try_reclaim` says
+/// whether more than READ_BUFFER_KEEP_BYTES could be written into it without allocating.
 fn release_big_read_buffer(rbuf: &mut BytesMut) {
     debug_assert!(rbuf.is_empty());
     if rbuf.try_reclaim(READ_BUFFER_KEEP_BYTES + 1) {
