@@ -1123,10 +1123,9 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
     assert_eq!(answer.status, 405);
     assert_eq!(answer.header("connection"), Some("close"));
 
-    // A chunked body's size is unknown: one that has arrived whole is dropped and the
-    // connection goes on; one still arriving gets an answer that says it closes (found in
-    // review: the answer kept the connection, then the discard bound closed it, and the
-    // client's next request on it was lost).
+    // A chunked body's size is unknown: it is dropped to its end, however much of it has
+    // arrived when the answer goes (found in review: the answer kept the connection, then a
+    // 64 KiB discard bound closed it, and the client's next request on it was lost).
     let mut conn = Conn::new(server.connect());
     conn.stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -1135,7 +1134,9 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
     let answer = conn.response(false).expect("the 404");
     assert_eq!((answer.status, answer.header("connection")), (404, None));
     assert_eq!(conn.response(false).expect("the GET's").status, 200);
-    // A chunk's size line, a whole chunk, and more than the server discards.
+    // Nothing of the body, a chunk's size line, a whole chunk, a chunk past 64 KiB: the answer
+    // keeps the connection, the rest of the body comes after it, and the next request is
+    // answered.
     let chunk = |size: usize| {
         [
             format!("{size:x}\r\n").as_bytes(),
@@ -1144,17 +1145,36 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
         ]
         .concat()
     };
-    for rest in [b"1000\r\n".to_vec(), chunk(4096), chunk(70_000)] {
+    let late = [
+        (Vec::new(), chunk(4096)),
+        (b"1000\r\n".to_vec(), [&[b'y'; 4096][..], b"\r\n"].concat()),
+        (chunk(4096), chunk(1)),
+        (chunk(70_000), chunk(100_000)),
+    ];
+    for (first, rest) in late {
         let mut conn = Conn::new(server.connect());
         conn.stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
-        conn.send(&rest);
+        conn.send(&first);
         let answer = conn.response(false).expect("the 404");
-        assert_eq!(answer.status, 404);
-        assert_eq!(answer.header("connection"), Some("close"), "{}", rest.len());
+        assert_eq!((answer.status, answer.header("connection")), (404, None));
+        conn.send(&[&rest[..], b"0\r\n\r\n"].concat());
+        assert_eq!(conn.get("/plaintext").status, 200, "{}", first.len());
     }
+    // Past --max-body (1 MiB here) the discard stops, and the connection closes.
+    let mut conn = Conn::new(server.connect());
+    conn.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(conn.response(false).expect("the 404").status, 404);
+    let _ = conn.stream.write_all(&chunk(1024 * 1024 + 1));
+    assert!(
+        common::is_closed(&mut conn.stream),
+        "closed past --max-body"
+    );
     // What has arrived is not a chunked body: that is the answer, not the handler's.
     let mut conn = Conn::new(server.connect());
     conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");

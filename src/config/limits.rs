@@ -152,8 +152,10 @@ pub const HELD_SHED_BYTES_MIN: usize = 64 * 1024;
 /// phone's link), and 10,000 clients that kept it up would have to take 160 MB/s. Apache's
 /// mod_reqtimeout closes an upload below 500 bytes a second.
 pub const HELD_SHED_PACE_MAX: u64 = 16 * 1024;
-/// A request body left unread by its handler is read and discarded up to this many bytes to keep
-/// the connection alive; beyond it the connection is closed (nginx's lingering behaviour).
+/// A request body left unread by its handler is read and discarded to keep the connection alive
+/// when its Content-Length leaves at most this many bytes; past it the answer closes the
+/// connection. A chunked body, whose size is unknown, is discarded to its end within
+/// `--max-body`, as nginx discards bodies. A drain drops at most this much of what is queued.
 pub const BODY_DISCARD_BYTES_MAX: u64 = 64 * 1024;
 
 /// Foreign (cross-shard) requests a shard serves at once, and calls it has outstanding to others.

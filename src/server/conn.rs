@@ -1307,17 +1307,16 @@ impl Conn {
             } else if !streamed && self.forgo_continue(body) {
                 response.close = true;
             } else if !streamed && !body.done.get() {
-                // More may be left unread than we would discard: say so in this answer's head.
-                // A chunked body's size is unknown, so what of it has arrived goes now, and one
-                // that does not end there closes the connection: an answer that kept it, then
-                // closed it past the discard bound, lost the client's next request (found in
-                // review: a PUT on the reused connection met its end).
+                // A Content-Length that says more is left than we would discard: say so in this
+                // answer's head. A chunked body's size is unknown: what of it has arrived goes
+                // now, and the rest after the answer, up to `--max-body` as nginx discards it,
+                // so the connection is kept as the answer says (found in review: it was cut at
+                // 64 KiB after a keep-alive answer, and the client's next request was lost).
                 let left = body.decoder.borrow().remaining_hint();
-                let close = match left {
-                    Some(left) => left > BODY_DISCARD_BYTES_MAX,
-                    None => discard_buffered(body, &mut 0) != Poll::Ready(true),
-                };
-                response.close |= close;
+                match left {
+                    Some(left) => response.close |= left > BODY_DISCARD_BYTES_MAX,
+                    None => _ = discard_buffered(body),
+                }
                 // What arrived was not well framed: that is the answer (400), as when it was
                 // found before (review: the handler's 404 went out, the error counted).
                 if let Some(error) = body.error.get() {
@@ -1379,12 +1378,13 @@ impl Conn {
     }
 
     /// Reads and drops what the handler left of a body, so the next request can be framed.
-    /// False (close the connection) past BODY_DISCARD_BYTES_MAX or on any error. What is
-    /// already read goes at once; before waiting for the rest, the answers so far are sent: the
-    /// client may be waiting for one (a 401 or 413 to an upload) before it sends on, or stops.
+    /// False (close the connection) on any error, `--max-body` passed included: no more is
+    /// left than BODY_DISCARD_BYTES_MAX of a Content-Length body (`finish` closes past it), and
+    /// a chunked one is read to its end within the body bound. What is already read goes at
+    /// once; before waiting for the rest, the answers so far are sent: the client may be
+    /// waiting for one (a 401 or 413 to an upload) before it sends on, or stops.
     async fn discard(&mut self, body: &Rc<ConnBody>) -> bool {
-        let mut discarded = 0u64;
-        if let Poll::Ready(ended) = discard_buffered(body, &mut discarded) {
+        if let Poll::Ready(ended) = discard_buffered(body) {
             return ended;
         }
         if self.flush().await.is_err() {
@@ -1394,12 +1394,7 @@ impl Conn {
         loop {
             match std::future::poll_fn(|cx| source.poll_chunk(cx)).await {
                 None => return true,
-                Some(Ok(chunk)) => {
-                    discarded += chunk.len() as u64;
-                    if discarded > BODY_DISCARD_BYTES_MAX {
-                        return false;
-                    }
-                }
+                Some(Ok(_)) => {}
                 Some(Err(_)) => return false,
             }
         }
@@ -1680,20 +1675,14 @@ fn owned_later(handlers: &mut [Option<crate::router::Reply>], early: &[Option<Re
     ready + early.iter().flatten().map(body).sum::<usize>()
 }
 
-/// Drops what of an unread body has already arrived, counting into `discarded`. Ready(true):
-/// the body ended; Ready(false): past BODY_DISCARD_BYTES_MAX or not well framed (close);
-/// Pending: more is on its way.
-fn discard_buffered(body: &ConnBody, discarded: &mut u64) -> Poll<bool> {
+/// Drops what of an unread body has already arrived. Ready(true): the body ended;
+/// Ready(false): not well framed, or past the body bound (close); Pending: more is on its way.
+fn discard_buffered(body: &ConnBody) -> Poll<bool> {
     loop {
         match body.poll_buffered() {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => return Poll::Ready(true),
-            Poll::Ready(Some(Ok(chunk))) => {
-                *discarded += chunk.len() as u64;
-                if *discarded > BODY_DISCARD_BYTES_MAX {
-                    return Poll::Ready(false);
-                }
-            }
+            Poll::Ready(Some(Ok(_))) => {}
             Poll::Ready(Some(Err(_))) => return Poll::Ready(false),
         }
     }
