@@ -518,13 +518,16 @@ fn kv_tx_keys_obey_the_access_rules_of_their_paths() {
         let r = tx(&server, &bob, json!([op]));
         assert_eq!(r.status, status, "bob {name} {op}: {}", r.text());
     }
-    // A key that needs escaping is judged at its one path, as GET /kv/... is: `secret/x` is
-    // `/kv/secret%2Fx`, not under /kv/secret; `team a` is `/kv/team%20a`, under its rule.
+    // A key that needs escaping is judged at its one path, as GET /kv/... is, and a key's '/'
+    // (`%2F` in its path) is a slash to the rules: `secret/x` is `/kv/secret%2Fx`, under
+    // /kv/secret (found in review: no rule could cover the keys `users/...`); `secret x` is
+    // `/kv/secret%20x`, not under it; `team a` is `/kv/team%20a`, under its rule.
     let escaped = [
-        ("secret/x", "/kv/secret%2Fx", false),
+        ("secret/x", "/kv/secret%2Fx", true),
         ("secret x", "/kv/secret%20x", false),
         ("team a", "/kv/team%20a", true),
-        ("team a/b", "/kv/team%20a%2Fb", false),
+        ("team a/b", "/kv/team%20a%2Fb", true),
+        ("team ab", "/kv/team%20ab", false),
     ];
     for (key, path, refused) in escaped {
         let get = send(&server, "GET", path, &bob, "");

@@ -174,18 +174,24 @@ impl AccessRules {
 }
 
 /// Canonical prefixes that match `path`, longest first: the path itself, the path cut before
-/// each later '/', then "/". A canonical prefix `c` matches when `path == c` or `path` starts
-/// with `c` + '/'.
+/// each later '/' or encoded slash (`%2F`), then "/". A canonical prefix `c` matches when
+/// `path == c` or `path` goes on from `c` with a slash, plain or encoded: a `/kv/{key}` path
+/// writes a key's '/' as `%2F`, so without the second a rule on `/kv/users` covered the key
+/// `users` alone, and no rule could cover the keys `users/...` (found in review: they were
+/// written anonymously past it).
 fn candidates(path: &str) -> impl Iterator<Item = &str> {
-    let cuts = path
-        .bytes()
-        .enumerate()
+    let bytes = path.as_bytes();
+    let cuts = (1..bytes.len())
         .rev()
-        .filter(|&(i, b)| b == b'/' && i > 0)
-        .map(move |(i, _)| &path[..i]);
+        .filter(move |&i| bytes[i] == b'/' || is_encoded_slash(&bytes[i..]))
+        .map(move |i| &path[..i]);
     std::iter::once(path)
         .chain(cuts)
         .chain(std::iter::once("/"))
+}
+
+fn is_encoded_slash(rest: &[u8]) -> bool {
+    matches!(rest, [b'%', b'2', b'F' | b'f', ..])
 }
 
 fn evaluate(allow: &Allow, identity: Option<(&str, &[String])>) -> Decision {
@@ -230,7 +236,8 @@ fn add_rule(
     Ok(())
 }
 
-/// Checks `prefix` and drops one trailing '/' ("/api/" and "/api" match the same paths).
+/// Checks `prefix` and drops one trailing '/' or `%2F` ("/api/" and "/api" match the same
+/// paths, as do "/kv/users%2F" and "/kv/users").
 fn canonical_prefix(prefix: &str) -> Result<String, String> {
     if !prefix.starts_with('/') {
         return Err("prefix must start with '/'".to_string());
@@ -242,8 +249,11 @@ fn canonical_prefix(prefix: &str) -> Result<String, String> {
     if prefix.chars().any(is_bad) {
         return Err("prefix contains '?', '#', whitespace or a control character".to_string());
     }
+    let encoded_slash =
+        prefix.len() > 4 && is_encoded_slash(&prefix.as_bytes()[prefix.len() - 3..]);
     let canonical = match prefix.strip_suffix('/') {
         Some(stripped) if !stripped.is_empty() => stripped,
+        _ if encoded_slash => &prefix[..prefix.len() - 3],
         _ => prefix,
     };
     Ok(canonical.to_string())
@@ -499,6 +509,42 @@ mod tests {
         check(&rules, "GET", "/", None, Decision::Allow);
         check(&rules, "GET", "", None, Decision::Allow);
         check(&rules, "GET", "*", None, Decision::Allow);
+    }
+
+    /// A key's '/' is `%2F` in its `/kv/{key}` path: a slash all the same.
+    #[test]
+    fn an_encoded_slash_is_a_segment_boundary() {
+        use Decision::Unauthenticated;
+        for prefix in ["/kv/users", "/kv/users/", "/kv/users%2F", "/kv/users%2f"] {
+            let rules = build(vec![rule(prefix, &[], ADMIN)], Allow::Public);
+            for path in [
+                "/kv/users",
+                "/kv/users%2Falice",
+                "/kv/users%2fa%2Fb",
+                "/kv/users/x",
+            ] {
+                check(&rules, "PUT", path, None, Unauthenticated);
+            }
+            for path in ["/kv/usersx", "/kv/users%2", "/kv/users%20x", "/kv/user%2Fs"] {
+                check(&rules, "PUT", path, None, Decision::Allow);
+            }
+        }
+        // The most specific still wins, encoded or not.
+        let rules = build(
+            vec![
+                rule("/kv", &[], ADMIN),
+                rule("/kv/public%2Fdocs", &[], &["public"]),
+            ],
+            Allow::Public,
+        );
+        check(
+            &rules,
+            "GET",
+            "/kv/public%2Fdocs%2Fa",
+            None,
+            Decision::Allow,
+        );
+        check(&rules, "GET", "/kv/public%2Fother", None, Unauthenticated);
     }
 
     #[test]
