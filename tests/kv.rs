@@ -1992,6 +1992,16 @@ fn a_log_that_cannot_be_written_answers_503_and_health_says_so() {
     );
     assert_eq!(json_of(&after)["error"], "log_failed");
     assert_eq!(after.header("retry-after"), Some("30"));
+    // A transaction says the same (review: /kv/tx said 1 s).
+    let in_tx = post_tx_raw(
+        &mut conn,
+        json!({"ops": [{"op": "get", "key": acknowledged[0]}]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(in_tx.status, 503, "{}", in_tx.text());
+    assert_eq!(json_of(&in_tx)["error"], "log_failed");
+    assert_eq!(in_tx.header("retry-after"), Some("30"));
     assert_eq!(get(&mut conn, &acknowledged[0]).status, 503);
     // Shard 1's keys do not need shard 0's log.
     let healthy = key_on(1, "healthy-");

@@ -345,9 +345,11 @@ async fn transaction(mut req: Request) -> Response {
     let outcome = run(ops).await;
     let (status, json) = op::render_outcome(&outcome);
     let response = Response::bytes(status, "application/json", json);
-    match &outcome {
-        Err(e) if e.retry_safe() => response.header("Retry-After", "1"),
-        _ => response,
+    // The same Retry-After as the single-key routes: a failed log's is 30 s, not 1 (README
+    // review: /kv/tx said 1 for every error worth retrying).
+    match outcome.as_ref().err().and_then(TxError::retry_after) {
+        Some(seconds) => response.header("Retry-After", seconds),
+        None => response,
     }
 }
 
