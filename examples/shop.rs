@@ -1,5 +1,5 @@
 //! A user's app on percore's services: a cart kept in the session (typed values, any shard) and checkout as one cross-shard transaction (typed results).
-//! Run: `cargo run --release --example shop`, then `curl -c j -b j -X POST localhost:8080/cart/apple` and `curl -b j -X POST localhost:8080/checkout`.
+//! Run: `cargo run --release --example shop`, stock up with `curl -X PUT -d 3 localhost:8080/kv/stock-apple`, then `curl -c j -b j -X POST localhost:8080/cart/apple` and `curl -b j -X POST localhost:8080/checkout` (412 when an item is out of stock).
 
 use percore::router::{Request, Response, Router};
 use percore::session::Session;
