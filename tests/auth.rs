@@ -637,6 +637,65 @@ fn csrf_guards_cookie_sessions_but_not_basic_or_bearer() {
     );
 }
 
+/// Logins sent at once from one address count while they run, so parallel guesses are bounded:
+/// of ten wrong ones at most `--login-max-failures` are checked, and then the name is blocked.
+/// Right ones past the bound while others run are not blocked for the window (found in review:
+/// five of ten parallel logins with the right password got 429 and Retry-After 300): they are
+/// told to retry in a second (503), and then log in.
+#[test]
+fn parallel_logins_count_while_they_run_and_right_ones_are_not_blocked() {
+    let (dir, users, _) = setup("");
+    // No access rules: /stats is open, and asking it checks no password.
+    let config = dir.path().join("open.toml");
+    std::fs::write(&config, "").unwrap();
+    let server = start(&users, &config, &["--shards", "1"]);
+    let body_of = |password: &str| {
+        let body = login_body("alice", password);
+        format!(
+            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let at_once = |raw: &str| -> Vec<common::Response> {
+        let mut conns: Vec<Conn> = (0..10).map(|_| Conn::new(server.connect())).collect();
+        for conn in &mut conns {
+            conn.send(raw.as_bytes());
+        }
+        conns
+            .iter_mut()
+            .map(|c| c.response(false).unwrap())
+            .collect()
+    };
+    let right = at_once(&body_of("alice-pw"));
+    for r in &right {
+        match r.status {
+            200 => {}
+            503 => assert_eq!(r.header("retry-after"), Some("1")),
+            other => panic!("a right login at once with others: {other} {}", r.text()),
+        }
+    }
+    let retried = right.iter().filter(|r| r.status == 503).count();
+    for _ in 0..retried {
+        let mut conn = Conn::new(server.connect());
+        assert_eq!(login(&mut conn, "alice", "alice-pw", None).status, 200);
+    }
+    let total = |name: &str| server.stats()["total"][name].as_u64().unwrap();
+    assert_eq!(total("password_checks_ok"), 10);
+
+    let wrong = at_once(&body_of("wrong"));
+    assert!(wrong.iter().all(|r| [401, 429, 503].contains(&r.status)));
+    assert!(
+        total("password_checks_failed") <= 5,
+        "parallel guesses are bounded"
+    );
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(
+        login(&mut conn, "alice", "alice-pw", None).status,
+        429,
+        "five failures block the name"
+    );
+}
+
 #[test]
 fn brute_force_is_limited_whichever_shard_the_client_lands_on() {
     let (_dir, users, config) = setup("");

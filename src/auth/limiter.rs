@@ -28,8 +28,30 @@ pub struct LimiterConfig {
 struct Entry {
     window_start_ms: u64,
     failures: u32,
+    /// Attempts counted and not yet judged (`attempt`): each becomes a failure (`fail`) or is
+    /// taken back (`refund`). Those not judged within PENDING_MS_MAX of the newest count as
+    /// failures (their handler was dropped before it could say).
+    pending: u32,
+    pending_since_ms: u64,
     /// Identifies this window's item in `Limiter::order`.
     seq: u64,
+}
+
+/// An attempt not judged this long after the newest one is taken for a failure: a check ends
+/// within this (hashes are bounded: `password.rs`), so its handler was dropped.
+pub const PENDING_MS_MAX: u64 = 30_000;
+
+/// What `Limiter::attempt` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Counted as in flight: check the password, then `fail` or `refund` it.
+    Counted,
+    /// Failures block the key for this many more milliseconds (429).
+    Blocked(u64),
+    /// Failures and attempts in flight together are at the bound: nothing counted, and the
+    /// answer is to retry in a moment (503), once those are judged. Found in review: parallel
+    /// logins with the right password from one address got 429 for the whole window.
+    InFlight,
 }
 
 /// Failure counters for the keys one shard owns.
@@ -65,7 +87,8 @@ impl Limiter {
     /// window. An expired window is forgotten.
     pub fn check(&mut self, key: &str, now_ms: u64) -> Option<u64> {
         self.forget_if_expired(key, now_ms);
-        let entry = self.entries.get(key)?;
+        let entry = self.entries.get_mut(key)?;
+        settle_stale(entry, now_ms);
         blocked_for_ms(&self.config, entry, now_ms)
     }
 
@@ -76,30 +99,43 @@ impl Limiter {
             self.insert(key, now_ms);
         }
         let entry = self.entries.get_mut(key)?;
+        // The attempt it judges is in flight no more.
+        entry.pending = entry.pending.saturating_sub(1);
         entry.failures = entry.failures.saturating_add(1);
         blocked_for_ms(&self.config, entry, now_ms)
     }
 
-    /// Forgets `key` (after a successful login).
-    /// Counts an attempt before its outcome is known: Some(retry_after_ms) if the key is
-    /// already blocked (nothing counted), else one failure is counted now and None returned.
-    /// Checking and counting in one step on the owner is what makes parallel guesses count:
-    /// a check now and a `fail` after the hash would let every guess in flight pass.
-    pub fn attempt(&mut self, key: &str, now_ms: u64) -> Option<u64> {
+    /// Counts an attempt before its outcome is known, as in flight: failures and attempts in
+    /// flight together stay within `failures_max`. Checking and counting in one step on the
+    /// owner is what makes parallel guesses count: a check now and a `fail` after the hash
+    /// would let every guess in flight pass.
+    pub fn attempt(&mut self, key: &str, now_ms: u64) -> Attempt {
         if let Some(ms) = self.check(key, now_ms) {
-            return Some(ms);
+            return Attempt::Blocked(ms);
         }
-        self.fail(key, now_ms);
-        None
+        if !self.entries.contains_key(key) {
+            self.insert(key, now_ms);
+        }
+        let failures_max = self.config.failures_max;
+        let Some(entry) = self.entries.get_mut(key) else {
+            return Attempt::Counted;
+        };
+        if entry.failures.saturating_add(entry.pending) >= failures_max {
+            return Attempt::InFlight;
+        }
+        entry.pending += 1;
+        entry.pending_since_ms = now_ms;
+        Attempt::Counted
     }
 
-    /// Takes back one counted attempt (it succeeded, or was never judged).
+    /// Takes back one attempt in flight (it succeeded, or was never judged).
     pub fn refund(&mut self, key: &str) {
         if let Some(entry) = self.entries.get_mut(key) {
-            entry.failures = entry.failures.saturating_sub(1);
+            entry.pending = entry.pending.saturating_sub(1);
         }
     }
 
+    /// Forgets `key` (after a successful login).
     pub fn reset(&mut self, key: &str) {
         self.entries.remove(key);
     }
@@ -131,6 +167,8 @@ impl Limiter {
         let entry = Entry {
             window_start_ms: now_ms,
             failures: 0,
+            pending: 0,
+            pending_since_ms: now_ms,
             seq,
         };
         self.entries.insert(key.to_string(), entry);
@@ -180,6 +218,14 @@ impl Limiter {
         let entries = &self.entries;
         self.order
             .retain(|(seq, key)| entries.get(key).is_some_and(|entry| entry.seq == *seq));
+    }
+}
+
+/// Attempts in flight past PENDING_MS_MAX become failures.
+fn settle_stale(entry: &mut Entry, now_ms: u64) {
+    if entry.pending > 0 && now_ms.saturating_sub(entry.pending_since_ms) >= PENDING_MS_MAX {
+        entry.failures = entry.failures.saturating_add(entry.pending);
+        entry.pending = 0;
     }
 }
 
@@ -253,20 +299,42 @@ mod tests {
 
     #[test]
     fn attempts_count_before_the_outcome_and_refunds_take_them_back() {
+        use Attempt::{Blocked, Counted, InFlight};
         let mut l = limiter(2, 1000, 10);
-        assert_eq!(l.attempt("u:a", 0), None); // counted: 1
-        assert_eq!(l.attempt("u:a", 1), None); // counted: 2, now blocked
-        assert_eq!(l.attempt("u:a", 2), Some(998), "blocked: not counted");
+        assert_eq!(l.attempt("u:a", 0), Counted); // in flight: 1
+        assert_eq!(l.attempt("u:a", 1), Counted); // in flight: 2, the bound
+        assert_eq!(l.attempt("u:a", 2), InFlight, "not counted, not blocked");
+        assert_eq!(l.check("u:a", 2), None, "in flight is no failure");
         l.refund("u:a"); // one of the two succeeded
-        assert_eq!(l.check("u:a", 3), None);
-        assert_eq!(l.attempt("u:a", 4), None);
-        assert_eq!(l.check("u:a", 5), Some(995));
+        assert_eq!(l.attempt("u:a", 4), Counted);
+        assert_eq!(l.fail("u:a", 5), None); // failures 1, in flight 1
+        assert_eq!(l.attempt("u:a", 6), InFlight);
+        assert_eq!(l.fail("u:a", 7), Some(993)); // failures 2: blocked
+        assert_eq!(l.attempt("u:a", 8), Blocked(992));
         l.refund("u:b"); // unknown key: nothing happens
         assert_eq!(l.len(), 1);
         // A refund never goes below zero.
         l.reset("u:a");
         l.refund("u:a");
-        assert_eq!(l.attempt("u:a", 6), None);
+        assert_eq!(l.attempt("u:a", 9), Counted);
+    }
+
+    /// An attempt never judged (its handler dropped) counts as a failure PENDING_MS_MAX after
+    /// the newest attempt in flight.
+    #[test]
+    fn attempts_never_judged_become_failures() {
+        let window = 10 * PENDING_MS_MAX;
+        let mut l = limiter(2, window, 10);
+        assert_eq!(l.attempt("u:a", 0), Attempt::Counted);
+        assert_eq!(l.attempt("u:a", 10), Attempt::Counted);
+        assert_eq!(l.attempt("u:a", PENDING_MS_MAX + 9), Attempt::InFlight);
+        assert_eq!(l.check("u:a", PENDING_MS_MAX + 9), None);
+        let settled = PENDING_MS_MAX + 10;
+        assert_eq!(l.check("u:a", settled), Some(window - settled));
+        assert_eq!(
+            l.attempt("u:a", settled),
+            Attempt::Blocked(window - settled)
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 
-use super::limiter::{self, Limiter};
+use super::limiter::{self, Attempt, Limiter};
 use super::password;
 use super::users::Users;
 use crate::config::limits::BASIC_CACHE_ENTRIES_MAX;
@@ -19,17 +19,19 @@ use crate::runtime::{now_ms, shard};
 
 /// A brute-force counter operation, run on the shard that owns the key.
 pub enum LimitRequest {
-    /// Blocked? If not, count this attempt as a failure now (before the hash): see
+    /// Blocked? If not, count this attempt as in flight now (before the hash): see
     /// `Limiter::attempt`.
     Attempt(String),
-    /// Take back one counted attempt (it succeeded, or was never judged).
+    /// The attempt in flight failed: a failure.
+    Fail(String),
+    /// Take back one attempt in flight (it succeeded, or was never judged).
     Refund(String),
     /// A successful login: forget the user name's failures.
     Reset(String),
 }
 
-/// `Some(ms)`: the key is blocked for that long.
-pub struct LimitReply(pub Option<u64>);
+/// What an `Attempt` found (`Counted` for the others).
+pub struct LimitReply(pub Attempt);
 
 /// The brute-force counters have their own mesh: a login never waits behind session or
 /// transaction traffic, and the handler never sends a message itself.
@@ -41,13 +43,17 @@ pub fn serve_limit(limiter: &RefCell<Limiter>, request: LimitRequest) -> LimitRe
     let mut limiter = limiter.borrow_mut();
     LimitReply(match request {
         LimitRequest::Attempt(key) => limiter.attempt(&key, now),
+        LimitRequest::Fail(key) => {
+            limiter.fail(&key, now);
+            Attempt::Counted
+        }
         LimitRequest::Refund(key) => {
             limiter.refund(&key);
-            None
+            Attempt::Counted
         }
         LimitRequest::Reset(key) => {
             limiter.reset(&key);
-            None
+            Attempt::Counted
         }
     })
 }
@@ -141,7 +147,7 @@ impl Auth {
         &self,
         keys: &[String],
         request: fn(String) -> LimitRequest,
-    ) -> Result<Vec<Option<u64>>, Denied> {
+    ) -> Result<Vec<Attempt>, Denied> {
         let shard_count = self.mesh.shard_count();
         let calls = keys
             .iter()
@@ -153,15 +159,21 @@ impl Auth {
         join_all(calls)
             .await
             .into_iter()
-            .map(|reply| reply.map(|LimitReply(ms)| ms).map_err(|_| Denied::Busy))
+            .map(|reply| {
+                reply
+                    .map(|LimitReply(attempt)| attempt)
+                    .map_err(|_| Denied::Busy)
+            })
             .collect()
     }
 
     /// Checks a user name and password (a login, or Basic on a cache miss) within the
-    /// brute-force bounds. The attempt is counted for the name and the address on their owner
-    /// shards *before* the hash, in the same step as the check, so guesses sent in parallel
-    /// count too; a blocked key is refused before any hashing. A success takes the address's
-    /// count back and forgets the name's. An unknown user costs a hash like a known one, so the
+    /// brute-force bounds. The attempt is counted, as in flight, for the name and the address on
+    /// their owner shards *before* the hash, in the same step as the check, so guesses sent in
+    /// parallel count too: a key with failures at the bound is refused before any hashing
+    /// (429), and one where failures and attempts in flight are at it is busy for a moment
+    /// (503). A failure counts for both keys; a success takes the address's attempt back and
+    /// forgets the name's. An unknown user costs a hash like a known one, so the
     /// answer time does not tell which user names exist.
     pub async fn check_password(
         &self,
@@ -190,17 +202,27 @@ impl Auth {
         addr: Option<IpAddr>,
     ) -> Result<Vec<String>, Denied> {
         let keys = Auth::keys(name, addr);
-        let blocked = self.limit_all(&keys, LimitRequest::Attempt).await?;
-        if let Some(ms) = blocked.iter().flatten().max() {
-            // The keys that were not blocked counted this attempt: take it back from them.
+        let attempts = self.limit_all(&keys, LimitRequest::Attempt).await?;
+        let blocked_ms = attempts
+            .iter()
+            .filter_map(|attempt| match attempt {
+                Attempt::Blocked(ms) => Some(*ms),
+                _ => None,
+            })
+            .max();
+        if blocked_ms.is_some() || attempts.contains(&Attempt::InFlight) {
+            // The keys that counted this attempt: take it back from them.
             let counted: Vec<String> = keys
                 .iter()
-                .zip(&blocked)
-                .filter(|(_, b)| b.is_none())
+                .zip(&attempts)
+                .filter(|(_, attempt)| **attempt == Attempt::Counted)
                 .map(|(k, _)| k.clone())
                 .collect();
             self.limit_all(&counted, LimitRequest::Refund).await?;
-            return Err(Denied::Blocked(limiter::retry_after_secs(*ms)));
+            return Err(match blocked_ms {
+                Some(ms) => Denied::Blocked(limiter::retry_after_secs(ms)),
+                None => Denied::Busy,
+            });
         }
         let users = self.users();
         let user = users.get(name);
@@ -217,6 +239,9 @@ impl Auth {
             }
         };
         if !verified {
+            // Counted however the mesh answers: an attempt left in flight becomes a failure
+            // after limiter::PENDING_MS_MAX anyway.
+            let _ = self.limit_all(&keys, LimitRequest::Fail).await;
             return Err(Denied::Invalid);
         }
         self.limit_all(&keys[..1], LimitRequest::Reset).await?;

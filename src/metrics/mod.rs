@@ -226,7 +226,8 @@ shard_stats! {
     tls_handshake_timeouts,
     tls_handshake_waits,
     /// Password checks (logins and uncached Basic) by outcome: right, wrong (user or password),
-    /// refused by the brute-force counters (429), refused for a full hash queue (503).
+    /// refused by the brute-force counters (429), refused for a full hash queue or for attempts
+    /// in flight at the brute-force bound (503).
     password_checks_ok,
     password_checks_failed,
     password_checks_blocked,
