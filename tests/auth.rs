@@ -1396,3 +1396,58 @@ fn login_tracked_max_bounds_the_counters_and_evicts_the_oldest() {
         );
     }
 }
+
+/// A login whose client hangs up mid-check is judged by its outcome when the check ends: a
+/// right password counts nothing, a wrong one a failure (found in review: an attempt left
+/// unjudged was taken for a failure later, a slow right login included).
+#[test]
+fn a_login_whose_client_hangs_up_is_judged_by_its_outcome() {
+    let dir = temp_dir("hang-up-judged");
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"slow\"\npassword_hash = {:?}\nroles = []\n",
+            slow_hash("slow-pw")
+        ),
+    )
+    .unwrap();
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--users",
+        users.to_str().unwrap(),
+        "--login-max-failures",
+        "1",
+        "--login-window",
+        "60",
+    ]);
+    let running = |server: &Server| server.stats()["total"]["password_hashes_running"].clone();
+    for (password, next) in [("slow-pw", 200), ("wrong", 429)] {
+        let body = login_body("slow", password);
+        let raw = format!(
+            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut gone = server.connect();
+        std::io::Write::write_all(&mut gone, raw.as_bytes()).unwrap();
+        common::wait_for(Duration::from_secs(10), || {
+            (running(&server) == 1).then_some(())
+        })
+        .expect("its hash runs");
+        drop(gone);
+        // 503 while that attempt is still in flight (the bound is 1); then its judgment.
+        let status = common::wait_for(Duration::from_secs(20), || {
+            let mut conn = Conn::new(server.connect());
+            let status = login(&mut conn, "slow", "slow-pw", None).status;
+            (status != 503).then_some(status)
+        });
+        assert_eq!(
+            status,
+            Some(next),
+            "after a hung-up login with {password:?}"
+        );
+    }
+}

@@ -249,6 +249,16 @@ fn canonical_prefix(prefix: &str) -> Result<String, String> {
     if prefix.chars().any(is_bad) {
         return Err("prefix contains '?', '#', whitespace or a control character".to_string());
     }
+    // Paths compare byte-exactly, and `/kv/{key}` paths must write escapes in uppercase: a
+    // rule with `%2f` loaded and matched nothing (found in review).
+    let lowercase_escape = prefix.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && w[1..].iter().all(u8::is_ascii_hexdigit)
+            && w[1..].iter().any(u8::is_ascii_lowercase)
+    });
+    if lowercase_escape {
+        return Err("prefix has a lowercase percent-escape; write it in uppercase hex (%2F), as paths are (RFC 3986 §6.2.2.1)".to_string());
+    }
     let encoded_slash =
         prefix.len() > 4 && is_encoded_slash(&prefix.as_bytes()[prefix.len() - 3..]);
     let canonical = match prefix.strip_suffix('/') {
@@ -370,6 +380,16 @@ mod tests {
         check_new(vec![], None);
         check_new(vec![rule("/", &[], &["public"])], None);
         check_new(vec![rule("/admin", &["get", "Post"], &["admin"])], None);
+        check_new(vec![rule("/kv/users%2Fprivate", &[], &["admin"])], None);
+        check_new(
+            vec![rule("/kv/users%2fprivate", &[], &["admin"])],
+            Some("lowercase percent-escape"),
+        );
+        check_new(vec![rule("/kv/caf%C3%A9", &[], &["admin"])], None);
+        check_new(
+            vec![rule("/kv/caf%c3%a9", &[], &["admin"])],
+            Some("uppercase hex"),
+        );
         check_new(
             vec![
                 rule("/a", &["GET"], &["x"]),
@@ -515,7 +535,7 @@ mod tests {
     #[test]
     fn an_encoded_slash_is_a_segment_boundary() {
         use Decision::Unauthenticated;
-        for prefix in ["/kv/users", "/kv/users/", "/kv/users%2F", "/kv/users%2f"] {
+        for prefix in ["/kv/users", "/kv/users/", "/kv/users%2F"] {
             let rules = build(vec![rule(prefix, &[], ADMIN)], Allow::Public);
             for path in [
                 "/kv/users",

@@ -141,13 +141,13 @@ impl Auth {
         keys
     }
 
-    /// Sends one counter operation per key to its owner; the replies in key order. A counter
-    /// owner that does not answer makes the result `Busy`: we do not guess in the attacker's favour.
-    async fn limit_all(
+    /// Sends one counter operation per key to its owner; the replies in key order, None where
+    /// the owner did not answer.
+    async fn limit_each(
         &self,
         keys: &[String],
         request: fn(String) -> LimitRequest,
-    ) -> Result<Vec<Attempt>, Denied> {
+    ) -> Vec<Option<Attempt>> {
         let shard_count = self.mesh.shard_count();
         let calls = keys
             .iter()
@@ -159,11 +159,7 @@ impl Auth {
         join_all(calls)
             .await
             .into_iter()
-            .map(|reply| {
-                reply
-                    .map(|LimitReply(attempt)| attempt)
-                    .map_err(|_| Denied::Busy)
-            })
+            .map(|reply| reply.ok().map(|LimitReply(attempt)| attempt))
             .collect()
     }
 
@@ -202,23 +198,25 @@ impl Auth {
         addr: Option<IpAddr>,
     ) -> Result<Vec<String>, Denied> {
         let keys = Auth::keys(name, addr);
-        let attempts = self.limit_all(&keys, LimitRequest::Attempt).await?;
-        let blocked_ms = attempts
+        let attempts = self.limit_each(&keys, LimitRequest::Attempt).await;
+        let counted: Vec<String> = keys
             .iter()
-            .filter_map(|attempt| match attempt {
-                Attempt::Blocked(ms) => Some(*ms),
-                _ => None,
-            })
-            .max();
-        if blocked_ms.is_some() || attempts.contains(&Attempt::InFlight) {
-            // The keys that counted this attempt: take it back from them.
-            let counted: Vec<String> = keys
+            .zip(&attempts)
+            .filter(|(_, attempt)| **attempt == Some(Attempt::Counted))
+            .map(|(key, _)| key.clone())
+            .collect();
+        if counted.len() < keys.len() {
+            // A key is blocked, at its bound with attempts in flight, or its owner did not
+            // answer (then we do not guess in the attacker's favour): the attempt goes no
+            // further, and the keys that counted it take it back.
+            self.limit_each(&counted, LimitRequest::Refund).await;
+            let blocked_ms = attempts
                 .iter()
-                .zip(&attempts)
-                .filter(|(_, attempt)| **attempt == Attempt::Counted)
-                .map(|(k, _)| k.clone())
-                .collect();
-            self.limit_all(&counted, LimitRequest::Refund).await?;
+                .filter_map(|attempt| match attempt {
+                    Some(Attempt::Blocked(ms)) => Some(*ms),
+                    _ => None,
+                })
+                .max();
             return Err(match blocked_ms {
                 Some(ms) => Denied::Blocked(limiter::retry_after_secs(ms)),
                 None => Denied::Busy,
@@ -226,27 +224,39 @@ impl Auth {
         }
         let users = self.users();
         let user = users.get(name);
+        let known = user.is_some();
+        let roles = user.map(|u| u.roles.clone()).unwrap_or_default();
         // An unknown user is checked against a real user's hash (same parameters, so the same
         // time); the answer is ignored. Without users, against the built-in dummy.
         let phc = user
             .or_else(|| users.any())
             .map(|u| u.password_hash.clone());
-        let verified = match self.hash(phc, password).await {
-            Ok(verified) => verified && user.is_some(),
-            Err(busy) => {
-                self.limit_all(&keys, LimitRequest::Refund).await?;
-                return Err(busy);
+        drop(users);
+        // From here the attempt is judged by its outcome whatever becomes of this request: the
+        // check and the count it ends run in a task of their own (found in review: a handler
+        // dropped mid-check left its attempt in flight for nobody to judge).
+        let auth = shard::current().auth.clone();
+        let password = password.to_string();
+        let judged = glommio::spawn_local(async move {
+            let verified = match auth.hash(phc, &password).await {
+                Ok(verified) => verified && known,
+                Err(busy) => {
+                    auth.limit_each(&keys, LimitRequest::Refund).await;
+                    return Err(busy);
+                }
+            };
+            if verified {
+                auth.limit_each(&keys[..1], LimitRequest::Reset).await;
+                auth.limit_each(&keys[1..], LimitRequest::Refund).await;
+                Ok(())
+            } else {
+                auth.limit_each(&keys, LimitRequest::Fail).await;
+                Err(Denied::Invalid)
             }
-        };
-        if !verified {
-            // Counted however the mesh answers: an attempt left in flight becomes a failure
-            // after limiter::PENDING_MS_MAX anyway.
-            let _ = self.limit_all(&keys, LimitRequest::Fail).await;
-            return Err(Denied::Invalid);
-        }
-        self.limit_all(&keys[..1], LimitRequest::Reset).await?;
-        self.limit_all(&keys[1..], LimitRequest::Refund).await?;
-        Ok(user.map(|u| u.roles.clone()).unwrap_or_default())
+        })
+        .detach();
+        judged.await.unwrap_or(Err(Denied::Busy))?;
+        Ok(roles)
     }
 
     /// Verifies `password` against `phc` (or the dummy hash) on a background thread, at most

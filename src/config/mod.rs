@@ -113,7 +113,7 @@ pub struct Args {
     /// answers) lasts at most in all, however the client keeps sending.
     #[arg(long, value_name = "SECONDS")]
     pub lingering_time: Option<f64>,
-    /// Seconds allowed for a graceful shutdown after SIGTERM/SIGINT.
+    /// Seconds allowed for a graceful shutdown after SIGTERM, SIGINT or SIGQUIT.
     #[arg(long, value_name = "SECONDS")]
     pub grace: Option<f64>,
     /// Seconds added to --grace for the whole stop, counted from the signal (the drain, then each
@@ -1117,7 +1117,6 @@ pub fn read_users(path: &Path) -> Result<Users, String> {
 /// empty, as they did (a review found the first cut refused `--config /dev/null`).
 pub fn read_named_file(path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -1137,11 +1136,27 @@ pub fn read_named_file(path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
         }
     }
     let bytes = read_bounded(file, bytes_max)?;
-    let named_fifo = || std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo());
-    if bytes.is_empty() && !regular && named_fifo() {
+    if bytes.is_empty() && !regular && is_named_fifo(path) {
         return Err("nothing to read (a FIFO that nobody writes?)".to_string());
     }
     Ok(bytes)
+}
+
+/// A FIFO with a name, through any symlinks (found in review: a symlink to one read as an empty
+/// config), not a pipe reached through `/dev/fd` (`--config <(...)`: its link names `pipe:[N]`).
+fn is_named_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let mut path = path.to_path_buf();
+    for _ in 0..16 {
+        match std::fs::read_link(&path) {
+            Ok(target) if target.as_os_str().as_encoded_bytes().starts_with(b"pipe:") => {
+                return false;
+            }
+            Ok(target) => path = path.parent().unwrap_or(Path::new("/")).join(target),
+            Err(_) => break,
+        }
+    }
+    std::fs::metadata(&path).is_ok_and(|meta| meta.file_type().is_fifo())
 }
 
 fn read_bounded(file: std::fs::File, bytes_max: u64) -> Result<Vec<u8>, String> {
@@ -1424,6 +1439,13 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
         let empty = read_named_file(&fifo, 10).unwrap_err();
         assert!(empty.contains("nothing to read"), "{empty}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        let empty = read_named_file(&link, 10).unwrap_err();
+        assert!(
+            empty.contains("nothing to read"),
+            "through a symlink: {empty}"
+        );
         // `/dev/null`, a common "no config", is empty, as an empty file is.
         assert_eq!(read_named_file(Path::new("/dev/null"), 10).unwrap(), b"");
         // A pipe whose writer is still writing (`--config <(...)`): read whole, waiting for it.

@@ -1317,10 +1317,11 @@ impl Conn {
                     Some(left) => response.close |= left > BODY_DISCARD_BYTES_MAX,
                     None => _ = discard_buffered(body),
                 }
-                // What arrived was not well framed: that is the answer (400), as when it was
-                // found before (review: the handler's 404 went out, the error counted).
-                if let Some(error) = body.error.get() {
-                    *response = Response::from(error);
+                // What arrived was not well framed: the connection cannot go on. The handler's
+                // answer stands (it may have acted: a 400 in its place would deny what it did;
+                // review), and says it closes.
+                if body.error.get().is_some() {
+                    response.close = true;
                 }
             }
         }
