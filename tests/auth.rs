@@ -1451,3 +1451,50 @@ fn a_login_whose_client_hangs_up_is_judged_by_its_outcome() {
         );
     }
 }
+
+/// A login checked against users that a reload (SIGHUP) replaced before the check ended is
+/// 503, to be retried against the new ones: its session would have carried the new password's
+/// stamp and outlived the change (found in review).
+#[test]
+fn a_login_checked_against_users_a_reload_replaced_is_retried() {
+    let dir = temp_dir("reload-race");
+    let users = dir.path().join("users.toml");
+    let users_with = |password: &str| {
+        format!(
+            "[[user]]\nname = \"slow\"\npassword_hash = {:?}\nroles = []\n",
+            slow_hash(password)
+        )
+    };
+    std::fs::write(&users, users_with("old-pw")).unwrap();
+    let server = Server::start_exact(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--users",
+        users.to_str().unwrap(),
+    ]);
+    let new_users = users_with("new-pw");
+    let running = |server: &Server| server.stats()["total"]["password_hashes_running"].clone();
+    let body = login_body("slow", "old-pw");
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        format!(
+            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    common::wait_for(Duration::from_secs(10), || {
+        (running(&server) == 1).then_some(())
+    })
+    .expect("its hash runs");
+    std::fs::write(&users, new_users).unwrap();
+    server.signal(libc::SIGHUP);
+    let r = conn.response(false).unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let mut conn = Conn::new(server.connect());
+    assert_eq!(login(&mut conn, "slow", "old-pw", None).status, 401);
+    assert_eq!(login(&mut conn, "slow", "new-pw", None).status, 200);
+}

@@ -121,10 +121,16 @@ impl Limiter {
         Attempt::Counted
     }
 
-    /// Takes back one attempt in flight (it succeeded, or was never judged).
+    /// Takes back one attempt in flight (it succeeded, or was never judged). An entry left
+    /// with nothing counted goes: an attempt refused on its other key (a blocked address) made
+    /// one, and a blocked address spraying new user names evicted any counter with them (found
+    /// in review: the name under attack was forgotten, and guessed again).
     pub fn refund(&mut self, key: &str) {
         if let Some(entry) = self.entries.get_mut(key) {
             entry.pending = entry.pending.saturating_sub(1);
+            if entry.pending == 0 && entry.failures == 0 {
+                self.entries.remove(key);
+            }
         }
     }
 
@@ -296,6 +302,12 @@ mod tests {
         assert_eq!(l.fail("u:a", 7), Some(993)); // failures 2: blocked
         assert_eq!(l.attempt("u:a", 8), Blocked(992));
         l.refund("u:b"); // unknown key: nothing happens
+        assert_eq!(l.len(), 1);
+        // A key whose only attempt is taken back is forgotten: refused attempts on another key
+        // leave nothing behind to crowd out real counters.
+        assert_eq!(l.attempt("u:c", 9), Counted);
+        assert_eq!(l.len(), 2);
+        l.refund("u:c");
         assert_eq!(l.len(), 1);
         // A refund never goes below zero.
         l.reset("u:a");

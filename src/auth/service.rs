@@ -171,32 +171,50 @@ impl Auth {
     /// (503). A failure counts for both keys; a success takes the address's attempt back and
     /// forgets the name's. An unknown user costs a hash like a known one, so the
     /// answer time does not tell which user names exist.
+    ///
+    /// The whole check, from counting the attempt to judging it, runs in a task of its own: a
+    /// request dropped at any point (its client hung up, `--handler-timeout`) leaves no attempt
+    /// counted and never judged (found in review: one left in flight kept its key at 503 for
+    /// the window), and the metrics count every check. A right password checked against users
+    /// that a reload replaced meanwhile is `Busy` (retry): its roles and the session's stamp
+    /// would be the new users' (found in review: such a login outlived a password change).
     pub async fn check_password(
         &self,
         name: &str,
         password: &str,
         addr: Option<IpAddr>,
     ) -> Result<Vec<String>, Denied> {
-        let result = self.check_password_counted(name, password, addr).await;
-        let metrics = &shard::current().metrics;
-        add(
-            match result {
-                Ok(_) => &metrics.password_checks_ok,
-                Err(Denied::Invalid) => &metrics.password_checks_failed,
-                Err(Denied::Blocked(_)) => &metrics.password_checks_blocked,
-                Err(Denied::Busy) => &metrics.password_checks_busy,
-            },
-            1,
-        );
-        result
+        let auth = shard::current().auth.clone();
+        debug_assert!(std::ptr::eq(Rc::as_ptr(&auth), self), "the shard's Auth");
+        let (name, password) = (name.to_string(), password.to_string());
+        let checked = glommio::spawn_local(async move {
+            let result = auth.check_password_counted(&name, &password, addr).await;
+            let metrics = &shard::current().metrics;
+            add(
+                match result {
+                    Ok(_) => &metrics.password_checks_ok,
+                    Err(Denied::Invalid) => &metrics.password_checks_failed,
+                    Err(Denied::Blocked(_)) => &metrics.password_checks_blocked,
+                    Err(Denied::Busy) => &metrics.password_checks_busy,
+                },
+                1,
+            );
+            result
+        })
+        .detach();
+        match checked.await.unwrap_or(Err(Denied::Busy))? {
+            (roles, generation) if generation == self.generation.get() => Ok(roles),
+            _ => Err(Denied::Busy),
+        }
     }
 
+    /// The check, and the users' generation it was made against.
     async fn check_password_counted(
         &self,
         name: &str,
         password: &str,
         addr: Option<IpAddr>,
-    ) -> Result<Vec<String>, Denied> {
+    ) -> Result<(Vec<String>, u64), Denied> {
         let keys = Auth::keys(name, addr);
         let attempts = self.limit_each(&keys, LimitRequest::Attempt).await;
         let counted: Vec<String> = keys
@@ -223,6 +241,7 @@ impl Auth {
             });
         }
         let users = self.users();
+        let generation = self.generation.get();
         let user = users.get(name);
         let known = user.is_some();
         let roles = user.map(|u| u.roles.clone()).unwrap_or_default();
@@ -232,31 +251,20 @@ impl Auth {
             .or_else(|| users.any())
             .map(|u| u.password_hash.clone());
         drop(users);
-        // From here the attempt is judged by its outcome whatever becomes of this request: the
-        // check and the count it ends run in a task of their own (found in review: a handler
-        // dropped mid-check left its attempt in flight for nobody to judge).
-        let auth = shard::current().auth.clone();
-        let password = password.to_string();
-        let judged = glommio::spawn_local(async move {
-            let verified = match auth.hash(phc, &password).await {
-                Ok(verified) => verified && known,
-                Err(busy) => {
-                    auth.limit_each(&keys, LimitRequest::Refund).await;
-                    return Err(busy);
-                }
-            };
-            if verified {
-                auth.limit_each(&keys[..1], LimitRequest::Reset).await;
-                auth.limit_each(&keys[1..], LimitRequest::Refund).await;
-                Ok(())
-            } else {
-                auth.limit_each(&keys, LimitRequest::Fail).await;
-                Err(Denied::Invalid)
+        let verified = match self.hash(phc, password).await {
+            Ok(verified) => verified && known,
+            Err(busy) => {
+                self.limit_each(&keys, LimitRequest::Refund).await;
+                return Err(busy);
             }
-        })
-        .detach();
-        judged.await.unwrap_or(Err(Denied::Busy))?;
-        Ok(roles)
+        };
+        if !verified {
+            self.limit_each(&keys, LimitRequest::Fail).await;
+            return Err(Denied::Invalid);
+        }
+        self.limit_each(&keys[..1], LimitRequest::Reset).await;
+        self.limit_each(&keys[1..], LimitRequest::Refund).await;
+        Ok((roles, generation))
     }
 
     /// Verifies `password` against `phc` (or the dummy hash) on a background thread, at most
