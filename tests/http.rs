@@ -1219,6 +1219,40 @@ fn a_lingering_close_ends_at_lingering_time_however_the_client_keeps_sending() {
     assert!(ended >= Duration::from_millis(800), "ended after {ended:?}");
 }
 
+/// A chunked body nobody reads is discarded within `--lingering-time` too: a client that
+/// trickles one (each chunk within `--body-timeout`) loses its connection after about two of
+/// them (the discard, then the lingering close), not whenever it stops (found in review).
+#[test]
+fn a_trickled_body_nobody_reads_is_discarded_within_lingering_time() {
+    let server = Server::start(&[
+        "--lingering-time",
+        "1",
+        "--lingering-timeout",
+        "5",
+        "--body-timeout",
+        "5",
+    ]);
+    let mut conn = Conn::new(server.connect());
+    conn.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let answer = conn.response(false).expect("the 404");
+    assert_eq!((answer.status, answer.header("connection")), (404, None));
+    let answered = Instant::now();
+    let ended = loop {
+        if conn.stream.write_all(b"1\r\na\r\n").is_err() {
+            break answered.elapsed();
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(8),
+            "still discarding, far past --lingering-time 1"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ended >= Duration::from_millis(800), "ended after {ended:?}");
+}
+
 #[test]
 fn a_closing_answer_to_an_unread_upload_lingers_for_the_rest_of_it() {
     let server = Server::start(&["--lingering-timeout", "5"]);

@@ -1381,7 +1381,8 @@ impl Conn {
     /// Reads and drops what the handler left of a body, so the next request can be framed.
     /// False (close the connection) on any error, `--max-body` passed included: no more is
     /// left than BODY_DISCARD_BYTES_MAX of a Content-Length body (`finish` closes past it), and
-    /// a chunked one is read to its end within the body bound. What is already read goes at
+    /// a chunked one is read to its end within the body bound and `--lingering-time` (then the
+    /// connection closes, lingering as after any close). What is already read goes at
     /// once; before waiting for the rest, the answers so far are sent: the client may be
     /// waiting for one (a 401 or 413 to an upload) before it sends on, or stops.
     async fn discard(&mut self, body: &Rc<ConnBody>) -> bool {
@@ -1391,12 +1392,16 @@ impl Conn {
         if self.flush().await.is_err() {
             return false;
         }
+        // `--body-timeout` bounds each read; `--lingering-time` bounds them all, as it bounds
+        // a lingering close: a client trickling a body nobody reads does not keep its
+        // connection for as long as it trickles (found in review).
+        let until = Instant::now() + self.shard().config.lingering_time;
         let source: Rc<dyn BodySource> = body.clone();
         loop {
             match std::future::poll_fn(|cx| source.poll_chunk(cx)).await {
                 None => return true,
-                Some(Ok(_)) => {}
-                Some(Err(_)) => return false,
+                Some(Ok(_)) if Instant::now() < until => {}
+                Some(_) => return false,
             }
         }
     }
