@@ -91,19 +91,21 @@ fn login_body(user: &str, password: &str) -> String {
     format!(r#"{{"username":"{user}","password":"{password}"}}"#)
 }
 
-/// POST /auth/login (JSON) with an optional cookie; the response.
-fn login(conn: &mut Conn, user: &str, password: &str, cookie: Option<&str>) -> common::Response {
+/// The bytes of POST /auth/login (JSON) with an optional cookie.
+fn login_request(user: &str, password: &str, cookie: Option<&str>) -> String {
     let body = login_body(user, password);
     let cookie = cookie
         .map(|c| format!("Cookie: {c}\r\n"))
         .unwrap_or_default();
-    conn.send(
-        format!(
-            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{cookie}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    format!(
+        "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{cookie}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// POST /auth/login (JSON) with an optional cookie; the response.
+fn login(conn: &mut Conn, user: &str, password: &str, cookie: Option<&str>) -> common::Response {
+    conn.send(login_request(user, password, cookie).as_bytes());
     conn.response(false).unwrap()
 }
 
@@ -649,13 +651,7 @@ fn parallel_logins_count_while_they_run_and_right_ones_are_not_blocked() {
     let config = dir.path().join("open.toml");
     std::fs::write(&config, "").unwrap();
     let server = start(&users, &config, &["--shards", "1"]);
-    let body_of = |password: &str| {
-        let body = login_body("alice", password);
-        format!(
-            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
+    let body_of = |password: &str| login_request("alice", password, None);
     let at_once = |raw: &str| -> Vec<common::Response> {
         let mut conns: Vec<Conn> = (0..10).map(|_| Conn::new(server.connect())).collect();
         for conn in &mut conns {
@@ -957,14 +953,7 @@ fn login_over_tls_sets_a_secure_cookie() {
     let (cert, key) = (pki.cert_arg(), pki.key_arg());
     let server = start(&users, &config, &["--tls-cert", &cert, "--tls-key", &key]);
     let mut conn = common::tls::conn(&pki, server.addr);
-    let body = login_body("bob", "bob-pw");
-    conn.send(
-        format!(
-            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    conn.send(login_request("bob", "bob-pw", None).as_bytes());
     let r = conn.response(false).unwrap();
     assert_eq!(r.status, 200);
     assert!(r.header("set-cookie").unwrap().contains("; Secure"));
@@ -1278,6 +1267,41 @@ fn slow_hash(password: &str) -> String {
         .to_string()
 }
 
+/// A users file with one user, `slow`, whose password (`slow_hash`) takes a second to check.
+fn slow_users(password: &str) -> String {
+    format!(
+        "[[user]]\nname = \"slow\"\npassword_hash = {:?}\nroles = []\n",
+        slow_hash(password)
+    )
+}
+
+/// One shard serving `users` (a file of `slow_users`), with `extra` flags.
+fn start_slow(users: &Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--users",
+        users.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Server::start_exact(&args)
+}
+
+/// Password hashes running now on the server (`/stats` `password_hashes_running`).
+fn hashes_running(server: &Server) -> serde_json::Value {
+    server.stats()["total"]["password_hashes_running"].clone()
+}
+
+/// Waits until `server` runs exactly one password hash.
+fn wait_for_one_hash(server: &Server) {
+    common::wait_for(Duration::from_secs(10), || {
+        (hashes_running(server) == 1).then_some(())
+    })
+    .expect("its hash runs");
+}
+
 /// `--hash-concurrency 1 --hash-queue-max 1`: one check runs, one waits, the next is 503 at
 /// once; and a login whose client hangs up mid-check keeps its slot until the check ends (the
 /// check runs on whatever becomes of the request: its slot was freed at once, so clients that
@@ -1286,33 +1310,19 @@ fn slow_hash(password: &str) -> String {
 fn password_checks_run_within_their_bounds_even_when_clients_hang_up() {
     let dir = temp_dir("hash-bounds");
     let users = dir.path().join("users.toml");
-    std::fs::write(
+    std::fs::write(&users, slow_users("slow-pw")).unwrap();
+    let server = start_slow(
         &users,
-        format!(
-            "[[user]]\nname = \"slow\"\npassword_hash = {:?}\nroles = []\n",
-            slow_hash("slow-pw")
-        ),
-    )
-    .unwrap();
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--users",
-        users.to_str().unwrap(),
-        "--hash-concurrency",
-        "1",
-        "--hash-queue-max",
-        "1",
-        "--login-max-failures",
-        "100",
-    ]);
-    let body = login_body("slow", "wrong");
-    let raw = format!(
-        "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+        &[
+            "--hash-concurrency",
+            "1",
+            "--hash-queue-max",
+            "1",
+            "--login-max-failures",
+            "100",
+        ],
     );
+    let raw = login_request("slow", "wrong", None);
     let send_three = || {
         let mut conns: Vec<Conn> = (0..3).map(|_| Conn::new(server.connect())).collect();
         for conn in &mut conns {
@@ -1331,14 +1341,10 @@ fn password_checks_run_within_their_bounds_even_when_clients_hang_up() {
 
     // A client that hangs up while its check runs: once its connection is gone, its check
     // still holds the one slot, so of the next three one waits and two are refused.
-    let running = |server: &Server| server.stats()["total"]["password_hashes_running"].clone();
-    assert_eq!(running(&server), 0);
+    assert_eq!(hashes_running(&server), 0);
     let mut gone = server.connect();
     std::io::Write::write_all(&mut gone, raw.as_bytes()).unwrap();
-    common::wait_for(Duration::from_secs(10), || {
-        (running(&server) == 1).then_some(())
-    })
-    .expect("its hash runs");
+    wait_for_one_hash(&server);
     drop(gone);
     common::wait_for(Duration::from_secs(10), || {
         (server.stats()["total"]["connections_open"] == 1).then_some(())
@@ -1404,39 +1410,16 @@ fn login_tracked_max_bounds_the_counters_and_evicts_the_oldest() {
 fn a_login_whose_client_hangs_up_is_judged_by_its_outcome() {
     let dir = temp_dir("hang-up-judged");
     let users = dir.path().join("users.toml");
-    std::fs::write(
+    std::fs::write(&users, slow_users("slow-pw")).unwrap();
+    let server = start_slow(
         &users,
-        format!(
-            "[[user]]\nname = \"slow\"\npassword_hash = {:?}\nroles = []\n",
-            slow_hash("slow-pw")
-        ),
-    )
-    .unwrap();
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--users",
-        users.to_str().unwrap(),
-        "--login-max-failures",
-        "1",
-        "--login-window",
-        "60",
-    ]);
-    let running = |server: &Server| server.stats()["total"]["password_hashes_running"].clone();
+        &["--login-max-failures", "1", "--login-window", "60"],
+    );
     for (password, next) in [("slow-pw", 200), ("wrong", 429)] {
-        let body = login_body("slow", password);
-        let raw = format!(
-            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
         let mut gone = server.connect();
-        std::io::Write::write_all(&mut gone, raw.as_bytes()).unwrap();
-        common::wait_for(Duration::from_secs(10), || {
-            (running(&server) == 1).then_some(())
-        })
-        .expect("its hash runs");
+        std::io::Write::write_all(&mut gone, login_request("slow", password, None).as_bytes())
+            .unwrap();
+        wait_for_one_hash(&server);
         drop(gone);
         // 503 while that attempt is still in flight (the bound is 1); then its judgment.
         let status = common::wait_for(Duration::from_secs(20), || {
@@ -1459,36 +1442,12 @@ fn a_login_whose_client_hangs_up_is_judged_by_its_outcome() {
 fn a_login_checked_against_users_a_reload_replaced_is_retried() {
     let dir = temp_dir("reload-race");
     let users = dir.path().join("users.toml");
-    let users_with = |password: &str| {
-        format!(
-            "[[user]]\nname = \"slow\"\npassword_hash = {:?}\nroles = []\n",
-            slow_hash(password)
-        )
-    };
-    std::fs::write(&users, users_with("old-pw")).unwrap();
-    let server = Server::start_exact(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--users",
-        users.to_str().unwrap(),
-    ]);
-    let new_users = users_with("new-pw");
-    let running = |server: &Server| server.stats()["total"]["password_hashes_running"].clone();
-    let body = login_body("slow", "old-pw");
+    std::fs::write(&users, slow_users("old-pw")).unwrap();
+    let server = start_slow(&users, &[]);
+    let new_users = slow_users("new-pw");
     let mut conn = Conn::new(server.connect());
-    conn.send(
-        format!(
-            "POST /auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    common::wait_for(Duration::from_secs(10), || {
-        (running(&server) == 1).then_some(())
-    })
-    .expect("its hash runs");
+    conn.send(login_request("slow", "old-pw", None).as_bytes());
+    wait_for_one_hash(&server);
     std::fs::write(&users, new_users).unwrap();
     server.signal(libc::SIGHUP);
     let r = conn.response(false).unwrap();

@@ -1127,9 +1127,6 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
     // arrived when the answer goes (found in review: the answer kept the connection, then a
     // 64 KiB discard bound closed it, and the client's next request on it was lost).
     let mut conn = Conn::new(server.connect());
-    conn.stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
     let answer = conn.response(false).expect("the 404");
     assert_eq!((answer.status, answer.header("connection")), (404, None));
@@ -1153,9 +1150,6 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
     ];
     for (first, rest) in late {
         let mut conn = Conn::new(server.connect());
-        conn.stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
         conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
         conn.send(&first);
         let answer = conn.response(false).expect("the 404");
@@ -1165,9 +1159,6 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
     }
     // Past --max-body (1 MiB here) the discard stops, and the connection closes.
     let mut conn = Conn::new(server.connect());
-    conn.stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
     assert_eq!(conn.response(false).expect("the 404").status, 404);
     let _ = conn.stream.write_all(&chunk(1024 * 1024 + 1));
@@ -1193,9 +1184,6 @@ fn an_answer_to_a_request_with_an_unread_body_is_sent_before_the_body_ends() {
 fn a_lingering_close_ends_at_lingering_time_however_the_client_keeps_sending() {
     let server = Server::start(&["--lingering-time", "1", "--lingering-timeout", "5"]);
     let mut stream = server.connect();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     stream
         .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n")
         .unwrap();
@@ -1233,9 +1221,6 @@ fn a_trickled_body_nobody_reads_is_discarded_within_lingering_time() {
         "5",
     ]);
     let mut conn = Conn::new(server.connect());
-    conn.stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     conn.send(b"POST /nope HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
     let answer = conn.response(false).expect("the 404");
     assert_eq!((answer.status, answer.header("connection")), (404, None));

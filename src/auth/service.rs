@@ -270,7 +270,7 @@ impl Auth {
     /// Verifies `password` against `phc` (or the dummy hash) on a background thread, at most
     /// `hash_concurrency` at once per shard and `hash_queue_max` waiting.
     async fn hash(&self, phc: Option<String>, password: &str) -> Result<bool, Denied> {
-        let permit = match self.hash_slots.try_acquire_static_permit(1) {
+        let _permit = match self.hash_slots.try_acquire_permit(1) {
             Ok(permit) => permit,
             Err(_) => {
                 if self.hash_waiting.get() >= self.config.hash_queue_max {
@@ -279,38 +279,33 @@ impl Auth {
                 // Counted down on drop, so a cancelled request (a middleware timeout) leaks nothing.
                 let _waiting = Waiting::enter(&self.hash_waiting);
                 self.hash_slots
-                    .acquire_static_permit(1)
+                    .acquire_permit(1)
                     .await
                     .map_err(|_| Denied::Busy)?
             }
         };
         let password = password.to_string();
         let priority = self.config.hash_priority;
-        let job = glommio::executor().spawn_blocking(move || {
-            set_this_threads_priority(priority);
-            match phc {
-                Some(phc) => password::verify(&phc, &password),
-                None => {
-                    password::verify_dummy(&password);
-                    false
-                }
-            }
-        });
-        // The job runs to its end whatever becomes of this request, so its slot is held until
-        // then, by a task of its own: a client that hung up mid-hash let the next hash start
+        // The check runs in a task no request can drop (`check_password`), so the slot is
+        // held until the job ends: a client that hung up mid-hash let the next hash start
         // beside its own, and hang-ups could run any number at once (found in review).
         let shard = shard::current();
         let running = &shard.metrics.password_hashes_running;
         running.set(running.get() + 1);
-        let verified = glommio::spawn_local(async move {
-            let verified = job.await;
-            drop(permit);
-            let running = &shard.metrics.password_hashes_running;
-            running.set(running.get() - 1);
-            verified
-        })
-        .detach();
-        verified.await.ok_or(Denied::Busy)
+        let verified = glommio::executor()
+            .spawn_blocking(move || {
+                set_this_threads_priority(priority);
+                match phc {
+                    Some(phc) => password::verify(&phc, &password),
+                    None => {
+                        password::verify_dummy(&password);
+                        false
+                    }
+                }
+            })
+            .await;
+        running.set(running.get() - 1);
+        Ok(verified)
     }
 
     /// Basic credentials: from the cache when this shard verified them before (since the last
