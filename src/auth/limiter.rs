@@ -28,10 +28,16 @@ pub struct LimiterConfig {
 struct Entry {
     window_start_ms: u64,
     failures: u32,
-    /// Attempts counted and not yet judged (`attempt`): each becomes a failure (`fail`) or is
-    /// taken back (`refund`) when its check ends, which it does whatever becomes of its request
-    /// (`Auth::check_password`). One whose owner went away unjudged ends with the window.
-    pending: u32,
+    /// Attempts counted and not yet judged (`attempt`), by the id their caller gave them: each
+    /// becomes a failure (`fail`) or is taken back (`refund`) when its check ends, which it does
+    /// whatever becomes of its request (`Auth::check_password`). One whose owner went away
+    /// unjudged ends with the window. At most `failures_max` (`attempt` counts no more).
+    ///
+    /// Ids make a judgment exact: one that arrives late, after its window ended or its entry
+    /// was evicted or reset, finds no id here and takes back nobody else's attempt; and an
+    /// attempt whose reply was lost (a mesh timeout) can be taken back blindly, whether or not
+    /// it was ever counted (found in review: such an attempt stayed in flight for its window).
+    pending: Vec<u64>,
     /// Identifies this window's item in `Limiter::order`.
     seq: u64,
 }
@@ -86,15 +92,16 @@ impl Limiter {
         blocked_for_ms(&self.config, entry, now_ms)
     }
 
-    /// Records one failure for `key`; Some(retry_after_ms) when the key is now blocked.
-    pub fn fail(&mut self, key: &str, now_ms: u64) -> Option<u64> {
+    /// Records one failure for `key`, the judgment of attempt `id` (in flight no more, if it
+    /// still is here); Some(retry_after_ms) when the key is now blocked. A failure whose attempt
+    /// is gone (its window ended) still counts, in the key's current window.
+    pub fn fail(&mut self, key: &str, id: u64, now_ms: u64) -> Option<u64> {
         self.forget_if_expired(key, now_ms);
         if !self.entries.contains_key(key) {
             self.insert(key, now_ms);
         }
         let entry = self.entries.get_mut(key)?;
-        // The attempt it judges is in flight no more.
-        entry.pending = entry.pending.saturating_sub(1);
+        take_pending(entry, id);
         entry.failures = entry.failures.saturating_add(1);
         blocked_for_ms(&self.config, entry, now_ms)
     }
@@ -103,7 +110,10 @@ impl Limiter {
     /// flight together stay within `failures_max`. Checking and counting in one step on the
     /// owner is what makes parallel guesses count: a check now and a `fail` after the hash
     /// would let every guess in flight pass.
-    pub fn attempt(&mut self, key: &str, now_ms: u64) -> Attempt {
+    ///
+    /// `id` names the attempt in its later `fail` or `refund`; the caller keeps ids unique per
+    /// key (an id counted twice is counted once).
+    pub fn attempt(&mut self, key: &str, id: u64, now_ms: u64) -> Attempt {
         if let Some(ms) = self.check(key, now_ms) {
             return Attempt::Blocked(ms);
         }
@@ -114,23 +124,29 @@ impl Limiter {
         let Some(entry) = self.entries.get_mut(key) else {
             return Attempt::Counted;
         };
-        if entry.failures.saturating_add(entry.pending) >= failures_max {
+        if entry.pending.contains(&id) {
+            return Attempt::Counted;
+        }
+        let pending = u32::try_from(entry.pending.len()).unwrap_or(u32::MAX);
+        if entry.failures.saturating_add(pending) >= failures_max {
             return Attempt::InFlight;
         }
-        entry.pending += 1;
+        entry.pending.push(id);
         Attempt::Counted
     }
 
-    /// Takes back one attempt in flight (it succeeded, or was never judged). An entry left
-    /// with nothing counted goes: an attempt refused on its other key (a blocked address) made
-    /// one, and a blocked address spraying new user names evicted any counter with them (found
-    /// in review: the name under attack was forgotten, and guessed again).
-    pub fn refund(&mut self, key: &str) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.pending = entry.pending.saturating_sub(1);
-            if entry.pending == 0 && entry.failures == 0 {
-                self.entries.remove(key);
-            }
+    /// Takes back attempt `id` (it succeeded, was never judged, or its reply was lost), if it
+    /// is in flight here; any other is left alone. An entry left with nothing counted goes: an
+    /// attempt refused on its other key (a blocked address) made one, and a blocked address
+    /// spraying new user names evicted any counter with them (found in review: the name under
+    /// attack was forgotten, and guessed again).
+    pub fn refund(&mut self, key: &str, id: u64) {
+        if let Some(entry) = self.entries.get_mut(key)
+            && take_pending(entry, id)
+            && entry.pending.is_empty()
+            && entry.failures == 0
+        {
+            self.entries.remove(key);
         }
     }
 
@@ -166,7 +182,7 @@ impl Limiter {
         let entry = Entry {
             window_start_ms: now_ms,
             failures: 0,
-            pending: 0,
+            pending: Vec::new(),
             seq,
         };
         self.entries.insert(key.to_string(), entry);
@@ -217,6 +233,15 @@ impl Limiter {
         self.order
             .retain(|(seq, key)| entries.get(key).is_some_and(|entry| entry.seq == *seq));
     }
+}
+
+/// Removes attempt `id` from those in flight; whether it was there.
+fn take_pending(entry: &mut Entry, id: u64) -> bool {
+    let found = entry.pending.iter().position(|&pending| pending == id);
+    if let Some(at) = found {
+        entry.pending.swap_remove(at);
+    }
+    found.is_some()
 }
 
 fn window_end_ms(window_ms: u64, entry: &Entry) -> u64 {
@@ -287,42 +312,85 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The id of a failure no attempt announced (the failure-only tests).
+    const UNJUDGED: u64 = u64::MAX;
+
     #[test]
     fn attempts_count_before_the_outcome_and_refunds_take_them_back() {
         use Attempt::{Blocked, Counted, InFlight};
         let mut l = limiter(2, 1000, 10);
-        assert_eq!(l.attempt("u:a", 0), Counted); // in flight: 1
-        assert_eq!(l.attempt("u:a", 1), Counted); // in flight: 2, the bound
-        assert_eq!(l.attempt("u:a", 2), InFlight, "not counted, not blocked");
+        assert_eq!(l.attempt("u:a", 1, 0), Counted); // in flight: 1
+        assert_eq!(l.attempt("u:a", 2, 1), Counted); // in flight: 2, the bound
+        assert_eq!(l.attempt("u:a", 3, 2), InFlight, "not counted, not blocked");
         assert_eq!(l.check("u:a", 2), None, "in flight is no failure");
-        l.refund("u:a"); // one of the two succeeded
-        assert_eq!(l.attempt("u:a", 4), Counted);
-        assert_eq!(l.fail("u:a", 5), None); // failures 1, in flight 1
-        assert_eq!(l.attempt("u:a", 6), InFlight);
-        assert_eq!(l.fail("u:a", 7), Some(993)); // failures 2: blocked
-        assert_eq!(l.attempt("u:a", 8), Blocked(992));
-        l.refund("u:b"); // unknown key: nothing happens
+        l.refund("u:a", 1); // one of the two succeeded
+        assert_eq!(l.attempt("u:a", 4, 4), Counted);
+        assert_eq!(l.fail("u:a", 2, 5), None); // failures 1, in flight 1 (id 4)
+        assert_eq!(l.attempt("u:a", 6, 6), InFlight);
+        assert_eq!(l.fail("u:a", 4, 7), Some(993)); // failures 2: blocked
+        assert_eq!(l.attempt("u:a", 8, 8), Blocked(992));
+        l.refund("u:b", 1); // unknown key: nothing happens
         assert_eq!(l.len(), 1);
         // A key whose only attempt is taken back is forgotten: refused attempts on another key
         // leave nothing behind to crowd out real counters.
-        assert_eq!(l.attempt("u:c", 9), Counted);
+        assert_eq!(l.attempt("u:c", 9, 9), Counted);
         assert_eq!(l.len(), 2);
-        l.refund("u:c");
+        l.refund("u:c", 9);
         assert_eq!(l.len(), 1);
-        // A refund never goes below zero.
+        // A refund of an attempt not in flight takes nothing back.
         l.reset("u:a");
-        l.refund("u:a");
-        assert_eq!(l.attempt("u:a", 9), Counted);
+        l.refund("u:a", 4);
+        assert_eq!(l.attempt("u:a", 10, 9), Counted);
     }
 
     /// Attempts in flight end with their window, like failures.
     #[test]
     fn attempts_in_flight_end_with_the_window() {
         let mut l = limiter(2, 1000, 10);
-        assert_eq!(l.attempt("u:a", 0), Attempt::Counted);
-        assert_eq!(l.attempt("u:a", 10), Attempt::Counted);
-        assert_eq!(l.attempt("u:a", 999), Attempt::InFlight);
-        assert_eq!(l.attempt("u:a", 1000), Attempt::Counted, "a new window");
+        assert_eq!(l.attempt("u:a", 1, 0), Attempt::Counted);
+        assert_eq!(l.attempt("u:a", 2, 10), Attempt::Counted);
+        assert_eq!(l.attempt("u:a", 3, 999), Attempt::InFlight);
+        assert_eq!(l.attempt("u:a", 4, 1000), Attempt::Counted, "a new window");
+    }
+
+    /// A judgment that arrives late, or for an attempt never counted, touches only its own
+    /// attempt (found in review: a late refund took back a newer window's attempt, and a
+    /// timed-out attempt counted late stayed in flight for its window).
+    #[test]
+    fn judgments_touch_only_their_own_attempt() {
+        use Attempt::{Counted, InFlight};
+        let mut l = limiter(2, 1000, 10);
+        assert_eq!(l.attempt("u:a", 1, 0), Counted);
+        // Window 2: attempt 1 is gone with window 1; its late refund must not take back 2.
+        assert_eq!(l.attempt("u:a", 2, 1000), Counted);
+        assert_eq!(l.attempt("u:a", 3, 1001), Counted);
+        l.refund("u:a", 1);
+        assert_eq!(
+            l.attempt("u:a", 4, 1002),
+            InFlight,
+            "2 and 3 still in flight"
+        );
+        // A late failure still counts as one, and takes back no other attempt.
+        assert_eq!(l.fail("u:a", 1, 1003), None, "failures: 1 of 2");
+        assert_eq!(
+            l.attempt("u:a", 5, 1004),
+            InFlight,
+            "1 failure, 2 and 3 in flight"
+        );
+        l.refund("u:a", 3);
+        assert_eq!(l.fail("u:a", 2, 1005), Some(995), "failures: 2, blocked");
+        assert_eq!(l.entries["u:a"].pending, Vec::<u64>::new());
+        // A blind refund (the attempt's reply was lost, and it may never have arrived) of an
+        // attempt never counted changes nothing; one that was counted is taken back.
+        let mut l = limiter(2, 1000, 10);
+        l.refund("u:b", 7);
+        assert!(l.is_empty());
+        assert_eq!(l.attempt("u:b", 7, 0), Counted);
+        assert_eq!(l.attempt("u:b", 7, 0), Counted, "the same id counts once");
+        assert_eq!(l.attempt("u:b", 8, 0), Counted);
+        assert_eq!(l.attempt("u:b", 9, 0), InFlight);
+        l.refund("u:b", 7);
+        assert_eq!(l.attempt("u:b", 9, 0), Counted);
     }
 
     #[test]
@@ -359,7 +427,7 @@ mod tests {
             match *op {
                 Op::Fail(key, now_ms, want) => {
                     assert_eq!(
-                        limiter.fail(key, now_ms),
+                        limiter.fail(key, UNJUDGED, now_ms),
                         want,
                         "step {step}: fail {key}@{now_ms}"
                     )
@@ -568,19 +636,19 @@ mod tests {
     #[test]
     fn failure_count_saturates() {
         let mut l = limiter(u32::MAX, 1000, 10);
-        assert_eq!(l.fail("a", 0), None);
+        assert_eq!(l.fail("a", UNJUDGED, 0), None);
         if let Some(entry) = l.entries.get_mut("a") {
             entry.failures = u32::MAX - 1;
         }
-        assert_eq!(l.fail("a", 1), Some(999));
-        assert_eq!(l.fail("a", 2), Some(998));
+        assert_eq!(l.fail("a", UNJUDGED, 1), Some(999));
+        assert_eq!(l.fail("a", UNJUDGED, 2), Some(998));
     }
 
     #[test]
     fn reset_churn_keeps_queue_bounded() {
         let mut l = limiter(5, 1000, 4);
         for now_ms in 0..1000 {
-            l.fail("k", now_ms);
+            l.fail("k", UNJUDGED, now_ms);
             l.reset("k");
             assert!(
                 l.order.len() <= 2 * 4,
@@ -663,7 +731,7 @@ mod tests {
 
     fn apply(limiter: &mut Limiter, op: &RandomOp) -> Option<u64> {
         match *op {
-            RandomOp::Fail(k, t) => limiter.fail(&format!("k{k}"), t),
+            RandomOp::Fail(k, t) => limiter.fail(&format!("k{k}"), UNJUDGED, t),
             RandomOp::Check(k, t) => limiter.check(&format!("k{k}"), t),
             RandomOp::Reset(k) => {
                 limiter.reset(&format!("k{k}"));
@@ -691,17 +759,17 @@ mod tests {
     /// An attempt, its judgment, or a refund, on one of a few keys at a time.
     #[derive(Debug, Clone)]
     enum AttemptOp {
-        Attempt(u8, u64),
-        Fail(u8, u64),
-        Refund(u8),
+        Attempt(u8, u64, u64),
+        Fail(u8, u64, u64),
+        Refund(u8, u64),
         Reset(u8),
     }
 
     fn attempt_op() -> impl Strategy<Value = AttemptOp> {
         prop_oneof![
-            (0u8..6, 0u64..5000).prop_map(|(k, t)| AttemptOp::Attempt(k, t)),
-            (0u8..6, 0u64..5000).prop_map(|(k, t)| AttemptOp::Fail(k, t)),
-            (0u8..6).prop_map(AttemptOp::Refund),
+            (0u8..6, 0u64..8, 0u64..5000).prop_map(|(k, id, t)| AttemptOp::Attempt(k, id, t)),
+            (0u8..6, 0u64..8, 0u64..5000).prop_map(|(k, id, t)| AttemptOp::Fail(k, id, t)),
+            (0u8..6, 0u64..8).prop_map(|(k, id)| AttemptOp::Refund(k, id)),
             (0u8..6).prop_map(AttemptOp::Reset),
         ]
     }
@@ -719,16 +787,19 @@ mod tests {
             let mut l = limiter(failures_max, window_ms, entries_max);
             for op in &ops {
                 match *op {
-                    AttemptOp::Attempt(k, t) => {
-                        l.attempt(&format!("k{k}"), t);
+                    AttemptOp::Attempt(k, id, t) => {
+                        l.attempt(&format!("k{k}"), id, t);
                     }
-                    AttemptOp::Fail(k, t) => {
-                        l.fail(&format!("k{k}"), t);
+                    AttemptOp::Fail(k, id, t) => {
+                        l.fail(&format!("k{k}"), id, t);
                     }
-                    AttemptOp::Refund(k) => l.refund(&format!("k{k}")),
+                    AttemptOp::Refund(k, id) => l.refund(&format!("k{k}"), id),
                     AttemptOp::Reset(k) => l.reset(&format!("k{k}")),
                 }
                 assert_invariants(&l, entries_max);
+                for entry in l.entries.values() {
+                    prop_assert!(entry.pending.len() <= failures_max.max(1) as usize);
+                }
             }
         }
 
@@ -742,16 +813,16 @@ mod tests {
         ) {
             let mut l = limiter(failures_max, u64::MAX / 2, 16);
             let mut counted = [0u32; 4];
-            let mut in_flight = [0u32; 4];
+            let mut in_flight: [Vec<u64>; 4] = Default::default();
             for (t, (k, judge)) in ops.into_iter().enumerate() {
                 let key = format!("k{k}");
                 let k = usize::from(k);
-                if judge && in_flight[k] > 0 {
-                    in_flight[k] -= 1;
-                    l.fail(&key, t as u64);
-                } else if l.attempt(&key, t as u64) == Attempt::Counted {
+                let t = t as u64;
+                if judge && let Some(id) = in_flight[k].pop() {
+                    l.fail(&key, id, t);
+                } else if l.attempt(&key, t, t) == Attempt::Counted {
                     counted[k] += 1;
-                    in_flight[k] += 1;
+                    in_flight[k].push(t);
                 }
                 prop_assert!(counted[k] <= failures_max, "{counted:?}");
             }

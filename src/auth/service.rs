@@ -17,15 +17,17 @@ use crate::mesh::{Mesh, join_all};
 use crate::metrics::add;
 use crate::runtime::{now_ms, shard};
 
-/// A brute-force counter operation, run on the shard that owns the key.
+/// A brute-force counter operation, run on the shard that owns the key. The number is the
+/// attempt's id (`Auth::next_attempt_id`), which its judgment names.
 pub enum LimitRequest {
     /// Blocked? If not, count this attempt as in flight now (before the hash): see
     /// `Limiter::attempt`.
-    Attempt(String),
+    Attempt(String, u64),
     /// The attempt in flight failed: a failure.
-    Fail(String),
-    /// Take back one attempt in flight (it succeeded, or was never judged).
-    Refund(String),
+    Fail(String, u64),
+    /// Take back the attempt if it is in flight (it succeeded, was never judged, or its reply
+    /// was lost).
+    Refund(String, u64),
     /// A successful login: forget the user name's failures.
     Reset(String),
 }
@@ -42,13 +44,13 @@ pub fn serve_limit(limiter: &RefCell<Limiter>, request: LimitRequest) -> LimitRe
     let now = now_ms();
     let mut limiter = limiter.borrow_mut();
     LimitReply(match request {
-        LimitRequest::Attempt(key) => limiter.attempt(&key, now),
-        LimitRequest::Fail(key) => {
-            limiter.fail(&key, now);
+        LimitRequest::Attempt(key, id) => limiter.attempt(&key, id, now),
+        LimitRequest::Fail(key, id) => {
+            limiter.fail(&key, id, now);
             Attempt::Counted
         }
-        LimitRequest::Refund(key) => {
-            limiter.refund(&key);
+        LimitRequest::Refund(key, id) => {
+            limiter.refund(&key, id);
             Attempt::Counted
         }
         LimitRequest::Reset(key) => {
@@ -76,6 +78,9 @@ pub struct Auth {
     generation: Cell<u64>,
     pub limiter: Rc<RefCell<Limiter>>,
     mesh: Rc<AuthMesh>,
+    /// The next attempt's id: the shard's index in the top 16 bits, a count below, so ids are
+    /// unique across shards (wrapping after 2^48 attempts on one shard).
+    attempt_id_next: Cell<u64>,
     hash_slots: Rc<glommio::sync::Semaphore>,
     hash_waiting: Cell<usize>,
     /// (user, SHA-256(salt, password)) -> generation, of Basic credentials verified here.
@@ -89,9 +94,18 @@ pub struct Auth {
 
 type BasicKey = (String, [u8; 32]);
 
+/// Bits of an attempt id below the shard index (`Auth::attempt_id_next`).
+const ATTEMPT_ID_COUNT_BITS: u32 = 48;
+
 impl Auth {
-    pub fn new(config: AuthConfig, limiter: Rc<RefCell<Limiter>>, mesh: Rc<AuthMesh>) -> Auth {
+    pub fn new(
+        config: AuthConfig,
+        shard_index: usize,
+        limiter: Rc<RefCell<Limiter>>,
+        mesh: Rc<AuthMesh>,
+    ) -> Auth {
         Auth {
+            attempt_id_next: Cell::new((shard_index as u64) << ATTEMPT_ID_COUNT_BITS),
             users: RefCell::new(config.users.clone()),
             generation: Cell::new(0),
             hash_slots: Rc::new(glommio::sync::Semaphore::new(
@@ -135,6 +149,16 @@ impl Auth {
         Some(users.get(user)?.credential_stamp().to_string())
     }
 
+    /// An id for one password check's attempt, unique among those in flight.
+    fn next_attempt_id(&self) -> u64 {
+        let id = self.attempt_id_next.get();
+        let shard = id >> ATTEMPT_ID_COUNT_BITS;
+        let count = (id + 1) & ((1 << ATTEMPT_ID_COUNT_BITS) - 1);
+        self.attempt_id_next
+            .set((shard << ATTEMPT_ID_COUNT_BITS) | count);
+        id
+    }
+
     fn keys(name: &str, addr: Option<IpAddr>) -> Vec<String> {
         let mut keys = vec![limiter::user_key(name)];
         keys.extend(addr.map(limiter::addr_key));
@@ -146,7 +170,7 @@ impl Auth {
     async fn limit_each(
         &self,
         keys: &[String],
-        request: fn(String) -> LimitRequest,
+        request: impl Fn(String) -> LimitRequest,
     ) -> Vec<Option<Attempt>> {
         let shard_count = self.mesh.shard_count();
         let calls = keys
@@ -188,7 +212,16 @@ impl Auth {
         debug_assert!(std::ptr::eq(Rc::as_ptr(&auth), self), "the shard's Auth");
         let (name, password) = (name.to_string(), password.to_string());
         let checked = glommio::spawn_local(async move {
-            let result = auth.check_password_counted(&name, &password, addr).await;
+            // A reload during the check is seen here, so the metrics count its 503 as busy.
+            let result = auth
+                .check_password_counted(&name, &password, addr)
+                .await
+                .and_then(
+                    |(roles, generation)| match generation == auth.generation.get() {
+                        true => Ok((roles, generation)),
+                        false => Err(Denied::Busy),
+                    },
+                );
             let metrics = &shard::current().metrics;
             add(
                 match result {
@@ -216,18 +249,26 @@ impl Auth {
         addr: Option<IpAddr>,
     ) -> Result<(Vec<String>, u64), Denied> {
         let keys = Auth::keys(name, addr);
-        let attempts = self.limit_each(&keys, LimitRequest::Attempt).await;
-        let counted: Vec<String> = keys
+        let id = self.next_attempt_id();
+        let refund = |key| LimitRequest::Refund(key, id);
+        let attempts = self
+            .limit_each(&keys, |key| LimitRequest::Attempt(key, id))
+            .await;
+        if attempts
             .iter()
-            .zip(&attempts)
-            .filter(|(_, attempt)| **attempt == Some(Attempt::Counted))
-            .map(|(key, _)| key.clone())
-            .collect();
-        if counted.len() < keys.len() {
+            .any(|attempt| *attempt != Some(Attempt::Counted))
+        {
             // A key is blocked, at its bound with attempts in flight, or its owner did not
             // answer (then we do not guess in the attacker's favour): the attempt goes no
-            // further, and the keys that counted it take it back.
-            self.limit_each(&counted, LimitRequest::Refund).await;
+            // further, and the keys that counted it take it back, as do those whose reply was
+            // lost: counted late or never, a refund by id finds it or changes nothing.
+            let counted: Vec<String> = keys
+                .iter()
+                .zip(&attempts)
+                .filter(|(_, attempt)| matches!(attempt, Some(Attempt::Counted) | None))
+                .map(|(key, _)| key.clone())
+                .collect();
+            self.limit_each(&counted, refund).await;
             let blocked_ms = attempts
                 .iter()
                 .filter_map(|attempt| match attempt {
@@ -235,6 +276,9 @@ impl Auth {
                     _ => None,
                 })
                 .max();
+            if blocked_ms.is_none() && attempts.contains(&Some(Attempt::InFlight)) {
+                add(&shard::current().metrics.password_checks_in_flight, 1);
+            }
             return Err(match blocked_ms {
                 Some(ms) => Denied::Blocked(limiter::retry_after_secs(ms)),
                 None => Denied::Busy,
@@ -254,16 +298,17 @@ impl Auth {
         let verified = match self.hash(phc, password).await {
             Ok(verified) => verified && known,
             Err(busy) => {
-                self.limit_each(&keys, LimitRequest::Refund).await;
+                self.limit_each(&keys, refund).await;
                 return Err(busy);
             }
         };
         if !verified {
-            self.limit_each(&keys, LimitRequest::Fail).await;
+            self.limit_each(&keys, |key| LimitRequest::Fail(key, id))
+                .await;
             return Err(Denied::Invalid);
         }
         self.limit_each(&keys[..1], LimitRequest::Reset).await;
-        self.limit_each(&keys[1..], LimitRequest::Refund).await;
+        self.limit_each(&keys[1..], refund).await;
         Ok((roles, generation))
     }
 

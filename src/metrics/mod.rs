@@ -43,6 +43,7 @@ pub struct ShardMetrics {
     pub password_checks_failed: Cell<u64>,
     pub password_checks_blocked: Cell<u64>,
     pub password_checks_busy: Cell<u64>,
+    pub password_checks_in_flight: Cell<u64>,
     pub password_hashes_running: Cell<u64>,
     pub basic_cache_hits: Cell<u64>,
     pub access_unauthenticated: Cell<u64>,
@@ -134,6 +135,7 @@ impl ShardMetrics {
             password_checks_failed: self.password_checks_failed.get(),
             password_checks_blocked: self.password_checks_blocked.get(),
             password_checks_busy: self.password_checks_busy.get(),
+            password_checks_in_flight: self.password_checks_in_flight.get(),
             password_hashes_running: self.password_hashes_running.get(),
             basic_cache_hits: self.basic_cache_hits.get(),
             access_unauthenticated: self.access_unauthenticated.get(),
@@ -226,12 +228,16 @@ shard_stats! {
     tls_handshake_timeouts,
     tls_handshake_waits,
     /// Password checks (logins and uncached Basic) by outcome: right, wrong (user or password),
-    /// refused by the brute-force counters (429), refused for a full hash queue or for attempts
-    /// in flight at the brute-force bound (503).
+    /// refused by the brute-force counters (429), and busy (503 with `Retry-After`: a full hash
+    /// queue, attempts in flight at the brute-force bound, a counter owner that did not answer,
+    /// or users reloaded during the check). Of the busy ones, those refused for attempts in
+    /// flight: many at once for one user name or address, normal for parallel logins of one
+    /// client, where a full hash queue asks for more `--hash-concurrency` or `--hash-queue-max`.
     password_checks_ok,
     password_checks_failed,
     password_checks_blocked,
     password_checks_busy,
+    password_checks_in_flight,
     /// Password hashes running now, each within one of `--hash-concurrency`'s turns; a hash
     /// runs to its end (holding its turn) after its client hangs up.
     password_hashes_running,

@@ -1089,7 +1089,12 @@ async fn start_auth(
         })
     })
     .await;
-    let auth = Rc::new(Auth::new(config.auth.clone(), limiter, auth_mesh.clone()));
+    let auth = Rc::new(Auth::new(
+        config.auth.clone(),
+        index,
+        limiter,
+        auth_mesh.clone(),
+    ));
     (auth, auth_mesh)
 }
 
