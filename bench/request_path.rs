@@ -149,6 +149,7 @@ impl Bench {
             let ctx = RequestCtx {
                 shard: 0,
                 peer: None,
+                client: None,
                 tls: false,
                 identity: None,
                 extensions: Default::default(),

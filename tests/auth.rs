@@ -920,6 +920,10 @@ fn bad_auth_config_stops_the_start_with_one_line() {
         (vec!["--hash-priority", "urgent"], "--hash-priority"),
         (vec!["--csrf-header", "Content-Type"], "--csrf-header"),
         (vec!["--csrf-header", "Sec-Fetch-Site"], "--csrf-header"),
+        (
+            vec!["--forwarded-allow-ips", "10.0.0.0/8,lb"],
+            "--forwarded-allow-ips",
+        ),
     ] {
         let (code, stderr) = run_failing(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -1435,6 +1439,52 @@ fn connect_from(server: &Server, source: [u8; 4]) -> Conn {
     socket.bind(&source.into()).unwrap();
     socket.connect(&server.addr.into()).unwrap();
     Conn::new(socket.into())
+}
+
+/// `--forwarded-allow-ips`: behind a trusted proxy the login limits count by the address its
+/// `X-Forwarded-For` names, so one client's failures block that client, not every client of
+/// the proxy; from any other peer the header is ignored, so a client cannot spread its guesses
+/// over made-up addresses.
+#[test]
+fn login_limits_count_the_client_a_trusted_proxy_names() {
+    let (dir, users, _) = setup("");
+    let config = dir.path().join("open.toml");
+    std::fs::write(&config, "").unwrap();
+    let server = start(
+        &users,
+        &config,
+        &[
+            "--forwarded-allow-ips",
+            "127.0.0.1",
+            "--login-max-failures",
+            "1",
+        ],
+    );
+    let via = |conn: &mut Conn, forwarded: &str, user: &str, password: &str| {
+        let raw = login_request(user, password, None).replacen(
+            "\r\n",
+            &format!("\r\nX-Forwarded-For: {forwarded}\r\n"),
+            1,
+        );
+        conn.send(raw.as_bytes());
+        conn.response(false).unwrap().status
+    };
+    let proxy = || Conn::new(server.connect()); // from 127.0.0.1
+    let stranger = || connect_from(&server, [127, 0, 0, 2]);
+    // A failure blocks the client the proxy names (and the unknown user name), no one else.
+    assert_eq!(via(&mut proxy(), "203.0.113.1", "x1", "wrong"), 401);
+    assert_eq!(via(&mut proxy(), "203.0.113.1", "bob", "bob-pw"), 429);
+    let hops = "198.51.100.7, 203.0.113.2";
+    assert_eq!(
+        via(&mut proxy(), hops, "bob", "bob-pw"),
+        200,
+        "another client"
+    );
+    // An untrusted peer's header counts for nothing: its failure blocks the peer itself, and
+    // the address it named is still free.
+    assert_eq!(via(&mut stranger(), "203.0.113.3", "x2", "wrong"), 401);
+    assert_eq!(via(&mut stranger(), "203.0.113.4", "bob", "bob-pw"), 429);
+    assert_eq!(via(&mut proxy(), "203.0.113.3", "bob", "bob-pw"), 200);
 }
 
 /// `--login-tracked-max`: each failed login is tracked under two keys, its user name and its

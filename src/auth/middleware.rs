@@ -115,7 +115,7 @@ async fn identify(auth: &Auth, req: &Request) -> Result<Who, Response> {
             .map_err(|why| unauthorized(auth, &format!("bad Authorization header: {why}")))?;
         match credentials {
             Some(Credentials::Basic { user, password }) if auth.config.basic => {
-                let addr = req.ctx.peer.map(|p| p.ip());
+                let addr = req.ctx.client;
                 let roles = auth
                     .check_basic(&user, &password, addr)
                     .await

@@ -48,7 +48,7 @@ async fn login(mut req: Request) -> Response {
         Err(why) => return Response::error(400, &format!("bad login request: {why}")),
     };
     let auth = shard::current().auth.clone();
-    let addr = req.ctx.peer.map(|p| p.ip());
+    let addr = req.ctx.client;
     let roles = match auth
         .check_password(&form.username, &form.password, addr)
         .await

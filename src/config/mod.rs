@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::auth::access::{AccessRule, AccessRules};
 use crate::auth::limiter::LimiterConfig;
 use crate::auth::users::{Token, Tokens, Users};
-use crate::http::{HEAD_BYTES_CEILING, HEADER_COUNT_CEILING};
+use crate::http::{HEAD_BYTES_CEILING, HEADER_COUNT_CEILING, TrustedProxies};
 use crate::net::tls::{self, TlsMaterial};
 
 /// A problem with flags or the config file: printed as one line, exit code 2.
@@ -221,6 +221,10 @@ pub struct Args {
     /// Plain-HTTP address whose every request gets a 308 redirect to the HTTPS listener (repeatable).
     #[arg(long, value_name = "ADDR")]
     pub redirect_https: Vec<String>,
+    /// Proxies whose X-Forwarded-For names the client (addresses, networks like 10.0.0.0/8, or
+    /// *; comma-separated or repeated). Default: none, the TCP peer is the client.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub forwarded_allow_ips: Vec<String>,
     /// Users file (TOML `[[user]]` tables: name, password_hash, roles); re-read on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
@@ -332,6 +336,7 @@ struct FileConfig {
     tls_handshakes_max: Option<usize>,
     hsts_max_age: Option<u64>,
     redirect_https: Option<Vec<String>>,
+    forwarded_allow_ips: Option<Vec<String>>,
     /// `[[listener]]` tables: per-address TLS or redirect (instead of `bind`).
     listener: Option<Vec<FileListener>>,
     users: Option<PathBuf>,
@@ -472,6 +477,8 @@ pub struct Config {
     pub node_id: u16,
     pub data_dir: PathBuf,
     pub expose_shard: bool,
+    /// Whose `X-Forwarded-For` names the client (`RequestCtx::client`).
+    pub trusted_proxies: TrustedProxies,
     pub session: SessionConfig,
     pub txn: TxnConfig,
     /// How long an idle shard spins before it sleeps.
@@ -590,6 +597,17 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// `--forwarded-allow-ips`, else the file's list (a flag replaces the file's whole list, as
+/// `--bind` does).
+fn trusted_proxies(args: &Args, file: &FileConfig) -> Result<TrustedProxies, ConfigError> {
+    let entries = match &file.forwarded_allow_ips {
+        _ if !args.forwarded_allow_ips.is_empty() => &args.forwarded_allow_ips,
+        Some(entries) => entries,
+        None => return Ok(TrustedProxies::default()),
+    };
+    TrustedProxies::parse(entries).map_err(|e| ConfigError(format!("--forwarded-allow-ips {e}")))
+}
+
 /// The CPUs this process may run on, in order.
 pub fn allowed_cpus() -> Vec<usize> {
     let mut cpus: Vec<usize> = core_affinity::get_core_ids()
@@ -607,6 +625,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, ConfigError> {
     let mut warnings = Vec::new();
     let listeners = listeners(&args, &file, &mut warnings)?;
+    let trusted_proxies = trusted_proxies(&args, &file)?;
     let auth = auth(&args, &file)?;
     let txn_limits = txn_limits(&args, &file)?;
     // Both pick the CPUs: a flag for either overrides the file's choice, whichever key it used.
@@ -804,6 +823,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         node_id: args.node_id.or(file.node_id).unwrap_or(0),
         data_dir: data_dir(args.data_dir, file.data_dir)?,
         expose_shard: args.expose_shard.or(file.expose_shard).unwrap_or(false),
+        trusted_proxies,
         session: SessionConfig {
             cookie_name: cookie_name(args.session_cookie.or(file.session_cookie))?,
             // Max-Age=0 tells a browser to delete the cookie at once: every session would be
@@ -1499,6 +1519,41 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let file: FileConfig = toml::from_str(file).map_err(|e| e.to_string())?;
         merge(args, file, &[0, 1, 2, 3]).map_err(|e| e.0)
+    }
+
+    /// `--forwarded-allow-ips`: comma-separated or repeated; a flag replaces the file's list;
+    /// a bad entry is named.
+    #[test]
+    fn forwarded_allow_ips_from_flags_or_the_file() {
+        let proxies = |args: &[&str], file: &str| merged(args, file).map(|c| c.trusted_proxies);
+        let parse = |entries: &[&str]| {
+            let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+            TrustedProxies::parse(&entries).unwrap()
+        };
+        assert_eq!(proxies(&[], ""), Ok(TrustedProxies::default()));
+        let both = parse(&["10.0.0.0/8", "::1"]);
+        assert_eq!(
+            proxies(&["--forwarded-allow-ips", "10.0.0.0/8,::1"], ""),
+            Ok(both.clone())
+        );
+        let repeated = [
+            "--forwarded-allow-ips",
+            "10.0.0.0/8",
+            "--forwarded-allow-ips",
+            "::1",
+        ];
+        assert_eq!(proxies(&repeated, ""), Ok(both.clone()));
+        let file = "forwarded_allow_ips = [\"10.0.0.0/8\", \"::1\"]";
+        assert_eq!(proxies(&[], file), Ok(both));
+        assert_eq!(
+            proxies(&["--forwarded-allow-ips", "*"], file),
+            Ok(parse(&["*"])),
+            "the flag replaces the file's list"
+        );
+        assert_eq!(
+            proxies(&["--forwarded-allow-ips", "10.0.0.1,proxy.example"], ""),
+            Err("--forwarded-allow-ips \"proxy.example\": not an IP address, a network (10.0.0.0/8) or *".to_string())
+        );
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //!
 //! Files: `parse.rs` (request heads and the smuggling rules), `body.rs` (Content-Length and
 //! chunked bodies), `encode.rs` (response heads and chunks), `date.rs` (IMF-fixdate cache),
-//! `error.rs` (`HttpError` and its status table).
+//! `error.rs` (`HttpError` and its status table), `forwarded.rs` (the client's address behind
+//! trusted proxies).
 
 mod body;
 mod date;
 mod encode;
 mod error;
+mod forwarded;
 mod parse;
 
 pub use body::{BodyDecoder, BodyEvent};
@@ -19,6 +21,7 @@ pub use encode::{
     encode_last_chunk, reason_phrase,
 };
 pub use error::HttpError;
+pub use forwarded::TrustedProxies;
 pub use parse::{EMPTY_LINES_BEFORE_REQUEST_MAX, RequestHead, parse_head};
 
 /// The largest `HeadLimits::header_count_max` the config accepts: `parse_head` keeps this many

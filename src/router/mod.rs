@@ -678,6 +678,7 @@ mod app_tests {
         let ctx = RequestCtx {
             shard: 0,
             peer: None,
+            client: None,
             tls: false,
             identity: None,
             extensions: Extensions::default(),

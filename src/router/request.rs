@@ -1,7 +1,7 @@
 //! What a handler receives: the parsed head, path parameters, the body as a stream of chunks, and the request context; never reads a socket itself.
 
 use std::any::{Any, TypeId};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
@@ -177,7 +177,12 @@ impl Extensions {
 pub struct RequestCtx {
     /// Index of the shard serving the request.
     pub shard: usize,
+    /// The TCP peer: the client, or the proxy that forwarded the request.
     pub peer: Option<SocketAddr>,
+    /// The client's address: the peer's, or behind a trusted proxy (`--forwarded-allow-ips`)
+    /// the one its `X-Forwarded-For` names (`http::TrustedProxies::client`). The login limits
+    /// count by it.
+    pub client: Option<IpAddr>,
     pub tls: bool,
     /// Set by an authentication middleware; every later phase and the handler see it.
     pub identity: Option<Rc<Identity>>,

@@ -921,7 +921,8 @@ impl Conn {
         let mut handlers = Vec::with_capacity(1 + room);
         let mut start = |conn: &Conn, head: RequestHead| {
             answers.push((head.is_head(), head.version()));
-            let request = Request::new(head, Body::empty(), conn.ctx());
+            let ctx = conn.ctx(&head);
+            let request = Request::new(head, Body::empty(), ctx);
             handlers.push(Some(conn.app.serve(request)));
         };
         start(self, first);
@@ -1047,10 +1048,16 @@ impl Conn {
         None
     }
 
-    fn ctx(&self) -> RequestCtx {
+    fn ctx(&self, head: &RequestHead) -> RequestCtx {
+        let proxies = &self.shard().config.trusted_proxies;
+        let client = match self.peer {
+            Some(peer) if !proxies.is_empty() => Some(proxies.client(peer.ip(), head)),
+            peer => peer.map(|peer| peer.ip().to_canonical()),
+        };
         RequestCtx {
             shard: self.shard().index,
             peer: self.peer,
+            client,
             tls: self.tls,
             identity: None,
             extensions: Default::default(),
@@ -1255,7 +1262,7 @@ impl Conn {
             // A body (of a POST, say) is read and dropped below, like any body a handler left.
             return self.finish(&mut response, body, is_head, version).await;
         }
-        let ctx = self.ctx();
+        let ctx = self.ctx(&head);
         let request_body = match &body {
             Some(b) => Body::from_source(b.clone()),
             None => Body::empty(),
