@@ -31,7 +31,8 @@ struct Entry {
     /// Attempts counted and not yet judged (`attempt`), by the id their caller gave them: each
     /// becomes a failure (`fail`) or is taken back (`refund`) when its check ends, which it does
     /// whatever becomes of its request (`Auth::check_password`). One whose owner went away
-    /// unjudged ends with the window. At most `failures_max` (`attempt` counts no more).
+    /// unjudged ends with the window. At most `failures_max` and `ATTEMPTS_IN_FLIGHT_MAX`
+    /// (`attempt` counts no more).
     ///
     /// Ids make a judgment exact: one that arrives late, after its window ended or its entry
     /// was evicted or reset, finds no id here and takes back nobody else's attempt; and an
@@ -41,6 +42,11 @@ struct Entry {
     /// Identifies this window's item in `Limiter::order`.
     seq: u64,
 }
+
+/// Attempts one key counts in flight at most, whatever `failures_max` allows: each costs a
+/// scan of the key's ids and 8 bytes for the window, and a client with more logins at once
+/// than this under one name or address is told to retry (503) like one at `failures_max`.
+pub const ATTEMPTS_IN_FLIGHT_MAX: usize = 256;
 
 /// What `Limiter::attempt` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,8 +117,8 @@ impl Limiter {
     /// owner is what makes parallel guesses count: a check now and a `fail` after the hash
     /// would let every guess in flight pass.
     ///
-    /// `id` names the attempt in its later `fail` or `refund`; the caller keeps ids unique per
-    /// key (an id counted twice is counted once).
+    /// `id` names the attempt in its later `fail`, `refund` or `reset`; the caller keeps ids
+    /// unique (an id already in flight is not counted again: `InFlight`).
     pub fn attempt(&mut self, key: &str, id: u64, now_ms: u64) -> Attempt {
         if let Some(ms) = self.check(key, now_ms) {
             return Attempt::Blocked(ms);
@@ -124,11 +130,11 @@ impl Limiter {
         let Some(entry) = self.entries.get_mut(key) else {
             return Attempt::Counted;
         };
-        if entry.pending.contains(&id) {
-            return Attempt::Counted;
-        }
         let pending = u32::try_from(entry.pending.len()).unwrap_or(u32::MAX);
-        if entry.failures.saturating_add(pending) >= failures_max {
+        if entry.failures.saturating_add(pending) >= failures_max
+            || entry.pending.len() >= ATTEMPTS_IN_FLIGHT_MAX
+            || entry.pending.contains(&id)
+        {
             return Attempt::InFlight;
         }
         entry.pending.push(id);
@@ -150,9 +156,17 @@ impl Limiter {
         }
     }
 
-    /// Forgets `key` (after a successful login).
-    pub fn reset(&mut self, key: &str) {
-        self.entries.remove(key);
+    /// Forgets `key`'s failures after attempt `id` succeeded; other attempts still in flight
+    /// stay counted (found in review: a success let them all go uncounted, and the failures
+    /// they then made started from nothing).
+    pub fn reset(&mut self, key: &str, id: u64) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            take_pending(entry, id);
+            entry.failures = 0;
+            if entry.pending.is_empty() {
+                self.entries.remove(key);
+            }
+        }
     }
 
     /// Keys tracked now.
@@ -240,6 +254,10 @@ fn take_pending(entry: &mut Entry, id: u64) -> bool {
     let found = entry.pending.iter().position(|&pending| pending == id);
     if let Some(at) = found {
         entry.pending.swap_remove(at);
+        if entry.pending.is_empty() {
+            // A burst's capacity goes with it.
+            entry.pending = Vec::new();
+        }
     }
     found.is_some()
 }
@@ -338,7 +356,7 @@ mod tests {
         l.refund("u:c", 9);
         assert_eq!(l.len(), 1);
         // A refund of an attempt not in flight takes nothing back.
-        l.reset("u:a");
+        l.reset("u:a", UNJUDGED);
         l.refund("u:a", 4);
         assert_eq!(l.attempt("u:a", 10, 9), Counted);
     }
@@ -351,6 +369,37 @@ mod tests {
         assert_eq!(l.attempt("u:a", 2, 10), Attempt::Counted);
         assert_eq!(l.attempt("u:a", 3, 999), Attempt::InFlight);
         assert_eq!(l.attempt("u:a", 4, 1000), Attempt::Counted, "a new window");
+    }
+
+    /// A success clears the failures, not the other attempts still in flight; and no key counts
+    /// more than `ATTEMPTS_IN_FLIGHT_MAX` in flight, whatever `failures_max` allows.
+    #[test]
+    fn a_reset_ends_its_own_attempt_and_in_flight_attempts_are_bounded() {
+        use Attempt::{Counted, InFlight};
+        let mut l = limiter(3, 1000, 10);
+        assert_eq!(l.attempt("u:a", 1, 0), Counted);
+        assert_eq!(l.fail("u:a", 1, 1), None);
+        assert_eq!(l.attempt("u:a", 2, 2), Counted);
+        assert_eq!(l.attempt("u:a", 3, 3), Counted);
+        assert_eq!(l.attempt("u:a", 4, 4), InFlight, "1 failure, 2 in flight");
+        l.reset("u:a", 2);
+        assert_eq!(l.entries["u:a"].pending, [3], "3 is still in flight");
+        assert_eq!(l.entries["u:a"].failures, 0);
+        assert_eq!(l.fail("u:a", 3, 5), None);
+        l.reset("u:a", 9);
+        assert!(l.is_empty(), "nothing left in flight: the key goes");
+
+        let mut l = limiter(u32::MAX, 1000, 10);
+        for id in 0..ATTEMPTS_IN_FLIGHT_MAX as u64 {
+            assert_eq!(l.attempt("a:x", id, 0), Counted);
+        }
+        assert_eq!(
+            l.attempt("a:x", u64::MAX - 1, 0),
+            InFlight,
+            "one past the bound"
+        );
+        l.refund("a:x", 0);
+        assert_eq!(l.attempt("a:x", u64::MAX - 1, 0), Counted);
     }
 
     /// A judgment that arrives late, or for an attempt never counted, touches only its own
@@ -386,7 +435,7 @@ mod tests {
         l.refund("u:b", 7);
         assert!(l.is_empty());
         assert_eq!(l.attempt("u:b", 7, 0), Counted);
-        assert_eq!(l.attempt("u:b", 7, 0), Counted, "the same id counts once");
+        assert_eq!(l.attempt("u:b", 7, 0), InFlight, "the same id counts once");
         assert_eq!(l.attempt("u:b", 8, 0), Counted);
         assert_eq!(l.attempt("u:b", 9, 0), InFlight);
         l.refund("u:b", 7);
@@ -439,7 +488,7 @@ mod tests {
                         "step {step}: check {key}@{now_ms}"
                     )
                 }
-                Op::Reset(key) => limiter.reset(key),
+                Op::Reset(key) => limiter.reset(key, UNJUDGED),
                 Op::Len(want) => assert_eq!(limiter.len(), want, "step {step}: len"),
             }
         }
@@ -649,7 +698,7 @@ mod tests {
         let mut l = limiter(5, 1000, 4);
         for now_ms in 0..1000 {
             l.fail("k", UNJUDGED, now_ms);
-            l.reset("k");
+            l.reset("k", UNJUDGED);
             assert!(
                 l.order.len() <= 2 * 4,
                 "queue {} at {now_ms}",
@@ -734,7 +783,7 @@ mod tests {
             RandomOp::Fail(k, t) => limiter.fail(&format!("k{k}"), UNJUDGED, t),
             RandomOp::Check(k, t) => limiter.check(&format!("k{k}"), t),
             RandomOp::Reset(k) => {
-                limiter.reset(&format!("k{k}"));
+                limiter.reset(&format!("k{k}"), UNJUDGED);
                 None
             }
         }
@@ -762,7 +811,7 @@ mod tests {
         Attempt(u8, u64, u64),
         Fail(u8, u64, u64),
         Refund(u8, u64),
-        Reset(u8),
+        Reset(u8, u64),
     }
 
     fn attempt_op() -> impl Strategy<Value = AttemptOp> {
@@ -770,7 +819,7 @@ mod tests {
             (0u8..6, 0u64..8, 0u64..5000).prop_map(|(k, id, t)| AttemptOp::Attempt(k, id, t)),
             (0u8..6, 0u64..8, 0u64..5000).prop_map(|(k, id, t)| AttemptOp::Fail(k, id, t)),
             (0u8..6, 0u64..8).prop_map(|(k, id)| AttemptOp::Refund(k, id)),
-            (0u8..6).prop_map(AttemptOp::Reset),
+            (0u8..6, 0u64..8).prop_map(|(k, id)| AttemptOp::Reset(k, id)),
         ]
     }
 
@@ -794,7 +843,7 @@ mod tests {
                         l.fail(&format!("k{k}"), id, t);
                     }
                     AttemptOp::Refund(k, id) => l.refund(&format!("k{k}"), id),
-                    AttemptOp::Reset(k) => l.reset(&format!("k{k}")),
+                    AttemptOp::Reset(k, id) => l.reset(&format!("k{k}"), id),
                 }
                 assert_invariants(&l, entries_max);
                 for entry in l.entries.values() {

@@ -13,7 +13,7 @@ use super::password;
 use super::users::Users;
 use crate::config::limits::BASIC_CACHE_ENTRIES_MAX;
 use crate::config::{AuthConfig, HashPriority};
-use crate::mesh::{Mesh, join_all};
+use crate::mesh::{Mesh, MeshError, join_all};
 use crate::metrics::add;
 use crate::runtime::{now_ms, shard};
 
@@ -28,8 +28,9 @@ pub enum LimitRequest {
     /// Take back the attempt if it is in flight (it succeeded, was never judged, or its reply
     /// was lost).
     Refund(String, u64),
-    /// A successful login: forget the user name's failures.
-    Reset(String),
+    /// A successful login: forget the user name's failures (the attempt ends; others in flight
+    /// stay counted).
+    Reset(String, u64),
 }
 
 /// What an `Attempt` found (`Counted` for the others).
@@ -53,8 +54,8 @@ pub fn serve_limit(limiter: &RefCell<Limiter>, request: LimitRequest) -> LimitRe
             limiter.refund(&key, id);
             Attempt::Counted
         }
-        LimitRequest::Reset(key) => {
-            limiter.reset(&key);
+        LimitRequest::Reset(key, id) => {
+            limiter.reset(&key, id);
             Attempt::Counted
         }
     })
@@ -67,7 +68,8 @@ pub enum Denied {
     Invalid,
     /// Too many failures for this user name or address: retry after this many seconds.
     Blocked(u64),
-    /// The shard's hash queue is full, or a counter owner did not answer: retry soon.
+    /// Retry soon (503): the shard's hash queue is full, failures and attempts in flight are
+    /// at the bound, a counter owner did not answer, or a reload replaced the users meanwhile.
     Busy,
 }
 
@@ -96,6 +98,10 @@ type BasicKey = (String, [u8; 32]);
 
 /// Bits of an attempt id below the shard index (`Auth::attempt_id_next`).
 const ATTEMPT_ID_COUNT_BITS: u32 = 48;
+const _: () = assert!(
+    crate::config::limits::SHARDS_MAX as u64 <= 1 << (64 - ATTEMPT_ID_COUNT_BITS),
+    "every shard index fits above an attempt id's count"
+);
 
 impl Auth {
     pub fn new(
@@ -165,26 +171,42 @@ impl Auth {
         keys
     }
 
-    /// Sends one counter operation per key to its owner; the replies in key order, None where
-    /// the owner did not answer.
+    /// Sends one counter operation per key to its owner; the replies in key order. `judge`:
+    /// the operation ends an attempt counted there (a failure, a refund, a reset), so it must
+    /// reach the owner even past the mesh's bounds (`Mesh::call_posted`; found in review: a
+    /// refund refused at the in-flight bound, or dropped from a full channel, left its attempt
+    /// in flight for the window).
     async fn limit_each(
         &self,
         keys: &[String],
+        judge: bool,
         request: impl Fn(String) -> LimitRequest,
-    ) -> Vec<Option<Attempt>> {
+    ) -> Vec<Result<Attempt, MeshError>> {
         let shard_count = self.mesh.shard_count();
         let calls = keys
             .iter()
             .map(|key| {
                 let owner = limiter::owner_shard(key, shard_count);
-                self.mesh.call(owner, request(key.clone()))
+                let mesh = &self.mesh;
+                let request = request(key.clone());
+                async move {
+                    match judge {
+                        true => mesh.call_posted(owner, request).await,
+                        false => mesh.call(owner, request).await,
+                    }
+                }
             })
             .collect();
         join_all(calls)
             .await
             .into_iter()
-            .map(|reply| reply.ok().map(|LimitReply(attempt)| attempt))
+            .map(|reply| reply.map(|LimitReply(attempt)| attempt))
             .collect()
+    }
+
+    /// Ends the attempt `id` on each key's owner with the judgment `request` makes of it.
+    async fn judge_each(&self, keys: &[String], request: impl Fn(String) -> LimitRequest) {
+        self.limit_each(keys, true, request).await;
     }
 
     /// Checks a user name and password (a login, or Basic on a cache miss) within the
@@ -237,7 +259,15 @@ impl Auth {
         .detach();
         match checked.await.unwrap_or(Err(Denied::Busy))? {
             (roles, generation) if generation == self.generation.get() => Ok(roles),
-            _ => Err(Denied::Busy),
+            _ => {
+                // A reload between the check's end and this request's turn: a 503 after all.
+                let metrics = &shard::current().metrics;
+                metrics
+                    .password_checks_ok
+                    .set(metrics.password_checks_ok.get() - 1);
+                add(&metrics.password_checks_busy, 1);
+                Err(Denied::Busy)
+            }
         }
     }
 
@@ -252,32 +282,35 @@ impl Auth {
         let id = self.next_attempt_id();
         let refund = |key| LimitRequest::Refund(key, id);
         let attempts = self
-            .limit_each(&keys, |key| LimitRequest::Attempt(key, id))
+            .limit_each(&keys, false, |key| LimitRequest::Attempt(key, id))
             .await;
         if attempts
             .iter()
-            .any(|attempt| *attempt != Some(Attempt::Counted))
+            .any(|attempt| *attempt != Ok(Attempt::Counted))
         {
             // A key is blocked, at its bound with attempts in flight, or its owner did not
             // answer (then we do not guess in the attacker's favour): the attempt goes no
             // further, and the keys that counted it take it back, as do those whose reply was
-            // lost: counted late or never, a refund by id finds it or changes nothing.
+            // lost: counted late or never, a refund by id finds it or changes nothing. A
+            // refused call (`Overloaded`, `Closed`) posted nothing.
             let counted: Vec<String> = keys
                 .iter()
                 .zip(&attempts)
-                .filter(|(_, attempt)| matches!(attempt, Some(Attempt::Counted) | None))
+                .filter(|(_, attempt)| {
+                    matches!(attempt, Ok(Attempt::Counted) | Err(MeshError::Timeout))
+                })
                 .map(|(key, _)| key.clone())
                 .collect();
-            self.limit_each(&counted, refund).await;
+            self.judge_each(&counted, refund).await;
             let blocked_ms = attempts
                 .iter()
                 .filter_map(|attempt| match attempt {
-                    Some(Attempt::Blocked(ms)) => Some(*ms),
+                    Ok(Attempt::Blocked(ms)) => Some(*ms),
                     _ => None,
                 })
                 .max();
-            if blocked_ms.is_none() && attempts.contains(&Some(Attempt::InFlight)) {
-                add(&shard::current().metrics.password_checks_in_flight, 1);
+            if blocked_ms.is_none() && attempts.contains(&Ok(Attempt::InFlight)) {
+                add(&shard::current().metrics.password_checks_busy_in_flight, 1);
             }
             return Err(match blocked_ms {
                 Some(ms) => Denied::Blocked(limiter::retry_after_secs(ms)),
@@ -298,17 +331,24 @@ impl Auth {
         let verified = match self.hash(phc, password).await {
             Ok(verified) => verified && known,
             Err(busy) => {
-                self.limit_each(&keys, refund).await;
+                self.judge_each(&keys, refund).await;
                 return Err(busy);
             }
         };
         if !verified {
-            self.limit_each(&keys, |key| LimitRequest::Fail(key, id))
+            self.judge_each(&keys, |key| LimitRequest::Fail(key, id))
                 .await;
             return Err(Denied::Invalid);
         }
-        self.limit_each(&keys[..1], LimitRequest::Reset).await;
-        self.limit_each(&keys[1..], refund).await;
+        if generation != self.generation.get() {
+            // Right against users a reload replaced: no success, so no reset of the name's
+            // failures either (found in review: an old password cleared them).
+            self.judge_each(&keys, refund).await;
+            return Err(Denied::Busy);
+        }
+        self.judge_each(&keys[..1], |key| LimitRequest::Reset(key, id))
+            .await;
+        self.judge_each(&keys[1..], refund).await;
         Ok((roles, generation))
     }
 

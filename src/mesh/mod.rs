@@ -35,11 +35,11 @@ pub enum Envelope<Req, Resp> {
     Request {
         id: u64,
         body: Req,
+        /// From `call_posted`: served past the callee's bound too.
+        posted: bool,
     },
     /// A one-way message: the handler runs, nothing is sent back.
-    Oneway {
-        body: Req,
-    },
+    Oneway { body: Req },
     Reply {
         id: u64,
         body: Result<Resp, MeshError>,
@@ -159,13 +159,18 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
     /// Posts from this turn when there is room, else from a task of its own; a closed channel
     /// drops the envelope (its caller, if any, is gone or ends at its deadline).
     fn post(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
-        let Post::Full(envelope) = self.try_post(to, envelope) else {
-            return;
-        };
+        if let Post::Full(envelope) = self.try_post(to, envelope) {
+            self.post_later(to, envelope);
+        }
+    }
+
+    /// Posts `envelope` from a task of its own once the channel to `to` has room.
+    fn post_later(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
         // glommio 0.9's send waits for room or for *this* side to close, not for the receiver to
         // go: to a stopped peer it would wait forever. A reply is worthless after the deadline
         // (its caller has given up), so its wait ends there; a one-way message waits for room,
         // as its protocol resends only what is lost, not what is slow.
+        // A request posted later (`call_posted`) waits for room as a one-way message does.
         let deadline = match envelope {
             Envelope::Reply { .. } => Some(self.limits.deadline),
             Envelope::Request { .. } | Envelope::Oneway { .. } => None,
@@ -198,23 +203,17 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                 .set(self.counters.overloaded.get() + 1);
             return Err(MeshError::Overloaded);
         }
-        let id = self.id_next.get();
-        self.id_next.set(id + 1);
-        let slot = Rc::new(ReplySlot {
-            value: RefCell::new(None),
-            waker: Cell::new(None),
-        });
-        self.pending.borrow_mut().insert(id, slot.clone());
-        self.outgoing.set(self.outgoing.get() + 1);
-        self.counters
-            .calls_sent
-            .set(self.counters.calls_sent.get() + 1);
-        let _guard = PendingGuard { mesh: self, id };
+        let (id, slot, _guard) = self.register_call();
         // A closed channel fails the call at once (the guard takes back its slot and count). One
         // that closes while this waits for room is seen only at the deadline: glommio wakes a
         // full channel's sender for room, not for a receiver that went away.
         let exchange = async {
-            match self.try_post(to, Envelope::Request { id, body: req }) {
+            let request = Envelope::Request {
+                id,
+                body: req,
+                posted: false,
+            };
+            match self.try_post(to, request) {
                 Post::Sent => {}
                 Post::Full(envelope) => {
                     if self.senders.send_to(to, envelope).await.is_err() {
@@ -232,6 +231,54 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                 Err(MeshError::Timeout)
             }
         }
+    }
+
+    /// `call` for a request that must reach its peer: one that ends something the peer holds for
+    /// this shard (a login attempt counted in flight), whose loss would leave it held. It is
+    /// never refused at an in-flight bound, this shard's or the peer's (it counts towards them,
+    /// and the number of such calls is bounded by what they end), and a full channel does not
+    /// drop it at the deadline: it is posted at once, or from a task of its own once there is
+    /// room. The reply is awaited within the deadline, as in `call`; after a `Timeout` the peer
+    /// serves it all the same. Only `Closed` (the peer has stopped) loses it.
+    pub async fn call_posted(self: &Rc<Self>, to: usize, req: Req) -> Result<Resp, MeshError> {
+        assert!(to < self.shard_count);
+        if to == self.shard {
+            return Ok((self.handler)(self.shard, req).await);
+        }
+        let (id, slot, _guard) = self.register_call();
+        let request = Envelope::Request {
+            id,
+            body: req,
+            posted: true,
+        };
+        match self.try_post(to, request) {
+            Post::Sent => {}
+            Post::Full(envelope) => self.post_later(to, envelope),
+            Post::Closed => return Err(MeshError::Closed),
+        }
+        match with_deadline(self.limits.deadline, WaitReply { slot: &slot }).await {
+            Some(result) => result,
+            None => {
+                self.counters.timeouts.set(self.counters.timeouts.get() + 1);
+                Err(MeshError::Timeout)
+            }
+        }
+    }
+
+    /// A new call's id and reply slot, counted as outgoing until the guard drops.
+    fn register_call(&self) -> (u64, Rc<ReplySlot<Resp>>, PendingGuard<'_, Req, Resp>) {
+        let id = self.id_next.get();
+        self.id_next.set(id + 1);
+        let slot = Rc::new(ReplySlot {
+            value: RefCell::new(None),
+            waker: Cell::new(None),
+        });
+        self.pending.borrow_mut().insert(id, slot.clone());
+        self.outgoing.set(self.outgoing.get() + 1);
+        self.counters
+            .calls_sent
+            .set(self.counters.calls_sent.get() + 1);
+        (id, slot, PendingGuard { mesh: self, id })
     }
 
     /// Sends a one-way message to another shard; no reply, no deadline. A protocol built on it
@@ -268,7 +315,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                 {
                     match envelope {
                         Envelope::Reply { id, body } => mesh.deliver(id, body),
-                        Envelope::Request { id, body } => mesh.accept(from, id, body),
+                        Envelope::Request { id, body, posted } => {
+                            mesh.accept(from, id, body, posted)
+                        }
                         Envelope::Oneway { body } => {
                             mesh.counters
                                 .calls_served
@@ -315,8 +364,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         }
     }
 
-    fn accept(self: &Rc<Self>, from: usize, id: u64, body: Req) {
-        if self.incoming.get() >= self.limits.inflight_max {
+    fn accept(self: &Rc<Self>, from: usize, id: u64, body: Req, posted: bool) {
+        if self.incoming.get() >= self.limits.inflight_max && !posted {
             self.counters
                 .overloaded
                 .set(self.counters.overloaded.get() + 1);
@@ -539,6 +588,30 @@ mod tests {
         });
         assert_eq!(slow, Err(MeshError::Timeout));
         assert_eq!(after, Ok(10));
+    }
+
+    /// A posted call is served past both in-flight bounds.
+    #[test]
+    fn a_posted_call_is_never_refused_at_the_bounds() {
+        let (refused, posted, late, sent) = two_shards(LIMITS, |mesh| {
+            Box::pin(async move {
+                // Four slow calls hold both bounds (this shard's outgoing, the peer's incoming).
+                let slow: Vec<_> = (0..4).map(|_| mesh.call(1, 100)).collect();
+                let (slow, (refused, posted)) = futures_lite::future::zip(join_all(slow), async {
+                    (mesh.call(1, 1).await, mesh.call_posted(1, 2).await)
+                })
+                .await;
+                assert!(slow.iter().all(|r| *r == Ok(1000)), "{slow:?}");
+                let sent = mesh.counters.calls_sent.get();
+                // Past its deadline (200 ms), a timeout as any call's.
+                let late = mesh.call_posted(1, 300).await;
+                (refused, posted, late, sent)
+            })
+        });
+        assert_eq!(refused, Err(MeshError::Overloaded));
+        assert_eq!(posted, Ok(20));
+        assert_eq!(late, Err(MeshError::Timeout));
+        assert_eq!(sent, 5, "the refused call was not sent");
     }
 
     #[test]

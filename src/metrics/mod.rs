@@ -43,7 +43,7 @@ pub struct ShardMetrics {
     pub password_checks_failed: Cell<u64>,
     pub password_checks_blocked: Cell<u64>,
     pub password_checks_busy: Cell<u64>,
-    pub password_checks_in_flight: Cell<u64>,
+    pub password_checks_busy_in_flight: Cell<u64>,
     pub password_hashes_running: Cell<u64>,
     pub basic_cache_hits: Cell<u64>,
     pub access_unauthenticated: Cell<u64>,
@@ -135,7 +135,7 @@ impl ShardMetrics {
             password_checks_failed: self.password_checks_failed.get(),
             password_checks_blocked: self.password_checks_blocked.get(),
             password_checks_busy: self.password_checks_busy.get(),
-            password_checks_in_flight: self.password_checks_in_flight.get(),
+            password_checks_busy_in_flight: self.password_checks_busy_in_flight.get(),
             password_hashes_running: self.password_hashes_running.get(),
             basic_cache_hits: self.basic_cache_hits.get(),
             access_unauthenticated: self.access_unauthenticated.get(),
@@ -237,7 +237,7 @@ shard_stats! {
     password_checks_failed,
     password_checks_blocked,
     password_checks_busy,
-    password_checks_in_flight,
+    password_checks_busy_in_flight,
     /// Password hashes running now, each within one of `--hash-concurrency`'s turns; a hash
     /// runs to its end (holding its turn) after its client hangs up.
     password_hashes_running,
