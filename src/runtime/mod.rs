@@ -22,7 +22,7 @@ use crate::auth::service::{Auth, AuthMesh, LimitReply, LimitRequest};
 use crate::auth::users::Users;
 use crate::config::limits::{IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY, TXN_EARLY_MESSAGES_MAX};
 use crate::config::{Config, ListenerKind};
-use crate::mesh::{Envelope, Mesh, MeshLimits};
+use crate::mesh::{Envelope, Mesh, MeshError, MeshLimits};
 use crate::metrics::ShardStats;
 use crate::router::Router;
 use crate::server::Serves;
@@ -1042,13 +1042,16 @@ async fn shard_main(init: ShardInit) {
     }
     // A request still served on another shard may need this one (a session it owns, the keys
     // of a transaction): it goes on answering the mesh until every shard has drained, within
-    // the same grace. A shard that does not answer (stopped, or wedged) counts as drained.
+    // the same grace. A shard that has stopped (`Closed`) counts as drained; one that answers
+    // late is a busy one, not a drained one (found in review: with a short mesh deadline a
+    // shard still serving a transaction was taken for drained, and its peers stopped under
+    // it), so a wedged shard holds the others to the grace's end.
     while Instant::now() < deadline {
         let replies = shard.stats_mesh.call_all(|| StatsRequest).await;
-        if replies
-            .iter()
-            .all(|reply| reply.as_ref().map_or(true, |stats| stats.drained == 1))
-        {
+        if replies.iter().all(|reply| match reply {
+            Ok(stats) => stats.drained == 1,
+            Err(error) => *error == MeshError::Closed,
+        }) {
             break;
         }
         glommio::timer::sleep(Duration::from_millis(10)).await;
