@@ -2,7 +2,7 @@
 //! Run: `cargo run --release --example shop`, stock up with `curl -X PUT -d 3 localhost:8080/kv/stock-apple`, then `curl -c j -b j -X POST localhost:8080/cart/apple` and `curl -b j -X POST localhost:8080/checkout` (412 when an item is out of stock).
 
 use percore::router::{Request, Response, Router};
-use percore::session::Session;
+use percore::session::{Session, SessionError};
 use percore::txn::op::{Op, OpResult};
 use percore::txn::service::{TransactError, transact};
 
@@ -49,20 +49,28 @@ async fn checkout(req: Request) -> Response {
             floor: Some(0),
         })
         .collect();
-    // The transaction and the cart's removal run to the end in a task of their own, even if
-    // this handler is dropped at an await (its client hung up, or --handler-timeout passed):
-    // dropped between the two, the stock was taken and the cart kept, and a retry bought twice
-    // (found in review).
-    let checkout = glommio::spawn_local(async move {
-        let outcome = transact(ops).await;
-        if outcome.is_ok() {
-            let _ = session.remove("cart").await;
+    // The cart goes first, then the stock; a failed transaction puts the cart back. A checkout
+    // that cannot empty the cart buys nothing, so a retry never buys twice (found in review:
+    // with the cart removed after the transaction, a failed removal kept it, and a retry
+    // bought twice). Both run to the end in a task of their own, even if this handler is
+    // dropped at an await (its client hung up, or --handler-timeout passed).
+    let checkout = glommio::spawn_local({
+        let cart = cart.clone();
+        async move {
+            session.remove("cart").await?;
+            let outcome = transact(ops).await;
+            if outcome.is_err() {
+                // Lost if this fails too: an empty cart, and nothing bought.
+                let _ = session.set("cart", &cart).await;
+            }
+            Ok::<_, SessionError>(outcome)
         }
-        outcome
     })
     .detach();
-    let Some(outcome) = checkout.await else {
-        return Response::error(500, "the checkout did not finish");
+    let outcome = match checkout.await {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(e)) => return Response::from(e),
+        None => return Response::error(500, "the checkout did not finish"),
     };
     match outcome {
         Ok(results) => {

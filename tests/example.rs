@@ -174,6 +174,13 @@ fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() 
     let refused = post(&mut a, "/checkout", Some(&cookie));
     assert_eq!(refused.status, 412, "{}", refused.text());
     assert_eq!(get(&mut a, "/kv/stock-apple").text(), "1", "all or nothing");
+    // The checkout took the cart before the stock, and put it back when the stock refused.
+    a.send(
+        format!("GET /session/data/cart HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n")
+            .as_bytes(),
+    );
+    let cart = a.response(false).unwrap();
+    assert_eq!(cart.text(), r#"["apple","pear"]"#, "the cart is back");
     assert_eq!(post(&mut b, "/checkout", None).status, 401);
 
     // A cart stored in another shape (here by the built-in session route) is the app's error,
