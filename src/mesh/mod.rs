@@ -9,22 +9,26 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::{GlommioError, ResourceType};
 
-/// Why a cross-shard call produced no reply. `Overloaded` and `Closed` are refusals: the request
-/// never reached a handler, so a retry is safe. `Timeout` is not: the request may have been
-/// served, or may still be (no deadline travels in the envelope, so the callee serves a late
-/// request all the same); retry only what is safe to run twice.
+/// Why a cross-shard call produced no reply. `Overloaded`, `Expired` and `Closed` are refusals:
+/// the request never reached a handler, so a retry is safe. `Timeout` is not: the request may
+/// have been served. It was served, if at all, before its expiry (`EXPIRY_OF_DEADLINE`), which
+/// is before the caller gave up: whatever the caller does next comes after it (found in review:
+/// a session write answered 503 was applied after a later write that was acknowledged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MeshError {
     /// The caller already has `inflight_max` calls outstanding, or the callee serves that many
     /// (it answers so without running the handler).
     Overloaded,
-    /// No reply before the deadline; the callee may have served the request, or serve it later.
+    /// The callee read the request after its expiry and refused it unserved.
+    Expired,
+    /// No reply before the deadline; the callee may have served the request (before its
+    /// expiry), never later.
     Timeout,
     /// The channel to the peer is closed (it has stopped, during a drain): nothing was sent.
     Closed,
@@ -35,8 +39,9 @@ pub enum Envelope<Req, Resp> {
     Request {
         id: u64,
         body: Req,
-        /// From `call_posted`: served past the callee's bound too.
-        posted: bool,
+        /// When the callee must have started it, else it refuses it unserved (`Expired`). None:
+        /// from `call_posted`, served whenever it arrives and past the callee's bound too.
+        expires: Option<Instant>,
     },
     /// A one-way message: the handler runs, nothing is sent back.
     Oneway { body: Req },
@@ -64,7 +69,14 @@ pub struct MeshCounters {
     pub calls_served: Cell<u64>,
     pub overloaded: Cell<u64>,
     pub timeouts: Cell<u64>,
+    /// Requests this shard read after their expiry and refused unserved.
+    pub expired: Cell<u64>,
 }
+
+/// A request expires at this fraction of its call's deadline: a callee that reads it later
+/// refuses it unserved, and the rest of the deadline is for the reply of one served just in
+/// time to come back.
+pub const EXPIRY_OF_DEADLINE: f64 = 0.75;
 
 /// One shard's endpoint of a mesh. Not `Send`: it lives and dies on its shard.
 pub struct Mesh<Req: Send + 'static, Resp: Send + 'static> {
@@ -204,6 +216,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             return Err(MeshError::Overloaded);
         }
         let (id, slot, _guard) = self.register_call();
+        let expires = Instant::now() + self.limits.deadline.mul_f64(EXPIRY_OF_DEADLINE);
         // A closed channel fails the call at once (the guard takes back its slot and count). One
         // that closes while this waits for room is seen only at the deadline: glommio wakes a
         // full channel's sender for room, not for a receiver that went away.
@@ -211,7 +224,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             let request = Envelope::Request {
                 id,
                 body: req,
-                posted: false,
+                expires: Some(expires),
             };
             match self.try_post(to, request) {
                 Post::Sent => {}
@@ -249,7 +262,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         let request = Envelope::Request {
             id,
             body: req,
-            posted: true,
+            expires: None,
         };
         match self.try_post(to, request) {
             Post::Sent => {}
@@ -315,8 +328,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                 {
                     match envelope {
                         Envelope::Reply { id, body } => mesh.deliver(id, body),
-                        Envelope::Request { id, body, posted } => {
-                            mesh.accept(from, id, body, posted)
+                        Envelope::Request { id, body, expires } => {
+                            mesh.accept(from, id, body, expires)
                         }
                         Envelope::Oneway { body } => {
                             mesh.counters
@@ -364,8 +377,19 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         }
     }
 
-    fn accept(self: &Rc<Self>, from: usize, id: u64, body: Req, posted: bool) {
-        if self.incoming.get() >= self.limits.inflight_max && !posted {
+    fn accept(self: &Rc<Self>, from: usize, id: u64, body: Req, expires: Option<Instant>) {
+        if expires.is_some_and(|at| Instant::now() > at) {
+            self.counters.expired.set(self.counters.expired.get() + 1);
+            self.post(
+                from,
+                Envelope::Reply {
+                    id,
+                    body: Err(MeshError::Expired),
+                },
+            );
+            return;
+        }
+        if self.incoming.get() >= self.limits.inflight_max && expires.is_some() {
             self.counters
                 .overloaded
                 .set(self.counters.overloaded.get() + 1);
@@ -514,6 +538,13 @@ mod tests {
 
     use super::*;
 
+    /// A request of `BLOCK + ms` blocks its shard's thread for `ms` milliseconds before it
+    /// answers: the shard reads nothing meanwhile.
+    const BLOCK: u64 = 1_000_000;
+
+    /// Every request a handler of `two_shards` served, by value (tests share it: pick values).
+    static SERVED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
     /// Runs `body(mesh)` on shard 0 of a two-shard mesh whose handler on every shard answers
     /// `request * 10` after sleeping `request` milliseconds; returns what body returned.
     fn two_shards<T: Send + 'static>(
@@ -524,8 +555,14 @@ mod tests {
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let handler = || -> Handler<u64, u64> {
             Rc::new(|_from, ms: u64| {
+                SERVED.lock().unwrap().push(ms);
+                if ms >= BLOCK {
+                    std::thread::sleep(Duration::from_millis(ms - BLOCK));
+                }
                 Box::pin(async move {
-                    glommio::timer::sleep(Duration::from_millis(ms)).await;
+                    if ms < BLOCK {
+                        glommio::timer::sleep(Duration::from_millis(ms)).await;
+                    }
                     ms * 10
                 })
             })
@@ -588,6 +625,31 @@ mod tests {
         });
         assert_eq!(slow, Err(MeshError::Timeout));
         assert_eq!(after, Ok(10));
+    }
+
+    /// A request its callee reads after its expiry is refused unserved (found in review: served
+    /// late, a session write answered 503 overwrote a later write that was acknowledged).
+    #[test]
+    fn a_request_read_after_its_expiry_is_refused_unserved() {
+        let (blocked, late, after) = two_shards(LIMITS, |mesh| {
+            Box::pin(async move {
+                // Blocks shard 1 for 300 ms, past the 200 ms deadline: the next request waits
+                // unread until long after its expiry (150 ms).
+                let block = mesh.call(1, BLOCK + 300);
+                let late = async {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    mesh.call(1, 4242).await
+                };
+                let (blocked, late) = futures_lite::future::zip(block, late).await;
+                glommio::timer::sleep(Duration::from_millis(300)).await;
+                (blocked, late, mesh.call(1, 1).await)
+            })
+        });
+        assert_eq!(blocked, Err(MeshError::Timeout));
+        assert_eq!(late, Err(MeshError::Timeout));
+        assert_eq!(after, Ok(10), "the mesh keeps working");
+        let served = SERVED.lock().unwrap();
+        assert!(served.contains(&(BLOCK + 300)) && !served.contains(&4242));
     }
 
     /// A posted call is served past both in-flight bounds.

@@ -69,7 +69,9 @@ pub enum SessionError {
     /// The value nests more than `SESSION_VALUE_DEPTH_MAX` arrays or objects: a snapshot could
     /// not be read back.
     TooDeep,
-    /// The owner shard did not answer in time or is overloaded; safe to retry.
+    /// The owner shard did not answer in time or is overloaded: a read or a check may be
+    /// retried as is; a write or a rotation may have happened (a mesh `Timeout`), though never
+    /// after this answer.
     Unavailable,
     /// At `--max-sessions` with every session logged in: a new session is refused (503 and
     /// `Retry-After`) rather than log a user out.
@@ -479,7 +481,7 @@ impl Sessions {
                 Ok(SessionReply::Durable(Err(e))) => return Err(e),
                 Ok(_) => unreachable!("Durable is answered with Durable"),
                 // The question is idempotent: ask again, within the wait's bound.
-                Err(MeshError::Overloaded | MeshError::Timeout) => {}
+                Err(MeshError::Overloaded | MeshError::Expired | MeshError::Timeout) => {}
                 Err(MeshError::Closed) => return Err(SessionError::Unavailable),
             }
             if std::time::Instant::now() >= deadline {
