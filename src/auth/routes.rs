@@ -75,10 +75,15 @@ async fn login(mut req: Request) -> Response {
         Err(response) => return response,
     };
     if let Err(e) = session.set_value(SESSION_USER, remembered).await {
-        // Only a write that filled the session since `login_session` looked: its new id was
-        // never given out, so nothing may keep it.
-        let _ = session.destroy().await;
-        return Response::from(e);
+        // The rotation stands (the old id is dead), so the answer carries the new id: the
+        // client keeps its session and its data, not logged in, and may log in again (found in
+        // review: destroying the rotated session here, when its owner answered late, lost the
+        // client's data with it). A session that is gone gets no cookie.
+        let response = Response::from(e);
+        return match e {
+            SessionError::Unknown => response,
+            _ => response.header("Set-Cookie", session.cookie(req.ctx.tls)),
+        };
     }
     Response::json(200, &json!({ "user": form.username, "roles": roles }))
         .header("Set-Cookie", session.cookie(req.ctx.tls))
@@ -99,9 +104,15 @@ async fn login_session(req: &Request, remembered: &Value) -> Result<Session, Res
         Err(SessionError::Unknown) => return Ok(Session::create()),
         Err(e) => return Err(Response::from(e)),
     }
+    let old = *session.id();
     match session.rotate().await {
         Ok(()) => Ok(session),
         Err(SessionError::Unknown) => Ok(Session::create()),
+        // Rotated, but not yet known durable: the old id is dead, so the answer carries the
+        // new one (found in review: a 503 without it left the client with a dead cookie).
+        Err(e) if *session.id() != old => {
+            Err(Response::from(e).header("Set-Cookie", session.cookie(req.ctx.tls)))
+        }
         Err(e) => Err(Response::from(e)),
     }
 }

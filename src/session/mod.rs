@@ -770,6 +770,9 @@ impl Session {
     }
 
     /// Gives the session a new id (same owner, same data); the old id is dead (against fixation).
+    ///
+    /// An error after the rotation (its durability wait ran out: `Unavailable`) leaves the new
+    /// id in `self`: the old one is dead, and the answer must carry the new one.
     pub async fn rotate(&mut self) -> Result<(), SessionError> {
         match self.call(SessionRequest::Rotate).await? {
             SessionReply::Rotated(result) => {
