@@ -277,6 +277,9 @@ shard_stats! {
     tx_local,
     tx_forwarded,
     tx_cross_shard,
+    /// Forwarded transactions this shard owns that arrived after their coordinator's deadline
+    /// and were refused unrun (503 to their client, if it still waits).
+    tx_forwarded_expired,
     /// Outcomes of the cross-shard transactions this shard coordinated.
     tx_cross_committed,
     tx_cross_aborted,

@@ -308,6 +308,7 @@ impl Shard {
         stats.kv_bytes = partition.data_bytes() as u64;
         stats.tx_local = node.counters.local;
         stats.tx_forwarded = node.counters.forwarded;
+        stats.tx_forwarded_expired = node.counters.runs_expired;
         stats.tx_cross_shard = node.counters.coordinated;
         stats.tx_cross_committed = node.counters.committed;
         stats.tx_cross_aborted = node.counters.aborted;

@@ -55,10 +55,14 @@ pub type Outcome = Result<Vec<OpResult>, TxError>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
-    /// A single-shard transaction forwarded to its owner.
+    /// A single-shard transaction forwarded to its owner, to run if it arrives by `expires_ms`
+    /// (wall clock, the coordinator's deadline for it), else refused unrun: the coordinator has
+    /// answered its client `Unknown` by then, and a run applied after that answer could land
+    /// after the client's next write (found in review).
     Run {
         tx: TxId,
         ops: Vec<Op>,
+        expires_ms: u64,
     },
     RunResult {
         tx: TxId,
@@ -175,6 +179,8 @@ pub enum Action {
 pub struct CoordinatorCounters {
     pub local: u64,
     pub forwarded: u64,
+    /// Forwarded runs that arrived here past their expiry, refused unrun.
+    pub runs_expired: u64,
     pub coordinated: u64,
     pub committed: u64,
     pub aborted: u64,
@@ -437,7 +443,7 @@ impl Node {
         let mut actions = Vec::new();
         match event {
             Event::Begin { client, ops } => self.begin(client, ops, now_ms, &mut actions),
-            Event::Receive { from, msg } => self.receive(from, msg, &mut actions),
+            Event::Receive { from, msg } => self.receive(from, msg, now_ms, &mut actions),
             Event::Durable(then) => self.durable(then, now_ms, &mut actions),
             Event::Tick => self.tick(now_ms, &mut actions),
         }
@@ -505,7 +511,11 @@ impl Node {
             let ops = parts.into_values().flatten().map(|(_, op)| op).collect();
             out.push(Action::Send {
                 to: participants[0],
-                msg: Msg::Run { tx, ops },
+                msg: Msg::Run {
+                    tx,
+                    ops,
+                    expires_ms: now_ms + self.limits.prepare_timeout_ms,
+                },
             });
             Phase::Forwarded
         } else {
@@ -570,8 +580,18 @@ impl Node {
         }
     }
 
-    fn receive(&mut self, from: usize, msg: Msg, out: &mut Vec<Action>) {
+    fn receive(&mut self, from: usize, msg: Msg, now_ms: u64, out: &mut Vec<Action>) {
         match msg {
+            Msg::Run { tx, expires_ms, .. } if now_ms > expires_ms => {
+                self.counters.runs_expired += 1;
+                out.push(Action::Send {
+                    to: from,
+                    msg: Msg::RunResult {
+                        tx,
+                        outcome: Err(TxError::Unavailable),
+                    },
+                })
+            }
             Msg::Run { tx, .. } if self.log_failed => out.push(Action::Send {
                 to: from,
                 msg: Msg::RunResult {
@@ -587,7 +607,7 @@ impl Node {
                         vote: Err(TxError::LogFailed),
                     },
                 }),
-            Msg::Run { tx, ops } => {
+            Msg::Run { tx, ops, .. } => {
                 let then = |outcome| Then::RunResult {
                     to: from,
                     tx,
@@ -1217,6 +1237,7 @@ mod tests {
         let forwarded = Msg::Run {
             tx: from_1(0),
             ops: vec![put(0, "v")],
+            expires_ms: 51,
         };
         let prepare = Msg::Prepare {
             tx: from_1(1),
@@ -1258,6 +1279,7 @@ mod tests {
                         Msg::Run {
                             tx: tx(1),
                             ops: vec![put(1, "w")],
+                            expires_ms: 51,
                         },
                     )],
                 ),
@@ -2024,10 +2046,13 @@ mod tests {
 
     #[test]
     fn forwarded_single_shard_transactions_relay_or_time_out_unknown() {
+        let mut owner = node(1);
         let mut node = node(0);
-        let run = |seq| Msg::Run {
+        // Sent at `at`, expiring at the coordinator's deadline (prepare_timeout_ms, 50).
+        let run = |seq, at: u64| Msg::Run {
             tx: tx(seq),
             ops: vec![put(1, "b")],
+            expires_ms: at + 50,
         };
         let outcome = Ok(vec![OpResult::Put { version: 3 }]);
         check(
@@ -2039,7 +2064,7 @@ mod tests {
                         client: 1,
                         ops: vec![put(1, "b")],
                     },
-                    vec![send(1, run(0))],
+                    vec![send(1, run(0, 0))],
                 ),
                 (
                     1,
@@ -2061,7 +2086,7 @@ mod tests {
                         client: 2,
                         ops: vec![put(1, "b")],
                     },
-                    vec![send(1, run(1))],
+                    vec![send(1, run(1, 2))],
                 ),
                 (
                     52,
@@ -2079,5 +2104,44 @@ mod tests {
             ],
         );
         assert!(node.is_quiet());
+
+        // The owner's side: a run that arrives by its expiry runs; one that arrives after it
+        // (its client has been answered `Unknown`) is refused unrun.
+        let from_0 = |seq| TxId {
+            coordinator: 0,
+            epoch: 1,
+            seq,
+        };
+        let ran = owner.on_event(
+            receive(
+                0,
+                Msg::Run {
+                    tx: from_0(0),
+                    ops: vec![put(1, "b")],
+                    expires_ms: 50,
+                },
+            ),
+            50,
+        );
+        assert!(
+            ran.iter().any(|a| matches!(a, Action::Persist { .. })),
+            "{ran:?}"
+        );
+        let late = Msg::Run {
+            tx: from_0(1),
+            ops: vec![put(1, "c")],
+            expires_ms: 50,
+        };
+        assert_eq!(
+            owner.on_event(receive(0, late), 51),
+            vec![send(
+                0,
+                Msg::RunResult {
+                    tx: from_0(1),
+                    outcome: Err(TxError::Unavailable),
+                },
+            )]
+        );
+        assert_eq!(owner.counters.runs_expired, 1);
     }
 }
