@@ -1510,6 +1510,47 @@ fn login_limits_count_the_client_a_trusted_proxy_names() {
     assert_eq!(via(&mut proxy(), "203.0.113.3", "bob", "bob-pw"), 200);
 }
 
+/// Behind a TLS-terminating proxy named in `--forwarded-allow-ips`, its `X-Forwarded-Proto:
+/// https` makes the session cookie `Secure` and the CSRF check expect the browser's `https`
+/// origin (without it every session write from a browser behind such a proxy was 403); from
+/// any other peer the header is ignored.
+#[test]
+fn a_trusted_proxy_says_the_client_used_https() {
+    let (_dir, users, config) = setup("");
+    let server = start(&users, &config, &["--forwarded-allow-ips", "127.0.0.1"]);
+    let https = "X-Forwarded-Proto: https\r\n";
+    let session_of = |conn: &mut Conn| {
+        let raw = login_request("bob", "bob-pw", None).replacen("\r\n", &format!("\r\n{https}"), 1);
+        conn.send(raw.as_bytes());
+        let r = conn.response(false).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        (r.header("set-cookie").unwrap().to_string(), cookie_of(&r))
+    };
+    let put = |conn: &mut Conn, cookie: &str, extra: &str| {
+        let headers = format!("Cookie: {cookie}\r\nOrigin: https://t\r\n{extra}");
+        // 201 for the first write of the key, 204 after: 2 means written.
+        let status = request(conn, "PUT", "/kv/c", &headers, "3").status;
+        if status / 100 == 2 { 2 } else { status }
+    };
+    let mut proxy = Conn::new(server.connect()); // from 127.0.0.1
+    let (set_cookie, cookie) = session_of(&mut proxy);
+    assert!(set_cookie.ends_with("; Secure"), "{set_cookie}");
+    assert_eq!(put(&mut proxy, &cookie, https), 2);
+    assert_eq!(
+        put(&mut proxy, &cookie, ""),
+        403,
+        "no forwarded scheme: http expected"
+    );
+    let mut stranger = connect_from(&server, [127, 0, 0, 2]);
+    let (set_cookie, cookie) = session_of(&mut stranger);
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+    assert_eq!(
+        put(&mut stranger, &cookie, https),
+        403,
+        "an untrusted peer's header"
+    );
+}
+
 /// `--login-tracked-max`: each failed login is tracked under two keys, its user name and its
 /// address. With room for both, a name blocked after one failure stays blocked from another
 /// address; with room for one, the address's key evicts the name's at once, and the name is

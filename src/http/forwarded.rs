@@ -1,4 +1,4 @@
-//! The client's address behind trusted proxies: `X-Forwarded-For`, walked from the right (nginx's `real_ip_recursive on`, Gunicorn's `--forwarded-allow-ips`).
+//! The client's address and scheme behind trusted proxies: `X-Forwarded-For`, walked from the right (nginx's `real_ip_recursive on`, Gunicorn's `--forwarded-allow-ips`), and `X-Forwarded-Proto`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -39,6 +39,18 @@ impl TrustedProxies {
 
     fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether the client reached the proxy over TLS: from a trusted proxy, an
+    /// `X-Forwarded-Proto` whose first element is `https` (the scheme the client used, as the
+    /// first proxy wrote it). Any other peer's header counts for nothing.
+    pub fn https(&self, peer: IpAddr, head: &RequestHead) -> bool {
+        if self.is_empty() || !self.trusts(peer.to_canonical()) {
+            return false;
+        }
+        head.header("x-forwarded-proto")
+            .and_then(|value| value.split(|&b| b == b',').next())
+            .is_some_and(|scheme| scheme.trim_ascii().eq_ignore_ascii_case(b"https"))
     }
 
     /// The client's address for a request from `peer`: `peer` itself unless it is a trusted
@@ -157,6 +169,35 @@ mod tests {
                 "{fields:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_trusted_proxy_says_whether_the_client_used_https() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        for (fields, want) in [
+            ("", false),
+            ("X-Forwarded-Proto: https\r\n", true),
+            ("X-Forwarded-Proto: HTTPS\r\n", true),
+            ("X-Forwarded-Proto: http\r\n", false),
+            ("X-Forwarded-Proto: https, http\r\n", true),
+            ("X-Forwarded-Proto: http, https\r\n", false),
+            ("X-Forwarded-Proto: httpsx\r\n", false),
+        ] {
+            assert_eq!(
+                proxies.https(ip("10.0.0.1"), &head(fields)),
+                want,
+                "{fields:?}"
+            );
+        }
+        let fields = head("X-Forwarded-Proto: https\r\n");
+        assert!(
+            !proxies.https(ip("192.0.2.1"), &fields),
+            "an untrusted peer"
+        );
+        assert!(
+            !TrustedProxies::default().https(ip("10.0.0.1"), &fields),
+            "nobody trusted"
+        );
     }
 
     #[test]

@@ -183,6 +183,9 @@ pub struct RequestCtx {
     /// the one its `X-Forwarded-For` names (`http::TrustedProxies::client`). The login limits
     /// count by it.
     pub client: Option<IpAddr>,
+    /// The client used TLS: to this server, or to a trusted proxy that says so
+    /// (`X-Forwarded-Proto: https`). Session cookies get `Secure`, and the CSRF check expects
+    /// an `https` origin.
     pub tls: bool,
     /// Set by an authentication middleware; every later phase and the handler see it.
     pub identity: Option<Rc<Identity>>,

@@ -1050,15 +1050,18 @@ impl Conn {
 
     fn ctx(&self, head: &RequestHead) -> RequestCtx {
         let proxies = &self.shard().config.trusted_proxies;
-        let client = match self.peer {
-            Some(peer) if !proxies.is_empty() => Some(proxies.client(peer.ip(), head)),
-            peer => peer.map(|peer| peer.ip().to_canonical()),
+        let (client, tls) = match self.peer {
+            Some(peer) if !proxies.is_empty() => (
+                Some(proxies.client(peer.ip(), head)),
+                self.tls || proxies.https(peer.ip(), head),
+            ),
+            peer => (peer.map(|peer| peer.ip().to_canonical()), self.tls),
         };
         RequestCtx {
             shard: self.shard().index,
             peer: self.peer,
             client,
-            tls: self.tls,
+            tls,
             identity: None,
             extensions: Default::default(),
         }
