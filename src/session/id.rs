@@ -72,11 +72,17 @@ impl IdGenerator {
     }
 
     pub fn mint(&mut self) -> SessionId {
+        self.mint_for(self.shard)
+    }
+
+    /// An id owned by `shard` of this node (a rotation's new id, minted by the shard that asks
+    /// for it, so that it can ask again).
+    pub fn mint_for(&mut self, shard: u16) -> SessionId {
         let mut key = [0u8; 16];
         self.rng.fill_bytes(&mut key);
         SessionId {
             node: self.node,
-            shard: self.shard,
+            shard,
             key,
         }
     }

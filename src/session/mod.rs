@@ -30,6 +30,9 @@ use store::{SessionData, SessionRecord, Store, StoreError, StoreLimits};
 /// interval passed, a failed one's retry is due, the log failed).
 const UPKEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Times a rotation asks an owner that does not answer (each within the mesh deadline).
+const ROTATE_ATTEMPTS: u32 = 3;
+
 /// A session operation, executed on the session's owner shard.
 pub enum SessionRequest {
     Data(SessionKey),
@@ -37,7 +40,9 @@ pub enum SessionRequest {
     Put(SessionKey, String, Value),
     Remove(SessionKey, String),
     Destroy(SessionKey),
-    Rotate(SessionKey),
+    /// Move the first id's session to the second (minted by the caller). Idempotent: asked
+    /// again after it took effect (its answer was lost), it answers the same.
+    Rotate(SessionKey, SessionKey),
     /// Whether the session is live (and touches it): picks one of several cookie ids.
     Live(SessionKey),
     /// Whether the revocation of this ticket (from `Revoked` or `Rotated`) is durable.
@@ -207,11 +212,27 @@ impl Sessions {
             SessionRequest::Destroy(key) => {
                 SessionReply::Revoked(self.destroy(&mut store, key, now))
             }
-            SessionRequest::Rotate(key) => {
-                let new_id = self.ids.borrow_mut().mint();
-                let ticket = self.revoking(&mut store, &key, Some(&new_id.key), |store| {
-                    store.rotate(&key, new_id.key, now)
+            SessionRequest::Rotate(key, new) => {
+                let new_id = SessionId {
+                    node: self.node,
+                    shard: self.shard as u16,
+                    key: new,
+                };
+                let ticket = self.revoking(&mut store, &key, Some(&new), |store| {
+                    store.rotate(&key, new, now)
                 });
+                let ticket = match ticket {
+                    // Asked again: the rotation took effect, and its answer was lost (found in
+                    // review: the client got 503 and a dead cookie). Only the caller that minted
+                    // the new id can name it. Its revocation's ticket, if not yet durable.
+                    Err(SessionError::Unknown) if store.live(&new, now) => Ok(self
+                        .revoked
+                        .borrow()
+                        .as_ref()
+                        .and_then(|log| log.pending_ticket(&key))
+                        .unwrap_or(0)),
+                    ticket => ticket,
+                };
                 SessionReply::Rotated(ticket.map(|ticket| (new_id, ticket)))
             }
             SessionRequest::Durable(ticket) => {
@@ -239,7 +260,7 @@ impl Sessions {
             | SessionRequest::Remove(key, _)
             | SessionRequest::Live(key) => (key, SessionReply::Done(Err(unavailable))),
             SessionRequest::Destroy(key) => (key, SessionReply::Revoked(Err(unavailable.into()))),
-            SessionRequest::Rotate(key) => (key, SessionReply::Rotated(Err(unavailable.into()))),
+            SessionRequest::Rotate(key, _) => (key, SessionReply::Rotated(Err(unavailable.into()))),
             SessionRequest::Durable(_) => return None,
         };
         log.is_undurable(key).then_some(reply)
@@ -771,18 +792,34 @@ impl Session {
 
     /// Gives the session a new id (same owner, same data); the old id is dead (against fixation).
     ///
-    /// An error after the rotation (its durability wait ran out: `Unavailable`) leaves the new
-    /// id in `self`: the old one is dead, and the answer must carry the new one.
+    /// The new id is minted here, so an owner that did not answer is asked again, up to
+    /// `ROTATE_ATTEMPTS` times (the request is idempotent): a rotation whose answer was lost
+    /// would leave the client with a dead cookie. An error after the rotation (its durability
+    /// wait ran out: `Unavailable`) leaves the new id in `self`: the old one is dead, and the
+    /// answer must carry the new one.
     pub async fn rotate(&mut self) -> Result<(), SessionError> {
-        match self.call(SessionRequest::Rotate).await? {
-            SessionReply::Rotated(result) => {
-                let (id, ticket) = result?;
-                *self = Session::of(id);
-                let sessions = shard::current().sessions.clone();
-                sessions.revocation_durable(self.owner(), ticket).await
+        self.resolve().await?;
+        let old = *self.id();
+        let new = {
+            let sessions = shard::current().sessions.clone();
+            let mut ids = sessions.ids.borrow_mut();
+            ids.mint_for(old.shard)
+        };
+        let mut attempts = 0;
+        let reply = loop {
+            attempts += 1;
+            match self.call(|key| SessionRequest::Rotate(key, new.key)).await {
+                Err(SessionError::Unavailable) if attempts < ROTATE_ATTEMPTS => {}
+                reply => break reply?,
             }
-            _ => unreachable!("Rotate is answered with Rotated"),
-        }
+        };
+        let SessionReply::Rotated(result) = reply else {
+            unreachable!("Rotate is answered with Rotated")
+        };
+        let (id, ticket) = result?;
+        *self = Session::of(id);
+        let sessions = shard::current().sessions.clone();
+        sessions.revocation_durable(self.owner(), ticket).await
     }
 
     /// The `Set-Cookie` value carrying this session's id.
@@ -840,6 +877,9 @@ mod tests {
         Create(&'static str),
         /// Rotate the first id; the second names the new one, None: expect Unknown.
         Rotate(&'static str, Option<&'static str>),
+        /// Ask for a rotation again (its answer was lost): the same new id, and the ticket of
+        /// the first answer while the rotation is pending (true), 0 once it is durable.
+        Repeat(&'static str, &'static str, bool),
         /// Destroy the id; Some: expect the ticket of that id's revocation, None: Unknown.
         Destroy(&'static str, Option<&'static str>),
         /// Wait until every revocation so far is durable.
@@ -863,13 +903,15 @@ mod tests {
                     match *step {
                         Create(name) => _ = keys.insert(name, sessions.create().key),
                         Rotate(old, new) => {
+                            let new_key: SessionKey = rand::random();
                             let SessionReply::Rotated(reply) =
-                                sessions.handle(SessionRequest::Rotate(keys[old]))
+                                sessions.handle(SessionRequest::Rotate(keys[old], new_key))
                             else {
                                 unreachable!()
                             };
                             match (reply, new) {
                                 (Ok((id, ticket)), Some(new)) => {
+                                    assert_eq!(id.key, new_key, "{step:?}");
                                     keys.insert(new, id.key);
                                     tickets.insert(old, ticket);
                                 }
@@ -892,6 +934,16 @@ mod tests {
                                 (Err(SessionError::Unknown), None) => {}
                                 (reply, _) => panic!("{step:?}: {reply:?}"),
                             }
+                        }
+                        Repeat(old, new, pending) => {
+                            let again = SessionRequest::Rotate(keys[old], keys[new]);
+                            let SessionReply::Rotated(Ok((id, ticket))) = sessions.handle(again)
+                            else {
+                                panic!("{step:?}: not answered as the first time");
+                            };
+                            assert_eq!(id.key, keys[new], "{step:?}");
+                            let first = if pending { tickets[old] } else { 0 };
+                            assert_eq!(ticket, first, "{step:?}");
                         }
                         Sync => log.durable(log.appended()).await.unwrap(),
                     }
@@ -968,6 +1020,9 @@ mod tests {
             (&[Create("a"), Rotate("a", Some("b")), Sync, Rotate("b", Some("c")), Destroy("a", None), Destroy("b", Some("c"))], &[]),
             // Other sessions are left alone.
             (&[Create("a"), Create("x"), Rotate("a", Some("b")), Destroy("a", Some("b"))], &["x"]),
+            // A rotation asked again (its answer lost) answers as the first time, pending or
+            // durable, and rotates nothing more.
+            (&[Create("a"), Rotate("a", Some("b")), Repeat("a", "b", true), Sync, Repeat("a", "b", false)], &["b"]),
         ];
         for (steps, live) in cases {
             check(steps, live);
