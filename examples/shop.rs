@@ -3,7 +3,7 @@
 
 use percore::router::{Request, Response, Router};
 use percore::session::{Session, SessionError};
-use percore::txn::op::{Op, OpResult};
+use percore::txn::op::{Op, OpResult, TxError};
 use percore::txn::service::{TransactError, transact};
 
 /// Adds `item` to the cart in the caller's session (created on first use).
@@ -49,26 +49,32 @@ async fn checkout(req: Request) -> Response {
             floor: Some(0),
         })
         .collect();
-    // The cart goes first, then the stock; a failed transaction puts the cart back. A checkout
-    // that cannot empty the cart buys nothing, so a retry never buys twice (found in review:
-    // with the cart removed after the transaction, a failed removal kept it, and a retry
-    // bought twice). Both run to the end in a task of their own, even if this handler is
-    // dropped at an await (its client hung up, or --handler-timeout passed).
+    // The cart goes first, then the stock; a transaction that wrote nothing puts the cart
+    // back. A checkout that cannot empty the cart buys nothing, and only the one that emptied
+    // it buys, so a retry or a double submit never buys twice (found in review: with the cart
+    // removed after the transaction, a failed removal kept it, and a retry bought twice). An
+    // outcome unknown (504: it may have committed) keeps the cart empty. Both run to the end in
+    // a task of their own, even if this handler is dropped at an await (its client hung up, or
+    // --handler-timeout passed).
     let checkout = glommio::spawn_local({
         let cart = cart.clone();
         async move {
-            session.remove("cart").await?;
+            if !session.remove("cart").await? {
+                return Ok(None);
+            }
             let outcome = transact(ops).await;
-            if outcome.is_err() {
+            let unknown = matches!(outcome, Err(TransactError::Tx(TxError::Unknown)));
+            if outcome.is_err() && !unknown {
                 // Lost if this fails too: an empty cart, and nothing bought.
                 let _ = session.set("cart", &cart).await;
             }
-            Ok::<_, SessionError>(outcome)
+            Ok::<_, SessionError>(Some(outcome))
         }
     })
     .detach();
     let outcome = match checkout.await {
-        Some(Ok(outcome)) => outcome,
+        Some(Ok(Some(outcome))) => outcome,
+        Some(Ok(None)) => return Response::error(409, "another checkout took this cart"),
         Some(Err(e)) => return Response::from(e),
         None => return Response::error(500, "the checkout did not finish"),
     };

@@ -154,8 +154,18 @@ fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() 
         "the session already exists"
     );
 
-    let bought = post(&mut b, "/checkout", Some(&cookie));
+    // A double submit, one checkout from each shard at once: the one that empties the cart
+    // buys; the other finds it taken (409) or empty (400) and buys nothing (the stock below).
+    let checkout = format!("POST /checkout HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n");
+    a.send(checkout.as_bytes());
+    b.send(checkout.as_bytes());
+    let (from_a, from_b) = (a.response(false).unwrap(), b.response(false).unwrap());
+    let (bought, other) = match from_a.status {
+        200 => (from_a, from_b),
+        _ => (from_b, from_a),
+    };
     assert_eq!(bought.status, 200, "{}", bought.text());
+    assert!(matches!(other.status, 400 | 409), "{}", other.text());
     let body: serde_json::Value = serde_json::from_slice(&bought.body).unwrap();
     assert_eq!(
         body,
