@@ -1145,8 +1145,18 @@ fn spawn_accept_loops(
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch: the time base of session expiry and of the
-/// transaction protocol's deadlines (both persist or compare it across restarts).
+/// Milliseconds on the monotonic clock since this process first asked: the time base of the
+/// transaction protocol's deadlines, which one shard sets and another checks (a forwarded run's
+/// expiry). The same on every shard, and never stepped back, as the wall clock may be (found in
+/// review: a clock stepped back let a run expired at its coordinator run at its owner). Never
+/// persisted.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the time base of session expiry (persisted in
+/// snapshots) and of the login windows.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::TxnConfig;
 use crate::config::limits::{TX_RETRY_PAUSE_MAX, TX_RETRY_PAUSE_MIN};
 use crate::mesh::Mesh;
-use crate::runtime::now_ms;
+use crate::runtime::monotonic_ms as now_ms;
 use crate::txn::op::{Op, TxError};
 use crate::txn::record::{self, After, CorruptTail, Record, TailReason};
 use crate::txn::twopc::{Action, ClientId, Event, Msg, Node, Outcome, Then};

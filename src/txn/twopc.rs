@@ -55,8 +55,9 @@ pub type Outcome = Result<Vec<OpResult>, TxError>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Msg {
-    /// A single-shard transaction forwarded to its owner, to run if it arrives by `expires_ms`
-    /// (wall clock, the coordinator's deadline for it), else refused unrun: the coordinator has
+    /// A single-shard transaction forwarded to its owner, to run if it arrives before
+    /// `expires_ms` (the coordinator's deadline for it, on the monotonic clock every shard
+    /// shares: `runtime::monotonic_ms`), else refused unrun: the coordinator has
     /// answered its client `Unknown` by then, and a run applied after that answer could land
     /// after the client's next write (found in review).
     Run {
@@ -582,7 +583,8 @@ impl Node {
 
     fn receive(&mut self, from: usize, msg: Msg, now_ms: u64, out: &mut Vec<Action>) {
         match msg {
-            Msg::Run { tx, expires_ms, .. } if now_ms > expires_ms => {
+            // At its expiry the coordinator's tick answers `Unknown` (`deadline_ms <= now`).
+            Msg::Run { tx, expires_ms, .. } if now_ms >= expires_ms => {
                 self.counters.runs_expired += 1;
                 out.push(Action::Send {
                     to: from,
@@ -2105,8 +2107,8 @@ mod tests {
         );
         assert!(node.is_quiet());
 
-        // The owner's side: a run that arrives by its expiry runs; one that arrives after it
-        // (its client has been answered `Unknown`) is refused unrun.
+        // The owner's side: a run that arrives before its expiry runs; one that arrives after it
+        // (its client has been answered `Unknown`), or at it, is refused unrun.
         let from_0 = |seq| TxId {
             coordinator: 0,
             epoch: 1,
@@ -2121,7 +2123,7 @@ mod tests {
                     expires_ms: 50,
                 },
             ),
-            50,
+            49,
         );
         assert!(
             ran.iter().any(|a| matches!(a, Action::Persist { .. })),
@@ -2133,7 +2135,7 @@ mod tests {
             expires_ms: 50,
         };
         assert_eq!(
-            owner.on_event(receive(0, late), 51),
+            owner.on_event(receive(0, late), 50),
             vec![send(
                 0,
                 Msg::RunResult {
