@@ -1047,7 +1047,11 @@ async fn shard_main(init: ShardInit) {
     // shard still serving a transaction was taken for drained, and its peers stopped under
     // it), so a wedged shard holds the others to the grace's end.
     while Instant::now() < deadline {
-        let replies = shard.stats_mesh.call_all(|| StatsRequest).await;
+        // Within what is left of the grace: a round that waits out a long mesh deadline on a
+        // wedged shard would overrun it, past `--stop-timeout` (review).
+        let left = deadline.saturating_duration_since(Instant::now());
+        let round = crate::mesh::with_deadline(left, shard.stats_mesh.call_all(|| StatsRequest));
+        let Some(replies) = round.await else { break };
         if replies.iter().all(|reply| match reply {
             Ok(stats) => stats.drained == 1,
             Err(error) => *error == MeshError::Closed,
