@@ -76,9 +76,11 @@ async fn login(mut req: Request) -> Response {
     };
     if let Err(e) = session.set_value(SESSION_USER, remembered).await {
         // The rotation stands (the old id is dead), so the answer carries the new id: the
-        // client keeps its session and its data, not logged in, and may log in again (found in
-        // review: destroying the rotated session here, when its owner answered late, lost the
-        // client's data with it). A session that is gone gets no cookie.
+        // client keeps its session and its data, and may log in again (found in review:
+        // destroying the rotated session here, when its owner answered late, lost the client's
+        // data with it). Not logged in, as far as it is told; after a mesh `Timeout` the write
+        // may have landed, and the session is then logged in all the same (the password was
+        // right). A session that is gone gets no cookie.
         let response = Response::from(e);
         return match e {
             SessionError::Unknown => response,
@@ -104,16 +106,15 @@ async fn login_session(req: &Request, remembered: &Value) -> Result<Session, Res
         Err(SessionError::Unknown) => return Ok(Session::create()),
         Err(e) => return Err(Response::from(e)),
     }
-    let old = *session.id();
     match session.rotate().await {
         Ok(()) => Ok(session),
-        Err(SessionError::Unknown) => Ok(Session::create()),
         // Rotated, but not yet known durable: the old id is dead, so the answer carries the
         // new one (found in review: a 503 without it left the client with a dead cookie).
-        Err(e) if *session.id() != old => {
-            Err(Response::from(e).header("Set-Cookie", session.cookie(req.ctx.tls)))
+        Err(e) if e.rotated => {
+            Err(Response::from(e.error).header("Set-Cookie", session.cookie(req.ctx.tls)))
         }
-        Err(e) => Err(Response::from(e)),
+        Err(e) if e.error == SessionError::Unknown => Ok(Session::create()),
+        Err(e) => Err(Response::from(e.error)),
     }
 }
 

@@ -89,6 +89,15 @@ pub enum SessionError {
     WrongType,
 }
 
+/// Why `Session::rotate` did not complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotateError {
+    pub error: SessionError,
+    /// The rotation took effect (the old id is dead) and only its durability wait ran out: the
+    /// answer must carry the new id's cookie.
+    pub rotated: bool,
+}
+
 /// A value as the JSON a session stores; `NotJson` for one JSON cannot hold.
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Value, SessionError> {
     serde_json::to_value(value).map_err(|_| SessionError::NotJson)
@@ -795,10 +804,14 @@ impl Session {
     /// The new id is minted here, so an owner that did not answer is asked again, up to
     /// `ROTATE_ATTEMPTS` times (the request is idempotent): a rotation whose answer was lost
     /// would leave the client with a dead cookie. An error after the rotation (its durability
-    /// wait ran out: `Unavailable`) leaves the new id in `self`: the old one is dead, and the
-    /// answer must carry the new one.
-    pub async fn rotate(&mut self) -> Result<(), SessionError> {
-        self.resolve().await?;
+    /// wait ran out: `Unavailable`) leaves the new id in `self` and says `rotated`: the old one
+    /// is dead, and the answer must carry the new one.
+    pub async fn rotate(&mut self) -> Result<(), RotateError> {
+        let before = |error| RotateError {
+            error,
+            rotated: false,
+        };
+        self.resolve().await.map_err(before)?;
         let old = *self.id();
         let new = {
             let sessions = shard::current().sessions.clone();
@@ -810,16 +823,22 @@ impl Session {
             attempts += 1;
             match self.call(|key| SessionRequest::Rotate(key, new.key)).await {
                 Err(SessionError::Unavailable) if attempts < ROTATE_ATTEMPTS => {}
-                reply => break reply?,
+                reply => break reply.map_err(before)?,
             }
         };
         let SessionReply::Rotated(result) = reply else {
             unreachable!("Rotate is answered with Rotated")
         };
-        let (id, ticket) = result?;
+        let (id, ticket) = result.map_err(before)?;
         *self = Session::of(id);
         let sessions = shard::current().sessions.clone();
-        sessions.revocation_durable(self.owner(), ticket).await
+        sessions
+            .revocation_durable(self.owner(), ticket)
+            .await
+            .map_err(|error| RotateError {
+                error,
+                rotated: true,
+            })
     }
 
     /// The `Set-Cookie` value carrying this session's id.

@@ -95,16 +95,15 @@ async fn rotate(req: Request) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let old = *session.id();
     match session.rotate().await {
         Ok(()) => Response::json(200, &json!({ "shard": session.owner() }))
             .header("Set-Cookie", session.cookie(req.ctx.tls)),
         // Rotated, but not yet known durable: the old id is dead, so the answer carries the new
         // one (found in review: a 503 without it left the client with a dead cookie).
-        Err(e) if *session.id() != old => {
-            Response::from(e).header("Set-Cookie", session.cookie(req.ctx.tls))
+        Err(e) if e.rotated => {
+            Response::from(e.error).header("Set-Cookie", session.cookie(req.ctx.tls))
         }
-        Err(e) => Response::from(e),
+        Err(e) => Response::from(e.error),
     }
 }
 
