@@ -292,7 +292,7 @@ impl Auth {
             // answer (then we do not guess in the attacker's favour): the attempt goes no
             // further, and the keys that counted it take it back, as do those whose reply was
             // lost: counted late or never, a refund by id finds it or changes nothing. A
-            // refused call (`Overloaded`, `Closed`) posted nothing.
+            // refused call (`Overloaded`, `Expired`, `Closed`) counted nothing.
             let counted: Vec<String> = keys
                 .iter()
                 .zip(&attempts)

@@ -19,8 +19,11 @@ use glommio::{GlommioError, ResourceType};
 /// the request never reached a handler, so a retry is safe. `Timeout` is not: the request may
 /// have been served. It was served, if at all, before its expiry (`EXPIRY_OF_DEADLINE`), which
 /// is before the caller gave up: whatever the caller does next comes after it (found in review:
-/// a session write answered 503 was applied after a later write that was acknowledged).
+/// a session write answered 503 was applied after a later write that was acknowledged). That
+/// holds for a handler that does its work when first polled, as every handler here does; one
+/// that waits before it acts must check the expiry again itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MeshError {
     /// The caller already has `inflight_max` calls outstanding, or the callee serves that many
     /// (it answers so without running the handler).
