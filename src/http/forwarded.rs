@@ -21,9 +21,9 @@ impl TrustedProxies {
                 nets.push("0.0.0.0/0".parse().expect("a network"));
                 nets.push("::/0".parse().expect("a network"));
             } else if let Ok(net) = entry.parse::<IpNet>() {
-                nets.push(net.trunc());
-            } else if let Ok(ip) = entry.parse::<IpAddr>() {
-                nets.push(IpNet::from(ip.to_canonical()));
+                nets.push(canonical_net(net.trunc()));
+            } else if let Some(ip) = parse_ip(entry) {
+                nets.push(IpNet::from(ip));
             } else {
                 return Err(format!(
                     "{entry:?}: not an IP address, a network (10.0.0.0/8) or *"
@@ -89,15 +89,33 @@ impl TrustedProxies {
     }
 }
 
-/// `192.0.2.1`, `2001:db8::1`, or either with a port (`192.0.2.1:443`, `[2001:db8::1]:443`),
-/// as some proxies write them.
+/// `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]`, or either with a port (`192.0.2.1:443`,
+/// `[2001:db8::1]:443`), as proxies write them; IPv4-mapped IPv6 as IPv4.
 fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(entry).ok()?;
-    let ip = text
-        .parse::<IpAddr>()
-        .or_else(|_| text.parse::<SocketAddr>().map(|addr| addr.ip()))
-        .ok()?;
-    Some(ip.to_canonical())
+    parse_ip(text).or_else(|| Some(text.parse::<SocketAddr>().ok()?.ip().to_canonical()))
+}
+
+/// An address, bracketed or not (no port); IPv4-mapped IPv6 as IPv4.
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(text);
+    Some(bare.parse::<IpAddr>().ok()?.to_canonical())
+}
+
+/// A network within `::ffff:0:0/96` (IPv4-mapped) as the IPv4 network it covers: peers and
+/// entries are compared as IPv4 (found in review: `::ffff:10.0.0.0/104` loaded and matched
+/// nothing).
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).expect("0..=32"),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +176,7 @@ mod tests {
             ("X-Forwarded-For: 203.0.113.9,,\r\n", "203.0.113.9"),
             ("X-Forwarded-For: 203.0.113.9:4711\r\n", "203.0.113.9"),
             ("X-Forwarded-For: [2001:db8::1]:443\r\n", "2001:db8::1"),
+            ("X-Forwarded-For: [2001:db8::1]\r\n", "2001:db8::1"),
             ("X-Forwarded-For: 2001:db8::1\r\n", "2001:db8::1"),
             // IPv4-mapped IPv6 is IPv4.
             ("X-Forwarded-For: ::ffff:203.0.113.9\r\n", "203.0.113.9"),
@@ -225,13 +244,17 @@ mod tests {
     fn entries_parse_as_addresses_networks_or_everything() {
         let all = trusted(&["*"]);
         assert!(all.trusts(ip("203.0.113.9")) && all.trusts(ip("2001:db8::1")));
-        let some = trusted(&[" 10.1.2.3/8 ", "::1", "::ffff:192.0.2.1"]);
+        let some = trusted(&[" 10.1.2.3/8 ", "::1", "::ffff:192.0.2.1", "[2001:db8::7]"]);
         assert!(
             some.trusts(ip("10.200.0.1")),
             "a network, its host bits dropped"
         );
         assert!(some.trusts(ip("::1")) && !some.trusts(ip("::2")));
         assert!(some.trusts(ip("192.0.2.1")), "a mapped entry is IPv4");
+        assert!(some.trusts(ip("2001:db8::7")), "brackets");
+        let mapped = trusted(&["::ffff:10.0.0.0/104"]);
+        assert!(mapped.trusts(ip("10.1.2.3")) && !mapped.trusts(ip("11.0.0.1")));
+        assert_eq!(mapped, trusted(&["10.0.0.0/8"]), "a mapped network is IPv4");
         for bad in ["", "10.0.0.0/33", "example.com", "10.0.0.1:80", "**"] {
             let error = TrustedProxies::parse(&[bad.to_string()]).unwrap_err();
             assert!(error.contains("not an IP address"), "{bad:?}: {error}");
