@@ -90,6 +90,12 @@ fn pipelined_cross_shard_reads_are_batched_and_ordered_around_writes() {
         shard0["session_remote_calls"].as_u64().unwrap() >= 11,
         "{shard0}"
     );
+    // /stats counts the calls of every mesh, the session mesh's too (it counted the stats
+    // mesh's alone: one call per /stats).
+    assert!(
+        shard0["mesh_calls_sent"].as_u64().unwrap() >= 11,
+        "{shard0}"
+    );
 }
 
 #[test]

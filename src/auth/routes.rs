@@ -1,6 +1,6 @@
 //! The auth HTTP API of the default server (a contract tests and tools rely on): POST /auth/login, POST /auth/logout, GET /auth/me.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::credentials::{self, LOGIN_BODY_BYTES_MAX};
 use super::middleware::{SESSION_USER, SessionUser, denied};
@@ -8,7 +8,6 @@ use super::service::Denied;
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
 use crate::session::routes::cookie_challenge;
-use crate::session::store::{SessionData, value_bytes};
 use crate::session::{Session, SessionError};
 
 pub const LOGIN_PATH: &str = "/auth/login";
@@ -70,64 +69,35 @@ async fn login(mut req: Request) -> Response {
         stamp,
     })
     .expect("two strings encode as JSON");
-    let session = match login_session(&req, &remembered).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    if let Err(e) = session.set_value(SESSION_USER, remembered).await {
-        // The rotation stands (the old id is dead), so the answer carries the new id: the
-        // client keeps its session and its data, and may log in again (found in review:
-        // destroying the rotated session here, when its owner answered late, lost the client's
-        // data with it). Not logged in, as far as it is told; after a mesh `Timeout` the write
-        // may have landed, and the session is then logged in all the same (the password was
-        // right). A session that is gone gets no cookie.
-        let response = Response::from(e);
-        return match e {
-            SessionError::Unknown => response,
-            _ => response.header("Set-Cookie", session.cookie(req.ctx.tls)),
-        };
-    }
-    Response::json(200, &json!({ "user": form.username, "roles": roles }))
-        .header("Set-Cookie", session.cookie(req.ctx.tls))
-}
-
-/// The session a login ends in: the request's own, rotated (its old id dies, against fixation),
-/// or a new one. A session without room for `remembered` fails the login before the rotation,
-/// so the client keeps its session, its data and its cookie, and no unreachable copy is left.
-// The early answer is moved once, off the hot path; boxing it would cost more.
-#[allow(clippy::result_large_err)]
-async fn login_session(req: &Request, remembered: &Value) -> Result<Session, Response> {
-    let Some(mut session) = Session::from_request(req) else {
-        return Ok(Session::create());
-    };
-    match session.data().await {
-        Ok(data) if fits(&data, remembered) => {}
-        Ok(_) => return Err(Response::from(SessionError::TooLarge)),
-        Err(SessionError::Unknown) => return Ok(Session::create()),
-        Err(e) => return Err(Response::from(e)),
-    }
-    match session.rotate().await {
-        Ok(()) => Ok(session),
-        // Rotated, but not yet known durable: the old id is dead, so the answer carries the
-        // new one (found in review: a 503 without it left the client with a dead cookie).
-        Err(e) if e.rotated => {
-            Err(Response::from(e.error).header("Set-Cookie", session.cookie(req.ctx.tls)))
+    // The request's own session, logged in and rotated in one step on its owner (its old id
+    // dies, against fixation), or a new one.
+    if let Some(mut session) = Session::from_request(&req) {
+        match session.log_in(remembered.clone()).await {
+            Ok(()) => return logged_in(&req, &session, &form.username, roles),
+            // Logged in and rotated, but the old id's end not yet known durable: the old id is
+            // dead, so the answer carries the new one (found in review: a 503 without it left
+            // the client with a dead cookie).
+            Err(e) if e.rotated => {
+                return Response::from(e.error).header("Set-Cookie", session.cookie(req.ctx.tls));
+            }
+            Err(e) if e.error == SessionError::Unknown => {}
+            // Nothing changed: the client keeps its session, its data and its cookie.
+            Err(e) => return Response::from(e.error),
         }
-        Err(e) if e.error == SessionError::Unknown => Ok(Session::create()),
-        Err(e) => Err(Response::from(e.error)),
     }
+    let session = Session::create();
+    if let Err(e) = session.set_value(SESSION_USER, remembered).await {
+        // A new session on this shard, never given out: nothing may keep it.
+        let _ = session.destroy().await;
+        return Response::from(e);
+    }
+    logged_in(&req, &session, &form.username, roles)
 }
 
-/// Whether `data` with the login's value in place stays within `--max-session-bytes`, counted
-/// as the store counts it.
-fn fits(data: &SessionData, remembered: &Value) -> bool {
-    let others: usize = data
-        .iter()
-        .filter(|(name, _)| *name != SESSION_USER)
-        .map(|(name, value)| value_bytes(name, &value.to_string()))
-        .sum();
-    let bytes_max = shard::current().sessions.config.session_bytes_max;
-    others + value_bytes(SESSION_USER, &remembered.to_string()) <= bytes_max
+/// 200 `{"user","roles"}` and the cookie of the session the login ended in.
+fn logged_in(req: &Request, session: &Session, user: &str, roles: Vec<String>) -> Response {
+    Response::json(200, &json!({ "user": user, "roles": roles }))
+        .header("Set-Cookie", session.cookie(req.ctx.tls))
 }
 
 /// POST /auth/logout -> 204, the session destroyed (on its owner: dead on every shard) and its

@@ -127,6 +127,11 @@ impl Auth {
         }
     }
 
+    /// The auth mesh's counters, for `/stats`.
+    pub fn mesh_counters(&self) -> &crate::mesh::MeshCounters {
+        &self.mesh.counters
+    }
+
     pub fn users(&self) -> Arc<Users> {
         self.users.borrow().clone()
     }

@@ -251,10 +251,15 @@ shard_stats! {
     /// Times the shard's executor found no work and got ready to sleep (x86-64 only; see
     /// runtime/membarrier.rs): parks per request says whether a shard sleeps between requests.
     parks,
+    /// Cross-shard messages over every mesh (stats, session, auth, transaction; found in
+    /// review: only the stats mesh's were counted): sent and served (one-way messages
+    /// included), refused at an in-flight bound, calls that timed out, and requests this shard
+    /// read after their expiry and refused unserved.
     mesh_calls_sent,
     mesh_calls_served,
     mesh_overloaded,
     mesh_timeouts,
+    mesh_expired,
     /// 1 once the shard is draining and has no connection left (it then still answers the
     /// other shards until each is drained too); the total counts the drained shards.
     drained,

@@ -287,11 +287,18 @@ impl Shard {
             .ready_ring
             .as_ref()
             .map_or(0, |ring| ring.polls_armed());
-        let mesh = &self.stats_mesh.counters;
-        stats.mesh_calls_sent = mesh.calls_sent.get();
-        stats.mesh_calls_served = mesh.calls_served.get();
-        stats.mesh_overloaded = mesh.overloaded.get();
-        stats.mesh_timeouts = mesh.timeouts.get();
+        for mesh in [
+            &self.stats_mesh.counters,
+            self.sessions.mesh_counters(),
+            self.auth.mesh_counters(),
+            self.txn.mesh_counters(),
+        ] {
+            stats.mesh_calls_sent += mesh.calls_sent.get();
+            stats.mesh_calls_served += mesh.calls_served.get();
+            stats.mesh_overloaded += mesh.overloaded.get();
+            stats.mesh_timeouts += mesh.timeouts.get();
+            stats.mesh_expired += mesh.expired.get();
+        }
         let store = self.sessions.store.borrow();
         stats.sessions = store.len() as u64;
         stats.session_bytes = store.bytes() as u64;

@@ -24,7 +24,7 @@ use crate::router::Request;
 use crate::runtime::{now_ms, shard};
 use id::{IdGenerator, SessionId, SessionKey};
 use revoked::RevocationLog;
-use store::{SessionData, SessionRecord, Store, StoreError, StoreLimits};
+use store::{SessionData, SessionRecord, Store, StoreError, StoreLimits, USER_VALUE};
 
 /// How often the upkeep sweeps expired sessions and looks whether a snapshot is due (its
 /// interval passed, a failed one's retry is due, the log failed).
@@ -43,6 +43,11 @@ pub enum SessionRequest {
     /// Move the first id's session to the second (minted by the caller). Idempotent: asked
     /// again after it took effect (its answer was lost), it answers the same.
     Rotate(SessionKey, SessionKey),
+    /// A login: `Rotate`, and the user (`USER_VALUE`) written into the session, in one step;
+    /// nothing changes unless both do (found in review: a login whose user write failed after
+    /// the rotation handed out a session still logged in as its previous user). Answered as
+    /// `Rotate` is, a repeat too.
+    Login(SessionKey, SessionKey, Value),
     /// Whether the session is live (and touches it): picks one of several cookie ids.
     Live(SessionKey),
     /// Whether the revocation of this ticket (from `Revoked` or `Rotated`) is durable.
@@ -180,6 +185,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// The session mesh's counters, for `/stats`.
+    pub fn mesh_counters(&self) -> &crate::mesh::MeshCounters {
+        &self.mesh.counters
+    }
+
     pub fn new(node: u16, config: SessionConfig, mesh: Rc<SessionMesh>) -> Sessions {
         let limits = StoreLimits {
             sessions_max: config.sessions_max,
@@ -244,6 +254,9 @@ impl Sessions {
                 };
                 SessionReply::Rotated(ticket.map(|ticket| (new_id, ticket)))
             }
+            SessionRequest::Login(key, new, user) => {
+                SessionReply::Rotated(self.log_in(&mut store, key, new, user, now))
+            }
             SessionRequest::Durable(ticket) => {
                 SessionReply::Durable(match &*self.revoked.borrow() {
                     None => Ok(true),
@@ -269,7 +282,9 @@ impl Sessions {
             | SessionRequest::Remove(key, _)
             | SessionRequest::Live(key) => (key, SessionReply::Done(Err(unavailable))),
             SessionRequest::Destroy(key) => (key, SessionReply::Revoked(Err(unavailable.into()))),
-            SessionRequest::Rotate(key, _) => (key, SessionReply::Rotated(Err(unavailable.into()))),
+            SessionRequest::Rotate(key, _) | SessionRequest::Login(key, ..) => {
+                (key, SessionReply::Rotated(Err(unavailable.into())))
+            }
             SessionRequest::Durable(_) => return None,
         };
         log.is_undurable(key).then_some(reply)
@@ -338,6 +353,45 @@ impl Sessions {
         }
         kill(store)?;
         Ok(log.append(key, expiry_ms, successor))
+    }
+
+    /// `SessionRequest::Login`: the user must fit the session before anything changes; then
+    /// the rotation (and its revocation record), then the write, which cannot fail then.
+    fn log_in(
+        &self,
+        store: &mut Store,
+        key: SessionKey,
+        new: SessionKey,
+        user: Value,
+        now: u64,
+    ) -> Result<(SessionId, u64), SessionError> {
+        let new_id = SessionId {
+            node: self.node,
+            shard: self.shard as u16,
+            key: new,
+        };
+        if let Err(e) = store.check_put(&key, USER_VALUE, &user, now) {
+            // Asked again (the answer was lost): the session lives on under the new id with
+            // this user in it. The revocation's ticket, if not yet durable.
+            if e == StoreError::Unknown
+                && store.get(&new, USER_VALUE, now).ok().flatten().as_ref() == Some(&user)
+            {
+                let revoked = self.revoked.borrow();
+                let pending = revoked.as_ref().and_then(|log| log.pending_ticket(&key));
+                return Ok((new_id, pending.unwrap_or(0)));
+            }
+            return Err(e.into());
+        }
+        let ticket = self.revoking(store, &key, Some(&new), |store| {
+            store.rotate(&key, new, now)
+        })?;
+        if let Err(e) = store.put(&new, USER_VALUE, user, now) {
+            // Checked above, on the same data: never. Were it to happen, the session must not
+            // go on as whoever it held before.
+            let _ = store.remove_value(&new, USER_VALUE, now);
+            return Err(e.into());
+        }
+        Ok((new_id, ticket))
     }
 
     fn create(&self) -> SessionId {
@@ -805,8 +859,27 @@ impl Session {
     /// `ROTATE_ATTEMPTS` times (the request is idempotent): a rotation whose answer was lost
     /// would leave the client with a dead cookie. An error after the rotation (its durability
     /// wait ran out: `Unavailable`) leaves the new id in `self` and says `rotated`: the old one
-    /// is dead, and the answer must carry the new one.
+    /// is dead, and the answer must carry the new one. `rotated: false` after every attempt
+    /// timed out means not known to have happened, not known not to have.
     pub async fn rotate(&mut self) -> Result<(), RotateError> {
+        self.rotate_with(SessionRequest::Rotate).await
+    }
+
+    /// Logs `user` (the server's `USER_VALUE`) into this session and rotates it, in one step on
+    /// its owner (as `rotate`, asked again when the owner does not answer): nothing changes
+    /// unless both happen, so no answer ever carries a session that still holds its previous
+    /// user (found in review: a fixated session logged in as the attacker came back to the
+    /// victim under the new id when the user write failed after the rotation). `TooLarge`:
+    /// the user does not fit; nothing changed.
+    pub(crate) async fn log_in(&mut self, user: Value) -> Result<(), RotateError> {
+        self.rotate_with(|old, new| SessionRequest::Login(old, new, user.clone()))
+            .await
+    }
+
+    async fn rotate_with(
+        &mut self,
+        request: impl Fn(SessionKey, SessionKey) -> SessionRequest,
+    ) -> Result<(), RotateError> {
         let before = |error| RotateError {
             error,
             rotated: false,
@@ -821,7 +894,7 @@ impl Session {
         let mut attempts = 0;
         let reply = loop {
             attempts += 1;
-            match self.call(|key| SessionRequest::Rotate(key, new.key)).await {
+            match self.call(|key| request(key, new.key)).await {
                 Err(SessionError::Unavailable) if attempts < ROTATE_ATTEMPTS => {}
                 reply => break reply.map_err(before)?,
             }
@@ -1016,6 +1089,58 @@ mod tests {
         let sessions = Rc::new(Sessions::new(1, config, mesh));
         sessions.load(dir);
         sessions
+    }
+
+    /// A login rotates and writes the user in one step (found in review: the user written
+    /// after the rotation, a failed write left the new id holding the previous user): a user
+    /// that does not fit changes nothing; a repeat answers as the first time and changes
+    /// nothing more; a "repeat" naming another user is refused.
+    #[test]
+    fn a_login_rotates_and_writes_the_user_in_one_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let sessions = one_shard(&path).await;
+                let now = now_ms();
+                let old = sessions.create().key;
+                let login = |old, new, user: &str| {
+                    let request = SessionRequest::Login(old, new, Value::from(user));
+                    match sessions.handle(request) {
+                        SessionReply::Rotated(reply) => reply.map(|(id, _)| id.key),
+                        _ => unreachable!("Login is answered with Rotated"),
+                    }
+                };
+                let user_of = |key| sessions.store.borrow_mut().get(&key, USER_VALUE, now);
+                let mut store = sessions.store.borrow_mut();
+                store.put(&old, USER_VALUE, "bob".into(), now).unwrap();
+                // 1024 bytes at most: "bob" and the longest pad that fits leave no room for a
+                // longer name.
+                let fits = |len| {
+                    let pad = Value::from("x".repeat(len));
+                    store.put(&old, "pad", pad, now).is_ok()
+                };
+                assert!((0..1024).rev().any(fits));
+                drop(store);
+                let new: SessionKey = rand::random();
+                let long = "m".repeat(100);
+                assert_eq!(login(old, new, &long), Err(SessionError::TooLarge));
+                assert_eq!(user_of(old), Ok(Some("bob".into())), "nothing changed");
+                assert_eq!(user_of(new), Err(StoreError::Unknown));
+                assert_eq!(login(old, new, "al"), Ok(new));
+                assert_eq!(user_of(new), Ok(Some("al".into())));
+                assert_eq!(user_of(old), Err(StoreError::Unknown), "the old id is dead");
+                assert_eq!(login(old, new, "al"), Ok(new), "a repeat");
+                assert_eq!(
+                    login(old, new, "bob"),
+                    Err(SessionError::Unknown),
+                    "no repeat"
+                );
+                assert_eq!(user_of(new), Ok(Some("al".into())));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     /// Review finding: two destroys racing a rotation all succeeded, and the session lived on

@@ -378,25 +378,9 @@ impl Store {
         value: Value,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let bytes_max = self.limits.session_bytes_max;
-        let entry = self.touch(key, now_ms)?;
-        // Checked here, where every write ends (routes, `Session::set` from an app's handler,
-        // other shards), not in the route alone (found in review: an app's `set` of client
-        // JSON could still make the next start drop the shard's snapshot).
-        if value_depth(&value) > SESSION_VALUE_DEPTH_MAX {
-            return Err(StoreError::TooDeep);
-        }
-        let old_bytes = entry
-            .record
-            .data
-            .get(name)
-            .map_or(0, |v| value_bytes(name, v.json()));
-        let value = StoredValue::new(&value);
-        let new_bytes = value_bytes(name, value.json());
+        let (value, old_bytes, new_bytes) = self.sized(key, name, &value, now_ms)?;
+        let entry = self.entries.get_mut(key).expect("sized looked it up");
         let bytes = entry.bytes - old_bytes + new_bytes;
-        if bytes > bytes_max {
-            return Err(StoreError::TooLarge);
-        }
         let was_authenticated = entry.record.data.contains_key(USER_VALUE);
         entry.bytes = bytes;
         entry.record.data.insert(name.to_string(), value);
@@ -404,6 +388,48 @@ impl Store {
         self.generation += 1;
         self.reclassify(key, name, was_authenticated);
         Ok(())
+    }
+
+    /// Whether `put` of the same value would succeed; changes nothing but the session's last
+    /// access.
+    pub fn check_put(
+        &mut self,
+        key: &SessionKey,
+        name: &str,
+        value: &Value,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.sized(key, name, value, now_ms).map(|_| ())
+    }
+
+    /// `value` as stored, and the bytes of the value it would replace and its own, once it is
+    /// known to fit the session `key`.
+    fn sized(
+        &mut self,
+        key: &SessionKey,
+        name: &str,
+        value: &Value,
+        now_ms: u64,
+    ) -> Result<(StoredValue, usize, usize), StoreError> {
+        let bytes_max = self.limits.session_bytes_max;
+        let entry = self.touch(key, now_ms)?;
+        // Checked here, where every write ends (routes, `Session::set` from an app's handler,
+        // other shards), not in the route alone (found in review: an app's `set` of client
+        // JSON could still make the next start drop the shard's snapshot).
+        if value_depth(value) > SESSION_VALUE_DEPTH_MAX {
+            return Err(StoreError::TooDeep);
+        }
+        let old_bytes = entry
+            .record
+            .data
+            .get(name)
+            .map_or(0, |v| value_bytes(name, v.json()));
+        let value = StoredValue::new(value);
+        let new_bytes = value_bytes(name, value.json());
+        if entry.bytes - old_bytes + new_bytes > bytes_max {
+            return Err(StoreError::TooLarge);
+        }
+        Ok((value, old_bytes, new_bytes))
     }
 
     /// Removes one value; Ok(false) when the session has no such value.

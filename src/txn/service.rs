@@ -638,6 +638,11 @@ impl Txn {
         self.execute(vec![action]);
     }
 
+    /// The transaction mesh's counters, for `/stats`.
+    pub fn mesh_counters(&self) -> &crate::mesh::MeshCounters {
+        &self.mesh.counters
+    }
+
     /// Handles a message from another shard's node.
     pub fn receive(self: &Rc<Self>, from: usize, msg: Msg) {
         self.feed(Event::Receive { from, msg });
