@@ -34,47 +34,40 @@ async fn checkout(req: Request) -> Response {
     let Some(session) = Session::from_request(&req) else {
         return Response::error(401, "no cart");
     };
-    let cart: Vec<String> = match session.get("cart").await {
-        Ok(cart) => cart.unwrap_or_default(),
-        Err(e) => return Response::from(e),
-    };
-    if cart.is_empty() {
-        return Response::error(400, "the cart is empty");
-    }
-    let ops = cart
-        .iter()
-        .map(|item| Op::Add {
-            key: format!("stock-{item}").into(),
-            delta: -1,
-            floor: Some(0),
-        })
-        .collect();
-    // The cart goes first, then the stock; a transaction that wrote nothing puts the cart
-    // back. A checkout that cannot empty the cart buys nothing, and only the one that emptied
-    // it buys, so a retry or a double submit never buys twice (found in review: with the cart
-    // removed after the transaction, a failed removal kept it, and a retry bought twice). An
-    // outcome unknown (504: it may have committed) keeps the cart empty. Both run to the end in
-    // a task of their own, even if this handler is dropped at an await (its client hung up, or
+    // The cart is taken (read and removed in one step on its owner) before the stock: only the
+    // checkout that takes it buys, and it buys what it took, so a retry or a double submit
+    // never buys twice (found in review: with the cart removed after the transaction, a failed
+    // removal kept it and a retry bought twice; with a read, then a removal, two checkouts
+    // bought one cart). A transaction that wrote nothing puts the items back; an outcome
+    // unknown (504: it may have committed) does not. All of it runs to the end in a task of its
+    // own, even if this handler is dropped at an await (its client hung up, or
     // --handler-timeout passed).
-    let checkout = glommio::spawn_local({
-        let cart = cart.clone();
-        async move {
-            if !session.remove("cart").await? {
-                return Ok(None);
-            }
-            let outcome = transact(ops).await;
-            let unknown = matches!(outcome, Err(TransactError::Tx(TxError::Unknown)));
-            if outcome.is_err() && !unknown {
-                // Lost if this fails too: an empty cart, and nothing bought.
-                let _ = session.set("cart", &cart).await;
-            }
-            Ok::<_, SessionError>(Some(outcome))
+    let checkout = glommio::spawn_local(async move {
+        let cart: Vec<String> = session.take("cart").await?.unwrap_or_default();
+        if cart.is_empty() {
+            return Ok(None);
         }
+        let ops = cart
+            .iter()
+            .map(|item| Op::Add {
+                key: format!("stock-{item}").into(),
+                delta: -1,
+                floor: Some(0),
+            })
+            .collect();
+        let outcome = transact(ops).await;
+        let unknown = matches!(outcome, Err(TransactError::Tx(TxError::Unknown)));
+        if outcome.is_err() && !unknown {
+            // Before whatever was added meanwhile; lost if this fails too (nothing bought).
+            let added: Vec<String> = session.get("cart").await.ok().flatten().unwrap_or_default();
+            let _ = session.set("cart", &[cart.clone(), added].concat()).await;
+        }
+        Ok::<_, SessionError>(Some((cart, outcome)))
     })
     .detach();
-    let outcome = match checkout.await {
-        Some(Ok(Some(outcome))) => outcome,
-        Some(Ok(None)) => return Response::error(409, "another checkout took this cart"),
+    let (cart, outcome) = match checkout.await {
+        Some(Ok(Some(checked_out))) => checked_out,
+        Some(Ok(None)) => return Response::error(400, "the cart is empty"),
         Some(Err(e)) => return Response::from(e),
         None => return Response::error(500, "the checkout did not finish"),
     };

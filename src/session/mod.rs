@@ -39,6 +39,8 @@ pub enum SessionRequest {
     Get(SessionKey, String),
     Put(SessionKey, String, Value),
     Remove(SessionKey, String),
+    /// Removes a value and answers it (`Session::take`).
+    Take(SessionKey, String),
     Destroy(SessionKey),
     /// Move the first id's session to the second (minted by the caller). Idempotent: asked
     /// again after it took effect (its answer was lost), it answers the same.
@@ -101,6 +103,14 @@ pub struct RotateError {
     /// The rotation took effect (the old id is dead) and only its durability wait ran out: the
     /// answer must carry the new id's cookie.
     pub rotated: bool,
+}
+
+/// For `?` in a handler that answers a rotation's error as any session error (it then gives no
+/// cookie for a rotation that took effect: `rotated` is the handler's to look at).
+impl From<RotateError> for SessionError {
+    fn from(e: RotateError) -> SessionError {
+        e.error
+    }
 }
 
 /// A value as the JSON a session stores; `NotJson` for one JSON cannot hold.
@@ -224,6 +234,9 @@ impl Sessions {
             SessionRequest::Put(key, name, value) => {
                 SessionReply::Done(store.put(&key, &name, value, now).map(|()| true))
             }
+            SessionRequest::Take(key, name) => {
+                SessionReply::Value(store.take_value(&key, &name, now))
+            }
             SessionRequest::Remove(key, name) => {
                 SessionReply::Done(store.remove_value(&key, &name, now))
             }
@@ -277,7 +290,9 @@ impl Sessions {
         let unavailable = StoreError::Unavailable;
         let (key, reply) = match request {
             SessionRequest::Data(key) => (key, SessionReply::Data(Err(unavailable))),
-            SessionRequest::Get(key, _) => (key, SessionReply::Value(Err(unavailable))),
+            SessionRequest::Get(key, _) | SessionRequest::Take(key, _) => {
+                (key, SessionReply::Value(Err(unavailable)))
+            }
             SessionRequest::Put(key, ..)
             | SessionRequest::Remove(key, _)
             | SessionRequest::Live(key) => (key, SessionReply::Done(Err(unavailable))),
@@ -828,6 +843,30 @@ impl Session {
         value: &T,
     ) -> Result<(), SessionError> {
         self.set_value(name, to_json(value)?).await
+    }
+
+    /// Removes a value and returns it, in one step on the owner: of two requests that take the
+    /// same value (a double submit), one gets it, the other None. A value that does not decode
+    /// as `T` is put back and is `WrongType`, as for `get`.
+    pub async fn take<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, SessionError> {
+        let taken = match self
+            .call(|key| SessionRequest::Take(key, name.to_string()))
+            .await?
+        {
+            SessionReply::Value(result) => result?,
+            _ => unreachable!("Take is answered with Value"),
+        };
+        let Some(value) = taken else {
+            return Ok(None);
+        };
+        match T::deserialize(&value) {
+            Ok(typed) => Ok(Some(typed)),
+            Err(_) => {
+                // The app's error: the client's data stays.
+                let _ = self.set_value(name, value).await;
+                Err(SessionError::WrongType)
+            }
+        }
     }
 
     /// Removes a value; false when there was none.

@@ -439,17 +439,27 @@ impl Store {
         name: &str,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
+        Ok(self.take_value(key, name, now_ms)?.is_some())
+    }
+
+    /// Removes one value and returns it; Ok(None) when the session has no such value.
+    pub fn take_value(
+        &mut self,
+        key: &SessionKey,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<Option<Value>, StoreError> {
         let entry = self.touch(key, now_ms)?;
         let was_authenticated = entry.record.data.contains_key(USER_VALUE);
         let Some(old) = entry.record.data.remove(name) else {
-            return Ok(false);
+            return Ok(None);
         };
         let bytes = value_bytes(name, old.json());
         entry.bytes -= bytes;
         self.bytes_total -= bytes;
         self.generation += 1;
         self.reclassify(key, name, was_authenticated);
-        Ok(true)
+        Ok(Some(old.value()))
     }
 
     /// Destroys a live session; false (unknown) for none or an expired one, which is removed
