@@ -6,21 +6,41 @@ use percore::session::{Session, SessionError};
 use percore::txn::op::{Op, OpResult, TxError};
 use percore::txn::service::{TransactError, transact};
 
+/// Changes the cart with `change`, in a read-modify-write no other write slips into (found in
+/// review: an add that read the cart before a checkout took it wrote the bought items back, and
+/// they were bought again). An error is answered, never taken for an empty cart (that would
+/// overwrite the cart).
+async fn update_cart(
+    session: &Session,
+    change: impl Fn(Vec<String>) -> Vec<String>,
+) -> Result<Vec<String>, SessionError> {
+    for _ in 0..8 {
+        let stored = session.get_value("cart").await?;
+        let cart = match &stored {
+            Some(value) => {
+                serde_json::from_value(value.clone()).map_err(|_| SessionError::WrongType)?
+            }
+            None => Vec::new(),
+        };
+        let cart = change(cart);
+        let new = serde_json::to_value(&cart).expect("strings encode as JSON");
+        if session.replace("cart", stored.as_ref(), Some(new)).await? {
+            return Ok(cart);
+        }
+    }
+    Err(SessionError::Unavailable) // changed under us every time: busy
+}
+
 /// Adds `item` to the cart in the caller's session (created on first use).
 async fn add_to_cart(req: Request) -> Response {
     let item = req.param("item").unwrap_or_default().to_string();
     let Ok((session, created)) = Session::get_or_create(&req).await else {
         return Response::error(503, "session store unavailable");
     };
-    // An error is answered, not taken for an empty cart: that would overwrite the cart.
-    let mut cart: Vec<String> = match session.get("cart").await {
-        Ok(cart) => cart.unwrap_or_default(),
+    let cart = match update_cart(&session, |cart| [cart, vec![item.clone()]].concat()).await {
+        Ok(cart) => cart,
         Err(e) => return Response::from(e),
     };
-    cart.push(item);
-    if let Err(e) = session.set("cart", &cart).await {
-        return Response::from(e);
-    }
     let response = Response::json(200, &cart);
     if created {
         response.header("Set-Cookie", session.cookie(req.ctx.tls))
@@ -59,8 +79,7 @@ async fn checkout(req: Request) -> Response {
         let unknown = matches!(outcome, Err(TransactError::Tx(TxError::Unknown)));
         if outcome.is_err() && !unknown {
             // Before whatever was added meanwhile; lost if this fails too (nothing bought).
-            let added: Vec<String> = session.get("cart").await.ok().flatten().unwrap_or_default();
-            let _ = session.set("cart", &[cart.clone(), added].concat()).await;
+            let _ = update_cart(&session, |added| [cart.clone(), added].concat()).await;
         }
         Ok::<_, SessionError>(Some((cart, outcome)))
     })

@@ -30,6 +30,9 @@ use store::{SessionData, SessionRecord, Store, StoreError, StoreLimits, USER_VAL
 /// interval passed, a failed one's retry is due, the log failed).
 const UPKEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Times `Session::take` reads a value again that changed under it before it gives up.
+const REPLACE_ATTEMPTS: u32 = 8;
+
 /// Times a rotation asks an owner that does not answer (each within the mesh deadline).
 const ROTATE_ATTEMPTS: u32 = 3;
 
@@ -39,8 +42,9 @@ pub enum SessionRequest {
     Get(SessionKey, String),
     Put(SessionKey, String, Value),
     Remove(SessionKey, String),
-    /// Removes a value and answers it (`Session::take`).
-    Take(SessionKey, String),
+    /// Replaces a value (None: removes it) if it is the expected one (None: absent), in one
+    /// step: `Session::replace`.
+    ReplaceIf(SessionKey, String, Option<Value>, Option<Value>),
     Destroy(SessionKey),
     /// Move the first id's session to the second (minted by the caller). Idempotent: asked
     /// again after it took effect (its answer was lost), it answers the same.
@@ -103,14 +107,6 @@ pub struct RotateError {
     /// The rotation took effect (the old id is dead) and only its durability wait ran out: the
     /// answer must carry the new id's cookie.
     pub rotated: bool,
-}
-
-/// For `?` in a handler that answers a rotation's error as any session error (it then gives no
-/// cookie for a rotation that took effect: `rotated` is the handler's to look at).
-impl From<RotateError> for SessionError {
-    fn from(e: RotateError) -> SessionError {
-        e.error
-    }
 }
 
 /// A value as the JSON a session stores; `NotJson` for one JSON cannot hold.
@@ -234,8 +230,8 @@ impl Sessions {
             SessionRequest::Put(key, name, value) => {
                 SessionReply::Done(store.put(&key, &name, value, now).map(|()| true))
             }
-            SessionRequest::Take(key, name) => {
-                SessionReply::Value(store.take_value(&key, &name, now))
+            SessionRequest::ReplaceIf(key, name, expected, new) => {
+                SessionReply::Done(store.replace_if(&key, &name, expected.as_ref(), new, now))
             }
             SessionRequest::Remove(key, name) => {
                 SessionReply::Done(store.remove_value(&key, &name, now))
@@ -290,11 +286,10 @@ impl Sessions {
         let unavailable = StoreError::Unavailable;
         let (key, reply) = match request {
             SessionRequest::Data(key) => (key, SessionReply::Data(Err(unavailable))),
-            SessionRequest::Get(key, _) | SessionRequest::Take(key, _) => {
-                (key, SessionReply::Value(Err(unavailable)))
-            }
+            SessionRequest::Get(key, _) => (key, SessionReply::Value(Err(unavailable))),
             SessionRequest::Put(key, ..)
             | SessionRequest::Remove(key, _)
+            | SessionRequest::ReplaceIf(key, ..)
             | SessionRequest::Live(key) => (key, SessionReply::Done(Err(unavailable))),
             SessionRequest::Destroy(key) => (key, SessionReply::Revoked(Err(unavailable.into()))),
             SessionRequest::Rotate(key, _) | SessionRequest::Login(key, ..) => {
@@ -400,12 +395,11 @@ impl Sessions {
         let ticket = self.revoking(store, &key, Some(&new), |store| {
             store.rotate(&key, new, now)
         })?;
-        if let Err(e) = store.put(&new, USER_VALUE, user, now) {
-            // Checked above, on the same data: never. Were it to happen, the session must not
-            // go on as whoever it held before.
-            let _ = store.remove_value(&new, USER_VALUE, now);
-            return Err(e.into());
-        }
+        // Checked above, on the same data, at the same `now`, and the rotation keeps the
+        // session's bytes and times: it fits.
+        store
+            .put(&new, USER_VALUE, user, now)
+            .expect("the user fits: checked before the rotation");
         Ok((new_id, ticket))
     }
 
@@ -845,28 +839,41 @@ impl Session {
         self.set_value(name, to_json(value)?).await
     }
 
-    /// Removes a value and returns it, in one step on the owner: of two requests that take the
-    /// same value (a double submit), one gets it, the other None. A value that does not decode
-    /// as `T` is put back and is `WrongType`, as for `get`.
+    /// Replaces value `name` with `new` (None: removes it) only if it is `expected` now (None:
+    /// absent), in one step on the owner: false when it is not, and nothing changed. The
+    /// building block of a read-modify-write that no other write can slip into (read, change,
+    /// `replace`, and on false read again).
+    pub async fn replace(
+        &self,
+        name: &str,
+        expected: Option<&Value>,
+        new: Option<Value>,
+    ) -> Result<bool, SessionError> {
+        let request =
+            |key| SessionRequest::ReplaceIf(key, name.to_string(), expected.cloned(), new);
+        match self.call(request).await? {
+            SessionReply::Done(result) => Ok(result?),
+            _ => unreachable!("ReplaceIf is answered with Done"),
+        }
+    }
+
+    /// Removes a value and returns it: of two requests that take the same value (a double
+    /// submit), one gets it, the other None. A value that does not decode as `T` stays and is
+    /// `WrongType`, as for `get`. `Unavailable` (the owner did not answer): it may have been
+    /// taken.
     pub async fn take<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, SessionError> {
-        let taken = match self
-            .call(|key| SessionRequest::Take(key, name.to_string()))
-            .await?
-        {
-            SessionReply::Value(result) => result?,
-            _ => unreachable!("Take is answered with Value"),
-        };
-        let Some(value) = taken else {
-            return Ok(None);
-        };
-        match T::deserialize(&value) {
-            Ok(typed) => Ok(Some(typed)),
-            Err(_) => {
-                // The app's error: the client's data stays.
-                let _ = self.set_value(name, value).await;
-                Err(SessionError::WrongType)
+        for _ in 0..REPLACE_ATTEMPTS {
+            let Some(value) = self.get_value(name).await? else {
+                return Ok(None);
+            };
+            let typed = T::deserialize(&value).map_err(|_| SessionError::WrongType)?;
+            // Changed since it was read: read it again.
+            if self.replace(name, Some(&value), None).await? {
+                return Ok(Some(typed));
             }
         }
+        // Changed under it every time: busy; retry later.
+        Err(SessionError::Unavailable)
     }
 
     /// Removes a value; false when there was none.

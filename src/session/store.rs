@@ -442,6 +442,28 @@ impl Store {
         Ok(self.take_value(key, name, now_ms)?.is_some())
     }
 
+    /// Replaces value `name` with `new` (None: removes it) if it is `expected` now (None:
+    /// absent); Ok(false) when it is not, and nothing changes.
+    pub fn replace_if(
+        &mut self,
+        key: &SessionKey,
+        name: &str,
+        expected: Option<&Value>,
+        new: Option<Value>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let entry = self.touch(key, now_ms)?;
+        let current = entry.record.data.get(name).map(StoredValue::value);
+        if current.as_ref() != expected {
+            return Ok(false);
+        }
+        match new {
+            Some(value) => self.put(key, name, value, now_ms)?,
+            None => _ = self.take_value(key, name, now_ms)?,
+        }
+        Ok(true)
+    }
+
     /// Removes one value and returns it; Ok(None) when the session has no such value.
     pub fn take_value(
         &mut self,
@@ -602,6 +624,46 @@ mod tests {
         store.create(key(n), now_ms);
         let user = serde_json::json!({"user": "ann", "stamp": ""});
         store.put(&key(n), USER_VALUE, user, now_ms).unwrap();
+    }
+
+    /// `replace_if` changes a value only from the one expected (None: absent), to the new one
+    /// (None: removed), within the session's bound; anything else changes nothing.
+    #[test]
+    fn a_value_is_replaced_only_from_the_one_expected() {
+        let mut store = Store::new(LIMITS);
+        store.create(key(1), 0);
+        let (a, b) = (Value::from("a"), Value::from("b"));
+        let get = |store: &mut Store| store.get(&key(1), "v", 1).unwrap();
+        assert_eq!(
+            store.replace_if(&key(1), "v", Some(&a), Some(b.clone()), 1),
+            Ok(false)
+        );
+        assert_eq!(get(&mut store), None);
+        assert_eq!(
+            store.replace_if(&key(1), "v", None, Some(a.clone()), 1),
+            Ok(true)
+        );
+        assert_eq!(
+            store.replace_if(&key(1), "v", None, Some(b.clone()), 1),
+            Ok(false)
+        );
+        assert_eq!(store.replace_if(&key(1), "v", Some(&b), None, 1), Ok(false));
+        assert_eq!(get(&mut store), Some(a.clone()));
+        let big = Value::from("x".repeat(2048));
+        assert_eq!(
+            store.replace_if(&key(1), "v", Some(&a), Some(big), 1),
+            Err(StoreError::TooLarge)
+        );
+        assert_eq!(
+            store.replace_if(&key(1), "v", Some(&a), Some(b.clone()), 1),
+            Ok(true)
+        );
+        assert_eq!(store.replace_if(&key(1), "v", Some(&b), None, 1), Ok(true));
+        assert_eq!(get(&mut store), None);
+        assert_eq!(
+            store.replace_if(&key(2), "v", None, Some(a), 1),
+            Err(StoreError::Unknown)
+        );
     }
 
     #[test]
