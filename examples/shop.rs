@@ -9,12 +9,17 @@ use percore::txn::service::{TransactError, transact};
 /// Changes the cart with `change`, in a read-modify-write no other write slips into (found in
 /// review: an add that read the cart before a checkout took it wrote the bought items back, and
 /// they were bought again). An error is answered, never taken for an empty cart (that would
-/// overwrite the cart).
+/// overwrite the cart). None: it changed under us every time, with a growing, jittered pause
+/// between tries (a shard that does not own the session loses such races to the one that does).
 async fn update_cart(
     session: &Session,
     change: impl Fn(Vec<String>) -> Vec<String>,
-) -> Result<Vec<String>, SessionError> {
-    for _ in 0..8 {
+) -> Result<Option<Vec<String>>, SessionError> {
+    for attempt in 0..8 {
+        if attempt > 0 {
+            let pause = rand::random_range(100..400) << attempt;
+            glommio::timer::sleep(std::time::Duration::from_micros(pause)).await;
+        }
         let stored = session.get_value("cart").await?;
         let cart = match &stored {
             Some(value) => {
@@ -25,10 +30,10 @@ async fn update_cart(
         let cart = change(cart);
         let new = serde_json::to_value(&cart).expect("strings encode as JSON");
         if session.replace("cart", stored.as_ref(), Some(new)).await? {
-            return Ok(cart);
+            return Ok(Some(cart));
         }
     }
-    Err(SessionError::Unavailable) // changed under us every time: busy
+    Ok(None)
 }
 
 /// Adds `item` to the cart in the caller's session (created on first use).
@@ -38,7 +43,8 @@ async fn add_to_cart(req: Request) -> Response {
         return Response::error(503, "session store unavailable");
     };
     let cart = match update_cart(&session, |cart| [cart, vec![item.clone()]].concat()).await {
-        Ok(cart) => cart,
+        Ok(Some(cart)) => cart,
+        Ok(None) => return Response::error(409, "the cart is changing; retry"),
         Err(e) => return Response::from(e),
     };
     let response = Response::json(200, &cart);

@@ -145,17 +145,16 @@ fn shop_example_buys_each_item_added_once_while_checkouts_race_the_adds() {
         .next()
         .unwrap()
         .to_string();
-    let added = std::sync::atomic::AtomicBool::new(false);
     let bought = std::thread::scope(|scope| {
-        scope.spawn(|| {
+        let adder = scope.spawn(|| {
             for _ in 1..ITEMS {
                 assert_eq!(post(&mut other, "/cart/x", Some(&cookie)).status, 200);
             }
-            added.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let mut bought = 0;
         loop {
-            let done = added.load(std::sync::atomic::Ordering::SeqCst);
+            // Finished, or failed: the scope passes its panic on.
+            let done = adder.is_finished();
             let r = post(&mut owner, "/checkout", Some(&cookie));
             match r.status {
                 200 => {

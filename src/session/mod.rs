@@ -30,9 +30,6 @@ use store::{SessionData, SessionRecord, Store, StoreError, StoreLimits, USER_VAL
 /// interval passed, a failed one's retry is due, the log failed).
 const UPKEEP_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Times `Session::take` reads a value again that changed under it before it gives up.
-const REPLACE_ATTEMPTS: u32 = 8;
-
 /// Times a rotation asks an owner that does not answer (each within the mesh deadline).
 const ROTATE_ATTEMPTS: u32 = 3;
 
@@ -45,6 +42,8 @@ pub enum SessionRequest {
     /// Replaces a value (None: removes it) if it is the expected one (None: absent), in one
     /// step: `Session::replace`.
     ReplaceIf(SessionKey, String, Option<Value>, Option<Value>),
+    /// Removes a value and answers it, in one step: `Session::take`.
+    Take(SessionKey, String),
     Destroy(SessionKey),
     /// Move the first id's session to the second (minted by the caller). Idempotent: asked
     /// again after it took effect (its answer was lost), it answers the same.
@@ -233,6 +232,9 @@ impl Sessions {
             SessionRequest::ReplaceIf(key, name, expected, new) => {
                 SessionReply::Done(store.replace_if(&key, &name, expected.as_ref(), new, now))
             }
+            SessionRequest::Take(key, name) => {
+                SessionReply::Value(store.take_value(&key, &name, now))
+            }
             SessionRequest::Remove(key, name) => {
                 SessionReply::Done(store.remove_value(&key, &name, now))
             }
@@ -286,7 +288,9 @@ impl Sessions {
         let unavailable = StoreError::Unavailable;
         let (key, reply) = match request {
             SessionRequest::Data(key) => (key, SessionReply::Data(Err(unavailable))),
-            SessionRequest::Get(key, _) => (key, SessionReply::Value(Err(unavailable))),
+            SessionRequest::Get(key, _) | SessionRequest::Take(key, _) => {
+                (key, SessionReply::Value(Err(unavailable)))
+            }
             SessionRequest::Put(key, ..)
             | SessionRequest::Remove(key, _)
             | SessionRequest::ReplaceIf(key, ..)
@@ -842,7 +846,10 @@ impl Session {
     /// Replaces value `name` with `new` (None: removes it) only if it is `expected` now (None:
     /// absent), in one step on the owner: false when it is not, and nothing changed. The
     /// building block of a read-modify-write that no other write can slip into (read, change,
-    /// `replace`, and on false read again).
+    /// `replace`, and on false read again; back off a little between tries, as a shard that
+    /// does not own the session has two round trips between its read and its replace where
+    /// the owner has none). `expected` is compared as JSON values: pass the value as
+    /// `get_value` read it (`1` and `1.0` differ).
     pub async fn replace(
         &self,
         name: &str,
@@ -857,23 +864,29 @@ impl Session {
         }
     }
 
-    /// Removes a value and returns it: of two requests that take the same value (a double
-    /// submit), one gets it, the other None. A value that does not decode as `T` stays and is
-    /// `WrongType`, as for `get`. `Unavailable` (the owner did not answer): it may have been
-    /// taken.
+    /// Removes a value and returns it, in one step on the owner: of two requests that take the
+    /// same value (a double submit), one gets it, the other None. A value that does not decode
+    /// as `T` is put back unless another was written meanwhile, and is `WrongType`, as for
+    /// `get`. `Unavailable` (the owner did not answer): it may have been taken.
     pub async fn take<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, SessionError> {
-        for _ in 0..REPLACE_ATTEMPTS {
-            let Some(value) = self.get_value(name).await? else {
-                return Ok(None);
-            };
-            let typed = T::deserialize(&value).map_err(|_| SessionError::WrongType)?;
-            // Changed since it was read: read it again.
-            if self.replace(name, Some(&value), None).await? {
-                return Ok(Some(typed));
+        let taken = match self
+            .call(|key| SessionRequest::Take(key, name.to_string()))
+            .await?
+        {
+            SessionReply::Value(result) => result?,
+            _ => unreachable!("Take is answered with Value"),
+        };
+        let Some(value) = taken else {
+            return Ok(None);
+        };
+        match T::deserialize(&value) {
+            Ok(typed) => Ok(Some(typed)),
+            Err(_) => {
+                // The app's error: the client's data stays.
+                let _ = self.replace(name, None, Some(value)).await;
+                Err(SessionError::WrongType)
             }
         }
-        // Changed under it every time: busy; retry later.
-        Err(SessionError::Unavailable)
     }
 
     /// Removes a value; false when there was none.
