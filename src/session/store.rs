@@ -703,6 +703,29 @@ mod tests {
         assert_eq!(store.get(&key(1), "deeper", 3), Ok(None));
     }
 
+    /// A user written or removed through `replace_if` (an app's `Session::replace`) moves the
+    /// session between the authenticated and the anonymous, as `put` and `remove_value` do.
+    #[test]
+    fn a_user_replaced_in_or_out_moves_the_session_between_the_eviction_lists() {
+        let mut store = Store::new(LIMITS);
+        let user = serde_json::json!({"user": "ann", "stamp": ""});
+        store.create(key(1), 0);
+        let logged_in = store.replace_if(&key(1), USER_VALUE, None, Some(user.clone()), 0);
+        assert_eq!(logged_in, Ok(true));
+        store.create(key(2), 1);
+        store.create(key(3), 2);
+        // 1 is the least recently used, but logged in: an anonymous one goes.
+        assert_eq!(store.try_create(key(4), 3), Ok(Some(key(2))));
+        assert_eq!(
+            store.replace_if(&key(1), USER_VALUE, Some(&user), None, 4),
+            Ok(true)
+        );
+        // Logged out: 3 is older now (1 was touched at 4), then 1.
+        assert_eq!(store.try_create(key(5), 5), Ok(Some(key(3))));
+        assert_eq!(store.try_create(key(6), 6), Ok(Some(key(4))));
+        assert_eq!(store.try_create(key(7), 7), Ok(Some(key(1))));
+    }
+
     #[test]
     fn the_user_value_is_the_one_auth_writes() {
         assert_eq!(USER_VALUE, crate::auth::middleware::SESSION_USER);
