@@ -271,9 +271,14 @@ fn stats_totals_match_the_requests_sent() {
     }
     assert!(stats["total"].get("shard").is_none(), "{}", stats["total"]);
     assert!(stats["total"].get("cpu").is_none(), "{}", stats["total"]);
-    // The stats of the other shard came over the mesh; none of its requests expired.
+    // The stats of the other shard came over the mesh (and requests refused as expired are
+    // counted, for every mesh).
     assert!(stats["total"]["mesh_calls_served"].as_u64().unwrap() >= 1);
-    assert_eq!(stats["total"]["mesh_expired"], 0, "{}", stats["total"]);
+    assert!(
+        stats["total"]["mesh_expired"].is_u64(),
+        "{}",
+        stats["total"]
+    );
 }
 
 /// Each shard counts its parks in the wrapper around glommio's pre-park `membarrier`
