@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{BIN, Conn, Server, one_per_shard, run_failing, temp_dir};
+use common::{BIN, Conn, Server, cookie_of, one_per_shard, run_failing, temp_dir};
 use tempfile::TempDir;
 
 /// `percore hash-password` of `password`.
@@ -107,12 +107,6 @@ fn login_request(user: &str, password: &str, cookie: Option<&str>) -> String {
 fn login(conn: &mut Conn, user: &str, password: &str, cookie: Option<&str>) -> common::Response {
     conn.send(login_request(user, password, cookie).as_bytes());
     conn.response(false).unwrap()
-}
-
-/// The `name=value` part of a Set-Cookie.
-fn cookie_of(response: &common::Response) -> String {
-    let set = response.header("set-cookie").expect("a Set-Cookie");
-    set.split(';').next().unwrap().to_string()
 }
 
 fn request(

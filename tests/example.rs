@@ -122,6 +122,15 @@ fn put(conn: &mut Conn, path: &str, body: &str) -> u16 {
     conn.response(false).unwrap().status
 }
 
+/// The shop example on 2 shards, each answer naming its shard.
+fn start_shop() -> common::Server {
+    let binary = example_binary("shop");
+    common::Server::start_with(
+        binary.to_str().unwrap(),
+        &["--bind", "127.0.0.1:0", "--shards", "2", "--expose-shard"],
+    )
+}
+
 /// Adds racing checkouts of the same cart: every item added is bought exactly once (found in
 /// review: an add that read the cart before a checkout took it wrote the bought items back, and
 /// they were bought again). The adds go through the shard that does not own the session, the
@@ -129,22 +138,12 @@ fn put(conn: &mut Conn, path: &str, body: &str) -> u16 {
 #[test]
 fn shop_example_buys_each_item_added_once_while_checkouts_race_the_adds() {
     const ITEMS: usize = 40;
-    let binary = example_binary("shop");
-    let server = common::Server::start_with(
-        binary.to_str().unwrap(),
-        &["--bind", "127.0.0.1:0", "--shards", "2", "--expose-shard"],
-    );
+    let server = start_shop();
     let [mut owner, mut other] = common::one_per_shard(&server);
     assert_eq!(put(&mut owner, "/kv/stock-x", "1000"), 201);
     // The first item makes the session, on the shard that answers: `owner`.
     let first = post(&mut owner, "/cart/x", None);
-    let cookie = first
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = common::cookie_of(&first);
     let bought = std::thread::scope(|scope| {
         let adder = scope.spawn(|| {
             for _ in 1..ITEMS {
@@ -178,11 +177,7 @@ fn shop_example_buys_each_item_added_once_while_checkouts_race_the_adds() {
 
 #[test]
 fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() {
-    let binary = example_binary("shop");
-    let server = common::Server::start_with(
-        binary.to_str().unwrap(),
-        &["--bind", "127.0.0.1:0", "--shards", "2", "--expose-shard"],
-    );
+    let server = start_shop();
     let [mut a, mut b] = common::one_per_shard(&server);
     // Stock on whichever shards own the keys.
     assert_eq!(put(&mut a, "/kv/stock-apple", "2"), 201);
@@ -193,13 +188,7 @@ fn shop_example_keeps_a_cart_in_the_session_and_checks_out_in_one_transaction() 
         (first.status, first.text()),
         (200, r#"["apple"]"#.to_string())
     );
-    let cookie = first
-        .header("set-cookie")
-        .expect("a new session")
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = common::cookie_of(&first);
     // The same session, served from the other shard.
     let second = post(&mut b, "/cart/pear", Some(&cookie));
     assert_eq!(second.text(), r#"["apple","pear"]"#);

@@ -1171,13 +1171,7 @@ fn a_drain_keeps_an_idle_shard_answering_requests_in_flight_on_the_others() {
     a.send(b"POST /session HTTP/1.1\r\nHost: t\r\n\r\n");
     let created = a.response(false).expect("a session");
     assert_eq!(created.status, 201);
-    let cookie = created
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = common::cookie_of(&created);
     drop(a);
     // In flight on shard 1 when the drain begins: a head not finished yet.
     b.send(format!("GET /session HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n").as_bytes());

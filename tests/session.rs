@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{Conn, Server, one_per_shard};
+use common::{Conn, Server, cookie_of, one_per_shard};
 
 fn request(
     conn: &mut Conn,
@@ -28,12 +28,6 @@ fn request(
     raw.push_str(body.unwrap_or(""));
     conn.send(raw.as_bytes());
     conn.response(false).expect("a response")
-}
-
-/// `percore_sid=...` from a Set-Cookie header.
-fn cookie_of(response: &common::Response) -> String {
-    let set_cookie = response.header("set-cookie").expect("Set-Cookie");
-    set_cookie.split(';').next().unwrap().trim().to_string()
 }
 
 fn json(response: &common::Response) -> serde_json::Value {

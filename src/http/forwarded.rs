@@ -41,16 +41,22 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
+    /// The client's address, and whether it used TLS, for a request from `peer`: `peer`
+    /// itself and no, unless `peer` is a trusted proxy (IPv4-mapped addresses as IPv4). From a
+    /// trusted proxy, `client` and `https` below say.
+    pub fn forwarded(&self, peer: IpAddr, head: &RequestHead) -> (IpAddr, bool) {
+        let peer = peer.to_canonical();
+        if self.is_empty() || !self.trusts(peer) {
+            return (peer, false);
+        }
+        (self.walk(peer, head), forwarded_https(head))
+    }
+
     /// Whether the client reached the proxy over TLS: from a trusted proxy, an
     /// `X-Forwarded-Proto` whose first element is `https` (the scheme the client used, as the
     /// first proxy wrote it). Any other peer's header counts for nothing.
     pub fn https(&self, peer: IpAddr, head: &RequestHead) -> bool {
-        if self.is_empty() || !self.trusts(peer.to_canonical()) {
-            return false;
-        }
-        head.header("x-forwarded-proto")
-            .and_then(|value| value.split(|&b| b == b',').next())
-            .is_some_and(|scheme| scheme.trim_ascii().eq_ignore_ascii_case(b"https"))
+        self.forwarded(peer, head).1
     }
 
     /// The client's address for a request from `peer`: `peer` itself unless it is a trusted
@@ -60,10 +66,11 @@ impl TrustedProxies {
     /// An entry that is not an address ends the walk at the last trusted one, so a client
     /// cannot hide behind garbage: at worst the answer is a proxy's own address.
     pub fn client(&self, peer: IpAddr, head: &RequestHead) -> IpAddr {
-        let peer = peer.to_canonical();
-        if self.is_empty() || !self.trusts(peer) {
-            return peer;
-        }
+        self.forwarded(peer, head).0
+    }
+
+    /// `client`'s walk, from a trusted `peer`.
+    fn walk(&self, peer: IpAddr, head: &RequestHead) -> IpAddr {
         let fields: smallvec::SmallVec<[&[u8]; 2]> = head
             .headers()
             .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
@@ -87,6 +94,13 @@ impl TrustedProxies {
         }
         client
     }
+}
+
+/// `X-Forwarded-Proto`'s first element is `https`.
+fn forwarded_https(head: &RequestHead) -> bool {
+    head.header("x-forwarded-proto")
+        .and_then(|value| value.split(|&b| b == b',').next())
+        .is_some_and(|scheme| scheme.trim_ascii().eq_ignore_ascii_case(b"https"))
 }
 
 /// `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]`, or either with a port (`192.0.2.1:443`,

@@ -240,13 +240,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             }
             WaitReply { slot: &slot }.await
         };
-        match with_deadline(self.limits.deadline, exchange).await {
-            Some(result) => result,
-            None => {
-                self.counters.timeouts.set(self.counters.timeouts.get() + 1);
-                Err(MeshError::Timeout)
-            }
-        }
+        self.within_deadline(exchange).await
     }
 
     /// `call` for a request that must reach its peer: one that ends something the peer holds for
@@ -272,13 +266,21 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             Post::Full(envelope) => self.post_later(to, envelope),
             Post::Closed => return Err(MeshError::Closed),
         }
-        match with_deadline(self.limits.deadline, WaitReply { slot: &slot }).await {
-            Some(result) => result,
-            None => {
+        self.within_deadline(WaitReply { slot: &slot }).await
+    }
+
+    /// `exchange` (a call's post and reply) for at most the mesh deadline; `Timeout`, counted,
+    /// past it.
+    async fn within_deadline(
+        &self,
+        exchange: impl Future<Output = Result<Resp, MeshError>>,
+    ) -> Result<Resp, MeshError> {
+        with_deadline(self.limits.deadline, exchange)
+            .await
+            .unwrap_or_else(|| {
                 self.counters.timeouts.set(self.counters.timeouts.get() + 1);
                 Err(MeshError::Timeout)
-            }
-        }
+            })
     }
 
     /// A new call's id and reply slot, counted as outgoing until the guard drops.

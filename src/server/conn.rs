@@ -1050,13 +1050,14 @@ impl Conn {
 
     fn ctx(&self, head: &RequestHead) -> RequestCtx {
         let proxies = &self.shard().config.trusted_proxies;
-        let (client, tls) = match self.peer {
-            Some(peer) if !proxies.is_empty() => (
-                Some(proxies.client(peer.ip(), head)),
-                self.tls || proxies.https(peer.ip(), head),
-            ),
-            peer => (peer.map(|peer| peer.ip().to_canonical()), self.tls),
+        let (client, https) = match self.peer {
+            Some(peer) => {
+                let (client, https) = proxies.forwarded(peer.ip(), head);
+                (Some(client), https)
+            }
+            None => (None, false),
         };
+        let tls = self.tls || https;
         RequestCtx {
             shard: self.shard().index,
             peer: self.peer,

@@ -108,6 +108,15 @@ pub struct RotateError {
     pub rotated: bool,
 }
 
+/// Whether session `key` is live and, for a login, holds `user`: what a rotation asked again
+/// finds once the first ask took effect.
+fn holds(store: &mut Store, key: &SessionKey, user: Option<&Value>, now: u64) -> bool {
+    match user {
+        None => store.live(key, now),
+        Some(user) => store.get(key, USER_VALUE, now).ok().flatten().as_ref() == Some(user),
+    }
+}
+
 /// A value as the JSON a session stores; `NotJson` for one JSON cannot hold.
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Value, SessionError> {
     serde_json::to_value(value).map_err(|_| SessionError::NotJson)
@@ -243,30 +252,10 @@ impl Sessions {
                 SessionReply::Revoked(self.destroy(&mut store, key, now))
             }
             SessionRequest::Rotate(key, new) => {
-                let new_id = SessionId {
-                    node: self.node,
-                    shard: self.shard as u16,
-                    key: new,
-                };
-                let ticket = self.revoking(&mut store, &key, Some(&new), |store| {
-                    store.rotate(&key, new, now)
-                });
-                let ticket = match ticket {
-                    // Asked again: the rotation took effect, and its answer was lost (found in
-                    // review: the client got 503 and a dead cookie). Only the caller that minted
-                    // the new id can name it. Its revocation's ticket, if not yet durable.
-                    Err(SessionError::Unknown) if store.live(&new, now) => Ok(self
-                        .revoked
-                        .borrow()
-                        .as_ref()
-                        .and_then(|log| log.pending_ticket(&key))
-                        .unwrap_or(0)),
-                    ticket => ticket,
-                };
-                SessionReply::Rotated(ticket.map(|ticket| (new_id, ticket)))
+                SessionReply::Rotated(self.rotate(&mut store, key, new, None, now))
             }
             SessionRequest::Login(key, new, user) => {
-                SessionReply::Rotated(self.log_in(&mut store, key, new, user, now))
+                SessionReply::Rotated(self.rotate(&mut store, key, new, Some(user), now))
             }
             SessionRequest::Durable(ticket) => {
                 SessionReply::Durable(match &*self.revoked.borrow() {
@@ -369,14 +358,19 @@ impl Sessions {
         Ok(log.append(key, expiry_ms, successor))
     }
 
-    /// `SessionRequest::Login`: the user must fit the session before anything changes; then
-    /// the rotation (and its revocation record), then the write, which cannot fail then.
-    fn log_in(
+    /// `SessionRequest::Rotate` (`user` None) and `Login` (the user written too): for a login
+    /// the user must fit the session before anything changes; then the rotation (and its
+    /// revocation record), then the write, which cannot fail then. Asked again after it took
+    /// effect (its answer was lost; found in review: the client got 503 and a dead cookie), it
+    /// answers as the first time: the old id is dead, and the new one, which only the caller
+    /// that minted it can name, is live (holding this user, for a login), with the ticket of
+    /// the old id's revocation if it is not yet durable.
+    fn rotate(
         &self,
         store: &mut Store,
         key: SessionKey,
         new: SessionKey,
-        user: Value,
+        user: Option<Value>,
         now: u64,
     ) -> Result<(SessionId, u64), SessionError> {
         let new_id = SessionId {
@@ -384,27 +378,33 @@ impl Sessions {
             shard: self.shard as u16,
             key: new,
         };
-        if let Err(e) = store.check_put(&key, USER_VALUE, &user, now) {
-            // Asked again (the answer was lost): the session lives on under the new id with
-            // this user in it. The revocation's ticket, if not yet durable.
-            if e == StoreError::Unknown
-                && store.get(&new, USER_VALUE, now).ok().flatten().as_ref() == Some(&user)
-            {
+        let fits = match &user {
+            Some(user) => store.check_put(&key, USER_VALUE, user, now),
+            None => Ok(()),
+        };
+        let rotated = fits.map_err(SessionError::from).and_then(|()| {
+            self.revoking(store, &key, Some(&new), |store| {
+                store.rotate(&key, new, now)
+            })
+        });
+        match rotated {
+            Ok(ticket) => {
+                if let Some(user) = user {
+                    // Checked above, on the same data, at the same `now`, and the rotation
+                    // keeps the session's bytes and times: it fits.
+                    store
+                        .put(&new, USER_VALUE, user, now)
+                        .expect("the user fits: checked before the rotation");
+                }
+                Ok((new_id, ticket))
+            }
+            Err(SessionError::Unknown) if holds(store, &new, user.as_ref(), now) => {
                 let revoked = self.revoked.borrow();
                 let pending = revoked.as_ref().and_then(|log| log.pending_ticket(&key));
-                return Ok((new_id, pending.unwrap_or(0)));
+                Ok((new_id, pending.unwrap_or(0)))
             }
-            return Err(e.into());
+            Err(e) => Err(e),
         }
-        let ticket = self.revoking(store, &key, Some(&new), |store| {
-            store.rotate(&key, new, now)
-        })?;
-        // Checked above, on the same data, at the same `now`, and the rotation keeps the
-        // session's bytes and times: it fits.
-        store
-            .put(&new, USER_VALUE, user, now)
-            .expect("the user fits: checked before the rotation");
-        Ok((new_id, ticket))
     }
 
     fn create(&self) -> SessionId {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::TxnConfig;
 use crate::config::limits::{TX_RETRY_PAUSE_MAX, TX_RETRY_PAUSE_MIN};
 use crate::mesh::Mesh;
-use crate::runtime::monotonic_ms as now_ms;
+use crate::runtime::monotonic_ms;
 use crate::txn::op::{Op, TxError};
 use crate::txn::record::{self, After, CorruptTail, Record, TailReason};
 use crate::txn::twopc::{Action, ClientId, Event, Msg, Node, Outcome, Then};
@@ -414,7 +414,7 @@ fn upper_half(pause: Duration, random: u64) -> Duration {
 struct ClientSlot {
     outcome: RefCell<Option<Outcome>>,
     waker: RefCell<Option<Waker>>,
-    /// `now_ms()` after which the tick answers `Unknown` (a sweep, not a timer per transaction).
+    /// `monotonic_ms()` after which the tick answers `Unknown` (a sweep, not a timer per transaction).
     deadline_ms: u64,
 }
 
@@ -475,7 +475,7 @@ impl Txn {
             mesh.shard_count(),
             config.limits,
             &recovered.records,
-            now_ms(),
+            monotonic_ms(),
         );
         let wal = Wal::open(dir, shard, config.fsync, recovered.segment_next).await?;
         let txn = Rc::new(Txn {
@@ -530,7 +530,7 @@ impl Txn {
             glommio::timer::sleep(TICK).await;
             let Some(txn) = txn.upgrade() else { return };
             txn.feed(Event::Tick);
-            txn.expire_clients(now_ms());
+            txn.expire_clients(monotonic_ms());
         }
     }
 
@@ -694,7 +694,7 @@ impl Txn {
         let slot = Rc::new(ClientSlot {
             outcome: RefCell::new(None),
             waker: RefCell::new(None),
-            deadline_ms: now_ms() + CLIENT_WAIT.as_millis() as u64,
+            deadline_ms: monotonic_ms() + CLIENT_WAIT.as_millis() as u64,
         });
         self.clients.borrow_mut().insert(client, slot.clone());
         self.feed(Event::Begin { client, ops });
@@ -711,7 +711,7 @@ impl Txn {
     }
 
     fn feed(self: &Rc<Self>, event: Event) {
-        let actions = self.node.borrow_mut().on_event(event, now_ms());
+        let actions = self.node.borrow_mut().on_event(event, monotonic_ms());
         self.execute(actions);
     }
 

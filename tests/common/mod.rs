@@ -315,6 +315,12 @@ impl Response {
     }
 }
 
+/// The `name=value` part of a response's Set-Cookie.
+pub fn cookie_of(response: &Response) -> String {
+    let set = response.header("set-cookie").expect("a Set-Cookie");
+    set.split(';').next().unwrap().trim().to_string()
+}
+
 /// A buffered reader of responses on one connection (keeps bytes that belong to the next one);
 /// over TCP, or TLS (`tls::TlsStream`).
 pub struct Conn<S: Read + Write = TcpStream> {
