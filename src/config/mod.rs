@@ -32,6 +32,59 @@ fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(message.into()))
 }
 
+/// How an error names a setting: as the flag when a flag gave its value (`--grace`), as the
+/// config file's key when the file did (`config file /etc/percore.toml: grace =`). Naming the
+/// flag for a file's value sent users looking for a flag they never typed (audit L3).
+/// Displayed before a value: `--grace -1`, `config file /etc/percore.toml: grace = -1`.
+#[derive(Debug)]
+enum Named {
+    Flag(String),
+    Key { origin: String, key: String },
+}
+
+impl Named {
+    fn flag(key: &str) -> Named {
+        Named::Flag(format!("--{}", key.replace('_', "-")))
+    }
+
+    /// Without " =", for a message about the setting itself: `config file F: bind`.
+    fn bare(&self) -> String {
+        match self {
+            Named::Flag(flag) => flag.clone(),
+            Named::Key { origin, key } => format!("{origin}: {key}"),
+        }
+    }
+
+    /// Without the file's name, for a second setting in one message: `max_head_bytes =`.
+    fn short(&self) -> String {
+        match self {
+            Named::Flag(flag) => flag.clone(),
+            Named::Key { key, .. } => format!("{key} ="),
+        }
+    }
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Named::Flag(flag) => f.write_str(flag),
+            Named::Key { origin, key } => write!(f, "{origin}: {key} ="),
+        }
+    }
+}
+
+/// A setting's value (the flag's over the config file's) and its name as the one that gave it.
+macro_rules! setting {
+    ($args:expr, $file:expr, $key:ident) => {{
+        let flag = $args.$key.as_ref();
+        let from_file = flag.is_none() && $file.$key.is_some();
+        (
+            flag.or($file.$key.as_ref()).cloned(),
+            $file.named(stringify!($key), from_file),
+        )
+    }};
+}
+
 /// The flags. Every flag is optional here so that the config file can fill what is missing.
 #[derive(Parser, Debug, Default)]
 #[command(
@@ -353,6 +406,31 @@ struct FileConfig {
     access: Option<Vec<AccessRule>>,
     /// `[[token]]` API tokens: name, hash, roles.
     token: Option<Vec<Token>>,
+    /// The file's path, for naming its keys (None without a file).
+    #[serde(skip)]
+    path: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// `key`, named as the file's (`from_file`) or as its flag.
+    fn named(&self, key: &str, from_file: bool) -> Named {
+        if from_file {
+            Named::Key {
+                origin: self.origin(),
+                key: key.to_string(),
+            }
+        } else {
+            Named::flag(key)
+        }
+    }
+
+    /// "config file PATH", to begin a message about the file.
+    fn origin(&self) -> String {
+        match &self.path {
+            Some(path) => format!("config file {}", path.display()),
+            None => "config file".to_string(),
+        }
+    }
 }
 
 /// Authentication and authorization settings (see auth/).
@@ -543,23 +621,16 @@ impl Config {
 fn txn_limits(args: &Args, file: &FileConfig) -> Result<crate::txn::TxnLimits, ConfigError> {
     let mut txn_limits = crate::txn::TxnLimits::default();
     txn_limits.key_bytes_max = positive(
-        "max-key-bytes",
-        args.max_key_bytes.or(file.max_key_bytes),
+        setting!(args, file, max_key_bytes),
         txn_limits.key_bytes_max,
     )?;
     txn_limits.value_bytes_max = positive(
-        "max-value-bytes",
-        args.max_value_bytes.or(file.max_value_bytes),
+        setting!(args, file, max_value_bytes),
         txn_limits.value_bytes_max,
     )?;
-    txn_limits.ops_max = positive(
-        "max-tx-ops",
-        args.max_tx_ops.or(file.max_tx_ops),
-        txn_limits.ops_max,
-    )?;
+    txn_limits.ops_max = positive(setting!(args, file, max_tx_ops), txn_limits.ops_max)?;
     txn_limits.partition_bytes_max = positive(
-        "max-kv-bytes",
-        args.max_kv_bytes.or(file.max_kv_bytes),
+        setting!(args, file, max_kv_bytes),
         txn_limits.partition_bytes_max,
     )?;
     txn_limits
@@ -586,26 +657,69 @@ fn data_dir(flag: Option<PathBuf>, file: Option<PathBuf>) -> Result<PathBuf, Con
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = read_named_text(path, limits::CONFIG_FILE_BYTES_MAX)
         .or_else(|e| err(format!("config file {}: {e}", path.display())))?;
-    toml::from_str(&text).or_else(|e: toml::de::Error| {
-        let message = e.message().replace('\n', " ");
-        let line = e
-            .span()
-            .map(|span| text[..span.start].matches('\n').count() + 1)
-            .map(|line| format!(" (line {line})"))
-            .unwrap_or_default();
-        err(format!("config file {}{line}: {message}", path.display()))
-    })
+    let mut file: FileConfig =
+        toml::from_str(&text).or_else(|e: toml::de::Error| err(file_error(path, &text, &e)))?;
+    file.path = Some(path.to_path_buf());
+    Ok(file)
+}
+
+/// One line about a config file that does not parse: where (the line and its text) and what,
+/// in the file's terms: "unknown field `max-conns`, expected one of" and the 70 keys became
+/// "unknown key `max-conns` (did you mean `max_conns`?)"; "expected u64" "expected a whole
+/// number".
+fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let mut message = e.message().replace('\n', " ");
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((key, known)) = rest.split_once('`')
+    {
+        let dashless = key.replace('-', "_");
+        let known: Vec<&str> = known.split('`').skip(1).step_by(2).collect();
+        message = if dashless != key && known.contains(&dashless.as_str()) {
+            format!("unknown key `{key}` (did you mean `{dashless}`?)")
+        } else {
+            format!(
+                "unknown key `{key}` (the keys are the flags' names with _ for -: percore --help)"
+            )
+        };
+    }
+    for (rust, words) in [
+        ("expected u16", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(start) = message.strip_suffix(rust) {
+            message = format!("{start}{words}");
+        }
+    }
+    let place = match e.span() {
+        Some(span) => {
+            let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+            let end = text[span.start..]
+                .find('\n')
+                .map_or(text.len(), |i| span.start + i);
+            let line = text[..span.start].matches('\n').count() + 1;
+            let shown: String = text[start..end].trim().chars().take(80).collect();
+            format!(" line {line} ({shown})")
+        }
+        None => String::new(),
+    };
+    format!("config file {}{place}: {message}", path.display())
 }
 
 /// `--forwarded-allow-ips`, else the file's list (a flag replaces the file's whole list, as
 /// `--bind` does).
 fn trusted_proxies(args: &Args, file: &FileConfig) -> Result<TrustedProxies, ConfigError> {
-    let entries = match &file.forwarded_allow_ips {
-        _ if !args.forwarded_allow_ips.is_empty() => &args.forwarded_allow_ips,
-        Some(entries) => entries,
+    let (entries, from_file) = match &file.forwarded_allow_ips {
+        _ if !args.forwarded_allow_ips.is_empty() => (&args.forwarded_allow_ips, false),
+        Some(entries) => (entries, true),
         None => return Ok(TrustedProxies::default()),
     };
-    TrustedProxies::parse(entries).map_err(|e| ConfigError(format!("--forwarded-allow-ips {e}")))
+    TrustedProxies::parse(entries).map_err(|e| {
+        let name = file.named("forwarded_allow_ips", from_file);
+        ConfigError(format!("{name} {e}"))
+    })
 }
 
 /// The CPUs this process may run on, in order.
@@ -629,67 +743,80 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
     let auth = auth(&args, &file)?;
     let txn_limits = txn_limits(&args, &file)?;
     // Both pick the CPUs: a flag for either overrides the file's choice, whichever key it used.
-    let (cores, shards) = if args.cores.is_some() || args.shards.is_some() {
-        (args.cores, args.shards)
+    let from_file = args.cores.is_none() && args.shards.is_none();
+    let (cores, shards) = if from_file {
+        (file.cores.clone(), file.shards)
     } else {
-        (file.cores, file.shards)
+        (args.cores.clone(), args.shards)
     };
+    let cores_name = file.named("cores", from_file);
+    let shards_name = file.named("shards", from_file);
     let cpus = match (cores, shards) {
+        (Some(_), Some(_)) if from_file => {
+            return err(format!(
+                "{}: give `cores` or `shards`, not both",
+                file.origin()
+            ));
+        }
         (Some(_), Some(_)) => return err("--cores and --shards: give one, not both"),
         (Some(list), None) => {
-            let cpus =
-                parse_cpu_list(&list).map_err(|e| ConfigError(format!("--cores {list}: {e}")))?;
+            let cpus = parse_cpu_list(&list)
+                .map_err(|e| ConfigError(format!("{cores_name} {list}: {e}")))?;
             if let Some(cpu) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
                 return err(format!(
-                    "--cores {list}: CPU {cpu} is not available to this process (allowed: {allowed:?})"
+                    "{cores_name} {list}: CPU {cpu} is not available to this process (allowed: {allowed:?})"
                 ));
             }
             cpus
         }
-        (None, Some(0)) => return err("--shards 0: at least one shard is needed"),
+        (None, Some(0)) => return err(format!("{shards_name} 0: at least one shard is needed")),
         (None, Some(n)) if n > allowed.len() => {
             return err(match allowed.len() {
-                1 => format!("--shards {n}: only 1 CPU is available to this process"),
-                cpus => format!("--shards {n}: only {cpus} CPUs are available to this process"),
+                1 => format!("{shards_name} {n}: only 1 CPU is available to this process"),
+                cpus => {
+                    format!("{shards_name} {n}: only {cpus} CPUs are available to this process")
+                }
             });
         }
         (None, Some(n)) => allowed[..n].to_vec(),
         (None, None) => allowed.to_vec(),
     };
 
-    let fsync_text = args
-        .fsync
-        .or(file.fsync)
-        .unwrap_or_else(|| "batch".to_string());
+    let (fsync_text, fsync_name) = setting!(args, file, fsync);
     let txn = TxnConfig {
         fsync: fsync_text
+            .as_deref()
+            .unwrap_or("batch")
             .parse()
-            .map_err(|e| ConfigError(format!("--fsync {e}")))?,
+            .map_err(|e| ConfigError(format!("{fsync_name} {e}")))?,
         limits: txn_limits,
-        checkpoint_bytes: match args.checkpoint_bytes.or(file.checkpoint_bytes) {
-            None => limits::CHECKPOINT_BYTES_DEFAULT,
-            Some(bytes) if bytes >= limits::CHECKPOINT_BYTES_MIN => bytes,
-            Some(bytes) => {
+        checkpoint_bytes: match setting!(args, file, checkpoint_bytes) {
+            (None, _) => limits::CHECKPOINT_BYTES_DEFAULT,
+            (Some(bytes), _) if bytes >= limits::CHECKPOINT_BYTES_MIN => bytes,
+            (Some(bytes), name) => {
                 return err(format!(
-                    "--checkpoint-bytes {bytes}: at least {}",
+                    "{name} {bytes}: at least {}",
                     limits::CHECKPOINT_BYTES_MIN
                 ));
             }
         },
-        retry: match args.tx_retry_ms.or(file.tx_retry_ms) {
-            None => limits::TX_RETRY_DEFAULT,
-            Some(ms) if ms <= limits::TX_RETRY_MAX.as_millis() as u64 => Duration::from_millis(ms),
-            Some(ms) => {
+        retry: match setting!(args, file, tx_retry_ms) {
+            (None, _) => limits::TX_RETRY_DEFAULT,
+            (Some(ms), _) if ms <= limits::TX_RETRY_MAX.as_millis() as u64 => {
+                Duration::from_millis(ms)
+            }
+            (Some(ms), name) => {
                 return err(format!(
-                    "--tx-retry-ms {ms}: at most {}",
+                    "{name} {ms}: at most {}",
                     limits::TX_RETRY_MAX.as_millis()
                 ));
             }
         },
     };
-    let spin_us = args.spin_us.or(file.spin_us).unwrap_or(0);
+    let (spin_us, spin_name) = setting!(args, file, spin_us);
+    let spin_us = spin_us.unwrap_or(0);
     if spin_us > 1_000_000 {
-        return err(format!("--spin-us {spin_us}: at most 1000000"));
+        return err(format!("{spin_name} {spin_us}: at most 1000000"));
     }
     let mut config = Config {
         txn,
@@ -699,13 +826,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         auth,
         tls: TlsConfig {
             handshake_timeout: seconds(
-                "tls-handshake-timeout",
-                args.tls_handshake_timeout.or(file.tls_handshake_timeout),
+                setting!(args, file, tls_handshake_timeout),
                 limits::TLS_HANDSHAKE_TIMEOUT_DEFAULT,
             )?,
             handshakes_max: positive(
-                "tls-handshakes-max",
-                args.tls_handshakes_max.or(file.tls_handshakes_max),
+                setting!(args, file, tls_handshakes_max),
                 limits::TLS_HANDSHAKES_MAX_DEFAULT,
             )?,
             hsts_max_age: args
@@ -723,145 +848,111 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             .no_multishot_poll
             .or(file.no_multishot_poll)
             .unwrap_or(false),
-        backlog: positive(
-            "backlog",
-            args.backlog.or(file.backlog),
-            limits::BACKLOG_DEFAULT,
-        )?,
-        conns_max: positive(
-            "max-conns",
-            args.max_conns.or(file.max_conns),
-            limits::CONNS_MAX_DEFAULT,
-        )?,
+        backlog: positive(setting!(args, file, backlog), limits::BACKLOG_DEFAULT)?,
+        conns_max: positive(setting!(args, file, max_conns), limits::CONNS_MAX_DEFAULT)?,
         head_bytes_max: positive(
-            "max-head-bytes",
-            args.max_head_bytes.or(file.max_head_bytes),
+            setting!(args, file, max_head_bytes),
             limits::HEAD_BYTES_MAX_DEFAULT,
         )?,
         header_count_max: positive(
-            "max-headers",
-            args.max_headers.or(file.max_headers),
+            setting!(args, file, max_headers),
             limits::HEADER_COUNT_MAX_DEFAULT,
         )?,
         uri_bytes_max: positive(
-            "max-uri-bytes",
-            args.max_uri_bytes.or(file.max_uri_bytes),
+            setting!(args, file, max_uri_bytes),
             limits::URI_BYTES_MAX_DEFAULT,
         )?,
         pipeline_parallel_max: positive(
-            "pipeline-parallel",
-            args.pipeline_parallel.or(file.pipeline_parallel),
+            setting!(args, file, pipeline_parallel),
             limits::PIPELINE_PARALLEL_DEFAULT,
         )?,
         // 0 is refused, not "no limit" as in nginx's client_max_body_size: here it answered
         // every body 413, nothing said (found in review).
         body_bytes_max: positive(
-            "max-body",
-            args.max_body.or(file.max_body),
+            setting!(args, file, max_body),
             limits::BODY_BYTES_MAX_DEFAULT,
         )?,
         held_bytes_max: positive(
-            "max-held-bytes",
-            args.max_held_bytes.or(file.max_held_bytes),
+            setting!(args, file, max_held_bytes),
             limits::HELD_BYTES_MAX_DEFAULT,
         )?,
         header_timeout: seconds(
-            "header-timeout",
-            args.header_timeout.or(file.header_timeout),
+            setting!(args, file, header_timeout),
             limits::HEADER_TIMEOUT_DEFAULT,
         )?,
         body_timeout: seconds(
-            "body-timeout",
-            args.body_timeout.or(file.body_timeout),
+            setting!(args, file, body_timeout),
             limits::BODY_TIMEOUT_DEFAULT,
         )?,
         keepalive_timeout: seconds(
-            "keepalive-timeout",
-            args.keepalive_timeout.or(file.keepalive_timeout),
+            setting!(args, file, keepalive_timeout),
             limits::KEEPALIVE_TIMEOUT_DEFAULT,
         )?,
         handler_timeout: seconds(
-            "handler-timeout",
-            args.handler_timeout.or(file.handler_timeout),
+            setting!(args, file, handler_timeout),
             limits::HANDLER_TIMEOUT_DEFAULT,
         )?,
         write_timeout: seconds(
-            "write-timeout",
-            args.write_timeout.or(file.write_timeout),
+            setting!(args, file, write_timeout),
             limits::WRITE_TIMEOUT_DEFAULT,
         )?,
-        lingering_timeout: match args.lingering_timeout.or(file.lingering_timeout) {
-            Some(0.0) => Duration::ZERO,
-            other => seconds(
-                "lingering-timeout",
-                other,
-                limits::LINGERING_TIMEOUT_DEFAULT,
-            )?,
+        lingering_timeout: match setting!(args, file, lingering_timeout) {
+            (Some(0.0), _) => Duration::ZERO,
+            other => seconds(other, limits::LINGERING_TIMEOUT_DEFAULT)?,
         },
         lingering_time: seconds(
-            "lingering-time",
-            args.lingering_time.or(file.lingering_time),
+            setting!(args, file, lingering_time),
             limits::LINGERING_TIME_DEFAULT,
         )?,
-        grace: seconds("grace", args.grace.or(file.grace), limits::GRACE_DEFAULT)?,
+        grace: seconds(setting!(args, file, grace), limits::GRACE_DEFAULT)?,
         stop_timeout: seconds(
-            "stop-timeout",
-            args.stop_timeout.or(file.stop_timeout),
+            setting!(args, file, stop_timeout),
             limits::STOP_TIMEOUT_DEFAULT,
         )?,
         start_timeout: seconds(
-            "start-timeout",
-            args.start_timeout.or(file.start_timeout),
+            setting!(args, file, start_timeout),
             limits::START_TIMEOUT_DEFAULT,
         )?,
         mesh_inflight_max: positive(
-            "mesh-inflight-max",
-            args.mesh_inflight_max.or(file.mesh_inflight_max),
+            setting!(args, file, mesh_inflight_max),
             limits::MESH_INFLIGHT_MAX_DEFAULT,
         )?,
-        mesh_deadline: mesh_deadline(args.mesh_deadline_ms.or(file.mesh_deadline_ms))?,
+        mesh_deadline: mesh_deadline(setting!(args, file, mesh_deadline_ms))?,
         node_id: args.node_id.or(file.node_id).unwrap_or(0),
-        data_dir: data_dir(args.data_dir, file.data_dir)?,
+        data_dir: data_dir(args.data_dir.clone(), file.data_dir.clone())?,
         expose_shard: args.expose_shard.or(file.expose_shard).unwrap_or(false),
         trusted_proxies,
         session: SessionConfig {
-            cookie_name: cookie_name(args.session_cookie.or(file.session_cookie))?,
+            cookie_name: cookie_name(setting!(args, file, session_cookie))?,
             // Max-Age=0 tells a browser to delete the cookie at once: every session would be
             // lost as it is made (found in review: 0 was accepted).
-            cookie_max_age: match args.session_cookie_max_age.or(file.session_cookie_max_age) {
-                Some(0) => {
-                    return err(
-                        "--session-cookie-max-age 0: must be greater than 0 (leave it out for a \
-                         cookie that lasts the browser session)"
-                            .to_string(),
-                    );
+            cookie_max_age: match setting!(args, file, session_cookie_max_age) {
+                (Some(0), name) => {
+                    return err(format!(
+                        "{name} 0: must be greater than 0 (leave it out for a cookie that lasts \
+                         the browser session)"
+                    ));
                 }
-                other => other,
+                (other, _) => other,
             },
             idle_timeout: seconds(
-                "session-idle-timeout",
-                args.session_idle_timeout.or(file.session_idle_timeout),
+                setting!(args, file, session_idle_timeout),
                 limits::SESSION_IDLE_TIMEOUT_DEFAULT,
             )?,
             lifetime: seconds(
-                "session-lifetime",
-                args.session_lifetime.or(file.session_lifetime),
+                setting!(args, file, session_lifetime),
                 limits::SESSION_LIFETIME_DEFAULT,
             )?,
             sessions_max: positive(
-                "max-sessions",
-                args.max_sessions.or(file.max_sessions),
+                setting!(args, file, max_sessions),
                 limits::SESSIONS_MAX_DEFAULT,
             )?,
             session_bytes_max: positive(
-                "max-session-bytes",
-                args.max_session_bytes.or(file.max_session_bytes),
+                setting!(args, file, max_session_bytes),
                 limits::SESSION_BYTES_MAX_DEFAULT,
             )?,
             revocations_max: positive(
-                "max-session-revocations",
-                args.max_session_revocations
-                    .or(file.max_session_revocations),
+                setting!(args, file, max_session_revocations),
                 limits::SESSION_REVOCATIONS_MAX_DEFAULT,
             )?,
             persist: !args
@@ -869,41 +960,47 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
                 .or(file.no_session_persist)
                 .unwrap_or(false),
             snapshot_interval: seconds(
-                "session-snapshot-interval",
-                args.session_snapshot_interval
-                    .or(file.session_snapshot_interval),
+                setting!(args, file, session_snapshot_interval),
                 limits::SESSION_SNAPSHOT_INTERVAL_DEFAULT,
             )?,
         },
     };
+    let name = |setting: (Option<usize>, Named)| setting.1;
     if config.head_bytes_max > HEAD_BYTES_CEILING {
         return err(format!(
-            "--max-head-bytes {}: at most {HEAD_BYTES_CEILING}",
+            "{} {}: at most {HEAD_BYTES_CEILING}",
+            name(setting!(args, file, max_head_bytes)),
             config.head_bytes_max
         ));
     }
     if config.header_count_max > HEADER_COUNT_CEILING {
         return err(format!(
-            "--max-headers {}: at most {HEADER_COUNT_CEILING}",
+            "{} {}: at most {HEADER_COUNT_CEILING}",
+            name(setting!(args, file, max_headers)),
             config.header_count_max
         ));
     }
     if config.pipeline_parallel_max > limits::PIPELINE_PARALLEL_CEILING {
         return err(format!(
-            "--pipeline-parallel {}: at most {}",
+            "{} {}: at most {}",
+            name(setting!(args, file, pipeline_parallel)),
             config.pipeline_parallel_max,
             limits::PIPELINE_PARALLEL_CEILING
         ));
     }
     if config.uri_bytes_max >= config.head_bytes_max {
         return err(format!(
-            "--max-uri-bytes {} must be smaller than --max-head-bytes {}",
-            config.uri_bytes_max, config.head_bytes_max
+            "{} {} must be smaller than {} {}",
+            name(setting!(args, file, max_uri_bytes)),
+            config.uri_bytes_max,
+            name(setting!(args, file, max_head_bytes)).short(),
+            config.head_bytes_max
         ));
     }
     if config.mesh_inflight_max > limits::MESH_CHANNEL_CAPACITY {
         return err(format!(
-            "--mesh-inflight-max {}: at most {}",
+            "{} {}: at most {}",
+            name(setting!(args, file, mesh_inflight_max)),
             config.mesh_inflight_max,
             limits::MESH_CHANNEL_CAPACITY
         ));
@@ -952,20 +1049,21 @@ struct TlsLoader {
 }
 
 impl TlsLoader {
+    /// `names`: the settings that gave `cert` and `key`, for messages.
     fn load(
         &mut self,
-        cert: &Path,
-        key: &Path,
+        (cert, key): (&Path, &Path),
+        names: &(String, String),
         warnings: &mut Vec<String>,
     ) -> Result<Arc<TlsMaterial>, ConfigError> {
         if let Some((_, _, m)) = self.loaded.iter().find(|(c, k, _)| c == cert && k == key) {
             return Ok(m.clone());
         }
-        let read = |flag: &str, path: &Path| {
+        let read = |name: &str, path: &Path| {
             read_named_file(path, limits::PEM_FILE_BYTES_MAX)
-                .or_else(|e| err(format!("{flag} {}: cannot read: {e}", path.display())))
+                .or_else(|e| err(format!("{name} {}: cannot read: {e}", path.display())))
         };
-        let (cert_pem, key_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?);
+        let (cert_pem, key_pem) = (read(&names.0, cert)?, read(&names.1, key)?);
         let material = tls::load(
             cert,
             &cert_pem,
@@ -1003,15 +1101,30 @@ fn listeners(
     ) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         (None, None) => None,
+        (Some(_), None) if args.tls_cert.is_none() => {
+            return err(format!("{}: tls_cert needs tls_key", file.origin()));
+        }
         (Some(_), None) => return err("--tls-cert needs --tls-key"),
+        (None, Some(_)) if args.tls_key.is_none() => {
+            return err(format!("{}: tls_key needs tls_cert", file.origin()));
+        }
         (None, Some(_)) => return err("--tls-key needs --tls-cert"),
     };
+    let pair_names = (
+        file.named("tls_cert", args.tls_cert.is_none()).to_string(),
+        file.named("tls_key", args.tls_key.is_none()).to_string(),
+    );
+    let bind_name = file.named("bind", args.bind.is_empty() && file.bind.is_some());
     let mut listeners = match &file.listener {
         Some(tables) if args.bind.is_empty() => {
             if file.bind.is_some() {
-                return err("config file: give `bind` or `[[listener]]` tables, not both");
+                return err(format!(
+                    "{}: give `bind` or `[[listener]]` tables, not both",
+                    file.origin()
+                ));
             }
-            listener_tables(tables, &tls_pair, &mut loader, warnings)?
+            let pair = tls_pair.as_ref().map(|pair| (pair, &pair_names));
+            listener_tables(tables, &file.origin(), pair, &mut loader, warnings)?
         }
         _ => {
             let bind_texts = if !args.bind.is_empty() {
@@ -1023,9 +1136,11 @@ fn listeners(
             };
             let mut listeners = Vec::with_capacity(bind_texts.len());
             for text in &bind_texts {
-                let addr = parse_addr("--bind", text)?;
+                let addr = parse_addr(&bind_name.to_string(), text)?;
                 let kind = match &tls_pair {
-                    Some((cert, key)) => ListenerKind::Tls(loader.load(cert, key, warnings)?),
+                    Some((cert, key)) => {
+                        ListenerKind::Tls(loader.load((cert, key), &pair_names, warnings)?)
+                    }
                     None => ListenerKind::Plain,
                 };
                 listeners.push(ListenerConfig { addr, kind });
@@ -1038,41 +1153,60 @@ fn listeners(
     } else {
         file.redirect_https.clone().unwrap_or_default()
     };
+    let redirect_name = file.named("redirect_https", args.redirect_https.is_empty());
     for text in &redirects {
-        let addr = parse_addr("--redirect-https", text)?;
+        let addr = parse_addr(&redirect_name.to_string(), text)?;
         listeners.push(ListenerConfig {
             addr,
             kind: ListenerKind::RedirectHttps,
         });
     }
-    check_listeners(&listeners)?;
+    let bind_name = match &file.listener {
+        Some(_) if args.bind.is_empty() => format!("{}: [[listener]]", file.origin()),
+        _ => bind_name.bare(),
+    };
+    check_listeners(&listeners, &bind_name, &redirect_name.bare())?;
     Ok(listeners)
 }
 
+/// A certificate's path and its key's.
+type TlsPair = (PathBuf, PathBuf);
+
+/// `origin` names the file in messages; `tls_pair`, the top level's pair and the settings that
+/// gave it.
 fn listener_tables(
     tables: &[FileListener],
-    tls_pair: &Option<(PathBuf, PathBuf)>,
+    origin: &str,
+    tls_pair: Option<(&TlsPair, &(String, String))>,
     loader: &mut TlsLoader,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     let mut listeners = Vec::with_capacity(tables.len());
     for table in tables {
-        let addr = parse_addr("[[listener]] bind", &table.bind)?;
+        let addr = parse_addr(&format!("{origin}: [[listener]] bind ="), &table.bind)?;
         let kind = match (&table.tls_cert, &table.tls_key, table.redirect_https) {
             (Some(_), Some(_), true) => {
                 return err(format!(
-                    "[[listener]] {addr}: redirect_https and tls_cert exclude each other"
+                    "{origin}: [[listener]] {addr}: redirect_https and tls_cert exclude each other"
                 ));
             }
-            (Some(cert), Some(key), false) => ListenerKind::Tls(loader.load(cert, key, warnings)?),
+            (Some(cert), Some(key), false) => {
+                let names = (
+                    format!("{origin}: [[listener]] tls_cert ="),
+                    format!("{origin}: [[listener]] tls_key ="),
+                );
+                ListenerKind::Tls(loader.load((cert, key), &names, warnings)?)
+            }
             (None, None, true) => ListenerKind::RedirectHttps,
             (None, None, false) => match tls_pair {
-                Some((cert, key)) => ListenerKind::Tls(loader.load(cert, key, warnings)?),
+                Some(((cert, key), names)) => {
+                    ListenerKind::Tls(loader.load((cert, key), names, warnings)?)
+                }
                 None => ListenerKind::Plain,
             },
             _ => {
                 return err(format!(
-                    "[[listener]] {addr}: tls_cert and tls_key go together"
+                    "{origin}: [[listener]] {addr}: tls_cert and tls_key go together"
                 ));
             }
         };
@@ -1082,9 +1216,14 @@ fn listener_tables(
 }
 
 /// At least one listener, no address twice, and an HTTPS listener for redirects to point at.
-fn check_listeners(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
+/// `bind` and `redirect` name the settings the addresses came from.
+fn check_listeners(
+    listeners: &[ListenerConfig],
+    bind: &str,
+    redirect: &str,
+) -> Result<(), ConfigError> {
     if listeners.is_empty() {
-        return err("--bind: at least one address is needed");
+        return err(format!("{bind}: at least one address is needed"));
     }
     let has_tls = listeners
         .iter()
@@ -1093,13 +1232,13 @@ fn check_listeners(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
         .iter()
         .any(|l| matches!(l.kind, ListenerKind::RedirectHttps));
     if has_redirect && !has_tls {
-        return err(
-            "--redirect-https: no HTTPS listener to redirect to (give --tls-cert and --tls-key)",
-        );
+        return err(format!(
+            "{redirect}: no HTTPS listener to redirect to (give --tls-cert and --tls-key)"
+        ));
     }
     for (i, listener) in listeners.iter().enumerate() {
         if listener.addr.port() != 0 && listeners[..i].iter().any(|l| l.addr == listener.addr) {
-            return err(format!("--bind {}: given twice", listener.addr));
+            return err(format!("{bind} {}: given twice", listener.addr));
         }
     }
     Ok(())
@@ -1216,30 +1355,27 @@ fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
     };
     let tokens = Tokens::new(file.token.clone().unwrap_or_default())
         .map_err(|e| ConfigError(format!("config file [[token]]: {e}")))?;
-    let default_text = args
-        .default_access
-        .clone()
-        .or(file.default_access.clone())
-        .unwrap_or_else(|| "public".to_string());
+    let (default_text, default_name) = setting!(args, file, default_access);
+    let default_text = default_text.unwrap_or_else(|| "public".to_string());
     let default = crate::auth::access::parse_default(&default_text)
-        .map_err(|e| ConfigError(format!("--default-access {default_text}: {e}")))?;
+        .map_err(|e| ConfigError(format!("{default_name} {default_text}: {e}")))?;
     let access = AccessRules::new(file.access.clone().unwrap_or_default(), default)
         .map_err(|e| ConfigError(format!("config file [[access]]: {e}")))?;
-    let csrf_header = match args.csrf_header.clone().or(file.csrf_header.clone()) {
+    let (csrf_header, csrf_name) = setting!(args, file, csrf_header);
+    let csrf_header = match csrf_header {
         Some(name) if name.is_empty() || !name.bytes().all(is_token_byte) => {
-            return err(format!("--csrf-header {name}: not a header name"));
+            return err(format!("{csrf_name} {name}: not a header name"));
         }
         Some(name) if browser_sends_cross_site(&name) => {
             return err(format!(
-                "--csrf-header {name}: browsers send this header on cross-site requests, so it proves nothing; pick a custom one (X-Requested-With)"
+                "{csrf_name} {name}: browsers send this header on cross-site requests, so it proves nothing; pick a custom one (X-Requested-With)"
             ));
         }
         Some(name) => Some(name.to_ascii_lowercase()),
         None => None,
     };
     let window = seconds(
-        "login-window",
-        args.login_window.or(file.login_window),
+        setting!(args, file, login_window),
         limits::LOGIN_WINDOW_DEFAULT,
     )?;
     Ok(AuthConfig {
@@ -1251,47 +1387,40 @@ fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
         csrf_header,
         limiter: LimiterConfig {
             failures_max: positive(
-                "login-max-failures",
-                args.login_max_failures.or(file.login_max_failures),
+                setting!(args, file, login_max_failures),
                 limits::LOGIN_FAILURES_MAX_DEFAULT,
             )?,
             window_ms: window.as_millis() as u64,
             entries_max: positive(
-                "login-tracked-max",
-                args.login_tracked_max.or(file.login_tracked_max),
+                setting!(args, file, login_tracked_max),
                 limits::LOGIN_TRACKED_MAX_DEFAULT,
             )?,
         },
         hash_concurrency: match positive(
-            "hash-concurrency",
-            args.hash_concurrency.or(file.hash_concurrency),
+            setting!(args, file, hash_concurrency),
             limits::HASH_CONCURRENCY_DEFAULT,
         )? {
             n if n > limits::HASH_CONCURRENCY_MAX => {
                 return err(format!(
-                    "--hash-concurrency {n}: at most {} threads per shard",
+                    "{} {n}: at most {} threads per shard",
+                    setting!(args, file, hash_concurrency).1,
                     limits::HASH_CONCURRENCY_MAX
                 ));
             }
             n => n,
         },
         hash_queue_max: positive(
-            "hash-queue-max",
-            args.hash_queue_max.or(file.hash_queue_max),
+            setting!(args, file, hash_queue_max),
             limits::HASH_QUEUE_MAX_DEFAULT,
         )?,
-        hash_priority: match args
-            .hash_priority
-            .clone()
-            .or(file.hash_priority.clone())
-            .as_deref()
-        {
-            None | Some("low") => HashPriority::Low,
-            Some("idle") => HashPriority::Idle,
-            Some("normal") => HashPriority::Normal,
-            Some(other) => {
-                return err(format!("--hash-priority {other}: one of low, idle, normal"));
-            }
+        hash_priority: match setting!(args, file, hash_priority) {
+            (None, _) => HashPriority::Low,
+            (Some(text), name) => match text.as_str() {
+                "low" => HashPriority::Low,
+                "idle" => HashPriority::Idle,
+                "normal" => HashPriority::Normal,
+                other => return err(format!("{name} {other}: one of low, idle, normal")),
+            },
         },
     })
 }
@@ -1338,36 +1467,37 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// A cookie name is an RFC 6265 token.
-fn cookie_name(name: Option<String>) -> Result<String, ConfigError> {
+fn cookie_name((name, setting): (Option<String>, Named)) -> Result<String, ConfigError> {
     let name = name.unwrap_or_else(|| "percore_sid".to_string());
     if name.is_empty() || !name.bytes().all(is_token_byte) {
         return err(format!(
-            "--session-cookie {name}: not a valid cookie name (letters, digits, !#$%&'*+-.^_`|~)"
+            "{setting} {name}: not a valid cookie name (letters, digits, !#$%&'*+-.^_`|~)"
         ));
     }
     Ok(name)
 }
 
 fn positive<T: PartialOrd + Default + std::fmt::Display + Copy>(
-    name: &str,
-    value: Option<T>,
+    (value, name): (Option<T>, Named),
     default: T,
 ) -> Result<T, ConfigError> {
     let value = value.unwrap_or(default);
     if value <= T::default() {
-        return err(format!("--{name} {value}: must be greater than 0"));
+        return err(format!("{name} {value}: must be greater than 0"));
     }
     Ok(value)
 }
 
 /// `--mesh-deadline-ms`: above 0 and, like every duration, at most a year (found in review:
 /// 99999999999999 was accepted).
-fn mesh_deadline(ms: Option<u64>) -> Result<Duration, ConfigError> {
-    let default = limits::MESH_DEADLINE_DEFAULT.as_millis() as u64;
-    let ms = positive("mesh-deadline-ms", ms, default)?;
+fn mesh_deadline((ms, name): (Option<u64>, Named)) -> Result<Duration, ConfigError> {
+    let ms = ms.unwrap_or(limits::MESH_DEADLINE_DEFAULT.as_millis() as u64);
+    if ms == 0 {
+        return err(format!("{name} 0: must be greater than 0"));
+    }
     if ms as f64 > SECONDS_MAX * 1000.0 {
         return err(format!(
-            "--mesh-deadline-ms {ms}: at most {} (a year)",
+            "{name} {ms}: at most {} (a year)",
             SECONDS_MAX as u64 * 1000
         ));
     }
@@ -1384,12 +1514,15 @@ const SECONDS_MAX: f64 = 365.0 * 86_400.0;
 /// turned the brute-force limiter off (found in review).
 const SECONDS_MIN: f64 = 0.001;
 
-fn seconds(name: &str, value: Option<f64>, default: Duration) -> Result<Duration, ConfigError> {
+fn seconds(
+    (value, name): (Option<f64>, Named),
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
         Some(s) if (SECONDS_MIN..=SECONDS_MAX).contains(&s) => Ok(Duration::from_secs_f64(s)),
         Some(s) => err(format!(
-            "--{name} {s}: must be a number of seconds from {SECONDS_MIN} to {SECONDS_MAX} (a year)"
+            "{name} {s}: must be a number of seconds from {SECONDS_MIN} to {SECONDS_MAX} (a year)"
         )),
     }
 }
@@ -1602,7 +1735,7 @@ mod tests {
         let c = merged(&["--max-kv-bytes", "5"], "max_kv_bytes = 7").unwrap();
         assert_eq!(c.txn.limits.partition_bytes_max, 5);
         let zero = merged(&[], "max_kv_bytes = 0").unwrap_err();
-        assert!(zero.contains("--max-kv-bytes 0"), "{zero}");
+        assert!(zero.contains("max_kv_bytes = 0"), "{zero}");
         let c = merged(&["--max-held-bytes", "5"], "max_held_bytes = 7").unwrap();
         assert_eq!(c.held_bytes_max, 5);
         let c = merged(&[], "max_held_bytes = 7").unwrap();
@@ -1636,7 +1769,12 @@ mod tests {
 
     #[test]
     fn durations_run_from_a_fraction_of_a_second_to_a_year() {
-        let parse = |value: f64| seconds("session-lifetime", Some(value), Duration::ZERO);
+        let parse = |value: f64| {
+            seconds(
+                (Some(value), Named::flag("session_lifetime")),
+                Duration::ZERO,
+            )
+        };
         assert_eq!(parse(0.5).unwrap(), Duration::from_millis(500));
         assert_eq!(parse(604_800.0).unwrap(), Duration::from_secs(604_800));
         assert_eq!(parse(SECONDS_MAX).unwrap(), Duration::from_secs(31_536_000));
@@ -1725,6 +1863,152 @@ mod tests {
         assert!(deadline("0").is_err());
     }
 
+    /// A bad value is named the way its user wrote it: the file's key when the file gave it,
+    /// the flag when a flag did (the file's `grace = -1` was reported as `--grace -1`).
+    #[test]
+    fn a_bad_value_is_named_where_it_was_given() {
+        for (file, named) in [
+            ("grace = -1", "config file: grace = -1: must be"),
+            ("max_conns = 0", "config file: max_conns = 0: must be"),
+            (
+                "lingering_timeout = -1",
+                "config file: lingering_timeout = -1",
+            ),
+            ("mesh_deadline_ms = 0", "config file: mesh_deadline_ms = 0"),
+            (
+                "max_headers = 257",
+                "config file: max_headers = 257: at most",
+            ),
+            (
+                "max_uri_bytes = 20000",
+                "config file: max_uri_bytes = 20000 must be smaller than --max-head-bytes",
+            ),
+            (
+                "max_head_bytes = 100\nmax_uri_bytes = 200",
+                "config file: max_uri_bytes = 200 must be smaller than max_head_bytes = 100",
+            ),
+            ("shards = 0", "config file: shards = 0"),
+            ("cores = \"7\"", "config file: cores = 7: CPU 7"),
+            ("fsync = \"sometimes\"", "config file: fsync = "),
+            (
+                "checkpoint_bytes = 1",
+                "config file: checkpoint_bytes = 1: at least",
+            ),
+            (
+                "tx_retry_ms = 99999",
+                "config file: tx_retry_ms = 99999: at most",
+            ),
+            ("spin_us = 2000000", "config file: spin_us = 2000000"),
+            (
+                "session_cookie = \"a b\"",
+                "config file: session_cookie = a b: not",
+            ),
+            (
+                "session_cookie_max_age = 0",
+                "config file: session_cookie_max_age = 0",
+            ),
+            ("default_access = \"x\"", "config file: default_access = x"),
+            (
+                "csrf_header = \"Origin\"",
+                "config file: csrf_header = Origin",
+            ),
+            (
+                "hash_priority = \"urgent\"",
+                "config file: hash_priority = urgent",
+            ),
+            (
+                "hash_concurrency = 100000",
+                "config file: hash_concurrency = 100000",
+            ),
+            (
+                "forwarded_allow_ips = [\"x\"]",
+                "config file: forwarded_allow_ips = ",
+            ),
+            ("bind = [\"nope\"]", "config file: bind = nope: not an IP"),
+            ("bind = []", "config file: bind: at least one address"),
+            (
+                "bind = [\"127.0.0.1:1\", \"127.0.0.1:1\"]",
+                "config file: bind 127.0.0.1:1: given twice",
+            ),
+            (
+                "redirect_https = [\"127.0.0.1:1\"]",
+                "config file: redirect_https: no HTTPS listener",
+            ),
+            (
+                "tls_cert = \"c.pem\"",
+                "config file: tls_cert needs tls_key",
+            ),
+            (
+                "tls_cert = \"/nonexistent/c.pem\"\ntls_key = \"k.pem\"",
+                "config file: tls_cert = /nonexistent/c.pem: cannot read",
+            ),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:1\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"k.pem\"",
+                "config file: [[listener]] tls_cert = /nonexistent/c.pem: cannot read",
+            ),
+            (
+                "[[listener]]\nbind = \"nope\"",
+                "config file: [[listener]] bind = nope",
+            ),
+        ] {
+            let message = merged(&[], file).unwrap_err();
+            assert!(message.starts_with(named), "{file:?}: {message}");
+        }
+        // The same values from flags name the flags.
+        for (args, named) in [
+            (&["--grace", "-1"][..], "--grace -1: must be"),
+            (&["--max-conns", "0"][..], "--max-conns 0: must be"),
+            (&["--bind", "nope"][..], "--bind nope: not an IP"),
+        ] {
+            let message = merged(args, "grace = 1").unwrap_err();
+            assert!(message.starts_with(named), "{args:?}: {message}");
+        }
+    }
+
+    /// A file that does not parse is named with its line, in the file's terms.
+    #[test]
+    fn a_file_that_does_not_parse_is_named_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("percore-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("percore.toml");
+        for (text, message) in [
+            (
+                "grace = 1\nmax-conns = 5\n",
+                "line 2 (max-conns = 5): unknown key `max-conns` (did you mean `max_conns`?)",
+            ),
+            (
+                "nosuch = 1",
+                "line 1 (nosuch = 1): unknown key `nosuch` (the keys are",
+            ),
+            (
+                "max_body = \"1x\"",
+                "line 1 (max_body = \"1x\"): invalid type: string \"1x\", expected a whole number",
+            ),
+            (
+                "grace = \"soon\"",
+                "line 1 (grace = \"soon\"): invalid type: string \"soon\", expected a number",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = read_file(&path).unwrap_err().0;
+            let expected = format!("config file {} {message}", path.display());
+            assert!(error.starts_with(&expected), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+        std::fs::write(&path, "grace = -1").unwrap();
+        let file = read_file(&path).unwrap();
+        let args = Args::try_parse_from(["percore"]).unwrap();
+        let error = merge(args, file, &[0]).unwrap_err().0;
+        assert_eq!(
+            error,
+            format!(
+                "config file {}: grace = -1: must be a number of seconds from 0.001 to 31536000 (a year)",
+                path.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn rejects() {
         for (args, file, needle) in [
@@ -1766,7 +2050,7 @@ mod tests {
                 "--pipeline-parallel 0",
             ),
             (&["--fsync", "sometimes"][..], "", "--fsync"),
-            (&[][..], "cores = \"0\"\nshards = 1", "--cores and --shards"),
+            (&[][..], "cores = \"0\"\nshards = 1", "`cores` or `shards`"),
             (
                 &["--hash-concurrency", "100000"][..],
                 "",
@@ -1800,7 +2084,7 @@ mod tests {
                 "",
                 "--login-window 0.0009",
             ),
-            (&[][..], "max_body = 0", "--max-body 0"),
+            (&[][..], "max_body = 0", "config file: max_body = 0"),
         ] {
             let e = merged(args, file).unwrap_err();
             assert!(e.contains(needle), "{args:?} {file:?}: {e}");
