@@ -22,19 +22,29 @@ run() {
   local pid=$!
   for _ in $(seq 50); do grep -q listening "$OUT/server.log" && break; sleep 0.1; done
   local addr; addr=$(grep -m1 listening "$OUT/server.log" | sed 's|listening on ||')
+  if [ -z "$addr" ]; then
+    echo "ab.sh: $bin did not start: $(tail -1 "$OUT/server.log")" >&2; kill "$pid" 2>/dev/null; exit 1
+  fi
   # shellcheck disable=SC2086
   target/release/percore-load -c "$CONNS" -t 1 $CLIENT_FLAGS -d 1s "$@" "$addr$PATHQ" > /dev/null 2>&1
   local t0; t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  # A run that fails writes no JSON: the last run's must not stand in for it (found in review).
+  rm -f "$OUT/run.json"
   # shellcheck disable=SC2086
-  target/release/percore-load -c "$CONNS" -t 1 $CLIENT_FLAGS -d 5s "$@" --json "$OUT/run.json" "$addr$PATHQ" > /dev/null 2>&1
+  target/release/percore-load -c "$CONNS" -t 1 $CLIENT_FLAGS -d 5s "$@" --json "$OUT/run.json" "$addr$PATHQ" > "$OUT/load.out" 2>&1
+  local code=$?
   local t1; t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null; rm -rf "$OUT/data"
+  if [ "$code" -ne 0 ]; then
+    # Errors (4xx/5xx answers count in `requests`, and a fast error looks cheap): not a result.
+    echo "ab.sh: percore-load against $bin exited $code: $(head -1 "$OUT/load.out")" >&2; exit 1
+  fi
   python3 - "$bin" "$t0" "$t1" "$OUT/run.json" <<'PY' | tee -a "$OUT/rows"
 import json, os, sys
 bin, t0, t1, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 run = json.load(open(path))["run"]; n = run["requests"]; lat = run["latency_us"]
 cpu = (t1 - t0) / os.sysconf("SC_CLK_TCK") * 1e6 / n
-print(f"{bin:40s} req/s {n / 5:9.0f}  cpu us/req {cpu:.3f}  p99 {lat['p99']} us  max {lat['max']} us")
+print(f"{bin:40s} req/s {run['requests_per_s']:9.0f}  cpu us/req {cpu:.3f}  p99 {lat['p99']} us  max {lat['max']} us")
 PY
 }
 # The order alternates (A B, B A, ...), so an order effect cancels: on the 2-CPU machine the same

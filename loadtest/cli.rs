@@ -50,8 +50,8 @@ pub struct Args {
     /// Pin client thread i to the i-th CPU of this list (e.g. 1 or 2-3,5); more threads than CPUs wrap around it
     #[arg(long)]
     pub cpus: Option<String>,
-    /// Busy-poll this long before sleeping in epoll_wait (default: 100us when --cpus gives the
-    /// client its own cores, else 0)
+    /// Busy-poll this long before sleeping in epoll_wait (default: 100us when --cpus gives each
+    /// client thread a CPU of its own, else 0)
     #[arg(long)]
     pub busy_poll: Option<String>,
     /// TOML scenario: weighted request mix and per-connection session
@@ -152,7 +152,8 @@ pub fn validate(args: &Args) -> Result<Config, String> {
     };
     let busy_poll_ns = match &args.busy_poll {
         Some(text) => parse_duration_ns(text).map_err(|e| format!("--busy-poll: {e}"))?,
-        None if cpus.is_empty() => 0,
+        // Threads that share a CPU would spin against each other.
+        None if cpus.is_empty() || args.threads > cpus.len() => 0,
         None => limits::BUSY_POLL_NS_PINNED_DEFAULT,
     };
     let headers = args

@@ -234,7 +234,7 @@ pub fn text(shape: &RunShape, stats: &RunStats) -> String {
     if stats.unsent_at_end > 0 {
         let _ = writeln!(
             out,
-            "  Due but never sent when the run ended: {}",
+            "  Due but never sent when the run ended: {} (in the latency, as waited until the end)",
             stats.unsent_at_end
         );
     }
@@ -360,7 +360,8 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         out,
         "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
         h.buckets(),
-        h.distinct_values()
+        // HdrHistogram's sub-bucket count: 2 * 10^digits, rounded up to a power of two.
+        (2 * 10u64.pow(u32::from(h.sigfig()))).next_power_of_two()
     );
     out
 }

@@ -86,7 +86,14 @@ impl Epoll {
                     0usize,
                 )
             };
-            if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            // ENOSYS before Linux 5.11; EPERM from a seccomp filter that predates it (older
+            // container runtimes), where every wait would return at once and spin.
+            if r < 0
+                && matches!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::ENOSYS | libc::EPERM)
+                )
+            {
                 self.has_pwait2 = false;
                 return 0;
             }
