@@ -2080,6 +2080,49 @@ fn a_log_that_cannot_be_written_answers_503_and_health_says_so() {
     assert_eq!(server.get("/health").status, 200);
 }
 
+/// A log that fails with no commit waiting on it (here a checkpoint's switch to a segment whose
+/// name a directory holds; in the review, a full disk met by the switch after its commit was
+/// acknowledged) still puts its shard in the failed-log mode: the next write is 503 `log_failed`,
+/// as after any other failure. It was applied in memory and answered 504 "unknown" for good.
+#[test]
+fn a_log_that_fails_with_nothing_waiting_still_answers_503() {
+    let tmp = common::temp_dir("kv-switch-fails");
+    let dir = tmp.path();
+    let server = Server::start(&[
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--checkpoint-bytes",
+        "4096",
+    ]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let (newest, _) = newest_segment_of_shard_0(dir);
+    let next = percore::wal::segment_path(dir, 0, newest + 1);
+    std::fs::create_dir(&next).unwrap();
+    // Past --checkpoint-bytes: acknowledged, then the checkpoint's switch fails.
+    let first = put(&mut conn, &key_on(0, "first-"), &[b'v'; 5000], &[]);
+    assert_eq!(first.status, 201, "{}", first.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.get("/health").status != 503 {
+        assert!(Instant::now() < deadline, "the switch did not fail the log");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = put(&mut conn, &key_on(0, "after-"), b"v", &[]);
+    assert_eq!(after.status, 503, "{}", after.text());
+    assert_eq!(json_of(&after)["error"], "log_failed");
+    assert_eq!(
+        get(&mut conn, &key_on(0, "after-")).status,
+        503,
+        "a read waits for the log too"
+    );
+    drop(conn);
+    server.stop();
+    std::fs::remove_dir(&next).unwrap();
+    let (_server, mut conn) = start_ready(dir.to_str().unwrap());
+    assert_eq!(get(&mut conn, &key_on(0, "first-")).body, vec![b'v'; 5000]);
+    assert_eq!(get(&mut conn, &key_on(0, "after-")).status, 404);
+}
+
 /// A start on `dir` with `shards` shards (and `extra` flags) that must fail: its exit code and
 /// stderr.
 fn refused_start(dir: &str, shards: &str, extra: &[&str]) -> (i32, String) {

@@ -587,6 +587,17 @@ impl Txn {
         }
     }
 
+    /// Puts the node in its failed-log mode if the log failed and the node does not know yet.
+    /// The durability task tells it when a commit's wait fails; a failure with nothing waiting
+    /// (a checkpoint's segment switch on a full disk, after its commit was acknowledged) told
+    /// nobody, and every request of the shard was then applied in memory and answered 504 for
+    /// good instead of 503 `log_failed` (found in review).
+    fn notice_log_failure(self: &Rc<Self>) {
+        if self.wal.failure().is_some() && !self.node.borrow().is_log_failed() {
+            self.log_failed();
+        }
+    }
+
     /// The log failed (or was closed under a late record): nothing appended will be durable.
     /// Steps the log made durable before it failed still run; the rest are answered now, not
     /// at their deadline (`never_durable`). A real failure (a full disk, an IO error) also
@@ -724,7 +735,10 @@ impl Txn {
                     glommio::spawn_local(async move { txn.receive(txn.shard, msg) }).detach();
                 }
                 Action::Send { to, msg } => self.mesh.send(to, msg),
-                Action::Persist { then, .. } if self.wal.is_failed() => self.never_durable(then),
+                Action::Persist { then, .. } if self.wal.is_failed() => {
+                    self.notice_log_failure();
+                    self.never_durable(then)
+                }
                 Action::Persist { record, then } => {
                     let lsn = match record {
                         Some(record) => self.append(&record),
@@ -802,6 +816,10 @@ impl Txn {
                     }
                 }
                 txn.count(|c| c.checkpoints += 1);
+            } else {
+                // The switch or the snapshot's records failed the log, maybe with no commit
+                // waiting on it to say so.
+                txn.notice_log_failure();
             }
             txn.checkpointing.set(false);
         })

@@ -377,6 +377,11 @@ impl Node {
         self.ready
     }
 
+    /// Whether `fail_log` was called.
+    pub fn is_log_failed(&self) -> bool {
+        self.log_failed
+    }
+
     /// The shard's log failed (a full disk, an IO error): nothing appended from now on, or not
     /// yet durable, will be. From now on every transaction that needs this log answers
     /// `LogFailed` at once (a client's here, another shard's forwarded run or prepare), instead
