@@ -176,8 +176,10 @@ impl Recovered {
                 crate::log_line!(
                     "percore: shard {shard}: log {} ends at byte {} in bytes that are no record \
                      ({:?}, {after}): the padding of its last write, or a write a crash cut \
-                     short, as expected after a crash; nothing synced is in it, and nothing \
-                     acknowledged unless power was lost under --fsync off: cut off there",
+                     short, as expected after a crash, and then nothing synced is in it, nor \
+                     anything acknowledged unless power was lost under --fsync off (a file cut \
+                     short by anything but a crash of this server loses what it held past \
+                     here): cut off there",
                     cut.path.display(),
                     tail.offset,
                     tail.reason
