@@ -387,6 +387,14 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         }
     }
     drop(start_watchdog);
+    if let Err(e) = crate::wal::record_served(&config.data_dir) {
+        // Only a later start's check of a shard without log files goes without it.
+        crate::log_line!(
+            "percore: --data-dir {}: cannot write {}: {e}",
+            config.data_dir.display(),
+            crate::wal::SERVED_FILE
+        );
+    }
     // Every shard built its TLS acceptors before reporting ready: the ticket seeds are no
     // longer needed, and erasing them limits what a look at memory later could open.
     for listener in &config.listeners {

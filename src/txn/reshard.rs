@@ -369,6 +369,12 @@ fn stage(
 fn finish(dir: &Path, ready: &Ready) -> std::io::Result<PathBuf> {
     let ready_dir = dir.join(READY_DIR);
     let backup = dir.join(&ready.backup);
+    // The new count may leave a shard without keys, so without files: not damage until its
+    // shards have served (`wal::SERVED_FILE`).
+    match std::fs::remove_file(dir.join(wal::SERVED_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => std::fs::File::open(dir)?.sync_all()?,
+    }
     std::fs::create_dir_all(&backup)?;
     for old in wal::segments_below(dir, ready.segment)? {
         let name = old.file_name().expect("a segment has a file name");

@@ -523,6 +523,13 @@ impl Txn {
             glommio::yield_if_needed().await;
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
+        // Synced in every mode (one fdatasync a start): once every shard served, the log of
+        // each holds records, which `wal::SERVED_FILE` lets a later start rely on.
+        if let Err(e) = txn.wal.synced(txn.wal.appended()).await {
+            return Err(std::io::Error::other(format!(
+                "the write-ahead log failed during start-up: {e}"
+            )));
+        }
         txn.wal.serving();
         Ok(txn)
     }

@@ -249,15 +249,41 @@ pub fn recorded_shards(dir: &Path) -> Result<Option<usize>, String> {
     }
 }
 
-/// Records `count` in `LAYOUT_FILE`, durably (a temporary file, synced, renamed, the dir synced).
+/// Present once every shard of the recorded count served from its log: from then on each
+/// shard's log holds records (every start syncs each shard's epoch record before it serves, and
+/// a checkpoint's older segments go only once it is synced), so a shard without any is damage,
+/// not a first start cut short, and the start is refused (found in review: a shard's only
+/// segment emptied or deleted started with no word, its keys gone and a transfer total broken).
+/// Written after a start's shards are ready; removed by a reshard, whose new count may leave a
+/// shard without keys or files.
+pub const SERVED_FILE: &str = "wal.served";
+
+/// Records that every shard served (`SERVED_FILE`), durably; nothing if it is there already.
+pub fn record_served(dir: &Path) -> io::Result<()> {
+    if dir.join(SERVED_FILE).exists() {
+        return Ok(());
+    }
+    write_durably(
+        dir,
+        SERVED_FILE,
+        "every shard of wal.shards has served from its log\n",
+    )
+}
+
+/// Records `count` in `LAYOUT_FILE`, durably.
 pub fn record_shards(dir: &Path, count: usize) -> io::Result<()> {
-    let path = dir.join(LAYOUT_FILE);
-    let temporary = dir.join(format!("{LAYOUT_FILE}.tmp"));
+    write_durably(dir, LAYOUT_FILE, &format!("{count}\n"))
+}
+
+/// Writes `dir/name` durably: a temporary file, synced, renamed, the dir synced.
+fn write_durably(dir: &Path, name: &str, text: &str) -> io::Result<()> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.tmp"));
     let named = |path: &Path| {
         let path = path.display().to_string();
         move |e: io::Error| io::Error::new(e.kind(), format!("{path}: {e}"))
     };
-    std::fs::write(&temporary, format!("{count}\n")).map_err(named(&temporary))?;
+    std::fs::write(&temporary, text).map_err(named(&temporary))?;
     std::fs::File::open(&temporary)
         .and_then(|file| file.sync_all())
         .map_err(named(&temporary))?;
@@ -279,6 +305,17 @@ pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
         }
     }
     if let Some(count) = recorded {
+        if let Some(empty) = (0..count).find(|shard| !present.contains(shard))
+            && dir.join(SERVED_FILE).exists()
+        {
+            return Err(format!(
+                "--data-dir {}: shard {empty}'s transaction log is missing or holds nothing, \
+                 but every shard served from its log ({SERVED_FILE}): its keys would be lost; \
+                 restore its wal-{empty}-* files, or remove the whole log (wal-*, \
+                 {LAYOUT_FILE}, {SERVED_FILE}) to start empty (nothing was changed)",
+                dir.display()
+            ));
+        }
         return match present.range(count..).next() {
             None => Ok(Some(count)),
             Some(beyond) => Err(format!(
