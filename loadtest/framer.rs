@@ -253,7 +253,7 @@ struct Framing {
 impl Framing {
     fn of(parsed: &httparse::Response, collect_cookies: bool) -> Result<Framing, FrameError> {
         let http10 = parsed.version == Some(0);
-        let (mut close, mut keep_alive, mut chunked) = (false, false, false);
+        let (mut close, mut keep_alive, mut chunked, mut encoded) = (false, false, false, false);
         let mut content_length = None;
         let mut cookies = Vec::new();
         for header in parsed.headers.iter() {
@@ -269,6 +269,7 @@ impl Framing {
                 }
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 // Chunked only counts when it is the final coding (RFC 9112 §6.3 rule 4).
+                encoded = true;
                 chunked = tokens(header.value)
                     .last()
                     .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
@@ -284,7 +285,9 @@ impl Framing {
         Ok(Framing {
             close: close || (http10 && !keep_alive),
             chunked,
-            content_length,
+            // A Transfer-Encoding overrides Content-Length; without chunked last, the body runs
+            // until the close (RFC 9112 §6.3 rules 3 and 4; found in review: the length was used).
+            content_length: content_length.filter(|_| !encoded),
             cookies,
         })
     }
@@ -450,6 +453,13 @@ mod tests {
             true,
             Err(FrameError::Truncated),
         );
+        // Transfer-Encoding overrides Content-Length: chunked wins over it, and a coding other
+        // than chunked last runs the body to the close, whatever the length says.
+        let both = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        check(both, false, false, Ok(vec![(200, false)]));
+        let gzip = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 2\r\n\r\nmore than two bytes";
+        check(gzip, false, true, Ok(vec![(200, true)]));
+        check(gzip, false, false, Ok(vec![]));
     }
 
     #[test]
