@@ -893,7 +893,8 @@ impl Conn {
     }
 }
 
-/// Microseconds from `from_ns` to `to_ns`, at least 1 (the histogram's lowest value).
+/// Microseconds from `from_ns` to `to_ns`, rounded (truncating took 0.5 µs off every sample, 1-2%
+/// of a loopback latency), at least 1 (the histogram's lowest value).
 fn latency_us(from_ns: u64, to_ns: u64) -> u64 {
-    (to_ns.saturating_sub(from_ns) / 1000).max(1)
+    ((to_ns.saturating_sub(from_ns) + 500) / 1000).max(1)
 }
