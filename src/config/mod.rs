@@ -613,7 +613,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let limits = txn_limits(args, &file)?;
-        Ok((data_dir(args.data_dir.clone(), file.data_dir)?, limits))
+        Ok((data_dir(args, &file)?, limits))
     }
 }
 
@@ -633,9 +633,27 @@ fn txn_limits(args: &Args, file: &FileConfig) -> Result<crate::txn::TxnLimits, C
         setting!(args, file, max_kv_bytes),
         txn_limits.partition_bytes_max,
     )?;
-    txn_limits
-        .validate()
-        .map_err(|e| ConfigError(format!("transaction limits: {e}")))?;
+    txn_limits.validate().map_err(|e| {
+        // The check names the bounds by their flags; those the file gave, by their keys.
+        let mut message = format!("transaction limits: {e}");
+        let in_file = [
+            ("max_key_bytes", setting!(args, file, max_key_bytes).1),
+            ("max_value_bytes", setting!(args, file, max_value_bytes).1),
+            ("max_tx_ops", setting!(args, file, max_tx_ops).1),
+        ];
+        let mut renamed = false;
+        for (key, named) in in_file {
+            let flag = Named::flag(key).to_string();
+            if matches!(named, Named::Key { .. }) && message.contains(&flag) {
+                message = message.replace(&flag, key);
+                renamed = true;
+            }
+        }
+        if renamed {
+            message = format!("{}: {message}", file.origin());
+        }
+        ConfigError(message)
+    })?;
     Ok(txn_limits)
 }
 
@@ -645,11 +663,12 @@ const DATA_DIR_DEFAULT: &str = "percore-data";
 /// The flag's data dir, else the file's, else the default; never empty (found in review: the
 /// file's `data_dir = ""` was taken, and the start wrote its lock and logs into the working
 /// directory before it failed; the flag's empty value clap refuses).
-fn data_dir(flag: Option<PathBuf>, file: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
-    match flag.or(file) {
-        Some(dir) if dir.as_os_str().is_empty() => {
-            err("data_dir: empty (leave it out for ./percore-data)".to_string())
-        }
+fn data_dir(args: &Args, file: &FileConfig) -> Result<PathBuf, ConfigError> {
+    match args.data_dir.clone().or(file.data_dir.clone()) {
+        Some(dir) if dir.as_os_str().is_empty() => err(format!(
+            "{}: data_dir: empty (leave it out for ./percore-data)",
+            file.origin()
+        )),
         dir => Ok(dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT))),
     }
 }
@@ -682,11 +701,21 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
             )
         };
     }
+    // With the range: "integer `70000`, expected a whole number" read as a contradiction.
     for (rust, words) in [
-        ("expected u16", "expected a whole number"),
-        ("expected u32", "expected a whole number"),
-        ("expected u64", "expected a whole number"),
-        ("expected usize", "expected a whole number"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        (
+            "expected u64",
+            "expected a whole number from 0 to 18446744073709551615",
+        ),
+        (
+            "expected usize",
+            "expected a whole number from 0 to 18446744073709551615",
+        ),
         ("expected f64", "expected a number"),
     ] {
         if let Some(start) = message.strip_suffix(rust) {
@@ -700,7 +729,19 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
                 .find('\n')
                 .map_or(text.len(), |i| span.start + i);
             let line = text[..span.start].matches('\n').count() + 1;
-            let shown: String = text[start..end].trim().chars().take(80).collect();
+            // Control characters escaped: the line goes to a terminal.
+            let shown: String = text[start..end]
+                .trim()
+                .chars()
+                .take(80)
+                .flat_map(|c| {
+                    let escaped = c.is_control().then(|| c.escape_default());
+                    escaped
+                        .into_iter()
+                        .flatten()
+                        .chain((!c.is_control()).then_some(c))
+                })
+                .collect();
             format!(" line {line} ({shown})")
         }
         None => String::new(),
@@ -919,7 +960,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         )?,
         mesh_deadline: mesh_deadline(setting!(args, file, mesh_deadline_ms))?,
         node_id: args.node_id.or(file.node_id).unwrap_or(0),
-        data_dir: data_dir(args.data_dir.clone(), file.data_dir.clone())?,
+        data_dir: data_dir(&args, &file)?,
         expose_shard: args.expose_shard.or(file.expose_shard).unwrap_or(false),
         trusted_proxies,
         session: SessionConfig {
@@ -989,13 +1030,22 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         ));
     }
     if config.uri_bytes_max >= config.head_bytes_max {
-        return err(format!(
-            "{} {} must be smaller than {} {}",
-            name(setting!(args, file, max_uri_bytes)),
-            config.uri_bytes_max,
-            name(setting!(args, file, max_head_bytes)).short(),
-            config.head_bytes_max
-        ));
+        let (uri, head) = (config.uri_bytes_max, config.head_bytes_max);
+        let (uri_given, uri_name) = setting!(args, file, max_uri_bytes);
+        let (head_given, head_name) = setting!(args, file, max_head_bytes);
+        // Named as given; a default is named as one, not as a setting somebody wrote.
+        return err(match (uri_given, head_given) {
+            (Some(_), Some(_)) => format!(
+                "{uri_name} {uri} must be smaller than {} {head}",
+                head_name.short()
+            ),
+            (Some(_), None) => format!(
+                "{uri_name} {uri} must be smaller than --max-head-bytes {head} (the default)"
+            ),
+            _ => format!(
+                "{head_name} {head} must be larger than --max-uri-bytes {uri} (the default)"
+            ),
+        });
     }
     if config.mesh_inflight_max > limits::MESH_CHANNEL_CAPACITY {
         return err(format!(
@@ -1064,6 +1114,13 @@ impl TlsLoader {
                 .or_else(|e| err(format!("{name} {}: cannot read: {e}", path.display())))
         };
         let (cert_pem, key_pem) = (read(&names.0, cert)?, read(&names.1, key)?);
+        // tls::load names the pair by its flags; a pair from the file is named by its keys.
+        let renamed = |message: String| {
+            message
+                .replacen("--tls-cert ", &format!("{} ", names.0), 1)
+                .replacen("--tls-key ", &format!("{} ", names.1), 1)
+        };
+        let before = warnings.len();
         let material = tls::load(
             cert,
             &cert_pem,
@@ -1073,7 +1130,10 @@ impl TlsLoader {
             self.now,
             warnings,
         )
-        .map_err(ConfigError)?;
+        .map_err(|message| ConfigError(renamed(message)))?;
+        for warning in &mut warnings[before..] {
+            *warning = renamed(std::mem::take(warning));
+        }
         self.loaded
             .push((cert.to_path_buf(), key.to_path_buf(), material.clone()));
         Ok(material)
@@ -1354,13 +1414,13 @@ fn auth(args: &Args, file: &FileConfig) -> Result<AuthConfig, ConfigError> {
         None => Users::default(),
     };
     let tokens = Tokens::new(file.token.clone().unwrap_or_default())
-        .map_err(|e| ConfigError(format!("config file [[token]]: {e}")))?;
+        .map_err(|e| ConfigError(format!("{}: [[token]]: {e}", file.origin())))?;
     let (default_text, default_name) = setting!(args, file, default_access);
     let default_text = default_text.unwrap_or_else(|| "public".to_string());
     let default = crate::auth::access::parse_default(&default_text)
         .map_err(|e| ConfigError(format!("{default_name} {default_text}: {e}")))?;
     let access = AccessRules::new(file.access.clone().unwrap_or_default(), default)
-        .map_err(|e| ConfigError(format!("config file [[access]]: {e}")))?;
+        .map_err(|e| ConfigError(format!("{}: [[access]]: {e}", file.origin())))?;
     let (csrf_header, csrf_name) = setting!(args, file, csrf_header);
     let csrf_header = match csrf_header {
         Some(name) if name.is_empty() || !name.bytes().all(is_token_byte) => {
@@ -1881,7 +1941,20 @@ mod tests {
             ),
             (
                 "max_uri_bytes = 20000",
-                "config file: max_uri_bytes = 20000 must be smaller than --max-head-bytes",
+                "config file: max_uri_bytes = 20000 must be smaller than --max-head-bytes 16384 (the default)",
+            ),
+            (
+                "max_head_bytes = 1024",
+                "config file: max_head_bytes = 1024 must be larger than --max-uri-bytes 8192 (the default)",
+            ),
+            (
+                "max_key_bytes = 4000000\nmax_value_bytes = 4000000",
+                "config file: transaction limits: max_key_bytes 4000000 + max_value_bytes 4000000",
+            ),
+            ("data_dir = \"\"", "config file: data_dir: empty"),
+            (
+                "tls_cert = \"CARGO_TOML\"\ntls_key = \"CARGO_TOML\"",
+                "config file: tls_cert = CARGO_TOML: no PEM certificate",
             ),
             (
                 "max_head_bytes = 100\nmax_uri_bytes = 200",
@@ -1951,8 +2024,13 @@ mod tests {
                 "config file: [[listener]] bind = nope",
             ),
         ] {
-            let message = merged(&[], file).unwrap_err();
-            assert!(message.starts_with(named), "{file:?}: {message}");
+            let toml = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+            let (file, named) = (
+                file.replace("CARGO_TOML", toml),
+                named.replace("CARGO_TOML", toml),
+            );
+            let message = merged(&[], &file).unwrap_err();
+            assert!(message.starts_with(&named), "{file:?}: {message}");
         }
         // The same values from flags name the flags.
         for (args, named) in [
@@ -1982,8 +2060,13 @@ mod tests {
             ),
             (
                 "max_body = \"1x\"",
-                "line 1 (max_body = \"1x\"): invalid type: string \"1x\", expected a whole number",
+                "line 1 (max_body = \"1x\"): invalid type: string \"1x\", expected a whole number from 0 to 18446744073709551615",
             ),
+            (
+                "node_id = 70000",
+                "line 1 (node_id = 70000): invalid value: integer `70000`, expected a whole number from 0 to 65535",
+            ),
+            ("x\u{1b}y = 1", "line 1 (x\\u{1b}y = 1): "),
             (
                 "grace = \"soon\"",
                 "line 1 (grace = \"soon\"): invalid type: string \"soon\", expected a number",

@@ -25,9 +25,9 @@ pub fn bind_all(
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket())
-            .ok_or_else(|| format!("--bind {bind}: cannot read the bound address"))?;
+            .ok_or_else(|| format!("listening address {bind}: cannot read the bound address"))?;
         if resolved.contains(&addr) {
-            return Err(format!("--bind {bind}: given twice"));
+            return Err(format!("listening address {bind}: given twice"));
         }
         sockets[0].push(first.into());
         for shard_sockets in sockets.iter_mut().skip(1) {
@@ -50,13 +50,15 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> Result<Socket, String> {
     let socket = bound_socket(addr, true)?;
     socket
         .listen(backlog.min(i32::MAX as u32) as i32)
-        .map_err(|e| format!("--bind {addr}: cannot listen: {e}"))?;
+        .map_err(|e| format!("listening address {addr}: cannot listen: {e}"))?;
     Ok(socket)
 }
 
 /// A TCP socket bound to `addr` with SO_REUSEADDR (and SO_REUSEPORT if asked), v6-only for IPv6.
 fn bound_socket(addr: SocketAddr, reuse_port: bool) -> Result<Socket, String> {
-    let fail = |what: &str, e: std::io::Error| format!("--bind {addr}: {what}: {e}");
+    // Not "--bind": the address may come from the config file, `[[listener]]` or
+    // `--redirect-https` (found in review).
+    let fail = |what: &str, e: std::io::Error| format!("listening address {addr}: {what}: {e}");
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| fail("socket", e))?;
     socket
