@@ -15,6 +15,7 @@ CLIENT_FLAGS=${AB_CLIENT_FLAGS---cpus 1}
 CONNS=${AB_CONNS:-64}
 cd "$(dirname "$0")/.."
 OUT=$(mktemp -d /tmp/ab.XXXXXX)
+trap 'rm -rf "$OUT"' EXIT
 run() {
   local bin=$1; shift
   # shellcheck disable=SC2086 # the flags are words
@@ -65,4 +66,3 @@ for i, what in [(0, "req/s"), (1, "cpu us/req")]:
     print(f"{what:10s} median A {statistics.median(xs):.3f}  B {statistics.median(ys):.3f}  "
           f"B/A paired {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
 PY
-rm -rf "$OUT"

@@ -153,7 +153,11 @@ pub fn validate(args: &Args) -> Result<Config, String> {
     let busy_poll_ns = match &args.busy_poll {
         Some(text) => parse_duration_ns(text).map_err(|e| format!("--busy-poll: {e}"))?,
         // Threads that share a CPU would spin against each other.
-        None if cpus.is_empty() || args.threads > cpus.len() => 0,
+        None if cpus.is_empty()
+            || args.threads > cpus.iter().collect::<std::collections::BTreeSet<_>>().len() =>
+        {
+            0
+        }
         None => limits::BUSY_POLL_NS_PINNED_DEFAULT,
     };
     let headers = args

@@ -370,7 +370,8 @@ fn finish(dir: &Path, ready: &Ready) -> std::io::Result<PathBuf> {
     let ready_dir = dir.join(READY_DIR);
     let backup = dir.join(&ready.backup);
     // The new count may leave a shard without keys, so without files: not damage until its
-    // shards have served (`wal::SERVED_FILE`).
+    // shards have served (`wal::SERVED_FILE`). Before anything moves (`record_shards` below
+    // removes it too, too late for a reshard cut short in between).
     match std::fs::remove_file(dir.join(wal::SERVED_FILE)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => std::fs::File::open(dir)?.sync_all()?,

@@ -526,8 +526,9 @@ impl Txn {
         // Synced in every mode (one fdatasync a start): once every shard served, the log of
         // each holds records, which `wal::SERVED_FILE` lets a later start rely on.
         if let Err(e) = txn.wal.synced(txn.wal.appended()).await {
+            let why = txn.wal.failure().unwrap_or_else(|| e.to_string());
             return Err(std::io::Error::other(format!(
-                "the write-ahead log failed during start-up: {e}"
+                "the write-ahead log failed during start-up: {why}"
             )));
         }
         txn.wal.serving();

@@ -270,8 +270,15 @@ pub fn record_served(dir: &Path) -> io::Result<()> {
     )
 }
 
-/// Records `count` in `LAYOUT_FILE`, durably.
+/// Records `count` in `LAYOUT_FILE`, durably. A `SERVED_FILE` goes first: it spoke of the
+/// layout this replaces (found in review: one left behind by a store dropped without it made a
+/// first start cut short refuse every later start).
 pub fn record_shards(dir: &Path, count: usize) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(SERVED_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+        Ok(()) => std::fs::File::open(dir)?.sync_all()?,
+    }
     write_durably(dir, LAYOUT_FILE, &format!("{count}\n"))
 }
 
@@ -950,6 +957,29 @@ mod tests {
             .prefix(&format!("percore-wal-{name}-"))
             .tempdir()
             .unwrap()
+    }
+
+    /// A first start records its layout, and a `SERVED_FILE` left from a store dropped without
+    /// it goes: with it, a first start cut short before every shard served (a shard without
+    /// records) refused every later start (found in review).
+    #[test]
+    fn a_new_layout_drops_a_served_marker_of_the_old() {
+        let tmp = temp_dir("served");
+        let dir = tmp.path();
+        std::fs::write(dir.join(SERVED_FILE), "left over\n").unwrap();
+        record_shards(dir, 2).unwrap();
+        assert!(!dir.join(SERVED_FILE).exists());
+        // The cut-short start's files: shard 0 wrote its first record, shard 1 nothing yet.
+        std::fs::write(segment_path(dir, 0, 0), b"x").unwrap();
+        std::fs::write(segment_path(dir, 1, 0), b"").unwrap();
+        assert_eq!(check_layout(dir, 2), Ok(()));
+        // Once every shard served, a shard without records is damage.
+        record_served(dir).unwrap();
+        let refused = check_layout(dir, 2).unwrap_err();
+        assert!(
+            refused.contains("shard 1's transaction log is missing"),
+            "{refused}"
+        );
     }
 
     /// (log files present, shard count) -> None when it may start, else a part of the error. A
