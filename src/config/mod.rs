@@ -1055,7 +1055,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             limits::MESH_CHANNEL_CAPACITY
         ));
     }
-    if let Some(warning) = cookie_prefix_warning(&config) {
+    if let Some(warning) = cookie_prefix_warning(&config, &setting!(args, file, session_cookie).1) {
         config.warnings.push(warning);
     }
     Ok(config)
@@ -1064,7 +1064,8 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
 /// Browsers keep a `__Secure-` or `__Host-` cookie only when it is `Secure` (RFC 6265bis §4.1.3,
 /// prefixes matched case-insensitively), and percore marks the session cookie `Secure` over
 /// HTTPS alone: with such a name, sessions on a plain listener never stick.
-fn cookie_prefix_warning(config: &Config) -> Option<String> {
+/// `setting` names where the cookie name came from.
+fn cookie_prefix_warning(config: &Config, setting: &Named) -> Option<String> {
     let name = &config.session.cookie_name;
     let lower = name.to_ascii_lowercase();
     let prefix = ["__secure-", "__host-"]
@@ -1075,7 +1076,7 @@ fn cookie_prefix_warning(config: &Config) -> Option<String> {
         .iter()
         .find(|listener| matches!(listener.kind, ListenerKind::Plain))?;
     Some(format!(
-        "warning: --session-cookie {name}: browsers keep a cookie named {}... only when it is \
+        "warning: {setting} {name}: browsers keep a cookie named {}... only when it is \
          Secure, which percore sets over HTTPS only: sessions will not stick on the plain \
          listener {}",
         &name[..prefix.len()],
@@ -1769,6 +1770,13 @@ mod tests {
               when it is Secure, which percore sets over HTTPS only: sessions will not stick on \
               the plain listener 127.0.0.1:8080"
             ]
+        );
+        // From the file, named as the file's key.
+        let c = merged(&[], "session_cookie = \"__Host-sid\"").unwrap();
+        assert!(
+            c.warnings[0].starts_with("warning: config file: session_cookie = __Host-sid: "),
+            "{:?}",
+            c.warnings
         );
     }
 
