@@ -152,9 +152,16 @@ pub fn validate(args: &Args) -> Result<Config, String> {
     };
     let busy_poll_ns = match &args.busy_poll {
         Some(text) => parse_duration_ns(text).map_err(|e| format!("--busy-poll: {e}"))?,
-        // Threads that share a CPU would spin against each other.
+        // Threads that share a CPU would spin against each other (thread i runs on the i-th CPU
+        // of the list, wrapping around).
         None if cpus.is_empty()
-            || args.threads > cpus.iter().collect::<std::collections::BTreeSet<_>>().len() =>
+            || args.threads
+                > cpus
+                    .iter()
+                    .cycle()
+                    .take(args.threads)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len() =>
         {
             0
         }

@@ -136,7 +136,7 @@ fn reshard(args: &config::Args, to: usize) -> ExitCode {
         .map_err(|e| e.to_string())
         .and_then(|(dir, limits)| {
             if !dir.is_dir() {
-                return Err(format!("--data-dir {}: no such directory", dir.display()));
+                return Err(format!("data dir {}: no such directory", dir.display()));
             }
             let _lock = runtime::lock_data_dir(&dir)?;
             txn::reshard::run(&dir, to, limits)

@@ -94,43 +94,48 @@ fn provider() -> Arc<CryptoProvider> {
 /// PKCS#1 or SEC1), read by the caller from the files `cert` and `key` (named in errors), checks
 /// that they belong together and that the leaf is valid at `now`. An expired (or not yet valid)
 /// certificate is an error with `refuse_expired`, else a warning line in `warnings`.
+/// `names`: the settings that gave the certificate and the key, as messages name them
+/// (`--tls-cert`, or `config file F: tls_cert =`).
+#[allow(clippy::too_many_arguments)]
 pub fn load(
     cert: &Path,
     cert_pem: &[u8],
     key: &Path,
     key_pem: &[u8],
+    names: (&str, &str),
     refuse_expired: bool,
     now: SystemTime,
     warnings: &mut Vec<String>,
 ) -> Result<Arc<TlsMaterial>, String> {
+    let (cert_setting, key_setting) = names;
     let cert_name = cert.display();
     let key_name = key.display();
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--tls-cert {cert_name}: {}", pem_error(&e)))?;
+        .map_err(|e| format!("{cert_setting} {cert_name}: {}", pem_error(&e)))?;
     if chain.is_empty() {
         return Err(format!(
-            "--tls-cert {cert_name}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file"
+            "{cert_setting} {cert_name}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file"
         ));
     }
     if is_encrypted_key(key_pem) {
         return Err(format!(
-            "--tls-key {key_name}: the private key is encrypted; percore reads it unencrypted \
+            "{key_setting} {key_name}: the private key is encrypted; percore reads it unencrypted \
              (openssl pkey -in KEY -out PLAIN_KEY)"
         ));
     }
     let private_key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
-            format!("--tls-key {key_name}: no PEM private key in the file")
+            format!("{key_setting} {key_name}: no PEM private key in the file")
         }
-        e => format!("--tls-key {key_name}: {}", pem_error(&e)),
+        e => format!("{key_setting} {key_name}: {}", pem_error(&e)),
     })?;
     let now_unix = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let (not_after, problem) = {
         let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| {
-            format!("--tls-cert {cert_name}: the first certificate does not parse: {e}")
+            format!("{cert_setting} {cert_name}: the first certificate does not parse: {e}")
         })?;
         let validity = leaf.validity();
         let problem = if now_unix > validity.not_after.timestamp() {
@@ -156,18 +161,18 @@ pub fn load(
     // Builds a config once to check the key: rustls compares the key's public half with the leaf's.
     server_config(&material).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => {
-            format!("--tls-key {key_name} does not match the certificate in {cert_name}")
+            format!("{key_setting} {key_name} does not match the certificate in {cert_name}")
         }
-        e => format!("--tls-key {key_name}: unusable with {cert_name}: {e}"),
+        e => format!("{key_setting} {key_name}: unusable with {cert_name}: {e}"),
     })?;
     if let Some(problem) = problem {
         if refuse_expired {
             return Err(format!(
-                "--tls-cert {cert_name}: the certificate {problem} (--tls-refuse-expired is set)"
+                "{cert_setting} {cert_name}: the certificate {problem} (expired certificates are refused: --tls-refuse-expired)"
             ));
         }
         warnings.push(format!(
-            "warning: --tls-cert {cert_name}: the certificate {problem}; clients will reject it \
+            "warning: {cert_setting} {cert_name}: the certificate {problem}; clients will reject it \
              (--tls-refuse-expired makes this fatal)"
         ));
     }

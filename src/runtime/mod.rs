@@ -390,7 +390,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     if let Err(e) = crate::wal::record_served(&config.data_dir) {
         // Only a later start's check of a shard without log files goes without it.
         crate::log_line!(
-            "percore: --data-dir {}: cannot write {}: {e}",
+            "percore: data dir {}: cannot write {}: {e}",
             config.data_dir.display(),
             crate::wal::SERVED_FILE
         );
@@ -455,7 +455,7 @@ fn before_shards_write(config: &Config) -> Result<(), StartError> {
     {
         crate::wal::record_shards(&config.data_dir, config.shard_count()).map_err(|e| {
             StartError(format!(
-                "--data-dir {}: cannot write {}: {e}",
+                "data dir {}: cannot write {}: {e}",
                 config.data_dir.display(),
                 crate::wal::LAYOUT_FILE
             ))
@@ -469,7 +469,7 @@ fn before_shards_write(config: &Config) -> Result<(), StartError> {
             0
         };
         let retired = crate::session::persist::retire_beyond(&config.data_dir, keep)
-            .map_err(|e| StartError(format!("--data-dir {}: {e}", config.data_dir.display())))?;
+            .map_err(|e| StartError(format!("data dir {}: {e}", config.data_dir.display())))?;
         if !retired.is_empty() {
             let why = if config.session.persist {
                 format!("{} shards now", config.shard_count())
@@ -496,9 +496,9 @@ const DATA_DIR_LOCK_FILE: &str = "percore.lock";
 /// when its holder exits (a crash included), so a stale file never blocks a start.
 pub(crate) fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     use std::io::{Read, Seek, Write};
-    let fail = |what: &str, e: std::io::Error| format!("--data-dir {}: {what}: {e}", dir.display());
+    let fail = |what: &str, e: std::io::Error| format!("data dir {}: {what}: {e}", dir.display());
     if dir.metadata().is_ok_and(|meta| !meta.is_dir()) {
-        return Err(format!("--data-dir {}: not a directory", dir.display()));
+        return Err(format!("data dir {}: not a directory", dir.display()));
     }
     std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;
     let path = dir.join(DATA_DIR_LOCK_FILE);
@@ -520,7 +520,7 @@ pub(crate) fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, Stri
                 Err(_) => String::new(),
             };
             return Err(format!(
-                "--data-dir {}: in use by another percore{owner}",
+                "data dir {}: in use by another percore{owner}",
                 dir.display()
             ));
         }

@@ -50,7 +50,7 @@ struct Ready {
 /// Runs the reshard of `dir` to `to` shards (the caller holds the data dir's lock). Ok: one
 /// line for stdout. Err: one line, with nothing changed unless it says so.
 pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
-    let io = |what: &str, e: std::io::Error| format!("--data-dir {}: {what}: {e}", dir.display());
+    let io = |what: &str, e: std::io::Error| format!("data dir {}: {what}: {e}", dir.display());
     if !(1..=SHARDS_MAX).contains(&to) {
         return Err(format!("--to {to}: a shard count is 1 to {SHARDS_MAX}"));
     }

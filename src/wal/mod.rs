@@ -303,7 +303,7 @@ fn write_durably(dir: &Path, name: &str, text: &str) -> io::Result<()> {
 /// the files do not fit the count: a shard at or past it holds records, or (without the file) a
 /// shard in the middle is missing, or a file named like a segment is not one.
 pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
-    let fail = |e: io::Error| format!("--data-dir {}: {e}", dir.display());
+    let fail = |e: io::Error| format!("data dir {}: {e}", dir.display());
     let recorded = recorded_shards(dir)?;
     let mut present = std::collections::BTreeSet::new();
     for (shard, number, path) in segment_files(dir).map_err(fail)? {
@@ -316,7 +316,7 @@ pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
             && dir.join(SERVED_FILE).exists()
         {
             return Err(format!(
-                "--data-dir {}: shard {empty}'s transaction log is missing or holds nothing, \
+                "data dir {}: shard {empty}'s transaction log is missing or holds nothing, \
                  but every shard served from its log ({SERVED_FILE}): its keys would be lost; \
                  restore its wal-{empty}-* files, or remove the whole log (wal-*, \
                  {LAYOUT_FILE}, {SERVED_FILE}) to start empty (nothing was changed)",
@@ -326,7 +326,7 @@ pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
         return match present.range(count..).next() {
             None => Ok(Some(count)),
             Some(beyond) => Err(format!(
-                "--data-dir {}: its transaction log is for {count} shards ({LAYOUT_FILE}) but \
+                "data dir {}: its transaction log is for {count} shards ({LAYOUT_FILE}) but \
                  holds records of shard {beyond}; restore the data dir (nothing was changed)",
                 dir.display()
             )),
@@ -340,7 +340,7 @@ pub fn written_by(dir: &Path) -> Result<Option<usize>, String> {
     }
     let missing = (0..last).find(|i| !present.contains(i)).unwrap_or(0);
     Err(format!(
-        "--data-dir {}: its transaction log has files of shards up to {last} but none of shard \
+        "data dir {}: its transaction log has files of shards up to {last} but none of shard \
          {missing}; restore them (keys are placed by shard count, nothing was changed)",
         dir.display(),
     ))
@@ -360,7 +360,7 @@ pub fn check_layout(dir: &Path, shard_count: usize) -> Result<(), String> {
         Some(count) => {
             let shards = if count == 1 { "shard" } else { "shards" };
             Err(format!(
-                "--data-dir {}: its transaction log was written by {count} {shards}; start with \
+                "data dir {}: its transaction log was written by {count} {shards}; start with \
                  {count} {shards}, or move it to {shard_count} with `percore --data-dir {} \
                  reshard --to {shard_count}` (keys are placed by shard count)",
                 dir.display(),
