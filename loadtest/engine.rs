@@ -300,12 +300,7 @@ impl<'a> Worker<'a> {
             stats.errors.unanswered += measured(&conn.in_flight) as u64;
             stats.requests_sent -= waiting;
             for f in conn.in_flight.iter().filter(|f| f.measured) {
-                stats
-                    .latency_us
-                    .saturating_record(latency_us(f.intended_ns, now));
-                stats
-                    .latency_uncorrected_us
-                    .saturating_record(latency_us(f.sent_ns, now));
+                record_unanswered(stats, f, now);
             }
             for f in conn.retry.iter().filter(|f| f.measured) {
                 stats
@@ -481,13 +476,7 @@ impl<'a> Worker<'a> {
                 conn.retry.push_front(InFlight { resent, ..*f });
             } else if f.measured {
                 lost += 1;
-                // In the latency as long as it waited (`finish`).
-                self.stats
-                    .latency_us
-                    .saturating_record(latency_us(f.intended_ns, now));
-                self.stats
-                    .latency_uncorrected_us
-                    .saturating_record(latency_us(f.sent_ns, now));
+                record_unanswered(&mut self.stats, f, now);
             }
         }
         self.stats.errors.closed += lost;
@@ -576,13 +565,7 @@ impl<'a> Worker<'a> {
         match socket.send(&conn.write_buf[conn.write_pos..]) {
             Ok(n) => conn.write_pos += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e)
-                if conn.answered > 0
-                    && matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    ) =>
-            {
+            Err(e) if conn.answered > 0 && peer_reset(&e) => {
                 self.close(i, now, Cause::PeerClosed);
                 return;
             }
@@ -635,9 +618,7 @@ impl<'a> Worker<'a> {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                // On a connection that answered: the keep-alive race. Before any answer a reset is
-                // a server refusing, and reconnecting at once would spin (found in review).
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && conn.answered > 0 => {
+                Err(e) if conn.answered > 0 && peer_reset(&e) => {
                     return self.close(i, now, Cause::PeerClosed);
                 }
                 Err(_) => {
@@ -788,15 +769,7 @@ impl<'a> Worker<'a> {
                         .count();
                     let mut measured = 0;
                     for f in conn.in_flight.drain(..expired).filter(|f| f.measured) {
-                        // It waited at least this long: left out, a run whose slow requests
-                        // timed out read as fast (found in review).
-                        let stats = &mut self.stats;
-                        stats
-                            .latency_us
-                            .saturating_record(latency_us(f.intended_ns, now));
-                        stats
-                            .latency_uncorrected_us
-                            .saturating_record(latency_us(f.sent_ns, now));
+                        record_unanswered(&mut self.stats, &f, now);
                         measured += 1;
                     }
                     self.stats.errors.timeout += measured;
@@ -905,6 +878,28 @@ impl Conn {
                 .extend_from_slice(format!("{name}={value}").as_bytes());
         }
     }
+}
+
+/// Records a request sent and never answered (timed out, lost to a close, in flight at the end)
+/// as having waited until `now`, a lower bound: left out, a run whose slow requests never came
+/// back read as fast (found in review).
+fn record_unanswered(stats: &mut ThreadStats, f: &InFlight, now: u64) {
+    stats
+        .latency_us
+        .saturating_record(latency_us(f.intended_ns, now));
+    stats
+        .latency_uncorrected_us
+        .saturating_record(latency_us(f.sent_ns, now));
+}
+
+/// Whether `e` says the peer reset the connection (or closed it under a write). On a connection
+/// that answered, that is the keep-alive race (`Cause::PeerClosed`); before any answer it is a
+/// server refusing, an error, and reconnecting at once would spin (found in review).
+fn peer_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 /// Records `count` schedule points, `first_ns + k * interval_ns`, as having waited until `end_ns`.

@@ -31,10 +31,12 @@ impl Request {
     }
 }
 
-/// What a handler returns: raw response bytes, and whether to close after writing them.
+/// What a handler returns: raw response bytes, and whether to close after writing them
+/// (`reset`: abortively, see `with_reset`).
 struct Reply {
     bytes: Vec<u8>,
     close: bool,
+    reset: bool,
 }
 
 fn ok(body: &str) -> Reply {
@@ -45,6 +47,7 @@ fn ok(body: &str) -> Reply {
         )
         .into_bytes(),
         close: false,
+        reset: false,
     }
 }
 
@@ -132,7 +135,7 @@ fn serve(mut stream: TcpStream, shared: &Shared, handler: &Handler) {
         buf.extend_from_slice(&chunk[..n]);
         let mut out = Vec::new();
         let mut batch = 0;
-        let mut close = false;
+        let (mut close, mut reset) = (false, false);
         while let Some((request, used)) = parse_request(&buf, answered) {
             buf.drain(..used);
             shared.requests.fetch_add(1, Ordering::SeqCst);
@@ -140,13 +143,18 @@ fn serve(mut stream: TcpStream, shared: &Shared, handler: &Handler) {
             out.extend_from_slice(&reply.bytes);
             answered += 1;
             batch += 1;
-            if reply.close {
-                close = true;
+            if reply.close || reply.reset {
+                (close, reset) = (reply.close, reply.reset);
                 break;
             }
         }
         shared.max_batch.fetch_max(batch, Ordering::Relaxed);
         if !out.is_empty() && stream.write_all(&out).is_err() {
+            return;
+        }
+        if reset {
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             return;
         }
         if close {
@@ -278,7 +286,11 @@ fn connection_close_responses_reconnect() {
             body.len()
         )
         .into_bytes();
-        Reply { bytes, close }
+        Reply {
+            bytes,
+            close,
+            reset: false,
+        }
     });
     let (code, _, doc) = load_json(&["-c", "4", "-d", "1s", "--pipeline", "3", &server.url("/")]);
     assert_eq!(code, 0, "{doc}");
@@ -294,8 +306,8 @@ fn connection_close_responses_reconnect() {
 fn chunked_and_close_delimited_bodies() {
     let server = TestServer::start(|request, _| {
         match request.path.as_str() {
-        "/chunked" => Reply { bytes: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(), close: false },
-        _ => Reply { bytes: b"HTTP/1.1 200 OK\r\n\r\nbody until close".to_vec(), close: true },
+        "/chunked" => Reply { bytes: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(), close: false, reset: false },
+        _ => Reply { bytes: b"HTTP/1.1 200 OK\r\n\r\nbody until close".to_vec(), close: true, reset: false },
     }
     });
     for (path, reconnects) in [("/chunked", false), ("/eof", true)] {
@@ -348,7 +360,7 @@ fn scenario_mix_with_session_cookie() {
         match (request.method.as_str(), request.path.as_str()) {
             ("POST", "/login") => {
                 let sid = shared.requests.load(Ordering::Relaxed);
-                Reply { bytes: format!("HTTP/1.1 204 No Content\r\nSet-Cookie: sid=s{sid}; Path=/; HttpOnly\r\n\r\n").into_bytes(), close: false }
+                Reply { bytes: format!("HTTP/1.1 204 No Content\r\nSet-Cookie: sid=s{sid}; Path=/; HttpOnly\r\n\r\n").into_bytes(), close: false, reset: false }
             }
             (_, "/me")
                 if request
@@ -360,11 +372,13 @@ fn scenario_mix_with_session_cookie() {
             (_, "/me") => Reply {
                 bytes: b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_vec(),
                 close: false,
+                reset: false,
             },
             ("POST", "/echo") => ok("echo"),
             _ => Reply {
                 bytes: b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
                 close: false,
+                reset: false,
             },
         }
     });
@@ -405,6 +419,7 @@ fn error_statuses_lead_the_output_and_exit_1() {
     let server = TestServer::start(|_, _| Reply {
         bytes: b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n".to_vec(),
         close: false,
+        reset: false,
     });
     let (code, stdout, doc) = load_json(&["-c", "2", "-d", "300ms", &server.url("/")]);
     assert_eq!(code, 1);
@@ -543,6 +558,7 @@ fn reply(bytes: &[u8], close: bool) -> Reply {
     Reply {
         bytes: bytes.to_vec(),
         close,
+        reset: false,
     }
 }
 
@@ -760,6 +776,15 @@ impl Reply {
             ..self
         }
     }
+
+    /// Resets the connection after this reply, once the client's next request has arrived
+    /// unread: what a request that crossed a server's FIN meets.
+    fn with_reset(self) -> Reply {
+        Reply {
+            reset: true,
+            ..self
+        }
+    }
 }
 
 /// The rate is over the window requests were sent in, not up to the last answer: answers that
@@ -823,44 +848,11 @@ fn requests_never_answered_count_in_the_latency() {
 /// (review of 2026-11-30).
 #[test]
 fn a_reset_after_answers_is_the_keep_alive_race() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let accepting = stop.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            if accepting.load(Ordering::Relaxed) {
-                break;
-            }
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let mut answered = 0;
-                while answered < 3 {
-                    let Ok(n @ 1..) = stream.read(&mut chunk) else {
-                        return;
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some((_, used)) = parse_request(&buf, answered) {
-                        buf.drain(..used);
-                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
-                        if stream.write_all(reply).is_err() {
-                            return;
-                        }
-                        answered += 1;
-                    }
-                }
-                // The client's next request arrives, unread; then an abortive close.
-                std::thread::sleep(Duration::from_millis(20));
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-            });
-        }
+    let server = TestServer::start(|request, _| match request.index_on_connection {
+        2 => ok("hi").with_reset(),
+        _ => ok("hi"),
     });
-    let url = format!("http://127.0.0.1:{port}/");
-    let (code, stdout, doc) = load_json(&["-c", "2", "-d", "500ms", &url]);
-    stop.store(true, Ordering::Relaxed);
-    let _ = TcpStream::connect(("127.0.0.1", port));
+    let (code, stdout, doc) = load_json(&["-c", "2", "-d", "500ms", &server.url("/")]);
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(n(&doc, "/run/errors/total"), 0, "{doc}");
     assert!(n(&doc, "/run/reconnects") >= 5, "{doc}");

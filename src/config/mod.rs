@@ -739,19 +739,8 @@ fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
                 .find('\n')
                 .map_or(text.len(), |i| span.start + i);
             let line = text[..span.start].matches('\n').count() + 1;
-            // Control characters escaped: the line goes to a terminal.
-            let shown: String = text[start..end]
-                .trim()
-                .chars()
-                .take(80)
-                .flat_map(|c| {
-                    let escaped = c.is_control().then(|| c.escape_default());
-                    escaped
-                        .into_iter()
-                        .flatten()
-                        .chain((!c.is_control()).then_some(c))
-                })
-                .collect();
+            // Control characters are escaped where `ConfigError` is printed.
+            let shown: String = text[start..end].trim().chars().take(80).collect();
             format!(" line {line} ({shown})")
         }
         None => String::new(),
@@ -1016,25 +1005,24 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             )?,
         },
     };
-    let name = |setting: (Option<usize>, Named)| setting.1;
     if config.head_bytes_max > HEAD_BYTES_CEILING {
         return err(format!(
             "{} {}: at most {HEAD_BYTES_CEILING}",
-            name(setting!(args, file, max_head_bytes)),
+            setting!(args, file, max_head_bytes).1,
             config.head_bytes_max
         ));
     }
     if config.header_count_max > HEADER_COUNT_CEILING {
         return err(format!(
             "{} {}: at most {HEADER_COUNT_CEILING}",
-            name(setting!(args, file, max_headers)),
+            setting!(args, file, max_headers).1,
             config.header_count_max
         ));
     }
     if config.pipeline_parallel_max > limits::PIPELINE_PARALLEL_CEILING {
         return err(format!(
             "{} {}: at most {}",
-            name(setting!(args, file, pipeline_parallel)),
+            setting!(args, file, pipeline_parallel).1,
             config.pipeline_parallel_max,
             limits::PIPELINE_PARALLEL_CEILING
         ));
@@ -1064,7 +1052,7 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
     if config.mesh_inflight_max > limits::MESH_CHANNEL_CAPACITY {
         return err(format!(
             "{} {}: at most {}",
-            name(setting!(args, file, mesh_inflight_max)),
+            setting!(args, file, mesh_inflight_max).1,
             config.mesh_inflight_max,
             limits::MESH_CHANNEL_CAPACITY
         ));
@@ -2118,7 +2106,7 @@ mod tests {
             ),
         ] {
             std::fs::write(&path, text).unwrap();
-            let error = read_file(&path).unwrap_err().0;
+            let error = read_file(&path).unwrap_err().to_string();
             let expected = format!("config file {} {message}", path.display());
             assert!(error.starts_with(&expected), "{error}");
             assert!(!error.contains('\n'), "{error}");

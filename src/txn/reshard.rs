@@ -372,10 +372,7 @@ fn finish(dir: &Path, ready: &Ready) -> std::io::Result<PathBuf> {
     // The new count may leave a shard without keys, so without files: not damage until its
     // shards have served (`wal::SERVED_FILE`). Before anything moves (`record_shards` below
     // removes it too, too late for a reshard cut short in between).
-    match std::fs::remove_file(dir.join(wal::SERVED_FILE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => std::fs::File::open(dir)?.sync_all()?,
-    }
+    wal::forget_served(dir)?;
     std::fs::create_dir_all(&backup)?;
     for old in wal::segments_below(dir, ready.segment)? {
         let name = old.file_name().expect("a segment has a file name");

@@ -270,15 +270,20 @@ pub fn record_served(dir: &Path) -> io::Result<()> {
     )
 }
 
+/// Removes `SERVED_FILE`, durably, if it is there: the layout it spoke of is being replaced.
+pub fn forget_served(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(SERVED_FILE)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => std::fs::File::open(dir)?.sync_all(),
+    }
+}
+
 /// Records `count` in `LAYOUT_FILE`, durably. A `SERVED_FILE` goes first: it spoke of the
 /// layout this replaces (found in review: one left behind by a store dropped without it made a
 /// first start cut short refuse every later start).
 pub fn record_shards(dir: &Path, count: usize) -> io::Result<()> {
-    match std::fs::remove_file(dir.join(SERVED_FILE)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        Err(_) => {}
-        Ok(()) => std::fs::File::open(dir)?.sync_all()?,
-    }
+    forget_served(dir)?;
     write_durably(dir, LAYOUT_FILE, &format!("{count}\n"))
 }
 
