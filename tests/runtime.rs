@@ -1302,8 +1302,8 @@ fn the_open_files_limit_is_raised_checked_and_its_failures_not_flooded() {
     stderr.read_to_string(&mut text).unwrap();
     assert!(
         text.contains(
-            "RLIMIT_NOFILE is 96: not all of the 20000 connections --max-conns allows \
-             (10000 per shard, 2 shards) can be open"
+            "RLIMIT_NOFILE is 96: not all of the 20000 connections allowed (10000 per \
+             shard by --max-conns or max_conns, 2 shards) can be open"
         ),
         "{text}"
     );

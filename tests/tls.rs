@@ -183,7 +183,9 @@ fn client_rejects_wrong_host_and_expired_certificate() {
     let _ = child.wait();
     let stderr = common::stderr_of(&mut child);
     assert!(
-        stderr.contains("warning") && stderr.contains("expired"),
+        stderr.contains("warning")
+            && stderr.contains("expired")
+            && stderr.contains("tls_refuse_expired = true in the config file, makes this fatal"),
         "{stderr}"
     );
 }
@@ -214,6 +216,9 @@ fn bad_certificates_and_keys_stop_the_start_with_one_line() {
     )
     .unwrap();
     let encrypted = encrypted.to_str().unwrap();
+    let refusing = dir.join("refusing.toml");
+    std::fs::write(&refusing, "tls_refuse_expired = true\n").unwrap();
+    let refusing = refusing.to_str().unwrap();
     for (args, needle) in [
         (
             vec!["--tls-cert", cut, "--tls-key", &key],
@@ -252,7 +257,19 @@ fn bad_certificates_and_keys_stop_the_start_with_one_line() {
                 expired_key,
                 "--tls-refuse-expired",
             ],
-            "expired",
+            "(expired certificates are refused: --tls-refuse-expired)",
+        ),
+        // Refused by the file: the message names its key, not a flag nobody gave.
+        (
+            vec![
+                "--config",
+                refusing,
+                "--tls-cert",
+                expired,
+                "--tls-key",
+                expired_key,
+            ],
+            "(expired certificates are refused: config file REFUSING: tls_refuse_expired)",
         ),
         (vec!["--redirect-https", "127.0.0.1:0"], "no HTTPS listener"),
         (
@@ -282,7 +299,7 @@ fn bad_certificates_and_keys_stop_the_start_with_one_line() {
         full.extend(args.iter().copied());
         let (code, stderr) = run_failing(&full);
         assert_eq!(code, 2, "{args:?}: {stderr}");
-        let needle = needle.replace("CUT", cut);
+        let needle = needle.replace("CUT", cut).replace("REFUSING", refusing);
         assert!(stderr.contains(&needle), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
     }

@@ -644,19 +644,36 @@ fn txn_limits(args: &Args, file: &FileConfig) -> Result<crate::txn::TxnLimits, C
         txn_limits.partition_bytes_max,
     )?;
     txn_limits.validate().map_err(|e| {
-        // The check names the bounds by their flags; those the file gave, by their keys.
+        // The check names the bounds by their flags; those the file gave, by their keys; those
+        // nobody gave, as defaults.
         let mut message = format!("transaction limits: {e}");
-        let in_file = [
-            ("max_key_bytes", setting!(args, file, max_key_bytes).1),
-            ("max_value_bytes", setting!(args, file, max_value_bytes).1),
-            ("max_tx_ops", setting!(args, file, max_tx_ops).1),
+        let defaults = crate::txn::TxnLimits::default();
+        let bounds = [
+            (
+                "max_key_bytes",
+                setting!(args, file, max_key_bytes),
+                defaults.key_bytes_max,
+            ),
+            (
+                "max_value_bytes",
+                setting!(args, file, max_value_bytes),
+                defaults.value_bytes_max,
+            ),
+            (
+                "max_tx_ops",
+                setting!(args, file, max_tx_ops),
+                defaults.ops_max,
+            ),
         ];
         let mut renamed = false;
-        for (key, named) in in_file {
+        for (key, (value, named), default) in bounds {
             let flag = Named::flag(key).to_string();
             if matches!(named, Named::Key { .. }) && message.contains(&flag) {
                 message = message.replace(&flag, key);
                 renamed = true;
+            } else if value.is_none() {
+                let given = format!("{flag} {default}");
+                message = message.replace(&given, &format!("{given} (the default)"));
             }
         }
         if renamed {
@@ -1096,7 +1113,8 @@ fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 
 /// Reads each certificate/key pair once, however many listeners use it.
 struct TlsLoader {
-    refuse_expired: bool,
+    /// The setting that refuses expired certificates, if one does.
+    refuse_expired: Option<String>,
     now: SystemTime,
     loaded: Vec<(PathBuf, PathBuf, Arc<TlsMaterial>)>,
 }
@@ -1123,7 +1141,7 @@ impl TlsLoader {
             key,
             &key_pem,
             (&names.0, &names.1),
-            self.refuse_expired,
+            self.refuse_expired.as_deref(),
             self.now,
             warnings,
         )
@@ -1142,10 +1160,10 @@ fn listeners(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<ListenerConfig>, ConfigError> {
     let mut loader = TlsLoader {
-        refuse_expired: args
-            .tls_refuse_expired
-            .or(file.tls_refuse_expired)
-            .unwrap_or(false),
+        refuse_expired: match setting!(args, file, tls_refuse_expired) {
+            (Some(true), named) => Some(named.bare()),
+            _ => None,
+        },
         now: SystemTime::now(),
         loaded: Vec::new(),
     };
@@ -1951,6 +1969,12 @@ mod tests {
             (
                 "max_key_bytes = 4000000\nmax_value_bytes = 4000000",
                 "config file: transaction limits: max_key_bytes 4000000 + max_value_bytes 4000000",
+            ),
+            // A bound nobody gave is named as the default it is.
+            (
+                "max_value_bytes = 4194304",
+                "config file: transaction limits: --max-key-bytes 1024 (the default) + \
+                 max_value_bytes 4194304 = 4195328",
             ),
             ("data_dir = \"\"", "config file: data_dir: empty"),
             (

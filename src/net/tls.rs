@@ -93,7 +93,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// Parses `cert_pem` (PEM, leaf first, then the rest of the chain) and `key_pem` (PEM, PKCS#8,
 /// PKCS#1 or SEC1), read by the caller from the files `cert` and `key` (named in errors), checks
 /// that they belong together and that the leaf is valid at `now`. An expired (or not yet valid)
-/// certificate is an error with `refuse_expired`, else a warning line in `warnings`.
+/// certificate is an error with `refuse_expired` (the name of the setting that asked for it),
+/// else a warning line in `warnings`.
 /// `names`: the settings that gave the certificate and the key, as messages name them
 /// (`--tls-cert`, or `config file F: tls_cert =`).
 #[allow(clippy::too_many_arguments)]
@@ -103,7 +104,7 @@ pub fn load(
     key: &Path,
     key_pem: &[u8],
     names: (&str, &str),
-    refuse_expired: bool,
+    refuse_expired: Option<&str>,
     now: SystemTime,
     warnings: &mut Vec<String>,
 ) -> Result<Arc<TlsMaterial>, String> {
@@ -166,14 +167,16 @@ pub fn load(
         e => format!("{key_setting} {key_name}: unusable with {cert_name}: {e}"),
     })?;
     if let Some(problem) = problem {
-        if refuse_expired {
+        if let Some(refusing) = refuse_expired {
             return Err(format!(
-                "{cert_setting} {cert_name}: the certificate {problem} (expired certificates are refused: --tls-refuse-expired)"
+                "{cert_setting} {cert_name}: the certificate {problem} (expired certificates are \
+                 refused: {refusing})"
             ));
         }
         warnings.push(format!(
             "warning: {cert_setting} {cert_name}: the certificate {problem}; clients will reject it \
-             (--tls-refuse-expired makes this fatal)"
+             (--tls-refuse-expired, or tls_refuse_expired = true in the config file, makes this \
+             fatal)"
         ));
     }
     Ok(Arc::new(material))

@@ -76,9 +76,9 @@ pub fn raise_nofile(
     let short = limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed;
     Ok(short.then(|| {
         format!(
-            "RLIMIT_NOFILE is {}: not all of the {connections} connections --max-conns allows \
-             ({} per shard, {shards} shards) can be open, the rest wait in the backlog; raise \
-             it to {needed} (ulimit -n; systemd: LimitNOFILE=)",
+            "RLIMIT_NOFILE is {}: not all of the {connections} connections allowed ({} per \
+             shard by --max-conns or max_conns, {shards} shards) can be open, the rest wait in \
+             the backlog; raise it to {needed} (ulimit -n; systemd: LimitNOFILE=)",
             limit.rlim_cur, conns_per_shard
         )
     }))
