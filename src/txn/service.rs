@@ -612,19 +612,37 @@ impl Txn {
     /// Steps the log made durable before it failed still run; the rest are answered now, not
     /// at their deadline (`never_durable`). A real failure (a full disk, an IO error) also
     /// makes the node refuse what needs the log from now on (`Node::fail_log`).
+    ///
+    /// The node is told first, so that a step run here that meets the failed log does not
+    /// start this again; the clients it answers `Unknown` hear it only after the durable
+    /// steps ran: a commit whose decision reached the disk before the failure, with the
+    /// durability task not yet woken, answered 504 where its commit stood (the first answer
+    /// to a client is the one it gets).
     fn log_failed(self: &Rc<Self>) {
-        if self.wal.failure().is_some() {
-            let actions = self.node.borrow_mut().fail_log();
-            self.execute(actions);
-        }
+        let unknown = match self.wal.failure() {
+            Some(_) => self.node.borrow_mut().fail_log(),
+            None => Vec::new(),
+        };
         let durable = self.wal.durable_lsn();
         let queued: Vec<(u64, Then)> = self.durable_queue.borrow_mut().drain(..).collect();
+        let mut never = Vec::new();
         for (lsn, then) in queued {
             if lsn <= durable {
                 self.feed(Event::Durable(then));
             } else {
-                self.never_durable(then);
+                never.push(then);
             }
+        }
+        self.execute(unknown);
+        // What the steps above queued, after the failure, will not be durable either.
+        never.extend(
+            self.durable_queue
+                .borrow_mut()
+                .drain(..)
+                .map(|(_, then)| then),
+        );
+        for then in never {
+            self.never_durable(then);
         }
     }
 
