@@ -215,7 +215,12 @@ pub struct Router {
     /// and probing (route lookup was 7% of a pipelined request's CPU).
     exact_scan: Option<Vec<(Box<str>, MethodTable)>>,
     patterns: Vec<Route>,
-    middleware: Vec<(Phase, Rc<dyn Middleware>)>,
+    /// Each with its scope: the path prefix it runs under, whole from the root ("" for every
+    /// request). Kept apart from the middleware until `into_app`, so that a mount joins its
+    /// prefix to the scopes of a router mounted inside (`/api` + `/v1`): wrapped at once, the
+    /// inner scope was matched against the whole path, and `/v1`'s middleware never ran for
+    /// `/api/v1/x` (found in review).
+    middleware: Vec<(Phase, Rc<str>, Rc<dyn Middleware>)>,
     /// Every method some route has that HTTP does not define, gathered by `into_app`: a miss
     /// with an unknown method looks here, not through every route (`knows_method`).
     other_methods: Vec<Box<str>>,
@@ -307,25 +312,17 @@ impl Router {
                 handler: route.handler,
             });
         }
-        if prefix.is_empty() {
-            self.middleware.extend(other.middleware);
-        } else {
-            let prefix: Rc<str> = prefix.into();
-            self.middleware
-                .extend(other.middleware.into_iter().map(|(phase, inner)| {
-                    let scoped: Rc<dyn Middleware> = Rc::new(Scoped {
-                        prefix: prefix.clone(),
-                        inner,
-                    });
-                    (phase, scoped)
-                }));
-        }
+        self.middleware.extend(
+            (other.middleware.into_iter())
+                .map(|(phase, scope, inner)| (phase, format!("{prefix}{scope}").into(), inner)),
+        );
         self
     }
 
     /// Adds middleware that runs in `phase` (see `Phase` for the order).
     pub fn middleware(mut self, phase: Phase, middleware: impl Middleware) -> Router {
-        self.middleware.push((phase, Rc::new(middleware)));
+        self.middleware
+            .push((phase, "".into(), Rc::new(middleware)));
         self
     }
 
@@ -477,8 +474,20 @@ impl Router {
         if self.exact.len() <= EXACT_SCAN_MAX {
             self.exact_scan = Some(std::mem::take(&mut self.exact).into_iter().collect());
         }
-        let mut middleware = std::mem::take(&mut self.middleware);
-        middleware.sort_by_key(|(phase, _)| *phase); // stable: insertion order within a phase
+        let mut layers = std::mem::take(&mut self.middleware);
+        layers.sort_by_key(|(phase, ..)| *phase); // stable: insertion order within a phase
+        let middleware = (layers.into_iter())
+            .map(|(phase, scope, inner)| match &*scope {
+                "" => (phase, inner),
+                _ => {
+                    let scoped: Rc<dyn Middleware> = Rc::new(Scoped {
+                        prefix: scope,
+                        inner,
+                    });
+                    (phase, scoped)
+                }
+            })
+            .collect();
         Rc::new(App {
             router: self,
             middleware,
@@ -527,17 +536,44 @@ enum Miss {
     MethodNotAllowed(String),
 }
 
+/// Panics on a pattern no request could match as written (found in review: each was taken
+/// silently, as a route that never matched or matched wrongly): a parameter that is not a whole
+/// segment (`/files/{name}.txt` was the literal `{name}.txt`), a parameter without a name or
+/// with the name of another, and a literal byte that a request path never holds as itself
+/// (controls, space, non-ASCII, `?`, `#`): paths are matched as sent, still percent-encoded.
 fn parse_pattern(pattern: &str) -> Vec<Segment> {
+    let mut names: Vec<&str> = Vec::new();
     let segments: Vec<Segment> = pattern
         .split('/')
         .skip(1)
         .map(|s| {
-            if let Some(name) = s.strip_prefix("{*").and_then(|s| s.strip_suffix('}')) {
-                Segment::Rest(name.into())
-            } else if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Segment::Param(name.into())
-            } else {
-                Segment::Literal(s.into())
+            let param = s.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+            let (rest, name) = match param.map(|p| p.strip_prefix('*').ok_or(p)) {
+                Some(Ok(name)) => (true, name),
+                Some(Err(name)) => (false, name),
+                None => {
+                    assert!(
+                        s.bytes()
+                            .all(|b| b.is_ascii_graphic() && !b"?#{}".contains(&b)),
+                        "a route's literal text is a path as requests send it (no parameter \
+                         inside a segment, no space, '?', '#' or non-ASCII; escape with %XX): \
+                         {pattern}"
+                    );
+                    return Segment::Literal(s.into());
+                }
+            };
+            assert!(
+                !name.is_empty() && !name.contains(['{', '}', '*']),
+                "a route parameter has a name: {pattern}"
+            );
+            assert!(
+                !names.contains(&name),
+                "a route parameter's name is used once: {pattern}"
+            );
+            names.push(name);
+            match rest {
+                true => Segment::Rest(name.into()),
+                false => Segment::Param(name.into()),
             }
         })
         .collect();
@@ -557,6 +593,11 @@ fn is_exact(segments: &[Segment]) -> bool {
 }
 
 fn match_segments(segments: &[Segment], path: &str) -> Option<Params> {
+    if !path.starts_with('/') {
+        // `OPTIONS *` (the server as a whole): no route's, not even `/{*rest}`'s (found in
+        // review: a root catch-all took it, with `*` for its path).
+        return None;
+    }
     let mut params = Vec::new();
     let mut parts = path.split('/').skip(1);
     let mut rest_start = 1;
@@ -781,6 +822,31 @@ mod app_tests {
         assert_eq!(seen("/api/missing"), "allapi", "a miss under it too");
         assert_eq!(seen("/apix"), "all");
         assert_eq!(seen("/other"), "all");
+
+        // Mounted inside a mounted router: its scope is both prefixes, whole from the root
+        // (found in review: `/v1` was matched against `/api/v1/x`, and never ran).
+        let v1 = Router::new()
+            .get("/x", ok)
+            .middleware(Phase::Request, tag("v1"));
+        let api_api = Router::new()
+            .get("/x", ok)
+            .middleware(Phase::Request, tag("api-api"));
+        let api = Router::new()
+            .get("/x", ok)
+            .middleware(Phase::Request, tag("api"))
+            .mount("/v1", v1)
+            .mount("/api", api_api);
+        let app = Router::new().get("/v1/x", ok).mount("/api", api).into_app();
+        let seen = |path: &str| {
+            let response = serve(&app, "GET", path);
+            let value = response.get_header("x-seen").map(|v| v.to_vec());
+            String::from_utf8(value.unwrap_or_default()).unwrap()
+        };
+        assert_eq!(seen("/api/v1/x"), "v1api");
+        assert_eq!(seen("/api/v1"), "v1api", "a miss under it too");
+        assert_eq!(seen("/v1/x"), "", "not under /api");
+        assert_eq!(seen("/api/x"), "api", "not under /api/api");
+        assert_eq!(seen("/api/api/x"), "api-apiapi");
     }
 
     #[test]
@@ -864,6 +930,63 @@ mod app_tests {
                 }
             }
         }
+    }
+
+    /// A pattern no request could match as written panics at start-up (found in review: each
+    /// was taken silently, as a route that never matched or matched wrongly).
+    #[test]
+    fn malformed_patterns_panic_and_good_ones_do_not() {
+        let ok = |_req: Request| async { Response::new(200) };
+        for (pattern, message) in [
+            ("/files/{name}.txt", "literal text"),
+            ("/api/{v}x", "literal text"),
+            ("/a}", "literal text"),
+            ("/a b", "literal text"),
+            ("/caf\u{e9}", "literal text"),
+            ("/search?q", "literal text"),
+            ("/a#b", "literal text"),
+            ("/{}", "has a name"),
+            ("/{*}", "has a name"),
+            ("/{a*}", "has a name"),
+            ("/a/{id}/{id}", "used once"),
+            ("/a/{id}/{*id}", "used once"),
+            ("/{*rest}/x", "last segment"),
+        ] {
+            let route = std::panic::catch_unwind(|| Router::new().get(pattern, ok));
+            let error = route.err().unwrap_or_else(|| panic!("{pattern} was taken"));
+            let text = error.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(text.contains(message), "{pattern}: {text}");
+        }
+        for pattern in [
+            "/",
+            "/a/{id}/b/{*rest}",
+            "/a:b@c;d=e,f",
+            "/%20x",
+            "//x",
+            "/{*path}",
+        ] {
+            let _ = Router::new().get(pattern, ok);
+        }
+        // A mount prefix is checked the same way.
+        assert!(std::panic::catch_unwind(|| Router::new().mount("/a b", Router::new())).is_err());
+    }
+
+    /// `OPTIONS *` is the server as a whole: no route's, not even a root catch-all's (found in
+    /// review: `/{*p}` took it with `*` for its path, and a GET one made it a 405).
+    #[test]
+    fn the_asterisk_target_is_no_routes() {
+        let preflight = Router::new()
+            .route("OPTIONS", "/{*p}", |_req: Request| async {
+                Response::new(204)
+            })
+            .into_app();
+        assert_eq!(serve(&preflight, "OPTIONS", "*").status, 404);
+        assert_eq!(serve(&preflight, "OPTIONS", "/x").status, 204);
+        let fallback = Router::new()
+            .get("/{*p}", |_req: Request| async { Response::new(200) })
+            .into_app();
+        assert_eq!(serve(&fallback, "OPTIONS", "*").status, 404);
+        assert_eq!(serve(&fallback, "GET", "/").status, 200);
     }
 
     #[test]
