@@ -603,6 +603,54 @@ fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
     assert_eq!((r.status, r.text()), (200, "42".to_string()));
 }
 
+/// Found in review: a session's use moved its access time in memory only, the snapshot was
+/// written only when something else changed, and a start judges idle expiry by the access time
+/// on disk: a user who only read for longer than the idle timeout after logging in was logged
+/// out by a crash. Each read here is within the idle timeout of the one before, and the last
+/// write is well past it when the server is killed.
+#[test]
+fn a_session_in_use_but_only_read_survives_a_crash() {
+    let dir = common::temp_dir("crash-read");
+    let dir_arg = dir.path().to_str().unwrap();
+    let args = [
+        "--data-dir",
+        dir_arg,
+        "--session-snapshot-interval",
+        "0.3",
+        "--session-idle-timeout",
+        "2",
+    ];
+    let server = Server::start(&args);
+    let mut conn = Conn::new(server.connect());
+    let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let put = request(
+        &mut conn,
+        "PUT",
+        "/session/data/k",
+        Some(&cookie),
+        Some("42"),
+    );
+    assert_eq!(put.status, 204);
+    let written = std::time::Instant::now();
+    while written.elapsed() < Duration::from_millis(3500) {
+        std::thread::sleep(Duration::from_millis(300));
+        let read = request(&mut conn, "GET", "/session/data/k", Some(&cookie), None);
+        assert_eq!(read.status, 200, "{}", read.text());
+    }
+    // Past two snapshot intervals after the last read: it is on disk.
+    std::thread::sleep(Duration::from_millis(1000));
+    server.crash();
+    let server = Server::start(&args);
+    let r = request(
+        &mut Conn::new(server.connect()),
+        "GET",
+        "/session/data/k",
+        Some(&cookie),
+        None,
+    );
+    assert_eq!((r.status, r.text()), (200, "42".to_string()));
+}
+
 #[test]
 fn a_corrupt_snapshot_is_reported_and_skipped() {
     let dir = common::temp_dir("corrupt");
@@ -1279,6 +1327,16 @@ fn a_session_file_that_is_not_a_regular_file_fails_closed_and_the_start_goes_on(
             // Only the snapshot was unreadable: sessions work, from none.
             let created = request(&mut conn, "POST", "/session", None, None);
             assert!(created.status < 300, "{name} ({kind}): {}", created.status);
+            // And it is replaced at once, as a skipped one is: left there, a later run that
+            // could read it brought back what this run destroyed (found in review).
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} ({kind}) not replaced"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         server.stop();
     }

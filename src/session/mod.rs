@@ -191,7 +191,7 @@ pub struct Sessions {
     pub remote_calls: Cell<u64>,
     /// The revocation log, once `load` opened it (persistence on).
     revoked: RefCell<Option<Rc<RevocationLog>>>,
-    /// `load` skipped the snapshot on disk (another node's or shard's, or corrupt): the upkeep
+    /// `load` skipped the snapshot on disk (another node's or shard's, corrupt, or unreadable): the upkeep
     /// replaces it at once, or a crash before the first snapshot of this run would leave it for
     /// a later run (with the old `--node-id` back, say) to load sessions this run never saw
     /// destroyed.
@@ -483,6 +483,10 @@ impl Sessions {
                     self.shard,
                     path.display()
                 );
+                // Replaced at once, as a skipped one is: left there, a later run that could
+                // read it brought back the sessions this run destroyed without knowing them
+                // (a logout of an unknown id writes no revocation; found in review).
+                self.skipped_snapshot.set(true);
                 return;
             }
         };

@@ -111,7 +111,8 @@ pub struct Store {
     seq: u64,
     bytes_total: usize,
     pub counters: StoreCounters,
-    /// Bumped by every change; the snapshot task writes only when it moved.
+    /// Bumped by every change, a session's use included (its access time is in the
+    /// snapshot); the snapshot task writes only when it moved.
     pub generation: u64,
 }
 
@@ -320,6 +321,12 @@ impl Store {
         let old = (entry.record.accessed_ms, entry.access_seq);
         entry.record.accessed_ms = entry.record.accessed_ms.max(now_ms);
         entry.access_seq = seq;
+        if entry.record.accessed_ms != old.0 {
+            // The snapshot holds the access time, and a start judges idle expiry by it: a
+            // session only read since the last snapshot was restored as idle since then, and
+            // a crash logged out users in active use (found in review).
+            self.generation += 1;
+        }
         let new = (entry.record.accessed_ms, seq);
         let lru = if entry.record.data.contains_key(USER_VALUE) {
             &mut self.by_access_authenticated
