@@ -276,12 +276,15 @@ impl Access<'_> {
     }
 }
 
-/// An unsafe request whose `Origin` names another origin.
+/// An unsafe request whose `Origin`, or without one its `Referer`, names another origin. A
+/// browser that leaves Origin out of a form's POST still sends the Referer of the page, as
+/// `csrf::check` reads it (found in review: a cross-site login with only a Referer got its
+/// session).
 fn cross_origin(req: &Request) -> bool {
     !csrf::is_safe_method(req.method())
-        && req.header("origin").is_some_and(|origin| {
+        && (req.header("origin").or(req.header("referer"))).is_some_and(|source| {
             !req.host()
-                .is_some_and(|host| csrf::same_origin(origin, host, req.ctx.tls))
+                .is_some_and(|host| csrf::same_origin(source, host, req.ctx.tls))
         })
 }
 
