@@ -344,6 +344,44 @@ fn at_the_session_bound_the_least_recently_used_is_evicted() {
     assert_eq!(stats["total"]["sessions"], 3);
 }
 
+/// `--max-session-store-bytes`: the shard's session data stays within it; a write past it
+/// evicts the least recently used anonymous session, and one that fits exactly does not.
+#[test]
+fn at_the_store_bytes_bound_a_write_evicts_the_least_recently_used() {
+    // Each value counts its name (1), its JSON text (402) and 64: 467 bytes.
+    let server = one_shard(&["--max-session-store-bytes", "1401"]);
+    let mut conn = Conn::new(server.connect());
+    let value = format!("\"{}\"", "x".repeat(400));
+    let write = |conn: &mut Conn, cookie: &str| {
+        request(conn, "PUT", "/session/data/v", Some(cookie), Some(&value)).status
+    };
+    let s: Vec<String> = (0..4)
+        .map(|_| cookie_of(&request(&mut conn, "POST", "/session", None, None)))
+        .collect();
+    for cookie in &s[..3] {
+        assert_eq!(write(&mut conn, cookie), 204);
+    }
+    let stats = server.stats();
+    assert_eq!(
+        stats["total"]["session_bytes"], 1401,
+        "at the bound exactly"
+    );
+    assert_eq!(stats["total"]["session_evictions"], 0);
+    assert_eq!(write(&mut conn, &s[3]), 204);
+    assert_eq!(
+        request(&mut conn, "GET", "/session", Some(&s[0]), None).status,
+        401,
+        "evicted"
+    );
+    for live in &s[1..] {
+        let r = request(&mut conn, "GET", "/session/data/v", Some(live), None);
+        assert_eq!((r.status, r.text()), (200, value.clone()));
+    }
+    let stats = server.stats();
+    assert_eq!(stats["total"]["session_bytes"], 1401);
+    assert_eq!(stats["total"]["session_evictions"], 1);
+}
+
 /// `--session-cookie-max-age`: the cookie lasts that long in the browser, its rotations too;
 /// without it, a browser-session cookie (review: only the refusal of 0 was tested).
 #[test]

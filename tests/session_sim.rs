@@ -18,6 +18,8 @@ const LIMITS: StoreLimits = StoreLimits {
     sessions_max: 6,
     // 80 bytes of names and JSON, and two values' overhead (SESSION_VALUE_OVERHEAD_BYTES).
     session_bytes_max: 80 + 2 * 64,
+    // About three sessions at the bound: crossed long before `sessions_max` is.
+    store_bytes_max: 600,
     idle_timeout_ms: 1_000,
     lifetime_ms: 4_000,
 };
@@ -174,7 +176,10 @@ impl ModelShard {
     }
 
     /// Touches first (a refused write still slides the timeout), then leaves data unchanged
-    /// when the result would exceed the bound.
+    /// when the result would exceed the session's bound. Past the store's bytes bound, expired
+    /// sessions are reclaimed (one-step sweeps), then the least recently used other sessions
+    /// evicted (every session here is anonymous); a write that would not fit with every other
+    /// session gone is refused, and evicts nothing.
     fn put(
         &mut self,
         key: &SessionKey,
@@ -188,6 +193,23 @@ impl ModelShard {
         let bytes = data_bytes(&data);
         if bytes > LIMITS.session_bytes_max {
             return Err(StoreError::TooLarge);
+        }
+        let growth = bytes.saturating_sub(self.sessions[index].bytes);
+        let over = |shard: &ModelShard| shard.bytes() + growth > LIMITS.store_bytes_max;
+        while over(self) && self.sweep(now_ms, 1) > 0 {}
+        let mut index = self.find(key).expect("a live session is not swept");
+        if over(self) && self.sessions[index].bytes + growth > LIMITS.store_bytes_max {
+            self.counters.refusals += 1;
+            return Err(StoreError::Full);
+        }
+        while over(self) {
+            let victim = (0..self.sessions.len())
+                .filter(|&i| i != index)
+                .min_by_key(|&i| (self.sessions[i].accessed_ms, self.sessions[i].touch_order))
+                .expect("the others make room");
+            self.sessions.remove(victim);
+            self.counters.evictions += 1;
+            index = self.find(key).expect("not the writer");
         }
         self.sessions[index].data = data;
         self.sessions[index].bytes = bytes;
@@ -369,6 +391,9 @@ struct Coverage {
     sweeps_cut_by_bound: u64,
     too_large: u64,
     puts_at_bound: u64,
+    /// Writes that evicted for the store's bytes bound. (None is refused here: every session
+    /// is anonymous and fits the store alone; the store's unit test refuses one.)
+    bytes_evictions: u64,
     rotations: u64,
     destroys: u64,
     destroys_of_expired: u64,
@@ -389,6 +414,7 @@ impl Coverage {
             ("sweeps_cut_by_bound", self.sweeps_cut_by_bound),
             ("too_large", self.too_large),
             ("puts_at_bound", self.puts_at_bound),
+            ("bytes_evictions", self.bytes_evictions),
             ("rotations", self.rotations),
             ("destroys", self.destroys),
             ("destroys_of_expired", self.destroys_of_expired),
@@ -729,6 +755,9 @@ impl Sim {
                 value,
             } => {
                 let bytes_before = self.held(&id).map(|s| s.bytes);
+                let evictions =
+                    |sim: &Sim| -> u64 { sim.model.iter().map(|m| m.counters.evictions).sum() };
+                let evictions_before = evictions(self);
                 let candidate = value.clone();
                 let (store, model) = self.routed(
                     from,
@@ -737,6 +766,9 @@ impl Sim {
                     |store, key| store.put(key, name, value.clone(), now),
                     |model, key| model.put(key, name, candidate, now),
                 );
+                if evictions(self) > evictions_before {
+                    self.coverage.bytes_evictions += 1;
+                }
                 match model {
                     Outcome::Put(Err(StoreError::TooLarge)) => self.coverage.too_large += 1,
                     Outcome::Put(Ok(()))

@@ -171,11 +171,16 @@ pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
 
 /// Sessions one shard keeps; at the bound the least recently used anonymous session is evicted,
 /// and with every session logged in a new one gets 503 (README, `--max-sessions`). Memory per shard
-/// for sessions is bounded by SESSIONS_MAX_DEFAULT x SESSION_BYTES_MAX_DEFAULT (1.6 GB worst case),
-/// and about 1 KiB per session for its entry and indexes (a review measured ~0.9 KiB, ~1.35 KiB
-/// after a restart): values are held as their JSON text, and each counts
-/// `SESSION_VALUE_OVERHEAD_BYTES` for its place in the map.
+/// for sessions is bounded by SESSION_STORE_BYTES_MAX_DEFAULT of data, and about 1 KiB per session
+/// for its entry and indexes (a review measured ~0.9 KiB, ~1.35 KiB after a restart): values are
+/// held as their JSON text, and each counts `SESSION_VALUE_OVERHEAD_BYTES` for its place in the map.
 pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
+/// Bytes of session data (counted as `SESSION_BYTES_MAX_DEFAULT` counts them) one shard holds; a
+/// write past it evicts the least recently used anonymous sessions, and gets 503 when every
+/// session is logged in. Without it the bound was sessions x bytes, 1.6 GB a shard that anonymous
+/// clients could fill (found in review). 256 MiB is 2.5 KiB for each of 100,000 sessions, or
+/// 16,384 sessions at the per-session bound; a snapshot holds about one more copy while written.
+pub const SESSION_STORE_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
 /// Bytes of data (names + JSON values, each value 64 bytes more) one session may hold; a write
 /// past it gets 413.
 pub const SESSION_BYTES_MAX_DEFAULT: usize = 16 * 1024;

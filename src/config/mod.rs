@@ -223,6 +223,11 @@ pub struct Args {
     /// Bytes of data per session (413 past it).
     #[arg(long, value_name = "BYTES")]
     pub max_session_bytes: Option<usize>,
+    /// Bytes of session data per shard, counted as --max-session-bytes counts them; past it a
+    /// write evicts the least recently used anonymous sessions, and with every session logged
+    /// in it gets 503.
+    #[arg(long, value_name = "BYTES")]
+    pub max_session_store_bytes: Option<usize>,
     /// Records a shard's session revocation log holds; at the bound a destroy, logout or
     /// rotation gets 503 until a snapshot lets the log be cut.
     #[arg(long, value_name = "N")]
@@ -381,6 +386,7 @@ struct FileConfig {
     session_lifetime: Option<f64>,
     max_sessions: Option<usize>,
     max_session_bytes: Option<usize>,
+    max_session_store_bytes: Option<usize>,
     max_session_revocations: Option<usize>,
     no_session_persist: Option<bool>,
     session_snapshot_interval: Option<f64>,
@@ -592,6 +598,8 @@ pub struct SessionConfig {
     pub lifetime: Duration,
     pub sessions_max: usize,
     pub session_bytes_max: usize,
+    /// `--max-session-store-bytes`: session data one shard holds.
+    pub store_bytes_max: usize,
     /// `--max-session-revocations`: records of one shard's revocation log.
     pub revocations_max: usize,
     pub persist: bool,
@@ -1007,6 +1015,10 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             session_bytes_max: positive(
                 setting!(args, file, max_session_bytes),
                 limits::SESSION_BYTES_MAX_DEFAULT,
+            )?,
+            store_bytes_max: positive(
+                setting!(args, file, max_session_store_bytes),
+                limits::SESSION_STORE_BYTES_MAX_DEFAULT,
             )?,
             revocations_max: positive(
                 setting!(args, file, max_session_revocations),

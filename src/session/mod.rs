@@ -24,7 +24,7 @@ use crate::router::Request;
 use crate::runtime::{now_ms, shard};
 use id::{IdGenerator, SessionId, SessionKey};
 use revoked::RevocationLog;
-use store::{SessionData, SessionRecord, Store, StoreError, StoreLimits, USER_VALUE};
+use store::{SessionData, Store, StoreError, StoreLimits, USER_VALUE};
 
 /// How often the upkeep sweeps expired sessions and looks whether a snapshot is due (its
 /// interval passed, a failed one's retry is due, the log failed).
@@ -139,7 +139,7 @@ impl SessionError {
             SessionError::TooLarge => "session data over its size bound",
             SessionError::TooDeep => "the value nests more than 64 arrays or objects",
             SessionError::Unavailable => "session owner unavailable, retry",
-            SessionError::Full => "every session is logged in, retry later",
+            SessionError::Full => "the session store is full of logged-in sessions, retry later",
             SessionError::NotJson => "the value cannot be stored as JSON",
             SessionError::WrongType => "a session value is not of the type asked for",
         }
@@ -208,6 +208,7 @@ impl Sessions {
         let limits = StoreLimits {
             sessions_max: config.sessions_max,
             session_bytes_max: config.session_bytes_max,
+            store_bytes_max: config.store_bytes_max,
             idle_timeout_ms: config.idle_timeout.as_millis() as u64,
             lifetime_ms: config.lifetime.as_millis() as u64,
         };
@@ -531,21 +532,21 @@ impl Sessions {
                 store.records(now).map(|(k, _)| *k).collect(),
             )
         };
-        let mut records: Vec<(SessionKey, SessionRecord)> = Vec::with_capacity(keys.len());
+        // Encoded here, in steps, rather than cloned for the blocking pool to encode: one copy
+        // of the store while the snapshot is written, not three.
+        let mut encoder = persist::Encoder::new(self.node, self.shard as u16);
         for step in keys.chunks(SESSION_SNAPSHOT_STEP) {
             {
                 let store = self.store.borrow();
-                records.extend(store.records_of(step).map(|(k, r)| (*k, r.clone())));
+                for (key, record) in store.records_of(step) {
+                    encoder.push(key, record);
+                }
             }
             glommio::yield_if_needed().await;
         }
-        let (node, shard) = (self.node, self.shard as u16);
         let path = persist::path(dir, self.shard);
         glommio::executor()
-            .spawn_blocking(move || {
-                let bytes = persist::encode(node, shard, records.iter().map(|(k, r)| (k, r)));
-                persist::write_file(&path, &bytes)
-            })
+            .spawn_blocking(move || persist::write_file(&path, &encoder.finish()))
             .await?;
         if let (Some(log), Some(covered)) = (self.revoked.borrow().as_ref(), covered) {
             log.cut(covered + 1);
@@ -1145,6 +1146,7 @@ mod tests {
             lifetime: Duration::from_secs(600),
             sessions_max: 16,
             session_bytes_max: 1024,
+            store_bytes_max: 1 << 20,
             revocations_max: 64,
             persist: true,
             snapshot_interval: Duration::from_secs(60),

@@ -87,31 +87,60 @@ pub fn retire_beyond(dir: &Path, shard_count: usize) -> std::io::Result<Vec<Stri
     Ok(retired)
 }
 
+/// Serializes a snapshot session by session into the file's bytes: a shard encodes its store in
+/// steps, with no copy of its records and no second buffer (a review measured a snapshot at four
+/// times the store: the records cloned, the payload, the payload copied behind the header).
+/// The same JSON as `Snapshot` (`{"node":..,"shard":..,"sessions":[..]}`).
+pub struct Encoder {
+    out: Vec<u8>,
+    sessions: usize,
+}
+
+impl Encoder {
+    pub fn new(node: u16, shard: u16) -> Encoder {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0; HEADER_BYTES - MAGIC.len()]); // crc and length: `finish`
+        write!(out, r#"{{"node":{node},"shard":{shard},"sessions":["#).expect("a Vec takes it");
+        Encoder { out, sessions: 0 }
+    }
+
+    pub fn push(&mut self, key: &SessionKey, record: &SessionRecord) {
+        if self.sessions > 0 {
+            self.out.push(b',');
+        }
+        let entry = EntryOut {
+            key: URL_SAFE_NO_PAD.encode(key),
+            created_ms: record.created_ms,
+            accessed_ms: record.accessed_ms,
+            data: &record.data,
+        };
+        serde_json::to_writer(&mut self.out, &entry).expect("session data is JSON already");
+        self.sessions += 1;
+    }
+
+    /// The file's bytes, header filled in. Checksums the whole payload: call it off the shard.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.extend_from_slice(b"]}");
+        let payload = &self.out[HEADER_BYTES..];
+        let (crc, length) = (crc32fast::hash(payload), payload.len() as u64);
+        self.out[8..12].copy_from_slice(&crc.to_le_bytes());
+        self.out[12..20].copy_from_slice(&length.to_le_bytes());
+        self.out
+    }
+}
+
 /// Serializes a snapshot: header then JSON payload.
 pub fn encode<'a>(
     node: u16,
     shard: u16,
     sessions: impl Iterator<Item = (&'a SessionKey, &'a SessionRecord)>,
 ) -> Vec<u8> {
-    let snapshot = Snapshot {
-        node,
-        shard,
-        sessions: sessions
-            .map(|(k, r)| EntryOut {
-                key: URL_SAFE_NO_PAD.encode(k),
-                created_ms: r.created_ms,
-                accessed_ms: r.accessed_ms,
-                data: &r.data,
-            })
-            .collect(),
-    };
-    let payload = serde_json::to_vec(&snapshot).expect("session data is JSON already");
-    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+    let mut encoder = Encoder::new(node, shard);
+    for (key, record) in sessions {
+        encoder.push(key, record);
+    }
+    encoder.finish()
 }
 
 /// Parses a snapshot written for (`node`, `shard`). Err says what is wrong, for the log.

@@ -13,6 +13,9 @@ use crate::config::limits::{SESSION_VALUE_DEPTH_MAX, SESSION_VALUE_OVERHEAD_BYTE
 pub struct StoreLimits {
     pub sessions_max: usize,
     pub session_bytes_max: usize,
+    /// Bytes of data the whole store holds (`--max-session-store-bytes`), counted as
+    /// `session_bytes_max` counts a session's.
+    pub store_bytes_max: usize,
     pub idle_timeout_ms: u64,
     pub lifetime_ms: u64,
 }
@@ -25,8 +28,8 @@ pub enum StoreError {
     TooLarge,
     /// The value nests more than `SESSION_VALUE_DEPTH_MAX` arrays or objects.
     TooDeep,
-    /// At the sessions bound with every session authenticated: a new one is refused rather
-    /// than log a user out.
+    /// At the sessions bound, or the store's bytes bound, with every session authenticated
+    /// (but the writer's): a new session or a write is refused rather than log a user out.
     Full,
     /// Never from the store: its owner's answer for an id whose destroy or rotation took
     /// effect but is not durable (the revocation log failed first; `Sessions::handle`).
@@ -92,7 +95,7 @@ pub struct StoreCounters {
     pub expirations: u64,
     pub created: u64,
     pub destroyed: u64,
-    /// New sessions refused at the bound because every session was authenticated.
+    /// New sessions, and writes, refused at a bound because every session was authenticated.
     pub refusals: u64,
 }
 
@@ -110,6 +113,8 @@ pub struct Store {
     by_created: BTreeMap<(u64, u64), SessionKey>,
     seq: u64,
     bytes_total: usize,
+    /// The part of `bytes_total` the authenticated sessions hold.
+    bytes_authenticated: usize,
     pub counters: StoreCounters,
     /// Bumped by every change, a session's use included (its access time is in the
     /// snapshot); the snapshot task writes only when it moved.
@@ -145,6 +150,7 @@ impl Store {
             by_created: BTreeMap::new(),
             seq: 0,
             bytes_total: 0,
+            bytes_authenticated: 0,
             counters: StoreCounters::default(),
             generation: 0,
         }
@@ -254,6 +260,9 @@ impl Store {
         self.by_created
             .insert((record.created_ms, created_seq), key);
         self.bytes_total += bytes;
+        if record.data.contains_key(USER_VALUE) {
+            self.bytes_authenticated += bytes;
+        }
         if let Some(old) = self.entries.insert(
             key,
             Entry {
@@ -301,6 +310,9 @@ impl Store {
         self.by_created
             .remove(&(entry.record.created_ms, entry.created_seq));
         self.bytes_total -= entry.bytes;
+        if entry.record.data.contains_key(USER_VALUE) {
+            self.bytes_authenticated -= entry.bytes;
+        }
         self.generation += 1;
         Some(entry)
     }
@@ -348,8 +360,14 @@ impl Store {
         let position = (entry.record.accessed_ms, entry.access_seq);
         let authenticated = entry.record.data.contains_key(USER_VALUE);
         let (from, to) = match (was_authenticated, authenticated) {
-            (false, true) => (&mut self.by_access, &mut self.by_access_authenticated),
-            (true, false) => (&mut self.by_access_authenticated, &mut self.by_access),
+            (false, true) => {
+                self.bytes_authenticated += entry.bytes;
+                (&mut self.by_access, &mut self.by_access_authenticated)
+            }
+            (true, false) => {
+                self.bytes_authenticated -= entry.bytes;
+                (&mut self.by_access_authenticated, &mut self.by_access)
+            }
             _ => return,
         };
         let moved = from
@@ -386,12 +404,16 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let (value, old_bytes, new_bytes) = self.sized(key, name, &value, now_ms)?;
+        self.make_bytes_room(key, name, new_bytes.saturating_sub(old_bytes), now_ms)?;
         let entry = self.entries.get_mut(key).expect("sized looked it up");
         let bytes = entry.bytes - old_bytes + new_bytes;
         let was_authenticated = entry.record.data.contains_key(USER_VALUE);
         entry.bytes = bytes;
         entry.record.data.insert(name.to_string(), value);
         self.bytes_total = self.bytes_total - old_bytes + new_bytes;
+        if was_authenticated {
+            self.bytes_authenticated = self.bytes_authenticated - old_bytes + new_bytes;
+        }
         self.generation += 1;
         self.reclassify(key, name, was_authenticated);
         Ok(())
@@ -406,7 +428,64 @@ impl Store {
         value: &Value,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.sized(key, name, value, now_ms).map(|_| ())
+        let (_, old_bytes, new_bytes) = self.sized(key, name, value, now_ms)?;
+        let growth = new_bytes.saturating_sub(old_bytes);
+        match self.bytes_room(key, name, growth) {
+            true => Ok(()),
+            false => Err(StoreError::Full),
+        }
+    }
+
+    /// Whether evicting what a write of `name` to `writer` may evict makes room for `growth`
+    /// more bytes in the store: anonymous sessions, and for a login (`USER_VALUE`, as the
+    /// sessions bound lets a login do) authenticated ones too; never the writer's own.
+    fn bytes_room(&self, writer: &SessionKey, name: &str, growth: usize) -> bool {
+        let login = name == USER_VALUE;
+        let mut evictable = self.bytes_total - self.bytes_authenticated;
+        if login {
+            evictable = self.bytes_total;
+        }
+        let own = &self.entries[writer];
+        if login || !own.record.data.contains_key(USER_VALUE) {
+            evictable -= own.bytes;
+        }
+        self.bytes_total - evictable + growth <= self.limits.store_bytes_max
+    }
+
+    /// Makes room for `growth` more bytes under the store's bytes bound, as `make_room` does
+    /// under the sessions bound: expired sessions first, then the least recently used
+    /// anonymous ones, then (a login) authenticated ones, never the writer's own; Err(Full),
+    /// with nothing evicted, when that cannot make room (found in review: with no bound but
+    /// sessions x bytes, anonymous clients could make a shard hold 1.6 GB, and a snapshot
+    /// about four times that).
+    fn make_bytes_room(
+        &mut self,
+        writer: &SessionKey,
+        name: &str,
+        growth: usize,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        while self.bytes_total + growth > self.limits.store_bytes_max && self.sweep(now_ms, 1) > 0 {
+        }
+        if self.bytes_total + growth <= self.limits.store_bytes_max {
+            return Ok(());
+        }
+        if !self.bytes_room(writer, name, growth) {
+            self.counters.refusals += 1;
+            return Err(StoreError::Full);
+        }
+        while self.bytes_total + growth > self.limits.store_bytes_max {
+            let anonymous = self.by_access.values().find(|k| *k != writer);
+            let victim = match anonymous {
+                Some(victim) => *victim,
+                None => *(self.by_access_authenticated.values())
+                    .find(|k| *k != writer)
+                    .expect("bytes_room counted what can be evicted"),
+            };
+            self.remove(&victim);
+            self.counters.evictions += 1;
+        }
+        Ok(())
     }
 
     /// `value` as stored, and the bytes of the value it would replace and its own, once it is
@@ -486,6 +565,9 @@ impl Store {
         let bytes = value_bytes(name, old.json());
         entry.bytes -= bytes;
         self.bytes_total -= bytes;
+        if was_authenticated {
+            self.bytes_authenticated -= bytes;
+        }
         self.generation += 1;
         self.reclassify(key, name, was_authenticated);
         Ok(Some(old.value()))
@@ -619,6 +701,7 @@ mod tests {
     const LIMITS: StoreLimits = StoreLimits {
         sessions_max: 3,
         session_bytes_max: 1024,
+        store_bytes_max: 1 << 20,
         idle_timeout_ms: 1_000,
         lifetime_ms: 10_000,
     };
@@ -631,6 +714,87 @@ mod tests {
         store.create(key(n), now_ms);
         let user = serde_json::json!({"user": "ann", "stamp": ""});
         store.put(&key(n), USER_VALUE, user, now_ms).unwrap();
+    }
+
+    /// The store's byte counts, recomputed from its sessions.
+    fn check_bytes(store: &Store) {
+        let (mut total, mut authenticated) = (0, 0);
+        for entry in store.entries.values() {
+            let bytes: usize = (entry.record.data.iter())
+                .map(|(k, v)| value_bytes(k, v.json()))
+                .sum();
+            assert_eq!(entry.bytes, bytes);
+            total += bytes;
+            if entry.record.data.contains_key(USER_VALUE) {
+                authenticated += bytes;
+            }
+        }
+        assert_eq!(
+            (store.bytes_total, store.bytes_authenticated),
+            (total, authenticated)
+        );
+    }
+
+    /// Past the store's bytes bound a write evicts the least recently used anonymous sessions
+    /// (never the writer's own); with only logged-in sessions to evict it is refused and
+    /// nothing is evicted, except for a login, which may evict logged-in sessions as the
+    /// sessions bound lets it (found in review: sessions x bytes was the only bound).
+    #[test]
+    fn the_store_bytes_bound_evicts_anonymous_sessions_first() {
+        let limits = StoreLimits {
+            sessions_max: 10,
+            store_bytes_max: 2000,
+            ..LIMITS
+        };
+        let value = || Value::from("x".repeat(400));
+        let each = value_bytes("v", &value().to_string());
+        assert_eq!(each, 467);
+        let mut store = Store::new(limits);
+        for n in 1..=4 {
+            store.create(key(n), n as u64);
+            store.put(&key(n), "v", value(), n as u64).unwrap();
+        }
+        assert_eq!(store.bytes(), 4 * each);
+        // The fifth is past the bound: the least recently used anonymous session goes.
+        store.create(key(5), 5);
+        store.put(&key(5), "v", value(), 5).unwrap();
+        assert_eq!(store.get(&key(1), "v", 6), Err(StoreError::Unknown));
+        assert_eq!((store.len(), store.bytes()), (4, 4 * each));
+        assert_eq!(store.counters.evictions, 1);
+        check_bytes(&store);
+
+        // Logged-in sessions fill it: an anonymous write is refused, and evicts nothing.
+        let mut store = Store::new(limits);
+        for n in 1..=3 {
+            log_in(&mut store, n, n as u64);
+            store.put(&key(n), "v", value(), n as u64).unwrap();
+        }
+        store.create(key(4), 4);
+        let full = store.bytes();
+        assert_eq!(
+            store.check_put(&key(4), "v", &value(), 5),
+            Err(StoreError::Full)
+        );
+        assert_eq!(store.put(&key(4), "v", value(), 5), Err(StoreError::Full));
+        assert_eq!((store.len(), store.bytes()), (4, full));
+        assert_eq!((store.counters.evictions, store.counters.refusals), (0, 1));
+        // A smaller one fits; then a login of that session evicts the oldest logged-in one.
+        let small = Value::from("y".repeat(200));
+        store.put(&key(4), "v", small, 6).unwrap();
+        assert!(store.bytes() <= 2000);
+        let user = serde_json::json!({"user": "bob", "stamp": ""});
+        assert_eq!(store.check_put(&key(4), USER_VALUE, &user, 7), Ok(()));
+        store.put(&key(4), USER_VALUE, user, 7).unwrap();
+        assert_eq!(store.get(&key(1), "v", 8), Err(StoreError::Unknown));
+        assert!(store.get(&key(2), "v", 8).unwrap().is_some());
+        assert!(store.bytes() <= 2000);
+        check_bytes(&store);
+        // A logout moves its bytes back to the anonymous count.
+        store.take_value(&key(4), USER_VALUE, 9).unwrap();
+        check_bytes(&store);
+        store.rotate(&key(2), key(9), 10).unwrap();
+        assert!(store.destroy(&key(3), 11));
+        check_bytes(&store);
     }
 
     /// `replace_if` changes a value only from the one expected (None: absent), to the new one
