@@ -344,6 +344,49 @@ fn at_the_session_bound_the_least_recently_used_is_evicted() {
     assert_eq!(stats["total"]["sessions"], 3);
 }
 
+/// A value's name is its path segment percent-decoded, as a `/kv` key is: one name has one
+/// path (found in review: the raw segment was the name, so `a%20b` and an app's `a b` were two
+/// values, and `a%2520b` a third spelling).
+#[test]
+fn session_value_names_are_percent_decoded_with_one_spelling() {
+    let server = one_shard(&[]);
+    let mut conn = Conn::new(server.connect());
+    let cookie = cookie_of(&request(&mut conn, "POST", "/session", None, None));
+    let mut at = |method: &str, name: &str, body: Option<&str>| {
+        let path = format!("/session/data/{name}");
+        request(&mut conn, method, &path, Some(&cookie), body)
+    };
+    assert_eq!(at("PUT", "a%20b", Some("1")).status, 204);
+    assert_eq!(at("PUT", "a%2Fb", Some("2")).status, 204);
+    assert_eq!(at("PUT", "a%2520b", Some("3")).status, 204);
+    let one = at("GET", "a%20b", None);
+    assert_eq!((one.status, one.text()), (200, "1".to_string()));
+    for (name, status) in [
+        ("%61", 400),            // `a` escaped: a second spelling
+        ("a%2fb", 400),          // lowercase hex
+        ("a%", 400),             // a '%' without two hex digits
+        ("%FF", 400),            // not UTF-8
+        ("percore.user", 403),   // the server's
+        ("percore%2Euser", 400), // its other spelling: not one at all
+    ] {
+        assert_eq!(at("PUT", name, Some("4")).status, status, "{name}");
+        assert_eq!(at("DELETE", name, None).status, status, "{name}");
+    }
+    assert_eq!(at("GET", "%61", None).status, 400);
+    let all = json(&request(&mut conn, "GET", "/session", Some(&cookie), None));
+    assert_eq!(
+        all["data"],
+        serde_json::json!({"a b": 1, "a/b": 2, "a%20b": 3}),
+        "{all}"
+    );
+    let mut at = |method: &str, name: &str| {
+        let path = format!("/session/data/{name}");
+        request(&mut conn, method, &path, Some(&cookie), None).status
+    };
+    assert_eq!(at("DELETE", "a%2Fb"), 204);
+    assert_eq!(at("GET", "a%2Fb"), 404);
+}
+
 /// `--max-session-store-bytes`: the shard's session data stays within it; a write past it
 /// evicts the least recently used anonymous session, and one that fits exactly does not.
 #[test]

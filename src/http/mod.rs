@@ -13,6 +13,7 @@ mod encode;
 mod error;
 mod forwarded;
 mod parse;
+pub mod segment;
 
 pub use body::{BodyDecoder, BodyEvent};
 pub use date::{DATE_BYTES, DateCache};

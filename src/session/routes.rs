@@ -113,8 +113,11 @@ async fn get_value(req: Request) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let key = req.param("key").unwrap_or_default();
-    match session.get_value(key).await {
+    let key = match key_of(&req) {
+        Ok(key) => key,
+        Err(refused) => return refused,
+    };
+    match session.get_value(&key).await {
         Ok(Some(value)) => Response::json(200, &value),
         Ok(None) => Response::error(404, "no such session value"),
         Err(e) => Response::from(e),
@@ -125,18 +128,37 @@ async fn get_value(req: Request) -> Response {
 /// never write them, or a client could log itself in as anyone.
 const RESERVED_PREFIX: &str = "percore.";
 
-fn reserved(req: &Request) -> Option<Response> {
-    req.param("key")
-        .is_some_and(|key| key.starts_with(RESERVED_PREFIX))
-        .then(|| Response::error(403, "session values named percore.* are the server's"))
+/// The value name a `/session/data/{key}` request names: its segment percent-decoded as a
+/// `/kv/{key}` is (`a%20b` is "a b"; one spelling per name, so `%61` is 400), and for a write
+/// not a reserved one. The name was the raw segment, escapes and all (found in review: `a%20b`
+/// and `a b` written by an app were two values).
+// The early answer is moved once; boxing it would cost more.
+#[allow(clippy::result_large_err)]
+fn key_of(req: &Request) -> Result<String, Response> {
+    let segment = req.param("key").unwrap_or_default();
+    let key = crate::http::segment::decode(segment).map_err(|e| Response::error(400, e))?;
+    Ok(String::from_utf8(key).expect("decode checks UTF-8"))
+}
+
+#[allow(clippy::result_large_err)]
+fn writable_key_of(req: &Request) -> Result<String, Response> {
+    let key = key_of(req)?;
+    match key.starts_with(RESERVED_PREFIX) {
+        true => Err(Response::error(
+            403,
+            "session values named percore.* are the server's",
+        )),
+        false => Ok(key),
+    }
 }
 
 /// PUT /session/data/{key} with a JSON body -> 204; 400 when the body is not JSON, 413 past the
 /// bound, 403 for a reserved name.
 async fn put_value(mut req: Request) -> Response {
-    if let Some(refused) = reserved(&req) {
-        return refused;
-    }
+    let key = match writable_key_of(&req) {
+        Ok(key) => key,
+        Err(refused) => return refused,
+    };
     let session = match session(&req) {
         Ok(s) => s,
         Err(r) => return r,
@@ -149,8 +171,7 @@ async fn put_value(mut req: Request) -> Response {
         Ok(value) => value,
         Err(e) => return Response::error(400, &format!("body is not JSON: {e}")),
     };
-    let key = req.param("key").unwrap_or_default();
-    match session.set_value(key, value).await {
+    match session.set_value(&key, value).await {
         Ok(()) => Response::new(204),
         Err(e) => Response::from(e),
     }
@@ -158,15 +179,15 @@ async fn put_value(mut req: Request) -> Response {
 
 /// DELETE /session/data/{key} -> 204 whether or not the value was set; 403 for a reserved name.
 async fn delete_value(req: Request) -> Response {
-    if let Some(refused) = reserved(&req) {
-        return refused;
-    }
+    let key = match writable_key_of(&req) {
+        Ok(key) => key,
+        Err(refused) => return refused,
+    };
     let session = match session(&req) {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let key = req.param("key").unwrap_or_default();
-    match session.remove(key).await {
+    match session.remove(&key).await {
         Ok(_) => Response::new(204),
         Err(e) => Response::from(e),
     }

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::http::segment::{self, is_segment_byte};
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
 use crate::txn::op::{self, Condition, FailReason, Op, OpResult, TxError};
@@ -24,7 +25,7 @@ pub fn routes() -> Router {
 #[allow(clippy::result_large_err)]
 fn key_of(req: &Request) -> Result<Bytes, Response> {
     let segment = req.param("key").unwrap_or_default();
-    let key = percent_decode(segment).map_err(|message| Response::error(400, message))?;
+    let key = segment::decode(segment).map_err(|message| Response::error(400, message))?;
     let key_bytes_max = shard::current().config.txn.limits.key_bytes_max;
     if key.len() > key_bytes_max {
         let message = format!(
@@ -36,48 +37,7 @@ fn key_of(req: &Request) -> Result<Bytes, Response> {
     Ok(Bytes::from(key))
 }
 
-/// Strict percent-decoding of a path segment (RFC 3986 §2.1): `%` must start two hex digits, and
-/// the bytes must be UTF-8, as keys are JSON strings in /kv/tx. `+` is itself: turning it into a
-/// space is form decoding (`form_urlencoded`), not a path's.
-///
-/// Canonical: every key has exactly one path. A byte that may stand as itself in a segment
-/// (unreserved, sub-delims, `:`, `@`) must not be escaped, and escapes use uppercase hex
-/// (RFC 3986 §2.1, §6.2.2.2). Access rules match the raw path, so a second spelling of a key
-/// (`/kv/%63onfig` for `/kv/config`) would get past a rule written for the first.
-fn percent_decode(segment: &str) -> Result<Vec<u8>, &'static str> {
-    let mut decoded = Vec::with_capacity(segment.len());
-    let mut rest = segment.as_bytes();
-    while let [first, after @ ..] = rest {
-        rest = after;
-        if *first != b'%' {
-            // A byte that may not stand as itself (non-ASCII, `"<>[\]^`{|}`) must be escaped:
-            // accepted raw too, it would give its key a second spelling.
-            if !is_segment_byte(*first) {
-                return Err("the key has a character that must be percent-encoded");
-            }
-            decoded.push(*first);
-            continue;
-        }
-        let [high, low, after @ ..] = rest else {
-            return Err("the key has a '%' without two hex digits after it");
-        };
-        let (Some(high), Some(low)) = (hex_digit(*high), hex_digit(*low)) else {
-            return Err("the key has a '%' without two uppercase hex digits after it");
-        };
-        let byte = high << 4 | low;
-        if is_segment_byte(byte) {
-            return Err("the key escapes a character that must be written as itself");
-        }
-        decoded.push(byte);
-        rest = after;
-    }
-    match std::str::from_utf8(&decoded) {
-        Ok(_) => Ok(decoded),
-        Err(_) => Err("the key is not UTF-8 once percent-decoded"),
-    }
-}
-
-/// The one path of `key` (see `percent_decode`, its inverse) under `dir`, where the single-key
+/// The one path of `key` (see `segment::decode`, its inverse) under `dir`, where the single-key
 /// routes are mounted (`/kv`): each byte that may stand as itself does, every other one is
 /// escaped in uppercase hex.
 fn key_path(dir: &str, key: &[u8]) -> String {
@@ -108,20 +68,6 @@ fn single_key_methods(op: &Op) -> &'static [&'static str] {
         Op::Delete { .. } => &["DELETE"],
         Op::Add { .. } => &["GET", "PUT"],
     }
-}
-
-/// Uppercase hex only: a lowercase escape would be a second spelling of the same key.
-fn hex_digit(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// RFC 3986 `pchar` less `%`: the bytes a path segment may hold as themselves.
-fn is_segment_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte)
 }
 
 fn error(e: &TxError) -> Response {
@@ -379,7 +325,7 @@ mod tests {
             assert_eq!(path, *want, "{key:?}");
             // The single-key routes read the same key back from it: one path, both ways.
             let segment = path.strip_prefix("/kv/").unwrap();
-            assert_eq!(percent_decode(segment).as_deref(), Ok(*key), "{path}");
+            assert_eq!(segment::decode(segment).as_deref(), Ok(*key), "{path}");
         }
         // Mounted elsewhere, the routes' own directory.
         assert_eq!(key_path("/store/kv", b"a b"), "/store/kv/a%20b");
@@ -466,7 +412,7 @@ mod tests {
         ];
         for (segment, want) in cases {
             assert_eq!(
-                percent_decode(segment),
+                segment::decode(segment),
                 want.map(<[u8]>::to_vec),
                 "{segment}"
             );
