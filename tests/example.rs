@@ -639,6 +639,56 @@ fn export_example_a_stream_before_a_slow_pipelined_handler_is_whole() {
     assert_eq!(server.stats()["total"]["timeouts_handler"], 1);
 }
 
+/// An answer that is ready goes out while a later pipelined handler waits, in a batch and
+/// after a direct route alike (found in review: it sat in the write buffer until the slow one
+/// after it answered, for up to `--handler-timeout`).
+#[test]
+fn export_example_a_ready_answer_is_not_held_behind_a_slow_pipelined_one() {
+    let server = export(&[]);
+    for first in ["/wait/50", "/plaintext"] {
+        let mut conn = Conn::new(server.connect());
+        let sent = std::time::Instant::now();
+        conn.send(
+            format!(
+                "GET {first} HTTP/1.1\r\nHost: t\r\n\r\nGET /wait/4000 HTTP/1.1\r\nHost: t\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let ready = conn.response(false).expect("the first answer");
+        assert_eq!(ready.status, 200);
+        let at = sent.elapsed();
+        assert!(at < Duration::from_millis(3000), "{first}: held for {at:?}");
+        let slow = conn.response(false).expect("the slow answer");
+        assert_eq!(
+            (slow.status, slow.text()),
+            (200, "waited 4000 ms\n".to_string())
+        );
+        assert!(sent.elapsed() >= Duration::from_millis(4000));
+    }
+}
+
+/// Each handler of a pipelined batch answers within `--handler-timeout` of the batch's start,
+/// when all of them began, not of its turn (found in review: the sixth of six slow handlers
+/// answered after four timeouts' time). The second here would answer at 3 s, a second after
+/// its turn's timeout had it been counted from its turn (1.8 s + 2 s).
+#[test]
+fn export_example_a_batch_handler_times_out_from_the_batch_start() {
+    let server = export(&["--handler-timeout", "2"]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"GET /wait/1800 HTTP/1.1\r\nHost: t\r\n\r\nGET /wait/3000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let first = conn.response(false).expect("the first answer");
+    assert_eq!(
+        (first.status, first.text()),
+        (200, "waited 1800 ms\n".to_string())
+    );
+    let second = conn.response(false).expect("the timeout's answer");
+    assert_eq!(second.status, 503);
+    assert!(conn.closed());
+    assert_eq!(server.stats()["total"]["timeouts_handler"], 1);
+}
+
 /// `GET /report/1000000`: a whole body of the numbers 0-999999, one per line, made for its
 /// client (its own bytes, `REPORT_BYTES` of them).
 const REPORT: &[u8] = b"GET /report/1000000 HTTP/1.1\r\nHost: t\r\n\r\n";

@@ -961,6 +961,8 @@ impl Conn {
             _slots,
         } = batch;
         let mut early: Vec<Option<Response>> = Vec::new();
+        let timeout_ms = self.io.shard.config.handler_timeout.as_millis() as u64;
+        let batch_deadline_ms = self.io.shard.deadline_ms(timeout_ms);
         for (index, &(is_head, version)) in answers.iter().enumerate() {
             let ready = handlers[index]
                 .as_mut()
@@ -974,8 +976,12 @@ impl Conn {
                 }
                 (None, Some(mut response)) => self.encode_response(&mut response, is_head, version),
                 (None, None) => {
-                    let answered = (self.io)
-                        .within_handler_timeout(|cx| {
+                    // Every handler of the batch started when it was gathered: each answers
+                    // within `--handler-timeout` of that, not of its turn (found in review:
+                    // the sixth of six slow handlers answered after four timeouts).
+                    (self.io.entry.handler_deadline_ms).set(batch_deadline_ms);
+                    let (answered, wrote) = self
+                        .wait_for_handler(|cx| {
                             let (this, later) = handlers[index..]
                                 .split_first_mut()
                                 .expect("one handler per answer");
@@ -990,7 +996,7 @@ impl Conn {
                         .await;
                     // Also when it answered at once: a timeout `finish_later` left set is over.
                     self.io.handler_answered();
-                    if answered.is_none() && self.io.client_gone() {
+                    if wrote.is_err() || (answered.is_none() && self.io.client_gone()) {
                         return Flow::Close;
                     }
                     // Past `--handler-timeout`: this one is answered 503 and the connection
@@ -1272,10 +1278,13 @@ impl Conn {
             None => Body::empty(),
         };
         let mut reply = self.app.serve(Request::new(head, request_body, ctx));
-        let answered = (self.io)
-            .within_handler_timeout(|cx| Pin::new(&mut reply).poll(cx))
+        let (answered, wrote) = self
+            .wait_for_handler(|cx| Pin::new(&mut reply).poll(cx))
             .await;
         drop(reply);
+        if wrote.is_err() {
+            return Flow::Close;
+        }
         let mut response = match answered {
             Some(response) => response,
             None => {
@@ -1624,6 +1633,52 @@ impl Conn {
             }
         }
         head.finish(body, close);
+    }
+
+    /// Waits for a handler's answer within `--handler-timeout` (`within_handler_timeout`), and
+    /// meanwhile writes the answers already encoded: an answer that is ready goes out while a
+    /// later pipelined handler waits, not once it answered (found in review: a `/plaintext`
+    /// answer sat in the write buffer for the whole wait of the slow request after it). The
+    /// write starts only once the handler waits, so one that answers at its first poll costs
+    /// nothing more; it ends before this returns. Err: the write failed, and the connection
+    /// closes.
+    async fn wait_for_handler<T>(
+        &mut self,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> (Option<T>, io::Result<()>) {
+        let io = &self.io;
+        // Big bodies queued wait for `flush`: only the write buffer goes, and only alone.
+        let writable = self.wqueue_bytes == 0;
+        let wbuf = &mut self.wbuf;
+        let mut out: Option<BytesMut> = None;
+        let (mut written, mut sent) = (0, 0);
+        let mut wrote = Ok(());
+        let answered = (io.within_handler_timeout(|cx| {
+            let polled = poll(cx);
+            if polled.is_pending() && wrote.is_ok() {
+                if out.is_none() && writable && !wbuf.is_empty() {
+                    out = Some(wbuf.split());
+                    written = 0;
+                }
+                if let Some(buf) = &out
+                    && let Poll::Ready(result) = io.poll_write_all(cx, buf, &mut written, None)
+                {
+                    (wrote, sent, out) = (result, sent + written, None);
+                }
+            }
+            polled
+        }))
+        .await;
+        // Answered while the write was under way: it ends first, nothing may overtake it.
+        if let Some(buf) = out
+            && wrote.is_ok()
+        {
+            wrote =
+                std::future::poll_fn(|cx| io.poll_write_all(cx, &buf, &mut written, None)).await;
+            sent += written;
+        }
+        add(&io.shard.metrics.bytes_written, sent as u64);
+        (answered, wrote)
     }
 
     /// Bytes encoded and not yet written.
