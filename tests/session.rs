@@ -392,7 +392,12 @@ fn session_value_names_are_percent_decoded_with_one_spelling() {
 #[test]
 fn at_the_store_bytes_bound_a_write_evicts_the_least_recently_used() {
     // Each value counts its name (1), its JSON text (402) and 64: 467 bytes.
-    let server = one_shard(&["--max-session-store-bytes", "1401"]);
+    let server = one_shard(&[
+        "--max-session-store-bytes",
+        "1401",
+        "--max-session-bytes",
+        "1000",
+    ]);
     let mut conn = Conn::new(server.connect());
     let value = format!("\"{}\"", "x".repeat(400));
     let write = |conn: &mut Conn, cookie: &str| {

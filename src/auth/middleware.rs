@@ -199,7 +199,8 @@ async fn authorize(req: Request, next: Next) -> Response {
     } else {
         // Browsers also attach Basic credentials they remember, and a cross-site form can log
         // a victim into the attacker's account: a browser's unsafe request that says it comes
-        // from another origin is refused for those too. Scripts (no Origin) stay exempt.
+        // from another origin (Origin, else an absolute Referer) is refused for those too.
+        // Scripts (neither) stay exempt.
         (via == Some(AuthMethod::Basic) || req.path() == super::routes::LOGIN_PATH)
             && cross_origin(&req)
     };
@@ -279,10 +280,15 @@ impl Access<'_> {
 /// An unsafe request whose `Origin`, or without one its `Referer`, names another origin. A
 /// browser that leaves Origin out of a form's POST still sends the Referer of the page, as
 /// `csrf::check` reads it (found in review: a cross-site login with only a Referer got its
-/// session).
+/// session). Only a Referer that names an origin counts (`scheme://` or `//`): a relative or
+/// empty one, which scripts may send and RFC 9110 §10.1.3 allows, names none (found in review:
+/// those were refused).
 fn cross_origin(req: &Request) -> bool {
+    let names_origin =
+        |referer: &&[u8]| referer.starts_with(b"//") || referer.windows(3).any(|w| w == b"://");
+    let source = (req.header("origin")).or_else(|| req.header("referer").filter(names_origin));
     !csrf::is_safe_method(req.method())
-        && (req.header("origin").or(req.header("referer"))).is_some_and(|source| {
+        && source.is_some_and(|source| {
             !req.host()
                 .is_some_and(|host| csrf::same_origin(source, host, req.ctx.tls))
         })

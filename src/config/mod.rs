@@ -1056,6 +1056,30 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             limits::PIPELINE_PARALLEL_CEILING
         ));
     }
+    let session = &config.session;
+    if session.store_bytes_max < session.session_bytes_max {
+        // One session at its bound must fit the store: a write past the store alone was
+        // answered 503 "retry later", which could never succeed (found in review).
+        let (store_given, store_name) = setting!(args, file, max_session_store_bytes);
+        let (bound_given, bound_name) = setting!(args, file, max_session_bytes);
+        let (store, bound) = (session.store_bytes_max, session.session_bytes_max);
+        return err(match (store_given, bound_given) {
+            (Some(_), Some(_)) => format!(
+                "{store_name} {store} must be at least {} {bound}",
+                match (&store_name, &bound_name) {
+                    (Named::Flag(_), Named::Key { .. }) => bound_name.to_string(),
+                    _ => bound_name.short(),
+                }
+            ),
+            (Some(_), None) => format!(
+                "{store_name} {store} must be at least --max-session-bytes {bound} (the default)"
+            ),
+            _ => format!(
+                "{bound_name} {bound} must be at most --max-session-store-bytes {store} (the \
+                 default)"
+            ),
+        });
+    }
     if config.uri_bytes_max >= config.head_bytes_max {
         let (uri, head) = (config.uri_bytes_max, config.head_bytes_max);
         let (uri_given, uri_name) = setting!(args, file, max_uri_bytes);
@@ -1977,6 +2001,18 @@ mod tests {
             (
                 "max_head_bytes = 1024",
                 "config file: max_head_bytes = 1024 must be larger than --max-uri-bytes 8192 (the default)",
+            ),
+            (
+                "max_session_store_bytes = 300",
+                "config file: max_session_store_bytes = 300 must be at least --max-session-bytes 16384 (the default)",
+            ),
+            (
+                "max_session_store_bytes = 300\nmax_session_bytes = 400",
+                "config file: max_session_store_bytes = 300 must be at least max_session_bytes = 400",
+            ),
+            (
+                "max_session_bytes = 300000000",
+                "config file: max_session_bytes = 300000000 must be at most --max-session-store-bytes 268435456 (the default)",
             ),
             (
                 "max_key_bytes = 4000000\nmax_value_bytes = 4000000",

@@ -268,8 +268,10 @@ shard_stats! {
     session_bytes,
     sessions_created,
     sessions_destroyed,
+    /// Sessions evicted to make room, at `--max-sessions` or `--max-session-store-bytes`.
     session_evictions,
-    /// New sessions refused at `--max-sessions` because every session held a logged-in user.
+    /// New sessions refused at `--max-sessions` because every session held a logged-in user,
+    /// and writes refused at `--max-session-store-bytes` because nothing could be evicted.
     session_refusals,
     session_expirations,
     /// Session operations this shard sent to the owner shard over the mesh.

@@ -41,6 +41,10 @@ pub enum StoreError {
 /// after every anonymous session, and `try_insert` never does.
 pub const USER_VALUE: &str = "percore.user";
 
+/// A session's use is a change for the snapshot when its access time enters a new
+/// `1 / ACCESS_QUANTA_PER_IDLE_TIMEOUT` of the idle timeout (`touch`).
+const ACCESS_QUANTA_PER_IDLE_TIMEOUT: u64 = 8;
+
 /// A session's values as an app reads them.
 pub type SessionData = BTreeMap<String, Value>;
 
@@ -333,10 +337,14 @@ impl Store {
         let old = (entry.record.accessed_ms, entry.access_seq);
         entry.record.accessed_ms = entry.record.accessed_ms.max(now_ms);
         entry.access_seq = seq;
-        if entry.record.accessed_ms != old.0 {
+        let quantum = (self.limits.idle_timeout_ms / ACCESS_QUANTA_PER_IDLE_TIMEOUT).max(1);
+        if entry.record.accessed_ms / quantum != old.0 / quantum {
             // The snapshot holds the access time, and a start judges idle expiry by it: a
             // session only read since the last snapshot was restored as idle since then, and
-            // a crash logged out users in active use (found in review).
+            // a crash logged out users in active use (found in review). A use that moves it
+            // into a new eighth of the idle timeout is a change: a crash takes at most that
+            // eighth and a snapshot interval off a session's idle time, and a session read
+            // now and then does not make every interval write the whole store.
             self.generation += 1;
         }
         let new = (entry.record.accessed_ms, seq);
@@ -437,24 +445,28 @@ impl Store {
     }
 
     /// Whether evicting what a write of `name` to `writer` may evict makes room for `growth`
-    /// more bytes in the store: anonymous sessions, and for a login (`USER_VALUE`, as the
-    /// sessions bound lets a login do) authenticated ones too; never the writer's own.
+    /// more bytes in the store: anonymous sessions, and for a logged-in writer or a login
+    /// (`USER_VALUE`, as the sessions bound lets a login do) logged-in ones too; never the
+    /// writer's own. A logged-in writer limited to anonymous sessions was refused for good
+    /// once logged-in sessions filled the store, which one account could do by logging in
+    /// many times (found in review). A write that does not grow always fits, even past a
+    /// bound lowered since the sessions were loaded.
     fn bytes_room(&self, writer: &SessionKey, name: &str, growth: usize) -> bool {
-        let login = name == USER_VALUE;
-        let mut evictable = self.bytes_total - self.bytes_authenticated;
-        if login {
-            evictable = self.bytes_total;
+        if growth == 0 {
+            return true;
         }
         let own = &self.entries[writer];
-        if login || !own.record.data.contains_key(USER_VALUE) {
-            evictable -= own.bytes;
-        }
+        let logged_in = name == USER_VALUE || own.record.data.contains_key(USER_VALUE);
+        let evictable = match logged_in {
+            true => self.bytes_total - own.bytes,
+            false => self.bytes_total - self.bytes_authenticated - own.bytes,
+        };
         self.bytes_total - evictable + growth <= self.limits.store_bytes_max
     }
 
     /// Makes room for `growth` more bytes under the store's bytes bound, as `make_room` does
     /// under the sessions bound: expired sessions first, then the least recently used
-    /// anonymous ones, then (a login) authenticated ones, never the writer's own; Err(Full),
+    /// anonymous ones, then (a logged-in writer) logged-in ones, never the writer's own; Err(Full),
     /// with nothing evicted, when that cannot make room (found in review: with no bound but
     /// sessions x bytes, anonymous clients could make a shard hold 1.6 GB, and a snapshot
     /// about four times that).
@@ -465,16 +477,17 @@ impl Store {
         growth: usize,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        while self.bytes_total + growth > self.limits.store_bytes_max && self.sweep(now_ms, 1) > 0 {
-        }
-        if self.bytes_total + growth <= self.limits.store_bytes_max {
+        let over =
+            |store: &Store| growth > 0 && store.bytes_total + growth > store.limits.store_bytes_max;
+        while over(self) && self.sweep(now_ms, 1) > 0 {}
+        if !over(self) {
             return Ok(());
         }
         if !self.bytes_room(writer, name, growth) {
             self.counters.refusals += 1;
             return Err(StoreError::Full);
         }
-        while self.bytes_total + growth > self.limits.store_bytes_max {
+        while over(self) {
             let anonymous = self.by_access.values().find(|k| *k != writer);
             let victim = match anonymous {
                 Some(victim) => *victim,
@@ -795,6 +808,48 @@ mod tests {
         store.rotate(&key(2), key(9), 10).unwrap();
         assert!(store.destroy(&key(3), 11));
         check_bytes(&store);
+
+        // A logged-in writer may evict logged-in sessions, the least recently used first, never
+        // its own (found in review: one account logged in many times filled the store, and then
+        // every other user's write was refused for good).
+        let mut store = Store::new(limits);
+        for n in 1..=3 {
+            log_in(&mut store, n, n as u64);
+            store.put(&key(n), "v", value(), n as u64).unwrap();
+        }
+        store
+            .put(&key(3), "w", Value::from("w".repeat(300)), 4)
+            .unwrap();
+        assert_eq!(store.get(&key(1), "v", 5), Err(StoreError::Unknown));
+        assert!(store.get(&key(2), "v", 5).unwrap().is_some());
+        assert!(store.bytes() <= 2000);
+        check_bytes(&store);
+        // Past a bound lowered since (a snapshot loaded whole), a write that does not grow
+        // still goes, and one that grows evicts down to the bound or is refused.
+        let tight = StoreLimits {
+            store_bytes_max: 100,
+            ..limits
+        };
+        let mut store = Store::new(tight);
+        store.insert(key(1), store_record(&[("v", value())]), 1);
+        assert!(store.bytes() > 100);
+        assert_eq!(store.put(&key(1), "v", Value::from("y"), 2), Ok(()));
+        assert_eq!(store.check_put(&key(1), "v", &Value::from("z"), 3), Ok(()));
+        assert_eq!(
+            store.put(&key(1), "n", Value::from(1), 3),
+            Err(StoreError::Full)
+        );
+        check_bytes(&store);
+    }
+
+    fn store_record(values: &[(&str, Value)]) -> SessionRecord {
+        SessionRecord {
+            created_ms: 0,
+            accessed_ms: 0,
+            data: (values.iter())
+                .map(|(name, value)| (name.to_string(), StoredValue::new(value)))
+                .collect(),
+        }
     }
 
     /// `replace_if` changes a value only from the one expected (None: absent), to the new one
