@@ -620,7 +620,11 @@ fn csrf_guards_cookie_sessions_but_not_basic_or_bearer() {
     let cross = format!("{bob}Referer: http://evil.example/page\r\n");
     assert_eq!(request(&mut conn, "PUT", "/kv/c", &cross, "5").status, 403);
     // A relative or empty Referer names no origin: a script's, exempt as before.
-    for referer in ["Referer: /relative\r\n", "Referer:\r\n"] {
+    for referer in [
+        "Referer: /relative\r\n",
+        "Referer:\r\n",
+        "Referer: /login?next=http://evil.example/\r\n",
+    ] {
         let own = format!("{bob}{referer}");
         let status = request(&mut conn, "PUT", "/kv/c", &own, "5").status;
         assert_eq!(status / 100, 2, "{referer}");

@@ -667,6 +667,31 @@ fn export_example_a_ready_answer_is_not_held_behind_a_slow_pipelined_one() {
     }
 }
 
+/// The same when the answers before a slow handler fill the write buffer (here a report of
+/// about 108 KiB): they go out while the rest of the batch runs, not once it has answered
+/// (found in review).
+#[test]
+fn export_example_a_full_write_buffer_is_not_held_behind_a_slow_pipelined_one() {
+    let server = export(&[]);
+    let mut conn = Conn::new(server.connect());
+    let sent = std::time::Instant::now();
+    conn.send(
+        b"GET /wait/50 HTTP/1.1\r\nHost: t\r\n\r\nGET /report/20000 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /wait/4000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let first = conn.response(false).expect("the first answer");
+    assert_eq!(first.status, 200);
+    let report = conn.response(false).expect("the report");
+    assert_eq!((report.status, report.body.len()), (200, 108_890));
+    let at = sent.elapsed();
+    assert!(at < Duration::from_millis(3000), "held for {at:?}");
+    let slow = conn.response(false).expect("the slow answer");
+    assert_eq!(
+        (slow.status, slow.text()),
+        (200, "waited 4000 ms\n".to_string())
+    );
+}
+
 /// Each handler of a pipelined batch answers within `--handler-timeout` of the batch's start,
 /// when all of them began, not of its turn (found in review: the sixth of six slow handlers
 /// answered after four timeouts' time). The second here would answer at 3 s, a second after
@@ -687,6 +712,18 @@ fn export_example_a_batch_handler_times_out_from_the_batch_start() {
     assert_eq!(second.status, 503);
     assert!(conn.closed());
     assert_eq!(server.stats()["total"]["timeouts_handler"], 1);
+
+    // The same when the rest of the batch is run before a full write buffer is written (found
+    // in review: that wait posted a deadline of its own, 2 s from 1.8 s).
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"GET /wait/1800 HTTP/1.1\r\nHost: t\r\n\r\nGET /report/20000 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /wait/3000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    for status in [200, 200, 503] {
+        assert_eq!(conn.response(false).expect("an answer").status, status);
+    }
+    assert!(conn.closed());
 }
 
 /// `GET /report/1000000`: a whole body of the numbers 0-999999, one per line, made for its

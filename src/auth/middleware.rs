@@ -280,12 +280,19 @@ impl Access<'_> {
 /// An unsafe request whose `Origin`, or without one its `Referer`, names another origin. A
 /// browser that leaves Origin out of a form's POST still sends the Referer of the page, as
 /// `csrf::check` reads it (found in review: a cross-site login with only a Referer got its
-/// session). Only a Referer that names an origin counts (`scheme://` or `//`): a relative or
-/// empty one, which scripts may send and RFC 9110 §10.1.3 allows, names none (found in review:
-/// those were refused).
+/// session). Only a Referer that names an origin counts (it starts with `scheme://` or `//`):
+/// a relative or empty one, which scripts may send and RFC 9110 §10.1.3 allows, names none
+/// (found in review: those were refused, and then `/login?next=http://t/` too).
 fn cross_origin(req: &Request) -> bool {
-    let names_origin =
-        |referer: &&[u8]| referer.starts_with(b"//") || referer.windows(3).any(|w| w == b"://");
+    let names_origin = |referer: &&[u8]| {
+        // RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+        let scheme_end =
+            (referer.iter()).position(|&b| !(b.is_ascii_alphanumeric() || b"+-.".contains(&b)));
+        let absolute = scheme_end.is_some_and(|end| {
+            end > 0 && referer[0].is_ascii_alphabetic() && referer[end..].starts_with(b"://")
+        });
+        absolute || referer.starts_with(b"//")
+    };
     let source = (req.header("origin")).or_else(|| req.header("referer").filter(names_origin));
     !csrf::is_safe_method(req.method())
         && source.is_some_and(|source| {

@@ -247,23 +247,42 @@ impl ConnIo {
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Option<T> {
         let mut waited = false;
-        let answered = std::future::poll_fn(|cx| match poll(cx) {
-            Poll::Ready(answer) => Poll::Ready(Some(answer)),
-            Poll::Pending => {
-                waited = true;
-                if self.handler_wait(cx, true) {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Pending
-                }
-            }
+        let answered = std::future::poll_fn(|cx| {
+            let polled = poll(cx);
+            self.poll_handler(cx, &mut waited, polled)
         })
         .await;
+        self.handler_done(waited);
+        answered
+    }
+
+    /// One poll of `within_handler_timeout`: `polled` is the handler's; Ready(None) once it
+    /// waited past `--handler-timeout`. `waited` is for `handler_done`.
+    fn poll_handler<T>(
+        &self,
+        cx: &mut Context<'_>,
+        waited: &mut bool,
+        polled: Poll<T>,
+    ) -> Poll<Option<T>> {
+        match polled {
+            Poll::Ready(answer) => Poll::Ready(Some(answer)),
+            Poll::Pending => {
+                *waited = true;
+                match self.handler_wait(cx, true) {
+                    true => Poll::Ready(None),
+                    false => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    /// After `poll_handler` ended: a handler that waited leaves no deadline, and its answer goes
+    /// out at once (`Conn::run`).
+    fn handler_done(&self, waited: bool) {
         if waited {
             self.handler_answered();
             self.handler_waited.set(true);
         }
-        answered
     }
 
     async fn fill(&self, want: usize) -> io::Result<usize> {
@@ -543,25 +562,20 @@ enum Encoded {
 /// False when `timed_out` (asked while some wait) said to stop first: past `--handler-timeout`
 /// the rest are left unanswered here, and the first of them meets the timeout (left set) when
 /// its turn comes, its 503 closing the connection.
-async fn finish_later(
+fn poll_finish_later(
     handlers: &mut [Option<crate::router::Reply>],
     early: &mut Vec<Option<Response>>,
     first: usize,
-    mut timed_out: impl FnMut(&Context<'_>) -> bool,
-) -> bool {
-    if handlers.iter().all(Option::is_none) {
-        return true;
+    cx: &mut Context<'_>,
+    timed_out: impl FnOnce(&Context<'_>) -> bool,
+) -> Poll<bool> {
+    if handlers.iter().all(Option::is_none) || poll_later(handlers, early, first, cx) {
+        Poll::Ready(true)
+    } else if timed_out(cx) {
+        Poll::Ready(false)
+    } else {
+        Poll::Pending
     }
-    std::future::poll_fn(|cx| {
-        if poll_later(handlers, early, first, cx) {
-            Poll::Ready(true)
-        } else if timed_out(cx) {
-            Poll::Ready(false)
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
 }
 
 /// Polls each of `handlers` (a batch's from its index `first` on) not yet answered once, keeping
@@ -980,8 +994,9 @@ impl Conn {
                     // within `--handler-timeout` of that, not of its turn (found in review:
                     // the sixth of six slow handlers answered after four timeouts).
                     (self.io.entry.handler_deadline_ms).set(batch_deadline_ms);
+                    let held = owned_later(&mut handlers[index + 1..], &early);
                     let (answered, wrote) = self
-                        .wait_for_handler(|cx| {
+                        .wait_for_handler(held, |cx| {
                             let (this, later) = handlers[index..]
                                 .split_first_mut()
                                 .expect("one handler per answer");
@@ -1012,8 +1027,13 @@ impl Conn {
             let flow = match encoded {
                 Encoded::Done(flow) => flow,
                 Encoded::Stream(streamed) => {
-                    self.finish_later(&mut handlers[index + 1..], &mut early, index + 1)
-                        .await;
+                    let later = &mut handlers[index + 1..];
+                    if (self.finish_later(later, &mut early, index + 1, batch_deadline_ms))
+                        .await
+                        .is_err()
+                    {
+                        return Flow::Close;
+                    }
                     self.later_held = owned_later(&mut handlers[index + 1..], &early);
                     self.write_stream(streamed, version, None).await
                 }
@@ -1024,10 +1044,12 @@ impl Conn {
                 return Flow::Close;
             }
             if self.unsent() >= WRITE_BUFFER_FLUSH_BYTES {
-                self.finish_later(&mut handlers[index + 1..], &mut early, index + 1)
+                let later = &mut handlers[index + 1..];
+                let finished = self
+                    .finish_later(later, &mut early, index + 1, batch_deadline_ms)
                     .await;
                 self.later_held = owned_later(&mut handlers[index + 1..], &early);
-                if self.flush().await.is_err() {
+                if finished.is_err() || self.flush().await.is_err() {
                     return Flow::Close;
                 }
             }
@@ -1121,17 +1143,32 @@ impl Conn {
         }
     }
 
-    /// `finish_later` within `--handler-timeout`.
+    /// Runs a batch's handlers from `first` on to their answers (`poll_finish_later`) within
+    /// the batch's `--handler-timeout` (`deadline_ms`, as each wait of the batch), writing
+    /// meanwhile the answers before them (found in review: at a full write buffer a ready
+    /// answer waited for the whole rest of the batch, and the rest for a deadline of its own).
+    /// Err: the write failed.
     async fn finish_later(
-        &self,
+        &mut self,
         handlers: &mut [Option<crate::router::Reply>],
         early: &mut Vec<Option<Response>>,
         first: usize,
-    ) {
-        let io = &self.io;
-        if finish_later(handlers, early, first, |cx| io.handler_wait(cx, false)).await {
-            io.handler_answered();
+        deadline_ms: u64,
+    ) -> io::Result<()> {
+        if handlers.iter().all(Option::is_none) {
+            return Ok(());
         }
+        self.io.entry.handler_deadline_ms.set(deadline_ms);
+        let held = owned_later(handlers, early);
+        let (done, wrote) = self
+            .writing_meanwhile(held, |io, cx| {
+                poll_finish_later(handlers, early, first, cx, |cx| io.handler_wait(cx, false))
+            })
+            .await;
+        if done {
+            self.io.handler_answered();
+        }
+        wrote
     }
 
     /// Answers a request the connection cannot go on after, and flushes.
@@ -1257,11 +1294,10 @@ impl Conn {
             }
         };
         // The 100 goes straight to the socket when the handler first reads the body: answers
-        // to earlier pipelined requests must be on the wire before it.
-        if let Some(body) = &body
-            && body.continue_state.get() == Continue::Owed(0)
-            && self.flush().await.is_err()
-        {
+        // to earlier pipelined requests must be on the wire before it. Before any body, too: a
+        // write while the handler reads it would count against `--max-held-bytes` in its place
+        // (a connection holds for one direction at a time; found in review).
+        if body.is_some() && self.flush().await.is_err() {
             return Flow::Close;
         }
         if let Some(port) = self.redirect_port {
@@ -1279,7 +1315,7 @@ impl Conn {
         };
         let mut reply = self.app.serve(Request::new(head, request_body, ctx));
         let (answered, wrote) = self
-            .wait_for_handler(|cx| Pin::new(&mut reply).poll(cx))
+            .wait_for_handler(0, |cx| Pin::new(&mut reply).poll(cx))
             .await;
         drop(reply);
         if wrote.is_err() {
@@ -1635,50 +1671,83 @@ impl Conn {
         head.finish(body, close);
     }
 
-    /// Waits for a handler's answer within `--handler-timeout` (`within_handler_timeout`), and
-    /// meanwhile writes the answers already encoded: an answer that is ready goes out while a
-    /// later pipelined handler waits, not once it answered (found in review: a `/plaintext`
-    /// answer sat in the write buffer for the whole wait of the slow request after it). The
-    /// write starts only once the handler waits, so one that answers at its first poll costs
-    /// nothing more; it ends before this returns. Err: the write failed, and the connection
-    /// closes.
+    /// Waits for a handler's answer within `--handler-timeout` (`within_handler_timeout`),
+    /// writing meanwhile the answers already encoded (`writing_meanwhile`): an answer that is
+    /// ready goes out while a later pipelined handler waits, not once it answered (found in
+    /// review: a `/plaintext` answer sat in the write buffer for the whole wait of the slow
+    /// request after it). Err in the second place: the write failed, and the connection closes.
     async fn wait_for_handler<T>(
         &mut self,
+        held: usize,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> (Option<T>, io::Result<()>) {
+        let mut waited = false;
+        let (answered, wrote) = self
+            .writing_meanwhile(held, |io, cx| {
+                let polled = poll(cx);
+                io.poll_handler(cx, &mut waited, polled)
+            })
+            .await;
+        self.io.handler_done(waited);
+        (answered, wrote)
+    }
+
+    /// Polls `step` to its end and, once it is Pending, writes meanwhile what is encoded and
+    /// unsent (the big bodies queued, then the write buffer, in order); the write ends before
+    /// this returns, so nothing overtakes it. `held`: what the connection holds besides, for
+    /// `--max-held-bytes` while the write waits (a batch's answers kept for their turn).
+    /// Nothing is written for a step ready at its first poll. Err in the second place: the
+    /// write failed.
+    async fn writing_meanwhile<T>(
+        &mut self,
+        held: usize,
+        mut step: impl FnMut(&ConnIo, &mut Context<'_>) -> Poll<T>,
+    ) -> (T, io::Result<()>) {
         let io = &self.io;
-        // Big bodies queued wait for `flush`: only the write buffer goes, and only alone.
-        let writable = self.wqueue_bytes == 0;
-        let wbuf = &mut self.wbuf;
-        let mut out: Option<BytesMut> = None;
-        let (mut written, mut sent) = (0, 0);
+        let (wbuf, wqueue, wqueue_bytes) =
+            (&mut self.wbuf, &mut self.wqueue, &mut self.wqueue_bytes);
+        let mut parts: Vec<Bytes> = Vec::new();
+        let (mut at, mut written, mut sent) = (0, 0, 0);
         let mut wrote = Ok(());
-        let answered = (io.within_handler_timeout(|cx| {
-            let polled = poll(cx);
-            if polled.is_pending() && wrote.is_ok() {
-                if out.is_none() && writable && !wbuf.is_empty() {
-                    out = Some(wbuf.split());
-                    written = 0;
-                }
-                if let Some(buf) = &out
-                    && let Poll::Ready(result) = io.poll_write_all(cx, buf, &mut written, None)
-                {
-                    (wrote, sent, out) = (result, sent + written, None);
+        // Writes parts from `at` on; Ready once all are written or one failed.
+        let mut write = |cx: &mut Context<'_>, parts: &[Bytes], wrote: &mut io::Result<()>| {
+            while at < parts.len() {
+                let part = &parts[at];
+                io.flushing
+                    .set(held + parts[at + 1..].iter().map(owned).sum::<usize>());
+                match io.poll_write_all(cx, part, &mut written, Some(part)) {
+                    Poll::Ready(Ok(())) => (at, sent, written) = (at + 1, sent + written, 0),
+                    Poll::Ready(Err(e)) => {
+                        (*wrote, sent) = (Err(e), sent + written);
+                        break;
+                    }
+                    Poll::Pending => return Poll::Pending,
                 }
             }
+            io.flushing.set(0);
+            Poll::Ready(())
+        };
+        let result = std::future::poll_fn(|cx| {
+            let polled = step(io, cx);
+            if polled.is_pending() && wrote.is_ok() {
+                if parts.is_empty() && *wqueue_bytes + wbuf.len() > 0 {
+                    parts = std::mem::take(wqueue);
+                    *wqueue_bytes = 0;
+                    if !wbuf.is_empty() {
+                        parts.push(wbuf.split().freeze());
+                    }
+                }
+                let _ = write(cx, &parts, &mut wrote);
+            }
             polled
-        }))
+        })
         .await;
-        // Answered while the write was under way: it ends first, nothing may overtake it.
-        if let Some(buf) = out
-            && wrote.is_ok()
-        {
-            wrote =
-                std::future::poll_fn(|cx| io.poll_write_all(cx, &buf, &mut written, None)).await;
-            sent += written;
+        // Done while the write was under way: it ends first.
+        if wrote.is_ok() {
+            std::future::poll_fn(|cx| write(cx, &parts, &mut wrote)).await;
         }
         add(&io.shard.metrics.bytes_written, sent as u64);
-        (answered, wrote)
+        (result, wrote)
     }
 
     /// Bytes encoded and not yet written.
@@ -1935,8 +2004,8 @@ fn host_name(value: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::{
-        BytesMut, READ_BUFFER_BYTES, READ_BUFFER_KEEP_BYTES, Response, finish_later, host_name,
-        release_big_read_buffer, shrink_idle_read_buffer,
+        BytesMut, READ_BUFFER_BYTES, READ_BUFFER_KEEP_BYTES, Response, host_name,
+        poll_finish_later, release_big_read_buffer, shrink_idle_read_buffer,
     };
 
     /// Runs every handler still there to its answer, keeping the answers at their batch index;
@@ -1960,7 +2029,12 @@ mod tests {
             Some(crate::router::Reply::ready(Response::new(205))),
         ];
         let mut early = Vec::new();
-        futures_lite::future::block_on(finish_later(&mut handlers, &mut early, 2, |_| false));
+        let finish = |handlers: &mut [Option<crate::router::Reply>], early: &mut Vec<_>, first| {
+            futures_lite::future::block_on(std::future::poll_fn(|cx| {
+                poll_finish_later(handlers, early, first, cx, |_| false)
+            }))
+        };
+        assert!(finish(&mut handlers, &mut early, 2));
         assert!(handlers.iter().all(Option::is_none));
         let statuses: Vec<Option<u16>> =
             early.iter().map(|r| r.as_ref().map(|r| r.status)).collect();
@@ -1970,7 +2044,7 @@ mod tests {
         );
         // Nothing left: nothing to do, and `early` is left as it was.
         let mut early = Vec::new();
-        futures_lite::future::block_on(finish_later(&mut [None, None], &mut early, 3, |_| false));
+        assert!(finish(&mut [None, None], &mut early, 3));
         assert!(early.is_empty());
     }
 
