@@ -77,6 +77,13 @@ pub const EXIT_USAGE: u8 = 2;
 /// process's signals: TERM, INT, QUIT, HUP, USR1 and USR2 are handled (README, "Graceful
 /// shutdown"), TTIN and TTOU ignored.
 pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
+    // Until the signal thread handles them (`runtime::run`), the signals operators send out of
+    // habit must not end a starting process: SIGHUP or SIGUSR1 in its first milliseconds killed
+    // it, with no word (found in review). Their handlers replace this.
+    for signal in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
     let args = match config::Args::try_parse() {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => {

@@ -1221,6 +1221,75 @@ fn a_closed_stderr_loses_log_lines_not_the_process() {
     );
 }
 
+/// A pipe whose write end is full (64 KiB nobody reads): what a stalled log shipper gives a
+/// process as stdout or stderr. The read end is returned to be kept open, unread.
+fn stalled_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array we own; fcntl and write act on
+    // them only.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let chunk = [b'x'; 4096];
+        while libc::write(fds[1], chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        // Blocking again for the child, as a real pipe is.
+        libc::fcntl(fds[1], libc::F_SETFL, flags);
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// Review finding: a stdout or stderr that nobody reads (a stalled log shipper) blocked the
+/// thread that wrote to it: on stderr the signal thread's "draining" line, so SIGTERM drained
+/// nothing and a second signal did not exit; on stdout the main thread's `listening on`
+/// lines, before it watches the stop, so the drained process never exited. Each now stops
+/// within `--grace`, exit 0.
+#[test]
+fn a_stdout_or_stderr_nobody_reads_does_not_hold_up_the_stop() {
+    for stalled in ["stdout", "stderr"] {
+        let dir = common::temp_dir("stalled-pipe");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (_unread, full) = stalled_pipe();
+        let mut command = std::process::Command::new(common::BIN);
+        command
+            .args(["--shards", "2", "--grace", "1", "--bind"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(std::process::Stdio::null());
+        match stalled {
+            "stdout" => command.stdout(full).stderr(std::process::Stdio::null()),
+            _ => command.stderr(full).stdout(std::process::Stdio::null()),
+        };
+        let mut child = Killed(command.spawn().unwrap());
+        let serving = common::wait_for(Duration::from_secs(20), || {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let answer = common::read_to_close(&mut stream);
+            answer.starts_with(b"HTTP/1.1 200").then_some(())
+        });
+        assert!(serving.is_some(), "{stalled}: never served");
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+        let status = common::wait_exit(&mut child.0, Duration::from_secs(15));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{stalled}: {status:?}"
+        );
+    }
+}
+
 /// Starts percore with RLIMIT_NOFILE set to (`soft`, `hard`) and stderr piped.
 /// A child process killed when dropped (a failed assertion must not leave a server running).
 struct Killed(std::process::Child);

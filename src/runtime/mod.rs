@@ -349,10 +349,13 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let start_watchdog = Watchdog::start(start_deadline, {
         let (progress, cpus, limit) = (progress.clone(), config.cpus.clone(), config.start_timeout);
         move || {
-            crate::log_line!(
-                "percore: not ready {:.1} s after the start (--start-timeout): {}; exiting now",
-                limit.as_secs_f64(),
-                progress.describe(&cpus)
+            log_detached(
+                format!(
+                    "percore: not ready {:.1} s after the start (--start-timeout): {}; exiting now",
+                    limit.as_secs_f64(),
+                    progress.describe(&cpus)
+                ),
+                EXIT_LOG_WAIT,
             );
             std::process::exit(1);
         }
@@ -403,27 +406,39 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
         }
     }
     serving.store(true, Ordering::SeqCst);
-    {
+    let mut listening = String::new();
+    for (listener, addr) in config.listeners.iter().zip(&addrs) {
+        use std::fmt::Write;
+        let _ = match (&listener.kind, https_port) {
+            (ListenerKind::Plain, _) => writeln!(listening, "listening on http://{addr}"),
+            (ListenerKind::Tls(_), _) => writeln!(listening, "listening on https://{addr}"),
+            (ListenerKind::RedirectHttps, Some(port)) => writeln!(
+                listening,
+                "listening on http://{addr} (redirects to https port {port})"
+            ),
+            (ListenerKind::RedirectHttps, None) => unreachable!("validated in config"),
+        };
+    }
+    // From a thread of its own: a stdout pipe nobody reads blocked the main thread here, before
+    // it watches the stop, and SIGTERM then drained the shards but never ended the process
+    // (found in review). Waited for (briefly) before the process exits.
+    let (printed, listening_printed) = mpsc::channel::<()>();
+    let print = move || {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        for (listener, addr) in config.listeners.iter().zip(&addrs) {
-            let _ = match (&listener.kind, https_port) {
-                (ListenerKind::Plain, _) => writeln!(out, "listening on http://{addr}"),
-                (ListenerKind::Tls(_), _) => writeln!(out, "listening on https://{addr}"),
-                (ListenerKind::RedirectHttps, Some(port)) => writeln!(
-                    out,
-                    "listening on http://{addr} (redirects to https port {port})"
-                ),
-                (ListenerKind::RedirectHttps, None) => unreachable!("validated in config"),
-            };
-        }
+        let _ = out.write_all(listening.as_bytes());
         let _ = out.flush();
-    }
+        let _ = printed.send(());
+    };
+    let _ = std::thread::Builder::new()
+        .name("percore-stdout".into())
+        .spawn(print);
+    // Not from this thread, which watches the stop next (a stderr nobody reads).
     if let Some(warning) = preflight::untuned_rings_warning() {
-        crate::log_line!("percore: {warning}");
+        log_detached(format!("percore: {warning}"), Duration::ZERO);
     }
     if let Some(warning) = nofile_warning {
-        crate::log_line!("percore: {warning}");
+        log_detached(format!("percore: {warning}"), Duration::ZERO);
     }
     let deadline = wait_stopped(&stopped_rx, shard_count, config.grace + config.stop_timeout);
     // Every shard has stopped (drained, log synced); what is left is each executor's teardown,
@@ -432,8 +447,11 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let _watchdog = Watchdog::start(
         deadline.unwrap_or_else(|| Instant::now() + config.stop_timeout),
         || {
-            crate::log_line!(
-                "percore: the shards' executors are still closing at the stop deadline (--grace + --stop-timeout): exiting now"
+            log_detached(
+                "percore: the shards' executors are still closing at the stop deadline \
+                 (--grace + --stop-timeout): exiting now"
+                    .into(),
+                EXIT_LOG_WAIT,
             );
             std::process::exit(1);
         },
@@ -441,6 +459,7 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     for handle in handles {
         let _ = handle.join();
     }
+    let _ = listening_printed.recv_timeout(EXIT_LOG_WAIT);
     Ok(())
 }
 
@@ -616,7 +635,10 @@ fn wait_stopped(
                 running.remove(&index);
             }
             Ok(Stop::Panicked(index)) => {
-                crate::log_line!("percore: shard {index} panicked: exiting now");
+                log_detached(
+                    format!("percore: shard {index} panicked: exiting now"),
+                    EXIT_LOG_WAIT,
+                );
                 std::process::exit(101);
             }
             Ok(Stop::Draining(at)) => {
@@ -624,10 +646,14 @@ fn wait_stopped(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let running: Vec<String> = running.iter().map(usize::to_string).collect();
-                crate::log_line!(
-                    "percore: shard {} still stopping {:.1} s after the signal (--grace + --stop-timeout): exiting now",
-                    running.join(", "),
-                    limit.as_secs_f64()
+                log_detached(
+                    format!(
+                        "percore: shard {} still stopping {:.1} s after the signal (--grace + \
+                         --stop-timeout): exiting now",
+                        running.join(", "),
+                        limit.as_secs_f64()
+                    ),
+                    EXIT_LOG_WAIT,
                 );
                 std::process::exit(1);
             }
@@ -637,6 +663,26 @@ fn wait_stopped(
     }
     deadline
 }
+
+/// Writes `line` to stderr from a thread of its own, and waits at most `wait` for it: the
+/// signal thread must never block on a stderr nobody reads (found in review: with a stalled log
+/// pipe, SIGTERM drained nothing and a second signal did not exit). A line still blocked when
+/// the process exits is lost with it.
+fn log_detached(line: String, wait: Duration) {
+    let (done, written) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("percore-log".into())
+        .spawn(move || {
+            crate::log_line!("{line}");
+            let _ = done.send(());
+        });
+    if spawned.is_ok() && !wait.is_zero() {
+        let _ = written.recv_timeout(wait);
+    }
+}
+
+/// How long a line said just before the process exits may take to be written.
+const EXIT_LOG_WAIT: Duration = Duration::from_millis(200);
 
 /// The signals that stop percore gracefully (a second one exits at once).
 const STOP_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, SIGQUIT];
@@ -649,7 +695,7 @@ fn ignored_with_a_word(signal: i32) -> bool {
         SIGUSR2 => "SIGUSR2 (percore has no in-place binary upgrade)",
         _ => return false,
     };
-    crate::log_line!("percore: {name}: ignored");
+    log_detached(format!("percore: {name}: ignored"), Duration::ZERO);
     true
 }
 
@@ -726,12 +772,19 @@ fn spawn_signal_forwarder(
                         }
                         if received == 1 {
                             let _ = stops.send(Stop::Draining(Instant::now()));
-                            crate::log_line!(
-                                "percore: signal {signal}: draining (a second signal exits at once)"
-                            );
                             drains_pending.fill(true);
+                            log_detached(
+                                format!(
+                                    "percore: signal {signal}: draining (a second signal exits \
+                                     at once)"
+                                ),
+                                Duration::ZERO,
+                            );
                         } else {
-                            crate::log_line!("percore: signal {signal} again: exiting now");
+                            log_detached(
+                                format!("percore: signal {signal} again: exiting now"),
+                                EXIT_LOG_WAIT,
+                            );
                             std::process::exit(128 + signal);
                         }
                     }
@@ -773,7 +826,10 @@ async fn exit_on_start_signal(
 
 /// A stop signal before every shard serves: nothing was accepted, so exit at once.
 fn exit_during_start(signal: i32) -> ! {
-    crate::log_line!("percore: signal {signal} during start-up: exiting now");
+    log_detached(
+        format!("percore: signal {signal} during start-up: exiting now"),
+        EXIT_LOG_WAIT,
+    );
     std::process::exit(128 + signal);
 }
 
@@ -829,10 +885,13 @@ impl UsersReload {
             None => self.start(),
             Some(began) => {
                 self.again = true;
-                crate::log_line!(
-                    "percore: SIGHUP: the users file is still being read ({:.1} s so far); it is \
-                     read again after",
-                    began.elapsed().as_secs_f64()
+                log_detached(
+                    format!(
+                        "percore: SIGHUP: the users file is still being read ({:.1} s so far); \
+                         it is read again after",
+                        began.elapsed().as_secs_f64()
+                    ),
+                    Duration::ZERO,
                 );
             }
         }
