@@ -216,12 +216,14 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     preflight::check().map_err(StartError)?;
     // Raised before anything opens a file; said once the start succeeded (a failed start says
     // one line: its error).
-    let nofile_warning = preflight::raise_nofile(
+    let (conns_fit, nofile_warning) = preflight::raise_nofile(
         config.conns_max as u64,
         config.shard_count(),
         config.listeners.len(),
     )
     .map_err(StartError)?;
+    let mut config = config;
+    config.conns_max = conns_fit as usize;
     // Held until the process ends, however it ends (the kernel drops the lock with it): not
     // dropped when this returns, since a start refused after the shards began (one could not
     // create its log) returns while the others still write theirs (found in review).

@@ -36,15 +36,24 @@ const NOFILE_SPARE: u64 = 256;
 const NOFILE_PER_SHARD: u64 = 12;
 const NOFILE_BASE: u64 = 16;
 
+/// File descriptors kept free per shard, under a limit too low for every connection, for what a
+/// shard opens while it serves: a new log segment and its filler, a session snapshot, the
+/// revocation log's rewrite, a blocking-pool thread's. Without them connections took the last
+/// descriptors, the next segment switch failed (EMFILE), and the shard's log was failed for
+/// good (found in review).
+const NOFILE_RESERVE_PER_SHARD: u64 = 16;
+
 /// Raises RLIMIT_NOFILE's soft limit to its hard limit (the soft default, 1024, is below one
 /// shard's `--max-conns`). Err (one line) when it is too small to start `shards` shards with
-/// `listeners` listeners each at all; Ok(a warning) when it cannot hold `connections` open at
-/// once: past it accepts fail (EMFILE) and connections wait in the backlog.
+/// `listeners` listeners each at all, or to leave them a connection each; Ok with the
+/// connections each shard may hold open: `conns_per_shard`, or fewer where the limit cannot
+/// hold them all and what the shards open themselves (a warning says so; the rest wait in
+/// the backlog).
 pub fn raise_nofile(
     conns_per_shard: u64,
     shards: usize,
     listeners: usize,
-) -> Result<Option<String>, String> {
+) -> Result<(u64, Option<String>), String> {
     let connections = conns_per_shard.saturating_mul(shards as u64);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -52,7 +61,7 @@ pub fn raise_nofile(
     };
     // SAFETY: getrlimit writes into the struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Ok(None);
+        return Ok((conns_per_shard, None));
     }
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
@@ -73,15 +82,27 @@ pub fn raise_nofile(
         ));
     }
     let needed = connections.saturating_add(NOFILE_SPARE);
-    let short = limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed;
-    Ok(short.then(|| {
-        format!(
-            "RLIMIT_NOFILE is {}: not all of the {connections} connections allowed ({} per \
-             shard by --max-conns or max_conns, {shards} shards) can be open, the rest wait in \
-             the backlog; raise it to {needed} (ulimit -n; systemd: LimitNOFILE=)",
-            limit.rlim_cur, conns_per_shard
-        )
-    }))
+    if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= needed {
+        return Ok((conns_per_shard, None));
+    }
+    let reserved = start + NOFILE_RESERVE_PER_SHARD * shards as u64;
+    let fit = (limit.rlim_cur.saturating_sub(reserved) / shards as u64).min(conns_per_shard);
+    if fit == 0 {
+        return Err(format!(
+            "RLIMIT_NOFILE is {}: {shards} shards need {reserved} file descriptors of their own \
+             and leave none for connections; raise it to {needed} (ulimit -n; systemd: \
+             LimitNOFILE=)",
+            limit.rlim_cur
+        ));
+    }
+    let warning = format!(
+        "RLIMIT_NOFILE is {}: not all of the {connections} connections allowed ({} per shard by \
+         --max-conns or max_conns, {shards} shards) can be open: each shard holds {fit} at once \
+         and keeps descriptors for its own files, the rest wait in the backlog; raise it to \
+         {needed} (ulimit -n; systemd: LimitNOFILE=)",
+        limit.rlim_cur, conns_per_shard
+    );
+    Ok((fit, Some(warning)))
 }
 
 fn check_memlock() -> Result<(), String> {
