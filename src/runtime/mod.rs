@@ -213,7 +213,7 @@ impl LogGate {
 /// every shard accepts.
 pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let start_deadline = Instant::now() + config.start_timeout;
-    preflight::check().map_err(StartError)?;
+    preflight::check(config.shard_count()).map_err(StartError)?;
     // Raised before anything opens a file; said once the start succeeded (a failed start says
     // one line: its error).
     let (conns_fit, nofile_warning) = preflight::raise_nofile(
