@@ -1279,6 +1279,23 @@ fn a_stdout_or_stderr_nobody_reads_does_not_hold_up_the_stop() {
             answer.starts_with(b"HTTP/1.1 200").then_some(())
         });
         assert!(serving.is_some(), "{stalled}: never served");
+        if stalled == "stderr" {
+            // Each line said meanwhile waits in a thread of its own, 8 at most: the rest are
+            // dropped (found in review: 40 SIGUSR1 left 40 threads blocked for good).
+            let tasks = || {
+                std::fs::read_dir(format!("/proc/{}/task", child.0.id()))
+                    .unwrap()
+                    .count()
+            };
+            let before = tasks();
+            for _ in 0..20 {
+                // SAFETY: a signal to our own child.
+                unsafe { libc::kill(child.0.id() as i32, libc::SIGUSR1) };
+                std::thread::sleep(Duration::from_millis(70));
+            }
+            let after = tasks();
+            assert!(after <= before + 8, "{before} threads, then {after}");
+        }
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
         let status = common::wait_exit(&mut child.0, Duration::from_secs(15));
@@ -1374,8 +1391,8 @@ fn the_open_files_limit_is_raised_and_connections_leave_the_shards_their_files()
         request("GET /health HTTP/1.1\r\nHost: t\r\n\r\n".into()),
         200
     );
-    // More connections than the descriptors allow: each shard holds 11 (96, less 42 to start
-    // and 16 a shard kept, over 2 shards), the rest wait in the backlog.
+    // More connections than the descriptors allow: each shard holds 10 (96, less 42 to start
+    // and 17 a shard kept, over 2 shards), the rest wait in the backlog.
     let conns: Vec<_> = (0..150)
         .filter_map(|_| std::net::TcpStream::connect(addr).ok())
         .collect();
@@ -1398,7 +1415,7 @@ fn the_open_files_limit_is_raised_and_connections_leave_the_shards_their_files()
     assert!(
         text.contains(
             "RLIMIT_NOFILE is 96: not all of the 20000 connections allowed (10000 per \
-             shard by --max-conns or max_conns, 2 shards) can be open: each shard holds 11 at \
+             shard by --max-conns or max_conns, 2 shards) can be open: each shard holds 10 at \
              once"
         ),
         "{text}"

@@ -425,16 +425,23 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     // it watches the stop, and SIGTERM then drained the shards but never ended the process
     // (found in review). Waited for (briefly) before the process exits.
     let (printed, listening_printed) = mpsc::channel::<()>();
-    let print = move || {
+    let print = |text: &str| {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(listening.as_bytes());
+        let _ = out.write_all(text.as_bytes());
         let _ = out.flush();
-        let _ = printed.send(());
     };
-    let _ = std::thread::Builder::new()
+    let text = listening.clone();
+    let spawned = std::thread::Builder::new()
         .name("percore-stdout".into())
-        .spawn(print);
+        .spawn(move || {
+            print(&text);
+            let _ = printed.send(());
+        });
+    if spawned.is_err() {
+        // No thread to spare: the lines still go out, from here.
+        print(&listening);
+    }
     // Not from this thread, which watches the stop next (a stderr nobody reads).
     if let Some(warning) = preflight::untuned_rings_warning() {
         log_detached(format!("percore: {warning}"), Duration::ZERO);
@@ -669,19 +676,32 @@ fn wait_stopped(
 /// Writes `line` to stderr from a thread of its own, and waits at most `wait` for it: the
 /// signal thread must never block on a stderr nobody reads (found in review: with a stalled log
 /// pipe, SIGTERM drained nothing and a second signal did not exit). A line still blocked when
-/// the process exits is lost with it.
+/// the process exits is lost with it. At most `LOG_THREADS_MAX` such threads at once: while
+/// that many are blocked (stderr stalled), further lines are dropped rather than each leaving a
+/// thread behind for good (found in review: 40 SIGUSR1 left 40 threads).
 fn log_detached(line: String, wait: Duration) {
+    static BLOCKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if BLOCKED.fetch_add(1, Ordering::SeqCst) >= LOG_THREADS_MAX {
+        BLOCKED.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
     let (done, written) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("percore-log".into())
         .spawn(move || {
             crate::log_line!("{line}");
+            BLOCKED.fetch_sub(1, Ordering::SeqCst);
             let _ = done.send(());
         });
-    if spawned.is_ok() && !wait.is_zero() {
-        let _ = written.recv_timeout(wait);
+    match spawned {
+        Ok(_) if !wait.is_zero() => _ = written.recv_timeout(wait),
+        Ok(_) => {}
+        Err(_) => _ = BLOCKED.fetch_sub(1, Ordering::SeqCst),
     }
 }
+
+/// Log lines being written at once by `log_detached`; past it they are dropped.
+const LOG_THREADS_MAX: usize = 8;
 
 /// How long a line said just before the process exits may take to be written.
 const EXIT_LOG_WAIT: Duration = Duration::from_millis(200);

@@ -1706,35 +1706,44 @@ impl Conn {
         let io = &self.io;
         let (wbuf, wqueue, wqueue_bytes) =
             (&mut self.wbuf, &mut self.wqueue, &mut self.wqueue_bytes);
-        let mut parts: Vec<Bytes> = Vec::new();
+        // Each part, and whether the connection alone holds it: the write buffer's bytes are its
+        // own however their allocation is shared (found in review: counted as a shared big body,
+        // a stalled write of them held 0 bytes against `--max-held-bytes`).
+        let mut parts: Vec<(Bytes, bool)> = Vec::new();
         let (mut at, mut written, mut sent) = (0, 0, 0);
         let mut wrote = Ok(());
+        let held_by = |(part, own): &(Bytes, bool)| if *own { part.len() } else { owned(part) };
         // Writes parts from `at` on; Ready once all are written or one failed.
-        let mut write = |cx: &mut Context<'_>, parts: &[Bytes], wrote: &mut io::Result<()>| {
-            while at < parts.len() {
-                let part = &parts[at];
-                io.flushing
-                    .set(held + parts[at + 1..].iter().map(owned).sum::<usize>());
-                match io.poll_write_all(cx, part, &mut written, Some(part)) {
-                    Poll::Ready(Ok(())) => (at, sent, written) = (at + 1, sent + written, 0),
-                    Poll::Ready(Err(e)) => {
-                        (*wrote, sent) = (Err(e), sent + written);
-                        break;
+        let mut write =
+            |cx: &mut Context<'_>, parts: &[(Bytes, bool)], wrote: &mut io::Result<()>| {
+                while at < parts.len() {
+                    let (part, own) = &parts[at];
+                    io.flushing
+                        .set(held + parts[at + 1..].iter().map(held_by).sum::<usize>());
+                    let shared = (!own).then_some(part);
+                    match io.poll_write_all(cx, part, &mut written, shared) {
+                        Poll::Ready(Ok(())) => (at, sent, written) = (at + 1, sent + written, 0),
+                        Poll::Ready(Err(e)) => {
+                            (*wrote, sent) = (Err(e), sent + written);
+                            break;
+                        }
+                        Poll::Pending => return Poll::Pending,
                     }
-                    Poll::Pending => return Poll::Pending,
                 }
-            }
-            io.flushing.set(0);
-            Poll::Ready(())
-        };
+                io.flushing.set(0);
+                Poll::Ready(())
+            };
         let result = std::future::poll_fn(|cx| {
             let polled = step(io, cx);
             if polled.is_pending() && wrote.is_ok() {
                 if parts.is_empty() && *wqueue_bytes + wbuf.len() > 0 {
-                    parts = std::mem::take(wqueue);
+                    parts = std::mem::take(wqueue)
+                        .into_iter()
+                        .map(|part| (part, false))
+                        .collect();
                     *wqueue_bytes = 0;
                     if !wbuf.is_empty() {
-                        parts.push(wbuf.split().freeze());
+                        parts.push((wbuf.split().freeze(), true));
                     }
                 }
                 let _ = write(cx, &parts, &mut wrote);
