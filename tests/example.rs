@@ -16,6 +16,13 @@ fn export(extra: &[&str]) -> common::Server {
     common::Server::start_with(binary.to_str().unwrap(), &args)
 }
 
+/// `GET`s of `paths`, pipelined in one buffer.
+fn pipelined_gets(paths: &[&str]) -> Vec<u8> {
+    (paths.iter())
+        .flat_map(|path| format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes())
+        .collect()
+}
+
 fn example_binary(name: &str) -> PathBuf {
     // target/debug/percore -> target/debug/examples/NAME
     let bin = PathBuf::from(common::BIN);
@@ -648,12 +655,7 @@ fn export_example_a_ready_answer_is_not_held_behind_a_slow_pipelined_one() {
     for first in ["/wait/50", "/plaintext"] {
         let mut conn = Conn::new(server.connect());
         let sent = std::time::Instant::now();
-        conn.send(
-            format!(
-                "GET {first} HTTP/1.1\r\nHost: t\r\n\r\nGET /wait/4000 HTTP/1.1\r\nHost: t\r\n\r\n"
-            )
-            .as_bytes(),
-        );
+        conn.send(&pipelined_gets(&[first, "/wait/4000"]));
         let ready = conn.response(false).expect("the first answer");
         assert_eq!(ready.status, 200);
         let at = sent.elapsed();
@@ -675,10 +677,11 @@ fn export_example_a_full_write_buffer_is_not_held_behind_a_slow_pipelined_one() 
     let server = export(&[]);
     let mut conn = Conn::new(server.connect());
     let sent = std::time::Instant::now();
-    conn.send(
-        b"GET /wait/50 HTTP/1.1\r\nHost: t\r\n\r\nGET /report/20000 HTTP/1.1\r\nHost: t\r\n\r\n\
-          GET /wait/4000 HTTP/1.1\r\nHost: t\r\n\r\n",
-    );
+    conn.send(&pipelined_gets(&[
+        "/wait/50",
+        "/report/20000",
+        "/wait/4000",
+    ]));
     let first = conn.response(false).expect("the first answer");
     assert_eq!(first.status, 200);
     let report = conn.response(false).expect("the report");
@@ -700,9 +703,7 @@ fn export_example_a_full_write_buffer_is_not_held_behind_a_slow_pipelined_one() 
 fn export_example_a_batch_handler_times_out_from_the_batch_start() {
     let server = export(&["--handler-timeout", "2"]);
     let mut conn = Conn::new(server.connect());
-    conn.send(
-        b"GET /wait/1800 HTTP/1.1\r\nHost: t\r\n\r\nGET /wait/3000 HTTP/1.1\r\nHost: t\r\n\r\n",
-    );
+    conn.send(&pipelined_gets(&["/wait/1800", "/wait/3000"]));
     let first = conn.response(false).expect("the first answer");
     assert_eq!(
         (first.status, first.text()),
@@ -716,10 +717,11 @@ fn export_example_a_batch_handler_times_out_from_the_batch_start() {
     // The same when the rest of the batch is run before a full write buffer is written (found
     // in review: that wait posted a deadline of its own, 2 s from 1.8 s).
     let mut conn = Conn::new(server.connect());
-    conn.send(
-        b"GET /wait/1800 HTTP/1.1\r\nHost: t\r\n\r\nGET /report/20000 HTTP/1.1\r\nHost: t\r\n\r\n\
-          GET /wait/3000 HTTP/1.1\r\nHost: t\r\n\r\n",
-    );
+    conn.send(&pipelined_gets(&[
+        "/wait/1800",
+        "/report/20000",
+        "/wait/3000",
+    ]));
     for status in [200, 200, 503] {
         assert_eq!(conn.response(false).expect("an answer").status, status);
     }

@@ -658,6 +658,13 @@ fn a_deep_value_at_the_bound_survives_a_restart_and_one_past_it_is_refused() {
     assert!(data.get("deeper").is_none());
 }
 
+/// The session value `k` of `cookie`, read on a new connection: (status, body).
+fn value_k(server: &Server, cookie: &str) -> (u16, String) {
+    let mut conn = Conn::new(server.connect());
+    let r = request(&mut conn, "GET", "/session/data/k", Some(cookie), None);
+    (r.status, r.text())
+}
+
 #[test]
 fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
     let dir = common::temp_dir("crash");
@@ -679,14 +686,7 @@ fn a_crash_loses_at_most_what_changed_since_the_last_snapshot() {
     std::thread::sleep(Duration::from_millis(1600));
     server.crash(); // SIGKILL: no shutdown snapshot
     let server = Server::start(&["--data-dir", dir_arg]);
-    let r = request(
-        &mut Conn::new(server.connect()),
-        "GET",
-        "/session/data/k",
-        Some(&cookie),
-        None,
-    );
-    assert_eq!((r.status, r.text()), (200, "42".to_string()));
+    assert_eq!(value_k(&server, &cookie), (200, "42".to_string()));
 }
 
 /// Found in review: a session's use moved its access time in memory only, the snapshot was
@@ -727,14 +727,7 @@ fn a_session_in_use_but_only_read_survives_a_crash() {
     std::thread::sleep(Duration::from_millis(1000));
     server.crash();
     let server = Server::start(&args);
-    let r = request(
-        &mut Conn::new(server.connect()),
-        "GET",
-        "/session/data/k",
-        Some(&cookie),
-        None,
-    );
-    assert_eq!((r.status, r.text()), (200, "42".to_string()));
+    assert_eq!(value_k(&server, &cookie), (200, "42".to_string()));
 }
 
 #[test]

@@ -635,6 +635,34 @@ impl Config {
     }
 }
 
+/// Two bounds out of order, each a (given, name, value): "`first` <relation.0> `second`", or,
+/// when only the second was given, "`second` <relation.1> `first`". Named as given; a default
+/// is named as one, not as a setting somebody wrote, and the file once, unless only the
+/// second came from it.
+fn out_of_order(
+    (first_given, first_name, first): (bool, Named, usize),
+    (second_given, second_name, second): (bool, Named, usize),
+    (relation, converse): (&str, &str),
+) -> String {
+    match (first_given, second_given) {
+        (true, true) => {
+            let second_name = match (&first_name, &second_name) {
+                (Named::Flag(_), Named::Key { .. }) => second_name.to_string(),
+                _ => second_name.short(),
+            };
+            format!("{first_name} {first} {relation} {second_name} {second}")
+        }
+        (true, false) => format!(
+            "{first_name} {first} {relation} {} {second} (the default)",
+            second_name.bare()
+        ),
+        _ => format!(
+            "{second_name} {second} {converse} {} {first} (the default)",
+            first_name.bare()
+        ),
+    }
+}
+
 /// The key-value store's bounds; the rest of them are fixed (`src/txn/mod.rs`).
 fn txn_limits(args: &Args, file: &FileConfig) -> Result<crate::txn::TxnLimits, ConfigError> {
     let mut txn_limits = crate::txn::TxnLimits::default();
@@ -1062,45 +1090,20 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         // answered 503 "retry later", which could never succeed (found in review).
         let (store_given, store_name) = setting!(args, file, max_session_store_bytes);
         let (bound_given, bound_name) = setting!(args, file, max_session_bytes);
-        let (store, bound) = (session.store_bytes_max, session.session_bytes_max);
-        return err(match (store_given, bound_given) {
-            (Some(_), Some(_)) => format!(
-                "{store_name} {store} must be at least {} {bound}",
-                match (&store_name, &bound_name) {
-                    (Named::Flag(_), Named::Key { .. }) => bound_name.to_string(),
-                    _ => bound_name.short(),
-                }
-            ),
-            (Some(_), None) => format!(
-                "{store_name} {store} must be at least --max-session-bytes {bound} (the default)"
-            ),
-            _ => format!(
-                "{bound_name} {bound} must be at most --max-session-store-bytes {store} (the \
-                 default)"
-            ),
-        });
+        return err(out_of_order(
+            (store_given.is_some(), store_name, session.store_bytes_max),
+            (bound_given.is_some(), bound_name, session.session_bytes_max),
+            ("must be at least", "must be at most"),
+        ));
     }
     if config.uri_bytes_max >= config.head_bytes_max {
-        let (uri, head) = (config.uri_bytes_max, config.head_bytes_max);
         let (uri_given, uri_name) = setting!(args, file, max_uri_bytes);
         let (head_given, head_name) = setting!(args, file, max_head_bytes);
-        // Named as given; a default is named as one, not as a setting somebody wrote.
-        return err(match (uri_given, head_given) {
-            // The file named once, unless only the second came from it.
-            (Some(_), Some(_)) => format!(
-                "{uri_name} {uri} must be smaller than {} {head}",
-                match (&uri_name, &head_name) {
-                    (Named::Flag(_), Named::Key { .. }) => head_name.to_string(),
-                    _ => head_name.short(),
-                }
-            ),
-            (Some(_), None) => format!(
-                "{uri_name} {uri} must be smaller than --max-head-bytes {head} (the default)"
-            ),
-            _ => format!(
-                "{head_name} {head} must be larger than --max-uri-bytes {uri} (the default)"
-            ),
-        });
+        return err(out_of_order(
+            (uri_given.is_some(), uri_name, config.uri_bytes_max),
+            (head_given.is_some(), head_name, config.head_bytes_max),
+            ("must be smaller than", "must be larger than"),
+        ));
     }
     if config.mesh_inflight_max > limits::MESH_CHANNEL_CAPACITY {
         return err(format!(
