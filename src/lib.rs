@@ -16,20 +16,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Writes one line to stderr, like `eprintln!`, but a closed or broken stderr (a log shipper
 /// that restarted, `2>&-`) loses the line, not the process: `eprintln!` panics when the write
 /// fails, and a panic aborts (release profile), which turned a SIGTERM's "draining" line into
-/// an abort without the shutdown snapshot (found in review). Every server log line goes through
-/// it.
+/// an abort without the shutdown snapshot (found in review). Once the server runs, a stderr
+/// nobody reads blocks no thread that logs: see `log`. Every server log line goes through it.
 #[macro_export]
 macro_rules! log_line {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::log::line(format!($($arg)*))
+    };
 }
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod log;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
@@ -56,12 +56,17 @@ pub use router::{Request, Response, Router};
 fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        report(info);
         let thread = std::thread::current();
-        crate::log_line!(
-            "percore: thread {} panicked: exiting now",
-            thread.name().unwrap_or("?")
-        );
+        let name = thread.name().unwrap_or("?");
+        // The standard report writes to stderr in place, which a stderr nobody reads blocks
+        // for good, the process then half dead; it stays for a backtrace (RUST_BACKTRACE).
+        if crate::log::started() && std::env::var_os("RUST_BACKTRACE").is_none() {
+            crate::log_line!("thread '{name}' {info}");
+        } else {
+            report(info);
+        }
+        crate::log_line!("percore: thread {name} panicked: exiting now");
+        crate::log::flush(crate::log::EXIT_WAIT);
         std::process::exit(101);
     }));
 }
@@ -128,13 +133,15 @@ pub fn main_with(app: impl Fn() -> Router + Send + Sync + 'static) -> ExitCode {
     exit_on_panic();
     // One app factory for the process's life; shards borrow it.
     let app: &'static runtime::AppFactory = Box::leak(Box::new(app));
-    match runtime::run(config, app) {
+    let code = match runtime::run(config, app) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             crate::log_line!("percore: {}", e.0);
             ExitCode::from(EXIT_USAGE)
         }
-    }
+    };
+    crate::log::flush(crate::log::EXIT_WAIT);
+    code
 }
 
 /// `percore reshard --to N`: one line on stdout when done, one on stderr (exit 2) when not.

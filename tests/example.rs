@@ -396,9 +396,10 @@ fn export_example_runs_the_rest_of_a_batch_while_a_stream_waits_on_the_client() 
 #[test]
 fn crash_example_a_handler_panic_ends_the_process_with_101() {
     use std::io::BufRead;
+    let dir = common::temp_dir("crash");
     let mut child = Command::new(example_binary("crash"))
         .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-        .arg(common::temp_dir("crash").path())
+        .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -416,6 +417,39 @@ fn crash_example_a_handler_panic_ends_the_process_with_101() {
     let stderr = common::stderr_of(&mut child);
     assert_eq!(status.and_then(|s| s.code()), Some(101), "{stderr}");
     assert!(stderr.contains("panicked: exiting now"), "{stderr}");
+}
+
+/// Review finding: with a stderr nobody reads (a stalled log shipper), the panic's report
+/// blocked the shard in its write for good: the process never exited and served on half dead.
+/// The report is queued like every line (`log`), and the exit waits for it only briefly.
+#[test]
+fn crash_example_a_panic_with_a_stderr_nobody_reads_still_ends_the_process() {
+    use std::io::BufRead;
+    let dir = common::temp_dir("crash-stalled");
+    let (_unread, full) = common::stalled_pipe();
+    let mut child = Command::new(example_binary("crash"))
+        .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::piped())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /crash HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let status = common::wait_exit(&mut child, std::time::Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(101), "{status:?}");
 }
 
 /// Review finding: nothing bounded how long a handler may take, so one that never answered held

@@ -236,6 +236,8 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let binds: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
     let (addrs, mut sockets) =
         listener::bind_all(&binds, shard_count, config.backlog).map_err(StartError)?;
+    // From here on threads that must not block (shards, the signal thread, this one) log.
+    crate::log::start();
     // Where --redirect-https listeners send clients: the first HTTPS listener's (resolved) port.
     let https_port = config
         .listeners
@@ -351,15 +353,14 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let start_watchdog = Watchdog::start(start_deadline, {
         let (progress, cpus, limit) = (progress.clone(), config.cpus.clone(), config.start_timeout);
         move || {
-            log_detached(
+            exit_saying(
                 format!(
                     "percore: not ready {:.1} s after the start (--start-timeout): {}; exiting now",
                     limit.as_secs_f64(),
                     progress.describe(&cpus)
                 ),
-                EXIT_LOG_WAIT,
+                1,
             );
-            std::process::exit(1);
         }
     });
     let (mut logs_read, mut ready) = (0, 0);
@@ -444,10 +445,10 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     }
     // Not from this thread, which watches the stop next (a stderr nobody reads).
     if let Some(warning) = preflight::untuned_rings_warning() {
-        log_detached(format!("percore: {warning}"), Duration::ZERO);
+        crate::log::line(format!("percore: {warning}"));
     }
     if let Some(warning) = nofile_warning {
-        log_detached(format!("percore: {warning}"), Duration::ZERO);
+        crate::log::line(format!("percore: {warning}"));
     }
     let deadline = wait_stopped(&stopped_rx, shard_count, config.grace + config.stop_timeout);
     // Every shard has stopped (drained, log synced); what is left is each executor's teardown,
@@ -456,19 +457,18 @@ pub fn run(config: Config, app: &'static AppFactory) -> Result<(), StartError> {
     let _watchdog = Watchdog::start(
         deadline.unwrap_or_else(|| Instant::now() + config.stop_timeout),
         || {
-            log_detached(
+            exit_saying(
                 "percore: the shards' executors are still closing at the stop deadline \
                  (--grace + --stop-timeout): exiting now"
                     .into(),
-                EXIT_LOG_WAIT,
+                1,
             );
-            std::process::exit(1);
         },
     );
     for handle in handles {
         let _ = handle.join();
     }
-    let _ = listening_printed.recv_timeout(EXIT_LOG_WAIT);
+    let _ = listening_printed.recv_timeout(crate::log::EXIT_WAIT);
     Ok(())
 }
 
@@ -644,27 +644,22 @@ fn wait_stopped(
                 running.remove(&index);
             }
             Ok(Stop::Panicked(index)) => {
-                log_detached(
-                    format!("percore: shard {index} panicked: exiting now"),
-                    EXIT_LOG_WAIT,
-                );
-                std::process::exit(101);
+                exit_saying(format!("percore: shard {index} panicked: exiting now"), 101);
             }
             Ok(Stop::Draining(at)) => {
                 deadline.get_or_insert(at + limit);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let running: Vec<String> = running.iter().map(usize::to_string).collect();
-                log_detached(
+                exit_saying(
                     format!(
                         "percore: shard {} still stopping {:.1} s after the signal (--grace + \
                          --stop-timeout): exiting now",
                         running.join(", "),
                         limit.as_secs_f64()
                     ),
-                    EXIT_LOG_WAIT,
+                    1,
                 );
-                std::process::exit(1);
             }
             // Every shard thread and the signal thread are gone: the joins return at once.
             Err(mpsc::RecvTimeoutError::Disconnected) => return deadline,
@@ -673,38 +668,13 @@ fn wait_stopped(
     deadline
 }
 
-/// Writes `line` to stderr from a thread of its own, and waits at most `wait` for it: the
-/// signal thread must never block on a stderr nobody reads (found in review: with a stalled log
-/// pipe, SIGTERM drained nothing and a second signal did not exit). A line still blocked when
-/// the process exits is lost with it. At most `LOG_THREADS_MAX` such threads at once: while
-/// that many are blocked (stderr stalled), further lines are dropped rather than each leaving a
-/// thread behind for good (found in review: 40 SIGUSR1 left 40 threads).
-fn log_detached(line: String, wait: Duration) {
-    static BLOCKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    if BLOCKED.fetch_add(1, Ordering::SeqCst) >= LOG_THREADS_MAX {
-        BLOCKED.fetch_sub(1, Ordering::SeqCst);
-        return;
-    }
-    let (done, written) = mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("percore-log".into())
-        .spawn(move || {
-            crate::log_line!("{line}");
-            BLOCKED.fetch_sub(1, Ordering::SeqCst);
-            let _ = done.send(());
-        });
-    match spawned {
-        Ok(_) if !wait.is_zero() => _ = written.recv_timeout(wait),
-        Ok(_) => {}
-        Err(_) => _ = BLOCKED.fetch_sub(1, Ordering::SeqCst),
-    }
+/// Says `line` and exits with `code`, after a bounded wait for the log (`log::flush`): a stderr
+/// nobody reads must not keep a process that decided to exit alive.
+fn exit_saying(line: String, code: i32) -> ! {
+    crate::log::line(line);
+    crate::log::flush(crate::log::EXIT_WAIT);
+    std::process::exit(code);
 }
-
-/// Log lines being written at once by `log_detached`; past it they are dropped.
-const LOG_THREADS_MAX: usize = 8;
-
-/// How long a line said just before the process exits may take to be written.
-const EXIT_LOG_WAIT: Duration = Duration::from_millis(200);
 
 /// The signals that stop percore gracefully (a second one exits at once).
 const STOP_SIGNALS: [i32; 3] = [SIGTERM, SIGINT, SIGQUIT];
@@ -717,7 +687,7 @@ fn ignored_with_a_word(signal: i32) -> bool {
         SIGUSR2 => "SIGUSR2 (percore has no in-place binary upgrade)",
         _ => return false,
     };
-    log_detached(format!("percore: {name}: ignored"), Duration::ZERO);
+    crate::log::line(format!("percore: {name}: ignored"));
     true
 }
 
@@ -795,19 +765,15 @@ fn spawn_signal_forwarder(
                         if received == 1 {
                             let _ = stops.send(Stop::Draining(Instant::now()));
                             drains_pending.fill(true);
-                            log_detached(
-                                format!(
-                                    "percore: signal {signal}: draining (a second signal exits \
+                            crate::log::line(format!(
+                                "percore: signal {signal}: draining (a second signal exits \
                                      at once)"
-                                ),
-                                Duration::ZERO,
-                            );
+                            ));
                         } else {
-                            log_detached(
+                            exit_saying(
                                 format!("percore: signal {signal} again: exiting now"),
-                                EXIT_LOG_WAIT,
+                                128 + signal,
                             );
-                            std::process::exit(128 + signal);
                         }
                     }
                     if let Some(users) = reload.finished() {
@@ -848,11 +814,10 @@ async fn exit_on_start_signal(
 
 /// A stop signal before every shard serves: nothing was accepted, so exit at once.
 fn exit_during_start(signal: i32) -> ! {
-    log_detached(
+    exit_saying(
         format!("percore: signal {signal} during start-up: exiting now"),
-        EXIT_LOG_WAIT,
+        128 + signal,
     );
-    std::process::exit(128 + signal);
 }
 
 /// Offers every shard what it has not taken yet, without waiting: its drain, and the newest
@@ -907,14 +872,11 @@ impl UsersReload {
             None => self.start(),
             Some(began) => {
                 self.again = true;
-                log_detached(
-                    format!(
-                        "percore: SIGHUP: the users file is still being read ({:.1} s so far); \
+                crate::log::line(format!(
+                    "percore: SIGHUP: the users file is still being read ({:.1} s so far); \
                          it is read again after",
-                        began.elapsed().as_secs_f64()
-                    ),
-                    Duration::ZERO,
-                );
+                    began.elapsed().as_secs_f64()
+                ));
             }
         }
     }

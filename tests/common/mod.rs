@@ -521,3 +521,25 @@ pub fn retry_conflicts<T>(mut attempt: impl FnMut() -> T, status: impl Fn(&T) ->
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// A pipe whose write end is full (64 KiB nobody reads): what a stalled log shipper gives a
+/// process as stdout or stderr. The read end is returned to be kept open, unread.
+pub fn stalled_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array we own; fcntl and write act on
+    // them only.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let chunk = [b'x'; 4096];
+        while libc::write(fds[1], chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        // Blocking again for the child, as a real pipe is.
+        libc::fcntl(fds[1], libc::F_SETFL, flags);
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
