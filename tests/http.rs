@@ -742,6 +742,57 @@ fn body_timeout_answers_408() {
     assert_eq!(server.stats()["total"]["timeouts_body"], 1);
 }
 
+/// Sends a 100,000-byte `/echo` body 10 bytes every 300 ms (33 bytes a second, each gap well
+/// within `--body-timeout 1`) until the server counts a body timeout, for at most `limit`;
+/// true if it did.
+fn trickle_until_body_timeout(server: &Server, limit: Duration) -> bool {
+    let mut stream = server.connect();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if stream.write_all(&[b'a'; 10]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if server.stats()["total"]["timeouts_body"] == 1 {
+            return true;
+        }
+    }
+    server.stats()["total"]["timeouts_body"] == 1
+}
+
+/// A body whose every gap is within `--body-timeout` but that comes slower than
+/// `--body-min-rate` is cut: its reads may wait the timeout in all, plus a second per that
+/// many bytes received (before, a client sending a byte every 59 s held its connection for as
+/// long as its body took). Here: 1 s plus 10 ms per 10 bytes, passed after about 4 gaps.
+/// `--body-min-rate 0` turns the bound off.
+#[test]
+fn a_body_slower_than_body_min_rate_times_out() {
+    let server = Server::start(&["--body-timeout", "1", "--body-min-rate", "1000"]);
+    assert!(trickle_until_body_timeout(&server, Duration::from_secs(20)));
+    let server = Server::start(&["--body-timeout", "1", "--body-min-rate", "0"]);
+    assert!(!trickle_until_body_timeout(&server, Duration::from_secs(3)));
+}
+
+/// A body that comes faster than `--body-min-rate`, with gaps that add up to more than
+/// `--body-timeout`, is read whole: 2,000 bytes every 200 ms (2 s of waits) against 1,000
+/// bytes a second.
+#[test]
+fn a_body_faster_than_body_min_rate_is_read_whole() {
+    let server = Server::start(&["--body-timeout", "1", "--body-min-rate", "1000"]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 20000\r\n\r\n");
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        conn.send(&[b'a'; 2000]);
+    }
+    let answer = conn.response(false).expect("the echo");
+    assert_eq!((answer.status, answer.body.len()), (200, 20000));
+    assert_eq!(server.stats()["total"]["timeouts_body"], 0);
+}
+
 /// Review finding: an HTTP/1.0 echo (close-delimited: no chunked coding) cut short by a body
 /// timeout ended with a clean end of stream, which reads as a whole answer. It now ends with a
 /// reset; over HTTP/1.1 the missing last chunk tells.

@@ -30,6 +30,14 @@ pub const BACKLOG_DEFAULT: u32 = 1024;
 pub const HEADER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Between two reads of a request body. nginx's client_body_timeout.
 pub const BODY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// Bytes a second a body must arrive at on average: its reads may wait BODY_TIMEOUT in all,
+/// plus a second per this many bytes received. Apache's mod_reqtimeout default
+/// (`body=20,MinRate=500`); nginx has none, so a client that sends a byte every 59 s held a
+/// connection for as long as its `--max-body` took to trickle (a 1 MiB body: 2 years).
+pub const BODY_MIN_RATE_DEFAULT: u64 = 500;
+/// Past it, a rate asks more than a loopback client sends; the ceiling keeps the allowance's
+/// arithmetic far from overflow.
+pub const BODY_MIN_RATE_CEILING: u64 = 1 << 30;
 /// An idle keep-alive connection is closed after this. nginx: 75 s; Gunicorn: 2 s; Tomcat: 60 s.
 pub const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 /// From a request's head to its handler's answer (the response, not the streaming of its body):

@@ -156,6 +156,10 @@ pub struct Args {
     /// Seconds between two reads of a request body (408 past it).
     #[arg(long, value_name = "SECONDS")]
     pub body_timeout: Option<f64>,
+    /// Bytes a second a request body must arrive at: its reads may wait --body-timeout in all,
+    /// plus a second for each this many bytes received (408 past it); 0 turns it off.
+    #[arg(long, value_name = "BYTES")]
+    pub body_min_rate: Option<u64>,
     /// Seconds an idle keep-alive connection is kept.
     #[arg(long, value_name = "SECONDS")]
     pub keepalive_timeout: Option<f64>,
@@ -366,6 +370,7 @@ struct FileConfig {
     max_held_bytes: Option<usize>,
     header_timeout: Option<f64>,
     body_timeout: Option<f64>,
+    body_min_rate: Option<u64>,
     keepalive_timeout: Option<f64>,
     handler_timeout: Option<f64>,
     ignore_client_abort: Option<bool>,
@@ -555,6 +560,8 @@ pub struct Config {
     pub held_bytes_max: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// Bytes a second; 0: off (`ConnBody::wait_left`).
+    pub body_min_rate: u64,
     pub keepalive_timeout: Duration,
     pub handler_timeout: Duration,
     /// A handler runs on when its client hangs up (`ConnIo::handler_wait`).
@@ -976,6 +983,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
         body_timeout: seconds(
             setting!(args, file, body_timeout),
             limits::BODY_TIMEOUT_DEFAULT,
+        )?,
+        body_min_rate: at_most(
+            setting!(args, file, body_min_rate),
+            limits::BODY_MIN_RATE_DEFAULT,
+            limits::BODY_MIN_RATE_CEILING,
         )?,
         keepalive_timeout: seconds(
             setting!(args, file, keepalive_timeout),
@@ -1625,6 +1637,19 @@ const SECONDS_MAX: f64 = 365.0 * 86_400.0;
 /// turned the brute-force limiter off (found in review).
 const SECONDS_MIN: f64 = 0.001;
 
+/// A count from 0 to `ceiling`.
+fn at_most(
+    (value, name): (Option<u64>, Named),
+    default: u64,
+    ceiling: u64,
+) -> Result<u64, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value > ceiling {
+        return err(format!("{name} {value}: at most {ceiling}"));
+    }
+    Ok(value)
+}
+
 fn seconds(
     (value, name): (Option<f64>, Named),
     default: Duration,
@@ -1860,6 +1885,14 @@ mod tests {
         assert_eq!(c.held_bytes_max, 7);
         let zero = merged(&["--max-held-bytes", "0"], "").unwrap_err();
         assert!(zero.contains("--max-held-bytes 0"), "{zero}");
+        assert_eq!(merged(&[], "").unwrap().body_min_rate, 500);
+        let c = merged(&["--body-min-rate", "0"], "body_min_rate = 7").unwrap();
+        assert_eq!(c.body_min_rate, 0);
+        assert_eq!(merged(&[], "body_min_rate = 7").unwrap().body_min_rate, 7);
+        let c = merged(&["--body-min-rate", "1073741824"], "").unwrap();
+        assert_eq!(c.body_min_rate, 1 << 30);
+        let over = merged(&["--body-min-rate", "1073741825"], "").unwrap_err();
+        assert_eq!(over, "--body-min-rate 1073741825: at most 1073741824");
         let c = merged(&[], "").unwrap();
         assert_eq!(c.grace, Duration::from_secs(10));
         assert_eq!(c.stop_timeout, Duration::from_secs(10));

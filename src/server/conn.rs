@@ -406,6 +406,11 @@ struct ConnBody {
     /// buffer holds, counted against the shard's `--max-held-bytes` while the client does not
     /// send the rest.
     held: Cell<usize>,
+    /// `--body-min-rate`: how long this body's reads have waited for the client in all, when
+    /// the wait under way began, and the bytes received (`wait_left`).
+    waited: Cell<Duration>,
+    wait_began: Cell<Option<Instant>>,
+    received: Cell<u64>,
 }
 
 impl ConnBody {
@@ -423,6 +428,25 @@ impl ConnBody {
 }
 
 impl ConnBody {
+    /// How long the next read may wait for the client: `--body-timeout`, and within
+    /// `--body-min-rate` a body's reads wait `--body-timeout` in all plus a second per that
+    /// many bytes received (Apache's mod_reqtimeout), so a client that keeps each gap under
+    /// the timeout still cannot take as long as its body takes to trickle (a byte every 59 s
+    /// held a connection for years). Only the time reads wait counts: not a handler's own
+    /// pauses between reads (a slow sink it writes to), which leave the client's bytes waiting
+    /// in the socket.
+    fn wait_left(&self) -> Duration {
+        let config = &self.io.shard.config;
+        if config.body_min_rate == 0 {
+            return config.body_timeout;
+        }
+        let earned_ms = self.received.get().saturating_mul(1000) / config.body_min_rate;
+        let allowance = config.body_timeout + Duration::from_millis(earned_ms);
+        allowance
+            .saturating_sub(self.waited.get())
+            .min(config.body_timeout)
+    }
+
     /// The next piece of the body from what is already read, without reading the socket:
     /// `Pending` (with no waker kept) when it needs more bytes.
     fn poll_buffered(&self) -> Poll<Option<Result<Bytes, BodyError>>> {
@@ -481,8 +505,24 @@ impl BodySource for ConnBody {
                 .map_or(READ_BUFFER_BYTES, |r| {
                     (r as usize).clamp(READ_BUFFER_BYTES, BODY_READ_BYTES_MAX)
                 });
+            if self.wait_began.get().is_none() {
+                let left = self.wait_left();
+                if left.is_zero() {
+                    return self.fail(BodyError::Timeout);
+                }
+                // Taken when the read waits (a deadline is armed once per wait).
+                self.io.set_read_timeout(left);
+            }
             let filled = self.io.poll_fill(cx, want);
+            if filled.is_ready()
+                && let Some(began) = self.wait_began.take()
+            {
+                self.waited.set(self.waited.get() + began.elapsed());
+            }
             if filled.is_pending() {
+                if self.wait_began.get().is_none() {
+                    self.wait_began.set(Some(Instant::now()));
+                }
                 let held = self.held.get() + self.io.rbuf.borrow().len();
                 if held > 0 {
                     self.io.shard.hold(&self.io.entry, held, Waiting::Read, cx);
@@ -493,7 +533,10 @@ impl BodySource for ConnBody {
                 Ok(0) => return self.fail(BodyError::Closed),
                 // An upload that keeps coming is progress: `--handler-timeout` counts from the
                 // last bytes of the body (the body timeout bounds the gaps between them).
-                Ok(_) => self.io.handler_progress(),
+                Ok(n) => {
+                    self.received.set(self.received.get() + n as u64);
+                    self.io.handler_progress();
+                }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     return self.fail(BodyError::Timeout);
                 }
@@ -1431,6 +1474,9 @@ impl Conn {
             error: Cell::new(None),
             done: Cell::new(false),
             held: Cell::new(0),
+            waited: Cell::new(Duration::ZERO),
+            wait_began: Cell::new(None),
+            received: Cell::new(0),
         })))
     }
 
