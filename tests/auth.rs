@@ -261,6 +261,57 @@ fn login_rotates_the_session_id_against_fixation() {
     assert_eq!(forge.status, 403);
 }
 
+/// Review finding: bob logging in with alice's session cookie kept her session's data (a
+/// login rotates the session, data and all). A login of another user than the session's
+/// starts an empty one; the same user's keeps it, as an anonymous session's does.
+#[test]
+fn a_login_as_another_user_does_not_keep_the_sessions_data() {
+    let (_dir, users, config) = setup("");
+    let server = start(&users, &config, &[]);
+    let [mut a, mut b] = one_per_shard(&server);
+    let cookie = |value: &str| format!("Cookie: {value}\r\n");
+    // Same-origin, as a browser's login form with a session cookie must be (CSRF).
+    let login = |conn: &mut Conn, user: &str, password: &str, session: Option<&str>| {
+        let raw = login_request(user, password, session);
+        conn.send(
+            raw.replacen("Host: t\r\n", "Host: t\r\nOrigin: http://t\r\n", 1)
+                .as_bytes(),
+        );
+        conn.response(false).unwrap()
+    };
+    let alice = cookie_of(&login(&mut a, "alice", "alice-pw", None));
+    let put = request(
+        &mut a,
+        "PUT",
+        "/session/data/note",
+        &format!("{}Origin: http://t\r\n", cookie(&alice)),
+        "\"hers\"",
+    );
+    assert_eq!(put.status, 204);
+    let again = login(&mut b, "alice", "alice-pw", Some(&alice));
+    assert_eq!(again.status, 200);
+    let alice = cookie_of(&again);
+    let note = request(&mut b, "GET", "/session/data/note", &cookie(&alice), "");
+    assert_eq!(
+        note.text(),
+        "\"hers\"",
+        "the same user's login keeps the data"
+    );
+    let r = login(&mut b, "bob", "bob-pw", Some(&alice));
+    assert_eq!(r.status, 200);
+    let bob = cookie_of(&r);
+    assert_ne!(bob, alice);
+    for conn in [&mut a, &mut b] {
+        let me = request(conn, "GET", "/auth/me", &cookie(&bob), "");
+        assert_eq!(me.status, 200);
+        assert!(me.text().contains("\"user\":\"bob\""), "{}", me.text());
+        let note = request(conn, "GET", "/session/data/note", &cookie(&bob), "");
+        assert_eq!(note.status, 404, "{}", note.text());
+        let dead = request(conn, "GET", "/auth/me", &cookie(&alice), "");
+        assert_eq!(dead.status, 401, "alice's id died with the login");
+    }
+}
+
 #[test]
 fn wrong_password_and_unknown_user_get_the_same_answer() {
     let (_dir, users, config) = setup("");
@@ -429,6 +480,45 @@ fn tx(server: &Server, headers: &str, ops: serde_json::Value) -> common::Respons
         || send(server, "POST", "/kv/tx", headers, &body),
         |r| r.status,
     )
+}
+
+/// Review finding: a client the rules let PUT a key but not GET it probed whether it existed
+/// (`If-None-Match: *` answered 412, writing nothing), or at which version (`If-Match`). A
+/// conditional PUT or DELETE reads the key, as a tx `check` does, and needs GET too.
+#[test]
+fn a_conditional_write_needs_the_right_to_read_the_key() {
+    let (_dir, users, config) = setup(KEY_RULES);
+    let server = start(&users, &config, &[]);
+    let alice = basic("alice", "alice-pw");
+    let bob = basic("bob", "bob-pw");
+    assert_eq!(
+        send(&server, "PUT", "/kv/inbox", &alice, "mail").status,
+        201
+    );
+    for (method, condition) in [
+        ("PUT", "If-None-Match: *\r\n"),
+        ("PUT", "If-Match: \"1\"\r\n"),
+        ("DELETE", "If-Match: *\r\n"),
+    ] {
+        let r = send(
+            &server,
+            method,
+            "/kv/inbox",
+            &format!("{bob}{condition}"),
+            "x",
+        );
+        assert_eq!(r.status, 403, "{method} {condition:?}: {}", r.text());
+        let r = send(
+            &server,
+            method,
+            "/kv/inbox",
+            &format!("{alice}{condition}"),
+            "x",
+        );
+        assert_ne!(r.status, 403, "{method} {condition:?}: {}", r.text());
+    }
+    // Unconditional, bob may write as before (alice's conditional DELETE removed the key).
+    assert_eq!(send(&server, "PUT", "/kv/inbox", &bob, "new").status, 201);
 }
 
 #[test]

@@ -129,6 +129,11 @@ pub const WRITE_BUFFER_KEEP_BYTES: usize = 16 * 1024;
 /// copy per connection, 1.15 MB each for 100 clients that did not read, in a soak review), and
 /// a big answer costs no memcpy. Smaller ones are copied: one write for a batch of them.
 pub const BODY_UNCOPIED_BYTES_MIN: usize = 64 * 1024;
+/// A body read whole (`Body::bytes`) in one chunk smaller than this is copied out of the read
+/// buffer it lies in: kept (a `/kv` value), a slice would keep that whole buffer alive, a 1-byte
+/// value read with the tail of a 60 KB body 62 KB of it, 240 times what `--max-kv-bytes`
+/// counted (found in review). A bigger one is kept as read: its buffer holds little else.
+pub const BODY_COPIED_BELOW_BYTES: usize = 64 * 1024;
 /// Bytes one shard may hold for clients that keep it waiting: answers queued for a client that
 /// does not read them, and a body a handler reads whole (`Body::bytes`) while its client does
 /// not send the rest. Each connection is bounded (an answer, `--max-body`), but not all of them

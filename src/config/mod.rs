@@ -1128,6 +1128,11 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
     if let Some(warning) = cookie_prefix_warning(&config, &setting!(args, file, session_cookie).1) {
         config.warnings.push(warning);
     }
+    for warning in crate::auth::access::warnings(file.access.as_deref().unwrap_or_default()) {
+        config
+            .warnings
+            .push(format!("{}: [[access]]: {warning}", file.origin()));
+    }
     Ok(config)
 }
 

@@ -41,6 +41,42 @@ pub fn decode(segment: &str) -> Result<Vec<u8>, &'static str> {
     }
 }
 
+/// The one spelling `decode` accepts for what `text` means, reading any escape `%XX` (either
+/// case) as its byte and any other byte as itself: for a message that names it.
+pub fn canonical(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut meant = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escape = match bytes.get(index + 1..index + 3) {
+            Some(&[high, low]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+                let value = |digit: u8| char::from(digit).to_digit(16).expect("a hex digit") as u8;
+                Some(value(high) << 4 | value(low))
+            }
+            _ => None,
+        };
+        match (bytes[index], escape) {
+            (b'%', Some(byte)) => {
+                meant.push(byte);
+                index += 3;
+            }
+            (byte, _) => {
+                meant.push(byte);
+                index += 1;
+            }
+        }
+    }
+    let mut spelled = String::with_capacity(meant.len());
+    for byte in meant {
+        if is_segment_byte(byte) {
+            spelled.push(char::from(byte));
+        } else {
+            spelled.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    spelled
+}
+
 /// Uppercase hex only: a lowercase escape would be a second spelling of the same key.
 fn hex_digit(byte: u8) -> Option<u8> {
     match byte {

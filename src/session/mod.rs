@@ -24,7 +24,7 @@ use crate::router::Request;
 use crate::runtime::{now_ms, shard};
 use id::{IdGenerator, SessionId, SessionKey};
 use revoked::RevocationLog;
-use store::{SessionData, Store, StoreError, StoreLimits, USER_VALUE};
+use store::{SessionData, Store, StoreError, StoreLimits, USER_VALUE, user_name};
 
 /// How often the upkeep sweeps expired sessions and looks whether a snapshot is due (its
 /// interval passed, a failed one's retry is due, the log failed).
@@ -379,13 +379,22 @@ impl Sessions {
             shard: self.shard as u16,
             key: new,
         };
+        // A login of another user than the one the session holds starts an empty session:
+        // the data was the other user's. An anonymous session's data (a cart) goes with the
+        // login, as does the same user's.
+        let other_user = user.as_ref().is_some_and(|user| {
+            let current = store.get(&key, USER_VALUE, now).ok().flatten();
+            current.is_some_and(|current| user_name(&current) != user_name(user))
+        });
         let fits = match &user {
+            Some(user) if other_user => store.check_put_fresh(USER_VALUE, user),
             Some(user) => store.check_put(&key, USER_VALUE, user, now),
             None => Ok(()),
         };
         let rotated = fits.map_err(SessionError::from).and_then(|()| {
-            self.revoking(store, &key, Some(&new), |store| {
-                store.rotate(&key, new, now)
+            self.revoking(store, &key, Some(&new), |store| match other_user {
+                true => store.replace(&key, new, now),
+                false => store.rotate(&key, new, now),
             })
         });
         match rotated {

@@ -41,6 +41,16 @@ pub enum StoreError {
 /// after every anonymous session, and `try_insert` never does.
 pub const USER_VALUE: &str = "percore.user";
 
+/// The name of the user a `USER_VALUE` holds: auth's `SessionUser`, `{"user": NAME, ...}` or a
+/// bare NAME (a unit test keeps them in step).
+pub fn user_name(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(name) => Some(name),
+        Value::Object(fields) => fields.get("user")?.as_str(),
+        _ => None,
+    }
+}
+
 /// A session's use is a change for the snapshot when its access time enters a new
 /// `1 / ACCESS_QUANTA_PER_IDLE_TIMEOUT` of the idle timeout (`touch`).
 const ACCESS_QUANTA_PER_IDLE_TIMEOUT: u64 = 8;
@@ -611,6 +621,34 @@ impl Store {
         Ok(())
     }
 
+    /// `rotate` for a login of another user than the one the session holds: the old key dies
+    /// with its data, and `new_key` is a new, empty session (found in review: bob logging in
+    /// with alice's cookie read her session's data).
+    pub fn replace(
+        &mut self,
+        old_key: &SessionKey,
+        new_key: SessionKey,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.touch(old_key, now_ms)?;
+        self.remove(old_key);
+        self.counters.destroyed += 1;
+        self.insert(new_key, Store::empty_record(now_ms), now_ms);
+        Ok(())
+    }
+
+    /// Whether `put` of `value` into an empty session could succeed (`replace` then `put`).
+    pub fn check_put_fresh(&self, name: &str, value: &Value) -> Result<(), StoreError> {
+        if value_depth(value) > SESSION_VALUE_DEPTH_MAX {
+            return Err(StoreError::TooDeep);
+        }
+        let json = serde_json::to_string(value).expect("a Value is JSON");
+        if value_bytes(name, &json) > self.limits.session_bytes_max {
+            return Err(StoreError::TooLarge);
+        }
+        Ok(())
+    }
+
     /// Removes up to `steps_max` expired sessions, oldest first; returns how many. Bounded so a
     /// sweep step never stalls serving.
     pub fn sweep(&mut self, now_ms: u64, steps_max: usize) -> usize {
@@ -954,7 +992,18 @@ mod tests {
 
     #[test]
     fn the_user_value_is_the_one_auth_writes() {
+        use crate::auth::middleware::SessionUser;
         assert_eq!(USER_VALUE, crate::auth::middleware::SESSION_USER);
+        let stamped = SessionUser::Stamped {
+            user: "alice".into(),
+            stamp: "s".into(),
+        };
+        let name = SessionUser::Name("bob".into());
+        assert_eq!(
+            user_name(&serde_json::to_value(stamped).unwrap()),
+            Some("alice")
+        );
+        assert_eq!(user_name(&serde_json::to_value(name).unwrap()), Some("bob"));
     }
 
     #[test]

@@ -94,6 +94,24 @@ fn preconditions(req: &Request, key: &Bytes) -> Result<Vec<Op>, Response> {
     Ok(ops)
 }
 
+/// A PUT or DELETE with If-Match or If-None-Match reads the key (its 412 says whether the key
+/// exists, or is at a version), as a tx `check` does: the access rules must let the client GET
+/// it too (found in review: a client allowed to PUT only probed keys with `If-None-Match: *`
+/// and wrote nothing).
+// The early answer is moved once, off the hot path; boxing it would cost more.
+#[allow(clippy::result_large_err)]
+fn may_read_conditions(req: &Request, conditions: &[Op]) -> Result<(), Response> {
+    let Some(access) = crate::auth::middleware::access(req) else {
+        return Ok(());
+    };
+    if conditions.is_empty() {
+        return Ok(());
+    }
+    access.check("GET", req.path(), || {
+        "the key's version (If-Match, If-None-Match)".to_string()
+    })
+}
+
 /// A conditional header, its field lines joined into one list (RFC 9110 §5.3); `*` stands alone.
 // The early answer is moved once, off the hot path; boxing it would cost more.
 #[allow(clippy::result_large_err)]
@@ -202,6 +220,9 @@ async fn put(mut req: Request) -> Response {
         Ok(ops) => ops,
         Err(r) => return r,
     };
+    if let Err(r) = may_read_conditions(&req, &ops) {
+        return r;
+    }
     let value = match req.body.bytes().await {
         Ok(value) => value,
         Err(e) => return e.into(),
@@ -233,6 +254,9 @@ async fn delete(req: Request) -> Response {
         Ok(ops) => ops,
         Err(r) => return r,
     };
+    if let Err(r) = may_read_conditions(&req, &ops) {
+        return r;
+    }
     ops.push(Op::Delete { key });
     if let Err(r) = validated(&ops) {
         return r;
