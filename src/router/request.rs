@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::config::limits::BODY_COPIED_BELOW_BYTES;
 use crate::http::{HttpError, RequestHead};
 
 /// Why a request body could not be read to its end.
@@ -72,8 +73,9 @@ impl Body {
 
     /// Reads the whole body into memory (bounded by the server's body limit, enforced while decoding).
     pub async fn bytes(&mut self) -> Result<Bytes, BodyError> {
-        // One chunk (the common case) is returned as is; more are joined. The size bound is the
-        // body decoder's (`--max-body`), which fails the chunk that crosses it.
+        // One chunk (the common case) is returned as is if big, copied out of its read buffer if
+        // small (`BODY_COPIED_BELOW_BYTES`); more are joined. The size bound is the body
+        // decoder's (`--max-body`), which fails the chunk that crosses it.
         // What the server counts as held goes with this read, however it ends: a handler may
         // drop it half-way (a timeout of its own).
         struct Held(Option<Rc<dyn BodySource>>);
@@ -90,7 +92,10 @@ impl Body {
         };
         self.holding(first.len());
         let Some(second) = self.chunk().await.transpose()? else {
-            return Ok(first);
+            return Ok(match first.len() < BODY_COPIED_BELOW_BYTES {
+                true => Bytes::copy_from_slice(&first),
+                false => first,
+            });
         };
         let mut all = BytesMut::from(&first[..]);
         all.extend_from_slice(&second);
