@@ -793,6 +793,46 @@ fn a_body_faster_than_body_min_rate_is_read_whole() {
     assert_eq!(server.stats()["total"]["timeouts_body"], 0);
 }
 
+/// Review finding: a close the client did not ask for (here the end of a close-delimited
+/// answer to an HTTP/1.0 keep-alive request) with its next request already in the socket
+/// reset the connection, and the kernel dropped the answer still queued: 3964 of 300,000
+/// echoed bytes arrived. The server lingers, and the whole answer arrives, then a FIN.
+#[test]
+fn a_close_the_client_did_not_ask_for_does_not_lose_the_answer() {
+    let server = Server::start(&[]);
+    let mut stream = common::connect_with_window(&server, 4096);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    const BODY: usize = 300_000;
+    let head =
+        format!("POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: {BODY}\r\n\r\n");
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        writer.write_all(head.as_bytes()).unwrap();
+        writer.write_all(&vec![b'e'; BODY]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // The next request, which the server never reads.
+        let _ = writer.write_all(b"GET /plaintext HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    });
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    // Read slowly at first, so the answer is still queued when the server closes.
+    std::thread::sleep(Duration::from_millis(300));
+    let end = loop {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    sending.join().unwrap();
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text:?}");
+    let body_start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!((raw.len() - body_start, end), (BODY, Ok(())), "{text:?}");
+}
+
 /// Review finding: an HTTP/1.0 echo (close-delimited: no chunked coding) cut short by a body
 /// timeout ended with a clean end of stream, which reads as a whole answer. It now ends with a
 /// reset; over HTTP/1.1 the missing last chunk tells.

@@ -820,6 +820,8 @@ impl Conn {
                         if io.answered_at_read.get() == Some(io.reads.get()) {
                             io.pipelined.set(true);
                         }
+                        // A client that did not ask to close may have sent more already.
+                        let client_keeps_alive = head.keep_alive();
                         let gathered = if let Some(flow) = self.answer_direct(&head) {
                             Gathered::Answered(flow)
                         } else if self.parallel_ok(&head) {
@@ -854,10 +856,15 @@ impl Conn {
                         if flow == Flow::Close {
                             // Linger where the client may still be sending: bytes already here
                             // (pipelined requests after this answer), a body left unread, or a
-                            // drain (the client did not know this answer would close).
+                            // close the client did not ask for (a drain, a handler's timeout, a
+                            // close-delimited answer to a keep-alive request): its next request
+                            // may be in the socket or on its way, and a close with it unread
+                            // resets the connection, the answers still queued with it (found
+                            // in review: 3964 of a 300,000-byte echo arrived).
                             let flushed = self.flush().await.is_ok();
                             self.linger = flushed
                                 && (self.linger
+                                    || client_keeps_alive
                                     || !self.io.rbuf.borrow().is_empty()
                                     || self.shard().is_draining());
                             return;
