@@ -701,11 +701,13 @@ struct Conn {
 }
 
 /// Serves one accepted connection until it closes; `_permit` holds its slot in the shard's bound.
+/// `accepted`: when it was accepted, where its first request head's timeout starts.
 pub async fn serve(
     shard: Rc<Shard>,
     app: Rc<App>,
     stream: Transport,
     redirect_port: Option<u16>,
+    accepted: Instant,
     _permit: StaticPermit,
 ) {
     stream.set_write_timeout(shard.config.write_timeout);
@@ -754,7 +756,7 @@ pub async fn serve(
         wqueue_bytes: 0,
         later_held: 0,
         limits,
-        head_started: None,
+        head_started: Some(accepted),
         first_request: true,
         version: Version::Http11,
         tls,
@@ -1160,7 +1162,7 @@ impl Conn {
         if !partial && self.io.shard.is_draining() {
             return false;
         }
-        // A new connection's clock starts at accept, which is just before its first wait.
+        // A new connection's clock starts at accept (`serve`'s `accepted`).
         let timeout = if partial || self.first_request {
             let started = *self.head_started.get_or_insert_with(Instant::now);
             config.header_timeout.saturating_sub(started.elapsed())

@@ -102,14 +102,23 @@ async fn start(
     permit: StaticPermit,
 ) {
     let _ = stream.set_nodelay(true);
+    // The first request head's timeout counts from here, a TLS handshake included (found in
+    // review: a silent TLS client held its slot for the handshake timeout plus the header
+    // timeout, where the README promises the header timeout from accept).
+    let accepted = Instant::now();
     match &*serves {
-        Serves::App => conn::serve(shard, app, Transport::Plain(stream), None, permit).await,
+        Serves::App => {
+            let transport = Transport::Plain(stream);
+            conn::serve(shard, app, transport, None, accepted, permit).await
+        }
         Serves::Redirect(port) => {
-            conn::serve(shard, app, Transport::Plain(stream), Some(*port), permit).await
+            let transport = Transport::Plain(stream);
+            conn::serve(shard, app, transport, Some(*port), accepted, permit).await
         }
         Serves::Tls(acceptor) => {
             if let Some(tls) = handshake(&shard, acceptor, stream).await {
-                conn::serve(shard, app, Transport::Tls(Box::new(tls)), None, permit).await
+                let transport = Transport::Tls(Box::new(tls));
+                conn::serve(shard, app, transport, None, accepted, permit).await
             }
         }
     }
