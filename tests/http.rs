@@ -353,6 +353,20 @@ fn echo_streams_content_length_and_chunked_bodies() {
     }
     assert_eq!(conn.response(false).unwrap().body, body);
     assert_eq!(conn.get("/plaintext").status, 200);
+
+    // 20,000 one-byte chunks in one write: the chunks read at once go out in a few writes
+    // (review: one send each), and every byte arrives, in order.
+    let mut request =
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for &byte in &body[..20_000] {
+        request.extend_from_slice(b"1\r\n");
+        request.push(byte);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    conn.send(&request);
+    assert_eq!(conn.response(false).unwrap().body, &body[..20_000]);
+    assert_eq!(conn.get("/plaintext").status, 200);
 }
 
 #[test]
