@@ -1168,7 +1168,8 @@ mod tests {
     /// A login rotates and writes the user in one step (found in review: the user written
     /// after the rotation, a failed write left the new id holding the previous user): a user
     /// that does not fit changes nothing; a repeat answers as the first time and changes
-    /// nothing more; a "repeat" naming another user is refused.
+    /// nothing more; a "repeat" naming another user is refused; another user's login starts
+    /// an empty session.
     #[test]
     fn a_login_rotates_and_writes_the_user_in_one_step() {
         let dir = tempfile::tempdir().unwrap();
@@ -1189,20 +1190,26 @@ mod tests {
                 let mut store = sessions.store.borrow_mut();
                 store.put(&old, USER_VALUE, "bob".into(), now).unwrap();
                 // 1024 bytes at most: "bob" and the longest pad that fits leave no room for a
-                // longer name.
+                // longer name; then the session is anonymous again, its data kept by a login.
                 let fits = |len| {
                     let pad = Value::from("x".repeat(len));
                     store.put(&old, "pad", pad, now).is_ok()
                 };
                 assert!((0..1024).rev().any(fits));
+                store.take_value(&old, USER_VALUE, now).unwrap();
                 drop(store);
                 let new: SessionKey = rand::random();
                 let long = "m".repeat(100);
                 assert_eq!(login(old, new, &long), Err(SessionError::TooLarge));
-                assert_eq!(user_of(old), Ok(Some("bob".into())), "nothing changed");
+                assert_eq!(user_of(old), Ok(None), "nothing changed");
                 assert_eq!(user_of(new), Err(StoreError::Unknown));
                 assert_eq!(login(old, new, "al"), Ok(new));
                 assert_eq!(user_of(new), Ok(Some("al".into())));
+                let pad_of = |key| sessions.store.borrow_mut().get(&key, "pad", now);
+                assert!(
+                    matches!(pad_of(new), Ok(Some(_))),
+                    "an anonymous session's data stays"
+                );
                 assert_eq!(user_of(old), Err(StoreError::Unknown), "the old id is dead");
                 assert_eq!(login(old, new, "al"), Ok(new), "a repeat");
                 assert_eq!(
@@ -1211,6 +1218,17 @@ mod tests {
                     "no repeat"
                 );
                 assert_eq!(user_of(new), Ok(Some("al".into())));
+                // Another user's login, with a name the padded session had no room for: a new,
+                // empty session (the data was al's).
+                let other: SessionKey = rand::random();
+                assert_eq!(login(new, other, &long), Ok(other));
+                assert_eq!(user_of(other), Ok(Some(long.as_str().into())));
+                assert_eq!(
+                    pad_of(other),
+                    Ok(None),
+                    "another user's data does not follow"
+                );
+                assert_eq!(user_of(new), Err(StoreError::Unknown));
             })
             .unwrap()
             .join()
