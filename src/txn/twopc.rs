@@ -770,6 +770,14 @@ impl Node {
             return;
         }
         let results = match vote {
+            // A part whose log failed may have stored its prepare after all (a write that
+            // failed part-way, a sync that failed after the device took the bytes), and a
+            // restart then finds it prepared: only a durable abort keeps recovery from reading
+            // the staging record as a commit (found in review: 503 "nothing was written", then
+            // committed by the next start, and applied twice by the client's retry).
+            Err(TxError::LogFailed) => {
+                return self.abort_undecided(tx, TxError::LogFailed, out);
+            }
             Err(error) => return self.abort_voted_no(tx, error, out),
             Ok(results) => results,
         };
@@ -851,7 +859,7 @@ impl Node {
     }
 
     /// A participant voted no, so it never prepares: no log can make this transaction look
-    /// committed, and the abort is told at once.
+    /// committed, and the abort is told at once. (Not a `LogFailed` vote: `abort_undecided`.)
     fn abort_voted_no(&mut self, tx: TxId, error: TxError, out: &mut Vec<Action>) {
         let active = self.active.remove(&tx).expect("an active transaction");
         self.counters.aborted += 1;
@@ -1466,6 +1474,54 @@ mod tests {
             commit,
             participants: vec![0, 1],
         }
+    }
+
+    /// Review finding: a part whose log failed votes `LogFailed`, yet its prepare may be
+    /// stored after all; the coordinator answered at once and logged only an `End`, so a
+    /// restart before that was durable probed, found every part prepared, and committed what
+    /// the client had been told was not written. The abort is made durable first, as a
+    /// timeout's is; any other no is still told at once.
+    #[test]
+    fn a_log_failed_vote_is_answered_after_a_durable_abort() {
+        let mut node = node(0);
+        let no = |seq, error| Msg::Vote {
+            tx: tx(seq),
+            vote: Err(error),
+        };
+        let told = |client, seq, error| {
+            let mut actions = decide_all(seq, false);
+            actions.push(Action::Reply {
+                client,
+                outcome: Err(error),
+            });
+            actions
+        };
+        let mut at_once = told(4, 1, TxError::Conflict);
+        at_once.push(Action::Persist {
+            record: Some(Record::End { tx: tx(1) }),
+            then: Then::Nothing,
+        });
+        check(
+            &mut node,
+            vec![
+                (1, begin_two(3), prepares(0)),
+                (
+                    2,
+                    receive(1, no(0, TxError::LogFailed)),
+                    vec![Action::Persist {
+                        record: Some(decision(0, false)),
+                        then: Then::Aborted { tx: tx(0) },
+                    }],
+                ),
+                (
+                    3,
+                    Event::Durable(Then::Aborted { tx: tx(0) }),
+                    told(3, 0, TxError::LogFailed),
+                ),
+                (4, begin_two(4), prepares(1)),
+                (5, receive(1, no(1, TxError::Conflict)), at_once),
+            ],
+        );
     }
 
     #[test]
