@@ -863,6 +863,36 @@ fn max_kv_bytes_bounds_each_shards_store_at_the_byte() {
     assert_eq!(code, 0, "{stdout} {stderr}");
 }
 
+/// Review finding: a PUT whose key and value together were at the transaction bound (4 MiB)
+/// answered 413 where `/kv/tx` took the same write: the route's own read and checks counted the
+/// key again. The key counts once, with or without a precondition.
+#[test]
+fn a_put_at_the_transaction_bound_is_taken() {
+    let key_bytes = 1024;
+    let value_bytes = (4 << 20) - key_bytes;
+    let server = Server::start(&[
+        "--max-value-bytes",
+        &value_bytes.to_string(),
+        "--max-body",
+        &(8 << 20).to_string(),
+    ]);
+    let mut conn = Conn::new(server.connect());
+    wait_ready(&mut conn);
+    let key = "k".repeat(key_bytes);
+    let value = vec![b'v'; value_bytes];
+    for (condition, status) in [("", 201), ("If-Match: *\r\n", 200)] {
+        conn.send(
+            format!(
+                "PUT /kv/{key} HTTP/1.1\r\nHost: t\r\n{condition}Content-Length: {value_bytes}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        conn.send(&value);
+        let answer = conn.response(false).unwrap();
+        assert_eq!(answer.status, status, "{condition:?}: {}", answer.text());
+    }
+}
+
 #[test]
 fn bad_transactions_are_400_and_over_a_bound_413() {
     let server = Server::start(&["--max-key-bytes", "40", "--max-value-bytes", "64"]);
