@@ -53,6 +53,25 @@ struct Cut {
     torn: Option<(CorruptTail, usize)>,
 }
 
+/// Free space beyond the store's own bytes a start-up checkpoint wants: its segment's first
+/// zero-filled chunks and this run's first records.
+const CHECKPOINT_SPARE_BYTES: u64 = 4 * wal::PREFILL_CHUNK_BYTES;
+
+/// Bytes an unprivileged writer may still use in the file system holding `dir`; None when it
+/// cannot be told.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stats` a buffer statvfs fills on success.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stats`.
+    let stats = unsafe { stats.assume_init() };
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 /// A log replay this long is announced on stderr (it can take seconds).
 const REPLAY_ANNOUNCE_BYTES: u64 = 16 << 20;
 
@@ -507,8 +526,22 @@ impl Txn {
         }
         txn.execute(actions);
         if !recovered.records.is_empty() {
-            // Start this run's log with a checkpoint so older segments can go.
-            txn.checkpoint();
+            // Start this run's log with a checkpoint so older segments can go, where it fits:
+            // a start after a full disk was freed wrote one the size of the store, failed the log
+            // when the space ran out again, and left the disk full (found in review). Without
+            // it the log goes on in its segments; the next checkpoint is due by
+            // `--checkpoint-bytes` as usual.
+            let needed = txn.node.borrow().partition.data_bytes() as u64 + CHECKPOINT_SPARE_BYTES;
+            match free_bytes(dir) {
+                Some(free) if free < needed => crate::log_line!(
+                    "percore: shard {shard}: no start-up checkpoint: {} MiB free in {}, about {} \
+                     MiB needed; the log goes on without one until space is freed",
+                    free >> 20,
+                    dir.display(),
+                    needed.div_ceil(1 << 20)
+                ),
+                _ => txn.checkpoint(),
+            }
         }
         glommio::spawn_local(Self::ticker(Rc::downgrade(&txn))).detach();
         // The server says "listening" only once transactions can run: this run's epoch record
