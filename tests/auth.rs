@@ -312,6 +312,49 @@ fn a_login_as_another_user_does_not_keep_the_sessions_data() {
     }
 }
 
+/// `--max-sessions-per-user`: a login past it ends that user's least recently used session on
+/// the shard, not the one logging in and no other user's (found in review: one account that
+/// logged in `--max-sessions` times pushed every other user's session out).
+#[test]
+fn a_login_past_the_per_user_bound_ends_that_users_oldest_session() {
+    let (_dir, users, config) = setup("");
+    let server = start(
+        &users,
+        &config,
+        &["--shards", "1", "--max-sessions-per-user", "2"],
+    );
+    let mut conn = Conn::new(server.connect());
+    let me = |conn: &mut Conn, cookie: &str| {
+        request(
+            conn,
+            "GET",
+            "/auth/me",
+            &format!("Cookie: {cookie}\r\n"),
+            "",
+        )
+        .status
+    };
+    let bob = cookie_of(&login(&mut conn, "bob", "bob-pw", None));
+    let alice: Vec<String> = (0..3)
+        .map(|_| cookie_of(&login(&mut conn, "alice", "alice-pw", None)))
+        .collect();
+    assert_eq!(
+        me(&mut conn, &alice[0]),
+        401,
+        "alice's least recently used ended"
+    );
+    assert_eq!(me(&mut conn, &alice[1]), 200);
+    assert_eq!(me(&mut conn, &alice[2]), 200);
+    assert_eq!(
+        me(&mut conn, &bob),
+        200,
+        "bob's session is not alice's to end"
+    );
+    let stats = request(&mut conn, "GET", "/stats", &basic("alice", "alice-pw"), "");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    assert_eq!(stats["total"]["session_evictions"], 1, "{stats}");
+}
+
 #[test]
 fn wrong_password_and_unknown_user_get_the_same_answer() {
     let (_dir, users, config) = setup("");

@@ -16,6 +16,8 @@ const SHARDS: usize = 3;
 /// Small on purpose: a few thousand operations cross every bound many times.
 const LIMITS: StoreLimits = StoreLimits {
     sessions_max: 6,
+    // As many as the store holds: the model has no per-user bound (store unit tests cover it).
+    sessions_per_user_max: 6,
     // 80 bytes of names and JSON, and two values' overhead (SESSION_VALUE_OVERHEAD_BYTES).
     session_bytes_max: 80 + 2 * 64,
     // About three sessions at the bound: crossed long before `sessions_max` is.

@@ -188,6 +188,12 @@ pub const MESH_DEADLINE_DEFAULT: Duration = Duration::from_millis(1000);
 /// for its entry and indexes (a review measured ~0.9 KiB, ~1.35 KiB after a restart): values are
 /// held as their JSON text, and each counts `SESSION_VALUE_OVERHEAD_BYTES` for its place in the map.
 pub const SESSIONS_MAX_DEFAULT: usize = 100_000;
+/// Logged-in sessions of one user on one shard (`--max-sessions-per-user`); a login past it
+/// ends that user's least recently used session there, as Spring Security's
+/// `maximumSessions` does. Without it one account that logged in `--max-sessions` times (a
+/// script that never logs out) pushed every other user's session out of the store (found in
+/// review). A person's browsers and devices stay far below it.
+pub const SESSIONS_PER_USER_MAX_DEFAULT: usize = 64;
 /// Bytes of session data (counted as `SESSION_BYTES_MAX_DEFAULT` counts them) one shard holds; a
 /// write past it evicts the least recently used anonymous sessions, and gets 503 when every
 /// session is logged in. Without it the bound was sessions x bytes, 1.6 GB a shard that anonymous

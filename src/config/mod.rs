@@ -224,6 +224,10 @@ pub struct Args {
     /// 503.
     #[arg(long, value_name = "N")]
     pub max_sessions: Option<usize>,
+    /// Logged-in sessions of one user per shard; a login past it ends that user's least
+    /// recently used session there.
+    #[arg(long, value_name = "N")]
+    pub max_sessions_per_user: Option<usize>,
     /// Bytes of data per session (413 past it).
     #[arg(long, value_name = "BYTES")]
     pub max_session_bytes: Option<usize>,
@@ -390,6 +394,7 @@ struct FileConfig {
     session_idle_timeout: Option<f64>,
     session_lifetime: Option<f64>,
     max_sessions: Option<usize>,
+    max_sessions_per_user: Option<usize>,
     max_session_bytes: Option<usize>,
     max_session_store_bytes: Option<usize>,
     max_session_revocations: Option<usize>,
@@ -604,6 +609,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub lifetime: Duration,
     pub sessions_max: usize,
+    /// `--max-sessions-per-user`: one user's logged-in sessions on one shard.
+    pub sessions_per_user_max: usize,
     pub session_bytes_max: usize,
     /// `--max-session-store-bytes`: session data one shard holds.
     pub store_bytes_max: usize,
@@ -1051,6 +1058,10 @@ fn merge(args: Args, file: FileConfig, allowed: &[usize]) -> Result<Config, Conf
             sessions_max: positive(
                 setting!(args, file, max_sessions),
                 limits::SESSIONS_MAX_DEFAULT,
+            )?,
+            sessions_per_user_max: positive(
+                setting!(args, file, max_sessions_per_user),
+                limits::SESSIONS_PER_USER_MAX_DEFAULT,
             )?,
             session_bytes_max: positive(
                 setting!(args, file, max_session_bytes),

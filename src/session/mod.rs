@@ -207,6 +207,7 @@ impl Sessions {
     pub fn new(node: u16, config: SessionConfig, mesh: Rc<SessionMesh>) -> Sessions {
         let limits = StoreLimits {
             sessions_max: config.sessions_max,
+            sessions_per_user_max: config.sessions_per_user_max,
             session_bytes_max: config.session_bytes_max,
             store_bytes_max: config.store_bytes_max,
             idle_timeout_ms: config.idle_timeout.as_millis() as u64,
@@ -1154,6 +1155,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             lifetime: Duration::from_secs(600),
             sessions_max: 16,
+            sessions_per_user_max: 4,
             session_bytes_max: 1024,
             store_bytes_max: 1 << 20,
             revocations_max: 64,

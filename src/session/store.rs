@@ -12,6 +12,9 @@ use crate::config::limits::{SESSION_VALUE_DEPTH_MAX, SESSION_VALUE_OVERHEAD_BYTE
 #[derive(Clone, Copy, Debug)]
 pub struct StoreLimits {
     pub sessions_max: usize,
+    /// Logged-in sessions of one user (`--max-sessions-per-user`): past it, that user's least
+    /// recently used session goes.
+    pub sessions_per_user_max: usize,
     pub session_bytes_max: usize,
     /// Bytes of data the whole store holds (`--max-session-store-bytes`), counted as
     /// `session_bytes_max` counts a session's.
@@ -100,6 +103,14 @@ struct Entry {
     bytes: usize,
     access_seq: u64,
     created_seq: u64,
+    /// The user `USER_VALUE` names (`user_name`), kept to find the session in `by_user`.
+    user: Option<Box<str>>,
+}
+
+/// The user a session's `USER_VALUE` names, if it holds one that names a user.
+fn user_of(record: &SessionRecord) -> Option<Box<str>> {
+    let value = record.data.get(USER_VALUE)?.value();
+    user_name(&value).map(Box::from)
 }
 
 /// Counters the store keeps about itself.
@@ -125,6 +136,9 @@ pub struct Store {
     by_access_authenticated: BTreeMap<(u64, u64), SessionKey>,
     /// (created ms, seq) -> key: the absolute-expiry order.
     by_created: BTreeMap<(u64, u64), SessionKey>,
+    /// Each user's logged-in sessions in their LRU order (the same positions as
+    /// `by_access_authenticated`), for `--max-sessions-per-user`.
+    by_user: HashMap<Box<str>, BTreeMap<(u64, u64), SessionKey>>,
     seq: u64,
     bytes_total: usize,
     /// The part of `bytes_total` the authenticated sessions hold.
@@ -162,6 +176,7 @@ impl Store {
             by_access: BTreeMap::new(),
             by_access_authenticated: BTreeMap::new(),
             by_created: BTreeMap::new(),
+            by_user: HashMap::new(),
             seq: 0,
             bytes_total: 0,
             bytes_authenticated: 0,
@@ -269,13 +284,20 @@ impl Store {
             .sum();
         let access_seq = self.next_seq();
         let created_seq = self.next_seq();
-        self.lru(&record)
-            .insert((record.accessed_ms, access_seq), key);
+        let position = (record.accessed_ms, access_seq);
+        self.lru(&record).insert(position, key);
         self.by_created
             .insert((record.created_ms, created_seq), key);
         self.bytes_total += bytes;
         if record.data.contains_key(USER_VALUE) {
             self.bytes_authenticated += bytes;
+        }
+        let user = user_of(&record);
+        if let Some(user) = &user {
+            self.by_user
+                .entry(user.clone())
+                .or_default()
+                .insert(position, key);
         }
         if let Some(old) = self.entries.insert(
             key,
@@ -284,6 +306,7 @@ impl Store {
                 bytes,
                 access_seq,
                 created_seq,
+                user: user.clone(),
             },
         ) {
             // A key collision of 128 random bits: our bug, not the world's.
@@ -294,6 +317,51 @@ impl Store {
         }
         self.counters.created += 1;
         self.generation += 1;
+        if let Some(user) = user {
+            self.cap_user(&user, &key);
+        }
+    }
+
+    /// Past `--max-sessions-per-user`, ends `user`'s least recently used sessions but `keep`.
+    fn cap_user(&mut self, user: &str, keep: &SessionKey) {
+        loop {
+            let Some(sessions) = self.by_user.get(user) else {
+                return;
+            };
+            if sessions.len() <= self.limits.sessions_per_user_max {
+                return;
+            }
+            let victim = *sessions
+                .values()
+                .find(|key| *key != keep)
+                .expect("a user over the bound has a session besides `keep`");
+            self.remove(&victim);
+            self.counters.evictions += 1;
+        }
+    }
+
+    /// Moves `key` (at `position`) from `from`'s sessions to `to`'s in `by_user`.
+    fn move_user(
+        &mut self,
+        key: SessionKey,
+        position: (u64, u64),
+        from: Option<&str>,
+        to: Option<&str>,
+    ) {
+        if let Some(from) = from
+            && let Some(sessions) = self.by_user.get_mut(from)
+        {
+            sessions.remove(&position);
+            if sessions.is_empty() {
+                self.by_user.remove(from);
+            }
+        }
+        if let Some(to) = to {
+            self.by_user
+                .entry(Box::from(to))
+                .or_default()
+                .insert(position, key);
+        }
     }
 
     fn empty_record(now_ms: u64) -> SessionRecord {
@@ -327,6 +395,8 @@ impl Store {
         if entry.record.data.contains_key(USER_VALUE) {
             self.bytes_authenticated -= entry.bytes;
         }
+        let position = (entry.record.accessed_ms, entry.access_seq);
+        self.move_user(*key, position, entry.user.as_deref(), None);
         self.generation += 1;
         Some(entry)
     }
@@ -365,6 +435,12 @@ impl Store {
         };
         lru.remove(&old);
         lru.insert(new, *key);
+        if let Some(user) = &entry.user
+            && let Some(sessions) = self.by_user.get_mut(user)
+        {
+            sessions.remove(&old);
+            sessions.insert(new, *key);
+        }
         Ok(self.entries.get_mut(key).expect("checked above"))
     }
 
@@ -374,8 +450,17 @@ impl Store {
         if name != USER_VALUE {
             return;
         }
-        let entry = &self.entries[key];
+        let entry = self.entries.get_mut(key).expect("a session being written");
         let position = (entry.record.accessed_ms, entry.access_seq);
+        let user = user_of(&entry.record);
+        if user != entry.user {
+            let old = std::mem::replace(&mut entry.user, user.clone());
+            self.move_user(*key, position, old.as_deref(), user.as_deref());
+            if let Some(user) = &user {
+                self.cap_user(user, key);
+            }
+        }
+        let entry = &self.entries[key];
         let authenticated = entry.record.data.contains_key(USER_VALUE);
         let (from, to) = match (was_authenticated, authenticated) {
             (false, true) => {
@@ -751,6 +836,8 @@ mod tests {
 
     const LIMITS: StoreLimits = StoreLimits {
         sessions_max: 3,
+        // The tests log every session in as one user; `..._per_user_...` tests lower it.
+        sessions_per_user_max: 100,
         session_bytes_max: 1024,
         store_bytes_max: 1 << 20,
         idle_timeout_ms: 1_000,
@@ -784,6 +871,77 @@ mod tests {
             (store.bytes_total, store.bytes_authenticated),
             (total, authenticated)
         );
+    }
+
+    /// `by_user` as recomputed from the sessions: each logged-in one at its LRU position.
+    fn check_users(store: &Store) {
+        let mut expected: HashMap<Box<str>, BTreeMap<(u64, u64), SessionKey>> = HashMap::new();
+        for (key, entry) in &store.entries {
+            assert_eq!(entry.user, user_of(&entry.record));
+            if let Some(user) = &entry.user {
+                let position = (entry.record.accessed_ms, entry.access_seq);
+                expected
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(position, *key);
+            }
+        }
+        assert_eq!(store.by_user, expected);
+    }
+
+    /// `--max-sessions-per-user`: a login past it ends that user's least recently used session
+    /// (never the one logging in), and no other user's; the bound follows a session whose user
+    /// changes or goes (found in review: one account that logged in `--max-sessions` times
+    /// pushed every other user out).
+    #[test]
+    fn a_user_past_the_per_user_bound_loses_their_least_recently_used_session() {
+        let limits = StoreLimits {
+            sessions_max: 20,
+            sessions_per_user_max: 2,
+            ..LIMITS
+        };
+        let mut store = Store::new(limits);
+        let log_in_as = |store: &mut Store, n: u8, user: &str, now: u64| {
+            if !store.contains(&key(n)) {
+                store.create(key(n), now);
+            }
+            let value = serde_json::json!({"user": user, "stamp": ""});
+            store.put(&key(n), USER_VALUE, value, now).unwrap();
+            check_users(store);
+        };
+        log_in_as(&mut store, 1, "ann", 1);
+        log_in_as(&mut store, 2, "ann", 2);
+        log_in_as(&mut store, 3, "bob", 3);
+        store.live(&key(1), 4); // ann's session 2 is now her least recently used
+        log_in_as(&mut store, 4, "ann", 5);
+        assert!(!store.contains(&key(2)), "ann's least recently used went");
+        assert!(store.contains(&key(1)) && store.contains(&key(3)) && store.contains(&key(4)));
+        assert_eq!(store.counters.evictions, 1);
+        // A session taken over by another user counts for that user, and leaves ann's.
+        log_in_as(&mut store, 1, "bob", 6);
+        log_in_as(&mut store, 5, "ann", 7);
+        assert!(store.contains(&key(4)) && store.contains(&key(5)));
+        log_in_as(&mut store, 6, "bob", 8);
+        assert!(!store.contains(&key(3)), "bob's least recently used went");
+        // A logout (the user removed) frees its place.
+        store.take_value(&key(6), USER_VALUE, 9).unwrap();
+        check_users(&store);
+        log_in_as(&mut store, 7, "bob", 10);
+        assert!(store.contains(&key(1)) && store.contains(&key(7)));
+        // A rotation keeps the user's count; a snapshot load over the bound keeps the newest.
+        store.rotate(&key(7), key(8), 11).unwrap();
+        check_users(&store);
+        let records: Vec<_> = store.records(12).map(|(k, r)| (*k, r.clone())).collect();
+        let mut loaded = Store::new(StoreLimits {
+            sessions_per_user_max: 1,
+            ..limits
+        });
+        for (key, record) in records {
+            loaded.insert(key, record, 12);
+        }
+        check_users(&loaded);
+        assert_eq!(loaded.by_user.values().map(BTreeMap::len).max(), Some(1));
+        assert_eq!(loaded.by_user.len(), 2);
     }
 
     /// Past the store's bytes bound a write evicts the least recently used anonymous sessions
