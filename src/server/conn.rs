@@ -411,6 +411,9 @@ struct ConnBody {
     waited: Cell<Duration>,
     wait_began: Cell<Option<Instant>>,
     received: Cell<u64>,
+    /// Set by `write_stream` around a poll that must not read the socket: the body gives only
+    /// what is already buffered, else `Pending` (with no waker kept).
+    buffered_only: Cell<bool>,
 }
 
 impl ConnBody {
@@ -505,9 +508,19 @@ impl BodySource for ConnBody {
                 .map_or(READ_BUFFER_BYTES, |r| {
                     (r as usize).clamp(READ_BUFFER_BYTES, BODY_READ_BYTES_MAX)
                 });
+            // `write_stream` looking for chunks ready at once: none without a read, which would
+            // then wait (its deadline running) while the answer's flush waits on the client
+            // (found in review: a client that paused reading for --body-timeout lost its echo).
+            if self.buffered_only.get() {
+                return Poll::Pending;
+            }
             if self.wait_began.get().is_none() {
                 let left = self.wait_left();
                 if left.is_zero() {
+                    // A read timeout like the sweep's: the 408's lingering close is the short
+                    // one, `--lingering-timeout` (found in review: a byte timed into the sweep's
+                    // slack made it `--lingering-time`).
+                    self.io.read_timed_out.set(true);
                     return self.fail(BodyError::Timeout);
                 }
                 // Taken when the read waits (a deadline is armed once per wait).
@@ -1486,6 +1499,7 @@ impl Conn {
             waited: Cell::new(Duration::ZERO),
             wait_began: Cell::new(None),
             received: Cell::new(0),
+            buffered_only: Cell::new(false),
         })))
     }
 
@@ -1666,9 +1680,18 @@ impl Conn {
             // a send per chunk made the server's CPU follow the client's chunking, not the
             // bytes (found in review: a 1 MB echo sent in 1-byte chunks cost 75 times one
             // sent whole, and slowed every other connection of the shard).
+            // A stream that reads the request body takes only what is already read (a read
+            // that waited now would wait through the flush: `ConnBody::buffered_only`).
             if self.unsent() < WRITE_BUFFER_FLUSH_BYTES {
+                if let Some(body) = body {
+                    body.buffered_only.set(true);
+                }
                 let ready = std::future::poll_fn(|cx| Poll::Ready(stream.as_mut().poll_next(cx)));
-                if let Poll::Ready(ready) = ready.await {
+                let ready = ready.await;
+                if let Some(body) = body {
+                    body.buffered_only.set(false);
+                }
+                if let Poll::Ready(ready) = ready {
                     next = ready;
                     continue;
                 }
