@@ -807,6 +807,93 @@ fn a_body_faster_than_body_min_rate_is_read_whole() {
     assert_eq!(server.stats()["total"]["timeouts_body"], 0);
 }
 
+/// Review finding: a streamed answer looking for more chunks before a flush read the request
+/// body's socket, and that read's `--body-timeout` ran on while the flush waited for a client
+/// that was not reading: an echo whose client paused reading longer than the timeout was cut
+/// (20686 of 303104 bytes). Only what is already read is taken before a flush now.
+///
+/// The flush must wait while the upload is paced (the socket empty between chunks), which takes
+/// socket buffers smaller than a host's: the test runs again in a network namespace of its own
+/// with 16 KiB ones (`unshare -n`: root only; it says so and passes where that is refused).
+#[test]
+fn a_client_that_pauses_reading_its_echo_gets_all_of_it() {
+    const INSIDE: &str = "PERCORE_TEST_IN_NETNS";
+    if std::env::var_os(INSIDE).is_none() {
+        let status = std::process::Command::new("unshare")
+            .args(["-n", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_client_that_pauses_reading_its_echo_gets_all_of_it",
+            ])
+            .args(["--nocapture", "--test-threads", "1"])
+            .env(INSIDE, "1")
+            .output();
+        match status {
+            Ok(output) if output.status.success() => {}
+            Ok(output) if String::from_utf8_lossy(&output.stderr).contains("unshare failed") => {
+                eprintln!("skipped: no network namespace here (not root?)");
+            }
+            Ok(output) => panic!(
+                "{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(e) => eprintln!("skipped: no unshare here ({e})"),
+        }
+        return;
+    }
+    bring_loopback_up();
+    for sysctl in ["tcp_wmem", "tcp_rmem"] {
+        std::fs::write(format!("/proc/sys/net/ipv4/{sysctl}"), "4096 16384 16384").unwrap();
+    }
+    let server = Server::start(&["--body-timeout", "1", "--body-min-rate", "0"]);
+    let stream = common::connect_with_window(&server, 4096);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    const CHUNK: usize = 4096;
+    const CHUNKS: usize = 30;
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        writer
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        for _ in 0..CHUNKS {
+            let mut chunk = format!("{CHUNK:x}\r\n").into_bytes();
+            chunk.extend_from_slice(&[b'e'; CHUNK]);
+            chunk.extend_from_slice(b"\r\n");
+            writer.write_all(&chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        writer.write_all(b"0\r\n\r\n").unwrap();
+    });
+    // Not reading for 2.5 s: the server's writes wait for over a second at a time.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut conn = Conn::new(stream);
+    let answer = conn.response(false).expect("the whole echo");
+    sending.join().unwrap();
+    assert_eq!((answer.status, answer.body.len()), (200, CHUNK * CHUNKS));
+    assert_eq!(server.stats()["total"]["timeouts_body"], 0);
+}
+
+/// `ip link set lo up`, for a fresh network namespace.
+fn bring_loopback_up() {
+    // SAFETY: a socket, and two ioctls on it with an `ifreq` we own, naming "lo".
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0);
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo") {
+            *slot = *byte as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request), 0);
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &request), 0);
+        libc::close(fd);
+    }
+}
+
 /// Review finding: a close the client did not ask for (here the end of a close-delimited
 /// answer to an HTTP/1.0 keep-alive request) with its next request already in the socket
 /// reset the connection, and the kernel dropped the answer still queued: 3964 of 300,000
