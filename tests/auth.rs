@@ -355,6 +355,54 @@ fn a_login_past_the_per_user_bound_ends_that_users_oldest_session() {
     assert_eq!(stats["total"]["session_evictions"], 1, "{stats}");
 }
 
+/// Review finding: a restart with a lower `--max-sessions-per-user` loaded the snapshot in its
+/// own order, and kept a user's stalest session half the time while it logged an active one
+/// out. Sessions load least recently used first, so the ones used last stay.
+#[test]
+fn a_restart_under_a_lower_per_user_bound_keeps_the_sessions_used_last() {
+    let (dir, users, config) = setup("");
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let args = |bound: &'static str| {
+        [
+            "--shards",
+            "1",
+            "--data-dir",
+            data,
+            "--max-sessions-per-user",
+            bound,
+        ]
+    };
+    let mut server = start(&users, &config, &args("3"));
+    let mut conn = Conn::new(server.connect());
+    let me = |conn: &mut Conn, cookie: &str| {
+        request(
+            conn,
+            "GET",
+            "/auth/me",
+            &format!("Cookie: {cookie}\r\n"),
+            "",
+        )
+        .status
+    };
+    let sessions: Vec<String> = (0..3)
+        .map(|_| cookie_of(&login(&mut conn, "alice", "alice-pw", None)))
+        .collect();
+    // Used in the order 1, 2: session 0 is the least recently used.
+    for cookie in &sessions[1..] {
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(me(&mut conn, cookie), 200);
+    }
+    drop(conn);
+    server.signal(libc::SIGTERM);
+    let stopped = common::wait_exit(&mut server.child, Duration::from_secs(20));
+    assert_eq!(stopped.and_then(|s| s.code()), Some(0));
+    let server = start(&users, &config, &args("2"));
+    let mut conn = Conn::new(server.connect());
+    let statuses: Vec<u16> = sessions.iter().map(|c| me(&mut conn, c)).collect();
+    assert_eq!(statuses, [401, 200, 200]);
+}
+
 #[test]
 fn wrong_password_and_unknown_user_get_the_same_answer() {
     let (_dir, users, config) = setup("");

@@ -431,6 +431,27 @@ impl ConnBody {
 }
 
 impl ConnBody {
+    /// Counts what a read that completed brought; false (the body failed, `error` set) for an
+    /// end of stream or an error.
+    fn take_filled(&self, filled: Poll<io::Result<usize>>) -> bool {
+        let failed = match filled {
+            Poll::Pending => unreachable!("a completed read"),
+            Poll::Ready(Ok(0)) => BodyError::Closed,
+            // An upload that keeps coming is progress: `--handler-timeout` counts from the
+            // last bytes of the body (the body timeout bounds the gaps between them).
+            Poll::Ready(Ok(n)) => {
+                self.received.set(self.received.get() + n as u64);
+                self.io.handler_progress();
+                return true;
+            }
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => BodyError::Timeout,
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => BodyError::Overloaded,
+            Poll::Ready(Err(_)) => BodyError::Closed,
+        };
+        let _ = self.fail(failed);
+        false
+    }
+
     /// How long the next read may wait for the client: `--body-timeout`, and within
     /// `--body-min-rate` a body's reads wait `--body-timeout` in all plus a second per that
     /// many bytes received (Apache's mod_reqtimeout), so a client that keeps each gap under
@@ -508,11 +529,23 @@ impl BodySource for ConnBody {
                 .map_or(READ_BUFFER_BYTES, |r| {
                     (r as usize).clamp(READ_BUFFER_BYTES, BODY_READ_BYTES_MAX)
                 });
-            // `write_stream` looking for chunks ready at once: none without a read, which would
-            // then wait (its deadline running) while the answer's flush waits on the client
-            // (found in review: a client that paused reading for --body-timeout lost its echo).
+            // `write_stream` looking for chunks ready at once: a read that completes at once is
+            // taken (a chunked echo that took only the bytes buffered sent once per 4 KiB read;
+            // review), one that would wait leaves no deadline behind, which would run on while
+            // the answer's flush waits on the client (found in review: a client that paused
+            // reading for --body-timeout lost its echo). The task is woken at once, so a stream
+            // that polls this body only when woken (a combinator) polls it again.
             if self.buffered_only.get() {
-                return Poll::Pending;
+                let filled = self.io.poll_fill(cx, want);
+                if filled.is_pending() {
+                    self.io.entry.read_deadline_ms.set(0);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                if !self.take_filled(filled) {
+                    return Poll::Ready(self.error.get().map(Err));
+                }
+                continue;
             }
             if self.wait_began.get().is_none() {
                 let left = self.wait_left();
@@ -542,21 +575,8 @@ impl BodySource for ConnBody {
                 }
                 return Poll::Pending;
             }
-            match ready!(filled) {
-                Ok(0) => return self.fail(BodyError::Closed),
-                // An upload that keeps coming is progress: `--handler-timeout` counts from the
-                // last bytes of the body (the body timeout bounds the gaps between them).
-                Ok(n) => {
-                    self.received.set(self.received.get() + n as u64);
-                    self.io.handler_progress();
-                }
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                    return self.fail(BodyError::Timeout);
-                }
-                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                    return self.fail(BodyError::Overloaded);
-                }
-                Err(_) => return self.fail(BodyError::Closed),
+            if !self.take_filled(filled) {
+                return Poll::Ready(self.error.get().map(Err));
             }
         }
     }

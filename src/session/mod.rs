@@ -509,6 +509,12 @@ impl Sessions {
                     self.config.idle_timeout.as_millis() as u64,
                     self.config.lifetime.as_millis() as u64,
                 );
+                // Least recently used first, so that where a bound is lower than when the
+                // snapshot was written (`--max-sessions`, `--max-sessions-per-user`) the ones
+                // used last stay: in the snapshot's own order a user's stalest session was
+                // kept half the time, and an active one logged out (found in review).
+                let mut sessions = sessions;
+                sessions.sort_by_key(|(_, record)| record.accessed_ms);
                 for (key, record) in sessions {
                     let live = now < record.accessed_ms.saturating_add(limits.0)
                         && now < record.created_ms.saturating_add(limits.1);

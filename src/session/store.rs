@@ -928,10 +928,12 @@ mod tests {
         check_users(&store);
         log_in_as(&mut store, 7, "bob", 10);
         assert!(store.contains(&key(1)) && store.contains(&key(7)));
-        // A rotation keeps the user's count; a snapshot load over the bound keeps the newest.
+        // A rotation keeps the user's count; a snapshot load over the bound, least recently
+        // used first (as `Sessions::load` does), keeps each user's most recently used.
         store.rotate(&key(7), key(8), 11).unwrap();
         check_users(&store);
-        let records: Vec<_> = store.records(12).map(|(k, r)| (*k, r.clone())).collect();
+        let mut records: Vec<_> = store.records(12).map(|(k, r)| (*k, r.clone())).collect();
+        records.sort_by_key(|(_, record)| record.accessed_ms);
         let mut loaded = Store::new(StoreLimits {
             sessions_per_user_max: 1,
             ..limits
@@ -942,6 +944,8 @@ mod tests {
         check_users(&loaded);
         assert_eq!(loaded.by_user.values().map(BTreeMap::len).max(), Some(1));
         assert_eq!(loaded.by_user.len(), 2);
+        assert!(loaded.contains(&key(5)), "ann's most recently used");
+        assert!(loaded.contains(&key(8)), "bob's most recently used");
     }
 
     /// Past the store's bytes bound a write evicts the least recently used anonymous sessions
