@@ -151,6 +151,16 @@ impl BodyDecoder {
         }
     }
 
+    /// Bytes worth reading at once: what Content-Length framing still expects, or the rest of
+    /// the chunk being read (its data and CRLF); None between chunks. A chunked body read 4 KiB
+    /// at a time took 15 reads where a Content-Length one took one (found in review).
+    pub fn read_hint(&self) -> Option<u64> {
+        match self.state {
+            State::ChunkData { remaining_bytes } => Some(remaining_bytes + 2),
+            _ => self.remaining_hint(),
+        }
+    }
+
     /// Consumes one chunk-size line and returns the size, checking it against the body bound.
     fn take_chunk_size(&mut self, buf: &mut BytesMut) -> Result<Option<u64>, HttpError> {
         // RFC 9112 §7.1: the line starts with the size. Whitespace or a sign before it is how
@@ -686,5 +696,30 @@ mod tests {
         assert!(!decoder.is_done());
         let chunked = BodyDecoder::new(BodyFraming::Chunked, 16, 32).unwrap();
         assert_eq!(chunked.remaining_hint(), None);
+    }
+
+    /// Inside a chunk's data, a read may take the rest of it; between chunks, no hint.
+    #[test]
+    fn read_hint_follows_the_chunk_being_read() {
+        let mut decoder = BodyDecoder::new(BodyFraming::Chunked, 64, 32).unwrap();
+        assert_eq!(decoder.read_hint(), None);
+        let mut buf = BytesMut::from(&b"a\r\nhel"[..]);
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Ok(Some(BodyEvent::Data(Bytes::from_static(b"hel"))))
+        );
+        assert_eq!(
+            (decoder.read_hint(), decoder.remaining_hint()),
+            (Some(9), None)
+        );
+        let mut buf = BytesMut::from(&b"lo worl\r\n"[..]);
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Ok(Some(BodyEvent::Data(_)))
+        ));
+        let _ = decoder.decode(&mut buf);
+        assert_eq!(decoder.read_hint(), None);
+        let length = BodyDecoder::new(BodyFraming::Length(5), 16, 32).unwrap();
+        assert_eq!(length.read_hint(), Some(5));
     }
 }

@@ -525,7 +525,7 @@ impl BodySource for ConnBody {
             let want = self
                 .decoder
                 .borrow()
-                .remaining_hint()
+                .read_hint()
                 .map_or(READ_BUFFER_BYTES, |r| {
                     (r as usize).clamp(READ_BUFFER_BYTES, BODY_READ_BYTES_MAX)
                 });
