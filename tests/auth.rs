@@ -126,6 +126,12 @@ fn request(
     conn.response(method == "HEAD").unwrap()
 }
 
+/// The status of `GET /auth/me` with the session `cookie`.
+fn me_status(conn: &mut Conn, cookie: &str) -> u16 {
+    let cookie = format!("Cookie: {cookie}\r\n");
+    request(conn, "GET", "/auth/me", &cookie, "").status
+}
+
 fn basic(user: &str, password: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Authorization: Basic {encoded}\r\n")
@@ -324,29 +330,19 @@ fn a_login_past_the_per_user_bound_ends_that_users_oldest_session() {
         &["--shards", "1", "--max-sessions-per-user", "2"],
     );
     let mut conn = Conn::new(server.connect());
-    let me = |conn: &mut Conn, cookie: &str| {
-        request(
-            conn,
-            "GET",
-            "/auth/me",
-            &format!("Cookie: {cookie}\r\n"),
-            "",
-        )
-        .status
-    };
     let bob = cookie_of(&login(&mut conn, "bob", "bob-pw", None));
     let alice: Vec<String> = (0..3)
         .map(|_| cookie_of(&login(&mut conn, "alice", "alice-pw", None)))
         .collect();
     assert_eq!(
-        me(&mut conn, &alice[0]),
+        me_status(&mut conn, &alice[0]),
         401,
         "alice's least recently used ended"
     );
-    assert_eq!(me(&mut conn, &alice[1]), 200);
-    assert_eq!(me(&mut conn, &alice[2]), 200);
+    assert_eq!(me_status(&mut conn, &alice[1]), 200);
+    assert_eq!(me_status(&mut conn, &alice[2]), 200);
     assert_eq!(
-        me(&mut conn, &bob),
+        me_status(&mut conn, &bob),
         200,
         "bob's session is not alice's to end"
     );
@@ -375,23 +371,13 @@ fn a_restart_under_a_lower_per_user_bound_keeps_the_sessions_used_last() {
     };
     let mut server = start(&users, &config, &args("3"));
     let mut conn = Conn::new(server.connect());
-    let me = |conn: &mut Conn, cookie: &str| {
-        request(
-            conn,
-            "GET",
-            "/auth/me",
-            &format!("Cookie: {cookie}\r\n"),
-            "",
-        )
-        .status
-    };
     let sessions: Vec<String> = (0..3)
         .map(|_| cookie_of(&login(&mut conn, "alice", "alice-pw", None)))
         .collect();
     // Used in the order 1, 2: session 0 is the least recently used.
     for cookie in &sessions[1..] {
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(me(&mut conn, cookie), 200);
+        assert_eq!(me_status(&mut conn, cookie), 200);
     }
     drop(conn);
     server.signal(libc::SIGTERM);
@@ -399,7 +385,7 @@ fn a_restart_under_a_lower_per_user_bound_keeps_the_sessions_used_last() {
     assert_eq!(stopped.and_then(|s| s.code()), Some(0));
     let server = start(&users, &config, &args("2"));
     let mut conn = Conn::new(server.connect());
-    let statuses: Vec<u16> = sessions.iter().map(|c| me(&mut conn, c)).collect();
+    let statuses: Vec<u16> = sessions.iter().map(|c| me_status(&mut conn, c)).collect();
     assert_eq!(statuses, [401, 200, 200]);
 }
 

@@ -395,25 +395,8 @@ fn export_example_runs_the_rest_of_a_batch_while_a_stream_waits_on_the_client() 
 /// half dead. Now any panic ends the process with 101, after the panic's message and one line.
 #[test]
 fn crash_example_a_handler_panic_ends_the_process_with_101() {
-    use std::io::BufRead;
     let dir = common::temp_dir("crash");
-    let mut child = Command::new(example_binary("crash"))
-        .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").unwrap();
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /crash HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let status = common::wait_exit(&mut child, std::time::Duration::from_secs(20));
+    let (mut child, status) = crash(dir.path(), |command| _ = command.stderr(Stdio::piped()));
     let stderr = common::stderr_of(&mut child);
     assert_eq!(status.and_then(|s| s.code()), Some(101), "{stderr}");
     assert!(stderr.contains("panicked: exiting now"), "{stderr}");
@@ -424,17 +407,33 @@ fn crash_example_a_handler_panic_ends_the_process_with_101() {
 /// The report is queued like every line (`log`), and the exit waits for it only briefly.
 #[test]
 fn crash_example_a_panic_with_a_stderr_nobody_reads_still_ends_the_process() {
-    use std::io::BufRead;
     let dir = common::temp_dir("crash-stalled");
     let (_unread, full) = common::stalled_pipe();
-    let mut child = Command::new(example_binary("crash"))
+    let (mut child, status) = crash(dir.path(), |command| {
+        command.env_remove("RUST_BACKTRACE").stderr(full);
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(101), "{status:?}");
+}
+
+/// Starts the crash example on `data_dir` (set up further by `configure`: its stderr), sends
+/// `GET /crash` and waits up to 20 s for the process to end: the child and how it ended (None:
+/// not yet).
+fn crash(
+    data_dir: &std::path::Path,
+    configure: impl FnOnce(&mut Command),
+) -> (std::process::Child, Option<std::process::ExitStatus>) {
+    use std::io::BufRead;
+    let mut command = Command::new(example_binary("crash"));
+    command
         .args(["--bind", "127.0.0.1:0", "--shards", "2", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("RUST_BACKTRACE")
-        .stdout(Stdio::piped())
-        .stderr(full)
-        .spawn()
-        .unwrap();
+        .arg(data_dir)
+        .stdout(Stdio::piped());
+    configure(&mut command);
+    let mut child = command.spawn().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -445,11 +444,7 @@ fn crash_example_a_panic_with_a_stderr_nobody_reads_still_ends_the_process() {
         .write_all(b"GET /crash HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let status = common::wait_exit(&mut child, std::time::Duration::from_secs(20));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert_eq!(status.and_then(|s| s.code()), Some(101), "{status:?}");
+    (child, status)
 }
 
 /// Review finding: nothing bounded how long a handler may take, so one that never answered held

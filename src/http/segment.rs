@@ -67,14 +67,23 @@ pub fn canonical(text: &str) -> String {
         }
     }
     let mut spelled = String::with_capacity(meant.len());
-    for byte in meant {
+    encode(&meant, &mut spelled);
+    spelled
+}
+
+/// Appends the one spelling of `bytes` as a path segment (`decode`'s inverse): a byte that may
+/// stand as itself does, any other is escaped in uppercase hex.
+pub fn encode(bytes: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &byte in bytes {
         if is_segment_byte(byte) {
-            spelled.push(char::from(byte));
+            out.push(char::from(byte));
         } else {
-            spelled.push_str(&format!("%{byte:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xF)]));
         }
     }
-    spelled
 }
 
 /// Uppercase hex only: a lowercase escape would be a second spelling of the same key.

@@ -431,25 +431,22 @@ impl ConnBody {
 }
 
 impl ConnBody {
-    /// Counts what a read that completed brought; false (the body failed, `error` set) for an
-    /// end of stream or an error.
-    fn take_filled(&self, filled: Poll<io::Result<usize>>) -> bool {
-        let failed = match filled {
-            Poll::Pending => unreachable!("a completed read"),
-            Poll::Ready(Ok(0)) => BodyError::Closed,
+    /// Counts what a completed read brought; the body's error for an end of stream or a failed
+    /// read.
+    fn take_filled(&self, filled: io::Result<usize>) -> Result<(), BodyError> {
+        match filled {
+            Ok(0) => Err(BodyError::Closed),
             // An upload that keeps coming is progress: `--handler-timeout` counts from the
             // last bytes of the body (the body timeout bounds the gaps between them).
-            Poll::Ready(Ok(n)) => {
+            Ok(n) => {
                 self.received.set(self.received.get() + n as u64);
                 self.io.handler_progress();
-                return true;
+                Ok(())
             }
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut => BodyError::Timeout,
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => BodyError::Overloaded,
-            Poll::Ready(Err(_)) => BodyError::Closed,
-        };
-        let _ = self.fail(failed);
-        false
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => Err(BodyError::Overloaded),
+            Err(_) => Err(BodyError::Closed),
+        }
     }
 
     /// How long the next read may wait for the client: `--body-timeout`, and within
@@ -536,14 +533,13 @@ impl BodySource for ConnBody {
             // reading for --body-timeout lost its echo). The task is woken at once, so a stream
             // that polls this body only when woken (a combinator) polls it again.
             if self.buffered_only.get() {
-                let filled = self.io.poll_fill(cx, want);
-                if filled.is_pending() {
+                let Poll::Ready(filled) = self.io.poll_fill(cx, want) else {
                     self.io.entry.read_deadline_ms.set(0);
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
-                }
-                if !self.take_filled(filled) {
-                    return Poll::Ready(self.error.get().map(Err));
+                };
+                if let Err(error) = self.take_filled(filled) {
+                    return self.fail(error);
                 }
                 continue;
             }
@@ -575,8 +571,8 @@ impl BodySource for ConnBody {
                 }
                 return Poll::Pending;
             }
-            if !self.take_filled(filled) {
-                return Poll::Ready(self.error.get().map(Err));
+            if let Err(error) = self.take_filled(ready!(filled)) {
+                return self.fail(error);
             }
         }
     }

@@ -384,8 +384,9 @@ impl Sessions {
         // the data was the other user's. An anonymous session's data (a cart) goes with the
         // login, as does the same user's.
         let other_user = user.as_ref().is_some_and(|user| {
-            let current = store.get(&key, USER_VALUE, now).ok().flatten();
-            current.is_some_and(|current| user_name(&current) != user_name(user))
+            store
+                .user(&key)
+                .is_some_and(|current| Some(current) != user_name(user))
         });
         let fits = match &user {
             Some(user) if other_user => store.check_put_fresh(USER_VALUE, user),

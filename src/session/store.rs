@@ -322,6 +322,11 @@ impl Store {
         }
     }
 
+    /// The user the session `key` is logged in as (`USER_VALUE`'s `user_name`), if any.
+    pub fn user(&self, key: &SessionKey) -> Option<&str> {
+        self.entries.get(key)?.user.as_deref()
+    }
+
     /// Past `--max-sessions-per-user`, ends `user`'s least recently used sessions but `keep`.
     fn cap_user(&mut self, user: &str, keep: &SessionKey) {
         loop {

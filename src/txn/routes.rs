@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::http::segment::{self, is_segment_byte};
+use crate::http::segment;
 use crate::router::{Request, Response, Router};
 use crate::runtime::shard;
 use crate::txn::op::{self, Condition, FailReason, Op, OpResult, TxError};
@@ -41,19 +41,10 @@ fn key_of(req: &Request) -> Result<Bytes, Response> {
 /// routes are mounted (`/kv`): each byte that may stand as itself does, every other one is
 /// escaped in uppercase hex.
 fn key_path(dir: &str, key: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut path = String::with_capacity(dir.len() + 1 + key.len() * 3);
     path.push_str(dir);
     path.push('/');
-    for &byte in key {
-        if is_segment_byte(byte) {
-            path.push(char::from(byte));
-        } else {
-            path.push('%');
-            path.push(char::from(HEX[usize::from(byte >> 4)]));
-            path.push(char::from(HEX[usize::from(byte & 0xF)]));
-        }
-    }
+    segment::encode(key, &mut path);
     path
 }
 
