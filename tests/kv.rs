@@ -2235,6 +2235,82 @@ fn a_log_that_fails_with_nothing_waiting_still_answers_503() {
     assert_eq!(get(&mut conn, &key_on(0, "after-")).status, 404);
 }
 
+/// Sets `pid`'s soft RLIMIT_NOFILE, keeping its hard limit, and returns the soft limit it had.
+fn set_nofile_soft(pid: u32, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads nothing, writes the struct we own.
+    let got = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: reads the struct we own.
+    let set = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// The lowest descriptor number `pid` has free: the number its next open takes.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).unwrap()
+}
+
+/// A checkpoint's segment switch that finds the process out of file descriptors waits for one,
+/// and the transactions behind it wait with it; it failed the log for good (503 until a
+/// restart) where clients had taken the last descriptors for a moment.
+#[test]
+fn a_segment_switch_short_of_file_descriptors_waits_for_one() {
+    let tmp = common::temp_dir("kv-switch-nofile");
+    let dir = tmp.path().to_str().unwrap();
+    let args = ["--data-dir", dir, "--checkpoint-bytes", "4096"];
+    let server = Server::start(&args);
+    let mut conn = connect(server.addr);
+    wait_ready(&mut conn);
+    let mut other = connect(server.addr);
+    let pid = server.child.id();
+    // From here on no open, accept or dup of the server's succeeds (EMFILE).
+    let soft = set_nofile_soft(pid, lowest_free_fd(pid));
+    // Past --checkpoint-bytes: acknowledged, then the checkpoint's switch needs a new file.
+    let first = put(&mut conn, &key_on(0, "first-"), &[b'v'; 5000], &[]);
+    assert_eq!(first.status, 201, "{}", first.text());
+    let (answered, answer) = std::sync::mpsc::channel();
+    let waiting = std::thread::spawn(move || {
+        let second = put(&mut conn, &key_on(0, "second-"), b"w", &[]);
+        answered.send(second.status).unwrap();
+        conn
+    });
+    assert_eq!(
+        answer.recv_timeout(Duration::from_millis(1500)).ok(),
+        None,
+        "a write behind the switch was answered while no descriptor was free"
+    );
+    assert_eq!(other.get("/health").status, 200, "the log failed");
+    set_nofile_soft(pid, soft);
+    assert_eq!(answer.recv_timeout(Duration::from_secs(10)), Ok(201));
+    let mut conn = waiting.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checkpoints_per_shard(&server)[0] == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint on shard 0");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(put(&mut conn, &key_on(0, "third-"), b"x", &[]).status, 201);
+    assert_eq!(server.stats()["total"]["wal_failed"], 0);
+    drop((conn, other));
+    server.stop();
+    let (_server, mut conn) = start_ready(dir);
+    assert_eq!(get(&mut conn, &key_on(0, "first-")).body, vec![b'v'; 5000]);
+    assert_eq!(get(&mut conn, &key_on(0, "second-")).body, b"w");
+    assert_eq!(get(&mut conn, &key_on(0, "third-")).body, b"x");
+}
+
 /// Once every shard served from its log, a shard whose log is gone or empty is damage, and the
 /// start is refused; it started with no word, that shard's keys lost (found in review: a
 /// transfer total read 500 of 1000). A first start cut short, before every shard served, may

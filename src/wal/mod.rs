@@ -21,6 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
@@ -86,6 +87,13 @@ pub const PREFILL_CHUNK_BYTES: u64 = 1024 * 1024;
 /// The largest segment number a name holds (`segment_name` writes ten digits): a shard would
 /// need ten billion checkpoints to reach it, so only a stray file can.
 pub const SEGMENT_NUMBER_MAX: u64 = 9_999_999_999;
+
+/// How long a segment switch keeps retrying while the process is out of file descriptors
+/// (EMFILE, ENFILE), with pauses from 10 ms doubling to 1 s, before it fails the log. A shortage
+/// passes (clients hang up, a limit is raised): failing the log for it left the shard's
+/// transactions 503 until a restart (found in review). Meanwhile the shard's transactions wait
+/// behind the switch, within their handler deadlines.
+pub const SWITCH_DESCRIPTOR_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// The largest last segment number a start (or a reshard) accepts: it leaves a billion numbers
 /// for the run's checkpoints and later starts. A log near `SEGMENT_NUMBER_MAX` can only come
@@ -856,20 +864,67 @@ impl Wal {
             return Err(io::Error::other("the log is closed"));
         }
         let old = self.segment.get();
-        let (next, filler) = Self::create_writer(&self.dir, self.shard, old + 1).await?;
+        let (next, filler) = self
+            .short_of_descriptors_waits(|| Self::create_writer(&self.dir, self.shard, old + 1))
+            .await?;
         close_filler(self.filler.replace(Some(filler))).await?;
         self.prefilled.set(PREFILL_CHUNK_BYTES);
         let previous = self.writer.borrow_mut().replace(next);
         if let Some(mut previous) = previous {
             // Closing syncs it: what was written before the switch is synced in every mode.
             previous.close().await?;
-            sync_truncation(&segment_path(&self.dir, self.shard, old))?;
+            let path = segment_path(&self.dir, self.shard, old);
+            self.short_of_descriptors_waits(|| async { sync_truncation(&path) })
+                .await?;
         }
         self.synced_lsn.set(self.durable_lsn.get());
         self.segment.set(old + 1);
         self.segment_bytes.set(SEGMENT_START_BYTES);
         self.segment_synced.set(SEGMENT_START_BYTES);
         Ok(())
+    }
+
+    /// Runs `step` (it opens files) until it succeeds, fails otherwise than for want of a file
+    /// descriptor, or `SWITCH_DESCRIPTOR_WAIT_MAX` has passed. Creating a segment again is safe:
+    /// it truncates what a failed try left.
+    async fn short_of_descriptors_waits<T, F: Future<Output = io::Result<T>>>(
+        &self,
+        mut step: impl FnMut() -> F,
+    ) -> io::Result<T> {
+        let began = Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match step().await {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                        && began.elapsed() < SWITCH_DESCRIPTOR_WAIT_MAX
+                        && !self.closed.get() =>
+                {
+                    if pause == Duration::from_millis(10) {
+                        crate::log_line!(
+                            "percore: shard {}: switching log segments: {e}; transactions wait \
+                             while it is retried, for up to {} s",
+                            self.shard,
+                            SWITCH_DESCRIPTOR_WAIT_MAX.as_secs()
+                        );
+                    }
+                    glommio::timer::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Ok(done) => {
+                    if pause > Duration::from_millis(10) {
+                        crate::log_line!(
+                            "percore: shard {}: switched log segments after {} ms short of file \
+                             descriptors",
+                            self.shard,
+                            began.elapsed().as_millis()
+                        );
+                    }
+                    return Ok(done);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Syncs and closes the current segment (graceful shutdown).
@@ -903,6 +958,13 @@ fn sync_truncation(path: &Path) -> io::Result<()> {
 fn glommio_error(e: glommio::GlommioError<()>) -> io::Error {
     match e {
         glommio::GlommioError::IoError(e) => e,
+        // As the system call said it: whoever reads it retries a shortage
+        // (`short_of_descriptors_waits`), and no path is to blame for it.
+        glommio::GlommioError::EnhancedIoError { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+        {
+            source
+        }
         glommio::GlommioError::EnhancedIoError {
             source,
             path: Some(path),
