@@ -1,4 +1,4 @@
-//! Seeded simulation of the session stores of a 3-shard node, checked op by op against a linear-scan model: routing by id, sliding and absolute expiry, LRU eviction, the bytes bound, rotation, bounded sweeps and counters. `SEED=n` replays one seed.
+//! Seeded simulation of the session stores of a 3-shard node, checked op by op against a linear-scan model: routing by id, sliding and absolute expiry, LRU eviction (anonymous sessions first), logged-in sessions and the per-user bound, the bytes bound, rotation, a login as another user, bounded sweeps and counters. `SEED=n` replays one seed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -6,6 +6,7 @@ use std::fmt;
 use percore::session::id::{SessionId, SessionKey};
 use percore::session::store::{
     SessionData, SessionRecord, Store, StoreCounters, StoreError, StoreLimits, StoredValue,
+    USER_VALUE, user_name,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -16,8 +17,8 @@ const SHARDS: usize = 3;
 /// Small on purpose: a few thousand operations cross every bound many times.
 const LIMITS: StoreLimits = StoreLimits {
     sessions_max: 6,
-    // As many as the store holds: the model has no per-user bound (store unit tests cover it).
-    sessions_per_user_max: 6,
+    // Two of the six: a user's third login on a shard ends the least recently used of them.
+    sessions_per_user_max: 2,
     // 80 bytes of names and JSON, and two values' overhead (SESSION_VALUE_OVERHEAD_BYTES).
     session_bytes_max: 80 + 2 * 64,
     // About three sessions at the bound: crossed long before `sessions_max` is.
@@ -36,10 +37,18 @@ const WHOLE_CHECK_EVERY: usize = 8;
 /// live long enough to fill a shard and be evicted, fast enough that most die of expiry; the
 /// steps where it stands still make ties in access times (the LRU's tie-break).
 const STEP_ADVANCE_ONE_IN: u32 = 3;
+/// One seed in this many is a busy login hour: half the names written are `USER_VALUE`, few
+/// sessions are created but by `TryCreate`, and the clock moves an eighth as often, seldom
+/// jumping, so shards
+/// fill with logged-in sessions (their bounds: the per-user one, refusals, logged-in evictions).
+const LOGIN_SEED_ONE_IN: u64 = 3;
 const STEP_MS_MAX: u64 = 300;
 const SWEEP_STEPS_MAX: usize = 4;
-/// Value names; "zz" is only ever removed, never put.
-const NAMES: [&str; 5] = ["a", "bb", "cart", "user", "n"];
+/// Value names; "zz" is only ever removed, never put. `USER_VALUE` logs a session in.
+const NAMES: [&str; 6] = ["a", "bb", "cart", "user", "n", USER_VALUE];
+/// The users sessions log in as: few, so each reaches the per-user bound, and more than
+/// `sessions_max / sessions_per_user_max`, so logged-in sessions can fill a shard.
+const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
 
 // ---------------------------------------------------------------------------------------------
 // The model: per shard a Vec scanned linearly, written from the documented semantics.
@@ -58,11 +67,30 @@ struct ModelSession {
     bytes: usize,
 }
 
+impl ModelSession {
+    /// Holds `USER_VALUE`, whatever its value: evicted after every anonymous session.
+    fn logged_in(&self) -> bool {
+        self.data.contains_key(USER_VALUE)
+    }
+
+    /// The user the per-user bound counts it for.
+    fn user(&self) -> Option<&str> {
+        user_name(self.data.get(USER_VALUE)?)
+    }
+
+    fn lru_order(&self) -> (u64, u64) {
+        (self.accessed_ms, self.touch_order)
+    }
+}
+
 #[derive(Default)]
 struct ModelShard {
     sessions: Vec<ModelSession>,
     order: u64,
     counters: StoreCounters,
+    /// Not in the store's counters (they count as evictions): for the coverage.
+    user_bound_evictions: u64,
+    logged_in_evictions: u64,
 }
 
 /// The bytes bound: every value costs its name plus its JSON text.
@@ -105,9 +133,21 @@ impl ModelShard {
         self.sessions.iter().position(|s| s.key == *key)
     }
 
-    fn least_recently_used(&self) -> Option<usize> {
+    /// The least recently used session of those `which` picks.
+    fn lru_where(&self, which: impl Fn(&ModelSession) -> bool) -> Option<usize> {
         (0..self.sessions.len())
-            .min_by_key(|&i| (self.sessions[i].accessed_ms, self.sessions[i].touch_order))
+            .filter(|&i| which(&self.sessions[i]))
+            .min_by_key(|&i| self.sessions[i].lru_order())
+    }
+
+    /// Evicts the session at `index` (a bound's doing).
+    fn evict(&mut self, index: usize) -> SessionKey {
+        let session = self.sessions.remove(index);
+        self.counters.evictions += 1;
+        if session.logged_in() {
+            self.logged_in_evictions += 1;
+        }
+        session.key
     }
 
     fn oldest_created(&self) -> Option<usize> {
@@ -119,19 +159,38 @@ impl ModelShard {
         self.sessions.iter().map(|s| s.bytes).sum()
     }
 
+    fn bytes_logged_in(&self) -> usize {
+        self.sessions
+            .iter()
+            .filter(|s| s.logged_in())
+            .map(|s| s.bytes)
+            .sum()
+    }
+
     /// At the bound one expired session is reclaimed first (as a one-step sweep); only when none
-    /// is expired does the least recently used session go.
+    /// is expired does the least recently used anonymous session go, else (`evict_logged_in`:
+    /// `Store::insert`) the least recently used logged-in one, else (`try_insert`) the new one
+    /// is refused. A logged-in session then ends its user's least recently used other sessions
+    /// past the per-user bound.
     fn insert(
         &mut self,
         key: SessionKey,
         record: SessionRecord,
         now_ms: u64,
-    ) -> Option<SessionKey> {
+        evict_logged_in: bool,
+    ) -> Result<Option<SessionKey>, StoreError> {
         let mut evicted = None;
         if self.sessions.len() >= LIMITS.sessions_max && self.sweep(now_ms, 1) == 0 {
-            let lru = self.least_recently_used().unwrap();
-            evicted = Some(self.sessions.remove(lru).key);
-            self.counters.evictions += 1;
+            let victim = self.lru_where(|s| !s.logged_in()).or_else(|| {
+                evict_logged_in
+                    .then(|| self.lru_where(ModelSession::logged_in))
+                    .flatten()
+            });
+            let Some(victim) = victim else {
+                self.counters.refusals += 1;
+                return Err(StoreError::Full);
+            };
+            evicted = Some(self.evict(victim));
         }
         let order = self.next_order();
         self.sessions.push(ModelSession {
@@ -144,7 +203,22 @@ impl ModelShard {
             data: values(&record.data),
         });
         self.counters.created += 1;
-        evicted
+        if let Some(user) = self.sessions.last().unwrap().user().map(str::to_string) {
+            self.cap_user(&user, &key);
+        }
+        Ok(evicted)
+    }
+
+    /// Past the per-user bound, evicts `user`'s least recently used sessions but `keep`.
+    fn cap_user(&mut self, user: &str, keep: &SessionKey) {
+        let of_user = |s: &ModelSession| s.user() == Some(user);
+        while self.sessions.iter().filter(|s| of_user(s)).count() > LIMITS.sessions_per_user_max {
+            let victim = self
+                .lru_where(|s| of_user(s) && s.key != *keep)
+                .expect("a user over the bound has a session besides `keep`");
+            self.evict(victim);
+            self.user_bound_evictions += 1;
+        }
     }
 
     /// A live session slides its idle timeout; an expired one is removed and counted.
@@ -179,9 +253,10 @@ impl ModelShard {
 
     /// Touches first (a refused write still slides the timeout), then leaves data unchanged
     /// when the result would exceed the session's bound. Past the store's bytes bound, expired
-    /// sessions are reclaimed (one-step sweeps), then the least recently used other sessions
-    /// evicted (every session here is anonymous); a write that would not fit with every other
-    /// session gone is refused, and evicts nothing.
+    /// sessions are reclaimed (one-step sweeps), then the least recently used other anonymous
+    /// sessions evicted, then, for a logged-in writer or a login, logged-in ones; a write that
+    /// would not fit with all those gone is refused, and evicts nothing. A login as a user
+    /// (a new user in `USER_VALUE`) then applies the per-user bound.
     fn put(
         &mut self,
         key: &SessionKey,
@@ -197,24 +272,38 @@ impl ModelShard {
             return Err(StoreError::TooLarge);
         }
         let growth = bytes.saturating_sub(self.sessions[index].bytes);
-        let over = |shard: &ModelShard| shard.bytes() + growth > LIMITS.store_bytes_max;
+        let over =
+            |shard: &ModelShard| growth > 0 && shard.bytes() + growth > LIMITS.store_bytes_max;
         while over(self) && self.sweep(now_ms, 1) > 0 {}
-        let mut index = self.find(key).expect("a live session is not swept");
-        if over(self) && self.sessions[index].bytes + growth > LIMITS.store_bytes_max {
+        let index = self.find(key).expect("a live session is not swept");
+        let writer = &self.sessions[index];
+        let may_evict_logged_in = name == USER_VALUE || writer.logged_in();
+        let kept = match may_evict_logged_in {
+            true => writer.bytes,
+            false => writer.bytes + self.bytes_logged_in(),
+        };
+        if over(self) && kept + growth > LIMITS.store_bytes_max {
             self.counters.refusals += 1;
             return Err(StoreError::Full);
         }
         while over(self) {
-            let victim = (0..self.sessions.len())
-                .filter(|&i| i != index)
-                .min_by_key(|&i| (self.sessions[i].accessed_ms, self.sessions[i].touch_order))
+            let other = |s: &ModelSession| s.key != *key;
+            let victim = self
+                .lru_where(|s| other(s) && !s.logged_in())
+                .or_else(|| self.lru_where(|s| other(s) && s.logged_in()))
                 .expect("the others make room");
-            self.sessions.remove(victim);
-            self.counters.evictions += 1;
-            index = self.find(key).expect("not the writer");
+            self.evict(victim);
         }
+        let index = self.find(key).expect("not the writer");
+        let user_before = self.sessions[index].user().map(str::to_string);
         self.sessions[index].data = data;
         self.sessions[index].bytes = bytes;
+        let user = self.sessions[index].user().map(str::to_string);
+        if let Some(user) = user
+            && Some(&user) != user_before.as_ref()
+        {
+            self.cap_user(&user, key);
+        }
         Ok(())
     }
 
@@ -260,12 +349,38 @@ impl ModelShard {
         Ok(())
     }
 
-    /// Each step removes the least recently used session if it is expired, else the oldest
-    /// created one if it is expired, else stops.
+    /// A login as another user: the old session ends (destroyed) and a new, empty one takes
+    /// its place.
+    fn replace(
+        &mut self,
+        old_key: &SessionKey,
+        new_key: SessionKey,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let index = self.touch(old_key, now_ms)?;
+        self.sessions.remove(index);
+        self.counters.destroyed += 1;
+        let record = SessionRecord {
+            created_ms: now_ms,
+            accessed_ms: now_ms,
+            data: BTreeMap::new(),
+        };
+        self.insert(new_key, record, now_ms, true)
+            .expect("one session was removed");
+        Ok(())
+    }
+
+    /// Each step removes the least recently used anonymous session if it is expired, else the
+    /// least recently used logged-in one if it is expired, else the oldest created one if it
+    /// is expired, else stops.
     fn sweep(&mut self, now_ms: u64, steps_max: usize) -> usize {
         let mut removed = 0;
         while removed < steps_max {
-            let candidates = [self.least_recently_used(), self.oldest_created()];
+            let candidates = [
+                self.lru_where(|s| !s.logged_in()),
+                self.lru_where(ModelSession::logged_in),
+                self.oldest_created(),
+            ];
             let Some(index) = candidates
                 .into_iter()
                 .flatten()
@@ -325,6 +440,11 @@ enum Op {
         from: usize,
         key: Key,
     },
+    /// A new session that may not evict a logged-in one (`Store::try_create`).
+    TryCreate {
+        from: usize,
+        key: Key,
+    },
     /// A record loaded from a snapshot (`Store::insert`).
     Insert {
         from: usize,
@@ -360,6 +480,12 @@ enum Op {
         id: Id,
         new_key: Key,
     },
+    /// A login as another user than the session's (`Store::replace`).
+    Replace {
+        from: usize,
+        id: Id,
+        new_key: Key,
+    },
     Sweep {
         shard: usize,
         steps_max: usize,
@@ -373,6 +499,7 @@ enum Op {
 #[derive(Clone, Debug, PartialEq)]
 enum Outcome {
     Created(Option<Key>),
+    TryCreated(Result<Option<Key>, StoreError>),
     Data(Result<SessionData, StoreError>),
     Value(Result<Option<Value>, StoreError>),
     Done(Result<bool, StoreError>),
@@ -393,9 +520,16 @@ struct Coverage {
     sweeps_cut_by_bound: u64,
     too_large: u64,
     puts_at_bound: u64,
-    /// Writes that evicted for the store's bytes bound. (None is refused here: every session
-    /// is anonymous and fits the store alone; the store's unit test refuses one.)
+    /// Writes that evicted for the store's bytes bound.
     bytes_evictions: u64,
+    /// Writes refused at the store's bytes bound (what could be evicted was logged in).
+    bytes_refusals: u64,
+    /// New sessions refused (`try_create`) with every session logged in.
+    creates_refused: u64,
+    logged_in_evictions: u64,
+    user_bound_evictions: u64,
+    logins: u64,
+    replaces: u64,
     rotations: u64,
     destroys: u64,
     destroys_of_expired: u64,
@@ -417,6 +551,12 @@ impl Coverage {
             ("too_large", self.too_large),
             ("puts_at_bound", self.puts_at_bound),
             ("bytes_evictions", self.bytes_evictions),
+            ("bytes_refusals", self.bytes_refusals),
+            ("creates_refused", self.creates_refused),
+            ("logged_in_evictions", self.logged_in_evictions),
+            ("user_bound_evictions", self.user_bound_evictions),
+            ("logins", self.logins),
+            ("replaces", self.replaces),
             ("rotations", self.rotations),
             ("destroys", self.destroys),
             ("destroys_of_expired", self.destroys_of_expired),
@@ -449,6 +589,8 @@ struct Sim {
     minted: Vec<SessionId>,
     history: VecDeque<(usize, u64, Op, Outcome)>,
     coverage: Coverage,
+    /// `LOGIN_SEED_ONE_IN`.
+    busy_logins: bool,
 }
 
 impl Sim {
@@ -465,13 +607,18 @@ impl Sim {
             minted: Vec::new(),
             history: VecDeque::new(),
             coverage,
+            busy_logins: seed.is_multiple_of(LOGIN_SEED_ONE_IN),
         }
     }
 
     fn run(&mut self, ops: usize) {
         for step in 0..ops {
             self.step = step;
-            if self.rng.random_ratio(1, STEP_ADVANCE_ONE_IN) {
+            let advance_one_in = match self.busy_logins {
+                true => STEP_ADVANCE_ONE_IN * 8,
+                false => STEP_ADVANCE_ONE_IN,
+            };
+            if self.rng.random_ratio(1, advance_one_in) {
                 self.now_ms += self.rng.random_range(0..=STEP_MS_MAX);
             }
             let op = self.generate();
@@ -514,8 +661,19 @@ impl Sim {
 
     fn generate(&mut self) -> Op {
         let from = self.rng.random_range(0..SHARDS);
-        match self.rng.random_range(0..100) {
-            0..20 => Op::Create {
+        let mut roll = self.rng.random_range(0..100);
+        if self.busy_logins && !(14..96).contains(&roll) && self.rng.random_bool(0.9) {
+            // Most of the shares of `Create` and of clock jumps go to writes (half of them
+            // logins): new anonymous sessions, and jumps past every idle timeout, would
+            // otherwise keep a shard from filling with logged-in ones.
+            roll = 45;
+        }
+        match roll {
+            0..14 => Op::Create {
+                from,
+                key: Key(self.random_key()),
+            },
+            14..20 => Op::TryCreate {
                 from,
                 key: Key(self.random_key()),
             },
@@ -531,11 +689,12 @@ impl Sim {
             },
             45..67 => {
                 let id = Id(self.pick_id());
+                let name = self.pick_name();
                 Op::Put {
                     from,
                     id,
-                    name: self.pick_name(),
-                    value: self.random_value(),
+                    name,
+                    value: self.value_for(name),
                 }
             }
             67..75 => {
@@ -554,7 +713,12 @@ impl Sim {
                 from,
                 id: Id(self.pick_id()),
             },
-            80..87 => Op::Rotate {
+            80..85 => Op::Rotate {
+                from,
+                id: Id(self.pick_id()),
+                new_key: Key(self.random_key()),
+            },
+            85..87 => Op::Replace {
                 from,
                 id: Id(self.pick_id()),
                 new_key: Key(self.random_key()),
@@ -575,7 +739,7 @@ impl Sim {
         let mut data = SessionData::new();
         for _ in 0..self.rng.random_range(0..3) {
             let name = self.pick_name();
-            let value = self.random_value();
+            let value = self.value_for(name);
             data.insert(name.to_string(), value);
         }
         let record = SessionRecord {
@@ -616,6 +780,9 @@ impl Sim {
     }
 
     fn pick_name(&mut self) -> &'static str {
+        if self.busy_logins && self.rng.random_bool(0.8) {
+            return USER_VALUE;
+        }
         NAMES[self.rng.random_range(0..NAMES.len())]
     }
 
@@ -674,6 +841,20 @@ impl Sim {
         }
     }
 
+    /// A value for `name`: for `USER_VALUE` mostly one of `USERS`, as a bare name or as auth's
+    /// `{"user": NAME, ...}`, sometimes anything (a session logged in as no user).
+    fn value_for(&mut self, name: &str) -> Value {
+        if name != USER_VALUE {
+            return self.random_value();
+        }
+        let user = USERS[self.rng.random_range(0..USERS.len())];
+        match self.rng.random_range(0..10) {
+            0..6 => json!(user),
+            6..9 => json!({ "user": user, "at": self.rng.random_range(0..1000) }),
+            _ => self.random_value(),
+        }
+    }
+
     /// Small JSON values of every kind, strings with characters JSON escapes, and strings long
     /// enough to hit the bytes bound alone.
     fn random_value(&mut self) -> Value {
@@ -711,8 +892,31 @@ impl Sim {
                     accessed_ms: now,
                     data: BTreeMap::new(),
                 };
-                let model = self.model_insert(from, key.0, record);
+                let model = self.model_insert(from, key.0, record, true);
+                let model = model.expect("evicting a logged-in session makes room");
                 (Outcome::Created(store), Outcome::Created(model))
+            }
+            Op::TryCreate { from, key } => {
+                let store = self.stores[from].try_create(key.0, now);
+                let record = SessionRecord {
+                    created_ms: now,
+                    accessed_ms: now,
+                    data: BTreeMap::new(),
+                };
+                let model = self.model_insert(from, key.0, record, false);
+                if model.is_ok() {
+                    self.minted.push(SessionId {
+                        node: NODE,
+                        shard: from as u16,
+                        key: key.0,
+                    });
+                } else {
+                    self.coverage.creates_refused += 1;
+                }
+                (
+                    Outcome::TryCreated(store.map(|k| k.map(Key))),
+                    Outcome::TryCreated(model),
+                )
             }
             Op::Insert { from, key, record } => {
                 self.minted.push(SessionId {
@@ -723,7 +927,8 @@ impl Sim {
                 let store = self.stores[from]
                     .insert(key.0, record.clone(), now)
                     .map(Key);
-                let model = self.model_insert(from, key.0, record);
+                let model = self.model_insert(from, key.0, record, true);
+                let model = model.expect("evicting a logged-in session makes room");
                 (Outcome::Created(store), Outcome::Created(model))
             }
             Op::Data { from, id: Id(id) } => self.routed(
@@ -757,8 +962,13 @@ impl Sim {
                 value,
             } => {
                 let bytes_before = self.held(&id).map(|s| s.bytes);
-                let evictions =
-                    |sim: &Sim| -> u64 { sim.model.iter().map(|m| m.counters.evictions).sum() };
+                let user_before = self.held(&id).and_then(|s| s.user().map(str::to_string));
+                let evictions = |sim: &Sim| -> u64 {
+                    sim.model
+                        .iter()
+                        .map(|m| m.counters.evictions - m.user_bound_evictions)
+                        .sum()
+                };
                 let evictions_before = evictions(self);
                 let candidate = value.clone();
                 let (store, model) = self.routed(
@@ -771,8 +981,13 @@ impl Sim {
                 if evictions(self) > evictions_before {
                     self.coverage.bytes_evictions += 1;
                 }
+                let user = self.held(&id).and_then(|s| s.user().map(str::to_string));
+                if name == USER_VALUE && user.is_some() && user != user_before {
+                    self.coverage.logins += 1;
+                }
                 match model {
                     Outcome::Put(Err(StoreError::TooLarge)) => self.coverage.too_large += 1,
+                    Outcome::Put(Err(StoreError::Full)) => self.coverage.bytes_refusals += 1,
                     Outcome::Put(Ok(()))
                         if bytes_before.is_some()
                             && self.held(&id).map(|s| s.bytes)
@@ -833,6 +1048,27 @@ impl Sim {
                 }
                 (store, model)
             }
+            Op::Replace {
+                from,
+                id: Id(id),
+                new_key,
+            } => {
+                let (store, model) = self.routed(
+                    from,
+                    &id,
+                    Outcome::Rotated,
+                    |store, key| store.replace(key, new_key.0, now),
+                    |model, key| model.replace(key, new_key.0, now),
+                );
+                if model == Outcome::Rotated(Ok(())) {
+                    self.coverage.replaces += 1;
+                    self.minted.push(SessionId {
+                        key: new_key.0,
+                        ..id
+                    });
+                }
+                (store, model)
+            }
             Op::Sweep { shard, steps_max } => {
                 let store = self.stores[shard].sweep(now, steps_max);
                 let model = self.model[shard].sweep(now, steps_max);
@@ -870,7 +1106,8 @@ impl Sim {
         shard: usize,
         key: SessionKey,
         record: SessionRecord,
-    ) -> Option<Key> {
+        evict_logged_in: bool,
+    ) -> Result<Option<Key>, StoreError> {
         let now = self.now_ms;
         let model = &mut self.model[shard];
         if model.sessions.len() >= LIMITS.sessions_max {
@@ -880,7 +1117,9 @@ impl Sim {
                 self.coverage.evictions_of_expired += 1;
             }
         }
-        model.insert(key, record, now).map(Key)
+        model
+            .insert(key, record, now, evict_logged_in)
+            .map(|evicted| evicted.map(Key))
     }
 
     /// The model's session `id` routes to, live or expired.
@@ -933,13 +1172,16 @@ impl Sim {
 
     fn check_after(&mut self, op: &Op) {
         let touched = match op {
-            Op::Create { from, .. } | Op::Insert { from, .. } => Some(*from),
+            Op::Create { from, .. } | Op::TryCreate { from, .. } | Op::Insert { from, .. } => {
+                Some(*from)
+            }
             Op::Data { id, .. }
             | Op::Get { id, .. }
             | Op::Put { id, .. }
             | Op::Remove { id, .. }
             | Op::Destroy { id, .. }
-            | Op::Rotate { id, .. } => model_owner(&id.0),
+            | Op::Rotate { id, .. }
+            | Op::Replace { id, .. } => model_owner(&id.0),
             Op::Sweep { shard, .. } => Some(*shard),
             Op::Jump { .. } => None,
         };
@@ -995,6 +1237,8 @@ impl Sim {
         for session in &model.sessions {
             let held = store.contains(&session.key);
             check("held keys", held, &Key(session.key), &"held by the model");
+            let user = store.user(&session.key);
+            check("user", user == session.user(), &user, &session.user());
         }
         let store_live: BTreeMap<SessionKey, SessionRecord> = store
             .records(self.now_ms)
@@ -1039,6 +1283,10 @@ fn session_store_matches_model() {
     for &seed in &seeds {
         let mut sim = Sim::new(seed, total);
         sim.run(OPS_PER_SEED);
+        for model in &sim.model {
+            sim.coverage.logged_in_evictions += model.logged_in_evictions;
+            sim.coverage.user_bound_evictions += model.user_bound_evictions;
+        }
         total = sim.coverage;
     }
     if seeds.len() > 1 {
