@@ -76,8 +76,13 @@ impl Server {
             let line = rx
                 .recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| {
+                    let threads = match child.try_wait() {
+                        Ok(None) => threads_of(child.id()),
+                        _ => String::new(),
+                    };
                     let _ = child.kill();
-                    panic!("percore did not print `listening on` for {args:?}")
+                    let _ = child.wait();
+                    panic!("percore did not print `listening on` for {args:?}\n{threads}")
                 });
             let addr = line
                 .strip_prefix("listening on http://")
@@ -150,6 +155,56 @@ impl Server {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
+
+/// What each thread of a process that seems stuck is doing, for a test's failure message: its
+/// state, where it waits in the kernel, and (where gdb is installed) its user-space stack. A
+/// start that never said `listening` under heavy load could not be told apart from a slow one.
+pub fn threads_of(pid: u32) -> String {
+    let mut out = format!("threads of pid {pid}:\n");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let stat = read("stat");
+        // The state follows the parenthesised name, which may hold spaces.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        out.push_str(&format!(
+            "  {} {} state {} wchan {}\n",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state.unwrap_or("?"),
+            read("wchan")
+        ));
+        for frame in read("stack").lines() {
+            out.push_str(&format!("      {frame}\n"));
+        }
+    }
+    let gdb = Command::new("timeout")
+        .args([
+            "20",
+            "gdb",
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    if let Ok(gdb) = gdb
+        && gdb.status.success()
+    {
+        out.push_str(&String::from_utf8_lossy(&gdb.stdout));
+    }
+    out
 }
 
 /// The child's exit status, if it exits within `limit`.
