@@ -66,7 +66,9 @@ pub struct Args {
     /// Write a latency-by-percentile chart (SVG) here
     #[arg(long)]
     pub plot: Option<PathBuf>,
-    /// Step the open-loop rate up (from --rate, default 1000) until p99 passes --p99-max or errors appear
+    /// Step the open-loop rate up 1.5x at a time (from --rate, default 1000) until a step has
+    /// errors, a p99 over --p99-max or an achieved rate under 95% of its target, then bisect
+    /// between the last passing and the first failing rate
     #[arg(long)]
     pub find_max: bool,
     /// p99 bound for --find-max (default 10ms)
@@ -139,6 +141,14 @@ pub fn validate(args: &Args) -> Result<Config, String> {
     let find_max = if args.find_max {
         let p99_max = args.p99_max.as_deref().unwrap_or(P99_MAX_DEFAULT);
         let p99_max_ns = parse_duration_ns(p99_max).map_err(|e| format!("--p99-max: {e}"))?;
+        // The histograms' resolution: a bound below it cannot be met (found in review: 0 was
+        // taken as 1 us).
+        if p99_max_ns < limits::LATENCY_US_MIN * 1000 {
+            return Err(format!(
+                "--p99-max must be at least {} us, not {p99_max}",
+                limits::LATENCY_US_MIN
+            ));
+        }
         Some(FindMax {
             start_rate: args.rate.unwrap_or(FIND_MAX_START_RATE_DEFAULT),
             p99_max_us: (p99_max_ns / 1000).max(1),
@@ -194,6 +204,25 @@ pub fn validate(args: &Args) -> Result<Config, String> {
             scenario::single(spec, &target.authority)?
         }
     };
+    // What the write buffers may hold at once: every connection's pipeline of the biggest
+    // request, and its cookies.
+    let request_bytes_max = mix.templates.iter().map(|t| t.bytes()).max().unwrap_or(0)
+        + if mix.cookies {
+            limits::COOKIE_HEADER_BYTES_MAX
+        } else {
+            0
+        };
+    let in_flight_bytes = (args.connections * args.pipeline) as u64 * request_bytes_max as u64;
+    if in_flight_bytes > limits::IN_FLIGHT_REQUEST_BYTES_MAX {
+        return Err(format!(
+            "--connections {} x --pipeline {} x {request_bytes_max} request bytes is {} MiB in \
+             flight, over {} MiB: lower one of them",
+            args.connections,
+            args.pipeline,
+            in_flight_bytes >> 20,
+            limits::IN_FLIGHT_REQUEST_BYTES_MAX >> 20
+        ));
+    }
     Ok(Config {
         target,
         addr,

@@ -65,7 +65,12 @@ pub fn search(start_rate: f64, p99_max_us: u64, mut step: impl FnMut(f64) -> Ste
             break;
         }
         good = Some(rate);
-        rate *= limits::FIND_MAX_GROWTH;
+        if rate >= limits::RATE_MAX {
+            break;
+        }
+        // Capped: unchecked, the steps passed the highest rate a schedule can mean (found in
+        // review).
+        rate = (rate * limits::FIND_MAX_GROWTH).min(limits::RATE_MAX);
     }
     if let (Some(_), Some(_)) = (good, bad) {
         for _ in 0..limits::FIND_MAX_BISECT_STEPS {

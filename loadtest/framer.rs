@@ -8,8 +8,9 @@ pub struct Response {
     pub status: u16,
     /// The server will close the connection after this response (RFC 9112 §9.6).
     pub close: bool,
-    /// `name=value` pairs from `Set-Cookie`, kept only when the framer collects cookies.
-    pub cookies: Vec<(String, String)>,
+    /// `Set-Cookie`s, read only when the framer collects cookies: (name, value), or (name,
+    /// None) for one that deletes it (`Max-Age` of zero or less, or an `Expires` passed).
+    pub cookies: Vec<(String, Option<String>)>,
 }
 
 /// The result of one `Framer::step`.
@@ -194,9 +195,23 @@ impl Framer {
     /// precede one final head, so a server cannot make one response endless. For a final head
     /// `self.state` is set to what follows; it stays `Head` when the response has no body.
     fn head(&mut self, buf: &[u8], request_is_head: bool) -> Result<Option<Head>, FrameError> {
-        let mut headers = [httparse::EMPTY_HEADER; limits::RESPONSE_HEADERS_MAX];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let used = match parsed.parse(buf).map_err(FrameError::Head)? {
+        let mut inline = [httparse::EMPTY_HEADER; limits::RESPONSE_HEADERS_INLINE];
+        let mut spilled;
+        let mut parsed = httparse::Response::new(&mut inline);
+        let mut outcome = parsed.parse(buf);
+        if outcome == Err(httparse::Error::TooManyHeaders) {
+            // A field per line at most, in a head of at most RESPONSE_HEAD_BYTES_MAX.
+            let window = &buf[..buf.len().min(limits::RESPONSE_HEAD_BYTES_MAX)];
+            spilled = vec![httparse::EMPTY_HEADER; memchr::memchr_iter(b'\n', window).count()];
+            parsed = httparse::Response::new(&mut spilled);
+            outcome = parsed.parse(window);
+        }
+        let used = match outcome.map_err(FrameError::Head)? {
+            // Checked whole too: a head that came in one read passed up to the read buffer's
+            // size, twice the bound (found in review).
+            httparse::Status::Complete(used) if used > limits::RESPONSE_HEAD_BYTES_MAX => {
+                return Err(FrameError::HeadTooLarge);
+            }
             httparse::Status::Complete(used) => used,
             httparse::Status::Partial if buf.len() >= limits::RESPONSE_HEAD_BYTES_MAX => {
                 return Err(FrameError::HeadTooLarge);
@@ -247,7 +262,7 @@ struct Framing {
     close: bool,
     chunked: bool,
     content_length: Option<u64>,
-    cookies: Vec<(String, String)>,
+    cookies: Vec<(String, Option<String>)>,
 }
 
 impl Framing {
@@ -259,9 +274,12 @@ impl Framing {
         for header in parsed.headers.iter() {
             let name = header.name;
             if name.eq_ignore_ascii_case("content-length") {
+                // `1*DIGIT` (RFC 9110 §8.6): Rust's parse also takes a leading '+'.
                 let value = std::str::from_utf8(header.value)
                     .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok());
                 match (content_length, value) {
                     (_, None) => return Err(FrameError::ContentLength),
                     (Some(a), Some(b)) if a != b => return Err(FrameError::ContentLength),
@@ -301,17 +319,41 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The `name=value` before the first `;` of a Set-Cookie value (RFC 6265 §5.2).
-fn cookie_pair(value: &[u8]) -> Option<(String, String)> {
+/// The `name=value` before the first `;` of a Set-Cookie value (RFC 6265 §5.2), with None for
+/// the value when the attributes delete the cookie: `Max-Age` of zero or less, or else an
+/// `Expires` in the past (the usual ways to delete one, found in review: kept and sent on).
+fn cookie_pair(value: &[u8]) -> Option<(String, Option<String>)> {
     let text = std::str::from_utf8(value).ok()?;
-    let pair = text.split(';').next()?;
-    let (name, value) = pair.split_once('=')?;
+    let mut parts = text.split(';');
+    let (name, value) = parts.next()?.split_once('=')?;
     let name = name.trim();
     if name.is_empty() {
-        None
-    } else {
-        Some((name.to_string(), value.trim().to_string()))
+        return None;
     }
+    let (mut max_age, mut expires) = (None, None);
+    for attribute in parts {
+        let (key, text) = attribute.split_once('=').unwrap_or((attribute, ""));
+        let (key, text) = (key.trim(), text.trim());
+        if key.eq_ignore_ascii_case("max-age") {
+            // RFC 6265 §5.2.2: an optional '-' and digits, or the attribute is ignored.
+            let digits = text.strip_prefix('-').unwrap_or(text);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                max_age = Some(text.starts_with('-') || digits.bytes().all(|b| b == b'0'));
+            }
+        } else if key.eq_ignore_ascii_case("expires") {
+            // Also the dashed form cookies use ("Thu, 01-Jan-1970 00:00:00 GMT").
+            let date = httpdate::parse_http_date(text)
+                .or_else(|_| httpdate::parse_http_date(&text.replace('-', " ")));
+            if let Ok(date) = date {
+                expires = Some(date <= std::time::SystemTime::now());
+            }
+        }
+    }
+    let deleted = max_age.or(expires).unwrap_or(false);
+    Some((
+        name.to_string(),
+        (!deleted).then(|| value.trim().to_string()),
+    ))
 }
 
 /// Length of the line before CRLF, if the CRLF is in `buf`.
@@ -331,7 +373,8 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, FrameError> {
     };
     let line = std::str::from_utf8(&buf[..len]).map_err(|_| FrameError::ChunkSize)?;
     let hex = line.split(';').next().unwrap_or("").trim();
-    if hex.is_empty() || hex.len() > 15 {
+    // HEXDIG only: `from_str_radix` also takes a leading '+'.
+    if hex.is_empty() || hex.len() > 15 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(FrameError::ChunkSize);
     }
     let size = u64::from_str_radix(hex, 16).map_err(|_| FrameError::ChunkSize)?;
@@ -615,7 +658,79 @@ mod tests {
         };
         assert_eq!(
             response.cookies,
-            vec![("sid".into(), "abc".into()), ("x".into(), "1".into())]
+            vec![
+                ("sid".into(), Some("abc".into())),
+                ("x".into(), Some("1".into()))
+            ]
         );
+    }
+
+    #[test]
+    fn cookie_deletions() {
+        let kept = |v: &str| Some(v.to_string());
+        for (header, expected) in [
+            ("a=1; Max-Age=0", None),
+            ("a=1; max-age=-5", None),
+            ("a=1; Max-Age=60", kept("1")),
+            ("a=1; Max-Age=x", kept("1")),
+            ("a=; Expires=Thu, 01 Jan 1970 00:00:00 GMT", None),
+            ("a=; expires=Thu, 01-Jan-1970 00:00:00 GMT", None),
+            ("a=1; Expires=Fri, 01 Jan 2100 00:00:00 GMT", kept("1")),
+            // Max-Age wins over Expires (RFC 6265 §5.3 step 3).
+            (
+                "a=1; Max-Age=60; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+                kept("1"),
+            ),
+            ("a=1; Expires=garbage", kept("1")),
+        ] {
+            assert_eq!(
+                cookie_pair(header.as_bytes()),
+                Some(("a".to_string(), expected)),
+                "{header}"
+            );
+        }
+    }
+
+    /// Past the inline fields a head is parsed again with room for all; a head's bytes, not
+    /// its field count, are the bound, however the bytes arrive.
+    #[test]
+    fn many_fields_and_the_head_bound() {
+        let head = |fields: usize, pad: usize| {
+            let mut head = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..fields {
+                head.push_str(&format!("X-{i}: v\r\n"));
+            }
+            head.push_str(&format!("X-Pad: {}\r\n", "p".repeat(pad)));
+            head.push_str("Content-Length: 0\r\n\r\n");
+            head.into_bytes()
+        };
+        let mut framer = Framer::new(false);
+        let many = head(500, 0);
+        assert!(
+            matches!(framer.step(&many, false), Ok(Step::Done { consumed, .. }) if consumed == many.len())
+        );
+        let big = head(1, limits::RESPONSE_HEAD_BYTES_MAX);
+        assert!(big.len() < limits::READ_BUFFER_BYTES);
+        assert_eq!(
+            Framer::new(false).step(&big, false),
+            Err(FrameError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn signed_lengths_and_sizes_are_errors() {
+        let mut framer = Framer::new(false);
+        let plus = b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello";
+        assert_eq!(framer.step(plus, false), Err(FrameError::ContentLength));
+        let mut framer = Framer::new(false);
+        let chunk =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n";
+        let mut outcome = framer.step(chunk, false);
+        let mut pos = 0;
+        while let Ok(Step::NeedMore { consumed }) = outcome {
+            pos += consumed;
+            outcome = framer.step(&chunk[pos..], false);
+        }
+        assert_eq!(outcome, Err(FrameError::ChunkSize));
     }
 }

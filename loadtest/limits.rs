@@ -24,8 +24,10 @@ pub const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
 /// Interim (1xx) responses that may precede one final response (RFC 9110 §15.2). Real servers
 /// send one or two (100 Continue, 103 Early Hints); past this the stream is a parse error.
 pub const INTERIM_RESPONSES_MAX: usize = 64;
-/// Response headers httparse may parse per response.
-pub const RESPONSE_HEADERS_MAX: usize = 64;
+/// Response headers parsed from the stack; a head with more is parsed again with room for one
+/// per line it holds (found in review: a valid 65-field head was a parse error). The head's
+/// bytes are the bound.
+pub const RESPONSE_HEADERS_INLINE: usize = 64;
 /// Per-connection read buffer. Bodies are counted and skipped, never kept, so only a head (and
 /// whatever follows it in the same read) must fit: one read of this size per wake-up.
 pub const READ_BUFFER_BYTES: usize = 2 * RESPONSE_HEAD_BYTES_MAX;
@@ -47,6 +49,18 @@ const _: () = assert!(SCENARIO_REQUESTS_MAX <= u16::MAX as usize + 1);
 pub const SCENARIO_WEIGHT_SUM_MAX: u32 = 1_000_000;
 /// Cookies one connection keeps from `Set-Cookie`.
 pub const COOKIES_PER_CONNECTION_MAX: usize = 32;
+/// Bytes of one cookie (name and value) a connection keeps: the size RFC 6265 §6.1 asks user
+/// agents to support, and browsers' limit; a bigger one is ignored, as browsers do.
+pub const COOKIE_BYTES_MAX: usize = 4096;
+/// Bytes of the `Cookie` header a connection sends: nginx's default header line limit
+/// (`large_client_header_buffers 8k`). A cookie that would take it past is not kept. Without
+/// it a server's cookies grew each request it copies into every pipelined request (found in
+/// review: 305 MB for two connections).
+pub const COOKIE_HEADER_BYTES_MAX: usize = 8 * 1024;
+/// Bytes of requests one run may have waiting in its write buffers at once: connections x
+/// pipeline x the largest request (found in review: 2 connections x 64 x a 2 MB body held
+/// 259 MB; the flags allowed 1.6 PB).
+pub const IN_FLIGHT_REQUEST_BYTES_MAX: u64 = 4 << 30;
 
 /// Events taken per epoll_wait.
 pub const EPOLL_EVENTS_MAX: usize = 512;
@@ -60,8 +74,10 @@ pub const TIMER_SLACK_NS: u64 = 1_000;
 pub const BUSY_POLL_NS_PINNED_DEFAULT: u64 = 100_000;
 /// After a failed connect, wait this long before trying again, so a dead server is not hammered.
 pub const RECONNECT_BACKOFF_US: u64 = 10_000;
-/// After the run ends, wait at most this long for responses still in flight.
-pub const DRAIN_US_MAX: u64 = 2_000_000;
+/// After the run ends, requests still in flight get their `--timeout`, but at most this long:
+/// then the ones that waited their timeout are timeouts and the rest unanswered. A fixed 2 s
+/// counted a 3.5 s answer under `--timeout 5s` as unanswered (found in review).
+pub const DRAIN_US_MAX: u64 = 5_000_000;
 
 /// Seconds of per-thread req/s samples kept (one per second of the run).
 pub const RATE_SAMPLES_MAX: usize = 24 * 3600;

@@ -30,6 +30,24 @@ use stats::RunStats;
 const EXIT_ERRORS_SEEN: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 
+/// `print!` that ignores a closed stdout (`| head`, `| grep -m1`): the output files are the
+/// record and are written whatever happens here. `print!` panicked, and with `panic = "abort"`
+/// the run ended before its files were written (found in review).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `println!` as `say!` does it.
+macro_rules! sayln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
@@ -39,7 +57,7 @@ fn main() -> ExitCode {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
             ) =>
         {
-            print!("{e}");
+            say!("{e}");
             return ExitCode::SUCCESS;
         }
         Err(e) => return bad_input(&first_line(&e.to_string())),
@@ -81,6 +99,11 @@ fn fds_reserved(config: &Config) -> usize {
 /// for writing (without truncating), and removed again if this check created it.
 fn check_outputs(args: &Args) -> Result<(), String> {
     for path in [&args.json, &args.hgrm, &args.plot].into_iter().flatten() {
+        // A FIFO (or a device) is written at the end as it is: opening one for writing here
+        // waited for a reader before the run began (found in review).
+        if path.metadata().is_ok_and(|meta| !meta.is_file()) {
+            continue;
+        }
         let existed = path.exists();
         std::fs::OpenOptions::new()
             .append(true)
@@ -108,7 +131,8 @@ fn first_line(text: &str) -> String {
 }
 
 fn bad_input(message: &str) -> ExitCode {
-    eprintln!("percore-load: {message}");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "percore-load: {message}");
     ExitCode::from(EXIT_BAD_INPUT)
 }
 
@@ -159,11 +183,15 @@ fn shape<'a>(config: &'a Config, rate: Option<f64>) -> RunShape<'a> {
 fn run_once(args: &Args, config: &Config, started_unix_s: u64) -> ExitCode {
     let stats = measure(config, config.rate);
     let shape = shape(config, config.rate);
-    print!("{}", report::text(&shape, &stats));
+    say!("{}", report::text(&shape, &stats));
     if let Err(e) = write_outputs(args, config, &shape, &stats, None, started_unix_s) {
         return bad_input(&e);
     }
     if stats.error_total() > 0 {
+        ExitCode::from(EXIT_ERRORS_SEEN)
+    } else if stats.responses == 0 {
+        // Nothing measured is no pass (found in review: `-d 1us` exited 0).
+        sayln!("No request was sent and answered in the window: nothing was measured.");
         ExitCode::from(EXIT_ERRORS_SEEN)
     } else {
         ExitCode::SUCCESS
@@ -176,7 +204,7 @@ fn run_find_max(
     find_max: cli::FindMax,
     started_unix_s: u64,
 ) -> ExitCode {
-    println!(
+    sayln!(
         "Finding the highest open-loop rate with p99 <= {} and no errors",
         report::format_us(find_max.p99_max_us as f64)
     );
@@ -184,7 +212,7 @@ fn run_find_max(
     let search = findmax::search(find_max.start_rate, find_max.p99_max_us, |rate| {
         let stats = measure(config, Some(rate));
         let verdict = findmax::judge(rate, &stats, find_max.p99_max_us);
-        println!(
+        sayln!(
             "  target {:>10} req/s  achieved {:>10}  p99 {:>9}  errors {:<6} {}",
             report::format_count(rate),
             report::format_count(verdict.achieved_rate),
@@ -206,14 +234,14 @@ fn run_find_max(
         return ExitCode::from(EXIT_ERRORS_SEEN);
     };
     if search.knee_rate.is_none() {
-        println!(
+        sayln!(
             "No knee: the first step ({} req/s) already failed; {}.",
             report::format_count(find_max.start_rate),
             no_knee_hint(search.steps.first().and_then(|step| step.reason))
         );
-        println!("Run of the first step:");
+        sayln!("Run of the first step:");
         let shape = shape(config, Some(knee));
-        print!("{}", report::text(&shape, &stats));
+        say!("{}", report::text(&shape, &stats));
         let written = write_outputs(
             args,
             config,
@@ -228,20 +256,20 @@ fn run_find_max(
         };
     }
     match search.first_failing_rate {
-        Some(bad) => println!(
+        Some(bad) => sayln!(
             "Knee: {} req/s passes; {} req/s fails.",
             report::format_count(knee),
             report::format_count(bad)
         ),
-        None => println!(
+        None => sayln!(
             "Knee: not reached; {} req/s still passes after {} steps.",
             report::format_count(knee),
             limits::FIND_MAX_STEPS_MAX
         ),
     }
-    println!("Run at the knee:");
+    sayln!("Run at the knee:");
     let shape = shape(config, Some(knee));
-    print!("{}", report::text(&shape, &stats));
+    say!("{}", report::text(&shape, &stats));
     if let Err(e) = write_outputs(
         args,
         config,

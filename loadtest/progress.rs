@@ -53,7 +53,10 @@ fn print_line(
     } else {
         format_us(cumulative.value_at_quantile(0.99) as f64)
     };
-    eprintln!(
+    // A terminal gone (a closed ssh session) ends the progress lines, not the run.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
         "[{second:>4}s] {:>9} req/s  errors {errors:<6} p99 so far {p99}{phase}",
         format_count(responses as f64)
     );

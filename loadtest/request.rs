@@ -20,7 +20,13 @@ pub struct Template {
     pub name: String,
     /// Responses to HEAD carry no body whatever their headers say (RFC 9112 §6.3).
     pub is_head: bool,
+    /// The method is idempotent (RFC 9110 §9.2.2): a request lost to a close without notice
+    /// may be sent again automatically; a POST or PATCH may not (RFC 9112 §9.3.1).
+    pub idempotent: bool,
     prefix: Vec<u8>,
+    /// A `Cookie` given with `-H` or in the scenario: the connection's own cookies join it in
+    /// one header (RFC 6265 §5.4: never two).
+    cookie: Vec<u8>,
     suffix: Vec<u8>,
 }
 
@@ -41,6 +47,7 @@ impl Template {
             ));
         }
         let mut prefix = format!("{} {} HTTP/1.1\r\n", spec.method, spec.path).into_bytes();
+        let mut cookie = Vec::new();
         let has = |name: &str| {
             spec.headers
                 .iter()
@@ -54,10 +61,20 @@ impl Template {
             if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
                 return Err(format!("header {name:?}: value holds CR, LF or NUL"));
             }
-            // We frame the body ourselves; a user's framing header would contradict ours.
+            // We frame the body ourselves; a user's framing header would contradict ours (it
+            // was dropped without a word: found in review).
             if name.eq_ignore_ascii_case("content-length")
                 || name.eq_ignore_ascii_case("transfer-encoding")
             {
+                return Err(format!(
+                    "header {name:?}: percore-load frames the body itself (--body, body_file)"
+                ));
+            }
+            if name.eq_ignore_ascii_case("cookie") {
+                if !cookie.is_empty() {
+                    cookie.extend_from_slice(b"; ");
+                }
+                cookie.extend_from_slice(value.as_bytes());
                 continue;
             }
             prefix.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
@@ -72,17 +89,32 @@ impl Template {
         Ok(Template {
             name: spec.name.clone(),
             is_head: spec.method == "HEAD",
+            idempotent: matches!(
+                spec.method.as_str(),
+                "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+            ),
             prefix,
+            cookie,
             suffix,
         })
     }
 
-    /// Appends the request to `out`, with `Cookie: {cookie}` when `cookie` is not empty.
+    /// Bytes of the request without the connection's cookies.
+    pub fn bytes(&self) -> usize {
+        self.prefix.len() + self.cookie.len() + self.suffix.len()
+    }
+
+    /// Appends the request to `out`, with one `Cookie` header holding the template's own
+    /// cookie and `cookie` (the connection's), when either is not empty.
     #[inline]
     pub fn encode(&self, cookie: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&self.prefix);
-        if !cookie.is_empty() {
+        if !cookie.is_empty() || !self.cookie.is_empty() {
             out.extend_from_slice(b"Cookie: ");
+            out.extend_from_slice(&self.cookie);
+            if !cookie.is_empty() && !self.cookie.is_empty() {
+                out.extend_from_slice(b"; ");
+            }
             out.extend_from_slice(cookie);
             out.extend_from_slice(b"\r\n");
         }
@@ -150,9 +182,29 @@ mod tests {
             Ok("GET /p HTTP/1.1\r\nHost: h:1\r\nCookie: a=b\r\n\r\n"),
         );
         check(
-            spec("POST", "/e", &[("X-A", "1"), ("Content-Length", "9")], "hi"),
+            spec("POST", "/e", &[("X-A", "1")], "hi"),
             "",
             Ok("POST /e HTTP/1.1\r\nHost: h:1\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nhi"),
+        );
+        check(
+            spec("POST", "/e", &[("Content-Length", "9")], "hi"),
+            "",
+            Err(()),
+        );
+        check(
+            spec("POST", "/e", &[("transfer-encoding", "chunked")], "hi"),
+            "",
+            Err(()),
+        );
+        check(
+            spec("GET", "/", &[("Cookie", "u=1")], ""),
+            "a=b",
+            Ok("GET / HTTP/1.1\r\nHost: h:1\r\nCookie: u=1; a=b\r\n\r\n"),
+        );
+        check(
+            spec("GET", "/", &[("Cookie", "u=1")], ""),
+            "",
+            Ok("GET / HTTP/1.1\r\nHost: h:1\r\nCookie: u=1\r\n\r\n"),
         );
         check(
             spec("POST", "/e", &[], ""),

@@ -70,6 +70,22 @@ fn bad_input_exits_2_with_one_line() {
     // A device claims 0 bytes: the read is bounded, not only the claim (found in review).
     check(&["--body", "/dev/zero", &url], "over 16777216 bytes");
     check(&["--scenario", "/dev/zero", &url], "over 16777216 bytes");
+    // Review of 2026-11-30: a framing header was dropped without a word, a p99 bound under the
+    // histograms' resolution was taken, and the flags allowed petabytes of requests in flight.
+    check(&["-H", "Content-Length: 5", &url], "frames the body itself");
+    check(
+        &["-H", "transfer-encoding: chunked", &url],
+        "frames the body itself",
+    );
+    check(
+        &["--find-max", "--p99-max", "0", &url],
+        "--p99-max must be at least 1 us",
+    );
+    let long = format!("X-Long: {}", "x".repeat(100));
+    check(
+        &["-c", "100000", "--pipeline", "1024", "-H", &long, &url],
+        "MiB in flight, over 4096 MiB",
+    );
 }
 
 /// Review items 6, 9 and 10: scenario errors name file, line and key on one line; duplicate

@@ -581,8 +581,10 @@ fn many_interim_responses_are_a_parse_error_not_a_crash() {
 /// (here over 2 s later: the run, then the drain).
 #[test]
 fn requests_never_answered_are_errors() {
+    // Past the 5 s the drain gives requests in flight at the end (`DRAIN_US_MAX`), under their
+    // 10 s timeout: unanswered, not timed out.
     let server = TestServer::start(|_, _| {
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(8));
         ok("late")
     });
     for rate in [None, Some("20")] {
@@ -602,6 +604,238 @@ fn requests_never_answered_are_errors() {
         assert_accounted(&doc);
         assert!(n(&doc, "/started_unix_s") <= before_s + 1, "{doc}");
     }
+}
+
+/// An answer that comes after its request's `--timeout` is a timeout, not a response with its
+/// latency (review of 2026-11-30: the timeout was looked at every 10 ms, and a 55 ms answer
+/// passed a 50 ms timeout).
+#[test]
+fn late_answers_are_timeouts() {
+    // 3 ms past the timeout: a scan every 10 ms mostly missed it.
+    let server = TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(53));
+        ok("late")
+    });
+    let (code, stdout, doc) = load_json(&[
+        "-c",
+        "2",
+        "-d",
+        "600ms",
+        "--timeout",
+        "50ms",
+        &server.url("/"),
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(n(&doc, "/run/requests"), 0, "{doc}");
+    assert!(n(&doc, "/run/errors/timeout") >= 4, "{doc}");
+    assert_accounted(&doc);
+}
+
+/// Requests in flight at the end get their `--timeout` to answer (review of 2026-11-30: a
+/// fixed 2 s drain counted a 2.5 s answer under `--timeout 4s` as unanswered, and failed the
+/// run); at the drain's end one that waited its timeout is a timeout.
+#[test]
+fn the_drain_waits_for_a_request_up_to_its_timeout() {
+    let slow = TestServer::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(2500));
+        ok("slow")
+    });
+    let url = slow.url("/");
+    let (code, stdout, doc) = load_json(&["-c", "2", "-d", "300ms", "--timeout", "4s", &url]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(n(&doc, "/run/requests"), 2, "{doc}");
+    assert_accounted(&doc);
+    let (code, stdout, doc) = load_json(&["-c", "2", "-d", "300ms", "--timeout", "1s", &url]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(n(&doc, "/run/errors/timeout"), 2, "{doc}");
+    assert_eq!(n(&doc, "/run/errors/unanswered"), 0, "{doc}");
+    assert_accounted(&doc);
+}
+
+/// A closed stdout (`| head`) costs the report, not the run's files or its exit code (review
+/// of 2026-11-30: the print panicked, and with panic = "abort" nothing was written).
+#[test]
+fn a_closed_stdout_still_writes_the_files() {
+    let server = TestServer::start(|_, _| ok("hello"));
+    let dir = tempdir();
+    let json = dir.path().join("out.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_percore-load"))
+        .args(["-c", "1", "-d", "200ms", "--json", json.to_str().unwrap()])
+        .arg(server.url("/"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(n(&doc, "/run/requests") > 0, "{doc}");
+}
+
+/// A valid head with more fields than are parsed inline (review of 2026-11-30: 65 fields were
+/// a parse error).
+#[test]
+fn a_head_with_many_fields_is_a_response() {
+    let server = TestServer::start(|_, _| {
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..200 {
+            head.push_str(&format!("X-Field-{i}: {i}\r\n"));
+        }
+        head.push_str("Content-Length: 2\r\n\r\nok");
+        reply(head.as_bytes(), false)
+    });
+    let (code, stdout, doc) = load_json(&["-c", "1", "-d", "300ms", &server.url("/")]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(n(&doc, "/run/errors/parse"), 0, "{doc}");
+    assert!(n(&doc, "/run/requests") > 0, "{doc}");
+}
+
+/// Cookies are kept as a browser keeps them: one over 4 KiB is ignored, and `Max-Age=0`
+/// deletes (review of 2026-11-30: every cookie was kept, whatever its size, and sent in every
+/// pipelined request: 305 MB for two connections).
+#[test]
+fn cookies_are_kept_within_bounds_and_deleted() {
+    type Seen = Arc<Mutex<Vec<(u64, Option<String>)>>>;
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let server = TestServer::start(move |request, _| {
+        let cookie = request.header("cookie").map(str::to_string);
+        log.lock()
+            .unwrap()
+            .push((request.index_on_connection, cookie));
+        let set = match request.index_on_connection {
+            0 => "Set-Cookie: a=1\r\n".to_string(),
+            1 => format!("Set-Cookie: big={}\r\n", "x".repeat(5000)),
+            2 => "Set-Cookie: a=gone; Max-Age=0\r\n".to_string(),
+            _ => String::new(),
+        };
+        let bytes = format!("HTTP/1.1 200 OK\r\n{set}Content-Length: 0\r\n\r\n");
+        reply(bytes.as_bytes(), false)
+    });
+    let dir = tempdir();
+    let scenario = dir.path().join("cookies.toml");
+    std::fs::write(
+        &scenario,
+        "[session]\n\n[[request]]\nname = \"get\"\npath = \"/\"\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = load_json(&[
+        "-c",
+        "1",
+        "-d",
+        "300ms",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        &server.url("/"),
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let seen = seen.lock().unwrap();
+    let cookie_at = |index: u64| {
+        seen.iter()
+            .find(|(i, _)| *i == index)
+            .unwrap_or_else(|| panic!("no request {index}: {seen:?}"))
+            .1
+            .clone()
+    };
+    assert_eq!(cookie_at(0), None);
+    assert_eq!(cookie_at(1).as_deref(), Some("a=1"));
+    assert_eq!(
+        cookie_at(2).as_deref(),
+        Some("a=1"),
+        "the 5 KB cookie is not kept"
+    );
+    assert_eq!(cookie_at(3), None, "Max-Age=0 deletes");
+}
+
+/// A server that reads every pipelined request, answers the first and closes without a word.
+/// A GET lost that way is sent again once (the keep-alive race); a POST, which the server may
+/// have processed, is not (RFC 9112 §9.3.1; review of 2026-11-30).
+#[test]
+fn a_post_lost_to_a_close_without_notice_is_not_sent_again() {
+    for (method, resent) in [("GET", true), ("POST", false)] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(AtomicU64::new(0));
+        let count = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut have = Vec::new();
+                    // Waits for the whole pipeline, so each connection reads four requests.
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+                    while have.windows(4).filter(|w| *w == b"\r\n\r\n").count() < 4
+                        && Instant::now() < deadline
+                    {
+                        match stream.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(read) => have.extend_from_slice(&buf[..read]),
+                            Err(_) => {}
+                        }
+                    }
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                    // What the client sends after the answer is received (and processed) too.
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+                    while let Ok(read @ 1..) = stream.read(&mut buf) {
+                        have.extend_from_slice(&buf[..read]);
+                    }
+                    let requests = have.windows(4).filter(|w| *w == b"\r\n\r\n").count();
+                    count.fetch_add(requests as u64, Ordering::SeqCst);
+                });
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let (_, stdout, doc) = load_json(&[
+            "-c",
+            "1",
+            "--pipeline",
+            "4",
+            "-d",
+            "500ms",
+            "-m",
+            method,
+            &url,
+        ]);
+        assert_accounted(&doc);
+        let sent = n(&doc, "/run/requests_sent");
+        assert!(sent > 0, "{stdout}");
+        // Counted by the server when its connection ends: the last one's may not have yet.
+        std::thread::sleep(Duration::from_millis(200));
+        let received = received.load(Ordering::SeqCst);
+        if resent {
+            assert!(
+                received > sent,
+                "{method}: {received} received, {sent} sent: {doc}"
+            );
+        } else {
+            assert_eq!(received, sent, "{method}: each once: {doc}");
+        }
+    }
+}
+
+/// Open loop against a server that closes every connection at once: reconnects wait the
+/// backoff (review of 2026-11-30: 2,274 connects a second for one connection).
+#[test]
+fn connections_closed_before_any_answer_reconnect_with_a_backoff() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/");
+    let (_, _, doc) = load_json(&["-c", "1", "-d", "1s", "--rate", "2", &url]);
+    // A 10 ms backoff: at most ~100 a second (and the reachability check's one).
+    let accepted = accepted.load(Ordering::SeqCst);
+    assert!(accepted <= 150, "{accepted} connections: {doc}");
+    assert!(n(&doc, "/run/reconnects") <= 150, "{doc}");
 }
 
 /// Review item 4: a server that closes after each response without `Connection: close` made
@@ -738,6 +972,10 @@ fn short_runs_warmup_and_truncated_heads() {
     let req_sec = stdout.lines().find(|l| l.contains("Req/Sec")).unwrap();
     assert_ne!(req_sec.split_whitespace().nth(1), Some("0.00"), "{stdout}");
     assert_accounted(&doc);
+    // A window nothing was answered in is no pass (review of 2026-11-30: exit 0).
+    let (code, stdout, _) = load_json(&["-c", "1", "-d", "1us", &server.url("/")]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("nothing was measured"), "{stdout}");
     let truncating = TestServer::start(|_, _| reply(b"HTTP/1.1 200 OK\r\nContent-Le", true));
     let (code, _, doc) = load_json(&["-c", "1", "-d", "300ms", &truncating.url("/")]);
     assert_eq!(code, 1, "{doc}");
