@@ -2270,11 +2270,19 @@ fn lowest_free_fd(pid: u32) -> u64 {
 fn a_segment_switch_short_of_file_descriptors_waits_for_one() {
     let tmp = common::temp_dir("kv-switch-nofile");
     let dir = tmp.path().to_str().unwrap();
-    let args = ["--data-dir", dir, "--checkpoint-bytes", "4096"];
+    let args = [
+        "--data-dir",
+        dir,
+        "--checkpoint-bytes",
+        "4096",
+        "--expose-shard",
+    ];
     let server = Server::start(&args);
-    let mut conn = connect(server.addr);
+    // On shard 0, whose log switches: its writes wait for the log alone. One forwarded from
+    // shard 1 would answer 504 (outcome unknown) once it waited past the 2 s a forwarded write
+    // is given (`txn::PREPARE_TIMEOUT_MS_DEFAULT`).
+    let [mut conn, mut other] = common::one_per_shard(&server);
     wait_ready(&mut conn);
-    let mut other = connect(server.addr);
     let pid = server.child.id();
     // From here on no open, accept or dup of the server's succeeds (EMFILE).
     let soft = set_nofile_soft(pid, lowest_free_fd(pid));
