@@ -275,7 +275,7 @@ fn stats_totals_match_the_requests_sent() {
     // counted, for every mesh).
     assert!(stats["total"]["mesh_calls_served"].as_u64().unwrap() >= 1);
     assert!(
-        stats["total"]["mesh_expired"].is_u64(),
+        stats["total"]["mesh_expired"].is_u64() && stats["total"]["mesh_dropped"].is_u64(),
         "{}",
         stats["total"]
     );

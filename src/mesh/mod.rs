@@ -4,7 +4,7 @@
 //! queue of one class can never hold up another: cross-shard waits form a DAG by class.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -55,6 +55,8 @@ pub enum Envelope<Req, Resp> {
 }
 
 type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+/// Envelopes waiting for room on one peer's channel, each with when it was queued.
+type Backlog<Req, Resp> = VecDeque<(Instant, Envelope<Req, Resp>)>;
 /// Serves a request addressed to this shard: `(caller shard, request) -> reply`.
 pub type Handler<Req, Resp> = Rc<dyn Fn(usize, Req) -> LocalFuture<Resp>>;
 
@@ -74,7 +76,17 @@ pub struct MeshCounters {
     pub timeouts: Cell<u64>,
     /// Requests this shard read after their expiry and refused unserved.
     pub expired: Cell<u64>,
+    /// One-way messages dropped because `BACKLOG_MAX` were already waiting for room to their peer.
+    pub dropped: Cell<u64>,
 }
+
+/// Envelopes (one-way messages, replies, `call_posted` requests) that may wait, per peer, for
+/// room on its full channel, behind which one-way messages are dropped (a protocol on them
+/// tolerates a lost one; replies and posted calls are bounded by the calls they answer or end).
+/// Unbounded, each waited in a task of its own: 1.5 MB a second of transaction messages piled
+/// up while a peer's executor was stopped, and the peer then worked through thousands of
+/// stale ones (found in review). As many again as the channel holds.
+pub const BACKLOG_MAX: usize = crate::config::limits::MESH_CHANNEL_CAPACITY;
 
 /// A request expires at this fraction of its call's deadline: a callee that reads it later
 /// refuses it unserved, and the rest of the deadline is for the reply of one served just in
@@ -96,6 +108,10 @@ pub struct Mesh<Req: Send + 'static, Resp: Send + 'static> {
     closed: Cell<bool>,
     /// Each serving task's waker, by the peer it reads from, for `close` to wake.
     serve_wakers: RefCell<Vec<Option<Waker>>>,
+    /// By peer: envelopes waiting for room on its channel, in the order they were posted, and
+    /// when each was queued; sent by one task while `draining` (`post`).
+    backlog: RefCell<Vec<Backlog<Req, Resp>>>,
+    draining: Vec<Cell<bool>>,
     pub counters: MeshCounters,
 }
 
@@ -130,6 +146,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             handler,
             closed: Cell::new(false),
             serve_wakers: RefCell::new(vec![None; shard_count]),
+            backlog: RefCell::new((0..shard_count).map(|_| VecDeque::new()).collect()),
+            draining: (0..shard_count).map(|_| Cell::new(false)).collect(),
             counters: MeshCounters::default(),
         });
         Self::serve(&mesh, receivers);
@@ -171,34 +189,54 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         }
     }
 
-    /// Posts from this turn when there is room, else from a task of its own; a closed channel
-    /// drops the envelope (its caller, if any, is gone or ends at its deadline).
+    /// Posts from this turn when there is room and nothing waits before it, else queues it
+    /// (`backlog`): envelopes posted to one peer arrive in the order they were posted (found in
+    /// review: one that waited for room could be overtaken by a later one that found it). A
+    /// closed channel drops the envelope (its caller, if any, is gone or ends at its deadline).
     fn post(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
-        if let Post::Full(envelope) = self.try_post(to, envelope) {
-            self.post_later(to, envelope);
+        let envelope = match self.draining[to].get() {
+            true => envelope,
+            false => match self.try_post(to, envelope) {
+                Post::Full(envelope) => envelope,
+                Post::Sent | Post::Closed => return,
+            },
+        };
+        {
+            let queue = &mut self.backlog.borrow_mut()[to];
+            if queue.len() >= BACKLOG_MAX && matches!(envelope, Envelope::Oneway { .. }) {
+                self.counters.dropped.set(self.counters.dropped.get() + 1);
+                return;
+            }
+            queue.push_back((Instant::now(), envelope));
+        }
+        if !self.draining[to].replace(true) {
+            glommio::spawn_local(Self::drain_backlog(self.clone(), to)).detach();
         }
     }
 
-    /// Posts `envelope` from a task of its own once the channel to `to` has room.
-    fn post_later(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
-        // glommio 0.9's send waits for room or for *this* side to close, not for the receiver to
-        // go: to a stopped peer it would wait forever. A reply is worthless after the deadline
-        // (its caller has given up), so its wait ends there; a one-way message waits for room,
-        // as its protocol resends only what is lost, not what is slow.
-        // A request posted later (`call_posted`) waits for room as a one-way message does.
-        let deadline = match envelope {
-            Envelope::Reply { .. } => Some(self.limits.deadline),
-            Envelope::Request { .. } | Envelope::Oneway { .. } => None,
-        };
-        let mesh = self.clone();
-        glommio::spawn_local(async move {
-            let send = mesh.senders.send_to(to, envelope);
-            match deadline {
-                Some(deadline) => drop(with_deadline(deadline, send).await),
-                None => drop(send.await),
+    /// Sends the envelopes queued for `to`, in order, as its channel makes room. A reply older
+    /// than the deadline is dropped (its caller has given up). glommio 0.9's send waits for room
+    /// or for *this* side to close, not for the receiver to go: to a stopped peer this waits
+    /// until `close`, holding at most the bounded backlog.
+    async fn drain_backlog(mesh: Rc<Self>, to: usize) {
+        loop {
+            let next = mesh.backlog.borrow_mut()[to].pop_front();
+            let Some((queued, envelope)) = next else {
+                mesh.draining[to].set(false);
+                return;
+            };
+            if matches!(envelope, Envelope::Reply { .. })
+                && queued.elapsed() >= mesh.limits.deadline
+            {
+                continue;
             }
-        })
-        .detach();
+            if mesh.senders.send_to(to, envelope).await.is_err() {
+                // Closed: nothing more reaches the peer.
+                mesh.backlog.borrow_mut()[to].clear();
+                mesh.draining[to].set(false);
+                return;
+            }
+        }
     }
 
     pub fn shard_count(&self) -> usize {
@@ -261,10 +299,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             body: req,
             expires: None,
         };
-        match self.try_post(to, request) {
-            Post::Sent => {}
-            Post::Full(envelope) => self.post_later(to, envelope),
-            Post::Closed => return Err(MeshError::Closed),
+        match self.draining[to].get() {
+            true => self.post(to, request),
+            false => match self.try_post(to, request) {
+                Post::Sent => {}
+                Post::Full(envelope) => self.post(to, envelope),
+                Post::Closed => return Err(MeshError::Closed),
+            },
         }
         self.within_deadline(WaitReply { slot: &slot }).await
     }
@@ -695,6 +736,69 @@ mod tests {
             .filter(|r| **r == Err(MeshError::Overloaded))
             .count();
         assert_eq!((ok, refused), (4, 2), "{replies:?}");
+    }
+
+    /// One-way messages to a shard that reads nothing wait for room in the order they were sent,
+    /// the channel's worth and `BACKLOG_MAX` more; past that they are dropped and counted (found
+    /// in review: each waited in a task of its own, without bound, while a peer was stopped).
+    #[test]
+    fn one_way_messages_to_a_stalled_shard_wait_in_order_within_a_bound() {
+        const SENT: u64 = 64 + BACKLOG_MAX as u64 + 100;
+        thread_local! {
+            static SERVED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+        }
+        let builder = MeshBuilder::full(2, 64);
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        // 0 blocks the shard's thread for 300 ms; any other value is recorded.
+        let handler = || -> Handler<u64, u64> {
+            Rc::new(|_from, n: u64| {
+                if n == 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                } else {
+                    SERVED.with(|served| served.borrow_mut().push(n));
+                }
+                Box::pin(async move { n })
+            })
+        };
+        let first = {
+            let builder = builder.clone();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+                .spawn(move || async move {
+                    let mesh = Mesh::join(builder, 0, LIMITS, handler()).await;
+                    mesh.send(1, 0);
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                    for n in 1..=SENT {
+                        mesh.send(1, n);
+                    }
+                    // The stall ends; what waited is sent and served.
+                    glommio::timer::sleep(Duration::from_millis(1500)).await;
+                    let _ = done_tx.send(());
+                    mesh.counters.dropped.get()
+                })
+                .unwrap()
+        };
+        let second = LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let _mesh = Mesh::join(builder, 1, LIMITS, handler()).await;
+                while done_rx.try_recv().is_err() {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                SERVED.with(|served| served.take())
+            })
+            .unwrap();
+        let dropped = first.join().unwrap();
+        let served = second.join().unwrap();
+        assert!(dropped > 0, "nothing dropped: {} served", served.len());
+        assert_eq!(served.len() as u64 + dropped, SENT);
+        assert!(
+            served.len() <= 2 * 64 + BACKLOG_MAX,
+            "{} served",
+            served.len()
+        );
+        let in_order: Vec<u64> = (1..=served.len() as u64).collect();
+        assert!(served == in_order, "out of order or with a gap");
     }
 
     /// A call to a shard that has stopped fails at once with `Closed`, and takes nothing from

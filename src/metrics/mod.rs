@@ -253,13 +253,15 @@ shard_stats! {
     parks,
     /// Cross-shard messages over every mesh (stats, session, auth, transaction; found in
     /// review: only the stats mesh's were counted): sent and served (one-way messages
-    /// included), refused at an in-flight bound, calls that timed out, and requests this shard
-    /// read after their expiry and refused unserved.
+    /// included), refused at an in-flight bound, calls that timed out, requests this shard
+    /// read after their expiry and refused unserved, and one-way messages dropped because a
+    /// peer that read nothing had `mesh::BACKLOG_MAX` of them waiting already.
     mesh_calls_sent,
     mesh_calls_served,
     mesh_overloaded,
     mesh_timeouts,
     mesh_expired,
+    mesh_dropped,
     /// 1 once the shard is draining and has no connection left (it then still answers the
     /// other shards until each is drained too); the total counts the drained shards.
     drained,
@@ -287,6 +289,9 @@ shard_stats! {
     /// Forwarded transactions this shard owns that arrived after their coordinator's deadline
     /// and were refused unrun (503 to their client, if it still waits).
     tx_forwarded_expired,
+    /// Parts of cross-shard transactions (prepares) that arrived here after their
+    /// coordinator's deadline and were refused unprepared (the transaction aborts: 503).
+    tx_prepares_expired,
     /// Outcomes of the cross-shard transactions this shard coordinated.
     tx_cross_committed,
     tx_cross_aborted,

@@ -298,6 +298,7 @@ impl Shard {
             stats.mesh_overloaded += mesh.overloaded.get();
             stats.mesh_timeouts += mesh.timeouts.get();
             stats.mesh_expired += mesh.expired.get();
+            stats.mesh_dropped += mesh.dropped.get();
         }
         let store = self.sessions.store.borrow();
         stats.sessions = store.len() as u64;
@@ -316,6 +317,7 @@ impl Shard {
         stats.tx_local = node.counters.local;
         stats.tx_forwarded = node.counters.forwarded;
         stats.tx_forwarded_expired = node.counters.runs_expired;
+        stats.tx_prepares_expired = node.counters.prepares_expired;
         stats.tx_cross_shard = node.counters.coordinated;
         stats.tx_cross_committed = node.counters.committed;
         stats.tx_cross_aborted = node.counters.aborted;

@@ -76,6 +76,8 @@ struct Sim {
     crashes: u64,
     /// Staged transactions resolved by probing, by nodes that crashed since: (committed, aborted).
     probed_before_crashes: (u64, u64),
+    /// Runs and prepares refused at their expiry, by nodes that crashed since.
+    expired_before_crashes: (u64, u64),
     checkpoints: u64,
     torn: u64,
     /// Per step and shard: chance of a group commit (low values keep records volatile longer).
@@ -147,6 +149,7 @@ impl Sim {
             clients: BTreeMap::new(),
             crashes: 0,
             probed_before_crashes: (0, 0),
+            expired_before_crashes: (0, 0),
             checkpoints: 0,
             torn: 0,
             sync_probability: 0.0,
@@ -261,7 +264,14 @@ impl Sim {
                     if self.rng.random_bool(0.02) {
                         continue; // lost, like a mesh call that timed out
                     }
-                    let at = self.now_ms + self.rng.random_range(1..=10);
+                    // Now and then past the prepare timeout (50 ms), as a peer that stalls
+                    // delays them: runs and prepares then arrive expired, votes and decisions
+                    // after the coordinator gave up.
+                    let delay = match self.rng.random_bool(0.02) {
+                        true => self.rng.random_range(30..=120),
+                        false => self.rng.random_range(1..=10),
+                    };
+                    let at = self.now_ms + delay;
                     self.sent += 1;
                     let message = InFlight {
                         from: shard,
@@ -338,6 +348,8 @@ impl Sim {
         self.crashes += 1;
         self.probed_before_crashes.0 += node.counters.probe_committed;
         self.probed_before_crashes.1 += node.counters.probe_aborted;
+        self.expired_before_crashes.0 += node.counters.runs_expired;
+        self.expired_before_crashes.1 += node.counters.prepares_expired;
         let mut pending = std::mem::take(&mut self.shards[shard].pending);
         let snaps = std::mem::take(&mut self.shards[shard].snaps);
         // Sometimes a prefix was synced but its waiters never heard of it.
@@ -444,6 +456,16 @@ impl Sim {
     }
 
     /// Staged transactions resolved by probing, over every incarnation: (committed, aborted).
+    fn expired(&self) -> (u64, u64) {
+        let nodes = self.shards.iter().filter_map(|shard| shard.node.as_ref());
+        nodes.fold(self.expired_before_crashes, |(runs, prepares), node| {
+            (
+                runs + node.counters.runs_expired,
+                prepares + node.counters.prepares_expired,
+            )
+        })
+    }
+
     fn probed(&self) -> (u64, u64) {
         let nodes = self.shards.iter().filter_map(|shard| shard.node.as_ref());
         nodes.fold(self.probed_before_crashes, |(c, a), node| {
@@ -632,6 +654,13 @@ fn simulation_reaches_the_interesting_paths() {
         if probe_aborted > 0 {
             seen.insert("probe aborted");
         }
+        let (runs_expired, prepares_expired) = sim.expired();
+        if runs_expired > 0 {
+            seen.insert("run expired");
+        }
+        if prepares_expired > 0 {
+            seen.insert("prepare expired");
+        }
         for client in sim.clients.values() {
             let name = match &client.outcome {
                 Some(Ok(_)) => "committed",
@@ -657,6 +686,8 @@ fn simulation_reaches_the_interesting_paths() {
         "lost",
         "probe committed",
         "probe aborted",
+        "run expired",
+        "prepare expired",
     ];
     for name in names {
         assert!(

@@ -69,10 +69,15 @@ pub enum Msg {
         tx: TxId,
         outcome: Outcome,
     },
-    /// A participant's ops, with their indices in the client's transaction.
+    /// A participant's ops, with their indices in the client's transaction, to prepare if it
+    /// arrives before `expires_ms` (the coordinator's deadline for its votes, as `Run`'s), else
+    /// refused unprepared with a no vote: by then the coordinator aborts on its own. Without
+    /// it a participant stopped for a while prepared every stale one it then read, each a log
+    /// write and locks that made others conflict (found in review: 2,500 after a 36 s stall).
     Prepare {
         tx: TxId,
         ops: Vec<(usize, Op)>,
+        expires_ms: u64,
     },
     Vote {
         tx: TxId,
@@ -182,6 +187,8 @@ pub struct CoordinatorCounters {
     pub forwarded: u64,
     /// Forwarded runs that arrived here past their expiry, refused unrun.
     pub runs_expired: u64,
+    /// Prepares that arrived here past their expiry, refused unprepared.
+    pub prepares_expired: u64,
     pub coordinated: u64,
     pub committed: u64,
     pub aborted: u64,
@@ -533,7 +540,11 @@ impl Node {
             for (to, ops) in parts {
                 out.push(Action::Send {
                     to,
-                    msg: Msg::Prepare { tx, ops },
+                    msg: Msg::Prepare {
+                        tx,
+                        ops,
+                        expires_ms: now_ms + self.limits.prepare_timeout_ms,
+                    },
                 });
             }
             Phase::Preparing {
@@ -614,6 +625,20 @@ impl Node {
                         vote: Err(TxError::LogFailed),
                     },
                 }),
+            // At its expiry the coordinator's tick aborts it (`deadline_ms <= now`): the same
+            // answer, sooner. A duplicate of one already prepared is no new prepare (it voted).
+            Msg::Prepare { tx, expires_ms, .. }
+                if now_ms >= expires_ms && !self.partition.is_prepared(tx) =>
+            {
+                self.counters.prepares_expired += 1;
+                out.push(Action::Send {
+                    to: tx.coordinator as usize,
+                    msg: Msg::Vote {
+                        tx,
+                        vote: Err(TxError::Unavailable),
+                    },
+                })
+            }
             Msg::Run { tx, ops, .. } => {
                 let then = |outcome| Then::RunResult {
                     to: from,
@@ -622,7 +647,7 @@ impl Node {
                 };
                 self.run_local(ops, then, out);
             }
-            Msg::Prepare { tx, ops } => self.on_prepare(tx, ops, out),
+            Msg::Prepare { tx, ops, .. } => self.on_prepare(tx, ops, out),
             Msg::Decide { tx, commit } => self.on_decide(tx, commit, out),
             Msg::RunResult { tx, outcome } => {
                 let forwarded = self
@@ -1257,6 +1282,7 @@ mod tests {
         let prepare = Msg::Prepare {
             tx: from_1(1),
             ops: vec![(0, put(0, "v"))],
+            expires_ms: u64::MAX,
         };
         check(
             &mut node,
@@ -1419,7 +1445,8 @@ mod tests {
             .collect()
     }
 
-    fn prepares(seq: u64) -> Vec<Action> {
+    /// What `begin_two` at `now_ms` sends: its staging record and a prepare to each shard.
+    fn prepares(seq: u64, now_ms: u64) -> Vec<Action> {
         vec![
             Action::Persist {
                 record: Some(Record::Staging {
@@ -1433,6 +1460,7 @@ mod tests {
                 Msg::Prepare {
                     tx: tx(seq),
                     ops: vec![(0, put(0, "a"))],
+                    expires_ms: now_ms + 50,
                 },
             ),
             send(
@@ -1440,6 +1468,7 @@ mod tests {
                 Msg::Prepare {
                     tx: tx(seq),
                     ops: vec![(1, put(1, "b"))],
+                    expires_ms: now_ms + 50,
                 },
             ),
         ]
@@ -1504,7 +1533,7 @@ mod tests {
         check(
             &mut node,
             vec![
-                (1, begin_two(3), prepares(0)),
+                (1, begin_two(3), prepares(0, 1)),
                 (
                     2,
                     receive(1, no(0, TxError::LogFailed)),
@@ -1518,7 +1547,7 @@ mod tests {
                     Event::Durable(Then::Aborted { tx: tx(0) }),
                     told(3, 0, TxError::LogFailed),
                 ),
-                (4, begin_two(4), prepares(1)),
+                (4, begin_two(4), prepares(1, 4)),
                 (5, receive(1, no(1, TxError::Conflict)), at_once),
             ],
         );
@@ -1543,7 +1572,7 @@ mod tests {
         check(
             &mut node,
             vec![
-                (1, begin_two(3), prepares(0)),
+                (1, begin_two(3), prepares(0, 1)),
                 (2, receive(1, yes(0, 1, 5)), vec![]),
                 (3, receive(0, yes(0, 0, 1)), vec![]),
                 // Both votes in, the staging record last: the reply comes with it.
@@ -1590,7 +1619,7 @@ mod tests {
                     }],
                 ),
                 // The staging record first, the last vote after it: the reply comes with the vote.
-                (50, begin_two(4), prepares(1)),
+                (50, begin_two(4), prepares(1, 50)),
                 (51, Event::Durable(Then::Staged { tx: tx(1) }), vec![]),
                 (52, receive(0, yes(1, 0, 1)), vec![]),
                 (53, receive(1, yes(1, 1, 5)), reply(4, 1)),
@@ -1605,11 +1634,12 @@ mod tests {
     #[test]
     fn a_lock_on_the_coordinators_own_part_answers_409_before_anything_is_sent() {
         let mut node = node(0);
-        check(&mut node, vec![(1, begin_two(3), prepares(0))]);
+        check(&mut node, vec![(1, begin_two(3), prepares(0, 1))]);
         // Its own part prepares: key_on(0) is locked by tx 0.
         let prepare = Msg::Prepare {
             tx: tx(0),
             ops: vec![(0, put(0, "a"))],
+            expires_ms: u64::MAX,
         };
         let actions = node.on_event(receive(0, prepare), 2);
         assert!(matches!(
@@ -1658,10 +1688,11 @@ mod tests {
     /// shard's own part really prepared, its vote delivered here; returns what the commit point
     /// did (at time 6).
     fn commit_point_with_own_part(node: &mut Node) -> Vec<Action> {
-        check(node, vec![(1, begin_two(3), prepares(0))]);
+        check(node, vec![(1, begin_two(3), prepares(0, 1))]);
         let prepare = Msg::Prepare {
             tx: tx(0),
             ops: vec![(0, put(0, "a"))],
+            expires_ms: u64::MAX,
         };
         let [Action::Persist { then: voted, .. }] = &node.on_event(receive(0, prepare), 2)[..]
         else {
@@ -1706,7 +1737,7 @@ mod tests {
         // key_on(0) is free before the decision is durable: the next transaction on it goes on.
         assert!(!node.partition.is_prepared(tx(0)));
         let next = node.on_event(begin_two(4), 7);
-        assert_eq!(next, prepares(1), "no early 409");
+        assert_eq!(next, prepares(1, 7), "no early 409");
         // Only the other participant hears the decision; its ack ends the transaction.
         check(
             &mut node,
@@ -1776,7 +1807,7 @@ mod tests {
         check(
             &mut node,
             vec![
-                (0, begin_two(1), prepares(0)),
+                (0, begin_two(1), prepares(0, 0)),
                 (
                     1,
                     receive(
@@ -1789,7 +1820,7 @@ mod tests {
                     no_vote,
                 ),
                 // A timeout: a yes may still be on its way, so the abort is durable first.
-                (2, begin_two(2), prepares(1)),
+                (2, begin_two(2), prepares(1, 2)),
                 (51, Event::Tick, vec![]),
                 (52, Event::Tick, abort_decision(1)),
                 (53, receive(0, yes(1, 0, 1)), vec![]),
@@ -1800,7 +1831,7 @@ mod tests {
                     told(1, 2, TxError::Unavailable),
                 ),
                 // A participant asking about a transaction still preparing: the same.
-                (56, begin_two(3), prepares(2)),
+                (56, begin_two(3), prepares(2, 56)),
                 (57, receive(1, Msg::Status { tx: tx(2) }), abort_decision(2)),
                 (
                     58,
@@ -1835,7 +1866,7 @@ mod tests {
                 // Yes votes whose reads pass the bound together: both parts are prepared, so
                 // the abort is durable before anyone hears it (found in review: told at once,
                 // a crash before its record let recovery commit it).
-                (62, begin_two(4), prepares(3)),
+                (62, begin_two(4), prepares(3, 62)),
                 (63, receive(0, read(3, 0, 3 << 20)), vec![]),
                 (64, receive(1, read(3, 1, 2 << 20)), abort_decision(3)),
                 (
@@ -1972,6 +2003,7 @@ mod tests {
                         Msg::Prepare {
                             tx: tx(0),
                             ops: vec![(1, put(1, "b"))],
+                            expires_ms: u64::MAX,
                         },
                     ),
                     vec![Action::Persist {
@@ -2022,6 +2054,7 @@ mod tests {
                         Msg::Prepare {
                             tx: tx(0),
                             ops: vec![(1, put(1, "b"))],
+                            expires_ms: u64::MAX,
                         },
                     ),
                     vec![Action::Persist {
@@ -2206,5 +2239,44 @@ mod tests {
             )]
         );
         assert_eq!(owner.counters.runs_expired, 1);
+    }
+
+    /// A prepare read at or after its expiry (the coordinator's deadline for its votes) is
+    /// refused unprepared with a no vote, and locks nothing; a duplicate of one prepared before
+    /// its expiry is not refused (its yes vote stands). Found in review: a participant stopped
+    /// for a while prepared every stale prepare it then read.
+    #[test]
+    fn a_prepare_read_after_its_expiry_is_refused_unprepared() {
+        let mut participant = node(1);
+        let from_0 = |seq| TxId {
+            coordinator: 0,
+            epoch: 1,
+            seq,
+        };
+        let prepare = |seq, expires_ms| Msg::Prepare {
+            tx: from_0(seq),
+            ops: vec![(0, put(1, "v"))],
+            expires_ms,
+        };
+        assert_eq!(
+            participant.on_event(receive(0, prepare(0, 50)), 50),
+            vec![send(
+                0,
+                Msg::Vote {
+                    tx: from_0(0),
+                    vote: Err(TxError::Unavailable),
+                },
+            )]
+        );
+        assert_eq!(participant.counters.prepares_expired, 1);
+        assert!(!participant.partition.is_prepared(from_0(0)));
+        let on_time = participant.on_event(receive(0, prepare(1, 50)), 49);
+        assert!(
+            matches!(on_time.as_slice(), [Action::Persist { .. }]),
+            "{on_time:?}"
+        );
+        assert!(participant.partition.is_prepared(from_0(1)));
+        assert_eq!(participant.on_event(receive(0, prepare(1, 50)), 60), vec![]);
+        assert_eq!(participant.counters.prepares_expired, 1);
     }
 }
