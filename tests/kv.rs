@@ -2574,10 +2574,98 @@ fn an_interrupted_reshard_stops_the_start_until_a_run_finishes_it() {
     );
     assert!(!ready.exists());
     assert_eq!(log_files(&tmp.path().join(&backup)).len(), 2, "the old log");
-    let server = one_shard(dir);
+
+    // A finished reshard stopped between removing READY and its directory: a rerun removes
+    // what is left (found in review: left for good, each run saying the count is already 1).
+    std::fs::create_dir(&ready).unwrap();
+    let (code, stdout, stderr) = reshard(dir, "1");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("already that of 1 shard"), "{stdout}");
+    assert!(!ready.exists(), "reshard.ready left");
+
+    // What a reshard wrote before its commit point is said at the start (found in review: the
+    // start said nothing of it).
+    let staging = tmp.path().join("reshard.tmp");
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::write(staging.join("wal-0-0000000009.log"), vec![0u8; 3 << 20]).unwrap();
+    let mut server = Server::start_command(
+        common::BIN,
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+            "--data-dir",
+            dir,
+        ],
+        |command| {
+            command.stderr(std::process::Stdio::piped());
+        },
+    );
     for ((key, value), (body, _)) in keys.iter().zip(read_back(&server, &keys)) {
         assert_eq!(body, *value, "{key}");
     }
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(20)).is_some());
+    let stderr = common::stderr_of(&mut server.child);
+    assert!(
+        stderr.contains("reshard.tmp (3 MiB) is what a reshard wrote before it stopped short"),
+        "{stderr}"
+    );
+}
+
+/// A data dir that records a shard count but holds no segment reshards without an empty backup
+/// (found in review: `reshard-from-1-shards-0/` was made, and named as the old log).
+#[test]
+fn a_reshard_without_old_segments_makes_no_backup() {
+    let tmp = common::temp_dir("kv-reshard-empty");
+    percore::wal::record_shards(tmp.path(), 1).unwrap();
+    let (code, stdout, stderr) = reshard(tmp.path().to_str().unwrap(), "2");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("there was no old segment to keep"),
+        "{stdout}"
+    );
+    let backups = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("reshard-from-")
+        })
+        .count();
+    assert_eq!(backups, 0);
+}
+
+/// A reshard says what a start would say of a torn tail: that it is left out (found in review:
+/// the start said "cut off there" where the reshard said nothing).
+#[test]
+fn a_reshard_says_what_it_leaves_of_a_torn_tail() {
+    let tmp = common::temp_dir("kv-reshard-torn");
+    let dir = tmp.path().to_str().unwrap();
+    let (server, mut conn) = start_ready(dir);
+    let key = key_on(0, "before-the-tear-");
+    assert_eq!(put(&mut conn, &key, b"kept", &[]).status, 201);
+    drop(conn);
+    server.crash();
+    // The last record (its batch's end) damaged, nothing intact after it: a torn tail.
+    let (_, segment) = newest_segment_of_shard_0(tmp.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    for byte in &mut bytes[end - 5..end] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&segment, &bytes).unwrap();
+    let (code, stdout, stderr) = reshard(dir, "1");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("moved"), "{stdout}");
+    assert!(
+        stderr.contains("in bytes that are no record") && stderr.contains("not moved"),
+        "{stderr}"
+    );
+    let server = one_shard(dir);
+    let kept = vec![(key, b"kept".to_vec())];
+    assert_eq!(read_back(&server, &kept)[0].0, b"kept");
 }
 
 /// The log files of a data dir: (name, length), sorted.

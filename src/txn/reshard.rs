@@ -68,13 +68,22 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
             "percore: finished the interrupted reshard of {} to {}; the old log is in {}",
             dir.display(),
             shards(to),
-            backup.display()
+            backup.unwrap_or_else(|| dir.join(&ready.backup)).display()
         ));
     }
     let staging = dir.join(STAGING_DIR);
     if staging.exists() {
         // A run that stopped before its commit point: the old log is whole.
         std::fs::remove_dir_all(&staging).map_err(|e| io("removing reshard.tmp", e))?;
+    }
+    let ready_dir = dir.join(READY_DIR);
+    if ready_dir.is_dir() {
+        // Without its READY: a finished reshard stopped between removing READY and the
+        // directory (found in review: left for good).
+        std::fs::remove_dir_all(&ready_dir).map_err(|e| io("removing reshard.ready", e))?;
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| io("syncing", e))?;
     }
     let Some(from) = wal::written_by(dir)? else {
         return Ok(format!(
@@ -141,8 +150,12 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
         .and_then(|dir| dir.sync_all())
         .and_then(|()| finish(dir, &ready))
         .map_err(|e| committed(dir, to, e))?;
+    let old = match backup {
+        Some(backup) => format!("the old log is in {}", backup.display()),
+        None => "there was no old segment to keep".to_string(),
+    };
     Ok(format!(
-        "percore: moved {} of {} from {} to {}; start it with --shards {to}; the old log is in {}",
+        "percore: moved {} of {} from {} to {}; start it with --shards {to}; {old}",
         match keys {
             1 => "1 key".to_string(),
             n => format!("{n} keys"),
@@ -150,13 +163,28 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
         dir.display(),
         shards(from),
         shards(to),
-        backup.display()
     ))
 }
 
 /// Err (one line) when `dir` holds a reshard that reached its commit point and was not finished:
 /// the server must not start on half-moved files.
 pub fn check_finished(dir: &Path) -> Result<(), String> {
+    let staging = dir.join(STAGING_DIR);
+    if let Ok(files) = std::fs::read_dir(&staging) {
+        // Harmless (the log in use is the old one) but maybe gigabytes, and said nowhere (found
+        // in review).
+        let bytes: u64 = files
+            .flatten()
+            .filter_map(|file| file.metadata().ok())
+            .map(|meta| meta.len())
+            .sum();
+        crate::log_line!(
+            "percore: {} ({} MiB) is what a reshard wrote before it stopped short of its commit \
+             point: the log in use is the old one; remove it, or run the reshard again",
+            staging.display(),
+            bytes >> 20
+        );
+    }
     match read_ready(dir)? {
         None => Ok(()),
         Some(ready) => Err(format!(
@@ -255,6 +283,9 @@ fn settle(dir: &Path, from: usize, limits: TxnLimits) -> Result<(Entries, u64, u
                 dir.display()
             )
         })?;
+        // What a start would cut off and say so, this says too (found in review: a reshard
+        // dropped a torn tail without a word).
+        recovered.say_torn(shard, "not moved (the old segments go to the backup whole)");
         let (node, actions) = Node::recover(shard, from, limits, &recovered.records, 0);
         // Every key of a shard's log is one that shard owns: else the count is not the one
         // the log was written by, and placing keys by it would lose some.
@@ -366,19 +397,24 @@ fn stage(
 
 /// Step 5: old segments into the backup, new ones into the data dir, the marker away. Every
 /// move can be redone after a crash: old segments are those numbered below the new ones.
-fn finish(dir: &Path, ready: &Ready) -> std::io::Result<PathBuf> {
+/// Returns the backup, None when there was no old segment to keep (and no backup made: found
+/// in review, an empty one was).
+fn finish(dir: &Path, ready: &Ready) -> std::io::Result<Option<PathBuf>> {
     let ready_dir = dir.join(READY_DIR);
     let backup = dir.join(&ready.backup);
     // The new count may leave a shard without keys, so without files: not damage until its
     // shards have served (`wal::SERVED_FILE`). Before anything moves (`record_shards` below
     // removes it too, too late for a reshard cut short in between).
     wal::forget_served(dir)?;
-    std::fs::create_dir_all(&backup)?;
-    for old in wal::segments_below(dir, ready.segment)? {
-        let name = old.file_name().expect("a segment has a file name");
-        std::fs::rename(&old, backup.join(name))?;
+    let old_segments = wal::segments_below(dir, ready.segment)?;
+    if !old_segments.is_empty() {
+        std::fs::create_dir_all(&backup)?;
+        for old in old_segments {
+            let name = old.file_name().expect("a segment has a file name");
+            std::fs::rename(&old, backup.join(name))?;
+        }
+        std::fs::File::open(&backup)?.sync_all()?;
     }
-    std::fs::File::open(&backup)?.sync_all()?;
     for shard in 0..ready.to {
         let staged = wal::segment_path(&ready_dir, shard, ready.segment);
         if staged.exists() {
@@ -389,7 +425,7 @@ fn finish(dir: &Path, ready: &Ready) -> std::io::Result<PathBuf> {
     wal::record_shards(dir, ready.to)?;
     std::fs::remove_dir_all(&ready_dir)?;
     std::fs::File::open(dir)?.sync_all()?;
-    Ok(backup)
+    Ok(backup.is_dir().then_some(backup))
 }
 
 #[cfg(test)]

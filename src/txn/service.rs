@@ -186,6 +186,18 @@ impl Recovered {
     /// the bad tail back in front of the segments this run writes, where it would read as
     /// damage. Only once every shard's log was read without error.
     pub fn cut(&self, shard: usize) -> std::io::Result<()> {
+        self.say_torn(shard, "cut off there");
+        for cut in &self.cuts {
+            let file = std::fs::OpenOptions::new().write(true).open(&cut.path)?;
+            file.set_len(cut.valid_bytes as u64)?;
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Says, for each segment whose reading stopped at bytes that are no record, where and why,
+    /// and what becomes of the rest (`fate`: a start cuts it off, a reshard leaves it behind).
+    pub fn say_torn(&self, shard: usize, fate: &str) {
         for cut in &self.cuts {
             if let Some((tail, dropped)) = &cut.torn {
                 let after = match dropped {
@@ -198,17 +210,13 @@ impl Recovered {
                      short, as expected after a crash, and then nothing synced is in it, nor \
                      anything acknowledged unless power was lost under --fsync off (a file cut \
                      short by anything but a crash of this server loses what it held past \
-                     here): cut off there",
+                     here): {fate}",
                     cut.path.display(),
                     tail.offset,
                     tail.reason
                 );
             }
-            let file = std::fs::OpenOptions::new().write(true).open(&cut.path)?;
-            file.set_len(cut.valid_bytes as u64)?;
-            file.sync_all()?;
         }
-        Ok(())
     }
 }
 

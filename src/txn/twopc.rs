@@ -206,16 +206,17 @@ pub struct CoordinatorCounters {
 }
 
 enum Phase {
-    Forwarded,
+    /// Run by its one participant (`Msg::Run`); `writes`: some op writes, so a run the
+    /// participant may still apply after the deadline answers `Unknown` then, where one that
+    /// only reads answers `Unavailable` (found in review: a GET answered 504, "unknown").
+    Forwarded { writes: bool },
     /// Committed once `waiting` is empty (every vote yes) and `staged` (the `Staging` durable).
     Preparing {
         waiting: BTreeSet<usize>,
         staged: bool,
     },
     /// The abort decision is on its way to the disk; the client hears `error` after it.
-    Aborting {
-        error: TxError,
-    },
+    Aborting { error: TxError },
 }
 
 struct Active {
@@ -403,7 +404,7 @@ impl Node {
         self.log_failed = true;
         self.active
             .values()
-            .filter(|active| !matches!(active.phase, Phase::Forwarded))
+            .filter(|active| !matches!(active.phase, Phase::Forwarded { .. }))
             .map(|active| Action::Reply {
                 client: active.client,
                 outcome: Err(TxError::Unknown),
@@ -433,7 +434,7 @@ impl Node {
         }
         for (tx, active) in &self.active {
             match active.phase {
-                Phase::Forwarded => {}
+                Phase::Forwarded { .. } => {}
                 Phase::Preparing { .. } => {
                     records.push(staging_record(*tx, &active.participants));
                 }
@@ -521,7 +522,8 @@ impl Node {
         self.seq_next += 1;
         let phase = if participants.len() == 1 {
             self.counters.forwarded += 1;
-            let ops = parts.into_values().flatten().map(|(_, op)| op).collect();
+            let ops: Vec<Op> = parts.into_values().flatten().map(|(_, op)| op).collect();
+            let writes = ops.iter().any(Op::is_write);
             out.push(Action::Send {
                 to: participants[0],
                 msg: Msg::Run {
@@ -530,7 +532,7 @@ impl Node {
                     expires_ms: now_ms + self.limits.prepare_timeout_ms,
                 },
             });
-            Phase::Forwarded
+            Phase::Forwarded { writes }
         } else {
             self.counters.coordinated += 1;
             out.push(Action::Persist {
@@ -653,7 +655,7 @@ impl Node {
                 let forwarded = self
                     .active
                     .get(&tx)
-                    .is_some_and(|active| matches!(active.phase, Phase::Forwarded));
+                    .is_some_and(|active| matches!(active.phase, Phase::Forwarded { .. }));
                 if forwarded {
                     let active = self.active.remove(&tx).expect("checked");
                     out.push(Action::Reply {
@@ -1004,7 +1006,7 @@ impl Node {
         }
         match self.active.get(&tx).map(|active| &active.phase) {
             Some(Phase::Preparing { .. }) => self.abort_undecided(tx, TxError::Unavailable, out),
-            Some(Phase::Aborting { .. } | Phase::Forwarded) => {}
+            Some(Phase::Aborting { .. } | Phase::Forwarded { .. }) => {}
             // Never staged durably before a restart, or aborted and forgotten: presumed abort.
             None => out.push(decide(tx, from, false)),
         }
@@ -1059,12 +1061,21 @@ impl Node {
         for tx in expired {
             match self.active[&tx].phase {
                 Phase::Preparing { .. } => self.abort_undecided(tx, TxError::Unavailable, out),
-                Phase::Forwarded => {
-                    self.counters.unknown += 1;
+                Phase::Forwarded { writes } => {
+                    let outcome = match writes {
+                        true => {
+                            self.counters.unknown += 1;
+                            TxError::Unknown
+                        }
+                        false => {
+                            self.counters.timeouts += 1;
+                            TxError::Unavailable
+                        }
+                    };
                     let active = self.active.remove(&tx).expect("listed");
                     out.push(Action::Reply {
                         client: active.client,
-                        outcome: Err(TxError::Unknown),
+                        outcome: Err(outcome),
                     });
                 }
                 Phase::Aborting { .. } => {}
@@ -2196,6 +2207,30 @@ mod tests {
                     53,
                     receive(1, Msg::RunResult { tx: tx(1), outcome }),
                     vec![],
+                ),
+                // A run that only reads changes nothing however late it runs: 503, not 504.
+                (
+                    60,
+                    Event::Begin {
+                        client: 3,
+                        ops: vec![Op::Get { key: key_on(1) }],
+                    },
+                    vec![send(
+                        1,
+                        Msg::Run {
+                            tx: tx(2),
+                            ops: vec![Op::Get { key: key_on(1) }],
+                            expires_ms: 110,
+                        },
+                    )],
+                ),
+                (
+                    110,
+                    Event::Tick,
+                    vec![Action::Reply {
+                        client: 3,
+                        outcome: Err(TxError::Unavailable),
+                    }],
                 ),
             ],
         );
