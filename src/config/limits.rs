@@ -221,6 +221,9 @@ pub const SESSION_SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 pub const SESSION_SWEEP_STEP_MAX: usize = 256;
 /// Sessions serialized per step of a snapshot before yielding to the serving queue.
 pub const SESSION_SNAPSHOT_STEP: usize = 512;
+/// Encoded snapshot bytes held before they are written to the file (from the blocking pool): a
+/// snapshot holds about this much beside the store, and writes a full store in ~256 steps.
+pub const SESSION_SNAPSHOT_WRITE_BYTES: usize = 1024 * 1024;
 /// The first pause before a forced session snapshot is tried again after a failure; it doubles
 /// up to `--session-snapshot-interval`.
 pub const SESSION_SNAPSHOT_RETRY_MIN: Duration = Duration::from_millis(500);

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::config::SessionConfig;
 use crate::config::limits::{
     REVOKED_POLL_INTERVAL, REVOKED_WAIT_MAX, SESSION_COOKIE_IDS_MAX, SESSION_SNAPSHOT_RETRY_MIN,
-    SESSION_SNAPSHOT_STEP, SESSION_SWEEP_STEP_MAX,
+    SESSION_SNAPSHOT_STEP, SESSION_SNAPSHOT_WRITE_BYTES, SESSION_SWEEP_STEP_MAX,
 };
 use crate::mesh::{Mesh, MeshError};
 use crate::router::Request;
@@ -486,10 +486,11 @@ impl Sessions {
 
     fn load_snapshot(&self, dir: &std::path::Path, dead: &std::collections::HashSet<SessionKey>) {
         let path = persist::path(dir, self.shard);
-        let bytes = match persist::read_file(&path) {
-            Ok(Some(bytes)) => bytes,
+        let loaded = match persist::load(&path, self.node, self.shard as u16) {
             Ok(None) => return,
-            Err(e) => {
+            Ok(Some(sessions)) => Ok(sessions),
+            Err(persist::LoadError::Bad(reason)) => Err(reason),
+            Err(persist::LoadError::Read(e)) => {
                 crate::log_line!(
                     "percore: shard {}: cannot read {}: {e}; starting without its sessions",
                     self.shard,
@@ -502,7 +503,7 @@ impl Sessions {
                 return;
             }
         };
-        match persist::decode(&bytes, self.node, self.shard as u16) {
+        match loaded {
             Ok(sessions) => {
                 let now = now_ms();
                 let mut store = self.store.borrow_mut();
@@ -549,8 +550,15 @@ impl Sessions {
                 store.records(now).map(|(k, _)| *k).collect(),
             )
         };
-        // Encoded here, in steps, rather than cloned for the blocking pool to encode: one copy
-        // of the store while the snapshot is written, not three.
+        // Encoded here, in steps, rather than cloned for the blocking pool to encode, and
+        // written as it is encoded: one chunk beside the store while the snapshot is written,
+        // not a copy of it (or three).
+        let path = persist::path(dir, self.shard);
+        let pool = glommio::executor();
+        let tmp_of = path.clone();
+        let mut file = pool
+            .spawn_blocking(move || persist::create_tmp(&tmp_of))
+            .await?;
         let mut encoder = persist::Encoder::new(self.node, self.shard as u16);
         for step in keys.chunks(SESSION_SNAPSHOT_STEP) {
             {
@@ -559,11 +567,17 @@ impl Sessions {
                     encoder.push(key, record);
                 }
             }
+            if encoder.buffered() >= SESSION_SNAPSHOT_WRITE_BYTES {
+                use std::io::Write;
+                let chunk = encoder.take();
+                file = pool
+                    .spawn_blocking(move || file.write_all(&chunk).map(|()| file))
+                    .await?;
+            }
             glommio::yield_if_needed().await;
         }
-        let path = persist::path(dir, self.shard);
-        glommio::executor()
-            .spawn_blocking(move || persist::write_file(&path, &encoder.finish()))
+        let (last, header) = encoder.finish_streamed();
+        pool.spawn_blocking(move || persist::finish_tmp(file, &path, &last, Some(header)))
             .await?;
         if let (Some(log), Some(covered)) = (self.revoked.borrow().as_ref(), covered) {
             log.cut(covered + 1);
@@ -611,9 +625,19 @@ impl Sessions {
 
     /// Writes the snapshot now, blocking the shard (shutdown only).
     pub fn snapshot_blocking(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
         let store = self.store.borrow();
-        let bytes = persist::encode(self.node, self.shard as u16, store.records(now_ms()));
-        persist::write_file(&persist::path(dir, self.shard), &bytes)
+        let path = persist::path(dir, self.shard);
+        let mut file = persist::create_tmp(&path)?;
+        let mut encoder = persist::Encoder::new(self.node, self.shard as u16);
+        for (key, record) in store.records(now_ms()) {
+            encoder.push(key, record);
+            if encoder.buffered() >= SESSION_SNAPSHOT_WRITE_BYTES {
+                file.write_all(&encoder.take())?;
+            }
+        }
+        let (last, header) = encoder.finish_streamed();
+        persist::finish_tmp(file, &path, &last, Some(header))
     }
 }
 

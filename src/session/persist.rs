@@ -91,9 +91,18 @@ pub fn retire_beyond(dir: &Path, shard_count: usize) -> std::io::Result<Vec<Stri
 /// steps, with no copy of its records and no second buffer (a review measured a snapshot at four
 /// times the store: the records cloned, the payload, the payload copied behind the header).
 /// The same JSON as `Snapshot` (`{"node":..,"shard":..,"sessions":[..]}`).
+///
+/// Streamed (`take`, `finish_streamed`), the bytes go to the file in chunks as they are
+/// encoded, so a snapshot costs one chunk beside the store, not a copy of it (found in review:
+/// a snapshot of a full store held twice the store).
 pub struct Encoder {
     out: Vec<u8>,
     sessions: usize,
+    /// Taken by `take`: the header went out with the first chunk, unfilled.
+    taken: bool,
+    /// Of the payload bytes taken so far.
+    crc: crc32fast::Hasher,
+    length: u64,
 }
 
 impl Encoder {
@@ -102,7 +111,43 @@ impl Encoder {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[0; HEADER_BYTES - MAGIC.len()]); // crc and length: `finish`
         write!(out, r#"{{"node":{node},"shard":{shard},"sessions":["#).expect("a Vec takes it");
-        Encoder { out, sessions: 0 }
+        Encoder {
+            out,
+            sessions: 0,
+            taken: false,
+            crc: crc32fast::Hasher::new(),
+            length: 0,
+        }
+    }
+
+    /// Bytes encoded and not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The bytes encoded since the last take, for the file (the first chunk starts with the
+    /// header, its checksum and length written last by `finish_tmp`).
+    pub fn take(&mut self) -> Vec<u8> {
+        let chunk = std::mem::take(&mut self.out);
+        let payload = if self.taken {
+            &chunk[..]
+        } else {
+            &chunk[HEADER_BYTES..]
+        };
+        self.crc.update(payload);
+        self.length += payload.len() as u64;
+        self.taken = true;
+        chunk
+    }
+
+    /// The last chunk and the header's checksum and length (bytes 8 to 20 of the file).
+    pub fn finish_streamed(mut self) -> (Vec<u8>, [u8; HEADER_BYTES - 8]) {
+        self.out.extend_from_slice(b"]}");
+        let last = self.take();
+        let mut header = [0u8; HEADER_BYTES - 8];
+        header[..4].copy_from_slice(&self.crc.finalize().to_le_bytes());
+        header[4..].copy_from_slice(&self.length.to_le_bytes());
+        (last, header)
     }
 
     pub fn push(&mut self, key: &SessionKey, record: &SessionRecord) {
@@ -119,8 +164,10 @@ impl Encoder {
         self.sessions += 1;
     }
 
-    /// The file's bytes, header filled in. Checksums the whole payload: call it off the shard.
+    /// The file's bytes, header filled in, when nothing was taken. Checksums the whole payload:
+    /// call it off the shard.
     pub fn finish(mut self) -> Vec<u8> {
+        assert!(!self.taken, "a streamed snapshot ends with finish_streamed");
         self.out.extend_from_slice(b"]}");
         let payload = &self.out[HEADER_BYTES..];
         let (crc, length) = (crc32fast::hash(payload), payload.len() as u64);
@@ -143,34 +190,95 @@ pub fn encode<'a>(
     encoder.finish()
 }
 
+/// The sessions of a snapshot, as read.
+pub type Sessions = Vec<(SessionKey, SessionRecord)>;
+
+/// Why a snapshot was not loaded: it could not be read, or it is not a whole snapshot of this
+/// shard (the reason, for the log).
+#[derive(Debug)]
+pub enum LoadError {
+    Read(std::io::Error),
+    Bad(String),
+}
+
+/// Reads and parses shard `shard`'s snapshot at `path` (blocking, at start-up): None when there
+/// is none. Streamed from the file and checksummed as it is parsed, so the file's bytes are
+/// never held beside the sessions (found in review: a start held twice the store); sessions
+/// parsed from a file whose checksum then fails are dropped.
+pub fn load(path: &Path, node: u16, shard: u16) -> Result<Option<Sessions>, LoadError> {
+    let Some(file) = open_regular(path).map_err(LoadError::Read)? else {
+        return Ok(None);
+    };
+    let file_bytes = file.metadata().map_err(LoadError::Read)?.len();
+    decode_from(file, file_bytes, node, shard).map(Some)
+}
+
 /// Parses a snapshot written for (`node`, `shard`). Err says what is wrong, for the log.
-pub fn decode(
-    bytes: &[u8],
+pub fn decode(bytes: &[u8], node: u16, shard: u16) -> Result<Sessions, String> {
+    decode_from(bytes, bytes.len() as u64, node, shard).map_err(|e| match e {
+        LoadError::Bad(reason) => reason,
+        LoadError::Read(e) => e.to_string(),
+    })
+}
+
+/// A reader that checksums what it reads.
+struct Checksummed<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: std::io::Read> std::io::Read for Checksummed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.crc.update(&buf[..read]);
+        Ok(read)
+    }
+}
+
+/// Bytes read from a snapshot file at a time.
+const LOAD_BUFFER_BYTES: usize = 64 * 1024;
+
+/// `decode` from a reader of `total` bytes.
+fn decode_from(
+    mut reader: impl std::io::Read,
+    total: u64,
     node: u16,
     shard: u16,
-) -> Result<Vec<(SessionKey, SessionRecord)>, String> {
-    if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
-        return Err("not a percore session snapshot".into());
+) -> Result<Sessions, LoadError> {
+    let bad = |reason: String| LoadError::Bad(reason);
+    let mut header = [0u8; HEADER_BYTES];
+    if total < HEADER_BYTES as u64 || reader.read_exact(&mut header).is_err() {
+        return Err(bad("not a percore session snapshot".into()));
     }
-    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    let length = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
-    let payload = &bytes[HEADER_BYTES..];
-    if payload.len() as u64 != length {
-        return Err(format!(
-            "truncated: {} of {length} payload bytes",
-            payload.len()
-        ));
+    if &header[..8] != MAGIC {
+        return Err(bad("not a percore session snapshot".into()));
     }
-    if crc32fast::hash(payload) != crc {
-        return Err("checksum mismatch".into());
+    let crc = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let length = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+    let payload_bytes = total - HEADER_BYTES as u64;
+    if payload_bytes != length {
+        return Err(bad(format!(
+            "truncated: {payload_bytes} of {length} payload bytes"
+        )));
     }
-    let snapshot: Snapshot<EntryIn> =
-        serde_json::from_slice(payload).map_err(|e| format!("bad payload: {e}"))?;
+    let checksummed = Checksummed {
+        inner: reader.take(length),
+        crc: crc32fast::Hasher::new(),
+    };
+    let mut payload = std::io::BufReader::with_capacity(LOAD_BUFFER_BYTES, checksummed);
+    let parsed: Result<Snapshot<EntryIn>, _> = serde_json::from_reader(&mut payload);
+    // What a parse left unread (after an error) is checksummed too: a damaged file says so,
+    // whatever the damage did to the parse.
+    std::io::copy(&mut payload, &mut std::io::sink()).map_err(LoadError::Read)?;
+    if payload.into_inner().crc.finalize() != crc {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let snapshot = parsed.map_err(|e| bad(format!("bad payload: {e}")))?;
     if snapshot.node != node || snapshot.shard != shard {
-        return Err(format!(
+        return Err(bad(format!(
             "written by node {} shard {}",
             snapshot.node, snapshot.shard
-        ));
+        )));
     }
     let mut sessions = Vec::with_capacity(snapshot.sessions.len());
     for entry in snapshot.sessions {
@@ -183,11 +291,11 @@ pub fn decode(
                 // read of its session (found in review: `1e400` there ended the process).
                 for value in entry.data.values() {
                     let tree: serde_json::Value = serde_json::from_str(value.json())
-                        .map_err(|e| format!("a value that cannot be read: {e}"))?;
+                        .map_err(|e| bad(format!("a value that cannot be read: {e}")))?;
                     if value_depth(&tree) > SESSION_VALUE_DEPTH_MAX {
-                        return Err(format!(
+                        return Err(bad(format!(
                             "a value nests more than {SESSION_VALUE_DEPTH_MAX} levels"
-                        ));
+                        )));
                     }
                 }
                 let record = SessionRecord {
@@ -197,7 +305,7 @@ pub fn decode(
                 };
                 sessions.push((key, record));
             }
-            _ => return Err("bad session key".into()),
+            _ => return Err(bad("bad session key".into())),
         }
     }
     Ok(sessions)
@@ -208,13 +316,23 @@ pub fn decode(
 /// anywhere (`/dev/zero` never ends). Anything else is an error, which the caller fails closed on.
 pub fn read_file(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
+    let Some(mut file) = open_regular(path)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Opens `path` for reading if it is a regular file (see `read_file`); None when there is none.
+fn open_regular(path: &Path) -> std::io::Result<Option<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
     let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file");
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path);
-    let mut file = match opened {
+    let file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_regular()),
@@ -223,26 +341,47 @@ pub fn read_file(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     if !file.metadata()?.is_file() {
         return Err(not_regular());
     }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+    Ok(Some(file))
 }
 
 /// Writes `bytes` to `path` durably: temporary file, fsync, rename, fsync of the directory.
 /// Blocking: call it off the shard (glommio's blocking pool) or at shutdown.
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    let mut file = create_tmp(path)?;
+    file.write_all(bytes)?;
+    finish_tmp(file, path, &[], None)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_data()?;
+    PathBuf::from(tmp)
+}
+
+/// Creates (empty) the temporary file `path` is written through (blocking).
+pub fn create_tmp(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    std::fs::File::create(tmp_path(path))
+}
+
+/// Ends a file written through `create_tmp` (blocking): writes `last`, then `header` (a
+/// streamed snapshot's checksum and length) at byte 8, syncs it, renames it over `path` and
+/// syncs the directory.
+pub fn finish_tmp(
+    mut file: std::fs::File,
+    path: &Path,
+    last: &[u8],
+    header: Option<[u8; HEADER_BYTES - 8]>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all(last)?;
+    if let Some(header) = header {
+        file.write_all_at(&header, 8)?;
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    file.sync_data()?;
+    drop(file);
+    std::fs::rename(tmp_path(path), path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 #[cfg(test)]
@@ -344,6 +483,41 @@ mod tests {
             let mut flipped = bytes.clone();
             flipped[at] ^= 0x20;
             assert!(decode(&flipped, 3, 1).is_err(), "flipped byte {at}");
+        }
+    }
+
+    /// A snapshot written in chunks as it is encoded is the same file as one encoded whole,
+    /// and `load` reads it back from the file; a damaged file is refused by its checksum.
+    #[test]
+    fn a_streamed_snapshot_is_the_same_file_and_loads() {
+        let sessions: Vec<([u8; 16], SessionRecord)> =
+            (0..40u8).map(|n| ([n; 16], record(u64::from(n)))).collect();
+        let whole = encode(3, 1, sessions.iter().map(|(k, r)| (k, r)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions-1.snap");
+        let mut file = create_tmp(&path).unwrap();
+        let mut encoder = Encoder::new(3, 1);
+        for (index, (key, record)) in sessions.iter().enumerate() {
+            encoder.push(key, record);
+            // Chunks of every size, the first one (with the header) included.
+            if index % 7 == 0 {
+                file.write_all(&encoder.take()).unwrap();
+            }
+        }
+        let (last, header) = encoder.finish_streamed();
+        finish_tmp(file, &path, &last, Some(header)).unwrap();
+        assert!(std::fs::read(&path).unwrap() == whole, "the same bytes");
+        let mut loaded = load(&path, 3, 1).unwrap().unwrap();
+        loaded.sort_by_key(|(k, _)| *k);
+        assert_eq!(loaded, sessions);
+        assert!(matches!(load(&dir.path().join("none"), 3, 1), Ok(None)));
+        let mut damaged = whole.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0x01;
+        std::fs::write(&path, &damaged).unwrap();
+        match load(&path, 3, 1) {
+            Err(LoadError::Bad(reason)) => assert_eq!(reason, "checksum mismatch"),
+            other => panic!("{other:?}"),
         }
     }
 }
