@@ -100,8 +100,11 @@ fn fds_reserved(config: &Config) -> usize {
 fn check_outputs(args: &Args) -> Result<(), String> {
     for path in [&args.json, &args.hgrm, &args.plot].into_iter().flatten() {
         // A FIFO (or a device) is written at the end as it is: opening one for writing here
-        // waited for a reader before the run began (found in review).
-        if path.metadata().is_ok_and(|meta| !meta.is_file()) {
+        // waited for a reader before the run began (found in review). A directory is still
+        // found here (the open fails), not after the run.
+        use std::os::unix::fs::FileTypeExt;
+        let kind = path.metadata().map(|meta| meta.file_type());
+        if kind.is_ok_and(|kind| kind.is_fifo() || kind.is_char_device()) {
             continue;
         }
         let existed = path.exists();
@@ -264,7 +267,7 @@ fn run_find_max(
         None => sayln!(
             "Knee: not reached; {} req/s still passes after {} steps.",
             report::format_count(knee),
-            limits::FIND_MAX_STEPS_MAX
+            search.steps.len()
         ),
     }
     sayln!("Run at the knee:");

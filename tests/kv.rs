@@ -2301,6 +2301,16 @@ fn a_segment_switch_short_of_file_descriptors_waits_for_one() {
         "a write behind the switch was answered while no descriptor was free"
     );
     assert_eq!(other.get("/health").status, 200, "the log failed");
+    // A read forwarded from shard 1 waits for shard 0's log too; past its 2 s it changed
+    // nothing, so it is 503, never 504 "unknown" (found in review).
+    let read = request(
+        &mut other,
+        "GET",
+        &format!("/kv/{}", key_on(0, "first-")),
+        &[],
+        b"",
+    );
+    assert_eq!(read.status, 503, "{}", read.text());
     set_nofile_soft(pid, soft);
     assert_eq!(answer.recv_timeout(Duration::from_secs(10)), Ok(201));
     let mut conn = waiting.join().unwrap();
@@ -2317,6 +2327,49 @@ fn a_segment_switch_short_of_file_descriptors_waits_for_one() {
     assert_eq!(get(&mut conn, &key_on(0, "first-")).body, vec![b'v'; 5000]);
     assert_eq!(get(&mut conn, &key_on(0, "second-")).body, b"w");
     assert_eq!(get(&mut conn, &key_on(0, "third-")).body, b"x");
+}
+
+/// A shutdown while a segment switch waits for a file descriptor ends the wait: the stop took
+/// --grace and --stop-timeout both and exited 1, its last sync and snapshot lost (found in
+/// review). The write waiting behind the switch was never acknowledged; the one before is kept.
+#[test]
+fn a_shutdown_ends_a_segment_switch_waiting_for_a_descriptor() {
+    let tmp = common::temp_dir("kv-switch-nofile-stop");
+    let dir = tmp.path().to_str().unwrap();
+    let args = [
+        "--data-dir",
+        dir,
+        "--checkpoint-bytes",
+        "4096",
+        "--expose-shard",
+        "--grace",
+        "1",
+    ];
+    let mut server = Server::start(&args);
+    let [mut conn, _other] = common::one_per_shard(&server);
+    wait_ready(&mut conn);
+    let pid = server.child.id();
+    // No descriptor at all, even one a closed connection frees: the shortage outlasts --grace.
+    set_nofile_soft(pid, 0);
+    let first = put(&mut conn, &key_on(0, "first-"), &[b'v'; 5000], &[]);
+    assert_eq!(first.status, 201, "{}", first.text());
+    conn.send(&raw_request(
+        "PUT",
+        &format!("/kv/{}", key_on(0, "second-")),
+        &[],
+        b"w",
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(15));
+    let took = stopping.elapsed();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
+    // --grace (1 s) for the write in flight, then the log's close ends the wait.
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    drop(conn);
+    let (_server, mut conn) = start_ready(dir);
+    assert_eq!(get(&mut conn, &key_on(0, "first-")).body, vec![b'v'; 5000]);
 }
 
 /// Once every shard served from its log, a shard whose log is gone or empty is damage, and the
@@ -2635,6 +2688,27 @@ fn a_reshard_without_old_segments_makes_no_backup() {
         })
         .count();
     assert_eq!(backups, 0);
+
+    // The same, finished after an interruption: it names no backup it did not make (review of
+    // 2026-11-30).
+    let tmp = common::temp_dir("kv-reshard-empty-ready");
+    let ready = tmp.path().join("reshard.ready");
+    std::fs::create_dir(&ready).unwrap();
+    std::fs::write(
+        ready.join("READY"),
+        "to 2 from 1 segment 0 backup reshard-from-1-shards-0\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = reshard(tmp.path().to_str().unwrap(), "2");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("finished the interrupted reshard"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("there was no old segment to keep"),
+        "{stdout}"
+    );
 }
 
 /// A reshard says what a start would say of a torn tail: that it is left out (found in review:

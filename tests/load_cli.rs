@@ -121,6 +121,9 @@ fn scenario_and_flag_errors_are_found_before_the_run() {
         &["--json", "/nonexistent/dir/out.json", "-d", "1s", &url],
         "cannot write /nonexistent/dir/out.json",
     );
+    // A directory too, before the run (review of 2026-11-30: found only after it).
+    let dir_path = dir.path().to_str().unwrap();
+    check(&["--hgrm", dir_path, "-d", "1s", &url], "cannot write");
 }
 
 /// Review item 3: with more connections than the hard RLIMIT_NOFILE allows, the run ran with

@@ -88,6 +88,14 @@ pub struct MeshCounters {
 /// stale ones (found in review). As many again as the channel holds.
 pub const BACKLOG_MAX: usize = crate::config::limits::MESH_CHANNEL_CAPACITY;
 
+/// While a peer's channel is full, its backlog tries again after this, doubling up to
+/// `BACKLOG_RETRY_MAX` (`drain_backlog`): a busy peer's room is taken within a millisecond or
+/// two, and a stopped one costs ~60 tries a second until it is found closed.
+const BACKLOG_RETRY_MIN: Duration = Duration::from_millis(1);
+/// `close` waits at most this many milliseconds for the serving tasks to drop their receivers.
+const CLOSE_WAITS_MAX: usize = 100;
+const BACKLOG_RETRY_MAX: Duration = Duration::from_millis(16);
+
 /// A request expires at this fraction of its call's deadline: a callee that reads it later
 /// refuses it unserved, and the rest of the deadline is for the reply of one served just in
 /// time to come back.
@@ -108,6 +116,8 @@ pub struct Mesh<Req: Send + 'static, Resp: Send + 'static> {
     closed: Cell<bool>,
     /// Each serving task's waker, by the peer it reads from, for `close` to wake.
     serve_wakers: RefCell<Vec<Option<Waker>>>,
+    /// Serving tasks that still hold their receiver.
+    serving: Cell<usize>,
     /// By peer: envelopes waiting for room on its channel, in the order they were posted, and
     /// when each was queued; sent by one task while `draining` (`post`).
     backlog: RefCell<Vec<Backlog<Req, Resp>>>,
@@ -146,6 +156,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             handler,
             closed: Cell::new(false),
             serve_wakers: RefCell::new(vec![None; shard_count]),
+            serving: Cell::new(0),
             backlog: RefCell::new((0..shard_count).map(|_| VecDeque::new()).collect()),
             draining: (0..shard_count).map(|_| Cell::new(false)).collect(),
             counters: MeshCounters::default(),
@@ -173,8 +184,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         }
         // Peers' streams from this shard end, and so do this shard's posts waiting for room.
         self.senders.close();
-        // Behind the serving tasks just woken, in the same task queue.
-        futures_lite::future::yield_now().await;
+        // Until the serving tasks have dropped their receivers: one yield was not always enough
+        // (found by a test: a peer's calls then waited out their deadline, not failing at once).
+        for _ in 0..CLOSE_WAITS_MAX {
+            if self.serving.get() == 0 {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Puts `envelope` on the channel to `to` without waiting: sent, given back when the channel
@@ -183,24 +200,55 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         match self.senders.try_send_to(to, envelope) {
             Ok(()) => Post::Sent,
             Err(GlommioError::WouldBlock(ResourceType::Channel(envelope))) => Post::Full(envelope),
-            Err(GlommioError::Closed(_)) => Post::Closed,
+            Err(GlommioError::Closed(ResourceType::Channel(envelope))) => {
+                Post::Closed(Some(envelope))
+            }
+            Err(GlommioError::Closed(_)) => Post::Closed(None),
             // glommio fails a send otherwise only for this shard or one outside the mesh.
             Err(_) => unreachable!("a mesh post to shard {to} from shard {}", self.shard),
         }
     }
 
     /// Posts from this turn when there is room and nothing waits before it, else queues it
-    /// (`backlog`): envelopes posted to one peer arrive in the order they were posted (found in
-    /// review: one that waited for room could be overtaken by a later one that found it). A
-    /// closed channel drops the envelope (its caller, if any, is gone or ends at its deadline).
+    /// (`backlog`): everything sent to one peer, calls' requests included, arrives in the order
+    /// it was posted (found in review: one that waited for room could be overtaken by a later
+    /// one that found it). A closed channel drops the envelope (its caller, if any, is gone or
+    /// ends at its deadline).
     fn post(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
-        let envelope = match self.draining[to].get() {
-            true => envelope,
-            false => match self.try_post(to, envelope) {
-                Post::Full(envelope) => envelope,
-                Post::Sent | Post::Closed => return,
-            },
-        };
+        match self.draining[to].get() {
+            true => self.enqueue(to, envelope),
+            false => {
+                if let Post::Full(envelope) = self.try_post(to, envelope) {
+                    self.enqueue(to, envelope);
+                }
+            }
+        }
+    }
+
+    /// `post` for a call's request: Err(Closed) when the peer has stopped (then or, queued,
+    /// once the drainer finds it: `fail_queued`).
+    fn post_request(
+        self: &Rc<Self>,
+        to: usize,
+        envelope: Envelope<Req, Resp>,
+    ) -> Result<(), MeshError> {
+        if self.draining[to].get() {
+            self.enqueue(to, envelope);
+            return Ok(());
+        }
+        match self.try_post(to, envelope) {
+            Post::Sent => Ok(()),
+            Post::Full(envelope) => {
+                self.enqueue(to, envelope);
+                Ok(())
+            }
+            Post::Closed(_) => Err(MeshError::Closed),
+        }
+    }
+
+    /// Queues `envelope` for `to` behind what waits there, starting the task that sends them.
+    /// A one-way message finds room for `BACKLOG_MAX`, else it is dropped and counted.
+    fn enqueue(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
         {
             let queue = &mut self.backlog.borrow_mut()[to];
             if queue.len() >= BACKLOG_MAX && matches!(envelope, Envelope::Oneway { .. }) {
@@ -214,27 +262,58 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         }
     }
 
-    /// Sends the envelopes queued for `to`, in order, as its channel makes room. A reply older
-    /// than the deadline is dropped (its caller has given up). glommio 0.9's send waits for room
-    /// or for *this* side to close, not for the receiver to go: to a stopped peer this waits
-    /// until `close`, holding at most the bounded backlog.
+    /// Sends the envelopes queued for `to`, in order, as its channel makes room, trying again
+    /// every `BACKLOG_RETRY_MIN` doubling to `BACKLOG_RETRY_MAX` while it is full: glommio 0.9's
+    /// send waits for room or for *this* side to close, never for a receiver that went away, so
+    /// awaiting it held a stopped peer's queue, and the callers in it, for good (found in
+    /// review). A reply older than the deadline is dropped (its caller has given up); a request
+    /// past its expiry is refused at once (`Expired`: it was never sent). When the peer has
+    /// stopped, the calls queued for it fail with `Closed` and the rest is dropped.
     async fn drain_backlog(mesh: Rc<Self>, to: usize) {
         loop {
             let next = mesh.backlog.borrow_mut()[to].pop_front();
-            let Some((queued, envelope)) = next else {
+            let Some((queued, mut envelope)) = next else {
                 mesh.draining[to].set(false);
                 return;
             };
-            if matches!(envelope, Envelope::Reply { .. })
-                && queued.elapsed() >= mesh.limits.deadline
-            {
-                continue;
+            match &envelope {
+                Envelope::Reply { .. } if queued.elapsed() >= mesh.limits.deadline => continue,
+                Envelope::Request {
+                    id,
+                    expires: Some(at),
+                    ..
+                } if Instant::now() > *at => {
+                    mesh.deliver(*id, Err(MeshError::Expired));
+                    continue;
+                }
+                _ => {}
             }
-            if mesh.senders.send_to(to, envelope).await.is_err() {
-                // Closed: nothing more reaches the peer.
-                mesh.backlog.borrow_mut()[to].clear();
-                mesh.draining[to].set(false);
-                return;
+            let mut pause = BACKLOG_RETRY_MIN;
+            loop {
+                match mesh.try_post(to, envelope) {
+                    Post::Sent => break,
+                    Post::Full(again) => {
+                        envelope = again;
+                        glommio::timer::sleep(pause).await;
+                        pause = (pause * 2).min(BACKLOG_RETRY_MAX);
+                    }
+                    Post::Closed(envelope) => {
+                        mesh.fail_queued(to, envelope);
+                        mesh.draining[to].set(false);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The peer `to` has stopped: every call whose request is queued for it (`first` and the
+    /// backlog) fails with `Closed` now; the rest is dropped.
+    fn fail_queued(&self, to: usize, first: Option<Envelope<Req, Resp>>) {
+        let queued = std::mem::take(&mut self.backlog.borrow_mut()[to]);
+        for envelope in first.into_iter().chain(queued.into_iter().map(|(_, e)| e)) {
+            if let Envelope::Request { id, .. } = envelope {
+                self.deliver(id, Err(MeshError::Closed));
             }
         }
     }
@@ -245,7 +324,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
 
     /// Sends `req` to shard `to` and waits for its reply, at most the mesh deadline. A call to
     /// this shard runs the handler in place, without a message.
-    pub async fn call(&self, to: usize, req: Req) -> Result<Resp, MeshError> {
+    pub async fn call(self: &Rc<Self>, to: usize, req: Req) -> Result<Resp, MeshError> {
         assert!(to < self.shard_count);
         if to == self.shard {
             return Ok((self.handler)(self.shard, req).await);
@@ -258,24 +337,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         }
         let (id, slot, _guard) = self.register_call();
         let expires = Instant::now() + self.limits.deadline.mul_f64(EXPIRY_OF_DEADLINE);
-        // A closed channel fails the call at once (the guard takes back its slot and count). One
-        // that closes while this waits for room is seen only at the deadline: glommio wakes a
-        // full channel's sender for room, not for a receiver that went away.
+        // A closed channel fails the call at once (the guard takes back its slot and count), as
+        // one found closed while the request waited for room (`fail_queued`).
         let exchange = async {
             let request = Envelope::Request {
                 id,
                 body: req,
                 expires: Some(expires),
             };
-            match self.try_post(to, request) {
-                Post::Sent => {}
-                Post::Full(envelope) => {
-                    if self.senders.send_to(to, envelope).await.is_err() {
-                        return Err(MeshError::Closed);
-                    }
-                }
-                Post::Closed => return Err(MeshError::Closed),
-            }
+            self.post_request(to, request)?;
             WaitReply { slot: &slot }.await
         };
         self.within_deadline(exchange).await
@@ -299,14 +369,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             body: req,
             expires: None,
         };
-        match self.draining[to].get() {
-            true => self.post(to, request),
-            false => match self.try_post(to, request) {
-                Post::Sent => {}
-                Post::Full(envelope) => self.post(to, envelope),
-                Post::Closed => return Err(MeshError::Closed),
-            },
-        }
+        self.post_request(to, request)?;
         self.within_deadline(WaitReply { slot: &slot }).await
     }
 
@@ -354,7 +417,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
     }
 
     /// Calls every shard (this one in place) at once and returns the replies in shard order.
-    pub async fn call_all(&self, req: impl Fn() -> Req) -> Vec<Result<Resp, MeshError>> {
+    pub async fn call_all(self: &Rc<Self>, req: impl Fn() -> Req) -> Vec<Result<Resp, MeshError>> {
         join_all(
             (0..self.shard_count)
                 .map(|to| self.call(to, req()))
@@ -366,6 +429,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
     fn serve(mesh: &Rc<Self>, mut receivers: Receivers<Envelope<Req, Resp>>) {
         for (from, stream) in receivers.streams() {
             let mesh = mesh.clone();
+            mesh.serving.set(mesh.serving.get() + 1);
             glommio::spawn_local(async move {
                 let mut stream = stream;
                 // Ends (dropping the receiver, which closes the channel) on `close`.
@@ -387,6 +451,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                         }
                     }
                 }
+                drop(stream);
+                mesh.serving.set(mesh.serving.get() - 1);
             })
             .detach();
         }
@@ -488,8 +554,8 @@ enum Post<Req, Resp> {
     Sent,
     /// The channel has no room: the envelope, to send once it has.
     Full(Envelope<Req, Resp>),
-    /// The peer has stopped: the envelope is dropped.
-    Closed,
+    /// The peer has stopped: the envelope, where glommio gave it back, to drop or fail.
+    Closed(Option<Envelope<Req, Resp>>),
 }
 
 struct ReplySlot<Resp> {
@@ -799,6 +865,58 @@ mod tests {
         );
         let in_order: Vec<u64> = (1..=served.len() as u64).collect();
         assert!(served == in_order, "out of order or with a gap");
+    }
+
+    /// Calls queued behind a full channel to a peer that then stops fail with `Closed` as soon
+    /// as it is found stopped, not at their deadline (found in review: the queue waited for
+    /// room for good, glommio's send never noticing the receiver gone).
+    #[test]
+    fn calls_queued_for_a_peer_that_stops_fail_with_closed() {
+        let limits = MeshLimits {
+            inflight_max: 4,
+            deadline: Duration::from_secs(10),
+        };
+        let builder = MeshBuilder::full(2, 64);
+        let handler =
+            || -> Handler<u64, u64> { Rc::new(|_from, n: u64| Box::pin(async move { n })) };
+        let (blocking_tx, blocking_rx) = mpsc::channel::<()>();
+        let first = {
+            let builder = builder.clone();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+                .spawn(move || async move {
+                    let mesh = Mesh::join(builder, 0, limits, handler()).await;
+                    while blocking_rx.try_recv().is_err() {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                    // Shard 1 reads nothing: the channel fills; the rest, and the calls, queue.
+                    for n in 0..100 {
+                        mesh.send(1, n);
+                    }
+                    let started = std::time::Instant::now();
+                    let (posted, called) =
+                        futures_lite::future::zip(mesh.call_posted(1, 7), mesh.call(1, 8)).await;
+                    (posted, called, started.elapsed())
+                })
+                .unwrap()
+        };
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let mesh = Mesh::join(builder, 1, limits, handler()).await;
+                // Blocks its thread (nothing is read), then stops.
+                blocking_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                mesh.close().await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (posted, called, elapsed) = first.join().unwrap();
+        assert_eq!(posted, Err(MeshError::Closed));
+        assert_eq!(called, Err(MeshError::Closed));
+        assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     }
 
     /// A call to a shard that has stopped fails at once with `Closed`, and takes nothing from

@@ -65,10 +65,10 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
         }
         let backup = finish(dir, &ready).map_err(|e| committed(dir, to, e))?;
         return Ok(format!(
-            "percore: finished the interrupted reshard of {} to {}; the old log is in {}",
+            "percore: finished the interrupted reshard of {} to {}; {}",
             dir.display(),
             shards(to),
-            backup.unwrap_or_else(|| dir.join(&ready.backup)).display()
+            old_log(backup)
         ));
     }
     let staging = dir.join(STAGING_DIR);
@@ -150,12 +150,8 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
         .and_then(|dir| dir.sync_all())
         .and_then(|()| finish(dir, &ready))
         .map_err(|e| committed(dir, to, e))?;
-    let old = match backup {
-        Some(backup) => format!("the old log is in {}", backup.display()),
-        None => "there was no old segment to keep".to_string(),
-    };
     Ok(format!(
-        "percore: moved {} of {} from {} to {}; start it with --shards {to}; {old}",
+        "percore: moved {} of {} from {} to {}; start it with --shards {to}; {}",
         match keys {
             1 => "1 key".to_string(),
             n => format!("{n} keys"),
@@ -163,7 +159,16 @@ pub fn run(dir: &Path, to: usize, limits: TxnLimits) -> Result<String, String> {
         dir.display(),
         shards(from),
         shards(to),
+        old_log(backup)
     ))
+}
+
+/// Where the old segments went, as the closing line says it.
+fn old_log(backup: Option<PathBuf>) -> String {
+    match backup {
+        Some(backup) => format!("the old log is in {}", backup.display()),
+        None => "there was no old segment to keep".to_string(),
+    }
 }
 
 /// Err (one line) when `dir` holds a reshard that reached its commit point and was not finished:

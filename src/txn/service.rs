@@ -769,6 +769,10 @@ impl Txn {
     }
 
     async fn run_once(self: &Rc<Self>, ops: Vec<Op>) -> Outcome {
+        // Nothing that only reads is ever "unknown" (504): whatever happened to it (a deadline,
+        // a log that will never be durable, a coordinator's failed log), it changed nothing,
+        // and a retry is safe: 503 (found in review: plain GETs answered 504 after 10 s).
+        let writes = ops.iter().any(Op::is_write);
         let client = self.client_next.get();
         self.client_next.set(client + 1);
         let slot = Rc::new(ClientSlot {
@@ -787,7 +791,10 @@ impl Txn {
         });
         let outcome = wait.await;
         self.clients.borrow_mut().remove(&client);
-        outcome
+        match outcome {
+            Err(TxError::Unknown) if !writes => Err(TxError::Unavailable),
+            outcome => outcome,
+        }
     }
 
     fn feed(self: &Rc<Self>, event: Event) {
@@ -904,6 +911,8 @@ impl Txn {
     /// proves nothing of bytes its batch end does not say were synced (`scan`), such as records
     /// that would have shared its batch (found in review), or all of them with `--fsync off`.
     pub async fn close(&self) {
+        // Before the wait below: a segment switch waiting for a file descriptor stops waiting.
+        self.wal.begin_close();
         if !self.wal.is_failed() {
             // A failure here fails the log: the close below says so.
             let _ = self.wal.synced(self.wal.appended()).await;

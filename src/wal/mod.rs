@@ -455,6 +455,10 @@ pub struct Wal {
     serving: Cell<bool>,
     /// Set by `close` (graceful shutdown): records that still arrive are never made durable.
     closed: Cell<bool>,
+    /// Set when `close` begins, before it waits for what was appended: a segment switch short
+    /// of file descriptors stops waiting for one (found in review: the wait held the shutdown
+    /// until the stop deadline, its last sync and snapshot lost).
+    closing: Cell<bool>,
     /// (position, whether it must be synced rather than durable, task).
     waiters: RefCell<Vec<(u64, bool, Waker)>>,
     flusher: RefCell<Option<Waker>>,
@@ -491,6 +495,7 @@ impl Wal {
             failure: RefCell::new(None),
             serving: Cell::new(false),
             closed: Cell::new(false),
+            closing: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
             flusher: RefCell::new(None),
             counters: Cell::new(WalCounters::default()),
@@ -688,7 +693,12 @@ impl Wal {
             if let Err(e) = result {
                 // After `close`, the records that kept coming (a drain still answers busy
                 // connections and other shards' messages) are simply never acknowledged.
-                if !wal.closed.get() && wal.serving.get() {
+                if wal.closing.get() && !wal.closed.get() {
+                    crate::log_line!(
+                        "percore: shard {}: write-ahead log failed while stopping: {e}",
+                        wal.shard
+                    );
+                } else if !wal.closed.get() && wal.serving.get() {
                     crate::log_line!(
                         "percore: shard {}: write-ahead log failed: {e}; its transactions answer \
                          503 until a restart (/health says 503)",
@@ -864,8 +874,12 @@ impl Wal {
             return Err(io::Error::other("the log is closed"));
         }
         let old = self.segment.get();
+        // One wait for both steps: the bound is the switch's.
+        let began = Instant::now();
         let (next, filler) = self
-            .short_of_descriptors_waits(|| Self::create_writer(&self.dir, self.shard, old + 1))
+            .short_of_descriptors_waits(began, || {
+                Self::create_writer(&self.dir, self.shard, old + 1)
+            })
             .await?;
         close_filler(self.filler.replace(Some(filler))).await?;
         self.prefilled.set(PREFILL_CHUNK_BYTES);
@@ -874,7 +888,7 @@ impl Wal {
             // Closing syncs it: what was written before the switch is synced in every mode.
             previous.close().await?;
             let path = segment_path(&self.dir, self.shard, old);
-            self.short_of_descriptors_waits(|| async { sync_truncation(&path) })
+            self.short_of_descriptors_waits(began, || async { sync_truncation(&path) })
                 .await?;
         }
         self.synced_lsn.set(self.durable_lsn.get());
@@ -885,20 +899,22 @@ impl Wal {
     }
 
     /// Runs `step` (it opens files) until it succeeds, fails otherwise than for want of a file
-    /// descriptor, or `SWITCH_DESCRIPTOR_WAIT_MAX` has passed. Creating a segment again is safe:
-    /// it truncates what a failed try left.
+    /// descriptor, `SWITCH_DESCRIPTOR_WAIT_MAX` has passed since `began`, or the log is closing
+    /// (a shutdown does not wait: the switch fails, and with it the records behind it, which
+    /// nobody was told are durable). Creating a segment again is safe: it truncates what a
+    /// failed try left.
     async fn short_of_descriptors_waits<T, F: Future<Output = io::Result<T>>>(
         &self,
+        began: Instant,
         mut step: impl FnMut() -> F,
     ) -> io::Result<T> {
-        let began = Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
             match step().await {
                 Err(e)
                     if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
                         && began.elapsed() < SWITCH_DESCRIPTOR_WAIT_MAX
-                        && !self.closed.get() =>
+                        && !self.closing.get() =>
                 {
                     if pause == Duration::from_millis(10) {
                         crate::log_line!(
@@ -908,8 +924,21 @@ impl Wal {
                             SWITCH_DESCRIPTOR_WAIT_MAX.as_secs()
                         );
                     }
-                    glommio::timer::sleep(pause).await;
+                    // In slices, so a shutdown that begins meanwhile is seen at once.
+                    let until = Instant::now() + pause;
+                    while !self.closing.get() && Instant::now() < until {
+                        glommio::timer::sleep(pause.min(Duration::from_millis(20))).await;
+                    }
                     pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) if self.closing.get() => {
+                    crate::log_line!(
+                        "percore: shard {}: switching log segments: {e}; given up for the \
+                         shutdown: the records behind the switch were not made durable (none \
+                         was acknowledged)",
+                        self.shard
+                    );
+                    return Err(e);
                 }
                 Ok(done) => {
                     if pause > Duration::from_millis(10) {
@@ -927,10 +956,17 @@ impl Wal {
         }
     }
 
+    /// Says the log is being closed, ahead of `close` (its caller may first wait for the log
+    /// itself): a segment switch stops waiting for a file descriptor.
+    pub fn begin_close(&self) {
+        self.closing.set(true);
+    }
+
     /// Syncs and closes the current segment (graceful shutdown).
     /// Records appended after this began are not made durable (their waiters get an error):
     /// the shard is going away.
     pub async fn close(&self) -> io::Result<()> {
+        self.begin_close();
         self.durable(self.appended.get()).await?;
         self.closed.set(true);
         close_filler(self.filler.take()).await?;
