@@ -444,6 +444,37 @@ fn a_request_sent_with_the_fin_is_answered_and_the_connection_ends_at_once() {
     }
 }
 
+/// A handler that answers without reading a body owed its 100: the body never comes, and the
+/// connection closes (the client may or may not send it, RFC 9110 §10.1.1). One that the client
+/// sent without waiting is here already: dropped, and the connection goes on with the request
+/// behind it (found in review: closed, that request lost; nginx answers both).
+#[test]
+fn an_unread_body_owed_its_100_closes_unless_it_came_anyway() {
+    let server = Server::start(&[]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"GET /plaintext HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc\
+          GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    for _ in 0..2 {
+        let answer = conn.response(false).unwrap();
+        assert_eq!(
+            (answer.status, &answer.body[..]),
+            (200, &b"Hello, World!"[..])
+        );
+        assert!(!answer.closes());
+    }
+    assert_eq!(conn.get("/plaintext").status, 200);
+
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"GET /plaintext HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    );
+    let answer = conn.response(false).unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.closes(), "the body may still come");
+}
+
 #[test]
 fn expect_100_continue_with_a_body_too_large_gets_413_without_continue() {
     let server = Server::start(&["--max-body", "10"]);

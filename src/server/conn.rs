@@ -1480,9 +1480,13 @@ impl Conn {
 
     /// Before the final answer's head: a body still owed its 100 never gets it (RFC 9110
     /// §15.2), and as the client may or may not send that body, the connection cannot be reused
-    /// (§10.1.1). True when the answer must close it.
+    /// (§10.1.1). True when the answer must close it. A client that sent the body without
+    /// waiting (§10.1.1 lets it) has it here already: dropped, and the connection goes on
+    /// (found in review: closed, the request pipelined behind it lost).
     fn forgo_continue(&mut self, body: &ConnBody) -> bool {
-        let owed = !body.done.get() && body.continue_state.get() == Continue::Owed(0);
+        let owed = !body.done.get()
+            && body.continue_state.get() == Continue::Owed(0)
+            && discard_buffered(body) != Poll::Ready(true);
         if owed {
             body.continue_state.set(Continue::Forgone);
             self.linger = true;
