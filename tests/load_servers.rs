@@ -972,10 +972,13 @@ fn short_runs_warmup_and_truncated_heads() {
     let req_sec = stdout.lines().find(|l| l.contains("Req/Sec")).unwrap();
     assert_ne!(req_sec.split_whitespace().nth(1), Some("0.00"), "{stdout}");
     assert_accounted(&doc);
-    // A window nothing was answered in is no pass (review of 2026-11-30: exit 0).
-    let (code, stdout, _) = load_json(&["-c", "1", "-d", "1us", &server.url("/")]);
+    // A window nothing was answered in is no pass, and the warm-up's answers are no bytes of it
+    // (review of 2026-11-30: exit 0, and "132 B read").
+    let url = server.url("/");
+    let (code, stdout, doc) = load_json(&["-c", "1", "-d", "1us", "--warmup", "100ms", &url]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("nothing was measured"), "{stdout}");
+    assert_eq!(n(&doc, "/run/bytes_read"), 0, "{doc}");
     let truncating = TestServer::start(|_, _| reply(b"HTTP/1.1 200 OK\r\nContent-Le", true));
     let (code, _, doc) = load_json(&["-c", "1", "-d", "300ms", &truncating.url("/")]);
     assert_eq!(code, 1, "{doc}");
