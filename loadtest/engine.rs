@@ -270,8 +270,13 @@ impl<'a> Worker<'a> {
     }
 
     fn finish(mut self) -> ThreadStats {
-        // A last partial second (more than a tenth of one) still gets its progress line.
+        // A whole second the loop ended in before ticking it still gets its line (found in
+        // review: the last one went missing, or showed some threads only), and so does a last
+        // partial second of more than a tenth of one.
         let now = self.now();
+        if now >= self.next_second_ns {
+            self.tick_second(now);
+        }
         if now % 1_000_000_000 > 100_000_000 {
             self.tick_second(now.div_ceil(1_000_000_000) * 1_000_000_000);
         }

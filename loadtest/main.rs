@@ -160,7 +160,8 @@ fn measure(config: &Config, rate: Option<f64>) -> RunStats {
     };
     let threads = if sys::is_terminal(2) {
         let (tx, rx) = mpsc::channel();
-        let (threads, warmup_s) = (config.threads, config.warmup_ns / 1_000_000_000);
+        // A second that holds any of the warm-up is marked as the warm-up's.
+        let (threads, warmup_s) = (config.threads, config.warmup_ns.div_ceil(1_000_000_000));
         let printer = std::thread::spawn(move || progress::print_lines(rx, threads, warmup_s));
         let threads = engine::run(&plan, config.threads, &config.cpus, Some(tx));
         let _ = printer.join();
