@@ -74,9 +74,11 @@ pub struct MeshCounters {
     pub calls_served: Cell<u64>,
     pub overloaded: Cell<u64>,
     pub timeouts: Cell<u64>,
-    /// Requests this shard read after their expiry and refused unserved.
+    /// Requests refused unserved for their expiry: read late by this shard, or never sent from
+    /// its backlog.
     pub expired: Cell<u64>,
-    /// One-way messages dropped because `BACKLOG_MAX` were already waiting for room to their peer.
+    /// One-way messages dropped because `BACKLOG_MAX` were already waiting for room to their
+    /// peer, and replies dropped from the backlog after their caller's deadline.
     pub dropped: Cell<u64>,
 }
 
@@ -277,12 +279,16 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                 return;
             };
             match &envelope {
-                Envelope::Reply { .. } if queued.elapsed() >= mesh.limits.deadline => continue,
+                Envelope::Reply { .. } if queued.elapsed() >= mesh.limits.deadline => {
+                    mesh.counters.dropped.set(mesh.counters.dropped.get() + 1);
+                    continue;
+                }
                 Envelope::Request {
                     id,
                     expires: Some(at),
                     ..
                 } if Instant::now() > *at => {
+                    mesh.counters.expired.set(mesh.counters.expired.get() + 1);
                     mesh.deliver(*id, Err(MeshError::Expired));
                     continue;
                 }

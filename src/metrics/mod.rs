@@ -253,9 +253,10 @@ shard_stats! {
     parks,
     /// Cross-shard messages over every mesh (stats, session, auth, transaction; found in
     /// review: only the stats mesh's were counted): sent and served (one-way messages
-    /// included), refused at an in-flight bound, calls that timed out, requests this shard
-    /// read after their expiry and refused unserved, and one-way messages dropped because a
-    /// peer that read nothing had `mesh::BACKLOG_MAX` of them waiting already.
+    /// included), refused at an in-flight bound, calls that timed out, requests refused
+    /// unserved for their expiry (read late here, or never sent from this shard's backlog),
+    /// and messages dropped while waiting for a peer: one-way messages past `mesh::BACKLOG_MAX`
+    /// and replies past their caller's deadline.
     mesh_calls_sent,
     mesh_calls_served,
     mesh_overloaded,

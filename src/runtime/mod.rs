@@ -1113,7 +1113,7 @@ async fn shard_main(init: ShardInit) {
     }
     txn.close().await;
     if let Some(dir) = &data_dir
-        && let Err(e) = sessions.snapshot_blocking(dir)
+        && let Err(e) = sessions.final_snapshot(dir).await
     {
         crate::log_line!(
             "percore: shard {}: cannot write the session snapshot: {e}",

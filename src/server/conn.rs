@@ -1441,7 +1441,7 @@ impl Conn {
         if let Some(body) = &body {
             if let Some(error) = body.error.get() {
                 *response = Response::from(error);
-            } else if !streamed && self.forgo_continue(body) {
+            } else if !streamed && !self.sent_anyway(body) && self.forgo_continue(body) {
                 response.close = true;
             } else if !streamed && !body.done.get() {
                 // A Content-Length that says more is left than we would discard: say so in this
@@ -1478,15 +1478,22 @@ impl Conn {
         flow
     }
 
+    /// Whether a body owed its 100, which a whole answer did not read, came without it (RFC 9110
+    /// §10.1.1 lets a client send it without waiting): then it is here already, and is dropped,
+    /// so the connection goes on (found in review: closed, the request behind it lost). Never
+    /// for a streamed answer, which may still read it (review). A body not well framed stays
+    /// owed: the answer closes, and stands (it may have acted).
+    fn sent_anyway(&self, body: &ConnBody) -> bool {
+        body.continue_state.get() == Continue::Owed(0)
+            && !body.done.get()
+            && discard_buffered(body) == Poll::Ready(true)
+    }
+
     /// Before the final answer's head: a body still owed its 100 never gets it (RFC 9110
     /// §15.2), and as the client may or may not send that body, the connection cannot be reused
-    /// (§10.1.1). True when the answer must close it. A client that sent the body without
-    /// waiting (§10.1.1 lets it) has it here already: dropped, and the connection goes on
-    /// (found in review: closed, the request pipelined behind it lost).
+    /// (§10.1.1). True when the answer must close it.
     fn forgo_continue(&mut self, body: &ConnBody) -> bool {
-        let owed = !body.done.get()
-            && body.continue_state.get() == Continue::Owed(0)
-            && discard_buffered(body) != Poll::Ready(true);
+        let owed = !body.done.get() && body.continue_state.get() == Continue::Owed(0);
         if owed {
             body.continue_state.set(Continue::Forgone);
             self.linger = true;

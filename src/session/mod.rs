@@ -196,6 +196,10 @@ pub struct Sessions {
     /// a later run (with the old `--node-id` back, say) to load sessions this run never saw
     /// destroyed.
     skipped_snapshot: Cell<bool>,
+    /// Set while `snapshot` writes (its temporary file is the one `final_snapshot` writes
+    /// through), and by `final_snapshot`, after which the upkeep starts none.
+    snapshot_busy: Cell<bool>,
+    snapshots_stopped: Cell<bool>,
 }
 
 impl Sessions {
@@ -224,6 +228,8 @@ impl Sessions {
             remote_calls: Cell::new(0),
             revoked: RefCell::new(None),
             skipped_snapshot: Cell::new(false),
+            snapshot_busy: Cell::new(false),
+            snapshots_stopped: Cell::new(false),
         }
     }
 
@@ -540,6 +546,15 @@ impl Sessions {
     /// them on the blocking pool; then the revocation log is cut of the ids destroyed before the
     /// copy began (none of them is in the snapshot). Returns the store generation written.
     pub async fn snapshot(&self, dir: &std::path::Path) -> std::io::Result<u64> {
+        /// Clears `snapshot_busy` however the snapshot ends.
+        struct Busy<'a>(&'a Cell<bool>);
+        impl Drop for Busy<'_> {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        self.snapshot_busy.set(true);
+        let _busy = Busy(&self.snapshot_busy);
         let now = now_ms();
         // Taken with the keys, in one step: every revocation up to `covered` is older than both.
         let covered = self.revoked.borrow().as_ref().map(|log| log.appended());
@@ -560,11 +575,19 @@ impl Sessions {
             .spawn_blocking(move || persist::create_tmp(&tmp_of))
             .await?;
         let mut encoder = persist::Encoder::new(self.node, self.shard as u16);
-        for step in keys.chunks(SESSION_SNAPSHOT_STEP) {
+        let mut next = 0;
+        while next < keys.len() {
             {
+                // A step ends at SESSION_SNAPSHOT_STEP sessions or once a chunk is due, so a
+                // chunk is at most SESSION_SNAPSHOT_WRITE_BYTES and one session (it was up to a
+                // step of the biggest sessions: found in review).
                 let store = self.store.borrow();
-                for (key, record) in store.records_of(step) {
-                    encoder.push(key, record);
+                let step_end = (next + SESSION_SNAPSHOT_STEP).min(keys.len());
+                while next < step_end && encoder.buffered() < SESSION_SNAPSHOT_WRITE_BYTES {
+                    for (key, record) in store.records_of(&keys[next..next + 1]) {
+                        encoder.push(key, record);
+                    }
+                    next += 1;
                 }
             }
             if encoder.buffered() >= SESSION_SNAPSHOT_WRITE_BYTES {
@@ -623,8 +646,20 @@ impl Sessions {
         }
     }
 
-    /// Writes the snapshot now, blocking the shard (shutdown only).
-    pub fn snapshot_blocking(&self, dir: &std::path::Path) -> std::io::Result<()> {
+    /// The snapshot at shutdown: the upkeep starts no more, one it is writing is waited for,
+    /// then this one is written, blocking the shard. Both write through the same temporary file:
+    /// a shutdown snapshot truncated it under a periodic one, which then renamed it into place
+    /// half-written (found in review).
+    pub async fn final_snapshot(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.snapshots_stopped.set(true);
+        while self.snapshot_busy.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        self.snapshot_blocking(dir)
+    }
+
+    /// Writes the snapshot now, blocking the shard (`final_snapshot`).
+    fn snapshot_blocking(&self, dir: &std::path::Path) -> std::io::Result<()> {
         use std::io::Write;
         let store = self.store.borrow();
         let path = persist::path(dir, self.shard);
@@ -698,6 +733,10 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
         next_snapshot = std::time::Instant::now() + sessions.config.snapshot_interval;
         if Some(sessions.store.borrow().generation) == written_generation && !forced {
             continue;
+        }
+        // From here to `snapshot` setting its flag is one step: a shutdown in between waits.
+        if sessions.snapshots_stopped.get() {
+            return;
         }
         match sessions.snapshot(dir).await {
             Ok(generation) => {

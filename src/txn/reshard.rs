@@ -175,14 +175,17 @@ fn old_log(backup: Option<PathBuf>) -> String {
 /// the server must not start on half-moved files.
 pub fn check_finished(dir: &Path) -> Result<(), String> {
     let staging = dir.join(STAGING_DIR);
-    if let Ok(files) = std::fs::read_dir(&staging) {
+    let sizes: Vec<u64> = std::fs::read_dir(&staging)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|file| file.metadata().ok())
+        .map(|meta| meta.len())
+        .collect();
+    if !sizes.is_empty() {
         // Harmless (the log in use is the old one) but maybe gigabytes, and said nowhere (found
         // in review).
-        let bytes: u64 = files
-            .flatten()
-            .filter_map(|file| file.metadata().ok())
-            .map(|meta| meta.len())
-            .sum();
+        let bytes: u64 = sizes.iter().sum();
         crate::log_line!(
             "percore: {} ({} MiB) is what a reshard wrote before it stopped short of its commit \
              point: the log in use is the old one; remove it, or run the reshard again",
@@ -418,6 +421,10 @@ fn finish(dir: &Path, ready: &Ready) -> std::io::Result<Option<PathBuf>> {
             let name = old.file_name().expect("a segment has a file name");
             std::fs::rename(&old, backup.join(name))?;
         }
+    }
+    // Synced whenever it is there: a run cut short after its moves, before this sync, leaves the
+    // rerun nothing to move (found in review: its entries were then never synced).
+    if backup.is_dir() {
         std::fs::File::open(&backup)?.sync_all()?;
     }
     for shard in 0..ready.to {

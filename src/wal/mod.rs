@@ -931,7 +931,10 @@ impl Wal {
                     }
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                Err(e) if self.closing.get() => {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                        && self.closing.get() =>
+                {
                     crate::log_line!(
                         "percore: shard {}: switching log segments: {e}; given up for the \
                          shutdown: the records behind the switch were not made durable (none \
