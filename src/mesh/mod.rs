@@ -288,7 +288,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                     expires: Some(at),
                     ..
                 } if Instant::now() > *at => {
-                    mesh.counters.expired.set(mesh.counters.expired.get() + 1);
+                    // Its caller may have timed out already (counted there, not twice).
+                    if mesh.pending.borrow().contains_key(id) {
+                        mesh.counters.expired.set(mesh.counters.expired.get() + 1);
+                    }
                     mesh.deliver(*id, Err(MeshError::Expired));
                     continue;
                 }

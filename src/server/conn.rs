@@ -1438,6 +1438,11 @@ impl Conn {
         let streamed = matches!(response.body, ResponseBody::Stream(_))
             && !is_head
             && !has_no_content(response.status);
+        if let Some(body) = &body
+            && self.finish_continue(body).await.is_err()
+        {
+            return Flow::Close;
+        }
         if let Some(body) = &body {
             if let Some(error) = body.error.get() {
                 *response = Response::from(error);
@@ -1476,6 +1481,29 @@ impl Conn {
             return Flow::Close;
         }
         flow
+    }
+
+    /// Finishes a `100 Continue` a full socket cut short (the handler asked for the body, then
+    /// answered without it) before the final head: the head right after part of the 100
+    /// garbled both (found in review). The body is then an unread one like any other. Err: the
+    /// write failed, and nothing may follow it.
+    async fn finish_continue(&self, body: &ConnBody) -> io::Result<()> {
+        let Continue::Owed(mut written) = body.continue_state.get() else {
+            return Ok(());
+        };
+        if written == 0 {
+            return Ok(());
+        }
+        let io = &self.io;
+        let result =
+            std::future::poll_fn(|cx| io.poll_write_all(cx, CONTINUE_100, &mut written, None))
+                .await;
+        body.continue_state.set(Continue::Owed(written));
+        result?;
+        body.continue_state.set(Continue::Sent);
+        io.shard.metrics.count_status(100);
+        add(&io.shard.metrics.bytes_written, CONTINUE_100.len() as u64);
+        Ok(())
     }
 
     /// Whether a body owed its 100, which a whole answer did not read, came without it (RFC 9110
@@ -1668,6 +1696,11 @@ impl Conn {
             }
             return Box::pin(self.write_response(&mut response, false, version, None)).await;
         };
+        if let Some(body) = body
+            && self.finish_continue(body).await.is_err()
+        {
+            return Flow::Close;
+        }
         if let Some(Err(error)) = first {
             let mut response = Response::from(error);
             if let Some(body) = body

@@ -598,6 +598,14 @@ impl Sessions {
                     .await?;
             }
             glommio::yield_if_needed().await;
+            // The shutdown's snapshot replaces this one: given up, so the shutdown waits for one
+            // chunk at most, not for a whole snapshot it overwrites (found in review).
+            if self.snapshots_stopped.get() {
+                return Err(std::io::Error::other("the shard is stopping"));
+            }
+        }
+        if self.snapshots_stopped.get() {
+            return Err(std::io::Error::other("the shard is stopping"));
         }
         let (last, header) = encoder.finish_streamed();
         pool.spawn_blocking(move || persist::finish_tmp(file, &path, &last, Some(header)))
@@ -743,6 +751,8 @@ pub async fn upkeep(sessions: Rc<Sessions>, data_dir: Option<std::path::PathBuf>
                 written_generation = Some(generation);
                 forced_retry = SESSION_SNAPSHOT_RETRY_MIN;
             }
+            // Given up for the shutdown's (`final_snapshot`).
+            Err(_) if sessions.snapshots_stopped.get() => return,
             Err(e) => {
                 crate::log_line!(
                     "percore: shard {}: session snapshot failed: {e}; retrying in {:?}",
