@@ -444,6 +444,52 @@ fn a_request_sent_with_the_fin_is_answered_and_the_connection_ends_at_once() {
     }
 }
 
+/// Direct answers of every kind in a row, pipelined on one connection and across two: each
+/// head is the one its own request asks for (the shard copies the last direct head when every
+/// input is the same, so a change of version, route or close must make a new one).
+#[test]
+fn direct_answers_in_a_row_each_get_their_own_head() {
+    let server = Server::start_exact(&["--bind", "127.0.0.1:0", "--shards", "1"]);
+    let mut conn = Conn::new(server.connect());
+    conn.send(
+        b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /plaintext HTTP/1.0\r\nConnection: keep-alive\r\n\r\n\
+          GET /json HTTP/1.1\r\nHost: a\r\n\r\n\
+          HEAD /plaintext HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    let expected: [(&str, &str, Option<&str>, &[u8]); 6] = [
+        ("text/plain", "13", None, b"Hello, World!"),
+        ("text/plain", "13", None, b"Hello, World!"),
+        ("text/plain", "13", Some("keep-alive"), b"Hello, World!"),
+        (
+            "application/json",
+            "27",
+            None,
+            br#"{"message":"Hello, World!"}"#,
+        ),
+        ("text/plain", "13", None, b""),
+        ("text/plain", "13", None, b"Hello, World!"),
+    ];
+    for (index, (content_type, length, connection, body)) in expected.into_iter().enumerate() {
+        let answer = conn.response(index == 4).unwrap();
+        assert_eq!(answer.status, 200, "{index}");
+        assert_eq!(answer.header("content-type"), Some(content_type), "{index}");
+        assert_eq!(answer.header("content-length"), Some(length), "{index}");
+        assert_eq!(answer.header("connection"), connection, "{index}");
+        assert_eq!(answer.body, body, "{index}");
+    }
+    // Another connection asks to close: its head says so, the next keep-alive one's does not.
+    let mut closing = Conn::new(server.connect());
+    closing.send(b"GET /plaintext HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        closing.response(false).unwrap().header("connection"),
+        Some("close")
+    );
+    assert_eq!(conn.get("/plaintext").header("connection"), None);
+}
+
 /// A handler that answers without reading a body owed its 100: the body never comes, and the
 /// connection closes (the client may or may not send it, RFC 9110 §10.1.1). One that the client
 /// sent without waiting is here already: dropped, and the connection goes on with the request

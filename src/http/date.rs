@@ -43,6 +43,11 @@ impl DateCache {
     pub fn get(&self) -> &[u8; DATE_BYTES] {
         &self.bytes
     }
+
+    /// The second the value names: equal seconds, equal bytes.
+    pub fn secs(&self) -> u64 {
+        self.secs_since_epoch
+    }
 }
 
 impl Default for DateCache {

@@ -179,6 +179,9 @@ pub struct Shard {
     /// The body buffer of the next direct answer (`router::direct`), taken by the connection that
     /// answers and given back empty, so a direct answer allocates nothing.
     pub answer_buffer: RefCell<Vec<u8>>,
+    /// The head of the last direct answer and what it was made from (`server/conn.rs`
+    /// `encode_direct_head`): the next one made from the same is copied, not formatted again.
+    pub direct_head: RefCell<crate::server::conn::DirectHead>,
     /// Where plain connections wait for bytes (net/ready.rs); None: through glommio's polls
     /// (`--no-multishot-poll`, or a kernel without what it needs).
     pub ready_ring: Option<Rc<crate::net::ready::ReadyRing>>,
@@ -265,6 +268,7 @@ impl Shard {
                 vec![0; crate::server::conn::READ_SCRATCH_BYTES].into_boxed_slice(),
             ),
             answer_buffer: RefCell::new(Vec::new()),
+            direct_head: RefCell::new(Default::default()),
             ready_ring: start_ready_ring(index, &config),
             config,
             stats_mesh,

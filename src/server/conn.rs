@@ -962,13 +962,7 @@ impl Conn {
         self.version = head.version();
         let close = !head.keep_alive() || shard.is_draining();
         let body = answer.body_bytes();
-        self.encode_head(
-            status,
-            Some(answer.content_type().as_bytes()),
-            [],
-            whole_body_framing(status, body.len()),
-            close,
-        );
+        self.encode_direct_head(&shard, status, answer.content_type(), body.len(), close);
         if !head.is_head() && !has_no_content(status) {
             self.wbuf.extend_from_slice(body);
         }
@@ -976,6 +970,50 @@ impl Conn {
             shard.answer_buffer.replace(buffer);
         }
         Some(if close { Flow::Close } else { Flow::KeepAlive })
+    }
+
+    /// `encode_head` for a direct answer (no handler fields), copied from the shard's last one
+    /// when every input of its bytes is the same: status, content type, length, close, version,
+    /// TLS (the server's own fields) and the Date second. Formatting it was ~4.6% of a pipelined
+    /// `/plaintext` request's CPU (`encode_head`, `HeadWriter::new` and `finish`: perf, run AL's
+    /// build).
+    fn encode_direct_head(
+        &mut self,
+        shard: &Shard,
+        status: u16,
+        content_type: &'static str,
+        body_len: usize,
+        close: bool,
+    ) {
+        let key = DirectHeadKey {
+            status,
+            content_type,
+            body_len,
+            close,
+            http10: self.version == Version::Http10,
+            tls: self.tls,
+            date_secs: shard.date.borrow().secs(),
+        };
+        {
+            let cached = shard.direct_head.borrow();
+            if cached.key == Some(key) {
+                shard.metrics.count_status(status);
+                self.wbuf.extend_from_slice(&cached.bytes);
+                return;
+            }
+        }
+        let start = self.wbuf.len();
+        self.encode_head(
+            status,
+            Some(content_type.as_bytes()),
+            [],
+            whole_body_framing(status, body_len),
+            close,
+        );
+        let mut cached = shard.direct_head.borrow_mut();
+        cached.key = Some(key);
+        cached.bytes.clear();
+        cached.bytes.extend_from_slice(&self.wbuf[start..]);
     }
 
     /// Whether `head` may be served at once with the pipelined requests after it (RFC 9112
@@ -1985,6 +2023,25 @@ fn discard_buffered(body: &ConnBody) -> Poll<bool> {
             Poll::Ready(Some(Err(_))) => return Poll::Ready(false),
         }
     }
+}
+
+/// The shard's copy of its last direct answer's head (`Conn::encode_direct_head`).
+#[derive(Default)]
+pub struct DirectHead {
+    key: Option<DirectHeadKey>,
+    bytes: Vec<u8>,
+}
+
+/// Every input of a direct answer's head bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct DirectHeadKey {
+    status: u16,
+    content_type: &'static str,
+    body_len: usize,
+    close: bool,
+    http10: bool,
+    tls: bool,
+    date_secs: u64,
 }
 
 /// Frees an empty read buffer unless it is small (see `ConnIo::poll_fill`): `try_reclaim` says
