@@ -812,38 +812,40 @@ impl<'a> Worker<'a> {
     /// At the drain's end: the requests that have waited their timeout are timeouts, as a scan
     /// would have found; the rest stay in flight, unanswered (`finish`).
     fn expire_at_end(&mut self, now: u64) {
-        let timeout_ns = self.plan.timeout_ns;
         for conn in &mut self.conns {
-            let expired = conn
-                .in_flight
-                .iter()
-                .take_while(|f| f.sent_ns + timeout_ns <= now)
-                .count();
-            for f in conn.in_flight.drain(..expired).filter(|f| f.measured) {
-                record_unanswered(&mut self.stats, &f, now);
-                self.stats.errors.timeout += 1;
-            }
+            take_timed_out(
+                &mut self.stats,
+                &mut conn.in_flight,
+                self.plan.timeout_ns,
+                now,
+            );
         }
     }
 
     /// Counts the requests of connection `i` that have waited `timeout` as timeouts and closes
     /// it (`Cause::TimedOut`).
     fn expire(&mut self, i: usize, now: u64) {
-        let timeout_ns = self.plan.timeout_ns;
-        let conn = &mut self.conns[i];
-        // In flight in send order: the expired ones lead.
-        let expired = conn
-            .in_flight
-            .iter()
-            .take_while(|f| f.sent_ns + timeout_ns <= now)
-            .count();
-        let mut measured = 0;
-        for f in conn.in_flight.drain(..expired).filter(|f| f.measured) {
-            record_unanswered(&mut self.stats, &f, now);
-            measured += 1;
-        }
-        self.stats.errors.timeout += measured;
+        let in_flight = &mut self.conns[i].in_flight;
+        take_timed_out(&mut self.stats, in_flight, self.plan.timeout_ns, now);
         self.close(i, now, Cause::TimedOut);
+    }
+}
+
+/// Takes the requests that have waited `timeout_ns` by `now` out of `in_flight` (in send order:
+/// they lead) and counts the measured ones as timeouts.
+fn take_timed_out(
+    stats: &mut ThreadStats,
+    in_flight: &mut VecDeque<InFlight>,
+    timeout_ns: u64,
+    now: u64,
+) {
+    let expired = in_flight
+        .iter()
+        .take_while(|f| f.sent_ns + timeout_ns <= now)
+        .count();
+    for f in in_flight.drain(..expired).filter(|f| f.measured) {
+        record_unanswered(stats, &f, now);
+        stats.errors.timeout += 1;
     }
 }
 

@@ -1039,12 +1039,8 @@ impl Sim {
                     |store, key| store.rotate(key, new_key.0, now),
                     |model, key| model.rotate(key, new_key.0, now),
                 );
-                if model == Outcome::Rotated(Ok(())) {
+                if self.moved_to(&model, id, new_key) {
                     self.coverage.rotations += 1;
-                    self.minted.push(SessionId {
-                        key: new_key.0,
-                        ..id
-                    });
                 }
                 (store, model)
             }
@@ -1060,12 +1056,8 @@ impl Sim {
                     |store, key| store.replace(key, new_key.0, now),
                     |model, key| model.replace(key, new_key.0, now),
                 );
-                if model == Outcome::Rotated(Ok(())) {
+                if self.moved_to(&model, id, new_key) {
                     self.coverage.replaces += 1;
-                    self.minted.push(SessionId {
-                        key: new_key.0,
-                        ..id
-                    });
                 }
                 (store, model)
             }
@@ -1099,6 +1091,19 @@ impl Sim {
                 (Outcome::Jumped, Outcome::Jumped)
             }
         }
+    }
+
+    /// After a rotation or a replace: when the model's `outcome` says the session moved to
+    /// `new_key`, the new id is minted (later ops may pick it); whether it moved.
+    fn moved_to(&mut self, outcome: &Outcome, id: SessionId, new_key: Key) -> bool {
+        let moved = *outcome == Outcome::Rotated(Ok(()));
+        if moved {
+            self.minted.push(SessionId {
+                key: new_key.0,
+                ..id
+            });
+        }
+        moved
     }
 
     fn model_insert(

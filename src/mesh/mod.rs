@@ -211,25 +211,19 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
         }
     }
 
+    /// `post_or_closed` for an envelope whose sender does not wait on the outcome (one-way
+    /// messages, replies): a closed channel drops it (its caller, if any, is gone or ends at
+    /// its deadline).
+    fn post(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
+        let _ = self.post_or_closed(to, envelope);
+    }
+
     /// Posts from this turn when there is room and nothing waits before it, else queues it
     /// (`backlog`): everything sent to one peer, calls' requests included, arrives in the order
     /// it was posted (found in review: one that waited for room could be overtaken by a later
-    /// one that found it). A closed channel drops the envelope (its caller, if any, is gone or
-    /// ends at its deadline).
-    fn post(self: &Rc<Self>, to: usize, envelope: Envelope<Req, Resp>) {
-        match self.draining[to].get() {
-            true => self.enqueue(to, envelope),
-            false => {
-                if let Post::Full(envelope) = self.try_post(to, envelope) {
-                    self.enqueue(to, envelope);
-                }
-            }
-        }
-    }
-
-    /// `post` for a call's request: Err(Closed) when the peer has stopped (then or, queued,
-    /// once the drainer finds it: `fail_queued`).
-    fn post_request(
+    /// one that found it). Err(Closed) when the peer has stopped (then or, queued, once the
+    /// drainer finds it: `fail_queued`, which fails a queued call).
+    fn post_or_closed(
         self: &Rc<Self>,
         to: usize,
         envelope: Envelope<Req, Resp>,
@@ -354,7 +348,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
                 body: req,
                 expires: Some(expires),
             };
-            self.post_request(to, request)?;
+            self.post_or_closed(to, request)?;
             WaitReply { slot: &slot }.await
         };
         self.within_deadline(exchange).await
@@ -378,7 +372,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Mesh<Req, Resp> {
             body: req,
             expires: None,
         };
-        self.post_request(to, request)?;
+        self.post_or_closed(to, request)?;
         self.within_deadline(WaitReply { slot: &slot }).await
     }
 
@@ -659,6 +653,18 @@ mod tests {
 
     use super::*;
 
+    /// A shard's executor thread (unpinned, with the shard's IO memory) running `main`.
+    fn shard_thread<G, F, T>(main: G) -> glommio::Result<glommio::ExecutorJoinHandle<T>, ()>
+    where
+        G: FnOnce() -> F + Send + 'static,
+        F: Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
+            .spawn(main)
+    }
+
     /// A request of `BLOCK + ms` blocks its shard's thread for `ms` milliseconds before it
     /// answers: the shard reads nothing meanwhile.
     const BLOCK: u64 = 1_000_000;
@@ -693,26 +699,22 @@ mod tests {
         };
         let first = {
             let builder = builder.clone();
-            LocalExecutorBuilder::new(Placement::Unbound)
-                .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-                .spawn(move || async move {
-                    let mesh = Mesh::join(builder, 0, limits, handler()).await;
-                    let result = body(mesh).await;
-                    let _ = done_tx.send(());
-                    result
-                })
-                .unwrap()
-        };
-        let second = LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-            .spawn(move || async move {
-                let _mesh = Mesh::join(builder, 1, limits, handler()).await;
-                // Serve until shard 0 is done.
-                while done_rx.try_recv().is_err() {
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
-                }
+            shard_thread(move || async move {
+                let mesh = Mesh::join(builder, 0, limits, handler()).await;
+                let result = body(mesh).await;
+                let _ = done_tx.send(());
+                result
             })
-            .unwrap();
+            .unwrap()
+        };
+        let second = shard_thread(move || async move {
+            let _mesh = Mesh::join(builder, 1, limits, handler()).await;
+            // Serve until shard 0 is done.
+            while done_rx.try_recv().is_err() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .unwrap();
         let result = first.join().unwrap();
         second.join().unwrap();
         result
@@ -837,32 +839,28 @@ mod tests {
         };
         let first = {
             let builder = builder.clone();
-            LocalExecutorBuilder::new(Placement::Unbound)
-                .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-                .spawn(move || async move {
-                    let mesh = Mesh::join(builder, 0, LIMITS, handler()).await;
-                    mesh.send(1, 0);
-                    glommio::timer::sleep(Duration::from_millis(50)).await;
-                    for n in 1..=SENT {
-                        mesh.send(1, n);
-                    }
-                    // The stall ends; what waited is sent and served.
-                    glommio::timer::sleep(Duration::from_millis(1500)).await;
-                    let _ = done_tx.send(());
-                    mesh.counters.dropped.get()
-                })
-                .unwrap()
-        };
-        let second = LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-            .spawn(move || async move {
-                let _mesh = Mesh::join(builder, 1, LIMITS, handler()).await;
-                while done_rx.try_recv().is_err() {
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
+            shard_thread(move || async move {
+                let mesh = Mesh::join(builder, 0, LIMITS, handler()).await;
+                mesh.send(1, 0);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                for n in 1..=SENT {
+                    mesh.send(1, n);
                 }
-                SERVED.with(|served| served.take())
+                // The stall ends; what waited is sent and served.
+                glommio::timer::sleep(Duration::from_millis(1500)).await;
+                let _ = done_tx.send(());
+                mesh.counters.dropped.get()
             })
-            .unwrap();
+            .unwrap()
+        };
+        let second = shard_thread(move || async move {
+            let _mesh = Mesh::join(builder, 1, LIMITS, handler()).await;
+            while done_rx.try_recv().is_err() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            SERVED.with(|served| served.take())
+        })
+        .unwrap();
         let dropped = first.join().unwrap();
         let served = second.join().unwrap();
         assert!(dropped > 0, "nothing dropped: {} served", served.len());
@@ -891,37 +889,33 @@ mod tests {
         let (blocking_tx, blocking_rx) = mpsc::channel::<()>();
         let first = {
             let builder = builder.clone();
-            LocalExecutorBuilder::new(Placement::Unbound)
-                .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-                .spawn(move || async move {
-                    let mesh = Mesh::join(builder, 0, limits, handler()).await;
-                    while blocking_rx.try_recv().is_err() {
-                        glommio::timer::sleep(Duration::from_millis(1)).await;
-                    }
-                    glommio::timer::sleep(Duration::from_millis(20)).await;
-                    // Shard 1 reads nothing: the channel fills; the rest, and the calls, queue.
-                    for n in 0..100 {
-                        mesh.send(1, n);
-                    }
-                    let started = std::time::Instant::now();
-                    let (posted, called) =
-                        futures_lite::future::zip(mesh.call_posted(1, 7), mesh.call(1, 8)).await;
-                    (posted, called, started.elapsed())
-                })
-                .unwrap()
-        };
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-            .spawn(move || async move {
-                let mesh = Mesh::join(builder, 1, limits, handler()).await;
-                // Blocks its thread (nothing is read), then stops.
-                blocking_tx.send(()).unwrap();
-                std::thread::sleep(Duration::from_millis(300));
-                mesh.close().await;
+            shard_thread(move || async move {
+                let mesh = Mesh::join(builder, 0, limits, handler()).await;
+                while blocking_rx.try_recv().is_err() {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                // Shard 1 reads nothing: the channel fills; the rest, and the calls, queue.
+                for n in 0..100 {
+                    mesh.send(1, n);
+                }
+                let started = std::time::Instant::now();
+                let (posted, called) =
+                    futures_lite::future::zip(mesh.call_posted(1, 7), mesh.call(1, 8)).await;
+                (posted, called, started.elapsed())
             })
             .unwrap()
-            .join()
-            .unwrap();
+        };
+        shard_thread(move || async move {
+            let mesh = Mesh::join(builder, 1, limits, handler()).await;
+            // Blocks its thread (nothing is read), then stops.
+            blocking_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            mesh.close().await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
         let (posted, called, elapsed) = first.join().unwrap();
         assert_eq!(posted, Err(MeshError::Closed));
         assert_eq!(called, Err(MeshError::Closed));
@@ -943,36 +937,32 @@ mod tests {
             || -> Handler<u64, u64> { Rc::new(|_from, n: u64| Box::pin(async move { n })) };
         let first = {
             let builder = builder.clone();
-            LocalExecutorBuilder::new(Placement::Unbound)
-                .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-                .spawn(move || async move {
-                    let mesh = Mesh::join(builder, 0, limits, handler()).await;
-                    while stopped_rx.try_recv().is_err() {
-                        glommio::timer::sleep(Duration::from_millis(5)).await;
-                    }
-                    let started = std::time::Instant::now();
-                    // More calls than the in-flight bound: a leaked count would make some Overloaded.
-                    let mut replies = Vec::new();
-                    for n in 0..4 {
-                        replies.push(mesh.call(1, n).await);
-                    }
-                    let left = (mesh.outgoing.get(), mesh.pending.borrow().len());
-                    (replies, started.elapsed(), left)
-                })
-                .unwrap()
-        };
-        // Shard 1 joins, then stops (glommio leaves its tasks undropped: closing ends them).
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(crate::config::limits::IO_MEMORY_BYTES)
-            .spawn(move || async move {
-                Mesh::join(builder, 1, limits, handler())
-                    .await
-                    .close()
-                    .await;
+            shard_thread(move || async move {
+                let mesh = Mesh::join(builder, 0, limits, handler()).await;
+                while stopped_rx.try_recv().is_err() {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                let started = std::time::Instant::now();
+                // More calls than the in-flight bound: a leaked count would make some Overloaded.
+                let mut replies = Vec::new();
+                for n in 0..4 {
+                    replies.push(mesh.call(1, n).await);
+                }
+                let left = (mesh.outgoing.get(), mesh.pending.borrow().len());
+                (replies, started.elapsed(), left)
             })
             .unwrap()
-            .join()
-            .unwrap();
+        };
+        // Shard 1 joins, then stops (glommio leaves its tasks undropped: closing ends them).
+        shard_thread(move || async move {
+            Mesh::join(builder, 1, limits, handler())
+                .await
+                .close()
+                .await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
         stopped_tx.send(()).unwrap();
         let (replies, elapsed, left) = first.join().unwrap();
         assert_eq!(replies, vec![Err(MeshError::Closed); 4]);

@@ -604,9 +604,6 @@ impl Sessions {
                 return Err(std::io::Error::other("the shard is stopping"));
             }
         }
-        if self.snapshots_stopped.get() {
-            return Err(std::io::Error::other("the shard is stopping"));
-        }
         let (last, header) = encoder.finish_streamed();
         pool.spawn_blocking(move || persist::finish_tmp(file, &path, &last, Some(header)))
             .await?;

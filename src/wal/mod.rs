@@ -912,7 +912,7 @@ impl Wal {
         loop {
             match step().await {
                 Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                    if short_of_descriptors(&e)
                         && began.elapsed() < SWITCH_DESCRIPTOR_WAIT_MAX
                         && !self.closing.get() =>
                 {
@@ -931,10 +931,7 @@ impl Wal {
                     }
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-                        && self.closing.get() =>
-                {
+                Err(e) if short_of_descriptors(&e) && self.closing.get() => {
                     crate::log_line!(
                         "percore: shard {}: switching log segments: {e}; given up for the \
                          shutdown: the records behind the switch were not made durable (none \
@@ -999,9 +996,7 @@ fn glommio_error(e: glommio::GlommioError<()>) -> io::Error {
         glommio::GlommioError::IoError(e) => e,
         // As the system call said it: whoever reads it retries a shortage
         // (`short_of_descriptors_waits`), and no path is to blame for it.
-        glommio::GlommioError::EnhancedIoError { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
-        {
+        glommio::GlommioError::EnhancedIoError { source, .. } if short_of_descriptors(&source) => {
             source
         }
         glommio::GlommioError::EnhancedIoError {
@@ -1014,6 +1009,12 @@ fn glommio_error(e: glommio::GlommioError<()>) -> io::Error {
         }
         other => io::Error::other(other.to_string()),
     }
+}
+
+/// The process (EMFILE) or the system (ENFILE) has no file descriptor to spare: a shortage that
+/// passes (`Wal::short_of_descriptors_waits`).
+fn short_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// Closes a segment's fill handle (the flusher holds no other reference between batches).
